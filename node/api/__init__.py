@@ -1,0 +1,1 @@
+"""API layer: the client and peer gRPC services of a node."""

@@ -1,0 +1,62 @@
+"""Read-only projections of replicated state into client API messages.
+
+Callers hold the replica lock; nothing here mutates state. Times are ISO-8601 UTC.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from ..core.state import DagRecord, Run, State
+from ..proto import client_pb2
+
+
+def iso(epoch: float | None) -> str:
+    return "" if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat()
+
+
+def last_run(state: State, dag_id: str) -> Run | None:
+    run_ids = state.runs_by_dag.get(dag_id)
+    return state.runs[run_ids[-1]] if run_ids else None
+
+
+def dag_summary(state: State, record: DagRecord, version: int = 0) -> client_pb2.DagSummary:
+    shown = record.versions[version - 1] if version else record.latest
+    spec = shown.spec
+    latest_run = last_run(state, record.dag_id)
+    return client_pb2.DagSummary(
+        dag_id=record.dag_id, version=shown.version, schedule=spec.schedule or "", timezone=spec.timezone,
+        paused=record.paused, task_count=len(spec.tasks),
+        next_run_at=iso(record.next_tick_at) if spec.schedule and not record.paused else "",
+        last_run_id=latest_run.run_id if latest_run else "",
+        last_run_state=latest_run.state.value if latest_run else "",
+        filename=shown.filename, description=spec.description, tags=list(spec.tags), catchup=spec.catchup,
+    )
+
+
+def run_summary(run: Run) -> client_pb2.RunSummary:
+    return client_pb2.RunSummary(
+        run_id=run.run_id, dag_id=run.dag_id, state=run.state.value, trigger=run.trigger,
+        logical_date=run.logical_date, created_at=iso(run.created_at), started_at=iso(run.started_at),
+        ended_at=iso(run.ended_at), dag_version=run.dag_version,
+    )
+
+
+def run_detail(state: State, run: Run) -> client_pb2.RunDetail:
+    spec = state.dag_spec(run)
+    tasks = []
+    for task in spec.tasks:
+        ti = run.tasks[task.task_id]
+        info = client_pb2.TaskInstanceInfo(
+            task_id=ti.task_id, state=ti.state.value, attempt=ti.attempt, node=ti.node or "",
+            queued_at=iso(ti.queued_at), started_at=iso(ti.started_at), ended_at=iso(ti.ended_at),
+            log_tail=ti.log_tail, reason=ti.reason, upstream=list(task.upstream),
+        )
+        if ti.exit_code is not None:
+            info.exit_code = ti.exit_code
+        tasks.append(info)
+    return client_pb2.RunDetail(
+        run=run_summary(run), data_interval_start=run.data_interval_start,
+        data_interval_end=run.data_interval_end, conf_json=json.dumps(run.conf, sort_keys=True), tasks=tasks,
+    )

@@ -1,0 +1,158 @@
+"""The authoring API that DAG files import: `from raftflow import DAG, BashTask`.
+
+Airflow-like on purpose: `with DAG(...) as dag:`, tasks created inside it join it,
+and `a >> b`, `a << b`, `[a, b] >> c` declare dependencies. A DAG object only
+describes; `DAG.to_spec()` turns it into the JSON-able dict that `core.spec`
+validates. Only the CLI's loader child process runs DAG files; nodes never do.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Iterable
+
+_created: list["DAG"] = []     # every DAG constructed in this process, for the loader
+_context: list["DAG"] = []     # the `with DAG(...)` stack
+
+
+def created_dags() -> list["DAG"]:
+    return list(_created)
+
+
+class DAG:
+    def __init__(
+        self,
+        dag_id: str,
+        *,
+        schedule: str | None = None,
+        start_date: datetime | date | str | None = None,
+        end_date: datetime | date | str | None = None,
+        timezone: str = "UTC",
+        catchup: str | bool = "latest",
+        max_active_runs: int = 16,
+        description: str = "",
+        tags: Iterable[str] = (),
+        is_paused_upon_creation: bool = False,
+        default_args: dict[str, Any] | None = None,
+    ) -> None:
+        self.dag_id = dag_id
+        self.schedule = schedule
+        self.start_date = start_date
+        self.end_date = end_date
+        self.timezone = timezone
+        self.catchup = catchup
+        self.max_active_runs = max_active_runs
+        self.description = description
+        self.tags = list(tags)
+        self.is_paused_upon_creation = is_paused_upon_creation
+        self.default_args = dict(default_args or {})
+        self.tasks: list[BaseTask] = []
+        _created.append(self)
+
+    def __enter__(self) -> "DAG":
+        _context.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _context.pop()
+
+    def add_task(self, task: "BaseTask") -> None:
+        self.tasks.append(task)
+
+    def to_spec(self) -> dict[str, Any]:
+        return {
+            "dag_id": self.dag_id,
+            "schedule": self.schedule,
+            "timezone": self.timezone,
+            "start_date": _instant(self.start_date),
+            "end_date": _instant(self.end_date),
+            "catchup": self.catchup,
+            "max_active_runs": self.max_active_runs,
+            "description": self.description,
+            "tags": self.tags,
+            "is_paused_upon_creation": self.is_paused_upon_creation,
+            "tasks": [t.to_spec() for t in self.tasks],
+        }
+
+
+_TASK_DEFAULTS = ("retries", "retry_delay", "priority_weight", "trigger_rule", "env")
+
+
+class BaseTask:
+    kind = ""
+
+    def __init__(self, task_id: str, *, dag: DAG | None = None, **options: Any) -> None:
+        self.task_id = task_id
+        self.dag = dag or (_context[-1] if _context else None)
+        if self.dag is None:
+            raise RuntimeError(f"task {task_id!r} is not in a DAG: create it inside `with DAG(...):` or pass dag=")
+        unknown = set(options) - set(_TASK_DEFAULTS)
+        if unknown:
+            raise TypeError(f"task {task_id!r}: unknown argument(s) {', '.join(sorted(unknown))}")
+        merged = {k: v for k, v in self.dag.default_args.items() if k in _TASK_DEFAULTS}
+        merged.update({k: v for k, v in options.items() if v is not None})
+        self.options = merged
+        self.upstream: list[str] = []
+        self.dag.add_task(self)
+
+    def to_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"task_id": self.task_id, "kind": self.kind, "upstream": list(self.upstream)}
+        for key, value in self.options.items():
+            spec[key] = value.total_seconds() if isinstance(value, timedelta) else value
+        return spec
+
+    # a >> b : b runs after a.  Lists work on either side.
+    def __rshift__(self, other: "BaseTask | list[BaseTask]") -> "BaseTask | list[BaseTask]":
+        for task in _as_list(other):
+            task._add_upstream(self)
+        return other
+
+    def __lshift__(self, other: "BaseTask | list[BaseTask]") -> "BaseTask | list[BaseTask]":
+        for task in _as_list(other):
+            self._add_upstream(task)
+        return other
+
+    def __rrshift__(self, other: list["BaseTask"]) -> "BaseTask":
+        for task in _as_list(other):
+            self._add_upstream(task)
+        return self
+
+    def __rlshift__(self, other: list["BaseTask"]) -> "BaseTask":
+        for task in _as_list(other):
+            task._add_upstream(self)
+        return self
+
+    def _add_upstream(self, task: "BaseTask") -> None:
+        if task.task_id not in self.upstream:
+            self.upstream.append(task.task_id)
+
+
+class BashTask(BaseTask):
+    """Runs `command` with bash on a node, in its own process group."""
+
+    kind = "bash"
+
+    def __init__(self, task_id: str, command: str, **options: Any) -> None:
+        super().__init__(task_id, **options)
+        self.command = command
+
+    def to_spec(self) -> dict[str, Any]:
+        return {**super().to_spec(), "command": self.command}
+
+
+def _as_list(value: Any) -> list[BaseTask]:
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if not isinstance(item, BaseTask):
+            raise TypeError(f"cannot chain a task with {type(item).__name__}")
+    return list(items)
+
+
+def _instant(value: datetime | date | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).isoformat()
+    return datetime(value.year, value.month, value.day, tzinfo=timezone.utc).isoformat()

@@ -1,0 +1,215 @@
+"""Node configuration: a TOML file, overridden by RAFTFLOW_* environment variables,
+overridden by command-line flags (flag > environment > file > default).
+
+    node_id = "n1"
+    grpc_address = "127.0.0.1:50051"    # client + peer API
+    raft_address = "127.0.0.1:50151"    # pysyncobj (encrypted with the cluster secret)
+    data_dir = "/var/lib/raftflow/n1"
+    secret_file = "/etc/raftflow/secret"
+    slots = 4
+
+    [[peers]]
+    id = "n2"
+    grpc_address = "10.0.0.2:50051"
+    raft_address = "10.0.0.2:50151"
+
+    [raft]                               # optional tuning, seconds
+    election_timeout_min = 0.3
+    election_timeout_max = 0.9
+    append_entries_period = 0.01
+
+In the environment, peers are `RAFTFLOW_PEERS="n2=HOST:GRPC_PORT/HOST:RAFT_PORT,n3=..."`.
+`load` raises ConfigError with a message that names the setting and its source.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from .core.spec import ID_PATTERN, ID_RULE
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    id: str
+    grpc_address: str
+    raft_address: str
+
+
+@dataclass(frozen=True, slots=True)
+class RaftTuning:
+    election_timeout_min: float = 0.3
+    election_timeout_max: float = 0.9
+    append_entries_period: float = 0.01
+    tick_period: float = 0.002
+    connection_timeout: float = 2.0
+    connection_retry: float = 0.5
+    leader_fallback_timeout: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: str
+    grpc_address: str
+    raft_address: str
+    data_dir: Path
+    secret_file: Path
+    slots: int = 4
+    peers: tuple[Peer, ...] = ()
+    raft: RaftTuning = field(default_factory=RaftTuning)
+    heartbeat_interval: float = 0.5
+    lease_timeout: float = 5.0
+    log_level: str = "INFO"
+
+    @property
+    def all_nodes(self) -> tuple[Peer, ...]:
+        """Every member, this node included, in node-id order."""
+        me = Peer(self.node_id, self.grpc_address, self.raft_address)
+        return tuple(sorted((me, *self.peers), key=lambda p: p.id))
+
+    def read_secret(self) -> str:
+        """The cluster secret. A node refuses to start without one (Raft transport and
+        peer API are authenticated with it)."""
+        try:
+            secret = self.secret_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read the cluster secret from {self.secret_file}: {e.strerror}. "
+                              "Every node needs the same secret file (tools/up creates one for a local cluster).") from None
+        if len(secret) < 16:
+            raise ConfigError(f"the cluster secret in {self.secret_file} is empty or shorter than 16 characters; "
+                              "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return secret
+
+
+_SCALARS = {  # key -> (type, environment variable)
+    "node_id": (str, "RAFTFLOW_NODE_ID"),
+    "grpc_address": (str, "RAFTFLOW_GRPC_ADDRESS"),
+    "raft_address": (str, "RAFTFLOW_RAFT_ADDRESS"),
+    "data_dir": (Path, "RAFTFLOW_DATA_DIR"),
+    "secret_file": (Path, "RAFTFLOW_SECRET_FILE"),
+    "slots": (int, "RAFTFLOW_SLOTS"),
+    "heartbeat_interval": (float, "RAFTFLOW_HEARTBEAT_INTERVAL"),
+    "lease_timeout": (float, "RAFTFLOW_LEASE_TIMEOUT"),
+    "log_level": (str, "RAFTFLOW_LOG_LEVEL"),
+}
+
+
+def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
+         environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Merge file, environment and flags (None-valued flags are ignored)."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        where = {k: f"{path}" for k in raw}
+        base = path.parent.resolve()
+        unknown = set(raw) - set(_SCALARS) - {"peers", "raft"}
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    for key, (_typ, env) in _SCALARS.items():
+        if env in environ:
+            raw[key], where[key] = environ[env], f"${env}"
+    if "RAFTFLOW_PEERS" in environ:
+        raw["peers"], where["peers"] = _parse_peers(environ["RAFTFLOW_PEERS"]), "$RAFTFLOW_PEERS"
+    for key, value in (flags or {}).items():
+        if value is not None:
+            raw[key], where[key] = value, f"--{key.replace('_', '-')}"
+
+    values: dict[str, Any] = {}
+    for key, (typ, _env) in _SCALARS.items():
+        if key not in raw:
+            continue
+        try:
+            values[key] = typ(raw[key])
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} from {where[key]} must be {typ.__name__}, got {raw[key]!r}") from None
+    missing = [k for k in ("node_id", "grpc_address", "raft_address", "data_dir", "secret_file") if k not in values]
+    if missing:
+        raise ConfigError(f"missing setting(s): {', '.join(missing)} (set them in the config file, "
+                          f"as --{missing[0].replace('_', '-')}, or as {_SCALARS[missing[0]][1]})")
+    for key in ("data_dir", "secret_file"):
+        if not values[key].is_absolute():
+            values[key] = (base / values[key]).resolve()
+    if not ID_PATTERN.match(values["node_id"]):
+        raise ConfigError(f"node_id {values['node_id']!r} is invalid: use {ID_RULE}")
+    for key in ("grpc_address", "raft_address"):
+        _check_address(values[key], f"{key} from {where[key]}")
+    if values.get("slots", 1) < 1:
+        raise ConfigError(f"slots from {where['slots']} must be at least 1")
+
+    peers = tuple(_peer(p, where.get("peers", "config")) for p in raw.get("peers", []))
+    ids = [values["node_id"], *(p.id for p in peers)]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"node ids must be unique, got {', '.join(ids)}")
+    tuning = RaftTuning()
+    if "raft" in raw:
+        try:
+            tuning = replace(tuning, **{k: float(v) for k, v in raw["raft"].items()})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"[raft] section: {e}") from None
+    if tuning.election_timeout_min <= tuning.append_entries_period * 3:
+        raise ConfigError("[raft] election_timeout_min must be well above append_entries_period")
+    return NodeConfig(peers=peers, raft=tuning, **values)
+
+
+def _check_address(value: str, what: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what} must be HOST:PORT, got {value!r}")
+
+
+def _peer(raw: Any, source: str) -> Peer:
+    if isinstance(raw, Peer):
+        return raw
+    if not isinstance(raw, dict) or not {"id", "grpc_address", "raft_address"} <= set(raw):
+        raise ConfigError(f"each peer (from {source}) needs id, grpc_address and raft_address, got {raw!r}")
+    peer = Peer(str(raw["id"]), str(raw["grpc_address"]), str(raw["raft_address"]))
+    _check_address(peer.grpc_address, f"peer {peer.id} grpc_address")
+    _check_address(peer.raft_address, f"peer {peer.id} raft_address")
+    return peer
+
+
+def _parse_peers(text: str) -> list[Peer]:
+    peers = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        node_id, eq, addrs = item.partition("=")
+        grpc_addr, slash, raft_addr = addrs.partition("/")
+        if not eq or not slash:
+            raise ConfigError(f"RAFTFLOW_PEERS item {item!r} must look like ID=HOST:GRPC_PORT/HOST:RAFT_PORT")
+        peers.append(Peer(node_id, grpc_addr, raft_addr))
+    return peers
+
+
+def to_toml(cfg: NodeConfig) -> str:
+    """Render a config file (used by tools/up and the tests to write node configs)."""
+    lines = [
+        f'node_id = "{cfg.node_id}"',
+        f'grpc_address = "{cfg.grpc_address}"',
+        f'raft_address = "{cfg.raft_address}"',
+        f'data_dir = "{cfg.data_dir}"',
+        f'secret_file = "{cfg.secret_file}"',
+        f"slots = {cfg.slots}",
+        f"heartbeat_interval = {cfg.heartbeat_interval}",
+        f"lease_timeout = {cfg.lease_timeout}",
+        f'log_level = "{cfg.log_level}"',
+    ]
+    for p in cfg.peers:
+        lines += ["", "[[peers]]", f'id = "{p.id}"', f'grpc_address = "{p.grpc_address}"',
+                  f'raft_address = "{p.raft_address}"']
+    return "\n".join(lines) + "\n"

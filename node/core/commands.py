@@ -1,0 +1,192 @@
+"""Commands: the only inputs that change replicated state.
+
+Each command is a frozen, slotted dataclass with a type tag (`TYPE`) and a schema
+version (`VERSION`). The proposer stamps everything non-deterministic into the
+command: times (`at`, epoch seconds), ids and attempt numbers; `State.apply` never
+reads a clock (ARCHITECTURE invariant 1).
+
+`encode_payload`/`decode` turn a command into canonical JSON and back; the raft
+layer wraps that payload in the protobuf envelope (protos/command.proto). A payload
+with an unknown type tag or a newer version decodes to `Undecodable`, which
+`State.apply` rejects with a reason, so an old node survives a new command.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    TYPE: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier(Command):
+    """Committed by a new leader before it acts: everything before it is applied."""
+    TYPE: ClassVar[str] = "barrier"
+    leader: str
+    term: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitDag(Command):
+    TYPE: ClassVar[str] = "submit_dag"
+    spec: dict[str, Any]
+    source: str
+    filename: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SetPaused(Command):
+    TYPE: ClassVar[str] = "set_paused"
+    dag_id: str
+    paused: bool
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRun(Command):
+    """Create a run. A scheduled run's id derives from (dag_id, logical date): idempotent."""
+    TYPE: ClassVar[str] = "create_run"
+    run_id: str
+    dag_id: str
+    logical_date: str          # ISO-8601 UTC
+    data_interval_start: str
+    data_interval_end: str
+    trigger: str               # "schedule" | "manual"
+    conf: dict[str, Any]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StartRun(Command):
+    TYPE: ClassVar[str] = "start_run"
+    run_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FinishRun(Command):
+    TYPE: ClassVar[str] = "finish_run"
+    run_id: str
+    state: str                 # "success" | "failed"
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTask(Command):
+    TYPE: ClassVar[str] = "queue_task"
+    run_id: str
+    task_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class FailUpstream(Command):
+    TYPE: ClassVar[str] = "fail_upstream"
+    run_id: str
+    task_id: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AssignTask(Command):
+    """Commit attempt `attempt` of a task to `node`. Applied only if `attempt` is the next one."""
+    TYPE: ClassVar[str] = "assign_task"
+    run_id: str
+    task_id: str
+    node: str
+    attempt: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted(Command):
+    TYPE: ClassVar[str] = "task_started"
+    run_id: str
+    task_id: str
+    attempt: int
+    node: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFinished(Command):
+    """A worker's result for one attempt; ignored unless (attempt, node) is current."""
+    TYPE: ClassVar[str] = "task_finished"
+    run_id: str
+    task_id: str
+    attempt: int
+    node: str
+    exit_code: int
+    started_at: float
+    ended_at: float
+    log_tail: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Batch(Command):
+    """Several commands applied in order in one Raft entry; each succeeds or fails alone."""
+    TYPE: ClassVar[str] = "batch"
+    commands: tuple[Command, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable(Command):
+    """Stands in for a payload this node cannot read (unknown type or newer version)."""
+    TYPE: ClassVar[str] = "undecodable"
+    type_tag: str
+    version: int
+    error: str
+
+
+COMMAND_TYPES: dict[str, type[Command]] = {
+    cls.TYPE: cls
+    for cls in (Barrier, SubmitDag, SetPaused, CreateRun, StartRun, FinishRun, QueueTask,
+                FailUpstream, AssignTask, TaskStarted, TaskFinished, Batch)
+}
+
+
+def to_dict(command: Command) -> dict[str, Any]:
+    if isinstance(command, Batch):
+        return {"commands": [{"type": c.TYPE, "version": c.VERSION, "payload": to_dict(c)}
+                             for c in command.commands]}
+    return {f.name: getattr(command, f.name) for f in fields(command)}
+
+
+def encode_payload(command: Command) -> bytes:
+    """Canonical JSON (sorted keys, no spaces): equal commands give equal bytes."""
+    return json.dumps(to_dict(command), sort_keys=True, separators=(",", ":")).encode()
+
+
+def from_dict(type_tag: str, version: int, payload: dict[str, Any]) -> Command:
+    cls = COMMAND_TYPES.get(type_tag)
+    if cls is None:
+        return Undecodable(type_tag, version, f"unknown command type {type_tag!r} (written by a newer node?)")
+    if version > cls.VERSION:
+        return Undecodable(type_tag, version, f"{type_tag} version {version} is newer than this node's {cls.VERSION}")
+    try:
+        if cls is Batch:
+            return Batch(tuple(from_dict(c["type"], c["version"], c["payload"]) for c in payload["commands"]))
+        return cls(**payload)
+    except (TypeError, KeyError) as e:
+        return Undecodable(type_tag, version, f"malformed {type_tag} payload: {e}")
+
+
+def decode(type_tag: str, version: int, payload: bytes) -> Command:
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as e:
+        return Undecodable(type_tag, version, f"payload is not JSON: {e}")
+    if not isinstance(data, dict):
+        return Undecodable(type_tag, version, "payload is not a JSON object")
+    return from_dict(type_tag, version, data)

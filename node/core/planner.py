@@ -1,0 +1,135 @@
+"""plan(state, now, nodes) -> commands: every scheduling decision, and nothing else.
+
+The leader calls `plan` on its replica, proposes the commands (one Batch), and
+`State.apply` re-checks each against the state current at commit time, so a stale
+plan is harmless (nomad's plan/plan_apply split). Pure: the clock and the view of
+the nodes come in as arguments.
+
+Per call the work is proportional to the active runs and the number of DAGs, never
+to the history of finished runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import commands as c
+from .schedule import iso, latest_tick_at_or_before, next_tick_after, previous_tick
+from .state import DagRecord, Run, State
+from .states import RunState, TaskState
+
+MAX_CATCHUP_RUNS_PER_PLAN = 32
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """The leader's view of one node: healthy means its heartbeat is within the lease."""
+    node_id: str
+    healthy: bool
+    slots: int
+
+
+def scheduled_run_id(logical_date_iso: str) -> str:
+    """Deterministic id of a scheduled run (ARCHITECTURE invariant 5)."""
+    return f"scheduled__{logical_date_iso}"
+
+
+def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
+    out: list[c.Command] = []
+    for record in state.dags.values():
+        out.extend(_due_runs(record, now))
+
+    running_per_dag: dict[str, int] = {}
+    for run_id in state.active_runs:
+        run = state.runs[run_id]
+        if run.state is RunState.RUNNING:
+            running_per_dag[run.dag_id] = running_per_dag.get(run.dag_id, 0) + 1
+
+    ready: list[tuple[int, str, int, Run, str]] = []  # sort key + (run, task_id)
+    for run_id in state.active_runs:
+        run = state.runs[run_id]
+        record = state.dags[run.dag_id]
+        spec = state.dag_spec(run)
+        if run.state is RunState.QUEUED:
+            if record.paused or running_per_dag.get(run.dag_id, 0) >= spec.max_active_runs:
+                continue
+            running_per_dag[run.dag_id] = running_per_dag.get(run.dag_id, 0) + 1
+            out.append(c.StartRun(run.run_id, now))
+            # The run is RUNNING once the StartRun above applies: decide its roots now.
+        all_terminal = True
+        for order, task in enumerate(spec.tasks):
+            ti = run.tasks[task.task_id]
+            if ti.state is TaskState.QUEUED:
+                ready.append((-task.priority_weight, run.logical_date, order, run, task.task_id))
+            elif ti.state is TaskState.PENDING:
+                verdict = _upstream_verdict(run, task.upstream)
+                if verdict is TaskState.QUEUED:
+                    out.append(c.QueueTask(run.run_id, task.task_id, now))
+                    ready.append((-task.priority_weight, run.logical_date, order, run, task.task_id))
+                elif verdict is TaskState.UPSTREAM_FAILED:
+                    out.append(c.FailUpstream(run.run_id, task.task_id, "an upstream task failed", now))
+            elif ti.state is TaskState.UP_FOR_RETRY and ti.retry_at is not None and ti.retry_at <= now:
+                out.append(c.QueueTask(run.run_id, task.task_id, now))
+                ready.append((-task.priority_weight, run.logical_date, order, run, task.task_id))
+            if not ti.state.terminal:
+                all_terminal = False
+        if all_terminal and run.state is RunState.RUNNING:
+            failed = any(ti.state is not TaskState.SUCCESS for ti in run.tasks.values())
+            out.append(c.FinishRun(run.run_id, "failed" if failed else "success", now))
+
+    out.extend(_assign(state, ready, nodes, now))
+    return out
+
+
+def _due_runs(record: DagRecord, now: float) -> list[c.Command]:
+    tick = record.next_tick_at
+    if record.paused or tick is None or tick > now:
+        return []
+    spec = record.latest.spec
+    if spec.catchup == "all":
+        ticks = []
+        while tick is not None and tick <= now and len(ticks) < MAX_CATCHUP_RUNS_PER_PLAN:
+            ticks.append(tick)
+            tick = next_tick_after(spec, tick)
+    else:  # latest, none: missed ticks collapse into the most recent one
+        latest = latest_tick_at_or_before(spec, now)
+        ticks = [max(tick, latest) if latest is not None else tick]
+    return [
+        c.CreateRun(
+            run_id=scheduled_run_id(iso(t)), dag_id=record.dag_id, logical_date=iso(t),
+            data_interval_start=iso(previous_tick(spec, t)), data_interval_end=iso(t),
+            trigger="schedule", conf={}, at=now,
+        )
+        for t in ticks
+    ]
+
+
+def _upstream_verdict(run: Run, upstream: tuple[str, ...]) -> TaskState | None:
+    """all_success: QUEUED when every upstream succeeded, UPSTREAM_FAILED when any
+    failed, None (keep waiting) otherwise."""
+    waiting = False
+    for up in upstream:
+        state = run.tasks[up].state
+        if state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED):
+            return TaskState.UPSTREAM_FAILED
+        if state is not TaskState.SUCCESS:
+            waiting = True
+    return None if waiting else TaskState.QUEUED
+
+
+def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: list[NodeInfo],
+            now: float) -> list[c.Command]:
+    """Give ready tasks to healthy nodes with free slots: highest priority first, each
+    to the least loaded node (by share of its slots in use, then node id)."""
+    load = {n.node_id: state.node_load.get(n.node_id, 0) for n in nodes if n.healthy}
+    slots = {n.node_id: n.slots for n in nodes if n.healthy}
+    out: list[c.Command] = []
+    ready.sort(key=lambda item: item[:3])
+    for _prio, _date, _order, run, task_id in ready:
+        free = [n for n in load if load[n] < slots[n]]
+        if not free:
+            break
+        node = min(free, key=lambda n: (load[n] / slots[n], load[n], n))
+        load[node] += 1
+        out.append(c.AssignTask(run.run_id, task_id, node, run.tasks[task_id].attempt + 1, now))
+    return out

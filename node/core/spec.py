@@ -1,0 +1,306 @@
+"""DAG and task specifications: the declarative, validated form of a DAG file.
+
+This module owns what a DAG *is* once it has left the user's Python file: plain
+frozen values built from a JSON-able dict (what the CLI's loader produces and what
+travels through Raft), validated with errors that name the culprit. Nodes never
+import DAG files (ARCHITECTURE invariant 6); they only ever see these specs.
+
+Pure: no I/O, no clock. `from_dict` raises `SpecError`; nothing else here raises.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from croniter import croniter
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$")
+ID_RULE = "1 to 250 characters from A-Z a-z 0-9 _ . - (not starting with . or -)"
+
+TASK_KINDS = ("bash",)
+TRIGGER_RULES = ("all_success",)
+CATCHUP_POLICIES = ("all", "latest", "none")
+SCHEDULE_PRESETS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+MAX_TASKS_PER_DAG = 10_000
+
+
+class SpecError(ValueError):
+    """A DAG or task spec is invalid; the message names the DAG/task and the fault."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    task_id: str
+    kind: str
+    command: str
+    upstream: tuple[str, ...] = ()
+    trigger_rule: str = "all_success"
+    retries: int = 0
+    retry_delay: float = 0.0
+    priority_weight: int = 1
+    env: tuple[tuple[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["upstream"] = list(self.upstream)
+        d["env"] = dict(self.env)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class DagSpec:
+    dag_id: str
+    tasks: tuple[TaskSpec, ...]
+    schedule: str | None = None
+    timezone: str = "UTC"
+    start_date: str | None = None  # ISO-8601 UTC, normalised by from_dict
+    end_date: str | None = None
+    catchup: str = "latest"
+    max_active_runs: int = 16
+    description: str = ""
+    tags: tuple[str, ...] = ()
+    is_paused_upon_creation: bool = False
+    task_index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
+
+    def task(self, task_id: str) -> TaskSpec:
+        return self.tasks[self.task_index[task_id]]
+
+    def downstream(self, task_id: str) -> list[str]:
+        return [t.task_id for t in self.tasks if task_id in t.upstream]
+
+    @property
+    def cron(self) -> str | None:
+        """The schedule as a cron expression (presets expanded), or None if manual-only."""
+        if self.schedule is None:
+            return None
+        return SCHEDULE_PRESETS.get(self.schedule, self.schedule)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dag_id": self.dag_id,
+            "schedule": self.schedule,
+            "timezone": self.timezone,
+            "start_date": self.start_date,
+            "end_date": self.end_date,
+            "catchup": self.catchup,
+            "max_active_runs": self.max_active_runs,
+            "description": self.description,
+            "tags": list(self.tags),
+            "is_paused_upon_creation": self.is_paused_upon_creation,
+            "tasks": [t.to_dict() for t in self.tasks],
+        }
+
+    @staticmethod
+    def from_dict(raw: Any) -> "DagSpec":
+        """Build and validate a spec; raises SpecError naming the DAG/task at fault."""
+        if not isinstance(raw, dict):
+            raise SpecError(f"a DAG spec must be a JSON object, got {type(raw).__name__}")
+        dag_id = raw.get("dag_id")
+        _check_id(dag_id, "dag_id")
+        where = f"DAG {dag_id!r}"
+        _reject_unknown(raw, _DAG_FIELDS, where)
+
+        schedule = raw.get("schedule")
+        tz_name = _opt_str(raw, "timezone", where) or "UTC"
+        try:
+            zoneinfo.ZoneInfo(tz_name)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise SpecError(f"{where}: unknown timezone {tz_name!r} (use an IANA name such as 'Europe/Berlin')") from None
+        if schedule is not None:
+            if not isinstance(schedule, str) or not schedule.strip():
+                raise SpecError(f"{where}: schedule must be a cron string, a preset such as '@daily', or None")
+            schedule = schedule.strip()
+            expr = SCHEDULE_PRESETS.get(schedule, schedule)
+            if schedule.startswith("@") and schedule not in SCHEDULE_PRESETS:
+                raise SpecError(f"{where}: unknown schedule preset {schedule!r}; known: {', '.join(SCHEDULE_PRESETS)}")
+            if len(expr.split()) not in (5, 6) or not croniter.is_valid(expr):
+                raise SpecError(f"{where}: schedule {schedule!r} is not a valid cron expression (5 or 6 fields)")
+        start_date = _opt_instant(raw, "start_date", where)
+        end_date = _opt_instant(raw, "end_date", where)
+        if start_date and end_date and end_date < start_date:
+            raise SpecError(f"{where}: end_date {end_date} is before start_date {start_date}")
+        catchup = raw.get("catchup", "latest")
+        if catchup is True:
+            catchup = "all"
+        elif catchup is False:
+            catchup = "none"
+        if catchup not in CATCHUP_POLICIES:
+            raise SpecError(f"{where}: catchup must be one of {', '.join(CATCHUP_POLICIES)}, got {catchup!r}")
+        max_active_runs = _int(raw, "max_active_runs", 16, where, minimum=1)
+        tags = raw.get("tags") or []
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise SpecError(f"{where}: tags must be a list of strings")
+
+        raw_tasks = raw.get("tasks")
+        if not isinstance(raw_tasks, list) or not raw_tasks:
+            raise SpecError(f"{where}: a DAG needs at least one task")
+        if len(raw_tasks) > MAX_TASKS_PER_DAG:
+            raise SpecError(f"{where}: {len(raw_tasks)} tasks is more than the limit of {MAX_TASKS_PER_DAG}")
+        tasks = tuple(_task_from_dict(t, where) for t in raw_tasks)
+        index: dict[str, int] = {}
+        for i, task in enumerate(tasks):
+            if task.task_id in index:
+                raise SpecError(f"{where}: duplicate task id {task.task_id!r}")
+            index[task.task_id] = i
+        for task in tasks:
+            for up in task.upstream:
+                if up not in index:
+                    raise SpecError(f"{where}: task {task.task_id!r} depends on unknown task {up!r}")
+                if up == task.task_id:
+                    raise SpecError(f"{where}: task {task.task_id!r} depends on itself")
+        cycle = _find_cycle(tasks)
+        if cycle:
+            raise SpecError(f"{where}: dependency cycle {' -> '.join(cycle)}")
+        return DagSpec(
+            dag_id=dag_id,
+            tasks=tasks,
+            schedule=schedule,
+            timezone=tz_name,
+            start_date=start_date,
+            end_date=end_date,
+            catchup=catchup,
+            max_active_runs=max_active_runs,
+            description=_opt_str(raw, "description", where) or "",
+            tags=tuple(tags),
+            is_paused_upon_creation=bool(raw.get("is_paused_upon_creation", False)),
+            task_index=index,
+        )
+
+
+_DAG_FIELDS = frozenset(
+    {"dag_id", "schedule", "timezone", "start_date", "end_date", "catchup", "max_active_runs",
+     "description", "tags", "is_paused_upon_creation", "tasks"}
+)
+_TASK_FIELDS = frozenset(
+    {"task_id", "kind", "command", "upstream", "trigger_rule", "retries", "retry_delay",
+     "priority_weight", "env"}
+)
+
+
+def _task_from_dict(raw: Any, where: str) -> TaskSpec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{where}: each task must be a JSON object")
+    task_id = raw.get("task_id")
+    _check_id(task_id, f"{where}: task_id")
+    here = f"{where}, task {task_id!r}"
+    _reject_unknown(raw, _TASK_FIELDS, here)
+    kind = raw.get("kind", "bash")
+    if kind not in TASK_KINDS:
+        raise SpecError(f"{here}: unknown task kind {kind!r}; known: {', '.join(TASK_KINDS)}")
+    command = raw.get("command")
+    if not isinstance(command, str) or not command.strip():
+        raise SpecError(f"{here}: a bash task needs a non-empty command string")
+    upstream = raw.get("upstream") or []
+    if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
+        raise SpecError(f"{here}: upstream must be a list of task ids")
+    trigger_rule = raw.get("trigger_rule", "all_success")
+    if trigger_rule not in TRIGGER_RULES:
+        raise SpecError(f"{here}: unknown trigger_rule {trigger_rule!r}; known: {', '.join(TRIGGER_RULES)}")
+    env = raw.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise SpecError(f"{here}: env must map strings to strings")
+    bad_env = [k for k in env if k.startswith("RAFTFLOW_")]
+    if bad_env:
+        raise SpecError(f"{here}: env may not set {bad_env[0]!r}: RAFTFLOW_* variables are set by the worker")
+    retry_delay = raw.get("retry_delay", 0.0)
+    if not isinstance(retry_delay, (int, float)) or isinstance(retry_delay, bool) or retry_delay < 0:
+        raise SpecError(f"{here}: retry_delay must be a number of seconds >= 0")
+    return TaskSpec(
+        task_id=task_id,
+        kind=kind,
+        command=command,
+        upstream=tuple(dict.fromkeys(upstream)),
+        trigger_rule=trigger_rule,
+        retries=_int(raw, "retries", 0, here, minimum=0),
+        retry_delay=float(retry_delay),
+        priority_weight=_int(raw, "priority_weight", 1, here, minimum=1),
+        env=tuple(sorted(env.items())),
+    )
+
+
+def _check_id(value: Any, what: str) -> None:
+    if not isinstance(value, str) or not ID_PATTERN.match(value):
+        raise SpecError(f"{what} {value!r} is invalid: use {ID_RULE}")
+
+
+def _reject_unknown(raw: dict[str, Any], known: frozenset[str], where: str) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}")
+
+
+def _opt_str(raw: dict[str, Any], key: str, where: str) -> str | None:
+    value = raw.get(key)
+    if value is not None and not isinstance(value, str):
+        raise SpecError(f"{where}: {key} must be a string")
+    return value
+
+
+def _int(raw: dict[str, Any], key: str, default: int, where: str, minimum: int) -> int:
+    value = raw.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise SpecError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _opt_instant(raw: dict[str, Any], key: str, where: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SpecError(f"{where}: {key} must be an ISO-8601 date or datetime string")
+    return normalise_instant(value, f"{where}: {key}")
+
+
+def normalise_instant(value: str, what: str) -> str:
+    """ISO-8601 text -> canonical UTC text. A value without an offset is taken as UTC."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise SpecError(f"{what} {value!r} is not an ISO-8601 date or datetime") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc).isoformat()
+
+
+def _find_cycle(tasks: tuple[TaskSpec, ...]) -> list[str] | None:
+    """Return one dependency cycle as a path (first id repeated at the end), or None."""
+    upstream = {t.task_id: t.upstream for t in tasks}
+    WHITE, GREY, BLACK = 0, 1, 2
+    colour = dict.fromkeys(upstream, WHITE)
+    for root in upstream:
+        if colour[root] != WHITE:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        path: list[str] = [root]
+        colour[root] = GREY
+        while stack:
+            node, i = stack[-1]
+            ups = upstream[node]
+            if i < len(ups):
+                stack[-1] = (node, i + 1)
+                nxt = ups[i]
+                if colour[nxt] == GREY:
+                    cycle = path[path.index(nxt):] + [nxt]
+                    return list(reversed(cycle))
+                if colour[nxt] == WHITE:
+                    colour[nxt] = GREY
+                    stack.append((nxt, 0))
+                    path.append(nxt)
+            else:
+                colour[node] = BLACK
+                stack.pop()
+                path.pop()
+    return None

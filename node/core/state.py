@@ -1,0 +1,436 @@
+"""The replicated state machine: DAGs, runs, task instances, and `State.apply`.
+
+`State.apply(command) -> Result` is the only mutator. It never raises (an
+exception inside a pysyncobj replicated method wedges the node), never reads a
+clock, and validates a command fully before changing anything, so a rejected
+command leaves the state exactly as it was (ARCHITECTURE invariants 1 and 2).
+
+Readers (api, leader, worker) hold the owning lock of the raft adapter while they
+read; nothing outside this module assigns to these objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any, Callable
+
+from . import commands as c
+from .schedule import first_tick_after, next_tick_after
+from .spec import DagSpec, SpecError, normalise_instant
+from .states import (
+    TASK_ACTIVE, InvalidTransition, RunState, TaskState, check_run_move, check_task_move,
+)
+
+STORY_LIMIT = 32          # events kept per task instance for `story`
+LEADER_HISTORY_LIMIT = 20
+LOG_TAIL_LIMIT = 4096
+
+
+class Code(str, Enum):
+    OK = "ok"
+    INVALID = "invalid"          # the command is wrong in itself (bad spec, bad conf)
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"        # valid, but stale or no longer applicable (fenced)
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    code: Code = Code.OK
+    reason: str = ""
+    value: Any = None
+
+    @property
+    def ok(self) -> bool:
+        return self.code is Code.OK
+
+
+OK = Result()
+
+
+def _reject(code: Code, reason: str) -> Result:
+    return Result(code, reason)
+
+
+@dataclass(slots=True)
+class DagVersion:
+    version: int
+    spec: DagSpec
+    source: str
+    filename: str
+    submitted_at: float
+
+
+@dataclass(slots=True)
+class DagRecord:
+    dag_id: str
+    versions: list[DagVersion]
+    paused: bool
+    # Scheduling cursor, maintained only by apply: the next cron tick (epoch seconds)
+    # that has no run yet, or None when the DAG has no (further) schedule.
+    next_tick_at: float | None = None
+    # Ticks before this instant are never run when catchup is "none".
+    schedule_from: float = 0.0
+
+    @property
+    def latest(self) -> DagVersion:
+        return self.versions[-1]
+
+
+@dataclass(slots=True)
+class TaskInstance:
+    task_id: str
+    state: TaskState = TaskState.PENDING
+    attempt: int = 0                 # the current (latest committed) attempt; 0 = never assigned
+    tries_failed: int = 0            # attempts that failed on their own (count against retries)
+    node: str | None = None
+    attempt_nodes: list[str] = field(default_factory=list)  # [i] ran attempt i+1
+    queued_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    retry_at: float | None = None
+    exit_code: int | None = None
+    log_tail: str = ""
+    reason: str = ""
+    story: list[tuple[float, str, str]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Run:
+    run_id: str
+    dag_id: str
+    dag_version: int
+    logical_date: str
+    data_interval_start: str
+    data_interval_end: str
+    trigger: str
+    conf: dict[str, Any]
+    state: RunState
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    tasks: dict[str, TaskInstance] = field(default_factory=dict)
+
+
+class State:
+    """All replicated scheduler state. Mutate only through `apply`."""
+
+    def __init__(self) -> None:
+        self.dags: dict[str, DagRecord] = {}
+        self.runs: dict[str, Run] = {}
+        # Index of runs not yet terminal, in creation order: the planner's per-tick
+        # work is proportional to this, never to the history.
+        self.active_runs: dict[str, None] = {}
+        # dag_id -> its run ids in creation order (listing a DAG's runs, its last run).
+        self.runs_by_dag: dict[str, list[str]] = {}
+        # node -> number of task instances ASSIGNED or RUNNING on it.
+        self.node_load: dict[str, int] = {}
+        self.leader_history: list[tuple[float, str, int]] = []
+        self.applied: int = 0
+        self._handlers: dict[type[c.Command], Callable[[Any], Result]] = {
+            c.Barrier: self._barrier,
+            c.SubmitDag: self._submit_dag,
+            c.SetPaused: self._set_paused,
+            c.CreateRun: self._create_run,
+            c.StartRun: self._start_run,
+            c.FinishRun: self._finish_run,
+            c.QueueTask: self._queue_task,
+            c.FailUpstream: self._fail_upstream,
+            c.AssignTask: self._assign_task,
+            c.TaskStarted: self._task_started,
+            c.TaskFinished: self._task_finished,
+            c.Batch: self._batch,
+            c.Undecodable: lambda cmd: _reject(Code.INVALID, cmd.error),
+        }
+
+    # ------------------------------------------------------------------ apply
+    def apply(self, command: c.Command) -> Result:
+        """Apply one command. Never raises; a rejected command changes nothing."""
+        self.applied += 1
+        return self._apply_one(command)
+
+    def _apply_one(self, command: c.Command) -> Result:
+        handler = self._handlers.get(type(command))
+        if handler is None:
+            return _reject(Code.INVALID, f"no handler for {type(command).__name__}")
+        try:
+            return handler(command)
+        except _Rejected as e:
+            return e.result
+        except InvalidTransition as e:
+            return _reject(Code.CONFLICT, str(e))
+        except Exception as e:  # noqa: BLE001 - apply must never raise (see module doc)
+            return _reject(Code.INTERNAL, f"{command.TYPE} failed: {type(e).__name__}: {e}")
+
+    def _batch(self, cmd: c.Batch) -> Result:
+        return Result(value=[self._apply_one(sub) for sub in cmd.commands])
+
+    def _barrier(self, cmd: c.Barrier) -> Result:
+        self.leader_history.append((cmd.at, cmd.leader, cmd.term))
+        del self.leader_history[:-LEADER_HISTORY_LIMIT]
+        return OK
+
+    def _submit_dag(self, cmd: c.SubmitDag) -> Result:
+        try:
+            spec = DagSpec.from_dict(cmd.spec)
+        except SpecError as e:
+            return _reject(Code.INVALID, str(e))
+        record = self.dags.get(spec.dag_id)
+        if record is not None and record.latest.spec == spec and record.latest.source == cmd.source:
+            return Result(value={"dag_id": spec.dag_id, "version": record.latest.version, "changed": False})
+        version = DagVersion(len(record.versions) + 1 if record else 1, spec, cmd.source, cmd.filename, cmd.at)
+        if record is None:
+            record = DagRecord(spec.dag_id, [], paused=spec.is_paused_upon_creation, schedule_from=cmd.at)
+            self.dags[spec.dag_id] = record
+        old_cron = (record.latest.spec.cron, record.latest.spec.timezone) if record.versions else None
+        record.versions.append(version)
+        if old_cron != (spec.cron, spec.timezone) or record.next_tick_at is None:
+            record.next_tick_at = self._first_tick(record)
+        return Result(value={"dag_id": spec.dag_id, "version": version.version, "changed": True})
+
+    def _first_tick(self, record: DagRecord) -> float | None:
+        """Where the scheduling cursor starts: start_date, and never before the
+        submit/unpause instant when catchup is "none"."""
+        spec = record.latest.spec
+        since = _epoch(spec.start_date) if spec.start_date else record.schedule_from
+        if spec.catchup == "none":
+            since = max(since, record.schedule_from)
+        return first_tick_after(spec, since)
+
+    def _set_paused(self, cmd: c.SetPaused) -> Result:
+        record = self.dags.get(cmd.dag_id)
+        if record is None:
+            return _reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
+        if record.paused and not cmd.paused:
+            record.schedule_from = cmd.at
+            if record.latest.spec.catchup == "none":
+                record.next_tick_at = self._first_tick(record)
+        record.paused = bool(cmd.paused)
+        return OK
+
+    def _create_run(self, cmd: c.CreateRun) -> Result:
+        record = self.dags.get(cmd.dag_id)
+        if record is None:
+            return _reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
+        if cmd.run_id in self.runs:
+            return _reject(Code.CONFLICT, f"run {cmd.run_id!r} already exists")
+        if not isinstance(cmd.conf, dict):
+            return _reject(Code.INVALID, "conf must be a JSON object")
+        if cmd.trigger not in ("schedule", "manual"):
+            return _reject(Code.INVALID, f"unknown trigger {cmd.trigger!r}")
+        try:
+            logical = normalise_instant(cmd.logical_date, "logical_date")
+            start = normalise_instant(cmd.data_interval_start, "data_interval_start")
+            end = normalise_instant(cmd.data_interval_end, "data_interval_end")
+        except SpecError as e:
+            return _reject(Code.INVALID, str(e))
+        version = record.latest
+        run = Run(cmd.run_id, cmd.dag_id, version.version, logical, start, end, cmd.trigger,
+                  cmd.conf, RunState.QUEUED, cmd.at)
+        run.tasks = {t.task_id: TaskInstance(t.task_id) for t in version.spec.tasks}
+        self.runs[run.run_id] = run
+        self.active_runs[run.run_id] = None
+        self.runs_by_dag.setdefault(run.dag_id, []).append(run.run_id)
+        if cmd.trigger == "schedule":
+            tick = _epoch(logical)
+            if record.next_tick_at is not None and tick >= record.next_tick_at:
+                record.next_tick_at = next_tick_after(version.spec, tick)
+        return Result(value={"run_id": run.run_id})
+
+    def _start_run(self, cmd: c.StartRun) -> Result:
+        run = self.runs.get(cmd.run_id)
+        if run is None:
+            return _reject(Code.NOT_FOUND, f"no run {cmd.run_id!r}")
+        check_run_move(run.run_id, run.state, RunState.RUNNING)
+        run.state, run.started_at = RunState.RUNNING, cmd.at
+        return OK
+
+    def _finish_run(self, cmd: c.FinishRun) -> Result:
+        run = self.runs.get(cmd.run_id)
+        if run is None:
+            return _reject(Code.NOT_FOUND, f"no run {cmd.run_id!r}")
+        target = RunState(cmd.state)
+        check_run_move(run.run_id, run.state, target)
+        unfinished = [t.task_id for t in run.tasks.values() if not t.state.terminal]
+        if unfinished:
+            return _reject(Code.CONFLICT, f"run {run.run_id!r} still has unfinished tasks: {', '.join(unfinished[:5])}")
+        run.state, run.ended_at = target, cmd.at
+        self.active_runs.pop(run.run_id, None)
+        return OK
+
+    def _queue_task(self, cmd: c.QueueTask) -> Result:
+        run, ti = self._task(cmd.run_id, cmd.task_id)
+        if run.state is not RunState.RUNNING:
+            return _reject(Code.CONFLICT, f"run {run.run_id!r} is {run.state.value}, not running")
+        self._move(run, ti, TaskState.QUEUED, cmd.at, "")
+        ti.queued_at, ti.retry_at, ti.node = cmd.at, None, None
+        return OK
+
+    def _fail_upstream(self, cmd: c.FailUpstream) -> Result:
+        run, ti = self._task(cmd.run_id, cmd.task_id)
+        self._move(run, ti, TaskState.UPSTREAM_FAILED, cmd.at, cmd.reason)
+        ti.reason, ti.ended_at = cmd.reason, cmd.at
+        return OK
+
+    def _assign_task(self, cmd: c.AssignTask) -> Result:
+        run, ti = self._task(cmd.run_id, cmd.task_id)
+        if cmd.attempt != ti.attempt + 1:
+            return _reject(Code.CONFLICT, f"{run.run_id}/{ti.task_id}: attempt {cmd.attempt} is stale (current {ti.attempt})")
+        self._move(run, ti, TaskState.ASSIGNED, cmd.at, f"attempt {cmd.attempt} on {cmd.node}")
+        ti.attempt, ti.node = cmd.attempt, cmd.node
+        ti.attempt_nodes.append(cmd.node)
+        ti.started_at = ti.ended_at = ti.exit_code = None
+        ti.log_tail, ti.reason = "", ""
+        self.node_load[cmd.node] = self.node_load.get(cmd.node, 0) + 1
+        return Result(value={"run_id": run.run_id, "task_id": ti.task_id, "attempt": ti.attempt, "node": ti.node})
+
+    def _task_started(self, cmd: c.TaskStarted) -> Result:
+        run, ti = self._task(cmd.run_id, cmd.task_id)
+        self._check_current(run, ti, cmd.attempt, cmd.node)
+        if ti.state is TaskState.RUNNING:
+            return OK
+        self._move(run, ti, TaskState.RUNNING, cmd.at, "")
+        ti.started_at = cmd.at
+        return OK
+
+    def _task_finished(self, cmd: c.TaskFinished) -> Result:
+        run, ti = self._task(cmd.run_id, cmd.task_id)
+        self._check_current(run, ti, cmd.attempt, cmd.node)
+        spec = self.dags[run.dag_id].versions[run.dag_version - 1].spec.task(ti.task_id)
+        if cmd.exit_code == 0:
+            target = TaskState.SUCCESS
+        elif ti.tries_failed < spec.retries:
+            target = TaskState.UP_FOR_RETRY
+        else:
+            target = TaskState.FAILED
+        self._move(run, ti, target, cmd.at, f"attempt {cmd.attempt} exit {cmd.exit_code}")
+        ti.started_at = ti.started_at if ti.started_at is not None else cmd.started_at
+        ti.ended_at, ti.exit_code = cmd.ended_at, int(cmd.exit_code)
+        ti.log_tail, ti.reason = cmd.log_tail[-LOG_TAIL_LIMIT:], cmd.reason
+        if target is not TaskState.SUCCESS:
+            ti.tries_failed += 1
+        if target is TaskState.UP_FOR_RETRY:
+            ti.retry_at = cmd.at + spec.retry_delay
+        return OK
+
+    # ------------------------------------------------------------ helpers
+    def _task(self, run_id: str, task_id: str) -> tuple[Run, TaskInstance]:
+        run = self.runs.get(run_id)
+        if run is None:
+            raise _Rejected(Code.NOT_FOUND, f"no run {run_id!r}")
+        ti = run.tasks.get(task_id)
+        if ti is None:
+            raise _Rejected(Code.NOT_FOUND, f"run {run_id!r} has no task {task_id!r}")
+        return run, ti
+
+    @staticmethod
+    def _check_current(run: Run, ti: TaskInstance, attempt: int, node: str) -> None:
+        if attempt != ti.attempt or node != ti.node or ti.state not in TASK_ACTIVE:
+            raise _Rejected(Code.CONFLICT, f"{run.run_id}/{ti.task_id}: attempt {attempt} on {node} is not current "
+                                           f"(current: attempt {ti.attempt} on {ti.node}, {ti.state.value})")
+
+    def _move(self, run: Run, ti: TaskInstance, target: TaskState, at: float, note: str) -> None:
+        """The only place a task instance's state is assigned."""
+        check_task_move(f"{run.run_id}/{ti.task_id}", ti.state, target)
+        was_active = ti.state in TASK_ACTIVE
+        if was_active and target not in TASK_ACTIVE and ti.node is not None:
+            remaining = self.node_load.get(ti.node, 0) - 1
+            if remaining > 0:
+                self.node_load[ti.node] = remaining
+            else:
+                self.node_load.pop(ti.node, None)
+        ti.story.append((at, f"{ti.state.value}->{target.value}", note))
+        del ti.story[:-STORY_LIMIT]
+        ti.state = target
+
+    # ------------------------------------------------------------ reading
+    def dag_spec(self, run: Run) -> DagSpec:
+        return self.dags[run.dag_id].versions[run.dag_version - 1].spec
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every replicated field as plain JSON-able data (the basis of the digest)."""
+        return {
+            "applied": self.applied,
+            "dags": {
+                d.dag_id: {
+                    "paused": d.paused,
+                    "next_tick_at": d.next_tick_at,
+                    "schedule_from": d.schedule_from,
+                    "versions": [
+                        {"version": v.version, "spec": v.spec.to_dict(), "source": v.source,
+                         "filename": v.filename, "submitted_at": v.submitted_at}
+                        for v in d.versions
+                    ],
+                }
+                for d in self.dags.values()
+            },
+            "runs": {r.run_id: _run_dict(r) for r in self.runs.values()},
+            "active_runs": list(self.active_runs),
+            "node_load": self.node_load,
+            "leader_history": self.leader_history,
+        }
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON of the state: equal on replicas that applied the same log."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=_enum_value)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def validate(self) -> None:
+        """Assert the internal indexes agree with the data (for tests)."""
+        active = [r.run_id for r in self.runs.values() if not r.state.terminal]
+        assert list(self.active_runs) == active, (list(self.active_runs), active)
+        load: dict[str, int] = {}
+        for run in self.runs.values():
+            for ti in run.tasks.values():
+                if ti.state in TASK_ACTIVE:
+                    assert ti.node is not None
+                    load[ti.node] = load.get(ti.node, 0) + 1
+                if run.state is RunState.QUEUED:
+                    assert ti.state is TaskState.PENDING, (run.run_id, ti.task_id, ti.state)
+            if run.state.terminal:
+                assert all(t.state.terminal for t in run.tasks.values()), run.run_id
+        assert load == self.node_load, (load, self.node_load)
+        by_dag: dict[str, list[str]] = {}
+        for run in self.runs.values():
+            by_dag.setdefault(run.dag_id, []).append(run.run_id)
+        assert by_dag == self.runs_by_dag, "runs_by_dag index out of date"
+
+
+class _Rejected(Exception):
+    """Raised by apply's helpers before any mutation; `_apply_one` turns it into a Result."""
+
+    def __init__(self, code: Code, reason: str):
+        super().__init__(reason)
+        self.result = Result(code, reason)
+
+
+def _run_dict(run: Run) -> dict[str, Any]:
+    return {
+        "dag_id": run.dag_id, "dag_version": run.dag_version, "logical_date": run.logical_date,
+        "data_interval": [run.data_interval_start, run.data_interval_end], "trigger": run.trigger,
+        "conf": run.conf, "state": run.state.value, "created_at": run.created_at,
+        "started_at": run.started_at, "ended_at": run.ended_at,
+        "tasks": {
+            t.task_id: {
+                "state": t.state.value, "attempt": t.attempt, "tries_failed": t.tries_failed,
+                "node": t.node, "attempt_nodes": t.attempt_nodes, "queued_at": t.queued_at, "started_at": t.started_at,
+                "ended_at": t.ended_at, "retry_at": t.retry_at, "exit_code": t.exit_code,
+                "log_tail": t.log_tail, "reason": t.reason, "story": t.story,
+            }
+            for t in run.tasks.values()
+        },
+    }
+
+
+def _enum_value(obj: Any) -> Any:
+    if isinstance(obj, Enum):
+        return obj.value
+    raise TypeError(f"not JSON-able: {type(obj).__name__}")
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()

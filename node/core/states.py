@@ -1,0 +1,78 @@
+"""Run and task-instance states, and the one table of legal moves between them.
+
+Every state change in `State.apply` goes through `check_task_move` or
+`check_run_move`; any other pair is an `InvalidTransition` naming the key and the
+offending pair. The table is the state diagram in node/README.md: keep both true.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class TaskState(str, Enum):
+    PENDING = "pending"            # waiting for its upstream tasks
+    QUEUED = "queued"              # ready; waiting for a node with a free slot
+    ASSIGNED = "assigned"          # attempt committed to a node; dispatched, not yet started
+    RUNNING = "running"            # the node reported the attempt's process started
+    UP_FOR_RETRY = "up_for_retry"  # failed with retries left; re-queued after retry_delay
+    SUCCESS = "success"
+    FAILED = "failed"
+    UPSTREAM_FAILED = "upstream_failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TASK_TERMINAL
+
+
+class RunState(str, Enum):
+    QUEUED = "queued"    # created; waits for max_active_runs or for its DAG to be unpaused
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunState.SUCCESS, RunState.FAILED)
+
+
+TASK_TERMINAL = frozenset({TaskState.SUCCESS, TaskState.FAILED, TaskState.UPSTREAM_FAILED})
+TASK_ACTIVE = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})  # hold a slot on a node
+
+T = TaskState
+TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset({
+    (T.PENDING, T.QUEUED),
+    (T.PENDING, T.UPSTREAM_FAILED),
+    (T.QUEUED, T.ASSIGNED),
+    (T.ASSIGNED, T.RUNNING),
+    (T.ASSIGNED, T.SUCCESS),        # the start report can be overtaken by the result
+    (T.ASSIGNED, T.FAILED),
+    (T.ASSIGNED, T.UP_FOR_RETRY),
+    (T.RUNNING, T.SUCCESS),
+    (T.RUNNING, T.FAILED),
+    (T.RUNNING, T.UP_FOR_RETRY),
+    (T.UP_FOR_RETRY, T.QUEUED),
+})
+
+R = RunState
+RUN_TRANSITIONS: frozenset[tuple[RunState, RunState]] = frozenset({
+    (R.QUEUED, R.RUNNING),
+    (R.RUNNING, R.SUCCESS),
+    (R.RUNNING, R.FAILED),
+})
+
+
+class InvalidTransition(Exception):
+    def __init__(self, key: str, start: Enum, finish: Enum):
+        super().__init__(f"{key}: illegal transition {start.value} -> {finish.value}")
+        self.key, self.start, self.finish = key, start, finish
+
+
+def check_task_move(key: str, start: TaskState, finish: TaskState) -> None:
+    if (start, finish) not in TASK_TRANSITIONS:
+        raise InvalidTransition(key, start, finish)
+
+
+def check_run_move(key: str, start: RunState, finish: RunState) -> None:
+    if (start, finish) not in RUN_TRANSITIONS:
+        raise InvalidTransition(key, start, finish)

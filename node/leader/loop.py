@@ -1,0 +1,197 @@
+"""Leader-only services: liveness, the scheduling loop, and dispatch.
+
+Runs on every node but acts only while this node is the Raft leader. On each
+new term it first commits a `Barrier` (so its replica holds everything committed
+before it), rebuilds its in-memory view from replicated state (node liveness,
+attempts assigned but not yet started), then loops:
+
+    plan(state, now, nodes) -> propose one Batch -> dispatch each committed AssignTask
+
+`onStateChanged` can briefly report two leaders; nothing here fences on "I am
+leader": assignments carry committed attempt numbers and `State.apply` rejects
+stale ones (ARCHITECTURE invariant 3).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from ..core import commands as c
+from ..core.planner import NodeInfo, plan
+from ..core.states import TaskState
+from ..raft.adapter import ReplicatedState, Unavailable
+from ..worker.worker import Assignment
+
+log = logging.getLogger("raftflow.leader")
+
+IDLE_WAIT = 0.1            # longest sleep between plans when nothing changes (cron precision)
+REDISPATCH_AFTER = 2.0     # an assignment not started after this long is dispatched again
+
+
+class Liveness:
+    """The leader's view of the nodes: last heartbeat (monotonic), slots, running count."""
+
+    def __init__(self, node_ids: list[str], lease_timeout: float, default_slots: int) -> None:
+        self.lease_timeout = lease_timeout
+        self._lock = threading.Lock()
+        self._last_seen: dict[str, float] = {}
+        self._slots = dict.fromkeys(node_ids, default_slots)
+        self._running: dict[str, int] = {}
+
+    def reset(self, now: float, connected: set[str]) -> None:
+        """On a new term: nodes with a live Raft connection count as just seen, so work
+        is not held back while the first heartbeats arrive."""
+        with self._lock:
+            self._last_seen = dict.fromkeys(connected, now)
+
+    def beat(self, node_id: str, slots: int, running: int, now: float) -> None:
+        with self._lock:
+            self._last_seen[node_id] = now
+            self._slots[node_id] = max(1, slots)
+            self._running[node_id] = running
+
+    def view(self, now: float) -> list[NodeInfo]:
+        with self._lock:
+            return [NodeInfo(n, now - self._last_seen.get(n, -1e9) <= self.lease_timeout, s)
+                    for n, s in sorted(self._slots.items())]
+
+    def ages(self, now: float) -> dict[str, float]:
+        with self._lock:
+            return {n: now - t for n, t in self._last_seen.items()}
+
+
+class Dispatcher:
+    """Hands committed assignments to their nodes (this node's worker directly, others
+    through the peer API). Idempotent on the receiving side, so re-sending is safe."""
+
+    def __init__(self, node_id: str, replica: ReplicatedState,
+                 send_local: Callable[[Assignment], tuple[bool, str]],
+                 send_remote: Callable[[str, Assignment], tuple[bool, str]]) -> None:
+        self._node_id = node_id
+        self._replica = replica
+        self._send_local = send_local
+        self._send_remote = send_remote
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dispatch")
+        self._sent: dict[tuple[str, str, int], float] = {}
+
+    def assignment(self, run_id: str, task_id: str) -> tuple[str, Assignment] | None:
+        """The current attempt of a task as an Assignment, if it is ASSIGNED (caller holds no lock)."""
+        with self._replica.lock:
+            run = self._replica.state.runs.get(run_id)
+            ti = run.tasks.get(task_id) if run else None
+            if ti is None or ti.state is not TaskState.ASSIGNED or ti.node is None:
+                return None
+            task = self._replica.state.dag_spec(run).task(task_id)
+            return ti.node, Assignment(run_id, task_id, ti.attempt, run.dag_id, task.kind, task.command,
+                                       dict(task.env), run.logical_date)
+
+    def dispatch(self, run_id: str, task_id: str) -> None:
+        found = self.assignment(run_id, task_id)
+        if found is None:
+            return
+        node, a = found
+        self._sent[a.key] = time.monotonic()
+        self._pool.submit(self._send, node, a)
+
+    def _send(self, node: str, a: Assignment) -> None:
+        try:
+            ok, reason = self._send_local(a) if node == self._node_id else self._send_remote(node, a)
+        except Exception as e:  # noqa: BLE001 - a failed send is retried by redispatch_stale
+            ok, reason = False, str(e)
+        if not ok:
+            log.warning("dispatch of %s/%s attempt %d to %s failed: %s (will retry)",
+                        a.run_id, a.task_id, a.attempt, node, reason)
+
+    def redispatch_stale(self, now: float) -> None:
+        """Re-send assignments that have not started REDISPATCH_AFTER seconds after their last send."""
+        stale = []
+        with self._replica.lock:
+            state = self._replica.state
+            for run_id in state.active_runs:
+                for ti in state.runs[run_id].tasks.values():
+                    if ti.state is TaskState.ASSIGNED:
+                        sent = self._sent.get((run_id, ti.task_id, ti.attempt))
+                        if sent is None or now - sent > REDISPATCH_AFTER:
+                            stale.append((run_id, ti.task_id))
+        for run_id, task_id in stale:
+            self.dispatch(run_id, task_id)
+        if len(self._sent) > 10_000:
+            cutoff = now - 60
+            self._sent = {k: t for k, t in self._sent.items() if t > cutoff}
+
+    def forget(self) -> None:
+        self._sent.clear()
+
+
+class LeaderLoop(threading.Thread):
+    def __init__(self, node_id: str, replica: ReplicatedState, liveness: Liveness, dispatcher: Dispatcher) -> None:
+        super().__init__(name="leader-loop", daemon=True)
+        self.node_id = node_id
+        self._replica = replica
+        self._liveness = liveness
+        self._dispatcher = dispatcher
+        self._stop = threading.Event()
+        self.leading_term: int | None = None
+        self.plans = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if not self._replica.is_leader():
+                    if self.leading_term is not None:
+                        log.info("no longer leader (term %d)", self.leading_term)
+                        self.leading_term = None
+                        self._dispatcher.forget()
+                    self._stop.wait(0.02)
+                    continue
+                term = self._replica.term()
+                if term != self.leading_term:
+                    self._take_office(term)
+                    continue
+                self._tick()
+            except Unavailable as e:
+                log.warning("leader loop: %s", e)
+                self._stop.wait(0.1)
+            except Exception:  # noqa: BLE001 - the loop must survive; the error is logged
+                log.exception("leader loop error")
+                self._stop.wait(0.5)
+
+    def _take_office(self, term: int) -> None:
+        started = time.monotonic()
+        self._replica.propose(c.Barrier(self.node_id, term, time.time()), timeout=2.0)
+        connected = set(self._replica.status().connected) | {self.node_id}
+        self._liveness.reset(time.monotonic(), connected)
+        self.leading_term = term
+        log.info("leading term %d (barrier committed in %.0f ms); nodes connected: %s",
+                 term, (time.monotonic() - started) * 1000, ", ".join(sorted(connected)))
+        self._dispatcher.redispatch_stale(time.monotonic())
+
+    def _tick(self) -> None:
+        now = time.time()
+        with self._replica.lock:
+            applied_before = self._replica.state.applied
+            commands = plan(self._replica.state, now, self._liveness.view(time.monotonic()))
+        self.plans += 1
+        if commands:
+            result = self._replica.propose(c.Batch(tuple(commands)), timeout=5.0)
+            results = result.value if result.ok else []
+            for command, sub in zip(commands, results):
+                if isinstance(command, c.AssignTask) and sub.ok:
+                    self._dispatcher.dispatch(command.run_id, command.task_id)
+            rejected = [(cmd.TYPE, sub.reason) for cmd, sub in zip(commands, results) if not sub.ok]
+            if rejected:
+                log.debug("plan items rejected at commit: %s", rejected[:5])
+            if len(rejected) == len(commands):
+                self._stop.wait(0.05)   # a plan that cannot apply must not spin
+            return
+        self._dispatcher.redispatch_stale(time.monotonic())
+        with self._replica.changed:
+            if self._replica.state.applied == applied_before:
+                self._replica.changed.wait(IDLE_WAIT)

@@ -1,0 +1,163 @@
+"""One raftflow node: wires the layers together and runs until SIGTERM/SIGINT.
+
+    raftflow node --config node.toml [--node-id ...] [--slots N] ...
+
+Owns the process lifecycle: refuses to start without a cluster secret, serves the
+client and peer APIs on one gRPC port, runs the Raft replica, the worker, the
+heartbeat to the leader and the (leader-only) scheduling loop, and on shutdown
+kills the attempts it runs before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+
+import grpc
+
+from .api.peers import PeerAuthInterceptor, PeerClients, peer_token
+from .api.services import ClientService, PeerService
+from .config import ConfigError, NodeConfig, load
+from .core import commands as c
+from .core.state import State
+from .leader.loop import Dispatcher, LeaderLoop, Liveness
+from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
+from .raft.adapter import ReplicatedState, encode_envelope
+from .store.local import LocalStore
+from .worker.worker import Worker
+
+log = logging.getLogger("raftflow.node")
+
+
+class Node:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        secret = cfg.read_secret()
+        self.started = time.monotonic()
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = LocalStore(cfg.data_dir / "store")
+        self.replica = ReplicatedState(cfg, State(), secret)
+        self.peers = PeerClients(cfg.peers, peer_token(secret))
+        self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.data_dir / "work",
+                             propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
+                             propose_nowait=self._propose_nowait)
+        self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.slots)
+        self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,
+                                     lambda node, a: self.peers.run_task(node, a))
+        self.leader_loop = LeaderLoop(cfg.node_id, self.replica, self.liveness, self.dispatcher)
+        self.peer_service = PeerService(self)
+        self._stop = threading.Event()
+        self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"),
+                                  interceptors=[PeerAuthInterceptor(peer_token(secret))])
+        client_pb2_grpc.add_ClientServicer_to_server(ClientService(self), self.server)
+        peer_pb2_grpc.add_PeerServicer_to_server(self.peer_service, self.server)
+        if self.server.add_insecure_port(cfg.grpc_address) == 0:
+            raise ConfigError(f"cannot listen on grpc_address {cfg.grpc_address}: is the port in use?")
+
+    def _propose_nowait(self, command: c.Command) -> None:
+        self.replica._apply_envelope(encode_envelope(command, self.cfg.node_id), callback=lambda r, e: None)
+
+    def start(self) -> None:
+        self.server.start()
+        self.leader_loop.start()
+        self._heartbeat.start()
+        log.info("node %s up: API on %s, Raft on %s, %d slots, peers: %s", self.cfg.node_id, self.cfg.grpc_address,
+                 self.cfg.raft_address, self.cfg.slots,
+                 ", ".join(f"{p.id}@{p.grpc_address}" for p in self.cfg.peers) or "none")
+
+    def stop(self) -> None:
+        log.info("node %s stopping", self.cfg.node_id)
+        self._stop.set()
+        self.leader_loop.stop()
+        self.worker.shutdown()
+        self.server.stop(grace=1.0).wait(2.0)
+        self.replica.destroy()
+        self.peers.close()
+        self.store.close()
+
+    def _heartbeat_loop(self) -> None:
+        """Report liveness and load to whoever leads, every heartbeat_interval."""
+        while not self._stop.wait(self.cfg.heartbeat_interval):
+            leader = self.replica.status().leader_id
+            running = self.worker.running()
+            try:
+                if leader == self.cfg.node_id:
+                    self.liveness.beat(self.cfg.node_id, self.cfg.slots, len(running), time.monotonic())
+                elif leader is not None and self.peers.knows(leader):
+                    self.peers.heartbeat(leader, peer_pb2.HeartbeatRequest(
+                        node_id=self.cfg.node_id, slots=self.cfg.slots, sent_at=time.time(),
+                        running=[peer_pb2.AttemptKey(run_id=r, task_id=t, attempt=a) for r, t, a in running]))
+            except grpc.RpcError as e:
+                log.debug("heartbeat to %s failed: %s", leader, e.code())
+
+    def node_status(self) -> client_pb2.NodeStatus:
+        status = self.replica.status()
+        with self.replica.lock:
+            digest = self.replica.state.digest()
+        out = client_pb2.NodeStatus(
+            id=self.cfg.node_id, role=status.role, healthy=True, pid=os.getpid(), raft_term=status.term,
+            commit_index=status.commit_index, last_applied=status.last_applied,
+            running_tasks=len(self.worker.running()), slots=self.cfg.slots, grpc_address=self.cfg.grpc_address,
+            raft_address=self.cfg.raft_address, leader=status.leader_id or "", has_quorum=status.has_quorum,
+            digest=digest, uptime=time.monotonic() - self.started, last_heartbeat_age=-1,
+        )
+        if status.role == "leader":
+            out.heartbeat_ages.update(self.liveness.ages(time.monotonic()))
+        return out
+
+    @staticmethod
+    def heartbeat_ages_from(leader_status: client_pb2.NodeStatus | None) -> dict[str, float]:
+        return dict(leader_status.heartbeat_ages) if leader_status is not None else {}
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog="raftflow node", description="Run one raftflow node.")
+    parser.add_argument("--config", help="TOML config file (settings can also come from RAFTFLOW_* variables)")
+    parser.add_argument("--node-id", dest="node_id")
+    parser.add_argument("--grpc-address", dest="grpc_address")
+    parser.add_argument("--raft-address", dest="raft_address")
+    parser.add_argument("--data-dir", dest="data_dir")
+    parser.add_argument("--secret-file", dest="secret_file")
+    parser.add_argument("--slots", type=int)
+    parser.add_argument("--log-level", dest="log_level")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    flags = {k: getattr(args, k) for k in ("node_id", "grpc_address", "raft_address", "data_dir", "secret_file",
+                                           "slots", "log_level")}
+    try:
+        cfg = load(args.config, flags)
+    except ConfigError as e:
+        print(f"raftflow node: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s {cfg.node_id} %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+    try:
+        node = Node(cfg)
+    except ConfigError as e:
+        print(f"raftflow node: {e}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    node.start()
+    stop.wait()
+    node.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

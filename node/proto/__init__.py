@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC modules (from protos/ via tools/gen-protos). Do not edit."""

@@ -1,0 +1,1 @@
+"""Raft layer: the pysyncobj adapter around the replicated State (one replicated entry point)."""

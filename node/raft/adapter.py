@@ -1,0 +1,176 @@
+"""The pysyncobj adapter: the replicated `State` behind ONE replicated method.
+
+Contracts (see LIBRARY-NOTES):
+- `_apply_envelope` is the only @replicated method; it takes protobuf-encoded
+  `CommandEnvelope` bytes. Adding commands never changes pysyncobj's method ids.
+- Nothing raises out of `_apply_envelope`: an exception there wedges the node.
+- The transport is encrypted and authenticated with the cluster secret (pysyncobj
+  `password`); without one the Raft port would unpickle anyone's bytes.
+- No fork: `useFork=False`, so the gRPC server in this process is never forked.
+- `lock` guards `state`: held while applying and by every reader. `changed` is a
+  condition on it, notified after every apply (leader loop, watchers wait on it).
+- `propose` returns the `Result` of applying the command on THIS node's replica
+  (pysyncobj calls back on a follower once it applied the forwarded entry), or
+  raises `Unavailable`. A timed-out command may still commit later: every command
+  is idempotent or fenced by ids and attempt numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+from ..config import NodeConfig
+from ..core import commands as c
+from ..core.state import Code, Result, State
+from ..proto import command_pb2
+
+log = logging.getLogger("raftflow.raft")
+
+_ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
+_FAIL_TEXT = {
+    FAIL_REASON.QUEUE_FULL: "the leader's command queue is full; retry shortly",
+    FAIL_REASON.MISSING_LEADER: "no leader: the cluster has no quorum or is electing one; "
+                                "retry shortly, or bring stopped nodes back",
+    FAIL_REASON.DISCARDED: "a new leader was elected before the command committed; retry",
+    FAIL_REASON.NOT_LEADER: "leadership changed before the command committed; retry",
+    FAIL_REASON.LEADER_CHANGED: "leadership changed before the command committed; retry",
+    FAIL_REASON.REQUEST_DENIED: "the leader denied the command",
+    FAIL_REASON.UNKNOWN_OUTCOME: "the command's outcome is unknown (leadership changed); check before retrying",
+}
+
+
+class Unavailable(Exception):
+    """The command could not be committed now (no leader, no quorum, timeout)."""
+
+
+def encode_envelope(command: c.Command, proposer: str) -> bytes:
+    return command_pb2.CommandEnvelope(
+        type=command.TYPE, version=command.VERSION, payload=c.encode_payload(command), proposer=proposer,
+    ).SerializeToString()
+
+
+def decode_envelope(data: bytes) -> c.Command:
+    envelope = command_pb2.CommandEnvelope()
+    try:
+        envelope.ParseFromString(data)
+    except Exception as e:  # noqa: BLE001 - any decode failure becomes a rejected command
+        return c.Undecodable("?", 0, f"not a CommandEnvelope: {e}")
+    return c.decode(envelope.type, envelope.version, envelope.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class RaftStatus:
+    role: str
+    leader_id: str | None
+    term: int
+    commit_index: int
+    last_applied: int
+    has_quorum: bool
+    connected: frozenset[str]   # ids of peers this node has a Raft connection to
+
+
+class ReplicatedState(SyncObj):
+    def __init__(self, cfg: NodeConfig, state: State, secret: str,
+                 on_applied: Callable[[c.Command, Result], None] | None = None) -> None:
+        self.state = state
+        self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
+        self.node_id = cfg.node_id
+        self._on_applied = on_applied
+        self._id_by_raft_address = {p.raft_address: p.id for p in cfg.all_nodes}
+        t = cfg.raft
+        conf = SyncObjConf(
+            password=secret,
+            autoTick=True,
+            autoTickPeriod=t.tick_period,
+            appendEntriesPeriod=t.append_entries_period,
+            raftMinTimeout=t.election_timeout_min,
+            raftMaxTimeout=t.election_timeout_max,
+            connectionTimeout=t.connection_timeout,
+            connectionRetryTime=t.connection_retry,
+            leaderFallbackTimeout=t.leader_fallback_timeout,
+            commandsWaitLeader=False,      # fail fast with MISSING_LEADER -> UNAVAILABLE
+            useFork=False,
+            dynamicMembershipChange=False,
+        )
+        super().__init__(cfg.raft_address, [p.raft_address for p in cfg.peers], conf)
+
+    # ------------------------------------------------------------ replicated
+    @replicated
+    def _apply_envelope(self, data: bytes) -> Result:
+        try:
+            command = decode_envelope(data)
+            with self.lock:
+                result = self.state.apply(command)
+                self.changed.notify_all()
+            if not result.ok and result.code is Code.INTERNAL:
+                log.error("apply rejected %s: %s", command.TYPE, result.reason)
+            if self._on_applied is not None:
+                self._on_applied(command, result)
+            return result
+        except Exception as e:  # noqa: BLE001 - see module contract
+            log.exception("unexpected error applying a command")
+            return Result(Code.INTERNAL, f"apply failed: {e}")
+
+    # ------------------------------------------------------------ proposing
+    def propose(self, command: c.Command, timeout: float = 5.0) -> Result:
+        done = threading.Event()
+        box: list = [None, None]
+
+        def callback(result: Result | None, error: int) -> None:
+            box[0], box[1] = result, error
+            done.set()
+
+        self._apply_envelope(encode_envelope(command, self.node_id), callback=callback)
+        if not done.wait(timeout):
+            raise Unavailable(f"not committed within {timeout:.1f}s (it may still commit); "
+                              "the cluster may have lost quorum")
+        result, error = box
+        if error != FAIL_REASON.SUCCESS:
+            raise Unavailable(_FAIL_TEXT.get(error, f"raft error {error}"))
+        return result
+
+    # ------------------------------------------------------------ status
+    def status(self) -> RaftStatus:
+        s = self.getStatus()
+        leader = s.get("leader")
+        connected = frozenset(
+            self._id_by_raft_address.get(key[len("partner_node_status_server_"):], "?")
+            for key, value in s.items()
+            if key.startswith("partner_node_status_server_") and value == 2
+        )
+        return RaftStatus(
+            role=_ROLE_NAMES.get(s["state"], str(s["state"])),
+            leader_id=self._id_by_raft_address.get(leader.id) if leader is not None else None,
+            term=s["raft_term"],
+            commit_index=s["commit_idx"],
+            last_applied=s["last_applied"],
+            has_quorum=bool(s["has_quorum"]),
+            connected=connected,
+        )
+
+    def is_leader(self) -> bool:
+        return self._isLeader()
+
+    def term(self) -> int:
+        return self._getTerm()
+
+    def wait_changed(self, timeout: float) -> None:
+        with self.changed:
+            self.changed.wait(timeout)
+
+
+def wait_for_leader(replica: ReplicatedState, timeout: float) -> str | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        leader = replica.status().leader_id
+        if leader is not None:
+            return leader
+        time.sleep(0.02)
+    return None

@@ -1,0 +1,1 @@
+"""Store layer: this node's embedded rocksdict storage (task logs)."""

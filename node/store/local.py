@@ -1,0 +1,70 @@
+"""This node's own embedded storage (rocksdict, raw bytes keys and values).
+
+Owns the task logs of attempts that ran on this node. One process per database
+(rocksdb holds a LOCK file), so every node has its own directory. Keys:
+
+    log/<run_id>\\0<task_id>\\0<attempt:08d>\\0<seq:010d>  -> a chunk of output
+
+Thread-safe: rocksdb serialises writes; readers see a consistent prefix.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterator
+
+from rocksdict import Options, Rdict, WriteOptions
+
+_SEP = b"\x00"
+
+
+def _attempt_prefix(run_id: str, task_id: str, attempt: int) -> bytes:
+    return b"log/" + run_id.encode() + _SEP + task_id.encode() + _SEP + b"%08d" % attempt + _SEP
+
+
+class LocalStore:
+    def __init__(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        opts = Options(raw_mode=True)
+        opts.create_if_missing(True)
+        self._db = Rdict(str(path), options=opts)
+        self._lock = threading.Lock()
+        self._seq: dict[bytes, int] = {}
+        self._write_opts = WriteOptions()  # WAL on, no fsync per chunk: see README durability
+
+    def append_log(self, run_id: str, task_id: str, attempt: int, chunk: bytes) -> None:
+        if not chunk:
+            return
+        prefix = _attempt_prefix(run_id, task_id, attempt)
+        with self._lock:
+            seq = self._seq.get(prefix)
+            if seq is None:
+                seq = self._last_seq(prefix) + 1
+            self._seq[prefix] = seq + 1
+        self._db.put(prefix + b"%010d" % seq, chunk, self._write_opts)
+
+    def close_log(self, run_id: str, task_id: str, attempt: int) -> None:
+        with self._lock:
+            self._seq.pop(_attempt_prefix(run_id, task_id, attempt), None)
+
+    def _last_seq(self, prefix: bytes) -> int:
+        last = -1
+        for key in self._db.keys(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            last = int(key[len(prefix):])
+        return last
+
+    def read_log(self, run_id: str, task_id: str, attempt: int) -> Iterator[bytes]:
+        prefix = _attempt_prefix(run_id, task_id, attempt)
+        for key, value in self._db.items(from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            yield value
+
+    def has_log(self, run_id: str, task_id: str, attempt: int) -> bool:
+        return next(self.read_log(run_id, task_id, attempt), None) is not None
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,195 @@
+"""The worker: runs the task attempts the leader assigned to this node.
+
+Life of an attempt here (node/README.md has the whole story):
+1. `accept` gets a committed assignment from the leader's dispatch (peer RunTask).
+   It is idempotent per (run_id, task_id, attempt): a repeated dispatch is a no-op.
+2. The command runs as `bash -c COMMAND` in its own session/process group, with
+   the RAFTFLOW_* variables, stdout and stderr merged into one stream.
+3. Output goes to this node's LocalStore as it arrives; `TaskStarted` is proposed
+   without waiting.
+4. On exit, `TaskFinished` (exit code, times, log tail) is proposed until it
+   commits or is rejected as stale (fenced): a result is never silently dropped
+   while this node is up.
+
+Slots are enforced by the leader's planner; the worker reports what it runs in
+its heartbeats so the leader knows its load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..core import commands as c
+from ..core.state import Code, Result
+from ..raft.adapter import Unavailable
+from ..store.local import LocalStore
+
+log = logging.getLogger("raftflow.worker")
+
+LOG_TAIL_BYTES = 2048
+READ_CHUNK = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    run_id: str
+    task_id: str
+    attempt: int
+    dag_id: str
+    kind: str
+    command: str
+    env: dict[str, str]
+    logical_date: str
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.run_id, self.task_id, self.attempt)
+
+
+@dataclass
+class _Attempt:
+    assignment: Assignment
+    thread: threading.Thread | None = None
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    finished: threading.Event = field(default_factory=threading.Event)
+
+
+class Worker:
+    def __init__(self, node_id: str, slots: int, store: LocalStore, workdir: Path,
+                 propose: Callable[[c.Command, float], Result],
+                 propose_nowait: Callable[[c.Command], None]) -> None:
+        self.node_id = node_id
+        self.slots = slots
+        self._store = store
+        self._workdir = workdir
+        self._propose = propose
+        self._propose_nowait = propose_nowait
+        self._lock = threading.Lock()
+        self._attempts: dict[tuple[str, str, int], _Attempt] = {}
+        self._stopping = threading.Event()
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    # ------------------------------------------------------------ API
+    def accept(self, a: Assignment) -> tuple[bool, str]:
+        if a.kind != "bash":
+            return False, f"this node cannot run task kind {a.kind!r}"
+        with self._lock:
+            if self._stopping.is_set():
+                return False, f"node {self.node_id} is shutting down"
+            if a.key in self._attempts:
+                return True, "already running"
+            attempt = _Attempt(a)
+            self._attempts[a.key] = attempt
+        attempt.thread = threading.Thread(target=self._run, args=(attempt,), daemon=True,
+                                          name=f"attempt-{a.task_id}-{a.attempt}")
+        attempt.thread.start()
+        return True, ""
+
+    def running(self) -> list[tuple[str, str, int]]:
+        with self._lock:
+            return [k for k, a in self._attempts.items() if not a.finished.is_set()]
+
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Stop accepting work and kill the process groups of running attempts."""
+        self._stopping.set()
+        with self._lock:
+            attempts = list(self._attempts.values())
+        for attempt in attempts:
+            _kill_group(attempt.process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for attempt in attempts:
+            if attempt.process is not None and not attempt.finished.wait(max(0.0, deadline - time.monotonic())):
+                _kill_group(attempt.process, signal.SIGKILL)
+
+    # ------------------------------------------------------------ one attempt
+    def _run(self, attempt: _Attempt) -> None:
+        a = attempt.assignment
+        tail = bytearray()
+        reason = ""
+        attempt.started_at = time.time()
+        try:
+            attempt.process = subprocess.Popen(
+                ["bash", "-c", a.command],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                start_new_session=True, cwd=self._workdir, env=self._environment(a),
+            )
+        except OSError as e:
+            exit_code, reason = 127, f"could not start bash: {e}"
+            self._store.append_log(a.run_id, a.task_id, a.attempt, f"raftflow: {reason}\n".encode())
+        else:
+            log.info("started %s/%s attempt %d (pid %d)", a.run_id, a.task_id, a.attempt, attempt.process.pid)
+            self._propose_nowait(c.TaskStarted(a.run_id, a.task_id, a.attempt, self.node_id, attempt.started_at))
+            fd = attempt.process.stdout.fileno()
+            while chunk := os.read(fd, READ_CHUNK):
+                self._store.append_log(a.run_id, a.task_id, a.attempt, chunk)
+                tail += chunk
+                del tail[:-LOG_TAIL_BYTES]
+            attempt.process.stdout.close()
+            status = attempt.process.wait()
+            exit_code = status if status >= 0 else 128 - status
+            if status < 0:
+                reason = f"killed by signal {signal.Signals(-status).name}"
+        ended_at = time.time()
+        self._store.close_log(a.run_id, a.task_id, a.attempt)
+        log.info("finished %s/%s attempt %d: exit %d %s", a.run_id, a.task_id, a.attempt, exit_code, reason)
+        self._report(c.TaskFinished(
+            run_id=a.run_id, task_id=a.task_id, attempt=a.attempt, node=self.node_id, exit_code=exit_code,
+            started_at=attempt.started_at, ended_at=ended_at,
+            log_tail=tail.decode("utf-8", errors="replace"), reason=reason, at=ended_at,
+        ))
+        attempt.finished.set()
+        with self._lock:
+            self._attempts.pop(a.key, None)
+
+    def _report(self, command: c.TaskFinished) -> None:
+        """Propose the result until it commits or is rejected as stale."""
+        delay = 0.05
+        while True:
+            try:
+                result = self._propose(command, 5.0)
+            except Unavailable as e:
+                if self._stopping.is_set():
+                    log.warning("not reporting %s/%s attempt %d: shutting down (%s)",
+                                command.run_id, command.task_id, command.attempt, e)
+                    return
+                log.warning("result of %s/%s attempt %d not committed yet: %s; retrying",
+                            command.run_id, command.task_id, command.attempt, e)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if not result.ok:
+                level = logging.INFO if result.code is Code.CONFLICT else logging.ERROR
+                log.log(level, "result of %s/%s attempt %d ignored: %s",
+                        command.run_id, command.task_id, command.attempt, result.reason)
+            return
+
+    def _environment(self, a: Assignment) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(a.env)
+        env.update({
+            "RAFTFLOW_DAG_ID": a.dag_id,
+            "RAFTFLOW_RUN_ID": a.run_id,
+            "RAFTFLOW_TASK_ID": a.task_id,
+            "RAFTFLOW_ATTEMPT": str(a.attempt),
+            "RAFTFLOW_NODE_ID": self.node_id,
+            "RAFTFLOW_LOGICAL_DATE": a.logical_date,
+        })
+        return env
+
+
+def _kill_group(process: subprocess.Popen | None, sig: int) -> None:
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        pass

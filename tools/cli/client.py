@@ -1,0 +1,160 @@
+"""A client of the raftflow client API that tries each node until one answers.
+
+Errors are split so the CLI can map them to exit codes:
+- `ClusterUnreachable`: no address accepted a connection (exit 3).
+- `ApiError`: a node answered with an error status (INVALID_ARGUMENT and
+  NOT_FOUND are the user's input: exit 2; the rest: exit 1). UNAVAILABLE from a
+  reachable node (no leader/quorum there) moves on to the next node first.
+Results are returned as plain dicts (the `--json` shapes), times ISO-8601 UTC.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from raftflow.proto import client_pb2, client_pb2_grpc
+
+CONNECT_TIMEOUT = 1.5
+
+
+class ClusterUnreachable(Exception):
+    pass
+
+
+class ApiError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class ClusterClient:
+    def __init__(self, addresses: list[str], timeout: float = 10.0) -> None:
+        if not addresses:
+            raise ValueError("no cluster addresses")
+        self.addresses = addresses
+        self.timeout = timeout
+        self._channels: dict[str, grpc.Channel] = {}
+        self._preferred = 0
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+    def _stub(self, address: str) -> client_pb2_grpc.ClientStub | None:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.insecure_channel(address)
+            self._channels[address] = channel
+        try:
+            grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
+        except grpc.FutureTimeoutError:
+            return None
+        return client_pb2_grpc.ClientStub(channel)
+
+    def _order(self) -> list[int]:
+        n = len(self.addresses)
+        return [(self._preferred + i) % n for i in range(n)]
+
+    def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        last_unavailable: ApiError | None = None
+        for i in self._order():
+            stub = self._stub(self.addresses[i])
+            if stub is None:
+                continue
+            try:
+                response = getattr(stub, method)(request, timeout=timeout or self.timeout)
+            except grpc.RpcError as e:
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    last_unavailable = ApiError(e.code(), f"{self.addresses[i]}: {e.details()}")
+                    continue
+                raise ApiError(e.code(), e.details() or str(e.code())) from None
+            self._preferred = i
+            return response
+        if last_unavailable is not None:
+            raise last_unavailable
+        raise ClusterUnreachable(f"no raftflow node answered at {', '.join(self.addresses)}; "
+                                 "is the cluster running (tools/up), and is --cluster / RAFTFLOW_CLUSTER right?")
+
+    def stream(self, method: str, request: Any) -> Iterator[Any]:
+        """A server stream from the first node that answers (no deadline)."""
+        for i in self._order():
+            stub = self._stub(self.addresses[i])
+            if stub is None:
+                continue
+            self._preferred = i
+            try:
+                yield from getattr(stub, method)(request)
+                return
+            except grpc.RpcError as e:
+                raise ApiError(e.code(), e.details() or str(e.code())) from None
+        raise ClusterUnreachable(f"no raftflow node answered at {', '.join(self.addresses)}")
+
+    # ------------------------------------------------------------ verbs
+    def submit(self, dags: list[dict[str, str]]) -> list[dict[str, Any]]:
+        request = client_pb2.SubmitDagsRequest(dags=[client_pb2.DagToSubmit(**d) for d in dags])
+        return [_dict(d) for d in self.call("SubmitDags", request).dags]
+
+    def list_dags(self) -> list[dict[str, Any]]:
+        return [_dict(d) for d in self.call("ListDags", client_pb2.ListDagsRequest()).dags]
+
+    def get_dag(self, dag_id: str, version: int = 0, include_code: bool = False) -> dict[str, Any]:
+        return _dict(self.call("GetDag", client_pb2.GetDagRequest(dag_id=dag_id, version=version,
+                                                                  include_code=include_code)))
+
+    def trigger(self, dag_id: str, conf_json: str = "") -> dict[str, Any]:
+        return _dict(self.call("TriggerDag", client_pb2.TriggerDagRequest(dag_id=dag_id, conf_json=conf_json)))
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self.call("SetPaused", client_pb2.SetPausedRequest(dag_id=dag_id, paused=paused))
+
+    def list_runs(self, dag_id: str = "", limit: int = 0) -> list[dict[str, Any]]:
+        return [_dict(r) for r in self.call("ListRuns", client_pb2.ListRunsRequest(dag_id=dag_id, limit=limit)).runs]
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        return run_dict(self.call("GetRun", client_pb2.GetRunRequest(run_id=run_id)))
+
+    def watch_run(self, run_id: str) -> Iterator[dict[str, Any]]:
+        for detail in self.stream("WatchRun", client_pb2.GetRunRequest(run_id=run_id)):
+            yield run_dict(detail)
+
+    def task_log(self, run_id: str, task_id: str, attempt: int = 0) -> Iterator[client_pb2.LogChunk]:
+        return self.stream("GetTaskLog", client_pb2.GetTaskLogRequest(run_id=run_id, task_id=task_id, attempt=attempt))
+
+    def cluster_status(self) -> dict[str, Any]:
+        return _dict(self.call("ClusterStatus", client_pb2.ClusterStatusRequest(), timeout=5.0))
+
+
+def _dict(message: Any) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
+                         unquote_int64_if_possible=True)
+
+
+_TIME_FIELDS = ("queued_at", "started_at", "ended_at", "created_at", "logical_date")
+
+
+def _nulls(d: dict[str, Any]) -> dict[str, Any]:
+    for key in _TIME_FIELDS:
+        if d.get(key) == "":
+            d[key] = None
+    return d
+
+
+def run_dict(detail: client_pb2.RunDetail) -> dict[str, Any]:
+    """The `runs show --json` shape: the run's fields flat, `tasks` a list."""
+    raw = _dict(detail)
+    out: dict[str, Any] = _nulls(raw["run"])
+    out.update(data_interval_start=raw["data_interval_start"], data_interval_end=raw["data_interval_end"],
+               conf=json.loads(raw["conf_json"] or "{}"), meta=raw.get("meta"))
+    tasks = []
+    for t in raw["tasks"]:
+        t = _nulls(t)
+        t["node"] = t["node"] or None
+        t.setdefault("exit_code", None)
+        tasks.append(t)
+    out["tasks"] = tasks
+    return out
+

@@ -1,0 +1,227 @@
+"""A cluster of raftflow nodes on this machine: configs, secret, processes, PIDs.
+
+Used by tools/up and tools/down, and by the integration tests, bench and chaos
+tools, so that every local cluster is started the same way a real node is:
+`raftflow node --config FILE`. Layout under the data dir:
+
+    secret              the cluster secret (0600), generated once
+    cluster.json        node ids and addresses (what the CLI and tools read)
+    nK/node.toml        node K's config
+    nK/node.log         its stderr/stdout
+    nK/pid              its PID while started by this helper
+
+Processes are only ever signalled by the PIDs recorded here, after checking the
+PID still runs `raftflow node` with that config.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from raftflow.config import NodeConfig, Peer, to_toml
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel reports free right now (bound to port 0, then released)."""
+    sockets, ports = [], []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind((LOOPBACK, 0))
+            sockets.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in sockets:
+            s.close()
+    return ports
+
+
+@dataclass
+class LocalNode:
+    node_id: str
+    grpc_address: str
+    raft_address: str
+    dir: Path
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / "node.toml"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "node.log"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.dir / "pid"
+
+    def pid(self) -> int | None:
+        """The recorded PID if that process is alive and is this node."""
+        try:
+            pid = int(self.pid_path.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        if str(self.config_path).encode() not in cmdline:
+            return None
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return None
+        return None if state == "Z" else pid
+
+
+class LocalCluster:
+    def __init__(self, data_dir: Path, nodes: int = 3, port_base: int | None = None, slots: int = 4,
+                 python: str = sys.executable, extra_env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir.resolve()
+        self.python = python
+        self.extra_env = extra_env or {}
+        self._procs: dict[str, subprocess.Popen] = {}
+        manifest = self.data_dir / "cluster.json"
+        if manifest.exists():
+            saved = json.loads(manifest.read_text())
+            self.slots = saved["slots"]
+            self.nodes = [LocalNode(n["id"], n["grpc"], n["raft"], self.data_dir / n["id"]) for n in saved["nodes"]]
+            return
+        self.slots = slots
+        if port_base is None:
+            ports = free_ports(2 * nodes)
+            grpc_ports, raft_ports = ports[:nodes], ports[nodes:]
+        else:
+            grpc_ports = [port_base + i for i in range(nodes)]
+            raft_ports = [port_base + 100 + i for i in range(nodes)]
+        self.nodes = [
+            LocalNode(f"n{i + 1}", f"{LOOPBACK}:{grpc_ports[i]}", f"{LOOPBACK}:{raft_ports[i]}",
+                      self.data_dir / f"n{i + 1}")
+            for i in range(nodes)
+        ]
+
+    # ------------------------------------------------------------ set-up
+    @property
+    def secret_file(self) -> Path:
+        return self.data_dir / "secret"
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(n.grpc_address for n in self.nodes)
+
+    def node(self, node_id: str) -> LocalNode:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def configure(self) -> None:
+        """Write the secret (once), every node's config and cluster.json."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.secret_file.exists():
+            fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+        for node in self.nodes:
+            node.dir.mkdir(parents=True, exist_ok=True)
+            peers = tuple(Peer(o.node_id, o.grpc_address, o.raft_address) for o in self.nodes if o is not node)
+            cfg = NodeConfig(node_id=node.node_id, grpc_address=node.grpc_address, raft_address=node.raft_address,
+                             data_dir=node.dir / "data", secret_file=self.secret_file, slots=self.slots, peers=peers)
+            node.config_path.write_text(to_toml(cfg))
+        (self.data_dir / "cluster.json").write_text(json.dumps({
+            "slots": self.slots,
+            "nodes": [{"id": n.node_id, "grpc": n.grpc_address, "raft": n.raft_address} for n in self.nodes],
+        }, indent=2) + "\n")
+
+    # ------------------------------------------------------------ processes
+    def start_node(self, node_id: str) -> int:
+        node = self.node(node_id)
+        if node.pid() is not None:
+            return node.pid()  # type: ignore[return-value]
+        log = open(node.log_path, "ab")
+        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [self.python, "-m", "raftflow_cli.main", "node", "--config", str(node.config_path)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+        log.close()
+        self._procs[node_id] = proc
+        node.pid_path.write_text(f"{proc.pid}\n")
+        return proc.pid
+
+    def start(self) -> None:
+        self.configure()
+        for node in self.nodes:
+            self.start_node(node.node_id)
+
+    def signal_node(self, node_id: str, sig: int) -> bool:
+        pid = self.node(node_id).pid()
+        if pid is None:
+            return False
+        os.kill(pid, sig)
+        if sig == signal.SIGKILL:
+            self._reap(node_id, pid, timeout=5.0)
+        return True
+
+    def stop_node(self, node_id: str, timeout: float = 10.0) -> None:
+        node = self.node(node_id)
+        pid = node.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            if not self._reap(node_id, pid, timeout):
+                os.kill(pid, signal.SIGKILL)
+                self._reap(node_id, pid, 5.0)
+        node.pid_path.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            pid = node.pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+        for node in self.nodes:
+            self.stop_node(node.node_id)
+
+    def _reap(self, node_id: str, pid: int, timeout: float) -> bool:
+        """Wait until the process is gone (reaping it if we are its parent)."""
+        deadline = time.monotonic() + timeout
+        proc = self._procs.get(node_id)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.pid == pid:
+                if proc.poll() is not None:
+                    return True
+            elif not Path(f"/proc/{pid}").exists() or self.node(node_id).pid() is None:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def running(self) -> list[str]:
+        return [n.node_id for n in self.nodes if n.pid() is not None]
+
+    def wait_ready(self, timeout: float = 30.0, expect_nodes: int | None = None) -> dict:
+        """Wait until one leader is known and `expect_nodes` (default all) nodes are healthy.
+        Returns the cluster status as JSON; raises TimeoutError with the last status seen."""
+        from .client import ClusterClient, ClusterUnreachable
+
+        expect = len(self.nodes) if expect_nodes is None else expect_nodes
+        client = ClusterClient(self.addresses.split(","), timeout=2.0)
+        deadline = time.monotonic() + timeout
+        last: object = None
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    status = client.cluster_status()
+                    last = status
+                    healthy = [n for n in status["nodes"] if n["healthy"]]
+                    if status["leader"] and len(healthy) >= expect:
+                        return status
+                except ClusterUnreachable as e:
+                    last = str(e)
+                time.sleep(0.1)
+        finally:
+            client.close()
+        raise TimeoutError(f"cluster not ready after {timeout:.0f}s; last status: {last}")

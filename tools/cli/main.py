@@ -1,0 +1,361 @@
+"""`raftflow`: the command line. Client verbs talk gRPC to any node; `raftflow node`
+runs a node.
+
+Exit codes: 0 ok; 1 the operation failed (e.g. the run failed under --wait, or
+the cluster has no quorum); 2 usage or invalid input (nothing was changed);
+3 the cluster is unreachable.
+
+The cluster address is --cluster HOST:PORT,..., else $RAFTFLOW_CLUSTER, else the
+nodes of the local cluster tools/up started (.raftflow/cluster.json), else
+127.0.0.1:50051-50053. Each is tried until one answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import grpc
+
+from .client import ApiError, ClusterClient, ClusterUnreachable
+from .loader import DEFAULT_TIMEOUT, LoadError, load_paths
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+DEFAULT_ADDRESSES = ["127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053"]
+TERMINAL = ("success", "failed")
+
+
+class UsageError(Exception):
+    pass
+
+
+def cluster_addresses(flag: str | None) -> list[str]:
+    if flag:
+        return [a.strip() for a in flag.split(",") if a.strip()]
+    if os.environ.get("RAFTFLOW_CLUSTER"):
+        return [a.strip() for a in os.environ["RAFTFLOW_CLUSTER"].split(",") if a.strip()]
+    manifest = Path(os.environ.get("RAFTFLOW_DATA_DIR", ".raftflow")) / "cluster.json"
+    if manifest.exists():
+        return [n["grpc"] for n in json.loads(manifest.read_text())["nodes"]]
+    return DEFAULT_ADDRESSES
+
+
+# ---------------------------------------------------------------- output helpers
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if v in (None, "") else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths)] + lines[1:])
+
+
+def short_time(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    return datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+
+
+def duration(start: str | None, end: str | None) -> str:
+    if not start or not end:
+        return "-"
+    return f"{(datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds():.2f}s"
+
+
+def emit_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+# ---------------------------------------------------------------- verbs
+def cmd_dags_submit(client: ClusterClient, args: argparse.Namespace) -> int:
+    try:
+        dags = load_paths(args.paths, timeout=args.load_timeout)
+    except LoadError as e:
+        print(f"error: {e}\nnothing was submitted", file=sys.stderr)
+        return EXIT_USAGE
+    if not dags:
+        print(f"error: no DAGs found in {' '.join(args.paths)}; nothing was submitted", file=sys.stderr)
+        return EXIT_USAGE
+    results = client.submit(dags)
+    if args.json:
+        emit_json({"dags": results})
+    else:
+        for r in results:
+            note = "" if r["changed"] else " (unchanged)"
+            print(f"submitted {r['dag_id']} version {r['version']}{note}")
+    return EXIT_OK
+
+
+def cmd_dags_list(client: ClusterClient, args: argparse.Namespace) -> int:
+    dags = client.list_dags()
+    if args.json:
+        emit_json({"dags": dags})
+        return EXIT_OK
+    if not dags:
+        print("no DAGs yet; submit some with: raftflow dags submit dags/")
+        return EXIT_OK
+    print(table([[d["dag_id"], d["version"], d["schedule"] or "manual", "yes" if d["paused"] else "no",
+                  d["task_count"], d["next_run_at"] and short_time(d["next_run_at"]), d["last_run_state"]]
+                 for d in dags], ["DAG", "VERSION", "SCHEDULE", "PAUSED", "TASKS", "NEXT RUN (UTC)", "LAST RUN"]))
+    return EXIT_OK
+
+
+def cmd_dags_show(client: ClusterClient, args: argparse.Namespace) -> int:
+    dag = client.get_dag(args.dag_id, version=args.version, include_code=args.code)
+    dag["spec"] = json.loads(dag.pop("spec_json"))
+    if args.json:
+        emit_json(dag)
+        return EXIT_OK
+    s, spec = dag["summary"], dag["spec"]
+    print(f"DAG {s['dag_id']}  version {dag['shown_version']} of {s['version'] if not args.version else '?'}"
+          f"  submitted {dag['submitted_at']}  from {s['filename']}")
+    print(f"schedule: {spec['schedule'] or 'manual only'} ({spec['timezone']}), catchup {spec['catchup']}, "
+          f"paused: {'yes' if s['paused'] else 'no'}, max_active_runs {spec['max_active_runs']}")
+    if s["next_run_at"]:
+        print(f"next run: {s['next_run_at']}")
+    print()
+    print(table([[t["task_id"], t["kind"], ", ".join(t["upstream"]) or "-", t["retries"], t["command"]]
+                 for t in spec["tasks"]], ["TASK", "KIND", "UPSTREAM", "RETRIES", "COMMAND"]))
+    if args.code:
+        print(f"\n--- {s['filename']} ---\n{dag['source']}")
+    return EXIT_OK
+
+
+def cmd_dags_trigger(client: ClusterClient, args: argparse.Namespace) -> int:
+    if args.conf:
+        try:
+            conf = json.loads(args.conf)
+        except ValueError as e:
+            raise UsageError(f"--conf is not valid JSON ({e}); example: --conf '{{\"date\": \"2026-01-01\"}}'")
+        if not isinstance(conf, dict):
+            raise UsageError(f"--conf must be a JSON object, got {type(conf).__name__}")
+    result = client.trigger(args.dag_id, args.conf or "")
+    if not args.wait:
+        if args.json:
+            emit_json(result)
+        else:
+            print(f"triggered {args.dag_id}: run {result['run_id']}")
+            if result["dag_paused"]:
+                print(f"note: {args.dag_id} is paused; the run waits until `raftflow dags unpause {args.dag_id}`")
+            print(f"watch it with: raftflow runs watch {result['run_id']}")
+        return EXIT_OK
+    if not args.json:
+        print(f"triggered {args.dag_id}: run {result['run_id']}")
+    final = watch(client, result["run_id"], quiet=args.json)
+    if args.json:
+        emit_json(final)
+    return EXIT_OK if final["state"] == "success" else EXIT_FAILED
+
+
+def cmd_pause(paused: bool) -> Callable[[ClusterClient, argparse.Namespace], int]:
+    def run(client: ClusterClient, args: argparse.Namespace) -> int:
+        client.set_paused(args.dag_id, paused)
+        print(f"{args.dag_id} {'paused' if paused else 'unpaused'}")
+        return EXIT_OK
+    return run
+
+
+def cmd_runs_list(client: ClusterClient, args: argparse.Namespace) -> int:
+    runs = client.list_runs(args.dag_id or "", args.limit)
+    if args.json:
+        emit_json({"runs": runs})
+        return EXIT_OK
+    if not runs:
+        print("no runs yet")
+        return EXIT_OK
+    print(table([[r["run_id"], r["dag_id"], r["state"], r["trigger"], duration(r["started_at"], r["ended_at"])]
+                 for r in runs], ["RUN", "DAG", "STATE", "TRIGGER", "DURATION"]))
+    return EXIT_OK
+
+
+def print_run(run: dict[str, Any]) -> None:
+    print(f"run {run['run_id']}  DAG {run['dag_id']} v{run['dag_version']}  {run['state'].upper()}  "
+          f"({run['trigger']}, logical date {run['logical_date']})")
+    print(table([[t["task_id"], t["state"], t["attempt"] or "-", t["node"], short_time(t["started_at"]),
+                  short_time(t["ended_at"]), duration(t["started_at"], t["ended_at"]),
+                  "-" if t["exit_code"] is None else t["exit_code"], t["reason"]]
+                 for t in run["tasks"]],
+                ["TASK", "STATE", "ATTEMPT", "NODE", "STARTED", "ENDED", "TOOK", "EXIT", "NOTE"]))
+
+
+def cmd_runs_show(client: ClusterClient, args: argparse.Namespace) -> int:
+    run = client.get_run(args.run_id)
+    if args.json:
+        emit_json(run)
+    else:
+        print_run(run)
+        failed = [t for t in run["tasks"] if t["state"] == "failed" and t["log_tail"]]
+        for t in failed:
+            print(f"\n--- {t['task_id']} (attempt {t['attempt']}) log tail ---\n{t['log_tail'].rstrip()}")
+    return EXIT_OK
+
+
+def watch(client: ClusterClient, run_id: str, quiet: bool = False, as_json: bool = False) -> dict[str, Any]:
+    """Follow a run until it ends, printing each task change; survives the loss of the
+    node it watches through by reconnecting to another."""
+    seen: dict[str, tuple] = {}
+    last: dict[str, Any] | None = None
+    deadline_unreachable = None
+    while True:
+        try:
+            for run in client.watch_run(run_id):
+                deadline_unreachable = None
+                last = run
+                if as_json:
+                    print(json.dumps(run, sort_keys=True), flush=True)
+                for t in run["tasks"]:
+                    key = (t["state"], t["attempt"], t["node"])
+                    if seen.get(t["task_id"]) != key:
+                        seen[t["task_id"]] = key
+                        if not quiet and not as_json and t["state"] != "pending":
+                            where = f" attempt {t['attempt']} on {t['node']}" if t["node"] else ""
+                            print(f"{time.strftime('%H:%M:%S')}  {t['task_id']:<28} {t['state']:<16}{where}", flush=True)
+                if run["state"] in TERMINAL:
+                    if not quiet and not as_json:
+                        print(f"run {run_id} {run['state'].upper()} "
+                              f"in {duration(run['started_at'], run['ended_at'])}")
+                    return run
+        except (ApiError, ClusterUnreachable) as e:
+            if isinstance(e, ApiError) and e.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                                                          grpc.StatusCode.UNKNOWN):
+                raise
+            deadline_unreachable = deadline_unreachable or time.monotonic() + 30
+            if time.monotonic() > deadline_unreachable:
+                raise
+            if not quiet and not as_json:
+                print(f"{time.strftime('%H:%M:%S')}  (lost the node being watched; reconnecting)", flush=True)
+            client._preferred = (client._preferred + 1) % len(client.addresses)
+            time.sleep(0.3)
+        if last is not None and last["state"] in TERMINAL:
+            return last
+
+
+def cmd_runs_watch(client: ClusterClient, args: argparse.Namespace) -> int:
+    final = watch(client, args.run_id, as_json=args.json)
+    return EXIT_OK if final["state"] == "success" else EXIT_FAILED
+
+
+def cmd_tasks_logs(client: ClusterClient, args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    for chunk in client.task_log(args.run_id, args.task_id, args.attempt):
+        out.write(chunk.data)
+    out.flush()
+    return EXIT_OK
+
+
+def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
+    status = client.cluster_status()
+    if args.json:
+        emit_json(status)
+        return EXIT_OK
+    leader = status["leader"] or "NONE (no quorum?)"
+    since = next((c["at"] for c in reversed(status["leader_changes"]) if c["node"] == status["leader"]), None)
+    print(f"leader: {leader}" + (f" since {since}" if since else "") + f"   (answered by {status['served_by']})")
+    print(table([[n["id"], n["role"], "yes" if n["healthy"] else "NO", n["pid"] or "-", n["raft_term"],
+                  n["commit_index"], f"{n['running_tasks']}/{n['slots']}",
+                  "-" if n["last_heartbeat_age"] < 0 else f"{n['last_heartbeat_age']:.1f}s ago",
+                  n["grpc_address"], n["error"]]
+                 for n in status["nodes"]],
+                ["NODE", "ROLE", "HEALTHY", "PID", "TERM", "COMMIT", "TASKS", "HEARTBEAT", "ADDRESS", "ERROR"]))
+    digests = {n["digest"] for n in status["nodes"] if n["digest"]}
+    if status["leader_changes"]:
+        print("\nrecent leader changes:")
+        for change in status["leader_changes"][-5:]:
+            print(f"  {change['at']}  {change['node']} (term {change['term']})")
+    if len(digests) > 1:
+        print("\nnote: replicas differ in state digest (normal for a moment while they catch up)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="raftflow", description="raftflow: a DAG scheduler with no single point of failure.",
+        epilog="Exit codes: 0 ok, 1 operation failed, 2 usage or invalid input, 3 cluster unreachable.")
+    parser.add_argument("--cluster", help="node addresses HOST:PORT,... (default: $RAFTFLOW_CLUSTER, "
+                                          "else the local cluster from tools/up)")
+    sub = parser.add_subparsers(dest="group", required=True, metavar="{dags,runs,tasks,cluster,node}")
+
+    def verb(group: argparse._SubParsersAction, name: str, func: Callable, help: str, json_flag: bool = True):
+        p = group.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    dags = sub.add_parser("dags", help="submit, list, show, trigger, pause DAGs").add_subparsers(
+        dest="verb", required=True)
+    p = verb(dags, "submit", cmd_dags_submit, "submit every DAG in the given files or folders")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--load-timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds allowed to load each file")
+    verb(dags, "list", cmd_dags_list, "list DAGs")
+    p = verb(dags, "show", cmd_dags_show, "show a DAG's tasks (and code)")
+    p.add_argument("dag_id")
+    p.add_argument("--code", action="store_true", help="also print the DAG file's source")
+    p.add_argument("--version", type=int, default=0, help="show an older version")
+    p = verb(dags, "trigger", cmd_dags_trigger, "start a manual run")
+    p.add_argument("dag_id")
+    p.add_argument("--conf", help="JSON object passed to the run")
+    p.add_argument("--wait", action="store_true", help="follow the run; exit 1 if it fails")
+    p = verb(dags, "pause", cmd_pause(True), "stop scheduling new runs of a DAG", json_flag=False)
+    p.add_argument("dag_id")
+    p = verb(dags, "unpause", cmd_pause(False), "resume scheduling a DAG", json_flag=False)
+    p.add_argument("dag_id")
+
+    runs = sub.add_parser("runs", help="list, show, watch runs").add_subparsers(dest="verb", required=True)
+    p = verb(runs, "list", cmd_runs_list, "list recent runs")
+    p.add_argument("dag_id", nargs="?")
+    p.add_argument("--limit", type=int, default=0)
+    p = verb(runs, "show", cmd_runs_show, "show a run with every task's state, attempt, node and times")
+    p.add_argument("run_id")
+    p = verb(runs, "watch", cmd_runs_watch, "follow a run until it ends (exit 1 if it fails)")
+    p.add_argument("run_id")
+
+    tasks = sub.add_parser("tasks", help="task logs").add_subparsers(dest="verb", required=True)
+    p = verb(tasks, "logs", cmd_tasks_logs, "print a task attempt's log, from whichever node ran it",
+             json_flag=False)
+    p.add_argument("run_id")
+    p.add_argument("task_id")
+    p.add_argument("--attempt", type=int, default=0, help="default: the latest attempt")
+
+    cluster = sub.add_parser("cluster", help="cluster status").add_subparsers(dest="verb", required=True)
+    verb(cluster, "status", cmd_cluster_status, "who leads, and each node's health and load")
+
+    from raftflow.main import build_parser as node_parser
+    node = sub.add_parser("node", help="run a node (see deploy/ and tools/up)")
+    node_parser(node)
+    node.set_defaults(func=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.group == "node":
+        from raftflow.main import run
+        return run(args)
+    client = ClusterClient(cluster_addresses(args.cluster))
+    try:
+        return args.func(client, args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except ApiError as e:
+        print(f"error: {e.message}", file=sys.stderr)
+        invalid = e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
+        return EXIT_USAGE if invalid else EXIT_FAILED
+    except ClusterUnreachable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
