@@ -179,6 +179,9 @@ def _peer(raw: Any, source: str) -> Peer:
         return raw
     if not isinstance(raw, dict) or not {"id", "grpc_address", "raft_address"} <= set(raw):
         raise ConfigError(f"each peer (from {source}) needs id, grpc_address and raft_address, got {raw!r}")
+    unknown = set(raw) - {"id", "grpc_address", "raft_address"}
+    if unknown:
+        raise ConfigError(f"peer {raw['id']}: unknown setting(s) {', '.join(sorted(unknown))}")
     peer = Peer(str(raw["id"]), str(raw["grpc_address"]), str(raw["raft_address"]))
     _check_address(peer.grpc_address, f"peer {peer.id} grpc_address")
     _check_address(peer.raft_address, f"peer {peer.id} raft_address")

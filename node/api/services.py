@@ -89,7 +89,7 @@ class ClientService(client_pb2_grpc.ClientServicer):
                                    possibly_stale=status.leader_id is None or not status.has_quorum)
 
     def _unknown_dag(self, dag_id: str) -> _Abort:
-        near = get_close_matches(dag_id, list(self.replica.state.dags), n=3)
+        near = get_close_matches(dag_id, list(self.replica.state.dags), n=3, cutoff=0.75)
         hint = f"; did you mean {', '.join(near)}?" if near else "; `raftflow dags list` shows the DAGs"
         return _Abort(grpc.StatusCode.NOT_FOUND, f"no DAG {dag_id!r}{hint}")
 

@@ -1,0 +1,43 @@
+"""Helpers for integration tests: the real CLI in a subprocess, and waiting on a
+condition with a deadline (never sleep-and-hope)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Cli:
+    """Runs the real `raftflow` CLI in a subprocess against given node addresses."""
+
+    def __init__(self, addresses: str) -> None:
+        self.addresses = addresses
+
+    def __call__(self, *args: str, cluster: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "raftflow_cli.main", "--cluster", cluster or self.addresses,
+                               *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+    def json(self, *args: str, cluster: str | None = None) -> Any:
+        proc = self(*args, "--json", cluster=cluster)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns a truthy value; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")

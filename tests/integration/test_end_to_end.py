@@ -1,0 +1,158 @@
+"""A real 3-node cluster runs DAGs end to end, driven through the CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+import pytest
+
+from support import ROOT, wait_for
+
+pytestmark = pytest.mark.integration
+
+PARALLEL = ("aggregate_search_interaction", "aggregate_user_features")
+JOIN = "generate_training_data"
+
+
+def _t(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
+
+
+def test_mlexpert_dag_runs_in_dependency_order_across_nodes(cluster, cli):
+    submitted = cli("dags", "submit", str(ROOT / "dags"))
+    assert submitted.returncode == 0, submitted.stderr
+    assert "mlexpert_dag" in submitted.stdout
+
+    triggered = cli("dags", "trigger", "mlexpert_dag", "--wait", "--json", timeout=120)
+    assert triggered.returncode == 0, triggered.stderr + triggered.stdout
+    run = json.loads(triggered.stdout)
+    assert run["state"] == "success"
+    tasks = {t["task_id"]: t for t in run["tasks"]}
+    assert all(t["state"] == "success" and t["exit_code"] == 0 and t["attempt"] == 1 for t in tasks.values())
+
+    a, b, join = tasks[PARALLEL[0]], tasks[PARALLEL[1]], tasks[JOIN]
+    assert _t(a["started_at"]) < _t(b["ended_at"]) and _t(b["started_at"]) < _t(a["ended_at"]), \
+        "the two parallel tasks did not overlap in time"
+    assert _t(join["started_at"]) >= max(_t(a["ended_at"]), _t(b["ended_at"])), "the join started before both ended"
+    assert len({t["node"] for t in tasks.values()}) >= 2, "all tasks ran on one node"
+
+    # Every node reports the same run state (followers may lag a moment behind).
+    def same_everywhere():
+        views = []
+        for address in cluster.addresses.split(","):
+            view = cli.json("runs", "show", run["run_id"], cluster=address)
+            view.pop("meta")
+            views.append(view)
+        return all(v == views[0] for v in views) and views[0]["state"] == "success"
+    wait_for(same_everywhere, 10, "every node to report the same run state")
+
+    # A task's log can be read through any node, whichever ran it.
+    for address in cluster.addresses.split(","):
+        logs = cli("tasks", "logs", run["run_id"], JOIN, cluster=address)
+        assert logs.returncode == 0, logs.stderr
+        assert f"[{join['node']}] spark-submit s3://bucket_name/generate_training_data.py" in logs.stdout
+        assert "done: generate_training_data.py" in logs.stdout
+
+
+def test_task_environment_and_failure_reporting(cluster, cli, tmp_path: Path):
+    dag_file = tmp_path / "env_dag.py"
+    dag_file.write_text(
+        "from raftflow import DAG, BashTask\n"
+        "with DAG('env_check') as dag:\n"
+        "    BashTask('show_env', command='env | grep ^RAFTFLOW_ | sort')\n"
+        "    BashTask('fails', command='echo about to fail >&2; exit 7')\n"
+    )
+    assert cli("dags", "submit", str(dag_file)).returncode == 0
+    proc = cli("dags", "trigger", "env_check", "--wait", "--json", timeout=60)
+    assert proc.returncode == 1, "a failed run must exit 1 under --wait"
+    run = json.loads(proc.stdout)
+    assert run["state"] == "failed"
+    tasks = {t["task_id"]: t for t in run["tasks"]}
+    assert tasks["fails"]["state"] == "failed" and tasks["fails"]["exit_code"] == 7
+    assert "about to fail" in tasks["fails"]["log_tail"]
+
+    env = dict(line.split("=", 1) for line in cli("tasks", "logs", run["run_id"], "show_env").stdout.splitlines())
+    assert env["RAFTFLOW_DAG_ID"] == "env_check"
+    assert env["RAFTFLOW_RUN_ID"] == run["run_id"]
+    assert env["RAFTFLOW_TASK_ID"] == "show_env"
+    assert env["RAFTFLOW_ATTEMPT"] == "1"
+    assert env["RAFTFLOW_NODE_ID"] == tasks["show_env"]["node"]
+    assert _t(env["RAFTFLOW_LOGICAL_DATE"]).utcoffset().total_seconds() == 0
+    assert env["RAFTFLOW_LOGICAL_DATE"] == run["logical_date"]
+
+
+def test_cluster_status_shows_one_leader_and_healthy_nodes(cluster, cli):
+    status = wait_for(lambda: (s := cli.json("cluster", "status")) and
+                      all(n["healthy"] for n in s["nodes"]) and s, 10, "all nodes healthy")
+    assert status["leader"] in {n.node_id for n in cluster.nodes}
+    roles = sorted(n["role"] for n in status["nodes"])
+    assert roles == ["follower", "follower", "leader"]
+    pids = {n.node_id: n.pid() for n in cluster.nodes}
+    for node in status["nodes"]:
+        assert node["pid"] == pids[node["id"]]
+        assert node["raft_term"] >= 1 and node["commit_index"] >= 1
+        assert "running_tasks" in node
+
+
+BAD_FILES = {
+    "cycle.py": ("from raftflow import DAG, BashTask\nwith DAG('cyc'):\n"
+                 "    a = BashTask('a', command='true'); b = BashTask('b', command='true')\n    a >> b >> a\n",
+                 "dependency cycle"),
+    "raises.py": ("from raftflow import DAG, BashTask\nwith DAG('raiser'):\n    BashTask('a', command='true')\n"
+                  "raise RuntimeError('warehouse unreachable')\n", "line 4: RuntimeError: warehouse unreachable"),
+    "hangs.py": ("import time\nwhile True:\n    time.sleep(1)\n", "did not finish loading within"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_dag_files_are_refused_and_nothing_is_submitted(cluster, cli, tmp_path: Path, name: str):
+    source, message = BAD_FILES[name]
+    (tmp_path / name).write_text(source)
+    good = tmp_path / "good.py"
+    good.write_text("from raftflow import DAG, BashTask\nwith DAG('good_neighbour'):\n    BashTask('a', command='true')\n")
+    before = cli.json("dags", "list")
+    proc = cli("dags", "submit", str(tmp_path / name), str(good), "--load-timeout", "3")
+    assert proc.returncode == 2
+    assert message in proc.stderr and "nothing was submitted" in proc.stderr
+    assert cli.json("dags", "list") == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (("dags", "trigger", "no_such_dag"), "no DAG 'no_such_dag'"),
+    (("dags", "trigger", "mlexpert_dag", "--conf", "{not json"), "--conf is not valid JSON"),
+    (("dags", "trigger", "mlexpert_dag", "--conf", "[1, 2]"), "--conf must be a JSON object"),
+    (("dags", "show", "no_such_dag"), "no DAG 'no_such_dag'"),
+    (("runs", "show", "no_such_run"), "no run 'no_such_run'"),
+])
+def test_bad_requests_exit_2_with_a_clear_message(cluster, cli, args, message):
+    before = cli.json("runs", "list")
+    proc = cli(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert cli.json("runs", "list") == before
+
+
+def test_unreachable_cluster_exits_3(cli):
+    from raftflow_cli.local import free_ports
+
+    proc = cli("dags", "list", cluster=f"127.0.0.1:{free_ports(1)[0]}")
+    assert proc.returncode == 3
+    assert "no raftflow node answered" in proc.stderr
+
+
+def test_peer_api_refuses_calls_without_the_cluster_token(cluster):
+    from raftflow.proto import client_pb2, peer_pb2, peer_pb2_grpc
+
+    with grpc.insecure_channel(cluster.nodes[0].grpc_address) as channel:
+        stub = peer_pb2_grpc.PeerStub(channel)
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.RunTask(peer_pb2.TaskAssignment(run_id="r", task_id="t", attempt=1, kind="bash",
+                                                 command="touch /tmp/should-not-exist", node="n1"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as caught:
+            list(stub.ReadTaskLog(client_pb2.GetTaskLogRequest(run_id="r", task_id="t", attempt=1),
+                                  metadata=(("x-raftflow-peer-token", "wrong"),), timeout=5))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

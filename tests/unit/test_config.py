@@ -1,0 +1,87 @@
+"""Node configuration: TOML file, RAFTFLOW_* environment, flags; clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raftflow.config import ConfigError, NodeConfig, Peer, load, to_toml
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+BASE = """
+node_id = "n1"
+grpc_address = "127.0.0.1:7001"
+raft_address = "127.0.0.1:7101"
+data_dir = "data"
+secret_file = "secret"
+slots = 2
+
+[[peers]]
+id = "n2"
+grpc_address = "127.0.0.1:7002"
+raft_address = "127.0.0.1:7102"
+"""
+
+
+def test_file_then_environment_then_flags(tmp_path: Path):
+    path = _write(tmp_path, BASE)
+    cfg = load(path, environ={})
+    assert cfg.node_id == "n1" and cfg.slots == 2
+    assert cfg.data_dir == tmp_path / "data", "relative paths resolve against the config file's folder"
+    assert cfg.peers == (Peer("n2", "127.0.0.1:7002", "127.0.0.1:7102"),)
+
+    cfg = load(path, environ={"RAFTFLOW_SLOTS": "8", "RAFTFLOW_NODE_ID": "n9"})
+    assert cfg.slots == 8 and cfg.node_id == "n9"
+    cfg = load(path, flags={"slots": 3, "node_id": None}, environ={"RAFTFLOW_SLOTS": "8"})
+    assert cfg.slots == 3 and cfg.node_id == "n1"
+
+
+def test_environment_alone_is_enough(tmp_path: Path):
+    cfg = load(None, environ={
+        "RAFTFLOW_NODE_ID": "a", "RAFTFLOW_GRPC_ADDRESS": "10.0.0.1:50051", "RAFTFLOW_RAFT_ADDRESS": "10.0.0.1:50151",
+        "RAFTFLOW_DATA_DIR": str(tmp_path), "RAFTFLOW_SECRET_FILE": str(tmp_path / "s"),
+        "RAFTFLOW_PEERS": "b=10.0.0.2:50051/10.0.0.2:50151,c=10.0.0.3:50051/10.0.0.3:50151",
+    })
+    assert [p.id for p in cfg.peers] == ["b", "c"]
+    assert [n.id for n in cfg.all_nodes] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize("text, env, message", [
+    (BASE.replace('slots = 2', 'slots = "many"'), {}, "slots from"),
+    (BASE.replace('"127.0.0.1:7001"', '"localhost"'), {}, "grpc_address from"),
+    ("bogus = 1\n" + BASE, {}, "unknown setting(s) bogus"),
+    (BASE + "colour = 'red'\n", {}, "peer n2: unknown setting(s) colour"),
+    (BASE.replace('node_id = "n1"', ''), {}, "missing setting(s): node_id"),
+    (BASE.replace('id = "n2"', 'id = "n1"'), {}, "node ids must be unique"),
+    (BASE, {"RAFTFLOW_PEERS": "n2=nonsense"}, "RAFTFLOW_PEERS item"),
+    ("node_id = [", {}, "not valid TOML"),
+])
+def test_bad_configs_name_the_setting(tmp_path: Path, text: str, env: dict, message: str):
+    with pytest.raises(ConfigError, match=None) as caught:
+        load(_write(tmp_path, text), environ=env)
+    assert message in str(caught.value)
+
+
+def test_secret_is_required(tmp_path: Path):
+    cfg = load(_write(tmp_path, BASE), environ={})
+    with pytest.raises(ConfigError, match="cannot read the cluster secret"):
+        cfg.read_secret()
+    (tmp_path / "secret").write_text("short\n")
+    with pytest.raises(ConfigError, match="shorter than 16"):
+        cfg.read_secret()
+    (tmp_path / "secret").write_text("x" * 32 + "\n")
+    assert cfg.read_secret() == "x" * 32
+
+
+def test_to_toml_round_trips(tmp_path: Path):
+    cfg = load(_write(tmp_path, BASE), environ={})
+    again = load(_write(tmp_path, to_toml(cfg)), environ={})
+    assert again == cfg
+    assert isinstance(again, NodeConfig)

@@ -1,0 +1,154 @@
+"""tools/up and tools/down: a local cluster for trying raftflow on one machine.
+
+tools/up starts (or reuses) the cluster, submits dags/, triggers mlexpert_dag,
+shows its progress live and prints what to try next. tools/down stops the nodes
+it started, by their recorded PIDs. Both are conveniences over
+`raftflow node --config FILE`, which is how a node runs on a real machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+from .client import ClusterClient
+from .loader import LoadError, load_paths
+from .local import LOOPBACK, LocalCluster
+from .main import print_run, watch
+
+DEMO_DAG = "mlexpert_dag"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _port_busy(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    with socket.socket() as s:
+        try:
+            s.bind((host, int(port)))
+        except OSError:
+            return True
+    return False
+
+
+def up(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir)
+    cluster = LocalCluster(data_dir, nodes=args.nodes, port_base=args.port_base)
+    running = cluster.running()
+    wanted = (args.nodes, f"{LOOPBACK}:{args.port_base}")
+    current = (len(cluster.nodes), cluster.nodes[0].grpc_address)
+    if current != wanted:
+        if running:
+            print(f"a cluster of {len(cluster.nodes)} nodes from {data_dir} is running at {cluster.addresses}; "
+                  f"stop it with `tools/down --data-dir {data_dir}` to start a different one", file=sys.stderr)
+            return 2
+        (data_dir / "cluster.json").unlink()
+        cluster = LocalCluster(data_dir, nodes=args.nodes, port_base=args.port_base)
+    if running and len(running) == len(cluster.nodes):
+        print(f"reusing the running cluster: {', '.join(running)} at {cluster.addresses}")
+    else:
+        stopped = [n for n in cluster.nodes if n.node_id not in running]
+        busy = [n.grpc_address for n in stopped if _port_busy(n.grpc_address)]
+        busy += [n.raft_address for n in stopped if _port_busy(n.raft_address)]
+        if busy:
+            print(f"ports in use by another program: {', '.join(busy)}; choose others with --port-base P",
+                  file=sys.stderr)
+            return 2
+        cluster.configure()
+        for node in stopped:
+            pid = cluster.start_node(node.node_id)
+            print(f"started {node.node_id} (pid {pid}): API {node.grpc_address}, Raft {node.raft_address}, "
+                  f"log {node.log_path}")
+    started = time.monotonic()
+    try:
+        status = cluster.wait_ready(timeout=60)
+    except TimeoutError as e:
+        print(f"the cluster did not become ready: {e}\nsee the node logs under {data_dir}/n*/node.log",
+              file=sys.stderr)
+        return 1
+    print(f"cluster ready in {time.monotonic() - started:.1f}s: leader {status['leader']}, "
+          f"{sum(n['healthy'] for n in status['nodes'])}/{len(status['nodes'])} nodes healthy")
+    if args.no_demo:
+        _next_steps(cluster, data_dir)
+        return 0
+
+    client = ClusterClient(cluster.addresses.split(","))
+    try:
+        try:
+            dags = load_paths([str(ROOT / "dags")])
+        except LoadError as e:
+            print(f"cannot load dags/: {e}", file=sys.stderr)
+            return 2
+        for result in client.submit(dags):
+            print(f"submitted {result['dag_id']} v{result['version']}")
+        demo_started = time.monotonic()
+        run_id = client.trigger(DEMO_DAG)["run_id"]
+        print(f"\ntriggered {DEMO_DAG}: run {run_id}\n")
+        final = watch(client, run_id)
+        print(f"(demo wall time {time.monotonic() - demo_started:.1f}s)\n")
+        print_run(final)
+    finally:
+        client.close()
+    _next_steps(cluster, data_dir)
+    return 0 if final["state"] == "success" else 1
+
+
+def _next_steps(cluster: LocalCluster, data_dir: Path) -> None:
+    default = str(data_dir) == ".raftflow"
+    env = "" if default else f"RAFTFLOW_DATA_DIR={data_dir} "
+    activate = "source .venv/bin/activate   # puts `raftflow` on your PATH"
+    leader_pid = "$(raftflow cluster status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); " \
+                 "print(next(n[\"pid\"] for n in s[\"nodes\"] if n[\"id\"]==s[\"leader\"]))')"
+    print(f"""
+What to try next:
+  {activate}
+  {env}raftflow cluster status                 # who leads, each node's health and load
+  {env}raftflow dags list
+  {env}raftflow dags trigger fan_out --wait    # 6 parallel tasks spread over the nodes
+  {env}raftflow runs list
+  {env}raftflow runs show RUN_ID
+  {env}raftflow tasks logs RUN_ID TASK_ID      # served through any node
+  {env}raftflow dags submit dags/              # after editing a DAG: a new version
+
+Kill the leader and watch the cluster carry on:
+  kill -9 {leader_pid}
+  raftflow cluster status
+Node PIDs are in {data_dir}/n*/pid, logs in {data_dir}/n*/node.log.
+Stop everything with: tools/down{'' if default else f' --data-dir {data_dir}'}""")
+
+
+def down(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "cluster.json").exists():
+        print(f"no local cluster in {data_dir}")
+        return 0
+    cluster = LocalCluster(data_dir)
+    running = cluster.running()
+    cluster.stop()
+    print(f"stopped {', '.join(running)}" if running else "no nodes were running")
+    if args.purge:
+        shutil.rmtree(data_dir)
+        print(f"removed {data_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tools/up", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--port-base", type=int, default=50051,
+                        help="node i serves gRPC on P+i-1 and Raft on P+100+i-1 (default 50051)")
+    parser.add_argument("--data-dir", default=".raftflow")
+    parser.add_argument("--no-demo", action="store_true", help="start the cluster only")
+    parser.add_argument("--down", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--purge", action="store_true", help="with tools/down: also delete the data dir")
+    args = parser.parse_args(argv)
+    if args.nodes < 1:
+        parser.error("--nodes must be at least 1")
+    return down(args) if args.down else up(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
