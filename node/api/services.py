@@ -38,6 +38,7 @@ _STATUS_FOR = {
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 WATCH_KEEPALIVE = 1.0
+ANSWERED_BY = "x-raftflow-node"
 
 
 class _Abort(Exception):
@@ -46,29 +47,37 @@ class _Abort(Exception):
         self.code, self.message = code, message
 
 
+def abort(context, node_id: str, code: grpc.StatusCode, message: str) -> None:  # type: ignore[no-untyped-def]
+    """Every error a node sends names the node in trailing metadata (ANSWERED_BY), so a
+    client can tell "a node said UNAVAILABLE" from "no node could be reached"."""
+    context.set_trailing_metadata(((ANSWERED_BY, node_id),))
+    context.abort(code, message)
+
+
 def _handled(method):  # type: ignore[no-untyped-def]
     """Turn _Abort / Unavailable raised in a handler into the gRPC status."""
     def wrapper(self, request, context):  # type: ignore[no-untyped-def]
+        node_id = self.node.cfg.node_id
         try:
             result = method(self, request, context)
             if hasattr(result, "__next__"):
-                return _stream_guard(result, context)
+                return _stream_guard(result, context, node_id)
             return result
         except _Abort as e:
-            context.abort(e.code, e.message)
+            abort(context, node_id, e.code, e.message)
         except Unavailable as e:
-            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot commit the write: {e}")
+            abort(context, node_id, grpc.StatusCode.UNAVAILABLE, f"cannot commit the write: {e}")
     wrapper.__name__ = method.__name__
     return wrapper
 
 
-def _stream_guard(gen: Iterator, context) -> Iterator:  # type: ignore[no-untyped-def]
+def _stream_guard(gen: Iterator, context, node_id: str) -> Iterator:  # type: ignore[no-untyped-def]
     try:
         yield from gen
     except _Abort as e:
-        context.abort(e.code, e.message)
+        abort(context, node_id, e.code, e.message)
     except Unavailable as e:
-        context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+        abort(context, node_id, grpc.StatusCode.UNAVAILABLE, str(e))
 
 
 def _check(result: Result) -> Result:

@@ -18,7 +18,7 @@ from google.protobuf.json_format import MessageToDict
 
 from raftflow.proto import client_pb2, client_pb2_grpc
 
-CONNECT_TIMEOUT = 1.5
+ANSWERED_BY = "x-raftflow-node"  # trailing metadata on every error a node sends
 
 
 class ClusterUnreachable(Exception):
@@ -44,15 +44,10 @@ class ClusterClient:
         for channel in self._channels.values():
             channel.close()
 
-    def _stub(self, address: str) -> client_pb2_grpc.ClientStub | None:
+    def _stub(self, address: str) -> client_pb2_grpc.ClientStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.insecure_channel(address)
-            self._channels[address] = channel
-        try:
-            grpc.channel_ready_future(channel).result(timeout=CONNECT_TIMEOUT)
-        except grpc.FutureTimeoutError:
-            return None
+            channel = self._channels[address] = grpc.insecure_channel(address)
         return client_pb2_grpc.ClientStub(channel)
 
     def _order(self) -> list[int]:
@@ -60,38 +55,49 @@ class ClusterClient:
         return [(self._preferred + i) % n for i in range(n)]
 
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        last_unavailable: ApiError | None = None
+        """Ask each node in turn. Move on when a node cannot be reached, or when it
+        answers UNAVAILABLE (no leader/quorum there: another side may have one)."""
+        answered: ApiError | None = None
+        unreachable: list[str] = []
         for i in self._order():
-            stub = self._stub(self.addresses[i])
-            if stub is None:
-                continue
+            address = self.addresses[i]
             try:
-                response = getattr(stub, method)(request, timeout=timeout or self.timeout)
+                response = getattr(self._stub(address), method)(request, timeout=timeout or self.timeout)
             except grpc.RpcError as e:
-                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    last_unavailable = ApiError(e.code(), f"{self.addresses[i]}: {e.details()}")
+                error = _classify(e, address)
+                if error is None:
+                    unreachable.append(f"{address} ({e.code().name.lower()})")
                     continue
-                raise ApiError(e.code(), e.details() or str(e.code())) from None
+                if error.code is grpc.StatusCode.UNAVAILABLE:
+                    answered = error
+                    continue
+                raise error from None
             self._preferred = i
             return response
-        if last_unavailable is not None:
-            raise last_unavailable
-        raise ClusterUnreachable(f"no raftflow node answered at {', '.join(self.addresses)}; "
-                                 "is the cluster running (tools/up), and is --cluster / RAFTFLOW_CLUSTER right?")
+        if answered is not None:
+            raise answered
+        raise ClusterUnreachable(f"no raftflow node answered at {', '.join(unreachable)}; is the cluster "
+                                 "running (tools/up), and is --cluster / RAFTFLOW_CLUSTER right?")
 
     def stream(self, method: str, request: Any) -> Iterator[Any]:
-        """A server stream from the first node that answers (no deadline)."""
+        """A server stream (no deadline) from the first node that can be reached."""
+        unreachable: list[str] = []
         for i in self._order():
-            stub = self._stub(self.addresses[i])
-            if stub is None:
-                continue
-            self._preferred = i
+            address = self.addresses[i]
+            received = False
             try:
-                yield from getattr(stub, method)(request)
+                for item in getattr(self._stub(address), method)(request):
+                    received = True
+                    self._preferred = i
+                    yield item
                 return
             except grpc.RpcError as e:
-                raise ApiError(e.code(), e.details() or str(e.code())) from None
-        raise ClusterUnreachable(f"no raftflow node answered at {', '.join(self.addresses)}")
+                error = _classify(e, address)
+                if error is None and not received:
+                    unreachable.append(address)
+                    continue
+                raise error or ApiError(e.code(), f"lost {address} mid-stream: {e.details()}") from None
+        raise ClusterUnreachable(f"no raftflow node answered at {', '.join(unreachable)}")
 
     # ------------------------------------------------------------ verbs
     def submit(self, dags: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -126,6 +132,14 @@ class ClusterClient:
 
     def cluster_status(self) -> dict[str, Any]:
         return _dict(self.call("ClusterStatus", client_pb2.ClusterStatusRequest(), timeout=5.0))
+
+
+def _classify(e: grpc.RpcError, address: str) -> ApiError | None:
+    """The error a node sent, or None when no node answered (refused, reset, timed out)."""
+    answered_by = dict(e.trailing_metadata() or ()).get(ANSWERED_BY)
+    if answered_by is None and e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return None
+    return ApiError(e.code(), e.details() or e.code().name)
 
 
 def _dict(message: Any) -> dict[str, Any]:

@@ -1,0 +1,162 @@
+"""tools/bench: reproducible measurements on a local cluster this tool starts itself.
+
+    tools/bench SCENARIO [--quick] [--json] [--nodes N] [--repeat K]
+
+Scenarios:
+  raft      a write's commit latency as a client sees it (one SetPaused = one Raft
+            entry, gRPC included), asked of the leader and of a follower.
+  election  SIGKILL the leader; time until a survivor reports a new leader.
+  demo      trigger mlexpert_dag and time it end to end.
+
+Figures are medians (and p90/max) of several runs: machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from .client import ClusterClient, ClusterUnreachable
+from .loader import load_paths
+from .local import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _quantiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"n": len(ordered), "median_ms": round(statistics.median(ordered) * 1000, 2),
+            "p90_ms": round(pick(0.9) * 1000, 2), "p99_ms": round(pick(0.99) * 1000, 2),
+            "max_ms": round(ordered[-1] * 1000, 2)}
+
+
+class Bench:
+    def __init__(self, nodes: int, quick: bool) -> None:
+        self.quick = quick
+        self._tmp = tempfile.TemporaryDirectory(prefix="raftflow-bench-")
+        self.cluster = LocalCluster(Path(self._tmp.name), nodes=nodes)
+        self.cluster.start()
+        self.cluster.wait_ready(60)
+        self.client = ClusterClient(self.cluster.addresses.split(","))
+
+    def close(self) -> None:
+        self.client.close()
+        self.cluster.stop()
+        self._tmp.cleanup()
+
+    def node_client(self, node_id: str) -> ClusterClient:
+        return ClusterClient([self.cluster.node(node_id).grpc_address])
+
+    def leader(self) -> str:
+        return self.cluster.wait_ready(30, expect_nodes=1)["leader"]
+
+    def submit_examples(self) -> None:
+        self.client.submit(load_paths([str(ROOT / "dags")]))
+
+
+def scenario_raft(bench: Bench) -> dict[str, Any]:
+    bench.submit_examples()
+    count = 100 if bench.quick else 500
+    leader = bench.leader()
+    follower = next(n.node_id for n in bench.cluster.nodes if n.node_id != leader)
+    out: dict[str, Any] = {"scenario": "raft", "writes_per_node": count}
+    for role, node_id in (("via_leader", leader), ("via_follower", follower)):
+        client = bench.node_client(node_id)
+        samples = []
+        for i in range(count):
+            started = time.perf_counter()
+            client.set_paused("etl_chain", i % 2 == 0)
+            samples.append(time.perf_counter() - started)
+        client.close()
+        out[role] = _quantiles(samples)
+    return out
+
+
+def scenario_election(bench: Bench) -> dict[str, Any]:
+    rounds = 3 if bench.quick else 7
+    samples = []
+    for _ in range(rounds):
+        status = bench.cluster.wait_ready(30)
+        old_leader, old_term = status["leader"], max(n["raft_term"] for n in status["nodes"])
+        survivors = [n for n in bench.cluster.nodes if n.node_id != old_leader]
+        watcher = ClusterClient([n.grpc_address for n in survivors], timeout=1.0)
+        killed_at = time.perf_counter()
+        bench.cluster.signal_node(old_leader, signal.SIGKILL)
+        while True:
+            try:
+                s = watcher.cluster_status()
+                if s["leader"] and s["leader"] != old_leader and any(n["raft_term"] > old_term for n in s["nodes"]):
+                    samples.append(time.perf_counter() - killed_at)
+                    break
+            except ClusterUnreachable:
+                pass
+            if time.perf_counter() - killed_at > 30:
+                raise RuntimeError("no new leader within 30 s of killing the old one")
+            time.sleep(0.01)
+        watcher.close()
+        bench.cluster.start_node(old_leader)
+    return {"scenario": "election", "rounds": rounds, "kill_to_new_leader": _quantiles(samples)}
+
+
+def scenario_demo(bench: Bench) -> dict[str, Any]:
+    bench.submit_examples()
+    samples = []
+    for _ in range(1 if bench.quick else 3):
+        started = time.perf_counter()
+        run_id = bench.client.trigger("mlexpert_dag")["run_id"]
+        for run in bench.client.watch_run(run_id):
+            if run["state"] in ("success", "failed"):
+                break
+        if run["state"] != "success":
+            raise RuntimeError(f"demo run {run_id} ended {run['state']}")
+        samples.append(time.perf_counter() - started)
+    return {"scenario": "demo", "trigger_to_end": _quantiles(samples),
+            "note": "the three tasks sleep 3 s each: the critical path is 6 s of task time"}
+
+
+SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+    "raft": scenario_raft, "election": scenario_election, "demo": scenario_demo,
+}
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    print(f"== {result['scenario']}")
+    for key, value in result.items():
+        if isinstance(value, dict):
+            figures = "  ".join(f"{k}={v}" for k, v in value.items())
+            print(f"  {key:<22} {figures}")
+        elif key != "scenario":
+            print(f"  {key:<22} {value}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tools/bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
+    parser.add_argument("--nodes", type=int, default=3)
+    args = parser.parse_args(argv)
+    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    for name in names:
+        bench = Bench(args.nodes, args.quick)  # a fresh cluster per scenario: no cross-talk
+        try:
+            result = SCENARIOS[name](bench)
+        finally:
+            bench.close()
+        if args.json:
+            print(json.dumps(result, sort_keys=True), flush=True)
+        else:
+            _print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
