@@ -146,7 +146,7 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
     for key in ("data_dir", "secret_file"):
         if not values[key].is_absolute():
             values[key] = (base / values[key]).resolve()
-    if not ID_PATTERN.match(values["node_id"]):
+    if not ID_PATTERN.fullmatch(values["node_id"]):
         raise ConfigError(f"node_id {values['node_id']!r} is invalid: use {ID_RULE}")
     for key in ("grpc_address", "raft_address"):
         _check_address(values[key], f"{key} from {where[key]}")

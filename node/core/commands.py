@@ -14,8 +14,9 @@ with an unknown type tag or a newer version decodes to `Undecodable`, which
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, get_type_hints
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,25 +169,62 @@ def encode_payload(command: Command) -> bytes:
     return json.dumps(to_dict(command), sort_keys=True, separators=(",", ":")).encode()
 
 
-def from_dict(type_tag: str, version: int, payload: dict[str, Any]) -> Command:
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    str: (str,), int: (int,), float: (int, float), bool: (bool,), dict[str, Any]: (dict,),
+}
+
+
+def _field_error(cls: type[Command], payload: dict[str, Any]) -> str | None:
+    """Why `payload` does not fit `cls`'s fields (names and JSON types), or None.
+
+    Decoding checks types so that `State.apply` only ever sees well-typed commands."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    if set(payload) != set(names):
+        missing, extra = sorted(set(names) - set(payload)), sorted(set(payload) - set(names))
+        return f"fields differ (missing {missing}, unexpected {extra})"
+    for name in names:
+        expected = _JSON_TYPES.get(hints[name])
+        value = payload[name]
+        if expected is None:
+            continue
+        if isinstance(value, bool) and bool not in expected:
+            return f"{name} must be {expected[-1].__name__}, got bool"
+        if not isinstance(value, expected):
+            return f"{name} must be {expected[-1].__name__}, got {type(value).__name__}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{name} must be finite, got {value}"
+    return None
+
+
+def from_dict(type_tag: str, version: int, payload: Any, nested: bool = False) -> Command:
     cls = COMMAND_TYPES.get(type_tag)
     if cls is None:
-        return Undecodable(type_tag, version, f"unknown command type {type_tag!r} (written by a newer node?)")
-    if version > cls.VERSION:
-        return Undecodable(type_tag, version, f"{type_tag} version {version} is newer than this node's {cls.VERSION}")
-    try:
-        if cls is Batch:
-            return Batch(tuple(from_dict(c["type"], c["version"], c["payload"]) for c in payload["commands"]))
-        return cls(**payload)
-    except (TypeError, KeyError) as e:
-        return Undecodable(type_tag, version, f"malformed {type_tag} payload: {e}")
+        return Undecodable(str(type_tag), 0, f"unknown command type {type_tag!r} (written by a newer node?)")
+    if not isinstance(version, int) or version > cls.VERSION:
+        return Undecodable(type_tag, 0, f"{type_tag} version {version} is newer than this node's {cls.VERSION}")
+    if not isinstance(payload, dict):
+        return Undecodable(type_tag, version, f"{type_tag} payload is not an object")
+    if cls is Batch:
+        items = payload.get("commands")
+        if nested:
+            return Undecodable(type_tag, version, "a batch may not contain a batch")
+        if not isinstance(items, list) or not all(isinstance(i, dict) and {"type", "version", "payload"} <= set(i)
+                                                  for i in items):
+            return Undecodable(type_tag, version, "malformed batch payload: commands must be a list of "
+                                                  "{type, version, payload} objects")
+        return Batch(tuple(from_dict(i.get("type"), i.get("version"), i.get("payload"), nested=True) for i in items))
+    error = _field_error(cls, payload)
+    if error is not None:
+        return Undecodable(type_tag, version, f"malformed {type_tag} payload: {error}")
+    return cls(**payload)
 
 
 def decode(type_tag: str, version: int, payload: bytes) -> Command:
     try:
         data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as e:
-        return Undecodable(type_tag, version, f"payload is not JSON: {e}")
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        return Undecodable(type_tag, version, f"payload is not JSON: {type(e).__name__}")
     if not isinstance(data, dict):
         return Undecodable(type_tag, version, "payload is not a JSON object")
     return from_dict(type_tag, version, data)

@@ -2,6 +2,10 @@
 
 Pure: callers pass every instant in; nothing here reads the clock. A run's logical
 date is its tick instant; its data interval is (previous tick, tick).
+
+Daylight saving: a local time that occurs twice (autumn) fires once, at its first
+occurrence; a local time that does not exist (spring) fires at the next valid
+instant (croniter's behaviour).
 """
 
 from __future__ import annotations
@@ -34,15 +38,25 @@ def first_tick_after(spec: DagSpec, since: float) -> float | None:
 
 
 def next_tick_after(spec: DagSpec, tick: float) -> float | None:
-    """The first tick strictly after `tick`."""
+    """The first tick strictly after `tick` whose local wall time differs from
+    `tick`'s (a repeated local time fires once)."""
     if spec.cron is None:
         return None
-    return _bounded(spec, _iter(spec, tick).get_next(float))
+    tz = zoneinfo.ZoneInfo(spec.timezone)
+    wall = datetime.fromtimestamp(tick, tz).replace(tzinfo=None)
+    it = _iter(spec, tick)
+    nxt = it.get_next(float)
+    while datetime.fromtimestamp(nxt, tz).replace(tzinfo=None) == wall:
+        nxt = it.get_next(float)
+    return _bounded(spec, nxt)
 
 
 def latest_tick_at_or_before(spec: DagSpec, now: float) -> float | None:
+    """The newest tick at or before `now` (and not after end_date)."""
     if spec.cron is None:
         return None
+    if spec.end_date is not None:
+        now = min(now, datetime.fromisoformat(spec.end_date).timestamp())
     return _iter(spec, now + 1e-3).get_prev(float)
 
 

@@ -10,6 +10,7 @@ Pure: no I/O, no clock. `from_dict` raises `SpecError`; nothing else here raises
 
 from __future__ import annotations
 
+import math
 import re
 import zoneinfo
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 
 from croniter import croniter
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")  # use fullmatch
 ID_RULE = "1 to 250 characters from A-Z a-z 0-9 _ . - (not starting with . or -)"
 
 TASK_KINDS = ("bash",)
@@ -116,7 +117,7 @@ class DagSpec:
         tz_name = _opt_str(raw, "timezone", where) or "UTC"
         try:
             zoneinfo.ZoneInfo(tz_name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             raise SpecError(f"{where}: unknown timezone {tz_name!r} (use an IANA name such as 'Europe/Berlin')") from None
         if schedule is not None:
             if not isinstance(schedule, str) or not schedule.strip():
@@ -127,6 +128,13 @@ class DagSpec:
                 raise SpecError(f"{where}: unknown schedule preset {schedule!r}; known: {', '.join(SCHEDULE_PRESETS)}")
             if len(expr.split()) not in (5, 6) or not croniter.is_valid(expr):
                 raise SpecError(f"{where}: schedule {schedule!r} is not a valid cron expression (5 or 6 fields)")
+            if any(part.upper().startswith("R") or part.upper() == "H" for part in expr.split()):
+                raise SpecError(f"{where}: schedule {schedule!r} uses a random field (R/H); replicas must agree "
+                                "on every tick, so write the minute explicitly")
+            try:
+                croniter(expr, datetime(2000, 1, 1, tzinfo=zoneinfo.ZoneInfo(tz_name))).get_next(float)
+            except (ValueError, OverflowError):
+                raise SpecError(f"{where}: schedule {schedule!r} never fires (e.g. February 30th)") from None
         start_date = _opt_instant(raw, "start_date", where)
         end_date = _opt_instant(raw, "end_date", where)
         if start_date and end_date and end_date < start_date:
@@ -215,8 +223,9 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
     if bad_env:
         raise SpecError(f"{here}: env may not set {bad_env[0]!r}: RAFTFLOW_* variables are set by the worker")
     retry_delay = raw.get("retry_delay", 0.0)
-    if not isinstance(retry_delay, (int, float)) or isinstance(retry_delay, bool) or retry_delay < 0:
-        raise SpecError(f"{here}: retry_delay must be a number of seconds >= 0")
+    if not isinstance(retry_delay, (int, float)) or isinstance(retry_delay, bool) or not math.isfinite(retry_delay) \
+            or retry_delay < 0:
+        raise SpecError(f"{here}: retry_delay must be a finite number of seconds >= 0, got {retry_delay!r}")
     return TaskSpec(
         task_id=task_id,
         kind=kind,
@@ -231,7 +240,7 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
 
 
 def _check_id(value: Any, what: str) -> None:
-    if not isinstance(value, str) or not ID_PATTERN.match(value):
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise SpecError(f"{what} {value!r} is invalid: use {ID_RULE}")
 
 
@@ -268,11 +277,11 @@ def normalise_instant(value: str, what: str) -> str:
     """ISO-8601 text -> canonical UTC text. A value without an offset is taken as UTC."""
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise SpecError(f"{what} {value!r} is not an ISO-8601 date or datetime") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc).isoformat()
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.astimezone(timezone.utc).isoformat()
+    except (ValueError, OverflowError):
+        raise SpecError(f"{what} {value!r} is not an ISO-8601 date or datetime in range") from None
 
 
 def _find_cycle(tasks: tuple[TaskSpec, ...]) -> list[str] | None:

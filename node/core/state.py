@@ -75,6 +75,8 @@ class DagRecord:
     next_tick_at: float | None = None
     # Ticks before this instant are never run when catchup is "none".
     schedule_from: float = 0.0
+    # The newest tick that has a scheduled run: the cursor never moves back past it.
+    last_scheduled_tick: float | None = None
 
     @property
     def latest(self) -> DagVersion:
@@ -130,6 +132,8 @@ class State:
         # node -> number of task instances ASSIGNED or RUNNING on it.
         self.node_load: dict[str, int] = {}
         self.leader_history: list[tuple[float, str, int]] = []
+        # Commands applied (rejected ones too): a change counter for waiters, not
+        # replicated content, so it is not part of the digest.
         self.applied: int = 0
         self._handlers: dict[type[c.Command], Callable[[Any], Result]] = {
             c.Barrier: self._barrier,
@@ -167,7 +171,11 @@ class State:
             return _reject(Code.INTERNAL, f"{command.TYPE} failed: {type(e).__name__}: {e}")
 
     def _batch(self, cmd: c.Batch) -> Result:
-        return Result(value=[self._apply_one(sub) for sub in cmd.commands])
+        return Result(value=[
+            _reject(Code.INVALID, "a batch may not contain a batch") if isinstance(sub, c.Batch)
+            else self._apply_one(sub)
+            for sub in cmd.commands
+        ])
 
     def _barrier(self, cmd: c.Barrier) -> Result:
         self.leader_history.append((cmd.at, cmd.leader, cmd.term))
@@ -179,36 +187,34 @@ class State:
             spec = DagSpec.from_dict(cmd.spec)
         except SpecError as e:
             return _reject(Code.INVALID, str(e))
+        if not isinstance(cmd.source, str) or not isinstance(cmd.filename, str):
+            return _reject(Code.INVALID, "source and filename must be strings")
         record = self.dags.get(spec.dag_id)
         if record is not None and record.latest.spec == spec and record.latest.source == cmd.source:
             return Result(value={"dag_id": spec.dag_id, "version": record.latest.version, "changed": False})
+        schedule_from = record.schedule_from if record else cmd.at
+        last_tick = record.last_scheduled_tick if record else None
+        if record is None or record.next_tick_at is None or \
+                (record.latest.spec.cron, record.latest.spec.timezone) != (spec.cron, spec.timezone):
+            next_tick = _first_tick(spec, schedule_from, last_tick)
+        else:
+            next_tick = record.next_tick_at
         version = DagVersion(len(record.versions) + 1 if record else 1, spec, cmd.source, cmd.filename, cmd.at)
         if record is None:
             record = DagRecord(spec.dag_id, [], paused=spec.is_paused_upon_creation, schedule_from=cmd.at)
             self.dags[spec.dag_id] = record
-        old_cron = (record.latest.spec.cron, record.latest.spec.timezone) if record.versions else None
         record.versions.append(version)
-        if old_cron != (spec.cron, spec.timezone) or record.next_tick_at is None:
-            record.next_tick_at = self._first_tick(record)
+        record.next_tick_at = next_tick
         return Result(value={"dag_id": spec.dag_id, "version": version.version, "changed": True})
-
-    def _first_tick(self, record: DagRecord) -> float | None:
-        """Where the scheduling cursor starts: start_date, and never before the
-        submit/unpause instant when catchup is "none"."""
-        spec = record.latest.spec
-        since = _epoch(spec.start_date) if spec.start_date else record.schedule_from
-        if spec.catchup == "none":
-            since = max(since, record.schedule_from)
-        return first_tick_after(spec, since)
 
     def _set_paused(self, cmd: c.SetPaused) -> Result:
         record = self.dags.get(cmd.dag_id)
         if record is None:
             return _reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
         if record.paused and not cmd.paused:
-            record.schedule_from = cmd.at
             if record.latest.spec.catchup == "none":
-                record.next_tick_at = self._first_tick(record)
+                record.next_tick_at = _first_tick(record.latest.spec, cmd.at, record.last_scheduled_tick)
+            record.schedule_from = cmd.at
         record.paused = bool(cmd.paused)
         return OK
 
@@ -216,6 +222,8 @@ class State:
         record = self.dags.get(cmd.dag_id)
         if record is None:
             return _reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
+        if not isinstance(cmd.run_id, str) or not cmd.run_id:
+            return _reject(Code.INVALID, "run_id must be a non-empty string")
         if cmd.run_id in self.runs:
             return _reject(Code.CONFLICT, f"run {cmd.run_id!r} already exists")
         if not isinstance(cmd.conf, dict):
@@ -237,6 +245,8 @@ class State:
         self.runs_by_dag.setdefault(run.dag_id, []).append(run.run_id)
         if cmd.trigger == "schedule":
             tick = _epoch(logical)
+            if record.last_scheduled_tick is None or tick > record.last_scheduled_tick:
+                record.last_scheduled_tick = tick
             if record.next_tick_at is not None and tick >= record.next_tick_at:
                 record.next_tick_at = next_tick_after(version.spec, tick)
         return Result(value={"run_id": run.run_id})
@@ -253,11 +263,16 @@ class State:
         run = self.runs.get(cmd.run_id)
         if run is None:
             return _reject(Code.NOT_FOUND, f"no run {cmd.run_id!r}")
+        if cmd.state not in (RunState.SUCCESS.value, RunState.FAILED.value):
+            return _reject(Code.INVALID, f"a run finishes as success or failed, not {cmd.state!r}")
         target = RunState(cmd.state)
         check_run_move(run.run_id, run.state, target)
         unfinished = [t.task_id for t in run.tasks.values() if not t.state.terminal]
         if unfinished:
             return _reject(Code.CONFLICT, f"run {run.run_id!r} still has unfinished tasks: {', '.join(unfinished[:5])}")
+        outcome = RunState.SUCCESS if all(t.state is TaskState.SUCCESS for t in run.tasks.values()) else RunState.FAILED
+        if target is not outcome:
+            return _reject(Code.CONFLICT, f"run {run.run_id!r} {outcome.value} by its tasks, not {target.value}")
         run.state, run.ended_at = target, cmd.at
         self.active_runs.pop(run.run_id, None)
         return OK
@@ -272,12 +287,16 @@ class State:
 
     def _fail_upstream(self, cmd: c.FailUpstream) -> Result:
         run, ti = self._task(cmd.run_id, cmd.task_id)
+        if run.state is not RunState.RUNNING:
+            return _reject(Code.CONFLICT, f"run {run.run_id!r} is {run.state.value}, not running")
         self._move(run, ti, TaskState.UPSTREAM_FAILED, cmd.at, cmd.reason)
         ti.reason, ti.ended_at = cmd.reason, cmd.at
         return OK
 
     def _assign_task(self, cmd: c.AssignTask) -> Result:
         run, ti = self._task(cmd.run_id, cmd.task_id)
+        if not isinstance(cmd.node, str) or not cmd.node:
+            return _reject(Code.INVALID, "node must be a non-empty string")
         if cmd.attempt != ti.attempt + 1:
             return _reject(Code.CONFLICT, f"{run.run_id}/{ti.task_id}: attempt {cmd.attempt} is stale (current {ti.attempt})")
         self._move(run, ti, TaskState.ASSIGNED, cmd.at, f"attempt {cmd.attempt} on {cmd.node}")
@@ -300,21 +319,28 @@ class State:
     def _task_finished(self, cmd: c.TaskFinished) -> Result:
         run, ti = self._task(cmd.run_id, cmd.task_id)
         self._check_current(run, ti, cmd.attempt, cmd.node)
-        spec = self.dags[run.dag_id].versions[run.dag_version - 1].spec.task(ti.task_id)
+        spec = self.dag_spec(run).task(ti.task_id)
+        bad = [name for name, value, typ in (("exit_code", cmd.exit_code, int), ("log_tail", cmd.log_tail, str),
+                                            ("reason", cmd.reason, str), ("at", cmd.at, (int, float)),
+                                            ("started_at", cmd.started_at, (int, float)),
+                                            ("ended_at", cmd.ended_at, (int, float)))
+               if isinstance(value, bool) or not isinstance(value, typ)]
+        if bad:
+            return _reject(Code.INVALID, f"task_finished has wrongly typed field(s): {', '.join(bad)}")
         if cmd.exit_code == 0:
             target = TaskState.SUCCESS
         elif ti.tries_failed < spec.retries:
             target = TaskState.UP_FOR_RETRY
         else:
             target = TaskState.FAILED
+        retry_at = cmd.at + spec.retry_delay if target is TaskState.UP_FOR_RETRY else None
         self._move(run, ti, target, cmd.at, f"attempt {cmd.attempt} exit {cmd.exit_code}")
         ti.started_at = ti.started_at if ti.started_at is not None else cmd.started_at
-        ti.ended_at, ti.exit_code = cmd.ended_at, int(cmd.exit_code)
+        ti.ended_at, ti.exit_code = cmd.ended_at, cmd.exit_code
         ti.log_tail, ti.reason = cmd.log_tail[-LOG_TAIL_LIMIT:], cmd.reason
+        ti.retry_at = retry_at
         if target is not TaskState.SUCCESS:
             ti.tries_failed += 1
-        if target is TaskState.UP_FOR_RETRY:
-            ti.retry_at = cmd.at + spec.retry_delay
         return OK
 
     # ------------------------------------------------------------ helpers
@@ -354,11 +380,11 @@ class State:
     def to_dict(self) -> dict[str, Any]:
         """Every replicated field as plain JSON-able data (the basis of the digest)."""
         return {
-            "applied": self.applied,
             "dags": {
                 d.dag_id: {
                     "paused": d.paused,
                     "next_tick_at": d.next_tick_at,
+                    "last_scheduled_tick": d.last_scheduled_tick,
                     "schedule_from": d.schedule_from,
                     "versions": [
                         {"version": v.version, "spec": v.spec.to_dict(), "source": v.source,
@@ -430,6 +456,19 @@ def _enum_value(obj: Any) -> Any:
     if isinstance(obj, Enum):
         return obj.value
     raise TypeError(f"not JSON-able: {type(obj).__name__}")
+
+
+def _first_tick(spec: DagSpec, schedule_from: float, last_scheduled: float | None) -> float | None:
+    """Where a scheduling cursor (re)starts: start_date (else the submit instant), never
+    before the submit/unpause instant when catchup is "none", and always after the
+    newest tick that already has a run."""
+    since = _epoch(spec.start_date) if spec.start_date else schedule_from
+    if spec.catchup == "none":
+        since = max(since, schedule_from)
+    tick = first_tick_after(spec, since)
+    if tick is not None and last_scheduled is not None and tick <= last_scheduled:
+        tick = next_tick_after(spec, last_scheduled)
+    return tick
 
 
 def _epoch(iso: str) -> float:

@@ -1,0 +1,392 @@
+"""plan(state, now, nodes): run lifecycle, slots and placement, schedules and catchup."""
+
+from __future__ import annotations
+
+import pytest
+
+from core_support import HOUR, MINUTE, T0, World, dag_dict, diamond, epoch, fingerprint, iso, nodes, of_type, task
+from raftflow.core import commands as c
+from raftflow.core.planner import MAX_CATCHUP_RUNS_PER_PLAN, NodeInfo, plan, scheduled_run_id
+from raftflow.core.state import Code
+from raftflow.core.states import RunState, TaskState
+
+S = TaskState
+TWO_BY_TWO = nodes("n1", "n2", slots=2)
+ONE_SLOT = nodes("n1", slots=1)
+
+
+def assigned(cmds: list[c.Command]) -> list[tuple[str, str, int]]:
+    """(task_id, node, attempt) of every AssignTask in a plan, in order."""
+    return [(a.task_id, a.node, a.attempt) for a in of_type(cmds, c.AssignTask)]
+
+
+def queued(cmds: list[c.Command]) -> list[str]:
+    return [q.task_id for q in of_type(cmds, c.QueueTask)]
+
+
+def created(cmds: list[c.Command]) -> list[str]:
+    return [r.logical_date for r in of_type(cmds, c.CreateRun)]
+
+
+def finish_assigned(world: World, run_id: str, cmds: list[c.Command], exit_code: int = 0, at: float = T0) -> None:
+    for task_id, _node, _attempt in assigned(cmds):
+        world.run_task(run_id, task_id, exit_code, at)
+
+
+# ----------------------------------------------------------- purity
+def test_plan_changes_nothing_and_is_repeatable(world):
+    world.submit(diamond("d", schedule="*/5 * * * *", start_date=iso(T0 - HOUR), catchup="all"))
+    world.trigger("m1")
+    before, applied = fingerprint(world.state), world.state.applied
+    first = plan(world.state, T0 + 1, TWO_BY_TWO)
+    second = plan(world.state, T0 + 1, TWO_BY_TWO)
+    assert first == second and first
+    assert fingerprint(world.state) == before and world.state.applied == applied
+
+
+def test_nothing_to_do_plans_nothing(world):
+    assert plan(world.state, T0, TWO_BY_TWO) == []
+    world.submit(diamond("d"))
+    assert plan(world.state, T0 + 1, TWO_BY_TWO) == []
+
+
+# ----------------------------------------------------- a manual diamond
+def test_diamond_runs_a_and_b_in_parallel_then_c(world):
+    world.submit(diamond("d"))
+    world.trigger("m1", at=T0)
+
+    cmds = world.tick(T0 + 1, TWO_BY_TWO)
+    assert cmds[0] == c.StartRun("m1", T0 + 1)
+    assert queued(cmds) == ["a", "b"]
+    placement = assigned(cmds)
+    assert [(t, attempt) for t, _n, attempt in placement] == [("a", 1), ("b", 1)]
+    assert {n for _t, n, _a in placement} == {"n1", "n2"}  # spread over both nodes
+    assert world.run("m1").state is RunState.RUNNING
+    assert world.task_states("m1") == {"a": S.ASSIGNED, "b": S.ASSIGNED, "c": S.PENDING}
+
+    assert world.tick(T0 + 2, TWO_BY_TWO) == []  # nothing new while a and b run
+    world.run_task("m1", "a", 0, T0 + 3)
+    assert world.tick(T0 + 5, TWO_BY_TWO) == []  # c still waits for b
+    world.run_task("m1", "b", 0, T0 + 6)
+
+    cmds = world.tick(T0 + 8, TWO_BY_TWO)
+    assert queued(cmds) == ["c"] and [t for t, _n, _a in assigned(cmds)] == ["c"]
+    world.run_task("m1", "c", 0, T0 + 9)
+
+    assert world.tick(T0 + 11, TWO_BY_TWO) == [c.FinishRun("m1", "success", T0 + 11)]
+    run = world.run("m1")
+    assert run.state is RunState.SUCCESS and run.ended_at == T0 + 11
+    assert list(world.state.active_runs) == [] and world.state.node_load == {}
+    assert world.tick(T0 + 12, TWO_BY_TWO) == []
+
+
+def test_upstream_failure_fails_c_and_the_run(world):
+    world.submit(diamond("d"))
+    world.trigger("m1")
+    world.tick(T0 + 1, TWO_BY_TWO)
+    world.run_task("m1", "a", exit_code=1, at=T0 + 2)
+
+    cmds = world.tick(T0 + 3, TWO_BY_TWO)
+    assert cmds == [c.FailUpstream("m1", "c", "an upstream task failed", T0 + 3)]
+    assert world.ti("m1", "c").state is S.UPSTREAM_FAILED
+    assert world.run("m1").state is RunState.RUNNING  # b is still running
+
+    world.run_task("m1", "b", exit_code=0, at=T0 + 4)
+    assert world.tick(T0 + 5, TWO_BY_TWO) == [c.FinishRun("m1", "failed", T0 + 5)]
+    assert world.run("m1").state is RunState.FAILED
+    assert world.task_states("m1") == {"a": S.FAILED, "b": S.SUCCESS, "c": S.UPSTREAM_FAILED}
+
+
+def test_upstream_failure_cascades_down_a_chain(world):
+    world.submit(dag_dict(tasks=[task("a"), task("b", ["a"]), task("c", ["b"]), task("side")]))
+    world.trigger("m1")
+    world.tick(T0, TWO_BY_TWO)
+    world.run_task("m1", "a", exit_code=1)
+    world.run_task("m1", "side", exit_code=0)
+    for step in range(1, 10):
+        world.tick(T0 + step, TWO_BY_TWO)
+        if world.run("m1").state.terminal:
+            break
+    assert world.run("m1").state is RunState.FAILED
+    assert world.task_states("m1") == {"a": S.FAILED, "b": S.UPSTREAM_FAILED, "c": S.UPSTREAM_FAILED,
+                                       "side": S.SUCCESS}
+
+
+def test_every_task_succeeding_finishes_the_run_successfully(world):
+    world.submit(dag_dict(tasks=[task("a"), task("b", ["a"]), task("c", ["a"]), task("d", ["b", "c"])]))
+    world.trigger("m1")
+    for step in range(10):
+        cmds = world.tick(T0 + step, TWO_BY_TWO)
+        finish_assigned(world, "m1", cmds, 0, T0 + step)
+        if world.run("m1").state.terminal:
+            break
+    assert world.run("m1").state is RunState.SUCCESS
+    assert set(world.task_states("m1").values()) == {S.SUCCESS}
+
+
+# ------------------------------------------------------------ slots
+def test_one_slot_means_one_assignment(world):
+    world.submit(dag_dict(tasks=[task("a"), task("b"), task("c")]))
+    world.trigger("m1")
+    cmds = world.tick(T0, ONE_SLOT)
+    assert queued(cmds) == ["a", "b", "c"]
+    assert assigned(cmds) == [("a", "n1", 1)]
+    assert world.tick(T0 + 1, ONE_SLOT) == []  # the slot is taken; queued tasks wait
+    world.run_task("m1", "a", 0, T0 + 2)
+    assert assigned(world.tick(T0 + 3, ONE_SLOT)) == [("b", "n1", 1)]
+
+
+def test_unhealthy_nodes_never_get_work(world):
+    world.submit(dag_dict(tasks=[task(t) for t in "abcd"]))
+    world.trigger("m1")
+    sick = [NodeInfo("n1", False, 8), NodeInfo("n2", True, 1)]
+    cmds = world.tick(T0, sick)
+    assert assigned(cmds) == [("a", "n2", 1)]
+    assert assigned(world.tick(T0 + 1, nodes("n1", "n2", slots=8, healthy=False))) == []
+    assert assigned(world.tick(T0 + 2, [])) == []
+    assert world.task_states("m1") == {"a": S.ASSIGNED, "b": S.QUEUED, "c": S.QUEUED, "d": S.QUEUED}
+
+
+def test_nodes_without_slots_get_nothing(world):
+    world.submit(dag_dict(tasks=[task("a")]))
+    world.trigger("m1")
+    assert assigned(world.tick(T0, nodes("n1", slots=0))) == []
+
+
+def test_work_spreads_to_the_least_loaded_node(world):
+    world.submit(dag_dict(tasks=[task(t) for t in "abcd"]))
+    world.trigger("m1")
+    assert [n for _t, n, _a in assigned(world.tick(T0, nodes("n1", "n2", slots=4)))] == ["n1", "n2", "n1", "n2"]
+
+
+def test_existing_load_counts_when_placing(world):
+    world.submit(dag_dict("busy", tasks=[task("x"), task("y")]))
+    world.trigger("old", dag_id="busy")
+    world.tick(T0, nodes("n1", slots=4))              # x and y now hold two slots on n1
+    assert world.state.node_load == {"n1": 2}
+    world.submit(dag_dict(tasks=[task(t) for t in "abc"]))
+    world.trigger("m1")
+    cmds = world.tick(T0 + 1, nodes("n1", "n2", slots=4))
+    assert [n for _t, n, _a in assigned(cmds)] == ["n2", "n2", "n1"]  # n2 until the loads tie, then by id
+
+
+def test_placement_uses_the_share_of_slots_in_use(world):
+    world.submit(dag_dict(tasks=[task(t) for t in "abcde"]))
+    world.trigger("m1")
+    cmds = world.tick(T0, [NodeInfo("big", True, 4), NodeInfo("small", True, 1)])
+    assert [n for _t, n, _a in assigned(cmds)] == ["big", "small", "big", "big", "big"]
+
+
+def test_priority_weight_decides_who_goes_first_when_slots_are_scarce(world):
+    world.submit(dag_dict(tasks=[task("low"), task("high", priority_weight=10), task("mid", priority_weight=5),
+                                 task("mid2", priority_weight=5)]))
+    world.trigger("m1")
+    order = []
+    for step in range(8):
+        cmds = world.tick(T0 + step, ONE_SLOT)
+        order += [t for t, _n, _a in assigned(cmds)]
+        finish_assigned(world, "m1", cmds, 0, T0 + step)
+    assert order == ["high", "mid", "mid2", "low"]  # equal weights keep declaration order
+
+
+def test_older_runs_go_first_at_equal_priority(world):
+    world.submit(dag_dict(tasks=[task("a")]))
+    world.trigger("newer", at=T0, logical_date="2024-01-10T12:00:00+00:00")
+    world.trigger("older", at=T0, logical_date="2024-01-09T12:00:00+00:00")
+    cmds = world.tick(T0 + 1, ONE_SLOT)
+    assert [(a.run_id, a.task_id) for a in of_type(cmds, c.AssignTask)] == [("older", "a")]
+
+
+# ---------------------------------------------------- retries in time
+def test_up_for_retry_is_requeued_only_once_retry_at_is_reached(world):
+    world.submit(dag_dict(tasks=[task("a", retries=1, retry_delay=60)]))
+    world.trigger("m1")
+    world.tick(T0, TWO_BY_TWO)
+    world.run_task("m1", "a", exit_code=1, at=T0 + 9)         # finishes at T0 + 10
+    assert world.ti("m1", "a").retry_at == T0 + 70
+    assert world.tick(T0 + 69, TWO_BY_TWO) == []
+    cmds = world.tick(T0 + 70, TWO_BY_TWO)
+    assert queued(cmds) == ["a"]
+    assert [(t, a) for t, _n, a in assigned(cmds)] == [("a", 2)]
+    world.run_task("m1", "a", exit_code=1, at=T0 + 80)
+    assert world.ti("m1", "a").state is S.FAILED
+    assert world.tick(T0 + 200, TWO_BY_TWO) == [c.FinishRun("m1", "failed", T0 + 200)]
+
+
+# ------------------------------------------------- runs and their DAGs
+def test_manual_run_of_a_paused_dag_stays_queued(world):
+    world.submit(diamond("d", is_paused_upon_creation=True))
+    world.trigger("m1")
+    for step in range(3):
+        assert world.tick(T0 + step, TWO_BY_TWO) == []
+    assert world.run("m1").state is RunState.QUEUED
+    world.set_paused("d", False, at=T0 + 10)
+    cmds = world.tick(T0 + 11, TWO_BY_TWO)
+    assert cmds[0] == c.StartRun("m1", T0 + 11) and queued(cmds) == ["a", "b"]
+
+
+def test_max_active_runs_keeps_the_second_run_queued(world):
+    world.submit(dag_dict(tasks=[task("a")], max_active_runs=1))
+    world.trigger("m1", at=T0)
+    world.trigger("m2", at=T0 + 1)
+    cmds = world.tick(T0 + 2, TWO_BY_TWO)
+    assert of_type(cmds, c.StartRun) == [c.StartRun("m1", T0 + 2)]
+    assert world.run("m2").state is RunState.QUEUED
+
+    world.run_task("m1", "a", 0, T0 + 3)
+    started_at = None
+    for step in range(5, 10):
+        world.tick(T0 + step, TWO_BY_TWO)
+        running = [r for r in world.state.runs.values() if r.state is RunState.RUNNING]
+        assert len(running) <= 1
+        if world.run("m2").state is RunState.RUNNING:
+            started_at = T0 + step
+            break
+    assert world.run("m1").state is RunState.SUCCESS
+    assert started_at is not None and world.run("m1").ended_at <= started_at
+
+
+def test_max_active_runs_counts_per_dag(world):
+    world.submit(dag_dict("one", tasks=[task("a")], max_active_runs=1))
+    world.submit(dag_dict("two", tasks=[task("a")], max_active_runs=2))
+    for run_id, dag_id in (("o1", "one"), ("o2", "one"), ("t1", "two"), ("t2", "two"), ("t3", "two")):
+        world.trigger(run_id, dag_id=dag_id)
+    cmds = world.tick(T0, [])
+    assert [s.run_id for s in of_type(cmds, c.StartRun)] == ["o1", "t1", "t2"]
+
+
+# ------------------------------------------------------- schedules
+def every_5(catchup: str, start: float, **kw) -> dict:
+    return dag_dict("s5", [task("a")], schedule="*/5 * * * *", start_date=iso(start), catchup=catchup,
+                    max_active_runs=100, **kw)
+
+
+def test_catchup_all_creates_every_missed_tick_in_bounded_batches(world):
+    world.submit(every_5("all", T0 - 3 * HOUR), at=T0)
+    expected = [iso(T0 - 3 * HOUR + i * 5 * MINUTE) for i in range(37)]  # 3 h of ticks, both ends included
+
+    first = of_type(plan(world.state, T0, []), c.CreateRun)
+    assert len(first) == MAX_CATCHUP_RUNS_PER_PLAN
+    world.apply(c.Batch(tuple(first)))
+    second = of_type(plan(world.state, T0, []), c.CreateRun)
+    world.apply(c.Batch(tuple(second)))
+    assert of_type(plan(world.state, T0, []), c.CreateRun) == []
+
+    runs = first + second
+    assert [r.logical_date for r in runs] == expected
+    for run in runs:
+        assert run.run_id == scheduled_run_id(run.logical_date) == f"scheduled__{run.logical_date}"
+        assert run.trigger == "schedule" and run.dag_id == "s5" and run.conf == {}
+        assert run.data_interval_end == run.logical_date
+        assert epoch(run.data_interval_end) - epoch(run.data_interval_start) == 5 * MINUTE
+    stored = world.run(f"scheduled__{iso(T0)}")
+    assert (stored.logical_date, stored.data_interval_start) == (iso(T0), iso(T0 - 5 * MINUTE))
+    assert world.state.dags["s5"].next_tick_at == T0 + 5 * MINUTE
+
+
+def test_a_re_proposed_tick_creates_nothing_twice(world):
+    world.submit(every_5("all", T0 - HOUR), at=T0)
+    creates = of_type(plan(world.state, T0, []), c.CreateRun)
+    world.apply(c.Batch(tuple(creates)))
+    runs_before = len(world.state.runs)
+    # A new leader with a stale view proposes the same ticks again: every one is a conflict.
+    result = world.apply(c.Batch(tuple(creates)))
+    assert {r.code for r in result.value} == {Code.CONFLICT}
+    assert len(world.state.runs) == runs_before == 13
+    world.apply(creates[0], expect=Code.CONFLICT)
+
+
+def test_catchup_latest_creates_only_the_newest_missed_tick(world):
+    world.submit(every_5("latest", T0 - 3 * HOUR), at=T0 - 3 * HOUR)
+    assert created(world.tick(T0 + 2 * MINUTE)) == [iso(T0)]
+    run = world.run(f"scheduled__{iso(T0)}")
+    assert run.data_interval_start == iso(T0 - 5 * MINUTE)
+    assert created(world.tick(T0 + 3 * MINUTE)) == []
+    assert created(world.tick(T0 + 5 * MINUTE)) == [iso(T0 + 5 * MINUTE)]
+    assert created(world.tick(T0 + 17 * MINUTE)) == [iso(T0 + 15 * MINUTE)]  # 10 and 15 collapse
+    assert sum(1 for r in world.state.runs.values() if r.trigger == "schedule") == 3
+
+
+def test_catchup_none_never_runs_ticks_before_the_submit(world):
+    submitted = T0 + 2 * MINUTE
+    world.submit(every_5("none", T0 - 3 * HOUR), at=submitted)
+    assert created(world.tick(T0 + 3 * MINUTE)) == []
+    assert created(world.tick(T0 + 5 * MINUTE)) == [iso(T0 + 5 * MINUTE)]
+    assert all(epoch(r.logical_date) >= submitted for r in world.state.runs.values())
+
+
+def test_catchup_none_after_unpause_starts_from_the_unpause(world):
+    world.submit(every_5("none", T0 - 3 * HOUR, is_paused_upon_creation=True), at=T0)
+    assert world.tick(T0 + HOUR) == []
+    world.set_paused("s5", False, at=T0 + HOUR + MINUTE)
+    assert created(world.tick(T0 + HOUR + 2 * MINUTE)) == []
+    assert created(world.tick(T0 + HOUR + 5 * MINUTE)) == [iso(T0 + HOUR + 5 * MINUTE)]
+    assert len(world.state.runs) == 1
+
+
+def test_schedule_does_not_start_before_start_date(world):
+    world.submit(every_5("all", T0 + HOUR), at=T0)
+    assert world.tick(T0 + HOUR - 1) == []
+    assert created(world.tick(T0 + HOUR)) == [iso(T0 + HOUR)]
+
+
+def test_schedule_stops_at_end_date(world):
+    world.submit(every_5("all", T0, end_date=iso(T0 + 10 * MINUTE)), at=T0)
+    assert created(world.tick(T0 + HOUR)) == [iso(T0), iso(T0 + 5 * MINUTE), iso(T0 + 10 * MINUTE)]
+    assert world.state.dags["s5"].next_tick_at is None
+    assert created(world.tick(T0 + 2 * HOUR)) == []
+
+
+def test_a_paused_dag_creates_no_scheduled_runs(world):
+    world.submit(every_5("all", T0 - HOUR, is_paused_upon_creation=True), at=T0)
+    for hours in (0, 1, 24):
+        assert world.tick(T0 + hours * HOUR) == []
+    assert world.state.runs == {}
+
+
+def test_pausing_later_stops_new_ticks_and_unpausing_catches_up(world):
+    world.submit(every_5("all", T0), at=T0)
+    assert created(world.tick(T0)) == [iso(T0)]
+    world.set_paused("s5", True, at=T0 + MINUTE)
+    assert created(world.tick(T0 + 20 * MINUTE)) == []
+    world.set_paused("s5", False, at=T0 + 21 * MINUTE)
+    assert created(world.tick(T0 + 21 * MINUTE)) == [iso(T0 + i * 5 * MINUTE) for i in range(1, 5)]
+
+
+def test_scheduled_runs_then_run_their_tasks(world):
+    world.submit(every_5("latest", T0), at=T0)
+    world.tick(T0)                                  # creates the run
+    cmds = world.tick(T0 + 1, TWO_BY_TWO)           # starts it, queues and assigns a
+    run_id = scheduled_run_id(iso(T0))
+    assert of_type(cmds, c.StartRun) == [c.StartRun(run_id, T0 + 1)]
+    world.run_task(run_id, "a", 0, T0 + 2)
+    assert c.FinishRun(run_id, "success", T0 + 4) in world.tick(T0 + 4, TWO_BY_TWO)
+
+
+def test_timezone_schedule_creates_utc_logical_dates(world):
+    world.submit(dag_dict("berlin", [task("a")], schedule="0 3 * * *", timezone="Europe/Berlin",
+                          start_date="2024-01-09", catchup="latest"), at=epoch("2024-01-09"))
+    assert created(world.tick(epoch("2024-01-10T02:30:00"))) == ["2024-01-10T02:00:00+00:00"]
+
+
+# --------------------------------------------------------- known bugs
+def test_catchup_latest_never_creates_a_run_after_end_date(world):
+    world.submit(dag_dict(schedule="@daily", start_date="2024-01-01", end_date="2024-01-03", catchup="latest"),
+                 at=epoch("2023-12-31"))
+    dates = created(world.tick(epoch("2024-01-10T05:00:00")))
+    assert dates and all(epoch(d) <= epoch("2024-01-03") for d in dates), dates
+
+
+def test_an_equivalent_cron_edit_does_not_wedge_catchup_all(world):
+    spec = dag_dict("h", [task("a")], schedule="0 * * * *", start_date="2024-01-01", catchup="all",
+                    max_active_runs=1000)
+    world.submit(spec, at=epoch("2024-01-01"))
+    now = epoch("2024-01-02T16:30:00")
+    while created(world.tick(now)):
+        pass
+    assert len(world.state.runs) == 41  # 2024-01-01T00:00 .. 2024-01-02T16:00
+    world.submit({**spec, "schedule": "0 */1 * * *"}, at=now)
+    later = epoch("2024-01-02T20:30:00")
+    for _ in range(3):
+        world.tick(later, all_ok=False)
+    assert f"scheduled__{iso(epoch('2024-01-02T20:00:00'))}" in world.state.runs
