@@ -53,6 +53,8 @@ class RaftTuning:
     connection_timeout: float = 2.0
     connection_retry: float = 0.5
     leader_fallback_timeout: float = 2.0
+    log_compaction_min_entries: float = 5000   # compact the in-memory Raft log past this many entries
+    log_compaction_min_time: float = 300.0     # ... or this many seconds after the last compaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,8 @@ def to_toml(cfg: NodeConfig) -> str:
         f"lease_timeout = {cfg.lease_timeout}",
         f'log_level = "{cfg.log_level}"',
     ]
+    if cfg.raft != RaftTuning():
+        lines += ["", "[raft]"] + [f"{name} = {getattr(cfg.raft, name)}" for name in RaftTuning.__dataclass_fields__]
     for p in cfg.peers:
         lines += ["", "[[peers]]", f'id = "{p.id}"', f'grpc_address = "{p.grpc_address}"',
                   f'raft_address = "{p.raft_address}"']

@@ -24,11 +24,10 @@ import grpc
 from .api.peers import PeerAuthInterceptor, PeerClients, peer_token
 from .api.services import ClientService, PeerService
 from .config import ConfigError, NodeConfig, load
-from .core import commands as c
 from .core.state import State
 from .leader.loop import Dispatcher, LeaderLoop, Liveness
 from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
-from .raft.adapter import ReplicatedState, encode_envelope
+from .raft.adapter import ReplicatedState
 from .store.local import LocalStore
 from .worker.worker import Worker
 
@@ -46,7 +45,7 @@ class Node:
         self.peers = PeerClients(cfg.peers, peer_token(secret))
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.data_dir / "work",
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
-                             propose_nowait=self._propose_nowait)
+                             propose_nowait=self.replica.propose_nowait)
         self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.slots)
         self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,
                                      lambda node, a: self.peers.run_task(node, a))
@@ -60,9 +59,6 @@ class Node:
         peer_pb2_grpc.add_PeerServicer_to_server(self.peer_service, self.server)
         if self.server.add_insecure_port(cfg.grpc_address) == 0:
             raise ConfigError(f"cannot listen on grpc_address {cfg.grpc_address}: is the port in use?")
-
-    def _propose_nowait(self, command: c.Command) -> None:
-        self.replica._apply_envelope(encode_envelope(command, self.cfg.node_id), callback=lambda r, e: None)
 
     def start(self) -> None:
         self.server.start()

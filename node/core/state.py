@@ -151,6 +151,18 @@ class State:
             c.Undecodable: lambda cmd: _reject(Code.INVALID, cmd.error),
         }
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle (Raft snapshots) without the handler table of bound methods."""
+        data = dict(self.__dict__)
+        del data["_handlers"]
+        return data
+
+    def __setstate__(self, data: dict[str, Any]) -> None:
+        fresh = State()
+        self.__dict__.update(data)
+        self._handlers = {cls: getattr(self, handler.__name__) if hasattr(handler, "__self__") else handler
+                          for cls, handler in fresh._handlers.items()}
+
     # ------------------------------------------------------------------ apply
     def apply(self, command: c.Command) -> Result:
         """Apply one command. Never raises; a rejected command changes nothing."""

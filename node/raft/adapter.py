@@ -7,6 +7,10 @@ Contracts (see LIBRARY-NOTES):
 - The transport is encrypted and authenticated with the cluster secret (pysyncobj
   `password`); without one the Raft port would unpickle anyone's bytes.
 - No fork: `useFork=False`, so the gRPC server in this process is never forked.
+- Snapshots (log compaction, catching up a node that fell behind the log) carry
+  the `State`: it lives in `_StateMachine`, a SyncObjConsumer whose `state`
+  attribute pysyncobj pickles. (A SyncObj subclass's own attributes set before
+  its __init__ are left OUT of snapshots: a follower would install an empty state.)
 - `lock` guards `state`: held while applying and by every reader. `changed` is a
   condition on it, notified after every apply (leader loop, watchers wait on it).
 - `propose` returns the `Result` of applying the command on THIS node's replica
@@ -23,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 
 from ..config import NodeConfig
 from ..core import commands as c
@@ -75,10 +79,23 @@ class RaftStatus:
     connected: frozenset[str]   # ids of peers this node has a Raft connection to
 
 
+class _StateMachine(SyncObjConsumer):
+    """Holds the replicated State and its one replicated entry point."""
+
+    def __init__(self, owner: "ReplicatedState", state: State) -> None:
+        self._owner = owner          # set before __init__: not part of snapshots
+        super().__init__()
+        self.state = state           # set after __init__: pickled into snapshots
+
+    @replicated
+    def apply_envelope(self, data: bytes) -> Result:
+        return self._owner._apply(data)
+
+
 class ReplicatedState(SyncObj):
     def __init__(self, cfg: NodeConfig, state: State, secret: str,
                  on_applied: Callable[[c.Command, Result], None] | None = None) -> None:
-        self.state = state
+        self._machine = _StateMachine(self, state)
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.node_id = cfg.node_id
@@ -95,15 +112,21 @@ class ReplicatedState(SyncObj):
             connectionTimeout=t.connection_timeout,
             connectionRetryTime=t.connection_retry,
             leaderFallbackTimeout=t.leader_fallback_timeout,
+            logCompactionMinEntries=int(t.log_compaction_min_entries),
+            logCompactionMinTime=t.log_compaction_min_time,
             commandsWaitLeader=False,      # fail fast with MISSING_LEADER -> UNAVAILABLE
             useFork=False,
             dynamicMembershipChange=False,
         )
-        super().__init__(cfg.raft_address, [p.raft_address for p in cfg.peers], conf)
+        super().__init__(cfg.raft_address, [p.raft_address for p in cfg.peers], conf, consumers=[self._machine])
+
+    @property
+    def state(self) -> State:
+        """The current State (a snapshot install replaces the object: read it through here)."""
+        return self._machine.state
 
     # ------------------------------------------------------------ replicated
-    @replicated
-    def _apply_envelope(self, data: bytes) -> Result:
+    def _apply(self, data: bytes) -> Result:
         try:
             command = decode_envelope(data)
             with self.lock:
@@ -127,7 +150,7 @@ class ReplicatedState(SyncObj):
             box[0], box[1] = result, error
             done.set()
 
-        self._apply_envelope(encode_envelope(command, self.node_id), callback=callback)
+        self._machine.apply_envelope(encode_envelope(command, self.node_id), callback=callback)
         if not done.wait(timeout):
             raise Unavailable(f"not committed within {timeout:.1f}s (it may still commit); "
                               "the cluster may have lost quorum")
@@ -154,6 +177,10 @@ class ReplicatedState(SyncObj):
             has_quorum=bool(s["has_quorum"]),
             connected=connected,
         )
+
+    def propose_nowait(self, command: c.Command) -> None:
+        """Propose without waiting for the outcome (progress reports that may be lost)."""
+        self._machine.apply_envelope(encode_envelope(command, self.node_id), callback=lambda result, error: None)
 
     def is_leader(self) -> bool:
         return self._isLeader()

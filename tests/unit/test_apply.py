@@ -802,3 +802,18 @@ def test_the_random_logs_exercise_the_interesting_paths():
     assert every_move <= story, every_move - story
     assert set(RunState) <= run_states
     assert scheduled >= 10
+
+
+def test_state_pickles_for_raft_snapshots_and_keeps_applying():
+    """pysyncobj ships snapshots as pickles of the State: a copy has the same digest and
+    applies the next command exactly like the original."""
+    import pickle
+
+    w = running_world()
+    w.queue_and_assign("r1", "a", "n1")
+    copy = pickle.loads(pickle.dumps(w.state))
+    assert copy.digest() == w.state.digest()
+    nxt = c.TaskStarted("r1", "a", 1, "n1", T0 + 1)
+    assert copy.apply(nxt).ok and w.state.apply(nxt).ok
+    assert copy.digest() == w.state.digest()
+    copy.validate()

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from raftflow.config import NodeConfig, Peer, to_toml
+from raftflow.config import NodeConfig, Peer, RaftTuning, to_toml
 
 LOOPBACK = "127.0.0.1"
 
@@ -84,8 +84,10 @@ class LocalNode:
 
 class LocalCluster:
     def __init__(self, data_dir: Path, nodes: int = 3, port_base: int | None = None, slots: int = 4,
-                 python: str = sys.executable, extra_env: dict[str, str] | None = None) -> None:
+                 python: str = sys.executable, extra_env: dict[str, str] | None = None,
+                 raft: RaftTuning | None = None) -> None:
         self.data_dir = data_dir.resolve()
+        self.raft = raft or RaftTuning()
         self.python = python
         self.extra_env = extra_env or {}
         self._procs: dict[str, subprocess.Popen] = {}
@@ -131,7 +133,8 @@ class LocalCluster:
             node.dir.mkdir(parents=True, exist_ok=True)
             peers = tuple(Peer(o.node_id, o.grpc_address, o.raft_address) for o in self.nodes if o is not node)
             cfg = NodeConfig(node_id=node.node_id, grpc_address=node.grpc_address, raft_address=node.raft_address,
-                             data_dir=node.dir / "data", secret_file=self.secret_file, slots=self.slots, peers=peers)
+                             data_dir=node.dir / "data", secret_file=self.secret_file, slots=self.slots, peers=peers,
+                             raft=self.raft)
             node.config_path.write_text(to_toml(cfg))
         (self.data_dir / "cluster.json").write_text(json.dumps({
             "slots": self.slots,
