@@ -135,6 +135,19 @@ class TaskFinished(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class LoseAttempt(Command):
+    """An attempt was lost with its node (lease expired, or the node fenced it): the
+    task is queued again without using its retries, up to its max_lost_attempts."""
+    TYPE: ClassVar[str] = "lose_attempt"
+    run_id: str
+    task_id: str
+    attempt: int
+    node: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Batch(Command):
     """Several commands applied in order in one Raft entry; each succeeds or fails alone."""
     TYPE: ClassVar[str] = "batch"
@@ -153,7 +166,7 @@ class Undecodable(Command):
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.TYPE: cls
     for cls in (Barrier, SubmitDag, SetPaused, CreateRun, StartRun, FinishRun, QueueTask,
-                FailUpstream, AssignTask, TaskStarted, TaskFinished, Batch)
+                FailUpstream, AssignTask, TaskStarted, TaskFinished, LoseAttempt, Batch)
 }
 
 

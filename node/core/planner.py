@@ -16,17 +16,25 @@ from dataclasses import dataclass
 from . import commands as c
 from .schedule import iso, latest_tick_at_or_before, next_tick_after, previous_tick
 from .state import DagRecord, Run, State
-from .states import RunState, TaskState
+from .states import TASK_ACTIVE, RunState, TaskState
 
 MAX_CATCHUP_RUNS_PER_PLAN = 32
 
 
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
-    """The leader's view of one node: healthy means its heartbeat is within the lease."""
+    """The leader's view of one node.
+
+    healthy: heartbeating now; may be given new work.
+    lease_expired: silent for longer than the lease; its attempts are lost (the
+        node has killed them itself by then, see worker/lease.py).
+    leader: this node leads; it gets new work after the followers at equal load.
+    """
     node_id: str
     healthy: bool
     slots: int
+    lease_expired: bool = False
+    leader: bool = False
 
 
 def scheduled_run_id(logical_date_iso: str) -> str:
@@ -45,6 +53,7 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
         if run.state is RunState.RUNNING:
             running_per_dag[run.dag_id] = running_per_dag.get(run.dag_id, 0) + 1
 
+    expired = {n.node_id for n in nodes if n.lease_expired}
     ready: list[tuple[int, str, int, Run, str]] = []  # sort key + (run, task_id)
     for run_id in state.active_runs:
         run = state.runs[run_id]
@@ -68,6 +77,9 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
                     ready.append((-task.priority_weight, run.logical_date, order, run, task.task_id))
                 elif verdict is TaskState.UPSTREAM_FAILED:
                     out.append(c.FailUpstream(run.run_id, task.task_id, "an upstream task failed", now))
+            elif ti.state in TASK_ACTIVE and ti.node in expired:
+                out.append(c.LoseAttempt(run.run_id, task.task_id, ti.attempt, ti.node,
+                                         f"node {ti.node} stopped heartbeating", now))
             elif ti.state is TaskState.UP_FOR_RETRY and ti.retry_at is not None and ti.retry_at <= now:
                 out.append(c.QueueTask(run.run_id, task.task_id, now))
                 ready.append((-task.priority_weight, run.logical_date, order, run, task.task_id))
@@ -120,16 +132,18 @@ def _upstream_verdict(run: Run, upstream: tuple[str, ...]) -> TaskState | None:
 def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: list[NodeInfo],
             now: float) -> list[c.Command]:
     """Give ready tasks to healthy nodes with free slots: highest priority first, each
-    to the least loaded node (by share of its slots in use, then node id)."""
+    to the least loaded node (by share of its slots in use, the leader last, then
+    node id), so that losing the leader loses as little running work as possible."""
     load = {n.node_id: state.node_load.get(n.node_id, 0) for n in nodes if n.healthy}
     slots = {n.node_id: n.slots for n in nodes if n.healthy}
+    leader = {n.node_id for n in nodes if n.leader}
     out: list[c.Command] = []
     ready.sort(key=lambda item: item[:3])
     for _prio, _date, _order, run, task_id in ready:
         free = [n for n in load if load[n] < slots[n]]
         if not free:
             break
-        node = min(free, key=lambda n: (load[n] / slots[n], load[n], n))
+        node = min(free, key=lambda n: (load[n] / slots[n], n in leader, load[n], n))
         load[node] += 1
         out.append(c.AssignTask(run.run_id, task_id, node, run.tasks[task_id].attempt + 1, now))
     return out

@@ -52,6 +52,8 @@ class TaskSpec:
     retry_delay: float = 0.0
     priority_weight: int = 1
     env: tuple[tuple[str, str], ...] = ()
+    # Attempts lost with their node (not the task's own failures) before the task fails.
+    max_lost_attempts: int = 3
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -193,7 +195,7 @@ _DAG_FIELDS = frozenset(
 )
 _TASK_FIELDS = frozenset(
     {"task_id", "kind", "command", "upstream", "trigger_rule", "retries", "retry_delay",
-     "priority_weight", "env"}
+     "priority_weight", "env", "max_lost_attempts"}
 )
 
 
@@ -235,6 +237,7 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
         retries=_int(raw, "retries", 0, here, minimum=0),
         retry_delay=float(retry_delay),
         priority_weight=_int(raw, "priority_weight", 1, here, minimum=1),
+        max_lost_attempts=_int(raw, "max_lost_attempts", 3, here, minimum=1),
         env=tuple(sorted(env.items())),
     )
 

@@ -89,6 +89,7 @@ class TaskInstance:
     state: TaskState = TaskState.PENDING
     attempt: int = 0                 # the current (latest committed) attempt; 0 = never assigned
     tries_failed: int = 0            # attempts that failed on their own (count against retries)
+    lost_attempts: int = 0           # attempts lost with their node (count against max_lost_attempts)
     node: str | None = None
     attempt_nodes: list[str] = field(default_factory=list)  # [i] ran attempt i+1
     queued_at: float | None = None
@@ -147,6 +148,7 @@ class State:
             c.AssignTask: self._assign_task,
             c.TaskStarted: self._task_started,
             c.TaskFinished: self._task_finished,
+            c.LoseAttempt: self._lose_attempt,
             c.Batch: self._batch,
             c.Undecodable: lambda cmd: _reject(Code.INVALID, cmd.error),
         }
@@ -355,6 +357,22 @@ class State:
             ti.tries_failed += 1
         return OK
 
+    def _lose_attempt(self, cmd: c.LoseAttempt) -> Result:
+        run, ti = self._task(cmd.run_id, cmd.task_id)
+        self._check_current(run, ti, cmd.attempt, cmd.node)
+        cap = self.dag_spec(run).task(ti.task_id).max_lost_attempts
+        lost = ti.lost_attempts + 1
+        if lost >= cap:
+            reason = f"node lost: {cmd.reason} (attempt lost with its node {lost} times)"
+            self._move(run, ti, TaskState.FAILED, cmd.at, f"attempt {cmd.attempt} lost; giving up")
+            ti.ended_at = cmd.at
+        else:
+            reason = f"attempt {cmd.attempt} lost: {cmd.reason}; queued again"
+            self._move(run, ti, TaskState.QUEUED, cmd.at, f"attempt {cmd.attempt} lost")
+            ti.queued_at, ti.node, ti.started_at = cmd.at, None, None
+        ti.lost_attempts, ti.reason = lost, reason
+        return OK
+
     # ------------------------------------------------------------ helpers
     def _task(self, run_id: str, task_id: str) -> tuple[Run, TaskInstance]:
         run = self.runs.get(run_id)
@@ -454,7 +472,7 @@ def _run_dict(run: Run) -> dict[str, Any]:
         "started_at": run.started_at, "ended_at": run.ended_at,
         "tasks": {
             t.task_id: {
-                "state": t.state.value, "attempt": t.attempt, "tries_failed": t.tries_failed,
+                "state": t.state.value, "attempt": t.attempt, "tries_failed": t.tries_failed, "lost_attempts": t.lost_attempts,
                 "node": t.node, "attempt_nodes": t.attempt_nodes, "queued_at": t.queued_at, "started_at": t.started_at,
                 "ended_at": t.ended_at, "retry_at": t.retry_at, "exit_code": t.exit_code,
                 "log_tail": t.log_tail, "reason": t.reason, "story": t.story,

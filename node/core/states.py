@@ -48,6 +48,8 @@ TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset({
     (T.ASSIGNED, T.SUCCESS),        # the start report can be overtaken by the result
     (T.ASSIGNED, T.FAILED),
     (T.ASSIGNED, T.UP_FOR_RETRY),
+    (T.ASSIGNED, T.QUEUED),         # lost with its node: runs again elsewhere
+    (T.RUNNING, T.QUEUED),
     (T.RUNNING, T.SUCCESS),
     (T.RUNNING, T.FAILED),
     (T.RUNNING, T.UP_FOR_RETRY),

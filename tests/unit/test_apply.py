@@ -589,6 +589,7 @@ ALL_COMMANDS = [
     c.AssignTask("m1", "a", "n1", 1, T0),
     c.TaskStarted("m1", "a", 1, "n1", T0 + 0.25),
     c.TaskFinished("m1", "a", 1, "n1", 137, T0, T0 + 1e-3, "tail\u00e9\n", "killed", T0 + 1),
+    c.LoseAttempt("m1", "a", 1, "n1", "node n1 stopped heartbeating", T0 + 2),
     c.Batch((c.QueueTask("m1", "a", T0), c.StartRun("m1", T0))),
 ]
 
@@ -645,7 +646,8 @@ class Fuzzer:
 
     def _nodes(self) -> list[NodeInfo]:
         rng = self.rng
-        return [NodeInfo(n, rng.random() < 0.8, rng.randint(0, 3)) for n in ("n1", "n2", "n3") if rng.random() < 0.9]
+        return [NodeInfo(n, rng.random() < 0.8, rng.randint(0, 3), lease_expired=rng.random() < 0.1,
+                         leader=n == "n1") for n in ("n1", "n2", "n3") if rng.random() < 0.9]
 
     def step(self, state: State) -> Any:
         rng = self.rng
@@ -662,6 +664,8 @@ class Fuzzer:
                     attempt, node = rng.choice([(attempt - 1, node), (attempt + 1, node), (attempt, "n9")])
                 if rng.random() < 0.3:
                     return c.TaskStarted(run_id, tid, attempt, node, self.now)
+                if rng.random() < 0.1:  # the worker fenced its attempt (lease lost)
+                    return c.LoseAttempt(run_id, tid, attempt, node, "lease lost", self.now)
                 code = rng.choice([0, 0, 0, 1, 2, 137])
                 return c.TaskFinished(run_id, tid, attempt, node, code, self.now - 1, self.now,
                                       f"log {rng.random()}", "", self.now)
@@ -817,3 +821,43 @@ def test_state_pickles_for_raft_snapshots_and_keeps_applying():
     assert copy.apply(nxt).ok and w.state.apply(nxt).ok
     assert copy.digest() == w.state.digest()
     copy.validate()
+
+
+# ------------------------------------------------------------ lost attempts
+def test_a_lost_attempt_is_queued_again_without_using_retries():
+    w = running_world(dag_dict(tasks=[task("a", retries=0, max_lost_attempts=3)]))
+    w.queue_and_assign("r1", "a", "n1")
+    w.start("r1", "a")
+    assert w.apply(c.LoseAttempt("r1", "a", 1, "n1", "node n1 stopped heartbeating", T0 + 5)).ok
+    ti = w.ti("r1", "a")
+    assert ti.state is S.QUEUED and ti.node is None and ti.tries_failed == 0 and ti.lost_attempts == 1
+    assert "attempt 1 lost: node n1 stopped heartbeating" in ti.reason
+    assert w.state.node_load == {}
+    # The stale attempt's result, arriving late, is ignored.
+    late = c.TaskFinished("r1", "a", 1, "n1", 0, T0, T0 + 6, "", "", T0 + 6)
+    assert w.state.apply(late).code is Code.CONFLICT
+    # It runs again as attempt 2 and may succeed.
+    w.apply(c.AssignTask("r1", "a", "n2", 2, T0 + 7))
+    assert w.apply(c.TaskFinished("r1", "a", 2, "n2", 0, T0 + 7, T0 + 8, "", "", T0 + 8)).ok
+    assert w.ti("r1", "a").state is S.SUCCESS
+
+
+def test_a_task_lost_max_lost_attempts_times_fails_with_node_lost():
+    w = running_world(dag_dict(tasks=[task("a", max_lost_attempts=2)]))
+    for attempt, node in ((1, "n1"), (2, "n2")):
+        if attempt == 1:
+            w.queue_and_assign("r1", "a", node)
+        else:
+            w.apply(c.AssignTask("r1", "a", node, attempt, T0 + attempt))
+        assert w.apply(c.LoseAttempt("r1", "a", attempt, node, f"node {node} stopped heartbeating", T0 + attempt)).ok
+    ti = w.ti("r1", "a")
+    assert ti.state is S.FAILED and ti.reason.startswith("node lost:") and ti.tries_failed == 0
+
+
+def test_losing_an_attempt_that_is_not_current_is_rejected():
+    w = running_world()
+    w.queue_and_assign("r1", "a", "n1")
+    before = w.state.digest()
+    for stale in (c.LoseAttempt("r1", "a", 2, "n1", "x", T0), c.LoseAttempt("r1", "a", 1, "n2", "x", T0)):
+        assert w.state.apply(stale).code is Code.CONFLICT
+    assert w.state.digest() == before

@@ -390,3 +390,39 @@ def test_an_equivalent_cron_edit_does_not_wedge_catchup_all(world):
     for _ in range(3):
         world.tick(later, all_ok=False)
     assert f"scheduled__{iso(epoch('2024-01-02T20:00:00'))}" in world.state.runs
+
+
+def test_attempts_on_a_node_whose_lease_expired_are_lost_and_reassigned(world):
+    world.submit(dag_dict(tasks=[task("a"), task("b")]))
+    world.trigger("m1")
+    world.tick(T0, nodes("n1", "n2", slots=1))
+    assert {world.ti("m1", t).node for t in "ab"} == {"n1", "n2"}
+    lost_node = world.ti("m1", "a").node
+    other = "n2" if lost_node == "n1" else "n1"
+    # Silent but not yet past the lease: its attempt is kept, it gets no new work.
+    view = [NodeInfo(lost_node, healthy=False, slots=1), NodeInfo(other, healthy=True, slots=1)]
+    assert not of_type(plan(world.state, T0 + 2, view), c.LoseAttempt)
+    # Past the lease: the attempt is lost and, with a free slot, reassigned.
+    world.finish("m1", "b", 0, at=T0 + 3)
+    view = [NodeInfo(lost_node, healthy=False, slots=1, lease_expired=True), NodeInfo(other, healthy=True, slots=1)]
+    cmds = plan(world.state, T0 + 5, view)
+    lost = of_type(cmds, c.LoseAttempt)
+    assert [(x.task_id, x.node, x.attempt) for x in lost] == [("a", lost_node, 1)]
+    world.apply(c.Batch(tuple(cmds)))
+    world.tick(T0 + 5, view)
+    ti = world.ti("m1", "a")
+    assert ti.state is S.ASSIGNED and ti.node == other and ti.attempt == 2 and ti.tries_failed == 0
+
+
+def test_the_leader_gets_new_work_after_the_followers(world):
+    world.submit(dag_dict(tasks=[task(t) for t in "abc"]))
+    world.trigger("m1")
+    view = [NodeInfo("n1", True, 2, leader=True), NodeInfo("n2", True, 2), NodeInfo("n3", True, 2)]
+    world.tick(T0, view)
+    assert sorted(world.ti("m1", t).node for t in "abc") == ["n1", "n2", "n3"]
+    # One task and equal loads: a follower gets it, even one with a later id.
+    solo = World()
+    solo.submit(dag_dict(tasks=[task("a")]))
+    solo.trigger("m1")
+    solo.tick(T0, [NodeInfo("n1", True, 2, leader=True), NodeInfo("n2", True, 2)])
+    assert solo.ti("m1", "a").node == "n2"

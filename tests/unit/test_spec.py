@@ -29,10 +29,10 @@ def full_spec() -> dict:
         "tasks": [
             {"task_id": "extract", "kind": "bash", "command": "echo e", "upstream": [],
              "trigger_rule": "all_success", "retries": 2, "retry_delay": 30.0,
-             "priority_weight": 5, "env": {"A": "1", "B": "2"}},
+             "priority_weight": 5, "env": {"A": "1", "B": "2"}, "max_lost_attempts": 2},
             {"task_id": "load", "kind": "bash", "command": "echo l", "upstream": ["extract"],
              "trigger_rule": "all_success", "retries": 0, "retry_delay": 0.0,
-             "priority_weight": 1, "env": {}},
+             "priority_weight": 1, "env": {}, "max_lost_attempts": 3},
         ],
     }
 
@@ -182,6 +182,7 @@ def test_self_dependency_is_reported():
     pytest.param(dag_dict(tasks=[task("a", retries=True)]), ["retries must be an integer"], id="retries-bool"),
     pytest.param(dag_dict(tasks=[task("a", retry_delay=-5)]), ["task 'a'", "retry_delay"], id="retry-delay"),
     pytest.param(dag_dict(tasks=[task("a", priority_weight=0)]), ["priority_weight"], id="priority"),
+    pytest.param(dag_dict(tasks=[task("a", max_lost_attempts=0)]), ["max_lost_attempts"], id="lost-cap"),
     pytest.param(dag_dict(tasks=[task("a", kind="python")]), ["task 'a'", "unknown task kind 'python'"], id="kind"),
     pytest.param(dag_dict(tasks=[task("a", command="   ")]), ["task 'a'", "non-empty command"], id="empty-cmd"),
     pytest.param(dag_dict(tasks=[task("a", trigger_rule="one_success")]), ["unknown trigger_rule 'one_success'"],
