@@ -37,6 +37,9 @@ class ConfigError(ValueError):
     pass
 
 
+LEASE_MARGIN = 0.5  # seconds between a deposed leader's last possible grant and the leader's expiry
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     id: str
@@ -52,7 +55,7 @@ class RaftTuning:
     tick_period: float = 0.002
     connection_timeout: float = 2.0
     connection_retry: float = 0.5
-    leader_fallback_timeout: float = 2.0
+    leader_fallback_timeout: float = 1.0
     log_compaction_min_entries: float = 5000   # compact the in-memory Raft log past this many entries
     log_compaction_min_time: float = 300.0     # ... or this many seconds after the last compaction
 
@@ -67,9 +70,19 @@ class NodeConfig:
     slots: int = 4
     peers: tuple[Peer, ...] = ()
     raft: RaftTuning = field(default_factory=RaftTuning)
-    heartbeat_interval: float = 0.5
-    lease_timeout: float = 5.0
+    heartbeat_interval: float = 0.3
+    lease_timeout: float = 4.0    # a silent node's attempts are forfeit after this; workers fence at half
     log_level: str = "INFO"
+
+    @property
+    def worker_lease(self) -> float:
+        """How long an acknowledged heartbeat lets this node run attempts (worker/lease.py)."""
+        return self.lease_timeout / 2
+
+    @property
+    def healthy_window(self) -> float:
+        """A node silent for longer gets no new work (its running attempts are kept)."""
+        return max(1.0, 3 * self.heartbeat_interval)
 
     @property
     def all_nodes(self) -> tuple[Peer, ...]:
@@ -167,7 +180,16 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
             raise ConfigError(f"[raft] section: {e}") from None
     if tuning.election_timeout_min <= tuning.append_entries_period * 3:
         raise ConfigError("[raft] election_timeout_min must be well above append_entries_period")
-    return NodeConfig(peers=peers, raft=tuning, **values)
+    cfg = NodeConfig(peers=peers, raft=tuning, **values)
+    if cfg.raft.leader_fallback_timeout + LEASE_MARGIN > cfg.worker_lease:
+        raise ConfigError(
+            f"lease_timeout {cfg.lease_timeout}s is too short for leader_fallback_timeout "
+            f"{cfg.raft.leader_fallback_timeout}s: workers fence at lease_timeout/2, which must exceed the "
+            f"fallback by {LEASE_MARGIN}s (a deposed leader acknowledges heartbeats until it falls back)")
+    if cfg.heartbeat_interval * 3 > cfg.worker_lease:
+        raise ConfigError(f"heartbeat_interval {cfg.heartbeat_interval}s is too long for lease_timeout "
+                          f"{cfg.lease_timeout}s: at least 3 heartbeats must fit in lease_timeout/2")
+    return cfg
 
 
 def _check_address(value: str, what: str) -> None:

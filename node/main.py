@@ -29,6 +29,7 @@ from .leader.loop import Dispatcher, LeaderLoop, Liveness
 from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from .raft.adapter import ReplicatedState
 from .store.local import LocalStore
+from .worker.lease import Reaper
 from .worker.worker import Worker
 
 log = logging.getLogger("raftflow.node")
@@ -45,8 +46,10 @@ class Node:
         self.peers = PeerClients(cfg.peers, peer_token(secret))
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.data_dir / "work",
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
-                             propose_nowait=self.replica.propose_nowait)
-        self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.slots)
+                             propose_nowait=self.replica.propose_nowait,
+                             lease_duration=cfg.worker_lease, reaper=Reaper())
+        self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.healthy_window,
+                                 cfg.slots, cfg.node_id)
         self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,
                                      lambda node, a: self.peers.run_task(node, a))
         self.leader_loop = LeaderLoop(cfg.node_id, self.replica, self.liveness, self.dispatcher)
@@ -79,19 +82,26 @@ class Node:
         self.store.close()
 
     def _heartbeat_loop(self) -> None:
-        """Report liveness and load to whoever leads, every heartbeat_interval."""
+        """Report liveness and load to whoever leads, every heartbeat_interval; an
+        acknowledgement from a leader with quorum renews this node's lease."""
         while not self._stop.wait(self.cfg.heartbeat_interval):
+            sent_at = time.monotonic()
             leader = self.replica.status().leader_id
             running = self.worker.running()
+            granted = False
             try:
                 if leader == self.cfg.node_id:
-                    self.liveness.beat(self.cfg.node_id, self.cfg.slots, len(running), time.monotonic())
+                    self.liveness.beat(self.cfg.node_id, self.cfg.slots, len(running), sent_at)
+                    granted = self.leader_loop.grants_leases()
                 elif leader is not None and self.peers.knows(leader):
-                    self.peers.heartbeat(leader, peer_pb2.HeartbeatRequest(
+                    granted = self.peers.heartbeat(leader, peer_pb2.HeartbeatRequest(
                         node_id=self.cfg.node_id, slots=self.cfg.slots, sent_at=time.time(),
-                        running=[peer_pb2.AttemptKey(run_id=r, task_id=t, attempt=a) for r, t, a in running]))
+                        running=[peer_pb2.AttemptKey(run_id=r, task_id=t, attempt=a) for r, t, a in running]),
+                        timeout=self.cfg.heartbeat_interval * 2).lease_granted
             except grpc.RpcError as e:
                 log.debug("heartbeat to %s failed: %s", leader, e.code())
+            if granted:
+                self.worker.renew_lease(sent_at)
 
     def node_status(self) -> client_pb2.NodeStatus:
         status = self.replica.status()

@@ -64,8 +64,9 @@ class PeerClients:
         ), timeout=timeout, metadata=self._metadata)
         return ack.accepted, ack.reason
 
-    def heartbeat(self, node_id: str, request: peer_pb2.HeartbeatRequest, timeout: float = 1.0) -> str:
-        return self._stubs[node_id].Heartbeat(request, timeout=timeout, metadata=self._metadata).leader
+    def heartbeat(self, node_id: str, request: peer_pb2.HeartbeatRequest,
+                  timeout: float = 1.0) -> peer_pb2.HeartbeatResponse:
+        return self._stubs[node_id].Heartbeat(request, timeout=timeout, metadata=self._metadata)
 
     def node_info(self, node_id: str, timeout: float = 1.0) -> client_pb2.NodeStatus:
         return self._stubs[node_id].NodeInfo(peer_pb2.NodeInfoRequest(), timeout=timeout, metadata=self._metadata)

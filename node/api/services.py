@@ -302,9 +302,12 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         return peer_pb2.RunTaskAck(accepted=ok, reason=reason)
 
     def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
-        if self.node.replica.is_leader():
-            self.node.liveness.beat(request.node_id, request.slots, len(request.running), time.monotonic())
-        return peer_pb2.HeartbeatResponse(leader=self.node.replica.status().leader_id or "")
+        received = time.monotonic()
+        granted = self.node.leader_loop.grants_leases()
+        if granted:
+            self.node.liveness.beat(request.node_id, request.slots, len(request.running), received)
+        status = self.node.replica.status()
+        return peer_pb2.HeartbeatResponse(leader=status.leader_id or "", lease_granted=granted, term=status.term)
 
     def NodeInfo(self, request, context):  # type: ignore[no-untyped-def]
         return self.node.node_status()

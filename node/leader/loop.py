@@ -33,19 +33,30 @@ REDISPATCH_AFTER = 2.0     # an assignment not started after this long is dispat
 
 
 class Liveness:
-    """The leader's view of the nodes: last heartbeat (monotonic), slots, running count."""
+    """The leader's view of the nodes: last heartbeat (monotonic), slots, running count.
 
-    def __init__(self, node_ids: list[str], lease_timeout: float, default_slots: int) -> None:
+    A node is *healthy* (may get new work) while its last heartbeat is within
+    `healthy_window`; its lease *expires* (its attempts are forfeit, see
+    worker/lease.py) `lease_timeout` after its last heartbeat, but never earlier
+    than `lease_timeout` after this leader took office: a new leader does not know
+    when the previous one last heard from a node."""
+
+    def __init__(self, node_ids: list[str], lease_timeout: float, healthy_window: float,
+                 default_slots: int, self_id: str) -> None:
         self.lease_timeout = lease_timeout
+        self.healthy_window = healthy_window
+        self._self_id = self_id
         self._lock = threading.Lock()
         self._last_seen: dict[str, float] = {}
+        self._took_office = float("-inf")
         self._slots = dict.fromkeys(node_ids, default_slots)
         self._running: dict[str, int] = {}
 
     def reset(self, now: float, connected: set[str]) -> None:
-        """On a new term: nodes with a live Raft connection count as just seen, so work
-        is not held back while the first heartbeats arrive."""
+        """On a new term: every node gets a full lease from now; nodes with a live Raft
+        connection count as just seen, so work is not held back for the first heartbeats."""
         with self._lock:
+            self._took_office = now
             self._last_seen = dict.fromkeys(connected, now)
 
     def beat(self, node_id: str, slots: int, running: int, now: float) -> None:
@@ -56,8 +67,14 @@ class Liveness:
 
     def view(self, now: float) -> list[NodeInfo]:
         with self._lock:
-            return [NodeInfo(n, now - self._last_seen.get(n, -1e9) <= self.lease_timeout, s)
-                    for n, s in sorted(self._slots.items())]
+            out = []
+            for node, slots in sorted(self._slots.items()):
+                seen = self._last_seen.get(node, float("-inf"))
+                out.append(NodeInfo(
+                    node, healthy=now - seen <= self.healthy_window, slots=slots,
+                    lease_expired=now - max(seen, self._took_office) > self.lease_timeout,
+                    leader=node == self._self_id))
+            return out
 
     def ages(self, now: float) -> dict[str, float]:
         with self._lock:
@@ -137,6 +154,11 @@ class LeaderLoop(threading.Thread):
         self._stop = threading.Event()
         self.leading_term: int | None = None
         self.plans = 0
+
+    def grants_leases(self) -> bool:
+        """Heartbeats renew leases only from a leader that committed its barrier and
+        still has a quorum (worker/lease.py)."""
+        return self.leading_term is not None and self._replica.is_leader() and self._replica.status().has_quorum
 
     def stop(self) -> None:
         self._stop.set()

@@ -10,6 +10,10 @@ Life of an attempt here (node/README.md has the whole story):
 4. On exit, `TaskFinished` (exit code, times, log tail) is proposed until it
    commits or is rejected as stale (fenced): a result is never silently dropped
    while this node is up.
+5. Fencing (lease.py): while the lease is lapsed the worker refuses new attempts
+   and kills running ones (the reaper process does so too if this process is
+   paused or dead); a killed attempt is reported as `LoseAttempt`, which re-queues
+   the task without using its retries, unless the leader already did.
 
 Slots are enforced by the leader's planner; the worker reports what it runs in
 its heartbeats so the leader knows its load.
@@ -31,6 +35,7 @@ from ..core import commands as c
 from ..core.state import Code, Result
 from ..raft.adapter import Unavailable
 from ..store.local import LocalStore
+from .lease import Lease, Reaper
 
 log = logging.getLogger("raftflow.worker")
 
@@ -60,13 +65,15 @@ class _Attempt:
     thread: threading.Thread | None = None
     process: subprocess.Popen | None = None
     started_at: float = 0.0
+    fenced: bool = False          # killed because the lease lapsed
     finished: threading.Event = field(default_factory=threading.Event)
 
 
 class Worker:
     def __init__(self, node_id: str, slots: int, store: LocalStore, workdir: Path,
                  propose: Callable[[c.Command, float], Result],
-                 propose_nowait: Callable[[c.Command], None]) -> None:
+                 propose_nowait: Callable[[c.Command], None],
+                 lease_duration: float, reaper: Reaper | None = None) -> None:
         self.node_id = node_id
         self.slots = slots
         self._store = store
@@ -76,7 +83,11 @@ class Worker:
         self._lock = threading.Lock()
         self._attempts: dict[tuple[str, str, int], _Attempt] = {}
         self._stopping = threading.Event()
+        self.lease = Lease(lease_duration, time.monotonic())
+        self._reaper = reaper
         workdir.mkdir(parents=True, exist_ok=True)
+        self._watchdog = threading.Thread(target=self._watch_lease, name="lease-watchdog", daemon=True)
+        self._watchdog.start()
 
     # ------------------------------------------------------------ API
     def accept(self, a: Assignment) -> tuple[bool, str]:
@@ -87,6 +98,8 @@ class Worker:
                 return False, f"node {self.node_id} is shutting down"
             if a.key in self._attempts:
                 return True, "already running"
+            if self.lease.expired(time.monotonic()):
+                return False, f"node {self.node_id} has no valid lease (no leader with quorum acknowledged it)"
             attempt = _Attempt(a)
             self._attempts[a.key] = attempt
         attempt.thread = threading.Thread(target=self._run, args=(attempt,), daemon=True,
@@ -97,6 +110,26 @@ class Worker:
     def running(self) -> list[tuple[str, str, int]]:
         with self._lock:
             return [k for k, a in self._attempts.items() if not a.finished.is_set()]
+
+    def renew_lease(self, sent_at: float) -> None:
+        """A leader with quorum acknowledged a heartbeat sent at `sent_at` (monotonic)."""
+        valid_until = self.lease.renew(sent_at)
+        if self._reaper is not None:
+            self._reaper.lease(valid_until)
+
+    def _watch_lease(self) -> None:
+        while not self._stopping.wait(0.05):
+            if not self.lease.expired(time.monotonic()):
+                continue
+            with self._lock:
+                victims = [a for a in self._attempts.values() if not a.fenced and not a.finished.is_set()]
+                for attempt in victims:
+                    attempt.fenced = True
+            for attempt in victims:
+                a = attempt.assignment
+                log.warning("lease lapsed (no leader with quorum acknowledged heartbeats for %.1fs): "
+                            "killing %s/%s attempt %d", self.lease.duration, a.run_id, a.task_id, a.attempt)
+                _kill_group(attempt.process, signal.SIGKILL)
 
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting work and kill the process groups of running attempts."""
@@ -109,6 +142,8 @@ class Worker:
         for attempt in attempts:
             if attempt.process is not None and not attempt.finished.wait(max(0.0, deadline - time.monotonic())):
                 _kill_group(attempt.process, signal.SIGKILL)
+        if self._reaper is not None:
+            self._reaper.close()
 
     # ------------------------------------------------------------ one attempt
     def _run(self, attempt: _Attempt) -> None:
@@ -126,6 +161,8 @@ class Worker:
             exit_code, reason = 127, f"could not start bash: {e}"
             self._store.append_log(a.run_id, a.task_id, a.attempt, f"raftflow: {reason}\n".encode())
         else:
+            if self._reaper is not None:
+                self._reaper.add(attempt.process.pid)
             log.info("started %s/%s attempt %d (pid %d)", a.run_id, a.task_id, a.attempt, attempt.process.pid)
             self._propose_nowait(c.TaskStarted(a.run_id, a.task_id, a.attempt, self.node_id, attempt.started_at))
             fd = attempt.process.stdout.fileno()
@@ -135,22 +172,35 @@ class Worker:
                 del tail[:-LOG_TAIL_BYTES]
             attempt.process.stdout.close()
             status = attempt.process.wait()
+            if self._reaper is not None:
+                self._reaper.remove(attempt.process.pid)
             exit_code = status if status >= 0 else 128 - status
             if status < 0:
                 reason = f"killed by signal {signal.Signals(-status).name}"
         ended_at = time.time()
+        with self._lock:
+            fenced = attempt.fenced or self.lease.expired(time.monotonic())
+            attempt.fenced = fenced
+        if fenced:
+            note = f"raftflow: attempt killed on {self.node_id}: its lease lapsed (cut off from the leader)\n"
+            self._store.append_log(a.run_id, a.task_id, a.attempt, note.encode())
         self._store.close_log(a.run_id, a.task_id, a.attempt)
-        log.info("finished %s/%s attempt %d: exit %d %s", a.run_id, a.task_id, a.attempt, exit_code, reason)
-        self._report(c.TaskFinished(
-            run_id=a.run_id, task_id=a.task_id, attempt=a.attempt, node=self.node_id, exit_code=exit_code,
-            started_at=attempt.started_at, ended_at=ended_at,
-            log_tail=tail.decode("utf-8", errors="replace"), reason=reason, at=ended_at,
-        ))
+        log.info("finished %s/%s attempt %d: exit %d %s%s", a.run_id, a.task_id, a.attempt, exit_code, reason,
+                 " (fenced)" if fenced else "")
+        if fenced:
+            self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id,
+                                       f"node {self.node_id} lost its lease and killed it", ended_at))
+        else:
+            self._report(c.TaskFinished(
+                run_id=a.run_id, task_id=a.task_id, attempt=a.attempt, node=self.node_id, exit_code=exit_code,
+                started_at=attempt.started_at, ended_at=ended_at,
+                log_tail=tail.decode("utf-8", errors="replace"), reason=reason, at=ended_at,
+            ))
         attempt.finished.set()
         with self._lock:
             self._attempts.pop(a.key, None)
 
-    def _report(self, command: c.TaskFinished) -> None:
+    def _report(self, command: c.TaskFinished | c.LoseAttempt) -> None:
         """Propose the result until it commits or is rejected as stale."""
         delay = 0.05
         while True:
@@ -167,8 +217,8 @@ class Worker:
                 delay = min(delay * 2, 2.0)
                 continue
             if not result.ok:
-                level = logging.INFO if result.code is Code.CONFLICT else logging.ERROR
-                log.log(level, "result of %s/%s attempt %d ignored: %s",
+                level = logging.WARNING if result.code is Code.CONFLICT else logging.ERROR
+                log.log(level, "%s of %s/%s attempt %d ignored: %s", command.TYPE,
                         command.run_id, command.task_id, command.attempt, result.reason)
             return
 

@@ -1,0 +1,169 @@
+"""Kill, pause and isolate real node processes mid-run: work carries on, nothing is
+lost, and no two attempts of one task ever run at the same time.
+
+Each test starts its own 3-node cluster; tasks record their own lifetimes
+(raftflow_cli.attempts), which is the evidence for the fencing checks.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from raftflow_cli import attempts
+from raftflow_cli.local import LocalCluster
+from support import Cli, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):
+    local = LocalCluster(tmp_path / "cluster", nodes=3, slots=4)
+    local.start()
+    try:
+        local.wait_ready(30)
+        yield local
+    finally:
+        local.stop()
+
+
+@pytest.fixture
+def cli(cluster) -> Cli:
+    return Cli(cluster.addresses)
+
+
+def write_dag(path: Path, dag_id: str, record: Path, tasks: dict[str, tuple[float, list[str]]]) -> Path:
+    """A DAG of recording tasks: {task_id: (seconds, upstream ids)}."""
+    lines = ["from raftflow import DAG, BashTask", f"with DAG({dag_id!r}) as dag:"]
+    for task_id, (seconds, upstream) in tasks.items():
+        command = attempts.recording_command(record, seconds)
+        lines.append(f"    t_{task_id} = BashTask({task_id!r}, command={command!r})")
+    for task_id, (_seconds, upstream) in tasks.items():
+        for up in upstream:
+            lines.append(f"    t_{up} >> t_{task_id}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_view(cli: Cli, run_id: str, cluster: str | None = None) -> dict:
+    return cli.json("runs", "show", run_id, cluster=cluster)
+
+
+def task_view(run: dict, task_id: str) -> dict:
+    return next(t for t in run["tasks"] if t["task_id"] == task_id)
+
+
+def wait_run_end(cli: Cli, run_id: str, timeout: float = 90, cluster: str | None = None) -> dict:
+    return wait_for(lambda: (r := run_view(cli, run_id, cluster))["state"] in ("success", "failed") and r,
+                    timeout, f"run {run_id} to end")
+
+
+def trigger(cli: Cli, dag_id: str) -> str:
+    proc = cli("dags", "trigger", dag_id, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["run_id"]
+
+
+def test_leader_killed_mid_dag_every_task_succeeds_exactly_once(cluster, cli, tmp_path):
+    record = tmp_path / "attempts.log"
+    tasks = {"extract": (1.0, []), "part_a": (2.0, ["extract"]), "part_b": (2.0, ["extract"]),
+             "part_c": (2.0, ["extract"]), "join": (1.0, ["part_a", "part_b", "part_c"]), "publish": (1.0, ["join"])}
+    assert cli("dags", "submit", str(write_dag(tmp_path / "d.py", "failover_mix", record, tasks))).returncode == 0
+    run_id = trigger(cli, "failover_mix")
+    wait_for(lambda: task_view(run_view(cli, run_id), "part_a")["state"] == "running", 30, "the parallel stage")
+    leader = cli.json("cluster", "status")["leader"]
+    assert cluster.signal_node(leader, signal.SIGKILL)
+
+    survivors = ",".join(n.grpc_address for n in cluster.nodes if n.node_id != leader)
+    run = wait_run_end(cli, run_id, cluster=survivors)
+    assert run["state"] == "success", run
+    recorded = attempts.read(record)
+    assert set(attempts.successes(recorded).values()) == {1}, attempts.successes(recorded)
+    assert len(recorded) == len(tasks)
+    assert attempts.overlaps(recorded) == []
+    status = Cli(survivors).json("cluster", "status")
+    assert status["leader"] and status["leader"] != leader
+
+
+def test_node_killed_mid_task_the_task_runs_again_elsewhere(cluster, cli, tmp_path):
+    record = tmp_path / "attempts.log"
+    write_dag(tmp_path / "d.py", "long_one", record, {"long": (6.0, []), "after": (0.5, ["long"])})
+    assert cli("dags", "submit", str(tmp_path / "d.py")).returncode == 0
+    run_id = trigger(cli, "long_one")
+    first = wait_for(lambda: (t := task_view(run_view(cli, run_id), "long"))["state"] == "running" and t,
+                     30, "the long task to start")
+    time.sleep(0.5)  # let it get into its work (the kill must hit a running attempt)
+    killed_at = time.time()
+    assert cluster.signal_node(first["node"], signal.SIGKILL)
+
+    survivors = ",".join(n.grpc_address for n in cluster.nodes if n.node_id != first["node"])
+    run = wait_run_end(cli, run_id, cluster=survivors)
+    assert run["state"] == "success", run
+    long = task_view(run, "long")
+    assert long["attempt"] == 2 and long["node"] != first["node"]
+    assert "lost" in long["reason"] or long["reason"] == ""
+    recorded = attempts.read(record)[(run_id, "long")]
+    assert [r.attempt for r in recorded] == [1, 2]
+    assert not recorded[0].finished, "the killed node's attempt kept running to its end"
+    assert recorded[0].last_seen < killed_at + 0.5, "the killed node's attempt outlived it (orphan)"
+    assert attempts.overlaps(attempts.read(record)) == []
+
+
+def test_paused_node_fences_its_own_attempt_before_it_runs_again(cluster, cli, tmp_path):
+    record = tmp_path / "attempts.log"
+    write_dag(tmp_path / "d.py", "paused_one", record, {"long": (8.0, [])})
+    assert cli("dags", "submit", str(tmp_path / "d.py")).returncode == 0
+    run_id = trigger(cli, "paused_one")
+    first = wait_for(lambda: (t := task_view(run_view(cli, run_id), "long"))["state"] == "running" and t,
+                     30, "the task to start")
+    paused = first["node"]
+    others = ",".join(n.grpc_address for n in cluster.nodes if n.node_id != paused)
+    assert cluster.signal_node(paused, signal.SIGSTOP)
+    try:
+        second = wait_for(lambda: (t := task_view(run_view(cli, run_id, others), "long"))["attempt"] == 2 and t,
+                          30, "attempt 2 after the paused node's lease expired")
+        assert second["node"] != paused
+    finally:
+        cluster.signal_node(paused, signal.SIGCONT)
+    run = wait_run_end(cli, run_id)
+    assert run["state"] == "success"
+    long = task_view(run, "long")
+    assert long["attempt"] == 2 and long["exit_code"] == 0
+    recorded = attempts.read(record)[(run_id, "long")]
+    assert [r.attempt for r in recorded] == [1, 2]
+    assert not recorded[0].finished
+    assert recorded[0].last_seen < recorded[1].started, "the paused node's attempt overlapped attempt 2"
+    log = cli("tasks", "logs", run_id, "long", "--attempt", "1")
+    assert log.returncode == 0 and "its lease lapsed" in log.stdout
+
+
+def test_quorum_loss_refuses_writes_serves_stale_reads_and_recovers(cluster, cli, tmp_path):
+    record = tmp_path / "attempts.log"
+    write_dag(tmp_path / "d.py", "quick", record, {"only": (0.2, [])})
+    assert cli("dags", "submit", str(tmp_path / "d.py")).returncode == 0
+    done = trigger(cli, "quick")
+    assert wait_run_end(cli, done)["state"] == "success"
+
+    survivor, *down = [n.node_id for n in cluster.nodes]
+    for node in down:
+        assert cluster.signal_node(node, signal.SIGKILL)
+    only = Cli(cluster.node(survivor).grpc_address)
+
+    def refused():
+        proc = only("dags", "trigger", "quick", timeout=30)
+        return proc.returncode == 1 and proc
+    proc = wait_for(refused, 30, "the survivor to refuse writes")
+    assert "no leader" in proc.stderr or "quorum" in proc.stderr, proc.stderr
+    stale = wait_for(lambda: (r := only.json("runs", "show", done))["meta"]["possibly_stale"] and r, 15,
+                     "reads marked possibly stale")
+    assert stale["state"] == "success"
+    runs_before = only.json("runs", "list")["runs"]
+
+    cluster.start_node(down[0])
+    wait_for(lambda: only("dags", "trigger", "quick").returncode == 0, 30, "writes to work again")
+    assert len(only.json("runs", "list")["runs"]) == len(runs_before) + 1
