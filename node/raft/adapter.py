@@ -143,6 +143,17 @@ class ReplicatedState(SyncObj):
 
     # ------------------------------------------------------------ proposing
     def propose(self, command: c.Command, timeout: float = 5.0) -> Result:
+        """Commit `command` and return its Result on this replica.
+
+        Refused up front (nothing enters the log) when this node cannot reach a
+        majority: otherwise a deposed leader could append it and commit it later, after
+        the caller was told it failed. A timeout means the outcome is unknown."""
+        status = self.status()
+        if not status.has_quorum:
+            members = len(self._id_by_raft_address)
+            raise Unavailable(
+                f"no quorum: node {self.node_id} reaches {len(status.connected) + 1} of {members} nodes and needs "
+                f"{members // 2 + 1}; nothing was changed. Bring stopped nodes back (writes resume by themselves)")
         done = threading.Event()
         box: list = [None, None]
 
@@ -152,8 +163,8 @@ class ReplicatedState(SyncObj):
 
         self._machine.apply_envelope(encode_envelope(command, self.node_id), callback=callback)
         if not done.wait(timeout):
-            raise Unavailable(f"not committed within {timeout:.1f}s (it may still commit); "
-                              "the cluster may have lost quorum")
+            raise Unavailable(f"outcome unknown: not committed within {timeout:.1f}s, and it may still commit "
+                              "if the cluster regains a quorum; check (e.g. `raftflow runs list`) before retrying")
         result, error = box
         if error != FAIL_REASON.SUCCESS:
             raise Unavailable(_FAIL_TEXT.get(error, f"raft error {error}"))
