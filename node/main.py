@@ -24,10 +24,11 @@ import grpc
 from .api.peers import PeerAuthInterceptor, PeerClients, peer_token
 from .api.services import ClientService, PeerService
 from .config import ConfigError, NodeConfig, load
+from .core import commands as c
 from .core.state import State
 from .leader.loop import Dispatcher, LeaderLoop, Liveness
 from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
-from .raft.adapter import ReplicatedState
+from .raft.adapter import ReplicatedState, Unavailable
 from .store.local import LocalStore
 from .worker.lease import Reaper
 from .worker.worker import Worker
@@ -67,9 +68,30 @@ class Node:
         self.server.start()
         self.leader_loop.start()
         self._heartbeat.start()
+        threading.Thread(target=self._announce_start, name="announce-start", daemon=True).start()
         log.info("node %s up: API on %s, Raft on %s, %d slots, peers: %s", self.cfg.node_id, self.cfg.grpc_address,
                  self.cfg.raft_address, self.cfg.slots,
                  ", ".join(f"{p.id}@{p.grpc_address}" for p in self.cfg.peers) or "none")
+
+    def _announce_start(self) -> None:
+        """Commit NodeStarted before accepting work: it releases (as lost) whatever the
+        log still assigns to this node's previous, dead process."""
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                result = self.replica.propose(c.NodeStarted(self.cfg.node_id, time.time()), timeout=5.0)
+            except Unavailable as e:
+                log.info("waiting to join the cluster: %s", e)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            released = result.value["released"] if result.ok else []
+            if released:
+                log.warning("released %d attempt(s) of this node's previous process: %s",
+                            len(released), ", ".join(released[:10]))
+            self.worker.ready.set()
+            log.info("node %s ready for work", self.cfg.node_id)
+            return
 
     def stop(self) -> None:
         log.info("node %s stopping", self.cfg.node_id)

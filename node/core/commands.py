@@ -148,6 +148,16 @@ class LoseAttempt(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class NodeStarted(Command):
+    """A node process started: every attempt still assigned to the node belongs to its
+    previous incarnation, which is dead, and is released as lost. The node accepts
+    work only once this has committed, so the log orders old and new attempts."""
+    TYPE: ClassVar[str] = "node_started"
+    node: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Batch(Command):
     """Several commands applied in order in one Raft entry; each succeeds or fails alone."""
     TYPE: ClassVar[str] = "batch"
@@ -166,7 +176,7 @@ class Undecodable(Command):
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.TYPE: cls
     for cls in (Barrier, SubmitDag, SetPaused, CreateRun, StartRun, FinishRun, QueueTask,
-                FailUpstream, AssignTask, TaskStarted, TaskFinished, LoseAttempt, Batch)
+                FailUpstream, AssignTask, TaskStarted, TaskFinished, LoseAttempt, NodeStarted, Batch)
 }
 
 

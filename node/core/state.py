@@ -149,6 +149,7 @@ class State:
             c.TaskStarted: self._task_started,
             c.TaskFinished: self._task_finished,
             c.LoseAttempt: self._lose_attempt,
+            c.NodeStarted: self._node_started,
             c.Batch: self._batch,
             c.Undecodable: lambda cmd: _reject(Code.INVALID, cmd.error),
         }
@@ -360,18 +361,37 @@ class State:
     def _lose_attempt(self, cmd: c.LoseAttempt) -> Result:
         run, ti = self._task(cmd.run_id, cmd.task_id)
         self._check_current(run, ti, cmd.attempt, cmd.node)
+        self._lose(run, ti, cmd.reason, cmd.at)
+        return OK
+
+    def _node_started(self, cmd: c.NodeStarted) -> Result:
+        if not isinstance(cmd.node, str) or not cmd.node:
+            return _reject(Code.INVALID, "node must be a non-empty string")
+        released = []
+        for run_id in self.active_runs:
+            run = self.runs[run_id]
+            for ti in run.tasks.values():
+                if ti.node == cmd.node and ti.state in TASK_ACTIVE:
+                    released.append((run, ti))
+        for run, ti in released:
+            self._lose(run, ti, f"node {cmd.node} restarted", cmd.at)
+        return Result(value={"released": [f"{run.run_id}/{ti.task_id}" for run, ti in released]})
+
+    def _lose(self, run: Run, ti: TaskInstance, why: str, at: float) -> None:
+        """The current attempt is gone with its node: queue it again, or fail the task
+        once it has been lost max_lost_attempts times. Its own retries are untouched."""
+        attempt = ti.attempt
         cap = self.dag_spec(run).task(ti.task_id).max_lost_attempts
         lost = ti.lost_attempts + 1
         if lost >= cap:
-            reason = f"node lost: {cmd.reason} (attempt lost with its node {lost} times)"
-            self._move(run, ti, TaskState.FAILED, cmd.at, f"attempt {cmd.attempt} lost; giving up")
-            ti.ended_at = cmd.at
+            reason = f"node lost: {why} (attempt lost with its node {lost} times)"
+            self._move(run, ti, TaskState.FAILED, at, f"attempt {attempt} lost; giving up")
+            ti.ended_at = at
         else:
-            reason = f"attempt {cmd.attempt} lost: {cmd.reason}; queued again"
-            self._move(run, ti, TaskState.QUEUED, cmd.at, f"attempt {cmd.attempt} lost")
-            ti.queued_at, ti.node, ti.started_at = cmd.at, None, None
+            reason = f"attempt {attempt} lost: {why}; queued again"
+            self._move(run, ti, TaskState.QUEUED, at, f"attempt {attempt} lost")
+            ti.queued_at, ti.node, ti.started_at = at, None, None
         ti.lost_attempts, ti.reason = lost, reason
-        return OK
 
     # ------------------------------------------------------------ helpers
     def _task(self, run_id: str, task_id: str) -> tuple[Run, TaskInstance]:

@@ -83,6 +83,9 @@ class Worker:
         self._lock = threading.Lock()
         self._attempts: dict[tuple[str, str, int], _Attempt] = {}
         self._stopping = threading.Event()
+        # Set once this incarnation's NodeStarted committed (main.py); until then the
+        # log may still hold attempts of the previous process of this node.
+        self.ready = threading.Event()
         self.lease = Lease(lease_duration, time.monotonic())
         self._reaper = reaper
         workdir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +101,8 @@ class Worker:
                 return False, f"node {self.node_id} is shutting down"
             if a.key in self._attempts:
                 return True, "already running"
+            if not self.ready.is_set():
+                return False, f"node {self.node_id} is starting (releasing its previous process's attempts)"
             if self.lease.expired(time.monotonic()):
                 return False, f"node {self.node_id} has no valid lease (no leader with quorum acknowledged it)"
             attempt = _Attempt(a)
@@ -132,7 +137,8 @@ class Worker:
                 _kill_group(attempt.process, signal.SIGKILL)
 
     def shutdown(self, grace: float = 5.0) -> None:
-        """Stop accepting work and kill the process groups of running attempts."""
+        """Stop accepting work and kill the process groups of running attempts; they are
+        reported as lost (queued again elsewhere), not as failures of the task."""
         self._stopping.set()
         with self._lock:
             attempts = list(self._attempts.values())
@@ -179,17 +185,19 @@ class Worker:
                 reason = f"killed by signal {signal.Signals(-status).name}"
         ended_at = time.time()
         with self._lock:
-            fenced = attempt.fenced or self.lease.expired(time.monotonic())
+            stopping = self._stopping.is_set()
+            fenced = attempt.fenced or stopping or self.lease.expired(time.monotonic())
             attempt.fenced = fenced
+        why = f"node {self.node_id} shut down" if stopping else f"node {self.node_id} lost its lease"
         if fenced:
-            note = f"raftflow: attempt killed on {self.node_id}: its lease lapsed (cut off from the leader)\n"
+            note = (f"raftflow: attempt stopped: node {self.node_id} is shutting down\n" if stopping else
+                    f"raftflow: attempt killed on {self.node_id}: its lease lapsed (cut off from the leader)\n")
             self._store.append_log(a.run_id, a.task_id, a.attempt, note.encode())
         self._store.close_log(a.run_id, a.task_id, a.attempt)
         log.info("finished %s/%s attempt %d: exit %d %s%s", a.run_id, a.task_id, a.attempt, exit_code, reason,
                  " (fenced)" if fenced else "")
         if fenced:
-            self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id,
-                                       f"node {self.node_id} lost its lease and killed it", ended_at))
+            self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id, why, ended_at))
         else:
             self._report(c.TaskFinished(
                 run_id=a.run_id, task_id=a.task_id, attempt=a.attempt, node=self.node_id, exit_code=exit_code,
@@ -214,7 +222,7 @@ class Worker:
                 log.warning("result of %s/%s attempt %d not committed yet: %s; retrying",
                             command.run_id, command.task_id, command.attempt, e)
                 time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 0.5)
                 continue
             if not result.ok:
                 level = logging.WARNING if result.code is Code.CONFLICT else logging.ERROR

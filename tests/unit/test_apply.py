@@ -590,6 +590,7 @@ ALL_COMMANDS = [
     c.TaskStarted("m1", "a", 1, "n1", T0 + 0.25),
     c.TaskFinished("m1", "a", 1, "n1", 137, T0, T0 + 1e-3, "tail\u00e9\n", "killed", T0 + 1),
     c.LoseAttempt("m1", "a", 1, "n1", "node n1 stopped heartbeating", T0 + 2),
+    c.NodeStarted("n1", T0 + 3),
     c.Batch((c.QueueTask("m1", "a", T0), c.StartRun("m1", T0))),
 ]
 
@@ -666,6 +667,8 @@ class Fuzzer:
                     return c.TaskStarted(run_id, tid, attempt, node, self.now)
                 if rng.random() < 0.1:  # the worker fenced its attempt (lease lost)
                     return c.LoseAttempt(run_id, tid, attempt, node, "lease lost", self.now)
+                if rng.random() < 0.05:  # its node restarted
+                    return c.NodeStarted(node, self.now)
                 code = rng.choice([0, 0, 0, 1, 2, 137])
                 return c.TaskFinished(run_id, tid, attempt, node, code, self.now - 1, self.now,
                                       f"log {rng.random()}", "", self.now)
@@ -861,3 +864,21 @@ def test_losing_an_attempt_that_is_not_current_is_rejected():
     for stale in (c.LoseAttempt("r1", "a", 2, "n1", "x", T0), c.LoseAttempt("r1", "a", 1, "n2", "x", T0)):
         assert w.state.apply(stale).code is Code.CONFLICT
     assert w.state.digest() == before
+
+
+def test_a_restarted_node_releases_the_attempts_of_its_previous_process():
+    w = running_world(dag_dict(tasks=[task("a"), task("b"), task("c")]))
+    w.queue_and_assign("r1", "a", "n1")
+    w.start("r1", "a")
+    w.queue_and_assign("r1", "b", "n1")
+    w.queue_and_assign("r1", "c", "n2")
+    result = w.apply(c.NodeStarted("n1", T0 + 9))
+    assert sorted(result.value["released"]) == ["r1/a", "r1/b"]
+    for task_id in "ab":
+        ti = w.ti("r1", task_id)
+        assert ti.state is S.QUEUED and ti.lost_attempts == 1 and "node n1 restarted" in ti.reason
+    assert w.ti("r1", "c").state is S.ASSIGNED and w.state.node_load == {"n2": 1}
+    # The dead process's late report of attempt 1 is stale.
+    assert w.state.apply(c.TaskFinished("r1", "a", 1, "n1", 0, T0, T0 + 9, "", "", T0 + 9)).code is Code.CONFLICT
+    # Started again with nothing assigned: releases nothing.
+    assert w.apply(c.NodeStarted("n1", T0 + 10)).value == {"released": []}

@@ -426,3 +426,21 @@ def test_the_leader_gets_new_work_after_the_followers(world):
     solo.trigger("m1")
     solo.tick(T0, [NodeInfo("n1", True, 2, leader=True), NodeInfo("n2", True, 2)])
     assert solo.ti("m1", "a").node == "n2"
+
+
+def test_a_tick_missed_during_an_election_runs_exactly_once_afterwards(world):
+    """No leader planned across the 12:05 tick; the new leader creates it once, and a
+    deposed leader's identical, late proposal is a harmless conflict (invariant 5)."""
+    world.submit(dag_dict(schedule="*/5 * * * *", catchup="latest", start_date=iso(T0)), at=T0)
+    first = world.tick(T0 + 1, nodes("n1"))
+    assert [c_.run_id for c_ in of_type(first, c.CreateRun)] == [scheduled_run_id(iso(T0))]
+    tick = T0 + 5 * MINUTE
+    # ... election from tick - 1 s to tick + 2 s: nobody plans ...
+    after = plan(world.state, tick + 2, nodes("n2"))
+    created = of_type(after, c.CreateRun)
+    assert [x.run_id for x in created] == [scheduled_run_id(iso(tick))]
+    world.apply(c.Batch(tuple(after)))
+    assert not of_type(plan(world.state, tick + 2.1, nodes("n2")), c.CreateRun)
+    late = world.state.apply(created[0])          # the old leader's copy of the same decision
+    assert late.code is Code.CONFLICT
+    assert sum(r.trigger == "schedule" for r in world.state.runs.values()) == 2

@@ -7,6 +7,9 @@ Scenarios:
             entry, gRPC included), asked of the leader and of a follower.
   election  SIGKILL the leader; time until a survivor reports a new leader.
   demo      trigger mlexpert_dag and time it end to end.
+  failover  SIGKILL the leader during a chain of `true` tasks: kill to the next task
+            start on a survivor; and SIGKILL a node running a long task: kill to
+            the start of the task's next attempt elsewhere.
 
 Figures are medians (and p90/max) of several runs: machines are shared and noisy.
 """
@@ -122,8 +125,86 @@ def scenario_demo(bench: Bench) -> dict[str, Any]:
             "note": "the three tasks sleep 3 s each: the critical path is 6 s of task time"}
 
 
+def _chain_spec(dag_id: str, length: int, command: str) -> dict[str, Any]:
+    return {"dag_id": dag_id, "tasks": [
+        {"task_id": f"t{i:03d}", "command": command, "upstream": [f"t{i - 1:03d}"] if i else []}
+        for i in range(length)]}
+
+
+def _submit_spec(bench: Bench, spec: dict[str, Any]) -> None:
+    bench.client.submit([{"spec_json": json.dumps(spec), "source": "# tools/bench", "filename": "tools/bench"}])
+
+
+def _wait_run(bench: Bench, run_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            run = bench.client.get_run(run_id)
+            if run["state"] in ("success", "failed"):
+                return run
+        except Exception:  # noqa: BLE001 - a node may be down mid-measurement
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"run {run_id} did not end within {timeout}s")
+
+
+def _epoch(iso: str | None) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(iso).timestamp() if iso else float("inf")
+
+
+def scenario_failover(bench: Bench) -> dict[str, Any]:
+    rounds = 3 if bench.quick else 7
+    _submit_spec(bench, _chain_spec("bench_chain", 400, "true"))
+    leader_gaps = []
+    for _ in range(rounds):
+        status = bench.cluster.wait_ready(30)
+        leader = status["leader"]
+        run_id = bench.client.trigger("bench_chain")["run_id"]
+        time.sleep(1.0 + (len(leader_gaps) % 3) * 0.37)     # mid-chain, at varied points
+        killed_at = time.time()
+        bench.cluster.signal_node(leader, signal.SIGKILL)
+        survivors = [n.grpc_address for n in bench.cluster.nodes if n.node_id != leader]
+        bench.client = ClusterClient(survivors)
+        run = _wait_run(bench, run_id)
+        starts = [_epoch(t["started_at"]) for t in run["tasks"] if t["node"] != leader]
+        leader_gaps.append(min(s for s in starts if s > killed_at) - killed_at)
+        bench.cluster.start_node(leader)
+        bench.client = ClusterClient(bench.cluster.addresses.split(","))
+
+    _submit_spec(bench, {"dag_id": "bench_long", "tasks": [{"task_id": "long", "command": "sleep 20"}]})
+    worker_gaps = []
+    for _ in range(2 if bench.quick else 5):
+        bench.cluster.wait_ready(30)
+        run_id = bench.client.trigger("bench_long")["run_id"]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            task = bench.client.get_run(run_id)["tasks"][0]
+            if task["state"] == "running":
+                break
+            time.sleep(0.05)
+        victim = task["node"]
+        killed_at = time.time()
+        bench.cluster.signal_node(victim, signal.SIGKILL)
+        bench.client = ClusterClient([n.grpc_address for n in bench.cluster.nodes if n.node_id != victim])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            task = bench.client.get_run(run_id)["tasks"][0]
+            if task["attempt"] >= 2 and task["started_at"]:
+                worker_gaps.append(_epoch(task["started_at"]) - killed_at)
+                break
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"{run_id}: no second attempt within 60 s of killing {victim}")
+        bench.cluster.start_node(victim)
+        bench.client = ClusterClient(bench.cluster.addresses.split(","))
+    return {"scenario": "failover", "leader_kill_to_next_task_start": _quantiles(leader_gaps),
+            "worker_kill_to_new_attempt_start": _quantiles(worker_gaps),
+            "note": "targets: leader median <= 1.5 s, max <= 3 s; worker median <= 5 s (lease_timeout is 4 s)"}
+
+
 SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
-    "raft": scenario_raft, "election": scenario_election, "demo": scenario_demo,
+    "raft": scenario_raft, "election": scenario_election, "demo": scenario_demo, "failover": scenario_failover,
 }
 
 

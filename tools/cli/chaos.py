@@ -1,0 +1,250 @@
+"""tools/chaos: run a local cluster under steady DAG load while killing, pausing and
+restarting random nodes, then check that nothing was lost and nothing ran twice at once.
+
+    tools/chaos [--duration SECONDS] [--nodes N] [--seed S] [--json] [--keep DIR]
+
+Faults (never more than a minority of nodes impaired at once): SIGKILL then restart,
+SIGSTOP then SIGCONT (sometimes past the lease timeout), SIGTERM then restart.
+Load: a run every --interval seconds of a DAG with serial and parallel tasks that
+record their own lifetimes (raftflow_cli.attempts).
+
+At the end every node is brought back and all runs are waited for. Printed:
+runs submitted / succeeded / failed / lost, attempts of one task that overlapped
+in time, successful attempts per task, and whether all replicas' state digests
+are equal. Exit 1 on any violation (a lost or failed run, an overlap, unequal
+digests), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from . import attempts
+from .client import ApiError, ClusterClient, ClusterUnreachable
+from .local import LocalCluster
+
+DAG_ID = "chaos_load"
+
+
+def dag_spec(record: Path) -> dict[str, Any]:
+    """extract -> [part_1..part_3] -> merge -> publish, each task a recording attempt."""
+    def task(task_id: str, seconds: float, upstream: list[str]) -> dict[str, Any]:
+        return {"task_id": task_id, "kind": "bash", "command": attempts.recording_command(record, seconds),
+                "upstream": upstream, "max_lost_attempts": 20}
+    parts = [f"part_{i}" for i in range(1, 4)]
+    return {"dag_id": DAG_ID, "max_active_runs": 8, "tasks": [
+        task("extract", 0.3, []), *(task(p, 1.0, ["extract"]) for p in parts),
+        task("merge", 0.3, parts), task("publish", 0.2, ["merge"])]}
+
+
+class Chaos:
+    def __init__(self, cluster: LocalCluster, seed: int, interval: float, log: Any) -> None:
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.interval = interval
+        self.log = log
+        self.stop = threading.Event()
+        self.client = ClusterClient(cluster.addresses.split(","), timeout=10.0)
+        self.triggered: list[str] = []
+        self.trigger_errors = 0
+        self.faults: Counter[str] = Counter()
+        self.impaired: dict[str, str] = {}   # node -> "down" | "paused"
+
+    # ------------------------------------------------------------ load
+    def load(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                self.triggered.append(self.client.trigger(DAG_ID)["run_id"])
+            except (ApiError, ClusterUnreachable):
+                self.trigger_errors += 1   # no quorum for a moment (an election): try again next time
+
+    # ------------------------------------------------------------ faults
+    def faults_loop(self) -> None:
+        minority = (len(self.cluster.nodes) - 1) // 2
+        while not self.stop.wait(self.rng.uniform(1.0, 3.0)):
+            self._heal_due()
+            if len(self.impaired) >= minority:
+                continue
+            node = self.rng.choice([n.node_id for n in self.cluster.nodes if n.node_id not in self.impaired])
+            action = self.rng.choice(["kill", "kill", "pause", "pause", "restart"])
+            if action == "kill":
+                self.cluster.signal_node(node, signal.SIGKILL)
+                self._impair(node, "down", self.rng.uniform(1.0, 4.0))
+            elif action == "pause":
+                self.cluster.signal_node(node, signal.SIGSTOP)
+                self._impair(node, "paused", self.rng.uniform(0.5, 6.0))
+            else:
+                self.cluster.stop_node(node)
+                self._impair(node, "down", self.rng.uniform(0.2, 1.0))
+            self.faults[action] += 1
+            self.log(f"{time.strftime('%H:%M:%S')} {action} {node}")
+
+    def _impair(self, node: str, how: str, seconds: float) -> None:
+        self.impaired[node] = how
+        self._heal_at = getattr(self, "_heal_at", {})
+        self._heal_at[node] = time.monotonic() + seconds
+
+    def _heal_due(self, force: bool = False) -> None:
+        for node, how in list(self.impaired.items()):
+            if force or time.monotonic() >= self._heal_at[node]:
+                if how == "paused":
+                    self.cluster.signal_node(node, signal.SIGCONT)
+                else:
+                    self.cluster.start_node(node)
+                del self.impaired[node]
+                self.log(f"{time.strftime('%H:%M:%S')} heal {node} ({how})")
+
+    def heal_all(self) -> None:
+        self._heal_due(force=True)
+        for node in self.cluster.nodes:
+            if node.pid() is None:
+                self.cluster.start_node(node.node_id)
+
+
+def run(duration: float, nodes: int, seed: int, interval: float, data_dir: Path,
+        log: Any, settle_timeout: float = 90.0) -> dict[str, Any]:
+    cluster = LocalCluster(data_dir, nodes=nodes)
+    record = data_dir / "attempts.log"
+    cluster.start()
+    chaos = None
+    try:
+        cluster.wait_ready(60)
+        chaos = Chaos(cluster, seed, interval, log)
+        source = f"# generated by tools/chaos\n{json.dumps(dag_spec(record), indent=1)}\n"
+        from raftflow.proto import client_pb2
+        chaos.client.call("SubmitDags", client_pb2.SubmitDagsRequest(dags=[client_pb2.DagToSubmit(
+            spec_json=json.dumps(dag_spec(record)), source=source, filename="tools/chaos")]))
+        threads = [threading.Thread(target=chaos.load, daemon=True),
+                   threading.Thread(target=chaos.faults_loop, daemon=True)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        chaos.stop.wait(duration)
+        chaos.stop.set()
+        for t in threads:
+            t.join()
+        chaos.heal_all()
+        log(f"{time.strftime('%H:%M:%S')} faults stopped after {time.monotonic() - started:.0f}s; settling")
+        cluster.wait_ready(60)
+
+        # Every run the cluster knows (a trigger whose outcome was unknown may have committed).
+        deadline = time.monotonic() + settle_timeout
+        runs: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            runs = chaos.client.list_runs(DAG_ID, limit=100_000)
+            if runs and all(r["state"] in ("success", "failed") for r in runs):
+                break
+            time.sleep(0.5)
+        digests: dict[str, str] = {}
+        deadline = time.monotonic() + 30   # replicas apply the last entries within moments
+        while time.monotonic() < deadline:
+            status = chaos.client.cluster_status()
+            digests = {n["id"]: n["digest"] for n in status["nodes"]}
+            if len(set(digests.values())) == 1 and all(digests.values()):
+                break
+            time.sleep(0.5)
+
+        recorded = attempts.read(record)
+        overlapping = attempts.overlaps(recorded)
+        per_task = Counter(attempts.successes(recorded).values())
+        states = Counter(r["state"] for r in runs)
+        lost = [r["run_id"] for r in runs if r["state"] not in ("success", "failed")]
+        lost += [run_id for run_id in chaos.triggered if run_id not in {r["run_id"] for r in runs}]
+        result = {
+            "duration_s": duration, "nodes": nodes, "seed": seed,
+            "faults": dict(chaos.faults), "triggers_refused": chaos.trigger_errors,
+            "runs_submitted": len(runs), "runs_succeeded": states.get("success", 0),
+            "runs_failed": states.get("failed", 0), "runs_lost": len(lost),
+            "overlapping_attempts": [
+                {"run_id": a.run_id, "task_id": a.task_id, "attempts": [a.attempt, b.attempt],
+                 "nodes": [a.node, b.node]} for a, b in overlapping],
+            "successful_attempts_per_task": {str(k): v for k, v in sorted(per_task.items())},
+            "digests_equal": len(set(digests.values())) == 1,
+            "digests": digests,
+        }
+        result["violations"] = (result["runs_lost"] + result["runs_failed"] + len(overlapping)
+                                + (0 if result["digests_equal"] else 1))
+        if result["violations"]:
+            result["diagnostics"] = diagnose(cluster, [r["run_id"] for r in runs if r["state"] != "success"])
+        return result
+    finally:
+        if chaos is not None:
+            chaos.client.close()
+        cluster.stop()
+
+
+def diagnose(cluster: LocalCluster, run_ids: list[str]) -> dict[str, Any]:
+    """What each replica says about the unfinished runs, and where its Raft log stands."""
+    out: dict[str, Any] = {"nodes": {}, "runs": {}}
+    for node in cluster.nodes:
+        client = ClusterClient([node.grpc_address], timeout=5.0)
+        try:
+            status = client.cluster_status()
+            me = next(n for n in status["nodes"] if n["id"] == node.node_id)
+            out["nodes"][node.node_id] = {k: me[k] for k in ("role", "leader", "raft_term", "commit_index",
+                                                             "last_applied", "digest", "running_tasks")}
+            for run_id in run_ids[:3]:
+                run = client.get_run(run_id)
+                out["runs"].setdefault(run_id, {})[node.node_id] = {
+                    "state": run["state"],
+                    "tasks": {t["task_id"]: f"{t['state']} a{t['attempt']} {t['node']} {t['reason']}"
+                              for t in run["tasks"]}}
+        except (ApiError, ClusterUnreachable) as e:
+            out["nodes"][node.node_id] = {"error": str(e)}
+        finally:
+            client.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tools/chaos", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of faults (default 60)")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between triggered runs")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", help="keep the cluster's data and logs in this folder")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
+        (lambda line: print(line, flush=True))
+    log(f"chaos: {args.nodes} nodes, {args.duration:.0f}s, seed {seed}")
+    if args.keep:
+        data_dir = Path(args.keep)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        result = run(args.duration, args.nodes, seed, args.interval, data_dir, log)
+    else:
+        with tempfile.TemporaryDirectory(prefix="raftflow-chaos-") as tmp:
+            result = run(args.duration, args.nodes, seed, args.interval, Path(tmp), log)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(f"""
+runs submitted            {result['runs_submitted']}  (triggers refused during elections: {result['triggers_refused']})
+runs succeeded            {result['runs_succeeded']}
+runs failed               {result['runs_failed']}
+runs lost                 {result['runs_lost']}
+faults                    {', '.join(f'{k} x{v}' for k, v in sorted(result['faults'].items())) or 'none'}
+overlapping attempts      {len(result['overlapping_attempts'])}
+successful attempts/task  {', '.join(f'{k}: {v} tasks' for k, v in result['successful_attempts_per_task'].items())}
+replica digests equal     {'yes' if result['digests_equal'] else 'NO'}
+violations                {result['violations']}""")
+        if "diagnostics" in result:
+            print("diagnostics:\n" + json.dumps(result["diagnostics"], indent=1, sort_keys=True))
+        for o in result["overlapping_attempts"]:
+            print(f"  OVERLAP {o['run_id']} {o['task_id']} attempts {o['attempts']} on {o['nodes']}")
+    return 1 if result["violations"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
