@@ -3,6 +3,10 @@
 Life of an attempt here (node/README.md has the whole story):
 1. `accept` gets a committed assignment from the leader's dispatch (peer RunTask).
    It is idempotent per (run_id, task_id, attempt): a repeated dispatch is a no-op.
+   Before starting, the worker waits until its own replica has applied the
+   assignment and starts only if that attempt is still the task's current one on
+   this node: a dispatch that arrives late (after a restart released it, or after
+   the task was re-queued) is dropped, never run beside its successor.
 2. The command runs as `bash -c COMMAND` in its own session/process group, with
    the RAFTFLOW_* variables, stdout and stderr merged into one stream.
 3. Output goes to this node's LocalStore as it arrives; `TaskStarted` is proposed
@@ -40,6 +44,7 @@ from .lease import Lease, Reaper
 log = logging.getLogger("raftflow.worker")
 
 LOG_TAIL_BYTES = 2048
+CURRENCY_WAIT = 2.0   # seconds to wait for the local replica to apply a dispatched assignment
 READ_CHUNK = 65536
 
 
@@ -73,7 +78,8 @@ class Worker:
     def __init__(self, node_id: str, slots: int, store: LocalStore, workdir: Path,
                  propose: Callable[[c.Command, float], Result],
                  propose_nowait: Callable[[c.Command], None],
-                 lease_duration: float, reaper: Reaper | None = None) -> None:
+                 lease_duration: float, reaper: Reaper | None = None,
+                 currency: Callable[[str, str, int, float], bool] | None = None) -> None:
         self.node_id = node_id
         self.slots = slots
         self._store = store
@@ -88,6 +94,9 @@ class Worker:
         self.ready = threading.Event()
         self.lease = Lease(lease_duration, time.monotonic())
         self._reaper = reaper
+        # (run_id, task_id, attempt, timeout) -> is this attempt current on this node in
+        # the local replica (waiting up to timeout for the replica to apply it)?
+        self._currency = currency
         workdir.mkdir(parents=True, exist_ok=True)
         self._watchdog = threading.Thread(target=self._watch_lease, name="lease-watchdog", daemon=True)
         self._watchdog.start()
@@ -154,6 +163,14 @@ class Worker:
     # ------------------------------------------------------------ one attempt
     def _run(self, attempt: _Attempt) -> None:
         a = attempt.assignment
+        if self._currency is not None and not self._currency(a.run_id, a.task_id, a.attempt, CURRENCY_WAIT):
+            log.warning("dropped dispatch of %s/%s attempt %d: not the current attempt on %s in the replicated "
+                        "state (superseded, or released when this node restarted)",
+                        a.run_id, a.task_id, a.attempt, self.node_id)
+            attempt.finished.set()
+            with self._lock:
+                self._attempts.pop(a.key, None)
+            return
         tail = bytearray()
         reason = ""
         attempt.started_at = time.time()

@@ -85,9 +85,13 @@ class LocalNode:
 class LocalCluster:
     def __init__(self, data_dir: Path, nodes: int = 3, port_base: int | None = None, slots: int = 4,
                  python: str = sys.executable, extra_env: dict[str, str] | None = None,
-                 raft: RaftTuning | None = None) -> None:
+                 raft: RaftTuning | None = None, hosts: list[str] | None = None,
+                 launcher: dict[str, list[str]] | None = None) -> None:
+        """`hosts`: one address per node (default loopback); `launcher`: a command prefix
+        per node id (e.g. `ip netns exec NS`) for nodes in network namespaces."""
         self.data_dir = data_dir.resolve()
         self.raft = raft or RaftTuning()
+        self.launcher = launcher or {}
         self.python = python
         self.extra_env = extra_env or {}
         self._procs: dict[str, subprocess.Popen] = {}
@@ -104,8 +108,9 @@ class LocalCluster:
         else:
             grpc_ports = [port_base + i for i in range(nodes)]
             raft_ports = [port_base + 100 + i for i in range(nodes)]
+        hosts = hosts or [LOOPBACK] * nodes
         self.nodes = [
-            LocalNode(f"n{i + 1}", f"{LOOPBACK}:{grpc_ports[i]}", f"{LOOPBACK}:{raft_ports[i]}",
+            LocalNode(f"n{i + 1}", f"{hosts[i]}:{grpc_ports[i]}", f"{hosts[i]}:{raft_ports[i]}",
                       self.data_dir / f"n{i + 1}")
             for i in range(nodes)
         ]
@@ -149,7 +154,8 @@ class LocalCluster:
         log = open(node.log_path, "ab")
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            [self.python, "-m", "raftflow_cli.main", "node", "--config", str(node.config_path)],
+            [*self.launcher.get(node_id, []),
+             self.python, "-m", "raftflow_cli.main", "node", "--config", str(node.config_path)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
         log.close()

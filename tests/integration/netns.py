@@ -1,0 +1,93 @@
+"""Test hosts in network namespaces, for real partitions on one machine.
+
+Each node gets its own namespace with one veth into a bridge (in a namespace of
+its own); the test process joins the bridge through one more veth, so it can
+reach every node. `partition(i)` takes node i's link to the bridge down: node i
+is then cut off from the other nodes and from the test, as on a real network.
+Everything is named after this process's PID and removed by `destroy`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+SUBNET = "10.213.57"
+
+
+def available() -> str | None:
+    """None if namespaces can be used here, else the reason they cannot."""
+    if shutil.which("ip") is None:
+        return "the `ip` command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    probe = f"rfprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"`ip netns add` failed: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+class Topology:
+    def __init__(self, nodes: int) -> None:
+        tag = f"rf{os.getpid() % 100000}"
+        self.bridge_ns = f"{tag}br"
+        self.namespaces = [f"{tag}n{i + 1}" for i in range(nodes)]
+        self.root_link = f"{tag}r"
+        self.hosts = [f"{SUBNET}.{i + 1}" for i in range(nodes)]
+        self._created: list[str] = []
+        try:
+            self._build(tag)
+        except subprocess.CalledProcessError as e:
+            self.destroy()
+            raise RuntimeError(f"building the test network failed: {' '.join(e.cmd)}: {e.stderr}") from None
+
+    def _build(self, tag: str) -> None:
+        _ip("netns", "add", self.bridge_ns)
+        self._created.append(self.bridge_ns)
+        _ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
+        _ip("-n", self.bridge_ns, "link", "set", "br0", "up")
+        for i, ns in enumerate(self.namespaces):
+            _ip("netns", "add", ns)
+            self._created.append(ns)
+            host_end, bridge_end = f"{tag}h{i + 1}", f"{tag}b{i + 1}"
+            _ip("link", "add", host_end, "type", "veth", "peer", "name", bridge_end)
+            _ip("link", "set", host_end, "netns", ns)
+            _ip("link", "set", bridge_end, "netns", self.bridge_ns)
+            _ip("-n", ns, "addr", "add", f"{self.hosts[i]}/24", "dev", host_end)
+            _ip("-n", ns, "link", "set", host_end, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", self.bridge_ns, "link", "set", bridge_end, "master", "br0")
+            _ip("-n", self.bridge_ns, "link", "set", bridge_end, "up")
+        _ip("link", "add", self.root_link, "type", "veth", "peer", "name", f"{tag}rb")
+        _ip("link", "set", f"{tag}rb", "netns", self.bridge_ns)
+        _ip("addr", "add", f"{SUBNET}.254/24", "dev", self.root_link)
+        _ip("link", "set", self.root_link, "up")
+        _ip("-n", self.bridge_ns, "link", "set", f"{tag}rb", "master", "br0")
+        _ip("-n", self.bridge_ns, "link", "set", f"{tag}rb", "up")
+        self._tag = tag
+
+    def launcher(self) -> dict[str, list[str]]:
+        """Command prefixes that start node `nK` inside its namespace."""
+        return {f"n{i + 1}": ["ip", "netns", "exec", ns] for i, ns in enumerate(self.namespaces)}
+
+    def _bridge_end(self, index: int) -> str:
+        return f"{self._tag}b{index + 1}"
+
+    def partition(self, index: int) -> None:
+        _ip("-n", self.bridge_ns, "link", "set", self._bridge_end(index), "down")
+
+    def heal(self, index: int) -> None:
+        _ip("-n", self.bridge_ns, "link", "set", self._bridge_end(index), "up")
+
+    def destroy(self) -> None:
+        subprocess.run(["ip", "link", "del", self.root_link], capture_output=True)
+        for ns in reversed(self._created):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self._created.clear()

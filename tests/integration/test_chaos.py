@@ -1,0 +1,28 @@
+"""A 60-second tools/chaos run: kills, pauses and restarts under load, zero violations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_sixty_seconds_of_chaos_lose_nothing_and_never_overlap(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "raftflow_cli.chaos", "--duration", "60", "--seed", "7", "--json",
+         "--keep", str(tmp_path / "chaos")],
+        capture_output=True, text=True, timeout=400)
+    assert proc.stdout.strip(), proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    summary = json.dumps({k: v for k, v in result.items() if k != "digests"}, indent=1)
+    assert sum(result["faults"].values()) >= 10, summary   # the run really was chaotic
+    assert result["runs_submitted"] >= 30, summary
+    assert result["runs_lost"] == 0, summary
+    assert result["runs_failed"] == 0, summary
+    assert result["overlapping_attempts"] == [], summary
+    assert result["digests_equal"], summary
+    assert result["violations"] == 0 and proc.returncode == 0, summary

@@ -1,0 +1,82 @@
+"""The worker on its own (real bash, real local store, no network): it runs only the
+attempts its replica says are current, reports results, and fences on a lapsed lease."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from raftflow.core import commands as c
+from raftflow.core.state import Result
+from raftflow.store.local import LocalStore
+from raftflow.worker.worker import Assignment, Worker
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.commands: list[c.Command] = []
+        self.arrived = threading.Condition()
+
+    def propose(self, command: c.Command, timeout: float) -> Result:
+        with self.arrived:
+            self.commands.append(command)
+            self.arrived.notify_all()
+        return Result()
+
+    def wait_for(self, kind: type, timeout: float = 10.0) -> c.Command:
+        deadline = time.monotonic() + timeout
+        with self.arrived:
+            while True:
+                found = [x for x in self.commands if isinstance(x, kind)]
+                if found:
+                    return found[0]
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"no {kind.__name__} reported; got {self.commands}"
+                self.arrived.wait(remaining)
+
+
+def make_worker(tmp_path: Path, current: bool, lease: float = 30.0) -> tuple[Worker, Reports, LocalStore]:
+    reports = Reports()
+    store = LocalStore(tmp_path / "store")
+    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, propose_nowait=reports.commands.append,
+                    lease_duration=lease, currency=lambda run, task, attempt, timeout: current)
+    worker.ready.set()
+    return worker, reports, store
+
+
+def assignment(command: str, marker: Path | None = None) -> Assignment:
+    return Assignment("r1", "t1", 1, "d", "bash", command, {}, "2026-01-01T00:00:00+00:00")
+
+
+def test_a_current_attempt_runs_and_its_result_is_reported(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=True)
+    assert worker.accept(assignment("echo hello; exit 3")) == (True, "")
+    done = reports.wait_for(c.TaskFinished)
+    assert (done.exit_code, done.attempt, done.node) == (3, 1, "n1")
+    assert b"".join(store.read_log("r1", "t1", 1)) == b"hello\n"
+    worker.shutdown()
+
+
+def test_a_superseded_dispatch_never_starts(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=False)
+    marker = tmp_path / "ran"
+    assert worker.accept(assignment(f"touch {marker}"))[0]
+    deadline = time.monotonic() + 5
+    while worker.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.running() == []
+    assert not marker.exists() and reports.commands == []
+    worker.shutdown()
+
+
+def test_a_lapsed_lease_kills_the_attempt_and_reports_it_lost(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=True, lease=0.5)
+    assert worker.accept(assignment("sleep 30"))[0]
+    lost = reports.wait_for(c.LoseAttempt)
+    assert lost.attempt == 1 and "lost its lease" in lost.reason
+    assert not any(isinstance(x, c.TaskFinished) for x in reports.commands)
+    assert b"its lease lapsed" in b"".join(store.read_log("r1", "t1", 1))
+    ok, reason = worker.accept(Assignment("r1", "t2", 1, "d", "bash", "true", {}, ""))
+    assert not ok and "no valid lease" in reason
+    worker.shutdown()
