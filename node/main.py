@@ -26,7 +26,6 @@ from .api.services import ClientService, PeerService
 from .config import ConfigError, NodeConfig, load
 from .core import commands as c
 from .core.state import State
-from .core.states import TASK_ACTIVE
 from .leader.loop import Dispatcher, LeaderLoop, Liveness
 from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from .raft.adapter import ReplicatedState, Unavailable
@@ -48,9 +47,7 @@ class Node:
         self.peers = PeerClients(cfg.peers, peer_token(secret))
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.data_dir / "work",
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
-                             propose_nowait=self.replica.propose_nowait,
-                             lease_duration=cfg.worker_lease, reaper=Reaper(),
-                             currency=self._attempt_is_current)
+                             lease_duration=cfg.worker_lease, reaper=Reaper())
         self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.healthy_window,
                                  cfg.slots, cfg.node_id)
         self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,
@@ -74,21 +71,6 @@ class Node:
         log.info("node %s up: API on %s, Raft on %s, %d slots, peers: %s", self.cfg.node_id, self.cfg.grpc_address,
                  self.cfg.raft_address, self.cfg.slots,
                  ", ".join(f"{p.id}@{p.grpc_address}" for p in self.cfg.peers) or "none")
-
-    def _attempt_is_current(self, run_id: str, task_id: str, attempt: int, timeout: float) -> bool:
-        """True once the local replica holds `attempt` as the task's current attempt on
-        this node; False if it was superseded, or not applied within `timeout`."""
-        deadline = time.monotonic() + timeout
-        with self.replica.changed:
-            while True:
-                run = self.replica.state.runs.get(run_id)
-                ti = run.tasks.get(task_id) if run else None
-                if ti is not None and ti.attempt >= attempt:
-                    return ti.attempt == attempt and ti.node == self.cfg.node_id and ti.state in TASK_ACTIVE
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self.replica.changed.wait(remaining)
 
     def _announce_start(self) -> None:
         """Commit NodeStarted before accepting work: it releases (as lost) whatever the

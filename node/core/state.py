@@ -323,6 +323,8 @@ class State:
         return Result(value={"run_id": run.run_id, "task_id": ti.task_id, "attempt": ti.attempt, "node": ti.node})
 
     def _task_started(self, cmd: c.TaskStarted) -> Result:
+        """The worker's claim to start an attempt, committed before its process starts:
+        accepted only while the attempt is current on that node (the fencing point)."""
         run, ti = self._task(cmd.run_id, cmd.task_id)
         self._check_current(run, ti, cmd.attempt, cmd.node)
         if ti.state is TaskState.RUNNING:

@@ -7,6 +7,12 @@ Contracts (see LIBRARY-NOTES):
 - The transport is encrypted and authenticated with the cluster secret (pysyncobj
   `password`); without one the Raft port would unpickle anyone's bytes.
 - No fork: `useFork=False`, so the gRPC server in this process is never forked.
+- Durable: the Raft log is journaled and snapshots are written under
+  `data_dir/raft/` (always both: a journal without a dump file loses state after
+  log compaction). On start, the snapshot is loaded and later journal entries are
+  re-applied: apply must stay free of side effects. The journal is an mmap that
+  pysyncobj does not msync per entry: it survives kill -9 of any or all nodes
+  (the page cache holds it), not a power loss of a majority.
 - Snapshots (log compaction, catching up a node that fell behind the log) carry
   the `State`: it lives in `_StateMachine`, a SyncObjConsumer whose `state`
   attribute pysyncobj pickles. (A SyncObj subclass's own attributes set before
@@ -102,6 +108,8 @@ class ReplicatedState(SyncObj):
         self._on_applied = on_applied
         self._id_by_raft_address = {p.raft_address: p.id for p in cfg.all_nodes}
         t = cfg.raft
+        raft_dir = cfg.data_dir / "raft"
+        raft_dir.mkdir(parents=True, exist_ok=True)
         conf = SyncObjConf(
             password=secret,
             autoTick=True,
@@ -117,6 +125,8 @@ class ReplicatedState(SyncObj):
             commandsWaitLeader=False,      # fail fast with MISSING_LEADER -> UNAVAILABLE
             useFork=False,
             dynamicMembershipChange=False,
+            journalFile=str(raft_dir / "journal"),
+            fullDumpFile=str(raft_dir / "snapshot"),
         )
         super().__init__(cfg.raft_address, [p.raft_address for p in cfg.peers], conf, consumers=[self._machine])
 
@@ -188,10 +198,6 @@ class ReplicatedState(SyncObj):
             has_quorum=bool(s["has_quorum"]),
             connected=connected,
         )
-
-    def propose_nowait(self, command: c.Command) -> None:
-        """Propose without waiting for the outcome (progress reports that may be lost)."""
-        self._machine.apply_envelope(encode_envelope(command, self.node_id), callback=lambda result, error: None)
 
     def is_leader(self) -> bool:
         return self._isLeader()

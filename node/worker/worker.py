@@ -3,14 +3,14 @@
 Life of an attempt here (node/README.md has the whole story):
 1. `accept` gets a committed assignment from the leader's dispatch (peer RunTask).
    It is idempotent per (run_id, task_id, attempt): a repeated dispatch is a no-op.
-   Before starting, the worker waits until its own replica has applied the
-   assignment and starts only if that attempt is still the task's current one on
-   this node: a dispatch that arrives late (after a restart released it, or after
-   the task was re-queued) is dropped, never run beside its successor.
-2. The command runs as `bash -c COMMAND` in its own session/process group, with
-   the RAFTFLOW_* variables, stdout and stderr merged into one stream.
-3. Output goes to this node's LocalStore as it arrives; `TaskStarted` is proposed
-   without waiting.
+2. Before starting anything the worker commits `TaskStarted`, which apply accepts
+   only while that attempt is the task's current one on this node. Raft orders it
+   against every release (LoseAttempt, NodeStarted), so a dispatch that arrives
+   late (held in a paused node's socket, or sent before a restart) is dropped and
+   never runs beside its successor.
+3. The command runs as `bash -c COMMAND` in its own session/process group, with
+   the RAFTFLOW_* variables, stdout and stderr merged into one stream; output goes
+   to this node's LocalStore as it arrives.
 4. On exit, `TaskFinished` (exit code, times, log tail) is proposed until it
    commits or is rejected as stale (fenced): a result is never silently dropped
    while this node is up.
@@ -44,7 +44,6 @@ from .lease import Lease, Reaper
 log = logging.getLogger("raftflow.worker")
 
 LOG_TAIL_BYTES = 2048
-CURRENCY_WAIT = 2.0   # seconds to wait for the local replica to apply a dispatched assignment
 READ_CHUNK = 65536
 
 
@@ -77,15 +76,12 @@ class _Attempt:
 class Worker:
     def __init__(self, node_id: str, slots: int, store: LocalStore, workdir: Path,
                  propose: Callable[[c.Command, float], Result],
-                 propose_nowait: Callable[[c.Command], None],
-                 lease_duration: float, reaper: Reaper | None = None,
-                 currency: Callable[[str, str, int, float], bool] | None = None) -> None:
+                 lease_duration: float, reaper: Reaper | None = None) -> None:
         self.node_id = node_id
         self.slots = slots
         self._store = store
         self._workdir = workdir
         self._propose = propose
-        self._propose_nowait = propose_nowait
         self._lock = threading.Lock()
         self._attempts: dict[tuple[str, str, int], _Attempt] = {}
         self._stopping = threading.Event()
@@ -94,9 +90,6 @@ class Worker:
         self.ready = threading.Event()
         self.lease = Lease(lease_duration, time.monotonic())
         self._reaper = reaper
-        # (run_id, task_id, attempt, timeout) -> is this attempt current on this node in
-        # the local replica (waiting up to timeout for the replica to apply it)?
-        self._currency = currency
         workdir.mkdir(parents=True, exist_ok=True)
         self._watchdog = threading.Thread(target=self._watch_lease, name="lease-watchdog", daemon=True)
         self._watchdog.start()
@@ -163,17 +156,16 @@ class Worker:
     # ------------------------------------------------------------ one attempt
     def _run(self, attempt: _Attempt) -> None:
         a = attempt.assignment
-        if self._currency is not None and not self._currency(a.run_id, a.task_id, a.attempt, CURRENCY_WAIT):
-            log.warning("dropped dispatch of %s/%s attempt %d: not the current attempt on %s in the replicated "
-                        "state (superseded, or released when this node restarted)",
-                        a.run_id, a.task_id, a.attempt, self.node_id)
+        attempt.started_at = time.time()
+        refusal = self._claim(a, attempt.started_at)
+        if refusal:
+            log.warning("dropped dispatch of %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, refusal)
             attempt.finished.set()
             with self._lock:
                 self._attempts.pop(a.key, None)
             return
         tail = bytearray()
         reason = ""
-        attempt.started_at = time.time()
         try:
             attempt.process = subprocess.Popen(
                 ["bash", "-c", a.command],
@@ -187,7 +179,6 @@ class Worker:
             if self._reaper is not None:
                 self._reaper.add(attempt.process.pid)
             log.info("started %s/%s attempt %d (pid %d)", a.run_id, a.task_id, a.attempt, attempt.process.pid)
-            self._propose_nowait(c.TaskStarted(a.run_id, a.task_id, a.attempt, self.node_id, attempt.started_at))
             fd = attempt.process.stdout.fileno()
             while chunk := os.read(fd, READ_CHUNK):
                 self._store.append_log(a.run_id, a.task_id, a.attempt, chunk)
@@ -224,6 +215,23 @@ class Worker:
         attempt.finished.set()
         with self._lock:
             self._attempts.pop(a.key, None)
+
+    def _claim(self, a: Assignment, at: float) -> str:
+        """Commit TaskStarted before running anything; '' when this node may run the
+        attempt, else why not (superseded, or no lease to wait it out)."""
+        delay = 0.02
+        while True:
+            if self._stopping.is_set():
+                return "the node is shutting down"
+            if self.lease.expired(time.monotonic()):
+                return "this node's lease lapsed before the start could be committed"
+            try:
+                result = self._propose(c.TaskStarted(a.run_id, a.task_id, a.attempt, self.node_id, at), 5.0)
+            except Unavailable:
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+                continue
+            return "" if result.ok else f"not the current attempt on {self.node_id}: {result.reason}"
 
     def _report(self, command: c.TaskFinished | c.LoseAttempt) -> None:
         """Propose the result until it commits or is rejected as stale."""

@@ -113,11 +113,11 @@ def test_bad_dag_files_are_refused_and_nothing_is_submitted(cluster, cli, tmp_pa
     (tmp_path / name).write_text(source)
     good = tmp_path / "good.py"
     good.write_text("from raftflow import DAG, BashTask\nwith DAG('good_neighbour'):\n    BashTask('a', command='true')\n")
-    before = cli.json("dags", "list")
+    before = cli.json("dags", "list")["dags"]
     proc = cli("dags", "submit", str(tmp_path / name), str(good), "--load-timeout", "3")
     assert proc.returncode == 2
     assert message in proc.stderr and "nothing was submitted" in proc.stderr
-    assert cli.json("dags", "list") == before
+    assert cli.json("dags", "list")["dags"] == before
 
 
 @pytest.mark.parametrize("args, message", [
@@ -128,11 +128,11 @@ def test_bad_dag_files_are_refused_and_nothing_is_submitted(cluster, cli, tmp_pa
     (("runs", "show", "no_such_run"), "no run 'no_such_run'"),
 ])
 def test_bad_requests_exit_2_with_a_clear_message(cluster, cli, args, message):
-    before = cli.json("runs", "list")
+    before = cli.json("runs", "list")["runs"]
     proc = cli(*args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
-    assert cli.json("runs", "list") == before
+    assert cli.json("runs", "list")["runs"] == before
 
 
 def test_unreachable_cluster_exits_3(cli):

@@ -165,7 +165,11 @@ def test_quorum_loss_refuses_writes_serves_stale_reads_and_recovers(cluster, cli
     stale = wait_for(lambda: (r := only.json("runs", "show", done))["meta"]["possibly_stale"] and r, 15,
                      "reads marked possibly stale")
     assert stale["state"] == "success"
-    runs_before = only.json("runs", "list")["runs"]
+    listing = only.json("runs", "list")
+    assert listing["meta"]["possibly_stale"] and listing["meta"]["served_by"] == survivor
+    human = only("runs", "show", done)
+    assert human.returncode == 0 and "may be out of date" in human.stderr
+    runs_before = listing["runs"]
 
     cluster.start_node(down[0])
     wait_for(lambda: only("dags", "trigger", "quick").returncode == 0, 30, "writes to work again")

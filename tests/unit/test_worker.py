@@ -1,5 +1,5 @@
-"""The worker on its own (real bash, real local store, no network): it runs only the
-attempts its replica says are current, reports results, and fences on a lapsed lease."""
+"""The worker on its own (real bash, real local store, no network): it runs an attempt
+only once its start is committed, reports results, and fences on a lapsed lease."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import time
 from pathlib import Path
 
 from raftflow.core import commands as c
-from raftflow.core.state import Result
+from raftflow.core.state import Code, Result
 from raftflow.store.local import LocalStore
 from raftflow.worker.worker import Assignment, Worker
 
 
 class Reports:
-    def __init__(self) -> None:
+    """Stands in for Raft: records proposals; a start claim is accepted only if `current`."""
+
+    def __init__(self, current: bool) -> None:
+        self.current = current
         self.commands: list[c.Command] = []
         self.arrived = threading.Condition()
 
@@ -22,6 +25,8 @@ class Reports:
         with self.arrived:
             self.commands.append(command)
             self.arrived.notify_all()
+        if isinstance(command, c.TaskStarted) and not self.current:
+            return Result(Code.CONFLICT, "attempt 1 on n1 is not current (current: attempt 2 on n2)")
         return Result()
 
     def wait_for(self, kind: type, timeout: float = 10.0) -> c.Command:
@@ -37,10 +42,9 @@ class Reports:
 
 
 def make_worker(tmp_path: Path, current: bool, lease: float = 30.0) -> tuple[Worker, Reports, LocalStore]:
-    reports = Reports()
+    reports = Reports(current)
     store = LocalStore(tmp_path / "store")
-    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, propose_nowait=reports.commands.append,
-                    lease_duration=lease, currency=lambda run, task, attempt, timeout: current)
+    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=lease)
     worker.ready.set()
     return worker, reports, store
 
@@ -54,6 +58,7 @@ def test_a_current_attempt_runs_and_its_result_is_reported(tmp_path):
     assert worker.accept(assignment("echo hello; exit 3")) == (True, "")
     done = reports.wait_for(c.TaskFinished)
     assert (done.exit_code, done.attempt, done.node) == (3, 1, "n1")
+    assert isinstance(reports.commands[0], c.TaskStarted), "the start is committed before the result"
     assert b"".join(store.read_log("r1", "t1", 1)) == b"hello\n"
     worker.shutdown()
 
@@ -66,7 +71,8 @@ def test_a_superseded_dispatch_never_starts(tmp_path):
     while worker.running() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert worker.running() == []
-    assert not marker.exists() and reports.commands == []
+    assert not marker.exists()
+    assert [type(x) for x in reports.commands] == [c.TaskStarted], "only the refused start claim"
     worker.shutdown()
 
 

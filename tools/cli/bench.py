@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,6 +55,11 @@ class Bench:
         self.client.close()
         self.cluster.stop()
         self._tmp.cleanup()
+
+    def use_nodes(self, node_ids: list[str]) -> None:
+        """Talk to these nodes only (the others are being killed)."""
+        self.client.close()
+        self.client = ClusterClient([self.cluster.node(n).grpc_address for n in node_ids])
 
     def node_client(self, node_id: str) -> ClusterClient:
         return ClusterClient([self.cluster.node(node_id).grpc_address])
@@ -149,7 +155,6 @@ def _wait_run(bench: Bench, run_id: str, timeout: float = 120) -> dict[str, Any]
 
 
 def _epoch(iso: str | None) -> float:
-    from datetime import datetime
     return datetime.fromisoformat(iso).timestamp() if iso else float("inf")
 
 
@@ -164,13 +169,12 @@ def scenario_failover(bench: Bench) -> dict[str, Any]:
         time.sleep(1.0 + (len(leader_gaps) % 3) * 0.37)     # mid-chain, at varied points
         killed_at = time.time()
         bench.cluster.signal_node(leader, signal.SIGKILL)
-        survivors = [n.grpc_address for n in bench.cluster.nodes if n.node_id != leader]
-        bench.client = ClusterClient(survivors)
+        bench.use_nodes([n.node_id for n in bench.cluster.nodes if n.node_id != leader])
         run = _wait_run(bench, run_id)
         starts = [_epoch(t["started_at"]) for t in run["tasks"] if t["node"] != leader]
         leader_gaps.append(min(s for s in starts if s > killed_at) - killed_at)
         bench.cluster.start_node(leader)
-        bench.client = ClusterClient(bench.cluster.addresses.split(","))
+        bench.use_nodes([n.node_id for n in bench.cluster.nodes])
 
     _submit_spec(bench, {"dag_id": "bench_long", "tasks": [{"task_id": "long", "command": "sleep 20"}]})
     worker_gaps = []
@@ -186,7 +190,7 @@ def scenario_failover(bench: Bench) -> dict[str, Any]:
         victim = task["node"]
         killed_at = time.time()
         bench.cluster.signal_node(victim, signal.SIGKILL)
-        bench.client = ClusterClient([n.grpc_address for n in bench.cluster.nodes if n.node_id != victim])
+        bench.use_nodes([n.node_id for n in bench.cluster.nodes if n.node_id != victim])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             task = bench.client.get_run(run_id)["tasks"][0]
@@ -197,7 +201,7 @@ def scenario_failover(bench: Bench) -> dict[str, Any]:
         else:
             raise RuntimeError(f"{run_id}: no second attempt within 60 s of killing {victim}")
         bench.cluster.start_node(victim)
-        bench.client = ClusterClient(bench.cluster.addresses.split(","))
+        bench.use_nodes([n.node_id for n in bench.cluster.nodes])
     return {"scenario": "failover", "leader_kill_to_next_task_start": _quantiles(leader_gaps),
             "worker_kill_to_new_attempt_start": _quantiles(worker_gaps),
             "note": "targets: leader median <= 1.5 s, max <= 3 s; worker median <= 5 s (lease_timeout is 4 s)"}

@@ -59,6 +59,7 @@ class Chaos:
         self.trigger_errors = 0
         self.faults: Counter[str] = Counter()
         self.impaired: dict[str, str] = {}   # node -> "down" | "paused"
+        self._heal_at: dict[str, float] = {}  # node -> monotonic time to bring it back
 
     # ------------------------------------------------------------ load
     def load(self) -> None:
@@ -91,7 +92,6 @@ class Chaos:
 
     def _impair(self, node: str, how: str, seconds: float) -> None:
         self.impaired[node] = how
-        self._heal_at = getattr(self, "_heal_at", {})
         self._heal_at[node] = time.monotonic() + seconds
 
     def _heal_due(self, force: bool = False) -> None:
@@ -141,7 +141,7 @@ def run(duration: float, nodes: int, seed: int, interval: float, data_dir: Path,
         deadline = time.monotonic() + settle_timeout
         runs: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
-            runs = chaos.client.list_runs(DAG_ID, limit=100_000)
+            runs = chaos.client.list_runs(DAG_ID, limit=100_000)["runs"]
             if runs and all(r["state"] in ("success", "failed") for r in runs):
                 break
             time.sleep(0.5)

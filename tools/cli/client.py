@@ -104,8 +104,9 @@ class ClusterClient:
         request = client_pb2.SubmitDagsRequest(dags=[client_pb2.DagToSubmit(**d) for d in dags])
         return [_dict(d) for d in self.call("SubmitDags", request).dags]
 
-    def list_dags(self) -> list[dict[str, Any]]:
-        return [_dict(d) for d in self.call("ListDags", client_pb2.ListDagsRequest()).dags]
+    def list_dags(self) -> dict[str, Any]:
+        """{"dags": [...], "meta": {served_by, possibly_stale, last_applied}}"""
+        return _dict(self.call("ListDags", client_pb2.ListDagsRequest()))
 
     def get_dag(self, dag_id: str, version: int = 0, include_code: bool = False) -> dict[str, Any]:
         return _dict(self.call("GetDag", client_pb2.GetDagRequest(dag_id=dag_id, version=version,
@@ -117,8 +118,9 @@ class ClusterClient:
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self.call("SetPaused", client_pb2.SetPausedRequest(dag_id=dag_id, paused=paused))
 
-    def list_runs(self, dag_id: str = "", limit: int = 0) -> list[dict[str, Any]]:
-        return [_dict(r) for r in self.call("ListRuns", client_pb2.ListRunsRequest(dag_id=dag_id, limit=limit)).runs]
+    def list_runs(self, dag_id: str = "", limit: int = 0) -> dict[str, Any]:
+        """{"runs": [...], "meta": {served_by, possibly_stale, last_applied}}"""
+        return _dict(self.call("ListRuns", client_pb2.ListRunsRequest(dag_id=dag_id, limit=limit)))
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         return run_dict(self.call("GetRun", client_pb2.GetRunRequest(run_id=run_id)))

@@ -70,6 +70,13 @@ def emit_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True))
 
 
+def warn_if_stale(meta: dict[str, Any] | None) -> None:
+    """Reads come from the answering node's replica; say so when it may be behind."""
+    if meta and meta.get("possibly_stale"):
+        print(f"note: answered by {meta.get('served_by')}, which has no leader or no quorum right now: "
+              "this may be out of date", file=sys.stderr)
+
+
 # ---------------------------------------------------------------- verbs
 def cmd_dags_submit(client: ClusterClient, args: argparse.Namespace) -> int:
     try:
@@ -91,10 +98,12 @@ def cmd_dags_submit(client: ClusterClient, args: argparse.Namespace) -> int:
 
 
 def cmd_dags_list(client: ClusterClient, args: argparse.Namespace) -> int:
-    dags = client.list_dags()
+    listing = client.list_dags()
+    dags = listing["dags"]
     if args.json:
-        emit_json({"dags": dags})
+        emit_json(listing)
         return EXIT_OK
+    warn_if_stale(listing.get("meta"))
     if not dags:
         print("no DAGs yet; submit some with: raftflow dags submit dags/")
         return EXIT_OK
@@ -160,10 +169,12 @@ def cmd_pause(paused: bool) -> Callable[[ClusterClient, argparse.Namespace], int
 
 
 def cmd_runs_list(client: ClusterClient, args: argparse.Namespace) -> int:
-    runs = client.list_runs(args.dag_id or "", args.limit)
+    listing = client.list_runs(args.dag_id or "", args.limit)
+    runs = listing["runs"]
     if args.json:
-        emit_json({"runs": runs})
+        emit_json(listing)
         return EXIT_OK
+    warn_if_stale(listing.get("meta"))
     if not runs:
         print("no runs yet")
         return EXIT_OK
@@ -187,6 +198,7 @@ def cmd_runs_show(client: ClusterClient, args: argparse.Namespace) -> int:
     if args.json:
         emit_json(run)
     else:
+        warn_if_stale(run.get("meta"))
         print_run(run)
         failed = [t for t in run["tasks"] if t["state"] == "failed" and t["log_tail"]]
         for t in failed:

@@ -1,0 +1,27 @@
+"""tools/bench runs every scenario (quick size) and reports sane figures, so the
+benchmarks never break silently. The figures themselves are not asserted here:
+speed targets are met in benchmarks, not in timed tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_every_bench_scenario_runs_and_reports_figures():
+    proc = subprocess.run([sys.executable, "-m", "raftflow_cli.bench", "all", "--quick", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {r["scenario"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
+    assert set(results) == {"raft", "election", "demo", "failover"}
+    figures = [results["raft"]["via_leader"], results["raft"]["via_follower"],
+               results["election"]["kill_to_new_leader"], results["demo"]["trigger_to_end"],
+               results["failover"]["leader_kill_to_next_task_start"],
+               results["failover"]["worker_kill_to_new_attempt_start"]]
+    for figure in figures:
+        assert figure["n"] >= 1 and 0 < figure["median_ms"] <= figure["max_ms"], figure
