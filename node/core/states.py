@@ -14,7 +14,7 @@ class TaskState(str, Enum):
     PENDING = "pending"            # waiting for its upstream tasks
     QUEUED = "queued"              # ready; waiting for a node with a free slot
     ASSIGNED = "assigned"          # attempt committed to a node; dispatched, not yet started
-    RUNNING = "running"            # the node reported the attempt's process started
+    RUNNING = "running"            # the node's claim to start it committed; its process runs
     UP_FOR_RETRY = "up_for_retry"  # failed with retries left; re-queued after retry_delay
     SUCCESS = "success"
     FAILED = "failed"
@@ -44,12 +44,10 @@ TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset({
     (T.PENDING, T.QUEUED),
     (T.PENDING, T.UPSTREAM_FAILED),
     (T.QUEUED, T.ASSIGNED),
-    (T.ASSIGNED, T.RUNNING),
-    (T.ASSIGNED, T.SUCCESS),        # the start report can be overtaken by the result
-    (T.ASSIGNED, T.FAILED),
-    (T.ASSIGNED, T.UP_FOR_RETRY),
-    (T.ASSIGNED, T.QUEUED),         # lost with its node: runs again elsewhere
-    (T.RUNNING, T.QUEUED),
+    (T.ASSIGNED, T.RUNNING),        # the worker's start claim committed (the fencing point)
+    (T.ASSIGNED, T.QUEUED),         # lost with its node before it started
+    (T.ASSIGNED, T.FAILED),         # ... for the max_lost_attempts-th time
+    (T.RUNNING, T.QUEUED),          # lost with its node: runs again elsewhere
     (T.RUNNING, T.SUCCESS),
     (T.RUNNING, T.FAILED),
     (T.RUNNING, T.UP_FOR_RETRY),

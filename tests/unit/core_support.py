@@ -111,10 +111,15 @@ class World:
     def finish(self, run_id: str, task_id: str, exit_code: int = 0, at: float = T0,
                attempt: int | None = None, node: str | None = None,
                expect: Code | None = Code.OK, log_tail: str = "") -> Result:
+        """Report a result as a worker does: its start claim first (if the attempt is the
+        current, unstarted one), then the result. Stale reports go through as given."""
         ti = self.ti(run_id, task_id)
-        return self.apply(c.TaskFinished(
-            run_id, task_id, ti.attempt if attempt is None else attempt,
-            ti.node if node is None else node, exit_code, at - 1.0, at, log_tail, "", at), expect)
+        attempt = ti.attempt if attempt is None else attempt
+        node = ti.node if node is None else node
+        if ti.state is TaskState.ASSIGNED and (attempt, node) == (ti.attempt, ti.node):
+            self.apply(c.TaskStarted(run_id, task_id, attempt, node, at - 1.0))
+        return self.apply(c.TaskFinished(run_id, task_id, attempt, node, exit_code, at - 1.0, at, log_tail, "", at),
+                          expect)
 
     def run_task(self, run_id: str, task_id: str, exit_code: int = 0, at: float = T0) -> None:
         """Start and finish the current attempt of an assigned task."""

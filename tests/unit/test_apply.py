@@ -190,16 +190,6 @@ def test_full_life_of_a_task_attempt():
         "pending->queued", "queued->assigned", "assigned->running", "running->success"]
 
 
-def test_result_can_overtake_the_start_report():
-    w = running_world()
-    w.queue_and_assign("r1", "a", "n1")
-    w.apply(c.TaskFinished("r1", "a", 1, "n1", 0, T0 + 1, T0 + 2, "", "", T0 + 3))
-    ti = w.ti("r1", "a")
-    assert ti.state is S.SUCCESS and ti.started_at == T0 + 1
-    # The late start report is for an attempt that is no longer active.
-    assert_rejected(w, c.TaskStarted("r1", "a", 1, "n1", T0 + 4), Code.CONFLICT, "not current")
-
-
 def test_duplicate_start_report_is_harmless():
     w = running_world()
     w.queue_and_assign("r1", "a")
@@ -663,7 +653,8 @@ class Fuzzer:
                 attempt, node = ti.attempt, ti.node
                 if rng.random() < 0.2:  # a stale or misdirected report
                     attempt, node = rng.choice([(attempt - 1, node), (attempt + 1, node), (attempt, "n9")])
-                if rng.random() < 0.3:
+                # A worker claims the start before anything else (sometimes it is refused).
+                if ti.state is S.ASSIGNED and rng.random() < 0.8 or rng.random() < 0.1:
                     return c.TaskStarted(run_id, tid, attempt, node, self.now)
                 if rng.random() < 0.1:  # the worker fenced its attempt (lease lost)
                     return c.LoseAttempt(run_id, tid, attempt, node, "lease lost", self.now)
@@ -841,6 +832,7 @@ def test_a_lost_attempt_is_queued_again_without_using_retries():
     assert w.state.apply(late).code is Code.CONFLICT
     # It runs again as attempt 2 and may succeed.
     w.apply(c.AssignTask("r1", "a", "n2", 2, T0 + 7))
+    assert w.apply(c.TaskStarted("r1", "a", 2, "n2", T0 + 7)).ok
     assert w.apply(c.TaskFinished("r1", "a", 2, "n2", 0, T0 + 7, T0 + 8, "", "", T0 + 8)).ok
     assert w.ti("r1", "a").state is S.SUCCESS
 
@@ -882,3 +874,14 @@ def test_a_restarted_node_releases_the_attempts_of_its_previous_process():
     assert w.state.apply(c.TaskFinished("r1", "a", 1, "n1", 0, T0, T0 + 9, "", "", T0 + 9)).code is Code.CONFLICT
     # Started again with nothing assigned: releases nothing.
     assert w.apply(c.NodeStarted("n1", T0 + 10)).value == {"released": []}
+
+
+def test_a_result_needs_a_committed_start_claim():
+    """Workers commit TaskStarted before running anything; a result for an attempt that
+    never claimed its start (so never ran) is refused."""
+    w = running_world()
+    w.queue_and_assign("r1", "a", "n1")
+    before = w.state.digest()
+    result = w.state.apply(c.TaskFinished("r1", "a", 1, "n1", 0, T0, T0 + 1, "", "", T0 + 1))
+    assert result.code is Code.CONFLICT and "assigned -> success" in result.reason
+    assert w.state.digest() == before
