@@ -34,6 +34,8 @@ class DAG:
         tags: Iterable[str] = (),
         is_paused_upon_creation: bool = False,
         default_args: dict[str, Any] | None = None,
+        keep_runs: int | None = None,
+        keep_days: float | None = None,
     ) -> None:
         self.dag_id = dag_id
         self.schedule = schedule
@@ -46,6 +48,8 @@ class DAG:
         self.tags = list(tags)
         self.is_paused_upon_creation = is_paused_upon_creation
         self.default_args = dict(default_args or {})
+        self.keep_runs = keep_runs
+        self.keep_days = keep_days
         self.tasks: list[BaseTask] = []
         _created.append(self)
 
@@ -71,6 +75,8 @@ class DAG:
             "description": self.description,
             "tags": self.tags,
             "is_paused_upon_creation": self.is_paused_upon_creation,
+            "keep_runs": self.keep_runs,
+            "keep_days": self.keep_days,
             "tasks": [t.to_spec() for t in self.tasks],
         }
 

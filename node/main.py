@@ -25,7 +25,7 @@ from .api.peers import PeerAuthInterceptor, PeerClients, peer_token
 from .api.services import ClientService, PeerService
 from .config import ConfigError, NodeConfig, load
 from .core import commands as c
-from .core.state import State
+from .core.state import Result, State
 from .leader.loop import Dispatcher, LeaderLoop, Liveness
 from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from .raft.adapter import ReplicatedState, Unavailable
@@ -43,7 +43,7 @@ class Node:
         self.started = time.monotonic()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = LocalStore(cfg.data_dir / "store")
-        self.replica = ReplicatedState(cfg, State(), secret)
+        self.replica = ReplicatedState(cfg, State(), secret, on_applied=self._after_apply)
         self.peers = PeerClients(cfg.peers, peer_token(secret))
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.data_dir / "work",
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
@@ -71,6 +71,16 @@ class Node:
         log.info("node %s up: API on %s, Raft on %s, %d slots, peers: %s", self.cfg.node_id, self.cfg.grpc_address,
                  self.cfg.raft_address, self.cfg.slots,
                  ", ".join(f"{p.id}@{p.grpc_address}" for p in self.cfg.peers) or "none")
+
+    def _after_apply(self, command: c.Command, result: Result) -> None:
+        """Side effects of committed commands on this node's own store (runs in the Raft
+        thread, also when the journal is replayed at start: keep it idempotent)."""
+        pairs = zip(command.commands, result.value) if isinstance(command, c.Batch) and result.ok else \
+            [(command, result)]
+        for cmd, res in pairs:
+            if isinstance(cmd, c.PruneRuns) and res.ok:
+                for run_id in res.value["pruned"]:
+                    self.store.delete_run_logs(run_id)
 
     def _announce_start(self) -> None:
         """Commit NodeStarted before accepting work: it releases (as lost) whatever the

@@ -158,6 +158,15 @@ class NodeStarted(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class PruneRuns(Command):
+    """Remove finished runs (history retention) from every replica; each node also
+    deletes their task logs from its own store."""
+    TYPE: ClassVar[str] = "prune_runs"
+    run_ids: tuple[str, ...]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Batch(Command):
     """Several commands applied in order in one Raft entry; each succeeds or fails alone."""
     TYPE: ClassVar[str] = "batch"
@@ -176,7 +185,8 @@ class Undecodable(Command):
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.TYPE: cls
     for cls in (Barrier, SubmitDag, SetPaused, CreateRun, StartRun, FinishRun, QueueTask,
-                FailUpstream, AssignTask, TaskStarted, TaskFinished, LoseAttempt, NodeStarted, Batch)
+                FailUpstream, AssignTask, TaskStarted, TaskFinished, LoseAttempt, NodeStarted, PruneRuns,
+                Batch)
 }
 
 
@@ -207,8 +217,12 @@ def _field_error(cls: type[Command], payload: dict[str, Any]) -> str | None:
         missing, extra = sorted(set(names) - set(payload)), sorted(set(payload) - set(names))
         return f"fields differ (missing {missing}, unexpected {extra})"
     for name in names:
-        expected = _JSON_TYPES.get(hints[name])
         value = payload[name]
+        if hints[name] == tuple[str, ...]:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                return f"{name} must be a list of strings"
+            continue
+        expected = _JSON_TYPES.get(hints[name])
         if expected is None:
             continue
         if isinstance(value, bool) and bool not in expected:
@@ -240,7 +254,8 @@ def from_dict(type_tag: str, version: int, payload: Any, nested: bool = False) -
     error = _field_error(cls, payload)
     if error is not None:
         return Undecodable(type_tag, version, f"malformed {type_tag} payload: {error}")
-    return cls(**payload)
+    hints = get_type_hints(cls)
+    return cls(**{k: tuple(v) if hints[k] == tuple[str, ...] else v for k, v in payload.items()})
 
 
 def decode(type_tag: str, version: int, payload: bytes) -> Command:

@@ -19,6 +19,8 @@ from .state import DagRecord, Run, State
 from .states import TASK_ACTIVE, RunState, TaskState
 
 MAX_CATCHUP_RUNS_PER_PLAN = 32
+MAX_PRUNED_PER_PLAN = 100
+DAY = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,34 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
             out.append(c.FinishRun(run.run_id, "failed" if failed else "success", now))
 
     out.extend(_assign(state, ready, nodes, now))
+    prune = _expired_runs(state, now)
+    if prune:
+        out.append(c.PruneRuns(tuple(prune), now))
+    return out
+
+
+def _expired_runs(state: State, now: float) -> list[str]:
+    """Finished runs past their DAG's retention, oldest first. Only each DAG's oldest
+    runs are looked at (runs_by_dag is in creation order), stopping at the first that
+    must stay, so the cost is proportional to what is pruned, not to the history."""
+    out: list[str] = []
+    for dag_id, run_ids in state.runs_by_dag.items():
+        spec = state.dags[dag_id].latest.spec
+        if spec.keep_runs is None and spec.keep_days is None:
+            continue
+        excess = len(run_ids) - spec.keep_runs if spec.keep_runs is not None else 0
+        for i, run_id in enumerate(run_ids):
+            if len(out) >= MAX_PRUNED_PER_PLAN:
+                return out
+            run = state.runs[run_id]
+            if not run.state.terminal:
+                break
+            too_many = i < excess
+            too_old = spec.keep_days is not None and run.ended_at is not None and \
+                now - run.ended_at > spec.keep_days * DAY
+            if not (too_many or too_old):
+                break
+            out.append(run_id)
     return out
 
 

@@ -75,6 +75,9 @@ class DagSpec:
     description: str = ""
     tags: tuple[str, ...] = ()
     is_paused_upon_creation: bool = False
+    # Retention of finished runs (with their task logs); None keeps them all.
+    keep_runs: int | None = None      # keep at most this many finished runs
+    keep_days: float | None = None    # remove finished runs that ended longer ago
     task_index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def task(self, task_id: str) -> TaskSpec:
@@ -102,6 +105,8 @@ class DagSpec:
             "description": self.description,
             "tags": list(self.tags),
             "is_paused_upon_creation": self.is_paused_upon_creation,
+            "keep_runs": self.keep_runs,
+            "keep_days": self.keep_days,
             "tasks": [t.to_dict() for t in self.tasks],
         }
 
@@ -149,6 +154,13 @@ class DagSpec:
         if catchup not in CATCHUP_POLICIES:
             raise SpecError(f"{where}: catchup must be one of {', '.join(CATCHUP_POLICIES)}, got {catchup!r}")
         max_active_runs = _int(raw, "max_active_runs", 16, where, minimum=1)
+        keep_runs = raw.get("keep_runs")
+        if keep_runs is not None:
+            keep_runs = _int(raw, "keep_runs", 0, where, minimum=1)
+        keep_days = raw.get("keep_days")
+        if keep_days is not None and (not isinstance(keep_days, (int, float)) or isinstance(keep_days, bool)
+                                      or not math.isfinite(keep_days) or keep_days <= 0):
+            raise SpecError(f"{where}: keep_days must be a positive number of days, got {keep_days!r}")
         tags = raw.get("tags") or []
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise SpecError(f"{where}: tags must be a list of strings")
@@ -185,13 +197,15 @@ class DagSpec:
             description=_opt_str(raw, "description", where) or "",
             tags=tuple(tags),
             is_paused_upon_creation=bool(raw.get("is_paused_upon_creation", False)),
+            keep_runs=keep_runs,
+            keep_days=float(keep_days) if keep_days is not None else None,
             task_index=index,
         )
 
 
 _DAG_FIELDS = frozenset(
     {"dag_id", "schedule", "timezone", "start_date", "end_date", "catchup", "max_active_runs",
-     "description", "tags", "is_paused_upon_creation", "tasks"}
+     "description", "tags", "is_paused_upon_creation", "tasks", "keep_runs", "keep_days"}
 )
 _TASK_FIELDS = frozenset(
     {"task_id", "kind", "command", "upstream", "trigger_rule", "retries", "retry_delay",

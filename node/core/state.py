@@ -150,6 +150,7 @@ class State:
             c.TaskFinished: self._task_finished,
             c.LoseAttempt: self._lose_attempt,
             c.NodeStarted: self._node_started,
+            c.PruneRuns: self._prune_runs,
             c.Batch: self._batch,
             c.Undecodable: lambda cmd: _reject(Code.INVALID, cmd.error),
         }
@@ -378,6 +379,27 @@ class State:
         for run, ti in released:
             self._lose(run, ti, f"node {cmd.node} restarted", cmd.at)
         return Result(value={"released": [f"{run.run_id}/{ti.task_id}" for run, ti in released]})
+
+    def _prune_runs(self, cmd: c.PruneRuns) -> Result:
+        """Remove finished runs. Runs already gone are skipped (a re-proposed prune is
+        harmless); an active run, or a malformed id, rejects the whole command."""
+        if not isinstance(cmd.run_ids, (tuple, list)) or not all(isinstance(r, str) for r in cmd.run_ids):
+            return _reject(Code.INVALID, "run_ids must be a list of run ids")
+        present = [self.runs[r] for r in dict.fromkeys(cmd.run_ids) if r in self.runs]
+        active = [r.run_id for r in present if not r.state.terminal]
+        if active:
+            return _reject(Code.CONFLICT, f"cannot prune unfinished run(s): {', '.join(active[:5])}")
+        by_dag: dict[str, set[str]] = {}
+        for run in present:
+            by_dag.setdefault(run.dag_id, set()).add(run.run_id)
+            del self.runs[run.run_id]
+        for dag_id, gone in by_dag.items():
+            kept = [r for r in self.runs_by_dag[dag_id] if r not in gone]
+            if kept:
+                self.runs_by_dag[dag_id] = kept
+            else:
+                del self.runs_by_dag[dag_id]
+        return Result(value={"pruned": [r.run_id for r in present]})
 
     def _lose(self, run: Run, ti: TaskInstance, why: str, at: float) -> None:
         """The current attempt is gone with its node: queue it again, or fail the task

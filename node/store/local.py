@@ -63,6 +63,14 @@ class LocalStore:
                 break
             yield value
 
+    def delete_run_logs(self, run_id: str) -> None:
+        """Remove every task log of a run (history retention). Idempotent."""
+        prefix = b"log/" + run_id.encode() + _SEP
+        self._db.delete_range(prefix, prefix[:-1] + bytes([_SEP[0] + 1]))
+        with self._lock:
+            for key in [k for k in self._seq if k.startswith(prefix)]:
+                del self._seq[key]
+
     def has_log(self, run_id: str, task_id: str, attempt: int) -> bool:
         return next(self.read_log(run_id, task_id, attempt), None) is not None
 

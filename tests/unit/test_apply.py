@@ -581,6 +581,7 @@ ALL_COMMANDS = [
     c.TaskFinished("m1", "a", 1, "n1", 137, T0, T0 + 1e-3, "tail\u00e9\n", "killed", T0 + 1),
     c.LoseAttempt("m1", "a", 1, "n1", "node n1 stopped heartbeating", T0 + 2),
     c.NodeStarted("n1", T0 + 3),
+    c.PruneRuns(("m1", "m2"), T0 + 4),
     c.Batch((c.QueueTask("m1", "a", T0), c.StartRun("m1", T0))),
 ]
 
@@ -660,7 +661,11 @@ class Fuzzer:
                     return c.LoseAttempt(run_id, tid, attempt, node, "lease lost", self.now)
                 if rng.random() < 0.05:  # its node restarted
                     return c.NodeStarted(node, self.now)
-                code = rng.choice([0, 0, 0, 1, 2, 137])
+                if rng.random() < 0.05:  # retention: usually finished runs; an active one is refused whole
+                    done = sorted(r.run_id for r in state.runs.values() if r.state.terminal)
+                    pool = done if done and rng.random() < 0.8 else sorted(state.runs)
+                    return c.PruneRuns(tuple(rng.sample(pool, min(2, len(pool)))), self.now)
+                code = rng.choice([0, 0, 0, 0, 0, 0, 1, 2, 137])   # most attempts succeed
                 return c.TaskFinished(run_id, tid, attempt, node, code, self.now - 1, self.now,
                                       f"log {rng.random()}", "", self.now)
             return c.Barrier("n1", 1, self.now)
@@ -785,21 +790,27 @@ def test_replicas_applying_the_same_log_stay_identical(seed):
 
 def test_the_random_logs_exercise_the_interesting_paths():
     """Guards the determinism test above: across its seeds, the generated logs reach every
-    task transition, finish runs both ways, and create scheduled runs."""
+    task transition, finish runs both ways, create scheduled runs and prune some (runs
+    are observed after every step, since pruned ones leave the state)."""
     story: set[str] = set()
     run_states: set[RunState] = set()
-    scheduled = 0
+    scheduled: set[str] = set()
+    pruned = 0
     for seed in SEEDS:
         fuzz, state = Fuzzer(seed), State()
         for _ in range(STEPS):
-            state.apply(wire_pair(fuzz.step(state))[0])
-        story |= {event[1] for r in state.runs.values() for ti in r.tasks.values() for event in ti.story}
-        run_states |= {r.state for r in state.runs.values()}
-        scheduled += sum(1 for r in state.runs.values() if r.trigger == "schedule")
+            command = wire_pair(fuzz.step(state))[0]
+            result = state.apply(command)
+            if isinstance(command, c.PruneRuns) and result.ok:
+                pruned += len(result.value["pruned"])
+            story |= {event[1] for r in state.runs.values() for ti in r.tasks.values() for event in ti.story}
+            run_states |= {r.state for r in state.runs.values()}
+            scheduled |= {f"{seed}/{r.run_id}" for r in state.runs.values() if r.trigger == "schedule"}
     every_move = {f"{a.value}->{b.value}" for a, b in TASK_TRANSITIONS}
     assert every_move <= story, every_move - story
     assert set(RunState) <= run_states
-    assert scheduled >= 10
+    assert len(scheduled) >= 10
+    assert pruned >= 3
 
 
 def test_state_pickles_for_raft_snapshots_and_keeps_applying():

@@ -444,3 +444,63 @@ def test_a_tick_missed_during_an_election_runs_exactly_once_afterwards(world):
     late = world.state.apply(created[0])          # the old leader's copy of the same decision
     assert late.code is Code.CONFLICT
     assert sum(r.trigger == "schedule" for r in world.state.runs.values()) == 2
+
+
+def _finished_runs(world: World, count: int, spec: dict, start: float = T0) -> list[str]:
+    world.submit(spec)
+    ids = []
+    for i in range(count):
+        run_id = f"m{i}"
+        world.trigger(run_id, at=start + i)
+        world.tick(start + i, nodes("n1"))
+        world.finish(run_id, "a", 0, at=start + i + 0.5)
+        world.tick(start + i + 0.5, nodes("n1"))
+        assert world.run(run_id).state is RunState.SUCCESS
+        ids.append(run_id)
+    return ids
+
+
+def test_retention_keeps_the_newest_keep_runs_runs():
+    world = World()
+    ids = _finished_runs(world, 5, dag_dict(tasks=[task("a")], keep_runs=2))
+    assert world.state.runs_by_dag["d"] == ids[3:], "older runs are pruned as newer ones finish"
+    world.trigger("live", at=T0 + 10)
+    world.tick(T0 + 10, nodes("n1"))           # the newest two are now ids[4] and "live"
+    assert world.state.runs_by_dag["d"] == [ids[4], "live"]
+    assert not of_type(plan(world.state, T0 + 12, nodes("n1")), c.PruneRuns)
+
+
+def test_an_unfinished_old_run_is_kept_and_holds_back_newer_ones():
+    world = World()
+    world.submit(dag_dict(tasks=[task("a")], keep_runs=1))
+    world.trigger("old", at=T0)
+    world.tick(T0, nodes("n1"))                # "old" runs and does not finish
+    ids = _finished_runs(world, 2, dag_dict(tasks=[task("a")], keep_runs=1), start=T0 + 5)
+    assert "old" in world.state.runs and world.run("old").state is RunState.RUNNING
+    assert not of_type(plan(world.state, T0 + 20, nodes("n1", slots=4)), c.PruneRuns)
+    world.finish("old", "a", 0, at=T0 + 21)
+    world.tick(T0 + 21, nodes("n1", slots=4))
+    world.tick(T0 + 22, nodes("n1", slots=4))
+    assert world.state.runs_by_dag["d"] == [ids[1]]
+
+
+def test_retention_by_age_and_never_without_a_setting():
+    world = World()
+    ids = _finished_runs(world, 3, dag_dict(tasks=[task("a")], keep_days=1))
+    assert not of_type(plan(world.state, T0 + 3600, nodes("n1")), c.PruneRuns)
+    [prune] = of_type(plan(world.state, T0 + 86400 + 2, nodes("n1")), c.PruneRuns)
+    assert list(prune.run_ids) == ids[:2]      # m2 ended at T0 + 2.5: not yet a day old
+    keep_all = World()
+    _finished_runs(keep_all, 3, dag_dict(tasks=[task("a")]))
+    assert not of_type(plan(keep_all.state, T0 + 400 * 86400, nodes("n1")), c.PruneRuns)
+
+
+def test_pruning_an_unfinished_run_is_refused_whole():
+    world = World()
+    ids = _finished_runs(world, 2, dag_dict(tasks=[task("a")]))
+    world.trigger("live", at=T0 + 10)
+    before = world.state.digest()
+    result = world.state.apply(c.PruneRuns((ids[0], "live"), T0 + 11))
+    assert result.code is Code.CONFLICT and "live" in result.reason
+    assert world.state.digest() == before
+    assert world.apply(c.PruneRuns((ids[0], "gone-already"), T0 + 12)).value == {"pruned": [ids[0]]}

@@ -26,6 +26,8 @@ def full_spec() -> dict:
         "description": "nightly load",
         "tags": ["etl", "nightly"],
         "is_paused_upon_creation": True,
+        "keep_runs": 50,
+        "keep_days": 7.5,
         "tasks": [
             {"task_id": "extract", "kind": "bash", "command": "echo e", "upstream": [],
              "trigger_rule": "all_success", "retries": 2, "retry_delay": 30.0,
@@ -183,6 +185,8 @@ def test_self_dependency_is_reported():
     pytest.param(dag_dict(tasks=[task("a", retry_delay=-5)]), ["task 'a'", "retry_delay"], id="retry-delay"),
     pytest.param(dag_dict(tasks=[task("a", priority_weight=0)]), ["priority_weight"], id="priority"),
     pytest.param(dag_dict(tasks=[task("a", max_lost_attempts=0)]), ["max_lost_attempts"], id="lost-cap"),
+    pytest.param(dag_dict(keep_runs=0), ["keep_runs"], id="keep-runs"),
+    pytest.param(dag_dict(keep_days=float("nan")), ["keep_days"], id="keep-days"),
     pytest.param(dag_dict(tasks=[task("a", kind="python")]), ["task 'a'", "unknown task kind 'python'"], id="kind"),
     pytest.param(dag_dict(tasks=[task("a", command="   ")]), ["task 'a'", "non-empty command"], id="empty-cmd"),
     pytest.param(dag_dict(tasks=[task("a", trigger_rule="one_success")]), ["unknown trigger_rule 'one_success'"],
