@@ -28,7 +28,7 @@ from .core import commands as c
 from .core.state import Result, State
 from .leader.loop import Dispatcher, LeaderLoop, Liveness
 from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
-from .raft.adapter import ReplicatedState, Unavailable
+from .raft.adapter import ReplicatedState, StorageDamaged, Unavailable, recovery_advice
 from .store.local import LocalStore
 from .worker.lease import Reaper
 from .worker.worker import Worker
@@ -183,6 +183,10 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"raftflow node: {e}", file=sys.stderr)
         return 2
+    except StorageDamaged as e:
+        print(f"raftflow node {cfg.node_id}: cannot start: this node's Raft storage on disk is damaged: {e}. "
+              f"{recovery_advice(cfg.data_dir / 'raft')}", file=sys.stderr)
+        return 70
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -27,13 +27,21 @@ Contracts (see LIBRARY-NOTES):
 
 from __future__ import annotations
 
+import gzip
 import logging
+import os
+import pickle
+import struct
+import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import pickle as pysyncobj_pickle
 
 from ..config import NodeConfig
 from ..core import commands as c
@@ -59,19 +67,86 @@ class Unavailable(Exception):
     """The command could not be committed now (no leader, no quorum, timeout)."""
 
 
+class StorageDamaged(Exception):
+    """This node's Raft journal or snapshot on disk is damaged; the node must stop."""
+
+
+def recovery_advice(raft_dir: Path) -> str:
+    return (f"To recover this node from its peers: stop it, move {raft_dir} aside (keep it for "
+            "diagnosis), and start it again; it rejoins empty and catches up. Do this on at most a "
+            "minority of nodes at a time.")
+
+
+def _crc(type_tag: str, version: int, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(f"{type_tag}\0{version}\0".encode()))
+
+
 def encode_envelope(command: c.Command, proposer: str) -> bytes:
+    payload = c.encode_payload(command)
     return command_pb2.CommandEnvelope(
-        type=command.TYPE, version=command.VERSION, payload=c.encode_payload(command), proposer=proposer,
+        type=command.TYPE, version=command.VERSION, payload=payload, proposer=proposer,
+        crc32=_crc(command.TYPE, command.VERSION, payload),
     ).SerializeToString()
 
 
 def decode_envelope(data: bytes) -> c.Command:
+    """Decode a committed entry. Raises StorageDamaged when its checksum fails."""
     envelope = command_pb2.CommandEnvelope()
     try:
         envelope.ParseFromString(data)
-    except Exception as e:  # noqa: BLE001 - any decode failure becomes a rejected command
-        return c.Undecodable("?", 0, f"not a CommandEnvelope: {e}")
+    except Exception as e:  # noqa: BLE001 - any decode failure is damage (peers' bytes are authenticated)
+        raise StorageDamaged(f"an entry is not a CommandEnvelope ({e})") from None
+    if envelope.crc32 != _crc(envelope.type, envelope.version, envelope.payload):
+        raise StorageDamaged(f"checksum mismatch in a {envelope.type!r} entry")
     return c.decode(envelope.type, envelope.version, envelope.payload)
+
+
+_JOURNAL_LAST_RECORD_AT = 36    # pysyncobj FileJournal: header, then the end offset of the records
+_JOURNAL_FIRST_RECORD = 40
+_REGULAR_COMMAND = 0            # pysyncobj _COMMAND_TYPE.REGULAR: a pickled (method id, args)
+
+
+def check_journal(path: Path) -> None:
+    """Raise StorageDamaged unless every record of pysyncobj's journal file is whole and
+    every command in it carries a valid envelope checksum. pysyncobj itself trusts the
+    file: a cut record kills its Raft thread and leaves a node that answers but never
+    applies anything again; a flipped byte would be applied."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    try:
+        end = struct.unpack_from("<I", data, _JOURNAL_LAST_RECORD_AT)[0]
+        if end > len(data):
+            raise StorageDamaged(f"the journal {path} is cut short: its records end at byte {end}, "
+                                 f"the file has {len(data)}")
+        offset, index = _JOURNAL_FIRST_RECORD, 0
+        while offset < end:
+            size = struct.unpack_from("<I", data, offset)[0]
+            if offset + size + 8 > end or struct.unpack_from("<I", data, offset + 4 + size)[0] != size:
+                raise StorageDamaged(f"journal record {index} at byte {offset} of {path} is not whole")
+            record = data[offset + 4: offset + 4 + size]
+            command = record[16:]
+            if command[:1] == bytes([_REGULAR_COMMAND]):
+                _method, args = pysyncobj_pickle.loads(command[1:])[:2]
+                decode_envelope(args[0])
+            offset += size + 8
+            index += 1
+    except StorageDamaged:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure to read a record is damage
+        raise StorageDamaged(f"the journal {path} cannot be read ({type(e).__name__}: {e})") from None
+
+
+def check_snapshot(path: Path) -> None:
+    """Raise StorageDamaged if the snapshot exists but cannot be read: pysyncobj would
+    log that and carry on from an empty state, diverging silently."""
+    if not path.exists():
+        return
+    try:
+        with gzip.open(path, "rb") as f:
+            pickle.load(f)
+    except Exception as e:  # noqa: BLE001 - any failure to read it is damage
+        raise StorageDamaged(f"the Raft snapshot {path} cannot be read ({type(e).__name__}: {e})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +183,10 @@ class ReplicatedState(SyncObj):
         self._on_applied = on_applied
         self._id_by_raft_address = {p.raft_address: p.id for p in cfg.all_nodes}
         t = cfg.raft
-        raft_dir = cfg.data_dir / "raft"
+        raft_dir = self._raft_dir = cfg.data_dir / "raft"
         raft_dir.mkdir(parents=True, exist_ok=True)
+        check_snapshot(raft_dir / "snapshot")
+        check_journal(raft_dir / "journal")
         conf = SyncObjConf(
             password=secret,
             autoTick=True,
@@ -128,7 +205,11 @@ class ReplicatedState(SyncObj):
             journalFile=str(raft_dir / "journal"),
             fullDumpFile=str(raft_dir / "snapshot"),
         )
-        super().__init__(cfg.raft_address, [p.raft_address for p in cfg.peers], conf, consumers=[self._machine])
+        try:
+            super().__init__(cfg.raft_address, [p.raft_address for p in cfg.peers], conf, consumers=[self._machine])
+        except Exception as e:  # noqa: BLE001 - pysyncobj fails this way on a journal it cannot parse
+            raise StorageDamaged(f"the Raft journal in {raft_dir} cannot be read "
+                                 f"({type(e).__name__}: {e})") from None
 
     @property
     def state(self) -> State:
@@ -139,6 +220,9 @@ class ReplicatedState(SyncObj):
     def _apply(self, data: bytes) -> Result:
         try:
             command = decode_envelope(data)
+        except StorageDamaged as e:
+            self._stop_damaged(str(e))
+        try:
             with self.lock:
                 result = self.state.apply(command)
                 self.changed.notify_all()
@@ -150,6 +234,16 @@ class ReplicatedState(SyncObj):
         except Exception as e:  # noqa: BLE001 - see module contract
             log.exception("unexpected error applying a command")
             return Result(Code.INTERNAL, f"apply failed: {e}")
+
+    def _stop_damaged(self, what: str) -> None:
+        """Stop the process: applying (or skipping) a damaged entry would make this
+        replica diverge from its peers without anyone noticing."""
+        message = (f"raftflow node {self.node_id}: STOPPED: this node's Raft storage on disk is damaged: "
+                   f"{what}. It stopped rather than diverge from its peers. {recovery_advice(self._raft_dir)}")
+        log.critical(message)
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        os._exit(70)
 
     # ------------------------------------------------------------ proposing
     def propose(self, command: c.Command, timeout: float = 5.0) -> Result:

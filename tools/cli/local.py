@@ -208,6 +208,16 @@ class LocalCluster:
             time.sleep(0.02)
         return False
 
+    def wait_exit(self, node_id: str, timeout: float) -> int | None:
+        """The exit code of a node process this helper started, once it exits (None on timeout)."""
+        proc = self._procs.get(node_id)
+        if proc is None:
+            raise ValueError(f"{node_id} was not started by this helper")
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def running(self) -> list[str]:
         return [n.node_id for n in self.nodes if n.pid() is not None]
 
