@@ -79,14 +79,19 @@ class Chaos:
             node = self.rng.choice([n.node_id for n in self.cluster.nodes if n.node_id not in self.impaired])
             action = self.rng.choice(["kill", "kill", "pause", "pause", "restart"])
             if action == "kill":
-                self.cluster.signal_node(node, signal.SIGKILL)
+                done = self.cluster.signal_node(node, signal.SIGKILL)
                 self._impair(node, "down", self.rng.uniform(1.0, 4.0))
             elif action == "pause":
-                self.cluster.signal_node(node, signal.SIGSTOP)
+                done = self.cluster.signal_node(node, signal.SIGSTOP)
                 self._impair(node, "paused", self.rng.uniform(0.5, 6.0))
             else:
+                done = self.cluster.node(node).pid() is not None
                 self.cluster.stop_node(node)
                 self._impair(node, "down", self.rng.uniform(0.2, 1.0))
+            if not done:
+                self.log(f"{time.strftime('%H:%M:%S')} {action} {node}: NOT DONE (no live process found)")
+                self.faults["not_done"] += 1
+                continue
             self.faults[action] += 1
             self.log(f"{time.strftime('%H:%M:%S')} {action} {node}")
 

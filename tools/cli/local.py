@@ -94,7 +94,8 @@ class LocalCluster:
         self.launcher = launcher or {}
         self.python = python
         self.extra_env = extra_env or {}
-        self._procs: dict[str, subprocess.Popen] = {}
+        self._procs: dict[str, subprocess.Popen] = {}   # the latest process of each node
+        self._started: list[subprocess.Popen] = []      # every process this helper started
         manifest = self.data_dir / "cluster.json"
         if manifest.exists():
             saved = json.loads(manifest.read_text())
@@ -160,7 +161,10 @@ class LocalCluster:
         )
         log.close()
         self._procs[node_id] = proc
-        node.pid_path.write_text(f"{proc.pid}\n")
+        self._started.append(proc)
+        tmp = node.pid_path.with_suffix(".tmp")
+        tmp.write_text(f"{proc.pid}\n")
+        tmp.replace(node.pid_path)              # readers never see a half-written pid file
         return proc.pid
 
     def start(self) -> None:
@@ -188,12 +192,25 @@ class LocalCluster:
         node.pid_path.unlink(missing_ok=True)
 
     def stop(self) -> None:
+        """Stop every node, then any process this helper started that still runs (by
+        its own PID, whatever the pid files say)."""
         for node in self.nodes:
             pid = node.pid()
             if pid is not None:
                 os.kill(pid, signal.SIGTERM)
         for node in self.nodes:
             self.stop_node(node.node_id)
+        for proc in self._started:
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGCONT)   # a paused process cannot act on SIGTERM
+                    proc.terminate()
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+                except ProcessLookupError:
+                    pass
 
     def _reap(self, node_id: str, pid: int, timeout: float) -> bool:
         """Wait until the process is gone (reaping it if we are its parent)."""
