@@ -56,7 +56,7 @@ class Node:
         self.peer_service = PeerService(self)
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc"),
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
                                   interceptors=[PeerAuthInterceptor(peer_token(secret))])
         client_pb2_grpc.add_ClientServicer_to_server(ClientService(self), self.server)
         peer_pb2_grpc.add_PeerServicer_to_server(self.peer_service, self.server)
@@ -131,6 +131,8 @@ class Node:
                         timeout=self.cfg.heartbeat_interval * 2).lease_granted
             except grpc.RpcError as e:
                 log.debug("heartbeat to %s failed: %s", leader, e.code())
+            except Exception:  # noqa: BLE001 - without heartbeats the lease lapses: never stop
+                log.exception("heartbeat error")
             if granted:
                 self.worker.renew_lease(sent_at)
 

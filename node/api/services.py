@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from difflib import get_close_matches
@@ -22,7 +23,7 @@ from ..core import commands as c
 from ..core.spec import DagSpec, SpecError
 from ..core.state import Code, Result
 from ..proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
-from ..raft.adapter import Unavailable
+from ..raft.adapter import OutcomeUnknown, Unavailable
 from ..worker.worker import Assignment
 from . import views
 
@@ -38,6 +39,10 @@ _STATUS_FOR = {
     Code.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 WATCH_KEEPALIVE = 1.0
+# A client stream (watch, log) holds a server thread for its whole life; beyond this
+# many per node, new ones are refused so that peer calls (heartbeats, dispatch)
+# always find a thread (the server has 64, main.py).
+MAX_CLIENT_STREAMS = 24
 ANSWERED_BY = "x-raftflow-node"
 
 
@@ -65,6 +70,9 @@ def _handled(method):  # type: ignore[no-untyped-def]
             return result
         except _Abort as e:
             abort(context, node_id, e.code, e.message)
+        except OutcomeUnknown as e:
+            # Not UNAVAILABLE: a client must not retry this elsewhere (it could apply twice).
+            abort(context, node_id, grpc.StatusCode.DEADLINE_EXCEEDED, f"the write's {e}")
         except Unavailable as e:
             abort(context, node_id, grpc.StatusCode.UNAVAILABLE, f"cannot commit the write: {e}")
     wrapper.__name__ = method.__name__
@@ -91,6 +99,13 @@ class ClientService(client_pb2_grpc.ClientServicer):
         self.node = node
         self.replica = node.replica
         self._fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix="status")
+        self._streams = threading.BoundedSemaphore(MAX_CLIENT_STREAMS)
+
+    def _stream_slot(self) -> None:
+        if not self._streams.acquire(blocking=False):
+            raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"node {self.node.cfg.node_id} already serves {MAX_CLIENT_STREAMS} watches/log streams; "
+                         "use another node (--cluster) or try again shortly")
 
     def _meta(self) -> client_pb2.ReadMeta:
         status = self.replica.status()
@@ -172,7 +187,7 @@ class ClientService(client_pb2_grpc.ClientServicer):
         now = time.time()
         logical = views.iso(now)
         result = _check(self.replica.propose(c.CreateRun(
-            run_id=f"manual__{logical}", dag_id=request.dag_id, logical_date=logical,
+            run_id=f"manual__{request.dag_id}__{logical}", dag_id=request.dag_id, logical_date=logical,
             data_interval_start=logical, data_interval_end=logical, trigger="manual", conf=conf, at=now,
         )))
         return client_pb2.TriggerDagResponse(run_id=result.value["run_id"], logical_date=logical, dag_paused=paused)
@@ -217,6 +232,13 @@ class ClientService(client_pb2_grpc.ClientServicer):
 
     @_handled
     def WatchRun(self, request, context):  # type: ignore[no-untyped-def]
+        self._stream_slot()
+        try:
+            yield from self._watch(request, context)
+        finally:
+            self._streams.release()
+
+    def _watch(self, request, context):  # type: ignore[no-untyped-def]
         last = None
         while context.is_active():
             with self.replica.changed:
@@ -237,6 +259,13 @@ class ClientService(client_pb2_grpc.ClientServicer):
 
     @_handled
     def GetTaskLog(self, request, context):  # type: ignore[no-untyped-def]
+        self._stream_slot()
+        try:
+            yield from self._task_log(request, context)
+        finally:
+            self._streams.release()
+
+    def _task_log(self, request, context):  # type: ignore[no-untyped-def]
         with self.replica.lock:
             run = self.replica.state.runs.get(request.run_id)
             if run is None:

@@ -39,9 +39,10 @@ class NodeInfo:
     leader: bool = False
 
 
-def scheduled_run_id(logical_date_iso: str) -> str:
-    """Deterministic id of a scheduled run (ARCHITECTURE invariant 5)."""
-    return f"scheduled__{logical_date_iso}"
+def scheduled_run_id(dag_id: str, logical_date_iso: str) -> str:
+    """Deterministic id of a scheduled run (ARCHITECTURE invariant 5). Run ids are
+    unique across the cluster, so they name the DAG."""
+    return f"scheduled__{dag_id}__{logical_date_iso}"
 
 
 def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
@@ -138,7 +139,7 @@ def _due_runs(record: DagRecord, now: float) -> list[c.Command]:
         ticks = [max(tick, latest) if latest is not None else tick]
     return [
         c.CreateRun(
-            run_id=scheduled_run_id(iso(t)), dag_id=record.dag_id, logical_date=iso(t),
+            run_id=scheduled_run_id(record.dag_id, iso(t)), dag_id=record.dag_id, logical_date=iso(t),
             data_interval_start=iso(previous_tick(spec, t)), data_interval_end=iso(t),
             trigger="schedule", conf={}, at=now,
         )

@@ -212,6 +212,7 @@ class LeaderLoop(threading.Thread):
                 log.debug("plan items rejected at commit: %s", rejected[:5])
             if len(rejected) == len(commands):
                 self._stop.wait(0.05)   # a plan that cannot apply must not spin
+            self._dispatcher.redispatch_stale(time.monotonic())   # also under steady load
             return
         self._dispatcher.redispatch_stale(time.monotonic())
         with self._replica.changed:

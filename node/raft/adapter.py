@@ -56,15 +56,21 @@ _FAIL_TEXT = {
     FAIL_REASON.MISSING_LEADER: "no leader: the cluster has no quorum or is electing one; "
                                 "retry shortly, or bring stopped nodes back",
     FAIL_REASON.DISCARDED: "a new leader was elected before the command committed; retry",
-    FAIL_REASON.NOT_LEADER: "leadership changed before the command committed; retry",
-    FAIL_REASON.LEADER_CHANGED: "leadership changed before the command committed; retry",
+    FAIL_REASON.NOT_LEADER: "leadership changed before the command was confirmed",
+    FAIL_REASON.LEADER_CHANGED: "leadership changed before the command was confirmed",
     FAIL_REASON.REQUEST_DENIED: "the leader denied the command",
     FAIL_REASON.UNKNOWN_OUTCOME: "the command's outcome is unknown (leadership changed); check before retrying",
 }
 
 
 class Unavailable(Exception):
-    """The command could not be committed now (no leader, no quorum, timeout)."""
+    """The command could not be committed now. The base class means nothing was
+    changed (no leader, no quorum, queue full): retrying elsewhere is safe."""
+
+
+class OutcomeUnknown(Unavailable):
+    """The command may or may not commit (timeout, leadership changed meanwhile):
+    retrying could do it twice."""
 
 
 class StorageDamaged(Exception):
@@ -96,7 +102,7 @@ def decode_envelope(data: bytes) -> c.Command:
         envelope.ParseFromString(data)
     except Exception as e:  # noqa: BLE001 - any decode failure is damage (peers' bytes are authenticated)
         raise StorageDamaged(f"an entry is not a CommandEnvelope ({e})") from None
-    if envelope.crc32 != _crc(envelope.type, envelope.version, envelope.payload):
+    if envelope.HasField("crc32") and envelope.crc32 != _crc(envelope.type, envelope.version, envelope.payload):
         raise StorageDamaged(f"checksum mismatch in a {envelope.type!r} entry")
     return c.decode(envelope.type, envelope.version, envelope.payload)
 
@@ -267,9 +273,11 @@ class ReplicatedState(SyncObj):
 
         self._machine.apply_envelope(encode_envelope(command, self.node_id), callback=callback)
         if not done.wait(timeout):
-            raise Unavailable(f"outcome unknown: not committed within {timeout:.1f}s, and it may still commit "
+            raise OutcomeUnknown(f"outcome unknown: not committed within {timeout:.1f}s, and it may still commit "
                               "if the cluster regains a quorum; check (e.g. `raftflow runs list`) before retrying")
         result, error = box
+        if error in (FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME):
+            raise OutcomeUnknown(f"outcome unknown: {_FAIL_TEXT[error]}; check before retrying")
         if error != FAIL_REASON.SUCCESS:
             raise Unavailable(_FAIL_TEXT.get(error, f"raft error {error}"))
         return result

@@ -31,14 +31,32 @@ log = logging.getLogger("raftflow.worker")
 
 
 class Lease:
+    """`lapses` counts the times the lease was seen expired: an attempt may start only if
+    no lapse happened since its start claim was proposed."""
+
     def __init__(self, duration: float, now: float) -> None:
         self.duration = duration
         self._lock = threading.Lock()
         self._valid_until = now + duration   # grace to receive the first acknowledgement
+        self.lapses = 0
+        self._lapsed = False
+
+    def note_lapse(self, now: float) -> bool:
+        """Record a lapse once per expiry; True while the lease is expired."""
+        with self._lock:
+            if now > self._valid_until:
+                if not self._lapsed:
+                    self._lapsed, self.lapses = True, self.lapses + 1
+                return True
+            return False
 
     def renew(self, sent_at: float) -> float:
         with self._lock:
+            if time.monotonic() > self._valid_until and not self._lapsed:
+                self._lapsed, self.lapses = True, self.lapses + 1
             self._valid_until = max(self._valid_until, sent_at + self.duration)
+            if time.monotonic() <= self._valid_until:
+                self._lapsed = False
             return self._valid_until
 
     def valid_until(self) -> float:

@@ -90,6 +90,8 @@ class Worker:
         self.ready = threading.Event()
         self.lease = Lease(lease_duration, time.monotonic())
         self._reaper = reaper
+        if reaper is not None:
+            reaper.lease(self.lease.valid_until())   # the initial grace, until the first acknowledgement
         workdir.mkdir(parents=True, exist_ok=True)
         self._watchdog = threading.Thread(target=self._watch_lease, name="lease-watchdog", daemon=True)
         self._watchdog.start()
@@ -126,17 +128,24 @@ class Worker:
 
     def _watch_lease(self) -> None:
         while not self._stopping.wait(0.05):
-            if not self.lease.expired(time.monotonic()):
-                continue
-            with self._lock:
-                victims = [a for a in self._attempts.values() if not a.fenced and not a.finished.is_set()]
-                for attempt in victims:
-                    attempt.fenced = True
+            try:
+                self._fence_if_lapsed()
+            except Exception:  # noqa: BLE001 - the watchdog must survive; the error is logged
+                log.exception("lease watchdog error")
+
+    def _fence_if_lapsed(self) -> None:
+        """Kill every attempt (and mark those still claiming their start) once the lease lapsed."""
+        if not self.lease.note_lapse(time.monotonic()):
+            return
+        with self._lock:
+            victims = [a for a in self._attempts.values() if not a.fenced and not a.finished.is_set()]
             for attempt in victims:
-                a = attempt.assignment
-                log.warning("lease lapsed (no leader with quorum acknowledged heartbeats for %.1fs): "
-                            "killing %s/%s attempt %d", self.lease.duration, a.run_id, a.task_id, a.attempt)
-                _kill_group(attempt.process, signal.SIGKILL)
+                attempt.fenced = True
+        for attempt in victims:
+            a = attempt.assignment
+            log.warning("lease lapsed (no leader with quorum acknowledged heartbeats for %.1fs): "
+                        "killing %s/%s attempt %d", self.lease.duration, a.run_id, a.task_id, a.attempt)
+            _kill_group(attempt.process, signal.SIGKILL)
 
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting work and kill the process groups of running attempts; they are
@@ -155,25 +164,50 @@ class Worker:
 
     # ------------------------------------------------------------ one attempt
     def _run(self, attempt: _Attempt) -> None:
+        """One attempt, start to report. Whatever fails in here, the attempt is reported
+        (result, or lost) and forgotten: it never stays 'running' on a live node."""
         a = attempt.assignment
-        attempt.started_at = time.time()
-        refusal = self._claim(a, attempt.started_at)
-        if refusal:
-            log.warning("dropped dispatch of %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, refusal)
+        try:
+            self._run_attempt(attempt)
+        except Exception as e:  # noqa: BLE001 - see docstring
+            log.exception("attempt %s/%s %d failed inside the worker", a.run_id, a.task_id, a.attempt)
+            _kill_group(attempt.process, signal.SIGKILL)
+            self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id,
+                                       f"worker error on {self.node_id}: {type(e).__name__}: {e}", time.time()))
+        finally:
             attempt.finished.set()
             with self._lock:
                 self._attempts.pop(a.key, None)
-            return
+
+    def _run_attempt(self, attempt: _Attempt) -> None:
+        a = attempt.assignment
+        attempt.started_at = time.time()
+        lapses_before = self.lease.lapses
+        refusal, maybe_committed = self._claim(a, attempt.started_at)
         tail = bytearray()
         reason = ""
-        try:
-            attempt.process = subprocess.Popen(
-                ["bash", "-c", a.command],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=self._workdir, env=self._environment(a),
-            )
-        except OSError as e:
-            exit_code, reason = 127, f"could not start bash: {e}"
+        with self._lock:
+            # The claim committed; start only if the lease held all along (a lapse since the
+            # claim was proposed means the leader may already have given the task away).
+            if not refusal and (self.lease.lapses != lapses_before or self.lease.expired(time.monotonic())
+                                or attempt.fenced or self._stopping.is_set()):
+                refusal = "this node's lease lapsed while its start claim was being committed"
+            if not refusal:
+                try:
+                    attempt.process = subprocess.Popen(
+                        ["bash", "-c", a.command],
+                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        start_new_session=True, cwd=self._workdir, env=self._environment(a),
+                    )
+                except OSError as e:
+                    reason = f"could not start bash: {e}"
+        if refusal:
+            log.warning("dropped dispatch of %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, refusal)
+            if maybe_committed:   # the start may be on record: release it, harmless if stale
+                self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id, refusal, time.time()))
+            return
+        if attempt.process is None:
+            exit_code = 127
             self._store.append_log(a.run_id, a.task_id, a.attempt, f"raftflow: {reason}\n".encode())
         else:
             if self._reaper is not None:
@@ -190,7 +224,7 @@ class Worker:
                 self._reaper.remove(attempt.process.pid)
             exit_code = status if status >= 0 else 128 - status
             if status < 0:
-                reason = f"killed by signal {signal.Signals(-status).name}"
+                reason = f"killed by signal {_signal_name(-status)}"
         ended_at = time.time()
         with self._lock:
             stopping = self._stopping.is_set()
@@ -212,26 +246,27 @@ class Worker:
                 started_at=attempt.started_at, ended_at=ended_at,
                 log_tail=tail.decode("utf-8", errors="replace"), reason=reason, at=ended_at,
             ))
-        attempt.finished.set()
-        with self._lock:
-            self._attempts.pop(a.key, None)
 
-    def _claim(self, a: Assignment, at: float) -> str:
-        """Commit TaskStarted before running anything; '' when this node may run the
-        attempt, else why not (superseded, or no lease to wait it out)."""
+    def _claim(self, a: Assignment, at: float) -> tuple[str, bool]:
+        """Commit TaskStarted before running anything. Returns ('', True) when this node
+        may run the attempt, else (why not, whether a claim may nevertheless have committed)."""
         delay = 0.02
+        maybe_committed = False
         while True:
             if self._stopping.is_set():
-                return "the node is shutting down"
+                return "the node is shutting down", maybe_committed
             if self.lease.expired(time.monotonic()):
-                return "this node's lease lapsed before the start could be committed"
+                return "this node's lease lapsed before the start could be committed", maybe_committed
             try:
                 result = self._propose(c.TaskStarted(a.run_id, a.task_id, a.attempt, self.node_id, at), 5.0)
             except Unavailable:
+                maybe_committed = True
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
                 continue
-            return "" if result.ok else f"not the current attempt on {self.node_id}: {result.reason}"
+            if result.ok:
+                return "", True
+            return f"not the current attempt on {self.node_id}: {result.reason}", False
 
     def _report(self, command: c.TaskFinished | c.LoseAttempt) -> None:
         """Propose the result until it commits or is rejected as stale."""
@@ -270,9 +305,18 @@ class Worker:
 
 
 def _kill_group(process: subprocess.Popen | None, sig: int) -> None:
-    if process is None or process.poll() is not None:
+    """Signal the attempt's whole process group, even after bash itself exited (its
+    background children keep the group alive)."""
+    if process is None:
         return
     try:
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"   # real-time signals have no name

@@ -27,3 +27,21 @@ def test_an_unreadable_snapshot_is_damage(tmp_path):
     (tmp_path / "snapshot").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
     with pytest.raises(StorageDamaged, match="cannot be read"):
         check_snapshot(tmp_path / "snapshot")
+
+
+def test_an_entry_from_before_checksums_still_decodes():
+    from raftflow.core.commands import encode_payload
+    from raftflow.proto import command_pb2
+
+    command = c.SetPaused("etl", False, 1.0)
+    old = command_pb2.CommandEnvelope(type=command.TYPE, version=command.VERSION, payload=encode_payload(command))
+    assert decode_envelope(old.SerializeToString()) == command
+
+
+def test_time_zone_rules_come_from_the_pinned_package_not_the_host():
+    import zoneinfo
+
+    import tzdata  # noqa: F401 - the pinned rules must be installed
+
+    assert zoneinfo.TZPATH == ()
+    assert zoneinfo.ZoneInfo("Europe/Berlin").key == "Europe/Berlin"

@@ -275,11 +275,11 @@ def test_catchup_all_creates_every_missed_tick_in_bounded_batches(world):
     runs = first + second
     assert [r.logical_date for r in runs] == expected
     for run in runs:
-        assert run.run_id == scheduled_run_id(run.logical_date) == f"scheduled__{run.logical_date}"
+        assert run.run_id == scheduled_run_id("s5", run.logical_date) == f"scheduled__s5__{run.logical_date}"
         assert run.trigger == "schedule" and run.dag_id == "s5" and run.conf == {}
         assert run.data_interval_end == run.logical_date
         assert epoch(run.data_interval_end) - epoch(run.data_interval_start) == 5 * MINUTE
-    stored = world.run(f"scheduled__{iso(T0)}")
+    stored = world.run(f"scheduled__s5__{iso(T0)}")
     assert (stored.logical_date, stored.data_interval_start) == (iso(T0), iso(T0 - 5 * MINUTE))
     assert world.state.dags["s5"].next_tick_at == T0 + 5 * MINUTE
 
@@ -299,7 +299,7 @@ def test_a_re_proposed_tick_creates_nothing_twice(world):
 def test_catchup_latest_creates_only_the_newest_missed_tick(world):
     world.submit(every_5("latest", T0 - 3 * HOUR), at=T0 - 3 * HOUR)
     assert created(world.tick(T0 + 2 * MINUTE)) == [iso(T0)]
-    run = world.run(f"scheduled__{iso(T0)}")
+    run = world.run(f"scheduled__s5__{iso(T0)}")
     assert run.data_interval_start == iso(T0 - 5 * MINUTE)
     assert created(world.tick(T0 + 3 * MINUTE)) == []
     assert created(world.tick(T0 + 5 * MINUTE)) == [iso(T0 + 5 * MINUTE)]
@@ -357,7 +357,7 @@ def test_scheduled_runs_then_run_their_tasks(world):
     world.submit(every_5("latest", T0), at=T0)
     world.tick(T0)                                  # creates the run
     cmds = world.tick(T0 + 1, TWO_BY_TWO)           # starts it, queues and assigns a
-    run_id = scheduled_run_id(iso(T0))
+    run_id = scheduled_run_id(every_5("latest", T0)["dag_id"], iso(T0))
     assert of_type(cmds, c.StartRun) == [c.StartRun(run_id, T0 + 1)]
     world.run_task(run_id, "a", 0, T0 + 2)
     assert c.FinishRun(run_id, "success", T0 + 4) in world.tick(T0 + 4, TWO_BY_TWO)
@@ -389,7 +389,7 @@ def test_an_equivalent_cron_edit_does_not_wedge_catchup_all(world):
     later = epoch("2024-01-02T20:30:00")
     for _ in range(3):
         world.tick(later, all_ok=False)
-    assert f"scheduled__{iso(epoch('2024-01-02T20:00:00'))}" in world.state.runs
+    assert f"scheduled__h__{iso(epoch('2024-01-02T20:00:00'))}" in world.state.runs
 
 
 def test_attempts_on_a_node_whose_lease_expired_are_lost_and_reassigned(world):
@@ -433,12 +433,12 @@ def test_a_tick_missed_during_an_election_runs_exactly_once_afterwards(world):
     deposed leader's identical, late proposal is a harmless conflict (invariant 5)."""
     world.submit(dag_dict(schedule="*/5 * * * *", catchup="latest", start_date=iso(T0)), at=T0)
     first = world.tick(T0 + 1, nodes("n1"))
-    assert [c_.run_id for c_ in of_type(first, c.CreateRun)] == [scheduled_run_id(iso(T0))]
+    assert [c_.run_id for c_ in of_type(first, c.CreateRun)] == [scheduled_run_id("d", iso(T0))]
     tick = T0 + 5 * MINUTE
     # ... election from tick - 1 s to tick + 2 s: nobody plans ...
     after = plan(world.state, tick + 2, nodes("n2"))
     created = of_type(after, c.CreateRun)
-    assert [x.run_id for x in created] == [scheduled_run_id(iso(tick))]
+    assert [x.run_id for x in created] == [scheduled_run_id("d", iso(tick))]
     world.apply(c.Batch(tuple(after)))
     assert not of_type(plan(world.state, tick + 2.1, nodes("n2")), c.CreateRun)
     late = world.state.apply(created[0])          # the old leader's copy of the same decision
@@ -504,3 +504,12 @@ def test_pruning_an_unfinished_run_is_refused_whole():
     assert result.code is Code.CONFLICT and "live" in result.reason
     assert world.state.digest() == before
     assert world.apply(c.PruneRuns((ids[0], "gone-already"), T0 + 12)).value == {"pruned": [ids[0]]}
+
+
+def test_two_dags_with_the_same_schedule_both_run(world):
+    """Run ids name their DAG: two DAGs ticking at the same instant do not collide."""
+    world.submit(dag_dict("etl_a", schedule="@hourly", start_date=iso(T0)), at=T0)
+    world.submit(dag_dict("etl_b", schedule="@hourly", start_date=iso(T0)), at=T0)
+    world.tick(T0 + 3 * HOUR + 1, nodes("n1"))
+    assert sorted(r.dag_id for r in world.state.runs.values()) == ["etl_a", "etl_b"]
+    assert not of_type(plan(world.state, T0 + 3 * HOUR + 2, nodes("n1")), c.CreateRun)

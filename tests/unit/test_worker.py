@@ -16,8 +16,9 @@ from raftflow.worker.worker import Assignment, Worker
 class Reports:
     """Stands in for Raft: records proposals; a start claim is accepted only if `current`."""
 
-    def __init__(self, current: bool) -> None:
+    def __init__(self, current: bool, claim_delay: float = 0.0) -> None:
         self.current = current
+        self.claim_delay = claim_delay
         self.commands: list[c.Command] = []
         self.arrived = threading.Condition()
 
@@ -25,8 +26,10 @@ class Reports:
         with self.arrived:
             self.commands.append(command)
             self.arrived.notify_all()
-        if isinstance(command, c.TaskStarted) and not self.current:
-            return Result(Code.CONFLICT, "attempt 1 on n1 is not current (current: attempt 2 on n2)")
+        if isinstance(command, c.TaskStarted):
+            time.sleep(self.claim_delay)           # a slow commit (e.g. the node was cut off)
+            if not self.current:
+                return Result(Code.CONFLICT, "attempt 1 on n1 is not current (current: attempt 2 on n2)")
         return Result()
 
     def wait_for(self, kind: type, timeout: float = 10.0) -> c.Command:
@@ -41,8 +44,9 @@ class Reports:
                 self.arrived.wait(remaining)
 
 
-def make_worker(tmp_path: Path, current: bool, lease: float = 30.0) -> tuple[Worker, Reports, LocalStore]:
-    reports = Reports(current)
+def make_worker(tmp_path: Path, current: bool, lease: float = 30.0,
+                claim_delay: float = 0.0) -> tuple[Worker, Reports, LocalStore]:
+    reports = Reports(current, claim_delay)
     store = LocalStore(tmp_path / "store")
     worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=lease)
     worker.ready.set()
@@ -85,4 +89,29 @@ def test_a_lapsed_lease_kills_the_attempt_and_reports_it_lost(tmp_path):
     assert b"its lease lapsed" in b"".join(store.read_log("r1", "t1", 1))
     ok, reason = worker.accept(Assignment("r1", "t2", 1, "d", "bash", "true", {}, ""))
     assert not ok and "no valid lease" in reason
+    worker.shutdown()
+
+
+def test_a_start_claim_that_commits_after_the_lease_lapsed_never_starts(tmp_path):
+    """The claim committed, but the lease lapsed meanwhile: the leader may already have
+    given the task away, so the attempt must not start; it is reported lost instead."""
+    worker, reports, store = make_worker(tmp_path, current=True, lease=0.3, claim_delay=0.8)
+    marker = tmp_path / "ran"
+    assert worker.accept(assignment(f"touch {marker}"))[0]
+    lost = reports.wait_for(c.LoseAttempt)
+    assert "lease lapsed" in lost.reason
+    assert not marker.exists()
+    assert not any(isinstance(x, c.TaskFinished) for x in reports.commands)
+    worker.shutdown()
+
+
+def test_a_real_time_signal_is_reported_not_a_crash(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=True)
+    assert worker.accept(assignment("kill -s 40 $$"))[0]
+    done = reports.wait_for(c.TaskFinished)
+    assert done.exit_code == 168 and "signal 40" in done.reason
+    deadline = time.monotonic() + 5
+    while worker.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert worker.running() == []
     worker.shutdown()

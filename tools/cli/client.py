@@ -4,7 +4,9 @@ Errors are split so the CLI can map them to exit codes:
 - `ClusterUnreachable`: no address accepted a connection (exit 3).
 - `ApiError`: a node answered with an error status (INVALID_ARGUMENT and
   NOT_FOUND are the user's input: exit 2; the rest: exit 1). UNAVAILABLE from a
-  reachable node (no leader/quorum there) moves on to the next node first.
+  reachable node (no leader/quorum there; nothing was changed) moves on to the
+  next node first; DEADLINE_EXCEEDED from a node means the write's outcome is
+  unknown and is never retried (it could apply twice).
 Results are returned as plain dicts (the `--json` shapes), times ISO-8601 UTC.
 """
 
