@@ -52,7 +52,8 @@ class Node:
                                  cfg.slots, cfg.node_id)
         self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,
                                      lambda node, a: self.peers.run_task(node, a))
-        self.leader_loop = LeaderLoop(cfg.node_id, self.replica, self.liveness, self.dispatcher)
+        self.leader_loop = LeaderLoop(cfg.node_id, self.replica, self.liveness, self.dispatcher,
+                                      self_ready=lambda: self.worker.ready.is_set())
         self.peer_service = PeerService(self)
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -115,18 +116,24 @@ class Node:
     def _heartbeat_loop(self) -> None:
         """Report liveness and load to whoever leads, every heartbeat_interval; an
         acknowledgement from a leader with quorum renews this node's lease."""
-        while not self._stop.wait(self.cfg.heartbeat_interval):
-            sent_at = time.monotonic()
+        last_sent, last_leader = 0.0, None
+        while not self._stop.wait(0.02):
             leader = self.replica.status().leader_id
+            sent_at = time.monotonic()
+            if sent_at - last_sent < self.cfg.heartbeat_interval and leader == last_leader:
+                continue   # a new leader hears from us at once, others every heartbeat_interval
+            last_sent, last_leader = sent_at, leader
             running = self.worker.running()
             granted = False
             try:
                 if leader == self.cfg.node_id:
-                    self.liveness.beat(self.cfg.node_id, self.cfg.slots, len(running), sent_at)
+                    self.liveness.beat(self.cfg.node_id, self.cfg.slots, len(running), sent_at,
+                                       ready=self.worker.ready.is_set())
                     granted = self.leader_loop.grants_leases()
                 elif leader is not None and self.peers.knows(leader):
                     granted = self.peers.heartbeat(leader, peer_pb2.HeartbeatRequest(
                         node_id=self.cfg.node_id, slots=self.cfg.slots, sent_at=time.time(),
+                        ready=self.worker.ready.is_set(),
                         running=[peer_pb2.AttemptKey(run_id=r, task_id=t, attempt=a) for r, t, a in running]),
                         timeout=self.cfg.heartbeat_interval * 2).lease_granted
             except grpc.RpcError as e:
@@ -135,6 +142,8 @@ class Node:
                 log.exception("heartbeat error")
             if granted:
                 self.worker.renew_lease(sent_at)
+            else:   # no leader yet, or it has not taken office: try again shortly
+                last_sent = sent_at - self.cfg.heartbeat_interval + 0.05
 
     def node_status(self) -> client_pb2.NodeStatus:
         status = self.replica.status()

@@ -101,11 +101,16 @@ class ClientService(client_pb2_grpc.ClientServicer):
         self._fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix="status")
         self._streams = threading.BoundedSemaphore(MAX_CLIENT_STREAMS)
 
-    def _stream_slot(self) -> None:
+    def _limited(self, stream: Iterator) -> Iterator:
+        """Serve a client stream within MAX_CLIENT_STREAMS."""
         if not self._streams.acquire(blocking=False):
             raise _Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"node {self.node.cfg.node_id} already serves {MAX_CLIENT_STREAMS} watches/log streams; "
                          "use another node (--cluster) or try again shortly")
+        try:
+            yield from stream
+        finally:
+            self._streams.release()
 
     def _meta(self) -> client_pb2.ReadMeta:
         status = self.replica.status()
@@ -232,11 +237,7 @@ class ClientService(client_pb2_grpc.ClientServicer):
 
     @_handled
     def WatchRun(self, request, context):  # type: ignore[no-untyped-def]
-        self._stream_slot()
-        try:
-            yield from self._watch(request, context)
-        finally:
-            self._streams.release()
+        yield from self._limited(self._watch(request, context))
 
     def _watch(self, request, context):  # type: ignore[no-untyped-def]
         last = None
@@ -259,11 +260,7 @@ class ClientService(client_pb2_grpc.ClientServicer):
 
     @_handled
     def GetTaskLog(self, request, context):  # type: ignore[no-untyped-def]
-        self._stream_slot()
-        try:
-            yield from self._task_log(request, context)
-        finally:
-            self._streams.release()
+        yield from self._limited(self._task_log(request, context))
 
     def _task_log(self, request, context):  # type: ignore[no-untyped-def]
         with self.replica.lock:
@@ -334,7 +331,8 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         received = time.monotonic()
         granted = self.node.leader_loop.grants_leases()
         if granted:
-            self.node.liveness.beat(request.node_id, request.slots, len(request.running), received)
+            self.node.liveness.beat(request.node_id, request.slots, len(request.running), received,
+                                    ready=request.ready)
         status = self.node.replica.status()
         return peer_pb2.HeartbeatResponse(leader=status.leader_id or "", lease_granted=granted, term=status.term)
 

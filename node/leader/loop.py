@@ -51,17 +51,25 @@ class Liveness:
         self._took_office = float("-inf")
         self._slots = dict.fromkeys(node_ids, default_slots)
         self._running: dict[str, int] = {}
+        self._not_ready: set[str] = set()   # heartbeating, but its NodeStarted has not committed
 
-    def reset(self, now: float, connected: set[str]) -> None:
-        """On a new term: every node gets a full lease from now; nodes with a live Raft
-        connection count as just seen, so work is not held back for the first heartbeats."""
+    def reset(self, now: float, connected: set[str], ready: set[str]) -> None:
+        """On a new term: every node gets a full lease from now. Nodes with a live Raft
+        connection count as just seen, but get work only once a heartbeat says they are
+        ready (after a restart of the whole cluster, none is yet); nodes send one as soon
+        as they see a new leader."""
         with self._lock:
             self._took_office = now
             self._last_seen = dict.fromkeys(connected, now)
+            self._not_ready = set(connected) - set(ready)
 
-    def beat(self, node_id: str, slots: int, running: int, now: float) -> None:
+    def beat(self, node_id: str, slots: int, running: int, now: float, ready: bool = True) -> None:
         with self._lock:
             self._last_seen[node_id] = now
+            if ready:
+                self._not_ready.discard(node_id)
+            else:
+                self._not_ready.add(node_id)
             self._slots[node_id] = max(1, slots)
             self._running[node_id] = running
 
@@ -71,7 +79,7 @@ class Liveness:
             for node, slots in sorted(self._slots.items()):
                 seen = self._last_seen.get(node, float("-inf"))
                 out.append(NodeInfo(
-                    node, healthy=now - seen <= self.healthy_window, slots=slots,
+                    node, healthy=now - seen <= self.healthy_window and node not in self._not_ready, slots=slots,
                     lease_expired=now - max(seen, self._took_office) > self.lease_timeout,
                     leader=node == self._self_id))
             return out
@@ -145,8 +153,10 @@ class Dispatcher:
 
 
 class LeaderLoop(threading.Thread):
-    def __init__(self, node_id: str, replica: ReplicatedState, liveness: Liveness, dispatcher: Dispatcher) -> None:
+    def __init__(self, node_id: str, replica: ReplicatedState, liveness: Liveness, dispatcher: Dispatcher,
+                 self_ready: Callable[[], bool] = lambda: True) -> None:
         super().__init__(name="leader-loop", daemon=True)
+        self._self_ready = self_ready
         self.node_id = node_id
         self._replica = replica
         self._liveness = liveness
@@ -189,7 +199,7 @@ class LeaderLoop(threading.Thread):
         started = time.monotonic()
         self._replica.propose(c.Barrier(self.node_id, term, time.time()), timeout=2.0)
         connected = set(self._replica.status().connected) | {self.node_id}
-        self._liveness.reset(time.monotonic(), connected)
+        self._liveness.reset(time.monotonic(), connected, {self.node_id} if self._self_ready() else set())
         self.leading_term = term
         log.info("leading term %d (barrier committed in %.0f ms); nodes connected: %s",
                  term, (time.monotonic() - started) * 1000, ", ".join(sorted(connected)))

@@ -3,6 +3,7 @@ condition with a deadline (never sleep-and-hope)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -29,6 +30,20 @@ class Cli:
         proc = self(*args, "--json", cluster=cluster)
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
+
+
+@contextlib.contextmanager
+def running_cluster(data_dir: Path, nodes: int = 3, **options: Any):
+    """A started, ready LocalCluster that is stopped (every process it started) on exit."""
+    from raftflow_cli.local import LocalCluster
+
+    cluster = LocalCluster(data_dir, nodes=nodes, **options)
+    cluster.start()
+    try:
+        cluster.wait_ready(30)
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:

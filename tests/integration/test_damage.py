@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from raftflow_cli.local import LocalCluster
-from support import Cli, wait_for
+from support import Cli, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -28,10 +28,7 @@ def _recover(cluster: LocalCluster, node_id: str, cli: Cli) -> None:
 
 
 def test_damaged_journals_stop_the_node_with_advice_and_recover_from_peers(tmp_path):
-    cluster = LocalCluster(tmp_path / "cluster", nodes=3)
-    cluster.start()
-    try:
-        cluster.wait_ready(30)
+    with running_cluster(tmp_path / "cluster") as cluster:
         cli = Cli(cluster.addresses)
         dag = tmp_path / "d.py"
         dag.write_text("from raftflow import DAG, BashTask\nwith DAG('journaled'):\n"
@@ -67,5 +64,3 @@ def test_damaged_journals_stop_the_node_with_advice_and_recover_from_peers(tmp_p
         assert "Raft storage on disk is damaged" in log and "move" in log
         _recover(cluster, "n2", cli)
         assert json.loads(cli("dags", "trigger", "journaled", "--wait", "--json").stdout)["state"] == "success"
-    finally:
-        cluster.stop()

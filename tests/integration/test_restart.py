@@ -7,18 +7,14 @@ import signal
 import pytest
 
 from raftflow_cli import attempts
-from raftflow_cli.local import LocalCluster
-from support import Cli, wait_for
+from support import Cli, running_cluster, wait_for
 from test_failover import run_view, task_view, trigger, wait_run_end, write_dag
 
 pytestmark = pytest.mark.integration
 
 
 def test_kill_9_every_node_and_restart_nothing_committed_is_lost(tmp_path):
-    cluster = LocalCluster(tmp_path / "cluster", nodes=3)
-    cluster.start()
-    try:
-        cluster.wait_ready(30)
+    with running_cluster(tmp_path / "cluster") as cluster:
         cli = Cli(cluster.addresses)
         record = tmp_path / "attempts.log"
         write_dag(tmp_path / "d.py", "survivor", record, {"first": (0.2, []), "long": (4.0, ["first"]),
@@ -49,5 +45,3 @@ def test_kill_9_every_node_and_restart_nothing_committed_is_lost(tmp_path):
             nodes = cli.json("cluster", "status")["nodes"]
             return len({n["digest"] for n in nodes}) == 1 and all(n["healthy"] for n in nodes)
         wait_for(same_digest, 30, "equal digests after the restart")
-    finally:
-        cluster.stop()

@@ -7,17 +7,13 @@ import json
 import pytest
 
 from raftflow.store.local import LocalStore
-from raftflow_cli.local import LocalCluster
-from support import Cli, wait_for
+from support import Cli, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def test_keep_runs_removes_old_runs_and_their_logs_everywhere(tmp_path):
-    cluster = LocalCluster(tmp_path / "cluster", nodes=3)
-    cluster.start()
-    try:
-        cluster.wait_ready(30)
+    with running_cluster(tmp_path / "cluster") as cluster:
         cli = Cli(cluster.addresses)
         dag = tmp_path / "kept.py"
         dag.write_text("from raftflow import DAG, BashTask\n"
@@ -40,8 +36,6 @@ def test_keep_runs_removes_old_runs_and_their_logs_everywhere(tmp_path):
         wait_for(only_newest_two_everywhere, 15, "every node to keep only the newest 2 runs")
         gone = cli("runs", "show", runs[0])
         assert gone.returncode == 2 and "no run" in gone.stderr
-    finally:
-        cluster.stop()
 
     logs: dict[tuple[str, str], list[str]] = {}   # (run, task) -> nodes holding its log
     for node in cluster.nodes:
