@@ -85,7 +85,7 @@ class Chaos:
                 done = self.cluster.signal_node(node, signal.SIGSTOP)
                 self._impair(node, "paused", self.rng.uniform(0.5, 6.0))
             else:
-                done = self.cluster.node(node).pid() is not None
+                done = self.cluster.live_pid(node) is not None
                 self.cluster.stop_node(node)
                 self._impair(node, "down", self.rng.uniform(0.2, 1.0))
             if not done:
@@ -112,7 +112,7 @@ class Chaos:
     def heal_all(self) -> None:
         self._heal_due(force=True)
         for node in self.cluster.nodes:
-            if node.pid() is None:
+            if self.cluster.live_pid(node.node_id) is None:
                 self.cluster.start_node(node.node_id)
 
 

@@ -148,10 +148,20 @@ class LocalCluster:
         }, indent=2) + "\n")
 
     # ------------------------------------------------------------ processes
+    def live_pid(self, node_id: str) -> int | None:
+        """The node's live PID: our own child if we started it (right after fork, before
+        exec, its /proc cmdline is still ours, so the pid-file check cannot see it),
+        else the recorded PID if that process is this node (started by another tool)."""
+        proc = self._procs.get(node_id)
+        if proc is not None and proc.poll() is None:
+            return proc.pid
+        return self.node(node_id).pid()
+
     def start_node(self, node_id: str) -> int:
         node = self.node(node_id)
-        if node.pid() is not None:
-            return node.pid()  # type: ignore[return-value]
+        running = self.live_pid(node_id)
+        if running is not None:
+            return running
         log = open(node.log_path, "ab")
         env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
@@ -173,7 +183,7 @@ class LocalCluster:
             self.start_node(node.node_id)
 
     def signal_node(self, node_id: str, sig: int) -> bool:
-        pid = self.node(node_id).pid()
+        pid = self.live_pid(node_id)
         if pid is None:
             return False
         os.kill(pid, sig)
@@ -183,7 +193,7 @@ class LocalCluster:
 
     def stop_node(self, node_id: str, timeout: float = 10.0) -> None:
         node = self.node(node_id)
-        pid = node.pid()
+        pid = self.live_pid(node_id)
         if pid is not None:
             os.kill(pid, signal.SIGTERM)
             if not self._reap(node_id, pid, timeout):
@@ -195,7 +205,7 @@ class LocalCluster:
         """Stop every node, then any process this helper started that still runs (by
         its own PID, whatever the pid files say)."""
         for node in self.nodes:
-            pid = node.pid()
+            pid = self.live_pid(node.node_id)
             if pid is not None:
                 os.kill(pid, signal.SIGTERM)
         for node in self.nodes:
@@ -236,7 +246,7 @@ class LocalCluster:
             return None
 
     def running(self) -> list[str]:
-        return [n.node_id for n in self.nodes if n.pid() is not None]
+        return [n.node_id for n in self.nodes if self.live_pid(n.node_id) is not None]
 
     def wait_ready(self, timeout: float = 30.0, expect_nodes: int | None = None) -> dict:
         """Wait until one leader is known and `expect_nodes` (default all) nodes are healthy.
