@@ -127,7 +127,7 @@ class Node:
             granted = False
             try:
                 if leader == self.cfg.node_id:
-                    self.liveness.beat(self.cfg.node_id, self.cfg.slots, len(running), sent_at,
+                    self.liveness.beat(self.cfg.node_id, self.cfg.slots, sent_at,
                                        ready=self.worker.ready.is_set())
                     granted = self.leader_loop.grants_leases()
                 elif leader is not None and self.peers.knows(leader):

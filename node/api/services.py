@@ -331,7 +331,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         received = time.monotonic()
         granted = self.node.leader_loop.grants_leases()
         if granted:
-            self.node.liveness.beat(request.node_id, request.slots, len(request.running), received,
+            self.node.liveness.beat(request.node_id, request.slots, received,
                                     ready=request.ready)
         status = self.node.replica.status()
         return peer_pb2.HeartbeatResponse(leader=status.leader_id or "", lease_granted=granted, term=status.term)

@@ -33,7 +33,7 @@ REDISPATCH_AFTER = 2.0     # an assignment not started after this long is dispat
 
 
 class Liveness:
-    """The leader's view of the nodes: last heartbeat (monotonic), slots, running count.
+    """The leader's view of the nodes: last heartbeat (monotonic), slots, readiness.
 
     A node is *healthy* (may get new work) while its last heartbeat is within
     `healthy_window`; its lease *expires* (its attempts are forfeit, see
@@ -50,7 +50,6 @@ class Liveness:
         self._last_seen: dict[str, float] = {}
         self._took_office = float("-inf")
         self._slots = dict.fromkeys(node_ids, default_slots)
-        self._running: dict[str, int] = {}
         self._not_ready: set[str] = set()   # heartbeating, but its NodeStarted has not committed
 
     def reset(self, now: float, connected: set[str], ready: set[str]) -> None:
@@ -63,7 +62,7 @@ class Liveness:
             self._last_seen = dict.fromkeys(connected, now)
             self._not_ready = set(connected) - set(ready)
 
-    def beat(self, node_id: str, slots: int, running: int, now: float, ready: bool = True) -> None:
+    def beat(self, node_id: str, slots: int, now: float, ready: bool = True) -> None:
         with self._lock:
             self._last_seen[node_id] = now
             if ready:
@@ -71,7 +70,6 @@ class Liveness:
             else:
                 self._not_ready.add(node_id)
             self._slots[node_id] = max(1, slots)
-            self._running[node_id] = running
 
     def view(self, now: float) -> list[NodeInfo]:
         with self._lock:

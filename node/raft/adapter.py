@@ -34,7 +34,6 @@ import pickle
 import struct
 import sys
 import threading
-import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,17 +305,3 @@ class ReplicatedState(SyncObj):
 
     def term(self) -> int:
         return self._getTerm()
-
-    def wait_changed(self, timeout: float) -> None:
-        with self.changed:
-            self.changed.wait(timeout)
-
-
-def wait_for_leader(replica: ReplicatedState, timeout: float) -> str | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        leader = replica.status().leader_id
-        if leader is not None:
-            return leader
-        time.sleep(0.02)
-    return None
