@@ -73,6 +73,11 @@ class NodeConfig:
     heartbeat_interval: float = 0.3
     lease_timeout: float = 4.0    # a silent node's attempts are forfeit after this; workers fence at half
     log_level: str = "INFO"
+    # Flush every Raft journal entry (and term/vote change) to disk before the node
+    # acknowledges it: commits survive a power loss of every machine, at a cost per
+    # commit (see README, "What survives what"). Off: they survive kill -9 and the
+    # loss of any minority of machines.
+    fsync: bool = False
 
     @property
     def worker_lease(self) -> float:
@@ -104,6 +109,19 @@ class NodeConfig:
         return secret
 
 
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+_bool.__name__ = "true or false"
+
 _SCALARS = {  # key -> (type, environment variable)
     "node_id": (str, "RAFTFLOW_NODE_ID"),
     "grpc_address": (str, "RAFTFLOW_GRPC_ADDRESS"),
@@ -114,6 +132,7 @@ _SCALARS = {  # key -> (type, environment variable)
     "heartbeat_interval": (float, "RAFTFLOW_HEARTBEAT_INTERVAL"),
     "lease_timeout": (float, "RAFTFLOW_LEASE_TIMEOUT"),
     "log_level": (str, "RAFTFLOW_LOG_LEVEL"),
+    "fsync": (_bool, "RAFTFLOW_FSYNC"),
 }
 
 
@@ -235,6 +254,7 @@ def to_toml(cfg: NodeConfig) -> str:
         f"heartbeat_interval = {cfg.heartbeat_interval}",
         f"lease_timeout = {cfg.lease_timeout}",
         f'log_level = "{cfg.log_level}"',
+        f"fsync = {'true' if cfg.fsync else 'false'}",
     ]
     if cfg.raft != RaftTuning():
         lines += ["", "[raft]"] + [f"{name} = {getattr(cfg.raft, name)}" for name in RaftTuning.__dataclass_fields__]

@@ -25,7 +25,7 @@ from .api.peers import PeerAuthInterceptor, PeerClients, peer_token
 from .api.services import ClientService, PeerService
 from .config import ConfigError, NodeConfig, load
 from .core import commands as c
-from .core.state import Result, State
+from .core.state import Result
 from .leader.loop import Dispatcher, LeaderLoop, Liveness
 from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from .raft.adapter import ReplicatedState, StorageDamaged, Unavailable, recovery_advice
@@ -43,7 +43,8 @@ class Node:
         self.started = time.monotonic()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = LocalStore(cfg.data_dir / "store")
-        self.replica = ReplicatedState(cfg, State(), secret, on_applied=self._after_apply)
+        self.replica = ReplicatedState(cfg, secret, on_applied=self._after_apply,
+                                       on_installed=self._after_install)
         self.peers = PeerClients(cfg.peers, peer_token(secret))
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.data_dir / "work",
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
@@ -82,6 +83,25 @@ class Node:
             if isinstance(cmd, c.PruneRuns) and res.ok:
                 for run_id in res.value["pruned"]:
                     self.store.delete_run_logs(run_id)
+
+    def _after_install(self) -> None:
+        """A snapshot replaced the state: runs pruned in the log entries it covers never
+        reached `_after_apply` here, so drop the logs of every run the state no longer has."""
+        threading.Thread(target=self._drop_orphan_logs, name="log-sweep", daemon=True).start()
+
+    def _drop_orphan_logs(self) -> None:
+        try:
+            orphans = []
+            for run_id in self.store.runs_with_logs():
+                with self.replica.lock:
+                    if run_id not in self.replica.state.run_index:
+                        orphans.append(run_id)
+            for run_id in orphans:
+                self.store.delete_run_logs(run_id)
+            if orphans:
+                log.info("removed the task logs of %d run(s) pruned while this node was behind", len(orphans))
+        except Exception:  # noqa: BLE001 - a sweep that fails leaves logs behind, nothing worse
+            log.exception("sweeping the task logs of pruned runs failed")
 
     def _announce_start(self) -> None:
         """Commit NodeStarted before accepting work: it releases (as lost) whatever the

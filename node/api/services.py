@@ -9,6 +9,7 @@ UNAVAILABLE (no leader / no quorum), UNAUTHENTICATED (peer token).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -212,19 +213,15 @@ class ClientService(client_pb2_grpc.ClientServicer):
             state = self.replica.state
             if request.dag_id:
                 self._record(request.dag_id)
-                ids = state.runs_by_dag.get(request.dag_id, [])[-limit:][::-1]
+                ids = list(itertools.islice(reversed(state.runs_by_dag.get(request.dag_id, {})), limit))
             else:
-                ids = []
-                for run_id in reversed(state.runs):
-                    ids.append(run_id)
-                    if len(ids) >= limit:
-                        break
-            runs = [views.run_summary(state.runs[i]) for i in ids]
+                ids = list(itertools.islice(reversed(state.run_index), limit))
+            runs = [views.run_summary(run) for run in map(state.run, ids) if run is not None]
         return client_pb2.ListRunsResponse(runs=runs, meta=self._meta())
 
     def _run_detail(self, run_id: str) -> client_pb2.RunDetail:
         with self.replica.lock:
-            run = self.replica.state.runs.get(run_id)
+            run = self.replica.state.run(run_id)
             if run is None:
                 raise _Abort(grpc.StatusCode.NOT_FOUND, f"no run {run_id!r}; `raftflow runs list` shows recent runs")
             detail = views.run_detail(self.replica.state, run)
@@ -264,7 +261,7 @@ class ClientService(client_pb2_grpc.ClientServicer):
 
     def _task_log(self, request, context):  # type: ignore[no-untyped-def]
         with self.replica.lock:
-            run = self.replica.state.runs.get(request.run_id)
+            run = self.replica.state.run(request.run_id)
             if run is None:
                 raise _Abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
             ti = run.tasks.get(request.task_id)

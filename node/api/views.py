@@ -17,8 +17,8 @@ def iso(epoch: float | None) -> str:
 
 
 def last_run(state: State, dag_id: str) -> Run | None:
-    run_ids = state.runs_by_dag.get(dag_id)
-    return state.runs[run_ids[-1]] if run_ids else None
+    run_id = state.last_run_id(dag_id)
+    return state.run(run_id) if run_id else None
 
 
 def dag_summary(state: State, record: DagRecord, version: int = 0) -> client_pb2.DagSummary:

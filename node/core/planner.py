@@ -51,15 +51,13 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
         out.extend(_due_runs(record, now))
 
     running_per_dag: dict[str, int] = {}
-    for run_id in state.active_runs:
-        run = state.runs[run_id]
+    for run in state.active.values():
         if run.state is RunState.RUNNING:
             running_per_dag[run.dag_id] = running_per_dag.get(run.dag_id, 0) + 1
 
     expired = {n.node_id for n in nodes if n.lease_expired}
     ready: list[tuple[int, str, int, Run, str]] = []  # sort key + (run, task_id)
-    for run_id in state.active_runs:
-        run = state.runs[run_id]
+    for run in state.active.values():
         record = state.dags[run.dag_id]
         spec = state.dag_spec(run)
         if run.state is RunState.QUEUED:
@@ -102,22 +100,21 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
 def _expired_runs(state: State, now: float) -> list[str]:
     """Finished runs past their DAG's retention, oldest first. Only each DAG's oldest
     runs are looked at (runs_by_dag is in creation order), stopping at the first that
-    must stay, so the cost is proportional to what is pruned, not to the history."""
+    must stay, so the cost is proportional to what is pruned, not to the history (the
+    archive is never read)."""
     out: list[str] = []
-    for dag_id, run_ids in state.runs_by_dag.items():
+    for dag_id, runs in state.runs_by_dag.items():
         spec = state.dags[dag_id].latest.spec
         if spec.keep_runs is None and spec.keep_days is None:
             continue
-        excess = len(run_ids) - spec.keep_runs if spec.keep_runs is not None else 0
-        for i, run_id in enumerate(run_ids):
+        excess = len(runs) - spec.keep_runs if spec.keep_runs is not None else 0
+        for i, (run_id, ended_at) in enumerate(runs.items()):
             if len(out) >= MAX_PRUNED_PER_PLAN:
                 return out
-            run = state.runs[run_id]
-            if not run.state.terminal:
+            if ended_at is None:   # not finished
                 break
             too_many = i < excess
-            too_old = spec.keep_days is not None and run.ended_at is not None and \
-                now - run.ended_at > spec.keep_days * DAY
+            too_old = spec.keep_days is not None and now - ended_at > spec.keep_days * DAY
             if not (too_many or too_old):
                 break
             out.append(run_id)

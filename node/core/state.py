@@ -5,6 +5,11 @@ exception inside a pysyncobj replicated method wedges the node), never reads a
 clock, and validates a command fully before changing anything, so a rejected
 command leaves the state exactly as it was (ARCHITECTURE invariants 1 and 2).
 
+Memory holds the DAGs, the runs that are not finished (`active`) and a small
+index of every run; a run that finishes moves into the injected `RunArchive` as
+one record (see `archive`), so memory, snapshots taken under the lock and the
+planner's per-tick work depend on active work, not on the size of the history.
+
 Readers (api, leader, worker) hold the owning lock of the raft adapter while they
 read; nothing outside this module assigns to these objects.
 """
@@ -16,9 +21,10 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from . import commands as c
+from .archive import MemoryArchive, RunArchive, add_term, decode_record, encode_record, remove_term
 from .schedule import first_tick_after, next_tick_after
 from .spec import DagSpec, SpecError, normalise_instant
 from .states import (
@@ -122,14 +128,19 @@ class Run:
 class State:
     """All replicated scheduler state. Mutate only through `apply`."""
 
-    def __init__(self) -> None:
+    def __init__(self, archive: RunArchive | None = None) -> None:
         self.dags: dict[str, DagRecord] = {}
-        self.runs: dict[str, Run] = {}
-        # Index of runs not yet terminal, in creation order: the planner's per-tick
-        # work is proportional to this, never to the history.
-        self.active_runs: dict[str, None] = {}
-        # dag_id -> its run ids in creation order (listing a DAG's runs, its last run).
-        self.runs_by_dag: dict[str, list[str]] = {}
+        # Runs not yet terminal, in creation order: the planner's per-tick work is
+        # proportional to this, never to the history.
+        self.active: dict[str, Run] = {}
+        # Every run (active or archived) -> its dag_id, in creation order.
+        self.run_index: dict[str, str] = {}
+        # dag_id -> {run_id: ended_at, None while active}, in creation order
+        # (listing a DAG's runs, its last run, retention without reading the archive).
+        self.runs_by_dag: dict[str, dict[str, float | None]] = {}
+        # Sum of the archived records' hashes (see archive): the history's share of
+        # the digest, kept up to date by apply.
+        self.archive_digest: int = 0
         # node -> number of task instances ASSIGNED or RUNNING on it.
         self.node_load: dict[str, int] = {}
         self.leader_history: list[tuple[float, str, int]] = []
@@ -154,18 +165,30 @@ class State:
             c.Batch: self._batch,
             c.Undecodable: lambda cmd: _reject(Code.INVALID, cmd.error),
         }
+        self._archive: RunArchive = archive if archive is not None else MemoryArchive()
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle (Raft snapshots) without the handler table of bound methods."""
+        """Pickle the in-memory part (Raft snapshots carry the archive beside it)
+        without the handler table of bound methods."""
         data = dict(self.__dict__)
-        del data["_handlers"]
+        del data["_handlers"], data["_archive"]
         return data
 
     def __setstate__(self, data: dict[str, Any]) -> None:
+        """Unpickled States have an empty archive until `attach_archive`."""
         fresh = State()
         self.__dict__.update(data)
+        self._archive = fresh._archive
         self._handlers = {cls: getattr(self, handler.__name__) if hasattr(handler, "__self__") else handler
                           for cls, handler in fresh._handlers.items()}
+
+    def attach_archive(self, archive: RunArchive) -> None:
+        """Give an unpickled State the archive that holds its finished runs."""
+        self._archive = archive
+
+    @property
+    def archive(self) -> RunArchive:
+        return self._archive
 
     # ------------------------------------------------------------------ apply
     def apply(self, command: c.Command) -> Result:
@@ -240,7 +263,7 @@ class State:
             return _reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
         if not isinstance(cmd.run_id, str) or not cmd.run_id:
             return _reject(Code.INVALID, "run_id must be a non-empty string")
-        if cmd.run_id in self.runs:
+        if cmd.run_id in self.run_index:
             return _reject(Code.CONFLICT, f"run {cmd.run_id!r} already exists")
         if not isinstance(cmd.conf, dict):
             return _reject(Code.INVALID, "conf must be a JSON object")
@@ -256,9 +279,9 @@ class State:
         run = Run(cmd.run_id, cmd.dag_id, version.version, logical, start, end, cmd.trigger,
                   cmd.conf, RunState.QUEUED, cmd.at)
         run.tasks = {t.task_id: TaskInstance(t.task_id) for t in version.spec.tasks}
-        self.runs[run.run_id] = run
-        self.active_runs[run.run_id] = None
-        self.runs_by_dag.setdefault(run.dag_id, []).append(run.run_id)
+        self.active[run.run_id] = run
+        self.run_index[run.run_id] = run.dag_id
+        self.runs_by_dag.setdefault(run.dag_id, {})[run.run_id] = None
         if cmd.trigger == "schedule":
             tick = _epoch(logical)
             if record.last_scheduled_tick is None or tick > record.last_scheduled_tick:
@@ -268,17 +291,13 @@ class State:
         return Result(value={"run_id": run.run_id})
 
     def _start_run(self, cmd: c.StartRun) -> Result:
-        run = self.runs.get(cmd.run_id)
-        if run is None:
-            return _reject(Code.NOT_FOUND, f"no run {cmd.run_id!r}")
+        run = self._active_run(cmd.run_id)
         check_run_move(run.run_id, run.state, RunState.RUNNING)
         run.state, run.started_at = RunState.RUNNING, cmd.at
         return OK
 
     def _finish_run(self, cmd: c.FinishRun) -> Result:
-        run = self.runs.get(cmd.run_id)
-        if run is None:
-            return _reject(Code.NOT_FOUND, f"no run {cmd.run_id!r}")
+        run = self._active_run(cmd.run_id)
         if cmd.state not in (RunState.SUCCESS.value, RunState.FAILED.value):
             return _reject(Code.INVALID, f"a run finishes as success or failed, not {cmd.state!r}")
         target = RunState(cmd.state)
@@ -290,7 +309,11 @@ class State:
         if target is not outcome:
             return _reject(Code.CONFLICT, f"run {run.run_id!r} {outcome.value} by its tasks, not {target.value}")
         run.state, run.ended_at = target, cmd.at
-        self.active_runs.pop(run.run_id, None)
+        record, term = encode_record(_run_dict(run))
+        self._archive.put(run.run_id, record)
+        self.archive_digest = add_term(self.archive_digest, term)
+        del self.active[run.run_id]
+        self.runs_by_dag[run.dag_id][run.run_id] = run.ended_at
         return OK
 
     def _queue_task(self, cmd: c.QueueTask) -> Result:
@@ -371,8 +394,7 @@ class State:
         if not isinstance(cmd.node, str) or not cmd.node:
             return _reject(Code.INVALID, "node must be a non-empty string")
         released = []
-        for run_id in self.active_runs:
-            run = self.runs[run_id]
+        for run in self.active.values():
             for ti in run.tasks.values():
                 if ti.node == cmd.node and ti.state in TASK_ACTIVE:
                     released.append((run, ti))
@@ -385,21 +407,21 @@ class State:
         harmless); an active run, or a malformed id, rejects the whole command."""
         if not isinstance(cmd.run_ids, (tuple, list)) or not all(isinstance(r, str) for r in cmd.run_ids):
             return _reject(Code.INVALID, "run_ids must be a list of run ids")
-        present = [self.runs[r] for r in dict.fromkeys(cmd.run_ids) if r in self.runs]
-        active = [r.run_id for r in present if not r.state.terminal]
+        present = [r for r in dict.fromkeys(cmd.run_ids) if r in self.run_index]
+        active = [r for r in present if r in self.active]
         if active:
             return _reject(Code.CONFLICT, f"cannot prune unfinished run(s): {', '.join(active[:5])}")
-        by_dag: dict[str, set[str]] = {}
-        for run in present:
-            by_dag.setdefault(run.dag_id, set()).add(run.run_id)
-            del self.runs[run.run_id]
-        for dag_id, gone in by_dag.items():
-            kept = [r for r in self.runs_by_dag[dag_id] if r not in gone]
-            if kept:
-                self.runs_by_dag[dag_id] = kept
-            else:
+        for run_id in present:
+            record = self._archive.get(run_id)
+            if record is not None:
+                self.archive_digest = remove_term(self.archive_digest, decode_record(record)[1])
+                self._archive.delete(run_id)
+            dag_id = self.run_index.pop(run_id)
+            runs = self.runs_by_dag[dag_id]
+            del runs[run_id]
+            if not runs:
                 del self.runs_by_dag[dag_id]
-        return Result(value={"pruned": [r.run_id for r in present]})
+        return Result(value={"pruned": present})
 
     def _lose(self, run: Run, ti: TaskInstance, why: str, at: float) -> None:
         """The current attempt is gone with its node: queue it again, or fail the task
@@ -418,10 +440,16 @@ class State:
         ti.lost_attempts, ti.reason = lost, reason
 
     # ------------------------------------------------------------ helpers
-    def _task(self, run_id: str, task_id: str) -> tuple[Run, TaskInstance]:
-        run = self.runs.get(run_id)
+    def _active_run(self, run_id: str) -> Run:
+        run = self.active.get(run_id)
         if run is None:
+            if run_id in self.run_index:
+                raise _Rejected(Code.CONFLICT, f"run {run_id!r} has already finished")
             raise _Rejected(Code.NOT_FOUND, f"no run {run_id!r}")
+        return run
+
+    def _task(self, run_id: str, task_id: str) -> tuple[Run, TaskInstance]:
+        run = self._active_run(run_id)
         ti = run.tasks.get(task_id)
         if ti is None:
             raise _Rejected(Code.NOT_FOUND, f"run {run_id!r} has no task {task_id!r}")
@@ -448,6 +476,25 @@ class State:
         ti.state = target
 
     # ------------------------------------------------------------ reading
+    def run(self, run_id: str) -> Run | None:
+        """An active run, or a finished one read back from the archive (a copy:
+        changing it changes nothing)."""
+        run = self.active.get(run_id)
+        if run is not None or run_id not in self.run_index:
+            return run
+        record = self._archive.get(run_id)
+        return None if record is None else run_from_dict(decode_record(record)[0])
+
+    def iter_runs(self) -> Iterator[Run]:
+        """Every run, archived ones decoded: O(history), for tests and tools only."""
+        for run_id in self.run_index:
+            run = self.run(run_id)
+            if run is not None:
+                yield run
+
+    def last_run_id(self, dag_id: str) -> str | None:
+        return next(reversed(self.runs_by_dag.get(dag_id, {})), None)
+
     def dag_spec(self, run: Run) -> DagSpec:
         return self.dags[run.dag_id].versions[run.dag_version - 1].spec
 
@@ -468,8 +515,9 @@ class State:
                 }
                 for d in self.dags.values()
             },
-            "runs": {r.run_id: _run_dict(r) for r in self.runs.values()},
-            "active_runs": list(self.active_runs),
+            "active_runs": [_run_dict(r) for r in self.active.values()],
+            "run_count": len(self.run_index),
+            "archive_digest": f"{self.archive_digest:064x}",
             "node_load": self.node_load,
             "leader_history": self.leader_history,
         }
@@ -480,24 +528,30 @@ class State:
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def validate(self) -> None:
-        """Assert the internal indexes agree with the data (for tests)."""
-        active = [r.run_id for r in self.runs.values() if not r.state.terminal]
-        assert list(self.active_runs) == active, (list(self.active_runs), active)
+        """Assert the internal indexes agree with the data, the archive included (for tests)."""
+        assert all(not r.state.terminal for r in self.active.values()), "a finished run is still active"
         load: dict[str, int] = {}
-        for run in self.runs.values():
+        for run in self.active.values():
             for ti in run.tasks.values():
                 if ti.state in TASK_ACTIVE:
                     assert ti.node is not None
                     load[ti.node] = load.get(ti.node, 0) + 1
                 if run.state is RunState.QUEUED:
                     assert ti.state is TaskState.PENDING, (run.run_id, ti.task_id, ti.state)
-            if run.state.terminal:
-                assert all(t.state.terminal for t in run.tasks.values()), run.run_id
         assert load == self.node_load, (load, self.node_load)
-        by_dag: dict[str, list[str]] = {}
-        for run in self.runs.values():
-            by_dag.setdefault(run.dag_id, []).append(run.run_id)
+        by_dag: dict[str, dict[str, float | None]] = {}
+        total = 0
+        for run_id, dag_id in self.run_index.items():
+            run = self.run(run_id)
+            assert run is not None and run.dag_id == dag_id, f"run {run_id} is indexed but missing"
+            by_dag.setdefault(dag_id, {})[run_id] = None if run_id in self.active else run.ended_at
+            if run_id not in self.active:
+                assert run.state.terminal and all(t.state.terminal for t in run.tasks.values()), run_id
+                total = add_term(total, decode_record(self._archive.get(run_id))[1])
+        assert set(self.active) <= set(self.run_index), "an active run is not indexed"
         assert by_dag == self.runs_by_dag, "runs_by_dag index out of date"
+        assert len(self._archive) == len(self.run_index) - len(self.active), "the archive holds unindexed runs"
+        assert total == self.archive_digest, "archive digest out of date"
 
 
 class _Rejected(Exception):
@@ -510,7 +564,7 @@ class _Rejected(Exception):
 
 def _run_dict(run: Run) -> dict[str, Any]:
     return {
-        "dag_id": run.dag_id, "dag_version": run.dag_version, "logical_date": run.logical_date,
+        "run_id": run.run_id, "dag_id": run.dag_id, "dag_version": run.dag_version, "logical_date": run.logical_date,
         "data_interval": [run.data_interval_start, run.data_interval_end], "trigger": run.trigger,
         "conf": run.conf, "state": run.state.value, "created_at": run.created_at,
         "started_at": run.started_at, "ended_at": run.ended_at,
@@ -524,6 +578,19 @@ def _run_dict(run: Run) -> dict[str, Any]:
             for t in run.tasks.values()
         },
     }
+
+
+def run_from_dict(data: dict[str, Any]) -> Run:
+    """The inverse of `_run_dict` (archived runs read back)."""
+    run = Run(data["run_id"], data["dag_id"], data["dag_version"], data["logical_date"],
+              data["data_interval"][0], data["data_interval"][1], data["trigger"], data["conf"],
+              RunState(data["state"]), data["created_at"], data["started_at"], data["ended_at"])
+    for task_id, t in data["tasks"].items():
+        run.tasks[task_id] = TaskInstance(
+            task_id, TaskState(t["state"]), t["attempt"], t["tries_failed"], t["lost_attempts"], t["node"],
+            list(t["attempt_nodes"]), t["queued_at"], t["started_at"], t["ended_at"], t["retry_at"],
+            t["exit_code"], t["log_tail"], t["reason"], [tuple(e) for e in t["story"]])
+    return run
 
 
 def _enum_value(obj: Any) -> Any:

@@ -104,7 +104,7 @@ class Dispatcher:
     def assignment(self, run_id: str, task_id: str) -> tuple[str, Assignment] | None:
         """The current attempt of a task as an Assignment, if it is ASSIGNED (caller holds no lock)."""
         with self._replica.lock:
-            run = self._replica.state.runs.get(run_id)
+            run = self._replica.state.active.get(run_id)
             ti = run.tasks.get(task_id) if run else None
             if ti is None or ti.state is not TaskState.ASSIGNED or ti.node is None:
                 return None
@@ -134,8 +134,8 @@ class Dispatcher:
         stale = []
         with self._replica.lock:
             state = self._replica.state
-            for run_id in state.active_runs:
-                for ti in state.runs[run_id].tasks.values():
+            for run_id, run in state.active.items():
+                for ti in run.tasks.values():
                     if ti.state is TaskState.ASSIGNED:
                         sent = self._sent.get((run_id, ti.task_id, ti.attempt))
                         if sent is None or now - sent > REDISPATCH_AFTER:

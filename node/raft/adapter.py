@@ -12,11 +12,22 @@ Contracts (see LIBRARY-NOTES):
   log compaction). On start, the snapshot is loaded and later journal entries are
   re-applied: apply must stay free of side effects. The journal is an mmap that
   pysyncobj does not msync per entry: it survives kill -9 of any or all nodes
-  (the page cache holds it), not a power loss of a majority.
-- Snapshots (log compaction, catching up a node that fell behind the log) carry
-  the `State`: it lives in `_StateMachine`, a SyncObjConsumer whose `state`
-  attribute pysyncobj pickles. (A SyncObj subclass's own attributes set before
-  its __init__ are left OUT of snapshots: a follower would install an empty state.)
+  (the page cache holds it), not a power loss of a majority, unless the node's
+  `fsync` setting swaps in `durable.SyncedJournal`. Snapshots are always fsynced.
+- Snapshots (log compaction, catching up a node that fell behind the log) are
+  raftflow's own file format (`snapshot`), written by a background thread: the
+  Raft thread only pickles the in-memory State (sized by active work) and takes a
+  checkpoint of the run archive (`data_dir/history`, rocksdict); the O(history)
+  streaming happens off it, so heartbeats never wait for a large history. pysyncobj
+  is driven through its `serializer`/`deserializer`/`serializeChecker` hooks: the
+  serializer starts the writer and then RAISES, which is how pysyncobj is told not
+  to rename its temporary file over the snapshot; the checker reports SERIALIZING
+  until the file is whole, fsynced and renamed, and only then does pysyncobj drop
+  the journal entries it covers.
+- Installing a snapshot (at start, or received from the leader) stages the
+  archive's records and swaps them in only once the file's checksum held; with no
+  snapshot on disk the archive is emptied before the journal is replayed. So the
+  archive is always exactly snapshot + journal, whatever moment a crash hit.
 - `lock` guards `state`: held while applying and by every reader. `changed` is a
   condition on it, notified after every apply (leader loop, watchers wait on it).
 - `propose` returns the `Result` of applying the command on THIS node's replica
@@ -27,13 +38,13 @@ Contracts (see LIBRARY-NOTES):
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 import pickle
 import struct
 import sys
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,11 +52,15 @@ from typing import Callable
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj import pickle as pysyncobj_pickle
+from pysyncobj.config import SERIALIZER_STATE
 
 from ..config import NodeConfig
 from ..core import commands as c
 from ..core.state import Code, Result, State
 from ..proto import command_pb2
+from ..store.history import RocksArchive
+from .durable import journal_factory
+from .snapshot import SnapshotDamaged, SnapshotReader, verify_snapshot, write_snapshot
 
 log = logging.getLogger("raftflow.raft")
 
@@ -143,15 +158,17 @@ def check_journal(path: Path) -> None:
 
 
 def check_snapshot(path: Path) -> None:
-    """Raise StorageDamaged if the snapshot exists but cannot be read: pysyncobj would
-    log that and carry on from an empty state, diverging silently."""
+    """Raise StorageDamaged if the snapshot exists but is not whole (read end to end)."""
     if not path.exists():
         return
     try:
-        with gzip.open(path, "rb") as f:
-            pickle.load(f)
-    except Exception as e:  # noqa: BLE001 - any failure to read it is damage
-        raise StorageDamaged(f"the Raft snapshot {path} cannot be read ({type(e).__name__}: {e})") from None
+        verify_snapshot(path)
+    except (SnapshotDamaged, OSError) as e:
+        raise StorageDamaged(str(e)) from None
+
+
+class _WrittenInBackground(Exception):
+    """Raised by the serializer hook once the writer thread is started (see module doc)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,12 +183,13 @@ class RaftStatus:
 
 
 class _StateMachine(SyncObjConsumer):
-    """Holds the replicated State and its one replicated entry point."""
+    """Holds the replicated State and its one replicated entry point. (Snapshots are
+    written by the adapter's own serializer, not by pysyncobj pickling this object.)"""
 
     def __init__(self, owner: "ReplicatedState", state: State) -> None:
-        self._owner = owner          # set before __init__: not part of snapshots
+        self._owner = owner
         super().__init__()
-        self.state = state           # set after __init__: pickled into snapshots
+        self.state = state
 
     @replicated
     def apply_envelope(self, data: bytes) -> Result:
@@ -179,19 +197,29 @@ class _StateMachine(SyncObjConsumer):
 
 
 class ReplicatedState(SyncObj):
-    def __init__(self, cfg: NodeConfig, state: State, secret: str,
-                 on_applied: Callable[[c.Command, Result], None] | None = None) -> None:
-        self._machine = _StateMachine(self, state)
+    def __init__(self, cfg: NodeConfig, secret: str,
+                 on_applied: Callable[[c.Command, Result], None] | None = None,
+                 on_installed: Callable[[], None] | None = None) -> None:
+        """`on_installed` runs (in the Raft thread) after a snapshot replaced the state."""
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.node_id = cfg.node_id
         self._on_applied = on_applied
+        self._on_installed = on_installed
         self._id_by_raft_address = {p.raft_address: p.id for p in cfg.all_nodes}
         t = cfg.raft
         raft_dir = self._raft_dir = cfg.data_dir / "raft"
         raft_dir.mkdir(parents=True, exist_ok=True)
-        check_snapshot(raft_dir / "snapshot")
+        self._snapshot_path = raft_dir / "snapshot"
+        self._snapshot_writer: threading.Thread | None = None
+        self._snapshot_outcome = SERIALIZER_STATE.NOT_SERIALIZING
+        self.last_snapshot: dict[str, float] = {}
+        (raft_dir / "snapshot.writing").unlink(missing_ok=True)
         check_journal(raft_dir / "journal")
+        archive = RocksArchive(cfg.data_dir / "history", self._stop_unwritable)
+        if not self._snapshot_path.exists():
+            archive.replace_all([])   # the journal is replayed from its start: see module doc
+        self._machine = _StateMachine(self, State(archive))
         conf = SyncObjConf(
             password=secret,
             autoTick=True,
@@ -208,10 +236,15 @@ class ReplicatedState(SyncObj):
             useFork=False,
             dynamicMembershipChange=False,
             journalFile=str(raft_dir / "journal"),
-            fullDumpFile=str(raft_dir / "snapshot"),
+            fullDumpFile=str(self._snapshot_path),
+            serializer=self._begin_snapshot,
+            deserializer=self._install_snapshot,
+            serializeChecker=self._snapshot_progress,
         )
         try:
-            super().__init__(cfg.raft_address, [p.raft_address for p in cfg.peers], conf, consumers=[self._machine])
+            with journal_factory(cfg.fsync):
+                super().__init__(cfg.raft_address, [p.raft_address for p in cfg.peers], conf,
+                                 consumers=[self._machine])
         except Exception as e:  # noqa: BLE001 - pysyncobj fails this way on a journal it cannot parse
             raise StorageDamaged(f"the Raft journal in {raft_dir} cannot be read "
                                  f"({type(e).__name__}: {e})") from None
@@ -239,6 +272,75 @@ class ReplicatedState(SyncObj):
         except Exception as e:  # noqa: BLE001 - see module contract
             log.exception("unexpected error applying a command")
             return Result(Code.INTERNAL, f"apply failed: {e}")
+
+    # ------------------------------------------------------------ snapshots
+    def _begin_snapshot(self, _tmp_file: str, meta: tuple) -> None:
+        """pysyncobj's serializer hook (Raft thread, between two applies, so the state is
+        exactly the one `meta` describes)."""
+        started = time.monotonic()
+        with self.lock:
+            state_pickle = pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+            records = self.state.archive.view()
+        self._snapshot_outcome = SERIALIZER_STATE.SERIALIZING
+        self._snapshot_writer = threading.Thread(
+            target=self._write_snapshot, args=(meta, state_pickle, records, started),
+            name="snapshot-writer", daemon=True)
+        self._snapshot_writer.start()
+        self.last_snapshot["raft_thread_seconds"] = time.monotonic() - started
+        raise _WrittenInBackground()
+
+    def _write_snapshot(self, meta: tuple, state_pickle: bytes, records: Callable, started: float) -> None:
+        try:
+            count = write_snapshot(self._snapshot_path, meta, state_pickle, records)
+        except Exception:  # noqa: BLE001 - the journal is kept; pysyncobj retries later
+            log.exception("writing the Raft snapshot failed; the journal is kept and it will be retried")
+            self._snapshot_outcome = SERIALIZER_STATE.FAILED
+            return
+        self.last_snapshot.update(total_seconds=time.monotonic() - started, records=count,
+                                  bytes=self._snapshot_path.stat().st_size)
+        log.info("wrote a Raft snapshot: %d archived runs, %d bytes, %.2fs", count,
+                 self.last_snapshot["bytes"], self.last_snapshot["total_seconds"])
+        self._snapshot_outcome = SERIALIZER_STATE.SUCCESS
+
+    def _snapshot_progress(self) -> int:
+        """pysyncobj's serializeChecker hook: SUCCESS and FAILED are reported once."""
+        outcome = self._snapshot_outcome
+        if outcome in (SERIALIZER_STATE.SUCCESS, SERIALIZER_STATE.FAILED):
+            self._snapshot_outcome = SERIALIZER_STATE.NOT_SERIALIZING
+        return outcome
+
+    def _install_snapshot(self, file_name: str) -> tuple:
+        """pysyncobj's deserializer hook: at start, and when the leader sent a snapshot.
+        Returns pysyncobj's meta; stops the process if the file is damaged."""
+        writer = self._snapshot_writer
+        if writer is not None:
+            writer.join()   # never swap the archive under a writer's checkpoint
+        started = time.monotonic()
+        archive = self.state.archive
+        try:
+            with SnapshotReader(Path(file_name)) as reader:
+                state = pickle.loads(reader.state_pickle)
+                archive.replace_all(reader.records())
+                meta = reader.meta
+        except Exception as e:  # noqa: BLE001 - damaged or unreadable: never go on from a partial state
+            self._stop_damaged(f"the Raft snapshot {file_name} cannot be installed: {type(e).__name__}: {e}")
+        state.attach_archive(archive)
+        with self.lock:
+            self._machine.state = state
+            self.changed.notify_all()
+        log.info("installed a Raft snapshot: %d archived runs, %d active, in %.2fs",
+                 len(archive), len(state.active), time.monotonic() - started)
+        if self._on_installed is not None:
+            self._on_installed()
+        return meta
+
+    def _stop_unwritable(self, what: str) -> None:
+        message = (f"raftflow node {self.node_id}: STOPPED: {what}. It stopped rather than diverge from its "
+                   "peers; free disk space or fix permissions and start it again (it replays its journal).")
+        log.critical(message)
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+        os._exit(70)
 
     def _stop_damaged(self, what: str) -> None:
         """Stop the process: applying (or skipping) a damaged entry would make this

@@ -71,6 +71,14 @@ class LocalStore:
             for key in [k for k in self._seq if k.startswith(prefix)]:
                 del self._seq[key]
 
+    def runs_with_logs(self) -> Iterator[str]:
+        """The run ids that have logs here, one seek per run."""
+        key = next(iter(self._db.keys(from_key=b"log/")), None)
+        while key is not None and key.startswith(b"log/"):
+            run_id = key[4:key.index(_SEP, 4)]
+            yield run_id.decode()
+            key = next(iter(self._db.keys(from_key=b"log/" + run_id + bytes([_SEP[0] + 1]))), None)
+
     def has_log(self, run_id: str, task_id: str, attempt: int) -> bool:
         return next(self.read_log(run_id, task_id, attempt), None) is not None
 

@@ -13,8 +13,10 @@ from test_failover import run_view, task_view, trigger, wait_run_end, write_dag
 pytestmark = pytest.mark.integration
 
 
-def test_kill_9_every_node_and_restart_nothing_committed_is_lost(tmp_path):
-    with running_cluster(tmp_path / "cluster") as cluster:
+@pytest.mark.parametrize("fsync", [False, True], ids=["default", "fsync"])
+def test_kill_9_every_node_and_restart_nothing_committed_is_lost(tmp_path, fsync):
+    env = {"RAFTFLOW_FSYNC": "true"} if fsync else {}
+    with running_cluster(tmp_path / "cluster", extra_env=env) as cluster:
         cli = Cli(cluster.addresses)
         record = tmp_path / "attempts.log"
         write_dag(tmp_path / "d.py", "survivor", record, {"first": (0.2, []), "long": (4.0, ["first"]),

@@ -128,10 +128,10 @@ class World:
 
     # -------------------------------------------------------------- reading
     def run(self, run_id: str) -> Run:
-        return self.state.runs[run_id]
+        return self.state.run(run_id)
 
     def ti(self, run_id: str, task_id: str) -> TaskInstance:
-        return self.state.runs[run_id].tasks[task_id]
+        return self.state.run(run_id).tasks[task_id]
 
     def task_states(self, run_id: str) -> dict[str, TaskState]:
         return {tid: ti.state for tid, ti in self.run(run_id).tasks.items()}

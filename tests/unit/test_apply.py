@@ -123,7 +123,7 @@ def test_create_run(world):
     assert run.logical_date == "2024-01-10T12:00:00+00:00"  # normalised to UTC
     assert run.dag_version == 1 and run.created_at == T0
     assert world.task_states("m1") == {"a": S.PENDING, "b": S.PENDING, "c": S.PENDING}
-    assert list(world.state.active_runs) == ["m1"]
+    assert list(world.state.active) == ["m1"]
 
 
 def test_duplicate_run_id_is_a_conflict_and_changes_nothing(world):
@@ -151,7 +151,7 @@ def test_create_run_with_invalid_field_is_invalid(world, field, value, fragment)
     world.submit(dag_dict())
     good = c.CreateRun("m1", "d", iso(T0), iso(T0), iso(T0), "manual", {}, T0)
     assert_rejected(world, dataclasses.replace(good, **{field: value}), Code.INVALID, fragment)
-    assert world.state.runs == {}
+    assert world.state.run_index == {}
 
 
 def test_start_run_twice_is_a_conflict(world):
@@ -316,8 +316,8 @@ def test_finish_run_is_rejected_while_tasks_are_unfinished():
     w.apply(c.FinishRun("r1", "success", T0 + 10))
     run = w.run("r1")
     assert run.state is RunState.SUCCESS and run.ended_at == T0 + 10
-    assert "r1" not in w.state.active_runs
-    assert_rejected(w, c.FinishRun("r1", "failed", T0 + 11), Code.CONFLICT, "success -> failed")
+    assert "r1" not in w.state.active
+    assert_rejected(w, c.FinishRun("r1", "failed", T0 + 11), Code.CONFLICT, "has already finished")
 
 
 def test_upstream_failed_then_finish_failed():
@@ -467,7 +467,7 @@ def test_batch_applies_each_command_alone():
     assert codes[:7] == [Code.OK, Code.CONFLICT, Code.NOT_FOUND, Code.INVALID, Code.INVALID, Code.CONFLICT, Code.OK]
     assert result.value[7].code is Code.INVALID and "may not contain a batch" in result.value[7].reason
     assert w.ti("r1", "a").state is S.ASSIGNED and w.state.node_load == {"n1": 1}
-    assert "m2" not in w.state.runs and len(w.state.leader_history) == 0
+    assert "m2" not in w.state.run_index and len(w.state.leader_history) == 0
 
     # The same batch through the wire gives the same results and the same state.
     other = running_world()
@@ -629,11 +629,11 @@ class Fuzzer:
         self.submits = 0
 
     def _active_tis(self, state: State) -> list[tuple[str, str, Any]]:
-        return [(run.run_id, tid, ti) for run in (state.runs[r] for r in state.active_runs)
+        return [(run.run_id, tid, ti) for run in state.active.values()
                 for tid, ti in run.tasks.items() if ti.state in (S.ASSIGNED, S.RUNNING)]
 
     def _any_ti(self, state: State) -> tuple[str, str, Any] | None:
-        pairs = [(run.run_id, tid, ti) for run in state.runs.values() for tid, ti in run.tasks.items()]
+        pairs = [(run.run_id, tid, ti) for run in state.iter_runs() for tid, ti in run.tasks.items()]
         return self.rng.choice(pairs) if pairs else None
 
     def _nodes(self) -> list[NodeInfo]:
@@ -662,8 +662,8 @@ class Fuzzer:
                 if rng.random() < 0.05:  # its node restarted
                     return c.NodeStarted(node, self.now)
                 if rng.random() < 0.05:  # retention: usually finished runs; an active one is refused whole
-                    done = sorted(r.run_id for r in state.runs.values() if r.state.terminal)
-                    pool = done if done and rng.random() < 0.8 else sorted(state.runs)
+                    done = sorted(r.run_id for r in state.iter_runs() if r.state.terminal)
+                    pool = done if done and rng.random() < 0.8 else sorted(state.run_index)
                     return c.PruneRuns(tuple(rng.sample(pool, min(2, len(pool)))), self.now)
                 code = rng.choice([0, 0, 0, 0, 0, 0, 1, 2, 137])   # most attempts succeed
                 return c.TaskFinished(run_id, tid, attempt, node, code, self.now - 1, self.now,
@@ -672,7 +672,7 @@ class Fuzzer:
         if roll < 0.63:
             self.manual += 1
             kind = rng.random()
-            run_id = f"manual_{self.manual}" if kind < 0.8 else rng.choice(list(state.runs) or ["manual_0"])
+            run_id = f"manual_{self.manual}" if kind < 0.8 else rng.choice(list(state.run_index) or ["manual_0"])
             dag_id = rng.choice(["man", "man", "sched", "latest", "ghost"])
             conf = rng.choice([{}, {"k": self.manual}, {"nested": {"l": [1, 2.5, None]}}])
             return c.CreateRun(run_id, dag_id, iso(self.now), iso(self.now), iso(self.now), "manual", conf, self.now)
@@ -702,7 +702,7 @@ class Fuzzer:
                 return c.FinishRun(run_id, rng.choice(["success", "failed"]), self.now)
             if choice == 3:
                 return c.StartRun(run_id, self.now)
-            if state.runs[run_id].state is RunState.RUNNING:
+            if state.run(run_id).state is RunState.RUNNING:
                 return c.FailUpstream(run_id, tid, "fuzz", self.now)
             return c.QueueTask(run_id, tid, self.now)
         if roll < 0.88:  # type confusion that apply must reject
@@ -803,9 +803,9 @@ def test_the_random_logs_exercise_the_interesting_paths():
             result = state.apply(command)
             if isinstance(command, c.PruneRuns) and result.ok:
                 pruned += len(result.value["pruned"])
-            story |= {event[1] for r in state.runs.values() for ti in r.tasks.values() for event in ti.story}
-            run_states |= {r.state for r in state.runs.values()}
-            scheduled |= {f"{seed}/{r.run_id}" for r in state.runs.values() if r.trigger == "schedule"}
+            story |= {event[1] for r in state.iter_runs() for ti in r.tasks.values() for event in ti.story}
+            run_states |= {r.state for r in state.iter_runs()}
+            scheduled |= {f"{seed}/{r.run_id}" for r in state.iter_runs() if r.trigger == "schedule"}
     every_move = {f"{a.value}->{b.value}" for a, b in TASK_TRANSITIONS}
     assert every_move <= story, every_move - story
     assert set(RunState) <= run_states
@@ -814,13 +814,19 @@ def test_the_random_logs_exercise_the_interesting_paths():
 
 
 def test_state_pickles_for_raft_snapshots_and_keeps_applying():
-    """pysyncobj ships snapshots as pickles of the State: a copy has the same digest and
-    applies the next command exactly like the original."""
+    """Snapshots carry the pickled in-memory State beside the archive's records: a
+    copy given the same records has the same digest and applies the next command
+    exactly like the original (test_snapshot_file covers the file itself)."""
     import pickle
+
+    from raftflow.core.archive import MemoryArchive
 
     w = running_world()
     w.queue_and_assign("r1", "a", "n1")
     copy = pickle.loads(pickle.dumps(w.state))
+    archive = MemoryArchive()
+    archive.replace_all(w.state.archive.view()())
+    copy.attach_archive(archive)
     assert copy.digest() == w.state.digest()
     nxt = c.TaskStarted("r1", "a", 1, "n1", T0 + 1)
     assert copy.apply(nxt).ok and w.state.apply(nxt).ok

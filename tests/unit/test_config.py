@@ -85,3 +85,14 @@ def test_to_toml_round_trips(tmp_path: Path):
     again = load(_write(tmp_path, to_toml(cfg)), environ={})
     assert again == cfg
     assert isinstance(again, NodeConfig)
+
+
+def test_fsync_is_off_by_default_and_set_by_file_or_environment(tmp_path: Path):
+    path = _write(tmp_path, BASE)
+    assert load(path, environ={}).fsync is False
+    assert load(_write(tmp_path, "fsync = true\n" + BASE), environ={}).fsync is True
+    assert load(path, environ={"RAFTFLOW_FSYNC": "yes"}).fsync is True
+    with pytest.raises(ConfigError, match="fsync from \\$RAFTFLOW_FSYNC must be true or false, got 'maybe'"):
+        load(path, environ={"RAFTFLOW_FSYNC": "maybe"})
+    cfg = load(path, environ={"RAFTFLOW_FSYNC": "1"})
+    assert load(_write(tmp_path, to_toml(cfg)), environ={}).fsync is True

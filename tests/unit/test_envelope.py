@@ -24,8 +24,8 @@ def test_a_flipped_byte_is_damage_not_a_command():
 
 def test_an_unreadable_snapshot_is_damage(tmp_path):
     check_snapshot(tmp_path / "absent")            # no snapshot yet: fine
-    (tmp_path / "snapshot").write_bytes(b"\x1f\x8b\x08\x00 not really gzip")
-    with pytest.raises(StorageDamaged, match="cannot be read"):
+    (tmp_path / "snapshot").write_bytes(b"\x1f\x8b\x08\x00 an old gzip snapshot")
+    with pytest.raises(StorageDamaged, match="is not a raftflow snapshot"):
         check_snapshot(tmp_path / "snapshot")
 
 

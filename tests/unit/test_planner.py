@@ -76,7 +76,7 @@ def test_diamond_runs_a_and_b_in_parallel_then_c(world):
     assert world.tick(T0 + 11, TWO_BY_TWO) == [c.FinishRun("m1", "success", T0 + 11)]
     run = world.run("m1")
     assert run.state is RunState.SUCCESS and run.ended_at == T0 + 11
-    assert list(world.state.active_runs) == [] and world.state.node_load == {}
+    assert list(world.state.active) == [] and world.state.node_load == {}
     assert world.tick(T0 + 12, TWO_BY_TWO) == []
 
 
@@ -237,7 +237,7 @@ def test_max_active_runs_keeps_the_second_run_queued(world):
     started_at = None
     for step in range(5, 10):
         world.tick(T0 + step, TWO_BY_TWO)
-        running = [r for r in world.state.runs.values() if r.state is RunState.RUNNING]
+        running = [r for r in world.state.iter_runs() if r.state is RunState.RUNNING]
         assert len(running) <= 1
         if world.run("m2").state is RunState.RUNNING:
             started_at = T0 + step
@@ -288,11 +288,11 @@ def test_a_re_proposed_tick_creates_nothing_twice(world):
     world.submit(every_5("all", T0 - HOUR), at=T0)
     creates = of_type(plan(world.state, T0, []), c.CreateRun)
     world.apply(c.Batch(tuple(creates)))
-    runs_before = len(world.state.runs)
+    runs_before = len(world.state.run_index)
     # A new leader with a stale view proposes the same ticks again: every one is a conflict.
     result = world.apply(c.Batch(tuple(creates)))
     assert {r.code for r in result.value} == {Code.CONFLICT}
-    assert len(world.state.runs) == runs_before == 13
+    assert len(world.state.run_index) == runs_before == 13
     world.apply(creates[0], expect=Code.CONFLICT)
 
 
@@ -304,7 +304,7 @@ def test_catchup_latest_creates_only_the_newest_missed_tick(world):
     assert created(world.tick(T0 + 3 * MINUTE)) == []
     assert created(world.tick(T0 + 5 * MINUTE)) == [iso(T0 + 5 * MINUTE)]
     assert created(world.tick(T0 + 17 * MINUTE)) == [iso(T0 + 15 * MINUTE)]  # 10 and 15 collapse
-    assert sum(1 for r in world.state.runs.values() if r.trigger == "schedule") == 3
+    assert sum(1 for r in world.state.iter_runs() if r.trigger == "schedule") == 3
 
 
 def test_catchup_none_never_runs_ticks_before_the_submit(world):
@@ -312,7 +312,7 @@ def test_catchup_none_never_runs_ticks_before_the_submit(world):
     world.submit(every_5("none", T0 - 3 * HOUR), at=submitted)
     assert created(world.tick(T0 + 3 * MINUTE)) == []
     assert created(world.tick(T0 + 5 * MINUTE)) == [iso(T0 + 5 * MINUTE)]
-    assert all(epoch(r.logical_date) >= submitted for r in world.state.runs.values())
+    assert all(epoch(r.logical_date) >= submitted for r in world.state.iter_runs())
 
 
 def test_catchup_none_after_unpause_starts_from_the_unpause(world):
@@ -321,7 +321,7 @@ def test_catchup_none_after_unpause_starts_from_the_unpause(world):
     world.set_paused("s5", False, at=T0 + HOUR + MINUTE)
     assert created(world.tick(T0 + HOUR + 2 * MINUTE)) == []
     assert created(world.tick(T0 + HOUR + 5 * MINUTE)) == [iso(T0 + HOUR + 5 * MINUTE)]
-    assert len(world.state.runs) == 1
+    assert len(world.state.run_index) == 1
 
 
 def test_schedule_does_not_start_before_start_date(world):
@@ -341,7 +341,7 @@ def test_a_paused_dag_creates_no_scheduled_runs(world):
     world.submit(every_5("all", T0 - HOUR, is_paused_upon_creation=True), at=T0)
     for hours in (0, 1, 24):
         assert world.tick(T0 + hours * HOUR) == []
-    assert world.state.runs == {}
+    assert world.state.run_index == {}
 
 
 def test_pausing_later_stops_new_ticks_and_unpausing_catches_up(world):
@@ -384,12 +384,12 @@ def test_an_equivalent_cron_edit_does_not_wedge_catchup_all(world):
     now = epoch("2024-01-02T16:30:00")
     while created(world.tick(now)):
         pass
-    assert len(world.state.runs) == 41  # 2024-01-01T00:00 .. 2024-01-02T16:00
+    assert len(world.state.run_index) == 41  # 2024-01-01T00:00 .. 2024-01-02T16:00
     world.submit({**spec, "schedule": "0 */1 * * *"}, at=now)
     later = epoch("2024-01-02T20:30:00")
     for _ in range(3):
         world.tick(later, all_ok=False)
-    assert f"scheduled__h__{iso(epoch('2024-01-02T20:00:00'))}" in world.state.runs
+    assert f"scheduled__h__{iso(epoch('2024-01-02T20:00:00'))}" in world.state.run_index
 
 
 def test_attempts_on_a_node_whose_lease_expired_are_lost_and_reassigned(world):
@@ -443,7 +443,7 @@ def test_a_tick_missed_during_an_election_runs_exactly_once_afterwards(world):
     assert not of_type(plan(world.state, tick + 2.1, nodes("n2")), c.CreateRun)
     late = world.state.apply(created[0])          # the old leader's copy of the same decision
     assert late.code is Code.CONFLICT
-    assert sum(r.trigger == "schedule" for r in world.state.runs.values()) == 2
+    assert sum(r.trigger == "schedule" for r in world.state.iter_runs()) == 2
 
 
 def _finished_runs(world: World, count: int, spec: dict, start: float = T0) -> list[str]:
@@ -463,10 +463,10 @@ def _finished_runs(world: World, count: int, spec: dict, start: float = T0) -> l
 def test_retention_keeps_the_newest_keep_runs_runs():
     world = World()
     ids = _finished_runs(world, 5, dag_dict(tasks=[task("a")], keep_runs=2))
-    assert world.state.runs_by_dag["d"] == ids[3:], "older runs are pruned as newer ones finish"
+    assert list(world.state.runs_by_dag["d"]) == ids[3:], "older runs are pruned as newer ones finish"
     world.trigger("live", at=T0 + 10)
     world.tick(T0 + 10, nodes("n1"))           # the newest two are now ids[4] and "live"
-    assert world.state.runs_by_dag["d"] == [ids[4], "live"]
+    assert list(world.state.runs_by_dag["d"]) == [ids[4], "live"]
     assert not of_type(plan(world.state, T0 + 12, nodes("n1")), c.PruneRuns)
 
 
@@ -476,12 +476,12 @@ def test_an_unfinished_old_run_is_kept_and_holds_back_newer_ones():
     world.trigger("old", at=T0)
     world.tick(T0, nodes("n1"))                # "old" runs and does not finish
     ids = _finished_runs(world, 2, dag_dict(tasks=[task("a")], keep_runs=1), start=T0 + 5)
-    assert "old" in world.state.runs and world.run("old").state is RunState.RUNNING
+    assert "old" in world.state.run_index and world.run("old").state is RunState.RUNNING
     assert not of_type(plan(world.state, T0 + 20, nodes("n1", slots=4)), c.PruneRuns)
     world.finish("old", "a", 0, at=T0 + 21)
     world.tick(T0 + 21, nodes("n1", slots=4))
     world.tick(T0 + 22, nodes("n1", slots=4))
-    assert world.state.runs_by_dag["d"] == [ids[1]]
+    assert list(world.state.runs_by_dag["d"]) == [ids[1]]
 
 
 def test_retention_by_age_and_never_without_a_setting():
@@ -511,5 +511,5 @@ def test_two_dags_with_the_same_schedule_both_run(world):
     world.submit(dag_dict("etl_a", schedule="@hourly", start_date=iso(T0)), at=T0)
     world.submit(dag_dict("etl_b", schedule="@hourly", start_date=iso(T0)), at=T0)
     world.tick(T0 + 3 * HOUR + 1, nodes("n1"))
-    assert sorted(r.dag_id for r in world.state.runs.values()) == ["etl_a", "etl_b"]
+    assert sorted(r.dag_id for r in world.state.iter_runs()) == ["etl_a", "etl_b"]
     assert not of_type(plan(world.state, T0 + 3 * HOUR + 2, nodes("n1")), c.CreateRun)
