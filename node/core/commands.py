@@ -52,6 +52,16 @@ class SetPaused(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class SkipTicks(Command):
+    """Move a DAG's schedule cursor past `through` without creating runs: ticks that
+    catchup "none" does not run (missed by more than the misfire grace)."""
+    TYPE: ClassVar[str] = "skip_ticks"
+    dag_id: str
+    through: float
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class CreateRun(Command):
     """Create a run. A scheduled run's id derives from (dag_id, logical date): idempotent."""
     TYPE: ClassVar[str] = "create_run"
@@ -184,7 +194,7 @@ class Undecodable(Command):
 
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.TYPE: cls
-    for cls in (Barrier, SubmitDag, SetPaused, CreateRun, StartRun, FinishRun, QueueTask,
+    for cls in (Barrier, SubmitDag, SetPaused, SkipTicks, CreateRun, StartRun, FinishRun, QueueTask,
                 FailUpstream, AssignTask, TaskStarted, TaskFinished, LoseAttempt, NodeStarted, PruneRuns,
                 Batch)
 }

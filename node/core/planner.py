@@ -15,10 +15,15 @@ from dataclasses import dataclass
 
 from . import commands as c
 from .schedule import iso, latest_tick_at_or_before, next_tick_after, previous_tick
+from .spec import DagSpec
 from .state import DagRecord, Run, State
 from .states import TASK_ACTIVE, RunState, TaskState
 
 MAX_CATCHUP_RUNS_PER_PLAN = 32
+# catchup "none": a tick whose run was not created within this long (capped at half
+# the schedule's interval) was missed - the cluster was down or had no quorum - and
+# is skipped, not run late. An election (about a second) stays well inside it.
+MISFIRE_GRACE = 30.0
 MAX_PRUNED_PER_PLAN = 100
 DAY = 86400.0
 
@@ -133,7 +138,10 @@ def _due_runs(record: DagRecord, now: float) -> list[c.Command]:
             tick = next_tick_after(spec, tick)
     else:  # latest, none: missed ticks collapse into the most recent one
         latest = latest_tick_at_or_before(spec, now)
-        ticks = [max(tick, latest) if latest is not None else tick]
+        newest = max(tick, latest) if latest is not None else tick
+        if spec.catchup == "none" and now - newest > _misfire_grace(spec, newest):
+            return [c.SkipTicks(record.dag_id, newest, now)]
+        ticks = [newest]
     return [
         c.CreateRun(
             run_id=scheduled_run_id(record.dag_id, iso(t)), dag_id=record.dag_id, logical_date=iso(t),
@@ -142,6 +150,12 @@ def _due_runs(record: DagRecord, now: float) -> list[c.Command]:
         )
         for t in ticks
     ]
+
+
+def _misfire_grace(spec: DagSpec, tick: float) -> float:
+    """MISFIRE_GRACE, or half the interval that ends at `tick` if that is shorter (the
+    interval before it: the last tick before end_date has no next one)."""
+    return min(MISFIRE_GRACE, (tick - previous_tick(spec, tick)) / 2)
 
 
 def _upstream_verdict(run: Run, upstream: tuple[str, ...]) -> TaskState | None:

@@ -151,6 +151,7 @@ class State:
             c.Barrier: self._barrier,
             c.SubmitDag: self._submit_dag,
             c.SetPaused: self._set_paused,
+            c.SkipTicks: self._skip_ticks,
             c.CreateRun: self._create_run,
             c.StartRun: self._start_run,
             c.FinishRun: self._finish_run,
@@ -255,6 +256,15 @@ class State:
                 record.next_tick_at = _first_tick(record.latest.spec, cmd.at, record.last_scheduled_tick)
             record.schedule_from = cmd.at
         record.paused = bool(cmd.paused)
+        return OK
+
+    def _skip_ticks(self, cmd: c.SkipTicks) -> Result:
+        record = self.dags.get(cmd.dag_id)
+        if record is None:
+            return _reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
+        if record.next_tick_at is None or cmd.through < record.next_tick_at:
+            return _reject(Code.CONFLICT, f"{cmd.dag_id}: the schedule is already past that tick")
+        record.next_tick_at = next_tick_after(record.latest.spec, cmd.through)
         return OK
 
     def _create_run(self, cmd: c.CreateRun) -> Result:

@@ -18,10 +18,17 @@ def test_every_bench_scenario_runs_and_reports_figures():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["scenario"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
-    assert set(results) == {"raft", "election", "demo", "failover"}
+    assert set(results) == {"raft", "election", "demo", "failover", "history"}
     figures = [results["raft"]["via_leader"], results["raft"]["via_follower"],
                results["election"]["kill_to_new_leader"], results["demo"]["trigger_to_end"],
                results["failover"]["leader_kill_to_next_task_start"],
                results["failover"]["worker_kill_to_new_attempt_start"]]
     for figure in figures:
         assert figure["n"] >= 1 and 0 < figure["median_ms"] <= figure["max_ms"], figure
+    sizes = results["history"]["sizes"]
+    assert [s["finished_task_instances"] for s in sizes] == [0, 10_000]
+    assert sizes[1]["runs"] == 1000 and sizes[1]["snapshot_bytes"] > sizes[0]["snapshot_bytes"]
+    for size in sizes:
+        assert size["tick_cost_ms"] > 0 and size["rss_mib_after_start"] > 0
+        assert 0 < size["cluster_start_to_ready_s"]["median"] <= size["cluster_start_to_ready_s"]["max"]
+        assert 0 < size["node_restart_to_ready_s"] <= size["node_restart_to_equal_digest_s"]

@@ -571,6 +571,7 @@ ALL_COMMANDS = [
     c.Barrier("n1", 3, T0),
     c.SubmitDag(diamond(), "src", "diamond.py", T0),
     c.SetPaused("d", True, T0),
+    c.SkipTicks("d", T0 + 300.0, T0),
     c.CreateRun("m1", "d", iso(T0), iso(T0 - 60), iso(T0), "manual", {"a": [1, {"b": None}], "c": 1.5}, T0),
     c.StartRun("m1", T0),
     c.FinishRun("m1", "success", T0),

@@ -315,6 +315,44 @@ def test_catchup_none_never_runs_ticks_before_the_submit(world):
     assert all(epoch(r.logical_date) >= submitted for r in world.state.iter_runs())
 
 
+def test_downtime_latest_runs_the_newest_missed_tick_and_none_runs_none(world):
+    """The whole cluster was down from 12:01 to 12:17: `latest` runs the 12:15 tick
+    once; `none` skips 12:05-12:15 (its cursor moves on without a run) and runs 12:20."""
+    world.submit(every_5("latest", T0), at=T0)
+    world.submit(dict(every_5("none", T0), dag_id="n5"), at=T0)
+    assert sorted(created(world.tick(T0 + 1))) == [iso(T0), iso(T0)]
+    back = T0 + 17 * MINUTE
+    decisions = world.tick(back)
+    assert [(x.dag_id, x.logical_date) for x in of_type(decisions, c.CreateRun)] == [("s5", iso(T0 + 15 * MINUTE))]
+    assert [(x.dag_id, x.through) for x in of_type(decisions, c.SkipTicks)] == [("n5", T0 + 15 * MINUTE)]
+    assert world.state.dags["n5"].next_tick_at == T0 + 20 * MINUTE
+    again = world.tick(back + 1)
+    assert not of_type(again, c.SkipTicks) and created(again) == []
+    assert sorted(created(world.tick(T0 + 20 * MINUTE))) == [iso(T0 + 20 * MINUTE)] * 2
+    assert sorted(r.logical_date for r in world.state.iter_runs() if r.dag_id == "n5") == \
+        [iso(T0), iso(T0 + 20 * MINUTE)]
+
+
+def test_catchup_none_still_runs_a_tick_delayed_by_an_election(world):
+    world.submit(every_5("none", T0), at=T0)
+    assert created(world.tick(T0 + 1)) == [iso(T0)]
+    # Nobody planned from 12:04:59 to 12:05:02 (an election): within the misfire grace.
+    assert created(world.tick(T0 + 5 * MINUTE + 2)) == [iso(T0 + 5 * MINUTE)]
+    # Past the grace (half the 5-minute interval here), a tick is skipped.
+    decisions = world.tick(T0 + 10 * MINUTE + 31)
+    assert created(decisions) == [] and of_type(decisions, c.SkipTicks)
+
+
+def test_skipping_ticks_never_moves_the_cursor_back(world):
+    world.submit(every_5("none", T0), at=T0)
+    world.tick(T0 + 1)
+    assert world.state.dags["s5"].next_tick_at == T0 + 5 * MINUTE
+    world.apply(c.SkipTicks("s5", T0, T0 + 2), expect=Code.CONFLICT)   # a stale, re-proposed skip
+    world.apply(c.SkipTicks("nope", T0, T0 + 2), expect=Code.NOT_FOUND)
+    world.apply(c.SkipTicks("s5", T0 + 5 * MINUTE, T0 + 6 * MINUTE))
+    assert world.state.dags["s5"].next_tick_at == T0 + 10 * MINUTE
+
+
 def test_catchup_none_after_unpause_starts_from_the_unpause(world):
     world.submit(every_5("none", T0 - 3 * HOUR, is_paused_upon_creation=True), at=T0)
     assert world.tick(T0 + HOUR) == []
@@ -513,3 +551,15 @@ def test_two_dags_with_the_same_schedule_both_run(world):
     world.tick(T0 + 3 * HOUR + 1, nodes("n1"))
     assert sorted(r.dag_id for r in world.state.iter_runs()) == ["etl_a", "etl_b"]
     assert not of_type(plan(world.state, T0 + 3 * HOUR + 2, nodes("n1")), c.CreateRun)
+
+
+def test_catchup_none_skips_a_missed_last_tick_before_end_date(world):
+    """The grace is half the interval BEFORE the tick: the last tick before end_date has
+    no next one (10-second ticks: a 5 s grace, so 20 s late is missed)."""
+    world.submit(dag_dict("s10", [task("a")], schedule="* * * * * */10", catchup="none", start_date=iso(T0),
+                          end_date=iso(T0 + 30), max_active_runs=100), at=T0)
+    assert created(world.tick(T0 + 1)) == [iso(T0)]
+    decisions = world.tick(T0 + 50)          # down from T0+1 until 20 s after end_date
+    assert created(decisions) == [] and [x.through for x in of_type(decisions, c.SkipTicks)] == [T0 + 30]
+    assert world.state.dags["s10"].next_tick_at is None
+    assert world.tick(T0 + 100) == []

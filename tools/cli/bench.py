@@ -1,6 +1,6 @@
 """tools/bench: reproducible measurements on a local cluster this tool starts itself.
 
-    tools/bench SCENARIO [--quick] [--json] [--nodes N] [--repeat K]
+    tools/bench SCENARIO [--quick] [--json] [--nodes N] [--fsync]
 
 Scenarios:
   raft      a write's commit latency as a client sees it (one SetPaused = one Raft
@@ -10,6 +10,9 @@ Scenarios:
   failover  SIGKILL the leader during a chain of `true` tasks: kill to the next task
             start on a survivor; and SIGKILL a node running a long task: kill to
             the start of the task's next attempt elsewhere.
+  history   0, 100k and 1M finished task instances in history (--quick: 0, 10k):
+            the scheduler's cost per tick, a node's RSS, and its time from start
+            to ready (see bench_history).
 
 Figures are medians (and p90/max) of several runs: machines are shared and noisy.
 """
@@ -27,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from .bench_history import scenario_history
 from .client import ClusterClient, ClusterUnreachable
 from .loader import load_paths
 from .local import LocalCluster
@@ -43,10 +47,11 @@ def _quantiles(samples: list[float]) -> dict[str, float]:
 
 
 class Bench:
-    def __init__(self, nodes: int, quick: bool) -> None:
+    def __init__(self, nodes: int, quick: bool, fsync: bool = False) -> None:
         self.quick = quick
         self._tmp = tempfile.TemporaryDirectory(prefix="raftflow-bench-")
-        self.cluster = LocalCluster(Path(self._tmp.name), nodes=nodes)
+        self.cluster = LocalCluster(Path(self._tmp.name), nodes=nodes,
+                                    extra_env={"RAFTFLOW_FSYNC": "true"} if fsync else None)
         self.cluster.start()
         self.cluster.wait_ready(60)
         self.client = ClusterClient(self.cluster.addresses.split(","))
@@ -210,6 +215,8 @@ def scenario_failover(bench: Bench) -> dict[str, Any]:
 SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "raft": scenario_raft, "election": scenario_election, "demo": scenario_demo, "failover": scenario_failover,
 }
+# Scenarios that set up their own clusters.
+STANDALONE: dict[str, Callable[[bool, int], dict[str, Any]]] = {"history": scenario_history}
 
 
 def _print_table(result: dict[str, Any]) -> None:
@@ -218,24 +225,34 @@ def _print_table(result: dict[str, Any]) -> None:
         if isinstance(value, dict):
             figures = "  ".join(f"{k}={v}" for k, v in value.items())
             print(f"  {key:<22} {figures}")
+        elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
+            for row in value:
+                print(f"  {key}:")
+                for k, v in row.items():
+                    figures = "  ".join(f"{a}={b}" for a, b in v.items()) if isinstance(v, dict) else v
+                    print(f"    {k:<32} {figures}")
         elif key != "scenario":
             print(f"  {key:<22} {value}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
+    parser.add_argument("scenario", choices=[*SCENARIOS, *STANDALONE, "all"])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
     parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--fsync", action="store_true", help="run the nodes with fsync = true")
     args = parser.parse_args(argv)
-    names = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    names = [*SCENARIOS, *STANDALONE] if args.scenario == "all" else [args.scenario]
     for name in names:
-        bench = Bench(args.nodes, args.quick)  # a fresh cluster per scenario: no cross-talk
-        try:
-            result = SCENARIOS[name](bench)
-        finally:
-            bench.close()
+        if name in STANDALONE:
+            result = STANDALONE[name](args.quick, args.nodes)
+        else:
+            bench = Bench(args.nodes, args.quick, args.fsync)  # a fresh cluster per scenario: no cross-talk
+            try:
+                result = SCENARIOS[name](bench)
+            finally:
+                bench.close()
         if args.json:
             print(json.dumps(result, sort_keys=True), flush=True)
         else:
