@@ -18,13 +18,15 @@ def test_every_bench_scenario_runs_and_reports_figures():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["scenario"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
-    assert set(results) == {"raft", "election", "demo", "failover", "history"}
+    assert set(results) == {"raft", "election", "demo", "failover", "steady", "history"}
     figures = [results["raft"]["via_leader"], results["raft"]["via_follower"],
                results["election"]["kill_to_new_leader"], results["demo"]["trigger_to_end"],
                results["failover"]["leader_kill_to_next_task_start"],
                results["failover"]["worker_kill_to_new_attempt_start"]]
     for figure in figures:
         assert figure["n"] >= 1 and 0 < figure["median_ms"] <= figure["max_ms"], figure
+    steady = results["steady"]
+    assert steady["samples"] >= 2 and steady["runs_kept"] == 20 and 0 < steady["rss_mib_first"] <= steady["rss_mib_max"]
     sizes = results["history"]["sizes"]
     assert [s["finished_task_instances"] for s in sizes] == [0, 10_000]
     assert sizes[1]["runs"] == 1000 and sizes[1]["snapshot_bytes"] > sizes[0]["snapshot_bytes"]

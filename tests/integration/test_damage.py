@@ -64,3 +64,32 @@ def test_damaged_journals_stop_the_node_with_advice_and_recover_from_peers(tmp_p
         assert "Raft storage on disk is damaged" in log and "move" in log
         _recover(cluster, "n2", cli)
         assert json.loads(cli("dags", "trigger", "journaled", "--wait", "--json").stdout)["state"] == "success"
+
+
+def test_a_cut_snapshot_stops_the_node_with_advice_and_it_recovers_from_peers(tmp_path):
+    from raftflow.config import RaftTuning
+
+    with running_cluster(tmp_path / "cluster", raft=RaftTuning(log_compaction_min_entries=20)) as cluster:
+        cli = Cli(cluster.addresses)
+        dag = tmp_path / "d.py"
+        dag.write_text("from raftflow import DAG, BashTask\nwith DAG('snapped'):\n"
+                       "    BashTask('a', command='echo one')\n")
+        assert cli("dags", "submit", str(dag)).returncode == 0
+        snapshot = cluster.node("n3").dir / "data" / "raft" / "snapshot"
+
+        def n3_has_a_snapshot():
+            if not snapshot.exists():
+                assert json.loads(cli("dags", "trigger", "snapped", "--wait", "--json").stdout)["state"] == "success"
+            return snapshot.exists()
+        wait_for(n3_has_a_snapshot, 60, "n3 to compact its log into a snapshot", interval=0.2)
+
+        cluster.stop_node("n3")
+        data = snapshot.read_bytes()
+        snapshot.write_bytes(data[:-100])
+        cluster.start_node("n3")
+        code = cluster.wait_exit("n3", 30)
+        log = cluster.node("n3").log_path.read_text()
+        assert code == 70, log[-2000:]
+        assert "Raft storage on disk is damaged" in log and "cut short" in log and "move" in log
+        _recover(cluster, "n3", cli)
+        assert json.loads(cli("dags", "trigger", "snapped", "--wait", "--json").stdout)["state"] == "success"

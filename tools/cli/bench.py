@@ -10,6 +10,8 @@ Scenarios:
   failover  SIGKILL the leader during a chain of `true` tasks: kill to the next task
             start on a survivor; and SIGKILL a node running a long task: kill to
             the start of the task's next attempt elsewhere.
+  steady    a DAG running every second with keep_runs=20 for 5 min (--quick: 40 s):
+            every node's RSS over time (flat means bounded memory).
   history   0, 100k and 1M finished task instances in history (--quick: 0, 10k):
             the scheduler's cost per tick, a node's RSS, and its time from start
             to ready (see bench_history).
@@ -30,7 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from .bench_history import scenario_history
+from .bench_history import rss_mib, scenario_history
 from .client import ClusterClient, ClusterUnreachable
 from .loader import load_paths
 from .local import LocalCluster
@@ -212,8 +214,34 @@ def scenario_failover(bench: Bench) -> dict[str, Any]:
             "note": "targets: leader median <= 1.5 s, max <= 3 s; worker median <= 5 s (lease_timeout is 4 s)"}
 
 
+def scenario_steady(bench: Bench) -> dict[str, Any]:
+    """Memory under steady scheduling: a DAG that runs every second with keep_runs=20,
+    for 40 s (--quick) or 5 minutes; every node's RSS sampled every 5 s after a 10 s
+    warm-up. With retention, memory should stay flat however long this runs."""
+    duration, warmup = (40.0, 10.0) if bench.quick else (300.0, 10.0)
+    spec = {"dag_id": "steady", "schedule": "* * * * * *", "catchup": "none", "keep_runs": 20,
+            "max_active_runs": 4, "tasks": [{"task_id": "a", "kind": "bash", "command": "true"}]}
+    _submit_spec(bench, spec)
+    started = time.monotonic()
+    samples: list[tuple[float, float]] = []      # (seconds since start, max RSS over nodes)
+    while time.monotonic() - started < duration:
+        time.sleep(5.0)
+        elapsed = time.monotonic() - started
+        if elapsed >= warmup:
+            rss = max(rss_mib(bench.cluster.live_pid(n.node_id)) for n in bench.cluster.nodes)
+            samples.append((elapsed, rss))
+    runs = bench.client.list_runs("steady", limit=100)["runs"]
+    first, last = samples[0], samples[-1]
+    slope = (last[1] - first[1]) / ((last[0] - first[0]) / 60) if last[0] > first[0] else 0.0
+    return {"scenario": "steady", "duration_s": duration, "runs_kept": len(runs),
+            "runs_succeeded_kept": sum(r["state"] == "success" for r in runs),
+            "rss_mib_first": round(first[1], 1), "rss_mib_last": round(last[1], 1),
+            "rss_mib_max": round(max(s[1] for s in samples), 1),
+            "rss_growth_mib_per_min": round(slope, 2), "samples": len(samples)}
+
 SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "raft": scenario_raft, "election": scenario_election, "demo": scenario_demo, "failover": scenario_failover,
+    "steady": scenario_steady,
 }
 # Scenarios that set up their own clusters.
 STANDALONE: dict[str, Callable[[bool, int], dict[str, Any]]] = {"history": scenario_history}

@@ -95,7 +95,7 @@ def tick_cost(state: State, now: float, repeats: int) -> float:
     return statistics.median(samples)
 
 
-def _rss_mib(pid: int) -> float:
+def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -195,7 +195,7 @@ def measure_size(task_instances: int, nodes: int, workdir: Path, tick_repeats: i
             ready[node.node_id] = time.monotonic() - starts[node.node_id]
         out["cluster_start_to_ready_s"] = {"median": round(statistics.median(ready.values()), 2),
                                            "max": round(max(ready.values()), 2)}
-        out["rss_mib_after_start"] = round(max(_rss_mib(cluster.live_pid(n.node_id)) for n in cluster.nodes), 1)
+        out["rss_mib_after_start"] = round(max(rss_mib(cluster.live_pid(n.node_id)) for n in cluster.nodes), 1)
         leader = cluster.wait_ready(30)["leader"]
         follower = next(n.node_id for n in cluster.nodes if n.node_id != leader)
         cluster.signal_node(follower, 9)
@@ -210,7 +210,7 @@ def measure_size(task_instances: int, nodes: int, workdir: Path, tick_repeats: i
                 raise RuntimeError(f"digests differ after the restart: {_digests(cluster)}")
             time.sleep(0.1)
         out["node_restart_to_equal_digest_s"] = round(time.monotonic() - restarted, 2)
-        out["rss_mib_restarted_node"] = round(_rss_mib(cluster.live_pid(follower)), 1)
+        out["rss_mib_restarted_node"] = round(rss_mib(cluster.live_pid(follower)), 1)
     finally:
         cluster.stop()
     out["tick_cost_ms"] = round(tick_cost(state, now, tick_repeats) * 1000, 3)
@@ -228,3 +228,4 @@ def scenario_history(quick: bool, nodes: int) -> dict[str, Any]:
         row["tick_cost_vs_empty"] = round(row["tick_cost_ms"] / empty, 2) if empty else None
     return {"scenario": "history", "sizes": by_size, "cpus": os.cpu_count(),
             "note": "targets at 1M finished task instances: tick cost <= 1.2x empty, ready <= 10 s, RSS <= 1024 MiB"}
+
