@@ -36,7 +36,11 @@ class DAG:
         default_args: dict[str, Any] | None = None,
         keep_runs: int | None = None,
         keep_days: float | None = None,
+        params: dict[str, Any] | None = None,
+        dagrun_timeout: float | timedelta | None = None,
     ) -> None:
+        """`params`: template parameters (`{{ params.x }}`) that a trigger's conf overrides;
+        `dagrun_timeout`: seconds (or a timedelta) a run may take before it is failed."""
         self.dag_id = dag_id
         self.schedule = schedule
         self.start_date = start_date
@@ -50,6 +54,8 @@ class DAG:
         self.default_args = dict(default_args or {})
         self.keep_runs = keep_runs
         self.keep_days = keep_days
+        self.params = dict(params or {})
+        self.dagrun_timeout = dagrun_timeout
         self.tasks: list[BaseTask] = []
         _created.append(self)
 
@@ -77,11 +83,14 @@ class DAG:
             "is_paused_upon_creation": self.is_paused_upon_creation,
             "keep_runs": self.keep_runs,
             "keep_days": self.keep_days,
+            "params": self.params,
+            "dagrun_timeout": _seconds(self.dagrun_timeout),
             "tasks": [t.to_spec() for t in self.tasks],
         }
 
 
-_TASK_DEFAULTS = ("retries", "retry_delay", "priority_weight", "trigger_rule", "env")
+_TASK_DEFAULTS = ("retries", "retry_delay", "priority_weight", "trigger_rule", "env", "execution_timeout",
+                  "max_lost_attempts", "retry_exponential_backoff", "max_retry_delay")
 
 
 class BaseTask:
@@ -134,7 +143,10 @@ class BaseTask:
 
 
 class BashTask(BaseTask):
-    """Runs `command` with bash on a node, in its own process group."""
+    """Runs `command` with bash on a node, in its own process group. The command and
+    env values are Jinja2 templates: `{{ ds }}`, `{{ params.x }}`, `{{ results.up }}`
+    (see node/core/context.py). To publish a small JSON result, write it to the file
+    named by $RAFTFLOW_RESULT_FILE (at most 64 KiB)."""
 
     kind = "bash"
 
@@ -144,6 +156,22 @@ class BashTask(BaseTask):
 
     def to_spec(self) -> dict[str, Any]:
         return {**super().to_spec(), "command": self.command}
+
+
+class EmptyTask(BaseTask):
+    """Runs nothing: succeeds as soon as its upstream tasks did (Airflow's EmptyOperator).
+    Useful to join or fan out branches."""
+
+    kind = "empty"
+
+    def __init__(self, task_id: str, **options: Any) -> None:
+        super().__init__(task_id, **options)
+        for key in ("env", "execution_timeout", "retries", "retry_delay"):
+            self.options.pop(key, None)
+
+
+def _seconds(value: float | timedelta | None) -> float | None:
+    return value.total_seconds() if isinstance(value, timedelta) else value
 
 
 def _as_list(value: Any) -> list[BaseTask]:

@@ -25,13 +25,14 @@ from .api.peers import PeerAuthInterceptor, PeerClients, peer_token
 from .api.services import ClientService, PeerService
 from .config import ConfigError, NodeConfig, load
 from .core import commands as c
+from .core.context import template_context
 from .core.state import Result
 from .leader.loop import Dispatcher, LeaderLoop, Liveness
 from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from .raft.adapter import ReplicatedState, StorageDamaged, Unavailable, recovery_advice
 from .store.local import LocalStore
 from .worker.lease import Reaper
-from .worker.worker import Worker
+from .worker.worker import Assignment, AttemptSetup, Worker
 
 log = logging.getLogger("raftflow.node")
 
@@ -48,7 +49,7 @@ class Node:
         self.peers = PeerClients(cfg.peers, peer_token(secret))
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.data_dir / "work",
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
-                             lease_duration=cfg.worker_lease, reaper=Reaper())
+                             lease_duration=cfg.worker_lease, reaper=Reaper(), setup=self._attempt_setup)
         self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.healthy_window,
                                  cfg.slots, cfg.node_id)
         self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,
@@ -83,6 +84,22 @@ class Node:
             if isinstance(cmd, c.PruneRuns) and res.ok:
                 for run_id in res.value["pruned"]:
                     self.store.delete_run_logs(run_id)
+            elif isinstance(cmd, c.CancelRun) and res.ok:
+                mine = {task_id for task_id, node, _attempt in res.value["stopped"] if node == self.cfg.node_id}
+                if mine:
+                    self.worker.cancel(cmd.run_id, cmd.reason, mine)
+
+    def _attempt_setup(self, a: Assignment) -> AttemptSetup:
+        """An attempt's template context and timeout, from this node's replica (its start
+        claim committed through it, so the run is there)."""
+        with self.replica.lock:
+            state = self.replica.state
+            run = state.active.get(a.run_id)
+            if run is None:
+                raise RuntimeError(f"run {a.run_id} is not active on this node's replica")
+            spec = state.dag_spec(run)
+            return AttemptSetup(template_context(run, spec, a.task_id, a.attempt, self.cfg.node_id),
+                                spec.task(a.task_id).execution_timeout)
 
     def _after_install(self) -> None:
         """A snapshot replaced the state: runs pruned in the log entries it covers never

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterator
 import grpc
 
 from ..core import commands as c
-from ..core.spec import DagSpec, SpecError
+from ..core.spec import DagSpec
 from ..core.state import Code, Result
 from ..proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from ..raft.adapter import OutcomeUnknown, Unavailable
@@ -231,6 +231,19 @@ class ClientService(client_pb2_grpc.ClientServicer):
     @_handled
     def GetRun(self, request, context):  # type: ignore[no-untyped-def]
         return self._run_detail(request.run_id)
+
+    @_handled
+    def CancelRun(self, request, context):  # type: ignore[no-untyped-def]
+        with self.replica.lock:
+            run = self.replica.state.run(request.run_id)
+        if run is None:
+            raise _Abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}; `raftflow runs list` shows recent runs")
+        if run.state.terminal:
+            raise _Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                         f"run {request.run_id!r} has already finished ({run.state.value}); nothing to cancel")
+        reason = request.reason.strip() or "cancelled by the user"
+        result = _check(self.replica.propose(c.CancelRun(request.run_id, reason, time.time())))
+        return client_pb2.CancelRunResponse(stopped_attempts=len(result.value["stopped"]))
 
     @_handled
     def WatchRun(self, request, context):  # type: ignore[no-untyped-def]

@@ -52,6 +52,7 @@ def run_detail(state: State, run: Run) -> client_pb2.RunDetail:
             task_id=ti.task_id, state=ti.state.value, attempt=ti.attempt, node=ti.node or "",
             queued_at=iso(ti.queued_at), started_at=iso(ti.started_at), ended_at=iso(ti.ended_at),
             log_tail=ti.log_tail, reason=ti.reason, upstream=list(task.upstream),
+            result_json=ti.result or "", kind=task.kind,
         )
         if ti.exit_code is not None:
             info.exit_code = ti.exit_code

@@ -9,6 +9,10 @@ reads a clock (ARCHITECTURE invariant 1).
 layer wraps that payload in the protobuf envelope (protos/command.proto). A payload
 with an unknown type tag or a newer version decodes to `Undecodable`, which
 `State.apply` rejects with a reason, so an old node survives a new command.
+
+A field added later gets a default and the command's VERSION goes up; it is listed
+in `ADDED_FIELDS`, so an older entry (journals, snapshots) still decodes, with the
+default.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any, ClassVar, get_type_hints
 class Command:
     TYPE: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    # field name -> the VERSION that added it (older payloads lack it: default applies)
+    ADDED_FIELDS: ClassVar[dict[str, int]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +114,17 @@ class FailUpstream(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class SkipTask(Command):
+    """A pending task whose trigger rule can no longer be met by skipping (e.g. all_success
+    with a skipped upstream, one_failed when nothing failed)."""
+    TYPE: ClassVar[str] = "skip_task"
+    run_id: str
+    task_id: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class AssignTask(Command):
     """Commit attempt `attempt` of a task to `node`. Applied only if `attempt` is the next one."""
     TYPE: ClassVar[str] = "assign_task"
@@ -130,8 +147,11 @@ class TaskStarted(Command):
 
 @dataclass(frozen=True, slots=True)
 class TaskFinished(Command):
-    """A worker's result for one attempt; ignored unless (attempt, node) is current."""
+    """A worker's result for one attempt; ignored unless (attempt, node) is current.
+    `result` is the small JSON value the task published ('' for none)."""
     TYPE: ClassVar[str] = "task_finished"
+    VERSION: ClassVar[int] = 2
+    ADDED_FIELDS: ClassVar[dict[str, int]] = {"result": 2}
     run_id: str
     task_id: str
     attempt: int
@@ -140,6 +160,26 @@ class TaskFinished(Command):
     started_at: float
     ended_at: float
     log_tail: str
+    reason: str
+    at: float
+    result: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CompleteEmpty(Command):
+    """An empty task whose upstream tasks succeeded: it succeeds without running."""
+    TYPE: ClassVar[str] = "complete_empty"
+    run_id: str
+    task_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRun(Command):
+    """Fail a queued or running run now (a user's cancel, or dagrun_timeout): running
+    and assigned attempts fail (their nodes kill them), unstarted tasks are skipped."""
+    TYPE: ClassVar[str] = "cancel_run"
+    run_id: str
     reason: str
     at: float
 
@@ -195,7 +235,8 @@ class Undecodable(Command):
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.TYPE: cls
     for cls in (Barrier, SubmitDag, SetPaused, SkipTicks, CreateRun, StartRun, FinishRun, QueueTask,
-                FailUpstream, AssignTask, TaskStarted, TaskFinished, LoseAttempt, NodeStarted, PruneRuns,
+                FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, CancelRun, LoseAttempt,
+                NodeStarted, PruneRuns,
                 Batch)
 }
 
@@ -261,6 +302,9 @@ def from_dict(type_tag: str, version: int, payload: Any, nested: bool = False) -
             return Undecodable(type_tag, version, "malformed batch payload: commands must be a list of "
                                                   "{type, version, payload} objects")
         return Batch(tuple(from_dict(i.get("type"), i.get("version"), i.get("payload"), nested=True) for i in items))
+    defaults = {f.name: f.default for f in fields(cls)}
+    payload = {**{name: defaults[name] for name, since in cls.ADDED_FIELDS.items()
+                  if version < since and name not in payload}, **payload}
     error = _field_error(cls, payload)
     if error is not None:
         return Undecodable(type_tag, version, f"malformed {type_tag} payload: {error}")

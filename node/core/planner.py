@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from . import commands as c
 from .schedule import iso, latest_tick_at_or_before, next_tick_after, previous_tick
-from .spec import DagSpec
-from .state import DagRecord, Run, State
+from .spec import DagSpec, TaskSpec
+from .state import DagRecord, Run, State, run_outcome
 from .states import TASK_ACTIVE, RunState, TaskState
 
 MAX_CATCHUP_RUNS_PER_PLAN = 32
@@ -71,18 +71,26 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
             running_per_dag[run.dag_id] = running_per_dag.get(run.dag_id, 0) + 1
             out.append(c.StartRun(run.run_id, now))
             # The run is RUNNING once the StartRun above applies: decide its roots now.
+        if run.state is RunState.RUNNING and spec.dagrun_timeout is not None and run.started_at is not None \
+                and now - run.started_at > spec.dagrun_timeout:
+            out.append(c.CancelRun(run.run_id, f"dagrun_timeout of {spec.dagrun_timeout:g}s exceeded", now))
+            continue
         all_terminal = True
         for order, task in enumerate(spec.tasks):
             ti = run.tasks[task.task_id]
             if ti.state is TaskState.QUEUED:
                 ready.append((-task.priority_weight, run.logical_date, order, run, task.task_id))
             elif ti.state is TaskState.PENDING:
-                verdict = _upstream_verdict(run, task.upstream)
-                if verdict is TaskState.QUEUED:
+                verdict, why = trigger_verdict(run, task)
+                if verdict is TaskState.QUEUED and task.kind == "empty":
+                    out.append(c.CompleteEmpty(run.run_id, task.task_id, now))
+                elif verdict is TaskState.QUEUED:
                     out.append(c.QueueTask(run.run_id, task.task_id, now))
                     ready.append((-task.priority_weight, run.logical_date, order, run, task.task_id))
                 elif verdict is TaskState.UPSTREAM_FAILED:
-                    out.append(c.FailUpstream(run.run_id, task.task_id, "an upstream task failed", now))
+                    out.append(c.FailUpstream(run.run_id, task.task_id, why, now))
+                elif verdict is TaskState.SKIPPED:
+                    out.append(c.SkipTask(run.run_id, task.task_id, why, now))
             elif ti.state in TASK_ACTIVE and ti.node in expired:
                 out.append(c.LoseAttempt(run.run_id, task.task_id, ti.attempt, ti.node,
                                          f"node {ti.node} stopped heartbeating", now))
@@ -92,8 +100,7 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
             if not ti.state.terminal:
                 all_terminal = False
         if all_terminal and run.state is RunState.RUNNING:
-            failed = any(ti.state is not TaskState.SUCCESS for ti in run.tasks.values())
-            out.append(c.FinishRun(run.run_id, "failed" if failed else "success", now))
+            out.append(c.FinishRun(run.run_id, run_outcome(run, spec).value, now))
 
     out.extend(_assign(state, ready, nodes, now))
     prune = _expired_runs(state, now)
@@ -158,17 +165,51 @@ def _misfire_grace(spec: DagSpec, tick: float) -> float:
     return min(MISFIRE_GRACE, (tick - previous_tick(spec, tick)) / 2)
 
 
-def _upstream_verdict(run: Run, upstream: tuple[str, ...]) -> TaskState | None:
-    """all_success: QUEUED when every upstream succeeded, UPSTREAM_FAILED when any
-    failed, None (keep waiting) otherwise."""
-    waiting = False
-    for up in upstream:
-        state = run.tasks[up].state
-        if state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED):
-            return TaskState.UPSTREAM_FAILED
-        if state is not TaskState.SUCCESS:
-            waiting = True
-    return None if waiting else TaskState.QUEUED
+def trigger_verdict(run: Run, task: TaskSpec) -> tuple[TaskState | None, str]:
+    """What a pending task's trigger rule makes of its upstream tasks' states, as in
+    Airflow: QUEUED (run it), UPSTREAM_FAILED or SKIPPED (with why), or None (wait)."""
+    rule = task.trigger_rule
+    if rule == "always" or not task.upstream:
+        return TaskState.QUEUED, ""
+    states = [run.tasks[u].state for u in task.upstream]
+    total = len(states)
+    success = sum(s is TaskState.SUCCESS for s in states)
+    failed = sum(s in (TaskState.FAILED, TaskState.UPSTREAM_FAILED) for s in states)
+    skipped = sum(s is TaskState.SKIPPED for s in states)
+    done = success + failed + skipped == total
+    if rule == "all_success":
+        if failed:
+            return TaskState.UPSTREAM_FAILED, "an upstream task failed"
+        if skipped:
+            return TaskState.SKIPPED, "an upstream task was skipped"
+        return (TaskState.QUEUED, "") if done else (None, "")
+    if rule == "all_failed":
+        if success or skipped:
+            return TaskState.SKIPPED, "an upstream task did not fail (trigger rule all_failed)"
+        return (TaskState.QUEUED, "") if done else (None, "")
+    if rule == "all_done":
+        return (TaskState.QUEUED, "") if done else (None, "")
+    if rule == "one_success":
+        if success:
+            return TaskState.QUEUED, ""
+        if not done:
+            return None, ""
+        if skipped == total:
+            return TaskState.SKIPPED, "every upstream task was skipped (trigger rule one_success)"
+        return TaskState.UPSTREAM_FAILED, "no upstream task succeeded (trigger rule one_success)"
+    if rule == "one_failed":
+        if failed:
+            return TaskState.QUEUED, ""
+        return (TaskState.SKIPPED, "no upstream task failed (trigger rule one_failed)") if done else (None, "")
+    if rule == "none_failed":
+        if failed:
+            return TaskState.UPSTREAM_FAILED, "an upstream task failed (trigger rule none_failed)"
+        return (TaskState.QUEUED, "") if done else (None, "")
+    if rule == "none_skipped":
+        if skipped:
+            return TaskState.SKIPPED, "an upstream task was skipped (trigger rule none_skipped)"
+        return (TaskState.QUEUED, "") if done else (None, "")
+    raise ValueError(f"unknown trigger rule {rule!r}")   # spec validation makes this unreachable
 
 
 def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: list[NodeInfo],

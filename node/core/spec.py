@@ -10,6 +10,8 @@ Pure: no I/O, no clock. `from_dict` raises `SpecError`; nothing else here raises
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import zoneinfo
@@ -19,11 +21,15 @@ from typing import Any
 
 from croniter import croniter
 
+from .pickling import by_name
+
 ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")  # use fullmatch
 ID_RULE = "1 to 250 characters from A-Z a-z 0-9 _ . - (not starting with . or -)"
 
-TASK_KINDS = ("bash",)
-TRIGGER_RULES = ("all_success",)
+TASK_KINDS = ("bash", "empty")
+MAX_PARAMS_BYTES = 64 * 1024
+TRIGGER_RULES = ("all_success", "all_failed", "all_done", "one_success", "one_failed", "none_failed",
+                 "none_skipped", "always")
 CATCHUP_POLICIES = ("all", "latest", "none")
 SCHEDULE_PRESETS = {
     "@hourly": "0 * * * *",
@@ -41,6 +47,7 @@ class SpecError(ValueError):
     """A DAG or task spec is invalid; the message names the DAG/task and the fault."""
 
 
+@by_name
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     task_id: str
@@ -54,6 +61,25 @@ class TaskSpec:
     env: tuple[tuple[str, str], ...] = ()
     # Attempts lost with their node (not the task's own failures) before the task fails.
     max_lost_attempts: int = 3
+    # Seconds an attempt may run before its whole process tree is killed (a failure).
+    execution_timeout: float | None = None
+    # Retry delays double after each failure, with jitter, up to max_retry_delay.
+    retry_exponential_backoff: bool = False
+    max_retry_delay: float | None = None
+
+    def retry_delay_after(self, failures: int, key: str) -> float:
+        """Seconds before the next attempt, once `failures` attempts failed (>= 1).
+
+        With backoff: retry_delay * 2**(failures-1), stretched by a jitter in [0, 1)
+        of itself that is a hash of (key, failures) - deterministic, so every replica
+        computes the same retry time, yet runs that failed together do not retry in
+        lockstep - and capped at max_retry_delay."""
+        if not self.retry_exponential_backoff:
+            return self.retry_delay
+        base = self.retry_delay * 2 ** min(failures - 1, 62)
+        digest = hashlib.sha256(f"{key}\0{self.task_id}\0{failures}".encode()).digest()
+        delay = base * (1 + int.from_bytes(digest[:8], "big") / 2 ** 64)
+        return min(delay, self.max_retry_delay) if self.max_retry_delay is not None else delay
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -62,6 +88,7 @@ class TaskSpec:
         return d
 
 
+@by_name
 @dataclass(frozen=True, slots=True)
 class DagSpec:
     dag_id: str
@@ -78,6 +105,10 @@ class DagSpec:
     # Retention of finished runs (with their task logs); None keeps them all.
     keep_runs: int | None = None      # keep at most this many finished runs
     keep_days: float | None = None    # remove finished runs that ended longer ago
+    # Template parameters (`{{ params.x }}`): defaults that a trigger's conf overrides.
+    params: dict[str, Any] = field(default_factory=dict)
+    # Seconds a run may take from its start before it is failed (unfinished tasks skipped).
+    dagrun_timeout: float | None = None
     task_index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def task(self, task_id: str) -> TaskSpec:
@@ -107,6 +138,8 @@ class DagSpec:
             "is_paused_upon_creation": self.is_paused_upon_creation,
             "keep_runs": self.keep_runs,
             "keep_days": self.keep_days,
+            "params": self.params,
+            "dagrun_timeout": self.dagrun_timeout,
             "tasks": [t.to_dict() for t in self.tasks],
         }
 
@@ -161,6 +194,16 @@ class DagSpec:
         if keep_days is not None and (not isinstance(keep_days, (int, float)) or isinstance(keep_days, bool)
                                       or not math.isfinite(keep_days) or keep_days <= 0):
             raise SpecError(f"{where}: keep_days must be a positive number of days, got {keep_days!r}")
+        params = raw.get("params") or {}
+        if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+            raise SpecError(f"{where}: params must be a JSON object (a dict with string keys)")
+        try:
+            params_size = len(json.dumps(params, allow_nan=False))
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"{where}: params must be plain JSON values ({e})") from None
+        if params_size > MAX_PARAMS_BYTES:
+            raise SpecError(f"{where}: params are {params_size} bytes of JSON, more than {MAX_PARAMS_BYTES}")
+        dagrun_timeout = _opt_seconds(raw, "dagrun_timeout", where)
         tags = raw.get("tags") or []
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise SpecError(f"{where}: tags must be a list of strings")
@@ -199,17 +242,21 @@ class DagSpec:
             is_paused_upon_creation=bool(raw.get("is_paused_upon_creation", False)),
             keep_runs=keep_runs,
             keep_days=float(keep_days) if keep_days is not None else None,
+            params=params,
+            dagrun_timeout=dagrun_timeout,
             task_index=index,
         )
 
 
 _DAG_FIELDS = frozenset(
     {"dag_id", "schedule", "timezone", "start_date", "end_date", "catchup", "max_active_runs",
-     "description", "tags", "is_paused_upon_creation", "tasks", "keep_runs", "keep_days"}
+     "description", "tags", "is_paused_upon_creation", "tasks", "keep_runs", "keep_days", "params",
+     "dagrun_timeout"}
 )
 _TASK_FIELDS = frozenset(
     {"task_id", "kind", "command", "upstream", "trigger_rule", "retries", "retry_delay",
-     "priority_weight", "env", "max_lost_attempts"}
+     "priority_weight", "env", "max_lost_attempts", "execution_timeout", "retry_exponential_backoff",
+     "max_retry_delay"}
 )
 
 
@@ -223,9 +270,12 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
     kind = raw.get("kind", "bash")
     if kind not in TASK_KINDS:
         raise SpecError(f"{here}: unknown task kind {kind!r}; known: {', '.join(TASK_KINDS)}")
-    command = raw.get("command")
-    if not isinstance(command, str) or not command.strip():
-        raise SpecError(f"{here}: a bash task needs a non-empty command string")
+    command = raw.get("command", "" if kind == "empty" else None)
+    if kind == "empty":
+        if command:
+            raise SpecError(f"{here}: an empty task runs nothing, so it takes no command")
+    elif not isinstance(command, str) or not command.strip():
+        raise SpecError(f"{here}: a {kind} task needs a non-empty command string")
     upstream = raw.get("upstream") or []
     if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
         raise SpecError(f"{here}: upstream must be a list of task ids")
@@ -253,6 +303,9 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
         priority_weight=_int(raw, "priority_weight", 1, here, minimum=1),
         max_lost_attempts=_int(raw, "max_lost_attempts", 3, here, minimum=1),
         env=tuple(sorted(env.items())),
+        execution_timeout=_opt_seconds(raw, "execution_timeout", here),
+        retry_exponential_backoff=_bool_field(raw, "retry_exponential_backoff", here),
+        max_retry_delay=_opt_seconds(raw, "max_retry_delay", here),
     )
 
 
@@ -279,6 +332,22 @@ def _int(raw: dict[str, Any], key: str, default: int, where: str, minimum: int) 
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise SpecError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
     return value
+
+
+def _bool_field(raw: dict[str, Any], key: str, where: str) -> bool:
+    value = raw.get(key, False)
+    if not isinstance(value, bool):
+        raise SpecError(f"{where}: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _opt_seconds(raw: dict[str, Any], key: str, where: str) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise SpecError(f"{where}: {key} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def _opt_instant(raw: dict[str, Any], key: str, where: str) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 
 from . import commands as c
 from .archive import MemoryArchive, RunArchive, add_term, decode_record, encode_record, remove_term
+from .pickling import by_name
 from .schedule import first_tick_after, next_tick_after
 from .spec import DagSpec, SpecError, normalise_instant
 from .states import (
@@ -34,6 +35,7 @@ from .states import (
 STORY_LIMIT = 32          # events kept per task instance for `story`
 LEADER_HISTORY_LIMIT = 20
 LOG_TAIL_LIMIT = 4096
+RESULT_LIMIT = 64 * 1024   # bytes of JSON a task may publish as its result
 
 
 class Code(str, Enum):
@@ -62,6 +64,7 @@ def _reject(code: Code, reason: str) -> Result:
     return Result(code, reason)
 
 
+@by_name
 @dataclass(slots=True)
 class DagVersion:
     version: int
@@ -71,6 +74,7 @@ class DagVersion:
     submitted_at: float
 
 
+@by_name
 @dataclass(slots=True)
 class DagRecord:
     dag_id: str
@@ -89,6 +93,7 @@ class DagRecord:
         return self.versions[-1]
 
 
+@by_name
 @dataclass(slots=True)
 class TaskInstance:
     task_id: str
@@ -106,8 +111,10 @@ class TaskInstance:
     log_tail: str = ""
     reason: str = ""
     story: list[tuple[float, str, str]] = field(default_factory=list)
+    result: str | None = None        # the JSON text the current attempt published, if any
 
 
+@by_name
 @dataclass(slots=True)
 class Run:
     run_id: str
@@ -157,9 +164,12 @@ class State:
             c.FinishRun: self._finish_run,
             c.QueueTask: self._queue_task,
             c.FailUpstream: self._fail_upstream,
+            c.SkipTask: self._skip_task,
             c.AssignTask: self._assign_task,
             c.TaskStarted: self._task_started,
             c.TaskFinished: self._task_finished,
+            c.CompleteEmpty: self._complete_empty,
+            c.CancelRun: self._cancel_run,
             c.LoseAttempt: self._lose_attempt,
             c.NodeStarted: self._node_started,
             c.PruneRuns: self._prune_runs,
@@ -315,16 +325,20 @@ class State:
         unfinished = [t.task_id for t in run.tasks.values() if not t.state.terminal]
         if unfinished:
             return _reject(Code.CONFLICT, f"run {run.run_id!r} still has unfinished tasks: {', '.join(unfinished[:5])}")
-        outcome = RunState.SUCCESS if all(t.state is TaskState.SUCCESS for t in run.tasks.values()) else RunState.FAILED
+        outcome = run_outcome(run, self.dag_spec(run))
         if target is not outcome:
             return _reject(Code.CONFLICT, f"run {run.run_id!r} {outcome.value} by its tasks, not {target.value}")
         run.state, run.ended_at = target, cmd.at
+        self._archive_run(run)
+        return OK
+
+    def _archive_run(self, run: Run) -> None:
+        """A finished run leaves memory for the archive (see module doc)."""
         record, term = encode_record(_run_dict(run))
         self._archive.put(run.run_id, record)
         self.archive_digest = add_term(self.archive_digest, term)
         del self.active[run.run_id]
         self.runs_by_dag[run.dag_id][run.run_id] = run.ended_at
-        return OK
 
     def _queue_task(self, cmd: c.QueueTask) -> Result:
         run, ti = self._task(cmd.run_id, cmd.task_id)
@@ -342,6 +356,16 @@ class State:
         ti.reason, ti.ended_at = cmd.reason, cmd.at
         return OK
 
+    def _skip_task(self, cmd: c.SkipTask) -> Result:
+        run, ti = self._task(cmd.run_id, cmd.task_id)
+        if run.state is not RunState.RUNNING:
+            return _reject(Code.CONFLICT, f"run {run.run_id!r} is {run.state.value}, not running")
+        if ti.state is not TaskState.PENDING:
+            return _reject(Code.CONFLICT, f"{run.run_id}/{ti.task_id} is {ti.state.value}: only a pending task is skipped")
+        self._move(run, ti, TaskState.SKIPPED, cmd.at, cmd.reason)
+        ti.reason, ti.ended_at = cmd.reason, cmd.at
+        return OK
+
     def _assign_task(self, cmd: c.AssignTask) -> Result:
         run, ti = self._task(cmd.run_id, cmd.task_id)
         if not isinstance(cmd.node, str) or not cmd.node:
@@ -351,7 +375,7 @@ class State:
         self._move(run, ti, TaskState.ASSIGNED, cmd.at, f"attempt {cmd.attempt} on {cmd.node}")
         ti.attempt, ti.node = cmd.attempt, cmd.node
         ti.attempt_nodes.append(cmd.node)
-        ti.started_at = ti.ended_at = ti.exit_code = None
+        ti.started_at = ti.ended_at = ti.exit_code = ti.result = None
         ti.log_tail, ti.reason = "", ""
         self.node_load[cmd.node] = self.node_load.get(cmd.node, 0) + 1
         return Result(value={"run_id": run.run_id, "task_id": ti.task_id, "attempt": ti.attempt, "node": ti.node})
@@ -378,21 +402,55 @@ class State:
                if isinstance(value, bool) or not isinstance(value, typ)]
         if bad:
             return _reject(Code.INVALID, f"task_finished has wrongly typed field(s): {', '.join(bad)}")
+        if cmd.result and (len(cmd.result.encode()) > RESULT_LIMIT or not _is_json(cmd.result)):
+            return _reject(Code.INVALID, f"a task result must be JSON of at most {RESULT_LIMIT} bytes")
         if cmd.exit_code == 0:
             target = TaskState.SUCCESS
         elif ti.tries_failed < spec.retries:
             target = TaskState.UP_FOR_RETRY
         else:
             target = TaskState.FAILED
-        retry_at = cmd.at + spec.retry_delay if target is TaskState.UP_FOR_RETRY else None
+        retry_at = cmd.at + spec.retry_delay_after(ti.tries_failed + 1, run.run_id) \
+            if target is TaskState.UP_FOR_RETRY else None
         self._move(run, ti, target, cmd.at, f"attempt {cmd.attempt} exit {cmd.exit_code}")
         ti.started_at = ti.started_at if ti.started_at is not None else cmd.started_at
         ti.ended_at, ti.exit_code = cmd.ended_at, cmd.exit_code
         ti.log_tail, ti.reason = cmd.log_tail[-LOG_TAIL_LIMIT:], cmd.reason
         ti.retry_at = retry_at
+        ti.result = cmd.result or None
         if target is not TaskState.SUCCESS:
             ti.tries_failed += 1
         return OK
+
+    def _complete_empty(self, cmd: c.CompleteEmpty) -> Result:
+        run, ti = self._task(cmd.run_id, cmd.task_id)
+        if run.state is not RunState.RUNNING:
+            return _reject(Code.CONFLICT, f"run {run.run_id!r} is {run.state.value}, not running")
+        if self.dag_spec(run).task(ti.task_id).kind != "empty":
+            return _reject(Code.INVALID, f"{run.run_id}/{ti.task_id} is not an empty task")
+        self._move(run, ti, TaskState.SUCCESS, cmd.at, "empty task: nothing to run")
+        ti.started_at = ti.ended_at = cmd.at
+        return OK
+
+    def _cancel_run(self, cmd: c.CancelRun) -> Result:
+        """Value: {"stopped": [[task_id, node, attempt], ...]} - the attempts whose nodes must kill them."""
+        run = self._active_run(cmd.run_id)
+        if not isinstance(cmd.reason, str) or not cmd.reason:
+            return _reject(Code.INVALID, "a cancel needs a reason")
+        check_run_move(run.run_id, run.state, RunState.FAILED)
+        stopped = []
+        for ti in run.tasks.values():
+            if ti.state.terminal:
+                continue
+            if ti.state in TASK_ACTIVE:
+                stopped.append([ti.task_id, ti.node, ti.attempt])
+                self._move(run, ti, TaskState.FAILED, cmd.at, cmd.reason)
+            else:
+                self._move(run, ti, TaskState.SKIPPED, cmd.at, cmd.reason)
+            ti.reason, ti.ended_at = cmd.reason, cmd.at
+        run.state, run.ended_at = RunState.FAILED, cmd.at
+        self._archive_run(run)
+        return Result(value={"stopped": stopped})
 
     def _lose_attempt(self, cmd: c.LoseAttempt) -> Result:
         run, ti = self._task(cmd.run_id, cmd.task_id)
@@ -583,11 +641,20 @@ def _run_dict(run: Run) -> dict[str, Any]:
                 "state": t.state.value, "attempt": t.attempt, "tries_failed": t.tries_failed, "lost_attempts": t.lost_attempts,
                 "node": t.node, "attempt_nodes": t.attempt_nodes, "queued_at": t.queued_at, "started_at": t.started_at,
                 "ended_at": t.ended_at, "retry_at": t.retry_at, "exit_code": t.exit_code,
-                "log_tail": t.log_tail, "reason": t.reason, "story": t.story,
+                "log_tail": t.log_tail, "reason": t.reason, "story": t.story, "result": t.result,
             }
             for t in run.tasks.values()
         },
     }
+
+
+def run_outcome(run: Run, spec: DagSpec) -> RunState:
+    """A finished run's state, as in Airflow: failed if any leaf task (one with no
+    downstream task) failed or is upstream_failed, else success. So a cleanup task
+    with trigger_rule all_done that succeeds after a failure makes the run succeed."""
+    leaves = {t.task_id for t in spec.tasks} - {u for t in spec.tasks for u in t.upstream}
+    bad = (TaskState.FAILED, TaskState.UPSTREAM_FAILED)
+    return RunState.FAILED if any(run.tasks[t].state in bad for t in leaves) else RunState.SUCCESS
 
 
 def run_from_dict(data: dict[str, Any]) -> Run:
@@ -599,8 +666,16 @@ def run_from_dict(data: dict[str, Any]) -> Run:
         run.tasks[task_id] = TaskInstance(
             task_id, TaskState(t["state"]), t["attempt"], t["tries_failed"], t["lost_attempts"], t["node"],
             list(t["attempt_nodes"]), t["queued_at"], t["started_at"], t["ended_at"], t["retry_at"],
-            t["exit_code"], t["log_tail"], t["reason"], [tuple(e) for e in t["story"]])
+            t["exit_code"], t["log_tail"], t["reason"], [tuple(e) for e in t["story"]], t.get("result"))
     return run
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _enum_value(obj: Any) -> Any:

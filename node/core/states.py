@@ -19,6 +19,7 @@ class TaskState(str, Enum):
     SUCCESS = "success"
     FAILED = "failed"
     UPSTREAM_FAILED = "upstream_failed"
+    SKIPPED = "skipped"            # not run: its run was cancelled or timed out
 
     @property
     def terminal(self) -> bool:
@@ -36,20 +37,24 @@ class RunState(str, Enum):
         return self in (RunState.SUCCESS, RunState.FAILED)
 
 
-TASK_TERMINAL = frozenset({TaskState.SUCCESS, TaskState.FAILED, TaskState.UPSTREAM_FAILED})
+TASK_TERMINAL = frozenset({TaskState.SUCCESS, TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.SKIPPED})
 TASK_ACTIVE = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})  # hold a slot on a node
 
 T = TaskState
 TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset({
     (T.PENDING, T.QUEUED),
     (T.PENDING, T.UPSTREAM_FAILED),
+    (T.PENDING, T.SUCCESS),         # an empty task: nothing to run
+    (T.PENDING, T.SKIPPED),         # its run was cancelled or timed out (also from queued, up_for_retry)
+    (T.QUEUED, T.SKIPPED),
+    (T.UP_FOR_RETRY, T.SKIPPED),
     (T.QUEUED, T.ASSIGNED),
     (T.ASSIGNED, T.RUNNING),        # the worker's start claim committed (the fencing point)
     (T.ASSIGNED, T.QUEUED),         # lost with its node before it started
-    (T.ASSIGNED, T.FAILED),         # ... for the max_lost_attempts-th time
+    (T.ASSIGNED, T.FAILED),         # ... for the max_lost_attempts-th time; or its run was cancelled
     (T.RUNNING, T.QUEUED),          # lost with its node: runs again elsewhere
     (T.RUNNING, T.SUCCESS),
-    (T.RUNNING, T.FAILED),
+    (T.RUNNING, T.FAILED),          # exit != 0 with no retries left; or its run was cancelled
     (T.RUNNING, T.UP_FOR_RETRY),
     (T.UP_FOR_RETRY, T.QUEUED),
 })
@@ -59,6 +64,7 @@ RUN_TRANSITIONS: frozenset[tuple[RunState, RunState]] = frozenset({
     (R.QUEUED, R.RUNNING),
     (R.RUNNING, R.SUCCESS),
     (R.RUNNING, R.FAILED),
+    (R.QUEUED, R.FAILED),           # cancelled before it started
 })
 
 

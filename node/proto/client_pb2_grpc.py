@@ -69,6 +69,11 @@ class ClientStub:
                 request_serializer=raftflow_dot_proto_dot_client__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=raftflow_dot_proto_dot_client__pb2.RunDetail.FromString,
                 _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/raftflow.v1.Client/CancelRun',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.CancelRunResponse.FromString,
+                _registered_method=True)
         self.WatchRun = channel.unary_stream(
                 '/raftflow.v1.Client/WatchRun',
                 request_serializer=raftflow_dot_proto_dot_client__pb2.GetRunRequest.SerializeToString,
@@ -133,6 +138,14 @@ class ClientServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelRun(self, request, context):
+        """Fail a queued or running run now: its running attempts are killed, the tasks
+        that did not start are skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchRun(self, request, context):
         """The run now, then again on every change, ending after it reaches a terminal state.
         """
@@ -190,6 +203,11 @@ def add_ClientServicer_to_server(servicer, server):
                     servicer.GetRun,
                     request_deserializer=raftflow_dot_proto_dot_client__pb2.GetRunRequest.FromString,
                     response_serializer=raftflow_dot_proto_dot_client__pb2.RunDetail.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.CancelRunRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.CancelRunResponse.SerializeToString,
             ),
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
@@ -396,6 +414,33 @@ class Client:
             '/raftflow.v1.Client/GetRun',
             raftflow_dot_proto_dot_client__pb2.GetRunRequest.SerializeToString,
             raftflow_dot_proto_dot_client__pb2.RunDetail.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/CancelRun',
+            raftflow_dot_proto_dot_client__pb2.CancelRunRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.CancelRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -241,6 +241,9 @@ class ReplicatedState(SyncObj):
             deserializer=self._install_snapshot,
             serializeChecker=self._snapshot_progress,
         )
+        log.info("Raft journal %s: %s", raft_dir / "journal",
+                 "fsync per entry (fsync = true)" if cfg.fsync else
+                 "no fsync per entry: survives kill -9, not a power loss (fsync = false)")
         try:
             with journal_factory(cfg.fsync):
                 super().__init__(cfg.raft_address, [p.raft_address for p in cfg.peers], conf,

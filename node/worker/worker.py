@@ -8,9 +8,14 @@ Life of an attempt here (node/README.md has the whole story):
    against every release (LoseAttempt, NodeStarted), so a dispatch that arrives
    late (held in a paused node's socket, or sent before a restart) is dropped and
    never runs beside its successor.
-3. The command runs as `bash -c COMMAND` in its own session/process group, with
-   the RAFTFLOW_* variables, stdout and stderr merged into one stream; output goes
-   to this node's LocalStore as it arrives.
+3. The command (and env values) are rendered as Jinja2 templates with the
+   attempt's context, read from this node's replica (core/context.py); a template
+   error fails the attempt with the message. It runs as `bash -c COMMAND` in its
+   own session/process group, with the RAFTFLOW_* variables, stdout and stderr
+   merged into one stream; output goes to this node's LocalStore as it arrives.
+   `execution_timeout` and `cancel` kill the whole process group (TERM, then KILL
+   after KILL_GRACE seconds) and say so in the log. A task may publish a small
+   JSON result by writing it to the file named by $RAFTFLOW_RESULT_FILE.
 4. On exit, `TaskFinished` (exit code, times, log tail) is proposed until it
    commits or is rejected as stale (fenced): a result is never silently dropped
    while this node is up.
@@ -25,6 +30,7 @@ its heartbeats so the leader knows its load.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -33,18 +39,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..core import commands as c
-from ..core.state import Code, Result
+from ..core.state import RESULT_LIMIT, Code, Result
 from ..raft.adapter import Unavailable
 from ..store.local import LocalStore
 from .lease import Lease, Reaper
+from .render import RenderError, render
 
 log = logging.getLogger("raftflow.worker")
 
 LOG_TAIL_BYTES = 2048
 READ_CHUNK = 65536
+KILL_GRACE = 5.0      # seconds between SIGTERM and SIGKILL when a timeout or cancel stops an attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +71,13 @@ class Assignment:
         return (self.run_id, self.task_id, self.attempt)
 
 
+@dataclass(frozen=True, slots=True)
+class AttemptSetup:
+    """What the worker reads from its own replica once the start claim committed."""
+    context: dict[str, Any]               # template context (core/context.py)
+    execution_timeout: float | None = None
+
+
 @dataclass
 class _Attempt:
     assignment: Assignment
@@ -70,14 +85,18 @@ class _Attempt:
     process: subprocess.Popen | None = None
     started_at: float = 0.0
     fenced: bool = False          # killed because the lease lapsed
+    stopped: str = ""             # why a timeout or cancel stopped it (said in the log and the result)
     finished: threading.Event = field(default_factory=threading.Event)
 
 
 class Worker:
     def __init__(self, node_id: str, slots: int, store: LocalStore, workdir: Path,
                  propose: Callable[[c.Command, float], Result],
-                 lease_duration: float, reaper: Reaper | None = None) -> None:
+                 lease_duration: float, reaper: Reaper | None = None,
+                 setup: Callable[[Assignment], AttemptSetup] | None = None) -> None:
+        """`setup` reads an attempt's template context and timeout from this node's replica."""
         self.node_id = node_id
+        self._setup = setup or (lambda a: AttemptSetup({}))
         self.slots = slots
         self._store = store
         self._workdir = workdir
@@ -93,6 +112,7 @@ class Worker:
         if reaper is not None:
             reaper.lease(self.lease.valid_until())   # the initial grace, until the first acknowledgement
         workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "results").mkdir(exist_ok=True)
         self._watchdog = threading.Thread(target=self._watch_lease, name="lease-watchdog", daemon=True)
         self._watchdog.start()
 
@@ -147,6 +167,33 @@ class Worker:
                         "killing %s/%s attempt %d", self.lease.duration, a.run_id, a.task_id, a.attempt)
             _kill_group(attempt.process, signal.SIGKILL)
 
+    def cancel(self, run_id: str, why: str, task_ids: set[str] | None = None) -> int:
+        """Stop this node's running attempts of a run (all, or those tasks): their state
+        was already decided by a committed command. Returns how many were signalled."""
+        with self._lock:
+            victims = [a for a in self._attempts.values() if a.assignment.run_id == run_id
+                       and (task_ids is None or a.assignment.task_id in task_ids) and not a.finished.is_set()]
+        for attempt in victims:
+            self._stop(attempt, why)
+        return len(victims)
+
+    def _stop(self, attempt: _Attempt, why: str) -> None:
+        """TERM the attempt's process group, KILL it KILL_GRACE seconds later if still there."""
+        a = attempt.assignment
+        with self._lock:
+            if attempt.stopped or attempt.finished.is_set():
+                return
+            attempt.stopped = why
+            process = attempt.process
+        self._store.append_log(a.run_id, a.task_id, a.attempt,
+                               f"raftflow: {why}: sending SIGTERM to the process group, SIGKILL after "
+                               f"{KILL_GRACE:g}s\n".encode())
+        log.warning("stopping %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, why)
+        _kill_group(process, signal.SIGTERM)
+        timer = threading.Timer(KILL_GRACE, _kill_group, (process, signal.SIGKILL))
+        timer.daemon = True
+        timer.start()
+
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting work and kill the process groups of running attempts; they are
         reported as lost (queued again elsewhere), not as failures of the task."""
@@ -186,18 +233,31 @@ class Worker:
         refusal, maybe_committed = self._claim(a, attempt.started_at)
         tail = bytearray()
         reason = ""
+        command, env, setup = a.command, dict(a.env), AttemptSetup({})
+        result_file = self._workdir / "results" / f"{os.getpid()}-{threading.get_ident()}.json"
+        result_file.unlink(missing_ok=True)
+        if not refusal:
+            try:
+                setup = self._setup(a)
+                command = render(a.command, setup.context, "command")
+                env = {k: render(v, setup.context, f"env value {k}") for k, v in a.env.items()}
+            except RenderError as e:
+                reason = str(e)
         with self._lock:
             # The claim committed; start only if the lease held all along (a lapse since the
             # claim was proposed means the leader may already have given the task away).
             if not refusal and (self.lease.lapses != lapses_before or self.lease.expired(time.monotonic())
                                 or attempt.fenced or self._stopping.is_set()):
                 refusal = "this node's lease lapsed while its start claim was being committed"
-            if not refusal:
+            if not refusal and attempt.stopped:
+                refusal = f"stopped before it started: {attempt.stopped}"
+            if not refusal and not reason:
                 try:
                     attempt.process = subprocess.Popen(
-                        ["bash", "-c", a.command],
+                        ["bash", "-c", command],
                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                        start_new_session=True, cwd=self._workdir, env=self._environment(a),
+                        start_new_session=True, cwd=self._workdir,
+                        env=self._environment(a, env, result_file),
                     )
                 except OSError as e:
                     reason = f"could not start bash: {e}"
@@ -206,13 +266,20 @@ class Worker:
             if maybe_committed:   # the start may be on record: release it, harmless if stale
                 self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id, refusal, time.time()))
             return
+        published = ""
         if attempt.process is None:
-            exit_code = 127
+            exit_code = 1 if reason.startswith("cannot render") else 127
             self._store.append_log(a.run_id, a.task_id, a.attempt, f"raftflow: {reason}\n".encode())
         else:
             if self._reaper is not None:
                 self._reaper.add(attempt.process.pid)
             log.info("started %s/%s attempt %d (pid %d)", a.run_id, a.task_id, a.attempt, attempt.process.pid)
+            timeout = None
+            if setup.execution_timeout is not None:
+                timeout = threading.Timer(setup.execution_timeout, self._stop,
+                                          (attempt, f"execution_timeout of {setup.execution_timeout:g}s reached"))
+                timeout.daemon = True
+                timeout.start()
             fd = attempt.process.stdout.fileno()
             while chunk := os.read(fd, READ_CHUNK):
                 self._store.append_log(a.run_id, a.task_id, a.attempt, chunk)
@@ -220,11 +287,20 @@ class Worker:
                 del tail[:-LOG_TAIL_BYTES]
             attempt.process.stdout.close()
             status = attempt.process.wait()
+            if timeout is not None:
+                timeout.cancel()
             if self._reaper is not None:
                 self._reaper.remove(attempt.process.pid)
             exit_code = status if status >= 0 else 128 - status
             if status < 0:
                 reason = f"killed by signal {_signal_name(-status)}"
+            if attempt.stopped:
+                reason = f"{attempt.stopped} ({reason or f'exit {exit_code}'})"
+                exit_code = exit_code or 1
+            published, problem = _read_result(result_file)
+            if problem and exit_code == 0:
+                exit_code, reason = 1, problem
+                self._store.append_log(a.run_id, a.task_id, a.attempt, f"raftflow: {problem}\n".encode())
         ended_at = time.time()
         with self._lock:
             stopping = self._stopping.is_set()
@@ -244,7 +320,7 @@ class Worker:
             self._report(c.TaskFinished(
                 run_id=a.run_id, task_id=a.task_id, attempt=a.attempt, node=self.node_id, exit_code=exit_code,
                 started_at=attempt.started_at, ended_at=ended_at,
-                log_tail=tail.decode("utf-8", errors="replace"), reason=reason, at=ended_at,
+                log_tail=tail.decode("utf-8", errors="replace"), reason=reason, at=ended_at, result=published,
             ))
 
     def _claim(self, a: Assignment, at: float) -> tuple[str, bool]:
@@ -290,10 +366,11 @@ class Worker:
                         command.run_id, command.task_id, command.attempt, result.reason)
             return
 
-    def _environment(self, a: Assignment) -> dict[str, str]:
+    def _environment(self, a: Assignment, task_env: dict[str, str], result_file: Path) -> dict[str, str]:
         env = dict(os.environ)
-        env.update(a.env)
+        env.update(task_env)
         env.update({
+            "RAFTFLOW_RESULT_FILE": str(result_file),
             "RAFTFLOW_DAG_ID": a.dag_id,
             "RAFTFLOW_RUN_ID": a.run_id,
             "RAFTFLOW_TASK_ID": a.task_id,
@@ -302,6 +379,26 @@ class Worker:
             "RAFTFLOW_LOGICAL_DATE": a.logical_date,
         })
         return env
+
+
+def _read_result(path: Path) -> tuple[str, str]:
+    """(the published JSON text or '', a problem to fail the attempt with or '')."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return "", ""
+    finally:
+        path.unlink(missing_ok=True)
+    if len(data) > RESULT_LIMIT:
+        return "", f"the result in $RAFTFLOW_RESULT_FILE is {len(data)} bytes; the limit is {RESULT_LIMIT}"
+    if not data.strip():
+        return "", ""
+    try:
+        text = data.decode()
+        json.loads(text)
+    except (UnicodeDecodeError, ValueError) as e:
+        return "", f"the result in $RAFTFLOW_RESULT_FILE is not JSON ({e})"
+    return text.strip(), ""
 
 
 def _kill_group(process: subprocess.Popen | None, sig: int) -> None:

@@ -572,6 +572,9 @@ ALL_COMMANDS = [
     c.SubmitDag(diamond(), "src", "diamond.py", T0),
     c.SetPaused("d", True, T0),
     c.SkipTicks("d", T0 + 300.0, T0),
+    c.CompleteEmpty("m1", "a", T0),
+    c.SkipTask("m1", "a", "an upstream task was skipped", T0),
+    c.CancelRun("m1", "cancelled by alice", T0),
     c.CreateRun("m1", "d", iso(T0), iso(T0 - 60), iso(T0), "manual", {"a": [1, {"b": None}], "c": 1.5}, T0),
     c.StartRun("m1", T0),
     c.FinishRun("m1", "success", T0),
@@ -612,6 +615,8 @@ DETERMINISM_DAGS = [
              schedule="*/10 * * * *", start_date=iso(T0 - 3600), catchup="latest"),
     dag_dict("man", [task("a"), task("b", retries=2, retry_delay=30), task("c", upstream=["a", "b"]),
                      task("d", upstream=["c"], retries=1)], max_active_runs=2),
+    dag_dict("hollow", [task("a"), {"task_id": "gate", "kind": "empty", "upstream": ["a"]},
+                        task("z", upstream=["gate"])]),
 ]
 
 
@@ -646,6 +651,10 @@ class Fuzzer:
         rng = self.rng
         self.now += rng.choice([0, 0.5, 1, 7, 30, 61, 300])
         roll = rng.random()
+        retrying = sorted(r.run_id for r in state.active.values()
+                          if any(t.state is S.UP_FOR_RETRY for t in r.tasks.values()))
+        if retrying and rng.random() < 0.2:   # a user cancels a run while a task waits to retry
+            return c.CancelRun(rng.choice(retrying), "cancelled during a retry delay", self.now)
         if roll < 0.30:
             return c.Batch(tuple(plan(state, self.now, self._nodes())))
         if roll < 0.55:
@@ -662,6 +671,8 @@ class Fuzzer:
                     return c.LoseAttempt(run_id, tid, attempt, node, "lease lost", self.now)
                 if rng.random() < 0.05:  # its node restarted
                     return c.NodeStarted(node, self.now)
+                if rng.random() < 0.04:  # a user cancels the run (or its dagrun_timeout passed)
+                    return c.CancelRun(run_id, "cancelled by fuzz", self.now)
                 if rng.random() < 0.05:  # retention: usually finished runs; an active one is refused whole
                     done = sorted(r.run_id for r in state.iter_runs() if r.state.terminal)
                     pool = done if done and rng.random() < 0.8 else sorted(state.run_index)
@@ -669,12 +680,14 @@ class Fuzzer:
                 code = rng.choice([0, 0, 0, 0, 0, 0, 1, 2, 137])   # most attempts succeed
                 return c.TaskFinished(run_id, tid, attempt, node, code, self.now - 1, self.now,
                                       f"log {rng.random()}", "", self.now)
+            if active_runs := sorted(state.active):
+                return c.CancelRun(rng.choice(active_runs), "cancelled while nothing ran", self.now)
             return c.Barrier("n1", 1, self.now)
         if roll < 0.63:
             self.manual += 1
             kind = rng.random()
             run_id = f"manual_{self.manual}" if kind < 0.8 else rng.choice(list(state.run_index) or ["manual_0"])
-            dag_id = rng.choice(["man", "man", "sched", "latest", "ghost"])
+            dag_id = rng.choice(["man", "man", "hollow", "sched", "latest", "ghost"])
             conf = rng.choice([{}, {"k": self.manual}, {"nested": {"l": [1, 2.5, None]}}])
             return c.CreateRun(run_id, dag_id, iso(self.now), iso(self.now), iso(self.now), "manual", conf, self.now)
         if roll < 0.67:
@@ -694,7 +707,11 @@ class Fuzzer:
             if picked is None:
                 return c.Barrier("n1", 1, self.now)
             run_id, tid, ti = picked
-            choice = rng.randrange(5)
+            choice = rng.randrange(7)
+            if choice == 5:
+                return c.CancelRun(run_id, "late cancel", self.now)
+            if choice == 6:
+                return c.CompleteEmpty(run_id, tid, self.now)
             if choice == 0:
                 return c.AssignTask(run_id, tid, rng.choice(["n1", "n2"]), ti.attempt + rng.choice([0, 1, 1, 2]), self.now)
             if choice == 1:

@@ -22,8 +22,11 @@ EXPECTED_TASK_MOVES = {
     (T.RUNNING, T.SUCCESS), (T.RUNNING, T.FAILED), (T.RUNNING, T.UP_FOR_RETRY),
     (T.ASSIGNED, T.QUEUED), (T.RUNNING, T.QUEUED),   # lost with its node
     (T.UP_FOR_RETRY, T.QUEUED),
+    (T.PENDING, T.SUCCESS),                          # an empty task
+    (T.PENDING, T.SKIPPED), (T.QUEUED, T.SKIPPED), (T.UP_FOR_RETRY, T.SKIPPED),   # run cancelled
 }
-EXPECTED_RUN_MOVES = {(R.QUEUED, R.RUNNING), (R.RUNNING, R.SUCCESS), (R.RUNNING, R.FAILED)}
+EXPECTED_RUN_MOVES = {(R.QUEUED, R.RUNNING), (R.RUNNING, R.SUCCESS), (R.RUNNING, R.FAILED),
+                      (R.QUEUED, R.FAILED)}
 
 ALL_TASK_PAIRS = list(itertools.product(TaskState, TaskState))
 ALL_RUN_PAIRS = list(itertools.product(RunState, RunState))
@@ -85,7 +88,7 @@ def test_notable_illegal_task_moves(start, finish):
 
 
 def test_task_terminal_property():
-    assert {s for s in TaskState if s.terminal} == {T.SUCCESS, T.FAILED, T.UPSTREAM_FAILED} == TASK_TERMINAL
+    assert {s for s in TaskState if s.terminal} == {T.SUCCESS, T.FAILED, T.UPSTREAM_FAILED, T.SKIPPED} == TASK_TERMINAL
     assert not T.UP_FOR_RETRY.terminal and not T.RUNNING.terminal
 
 

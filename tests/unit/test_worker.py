@@ -10,7 +10,8 @@ from pathlib import Path
 from raftflow.core import commands as c
 from raftflow.core.state import Code, Result
 from raftflow.store.local import LocalStore
-from raftflow.worker.worker import Assignment, Worker
+from raftflow.worker import worker as worker_module
+from raftflow.worker.worker import Assignment, AttemptSetup, Worker
 
 
 class Reports:
@@ -44,11 +45,12 @@ class Reports:
                 self.arrived.wait(remaining)
 
 
-def make_worker(tmp_path: Path, current: bool, lease: float = 30.0,
-                claim_delay: float = 0.0) -> tuple[Worker, Reports, LocalStore]:
+def make_worker(tmp_path: Path, current: bool, lease: float = 30.0, claim_delay: float = 0.0,
+                setup: AttemptSetup | None = None) -> tuple[Worker, Reports, LocalStore]:
     reports = Reports(current, claim_delay)
     store = LocalStore(tmp_path / "store")
-    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=lease)
+    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=lease,
+                    setup=(lambda a: setup) if setup is not None else None)
     worker.ready.set()
     return worker, reports, store
 
@@ -114,4 +116,87 @@ def test_a_real_time_signal_is_reported_not_a_crash(tmp_path):
     while worker.running() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert worker.running() == []
+    worker.shutdown()
+
+
+def wait_idle(worker: Worker, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while worker.running():
+        assert time.monotonic() < deadline, f"still running: {worker.running()}"
+        time.sleep(0.01)
+
+
+def log_text(store: LocalStore) -> str:
+    return b"".join(store.read_log("r1", "t1", 1)).decode()
+
+
+CONTEXT = {"ds": "2026-01-01", "params": {"table": "orders"}, "run_id": "r1", "results": {"up": {"rows": 7}}}
+
+
+def test_command_and_env_are_rendered_with_the_attempt_context(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=True, setup=AttemptSetup(CONTEXT))
+    a = Assignment("r1", "t1", 1, "d", "bash", 'echo "{{ ds }} {{ params.table }} $WHERE {{ results.up.rows }}"',
+                   {"WHERE": "/data/{{ ds }}"}, "")
+    assert worker.accept(a)[0]
+    assert reports.wait_for(c.TaskFinished).exit_code == 0
+    assert log_text(store) == "2026-01-01 orders /data/2026-01-01 7\n"
+    worker.shutdown()
+
+
+def test_a_template_error_fails_the_attempt_with_the_message_and_runs_nothing(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=True, setup=AttemptSetup(CONTEXT))
+    marker = tmp_path / "ran"
+    assert worker.accept(assignment(f"touch {marker}; echo {{{{ params.tabel }}}}"))[0]
+    done = reports.wait_for(c.TaskFinished)
+    assert done.exit_code == 1 and "cannot render the command" in done.reason and "tabel" in done.reason
+    assert "tabel" in log_text(store) and not marker.exists()
+    worker.shutdown()
+
+
+def test_execution_timeout_kills_the_whole_process_group_and_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(worker_module, "KILL_GRACE", 1.0)
+    worker, reports, store = make_worker(tmp_path, current=True, setup=AttemptSetup({}, execution_timeout=0.5))
+    pids = tmp_path / "pids"
+    # A child that ignores SIGTERM, and a grandchild: both must be gone afterwards.
+    assert worker.accept(assignment(f"(trap '' TERM; sleep 60) & sleep 60 & echo $! >> {pids}; "
+                                    f"jobs -p >> {pids}; wait"))[0]
+    done = reports.wait_for(c.TaskFinished, timeout=20)
+    assert done.exit_code != 0 and "execution_timeout of 0.5s reached" in done.reason
+    assert "execution_timeout of 0.5s reached: sending SIGTERM to the process group" in log_text(store)
+    leftover = []
+    for pid in {int(p) for p in pids.read_text().split()}:
+        deadline = time.monotonic() + 5
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if Path(f"/proc/{pid}").exists():
+            leftover.append(pid)
+    assert leftover == [], "processes of the attempt survived the timeout"
+    wait_idle(worker)
+    worker.shutdown()
+
+
+def test_a_published_result_is_reported_and_a_bad_one_fails_the_attempt(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=True)
+    assert worker.accept(assignment('echo \'{"rows": 3, "ok": true}\' > "$RAFTFLOW_RESULT_FILE"'))[0]
+    assert reports.wait_for(c.TaskFinished).result == '{"rows": 3, "ok": true}'
+    wait_idle(worker)
+    reports.commands.clear()
+    assert worker.accept(Assignment("r1", "t1", 2, "d", "bash", 'echo "not json" > "$RAFTFLOW_RESULT_FILE"', {}, ""))[0]
+    done = reports.wait_for(c.TaskFinished)
+    assert done.exit_code == 1 and done.result == "" and "is not JSON" in done.reason
+    worker.shutdown()
+
+
+def test_cancel_stops_the_attempts_of_a_run(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=True)
+    assert worker.accept(assignment("echo started; sleep 60"))[0]
+    deadline = time.monotonic() + 10
+    while "started" not in log_text(store):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert worker.cancel("other-run", "run cancelled") == 0
+    assert worker.cancel("r1", "run r1 cancelled by the user") == 1
+    done = reports.wait_for(c.TaskFinished)
+    assert done.exit_code != 0 and "run r1 cancelled by the user" in done.reason
+    assert "run r1 cancelled by the user: sending SIGTERM" in log_text(store)
     worker.shutdown()

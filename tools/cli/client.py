@@ -127,6 +127,10 @@ class ClusterClient:
     def get_run(self, run_id: str) -> dict[str, Any]:
         return run_dict(self.call("GetRun", client_pb2.GetRunRequest(run_id=run_id)))
 
+    def cancel_run(self, run_id: str, reason: str = "") -> int:
+        """Returns how many running or assigned attempts are being stopped."""
+        return self.call("CancelRun", client_pb2.CancelRunRequest(run_id=run_id, reason=reason)).stopped_attempts
+
     def watch_run(self, run_id: str) -> Iterator[dict[str, Any]]:
         for detail in self.stream("WatchRun", client_pb2.GetRunRequest(run_id=run_id)):
             yield run_dict(detail)
@@ -172,6 +176,8 @@ def run_dict(detail: client_pb2.RunDetail) -> dict[str, Any]:
         t = _nulls(t)
         t["node"] = t["node"] or None
         t.setdefault("exit_code", None)
+        published = t.pop("result_json", None)
+        t["result"] = json.loads(published) if published else None
         tasks.append(t)
     out["tasks"] = tasks
     return out

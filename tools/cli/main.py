@@ -191,6 +191,11 @@ def print_run(run: dict[str, Any]) -> None:
                   "-" if t["exit_code"] is None else t["exit_code"], t["reason"]]
                  for t in run["tasks"]],
                 ["TASK", "STATE", "ATTEMPT", "NODE", "STARTED", "ENDED", "TOOK", "EXIT", "NOTE"]))
+    published = [(t["task_id"], json.dumps(t["result"])) for t in run["tasks"] if t.get("result") is not None]
+    if published:
+        print("\nresults:")
+        for task_id, text in published:
+            print(f"  {task_id}: {text if len(text) <= 200 else text[:197] + '...'}")
 
 
 def cmd_runs_show(client: ClusterClient, args: argparse.Namespace) -> int:
@@ -244,6 +249,16 @@ def watch(client: ClusterClient, run_id: str, quiet: bool = False, as_json: bool
             time.sleep(0.3)
         if last is not None and last["state"] in TERMINAL:
             return last
+
+
+def cmd_runs_cancel(client: ClusterClient, args: argparse.Namespace) -> int:
+    stopped = client.cancel_run(args.run_id, args.reason or "")
+    if args.json:
+        emit_json({"run_id": args.run_id, "state": "failed", "stopped_attempts": stopped})
+    else:
+        print(f"run {args.run_id} cancelled: {stopped} running attempt(s) are being killed; "
+              "tasks that had not started are skipped")
+    return EXIT_OK
 
 
 def cmd_runs_watch(client: ClusterClient, args: argparse.Namespace) -> int:
@@ -318,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(dags, "unpause", cmd_pause(False), "resume scheduling a DAG", json_flag=False)
     p.add_argument("dag_id")
 
-    runs = sub.add_parser("runs", help="list, show, watch runs").add_subparsers(dest="verb", required=True)
+    runs = sub.add_parser("runs", help="list, show, watch, cancel runs").add_subparsers(dest="verb", required=True)
     p = verb(runs, "list", cmd_runs_list, "list recent runs")
     p.add_argument("dag_id", nargs="?")
     p.add_argument("--limit", type=int, default=0)
@@ -326,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p = verb(runs, "watch", cmd_runs_watch, "follow a run until it ends (exit 1 if it fails)")
     p.add_argument("run_id")
+    p = verb(runs, "cancel", cmd_runs_cancel,
+             "fail a queued or running run now: kill its running attempts, skip the tasks not started")
+    p.add_argument("run_id")
+    p.add_argument("--reason", help="recorded with the run's tasks (default: cancelled by the user)")
 
     tasks = sub.add_parser("tasks", help="task logs").add_subparsers(dest="verb", required=True)
     p = verb(tasks, "logs", cmd_tasks_logs, "print a task attempt's log, from whichever node ran it",

@@ -1,0 +1,105 @@
+"""Scheduling semantics with real processes: templates and params, results between
+tasks, empty tasks, execution_timeout and cancel killing whole process trees."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from support import Cli, running_cluster, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _trigger(cli: Cli, dag_id: str, *extra: str) -> dict:
+    proc = cli("dags", "trigger", dag_id, "--wait", "--json", *extra)
+    assert proc.returncode in (0, 1), proc.stderr
+    return json.loads(proc.stdout)
+
+
+DAGS = r'''
+from raftflow import DAG, BashTask, EmptyTask
+
+with DAG("templated", params={"who": "world", "limit": 5}):
+    extract = BashTask("extract", command="echo 'hello {{ params.who }} on {{ ds }}'; "
+                       "echo '{\"rows\": 42}' > $RAFTFLOW_RESULT_FILE")
+    gate = EmptyTask("gate")
+    load = BashTask("load", command="echo rows={{ results.extract.rows }} run={{ run_id }} limit=$LIMIT",
+                    env={"LIMIT": "{{ params.limit }}"})
+    extract >> gate >> load
+
+with DAG("slow", dagrun_timeout=600):
+    BashTask("stuck", command="(trap '' TERM; sleep 120) & echo $! > PIDS/timeout; wait",
+             execution_timeout=1, retries=0)
+
+with DAG("cancellable"):
+    long = BashTask("long", command="sleep 120 & echo $! > PIDS/cancel; echo started; wait")
+    after = BashTask("after", command="true")
+    long >> after
+
+with DAG("typo"):
+    BashTask("bad", command="echo {{ params.nope }}")
+'''
+
+
+def test_templates_params_results_empty_tasks_timeouts_and_cancel(tmp_path):
+    with running_cluster(tmp_path / "cluster") as cluster:
+        cli = Cli(cluster.addresses)
+        pids = tmp_path / "pids"
+        pids.mkdir()
+        dags = tmp_path / "dags.py"
+        dags.write_text(DAGS.replace("PIDS", str(pids)))
+        assert cli("dags", "submit", str(dags)).returncode == 0
+
+        # Templates, params overridden by conf, a result read downstream, an empty task.
+        run = _trigger(cli, "templated", "--conf", '{"who": "alice"}')
+        assert run["state"] == "success", run
+        shown = cli.json("runs", "show", run["run_id"])
+        tasks = {t["task_id"]: t for t in shown["tasks"]}
+        assert tasks["extract"]["result"] == {"rows": 42}
+        assert tasks["gate"]["state"] == "success" and tasks["gate"]["node"] is None and tasks["gate"]["kind"] == "empty"
+        log = cli("tasks", "logs", run["run_id"], "extract").stdout
+        assert log.startswith("hello alice on 20"), log
+        assert cli("tasks", "logs", run["run_id"], "load").stdout == f"rows=42 run={run['run_id']} limit=5\n"
+        assert "extract: {\"rows\": 42}" in cli("runs", "show", run["run_id"]).stdout
+
+        # execution_timeout kills the whole process group, even a child that ignores SIGTERM.
+        run = _trigger(cli, "slow")
+        assert run["state"] == "failed"
+        stuck = cli.json("runs", "show", run["run_id"])["tasks"][0]
+        assert "execution_timeout of 1s reached" in stuck["reason"], stuck
+        assert "execution_timeout of 1s reached: sending SIGTERM" in cli("tasks", "logs", run["run_id"], "stuck").stdout
+        assert _gone(int((pids / "timeout").read_text()), 15), "the timed-out task's child survived"
+
+        # Cancel: the running attempt's process tree is killed, the downstream task skipped.
+        started = json.loads(cli("dags", "trigger", "cancellable", "--json").stdout)["run_id"]
+        wait_for(lambda: (pids / "cancel").exists() and
+                 cli.json("runs", "show", started)["tasks"][0]["state"] == "running", 30, "the long task to run")
+        proc = cli("runs", "cancel", started, "--reason", "not needed today")
+        assert proc.returncode == 0 and "1 running attempt" in proc.stdout, proc.stdout + proc.stderr
+        final = cli.json("runs", "show", started)
+        states = {t["task_id"]: (t["state"], t["reason"]) for t in final["tasks"]}
+        assert final["state"] == "failed"
+        assert states == {"long": ("failed", "not needed today"), "after": ("skipped", "not needed today")}
+        assert _gone(int((pids / "cancel").read_text()), 15), "the cancelled task's child survived"
+        wait_for(lambda: "not needed today: sending SIGTERM" in cli("tasks", "logs", started, "long").stdout, 10,
+                 "the log to say why the attempt was stopped")
+        again = cli("runs", "cancel", started)
+        assert again.returncode != 0 and "already finished" in again.stderr
+
+        # A template error fails the task with the message.
+        run = _trigger(cli, "typo")
+        bad = cli.json("runs", "show", run["run_id"])["tasks"][0]
+        assert run["state"] == "failed" and "cannot render the command" in bad["reason"] and "nope" in bad["reason"]
