@@ -38,6 +38,7 @@ class DAG:
         keep_days: float | None = None,
         params: dict[str, Any] | None = None,
         dagrun_timeout: float | timedelta | None = None,
+        max_active_tasks: int = 16,
     ) -> None:
         """`params`: template parameters (`{{ params.x }}`) that a trigger's conf overrides;
         `dagrun_timeout`: seconds (or a timedelta) a run may take before it is failed."""
@@ -56,6 +57,7 @@ class DAG:
         self.keep_days = keep_days
         self.params = dict(params or {})
         self.dagrun_timeout = dagrun_timeout
+        self.max_active_tasks = max_active_tasks
         self.tasks: list[BaseTask] = []
         _created.append(self)
 
@@ -78,6 +80,7 @@ class DAG:
             "end_date": _instant(self.end_date),
             "catchup": self.catchup,
             "max_active_runs": self.max_active_runs,
+            "max_active_tasks": self.max_active_tasks,
             "description": self.description,
             "tags": self.tags,
             "is_paused_upon_creation": self.is_paused_upon_creation,
@@ -90,7 +93,7 @@ class DAG:
 
 
 _TASK_DEFAULTS = ("retries", "retry_delay", "priority_weight", "trigger_rule", "env", "execution_timeout",
-                  "max_lost_attempts", "retry_exponential_backoff", "max_retry_delay")
+                  "max_lost_attempts", "retry_exponential_backoff", "max_retry_delay", "pool", "pool_slots", "queue")
 
 
 class BaseTask:

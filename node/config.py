@@ -78,6 +78,8 @@ class NodeConfig:
     # commit (see README, "What survives what"). Off: they survive kill -9 and the
     # loss of any minority of machines.
     fsync: bool = False
+    # Task queues this node serves: a task with `queue="gpu"` runs only on nodes listing it.
+    queues: tuple[str, ...] = ("default",)
 
     @property
     def worker_lease(self) -> float:
@@ -109,6 +111,18 @@ class NodeConfig:
         return secret
 
 
+def _queues(value: Any) -> tuple[str, ...]:
+    """A TOML list of names, or "a,b" text (environment, flags)."""
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or \
+            not all(isinstance(v, str) and ID_PATTERN.fullmatch(v) for v in items):
+        raise ValueError(value)
+    return tuple(dict.fromkeys(items))
+
+
+_queues.__name__ = f"a non-empty list of queue names ({ID_RULE})"
+
+
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -133,6 +147,7 @@ _SCALARS = {  # key -> (type, environment variable)
     "lease_timeout": (float, "RAFTFLOW_LEASE_TIMEOUT"),
     "log_level": (str, "RAFTFLOW_LOG_LEVEL"),
     "fsync": (_bool, "RAFTFLOW_FSYNC"),
+    "queues": (_queues, "RAFTFLOW_QUEUES"),
 }
 
 
@@ -255,6 +270,7 @@ def to_toml(cfg: NodeConfig) -> str:
         f"lease_timeout = {cfg.lease_timeout}",
         f'log_level = "{cfg.log_level}"',
         f"fsync = {'true' if cfg.fsync else 'false'}",
+        "queues = [" + ", ".join(f'"{q}"' for q in cfg.queues) + "]",
     ]
     if cfg.raft != RaftTuning():
         lines += ["", "[raft]"] + [f"{name} = {getattr(cfg.raft, name)}" for name in RaftTuning.__dataclass_fields__]

@@ -165,12 +165,12 @@ class Node:
             try:
                 if leader == self.cfg.node_id:
                     self.liveness.beat(self.cfg.node_id, self.cfg.slots, sent_at,
-                                       ready=self.worker.ready.is_set())
+                                       ready=self.worker.ready.is_set(), queues=self.cfg.queues)
                     granted = self.leader_loop.grants_leases()
                 elif leader is not None and self.peers.knows(leader):
                     granted = self.peers.heartbeat(leader, peer_pb2.HeartbeatRequest(
                         node_id=self.cfg.node_id, slots=self.cfg.slots, sent_at=time.time(),
-                        ready=self.worker.ready.is_set(),
+                        ready=self.worker.ready.is_set(), queues=list(self.cfg.queues),
                         running=[peer_pb2.AttemptKey(run_id=r, task_id=t, attempt=a) for r, t, a in running]),
                         timeout=self.cfg.heartbeat_interval * 2).lease_granted
             except grpc.RpcError as e:
@@ -192,6 +192,7 @@ class Node:
             running_tasks=len(self.worker.running()), slots=self.cfg.slots, grpc_address=self.cfg.grpc_address,
             raft_address=self.cfg.raft_address, leader=status.leader_id or "", has_quorum=status.has_quorum,
             digest=digest, uptime=time.monotonic() - self.started, last_heartbeat_age=-1,
+            queues=list(self.cfg.queues),
         )
         if status.role == "leader":
             out.heartbeat_ages.update(self.liveness.ages(time.monotonic()))

@@ -233,6 +233,17 @@ class ClientService(client_pb2_grpc.ClientServicer):
         return self._run_detail(request.run_id)
 
     @_handled
+    def SetPool(self, request, context):  # type: ignore[no-untyped-def]
+        _check(self.replica.propose(c.SetPool(request.name, request.slots, time.time())))
+        return client_pb2.SetPoolResponse()
+
+    @_handled
+    def ListPools(self, request, context):  # type: ignore[no-untyped-def]
+        with self.replica.lock:
+            pools = views.pools(self.replica.state)
+        return client_pb2.ListPoolsResponse(pools=pools, meta=self._meta())
+
+    @_handled
     def CancelRun(self, request, context):  # type: ignore[no-untyped-def]
         with self.replica.lock:
             run = self.replica.state.run(request.run_id)
@@ -342,7 +353,7 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         granted = self.node.leader_loop.grants_leases()
         if granted:
             self.node.liveness.beat(request.node_id, request.slots, received,
-                                    ready=request.ready)
+                                    ready=request.ready, queues=list(request.queues))
         status = self.node.replica.status()
         return peer_pb2.HeartbeatResponse(leader=status.leader_id or "", lease_granted=granted, term=status.term)
 

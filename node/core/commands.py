@@ -58,6 +58,25 @@ class SetPaused(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class SetPool(Command):
+    """Create a pool or change its slots (`raftflow pools set NAME SLOTS`)."""
+    TYPE: ClassVar[str] = "set_pool"
+    name: str
+    slots: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NoteWaiting(Command):
+    """Why a queued task is not being assigned (shown by `runs show`); no state change."""
+    TYPE: ClassVar[str] = "note_waiting"
+    run_id: str
+    task_id: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class SkipTicks(Command):
     """Move a DAG's schedule cursor past `through` without creating runs: ticks that
     catchup "none" does not run (missed by more than the misfire grace)."""
@@ -234,7 +253,7 @@ class Undecodable(Command):
 
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.TYPE: cls
-    for cls in (Barrier, SubmitDag, SetPaused, SkipTicks, CreateRun, StartRun, FinishRun, QueueTask,
+    for cls in (Barrier, SubmitDag, SetPaused, SetPool, NoteWaiting, SkipTicks, CreateRun, StartRun, FinishRun, QueueTask,
                 FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, CancelRun, LoseAttempt,
                 NodeStarted, PruneRuns,
                 Batch)

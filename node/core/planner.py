@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from . import commands as c
 from .schedule import iso, latest_tick_at_or_before, next_tick_after, previous_tick
-from .spec import DagSpec, TaskSpec
+from .spec import DEFAULT_QUEUE, DagSpec, TaskSpec
 from .state import DagRecord, Run, State, run_outcome
 from .states import TASK_ACTIVE, RunState, TaskState
 
@@ -36,12 +36,14 @@ class NodeInfo:
     lease_expired: silent for longer than the lease; its attempts are lost (the
         node has killed them itself by then, see worker/lease.py).
     leader: this node leads; it gets new work after the followers at equal load.
+    queues: the task queues it serves (a task runs only on a node serving its queue).
     """
     node_id: str
     healthy: bool
     slots: int
     lease_expired: bool = False
     leader: bool = False
+    queues: frozenset[str] = frozenset({DEFAULT_QUEUE})
 
 
 def scheduled_run_id(dag_id: str, logical_date_iso: str) -> str:
@@ -62,6 +64,8 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
 
     expired = {n.node_id for n in nodes if n.lease_expired}
     ready: list[tuple[int, str, int, Run, str]] = []  # sort key + (run, task_id)
+    dag_active: dict[str, int] = {}    # dag_id -> its task instances assigned or running
+    pool_used: dict[str, int] = {}     # pool -> slots taken by assigned or running task instances
     for run in state.active.values():
         record = state.dags[run.dag_id]
         spec = state.dag_spec(run)
@@ -94,6 +98,9 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
             elif ti.state in TASK_ACTIVE and ti.node in expired:
                 out.append(c.LoseAttempt(run.run_id, task.task_id, ti.attempt, ti.node,
                                          f"node {ti.node} stopped heartbeating", now))
+            if ti.state in TASK_ACTIVE:
+                dag_active[run.dag_id] = dag_active.get(run.dag_id, 0) + 1
+                pool_used[task.pool] = pool_used.get(task.pool, 0) + task.pool_slots
             elif ti.state is TaskState.UP_FOR_RETRY and ti.retry_at is not None and ti.retry_at <= now:
                 out.append(c.QueueTask(run.run_id, task.task_id, now))
                 ready.append((-task.priority_weight, run.logical_date, order, run, task.task_id))
@@ -102,7 +109,7 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
         if all_terminal and run.state is RunState.RUNNING:
             out.append(c.FinishRun(run.run_id, run_outcome(run, spec).value, now))
 
-    out.extend(_assign(state, ready, nodes, now))
+    out.extend(_assign(state, ready, nodes, dag_active, pool_used, now))
     prune = _expired_runs(state, now)
     if prune:
         out.append(c.PruneRuns(tuple(prune), now))
@@ -213,20 +220,46 @@ def trigger_verdict(run: Run, task: TaskSpec) -> tuple[TaskState | None, str]:
 
 
 def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: list[NodeInfo],
-            now: float) -> list[c.Command]:
+            dag_active: dict[str, int], pool_used: dict[str, int], now: float) -> list[c.Command]:
     """Give ready tasks to healthy nodes with free slots: highest priority first, each
-    to the least loaded node (by share of its slots in use, the leader last, then
-    node id), so that losing the leader loses as little running work as possible."""
-    load = {n.node_id: state.node_load.get(n.node_id, 0) for n in nodes if n.healthy}
-    slots = {n.node_id: n.slots for n in nodes if n.healthy}
+    to the least loaded node serving its queue (by share of its slots in use, the
+    leader last, then node id), so that losing the leader loses as little running
+    work as possible.
+
+    Before a node, a task needs room under its DAG's max_active_tasks and in its
+    pool. A task held back by anything but busy nodes gets a NoteWaiting that says
+    why (only when the reason changes, so a waiting task costs one entry, not one
+    per tick); `runs show` shows it."""
+    healthy = [n for n in nodes if n.healthy]
+    load = {n.node_id: state.node_load.get(n.node_id, 0) for n in healthy}
     leader = {n.node_id for n in nodes if n.leader}
     out: list[c.Command] = []
     ready.sort(key=lambda item: item[:3])
     for _prio, _date, _order, run, task_id in ready:
-        free = [n for n in load if load[n] < slots[n]]
-        if not free:
-            break
-        node = min(free, key=lambda n: (load[n] / slots[n], n in leader, load[n], n))
-        load[node] += 1
-        out.append(c.AssignTask(run.run_id, task_id, node, run.tasks[task_id].attempt + 1, now))
+        spec = state.dag_spec(run)
+        task = spec.task(task_id)
+        pool_slots = state.pool_slots(task.pool)
+        serving = [n for n in healthy if task.queue in n.queues]
+        if dag_active.get(run.dag_id, 0) >= spec.max_active_tasks:
+            why = f"waiting: DAG {run.dag_id} has max_active_tasks={spec.max_active_tasks} tasks running"
+        elif pool_slots is None:
+            why = f"waiting: pool {task.pool!r} does not exist (create it: raftflow pools set {task.pool} SLOTS)"
+        elif pool_used.get(task.pool, 0) + task.pool_slots > pool_slots:
+            why = (f"waiting: pool {task.pool!r} is full ({pool_used.get(task.pool, 0)} of {pool_slots} slots "
+                   f"in use; this task needs {task.pool_slots})")
+        elif not serving:
+            why = f"waiting: no live node serves queue {task.queue!r}"
+        else:
+            free = [n for n in serving if load[n.node_id] < n.slots]
+            if not free:
+                continue   # every node that could run it is busy: the normal case, not noted
+            best = min(free, key=lambda n: (load[n.node_id] / n.slots, n.node_id in leader, load[n.node_id],
+                                            n.node_id))
+            load[best.node_id] += 1
+            dag_active[run.dag_id] = dag_active.get(run.dag_id, 0) + 1
+            pool_used[task.pool] = pool_used.get(task.pool, 0) + task.pool_slots
+            out.append(c.AssignTask(run.run_id, task_id, best.node_id, run.tasks[task_id].attempt + 1, now))
+            continue
+        if why != run.tasks[task_id].reason:
+            out.append(c.NoteWaiting(run.run_id, task_id, why, now))
     return out

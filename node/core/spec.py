@@ -28,6 +28,9 @@ ID_RULE = "1 to 250 characters from A-Z a-z 0-9 _ . - (not starting with . or -)
 
 TASK_KINDS = ("bash", "empty")
 MAX_PARAMS_BYTES = 64 * 1024
+DEFAULT_POOL = "default_pool"     # exists without being created, with DEFAULT_POOL_SLOTS slots
+DEFAULT_POOL_SLOTS = 128
+DEFAULT_QUEUE = "default"         # the queue every node serves unless configured otherwise
 TRIGGER_RULES = ("all_success", "all_failed", "all_done", "one_success", "one_failed", "none_failed",
                  "none_skipped", "always")
 CATCHUP_POLICIES = ("all", "latest", "none")
@@ -66,6 +69,11 @@ class TaskSpec:
     # Retry delays double after each failure, with jitter, up to max_retry_delay.
     retry_exponential_backoff: bool = False
     max_retry_delay: float | None = None
+    # Runs only while its pool has pool_slots free slots (pools set NAME SLOTS).
+    pool: str = DEFAULT_POOL
+    pool_slots: int = 1
+    # Runs only on nodes that serve this queue (a node's `queues` setting).
+    queue: str = DEFAULT_QUEUE
 
     def retry_delay_after(self, failures: int, key: str) -> float:
         """Seconds before the next attempt, once `failures` attempts failed (>= 1).
@@ -99,6 +107,8 @@ class DagSpec:
     end_date: str | None = None
     catchup: str = "latest"
     max_active_runs: int = 16
+    # Task instances of this DAG assigned or running at once, across its runs.
+    max_active_tasks: int = 16
     description: str = ""
     tags: tuple[str, ...] = ()
     is_paused_upon_creation: bool = False
@@ -133,6 +143,7 @@ class DagSpec:
             "end_date": self.end_date,
             "catchup": self.catchup,
             "max_active_runs": self.max_active_runs,
+            "max_active_tasks": self.max_active_tasks,
             "description": self.description,
             "tags": list(self.tags),
             "is_paused_upon_creation": self.is_paused_upon_creation,
@@ -187,6 +198,7 @@ class DagSpec:
         if catchup not in CATCHUP_POLICIES:
             raise SpecError(f"{where}: catchup must be one of {', '.join(CATCHUP_POLICIES)}, got {catchup!r}")
         max_active_runs = _int(raw, "max_active_runs", 16, where, minimum=1)
+        max_active_tasks = _int(raw, "max_active_tasks", 16, where, minimum=1)
         keep_runs = raw.get("keep_runs")
         if keep_runs is not None:
             keep_runs = _int(raw, "keep_runs", 0, where, minimum=1)
@@ -237,6 +249,7 @@ class DagSpec:
             end_date=end_date,
             catchup=catchup,
             max_active_runs=max_active_runs,
+            max_active_tasks=max_active_tasks,
             description=_opt_str(raw, "description", where) or "",
             tags=tuple(tags),
             is_paused_upon_creation=bool(raw.get("is_paused_upon_creation", False)),
@@ -249,14 +262,14 @@ class DagSpec:
 
 
 _DAG_FIELDS = frozenset(
-    {"dag_id", "schedule", "timezone", "start_date", "end_date", "catchup", "max_active_runs",
+    {"dag_id", "schedule", "timezone", "start_date", "end_date", "catchup", "max_active_runs", "max_active_tasks",
      "description", "tags", "is_paused_upon_creation", "tasks", "keep_runs", "keep_days", "params",
      "dagrun_timeout"}
 )
 _TASK_FIELDS = frozenset(
     {"task_id", "kind", "command", "upstream", "trigger_rule", "retries", "retry_delay",
      "priority_weight", "env", "max_lost_attempts", "execution_timeout", "retry_exponential_backoff",
-     "max_retry_delay"}
+     "max_retry_delay", "pool", "pool_slots", "queue"}
 )
 
 
@@ -306,6 +319,9 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
         execution_timeout=_opt_seconds(raw, "execution_timeout", here),
         retry_exponential_backoff=_bool_field(raw, "retry_exponential_backoff", here),
         max_retry_delay=_opt_seconds(raw, "max_retry_delay", here),
+        pool=_name(raw, "pool", DEFAULT_POOL, here),
+        pool_slots=_int(raw, "pool_slots", 1, here, minimum=1),
+        queue=_name(raw, "queue", DEFAULT_QUEUE, here),
     )
 
 
@@ -331,6 +347,13 @@ def _int(raw: dict[str, Any], key: str, default: int, where: str, minimum: int) 
     value = raw.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise SpecError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _name(raw: dict[str, Any], key: str, default: str, where: str) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise SpecError(f"{where}: {key} {value!r} is invalid: use {ID_RULE}")
     return value
 
 

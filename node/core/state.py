@@ -27,7 +27,9 @@ from . import commands as c
 from .archive import MemoryArchive, RunArchive, add_term, decode_record, encode_record, remove_term
 from .pickling import by_name
 from .schedule import first_tick_after, next_tick_after
-from .spec import DagSpec, SpecError, normalise_instant
+from .spec import (
+    DEFAULT_POOL, DEFAULT_POOL_SLOTS, ID_PATTERN, ID_RULE, DagSpec, SpecError, normalise_instant,
+)
 from .states import (
     TASK_ACTIVE, InvalidTransition, RunState, TaskState, check_run_move, check_task_move,
 )
@@ -151,6 +153,8 @@ class State:
         # node -> number of task instances ASSIGNED or RUNNING on it.
         self.node_load: dict[str, int] = {}
         self.leader_history: list[tuple[float, str, int]] = []
+        # Pool name -> slots. DEFAULT_POOL exists with DEFAULT_POOL_SLOTS until set.
+        self.pools: dict[str, int] = {}
         # Commands applied (rejected ones too): a change counter for waiters, not
         # replicated content, so it is not part of the digest.
         self.applied: int = 0
@@ -158,6 +162,8 @@ class State:
             c.Barrier: self._barrier,
             c.SubmitDag: self._submit_dag,
             c.SetPaused: self._set_paused,
+            c.SetPool: self._set_pool,
+            c.NoteWaiting: self._note_waiting,
             c.SkipTicks: self._skip_ticks,
             c.CreateRun: self._create_run,
             c.StartRun: self._start_run,
@@ -267,6 +273,27 @@ class State:
             record.schedule_from = cmd.at
         record.paused = bool(cmd.paused)
         return OK
+
+    def _set_pool(self, cmd: c.SetPool) -> Result:
+        if not isinstance(cmd.name, str) or not ID_PATTERN.fullmatch(cmd.name):
+            return _reject(Code.INVALID, f"pool name {cmd.name!r} is invalid: use {ID_RULE}")
+        if isinstance(cmd.slots, bool) or not isinstance(cmd.slots, int) or not 0 <= cmd.slots <= 1_000_000:
+            return _reject(Code.INVALID, f"pool slots must be an integer from 0 to 1000000, got {cmd.slots!r}")
+        self.pools[cmd.name] = cmd.slots
+        return OK
+
+    def _note_waiting(self, cmd: c.NoteWaiting) -> Result:
+        run, ti = self._task(cmd.run_id, cmd.task_id)
+        if ti.state is not TaskState.QUEUED:
+            return _reject(Code.CONFLICT, f"{run.run_id}/{ti.task_id} is {ti.state.value}, not queued")
+        if not isinstance(cmd.reason, str):
+            return _reject(Code.INVALID, "reason must be a string")
+        ti.reason = cmd.reason
+        return OK
+
+    def pool_slots(self, name: str) -> int | None:
+        """A pool's slots, or None if it does not exist."""
+        return self.pools.get(name, DEFAULT_POOL_SLOTS if name == DEFAULT_POOL else None)
 
     def _skip_ticks(self, cmd: c.SkipTicks) -> Result:
         record = self.dags.get(cmd.dag_id)
@@ -588,6 +615,7 @@ class State:
             "archive_digest": f"{self.archive_digest:064x}",
             "node_load": self.node_load,
             "leader_history": self.leader_history,
+            "pools": self.pools,
         }
 
     def digest(self) -> str:

@@ -22,6 +22,7 @@ from typing import Callable
 
 from ..core import commands as c
 from ..core.planner import NodeInfo, plan
+from ..core.spec import DEFAULT_QUEUE
 from ..core.states import TaskState
 from ..raft.adapter import ReplicatedState, Unavailable
 from ..worker.worker import Assignment
@@ -51,6 +52,7 @@ class Liveness:
         self._took_office = float("-inf")
         self._slots = dict.fromkeys(node_ids, default_slots)
         self._not_ready: set[str] = set()   # heartbeating, but its NodeStarted has not committed
+        self._queues: dict[str, frozenset[str]] = {}
 
     def reset(self, now: float, connected: set[str], ready: set[str]) -> None:
         """On a new term: every node gets a full lease from now. Nodes with a live Raft
@@ -62,8 +64,10 @@ class Liveness:
             self._last_seen = dict.fromkeys(connected, now)
             self._not_ready = set(connected) - set(ready)
 
-    def beat(self, node_id: str, slots: int, now: float, ready: bool = True) -> None:
+    def beat(self, node_id: str, slots: int, now: float, ready: bool = True,
+             queues: tuple[str, ...] | list[str] = (DEFAULT_QUEUE,)) -> None:
         with self._lock:
+            self._queues[node_id] = frozenset(queues) or frozenset({DEFAULT_QUEUE})
             self._last_seen[node_id] = now
             if ready:
                 self._not_ready.discard(node_id)
@@ -79,7 +83,7 @@ class Liveness:
                 out.append(NodeInfo(
                     node, healthy=now - seen <= self.healthy_window and node not in self._not_ready, slots=slots,
                     lease_expired=now - max(seen, self._took_office) > self.lease_timeout,
-                    leader=node == self._self_id))
+                    leader=node == self._self_id, queues=self._queues.get(node, frozenset({DEFAULT_QUEUE}))))
             return out
 
     def ages(self, now: float) -> dict[str, float]:

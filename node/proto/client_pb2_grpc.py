@@ -74,6 +74,16 @@ class ClientStub:
                 request_serializer=raftflow_dot_proto_dot_client__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=raftflow_dot_proto_dot_client__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
+        self.SetPool = channel.unary_unary(
+                '/raftflow.v1.Client/SetPool',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.SetPoolRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.SetPoolResponse.FromString,
+                _registered_method=True)
+        self.ListPools = channel.unary_unary(
+                '/raftflow.v1.Client/ListPools',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.ListPoolsRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.ListPoolsResponse.FromString,
+                _registered_method=True)
         self.WatchRun = channel.unary_stream(
                 '/raftflow.v1.Client/WatchRun',
                 request_serializer=raftflow_dot_proto_dot_client__pb2.GetRunRequest.SerializeToString,
@@ -146,6 +156,19 @@ class ClientServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetPool(self, request, context):
+        """Pools cap how many task instances (weighted by pool_slots) run at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPools(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WatchRun(self, request, context):
         """The run now, then again on every change, ending after it reaches a terminal state.
         """
@@ -208,6 +231,16 @@ def add_ClientServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=raftflow_dot_proto_dot_client__pb2.CancelRunRequest.FromString,
                     response_serializer=raftflow_dot_proto_dot_client__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'SetPool': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPool,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.SetPoolRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.SetPoolResponse.SerializeToString,
+            ),
+            'ListPools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPools,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.ListPoolsRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.ListPoolsResponse.SerializeToString,
             ),
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
@@ -441,6 +474,60 @@ class Client:
             '/raftflow.v1.Client/CancelRun',
             raftflow_dot_proto_dot_client__pb2.CancelRunRequest.SerializeToString,
             raftflow_dot_proto_dot_client__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/SetPool',
+            raftflow_dot_proto_dot_client__pb2.SetPoolRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.SetPoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/ListPools',
+            raftflow_dot_proto_dot_client__pb2.ListPoolsRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.ListPoolsResponse.FromString,
             options,
             channel_credentials,
             insecure,

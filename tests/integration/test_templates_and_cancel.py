@@ -103,3 +103,40 @@ def test_templates_params_results_empty_tasks_timeouts_and_cancel(tmp_path):
         run = _trigger(cli, "typo")
         bad = cli.json("runs", "show", run["run_id"])["tasks"][0]
         assert run["state"] == "failed" and "cannot render the command" in bad["reason"] and "nope" in bad["reason"]
+
+
+def test_queues_route_tasks_to_nodes_and_pools_cap_concurrency(tmp_path):
+    with running_cluster(tmp_path / "cluster", queues={"n3": ["default", "gpu"]}) as cluster:
+        cli = Cli(cluster.addresses)
+        status = {n["id"]: n["queues"] for n in cli.json("cluster", "status")["nodes"]}
+        assert status == {"n1": ["default"], "n2": ["default"], "n3": ["default", "gpu"]}
+        assert cli("pools", "set", "warehouse", "1").returncode == 0
+        dags = tmp_path / "limits.py"
+        dags.write_text(
+            "from raftflow import DAG, BashTask\n"
+            "with DAG('routed'):\n"
+            "    BashTask('train', command='echo on $RAFTFLOW_NODE_ID', queue='gpu')\n"
+            "with DAG('stranded'):\n"
+            "    BashTask('solo', command='true', queue='tpu')\n"
+            "with DAG('pooled', max_active_tasks=8):\n"
+            "    for i in range(3):\n"
+            "        BashTask(f'load{i}', command='sleep 0.5', pool='warehouse')\n")
+        assert cli("dags", "submit", str(dags)).returncode == 0
+
+        run = _trigger(cli, "routed")
+        assert run["state"] == "success"
+        assert cli.json("runs", "show", run["run_id"])["tasks"][0]["node"] == "n3"
+
+        stranded = json.loads(cli("dags", "trigger", "stranded", "--json").stdout)["run_id"]
+        wait_for(lambda: cli.json("runs", "show", stranded)["tasks"][0]["reason"] ==
+                 "waiting: no live node serves queue 'tpu'", 15, "the stranded task to say why it waits")
+        assert "no live node serves queue 'tpu'" in cli("runs", "show", stranded).stdout
+        assert cli("runs", "cancel", stranded).returncode == 0
+
+        run = _trigger(cli, "pooled")
+        assert run["state"] == "success"
+        spans = sorted((t["started_at"], t["ended_at"]) for t in cli.json("runs", "show", run["run_id"])["tasks"])
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            assert start >= end, f"two tasks of a 1-slot pool overlapped: {spans}"
+        pools = {p["name"]: p for p in cli.json("pools", "list")["pools"]}
+        assert pools["warehouse"]["slots"] == 1 and pools["default_pool"]["slots"] == 128

@@ -572,6 +572,8 @@ ALL_COMMANDS = [
     c.SubmitDag(diamond(), "src", "diamond.py", T0),
     c.SetPaused("d", True, T0),
     c.SkipTicks("d", T0 + 300.0, T0),
+    c.SetPool("warehouse", 4, T0),
+    c.NoteWaiting("m1", "a", "waiting: pool full", T0),
     c.CompleteEmpty("m1", "a", T0),
     c.SkipTask("m1", "a", "an upstream task was skipped", T0),
     c.CancelRun("m1", "cancelled by alice", T0),

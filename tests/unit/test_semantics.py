@@ -10,6 +10,7 @@ import pytest
 
 from raftflow.core import commands as c
 from raftflow.core.context import template_context
+from raftflow.core.planner import NodeInfo
 from raftflow.core.planner import trigger_verdict
 from raftflow.core.spec import DagSpec
 from raftflow.core.state import Code, Run, TaskInstance
@@ -225,3 +226,66 @@ def test_a_failed_attempt_is_retried_after_its_backoff():
     w.run_task("r1", "a", 1, at=T0 + 40)
     second = w.ti("r1", "a").retry_at - (T0 + 41)
     assert 20 <= second < 40 and w.ti("r1", "a").state is S.UP_FOR_RETRY
+
+
+# ------------------------------------------------------------ limits
+def ready_world(spec: dict, runs: int = 1) -> World:
+    w = World()
+    w.submit(spec)
+    for i in range(runs):
+        w.trigger(f"r{i + 1}", at=T0 + i)
+    return w
+
+
+def assigned_tasks(cmds) -> list[tuple[str, str, str]]:
+    return [(x.run_id, x.task_id, x.node) for x in of_type(cmds, c.AssignTask)]
+
+
+def test_max_active_tasks_caps_a_dag_across_its_runs():
+    w = ready_world(dag_dict(tasks=[task("a"), task("b")], max_active_tasks=3, max_active_runs=5), runs=2)
+    first = w.tick(T0 + 5, nodes("n1", "n2", slots=8))
+    assert len(assigned_tasks(first)) == 3
+    waiting = [x for x in of_type(first, c.NoteWaiting)]
+    assert [x.reason for x in waiting] == ["waiting: DAG d has max_active_tasks=3 tasks running"]
+    assert not of_type(w.tick(T0 + 6, nodes("n1", "n2", slots=8)), c.NoteWaiting), "noted once, not per tick"
+    done = assigned_tasks(first)[0]
+    w.run_task(done[0], done[1], at=T0 + 7)
+    assert len(assigned_tasks(w.tick(T0 + 8, nodes("n1", "n2", slots=8)))) == 1
+
+
+def test_a_pool_limits_tasks_across_dags_and_priority_decides_who_goes_first():
+    w = World()
+    w.apply(c.SetPool("warehouse", 3, T0))
+    w.submit(dag_dict("low", [task("a", pool="warehouse", pool_slots=2)]))
+    w.submit(dag_dict("high", [task("a", pool="warehouse", pool_slots=2, priority_weight=10),
+                               task("b", pool="warehouse", priority_weight=5)]))
+    w.trigger("r_low", dag_id="low")
+    w.trigger("r_high", dag_id="high")
+    cmds = w.tick(T0 + 1, nodes("n1", slots=8))
+    assert sorted(assigned_tasks(cmds)) == [("r_high", "a", "n1"), ("r_high", "b", "n1")]
+    notes = {x.run_id: x.reason for x in of_type(cmds, c.NoteWaiting)}
+    assert notes == {"r_low": "waiting: pool 'warehouse' is full (3 of 3 slots in use; this task needs 2)"}
+    assert w.ti("r_low", "a").reason == notes["r_low"]
+    w.apply(c.SetPool("warehouse", 5, T0 + 3))
+    assert assigned_tasks(w.tick(T0 + 4, nodes("n1", slots=8))) == [("r_low", "a", "n1")]
+    assert w.ti("r_low", "a").reason == "", "assignment clears the note"
+
+
+def test_a_task_in_a_missing_pool_or_queue_waits_and_says_why():
+    w = ready_world(dag_dict(tasks=[task("etl", pool="nope"), task("train", queue="gpu")]))
+    cmds = w.tick(T0 + 1, nodes("n1", slots=4))
+    reasons = {x.task_id: x.reason for x in of_type(cmds, c.NoteWaiting)}
+    assert reasons == {"etl": "waiting: pool 'nope' does not exist (create it: raftflow pools set nope SLOTS)",
+                       "train": "waiting: no live node serves queue 'gpu'"}
+    gpu = [NodeInfo("n1", True, 4), NodeInfo("n9", True, 4, queues=frozenset({"default", "gpu"}))]
+    assert assigned_tasks(w.tick(T0 + 3, gpu)) == [("r1", "train", "n9")]
+
+
+def test_pool_slots_are_validated():
+    w = World()
+    w.apply(c.SetPool("bad name", 3, T0), expect=Code.INVALID)
+    w.apply(c.SetPool("p", -1, T0), expect=Code.INVALID)
+    w.apply(c.SetPool("p", True, T0), expect=Code.INVALID)
+    assert w.state.pool_slots("default_pool") == 128 and w.state.pool_slots("p") is None
+    w.apply(c.SetPool("default_pool", 2, T0))
+    assert w.state.pool_slots("default_pool") == 2

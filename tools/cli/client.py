@@ -127,6 +127,13 @@ class ClusterClient:
     def get_run(self, run_id: str) -> dict[str, Any]:
         return run_dict(self.call("GetRun", client_pb2.GetRunRequest(run_id=run_id)))
 
+    def set_pool(self, name: str, slots: int) -> None:
+        self.call("SetPool", client_pb2.SetPoolRequest(name=name, slots=slots))
+
+    def list_pools(self) -> dict[str, Any]:
+        """{"pools": [{name, slots, used, queued}], "meta": {...}}"""
+        return _dict(self.call("ListPools", client_pb2.ListPoolsRequest()))
+
     def cancel_run(self, run_id: str, reason: str = "") -> int:
         """Returns how many running or assigned attempts are being stopped."""
         return self.call("CancelRun", client_pb2.CancelRunRequest(run_id=run_id, reason=reason)).stopped_attempts

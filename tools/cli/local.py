@@ -86,12 +86,15 @@ class LocalCluster:
     def __init__(self, data_dir: Path, nodes: int = 3, port_base: int | None = None, slots: int = 4,
                  python: str = sys.executable, extra_env: dict[str, str] | None = None,
                  raft: RaftTuning | None = None, hosts: list[str] | None = None,
-                 launcher: dict[str, list[str]] | None = None) -> None:
+                 launcher: dict[str, list[str]] | None = None,
+                 queues: dict[str, list[str]] | None = None) -> None:
         """`hosts`: one address per node (default loopback); `launcher`: a command prefix
-        per node id (e.g. `ip netns exec NS`) for nodes in network namespaces."""
+        per node id (e.g. `ip netns exec NS`) for nodes in network namespaces; `queues`:
+        the task queues of some nodes (the others serve "default")."""
         self.data_dir = data_dir.resolve()
         self.raft = raft or RaftTuning()
         self.launcher = launcher or {}
+        self.queues = queues or {}
         self.python = python
         self.extra_env = extra_env or {}
         self._procs: dict[str, subprocess.Popen] = {}   # the latest process of each node
@@ -140,7 +143,7 @@ class LocalCluster:
             peers = tuple(Peer(o.node_id, o.grpc_address, o.raft_address) for o in self.nodes if o is not node)
             cfg = NodeConfig(node_id=node.node_id, grpc_address=node.grpc_address, raft_address=node.raft_address,
                              data_dir=node.dir / "data", secret_file=self.secret_file, slots=self.slots, peers=peers,
-                             raft=self.raft)
+                             raft=self.raft, queues=tuple(self.queues.get(node.node_id, ("default",))))
             node.config_path.write_text(to_toml(cfg))
         (self.data_dir / "cluster.json").write_text(json.dumps({
             "slots": self.slots,

@@ -274,6 +274,25 @@ def cmd_tasks_logs(client: ClusterClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_pools_set(client: ClusterClient, args: argparse.Namespace) -> int:
+    if args.slots < 0:
+        raise UsageError(f"SLOTS must be 0 or more, got {args.slots}")
+    client.set_pool(args.name, args.slots)
+    print(f"pool {args.name}: {args.slots} slots")
+    return EXIT_OK
+
+
+def cmd_pools_list(client: ClusterClient, args: argparse.Namespace) -> int:
+    listed = client.list_pools()
+    if args.json:
+        emit_json(listed)
+        return EXIT_OK
+    warn_if_stale(listed.get("meta"))
+    print(table([[p["name"], p["slots"], p["used"], p["queued"]] for p in listed["pools"]],
+                ["POOL", "SLOTS", "USED", "QUEUED"]))
+    return EXIT_OK
+
+
 def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
     status = client.cluster_status()
     if args.json:
@@ -285,9 +304,10 @@ def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
     print(table([[n["id"], n["role"], "yes" if n["healthy"] else "NO", n["pid"] or "-", n["raft_term"],
                   n["commit_index"], f"{n['running_tasks']}/{n['slots']}",
                   "-" if n["last_heartbeat_age"] < 0 else f"{n['last_heartbeat_age']:.1f}s ago",
-                  n["grpc_address"], n["error"]]
+                  ",".join(n.get("queues") or []) or "-", n["grpc_address"], n["error"]]
                  for n in status["nodes"]],
-                ["NODE", "ROLE", "HEALTHY", "PID", "TERM", "COMMIT", "TASKS", "HEARTBEAT", "ADDRESS", "ERROR"]))
+                ["NODE", "ROLE", "HEALTHY", "PID", "TERM", "COMMIT", "TASKS", "HEARTBEAT", "QUEUES", "ADDRESS",
+                 "ERROR"]))
     digests = {n["digest"] for n in status["nodes"] if n["digest"]}
     if status["leader_changes"]:
         print("\nrecent leader changes:")
@@ -305,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 operation failed, 2 usage or invalid input, 3 cluster unreachable.")
     parser.add_argument("--cluster", help="node addresses HOST:PORT,... (default: $RAFTFLOW_CLUSTER, "
                                           "else the local cluster from tools/up)")
-    sub = parser.add_subparsers(dest="group", required=True, metavar="{dags,runs,tasks,cluster,node}")
+    sub = parser.add_subparsers(dest="group", required=True, metavar="{dags,runs,tasks,pools,cluster,node}")
 
     def verb(group: argparse._SubParsersAction, name: str, func: Callable, help: str, json_flag: bool = True):
         p = group.add_parser(name, help=help, description=help)
@@ -352,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("task_id")
     p.add_argument("--attempt", type=int, default=0, help="default: the latest attempt")
+
+    pools = sub.add_parser("pools", help="set and list pools (caps on concurrent tasks)").add_subparsers(
+        dest="verb", required=True)
+    p = verb(pools, "set", cmd_pools_set, "create a pool or change its slots (tasks use it with pool=NAME)",
+             json_flag=False)
+    p.add_argument("name")
+    p.add_argument("slots", type=int)
+    verb(pools, "list", cmd_pools_list, "list pools: slots, slots in use, tasks queued")
 
     cluster = sub.add_parser("cluster", help="cluster status").add_subparsers(dest="verb", required=True)
     verb(cluster, "status", cmd_cluster_status, "who leads, and each node's health and load")
