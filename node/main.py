@@ -81,13 +81,18 @@ class Node:
         pairs = zip(command.commands, result.value) if isinstance(command, c.Batch) and result.ok else \
             [(command, result)]
         for cmd, res in pairs:
-            if isinstance(cmd, c.PruneRuns) and res.ok:
+            if not res.ok:
+                continue
+            if isinstance(cmd, (c.PruneRuns, c.DeleteDag)):
                 for run_id in res.value["pruned"]:
                     self.store.delete_run_logs(run_id)
-            elif isinstance(cmd, c.CancelRun) and res.ok:
+            elif isinstance(cmd, (c.CancelRun, c.ClearTasks, c.MarkTask)):
+                # A committed decision took these attempts away: their nodes kill them.
                 mine = {task_id for task_id, node, _attempt in res.value["stopped"] if node == self.cfg.node_id}
                 if mine:
-                    self.worker.cancel(cmd.run_id, cmd.reason, mine)
+                    why = cmd.reason if isinstance(cmd, c.CancelRun) else \
+                        ("cleared by the user" if isinstance(cmd, c.ClearTasks) else f"marked {cmd.state} by the user")
+                    self.worker.cancel(cmd.run_id, why, mine)
 
     def _attempt_setup(self, a: Assignment) -> AttemptSetup:
         """An attempt's template context and timeout, from this node's replica (its start

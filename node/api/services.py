@@ -233,6 +233,26 @@ class ClientService(client_pb2_grpc.ClientServicer):
         return self._run_detail(request.run_id)
 
     @_handled
+    def ClearTasks(self, request, context):  # type: ignore[no-untyped-def]
+        result = _check(self.replica.propose(c.ClearTasks(
+            request.run_id, tuple(request.task_ids), request.downstream, "cleared by the user", time.time())))
+        return client_pb2.ClearTasksResponse(cleared=result.value["cleared"],
+                                             stopped_attempts=len(result.value["stopped"]))
+
+    @_handled
+    def MarkTask(self, request, context):  # type: ignore[no-untyped-def]
+        result = _check(self.replica.propose(c.MarkTask(
+            request.run_id, request.task_id, request.state, f"marked {request.state} by the user", time.time())))
+        return client_pb2.MarkTaskResponse(stopped_attempts=len(result.value["stopped"]))
+
+    @_handled
+    def DeleteDag(self, request, context):  # type: ignore[no-untyped-def]
+        with self.replica.lock:
+            self._record(request.dag_id)
+        result = _check(self.replica.propose(c.DeleteDag(request.dag_id, time.time())))
+        return client_pb2.DeleteDagResponse(runs_removed=len(result.value["pruned"]))
+
+    @_handled
     def SetPool(self, request, context):  # type: ignore[no-untyped-def]
         _check(self.replica.propose(c.SetPool(request.name, request.slots, time.time())))
         return client_pb2.SetPoolResponse()

@@ -204,6 +204,40 @@ class CancelRun(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class ClearTasks(Command):
+    """Run tasks again: back to pending (with `downstream`, every task after them too).
+    A finished run is reopened (queued again); a running attempt among them is killed
+    by its node."""
+    TYPE: ClassVar[str] = "clear_tasks"
+    run_id: str
+    task_ids: tuple[str, ...]
+    downstream: bool
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MarkTask(Command):
+    """Set a task's state by hand to success or failed (a running attempt is killed by
+    its node); a finished run is reopened so that its state follows."""
+    TYPE: ClassVar[str] = "mark_task"
+    run_id: str
+    task_id: str
+    state: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteDag(Command):
+    """Remove a DAG and its whole history (every node drops the task logs). Refused
+    while it has unfinished runs."""
+    TYPE: ClassVar[str] = "delete_dag"
+    dag_id: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class LoseAttempt(Command):
     """An attempt was lost with its node (lease expired, or the node fenced it): the
     task is queued again without using its retries, up to its max_lost_attempts."""
@@ -254,7 +288,8 @@ class Undecodable(Command):
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.TYPE: cls
     for cls in (Barrier, SubmitDag, SetPaused, SetPool, NoteWaiting, SkipTicks, CreateRun, StartRun, FinishRun, QueueTask,
-                FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, CancelRun, LoseAttempt,
+                FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, CancelRun, ClearTasks,
+                MarkTask, DeleteDag, LoseAttempt,
                 NodeStarted, PruneRuns,
                 Batch)
 }

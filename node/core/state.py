@@ -176,6 +176,9 @@ class State:
             c.TaskFinished: self._task_finished,
             c.CompleteEmpty: self._complete_empty,
             c.CancelRun: self._cancel_run,
+            c.ClearTasks: self._clear_tasks,
+            c.MarkTask: self._mark_task,
+            c.DeleteDag: self._delete_dag,
             c.LoseAttempt: self._lose_attempt,
             c.NodeStarted: self._node_started,
             c.PruneRuns: self._prune_runs,
@@ -431,6 +434,9 @@ class State:
             return _reject(Code.INVALID, f"task_finished has wrongly typed field(s): {', '.join(bad)}")
         if cmd.result and (len(cmd.result.encode()) > RESULT_LIMIT or not _is_json(cmd.result)):
             return _reject(Code.INVALID, f"a task result must be JSON of at most {RESULT_LIMIT} bytes")
+        if ti.state is not TaskState.RUNNING:   # (the table also allows assigned -> success: by hand)
+            return _reject(Code.CONFLICT, f"{run.run_id}/{ti.task_id}: no start claim committed for attempt "
+                                          f"{cmd.attempt}: illegal transition {ti.state.value} -> result")
         if cmd.exit_code == 0:
             target = TaskState.SUCCESS
         elif ti.tries_failed < spec.retries:
@@ -479,6 +485,100 @@ class State:
         self._archive_run(run)
         return Result(value={"stopped": stopped})
 
+    def _clear_tasks(self, cmd: c.ClearTasks) -> Result:
+        """Value: {"cleared": [task_id...], "stopped": [[task_id, node, attempt], ...]}."""
+        run = self._editable_run(cmd.run_id)
+        spec = self.dag_spec(run)
+        unknown = [t for t in cmd.task_ids if t not in run.tasks]
+        if not cmd.task_ids or unknown or not isinstance(cmd.reason, str):
+            return _reject(Code.NOT_FOUND if unknown else Code.INVALID,
+                           f"run {run.run_id!r} has no task {unknown[0]!r}" if unknown else "name at least one task")
+        chosen = list(dict.fromkeys(cmd.task_ids))
+        if cmd.downstream:
+            i = 0
+            while i < len(chosen):
+                chosen.extend(d for d in spec.downstream(chosen[i]) if d not in chosen)
+                i += 1
+        run = self._reopen(run, cmd.at)
+        stopped = []
+        for task_id in chosen:
+            ti = run.tasks[task_id]
+            if ti.state in TASK_ACTIVE:
+                stopped.append([task_id, ti.node, ti.attempt])
+            if ti.state is not TaskState.PENDING:
+                self._move(run, ti, TaskState.PENDING, cmd.at, cmd.reason or "cleared")
+            ti.tries_failed = ti.lost_attempts = 0
+            ti.node = ti.queued_at = ti.started_at = ti.ended_at = ti.retry_at = ti.exit_code = ti.result = None
+            ti.log_tail, ti.reason = "", cmd.reason
+        return Result(value={"cleared": chosen, "stopped": stopped})
+
+    def _mark_task(self, cmd: c.MarkTask) -> Result:
+        """Value: {"stopped": [[task_id, node, attempt]]} when a running attempt must be killed."""
+        run = self._editable_run(cmd.run_id)
+        ti = run.tasks.get(cmd.task_id)
+        if ti is None:
+            return _reject(Code.NOT_FOUND, f"run {run.run_id!r} has no task {cmd.task_id!r}")
+        if cmd.state not in (TaskState.SUCCESS.value, TaskState.FAILED.value) or not isinstance(cmd.reason, str):
+            return _reject(Code.INVALID, f"a task is marked success or failed, not {cmd.state!r}")
+        target = TaskState(cmd.state)
+        if ti.state is target:
+            return _reject(Code.CONFLICT, f"{run.run_id}/{ti.task_id} is already {target.value}")
+        run = self._reopen(run, cmd.at)
+        ti = run.tasks[cmd.task_id]
+        stopped = [[ti.task_id, ti.node, ti.attempt]] if ti.state in TASK_ACTIVE else []
+        self._move(run, ti, target, cmd.at, cmd.reason or f"marked {target.value}")
+        ti.reason, ti.ended_at, ti.retry_at = cmd.reason or f"marked {target.value} by hand", cmd.at, None
+        return Result(value={"stopped": stopped})
+
+    def _delete_dag(self, cmd: c.DeleteDag) -> Result:
+        """Value: {"pruned": [run_id...]} (every node drops their task logs)."""
+        if cmd.dag_id not in self.dags:
+            return _reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
+        runs = list(self.runs_by_dag.get(cmd.dag_id, {}))
+        unfinished = [r for r in runs if r in self.active]
+        if unfinished:
+            return _reject(Code.CONFLICT, f"DAG {cmd.dag_id!r} has unfinished runs ({', '.join(unfinished[:3])}); "
+                                          "cancel them first (raftflow runs cancel RUN_ID)")
+        for run_id in runs:
+            self._forget(run_id)
+        del self.dags[cmd.dag_id]
+        return Result(value={"pruned": runs})
+
+    def _editable_run(self, run_id: str) -> Run:
+        """An active run, or a finished one read back from the archive (not yet reopened)."""
+        if run_id in self.active:
+            return self.active[run_id]
+        run = self.run(run_id)
+        if run is None:
+            raise _Rejected(Code.NOT_FOUND, f"no run {run_id!r}")
+        return run
+
+    def _reopen(self, run: Run, at: float) -> Run:
+        """Bring a finished run back from the archive (queued: the planner starts it
+        again within max_active_runs). An active run is returned as it is."""
+        if run.run_id in self.active:
+            return run
+        check_run_move(run.run_id, run.state, RunState.QUEUED)
+        record = self._archive.get(run.run_id)
+        self.archive_digest = remove_term(self.archive_digest, decode_record(record)[1])
+        self._archive.delete(run.run_id)
+        run.state, run.started_at, run.ended_at = RunState.QUEUED, None, None
+        self.active[run.run_id] = run
+        self.runs_by_dag[run.dag_id][run.run_id] = None
+        return run
+
+    def _forget(self, run_id: str) -> None:
+        """Remove a finished run entirely (its archive record and index entries)."""
+        record = self._archive.get(run_id)
+        if record is not None:
+            self.archive_digest = remove_term(self.archive_digest, decode_record(record)[1])
+            self._archive.delete(run_id)
+        dag_id = self.run_index.pop(run_id)
+        runs = self.runs_by_dag[dag_id]
+        del runs[run_id]
+        if not runs:
+            del self.runs_by_dag[dag_id]
+
     def _lose_attempt(self, cmd: c.LoseAttempt) -> Result:
         run, ti = self._task(cmd.run_id, cmd.task_id)
         self._check_current(run, ti, cmd.attempt, cmd.node)
@@ -507,15 +607,7 @@ class State:
         if active:
             return _reject(Code.CONFLICT, f"cannot prune unfinished run(s): {', '.join(active[:5])}")
         for run_id in present:
-            record = self._archive.get(run_id)
-            if record is not None:
-                self.archive_digest = remove_term(self.archive_digest, decode_record(record)[1])
-                self._archive.delete(run_id)
-            dag_id = self.run_index.pop(run_id)
-            runs = self.runs_by_dag[dag_id]
-            del runs[run_id]
-            if not runs:
-                del self.runs_by_dag[dag_id]
+            self._forget(run_id)
         return Result(value={"pruned": present})
 
     def _lose(self, run: Run, ti: TaskInstance, why: str, at: float) -> None:
@@ -632,8 +724,8 @@ class State:
                 if ti.state in TASK_ACTIVE:
                     assert ti.node is not None
                     load[ti.node] = load.get(ti.node, 0) + 1
-                if run.state is RunState.QUEUED:
-                    assert ti.state is TaskState.PENDING, (run.run_id, ti.task_id, ti.state)
+                if run.state is RunState.QUEUED:   # (a reopened run keeps its finished tasks)
+                    assert ti.state not in TASK_ACTIVE, (run.run_id, ti.task_id, ti.state)
         assert load == self.node_load, (load, self.node_load)
         by_dag: dict[str, dict[str, float | None]] = {}
         total = 0

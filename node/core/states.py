@@ -59,12 +59,20 @@ TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset({
     (T.UP_FOR_RETRY, T.QUEUED),
 })
 
+# By hand (ClearTasks, MarkTask): any state back to pending, any state to success or
+# failed. The attempt number never goes back, so fencing still holds.
+TASK_TRANSITIONS = TASK_TRANSITIONS | frozenset(
+    (start, finish) for start in T for finish in (T.PENDING, T.SUCCESS, T.FAILED) if start is not finish
+)
+
 R = RunState
 RUN_TRANSITIONS: frozenset[tuple[RunState, RunState]] = frozenset({
     (R.QUEUED, R.RUNNING),
     (R.RUNNING, R.SUCCESS),
     (R.RUNNING, R.FAILED),
     (R.QUEUED, R.FAILED),           # cancelled before it started
+    (R.SUCCESS, R.QUEUED),          # reopened: a task was cleared or marked
+    (R.FAILED, R.QUEUED),
 })
 
 

@@ -79,6 +79,21 @@ class ClientStub:
                 request_serializer=raftflow_dot_proto_dot_client__pb2.SetPoolRequest.SerializeToString,
                 response_deserializer=raftflow_dot_proto_dot_client__pb2.SetPoolResponse.FromString,
                 _registered_method=True)
+        self.ClearTasks = channel.unary_unary(
+                '/raftflow.v1.Client/ClearTasks',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.ClearTasksRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.ClearTasksResponse.FromString,
+                _registered_method=True)
+        self.MarkTask = channel.unary_unary(
+                '/raftflow.v1.Client/MarkTask',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.MarkTaskRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.MarkTaskResponse.FromString,
+                _registered_method=True)
+        self.DeleteDag = channel.unary_unary(
+                '/raftflow.v1.Client/DeleteDag',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.DeleteDagRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.DeleteDagResponse.FromString,
+                _registered_method=True)
         self.ListPools = channel.unary_unary(
                 '/raftflow.v1.Client/ListPools',
                 request_serializer=raftflow_dot_proto_dot_client__pb2.ListPoolsRequest.SerializeToString,
@@ -163,6 +178,27 @@ class ClientServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClearTasks(self, request, context):
+        """Run tasks again (and optionally every task after them); reopens a finished run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkTask(self, request, context):
+        """Set a task's state by hand to success or failed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDag(self, request, context):
+        """Remove a DAG and its whole history (refused while it has unfinished runs).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListPools(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -236,6 +272,21 @@ def add_ClientServicer_to_server(servicer, server):
                     servicer.SetPool,
                     request_deserializer=raftflow_dot_proto_dot_client__pb2.SetPoolRequest.FromString,
                     response_serializer=raftflow_dot_proto_dot_client__pb2.SetPoolResponse.SerializeToString,
+            ),
+            'ClearTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearTasks,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.ClearTasksRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.ClearTasksResponse.SerializeToString,
+            ),
+            'MarkTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkTask,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.MarkTaskRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.MarkTaskResponse.SerializeToString,
+            ),
+            'DeleteDag': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDag,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.DeleteDagRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.DeleteDagResponse.SerializeToString,
             ),
             'ListPools': grpc.unary_unary_rpc_method_handler(
                     servicer.ListPools,
@@ -501,6 +552,87 @@ class Client:
             '/raftflow.v1.Client/SetPool',
             raftflow_dot_proto_dot_client__pb2.SetPoolRequest.SerializeToString,
             raftflow_dot_proto_dot_client__pb2.SetPoolResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/ClearTasks',
+            raftflow_dot_proto_dot_client__pb2.ClearTasksRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.ClearTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/MarkTask',
+            raftflow_dot_proto_dot_client__pb2.MarkTaskRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.MarkTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/DeleteDag',
+            raftflow_dot_proto_dot_client__pb2.DeleteDagRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.DeleteDagResponse.FromString,
             options,
             channel_credentials,
             insecure,

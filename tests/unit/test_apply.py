@@ -577,6 +577,9 @@ ALL_COMMANDS = [
     c.CompleteEmpty("m1", "a", T0),
     c.SkipTask("m1", "a", "an upstream task was skipped", T0),
     c.CancelRun("m1", "cancelled by alice", T0),
+    c.ClearTasks("m1", ("a", "b"), True, "rerun after the fix", T0),
+    c.MarkTask("m1", "a", "success", "done by hand", T0),
+    c.DeleteDag("d", T0),
     c.CreateRun("m1", "d", iso(T0), iso(T0 - 60), iso(T0), "manual", {"a": [1, {"b": None}], "c": 1.5}, T0),
     c.StartRun("m1", T0),
     c.FinishRun("m1", "success", T0),
@@ -619,6 +622,8 @@ DETERMINISM_DAGS = [
                      task("d", upstream=["c"], retries=1)], max_active_runs=2),
     dag_dict("hollow", [task("a"), {"task_id": "gate", "kind": "empty", "upstream": ["a"]},
                         task("z", upstream=["gate"])]),
+    dag_dict("flaky", [task("f", retries=3, retry_delay=60, retry_exponential_backoff=True),
+                       task("g", upstream=["f"], trigger_rule="all_done")]),
 ]
 
 
@@ -655,8 +660,17 @@ class Fuzzer:
         roll = rng.random()
         retrying = sorted(r.run_id for r in state.active.values()
                           if any(t.state is S.UP_FOR_RETRY for t in r.tasks.values()))
-        if retrying and rng.random() < 0.2:   # a user cancels a run while a task waits to retry
+        if retrying and rng.random() < 0.05:   # a user cancels a run while a task waits to retry
             return c.CancelRun(rng.choice(retrying), "cancelled during a retry delay", self.now)
+        if rng.random() < 0.12 and (picked := self._any_ti(state)) is not None:   # a user's hand
+            run_id, tid, _ti = picked
+            waiting = [(r.run_id, t) for r in state.active.values() for t, ti in r.tasks.items()
+                       if ti.state is S.UP_FOR_RETRY]
+            if waiting and rng.random() < 0.3:   # often on a task waiting to retry: rare otherwise
+                run_id, tid = rng.choice(sorted(waiting))
+            if rng.random() < 0.5:
+                return c.ClearTasks(run_id, (tid,), rng.random() < 0.5, "cleared by fuzz", self.now)
+            return c.MarkTask(run_id, tid, rng.choice(["success", "failed"]), "", self.now)
         if roll < 0.30:
             return c.Batch(tuple(plan(state, self.now, self._nodes())))
         if roll < 0.55:
@@ -689,7 +703,7 @@ class Fuzzer:
             self.manual += 1
             kind = rng.random()
             run_id = f"manual_{self.manual}" if kind < 0.8 else rng.choice(list(state.run_index) or ["manual_0"])
-            dag_id = rng.choice(["man", "man", "hollow", "sched", "latest", "ghost"])
+            dag_id = rng.choice(["man", "man", "hollow", "flaky", "flaky", "sched", "latest", "ghost"])
             conf = rng.choice([{}, {"k": self.manual}, {"nested": {"l": [1, 2.5, None]}}])
             return c.CreateRun(run_id, dag_id, iso(self.now), iso(self.now), iso(self.now), "manual", conf, self.now)
         if roll < 0.67:
@@ -709,7 +723,11 @@ class Fuzzer:
             if picked is None:
                 return c.Barrier("n1", 1, self.now)
             run_id, tid, ti = picked
-            choice = rng.randrange(7)
+            choice = rng.randrange(9)
+            if choice == 7:   # a user re-runs tasks, with or without their downstream tasks
+                return c.ClearTasks(run_id, (tid,), rng.random() < 0.5, "cleared by fuzz", self.now)
+            if choice == 8:   # a user marks a task by hand
+                return c.MarkTask(run_id, tid, rng.choice(["success", "failed", "running"]), "", self.now)
             if choice == 5:
                 return c.CancelRun(run_id, "late cancel", self.now)
             if choice == 6:
@@ -764,7 +782,7 @@ def flat_codes(result: Any) -> list[Code]:
     return [result.code]
 
 
-SEEDS = range(6)
+SEEDS = range(10)
 STEPS = 300
 
 
@@ -826,11 +844,69 @@ def test_the_random_logs_exercise_the_interesting_paths():
             story |= {event[1] for r in state.iter_runs() for ti in r.tasks.values() for event in ti.story}
             run_states |= {r.state for r in state.iter_runs()}
             scheduled |= {f"{seed}/{r.run_id}" for r in state.iter_runs() if r.trigger == "schedule"}
-    every_move = {f"{a.value}->{b.value}" for a, b in TASK_TRANSITIONS}
+    by_hand = {(a, b) for a in S for b in (S.PENDING, S.SUCCESS, S.FAILED) if a is not b}
+    automatic = TASK_TRANSITIONS - (by_hand - AUTOMATIC_AND_MANUAL)
+    every_move = {f"{a.value}->{b.value}" for a, b in automatic}
     assert every_move <= story, every_move - story
+    manual_seen = {f"{a.value}->{b.value}" for a, b in by_hand} & story
+    assert len(manual_seen) >= 12, manual_seen   # each one: test_every_manual_move_applies
     assert set(RunState) <= run_states
     assert len(scheduled) >= 10
     assert pruned >= 3
+
+
+# Moves the scheduler itself makes that are also among the by-hand ones.
+AUTOMATIC_AND_MANUAL = {(S.RUNNING, S.SUCCESS), (S.RUNNING, S.FAILED), (S.ASSIGNED, S.FAILED),
+                        (S.PENDING, S.SUCCESS)}
+
+
+def _task_in(state_wanted: S) -> World:
+    """A running run whose task `a` is in `state_wanted` (b waits on a)."""
+    w = running_world(dag_dict(tasks=[task("a", retries=1, retry_delay=600), task("b", upstream=["a"])]))
+    if state_wanted is S.PENDING:
+        return w
+    if state_wanted is S.SKIPPED:
+        w.apply(c.CancelRun("r1", "gone", T0 + 1))
+        return w
+    w.apply(c.QueueTask("r1", "a", T0))
+    if state_wanted is S.QUEUED:
+        return w
+    w.apply(c.AssignTask("r1", "a", "n1", 1, T0))
+    if state_wanted is S.ASSIGNED:
+        return w
+    w.apply(c.TaskStarted("r1", "a", 1, "n1", T0))
+    if state_wanted is S.RUNNING:
+        return w
+    code = 0 if state_wanted is S.SUCCESS else 1
+    w.apply(c.TaskFinished("r1", "a", 1, "n1", code, T0, T0 + 1, "", "", T0 + 1))
+    if state_wanted in (S.SUCCESS, S.UP_FOR_RETRY):
+        return w
+    w.apply(c.QueueTask("r1", "a", T0 + 700))
+    w.apply(c.AssignTask("r1", "a", "n1", 2, T0 + 700))
+    w.apply(c.TaskStarted("r1", "a", 2, "n1", T0 + 700))
+    w.apply(c.TaskFinished("r1", "a", 2, "n1", 1, T0 + 700, T0 + 701, "", "", T0 + 701))
+    if state_wanted is S.UPSTREAM_FAILED:   # (a is failed now: look at b)
+        w.apply(c.FailUpstream("r1", "b", "an upstream task failed", T0 + 702))
+    return w
+
+
+@pytest.mark.parametrize("start", list(S), ids=[s.value for s in S])
+def test_every_manual_move_applies(start):
+    """clear (-> pending) and mark (-> success / failed) from every state: replicas agree,
+    the indexes stay true, a running attempt is named for its node to kill."""
+    for target in (S.PENDING, S.SUCCESS, S.FAILED):
+        if target is start:
+            continue
+        w = _task_in(start)
+        tid = "b" if start is S.UPSTREAM_FAILED else "a"
+        assert w.ti("r1", tid).state is start
+        if target is S.PENDING:
+            result = w.apply(c.ClearTasks("r1", (tid,), False, "rerun", T0 + 800))
+        else:
+            result = w.apply(c.MarkTask("r1", tid, target.value, "", T0 + 800))
+        assert w.ti("r1", tid).state is target
+        assert bool(result.value["stopped"]) == (start in (S.ASSIGNED, S.RUNNING))
+        w.state.validate()
 
 
 def test_state_pickles_for_raft_snapshots_and_keeps_applying():
@@ -920,5 +996,5 @@ def test_a_result_needs_a_committed_start_claim():
     w.queue_and_assign("r1", "a", "n1")
     before = w.state.digest()
     result = w.state.apply(c.TaskFinished("r1", "a", 1, "n1", 0, T0, T0 + 1, "", "", T0 + 1))
-    assert result.code is Code.CONFLICT and "assigned -> success" in result.reason
+    assert result.code is Code.CONFLICT and "no start claim committed" in result.reason
     assert w.state.digest() == before

@@ -127,6 +127,17 @@ class ClusterClient:
     def get_run(self, run_id: str) -> dict[str, Any]:
         return run_dict(self.call("GetRun", client_pb2.GetRunRequest(run_id=run_id)))
 
+    def clear_tasks(self, run_id: str, task_ids: list[str], downstream: bool) -> dict[str, Any]:
+        return _dict(self.call("ClearTasks", client_pb2.ClearTasksRequest(run_id=run_id, task_ids=task_ids,
+                                                                          downstream=downstream)))
+
+    def mark_task(self, run_id: str, task_id: str, state: str) -> int:
+        return self.call("MarkTask", client_pb2.MarkTaskRequest(run_id=run_id, task_id=task_id,
+                                                                state=state)).stopped_attempts
+
+    def delete_dag(self, dag_id: str) -> int:
+        return self.call("DeleteDag", client_pb2.DeleteDagRequest(dag_id=dag_id)).runs_removed
+
     def set_pool(self, name: str, slots: int) -> None:
         self.call("SetPool", client_pb2.SetPoolRequest(name=name, slots=slots))
 

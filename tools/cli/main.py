@@ -274,6 +274,40 @@ def cmd_tasks_logs(client: ClusterClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tasks_clear(client: ClusterClient, args: argparse.Namespace) -> int:
+    out = client.clear_tasks(args.run_id, args.task_ids, args.downstream)
+    if args.json:
+        emit_json({"run_id": args.run_id, **out})
+    else:
+        print(f"cleared in {args.run_id}: {', '.join(out['cleared'])}"
+              + (f"; {out['stopped_attempts']} running attempt(s) are being killed" if out["stopped_attempts"] else "")
+              + ". They run again; `raftflow runs watch RUN_ID` follows them.")
+    return EXIT_OK
+
+
+def cmd_tasks_mark(client: ClusterClient, args: argparse.Namespace) -> int:
+    stopped = client.mark_task(args.run_id, args.task_id, args.state)
+    if args.json:
+        emit_json({"run_id": args.run_id, "task_id": args.task_id, "state": args.state, "stopped_attempts": stopped})
+    else:
+        print(f"{args.run_id}/{args.task_id} marked {args.state}"
+              + (" (its running attempt is being killed)" if stopped else ""))
+    return EXIT_OK
+
+
+def cmd_dags_delete(client: ClusterClient, args: argparse.Namespace) -> int:
+    if not args.yes:
+        runs = client.list_runs(args.dag_id, limit=100000)["runs"]
+        raise UsageError(f"this removes DAG {args.dag_id} and its {len(runs)} run(s) with their task logs, on every "
+                         "node; nothing was changed. Repeat with --yes to do it")
+    removed = client.delete_dag(args.dag_id)
+    if args.json:
+        emit_json({"dag_id": args.dag_id, "runs_removed": removed})
+    else:
+        print(f"DAG {args.dag_id} deleted with {removed} run(s)")
+    return EXIT_OK
+
+
 def cmd_pools_set(client: ClusterClient, args: argparse.Namespace) -> int:
     if args.slots < 0:
         raise UsageError(f"SLOTS must be 0 or more, got {args.slots}")
@@ -348,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dag_id")
     p.add_argument("--conf", help="JSON object passed to the run")
     p.add_argument("--wait", action="store_true", help="follow the run; exit 1 if it fails")
+    p = verb(dags, "delete", cmd_dags_delete, "remove a DAG and its whole history (not while runs are going)")
+    p.add_argument("dag_id")
+    p.add_argument("--yes", action="store_true", help="really delete (without it, says what would go)")
     p = verb(dags, "pause", cmd_pause(True), "stop scheduling new runs of a DAG", json_flag=False)
     p.add_argument("dag_id")
     p = verb(dags, "unpause", cmd_pause(False), "resume scheduling a DAG", json_flag=False)
@@ -366,7 +403,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--reason", help="recorded with the run's tasks (default: cancelled by the user)")
 
-    tasks = sub.add_parser("tasks", help="task logs").add_subparsers(dest="verb", required=True)
+    tasks = sub.add_parser("tasks", help="task logs; clear and mark tasks").add_subparsers(dest="verb", required=True)
+    p = verb(tasks, "clear", cmd_tasks_clear, "run tasks again (a finished run reopens); kills running attempts")
+    p.add_argument("run_id")
+    p.add_argument("task_ids", nargs="+", metavar="TASK_ID")
+    p.add_argument("--downstream", action="store_true", help="also every task that depends on them")
+    p = verb(tasks, "mark", cmd_tasks_mark, "set a task's state by hand (kills a running attempt)")
+    p.add_argument("run_id")
+    p.add_argument("task_id")
+    p.add_argument("state", choices=["success", "failed"])
     p = verb(tasks, "logs", cmd_tasks_logs, "print a task attempt's log, from whichever node ran it",
              json_flag=False)
     p.add_argument("run_id")

@@ -1,0 +1,70 @@
+"""Operations on a real cluster: clear (with downstream), mark, delete."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from support import Cli, running_cluster, wait_for
+
+pytestmark = pytest.mark.integration
+
+DAGS = r'''
+from raftflow import DAG, BashTask
+
+with DAG("ops"):
+    a = BashTask("a", command="echo a")
+    b = BashTask("b", command="test -f MARKER")
+    a >> b
+
+with DAG("held"):
+    BashTask("long", command="sleep 120 & echo $! > PIDFILE; wait")
+'''
+
+
+def _wait_end(cli: Cli, run_id: str) -> dict:
+    return wait_for(lambda: (r := cli.json("runs", "show", run_id))["state"] in ("success", "failed") and r,
+                    60, f"run {run_id} to end")
+
+
+def test_clear_mark_and_delete(tmp_path):
+    marker, pidfile = tmp_path / "marker", tmp_path / "pid"
+    with running_cluster(tmp_path / "cluster") as cluster:
+        cli = Cli(cluster.addresses)
+        (tmp_path / "d.py").write_text(DAGS.replace("MARKER", str(marker)).replace("PIDFILE", str(pidfile)))
+        assert cli("dags", "submit", str(tmp_path / "d.py")).returncode == 0
+
+        run = json.loads(cli("dags", "trigger", "ops", "--wait", "--json").stdout)
+        assert run["state"] == "failed"
+        marker.touch()                       # the fix
+        proc = cli("tasks", "clear", run["run_id"], "b")
+        assert proc.returncode == 0 and "cleared in" in proc.stdout, proc.stderr
+        after = _wait_end(cli, run["run_id"])
+        tasks = {t["task_id"]: t for t in after["tasks"]}
+        assert after["state"] == "success" and tasks["b"]["attempt"] == 2 and tasks["a"]["attempt"] == 1
+
+        out = json.loads(cli("tasks", "clear", run["run_id"], "a", "--downstream", "--json").stdout)
+        assert out["cleared"] == ["a", "b"]
+        again = _wait_end(cli, run["run_id"])
+        assert again["state"] == "success" and [t["attempt"] for t in again["tasks"]] == [2, 3]
+
+        held = json.loads(cli("dags", "trigger", "held", "--json").stdout)["run_id"]
+        wait_for(lambda: pidfile.exists() and cli.json("runs", "show", held)["tasks"][0]["state"] == "running",
+                 30, "the long task to run")
+        pid = int(pidfile.read_text())
+        assert cli("tasks", "mark", held, "long", "success").returncode == 0
+        assert _wait_end(cli, held)["state"] == "success"
+        deadline = time.monotonic() + 15
+        while Path(f"/proc/{pid}").exists():
+            assert time.monotonic() < deadline, "the marked task's process survived"
+            time.sleep(0.05)
+
+        refused = cli("dags", "delete", "ops")
+        assert refused.returncode == 2 and "its 1 run(s)" in refused.stderr and "--yes" in refused.stderr
+        assert cli("dags", "delete", "ops", "--yes").returncode == 0
+        assert "ops" not in [d["dag_id"] for d in cli.json("dags", "list")["dags"]]
+        gone = cli("runs", "show", run["run_id"])
+        assert gone.returncode == 2 and "no run" in gone.stderr
