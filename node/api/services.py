@@ -199,6 +199,13 @@ class ClientService(client_pb2_grpc.ClientServicer):
         return client_pb2.TriggerDagResponse(run_id=result.value["run_id"], logical_date=logical, dag_paused=paused)
 
     @_handled
+    def BackfillDag(self, request, context):  # type: ignore[no-untyped-def]
+        with self.replica.lock:
+            self._record(request.dag_id)
+        result = _check(self.replica.propose(c.Backfill(request.dag_id, request.start, request.end, time.time())))
+        return client_pb2.BackfillDagResponse(created=result.value["created"], existing=result.value["existing"])
+
+    @_handled
     def SetPaused(self, request, context):  # type: ignore[no-untyped-def]
         with self.replica.lock:
             self._record(request.dag_id)

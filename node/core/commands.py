@@ -101,6 +101,17 @@ class CreateRun(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class Backfill(Command):
+    """Create the runs of every schedule tick in [start, end] (ISO-8601) that has no run
+    yet; they start like any run, within max_active_runs."""
+    TYPE: ClassVar[str] = "backfill"
+    dag_id: str
+    start: str
+    end: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class StartRun(Command):
     TYPE: ClassVar[str] = "start_run"
     run_id: str
@@ -287,7 +298,7 @@ class Undecodable(Command):
 
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.TYPE: cls
-    for cls in (Barrier, SubmitDag, SetPaused, SetPool, NoteWaiting, SkipTicks, CreateRun, StartRun, FinishRun, QueueTask,
+    for cls in (Barrier, SubmitDag, SetPaused, SetPool, NoteWaiting, SkipTicks, CreateRun, Backfill, StartRun, FinishRun, QueueTask,
                 FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, CancelRun, ClearTasks,
                 MarkTask, DeleteDag, LoseAttempt,
                 NodeStarted, PruneRuns,

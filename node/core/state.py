@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 from . import commands as c
 from .archive import MemoryArchive, RunArchive, add_term, decode_record, encode_record, remove_term
 from .pickling import by_name
-from .schedule import first_tick_after, next_tick_after
+from .schedule import first_tick_after, iso as _iso, next_tick_after, previous_tick
 from .spec import (
     DEFAULT_POOL, DEFAULT_POOL_SLOTS, ID_PATTERN, ID_RULE, DagSpec, SpecError, normalise_instant,
 )
@@ -37,6 +37,7 @@ from .states import (
 STORY_LIMIT = 32          # events kept per task instance for `story`
 LEADER_HISTORY_LIMIT = 20
 LOG_TAIL_LIMIT = 4096
+MAX_BACKFILL_RUNS = 10_000
 RESULT_LIMIT = 64 * 1024   # bytes of JSON a task may publish as its result
 
 
@@ -166,6 +167,7 @@ class State:
             c.NoteWaiting: self._note_waiting,
             c.SkipTicks: self._skip_ticks,
             c.CreateRun: self._create_run,
+            c.Backfill: self._backfill,
             c.StartRun: self._start_run,
             c.FinishRun: self._finish_run,
             c.QueueTask: self._queue_task,
@@ -317,7 +319,7 @@ class State:
             return _reject(Code.CONFLICT, f"run {cmd.run_id!r} already exists")
         if not isinstance(cmd.conf, dict):
             return _reject(Code.INVALID, "conf must be a JSON object")
-        if cmd.trigger not in ("schedule", "manual"):
+        if cmd.trigger not in ("schedule", "manual", "backfill"):
             return _reject(Code.INVALID, f"unknown trigger {cmd.trigger!r}")
         try:
             logical = normalise_instant(cmd.logical_date, "logical_date")
@@ -326,19 +328,65 @@ class State:
         except SpecError as e:
             return _reject(Code.INVALID, str(e))
         version = record.latest
-        run = Run(cmd.run_id, cmd.dag_id, version.version, logical, start, end, cmd.trigger,
-                  cmd.conf, RunState.QUEUED, cmd.at)
-        run.tasks = {t.task_id: TaskInstance(t.task_id) for t in version.spec.tasks}
-        self.active[run.run_id] = run
-        self.run_index[run.run_id] = run.dag_id
-        self.runs_by_dag.setdefault(run.dag_id, {})[run.run_id] = None
-        if cmd.trigger == "schedule":
+        backfilled = f"backfill__{cmd.dag_id}__{logical}"
+        ran_already = cmd.trigger == "schedule" and backfilled in self.run_index
+        if not ran_already:
+            run = Run(cmd.run_id, cmd.dag_id, version.version, logical, start, end, cmd.trigger,
+                      cmd.conf, RunState.QUEUED, cmd.at)
+            run.tasks = {t.task_id: TaskInstance(t.task_id) for t in version.spec.tasks}
+            self.active[run.run_id] = run
+            self.run_index[run.run_id] = run.dag_id
+            self.runs_by_dag.setdefault(run.dag_id, {})[run.run_id] = None
+        if cmd.trigger == "schedule":   # (a tick a backfill already ran only moves the cursor)
             tick = _epoch(logical)
             if record.last_scheduled_tick is None or tick > record.last_scheduled_tick:
                 record.last_scheduled_tick = tick
             if record.next_tick_at is not None and tick >= record.next_tick_at:
                 record.next_tick_at = next_tick_after(version.spec, tick)
-        return Result(value={"run_id": run.run_id})
+        return Result(value={"run_id": backfilled if ran_already else cmd.run_id})
+
+    def _backfill(self, cmd: c.Backfill) -> Result:
+        """Value: {"created": [run_id...], "existing": [logical dates that already had a run]}."""
+        record = self.dags.get(cmd.dag_id)
+        if record is None:
+            return _reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
+        spec = record.latest.spec
+        if spec.cron is None:
+            return _reject(Code.INVALID, f"DAG {cmd.dag_id!r} has no schedule, so no ticks to backfill; "
+                                         "trigger runs instead")
+        try:
+            start = _epoch(normalise_instant(cmd.start, "start"))
+            end = _epoch(normalise_instant(cmd.end, "end"))
+        except SpecError as e:
+            return _reject(Code.INVALID, str(e))
+        if end < start:
+            return _reject(Code.INVALID, f"the end {cmd.end} is before the start {cmd.start}")
+        if end > cmd.at:
+            return _reject(Code.INVALID, f"the end {cmd.end} is in the future: a backfill covers past ticks "
+                                         "(the schedule runs the others)")
+        ticks: list[float] = []
+        tick = first_tick_after(spec, start)
+        while tick is not None and tick <= end:
+            if len(ticks) == MAX_BACKFILL_RUNS:
+                return _reject(Code.INVALID, f"{cmd.start} .. {cmd.end} holds more than {MAX_BACKFILL_RUNS} ticks "
+                                             "of this schedule; backfill a shorter range at a time")
+            ticks.append(tick)
+            tick = next_tick_after(spec, tick)
+        created, existing = [], []
+        for tick in ticks:
+            when = _iso(tick)
+            run_id = f"backfill__{cmd.dag_id}__{when}"
+            if run_id in self.run_index or f"scheduled__{cmd.dag_id}__{when}" in self.run_index:
+                existing.append(when)
+                continue
+            run = Run(run_id, cmd.dag_id, record.latest.version, when, _iso(previous_tick(spec, tick)), when,
+                      "backfill", {}, RunState.QUEUED, cmd.at)
+            run.tasks = {t.task_id: TaskInstance(t.task_id) for t in spec.tasks}
+            self.active[run_id] = run
+            self.run_index[run_id] = cmd.dag_id
+            self.runs_by_dag.setdefault(cmd.dag_id, {})[run_id] = None
+            created.append(run_id)
+        return Result(value={"created": created, "existing": existing})
 
     def _start_run(self, cmd: c.StartRun) -> Result:
         run = self._active_run(cmd.run_id)

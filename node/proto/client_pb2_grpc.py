@@ -59,6 +59,11 @@ class ClientStub:
                 request_serializer=raftflow_dot_proto_dot_client__pb2.SetPausedRequest.SerializeToString,
                 response_deserializer=raftflow_dot_proto_dot_client__pb2.SetPausedResponse.FromString,
                 _registered_method=True)
+        self.BackfillDag = channel.unary_unary(
+                '/raftflow.v1.Client/BackfillDag',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.BackfillDagRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.BackfillDagResponse.FromString,
+                _registered_method=True)
         self.ListRuns = channel.unary_unary(
                 '/raftflow.v1.Client/ListRuns',
                 request_serializer=raftflow_dot_proto_dot_client__pb2.ListRunsRequest.SerializeToString,
@@ -147,6 +152,13 @@ class ClientServicer:
 
     def SetPaused(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BackfillDag(self, request, context):
+        """Create the runs of every schedule tick in [start, end] that has none yet.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -252,6 +264,11 @@ def add_ClientServicer_to_server(servicer, server):
                     servicer.SetPaused,
                     request_deserializer=raftflow_dot_proto_dot_client__pb2.SetPausedRequest.FromString,
                     response_serializer=raftflow_dot_proto_dot_client__pb2.SetPausedResponse.SerializeToString,
+            ),
+            'BackfillDag': grpc.unary_unary_rpc_method_handler(
+                    servicer.BackfillDag,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.BackfillDagRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.BackfillDagResponse.SerializeToString,
             ),
             'ListRuns': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRuns,
@@ -444,6 +461,33 @@ class Client:
             '/raftflow.v1.Client/SetPaused',
             raftflow_dot_proto_dot_client__pb2.SetPausedRequest.SerializeToString,
             raftflow_dot_proto_dot_client__pb2.SetPausedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BackfillDag(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/BackfillDag',
+            raftflow_dot_proto_dot_client__pb2.BackfillDagRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.BackfillDagResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -68,3 +68,26 @@ def test_clear_mark_and_delete(tmp_path):
         assert "ops" not in [d["dag_id"] for d in cli.json("dags", "list")["dags"]]
         gone = cli("runs", "show", run["run_id"])
         assert gone.returncode == 2 and "no run" in gone.stderr
+
+
+def test_backfill_runs_the_past_ticks_of_a_range(tmp_path):
+    with running_cluster(tmp_path / "cluster") as cluster:
+        cli = Cli(cluster.addresses)
+        (tmp_path / "h.py").write_text("from raftflow import DAG, BashTask\n"
+                                       "with DAG('hourly', schedule='@hourly', catchup='none', max_active_runs=2):\n"
+                                       "    BashTask('a', command='echo {{ ds }} {{ data_interval_end }}')\n")
+        assert cli("dags", "submit", str(tmp_path / "h.py")).returncode == 0
+        out = json.loads(cli("dags", "backfill", "hourly", "--start", "2026-01-01T00:00:00",
+                             "--end", "2026-01-01T03:00:00", "--json").stdout)
+        assert out["created"] == [f"backfill__hourly__2026-01-01T0{h}:00:00+00:00" for h in range(4)]
+
+        def all_done():
+            runs = {r["run_id"]: r["state"] for r in cli.json("runs", "list", "hourly")["runs"]}
+            return all(runs.get(r) == "success" for r in out["created"])
+        wait_for(all_done, 60, "the backfilled runs to succeed")
+        log = cli("tasks", "logs", out["created"][2], "a").stdout
+        assert log == "2026-01-01 2026-01-01 02:00:00+00:00\n"
+        again = cli("dags", "backfill", "hourly", "--start", "2026-01-01", "--end", "2026-01-01T01:00:00")
+        assert again.returncode == 0 and "0 run(s) created" in again.stdout and "2 tick(s) already had a run" in again.stdout
+        future = cli("dags", "backfill", "hourly", "--start", "2026-01-01", "--end", "2999-01-01")
+        assert future.returncode == 2 and "in the future" in future.stderr

@@ -572,6 +572,7 @@ ALL_COMMANDS = [
     c.SubmitDag(diamond(), "src", "diamond.py", T0),
     c.SetPaused("d", True, T0),
     c.SkipTicks("d", T0 + 300.0, T0),
+    c.Backfill("d", iso(T0 - 86400), iso(T0), T0),
     c.SetPool("warehouse", 4, T0),
     c.NoteWaiting("m1", "a", "waiting: pool full", T0),
     c.CompleteEmpty("m1", "a", T0),

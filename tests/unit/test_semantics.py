@@ -16,7 +16,7 @@ from raftflow.core.spec import DagSpec
 from raftflow.core.state import Code, Run, TaskInstance
 from raftflow.core.states import RunState, TaskState as S
 
-from core_support import T0, World, dag_dict, nodes, of_type, task
+from core_support import HOUR, T0, World, dag_dict, iso, nodes, of_type, task
 
 
 def started(spec: dict, run_id: str = "r1", conf: dict | None = None) -> World:
@@ -289,3 +289,45 @@ def test_pool_slots_are_validated():
     assert w.state.pool_slots("default_pool") == 128 and w.state.pool_slots("p") is None
     w.apply(c.SetPool("default_pool", 2, T0))
     assert w.state.pool_slots("default_pool") == 2
+
+
+# ------------------------------------------------------------ backfill
+def hourly(**kw) -> dict:
+    return dag_dict("h", [task("a")], schedule="0 * * * *", start_date=iso(T0), catchup="none",
+                    max_active_runs=2, **kw)
+
+
+def test_backfill_creates_the_runs_of_a_range_and_respects_max_active_runs():
+    w = World()
+    w.submit(hourly(), at=T0 + 10 * HOUR)
+    result = w.apply(c.Backfill("h", iso(T0 - 3 * HOUR), iso(T0 - 30 * 60), T0 + 10 * HOUR))
+    assert result.value["created"] == [f"backfill__h__{iso(T0 - 3 * HOUR + i * HOUR)}" for i in range(3)]
+    run = w.run(result.value["created"][0])
+    assert (run.trigger, run.data_interval_start, run.data_interval_end) == \
+        ("backfill", iso(T0 - 4 * HOUR), iso(T0 - 3 * HOUR))
+    cmds = w.tick(T0 + 10 * HOUR + 1, nodes("n1", slots=8))
+    assert len(of_type(cmds, c.StartRun)) == 2, "max_active_runs=2 holds for backfilled runs too"
+    again = w.apply(c.Backfill("h", iso(T0 - 3 * HOUR), iso(T0 - 30 * 60), T0 + 10 * HOUR))
+    assert again.value == {"created": [], "existing": [iso(T0 - 3 * HOUR + i * HOUR) for i in range(3)]}
+
+
+def test_backfill_refuses_what_it_cannot_do():
+    w = World()
+    w.submit(hourly(), at=T0)
+    w.submit(dag_dict("manual_only", [task("a")]), at=T0)
+    w.apply(c.Backfill("manual_only", iso(T0 - HOUR), iso(T0), T0), expect=Code.INVALID)
+    w.apply(c.Backfill("h", iso(T0), iso(T0 - HOUR), T0), expect=Code.INVALID)
+    w.apply(c.Backfill("h", iso(T0 - HOUR), iso(T0 + HOUR), T0), expect=Code.INVALID)     # the future
+    w.apply(c.Backfill("h", iso(T0 - 2 * 365 * 24 * HOUR), iso(T0), T0), expect=Code.INVALID)   # > 10000 runs
+    w.apply(c.Backfill("h", "yesterday", iso(T0), T0), expect=Code.INVALID)
+    w.apply(c.Backfill("nope", iso(T0 - HOUR), iso(T0), T0), expect=Code.NOT_FOUND)
+
+
+def test_a_scheduled_tick_that_a_backfill_ran_moves_the_cursor_without_a_second_run():
+    w = World()
+    w.submit(dict(hourly(), catchup="all"), at=T0 - 10)
+    w.apply(c.Backfill("h", iso(T0), iso(T0), T0 + 5))
+    w.tick(T0 + 10, nodes("n1", slots=8))
+    runs = sorted(r.run_id for r in w.state.iter_runs())
+    assert runs == [f"backfill__h__{iso(T0)}"]
+    assert w.state.dags["h"].next_tick_at == T0 + HOUR

@@ -117,6 +117,9 @@ class ClusterClient:
     def trigger(self, dag_id: str, conf_json: str = "") -> dict[str, Any]:
         return _dict(self.call("TriggerDag", client_pb2.TriggerDagRequest(dag_id=dag_id, conf_json=conf_json)))
 
+    def backfill(self, dag_id: str, start: str, end: str) -> dict[str, Any]:
+        return _dict(self.call("BackfillDag", client_pb2.BackfillDagRequest(dag_id=dag_id, start=start, end=end)))
+
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self.call("SetPaused", client_pb2.SetPausedRequest(dag_id=dag_id, paused=paused))
 

@@ -295,6 +295,17 @@ def cmd_tasks_mark(client: ClusterClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_dags_backfill(client: ClusterClient, args: argparse.Namespace) -> int:
+    out = client.backfill(args.dag_id, args.start, args.end)
+    if args.json:
+        emit_json({"dag_id": args.dag_id, **out})
+        return EXIT_OK
+    print(f"{len(out['created'])} run(s) created for {args.dag_id} from {args.start} to {args.end}"
+          + (f"; {len(out['existing'])} tick(s) already had a run" if out["existing"] else "")
+          + ". They start within the DAG's max_active_runs; `raftflow runs list DAG_ID` follows them.")
+    return EXIT_OK
+
+
 def cmd_dags_delete(client: ClusterClient, args: argparse.Namespace) -> int:
     if not args.yes:
         runs = client.list_runs(args.dag_id, limit=100000)["runs"]
@@ -382,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dag_id")
     p.add_argument("--conf", help="JSON object passed to the run")
     p.add_argument("--wait", action="store_true", help="follow the run; exit 1 if it fails")
+    p = verb(dags, "backfill", cmd_dags_backfill, "create the runs of every schedule tick in a past range")
+    p.add_argument("dag_id")
+    p.add_argument("--start", required=True, help="ISO-8601 date or datetime (UTC unless it has an offset)")
+    p.add_argument("--end", required=True, help="inclusive; not in the future")
     p = verb(dags, "delete", cmd_dags_delete, "remove a DAG and its whole history (not while runs are going)")
     p.add_argument("dag_id")
     p.add_argument("--yes", action="store_true", help="really delete (without it, says what would go)")
