@@ -173,6 +173,27 @@ class EmptyTask(BaseTask):
             self.options.pop(key, None)
 
 
+class PythonTask(BaseTask):
+    """Calls `python_callable`, named as "package.module:function" and importable on the
+    nodes (never pickled code), with `op_kwargs` plus the context values its signature
+    asks for (`ds`, `params`, `results`, ... or all of them with **kwargs). A return
+    value other than None becomes the task's result (JSON, at most 64 KiB)."""
+
+    kind = "python"
+
+    def __init__(self, task_id: str, python_callable: str, op_kwargs: dict[str, Any] | None = None,
+                 **options: Any) -> None:
+        if not isinstance(python_callable, str):
+            raise TypeError(f"task {task_id!r}: python_callable must be a 'package.module:function' string "
+                            f"(nodes import it; code is never pickled), got {type(python_callable).__name__}")
+        super().__init__(task_id, **options)
+        self.python_callable = python_callable
+        self.op_kwargs = dict(op_kwargs or {})
+
+    def to_spec(self) -> dict[str, Any]:
+        return {**super().to_spec(), "python_callable": self.python_callable, "op_kwargs": self.op_kwargs}
+
+
 def _seconds(value: float | timedelta | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
 

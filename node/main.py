@@ -103,8 +103,9 @@ class Node:
             if run is None:
                 raise RuntimeError(f"run {a.run_id} is not active on this node's replica")
             spec = state.dag_spec(run)
+            task = spec.task(a.task_id)
             return AttemptSetup(template_context(run, spec, a.task_id, a.attempt, self.cfg.node_id),
-                                spec.task(a.task_id).execution_timeout)
+                                task.execution_timeout, task.python_callable, dict(task.op_kwargs))
 
     def _after_install(self) -> None:
         """A snapshot replaced the state: runs pruned in the log entries it covers never

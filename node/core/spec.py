@@ -26,7 +26,8 @@ from .pickling import by_name
 ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")  # use fullmatch
 ID_RULE = "1 to 250 characters from A-Z a-z 0-9 _ . - (not starting with . or -)"
 
-TASK_KINDS = ("bash", "empty")
+TASK_KINDS = ("bash", "empty", "python")
+CALLABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 MAX_PARAMS_BYTES = 64 * 1024
 DEFAULT_POOL = "default_pool"     # exists without being created, with DEFAULT_POOL_SLOTS slots
 DEFAULT_POOL_SLOTS = 128
@@ -74,6 +75,9 @@ class TaskSpec:
     pool_slots: int = 1
     # Runs only on nodes that serve this queue (a node's `queues` setting).
     queue: str = DEFAULT_QUEUE
+    # python tasks: "package.module:function", installed on the nodes, and its keyword arguments.
+    python_callable: str = ""
+    op_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def retry_delay_after(self, failures: int, key: str) -> float:
         """Seconds before the next attempt, once `failures` attempts failed (>= 1).
@@ -269,7 +273,7 @@ _DAG_FIELDS = frozenset(
 _TASK_FIELDS = frozenset(
     {"task_id", "kind", "command", "upstream", "trigger_rule", "retries", "retry_delay",
      "priority_weight", "env", "max_lost_attempts", "execution_timeout", "retry_exponential_backoff",
-     "max_retry_delay", "pool", "pool_slots", "queue"}
+     "max_retry_delay", "pool", "pool_slots", "queue", "python_callable", "op_kwargs"}
 )
 
 
@@ -283,12 +287,28 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
     kind = raw.get("kind", "bash")
     if kind not in TASK_KINDS:
         raise SpecError(f"{here}: unknown task kind {kind!r}; known: {', '.join(TASK_KINDS)}")
-    command = raw.get("command", "" if kind == "empty" else None)
+    command = raw.get("command", "" if kind in ("empty", "python") else None)
+    python_callable = raw.get("python_callable", "")
+    op_kwargs = raw.get("op_kwargs") or {}
     if kind == "empty":
         if command:
             raise SpecError(f"{here}: an empty task runs nothing, so it takes no command")
+    elif kind == "python":
+        if command:
+            raise SpecError(f"{here}: a python task calls python_callable; it takes no command")
+        if not isinstance(python_callable, str) or not CALLABLE_PATTERN.fullmatch(python_callable):
+            raise SpecError(f"{here}: python_callable must be 'package.module:function' (importable on the nodes), "
+                            f"got {python_callable!r}")
+        if not isinstance(op_kwargs, dict) or not all(isinstance(k, str) for k in op_kwargs):
+            raise SpecError(f"{here}: op_kwargs must be a JSON object")
+        try:
+            json.dumps(op_kwargs, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"{here}: op_kwargs must be plain JSON values ({e})") from None
     elif not isinstance(command, str) or not command.strip():
         raise SpecError(f"{here}: a {kind} task needs a non-empty command string")
+    if kind != "python" and (python_callable or op_kwargs):
+        raise SpecError(f"{here}: python_callable and op_kwargs belong to python tasks, not {kind}")
     upstream = raw.get("upstream") or []
     if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
         raise SpecError(f"{here}: upstream must be a list of task ids")
@@ -322,6 +342,8 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
         pool=_name(raw, "pool", DEFAULT_POOL, here),
         pool_slots=_int(raw, "pool_slots", 1, here, minimum=1),
         queue=_name(raw, "queue", DEFAULT_QUEUE, here),
+        python_callable=python_callable,
+        op_kwargs=op_kwargs,
     )
 
 

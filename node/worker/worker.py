@@ -35,9 +35,11 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -76,6 +78,8 @@ class AttemptSetup:
     """What the worker reads from its own replica once the start claim committed."""
     context: dict[str, Any]               # template context (core/context.py)
     execution_timeout: float | None = None
+    python_callable: str = ""             # python tasks: "module:function" and its op_kwargs
+    op_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,7 +122,7 @@ class Worker:
 
     # ------------------------------------------------------------ API
     def accept(self, a: Assignment) -> tuple[bool, str]:
-        if a.kind != "bash":
+        if a.kind not in ("bash", "python"):
             return False, f"this node cannot run task kind {a.kind!r}"
         with self._lock:
             if self._stopping.is_set():
@@ -253,14 +257,14 @@ class Worker:
                 refusal = f"stopped before it started: {attempt.stopped}"
             if not refusal and not reason:
                 try:
+                    argv, extra = (["bash", "-c", command], {}) if a.kind == "bash" else _python_call(setup)
                     attempt.process = subprocess.Popen(
-                        ["bash", "-c", command],
-                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                         start_new_session=True, cwd=self._workdir,
-                        env=self._environment(a, env, result_file),
+                        env={**self._environment(a, env, result_file), **extra},
                     )
                 except OSError as e:
-                    reason = f"could not start bash: {e}"
+                    reason = f"could not start {a.kind}: {e}"
         if refusal:
             log.warning("dropped dispatch of %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, refusal)
             if maybe_committed:   # the start may be on record: release it, harmless if stale
@@ -379,6 +383,22 @@ class Worker:
             "RAFTFLOW_LOGICAL_DATE": a.logical_date,
         })
         return env
+
+
+def _python_call(setup: AttemptSetup) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of a python task's process (see pyrunner.py)."""
+    return [sys.executable, "-m", "raftflow.worker.pyrunner"], {
+        "RAFTFLOW_PY_CALLABLE": setup.python_callable,
+        "RAFTFLOW_PY_CONTEXT": json.dumps(setup.context, default=_iso_default),
+        "RAFTFLOW_PY_KWARGS": json.dumps(setup.op_kwargs),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _iso_default(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 def _read_result(path: Path) -> tuple[str, str]:

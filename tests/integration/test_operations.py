@@ -62,6 +62,16 @@ def test_clear_mark_and_delete(tmp_path):
             assert time.monotonic() < deadline, "the marked task's process survived"
             time.sleep(0.05)
 
+        # A changed DAG is a new version; the run keeps the one it started with.
+        (tmp_path / "d.py").write_text(DAGS.replace("MARKER", str(marker)).replace("PIDFILE", str(pidfile))
+                                       .replace("    a >> b\n", "    a >> b >> BashTask('c', command='true')\n"))
+        assert cli("dags", "submit", str(tmp_path / "d.py")).returncode == 0
+        assert cli.json("dags", "show", "ops")["shown_version"] == 2
+        old = cli.json("dags", "show", "ops", "--version", "1")
+        assert old["shown_version"] == 1 and [t["task_id"] for t in old["spec"]["tasks"]] == ["a", "b"]
+        assert cli.json("runs", "show", run["run_id"])["dag_version"] == 1
+        assert "DAG ops v1" in cli("runs", "show", run["run_id"]).stdout
+
         refused = cli("dags", "delete", "ops")
         assert refused.returncode == 2 and "its 1 run(s)" in refused.stderr and "--yes" in refused.stderr
         assert cli("dags", "delete", "ops", "--yes").returncode == 0

@@ -140,3 +140,26 @@ def test_queues_route_tasks_to_nodes_and_pools_cap_concurrency(tmp_path):
             assert start >= end, f"two tasks of a 1-slot pool overlapped: {spans}"
         pools = {p["name"]: p for p in cli.json("pools", "list")["pools"]}
         assert pools["warehouse"]["slots"] == 1 and pools["default_pool"]["slots"] == 128
+
+
+def test_a_python_task_runs_an_installed_function_and_its_result_flows_downstream(tmp_path):
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "etl_steps.py").write_text(
+        "def extract(ds, params, limit):\n"
+        "    print('extracting', ds, 'for', params['who'])\n"
+        "    return {'rows': limit * 3}\n")
+    with running_cluster(tmp_path / "cluster", extra_env={"PYTHONPATH": str(modules)}) as cluster:
+        cli = Cli(cluster.addresses)
+        (tmp_path / "py.py").write_text(
+            "from raftflow import DAG, BashTask, PythonTask\n"
+            "with DAG('pythonic', params={'who': 'ops'}):\n"
+            "    e = PythonTask('extract', python_callable='etl_steps:extract', op_kwargs={'limit': 5})\n"
+            "    e >> BashTask('report', command='echo rows={{ results.extract.rows }}')\n")
+        assert cli("dags", "submit", str(tmp_path / "py.py")).returncode == 0
+        run = _trigger(cli, "pythonic")
+        assert run["state"] == "success", run
+        tasks = {t["task_id"]: t for t in cli.json("runs", "show", run["run_id"])["tasks"]}
+        assert tasks["extract"]["result"] == {"rows": 15} and tasks["extract"]["kind"] == "python"
+        assert cli("tasks", "logs", run["run_id"], "extract").stdout.startswith("extracting 20")
+        assert cli("tasks", "logs", run["run_id"], "report").stdout == "rows=15\n"

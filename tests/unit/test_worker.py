@@ -3,6 +3,7 @@ only once its start is committed, reports results, and fences on a lapsed lease.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -199,4 +200,63 @@ def test_cancel_stops_the_attempts_of_a_run(tmp_path):
     done = reports.wait_for(c.TaskFinished)
     assert done.exit_code != 0 and "run r1 cancelled by the user" in done.reason
     assert "run r1 cancelled by the user: sending SIGTERM" in log_text(store)
+    worker.shutdown()
+
+
+PY_TASKS = '''
+def count(ds, params, rows=1):
+    print("counting for", ds, params["table"])
+    return {"rows": rows * 2, "ds": ds}
+
+def everything(**context):
+    print(sorted(context)[:3], context["logical_date"].year)
+
+def broken():
+    raise ValueError("the input file is empty")
+
+def opaque():
+    return object()
+'''
+
+
+def python_assignment(attempt: int = 1) -> Assignment:
+    return Assignment("r1", "t1", attempt, "d", "python", "", {}, "")
+
+
+def test_a_python_task_calls_its_function_with_the_context_it_asks_for(tmp_path, monkeypatch):
+    from datetime import datetime, timezone
+
+    (tmp_path / "mytasks.py").write_text(PY_TASKS)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    context = {"ds": "2026-01-01", "params": {"table": "orders"}, "run_id": "r1",
+               "logical_date": datetime(2026, 1, 1, tzinfo=timezone.utc)}
+    setups = {1: AttemptSetup(context, None, "mytasks:count", {"rows": 21}),
+              2: AttemptSetup(context, None, "mytasks:everything", {}),
+              3: AttemptSetup(context, None, "mytasks:broken", {}),
+              4: AttemptSetup(context, None, "mytasks:opaque", {}),
+              5: AttemptSetup(context, None, "nosuchmodule:f", {})}
+    reports = Reports(True)
+    store = LocalStore(tmp_path / "store")
+    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=30.0,
+                    setup=lambda a: setups[a.attempt])
+    worker.ready.set()
+    outcomes = {}
+    for attempt in setups:
+        reports.commands.clear()
+        assert worker.accept(python_assignment(attempt))[0]
+        outcomes[attempt] = (reports.wait_for(c.TaskFinished),
+                             b"".join(store.read_log("r1", "t1", attempt)).decode())
+        wait_idle(worker)
+    done, log = outcomes[1]
+    assert done.exit_code == 0 and json.loads(done.result) == {"rows": 42, "ds": "2026-01-01"}
+    assert log == "counting for 2026-01-01 orders\n"
+    done, log = outcomes[2]
+    assert (done.exit_code, done.result, log) == (0, "", "['ds', 'logical_date', 'params'] 2026\n"), \
+        "**kwargs gets the whole context, dates as datetimes"
+    done, log = outcomes[3]
+    assert done.exit_code == 1 and "ValueError: the input file is empty" in log and "Traceback" in log
+    done, log = outcomes[4]
+    assert done.exit_code == 1 and "returned a value that is not JSON" in log
+    done, log = outcomes[5]
+    assert done.exit_code == 1 and "cannot import nosuchmodule:f on this node" in log
     worker.shutdown()

@@ -127,7 +127,8 @@ def cmd_dags_show(client: ClusterClient, args: argparse.Namespace) -> int:
     if s["next_run_at"]:
         print(f"next run: {s['next_run_at']}")
     print()
-    print(table([[t["task_id"], t["kind"], ", ".join(t["upstream"]) or "-", t["retries"], t["command"]]
+    print(table([[t["task_id"], t["kind"], ", ".join(t["upstream"]) or "-", t["retries"],
+                  t["command"] or t.get("python_callable") or "-"]
                  for t in spec["tasks"]], ["TASK", "KIND", "UPSTREAM", "RETRIES", "COMMAND"]))
     if args.code:
         print(f"\n--- {s['filename']} ---\n{dag['source']}")

@@ -1,0 +1,78 @@
+"""Runs a python task's callable, in the attempt's own process.
+
+The worker starts this module like a bash command (`python -m
+raftflow.worker.pyrunner`: its own process group, output into the task log, killed
+by execution_timeout and cancel). Nothing is pickled: the callable is named
+("package.module:function") and must be importable on the node.
+
+Inputs (environment): RAFTFLOW_PY_CALLABLE; RAFTFLOW_PY_CONTEXT, the template
+context as JSON (dates as ISO-8601 text, turned back into datetimes here);
+RAFTFLOW_PY_KWARGS, the task's op_kwargs as JSON. As Airflow's PythonOperator does,
+the function gets op_kwargs plus every context value whose name it accepts (all of
+them if it takes **kwargs). A return value other than None is the task's result:
+written as JSON to $RAFTFLOW_RESULT_FILE (the worker checks the 64 KiB limit). An
+exception prints its traceback and exits 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import os
+import sys
+import traceback
+from datetime import datetime
+from typing import Any
+
+DATE_KEYS = ("logical_date", "data_interval_start", "data_interval_end")
+
+
+def load_context(text: str) -> dict[str, Any]:
+    context = json.loads(text)
+    for key in DATE_KEYS:
+        if isinstance(context.get(key), str):
+            context[key] = datetime.fromisoformat(context[key])
+    dag_run = context.get("dag_run")
+    if isinstance(dag_run, dict) and isinstance(dag_run.get("logical_date"), str):
+        dag_run["logical_date"] = datetime.fromisoformat(dag_run["logical_date"])
+    return context
+
+
+def arguments(function: Any, context: dict[str, Any], op_kwargs: dict[str, Any]) -> dict[str, Any]:
+    params = inspect.signature(function).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return {**context, **op_kwargs}
+    names = {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                   inspect.Parameter.KEYWORD_ONLY)}
+    return {**{k: v for k, v in context.items() if k in names}, **op_kwargs}
+
+
+def main() -> int:
+    target = os.environ["RAFTFLOW_PY_CALLABLE"]
+    module_name, _, function_name = target.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as e:
+        print(f"raftflow: cannot import {target} on this node: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    context = load_context(os.environ.get("RAFTFLOW_PY_CONTEXT", "{}"))
+    op_kwargs = json.loads(os.environ.get("RAFTFLOW_PY_KWARGS", "{}"))
+    try:
+        value = function(**arguments(function, context, op_kwargs))
+    except Exception:  # noqa: BLE001 - the task failed: its traceback is its log
+        traceback.print_exc()
+        return 1
+    if value is not None:
+        try:
+            text = json.dumps(value)
+        except (TypeError, ValueError) as e:
+            print(f"raftflow: {target} returned a value that is not JSON ({e}); return plain data", file=sys.stderr)
+            return 1
+        with open(os.environ["RAFTFLOW_RESULT_FILE"], "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
