@@ -49,8 +49,9 @@ def _quantiles(samples: list[float]) -> dict[str, float]:
 
 
 class Bench:
-    def __init__(self, nodes: int, quick: bool, fsync: bool = False) -> None:
+    def __init__(self, nodes: int, quick: bool, fsync: bool = False, duration: float | None = None) -> None:
         self.quick = quick
+        self.duration = duration
         self._tmp = tempfile.TemporaryDirectory(prefix="raftflow-bench-")
         self.cluster = LocalCluster(Path(self._tmp.name), nodes=nodes,
                                     extra_env={"RAFTFLOW_FSYNC": "true"} if fsync else None)
@@ -218,7 +219,7 @@ def scenario_steady(bench: Bench) -> dict[str, Any]:
     """Memory under steady scheduling: a DAG that runs every second with keep_runs=20,
     for 40 s (--quick) or 5 minutes; every node's RSS sampled every 5 s after a 10 s
     warm-up. With retention, memory should stay flat however long this runs."""
-    duration, warmup = (40.0, 10.0) if bench.quick else (300.0, 10.0)
+    duration, warmup = (40.0, 10.0) if bench.quick else (bench.duration or 300.0, 10.0)
     spec = {"dag_id": "steady", "schedule": "* * * * * *", "catchup": "none", "keep_runs": 20,
             "max_active_runs": 4, "tasks": [{"task_id": "a", "kind": "bash", "command": "true"}]}
     _submit_spec(bench, spec)
@@ -233,7 +234,8 @@ def scenario_steady(bench: Bench) -> dict[str, Any]:
     runs = bench.client.list_runs("steady", limit=100)["runs"]
     first, last = samples[0], samples[-1]
     slope = (last[1] - first[1]) / ((last[0] - first[0]) / 60) if last[0] > first[0] else 0.0
-    return {"scenario": "steady", "duration_s": duration, "runs_kept": len(runs),
+    by_minute = [round(rss, 1) for elapsed, rss in samples if int(elapsed) % 60 < 5]
+    return {"scenario": "steady", "duration_s": duration, "runs_kept": len(runs), "rss_mib_by_minute": by_minute,
             "runs_succeeded_kept": sum(r["state"] == "success" for r in runs),
             "rss_mib_first": round(first[1], 1), "rss_mib_last": round(last[1], 1),
             "rss_mib_max": round(max(s[1] for s in samples), 1),
@@ -270,13 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--fsync", action="store_true", help="run the nodes with fsync = true")
+    parser.add_argument("--duration", type=float, help="seconds for the steady scenario (default 300)")
     args = parser.parse_args(argv)
     names = [*SCENARIOS, *STANDALONE] if args.scenario == "all" else [args.scenario]
     for name in names:
         if name in STANDALONE:
             result = STANDALONE[name](args.quick, args.nodes)
         else:
-            bench = Bench(args.nodes, args.quick, args.fsync)  # a fresh cluster per scenario: no cross-talk
+            bench = Bench(args.nodes, args.quick, args.fsync, args.duration)  # a fresh cluster per scenario: no cross-talk
             try:
                 result = SCENARIOS[name](bench)
             finally:
