@@ -15,16 +15,26 @@ pytestmark = pytest.mark.integration
 
 def test_every_bench_scenario_runs_and_reports_figures():
     proc = subprocess.run([sys.executable, "-m", "raftflow_cli.bench", "all", "--quick", "--json"],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["scenario"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
-    assert set(results) == {"raft", "election", "demo", "failover", "steady", "history"}
+    assert set(results) == {"raft", "election", "demo", "failover", "steady", "chain", "fanout", "empty",
+                            "cron_scale", "history"}
     figures = [results["raft"]["via_leader"], results["raft"]["via_follower"],
                results["election"]["kill_to_new_leader"], results["demo"]["trigger_to_end"],
                results["failover"]["leader_kill_to_next_task_start"],
                results["failover"]["worker_kill_to_new_attempt_start"]]
     for figure in figures:
         assert figure["n"] >= 1 and 0 < figure["median_ms"] <= figure["max_ms"], figure
+    assert results["raft"]["concurrent_writes_per_s"] > 0
+    chain = results["chain"]
+    assert chain["length"] == 20 and chain["task_to_task"]["n"] == 19 and chain["trigger_to_first_start"]["n"] == 1
+    assert 0 < chain["task_to_task"]["median_ms"] <= chain["task_to_task"]["max_ms"]
+    fanout = results["fanout"]
+    assert fanout["width"] == 100 and fanout["tasks_per_s"] > 0 and fanout["bash_true_spawns_per_s"] > 0
+    assert results["empty"]["tasks"] == 1000 and results["empty"]["tasks_per_s"] > 0
+    cron = results["cron_scale"]
+    assert cron["dags"] == 500 and 0 <= cron["tick_to_all_runs_created_s"] <= cron["tick_to_all_runs_succeeded_s"]
     steady = results["steady"]
     assert steady["samples"] >= 2 and steady["runs_kept"] == 20 and 0 < steady["rss_mib_first"] <= steady["rss_mib_max"]
     sizes = results["history"]["sizes"]

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .bench_history import rss_mib, scenario_history
+from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
 from .client import ClusterClient, ClusterUnreachable
 from .loader import load_paths
 from .local import LocalCluster
@@ -49,11 +50,12 @@ def _quantiles(samples: list[float]) -> dict[str, float]:
 
 
 class Bench:
-    def __init__(self, nodes: int, quick: bool, fsync: bool = False, duration: float | None = None) -> None:
+    def __init__(self, nodes: int, quick: bool, fsync: bool = False, duration: float | None = None,
+                 slots: int = 4) -> None:
         self.quick = quick
         self.duration = duration
         self._tmp = tempfile.TemporaryDirectory(prefix="raftflow-bench-")
-        self.cluster = LocalCluster(Path(self._tmp.name), nodes=nodes,
+        self.cluster = LocalCluster(Path(self._tmp.name), nodes=nodes, slots=slots,
                                     extra_env={"RAFTFLOW_FSYNC": "true"} if fsync else None)
         self.cluster.start()
         self.cluster.wait_ready(60)
@@ -94,7 +96,29 @@ def scenario_raft(bench: Bench) -> dict[str, Any]:
             samples.append(time.perf_counter() - started)
         client.close()
         out[role] = _quantiles(samples)
+    out["concurrent_writes_per_s"] = _concurrent_writes(bench, leader, threads=32, seconds=2.0 if bench.quick else 5.0)
     return out
+
+
+def _concurrent_writes(bench: Bench, node_id: str, threads: int, seconds: float) -> float:
+    """Writes per second with `threads` clients at once: pysyncobj puts every entry that
+    arrived during an append round into one message, so concurrent commands batch."""
+    from concurrent.futures import ThreadPoolExecutor
+    deadline = time.perf_counter() + seconds
+
+    def writer(i: int) -> int:
+        client, done = bench.node_client(node_id), 0
+        try:
+            while time.perf_counter() < deadline:
+                client.set_paused("etl_chain", (done + i) % 2 == 0)
+                done += 1
+        finally:
+            client.close()
+        return done
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        total = sum(pool.map(writer, range(threads)))
+    return round(total / (time.perf_counter() - started), 1)
 
 
 def scenario_election(bench: Bench) -> dict[str, Any]:
@@ -243,7 +267,8 @@ def scenario_steady(bench: Bench) -> dict[str, Any]:
 
 SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "raft": scenario_raft, "election": scenario_election, "demo": scenario_demo, "failover": scenario_failover,
-    "steady": scenario_steady,
+    "steady": scenario_steady, "chain": scenario_chain, "fanout": scenario_fanout, "empty": scenario_empty,
+    "cron_scale": scenario_cron_scale,
 }
 # Scenarios that set up their own clusters.
 STANDALONE: dict[str, Callable[[bool, int], dict[str, Any]]] = {"history": scenario_history}
@@ -273,13 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--fsync", action="store_true", help="run the nodes with fsync = true")
     parser.add_argument("--duration", type=float, help="seconds for the steady scenario (default 300)")
+    parser.add_argument("--slots", type=int, default=4, help="task slots per node (default 4)")
     args = parser.parse_args(argv)
     names = [*SCENARIOS, *STANDALONE] if args.scenario == "all" else [args.scenario]
     for name in names:
         if name in STANDALONE:
             result = STANDALONE[name](args.quick, args.nodes)
         else:
-            bench = Bench(args.nodes, args.quick, args.fsync, args.duration)  # a fresh cluster per scenario: no cross-talk
+            bench = Bench(args.nodes, args.quick, args.fsync, args.duration, args.slots)  # a fresh cluster per scenario: no cross-talk
             try:
                 result = SCENARIOS[name](bench)
             finally:
