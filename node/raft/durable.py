@@ -28,6 +28,8 @@ import pysyncobj.syncobj as pysyncobj_syncobj
 from pysyncobj.journal import FileJournal, MetaStorer
 from pysyncobj.pickle import dumps
 
+from .snapshot import fsync_dir
+
 
 class _SyncedMetaStorer(MetaStorer):
     def storeMeta(self, meta):  # noqa: N802 - pysyncobj's name
@@ -37,7 +39,7 @@ class _SyncedMetaStorer(MetaStorer):
             f.flush()
             os.fsync(f.fileno())
         shutil.move(path + ".tmp", path)
-        _fsync_dir(os.path.dirname(path) or ".")
+        fsync_dir(os.path.dirname(path) or ".")
 
 
 class SyncedJournal(FileJournal):
@@ -87,10 +89,3 @@ def journal_factory(synced: bool) -> Iterator[None]:
     finally:
         pysyncobj_syncobj.createJournal = original
 
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -72,7 +72,7 @@ def write_snapshot(path: Path, meta: Any, state_pickle: bytes,
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return count
 
 
@@ -161,7 +161,8 @@ def verify_snapshot(path: Path) -> int:
         return sum(1 for _ in reader.records())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path | str) -> None:
+    """fsync a directory: makes a rename or a new file in it durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

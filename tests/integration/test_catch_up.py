@@ -16,6 +16,13 @@ from support import ROOT, Cli, wait_for
 pytestmark = pytest.mark.integration
 
 
+def _digests_equal(cli: Cli) -> dict | bool:
+    """Every node healthy and holding the same state digest (the digests, or False)."""
+    nodes = cli.json("cluster", "status")["nodes"]
+    digests = {n["id"]: n["digest"] for n in nodes}
+    return len(set(digests.values())) == 1 and all(n["healthy"] for n in nodes) and digests
+
+
 def test_node_behind_a_compacted_log_catches_up_with_equal_digest(tmp_path):
     cluster = LocalCluster(tmp_path, nodes=3, raft=RaftTuning(log_compaction_min_entries=10))
     cluster.start()
@@ -31,11 +38,7 @@ def test_node_behind_a_compacted_log_catches_up_with_equal_digest(tmp_path):
             assert cli("dags", "unpause", "etl_chain", cluster=survivors).returncode == 0
         cluster.start_node(lagging)
 
-        def digests_equal():
-            nodes = cli.json("cluster", "status")["nodes"]
-            digests = {n["id"]: n["digest"] for n in nodes}
-            return len(set(digests.values())) == 1 and all(n["healthy"] for n in nodes) and digests
-        wait_for(digests_equal, 30, "the restarted node to reach the same state digest")
+        wait_for(lambda: _digests_equal(cli), 30, "the restarted node to reach the same state digest")
         shown = cli.json("dags", "show", "etl_chain", cluster=cluster.node(lagging).grpc_address)
         assert shown["summary"]["dag_id"] == "etl_chain" and shown["summary"]["paused"] is False
     finally:
@@ -79,11 +82,7 @@ def test_node_down_while_200_runs_happen_comes_back_through_a_snapshot(tmp_path)
 
         cluster.start_node(lagging)
 
-        def digests_equal():
-            nodes = cli.json("cluster", "status")["nodes"]
-            digests = {n["id"]: n["digest"] for n in nodes}
-            return len(set(digests.values())) == 1 and all(n["healthy"] for n in nodes) and digests
-        wait_for(digests_equal, 60, "the restarted node to reach the same state digest")
+        wait_for(lambda: _digests_equal(cli), 60, "the restarted node to reach the same state digest")
         assert "installed a Raft snapshot" in cluster.node(lagging).log_path.read_text(), \
             "the node caught up by log replay: the test did not exercise the snapshot path"
         on_lagging = ClusterClient([cluster.node(lagging).grpc_address])
