@@ -10,7 +10,7 @@ Scenarios:
   failover  SIGKILL the leader during a chain of `true` tasks: kill to the next task
             start on a survivor; and SIGKILL a node running a long task: kill to
             the start of the task's next attempt elsewhere.
-  steady    a DAG running every second with keep_runs=20 for 5 min (--quick: 40 s):
+  steady    a DAG running every second with keep_runs=20 for 5 min (--quick: 20 s):
             every node's RSS over time (flat means bounded memory).
   history   0, 100k and 1M finished task instances in history (--quick: 0, 10k):
             the scheduler's cost per tick, a node's RSS, and its time from start
@@ -243,7 +243,7 @@ def scenario_steady(bench: Bench) -> dict[str, Any]:
     """Memory under steady scheduling: a DAG that runs every second with keep_runs=20,
     for 40 s (--quick) or 5 minutes; every node's RSS sampled every 5 s after a 10 s
     warm-up. With retention, memory should stay flat however long this runs."""
-    duration, warmup = (40.0, 10.0) if bench.quick else (bench.duration or 300.0, 10.0)
+    duration, warmup = (20.0, 10.0) if bench.quick else (bench.duration or 300.0, 10.0)
     spec = {"dag_id": "steady", "schedule": "* * * * * *", "catchup": "none", "keep_runs": 20,
             "max_active_runs": 4, "tasks": [{"task_id": "a", "kind": "bash", "command": "true"}]}
     _submit_spec(bench, spec)
