@@ -69,6 +69,7 @@ def test_clear_mark_and_delete(tmp_path):
         assert cli.json("dags", "show", "ops")["shown_version"] == 2
         old = cli.json("dags", "show", "ops", "--version", "1")
         assert old["shown_version"] == 1 and [t["task_id"] for t in old["spec"]["tasks"]] == ["a", "b"]
+        assert "DAG ops  version 1 of 2" in cli("dags", "show", "ops", "--version", "1").stdout
         assert cli.json("runs", "show", run["run_id"])["dag_version"] == 1
         assert "DAG ops v1" in cli("runs", "show", run["run_id"]).stdout
 

@@ -120,7 +120,8 @@ def cmd_dags_show(client: ClusterClient, args: argparse.Namespace) -> int:
         emit_json(dag)
         return EXIT_OK
     s, spec = dag["summary"], dag["spec"]
-    print(f"DAG {s['dag_id']}  version {dag['shown_version']} of {s['version'] if not args.version else '?'}"
+    latest = client.get_dag(args.dag_id)["shown_version"] if args.version else s["version"]
+    print(f"DAG {s['dag_id']}  version {dag['shown_version']} of {latest}"
           f"  submitted {dag['submitted_at']}  from {s['filename']}")
     print(f"schedule: {spec['schedule'] or 'manual only'} ({spec['timezone']}), catchup {spec['catchup']}, "
           f"paused: {'yes' if s['paused'] else 'no'}, max_active_runs {spec['max_active_runs']}")
