@@ -26,6 +26,7 @@ from .api.services import ClientService, PeerService
 from .config import ConfigError, NodeConfig, load
 from .core import commands as c
 from .core.context import template_context
+from .core.states import TASK_ACTIVE
 from .core.state import Result
 from .leader.loop import Dispatcher, LeaderLoop, Liveness
 from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
@@ -88,7 +89,8 @@ class Node:
                     self.store.delete_run_logs(run_id)
             elif isinstance(cmd, (c.CancelRun, c.ClearTasks, c.MarkTask)):
                 # A committed decision took these attempts away: their nodes kill them.
-                mine = {task_id for task_id, node, _attempt in res.value["stopped"] if node == self.cfg.node_id}
+                mine = {(task_id, attempt) for task_id, node, attempt in res.value["stopped"]
+                        if node == self.cfg.node_id}
                 if mine:
                     why = cmd.reason if isinstance(cmd, c.CancelRun) else \
                         ("cleared by the user" if isinstance(cmd, c.ClearTasks) else f"marked {cmd.state} by the user")
@@ -110,7 +112,23 @@ class Node:
     def _after_install(self) -> None:
         """A snapshot replaced the state: runs pruned in the log entries it covers never
         reached `_after_apply` here, so drop the logs of every run the state no longer has."""
+        self._stop_superseded_attempts()
         threading.Thread(target=self._drop_orphan_logs, name="log-sweep", daemon=True).start()
+
+    def _stop_superseded_attempts(self) -> None:
+        """Attempts running here that the installed state no longer gives this node (a
+        cancel, clear or mark in the entries the snapshot covers never reached
+        _after_apply here): stop them."""
+        with self.replica.lock:
+            state = self.replica.state
+            stale = []
+            for run_id, task_id, attempt in self.worker.running():
+                run = state.active.get(run_id)
+                ti = run.tasks.get(task_id) if run else None
+                if ti is None or ti.attempt != attempt or ti.node != self.cfg.node_id or ti.state not in TASK_ACTIVE:
+                    stale.append((run_id, task_id, attempt))
+        for run_id, task_id, attempt in stale:
+            self.worker.cancel(run_id, "no longer this node's attempt (learned from a snapshot)", {(task_id, attempt)})
 
     def _drop_orphan_logs(self) -> None:
         try:

@@ -38,6 +38,7 @@ STORY_LIMIT = 32          # events kept per task instance for `story`
 LEADER_HISTORY_LIMIT = 20
 LOG_TAIL_LIMIT = 4096
 MAX_BACKFILL_RUNS = 10_000
+MAX_RUN_ID_BYTES = 1024      # (snapshots store run ids with a 16-bit length)
 RESULT_LIMIT = 64 * 1024   # bytes of JSON a task may publish as its result
 
 
@@ -313,8 +314,8 @@ class State:
         record = self.dags.get(cmd.dag_id)
         if record is None:
             return _reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
-        if not isinstance(cmd.run_id, str) or not cmd.run_id:
-            return _reject(Code.INVALID, "run_id must be a non-empty string")
+        if not isinstance(cmd.run_id, str) or not cmd.run_id or len(cmd.run_id.encode()) > MAX_RUN_ID_BYTES:
+            return _reject(Code.INVALID, f"run_id must be a non-empty string of at most {MAX_RUN_ID_BYTES} bytes")
         if cmd.run_id in self.run_index:
             return _reject(Code.CONFLICT, f"run {cmd.run_id!r} already exists")
         if not isinstance(cmd.conf, dict):

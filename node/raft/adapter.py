@@ -22,8 +22,11 @@ Contracts (see LIBRARY-NOTES):
   is driven through its `serializer`/`deserializer`/`serializeChecker` hooks: the
   serializer starts the writer and then RAISES, which is how pysyncobj is told not
   to rename its temporary file over the snapshot; the checker reports SERIALIZING
-  until the file is whole, fsynced and renamed, and only then does pysyncobj drop
-  the journal entries it covers.
+  until the file is whole and fsynced, then renames it into place - in the Raft
+  thread, where pysyncobj also installs a snapshot received from the leader, so
+  the two never interleave - and only then does pysyncobj drop the journal entries
+  it covers. A snapshot received while this node's own write is under way
+  supersedes it: the finished write is discarded, never renamed over the newer one.
 - Installing a snapshot (at start, or received from the leader) stages the
   archive's records and swaps them in only once the file's checksum held; with no
   snapshot on disk the archive is emptied before the journal is replayed. So the
@@ -60,7 +63,9 @@ from ..core.state import Code, Result, State
 from ..proto import command_pb2
 from ..store.history import RocksArchive
 from .durable import journal_factory
-from .snapshot import SnapshotDamaged, SnapshotReader, verify_snapshot, write_snapshot
+from .snapshot import (
+    SnapshotDamaged, SnapshotReader, install_snapshot_file, verify_snapshot, write_snapshot_file, writing_path,
+)
 
 log = logging.getLogger("raftflow.raft")
 
@@ -213,6 +218,8 @@ class ReplicatedState(SyncObj):
         self._snapshot_path = raft_dir / "snapshot"
         self._snapshot_writer: threading.Thread | None = None
         self._snapshot_outcome = SERIALIZER_STATE.NOT_SERIALIZING
+        self._snapshot_written = False       # the writer finished a whole file (not yet renamed)
+        self._snapshot_superseded = False    # a snapshot from the leader arrived meanwhile
         self.last_snapshot: dict[str, float] = {}
         (raft_dir / "snapshot.writing").unlink(missing_ok=True)
         check_journal(raft_dir / "journal")
@@ -285,6 +292,7 @@ class ReplicatedState(SyncObj):
             state_pickle = pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
             records = self.state.archive.view()
         self._snapshot_outcome = SERIALIZER_STATE.SERIALIZING
+        self._snapshot_written = self._snapshot_superseded = False
         self._snapshot_writer = threading.Thread(
             target=self._write_snapshot, args=(meta, state_pickle, records, started),
             name="snapshot-writer", daemon=True)
@@ -293,20 +301,36 @@ class ReplicatedState(SyncObj):
         raise _WrittenInBackground()
 
     def _write_snapshot(self, meta: tuple, state_pickle: bytes, records: Callable, started: float) -> None:
+        """The background part: write and fsync `snapshot.writing` (the Raft thread renames it)."""
         try:
-            count = write_snapshot(self._snapshot_path, meta, state_pickle, records)
+            count = write_snapshot_file(writing_path(self._snapshot_path), meta, state_pickle, records)
         except Exception:  # noqa: BLE001 - the journal is kept; pysyncobj retries later
             log.exception("writing the Raft snapshot failed; the journal is kept and it will be retried")
             self._snapshot_outcome = SERIALIZER_STATE.FAILED
             return
-        self.last_snapshot.update(total_seconds=time.monotonic() - started, records=count,
-                                  bytes=self._snapshot_path.stat().st_size)
-        log.info("wrote a Raft snapshot: %d archived runs, %d bytes, %.2fs", count,
-                 self.last_snapshot["bytes"], self.last_snapshot["total_seconds"])
-        self._snapshot_outcome = SERIALIZER_STATE.SUCCESS
+        self.last_snapshot.update(total_seconds=time.monotonic() - started, records=count)
+        self._snapshot_written = True
 
     def _snapshot_progress(self) -> int:
-        """pysyncobj's serializeChecker hook: SUCCESS and FAILED are reported once."""
+        """pysyncobj's serializeChecker hook (Raft thread): renames a finished write into
+        place unless a received snapshot superseded it. SUCCESS and FAILED are reported once."""
+        if self._snapshot_written:
+            self._snapshot_written = False
+            tmp = writing_path(self._snapshot_path)
+            if self._snapshot_superseded:
+                tmp.unlink(missing_ok=True)
+                log.info("discarded this node's snapshot: one received from the leader is newer")
+                self._snapshot_outcome = SERIALIZER_STATE.FAILED
+            else:
+                try:
+                    install_snapshot_file(tmp, self._snapshot_path)
+                    log.info("wrote a Raft snapshot: %d archived runs, %d bytes, %.2fs",
+                             self.last_snapshot["records"], self._snapshot_path.stat().st_size,
+                             self.last_snapshot["total_seconds"])
+                    self._snapshot_outcome = SERIALIZER_STATE.SUCCESS
+                except OSError:
+                    log.exception("installing the Raft snapshot failed; the journal is kept")
+                    self._snapshot_outcome = SERIALIZER_STATE.FAILED
         outcome = self._snapshot_outcome
         if outcome in (SERIALIZER_STATE.SUCCESS, SERIALIZER_STATE.FAILED):
             self._snapshot_outcome = SERIALIZER_STATE.NOT_SERIALIZING
@@ -315,9 +339,9 @@ class ReplicatedState(SyncObj):
     def _install_snapshot(self, file_name: str) -> tuple:
         """pysyncobj's deserializer hook: at start, and when the leader sent a snapshot.
         Returns pysyncobj's meta; stops the process if the file is damaged."""
-        writer = self._snapshot_writer
-        if writer is not None:
-            writer.join()   # never swap the archive under a writer's checkpoint
+        # This node's own write, if one is under way, reads its archive checkpoint (a
+        # separate directory) and is discarded when it finishes: never renamed over this.
+        self._snapshot_superseded = True
         started = time.monotonic()
         archive = self.state.archive
         try:

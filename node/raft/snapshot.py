@@ -57,7 +57,24 @@ def write_snapshot(path: Path, meta: Any, state_pickle: bytes,
                    records: Callable[[], Iterator[tuple[str, bytes]]]) -> int:
     """Write a snapshot to `path` atomically (temporary file, fsync, rename, fsync of
     the directory). Returns the number of archived records written."""
-    tmp = path.with_name(path.name + ".writing")
+    count = write_snapshot_file(writing_path(path), meta, state_pickle, records)
+    install_snapshot_file(writing_path(path), path)
+    return count
+
+
+def writing_path(path: Path) -> Path:
+    return path.with_name(path.name + ".writing")
+
+
+def install_snapshot_file(tmp: Path, path: Path) -> None:
+    """Rename a written snapshot into place, durably."""
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def write_snapshot_file(tmp: Path, meta: Any, state_pickle: bytes,
+                        records: Callable[[], Iterator[tuple[str, bytes]]]) -> int:
+    """Write and fsync a whole snapshot at `tmp` (not yet in place); returns its record count."""
     count = 0
     with open(tmp, "wb", buffering=_WRITE_BUFFER) as f:
         out = _ChecksummedWriter(f)
@@ -71,8 +88,6 @@ def write_snapshot(path: Path, meta: Any, state_pickle: bytes,
         f.write(_HEADER.pack(b"E", _END.size) + _END.pack(count, out.crc))
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
     return count
 
 

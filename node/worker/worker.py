@@ -90,6 +90,7 @@ class _Attempt:
     started_at: float = 0.0
     fenced: bool = False          # killed because the lease lapsed
     stopped: str = ""             # why a timeout or cancel stopped it (said in the log and the result)
+    kill_timer: threading.Timer | None = None
     finished: threading.Event = field(default_factory=threading.Event)
 
 
@@ -171,12 +172,14 @@ class Worker:
                         "killing %s/%s attempt %d", self.lease.duration, a.run_id, a.task_id, a.attempt)
             _kill_group(attempt.process, signal.SIGKILL)
 
-    def cancel(self, run_id: str, why: str, task_ids: set[str] | None = None) -> int:
-        """Stop this node's running attempts of a run (all, or those tasks): their state
-        was already decided by a committed command. Returns how many were signalled."""
+    def cancel(self, run_id: str, why: str, attempts: set[tuple[str, int]] | None = None) -> int:
+        """Stop this node's running attempts of a run (all, or those (task_id, attempt)s):
+        a committed command took them away. The attempt number matters: a later attempt
+        of the same task may already run here. Returns how many were signalled."""
         with self._lock:
             victims = [a for a in self._attempts.values() if a.assignment.run_id == run_id
-                       and (task_ids is None or a.assignment.task_id in task_ids) and not a.finished.is_set()]
+                       and (attempts is None or (a.assignment.task_id, a.assignment.attempt) in attempts)
+                       and not a.finished.is_set()]
         for attempt in victims:
             self._stop(attempt, why)
         return len(victims)
@@ -196,6 +199,7 @@ class Worker:
         _kill_group(process, signal.SIGTERM)
         timer = threading.Timer(KILL_GRACE, _kill_group, (process, signal.SIGKILL))
         timer.daemon = True
+        attempt.kill_timer = timer   # cancelled once the process is reaped (its pgid may be reused)
         timer.start()
 
     def shutdown(self, grace: float = 5.0) -> None:
@@ -293,6 +297,9 @@ class Worker:
             status = attempt.process.wait()
             if timeout is not None:
                 timeout.cancel()
+            with self._lock:
+                if attempt.kill_timer is not None:
+                    attempt.kill_timer.cancel()
             if self._reaper is not None:
                 self._reaper.remove(attempt.process.pid)
             exit_code = status if status >= 0 else 128 - status

@@ -331,3 +331,10 @@ def test_a_scheduled_tick_that_a_backfill_ran_moves_the_cursor_without_a_second_
     runs = sorted(r.run_id for r in w.state.iter_runs())
     assert runs == [f"backfill__h__{iso(T0)}"]
     assert w.state.dags["h"].next_tick_at == T0 + HOUR
+
+
+def test_a_run_id_too_long_for_a_snapshot_is_refused():
+    w = World()
+    w.submit(dag_dict(tasks=[task("a")]))
+    w.trigger("r" * 1025, expect=Code.INVALID)
+    w.trigger("r" * 1024)

@@ -196,7 +196,8 @@ def test_cancel_stops_the_attempts_of_a_run(tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert worker.cancel("other-run", "run cancelled") == 0
-    assert worker.cancel("r1", "run r1 cancelled by the user") == 1
+    assert worker.cancel("r1", "an earlier attempt was cleared", {("t1", 0)}) == 0, "another attempt: untouched"
+    assert worker.cancel("r1", "run r1 cancelled by the user", {("t1", 1)}) == 1
     done = reports.wait_for(c.TaskFinished)
     assert done.exit_code != 0 and "run r1 cancelled by the user" in done.reason
     assert "run r1 cancelled by the user: sending SIGTERM" in log_text(store)
