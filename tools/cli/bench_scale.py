@@ -23,6 +23,8 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from .bench_history import rss_mib
+
 if TYPE_CHECKING:
     from .bench import Bench
 
@@ -127,13 +129,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def scenario_cron_scale(bench: "Bench") -> dict[str, Any]:
     """--quick: 500 DAGs on a 10-second schedule (6-field cron, seconds last); else 5000 on `* * * * *`."""
     count, cron, period = (500, "* * * * * */10", 10) if bench.quick else (5000, "* * * * *", 60)
@@ -147,7 +142,7 @@ def scenario_cron_scale(bench: "Bench") -> dict[str, Any]:
     leader = bench.leader()
     pid = bench.cluster.live_pid(leader)
     time.sleep(max(0.0, tick - time.time() - 1))
-    cpu_before, rss = _cpu_seconds(pid), [_rss_mib(pid)]
+    cpu_before, rss = _cpu_seconds(pid), [rss_mib(pid)]
     follower = next(n.node_id for n in bench.cluster.nodes if n.node_id != leader)
     reader = bench.node_client(follower)     # keep the polling off the leader being measured
     created_at = succeeded_at = None
@@ -159,7 +154,7 @@ def scenario_cron_scale(bench: "Bench") -> dict[str, Any]:
             created_at = max(_epoch(r["created_at"]) for r in of_tick)
         if created_at is not None and sum(r["state"] == "success" for r in of_tick) >= count:
             succeeded_at = max(_epoch(r["ended_at"]) for r in of_tick)
-        rss.append(_rss_mib(pid))
+        rss.append(rss_mib(pid))
         time.sleep(0.5)
     reader.close()
     if succeeded_at is None:
