@@ -194,6 +194,34 @@ class PythonTask(BaseTask):
         return {**super().to_spec(), "python_callable": self.python_callable, "op_kwargs": self.op_kwargs}
 
 
+class SSHTask(BaseTask):
+    """Runs `command` on a remote host over SSH (Airflow's SSHOperator). `ssh_conn_id`
+    names a connection defined in the nodes' config (host, user, key, known_hosts:
+    secrets stay on the nodes); the task runs only on nodes that have it. The command
+    and `environment` values are Jinja2 templates like BashTask's; `environment` is
+    exported to the remote command (with the RAFTFLOW_* variables), so it must not
+    hold secrets. `get_pty=True` gives the command a pseudo-terminal (output then
+    arrives with CRLF line ends). The remote exit status decides the result;
+    execution_timeout and `runs cancel` kill the remote command's process group."""
+
+    kind = "ssh"
+
+    def __init__(self, task_id: str, ssh_conn_id: str, command: str, environment: dict[str, str] | None = None,
+                 get_pty: bool = False, **options: Any) -> None:
+        if environment is not None:
+            if options.get("env") is not None:
+                raise TypeError(f"task {task_id!r}: give environment or env, not both (they are the same thing)")
+            options["env"] = environment   # like env=, it replaces default_args' env
+        super().__init__(task_id, **options)
+        self.ssh_conn_id = ssh_conn_id
+        self.command = command
+        self.get_pty = get_pty
+
+    def to_spec(self) -> dict[str, Any]:
+        return {**super().to_spec(), "command": self.command, "ssh_conn_id": self.ssh_conn_id,
+                "get_pty": self.get_pty}
+
+
 def _seconds(value: float | timedelta | None) -> float | None:
     return value.total_seconds() if isinstance(value, timedelta) else value
 

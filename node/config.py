@@ -18,7 +18,16 @@ overridden by command-line flags (flag > environment > file > default).
     election_timeout_max = 0.9
     append_entries_period = 0.01
 
+    [connections.spark_master]           # SSH connections for ssh tasks (file only)
+    host = "namenode.internal"
+    port = 22
+    user = "spark"
+    key_file = "/etc/raftflow/keys/spark_master"   # and/or password_env = "SPARK_SSH_PASSWORD"
+    known_hosts = "/etc/raftflow/known_hosts"      # default: ~/.ssh/known_hosts
+
 In the environment, peers are `RAFTFLOW_PEERS="n2=HOST:GRPC_PORT/HOST:RAFT_PORT,n3=..."`.
+Secrets are never part of the config: a connection names the key file, and the
+environment variable that holds a password or key passphrase.
 `load` raises ConfigError with a message that names the setting and its source.
 """
 
@@ -61,6 +70,29 @@ class RaftTuning:
 
 
 @dataclass(frozen=True, slots=True)
+class SSHConnection:
+    """Where an ssh task's command runs, and how this node logs in there. Holds no
+    secret: a password or key passphrase is read from the named environment variable
+    by the process that connects (worker/sshrun.py), when it connects."""
+    name: str
+    host: str
+    user: str
+    port: int = 22
+    key_file: Path | None = None
+    password_env: str | None = None     # environment variable holding the password
+    passphrase_env: str | None = None   # environment variable holding key_file's passphrase
+    known_hosts: Path = Path("~/.ssh/known_hosts").expanduser()
+    # Accept (and record in known_hosts) the key of a host not listed yet. A changed
+    # key is refused either way.
+    trust_on_first_use: bool = False
+    connect_timeout: float = 10.0
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node_id: str
     grpc_address: str
@@ -80,6 +112,8 @@ class NodeConfig:
     fsync: bool = False
     # Task queues this node serves: a task with `queue="gpu"` runs only on nodes listing it.
     queues: tuple[str, ...] = ("default",)
+    # SSH connections by name; ssh tasks naming one are assigned only to nodes having it.
+    connections: tuple[SSHConnection, ...] = ()
 
     @property
     def worker_lease(self) -> float:
@@ -168,7 +202,7 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
         where = {k: f"{path}" for k in raw}
         base = path.parent.resolve()
-        unknown = set(raw) - set(_SCALARS) - {"peers", "raft"}
+        unknown = set(raw) - set(_SCALARS) - {"peers", "raft", "connections"}
         if unknown:
             raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(sorted(unknown))}")
     for key, (_typ, env) in _SCALARS.items():
@@ -214,7 +248,8 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
             raise ConfigError(f"[raft] section: {e}") from None
     if tuning.election_timeout_min <= tuning.append_entries_period * 3:
         raise ConfigError("[raft] election_timeout_min must be well above append_entries_period")
-    cfg = NodeConfig(peers=peers, raft=tuning, **values)
+    connections = _connections(raw.get("connections", {}), base, environ)
+    cfg = NodeConfig(peers=peers, raft=tuning, connections=connections, **values)
     if cfg.raft.leader_fallback_timeout + LEASE_MARGIN > cfg.worker_lease:
         raise ConfigError(
             f"lease_timeout {cfg.lease_timeout}s is too short for leader_fallback_timeout "
@@ -224,6 +259,76 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
         raise ConfigError(f"heartbeat_interval {cfg.heartbeat_interval}s is too long for lease_timeout "
                           f"{cfg.lease_timeout}s: at least 3 heartbeats must fit in lease_timeout/2")
     return cfg
+
+
+_CONNECTION_KEYS = frozenset({"host", "port", "user", "key_file", "password_env", "passphrase_env", "known_hosts",
+                              "trust_on_first_use", "connect_timeout"})
+
+
+def _connections(raw: Any, base: Path, environ: Mapping[str, str]) -> tuple[SSHConnection, ...]:
+    """The [connections.NAME] tables, checked now so that a typo fails the node's start,
+    not every attempt: the key file must be readable, the named environment variables
+    set, and known_hosts must exist unless trust_on_first_use."""
+    if not isinstance(raw, dict):
+        raise ConfigError("connections must be tables: [connections.NAME] with host, user and key_file or password_env")
+    out = []
+    for name, table in sorted(raw.items()):
+        where = f"[connections.{name}]"
+        if not ID_PATTERN.fullmatch(name):
+            raise ConfigError(f"{where}: the connection name is invalid: use {ID_RULE}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where} must be a table with host, user and key_file or password_env")
+        unknown = set(table) - _CONNECTION_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown setting(s) {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(sorted(_CONNECTION_KEYS))}")
+        for key in ("host", "user"):
+            if not isinstance(table.get(key), str) or not table[key].strip():
+                raise ConfigError(f"{where}: {key} must be a non-empty string")
+        port = table.get("port", 22)
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ConfigError(f"{where}: port must be an integer from 1 to 65535, got {port!r}")
+        timeout = table.get("connect_timeout", 10.0)
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout <= 3600:
+            raise ConfigError(f"{where}: connect_timeout must be seconds in (0, 3600], got {timeout!r}")
+        tofu = table.get("trust_on_first_use", False)
+        if not isinstance(tofu, bool):
+            raise ConfigError(f"{where}: trust_on_first_use must be true or false, got {tofu!r}")
+        for key in ("password_env", "passphrase_env"):
+            var = table.get(key)
+            if var is not None and (not isinstance(var, str) or not var):
+                raise ConfigError(f"{where}: {key} must name an environment variable")
+            if var is not None and var not in environ:
+                raise ConfigError(f"{where}: {key} names ${var}, which is not set in this node's environment")
+        if table.get("key_file") is None and table.get("password_env") is None:
+            raise ConfigError(f"{where}: give key_file (a private key) or password_env (an environment variable "
+                              "holding the password); secrets are never written in the config itself")
+        key_file = _config_path(table.get("key_file"), base, f"{where}: key_file")
+        if key_file is not None:
+            try:
+                key_file.open("rb").close()
+            except OSError as e:
+                raise ConfigError(f"{where}: cannot read key_file {key_file}: {e.strerror}") from None
+        known_hosts = _config_path(table.get("known_hosts", "~/.ssh/known_hosts"), base, f"{where}: known_hosts")
+        if not tofu and not known_hosts.is_file():
+            raise ConfigError(
+                f"{where}: known_hosts {known_hosts} does not exist, so the host's key cannot be verified. Add it: "
+                f"ssh-keyscan -p {port} {table['host']} >> {known_hosts} (then compare the fingerprint with the "
+                "host's own: ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub), or set trust_on_first_use = true")
+        out.append(SSHConnection(
+            name=name, host=table["host"].strip(), user=table["user"].strip(), port=port, key_file=key_file,
+            password_env=table.get("password_env"), passphrase_env=table.get("passphrase_env"),
+            known_hosts=known_hosts, trust_on_first_use=tofu, connect_timeout=float(timeout)))
+    return tuple(out)
+
+
+def _config_path(value: Any, base: Path, what: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ConfigError(f"{what} must be a file path")
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
 
 
 def _check_address(value: str, what: str) -> None:
@@ -274,7 +379,18 @@ def to_toml(cfg: NodeConfig) -> str:
     ]
     if cfg.raft != RaftTuning():
         lines += ["", "[raft]"] + [f"{name} = {getattr(cfg.raft, name)}" for name in RaftTuning.__dataclass_fields__]
+    for conn in cfg.connections:
+        lines += ["", f"[connections.{conn.name}]", f"host = {_toml_str(conn.host)}", f"port = {conn.port}",
+                  f"user = {_toml_str(conn.user)}", f"known_hosts = {_toml_str(str(conn.known_hosts))}",
+                  f"trust_on_first_use = {'true' if conn.trust_on_first_use else 'false'}",
+                  f"connect_timeout = {conn.connect_timeout}"]
+        lines += [f"{key} = {_toml_str(str(getattr(conn, key)))}" for key in ("key_file", "password_env", "passphrase_env")
+                  if getattr(conn, key) is not None]
     for p in cfg.peers:
         lines += ["", "[[peers]]", f'id = "{p.id}"', f'grpc_address = "{p.grpc_address}"',
                   f'raft_address = "{p.raft_address}"']
     return "\n".join(lines) + "\n"
+
+
+def _toml_str(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -37,6 +37,8 @@ class NodeInfo:
         node has killed them itself by then, see worker/lease.py).
     leader: this node leads; it gets new work after the followers at equal load.
     queues: the task queues it serves (a task runs only on a node serving its queue).
+    connections: the SSH connections defined in its config (an ssh task runs only on
+        a node that has its connection).
     """
     node_id: str
     healthy: bool
@@ -44,6 +46,7 @@ class NodeInfo:
     lease_expired: bool = False
     leader: bool = False
     queues: frozenset[str] = frozenset({DEFAULT_QUEUE})
+    connections: frozenset[str] = frozenset()
 
 
 def scheduled_run_id(dag_id: str, logical_date_iso: str) -> str:
@@ -222,7 +225,8 @@ def trigger_verdict(run: Run, task: TaskSpec) -> tuple[TaskState | None, str]:
 def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: list[NodeInfo],
             dag_active: dict[str, int], pool_used: dict[str, int], now: float) -> list[c.Command]:
     """Give ready tasks to healthy nodes with free slots: highest priority first, each
-    to the least loaded node serving its queue (by share of its slots in use, the
+    to the least loaded node serving its queue (and having its SSH connection, for an
+    ssh task) (by share of its slots in use, the
     leader last, then node id), so that losing the leader loses as little running
     work as possible.
 
@@ -240,6 +244,7 @@ def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: li
         task = spec.task(task_id)
         pool_slots = state.pool_slots(task.pool)
         serving = [n for n in healthy if task.queue in n.queues]
+        able = [n for n in serving if task.kind != "ssh" or task.ssh_conn_id in n.connections]
         if dag_active.get(run.dag_id, 0) >= spec.max_active_tasks:
             why = f"waiting: DAG {run.dag_id} has max_active_tasks={spec.max_active_tasks} tasks running"
         elif pool_slots is None:
@@ -249,8 +254,11 @@ def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: li
                    f"in use; this task needs {task.pool_slots})")
         elif not serving:
             why = f"waiting: no live node serves queue {task.queue!r}"
+        elif not able:
+            why = (f"waiting: no live node serving queue {task.queue!r} has SSH connection {task.ssh_conn_id!r} "
+                   "(define it in a node's config; `raftflow connections list` shows which nodes have which)")
         else:
-            free = [n for n in serving if load[n.node_id] < n.slots]
+            free = [n for n in able if load[n.node_id] < n.slots]
             if not free:
                 continue   # every node that could run it is busy: the normal case, not noted
             best = min(free, key=lambda n: (load[n.node_id] / n.slots, n.node_id in leader, load[n.node_id],

@@ -26,7 +26,7 @@ from .pickling import by_name
 ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")  # use fullmatch
 ID_RULE = "1 to 250 characters from A-Z a-z 0-9 _ . - (not starting with . or -)"
 
-TASK_KINDS = ("bash", "empty", "python")
+TASK_KINDS = ("bash", "empty", "python", "ssh")
 CALLABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 MAX_PARAMS_BYTES = 64 * 1024
 DEFAULT_POOL = "default_pool"     # exists without being created, with DEFAULT_POOL_SLOTS slots
@@ -78,6 +78,10 @@ class TaskSpec:
     # python tasks: "package.module:function", installed on the nodes, and its keyword arguments.
     python_callable: str = ""
     op_kwargs: dict[str, Any] = field(default_factory=dict)
+    # ssh tasks: the connection (defined in the nodes' config, never in the DAG) that
+    # runs `command` remotely, and whether the remote command gets a pseudo-terminal.
+    ssh_conn_id: str = ""
+    get_pty: bool = False
 
     def retry_delay_after(self, failures: int, key: str) -> float:
         """Seconds before the next attempt, once `failures` attempts failed (>= 1).
@@ -273,7 +277,7 @@ _DAG_FIELDS = frozenset(
 _TASK_FIELDS = frozenset(
     {"task_id", "kind", "command", "upstream", "trigger_rule", "retries", "retry_delay",
      "priority_weight", "env", "max_lost_attempts", "execution_timeout", "retry_exponential_backoff",
-     "max_retry_delay", "pool", "pool_slots", "queue", "python_callable", "op_kwargs"}
+     "max_retry_delay", "pool", "pool_slots", "queue", "python_callable", "op_kwargs", "ssh_conn_id", "get_pty"}
 )
 
 
@@ -306,9 +310,17 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
         except (TypeError, ValueError) as e:
             raise SpecError(f"{here}: op_kwargs must be plain JSON values ({e})") from None
     elif not isinstance(command, str) or not command.strip():
-        raise SpecError(f"{here}: a {kind} task needs a non-empty command string")
+        raise SpecError(f"{here}: this {kind} task needs a non-empty command string")
     if kind != "python" and (python_callable or op_kwargs):
         raise SpecError(f"{here}: python_callable and op_kwargs belong to python tasks, not {kind}")
+    ssh_conn_id = raw.get("ssh_conn_id", "")
+    get_pty = _bool_field(raw, "get_pty", here)
+    if kind == "ssh":
+        if not isinstance(ssh_conn_id, str) or not ID_PATTERN.fullmatch(ssh_conn_id):
+            raise SpecError(f"{here}: an ssh task needs ssh_conn_id, the name of a connection in the nodes' config "
+                            f"({ID_RULE}), got {ssh_conn_id!r}")
+    elif ssh_conn_id or get_pty:
+        raise SpecError(f"{here}: ssh_conn_id and get_pty belong to ssh tasks, not {kind}")
     upstream = raw.get("upstream") or []
     if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
         raise SpecError(f"{here}: upstream must be a list of task ids")
@@ -344,6 +356,8 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
         queue=_name(raw, "queue", DEFAULT_QUEUE, here),
         python_callable=python_callable,
         op_kwargs=op_kwargs,
+        ssh_conn_id=ssh_conn_id,
+        get_pty=get_pty,
     )
 
 

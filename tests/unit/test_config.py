@@ -96,3 +96,56 @@ def test_fsync_is_off_by_default_and_set_by_file_or_environment(tmp_path: Path):
         load(path, environ={"RAFTFLOW_FSYNC": "maybe"})
     cfg = load(path, environ={"RAFTFLOW_FSYNC": "1"})
     assert load(_write(tmp_path, to_toml(cfg)), environ={}).fsync is True
+
+
+SPARK = """
+[connections.spark_master]
+host = "namenode.internal"
+port = 2222
+user = "spark"
+key_file = "keys/spark"
+known_hosts = "known_hosts"
+"""
+
+
+def _with_key_files(tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir(exist_ok=True)
+    (tmp_path / "keys" / "spark").write_text("not read until a task connects\n")
+    (tmp_path / "known_hosts").write_text("")
+
+
+def test_a_connection_is_read_with_paths_from_the_config_directory_and_no_secret(tmp_path: Path):
+    _with_key_files(tmp_path)
+    text = BASE + SPARK + '\n[connections.warehouse]\nhost = "db"\nuser = "etl"\npassword_env = "WH_PASSWORD"\n' \
+        'trust_on_first_use = true\nknown_hosts = "new_known_hosts"\n'
+    cfg = load(_write(tmp_path, text), environ={"WH_PASSWORD": "hunter2-secret"})
+    spark, warehouse = cfg.connections
+    assert (spark.name, spark.address, spark.key_file, spark.known_hosts) == (
+        "spark_master", "spark@namenode.internal:2222", tmp_path / "keys" / "spark", tmp_path / "known_hosts")
+    assert (warehouse.address, warehouse.password_env, warehouse.key_file, warehouse.trust_on_first_use) == (
+        "etl@db:22", "WH_PASSWORD", None, True)
+    assert "hunter2" not in repr(cfg) and "hunter2" not in to_toml(cfg), "the config holds no secret"
+    again = load(_write(tmp_path, to_toml(cfg)), environ={"WH_PASSWORD": "x"})
+    assert again == cfg
+
+
+@pytest.mark.parametrize("table, env, message", [
+    ('[connections.spark]\nhost = "h"\nuser = "u"\n', {}, "give key_file (a private key) or password_env"),
+    ('[connections.spark]\nhost = "h"\nuser = "u"\npassword_env = "PW"\n', {},
+     "password_env names $PW, which is not set in this node's environment"),
+    ('[connections.spark]\nhost = "h"\nuser = "u"\nkey_file = "missing"\nknown_hosts = "known_hosts"\n', {},
+     "cannot read key_file"),
+    ('[connections.spark]\nhost = "h"\nuser = "u"\nkey_file = "keys/spark"\nknown_hosts = "nope"\n', {},
+     "known_hosts {tmp}/nope does not exist, so the host's key cannot be verified. Add it: ssh-keyscan -p 22 h"),
+    ('[connections.spark]\nhost = "h"\nuser = "u"\nport = 70000\nkey_file = "keys/spark"\n', {},
+     "[connections.spark]: port must be an integer from 1 to 65535, got 70000"),
+    ('[connections.spark]\nhost = ""\nuser = "u"\nkey_file = "keys/spark"\n', {}, "host must be a non-empty string"),
+    ('[connections.spark]\nhost = "h"\nuser = "u"\nkey_file = "keys/spark"\npassword = "x"\n', {},
+     "[connections.spark]: unknown setting(s) password"),
+    ('[connections."bad name"]\nhost = "h"\nuser = "u"\nkey_file = "keys/spark"\n', {}, "connection name is invalid"),
+])
+def test_bad_connections_name_the_table_and_the_fault(tmp_path: Path, table: str, env: dict, message: str):
+    _with_key_files(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load(_write(tmp_path, BASE + table), environ=env)
+    assert message.format(tmp=tmp_path) in str(caught.value)

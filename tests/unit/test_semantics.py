@@ -281,6 +281,19 @@ def test_a_task_in_a_missing_pool_or_queue_waits_and_says_why():
     assert assigned_tasks(w.tick(T0 + 3, gpu)) == [("r1", "train", "n9")]
 
 
+def test_an_ssh_task_goes_only_to_a_node_with_its_connection_and_says_why_it_waits():
+    w = ready_world(dag_dict(tasks=[task("submit", kind="ssh", ssh_conn_id="spark_master")]))
+    cmds = w.tick(T0 + 1, nodes("n1", "n2", slots=4))
+    assert [x.reason for x in of_type(cmds, c.NoteWaiting)] == [
+        "waiting: no live node serving queue 'default' has SSH connection 'spark_master' (define it in a node's "
+        "config; `raftflow connections list` shows which nodes have which)"]
+    assert not of_type(cmds, c.AssignTask)
+    with_it = [NodeInfo("n1", True, 4, connections=frozenset({"other"})),
+               NodeInfo("n2", True, 4, connections=frozenset({"spark_master"})),
+               NodeInfo("n3", False, 4, connections=frozenset({"spark_master"}))]
+    assert assigned_tasks(w.tick(T0 + 3, with_it)) == [("r1", "submit", "n2")]
+
+
 def test_pool_slots_are_validated():
     w = World()
     w.apply(c.SetPool("bad name", 3, T0), expect=Code.INVALID)

@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from core_support import dag_dict, task
-from raftflow import DAG, BashTask
+from raftflow import DAG, BashTask, SSHTask
 from raftflow import authoring
 from raftflow.core.spec import SCHEDULE_PRESETS, DagSpec, SpecError, TaskSpec
 
@@ -36,12 +36,14 @@ def full_spec() -> dict:
              "trigger_rule": "all_success", "retries": 2, "retry_delay": 30.0,
              "priority_weight": 5, "env": {"A": "1", "B": "2"}, "max_lost_attempts": 2,
              "execution_timeout": 600.0, "retry_exponential_backoff": True, "max_retry_delay": 300.0,
-             "pool": "warehouse", "pool_slots": 2, "queue": "gpu", "python_callable": "", "op_kwargs": {}},
+             "pool": "warehouse", "pool_slots": 2, "queue": "gpu", "python_callable": "", "op_kwargs": {},
+             "ssh_conn_id": "", "get_pty": False},
             {"task_id": "load", "kind": "bash", "command": "echo l", "upstream": ["extract"],
              "trigger_rule": "all_success", "retries": 0, "retry_delay": 0.0,
              "priority_weight": 1, "env": {}, "max_lost_attempts": 3, "execution_timeout": None,
              "retry_exponential_backoff": False, "max_retry_delay": None,
-             "pool": "default_pool", "pool_slots": 1, "queue": "default", "python_callable": "", "op_kwargs": {}},
+             "pool": "default_pool", "pool_slots": 1, "queue": "default", "python_callable": "", "op_kwargs": {},
+             "ssh_conn_id": "", "get_pty": False},
         ],
     }
 
@@ -202,6 +204,16 @@ def test_self_dependency_is_reported():
     pytest.param(dag_dict(tasks=[task("a", op_kwargs={"x": 1})]),
                  ["task 'a'", "python_callable and op_kwargs belong to python tasks"], id="kwargs-on-bash"),
     pytest.param(dag_dict(tasks=[task("a", command="   ")]), ["task 'a'", "non-empty command"], id="empty-cmd"),
+    pytest.param(dag_dict(tasks=[task("s", kind="ssh")]), ["task 's'", "an ssh task needs ssh_conn_id", "got ''"],
+                 id="ssh-no-connection"),
+    pytest.param(dag_dict(tasks=[task("s", kind="ssh", ssh_conn_id="spark master")]),
+                 ["task 's'", "needs ssh_conn_id", "'spark master'"], id="ssh-bad-connection"),
+    pytest.param(dag_dict(tasks=[task("s", kind="ssh", ssh_conn_id="spark", command="  ")]),
+                 ["task 's'", "this ssh task needs a non-empty command"], id="ssh-empty-cmd"),
+    pytest.param(dag_dict(tasks=[task("s", kind="ssh", ssh_conn_id="spark", get_pty="yes")]),
+                 ["task 's'", "get_pty must be true or false, got 'yes'"], id="ssh-pty-type"),
+    pytest.param(dag_dict(tasks=[task("a", ssh_conn_id="spark")]),
+                 ["task 'a'", "ssh_conn_id and get_pty belong to ssh tasks, not bash"], id="connection-on-bash"),
     pytest.param(dag_dict(tasks=[task("a", trigger_rule="one_done")]), ["unknown trigger_rule 'one_done'"],
                  id="trigger-rule"),
     pytest.param(dag_dict(tasks=[{"task_id": "a", "command": "x", "upstream": "b"}]), ["task 'a'", "upstream must be a list"],
@@ -325,6 +337,18 @@ def test_list_on_the_left_of_lshift():
         a, b, c = (BashTask(n, "x") for n in "abc")
         [b, c] << a
     assert upstreams(dag) == {"a": [], "b": ["a"], "c": ["a"]}
+
+
+def test_ssh_task_spec_names_its_connection_and_exports_its_environment():
+    with DAG("auth_ssh", default_args={"retries": 2, "env": {"STAGE": "prod"}}) as dag:
+        submit = SSHTask("submit", ssh_conn_id="spark_master", command="spark-submit job.py {{ ds }}",
+                         environment={"QUEUE": "etl"}, get_pty=True, execution_timeout=60)
+    spec = DagSpec.from_dict(dag.to_spec())
+    t = spec.task("submit")
+    assert (t.kind, t.ssh_conn_id, t.get_pty, t.command) == ("ssh", "spark_master", True, "spark-submit job.py {{ ds }}")
+    assert dict(t.env) == {"QUEUE": "etl"}, "environment replaces default_args' env, as env= does"
+    assert (t.retries, t.execution_timeout) == (2, 60.0)
+    assert submit.to_spec()["kind"] == "ssh"
 
 
 def test_repeated_dependency_is_recorded_once():
