@@ -50,7 +50,8 @@ class Node:
         self.peers = PeerClients(cfg.peers, peer_token(secret))
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.data_dir / "work",
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
-                             lease_duration=cfg.worker_lease, reaper=Reaper(), setup=self._attempt_setup)
+                             lease_duration=cfg.worker_lease, reaper=Reaper(), setup=self._attempt_setup,
+                             connections=cfg.connections)
         self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.healthy_window,
                                  cfg.slots, cfg.node_id)
         self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,
@@ -72,9 +73,10 @@ class Node:
         self.leader_loop.start()
         self._heartbeat.start()
         threading.Thread(target=self._announce_start, name="announce-start", daemon=True).start()
-        log.info("node %s up: API on %s, Raft on %s, %d slots, peers: %s", self.cfg.node_id, self.cfg.grpc_address,
-                 self.cfg.raft_address, self.cfg.slots,
-                 ", ".join(f"{p.id}@{p.grpc_address}" for p in self.cfg.peers) or "none")
+        log.info("node %s up: API on %s, Raft on %s, %d slots, peers: %s; SSH connections: %s", self.cfg.node_id,
+                 self.cfg.grpc_address, self.cfg.raft_address, self.cfg.slots,
+                 ", ".join(f"{p.id}@{p.grpc_address}" for p in self.cfg.peers) or "none",
+                 ", ".join(f"{conn.name} ({conn.address})" for conn in self.cfg.connections) or "none")
 
     def _after_apply(self, command: c.Command, result: Result) -> None:
         """Side effects of committed commands on this node's own store (runs in the Raft
@@ -107,7 +109,8 @@ class Node:
             spec = state.dag_spec(run)
             task = spec.task(a.task_id)
             return AttemptSetup(template_context(run, spec, a.task_id, a.attempt, self.cfg.node_id),
-                                task.execution_timeout, task.python_callable, dict(task.op_kwargs))
+                                task.execution_timeout, task.python_callable, dict(task.op_kwargs),
+                                task.ssh_conn_id, task.get_pty)
 
     def _after_install(self) -> None:
         """A snapshot replaced the state: runs pruned in the log entries it covers never
@@ -189,12 +192,14 @@ class Node:
             try:
                 if leader == self.cfg.node_id:
                     self.liveness.beat(self.cfg.node_id, self.cfg.slots, sent_at,
-                                       ready=self.worker.ready.is_set(), queues=self.cfg.queues)
+                                       ready=self.worker.ready.is_set(), queues=self.cfg.queues,
+                                       connections=[conn.name for conn in self.cfg.connections])
                     granted = self.leader_loop.grants_leases()
                 elif leader is not None and self.peers.knows(leader):
                     granted = self.peers.heartbeat(leader, peer_pb2.HeartbeatRequest(
                         node_id=self.cfg.node_id, slots=self.cfg.slots, sent_at=time.time(),
                         ready=self.worker.ready.is_set(), queues=list(self.cfg.queues),
+                        connections=[conn.name for conn in self.cfg.connections],
                         running=[peer_pb2.AttemptKey(run_id=r, task_id=t, attempt=a) for r, t, a in running]),
                         timeout=self.cfg.heartbeat_interval * 2).lease_granted
             except grpc.RpcError as e:
@@ -217,6 +222,10 @@ class Node:
             raft_address=self.cfg.raft_address, leader=status.leader_id or "", has_quorum=status.has_quorum,
             digest=digest, uptime=time.monotonic() - self.started, last_heartbeat_age=-1,
             queues=list(self.cfg.queues),
+            connections=[client_pb2.ConnectionInfo(
+                name=conn.name, host=conn.host, port=conn.port, user=conn.user,
+                auth="+".join(filter(None, ("key" if conn.key_file else "", "password" if conn.password_env else ""))),
+                trust_on_first_use=conn.trust_on_first_use) for conn in self.cfg.connections],
         )
         if status.role == "leader":
             out.heartbeat_ages.update(self.liveness.ages(time.monotonic()))

@@ -380,7 +380,8 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         granted = self.node.leader_loop.grants_leases()
         if granted:
             self.node.liveness.beat(request.node_id, request.slots, received,
-                                    ready=request.ready, queues=list(request.queues))
+                                    ready=request.ready, queues=list(request.queues),
+                                    connections=list(request.connections))
         status = self.node.replica.status()
         return peer_pb2.HeartbeatResponse(leader=status.leader_id or "", lease_granted=granted, term=status.term)
 

@@ -53,6 +53,7 @@ class Liveness:
         self._slots = dict.fromkeys(node_ids, default_slots)
         self._not_ready: set[str] = set()   # heartbeating, but its NodeStarted has not committed
         self._queues: dict[str, frozenset[str]] = {}
+        self._connections: dict[str, frozenset[str]] = {}
 
     def reset(self, now: float, connected: set[str], ready: set[str]) -> None:
         """On a new term: every node gets a full lease from now. Nodes with a live Raft
@@ -65,9 +66,11 @@ class Liveness:
             self._not_ready = set(connected) - set(ready)
 
     def beat(self, node_id: str, slots: int, now: float, ready: bool = True,
-             queues: tuple[str, ...] | list[str] = (DEFAULT_QUEUE,)) -> None:
+             queues: tuple[str, ...] | list[str] = (DEFAULT_QUEUE,),
+             connections: tuple[str, ...] | list[str] = ()) -> None:
         with self._lock:
             self._queues[node_id] = frozenset(queues) or frozenset({DEFAULT_QUEUE})
+            self._connections[node_id] = frozenset(connections)
             self._last_seen[node_id] = now
             if ready:
                 self._not_ready.discard(node_id)
@@ -83,7 +86,8 @@ class Liveness:
                 out.append(NodeInfo(
                     node, healthy=now - seen <= self.healthy_window and node not in self._not_ready, slots=slots,
                     lease_expired=now - max(seen, self._took_office) > self.lease_timeout,
-                    leader=node == self._self_id, queues=self._queues.get(node, frozenset({DEFAULT_QUEUE}))))
+                    leader=node == self._self_id, queues=self._queues.get(node, frozenset({DEFAULT_QUEUE})),
+                    connections=self._connections.get(node, frozenset())))
             return out
 
     def ages(self, now: float) -> dict[str, float]:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from raftflow.proto import client_pb2 as raftflow_dot_proto_dot_client__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19raftflow/proto/peer.proto\x12\x0braftflow.v1\x1a\x1braftflow/proto/client.proto\"\xf4\x01\n\x0eTaskAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x61g_id\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x06 \x01(\t\x12\x31\n\x03\x65nv\x18\x07 \x03(\x0b\x32$.raftflow.v1.TaskAssignment.EnvEntry\x12\x14\n\x0clogical_date\x18\x08 \x01(\t\x12\x0c\n\x04node\x18\t \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\nRunTaskAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\">\n\nAttemptKey\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"\x8c\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\r\x12(\n\x07running\x18\x03 \x03(\x0b\x32\x17.raftflow.v1.AttemptKey\x12\x0f\n\x07sent_at\x18\x04 \x01(\x01\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x0e\n\x06queues\x18\x06 \x03(\t\"H\n\x11HeartbeatResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x15\n\rlease_granted\x18\x02 \x01(\x08\x12\x0c\n\x04term\x18\x03 \x01(\x04\"\x11\n\x0fNodeInfoRequest2\x9e\x02\n\x04Peer\x12?\n\x07RunTask\x12\x1b.raftflow.v1.TaskAssignment\x1a\x17.raftflow.v1.RunTaskAck\x12J\n\tHeartbeat\x12\x1d.raftflow.v1.HeartbeatRequest\x1a\x1e.raftflow.v1.HeartbeatResponse\x12\x41\n\x08NodeInfo\x12\x1c.raftflow.v1.NodeInfoRequest\x1a\x17.raftflow.v1.NodeStatus\x12\x46\n\x0bReadTaskLog\x12\x1e.raftflow.v1.GetTaskLogRequest\x1a\x15.raftflow.v1.LogChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19raftflow/proto/peer.proto\x12\x0braftflow.v1\x1a\x1braftflow/proto/client.proto\"\xf4\x01\n\x0eTaskAssignment\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0e\n\x06\x64\x61g_id\x18\x04 \x01(\t\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x06 \x01(\t\x12\x31\n\x03\x65nv\x18\x07 \x03(\x0b\x32$.raftflow.v1.TaskAssignment.EnvEntry\x12\x14\n\x0clogical_date\x18\x08 \x01(\t\x12\x0c\n\x04node\x18\t \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\".\n\nRunTaskAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\">\n\nAttemptKey\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"\xa1\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05slots\x18\x02 \x01(\r\x12(\n\x07running\x18\x03 \x03(\x0b\x32\x17.raftflow.v1.AttemptKey\x12\x0f\n\x07sent_at\x18\x04 \x01(\x01\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x0e\n\x06queues\x18\x06 \x03(\t\x12\x13\n\x0b\x63onnections\x18\x07 \x03(\t\"H\n\x11HeartbeatResponse\x12\x0e\n\x06leader\x18\x01 \x01(\t\x12\x15\n\rlease_granted\x18\x02 \x01(\x08\x12\x0c\n\x04term\x18\x03 \x01(\x04\"\x11\n\x0fNodeInfoRequest2\x9e\x02\n\x04Peer\x12?\n\x07RunTask\x12\x1b.raftflow.v1.TaskAssignment\x1a\x17.raftflow.v1.RunTaskAck\x12J\n\tHeartbeat\x12\x1d.raftflow.v1.HeartbeatRequest\x1a\x1e.raftflow.v1.HeartbeatResponse\x12\x41\n\x08NodeInfo\x12\x1c.raftflow.v1.NodeInfoRequest\x1a\x17.raftflow.v1.NodeStatus\x12\x46\n\x0bReadTaskLog\x12\x1e.raftflow.v1.GetTaskLogRequest\x1a\x15.raftflow.v1.LogChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,11 +43,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTEMPTKEY']._serialized_start=366
   _globals['_ATTEMPTKEY']._serialized_end=428
   _globals['_HEARTBEATREQUEST']._serialized_start=431
-  _globals['_HEARTBEATREQUEST']._serialized_end=571
-  _globals['_HEARTBEATRESPONSE']._serialized_start=573
-  _globals['_HEARTBEATRESPONSE']._serialized_end=645
-  _globals['_NODEINFOREQUEST']._serialized_start=647
-  _globals['_NODEINFOREQUEST']._serialized_end=664
-  _globals['_PEER']._serialized_start=667
-  _globals['_PEER']._serialized_end=953
+  _globals['_HEARTBEATREQUEST']._serialized_end=592
+  _globals['_HEARTBEATRESPONSE']._serialized_start=594
+  _globals['_HEARTBEATRESPONSE']._serialized_end=666
+  _globals['_NODEINFOREQUEST']._serialized_start=668
+  _globals['_NODEINFOREQUEST']._serialized_end=685
+  _globals['_PEER']._serialized_start=688
+  _globals['_PEER']._serialized_end=974
 # @@protoc_insertion_point(module_scope)

@@ -13,6 +13,8 @@ Life of an attempt here (node/README.md has the whole story):
    error fails the attempt with the message. It runs as `bash -c COMMAND` in its
    own session/process group, with the RAFTFLOW_* variables, stdout and stderr
    merged into one stream; output goes to this node's LocalStore as it arrives.
+   A python task's process is pyrunner.py; an ssh task's is sshrun.py, which runs
+   the command on the connection's host and stops it there when it is stopped here.
    `execution_timeout` and `cancel` kill the whole process group (TERM, then KILL
    after KILL_GRACE seconds) and say so in the log. A task may publish a small
    JSON result by writing it to the file named by $RAFTFLOW_RESULT_FILE.
@@ -44,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core import commands as c
+from ..config import SSHConnection
 from ..core.state import RESULT_LIMIT, Code, Result
 from ..raft.adapter import Unavailable
 from ..store.local import LocalStore
@@ -80,6 +83,8 @@ class AttemptSetup:
     execution_timeout: float | None = None
     python_callable: str = ""             # python tasks: "module:function" and its op_kwargs
     op_kwargs: dict[str, Any] = field(default_factory=dict)
+    ssh_conn_id: str = ""                 # ssh tasks: the connection, and whether to ask for a pty
+    get_pty: bool = False
 
 
 @dataclass
@@ -98,8 +103,11 @@ class Worker:
     def __init__(self, node_id: str, slots: int, store: LocalStore, workdir: Path,
                  propose: Callable[[c.Command, float], Result],
                  lease_duration: float, reaper: Reaper | None = None,
-                 setup: Callable[[Assignment], AttemptSetup] | None = None) -> None:
-        """`setup` reads an attempt's template context and timeout from this node's replica."""
+                 setup: Callable[[Assignment], AttemptSetup] | None = None,
+                 connections: tuple[SSHConnection, ...] = ()) -> None:
+        """`setup` reads an attempt's template context and timeout from this node's replica;
+        `connections` are this node's SSH connections (config)."""
+        self._connections = {conn.name: conn for conn in connections}
         self.node_id = node_id
         self._setup = setup or (lambda a: AttemptSetup({}))
         self.slots = slots
@@ -123,7 +131,7 @@ class Worker:
 
     # ------------------------------------------------------------ API
     def accept(self, a: Assignment) -> tuple[bool, str]:
-        if a.kind not in ("bash", "python"):
+        if a.kind not in ("bash", "python", "ssh"):
             return False, f"this node cannot run task kind {a.kind!r}"
         with self._lock:
             if self._stopping.is_set():
@@ -244,6 +252,8 @@ class Worker:
         command, env, setup = a.command, dict(a.env), AttemptSetup({})
         result_file = self._workdir / "results" / f"{os.getpid()}-{threading.get_ident()}.json"
         result_file.unlink(missing_ok=True)
+        reason_file = result_file.with_suffix(".reason")
+        reason_file.unlink(missing_ok=True)
         if not refusal:
             try:
                 setup = self._setup(a)
@@ -261,12 +271,19 @@ class Worker:
                 refusal = f"stopped before it started: {attempt.stopped}"
             if not refusal and not reason:
                 try:
-                    argv, extra = (["bash", "-c", command], {}) if a.kind == "bash" else _python_call(setup)
+                    environment = self._environment(a, env, result_file)
+                    if a.kind == "bash":
+                        argv, extra = ["bash", "-c", command], {}
+                    elif a.kind == "python":
+                        argv, extra = _python_call(setup)
+                    else:
+                        argv, extra = self._ssh_call(a, setup, command, environment, reason_file)
                     attempt.process = subprocess.Popen(
                         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                        start_new_session=True, cwd=self._workdir,
-                        env={**self._environment(a, env, result_file), **extra},
+                        start_new_session=True, cwd=self._workdir, env={**environment, **extra},
                     )
+                except _CannotStart as e:
+                    reason = str(e)
                 except OSError as e:
                     reason = f"could not start {a.kind}: {e}"
         if refusal:
@@ -308,6 +325,9 @@ class Worker:
             if attempt.stopped:
                 reason = f"{attempt.stopped} ({reason or f'exit {exit_code}'})"
                 exit_code = exit_code or 1
+            told = _read_reason(reason_file)
+            if told and not attempt.stopped:
+                reason = told
             published, problem = _read_result(result_file)
             if problem and exit_code == 0:
                 exit_code, reason = 1, problem
@@ -377,6 +397,29 @@ class Worker:
                         command.run_id, command.task_id, command.attempt, result.reason)
             return
 
+    def _ssh_call(self, a: Assignment, setup: AttemptSetup, command: str, environment: dict[str, str],
+                  reason_file: Path) -> tuple[list[str], dict[str, str]]:
+        """argv and environment of an ssh task's process (see sshrun.py). The remote
+        command gets the task's env and the RAFTFLOW_* variables; no secret is passed."""
+        conn = self._connections.get(setup.ssh_conn_id)
+        if conn is None:
+            raise _CannotStart(f"node {self.node_id} has no SSH connection {setup.ssh_conn_id!r} in its config "
+                               f"(it has: {', '.join(self._connections) or 'none'})")
+        remote_env = {k: v for k, v in environment.items()
+                      if k in dict(a.env) or (k.startswith("RAFTFLOW_") and k != "RAFTFLOW_RESULT_FILE")}
+        return [sys.executable, "-m", "raftflow.worker.sshrun"], {
+            "RAFTFLOW_SSH_CONNECTION": json.dumps({
+                "name": conn.name, "host": conn.host, "port": conn.port, "user": conn.user,
+                "key_file": str(conn.key_file) if conn.key_file else None, "password_env": conn.password_env,
+                "passphrase_env": conn.passphrase_env, "known_hosts": str(conn.known_hosts),
+                "trust_on_first_use": conn.trust_on_first_use, "connect_timeout": conn.connect_timeout}),
+            "RAFTFLOW_SSH_COMMAND": command,
+            "RAFTFLOW_SSH_ENV": json.dumps(remote_env),
+            "RAFTFLOW_SSH_PTY": "1" if setup.get_pty else "0",
+            "RAFTFLOW_REASON_FILE": str(reason_file),
+            "PYTHONUNBUFFERED": "1",
+        }
+
     def _environment(self, a: Assignment, task_env: dict[str, str], result_file: Path) -> dict[str, str]:
         env = dict(os.environ)
         env.update(task_env)
@@ -390,6 +433,10 @@ class Worker:
             "RAFTFLOW_LOGICAL_DATE": a.logical_date,
         })
         return env
+
+
+class _CannotStart(Exception):
+    """This node cannot start the attempt; the message is its reason (the attempt fails)."""
 
 
 def _python_call(setup: AttemptSetup) -> tuple[list[str], dict[str, str]]:
@@ -406,6 +453,16 @@ def _iso_default(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _read_reason(path: Path) -> str:
+    """The one-line reason a runner process (sshrun.py) left for its failure, or ''."""
+    try:
+        return path.read_text(errors="replace").strip()[:1000]
+    except FileNotFoundError:
+        return ""
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _read_result(path: Path) -> tuple[str, str]:

@@ -1,0 +1,322 @@
+"""Runs one ssh task attempt on its remote host: `python -m raftflow.worker.sshrun`.
+
+The worker starts this like any task process (its own process group, output read
+into the task log, on the reaper's list), so timeouts, cancels and fencing treat an
+ssh task exactly like a bash task; this module turns "this process is told to stop
+or dies" into "the remote command stops".
+
+Contract with the worker (worker.py, `_ssh_call`), all through the environment:
+  RAFTFLOW_SSH_CONNECTION  the connection (config.SSHConnection as JSON; no secret:
+                           a password or passphrase is read from the environment
+                           variable the connection names, here, when connecting)
+  RAFTFLOW_SSH_COMMAND     the rendered command
+  RAFTFLOW_SSH_ENV         JSON object of variables exported to the remote command
+  RAFTFLOW_SSH_PTY         "1" to give the remote command a pseudo-terminal
+  RAFTFLOW_REASON_FILE     where a one-line reason for a failure is written
+Output: the remote command's stdout and stderr, merged in arrival order, written to
+stdout as it arrives; this module's own lines start with "raftflow: ".
+Exit status: the remote command's; 255 when the command could not be run or ended
+without a status (connection failed, host key refused, authentication failed,
+connection lost, killed by a signal).
+
+Host keys are checked against the connection's known_hosts: an unknown key is
+refused (unless the connection trusts on first use, which records it), a changed
+key always is; the message names the host and the offered key's fingerprint.
+
+Stopping. The remote side runs a small POSIX sh wrapper (`remote_script`) that
+prints its PID (sshd makes it a session and process-group leader), runs the command
+in its process group and watches its own stdin: sshd closes that when the
+connection drops. So:
+  - SIGTERM here (execution_timeout, `runs cancel`): a second channel sends
+    SIGTERM to the remote process group, SIGKILL REMOTE_KILL_GRACE seconds later if
+    the command is still running; then this process exits.
+  - this process killed (SIGKILL from the worker or the reaper, node killed): the
+    TCP connection closes, the wrapper's stdin reaches EOF, and it sends SIGTERM,
+    then SIGKILL, to its process group.
+Commands that leave their process group (setsid, nohup with daemonising, a job
+handed to a cluster manager) are out of reach of both, as they are for bash tasks.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shlex
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+
+# Must stay below worker.KILL_GRACE: the worker SIGKILLs this process after that.
+REMOTE_KILL_GRACE = 3.0
+READ_CHUNK = 65536
+PID_MARKER = "raftflow-remote-pid "
+CONNECTION_FAILED = 255
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The connection as this process receives it (see module docstring)."""
+    name: str
+    host: str
+    port: int
+    user: str
+    key_file: str | None
+    password_env: str | None
+    passphrase_env: str | None
+    known_hosts: str
+    trust_on_first_use: bool
+    connect_timeout: float
+
+    @property
+    def host_key_name(self) -> str:
+        """How known_hosts names this host (OpenSSH's and paramiko's convention)."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+class Refused(Exception):
+    """The command cannot be run: the message is the attempt's reason."""
+
+
+def remote_script(command: str, env: dict[str, str]) -> str:
+    """The command line sent to sshd: the user's login shell execs /bin/sh with the
+    wrapper (see module docstring). Pure, so it is tested without a server."""
+    exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in sorted(env.items()))
+    wrapper = (
+        f'printf "{PID_MARKER}%s\\n" "$$"\n'
+        f"{exports}"
+        # Keep the channel's stdin on fd 3 for the watcher (an asynchronous list's fd 0
+        # is /dev/null); its EOF means the connection is gone.
+        "exec 3<&0\n"
+        "{ cat <&3; trap '' TERM; kill -TERM -$$; sleep 2; kill -KILL -$$; }"
+        " >/dev/null 2>&1 &\n"
+        "watcher=$!\n"
+        "exec 3<&-\n"
+        # A trap (unlike an ignored signal) is reset in the command: the command dies of
+        # SIGTERM while this shell survives to report its status.
+        "trap 'stopped=1' TERM\n"
+        f"/bin/sh -c {shlex.quote(command)} </dev/null\n"
+        "status=$?\n"
+        "kill $watcher 2>/dev/null\n"
+        "exit $status\n"
+    )
+    return f"exec /bin/sh -c {shlex.quote(wrapper)}"
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    return f"{key.get_name()} {key.fingerprint}"
+
+
+class _VerifyHostKey(paramiko.MissingHostKeyPolicy):
+    """Called by paramiko for a host absent from known_hosts (a changed key raises
+    BadHostKeyException before any policy). Refuses, or trusts on first use."""
+
+    def __init__(self, target: Target, say: Any) -> None:
+        self.target = target
+        self.say = say
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        t = self.target
+        if not t.trust_on_first_use:
+            raise Refused(
+                f"host key of {t.host_key_name} is not in known_hosts {t.known_hosts}: the host offers "
+                f"{fingerprint(key)}. Check that fingerprint with the host's owner, then add it: "
+                f"ssh-keyscan -p {t.port} {t.host} >> {t.known_hosts} (or set trust_on_first_use = true "
+                f"for connection {t.name})")
+        line = f"{t.host_key_name} {key.get_name()} {key.get_base64()}\n"
+        path = Path(t.known_hosts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:   # attempts run in parallel: one writer at a time
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        client.get_host_keys().add(t.host_key_name, key.get_name(), key)
+        self.say(f"trusting on first use: {t.host_key_name} offers {fingerprint(key)}; recorded in {t.known_hosts}")
+
+
+class Runner:
+    def __init__(self, target: Target, command: str, env: dict[str, str], get_pty: bool) -> None:
+        self.target = target
+        self.command = command
+        self.env = env
+        self.get_pty = get_pty
+        self.stop_requested = threading.Event()
+        self.client: paramiko.SSHClient | None = None
+
+    def say(self, text: str) -> None:
+        os.write(1, f"raftflow: {text}\n".encode())
+
+    def connect(self) -> paramiko.SSHClient:
+        t = self.target
+        client = paramiko.SSHClient()
+        if os.path.exists(t.known_hosts):
+            try:
+                client.load_host_keys(t.known_hosts)
+            except (OSError, paramiko.SSHException) as e:
+                raise Refused(f"cannot read known_hosts {t.known_hosts}: {e}") from None
+        elif not t.trust_on_first_use:
+            raise Refused(f"known_hosts {t.known_hosts} does not exist, so the key of {t.host_key_name} "
+                          f"cannot be verified; add it: ssh-keyscan -p {t.port} {t.host} >> {t.known_hosts}")
+        client.set_missing_host_key_policy(_VerifyHostKey(t, self.say))
+        password = os.environ.get(t.password_env) if t.password_env else None
+        passphrase = os.environ.get(t.passphrase_env) if t.passphrase_env else None
+        if t.password_env and password is None:
+            raise Refused(f"connection {t.name}: ${t.password_env} is not set in this node's environment")
+        how = " and ".join(filter(None, (f"key {t.key_file}" if t.key_file else "",
+                                          f"the password in ${t.password_env}" if t.password_env else "")))
+        try:
+            client.connect(t.host, port=t.port, username=t.user, key_filename=t.key_file, password=password,
+                           passphrase=passphrase, timeout=t.connect_timeout, banner_timeout=t.connect_timeout,
+                           auth_timeout=t.connect_timeout, look_for_keys=False, allow_agent=False)
+        except Refused:
+            client.close()
+            raise
+        except paramiko.BadHostKeyException as e:
+            client.close()
+            raise Refused(
+                f"host key of {t.host_key_name} has CHANGED: it offers {fingerprint(e.key)}, known_hosts "
+                f"{t.known_hosts} has {fingerprint(e.expected_key)}. Someone may be intercepting the connection; "
+                f"if the host was really re-keyed, remove the old entry (ssh-keygen -R '{t.host_key_name}' -f "
+                f"{t.known_hosts}) and add the new one") from None
+        except paramiko.PasswordRequiredException:
+            client.close()
+            raise Refused(f"key_file {t.key_file} is encrypted: set passphrase_env for connection {t.name}") from None
+        except paramiko.AuthenticationException as e:
+            client.close()
+            raise Refused(f"authentication as {t.user} at {t.host}:{t.port} failed with {how}: {e}") from None
+        except (socket.timeout, TimeoutError):
+            client.close()
+            raise Refused(f"connection to {t.host}:{t.port} timed out after {t.connect_timeout:g}s") from None
+        except socket.gaierror as e:
+            client.close()
+            raise Refused(f"cannot resolve host {t.host}: {e.strerror}") from None
+        except paramiko.SSHException as e:
+            client.close()
+            raise Refused(f"SSH with {t.host}:{t.port} failed: {e}") from None
+        except OSError as e:   # refused, unreachable (NoValidConnectionsError is one)
+            client.close()
+            detail = e.strerror or str(e)
+            if isinstance(e, ConnectionRefusedError) or "refused" in str(e).lower():
+                detail = "connection refused (is sshd running there, on that port?)"
+            raise Refused(f"cannot connect to {t.host}:{t.port}: {detail}") from None
+        transport = client.get_transport()
+        assert transport is not None
+        transport.set_keepalive(15)
+        return client
+
+    def run(self) -> tuple[int, str]:
+        """(exit status, reason or ''). Raises Refused when the command could not start."""
+        t = self.target
+        self.client = client = self.connect()
+        if self.stop_requested.is_set():
+            return CONNECTION_FAILED, "stopped before the remote command started"
+        self.say(f"connected to {t.address} (connection {t.name}); running the command there")
+        channel = client.get_transport().open_session()   # type: ignore[union-attr]
+        if self.get_pty:
+            channel.get_pty()
+        channel.set_combine_stderr(True)
+        channel.exec_command(remote_script(self.command, self.env))
+        channel.settimeout(0.1)
+        head = b""
+        remote_pid = 0
+        stop_sent_at: float | None = None
+        killed = False
+        while True:
+            if self.stop_requested.is_set() and stop_sent_at is None:
+                stop_sent_at = time.monotonic()
+                self._signal_remote(remote_pid, "TERM")
+            if stop_sent_at is not None and not killed and time.monotonic() - stop_sent_at > REMOTE_KILL_GRACE:
+                killed = True
+                self._signal_remote(remote_pid, "KILL")
+            if killed and time.monotonic() - stop_sent_at > REMOTE_KILL_GRACE + 1.0:   # type: ignore[operator]
+                return CONNECTION_FAILED, "the remote command did not end after SIGKILL; connection closed"
+            try:
+                data = channel.recv(READ_CHUNK)
+            except socket.timeout:
+                if not client.get_transport().is_active():   # type: ignore[union-attr]
+                    return CONNECTION_FAILED, f"connection to {t.host}:{t.port} lost while the command ran"
+                continue
+            if not data:
+                break
+            if not remote_pid:
+                head += data
+                if b"\n" not in head:
+                    continue
+                line, _, data = head.partition(b"\n")
+                text = line.decode(errors="replace").strip()
+                if not text.startswith(PID_MARKER):
+                    return CONNECTION_FAILED, f"unexpected first line from the remote wrapper: {text[:200]!r}"
+                remote_pid = int(text[len(PID_MARKER):])
+                if self.stop_requested.is_set() and stop_sent_at is not None:
+                    self._signal_remote(remote_pid, "KILL" if killed else "TERM")   # the stop came before the PID
+            if data:
+                os.write(1, data)
+        status = channel.recv_exit_status()
+        if status < 0:
+            return CONNECTION_FAILED, "the remote command ended without an exit status (killed by a signal?)"
+        return status, ""
+
+    def _signal_remote(self, pid: int, sig: str) -> None:
+        if not pid:
+            return   # not started yet: sent once the PID arrives
+        try:
+            kill = self.client.get_transport().open_session(timeout=REMOTE_KILL_GRACE)   # type: ignore[union-attr]
+            kill.exec_command(f"kill -{sig} -{pid} 2>/dev/null || kill -{sig} {pid}")
+            kill.settimeout(REMOTE_KILL_GRACE)
+            kill.recv_exit_status()
+            kill.close()
+            self.say(f"sent SIG{sig} to the remote command's process group {pid} on {self.target.host}")
+        except (paramiko.SSHException, OSError) as e:
+            self.say(f"could not send SIG{sig} to the remote command on {self.target.host}: {e}")
+
+
+def _target_from_env(raw: str) -> Target:
+    d = json.loads(raw)
+    return Target(d["name"], d["host"], int(d["port"]), d["user"], d.get("key_file"), d.get("password_env"),
+                  d.get("passphrase_env"), d["known_hosts"], bool(d.get("trust_on_first_use")),
+                  float(d.get("connect_timeout", 10.0)))
+
+
+def main() -> int:
+    target = _target_from_env(os.environ["RAFTFLOW_SSH_CONNECTION"])
+    runner = Runner(target, os.environ["RAFTFLOW_SSH_COMMAND"], json.loads(os.environ.get("RAFTFLOW_SSH_ENV", "{}")),
+                    os.environ.get("RAFTFLOW_SSH_PTY") == "1")
+    reason_file = os.environ.get("RAFTFLOW_REASON_FILE")
+
+    def stop(signum: int, _frame: Any) -> None:
+        runner.stop_requested.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        status, reason = runner.run()
+    except Refused as e:
+        status, reason = CONNECTION_FAILED, str(e)
+    except Exception as e:  # noqa: BLE001 - any other failure is the attempt's, with its message
+        status, reason = CONNECTION_FAILED, f"ssh to {target.address} failed: {type(e).__name__}: {e}"
+    finally:
+        if runner.client is not None:
+            runner.client.close()
+    if reason:
+        runner.say(reason)
+        if reason_file:
+            Path(reason_file).write_text(reason + "\n")
+    elif status:
+        runner.say(f"the remote command exited with status {status}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
