@@ -176,6 +176,7 @@ class Runner:
             raise Refused(f"connection {t.name}: ${t.password_env} is not set in this node's environment")
         how = " and ".join(filter(None, (f"key {t.key_file}" if t.key_file else "",
                                           f"the password in ${t.password_env}" if t.password_env else "")))
+        began = time.monotonic()
         try:
             client.connect(t.host, port=t.port, username=t.user, key_filename=t.key_file, password=password,
                            passphrase=passphrase, timeout=t.connect_timeout, banner_timeout=t.connect_timeout,
@@ -204,12 +205,17 @@ class Runner:
             raise Refused(f"cannot resolve host {t.host}: {e.strerror}") from None
         except paramiko.SSHException as e:
             client.close()
+            if "protocol banner" in str(e) or time.monotonic() - began >= t.connect_timeout:
+                raise Refused(f"connection to {t.host}:{t.port} timed out after {t.connect_timeout:g}s in the SSH "
+                              "handshake (is that port an SSH server?)") from None
             raise Refused(f"SSH with {t.host}:{t.port} failed: {e}") from None
         except OSError as e:   # refused, unreachable (NoValidConnectionsError is one)
             client.close()
-            detail = e.strerror or str(e)
-            if isinstance(e, ConnectionRefusedError) or "refused" in str(e).lower():
+            causes = list(getattr(e, "errors", {}).values()) or [e]   # NoValidConnectionsError: one per address
+            if all(isinstance(cause, ConnectionRefusedError) for cause in causes):
                 detail = "connection refused (is sshd running there, on that port?)"
+            else:
+                detail = causes[0].strerror or str(causes[0])
             raise Refused(f"cannot connect to {t.host}:{t.port}: {detail}") from None
         transport = client.get_transport()
         assert transport is not None
