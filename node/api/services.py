@@ -327,9 +327,10 @@ class ClientService(client_pb2_grpc.ClientServicer):
                 raise _Abort(grpc.StatusCode.NOT_FOUND, f"{request.task_id} has attempts 1 to {ti.attempt}, not {attempt}")
             node = ti.attempt_nodes[attempt - 1]
         if node == self.node.cfg.node_id:
-            yield from self.node.peer_service.local_log(request.run_id, request.task_id, attempt)
+            yield from self.node.peer_service.local_log(request.run_id, request.task_id, attempt, request.from_chunk)
             return
-        req = client_pb2.GetTaskLogRequest(run_id=request.run_id, task_id=request.task_id, attempt=attempt)
+        req = client_pb2.GetTaskLogRequest(run_id=request.run_id, task_id=request.task_id, attempt=attempt,
+                                           from_chunk=request.from_chunk)
         try:
             yield from self.node.peers.read_log(node, req)
         except grpc.RpcError as e:
@@ -388,13 +389,14 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     def NodeInfo(self, request, context):  # type: ignore[no-untyped-def]
         return self.node.node_status()
 
-    def local_log(self, run_id: str, task_id: str, attempt: int) -> Iterator[client_pb2.LogChunk]:
+    def local_log(self, run_id: str, task_id: str, attempt: int, first: int = 0) -> Iterator[client_pb2.LogChunk]:
+        """The attempt's log from chunk `first`; one empty chunk (naming the node) if none."""
         found = False
-        for chunk in self.node.store.read_log(run_id, task_id, attempt):
+        for index, chunk in self.node.store.read_log_from(run_id, task_id, attempt, first):
             found = True
-            yield client_pb2.LogChunk(data=chunk, node=self.node.cfg.node_id, attempt=attempt)
+            yield client_pb2.LogChunk(data=chunk, node=self.node.cfg.node_id, attempt=attempt, index=index)
         if not found:
-            yield client_pb2.LogChunk(data=b"", node=self.node.cfg.node_id, attempt=attempt)
+            yield client_pb2.LogChunk(data=b"", node=self.node.cfg.node_id, attempt=attempt, index=first)
 
     def ReadTaskLog(self, request, context):  # type: ignore[no-untyped-def]
-        yield from self.local_log(request.run_id, request.task_id, request.attempt)
+        yield from self.local_log(request.run_id, request.task_id, request.attempt, request.from_chunk)

@@ -57,11 +57,17 @@ class LocalStore:
         return last
 
     def read_log(self, run_id: str, task_id: str, attempt: int) -> Iterator[bytes]:
+        for _index, chunk in self.read_log_from(run_id, task_id, attempt, 0):
+            yield chunk
+
+    def read_log_from(self, run_id: str, task_id: str, attempt: int, first: int) -> Iterator[tuple[int, bytes]]:
+        """(index, chunk) of an attempt's log from chunk `first` on: what a follower
+        has not seen yet. Chunk indexes are consecutive from 0 within an attempt."""
         prefix = _attempt_prefix(run_id, task_id, attempt)
-        for key, value in self._db.items(from_key=prefix):
+        for key, value in self._db.items(from_key=prefix + b"%010d" % first):
             if not key.startswith(prefix):
                 break
-            yield value
+            yield int(key[len(prefix):]), value
 
     def delete_run_logs(self, run_id: str) -> None:
         """Remove every task log of a run (history retention). Idempotent."""

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from raftflow.config import NodeConfig, Peer, RaftTuning, to_toml
+from raftflow.config import NodeConfig, Peer, RaftTuning, SSHConnection, to_toml
 
 LOOPBACK = "127.0.0.1"
 
@@ -87,14 +87,17 @@ class LocalCluster:
                  python: str = sys.executable, extra_env: dict[str, str] | None = None,
                  raft: RaftTuning | None = None, hosts: list[str] | None = None,
                  launcher: dict[str, list[str]] | None = None,
-                 queues: dict[str, list[str]] | None = None) -> None:
+                 queues: dict[str, list[str]] | None = None,
+                 connections: dict[str, tuple[SSHConnection, ...]] | None = None) -> None:
         """`hosts`: one address per node (default loopback); `launcher`: a command prefix
         per node id (e.g. `ip netns exec NS`) for nodes in network namespaces; `queues`:
-        the task queues of some nodes (the others serve "default")."""
+        the task queues of some nodes (the others serve "default"); `connections`: the
+        SSH connections of some nodes (the others have none)."""
         self.data_dir = data_dir.resolve()
         self.raft = raft or RaftTuning()
         self.launcher = launcher or {}
         self.queues = queues or {}
+        self.connections = connections or {}
         self.python = python
         self.extra_env = extra_env or {}
         self._procs: dict[str, subprocess.Popen] = {}   # the latest process of each node
@@ -143,7 +146,8 @@ class LocalCluster:
             peers = tuple(Peer(o.node_id, o.grpc_address, o.raft_address) for o in self.nodes if o is not node)
             cfg = NodeConfig(node_id=node.node_id, grpc_address=node.grpc_address, raft_address=node.raft_address,
                              data_dir=node.dir / "data", secret_file=self.secret_file, slots=self.slots, peers=peers,
-                             raft=self.raft, queues=tuple(self.queues.get(node.node_id, ("default",))))
+                             raft=self.raft, queues=tuple(self.queues.get(node.node_id, ("default",))),
+                             connections=self.connections.get(node.node_id, ()))
             node.config_path.write_text(to_toml(cfg))
         (self.data_dir / "cluster.json").write_text(json.dumps({
             "slots": self.slots,

@@ -268,12 +268,55 @@ def cmd_runs_watch(client: ClusterClient, args: argparse.Namespace) -> int:
     return EXIT_OK if final["state"] == "success" else EXIT_FAILED
 
 
+FOLLOW_POLL = 0.25   # seconds between reads of a followed log
+LIVE_STATES = ("assigned", "running")
+
+
 def cmd_tasks_logs(client: ClusterClient, args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
-    for chunk in client.task_log(args.run_id, args.task_id, args.attempt):
-        out.write(chunk.data)
-    out.flush()
-    return EXIT_OK
+    if not args.follow:
+        for chunk in client.task_log(args.run_id, args.task_id, args.attempt):
+            out.write(chunk.data)
+        out.flush()
+        return EXIT_OK
+    return _follow_log(client, args.run_id, args.task_id, args.attempt, out)
+
+
+def _follow_log(client: ClusterClient, run_id: str, task_id: str, attempt: int, out: Any) -> int:
+    """Print an attempt's log as it grows, until the attempt has ended. The attempt is
+    the one asked for, else the latest (waiting for the first to start). Each pass
+    reads the task's state first, then the log from where it left off, so the pass
+    that sees the attempt ended also reads its last output (the worker stores all
+    output before it reports the end)."""
+    next_chunk, waiting_said = 0, False
+    while True:
+        task = _task_of(client.get_run(run_id), run_id, task_id)
+        if attempt == 0 and task["attempt"] == 0:
+            if not waiting_said:
+                print(f"waiting for {task_id} to start (state {task['state']})", file=sys.stderr)
+                waiting_said = True
+            time.sleep(FOLLOW_POLL)
+            continue
+        attempt = attempt or task["attempt"]
+        ended = task["attempt"] > attempt or task["state"] not in LIVE_STATES
+        for chunk in client.task_log(run_id, task_id, attempt, from_chunk=next_chunk):
+            if chunk.data:
+                out.write(chunk.data)
+                next_chunk = chunk.index + 1
+        out.flush()
+        if ended:
+            if task["attempt"] > attempt:
+                print(f"attempt {attempt} ended; {task_id} is on attempt {task['attempt']} ({task['state']}): "
+                      f"raftflow tasks logs {run_id} {task_id} --follow", file=sys.stderr)
+            return EXIT_OK
+        time.sleep(FOLLOW_POLL)
+
+
+def _task_of(run: dict[str, Any], run_id: str, task_id: str) -> dict[str, Any]:
+    for task in run["tasks"]:
+        if task["task_id"] == task_id:
+            return task
+    raise UsageError(f"run {run_id} has no task {task_id!r}; it has: {', '.join(t['task_id'] for t in run['tasks'])}")
 
 
 def cmd_tasks_clear(client: ClusterClient, args: argparse.Namespace) -> int:
@@ -365,6 +408,36 @@ def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_connections_list(client: ClusterClient, args: argparse.Namespace) -> int:
+    """Every SSH connection some node defines, and which nodes have it: an ssh task runs
+    only there. Secrets never leave the nodes; only how each one authenticates is shown."""
+    status = client.cluster_status()
+    rows: dict[tuple, dict[str, Any]] = {}
+    unreachable = []
+    for node in status["nodes"]:
+        if node["error"]:
+            unreachable.append(node["id"])
+        for conn in node.get("connections") or []:
+            key = (conn["name"], conn["user"], conn["host"], conn["port"], conn["auth"], conn["trust_on_first_use"])
+            rows.setdefault(key, {**conn, "nodes": []})["nodes"].append(node["id"])
+    connections = sorted(rows.values(), key=lambda c: (c["name"], c["nodes"]))
+    if args.json:
+        emit_json({"connections": connections, "unreachable_nodes": unreachable})
+        return EXIT_OK
+    if connections:
+        print(table([[c["name"], f"{c['user']}@{c['host']}:{c['port']}", c["auth"] +
+                      (" (trust on first use)" if c["trust_on_first_use"] else ""), ",".join(c["nodes"])]
+                     for c in connections], ["CONNECTION", "ADDRESS", "AUTH", "NODES"]))
+    else:
+        print("no node defines an SSH connection (add [connections.NAME] to a node's config; see README)")
+    names = [c["name"] for c in connections]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        print(f"note: nodes define {name} differently; an ssh task may run on any of them")
+    if unreachable:
+        print(f"note: {', '.join(unreachable)} did not answer; their connections are not listed")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -372,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 operation failed, 2 usage or invalid input, 3 cluster unreachable.")
     parser.add_argument("--cluster", help="node addresses HOST:PORT,... (default: $RAFTFLOW_CLUSTER, "
                                           "else the local cluster from tools/up)")
-    sub = parser.add_subparsers(dest="group", required=True, metavar="{dags,runs,tasks,pools,cluster,node}")
+    sub = parser.add_subparsers(dest="group", required=True, metavar="{dags,runs,tasks,pools,connections,cluster,node}")
 
     def verb(group: argparse._SubParsersAction, name: str, func: Callable, help: str, json_flag: bool = True):
         p = group.add_parser(name, help=help, description=help)
@@ -434,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("task_id")
     p.add_argument("--attempt", type=int, default=0, help="default: the latest attempt")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="keep printing the log as it grows until the attempt ends (waits for it to start)")
 
     pools = sub.add_parser("pools", help="set and list pools (caps on concurrent tasks)").add_subparsers(
         dest="verb", required=True)
@@ -442,6 +517,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("slots", type=int)
     verb(pools, "list", cmd_pools_list, "list pools: slots, slots in use, tasks queued")
+
+    connections = sub.add_parser("connections", help="the SSH connections nodes define").add_subparsers(
+        dest="verb", required=True)
+    verb(connections, "list", cmd_connections_list, "SSH connections, their hosts and the nodes that have each "
+                                                     "(never secrets)")
 
     cluster = sub.add_parser("cluster", help="cluster status").add_subparsers(dest="verb", required=True)
     verb(cluster, "status", cmd_cluster_status, "who leads, and each node's health and load")
