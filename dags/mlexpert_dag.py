@@ -4,7 +4,7 @@ In Airflow it ran two spark-submit jobs on the Hadoop name node over SSH, in
 parallel, for the run's date, then a third job once both had finished. Here the
 jobs are stand-ins that print what they would submit and take a few seconds, so
 the demo shows the two in parallel on different nodes and the third after both.
-(The SSH form with a real connection comes with SSHTask.)
+(Its SSH form, with a real connection, is mlexpert_ssh_dag.py.)
 """
 
 from datetime import datetime

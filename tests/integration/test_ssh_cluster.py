@@ -11,6 +11,7 @@ with its connection, and the task runs again on the other node with the connecti
 
 from __future__ import annotations
 
+import json
 import queue
 import signal
 import subprocess
@@ -179,6 +180,22 @@ def test_an_unverified_host_fails_every_attempt_with_the_fingerprint_and_retries
     assert task["reason"].startswith(f"host key of [{sshd.host}]:{sshd.port} is not in known_hosts"), task["reason"]
     assert "SHA256:" in task["reason"]
     assert not (work / "never").exists()
+
+
+def test_the_ssh_form_of_mlexpert_dag_runs_its_spark_jobs_on_the_remote_host(world):
+    cluster, cli, work, sshd = world
+    assert cli("dags", "submit", str(ROOT / "dags" / "mlexpert_ssh_dag.py")).returncode == 0
+    assert cli("dags", "unpause", "mlexpert_ssh_dag").returncode == 0
+    triggered = cli("dags", "trigger", "mlexpert_ssh_dag", "--wait", "--json", timeout=120)
+    run = json.loads(triggered.stdout)
+    assert run["state"] == "success", triggered.stdout + triggered.stderr
+    tasks = {t["task_id"]: t for t in run["tasks"]}
+    assert {t["node"] for t in tasks.values()} <= {"n1", "n2"}
+    log = cli("tasks", "logs", run["run_id"], "generate_training_data").stdout
+    day = run["logical_date"][:10]
+    assert f"s3://bucket_name/generate_training_data.py {day}" in log, log
+    assert f"done: generate_training_data.py for {day}" in log, log
+    assert cli("dags", "pause", "mlexpert_ssh_dag").returncode == 0
 
 
 def test_killing_the_node_mid_task_fences_the_attempt_and_runs_it_again_elsewhere(world):
