@@ -22,3 +22,20 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     fi
     echo "$want" > "$stamp"
 fi
+
+# install_debian_packages WHY PACKAGE... : install the missing system packages where we
+# may (root with apt-get); otherwise say so and carry on (callers say what then skips).
+install_debian_packages() {
+    local why=$1; shift
+    [ $# -gt 0 ] || return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing $* for $why" >&2
+        { apt-get update -qq &&
+          DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; } >/dev/null 2>&1 ||
+            echo "could not install $*; $why will not work here" >&2
+    else
+        echo "missing $* (needed for $why); install them as root" >&2
+    fi
+}
+
+have_sshd() { command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ]; }

@@ -120,6 +120,36 @@ class LocalSSHServer:
             self.stop()
         raise RuntimeError(f"sshd did not start on {self.host}: {last_error}")
 
+    def recorded_pid(self) -> int | None:
+        """The PID in sshd.pid if that process is an sshd running this directory's config
+        (so a stale file, or a reused PID, is never signalled)."""
+        try:
+            pid = int((self.dir / "sshd.pid").read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()   # sshd retitles itself: one string
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if b"sshd" in cmdline and str(self.dir / "sshd_config").encode() in cmdline else None
+
+    def attach(self) -> bool:
+        """Use the sshd an earlier `start` left running (tools/up run again): True if there is one."""
+        if self.recorded_pid() is None:
+            return False
+        for line in (self.dir / "sshd_config").read_text().splitlines():
+            if line.startswith("Port "):
+                self.port = int(line.split()[1])
+        return self.port != 0
+
+    def stop_recorded(self, timeout: float = 10.0) -> bool:
+        """Stop the sshd recorded in this directory (tools/down); True if one was running."""
+        pid = self.recorded_pid()
+        if pid is None:
+            return False
+        os.kill(pid, 15)
+        deadline = time.monotonic() + timeout
+        while self.recorded_pid() == pid and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return True
+
     def _wait_banner(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -1,7 +1,9 @@
 """tools/up and tools/down: a local cluster for trying raftflow on one machine.
 
 tools/up starts (or reuses) the cluster, submits dags/, triggers mlexpert_dag,
-shows its progress live and prints what to try next. tools/down stops the nodes
+shows its progress live and prints what to try next. With --ssh-demo it first
+starts (or reuses) a local sshd, gives every node the connection spark_master to
+it, and runs mlexpert_ssh_dag instead. tools/down stops the nodes (and that sshd)
 it started, by their recorded PIDs. Both are conveniences over
 `raftflow node --config FILE`, which is how a node runs on a real machine.
 """
@@ -15,18 +17,25 @@ import sys
 import time
 from pathlib import Path
 
+from raftflow.config import SSHConnection
+
 from .client import ClusterClient
 from .loader import LoadError, load_paths
 from .local import LOOPBACK, LocalCluster
 from .main import print_run, watch
 
 DEMO_DAG = "mlexpert_dag"
+SSH_DEMO_DAG = "mlexpert_ssh_dag"
+SSH_DEMO_CONNECTION = "spark_master"
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _port_busy(address: str) -> bool:
     host, port = address.rsplit(":", 1)
     with socket.socket() as s:
+        # As the node's servers do: a port held only by TIME_WAIT connections of a
+        # node that just stopped is free for them (tools/down && tools/up).
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, int(port)))
         except OSError:
@@ -34,9 +43,37 @@ def _port_busy(address: str) -> bool:
     return False
 
 
+def _ssh_demo_connection(data_dir: Path) -> SSHConnection | None:
+    """Start (or reuse) the demo's sshd; the connection every node gets to it."""
+    from .sshd import LocalSSHServer, find_sshd
+
+    if find_sshd()[0] is None:
+        print(f"--ssh-demo needs sshd: {find_sshd()[1]}", file=sys.stderr)
+        return None
+    server = LocalSSHServer(data_dir / "sshd")
+    if server.attach():
+        print(f"reusing sshd (pid {server.recorded_pid()}) on {server.host}:{server.port}")
+    else:
+        try:
+            server.start()
+        except RuntimeError as e:
+            print(f"could not start sshd for --ssh-demo: {e}", file=sys.stderr)
+            return None
+        print(f"started sshd (pid {server.process.pid}) on {server.host}:{server.port}, keys in {server.dir}")
+    return SSHConnection(name=SSH_DEMO_CONNECTION, host=server.host, port=server.port, user=server.user,
+                         key_file=server.client_key, known_hosts=server.known_hosts, connect_timeout=10.0)
+
+
 def up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
-    cluster = LocalCluster(data_dir, nodes=args.nodes, port_base=args.port_base)
+    connections: dict[str, tuple[SSHConnection, ...]] = {}
+    if args.ssh_demo:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        conn = _ssh_demo_connection(data_dir)
+        if conn is None:
+            return 1
+        connections = {f"n{i + 1}": (conn,) for i in range(args.nodes)}
+    cluster = LocalCluster(data_dir, nodes=args.nodes, port_base=args.port_base, connections=connections)
     running = cluster.running()
     wanted = (args.nodes, f"{LOOPBACK}:{args.port_base}")
     current = (len(cluster.nodes), cluster.nodes[0].grpc_address)
@@ -46,7 +83,13 @@ def up(args: argparse.Namespace) -> int:
                   f"stop it with `tools/down --data-dir {data_dir}` to start a different one", file=sys.stderr)
             return 2
         (data_dir / "cluster.json").unlink()
-        cluster = LocalCluster(data_dir, nodes=args.nodes, port_base=args.port_base)
+        cluster = LocalCluster(data_dir, nodes=args.nodes, port_base=args.port_base, connections=connections)
+    if running and args.ssh_demo and not _has_connection(cluster, conn):
+        print(f"the running cluster at {cluster.addresses} has no {SSH_DEMO_CONNECTION} connection to "
+              f"{conn.host}:{conn.port} (it was started without --ssh-demo, or with another sshd): stop it with `tools/down"
+              f"{'' if str(data_dir) == '.raftflow' else f' --data-dir {data_dir}'}` and run tools/up --ssh-demo",
+              file=sys.stderr)
+        return 2
     if running and len(running) == len(cluster.nodes):
         print(f"reusing the running cluster: {', '.join(running)} at {cluster.addresses}")
     else:
@@ -85,8 +128,12 @@ def up(args: argparse.Namespace) -> int:
         for result in client.submit(dags):
             print(f"submitted {result['dag_id']} v{result['version']}")
         demo_started = time.monotonic()
-        run_id = client.trigger(DEMO_DAG)["run_id"]
-        print(f"\ntriggered {DEMO_DAG}: run {run_id}\n")
+        demo = SSH_DEMO_DAG if args.ssh_demo else DEMO_DAG
+        if args.ssh_demo:
+            client.set_paused(demo, False)   # created paused: only clusters with the connection run it
+            print(f"unpaused {demo} (its tasks run on the nodes over SSH connection {SSH_DEMO_CONNECTION})")
+        run_id = client.trigger(demo)["run_id"]
+        print(f"\ntriggered {demo}: run {run_id}\n")
         final = watch(client, run_id)
         print(f"(demo wall time {time.monotonic() - demo_started:.1f}s)\n")
         print_run(final)
@@ -94,6 +141,19 @@ def up(args: argparse.Namespace) -> int:
         client.close()
     _next_steps(cluster, data_dir)
     return 0 if final["state"] == "success" else 1
+
+
+def _has_connection(cluster: LocalCluster, conn: SSHConnection) -> bool:
+    """Every answering node has `conn` (same name, host and port)."""
+    client = ClusterClient(cluster.addresses.split(","))
+    try:
+        nodes = client.cluster_status()["nodes"]
+    except Exception:  # noqa: BLE001 - unreachable: the caller's wait_ready reports it
+        return True
+    finally:
+        client.close()
+    return all(any((c["name"], c["host"], c["port"]) == (conn.name, conn.host, conn.port)
+                   for c in n.get("connections") or []) for n in nodes if not n["error"])
 
 
 def _next_steps(cluster: LocalCluster, data_dir: Path) -> None:
@@ -112,6 +172,8 @@ What to try next:
   {env}raftflow runs show RUN_ID
   {env}raftflow tasks logs RUN_ID TASK_ID      # served through any node
   {env}raftflow dags submit dags/              # after editing a DAG: a new version
+  {env}raftflow connections list               # SSH connections and the nodes that have them
+  tools/up --ssh-demo{'' if default else f' --data-dir {data_dir}'}   # mlexpert_dag's Spark jobs over SSH (a local sshd)
 
 Kill the leader and watch the cluster carry on:
   kill -9 {leader_pid}
@@ -129,6 +191,10 @@ def down(args: argparse.Namespace) -> int:
     running = cluster.running()
     cluster.stop()
     print(f"stopped {', '.join(running)}" if running else "no nodes were running")
+    from .sshd import LocalSSHServer
+
+    if LocalSSHServer(data_dir / "sshd").stop_recorded():
+        print("stopped the --ssh-demo sshd")
     if args.purge:
         shutil.rmtree(data_dir)
         print(f"removed {data_dir}")
@@ -142,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="node i serves gRPC on P+i-1 and Raft on P+100+i-1 (default 50051)")
     parser.add_argument("--data-dir", default=".raftflow")
     parser.add_argument("--no-demo", action="store_true", help="start the cluster only")
+    parser.add_argument("--ssh-demo", action="store_true",
+                        help="start a local sshd, give every node the connection spark_master to it, "
+                             "and run mlexpert_ssh_dag (its tasks run over SSH)")
     parser.add_argument("--down", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--purge", action="store_true", help="with tools/down: also delete the data dir")
     args = parser.parse_args(argv)
