@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import shlex
 import signal
@@ -58,6 +59,7 @@ import paramiko
 REMOTE_KILL_GRACE = 3.0
 READ_CHUNK = 65536
 PID_MARKER = "raftflow-remote-pid "
+PID_SEARCH_LIMIT = 65536   # bytes of login noise tolerated before the wrapper's PID line
 CONNECTION_FAILED = 255
 
 
@@ -174,12 +176,19 @@ class Runner:
         passphrase = os.environ.get(t.passphrase_env) if t.passphrase_env else None
         if t.password_env and password is None:
             raise Refused(f"connection {t.name}: ${t.password_env} is not set in this node's environment")
+        pkey = None
+        if t.key_file:
+            try:
+                pkey = paramiko.PKey.from_path(t.key_file, passphrase)
+            except paramiko.PasswordRequiredException:
+                raise Refused(f"key_file {t.key_file} is encrypted: set passphrase_env for connection {t.name}") from None
+            except (OSError, ValueError, paramiko.SSHException) as e:
+                raise Refused(f"cannot load key_file {t.key_file} of connection {t.name}: {e}") from None
         how = " and ".join(filter(None, (f"key {t.key_file}" if t.key_file else "",
                                           f"the password in ${t.password_env}" if t.password_env else "")))
         began = time.monotonic()
         try:
-            client.connect(t.host, port=t.port, username=t.user, key_filename=t.key_file, password=password,
-                           passphrase=passphrase, timeout=t.connect_timeout, banner_timeout=t.connect_timeout,
+            client.connect(t.host, port=t.port, username=t.user, pkey=pkey, password=password, timeout=t.connect_timeout, banner_timeout=t.connect_timeout,
                            auth_timeout=t.connect_timeout, look_for_keys=False, allow_agent=False)
         except Refused:
             client.close()
@@ -191,9 +200,6 @@ class Runner:
                 f"{t.known_hosts} has {fingerprint(e.expected_key)}. Someone may be intercepting the connection; "
                 f"if the host was really re-keyed, remove the old entry (ssh-keygen -R '{t.host_key_name}' -f "
                 f"{t.known_hosts}) and add the new one") from None
-        except paramiko.PasswordRequiredException:
-            client.close()
-            raise Refused(f"key_file {t.key_file} is encrypted: set passphrase_env for connection {t.name}") from None
         except paramiko.AuthenticationException as e:
             client.close()
             raise Refused(f"authentication as {t.user} at {t.host}:{t.port} failed with {how}: {e}") from None
@@ -235,17 +241,16 @@ class Runner:
         channel.set_combine_stderr(True)
         channel.exec_command(remote_script(self.command, self.env))
         channel.settimeout(0.1)
-        head = b""
-        remote_pid = 0
+        pid_line = _PidLine()
         stop_sent_at: float | None = None
         killed = False
         while True:
             if self.stop_requested.is_set() and stop_sent_at is None:
                 stop_sent_at = time.monotonic()
-                self._signal_remote(remote_pid, "TERM")
+                self._signal_remote(pid_line.pid, "TERM")
             if stop_sent_at is not None and not killed and time.monotonic() - stop_sent_at > REMOTE_KILL_GRACE:
                 killed = True
-                self._signal_remote(remote_pid, "KILL")
+                self._signal_remote(pid_line.pid, "KILL")
             if killed and time.monotonic() - stop_sent_at > REMOTE_KILL_GRACE + 1.0:   # type: ignore[operator]
                 return CONNECTION_FAILED, "the remote command did not end after SIGKILL; connection closed"
             try:
@@ -255,37 +260,74 @@ class Runner:
                     return CONNECTION_FAILED, f"connection to {t.host}:{t.port} lost while the command ran"
                 continue
             if not data:
+                os.write(1, pid_line.rest())
                 break
-            if not remote_pid:
-                head += data
-                if b"\n" not in head:
-                    continue
-                line, _, data = head.partition(b"\n")
-                text = line.decode(errors="replace").strip()
-                if not text.startswith(PID_MARKER):
-                    return CONNECTION_FAILED, f"unexpected first line from the remote wrapper: {text[:200]!r}"
-                remote_pid = int(text[len(PID_MARKER):])
-                if self.stop_requested.is_set() and stop_sent_at is not None:
-                    self._signal_remote(remote_pid, "KILL" if killed else "TERM")   # the stop came before the PID
-            if data:
-                os.write(1, data)
-        status = channel.recv_exit_status()
+            had_pid = pid_line.pid != 0
+            os.write(1, pid_line.feed(data))
+            if not had_pid and pid_line.pid and stop_sent_at is not None:
+                self._signal_remote(pid_line.pid, "KILL" if killed else "TERM")   # the stop came before the PID
+        deadline = time.monotonic() + 5.0
+        while not channel.exit_status_ready() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        status = channel.exit_status if channel.exit_status_ready() else -1
         if status < 0:
             return CONNECTION_FAILED, "the remote command ended without an exit status (killed by a signal?)"
         return status, ""
 
     def _signal_remote(self, pid: int, sig: str) -> None:
-        if not pid:
-            return   # not started yet: sent once the PID arrives
+        """Signal the remote process group. PID 0: not known yet (sent once it arrives);
+        -1: never reported, so close the connection: the wrapper's watcher acts on that."""
+        if pid == 0:
+            return
+        if pid < 0:
+            self.say("closing the connection to stop the remote command (its wrapper kills its process group)")
+            self.client.close()   # type: ignore[union-attr]
+            return
         try:
-            kill = self.client.get_transport().open_session(timeout=REMOTE_KILL_GRACE)   # type: ignore[union-attr]
+            kill = self.client.get_transport().open_session(timeout=1.0)   # type: ignore[union-attr]
             kill.exec_command(f"kill -{sig} -{pid} 2>/dev/null || kill -{sig} {pid}")
-            kill.settimeout(REMOTE_KILL_GRACE)
-            kill.recv_exit_status()
+            deadline = time.monotonic() + 1.0
+            while not kill.exit_status_ready() and time.monotonic() < deadline:
+                time.sleep(0.01)
             kill.close()
             self.say(f"sent SIG{sig} to the remote command's process group {pid} on {self.target.host}")
         except (paramiko.SSHException, OSError) as e:
             self.say(f"could not send SIG{sig} to the remote command on {self.target.host}: {e}")
+
+
+class _PidLine:
+    """Finds the wrapper's PID line in the first output. Whatever the remote side prints
+    before it (sshd's 'Could not chdir to home directory', a login script's echo) is
+    passed through; if no PID line shows up in the first PID_SEARCH_LIMIT bytes the
+    PID is unknown (-1) and everything is passed through."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self._pending = b""
+
+    def feed(self, data: bytes) -> bytes:
+        """Output to pass on, with the PID line taken out."""
+        if self.pid:
+            return data
+        self._pending += data
+        marker = PID_MARKER.encode()
+        at = self._pending.find(marker)
+        while at > 0 and self._pending[at - 1:at] != b"\n":   # only at the start of a line
+            at = self._pending.find(marker, at + 1)
+        end = self._pending.find(b"\n", at) if at >= 0 else -1
+        if end >= 0:
+            line = self._pending[at + len(marker):end].strip()
+            out, self._pending = self._pending[:at] + self._pending[end + 1:], b""
+            self.pid = int(line) if line.isdigit() else -1
+            return out
+        if len(self._pending) > PID_SEARCH_LIMIT:
+            self.pid = -1
+            return self.rest()
+        return b""
+
+    def rest(self) -> bytes:
+        out, self._pending = self._pending, b""
+        return out
 
 
 def _target_from_env(raw: str) -> Target:
@@ -304,6 +346,9 @@ def main() -> int:
     def stop(signum: int, _frame: Any) -> None:
         runner.stop_requested.set()
 
+    # paramiko logs transport errors through logging's last-resort handler, onto stderr,
+    # which is the task log; every failure is reported as the attempt's reason instead.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL + 1)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:

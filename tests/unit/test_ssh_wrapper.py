@@ -16,6 +16,15 @@ def start(command: str, env: dict[str, str] | None = None) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def finish(proc: subprocess.Popen) -> bytes:
+    """All output, then the exit. The channel (stdin) stays open until then, as paramiko
+    keeps it: closing it means the connection is gone, and the wrapper kills the command."""
+    out = proc.stdout.read()
+    proc.wait(10)
+    proc.stdin.close()
+    return out
+
+
 def alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
@@ -33,8 +42,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 def test_it_reports_its_pid_exports_the_environment_and_keeps_the_exit_status():
     proc = start("echo \"$GREETING\" $RAFTFLOW_TASK_ID; exit 7", {"GREETING": "it's a \"quoted\" $value",
                                                                    "RAFTFLOW_TASK_ID": "t1"})
-    out, _ = proc.communicate(timeout=10)
-    first, rest = out.decode().split("\n", 1)
+    first, rest = finish(proc).decode().split("\n", 1)
     assert first == f"{PID_MARKER}{proc.pid}", "the PID printed is the session (and process group) leader's"
     assert rest == "it's a \"quoted\" $value t1\n"
     assert proc.returncode == 7
@@ -66,7 +74,30 @@ def test_sigterm_to_the_group_ends_the_command_and_the_wrapper_reports_its_statu
     proc = start(f"sleep 300 & echo $! > {pid_file}; wait")
     wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, "the command to start")
     os.killpg(proc.pid, 15)       # what the runner's second channel does on a timeout or cancel
-    proc.communicate(timeout=10)
+    finish(proc)
     assert proc.returncode == 143, "the wrapper survives to report the command's death by SIGTERM"
     sleeper = int(pid_file.read_text())
     wait_until(lambda: not alive(sleeper), 5, "the command's own child to die of the same signal")
+
+
+def test_the_pid_line_is_found_after_login_noise_and_taken_out_of_the_output():
+    from raftflow.worker.sshrun import _PidLine
+
+    line = _PidLine()
+    assert line.feed(b"Could not chdir to home directory /nonexistent: No such file\r\n") == b""
+    assert line.feed(b"echo says " + PID_MARKER.encode() + b"1 (not at a line start)\n" + PID_MARKER.encode()) == b""
+    out = line.feed(b"4242\r\nfirst output\n")
+    assert line.pid == 4242
+    assert out == (b"Could not chdir to home directory /nonexistent: No such file\r\necho says " + PID_MARKER.encode()
+                   + b"1 (not at a line start)\nfirst output\n")
+    assert line.feed(b"more\n") == b"more\n"
+
+
+def test_without_a_pid_line_everything_is_passed_on_and_the_pid_is_unknown():
+    from raftflow.worker.sshrun import PID_SEARCH_LIMIT, _PidLine
+
+    line = _PidLine()
+    noise = b"x" * 1000 + b"\n"
+    passed = b"".join(line.feed(noise) for _ in range(PID_SEARCH_LIMIT // len(noise) + 1))
+    assert line.pid == -1 and passed == noise * (PID_SEARCH_LIMIT // len(noise) + 1)
+    assert _PidLine().rest() == b""

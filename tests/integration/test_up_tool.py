@@ -1,0 +1,70 @@
+"""tools/up --ssh-demo and tools/down, as a user runs them (the Python entry point that
+tools/up execs): a local sshd, a 3-node cluster whose nodes all have the connection
+spark_master, mlexpert_ssh_dag run through it; then everything stopped by its PID."""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support import ROOT, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port_base(nodes: int = 3) -> int:
+    """A base P with P..P+n-1 and P+100..P+100+n-1 free (tools/up's layout)."""
+    for _ in range(200):
+        base = random.randrange(20000, 40000)
+        ports = [base + i for i in range(nodes)] + [base + 100 + i for i in range(nodes)]
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise AssertionError("no free port base found")
+
+
+def _up(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raftflow_cli.up", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_up_ssh_demo_runs_the_ssh_form_and_down_stops_everything(tmp_path):
+    from raftflow_cli.sshd import find_sshd
+
+    if find_sshd()[0] is None:
+        pytest.skip(find_sshd()[1])
+    data = tmp_path / "demo"
+    base = str(_free_port_base())
+    started: list[int] = []
+    try:
+        first = _up("--ssh-demo", "--data-dir", str(data), "--port-base", base)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+        assert "started sshd (pid" in first.stdout
+        assert "triggered mlexpert_ssh_dag" in first.stdout and " SUCCESS in " in first.stdout, first.stdout
+        sshd_pid = int((data / "sshd" / "sshd.pid").read_text())
+        started = [sshd_pid] + [int((data / f"n{i}" / "pid").read_text()) for i in (1, 2, 3)]
+
+        again = _up("--ssh-demo", "--data-dir", str(data), "--port-base", base)
+        assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+        assert f"reusing sshd (pid {sshd_pid})" in again.stdout and "reusing the running cluster" in again.stdout
+    finally:
+        down = _up("--down", "--data-dir", str(data))
+    assert down.returncode == 0, down.stderr
+    assert "stopped the --ssh-demo sshd" in down.stdout, down.stdout
+    wait_for(lambda: not any(_alive(p) for p in started), 15, "sshd and the nodes to be gone")
