@@ -28,6 +28,7 @@ ID_RULE = "1 to 250 characters from A-Z a-z 0-9 _ . - (not starting with . or -)
 
 TASK_KINDS = ("bash", "empty", "python", "ssh")
 CALLABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")   # an ssh task's env names (exported remotely)
 MAX_PARAMS_BYTES = 64 * 1024
 DEFAULT_POOL = "default_pool"     # exists without being created, with DEFAULT_POOL_SLOTS slots
 DEFAULT_POOL_SLOTS = 128
@@ -313,14 +314,6 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
         raise SpecError(f"{here}: this {kind} task needs a non-empty command string")
     if kind != "python" and (python_callable or op_kwargs):
         raise SpecError(f"{here}: python_callable and op_kwargs belong to python tasks, not {kind}")
-    ssh_conn_id = raw.get("ssh_conn_id", "")
-    get_pty = _bool_field(raw, "get_pty", here)
-    if kind == "ssh":
-        if not isinstance(ssh_conn_id, str) or not ID_PATTERN.fullmatch(ssh_conn_id):
-            raise SpecError(f"{here}: an ssh task needs ssh_conn_id, the name of a connection in the nodes' config "
-                            f"({ID_RULE}), got {ssh_conn_id!r}")
-    elif ssh_conn_id or get_pty:
-        raise SpecError(f"{here}: ssh_conn_id and get_pty belong to ssh tasks, not {kind}")
     upstream = raw.get("upstream") or []
     if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
         raise SpecError(f"{here}: upstream must be a list of task ids")
@@ -333,6 +326,18 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
     bad_env = [k for k in env if k.startswith("RAFTFLOW_")]
     if bad_env:
         raise SpecError(f"{here}: env may not set {bad_env[0]!r}: RAFTFLOW_* variables are set by the worker")
+    ssh_conn_id = raw.get("ssh_conn_id", "")
+    get_pty = _bool_field(raw, "get_pty", here)
+    if kind == "ssh":
+        if not isinstance(ssh_conn_id, str) or not ID_PATTERN.fullmatch(ssh_conn_id):
+            raise SpecError(f"{here}: an ssh task needs ssh_conn_id, the name of a connection in the nodes' config "
+                            f"({ID_RULE}), got {ssh_conn_id!r}")
+        bad_names = [k for k in env if not SHELL_NAME.fullmatch(k)]
+        if bad_names:
+            raise SpecError(f"{here}: env name {bad_names[0]!r} cannot be exported to the remote shell: "
+                            "use letters, digits and _ (not starting with a digit)")
+    elif ssh_conn_id or get_pty:
+        raise SpecError(f"{here}: ssh_conn_id and get_pty belong to ssh tasks, not {kind}")
     retry_delay = raw.get("retry_delay", 0.0)
     if not isinstance(retry_delay, (int, float)) or isinstance(retry_delay, bool) or not math.isfinite(retry_delay) \
             or retry_delay < 0:

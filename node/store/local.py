@@ -37,12 +37,12 @@ class LocalStore:
         if not chunk:
             return
         prefix = _attempt_prefix(run_id, task_id, attempt)
-        with self._lock:
+        with self._lock:   # the put too: a reader must never see chunk k+1 before chunk k (--follow)
             seq = self._seq.get(prefix)
             if seq is None:
                 seq = self._last_seq(prefix) + 1
             self._seq[prefix] = seq + 1
-        self._db.put(prefix + b"%010d" % seq, chunk, self._write_opts)
+            self._db.put(prefix + b"%010d" % seq, chunk, self._write_opts)
 
     def close_log(self, run_id: str, task_id: str, attempt: int) -> None:
         with self._lock:

@@ -43,6 +43,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -59,6 +60,7 @@ import paramiko
 REMOTE_KILL_GRACE = 3.0
 READ_CHUNK = 65536
 PID_MARKER = "raftflow-remote-pid "
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PID_SEARCH_LIMIT = 65536   # bytes of login noise tolerated before the wrapper's PID line
 CONNECTION_FAILED = 255
 
@@ -93,24 +95,31 @@ class Refused(Exception):
 
 def remote_script(command: str, env: dict[str, str]) -> str:
     """The command line sent to sshd: the user's login shell execs /bin/sh with the
-    wrapper (see module docstring). Pure, so it is tested without a server."""
+    wrapper (see module docstring). Pure, so it is tested without a server. Names in
+    `env` are shell identifiers (spec.py checks them for ssh tasks)."""
+    bad = [name for name in env if not ENV_NAME.fullmatch(name)]
+    if bad:
+        raise ValueError(f"environment variable name {bad[0]!r} is not a shell identifier")
     exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in sorted(env.items()))
     wrapper = (
         f'printf "{PID_MARKER}%s\\n" "$$"\n'
+        # One stream on the remote side, so stdout and stderr keep their order.
+        "exec 2>&1\n"
         f"{exports}"
-        # Keep the channel's stdin on fd 3 for the watcher (an asynchronous list's fd 0
-        # is /dev/null); its EOF means the connection is gone.
+        # The watcher: the channel's stdin, kept on fd 3 (an asynchronous list's fd 0 is
+        # /dev/null), reaches EOF when the connection is gone; then it kills the group.
+        # It ignores the signals that a stop (TERM) or a pty hangup (HUP) sends to the
+        # whole group, so it outlives them to finish the job with SIGKILL.
         "exec 3<&0\n"
-        "{ cat <&3; trap '' TERM; kill -TERM -$$; sleep 2; kill -KILL -$$; }"
-        " >/dev/null 2>&1 &\n"
+        "{ trap '' TERM HUP INT; cat <&3; kill -TERM -$$; sleep 2; kill -KILL -$$; } >/dev/null 2>&1 &\n"
         "watcher=$!\n"
         "exec 3<&-\n"
-        # A trap (unlike an ignored signal) is reset in the command: the command dies of
-        # SIGTERM while this shell survives to report its status.
-        "trap 'stopped=1' TERM\n"
+        # Traps (unlike ignored signals) are reset in the command: it dies of SIGTERM or
+        # SIGHUP while this shell survives to report its status.
+        "trap 'stopped=1' TERM HUP\n"
         f"/bin/sh -c {shlex.quote(command)} </dev/null\n"
         "status=$?\n"
-        "kill $watcher 2>/dev/null\n"
+        "kill -KILL $watcher 2>/dev/null\n"
         "exit $status\n"
     )
     return f"exec /bin/sh -c {shlex.quote(wrapper)}"
@@ -158,7 +167,7 @@ class Runner:
         self.client: paramiko.SSHClient | None = None
 
     def say(self, text: str) -> None:
-        os.write(1, f"raftflow: {text}\n".encode())
+        _write_all(f"raftflow: {text}\n".encode())
 
     def connect(self) -> paramiko.SSHClient:
         t = self.target
@@ -179,9 +188,12 @@ class Runner:
         pkey = None
         if t.key_file:
             try:
-                pkey = paramiko.PKey.from_path(t.key_file, passphrase)
-            except paramiko.PasswordRequiredException:
-                raise Refused(f"key_file {t.key_file} is encrypted: set passphrase_env for connection {t.name}") from None
+                pkey = paramiko.PKey.from_path(t.key_file, passphrase.encode() if passphrase is not None else None)
+            except (paramiko.PasswordRequiredException, TypeError) as e:   # cryptography: TypeError
+                if passphrase is None:
+                    raise Refused(f"key_file {t.key_file} is encrypted: set passphrase_env for connection "
+                                  f"{t.name}") from None
+                raise Refused(f"cannot load key_file {t.key_file} of connection {t.name}: {e}") from None
             except (OSError, ValueError, paramiko.SSHException) as e:
                 raise Refused(f"cannot load key_file {t.key_file} of connection {t.name}: {e}") from None
         how = " and ".join(filter(None, (f"key {t.key_file}" if t.key_file else "",
@@ -225,7 +237,13 @@ class Runner:
             raise Refused(f"cannot connect to {t.host}:{t.port}: {detail}") from None
         transport = client.get_transport()
         assert transport is not None
-        transport.set_keepalive(15)
+        # A host that dies without closing the connection is noticed by TCP keepalive
+        # (about a minute); paramiko's own keepalive expects no reply, so never notices.
+        sock = transport.sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
         return client
 
     def run(self) -> tuple[int, str]:
@@ -235,7 +253,7 @@ class Runner:
         if self.stop_requested.is_set():
             return CONNECTION_FAILED, "stopped before the remote command started"
         self.say(f"connected to {t.address} (connection {t.name}); running the command there")
-        channel = client.get_transport().open_session()   # type: ignore[union-attr]
+        channel = client.get_transport().open_session(timeout=t.connect_timeout)   # type: ignore[union-attr]
         if self.get_pty:
             channel.get_pty()
         channel.set_combine_stderr(True)
@@ -260,16 +278,18 @@ class Runner:
                     return CONNECTION_FAILED, f"connection to {t.host}:{t.port} lost while the command ran"
                 continue
             if not data:
-                os.write(1, pid_line.rest())
+                _write_all(pid_line.rest())
                 break
             had_pid = pid_line.pid != 0
-            os.write(1, pid_line.feed(data))
+            _write_all(pid_line.feed(data))
             if not had_pid and pid_line.pid and stop_sent_at is not None:
                 self._signal_remote(pid_line.pid, "KILL" if killed else "TERM")   # the stop came before the PID
         deadline = time.monotonic() + 5.0
         while not channel.exit_status_ready() and time.monotonic() < deadline:
             time.sleep(0.01)
         status = channel.exit_status if channel.exit_status_ready() else -1
+        if status < 0 and not client.get_transport().is_active():   # type: ignore[union-attr]
+            return CONNECTION_FAILED, f"connection to {t.host}:{t.port} lost while the command ran"
         if status < 0:
             return CONNECTION_FAILED, "the remote command ended without an exit status (killed by a signal?)"
         return status, ""
@@ -293,6 +313,13 @@ class Runner:
             self.say(f"sent SIG{sig} to the remote command's process group {pid} on {self.target.host}")
         except (paramiko.SSHException, OSError) as e:
             self.say(f"could not send SIG{sig} to the remote command on {self.target.host}: {e}")
+
+
+def _write_all(data: bytes) -> None:
+    """To stdout (the task log's pipe), all of it: os.write may write less."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(1, view):]
 
 
 class _PidLine:

@@ -271,13 +271,14 @@ class Worker:
                 refusal = f"stopped before it started: {attempt.stopped}"
             if not refusal and not reason:
                 try:
-                    environment = self._environment(a, env, result_file)
+                    # An ssh task's env is for the remote command, not for the local runner.
+                    environment = self._environment(a, {} if a.kind == "ssh" else env, result_file)
                     if a.kind == "bash":
                         argv, extra = ["bash", "-c", command], {}
                     elif a.kind == "python":
                         argv, extra = _python_call(setup)
                     else:
-                        argv, extra = self._ssh_call(a, setup, command, environment, reason_file)
+                        argv, extra = self._ssh_call(a, setup, command, env, reason_file)
                     attempt.process = subprocess.Popen(
                         argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                         start_new_session=True, cwd=self._workdir, env={**environment, **extra},
@@ -397,16 +398,16 @@ class Worker:
                         command.run_id, command.task_id, command.attempt, result.reason)
             return
 
-    def _ssh_call(self, a: Assignment, setup: AttemptSetup, command: str, environment: dict[str, str],
+    def _ssh_call(self, a: Assignment, setup: AttemptSetup, command: str, task_env: dict[str, str],
                   reason_file: Path) -> tuple[list[str], dict[str, str]]:
         """argv and environment of an ssh task's process (see sshrun.py). The remote
-        command gets the task's env and the RAFTFLOW_* variables; no secret is passed."""
+        command gets the task's env and the attempt's RAFTFLOW_* variables, nothing of
+        this node's environment (which may hold the connection's password)."""
         conn = self._connections.get(setup.ssh_conn_id)
         if conn is None:
             raise _CannotStart(f"node {self.node_id} has no SSH connection {setup.ssh_conn_id!r} in its config "
                                f"(it has: {', '.join(self._connections) or 'none'})")
-        remote_env = {k: v for k, v in environment.items()
-                      if k in dict(a.env) or (k.startswith("RAFTFLOW_") and k != "RAFTFLOW_RESULT_FILE")}
+        remote_env = {**task_env, **self._attempt_variables(a)}
         return [sys.executable, "-m", "raftflow.worker.sshrun"], {
             "RAFTFLOW_SSH_CONNECTION": json.dumps({
                 "name": conn.name, "host": conn.host, "port": conn.port, "user": conn.user,
@@ -422,17 +423,24 @@ class Worker:
 
     def _environment(self, a: Assignment, task_env: dict[str, str], result_file: Path) -> dict[str, str]:
         env = dict(os.environ)
+        if a.kind != "ssh":   # the variables holding SSH secrets are for the ssh runner only
+            for conn in self._connections.values():
+                for name in filter(None, (conn.password_env, conn.passphrase_env)):
+                    env.pop(name, None)
         env.update(task_env)
-        env.update({
-            "RAFTFLOW_RESULT_FILE": str(result_file),
+        env["RAFTFLOW_RESULT_FILE"] = str(result_file)
+        env.update(self._attempt_variables(a))
+        return env
+
+    def _attempt_variables(self, a: Assignment) -> dict[str, str]:
+        return {
             "RAFTFLOW_DAG_ID": a.dag_id,
             "RAFTFLOW_RUN_ID": a.run_id,
             "RAFTFLOW_TASK_ID": a.task_id,
             "RAFTFLOW_ATTEMPT": str(a.attempt),
             "RAFTFLOW_NODE_ID": self.node_id,
             "RAFTFLOW_LOGICAL_DATE": a.logical_date,
-        })
-        return env
+        }
 
 
 class _CannotStart(Exception):

@@ -9,7 +9,11 @@ host, and stop the remote command itself (not only the channel) on a timeout.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -199,3 +203,82 @@ def test_execution_timeout_kills_the_remote_command_not_only_the_channel(sshd, t
     text = log_of(store)
     assert "execution_timeout of 2s reached: sending SIGTERM" in text
     assert "raftflow: sent SIGTERM to the remote command's process group" in text, text
+
+
+def test_an_encrypted_key_needs_its_passphrase_from_the_environment(sshd, tmp_path, monkeypatch):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    locked = tmp_path / "locked_key"
+    locked.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                         serialization.BestAvailableEncryption(b"open sesame")))
+    locked.chmod(0o600)
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    with open(sshd.dir / "authorized_keys", "a") as f:
+        f.write(public.decode() + "\n")
+    worker, reports, store = run_attempt(tmp_path / "without", connection(sshd, key_file=locked), "echo never")
+    done = finished(worker, reports)
+    assert (done.exit_code, done.reason) == (
+        255, f"key_file {locked} is encrypted: set passphrase_env for connection spark_master")
+    monkeypatch.setenv("SPARK_KEY_PASSPHRASE", "open sesame")
+    worker, reports, store = run_attempt(
+        tmp_path / "with", connection(sshd, key_file=locked, passphrase_env="SPARK_KEY_PASSPHRASE"), "echo unlocked")
+    done = finished(worker, reports)
+    assert done.exit_code == 0, log_of(store)
+    assert "unlocked\n" in log_of(store)
+
+
+def test_only_the_task_env_and_the_attempt_variables_reach_the_remote_command(sshd, tmp_path, monkeypatch):
+    monkeypatch.setenv("RAFTFLOW_SPARK_PASSWORD", "hunter2")     # a node's secret, named like ours
+    conn = connection(sshd, password_env="RAFTFLOW_SPARK_PASSWORD")
+    worker, reports, store = run_attempt(
+        tmp_path, conn, 'echo "pw=${RAFTFLOW_SPARK_PASSWORD:-unset} home=$PYTHONHOME run=$RAFTFLOW_RUN_ID"; '
+                        'env | grep -c hunter2 || true',
+        env={"PYTHONHOME": "/opt/remote-python"})   # meant for the remote side; must not break the local runner
+    done = finished(worker, reports)
+    assert done.exit_code == 0, log_of(store)
+    assert "pw=unset home=/opt/remote-python run=r1\n0\n" in log_of(store), log_of(store)
+
+
+def _runner(sshd, command: str, pty: bool) -> subprocess.Popen:
+    """sshrun.py started as the worker starts it (its own process group)."""
+    conn = connection(sshd)
+    env = {**os.environ, "RAFTFLOW_SSH_COMMAND": command, "RAFTFLOW_SSH_ENV": "{}",
+           "RAFTFLOW_SSH_PTY": "1" if pty else "0",
+           "RAFTFLOW_SSH_CONNECTION": json.dumps({
+               "name": conn.name, "host": conn.host, "port": conn.port, "user": conn.user,
+               "key_file": str(conn.key_file), "known_hosts": str(conn.known_hosts), "connect_timeout": 5})}
+    return subprocess.Popen([sys.executable, "-m", "raftflow.worker.sshrun"], env=env, stdout=subprocess.PIPE,
+                            start_new_session=True)
+
+
+STUBBORN = "trap '' TERM HUP; nohup sleep 300 >/dev/null 2>&1 & echo $! > {pid}; echo started; wait"
+
+
+@pytest.mark.parametrize("pty", [False, True], ids=["no-pty", "pty"])
+def test_a_killed_runner_leaves_no_remote_process_even_one_ignoring_term_and_hup(sshd, tmp_path, pty):
+    pid_file = tmp_path / "remote.pid"
+    runner = _runner(sshd, STUBBORN.format(pid=pid_file), pty)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 20, "the remote command to start")
+    remote = int(pid_file.read_text())
+    os.killpg(runner.pid, signal.SIGKILL)     # the node killed, or the reaper's fence
+    runner.wait(10)
+    wait_for(lambda: not alive(remote), 15, f"remote process {remote} to be killed by the wrapper's watcher")
+
+
+def test_a_runner_killed_between_its_sigterm_and_its_sigkill_still_leaves_nothing(sshd, tmp_path):
+    pid_file = tmp_path / "remote.pid"
+    runner = _runner(sshd, STUBBORN.format(pid=pid_file), pty=False)
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 20, "the remote command to start")
+    remote = int(pid_file.read_text())
+    os.killpg(runner.pid, signal.SIGTERM)     # a timeout or cancel: the runner sends SIGTERM remotely ...
+    out = b""
+    while b"sent SIGTERM" not in out:
+        chunk = os.read(runner.stdout.fileno(), 65536)
+        assert chunk, out
+        out += chunk
+    os.killpg(runner.pid, signal.SIGKILL)     # ... and dies before its SIGKILL (the node died meanwhile)
+    runner.wait(10)
+    assert alive(remote), "SIGTERM alone must not have ended it (it ignores TERM)"
+    wait_for(lambda: not alive(remote), 15, f"remote process {remote} to be killed by the watcher, which survived TERM")

@@ -212,6 +212,8 @@ def test_self_dependency_is_reported():
                  ["task 's'", "this ssh task needs a non-empty command"], id="ssh-empty-cmd"),
     pytest.param(dag_dict(tasks=[task("s", kind="ssh", ssh_conn_id="spark", get_pty="yes")]),
                  ["task 's'", "get_pty must be true or false, got 'yes'"], id="ssh-pty-type"),
+    pytest.param(dag_dict(tasks=[task("s", kind="ssh", ssh_conn_id="spark", env={"MY-VAR": "1"})]),
+                 ["task 's'", "env name 'MY-VAR' cannot be exported to the remote shell"], id="ssh-env-name"),
     pytest.param(dag_dict(tasks=[task("a", ssh_conn_id="spark")]),
                  ["task 'a'", "ssh_conn_id and get_pty belong to ssh tasks, not bash"], id="connection-on-bash"),
     pytest.param(dag_dict(tasks=[task("a", trigger_rule="one_done")]), ["unknown trigger_rule 'one_done'"],

@@ -270,6 +270,7 @@ def cmd_runs_watch(client: ClusterClient, args: argparse.Namespace) -> int:
 
 FOLLOW_POLL = 0.25   # seconds between reads of a followed log
 LIVE_STATES = ("assigned", "running")
+NEVER_RUNS = ("success", "failed", "upstream_failed", "skipped")   # ended at attempt 0 (marked, skipped, ...)
 
 
 def cmd_tasks_logs(client: ClusterClient, args: argparse.Namespace) -> int:
@@ -292,6 +293,10 @@ def _follow_log(client: ClusterClient, run_id: str, task_id: str, attempt: int, 
     while True:
         task = _task_of(client.get_run(run_id), run_id, task_id)
         if attempt == 0 and task["attempt"] == 0:
+            if task["state"] in NEVER_RUNS:
+                print(f"{task_id} did not run and will not ({task['state']}"
+                      + (f": {task['reason']}" if task.get("reason") else "") + ")", file=sys.stderr)
+                return EXIT_FAILED
             if not waiting_said:
                 print(f"waiting for {task_id} to start (state {task['state']})", file=sys.stderr)
                 waiting_said = True
