@@ -3,11 +3,10 @@ PIDs this fixture started."""
 
 from __future__ import annotations
 
-import sys
 
 import pytest
 
-from support import Cli
+from support import Cli, dump_node_logs
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +19,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
         local.wait_ready(timeout=30)
         yield local
     except BaseException:
-        for node in local.nodes:
-            if node.log_path.exists():
-                sys.stderr.write(f"--- {node.node_id} log ---\n{node.log_path.read_text()[-4000:]}\n")
+        dump_node_logs(local)
         raise
     finally:
         local.stop()

@@ -56,3 +56,24 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
+
+def dump_node_logs(cluster: Any) -> None:
+    """On a failure: the end of every node's log, onto stderr (pytest shows it)."""
+    for node in cluster.nodes:
+        if node.log_path.exists():
+            sys.stderr.write(f"--- {node.node_id} log ---\n{node.log_path.read_text()[-4000:]}\n")
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def pid_from(path: Path, timeout: float = 30) -> int:
+    """The PID a task writes to `path` once it has started (waits for it)."""
+    wait_for(lambda: path.exists() and path.read_text().strip(), timeout, f"a PID in {path}")
+    return int(path.read_text())

@@ -18,13 +18,12 @@ import subprocess
 import sys
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from raftflow.config import SSHConnection
 
-from support import ROOT, Cli, wait_for
+from support import ROOT, Cli, alive, dump_node_logs, pid_from, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -78,20 +77,11 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         assert submitted.returncode == 0, submitted.stderr
         yield cluster, cli, work, sshd
     except BaseException:
-        for node in cluster.nodes:
-            if node.log_path.exists():
-                sys.stderr.write(f"--- {node.node_id} log ---\n{node.log_path.read_text()[-4000:]}\n")
+        dump_node_logs(cluster)
         raise
     finally:
         cluster.stop()
         sshd.stop()
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def trigger(cli: Cli, dag_id: str) -> str:
@@ -161,9 +151,7 @@ def _drain(lines: queue.Queue) -> list[str]:
 def test_runs_cancel_kills_the_remote_command(world):
     cluster, cli, work, sshd = world
     run_id = trigger(cli, "cancel_me")
-    pid_file = work / "cancel.pid"
-    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "the remote command to start")
-    remote = int(pid_file.read_text())
+    remote = pid_from(work / "cancel.pid")
     assert alive(remote)
     assert cli("runs", "cancel", run_id).returncode == 0
     wait_for(lambda: not alive(remote), 15, f"remote process {remote} to be killed")
@@ -203,9 +191,7 @@ def test_the_ssh_form_of_mlexpert_dag_runs_its_spark_jobs_on_the_remote_host(wor
 def test_killing_the_node_mid_task_fences_the_attempt_and_runs_it_again_elsewhere(world):
     cluster, cli, work, sshd = world
     run_id = trigger(cli, "survivor")
-    pid_file = work / "first.pid"
-    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 30, "attempt 1 to start remotely")
-    remote = int(pid_file.read_text())
+    remote = pid_from(work / "first.pid")
     victim = task_of(cli, run_id, "long")["node"]
     assert victim in ("n1", "n2")
     assert cluster.signal_node(victim, signal.SIGKILL)

@@ -29,7 +29,7 @@ from raftflow.worker.worker import Assignment, AttemptSetup
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from worker_support import make_worker  # noqa: E402
 
-from support import wait_for  # noqa: E402
+from support import alive, pid_from, wait_for  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +71,6 @@ def finished(worker, reports) -> c.TaskFinished:
 
 def log_of(store) -> str:
     return b"".join(store.read_log("r1", "submit", 1)).decode()
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def host_fingerprint(sshd) -> str:
@@ -260,8 +253,7 @@ STUBBORN = "trap '' TERM HUP; nohup sleep 300 >/dev/null 2>&1 & echo $! > {pid};
 def test_a_killed_runner_leaves_no_remote_process_even_one_ignoring_term_and_hup(sshd, tmp_path, pty):
     pid_file = tmp_path / "remote.pid"
     runner = _runner(sshd, STUBBORN.format(pid=pid_file), pty)
-    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 20, "the remote command to start")
-    remote = int(pid_file.read_text())
+    remote = pid_from(pid_file)
     os.killpg(runner.pid, signal.SIGKILL)     # the node killed, or the reaper's fence
     runner.wait(10)
     wait_for(lambda: not alive(remote), 15, f"remote process {remote} to be killed by the wrapper's watcher")
@@ -270,8 +262,7 @@ def test_a_killed_runner_leaves_no_remote_process_even_one_ignoring_term_and_hup
 def test_a_runner_killed_between_its_sigterm_and_its_sigkill_still_leaves_nothing(sshd, tmp_path):
     pid_file = tmp_path / "remote.pid"
     runner = _runner(sshd, STUBBORN.format(pid=pid_file), pty=False)
-    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 20, "the remote command to start")
-    remote = int(pid_file.read_text())
+    remote = pid_from(pid_file)
     os.killpg(runner.pid, signal.SIGTERM)     # a timeout or cancel: the runner sends SIGTERM remotely ...
     out = b""
     while b"sent SIGTERM" not in out:

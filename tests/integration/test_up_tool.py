@@ -8,11 +8,10 @@ import random
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from support import ROOT, wait_for
+from support import ROOT, alive, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +34,6 @@ def _free_port_base(nodes: int = 3) -> int:
 def _up(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "raftflow_cli.up", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_up_ssh_demo_runs_the_ssh_form_and_down_stops_everything(tmp_path):
@@ -67,4 +59,4 @@ def test_up_ssh_demo_runs_the_ssh_form_and_down_stops_everything(tmp_path):
         down = _up("--down", "--data-dir", str(data))
     assert down.returncode == 0, down.stderr
     assert "stopped the --ssh-demo sshd" in down.stdout, down.stdout
-    wait_for(lambda: not any(_alive(p) for p in started), 15, "sshd and the nodes to be gone")
+    wait_for(lambda: not any(alive(p) for p in started), 15, "sshd and the nodes to be gone")
