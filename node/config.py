@@ -33,6 +33,7 @@ environment variable that holds a password or key passphrase.
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -90,6 +91,29 @@ class SSHConnection:
     @property
     def address(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
+
+    @property
+    def host_key_name(self) -> str:
+        """How known_hosts names this host (OpenSSH's and paramiko's convention)."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    @property
+    def auth(self) -> str:
+        """How it logs in, for listings: "key", "password" or "key+password"."""
+        return "+".join(filter(None, ("key" if self.key_file else "", "password" if self.password_env else "")))
+
+    def to_json(self) -> str:
+        """For the ssh runner process (worker/sshrun.py); holds no secret."""
+        return json.dumps({name: str(value) if isinstance(value, Path) else value
+                           for name, value in ((f, getattr(self, f)) for f in self.__dataclass_fields__)})
+
+    @staticmethod
+    def from_json(text: str) -> "SSHConnection":
+        raw = json.loads(text)
+        for name in ("key_file", "known_hosts"):
+            if raw.get(name) is not None:
+                raw[name] = Path(raw[name])
+        return SSHConnection(**raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,8 +223,7 @@ class Node:
             digest=digest, uptime=time.monotonic() - self.started, last_heartbeat_age=-1,
             queues=list(self.cfg.queues),
             connections=[client_pb2.ConnectionInfo(
-                name=conn.name, host=conn.host, port=conn.port, user=conn.user,
-                auth="+".join(filter(None, ("key" if conn.key_file else "", "password" if conn.password_env else ""))),
+                name=conn.name, host=conn.host, port=conn.port, user=conn.user, auth=conn.auth,
                 trust_on_first_use=conn.trust_on_first_use) for conn in self.cfg.connections],
         )
         if status.role == "leader":

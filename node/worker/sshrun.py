@@ -43,50 +43,26 @@ import fcntl
 import json
 import logging
 import os
-import re
 import shlex
 import signal
 import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import paramiko
 
+from ..config import SSHConnection
+from ..core.spec import SHELL_NAME
+
 # Must stay below worker.KILL_GRACE: the worker SIGKILLs this process after that.
 REMOTE_KILL_GRACE = 3.0
 READ_CHUNK = 65536
 PID_MARKER = "raftflow-remote-pid "
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 PID_SEARCH_LIMIT = 65536   # bytes of login noise tolerated before the wrapper's PID line
 CONNECTION_FAILED = 255
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """The connection as this process receives it (see module docstring)."""
-    name: str
-    host: str
-    port: int
-    user: str
-    key_file: str | None
-    password_env: str | None
-    passphrase_env: str | None
-    known_hosts: str
-    trust_on_first_use: bool
-    connect_timeout: float
-
-    @property
-    def host_key_name(self) -> str:
-        """How known_hosts names this host (OpenSSH's and paramiko's convention)."""
-        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
-
-    @property
-    def address(self) -> str:
-        return f"{self.user}@{self.host}:{self.port}"
 
 
 class Refused(Exception):
@@ -97,7 +73,7 @@ def remote_script(command: str, env: dict[str, str]) -> str:
     """The command line sent to sshd: the user's login shell execs /bin/sh with the
     wrapper (see module docstring). Pure, so it is tested without a server. Names in
     `env` are shell identifiers (spec.py checks them for ssh tasks)."""
-    bad = [name for name in env if not ENV_NAME.fullmatch(name)]
+    bad = [name for name in env if not SHELL_NAME.fullmatch(name)]
     if bad:
         raise ValueError(f"environment variable name {bad[0]!r} is not a shell identifier")
     exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in sorted(env.items()))
@@ -133,7 +109,7 @@ class _VerifyHostKey(paramiko.MissingHostKeyPolicy):
     """Called by paramiko for a host absent from known_hosts (a changed key raises
     BadHostKeyException before any policy). Refuses, or trusts on first use."""
 
-    def __init__(self, target: Target, say: Any) -> None:
+    def __init__(self, target: SSHConnection, say: Any) -> None:
         self.target = target
         self.say = say
 
@@ -146,7 +122,7 @@ class _VerifyHostKey(paramiko.MissingHostKeyPolicy):
                 f"ssh-keyscan -p {t.port} {t.host} >> {t.known_hosts} (or set trust_on_first_use = true "
                 f"for connection {t.name})")
         line = f"{t.host_key_name} {key.get_name()} {key.get_base64()}\n"
-        path = Path(t.known_hosts)
+        path = t.known_hosts
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as f:   # attempts run in parallel: one writer at a time
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -158,7 +134,7 @@ class _VerifyHostKey(paramiko.MissingHostKeyPolicy):
 
 
 class Runner:
-    def __init__(self, target: Target, command: str, env: dict[str, str], get_pty: bool) -> None:
+    def __init__(self, target: SSHConnection, command: str, env: dict[str, str], get_pty: bool) -> None:
         self.target = target
         self.command = command
         self.env = env
@@ -172,9 +148,9 @@ class Runner:
     def connect(self) -> paramiko.SSHClient:
         t = self.target
         client = paramiko.SSHClient()
-        if os.path.exists(t.known_hosts):
+        if t.known_hosts.exists():
             try:
-                client.load_host_keys(t.known_hosts)
+                client.load_host_keys(str(t.known_hosts))
             except (OSError, paramiko.SSHException) as e:
                 raise Refused(f"cannot read known_hosts {t.known_hosts}: {e}") from None
         elif not t.trust_on_first_use:
@@ -188,7 +164,7 @@ class Runner:
         pkey = None
         if t.key_file:
             try:
-                pkey = paramiko.PKey.from_path(t.key_file, passphrase.encode() if passphrase is not None else None)
+                pkey = paramiko.PKey.from_path(str(t.key_file), passphrase.encode() if passphrase is not None else None)
             except (paramiko.PasswordRequiredException, TypeError) as e:   # cryptography: TypeError
                 if passphrase is None:
                     raise Refused(f"key_file {t.key_file} is encrypted: set passphrase_env for connection "
@@ -357,15 +333,8 @@ class _PidLine:
         return out
 
 
-def _target_from_env(raw: str) -> Target:
-    d = json.loads(raw)
-    return Target(d["name"], d["host"], int(d["port"]), d["user"], d.get("key_file"), d.get("password_env"),
-                  d.get("passphrase_env"), d["known_hosts"], bool(d.get("trust_on_first_use")),
-                  float(d.get("connect_timeout", 10.0)))
-
-
 def main() -> int:
-    target = _target_from_env(os.environ["RAFTFLOW_SSH_CONNECTION"])
+    target = SSHConnection.from_json(os.environ["RAFTFLOW_SSH_CONNECTION"])
     runner = Runner(target, os.environ["RAFTFLOW_SSH_COMMAND"], json.loads(os.environ.get("RAFTFLOW_SSH_ENV", "{}")),
                     os.environ.get("RAFTFLOW_SSH_PTY") == "1")
     reason_file = os.environ.get("RAFTFLOW_REASON_FILE")

@@ -409,11 +409,7 @@ class Worker:
                                f"(it has: {', '.join(self._connections) or 'none'})")
         remote_env = {**task_env, **self._attempt_variables(a)}
         return [sys.executable, "-m", "raftflow.worker.sshrun"], {
-            "RAFTFLOW_SSH_CONNECTION": json.dumps({
-                "name": conn.name, "host": conn.host, "port": conn.port, "user": conn.user,
-                "key_file": str(conn.key_file) if conn.key_file else None, "password_env": conn.password_env,
-                "passphrase_env": conn.passphrase_env, "known_hosts": str(conn.known_hosts),
-                "trust_on_first_use": conn.trust_on_first_use, "connect_timeout": conn.connect_timeout}),
+            "RAFTFLOW_SSH_CONNECTION": conn.to_json(),
             "RAFTFLOW_SSH_COMMAND": command,
             "RAFTFLOW_SSH_ENV": json.dumps(remote_env),
             "RAFTFLOW_SSH_PTY": "1" if setup.get_pty else "0",

@@ -9,7 +9,6 @@ host, and stop the remote command itself (not only the channel) on a timeout.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -236,12 +235,8 @@ def test_only_the_task_env_and_the_attempt_variables_reach_the_remote_command(ss
 
 def _runner(sshd, command: str, pty: bool) -> subprocess.Popen:
     """sshrun.py started as the worker starts it (its own process group)."""
-    conn = connection(sshd)
     env = {**os.environ, "RAFTFLOW_SSH_COMMAND": command, "RAFTFLOW_SSH_ENV": "{}",
-           "RAFTFLOW_SSH_PTY": "1" if pty else "0",
-           "RAFTFLOW_SSH_CONNECTION": json.dumps({
-               "name": conn.name, "host": conn.host, "port": conn.port, "user": conn.user,
-               "key_file": str(conn.key_file), "known_hosts": str(conn.known_hosts), "connect_timeout": 5})}
+           "RAFTFLOW_SSH_PTY": "1" if pty else "0", "RAFTFLOW_SSH_CONNECTION": connection(sshd).to_json()}
     return subprocess.Popen([sys.executable, "-m", "raftflow.worker.sshrun"], env=env, stdout=subprocess.PIPE,
                             start_new_session=True)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from raftflow.config import ConfigError, NodeConfig, Peer, load, to_toml
+from raftflow.config import ConfigError, NodeConfig, Peer, SSHConnection, load, to_toml
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -127,6 +127,10 @@ def test_a_connection_is_read_with_paths_from_the_config_directory_and_no_secret
     assert "hunter2" not in repr(cfg) and "hunter2" not in to_toml(cfg), "the config holds no secret"
     again = load(_write(tmp_path, to_toml(cfg)), environ={"WH_PASSWORD": "x"})
     assert again == cfg
+    assert [SSHConnection.from_json(conn.to_json()) for conn in cfg.connections] == list(cfg.connections), \
+        "what the ssh runner process receives"
+    assert (spark.auth, warehouse.auth, spark.host_key_name, warehouse.host_key_name) == (
+        "key", "password", "[namenode.internal]:2222", "db")
 
 
 @pytest.mark.parametrize("table, env, message", [
