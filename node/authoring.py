@@ -4,12 +4,18 @@ Airflow-like on purpose: `with DAG(...) as dag:`, tasks created inside it join i
 and `a >> b`, `a << b`, `[a, b] >> c` declare dependencies. A DAG object only
 describes; `DAG.to_spec()` turns it into the JSON-able dict that `core.spec`
 validates. Only the CLI's loader child process runs DAG files; nodes never do.
+
+Each task class names its kind (raftflow/kinds/) and holds the kind's fields as
+attributes of the same names; `to_spec` asks the kind which fields those are.
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable
+
+from .core.spec import DAG_FIELDS
+from .kinds import kind
 
 _created: list["DAG"] = []     # every DAG constructed in this process, for the loader
 _context: list["DAG"] = []     # the `with DAG(...)` stack
@@ -72,24 +78,12 @@ class DAG:
         self.tasks.append(task)
 
     def to_spec(self) -> dict[str, Any]:
-        return {
-            "dag_id": self.dag_id,
-            "schedule": self.schedule,
-            "timezone": self.timezone,
-            "start_date": _instant(self.start_date),
-            "end_date": _instant(self.end_date),
-            "catchup": self.catchup,
-            "max_active_runs": self.max_active_runs,
-            "max_active_tasks": self.max_active_tasks,
-            "description": self.description,
-            "tags": self.tags,
-            "is_paused_upon_creation": self.is_paused_upon_creation,
-            "keep_runs": self.keep_runs,
-            "keep_days": self.keep_days,
-            "params": self.params,
-            "dagrun_timeout": _seconds(self.dagrun_timeout),
-            "tasks": [t.to_spec() for t in self.tasks],
-        }
+        """The spec's JSON form: every name in core.spec.DAG_FIELDS, from the attribute
+        of the same name."""
+        spec = {name: getattr(self, name) for name in DAG_FIELDS}
+        spec.update(start_date=_instant(self.start_date), end_date=_instant(self.end_date),
+                    dagrun_timeout=_seconds(self.dagrun_timeout), tasks=[t.to_spec() for t in self.tasks])
+        return spec
 
 
 _TASK_DEFAULTS = ("retries", "retry_delay", "priority_weight", "trigger_rule", "env", "execution_timeout",
@@ -114,9 +108,14 @@ class BaseTask:
         self.dag.add_task(self)
 
     def to_spec(self) -> dict[str, Any]:
+        """The task's JSON form: the common options, then its kind's `command` (if it
+        takes one) and fields, from the attributes of the same names."""
         spec: dict[str, Any] = {"task_id": self.task_id, "kind": self.kind, "upstream": list(self.upstream)}
         for key, value in self.options.items():
             spec[key] = value.total_seconds() if isinstance(value, timedelta) else value
+        task_kind = kind(self.kind)
+        own = (["command"] if task_kind.takes_command else []) + list(task_kind.fields)
+        spec.update({name: getattr(self, name) for name in own})
         return spec
 
     # a >> b : b runs after a.  Lists work on either side.
@@ -157,9 +156,6 @@ class BashTask(BaseTask):
         super().__init__(task_id, **options)
         self.command = command
 
-    def to_spec(self) -> dict[str, Any]:
-        return {**super().to_spec(), "command": self.command}
-
 
 class EmptyTask(BaseTask):
     """Runs nothing: succeeds as soon as its upstream tasks did (Airflow's EmptyOperator).
@@ -190,9 +186,6 @@ class PythonTask(BaseTask):
         self.python_callable = python_callable
         self.op_kwargs = dict(op_kwargs or {})
 
-    def to_spec(self) -> dict[str, Any]:
-        return {**super().to_spec(), "python_callable": self.python_callable, "op_kwargs": self.op_kwargs}
-
 
 class SSHTask(BaseTask):
     """Runs `command` on a remote host over SSH (Airflow's SSHOperator). `ssh_conn_id`
@@ -216,10 +209,6 @@ class SSHTask(BaseTask):
         self.ssh_conn_id = ssh_conn_id
         self.command = command
         self.get_pty = get_pty
-
-    def to_spec(self) -> dict[str, Any]:
-        return {**super().to_spec(), "command": self.command, "ssh_conn_id": self.ssh_conn_id,
-                "get_pty": self.get_pty}
 
 
 def _seconds(value: float | timedelta | None) -> float | None:

@@ -99,8 +99,8 @@ class Node:
                     self.worker.cancel(cmd.run_id, why, mine)
 
     def _attempt_setup(self, a: Assignment) -> AttemptSetup:
-        """An attempt's template context and timeout, from this node's replica (its start
-        claim committed through it, so the run is there)."""
+        """An attempt's template context, timeout and spec, from this node's replica (its
+        start claim committed through it, so the run is there)."""
         with self.replica.lock:
             state = self.replica.state
             run = state.active.get(a.run_id)
@@ -109,8 +109,7 @@ class Node:
             spec = state.dag_spec(run)
             task = spec.task(a.task_id)
             return AttemptSetup(template_context(run, spec, a.task_id, a.attempt, self.cfg.node_id),
-                                task.execution_timeout, task.python_callable, dict(task.op_kwargs),
-                                task.ssh_conn_id, task.get_pty)
+                                task.execution_timeout, task)
 
     def _after_install(self) -> None:
         """A snapshot replaced the state: runs pruned in the log entries it covers never

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..kinds import kind
 from . import commands as c
+from .pools import pool_usage
 from .schedule import iso, latest_tick_at_or_before, next_tick_after, previous_tick
 from .spec import DEFAULT_QUEUE, DagSpec, TaskSpec
 from .state import DagRecord, Run, State, run_outcome
@@ -68,7 +70,7 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
     expired = {n.node_id for n in nodes if n.lease_expired}
     ready: list[tuple[int, str, int, Run, str]] = []  # sort key + (run, task_id)
     dag_active: dict[str, int] = {}    # dag_id -> its task instances assigned or running
-    pool_used: dict[str, int] = {}     # pool -> slots taken by assigned or running task instances
+    timed_out: set[str] = set()
     for run in state.active.values():
         record = state.dags[run.dag_id]
         spec = state.dag_spec(run)
@@ -81,6 +83,7 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
         if run.state is RunState.RUNNING and spec.dagrun_timeout is not None and run.started_at is not None \
                 and now - run.started_at > spec.dagrun_timeout:
             out.append(c.CancelRun(run.run_id, f"dagrun_timeout of {spec.dagrun_timeout:g}s exceeded", now))
+            timed_out.add(run.run_id)
             continue
         all_terminal = True
         for order, task in enumerate(spec.tasks):
@@ -89,7 +92,7 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
                 ready.append((-task.priority_weight, run.logical_date, order, run, task.task_id))
             elif ti.state is TaskState.PENDING:
                 verdict, why = trigger_verdict(run, task)
-                if verdict is TaskState.QUEUED and task.kind == "empty":
+                if verdict is TaskState.QUEUED and not kind(task.kind).runs_on_a_node:
                     out.append(c.CompleteEmpty(run.run_id, task.task_id, now))
                 elif verdict is TaskState.QUEUED:
                     out.append(c.QueueTask(run.run_id, task.task_id, now))
@@ -103,7 +106,6 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
                                          f"node {ti.node} stopped heartbeating", now))
             if ti.state in TASK_ACTIVE:
                 dag_active[run.dag_id] = dag_active.get(run.dag_id, 0) + 1
-                pool_used[task.pool] = pool_used.get(task.pool, 0) + task.pool_slots
             elif ti.state is TaskState.UP_FOR_RETRY and ti.retry_at is not None and ti.retry_at <= now:
                 out.append(c.QueueTask(run.run_id, task.task_id, now))
                 ready.append((-task.priority_weight, run.logical_date, order, run, task.task_id))
@@ -112,6 +114,8 @@ def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
         if all_terminal and run.state is RunState.RUNNING:
             out.append(c.FinishRun(run.run_id, run_outcome(run, spec).value, now))
 
+    # pool -> slots taken by assigned or running task instances
+    pool_used = pool_usage(state, excluding=timed_out).used
     out.extend(_assign(state, ready, nodes, dag_active, pool_used, now))
     prune = _expired_runs(state, now)
     if prune:
@@ -225,10 +229,9 @@ def trigger_verdict(run: Run, task: TaskSpec) -> tuple[TaskState | None, str]:
 def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: list[NodeInfo],
             dag_active: dict[str, int], pool_used: dict[str, int], now: float) -> list[c.Command]:
     """Give ready tasks to healthy nodes with free slots: highest priority first, each
-    to the least loaded node serving its queue (and having its SSH connection, for an
-    ssh task) (by share of its slots in use, the
-    leader last, then node id), so that losing the leader loses as little running
-    work as possible.
+    to the least loaded node that serves its queue and that its kind can run on (an
+    ssh task needs its connection) (by share of its slots in use, the leader last,
+    then node id), so that losing the leader loses as little running work as possible.
 
     Before a node, a task needs room under its DAG's max_active_tasks and in its
     pool. A task held back by anything but busy nodes gets a NoteWaiting that says
@@ -242,9 +245,10 @@ def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: li
     for _prio, _date, _order, run, task_id in ready:
         spec = state.dag_spec(run)
         task = spec.task(task_id)
+        task_kind = kind(task.kind)
         pool_slots = state.pool_slots(task.pool)
         serving = [n for n in healthy if task.queue in n.queues]
-        able = [n for n in serving if task.kind != "ssh" or task.ssh_conn_id in n.connections]
+        able = [n for n in serving if task_kind.can_run_on(task, n)]
         if dag_active.get(run.dag_id, 0) >= spec.max_active_tasks:
             why = f"waiting: DAG {run.dag_id} has max_active_tasks={spec.max_active_tasks} tasks running"
         elif pool_slots is None:
@@ -255,8 +259,7 @@ def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: li
         elif not serving:
             why = f"waiting: no live node serves queue {task.queue!r}"
         elif not able:
-            why = (f"waiting: no live node serving queue {task.queue!r} has SSH connection {task.ssh_conn_id!r} "
-                   "(define it in a node's config; `raftflow connections list` shows which nodes have which)")
+            why = task_kind.unplaceable(task)
         else:
             free = [n for n in able if load[n.node_id] < n.slots]
             if not free:

@@ -13,22 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 import zoneinfo
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
 from croniter import croniter
 
+from ..kinds import KINDS, InvalidArgs, TaskKind
+from .names import ID_PATTERN as ID_PATTERN  # re-exported: the rule for names lives in names.py
+from .names import ID_RULE as ID_RULE
 from .pickling import by_name
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,249}")  # use fullmatch
-ID_RULE = "1 to 250 characters from A-Z a-z 0-9 _ . - (not starting with . or -)"
-
-TASK_KINDS = ("bash", "empty", "python", "ssh")
-CALLABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
-SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")   # an ssh task's env names (exported remotely)
 MAX_PARAMS_BYTES = 64 * 1024
 DEFAULT_POOL = "default_pool"     # exists without being created, with DEFAULT_POOL_SLOTS slots
 DEFAULT_POOL_SLOTS = 128
@@ -76,13 +72,21 @@ class TaskSpec:
     pool_slots: int = 1
     # Runs only on nodes that serve this queue (a node's `queues` setting).
     queue: str = DEFAULT_QUEUE
-    # python tasks: "package.module:function", installed on the nodes, and its keyword arguments.
+    # The fields of particular kinds (validated and used by the kind, raftflow/kinds/).
+    # These four are attributes of their own because snapshots hold TaskSpecs pickled
+    # with them (python: "package.module:function" and its keyword arguments; ssh: the
+    # connection in the nodes' config, and whether the remote command gets a pty).
     python_callable: str = ""
     op_kwargs: dict[str, Any] = field(default_factory=dict)
-    # ssh tasks: the connection (defined in the nodes' config, never in the DAG) that
-    # runs `command` remotely, and whether the remote command gets a pseudo-terminal.
     ssh_conn_id: str = ""
     get_pty: bool = False
+    # The fields of every other kind: {field: value}; to_dict flattens them, so a spec's
+    # JSON has one flat form whatever kind declared a field.
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def arg(self, name: str) -> Any:
+        """The value of one of its kind's fields (raftflow/kinds/), wherever it is stored."""
+        return getattr(self, name) if name in _OWN_FIELDS else self.args[name]
 
     def retry_delay_after(self, failures: int, key: str) -> float:
         """Seconds before the next attempt, once `failures` attempts failed (>= 1).
@@ -102,6 +106,7 @@ class TaskSpec:
         d = asdict(self)
         d["upstream"] = list(self.upstream)
         d["env"] = dict(self.env)
+        d.update(d.pop("args"))
         return d
 
 
@@ -144,24 +149,11 @@ class DagSpec:
         return SCHEDULE_PRESETS.get(self.schedule, self.schedule)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "dag_id": self.dag_id,
-            "schedule": self.schedule,
-            "timezone": self.timezone,
-            "start_date": self.start_date,
-            "end_date": self.end_date,
-            "catchup": self.catchup,
-            "max_active_runs": self.max_active_runs,
-            "max_active_tasks": self.max_active_tasks,
-            "description": self.description,
-            "tags": list(self.tags),
-            "is_paused_upon_creation": self.is_paused_upon_creation,
-            "keep_runs": self.keep_runs,
-            "keep_days": self.keep_days,
-            "params": self.params,
-            "dagrun_timeout": self.dagrun_timeout,
-            "tasks": [t.to_dict() for t in self.tasks],
-        }
+        """The JSON-able form, one key per name in DAG_FIELDS (what from_dict reads)."""
+        d = {name: getattr(self, name) for name in DAG_FIELDS}
+        d["tags"] = list(self.tags)
+        d["tasks"] = [t.to_dict() for t in self.tasks]
+        return d
 
     @staticmethod
     def from_dict(raw: Any) -> "DagSpec":
@@ -171,7 +163,7 @@ class DagSpec:
         dag_id = raw.get("dag_id")
         _check_id(dag_id, "dag_id")
         where = f"DAG {dag_id!r}"
-        _reject_unknown(raw, _DAG_FIELDS, where)
+        _reject_unknown(raw, frozenset(DAG_FIELDS), where)
 
         schedule = raw.get("schedule")
         tz_name = _opt_str(raw, "timezone", where) or "UTC"
@@ -270,16 +262,35 @@ class DagSpec:
         )
 
 
-_DAG_FIELDS = frozenset(
-    {"dag_id", "schedule", "timezone", "start_date", "end_date", "catchup", "max_active_runs", "max_active_tasks",
-     "description", "tags", "is_paused_upon_creation", "tasks", "keep_runs", "keep_days", "params",
-     "dagrun_timeout"}
-)
-_TASK_FIELDS = frozenset(
-    {"task_id", "kind", "command", "upstream", "trigger_rule", "retries", "retry_delay",
-     "priority_weight", "env", "max_lost_attempts", "execution_timeout", "retry_exponential_backoff",
-     "max_retry_delay", "pool", "pool_slots", "queue", "python_callable", "op_kwargs", "ssh_conn_id", "get_pty"}
-)
+# The fields of a DAG spec's JSON form: DagSpec's fields (task_index is derived).
+# to_dict writes them, from_dict accepts them, authoring.DAG.to_spec produces them.
+DAG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(DagSpec) if f.name != "task_index")
+# TaskSpec's attributes; the kind-specific ones among them are set only by their kind.
+_OWN_FIELDS = frozenset(f.name for f in fields(TaskSpec) if f.name != "args")
+
+
+def _task_fields() -> frozenset[str]:
+    """The fields a task's JSON may have: TaskSpec's, and every registered kind's."""
+    return _OWN_FIELDS | {f for k in KINDS.values() for f in k.fields}
+
+
+def _kind_of(raw: dict[str, Any], here: str) -> TaskKind:
+    """The task's kind, after the checks every kind shares: `command` is there exactly
+    when the kind takes one, and no other kind's fields are set."""
+    name = raw.get("kind", "bash")
+    kind = KINDS.get(name) if isinstance(name, str) else None
+    if kind is None:
+        raise SpecError(f"{here}: unknown task kind {name!r}; known: {', '.join(sorted(KINDS))}")
+    command = raw.get("command")
+    if not kind.takes_command and command:
+        raise SpecError(f"{here}: {kind.command_refusal}")
+    if kind.takes_command and (not isinstance(command, str) or not command.strip()):
+        raise SpecError(f"{here}: this {name} task needs a non-empty command string")
+    for other in KINDS.values():
+        theirs = [f for f in other.fields if f not in kind.fields]
+        if other is not kind and any(raw.get(f) for f in theirs):
+            raise SpecError(f"{here}: {' and '.join(theirs)} belong to {other.name} tasks, not {name}")
+    return kind
 
 
 def _task_from_dict(raw: Any, where: str) -> TaskSpec:
@@ -288,32 +299,8 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
     task_id = raw.get("task_id")
     _check_id(task_id, f"{where}: task_id")
     here = f"{where}, task {task_id!r}"
-    _reject_unknown(raw, _TASK_FIELDS, here)
-    kind = raw.get("kind", "bash")
-    if kind not in TASK_KINDS:
-        raise SpecError(f"{here}: unknown task kind {kind!r}; known: {', '.join(TASK_KINDS)}")
-    command = raw.get("command", "" if kind in ("empty", "python") else None)
-    python_callable = raw.get("python_callable", "")
-    op_kwargs = raw.get("op_kwargs") or {}
-    if kind == "empty":
-        if command:
-            raise SpecError(f"{here}: an empty task runs nothing, so it takes no command")
-    elif kind == "python":
-        if command:
-            raise SpecError(f"{here}: a python task calls python_callable; it takes no command")
-        if not isinstance(python_callable, str) or not CALLABLE_PATTERN.fullmatch(python_callable):
-            raise SpecError(f"{here}: python_callable must be 'package.module:function' (importable on the nodes), "
-                            f"got {python_callable!r}")
-        if not isinstance(op_kwargs, dict) or not all(isinstance(k, str) for k in op_kwargs):
-            raise SpecError(f"{here}: op_kwargs must be a JSON object")
-        try:
-            json.dumps(op_kwargs, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise SpecError(f"{here}: op_kwargs must be plain JSON values ({e})") from None
-    elif not isinstance(command, str) or not command.strip():
-        raise SpecError(f"{here}: this {kind} task needs a non-empty command string")
-    if kind != "python" and (python_callable or op_kwargs):
-        raise SpecError(f"{here}: python_callable and op_kwargs belong to python tasks, not {kind}")
+    _reject_unknown(raw, _task_fields(), here)
+    kind = _kind_of(raw, here)
     upstream = raw.get("upstream") or []
     if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
         raise SpecError(f"{here}: upstream must be a list of task ids")
@@ -326,26 +313,18 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
     bad_env = [k for k in env if k.startswith("RAFTFLOW_")]
     if bad_env:
         raise SpecError(f"{here}: env may not set {bad_env[0]!r}: RAFTFLOW_* variables are set by the worker")
-    ssh_conn_id = raw.get("ssh_conn_id", "")
-    get_pty = _bool_field(raw, "get_pty", here)
-    if kind == "ssh":
-        if not isinstance(ssh_conn_id, str) or not ID_PATTERN.fullmatch(ssh_conn_id):
-            raise SpecError(f"{here}: an ssh task needs ssh_conn_id, the name of a connection in the nodes' config "
-                            f"({ID_RULE}), got {ssh_conn_id!r}")
-        bad_names = [k for k in env if not SHELL_NAME.fullmatch(k)]
-        if bad_names:
-            raise SpecError(f"{here}: env name {bad_names[0]!r} cannot be exported to the remote shell: "
-                            "use letters, digits and _ (not starting with a digit)")
-    elif ssh_conn_id or get_pty:
-        raise SpecError(f"{here}: ssh_conn_id and get_pty belong to ssh tasks, not {kind}")
+    try:
+        kind_values = kind.parse(raw, env)
+    except InvalidArgs as e:
+        raise SpecError(f"{here}: {e}") from None
     retry_delay = raw.get("retry_delay", 0.0)
     if not isinstance(retry_delay, (int, float)) or isinstance(retry_delay, bool) or not math.isfinite(retry_delay) \
             or retry_delay < 0:
         raise SpecError(f"{here}: retry_delay must be a finite number of seconds >= 0, got {retry_delay!r}")
     return TaskSpec(
         task_id=task_id,
-        kind=kind,
-        command=command,
+        kind=kind.name,
+        command=raw.get("command") or "",
         upstream=tuple(dict.fromkeys(upstream)),
         trigger_rule=trigger_rule,
         retries=_int(raw, "retries", 0, here, minimum=0),
@@ -359,10 +338,8 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
         pool=_name(raw, "pool", DEFAULT_POOL, here),
         pool_slots=_int(raw, "pool_slots", 1, here, minimum=1),
         queue=_name(raw, "queue", DEFAULT_QUEUE, here),
-        python_callable=python_callable,
-        op_kwargs=op_kwargs,
-        ssh_conn_id=ssh_conn_id,
-        get_pty=get_pty,
+        args={k: v for k, v in kind_values.items() if k not in _OWN_FIELDS},
+        **{k: v for k, v in kind_values.items() if k in _OWN_FIELDS},
     )
 
 

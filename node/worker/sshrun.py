@@ -55,7 +55,7 @@ from typing import Any
 import paramiko
 
 from ..config import SSHConnection
-from ..core.spec import SHELL_NAME
+from ..kinds.ssh import SHELL_NAME
 
 # Must stay below worker.KILL_GRACE: the worker SIGKILLs this process after that.
 REMOTE_KILL_GRACE = 3.0

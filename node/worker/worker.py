@@ -13,8 +13,9 @@ Life of an attempt here (node/README.md has the whole story):
    error fails the attempt with the message. It runs as `bash -c COMMAND` in its
    own session/process group, with the RAFTFLOW_* variables, stdout and stderr
    merged into one stream; output goes to this node's LocalStore as it arrives.
-   A python task's process is pyrunner.py; an ssh task's is sshrun.py, which runs
-   the command on the connection's host and stops it there when it is stopped here.
+   Its task kind (raftflow/kinds/) says what process to start: a python task's
+   process is pyrunner.py; an ssh task's is sshrun.py, which runs the command on
+   the connection's host and stops it there when it is stopped here.
    `execution_timeout` and `cancel` kill the whole process group (TERM, then KILL
    after KILL_GRACE seconds) and say so in the log. A task may publish a small
    JSON result by writing it to the file named by $RAFTFLOW_RESULT_FILE.
@@ -37,17 +38,17 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from ..core import commands as c
 from ..config import SSHConnection
+from ..core import commands as c
+from ..core.spec import TaskSpec
 from ..core.state import RESULT_LIMIT, Code, Result
+from ..kinds import KINDS, AttemptInput, CannotStart, Launch, kind
 from ..raft.adapter import Unavailable
 from ..store.local import LocalStore
 from .lease import Lease, Reaper
@@ -81,10 +82,9 @@ class AttemptSetup:
     """What the worker reads from its own replica once the start claim committed."""
     context: dict[str, Any]               # template context (core/context.py)
     execution_timeout: float | None = None
-    python_callable: str = ""             # python tasks: "module:function" and its op_kwargs
-    op_kwargs: dict[str, Any] = field(default_factory=dict)
-    ssh_conn_id: str = ""                 # ssh tasks: the connection, and whether to ask for a pty
-    get_pty: bool = False
+    # The task's spec, where its kind reads its own fields (python_callable, ssh_conn_id,
+    # ...). None: a spec made of the assignment alone (kind, command, env).
+    task: TaskSpec | None = None
 
 
 @dataclass
@@ -131,7 +131,7 @@ class Worker:
 
     # ------------------------------------------------------------ API
     def accept(self, a: Assignment) -> tuple[bool, str]:
-        if a.kind not in ("bash", "python", "ssh"):
+        if a.kind not in KINDS or not KINDS[a.kind].runs_on_a_node:
             return False, f"this node cannot run task kind {a.kind!r}"
         with self._lock:
             if self._stopping.is_set():
@@ -271,19 +271,16 @@ class Worker:
                 refusal = f"stopped before it started: {attempt.stopped}"
             if not refusal and not reason:
                 try:
-                    # An ssh task's env is for the remote command, not for the local runner.
-                    environment = self._environment(a, {} if a.kind == "ssh" else env, result_file)
-                    if a.kind == "bash":
-                        argv, extra = ["bash", "-c", command], {}
-                    elif a.kind == "python":
-                        argv, extra = _python_call(setup)
-                    else:
-                        argv, extra = self._ssh_call(a, setup, command, env, reason_file)
+                    launch = kind(a.kind).launch(AttemptInput(
+                        task=setup.task or TaskSpec(a.task_id, a.kind, a.command, env=tuple(sorted(a.env.items()))),
+                        command=command, env=env, context=setup.context, variables=self._attempt_variables(a),
+                        node_id=self.node_id, reason_file=str(reason_file), connections=self._connections))
                     attempt.process = subprocess.Popen(
-                        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                        start_new_session=True, cwd=self._workdir, env={**environment, **extra},
+                        list(launch.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                        start_new_session=True, cwd=self._workdir,
+                        env={**self._environment(a, launch, result_file), **launch.extra_env},
                     )
-                except _CannotStart as e:
+                except CannotStart as e:
                     reason = str(e)
                 except OSError as e:
                     reason = f"could not start {a.kind}: {e}"
@@ -398,32 +395,14 @@ class Worker:
                         command.run_id, command.task_id, command.attempt, result.reason)
             return
 
-    def _ssh_call(self, a: Assignment, setup: AttemptSetup, command: str, task_env: dict[str, str],
-                  reason_file: Path) -> tuple[list[str], dict[str, str]]:
-        """argv and environment of an ssh task's process (see sshrun.py). The remote
-        command gets the task's env and the attempt's RAFTFLOW_* variables, nothing of
-        this node's environment (which may hold the connection's password)."""
-        conn = self._connections.get(setup.ssh_conn_id)
-        if conn is None:
-            raise _CannotStart(f"node {self.node_id} has no SSH connection {setup.ssh_conn_id!r} in its config "
-                               f"(it has: {', '.join(self._connections) or 'none'})")
-        remote_env = {**task_env, **self._attempt_variables(a)}
-        return [sys.executable, "-m", "raftflow.worker.sshrun"], {
-            "RAFTFLOW_SSH_CONNECTION": conn.to_json(),
-            "RAFTFLOW_SSH_COMMAND": command,
-            "RAFTFLOW_SSH_ENV": json.dumps(remote_env),
-            "RAFTFLOW_SSH_PTY": "1" if setup.get_pty else "0",
-            "RAFTFLOW_REASON_FILE": str(reason_file),
-            "PYTHONUNBUFFERED": "1",
-        }
-
-    def _environment(self, a: Assignment, task_env: dict[str, str], result_file: Path) -> dict[str, str]:
+    def _environment(self, a: Assignment, launch: Launch, result_file: Path) -> dict[str, str]:
+        """The attempt's process environment but the launch's extra_env (see kinds.Launch)."""
         env = dict(os.environ)
-        if a.kind != "ssh":   # the variables holding SSH secrets are for the ssh runner only
+        if not launch.needs_connection_secrets:   # the variables holding SSH secrets are for the ssh runner only
             for conn in self._connections.values():
                 for name in filter(None, (conn.password_env, conn.passphrase_env)):
                     env.pop(name, None)
-        env.update(task_env)
+        env.update(launch.task_env)
         env["RAFTFLOW_RESULT_FILE"] = str(result_file)
         env.update(self._attempt_variables(a))
         return env
@@ -437,26 +416,6 @@ class Worker:
             "RAFTFLOW_NODE_ID": self.node_id,
             "RAFTFLOW_LOGICAL_DATE": a.logical_date,
         }
-
-
-class _CannotStart(Exception):
-    """This node cannot start the attempt; the message is its reason (the attempt fails)."""
-
-
-def _python_call(setup: AttemptSetup) -> tuple[list[str], dict[str, str]]:
-    """argv and environment of a python task's process (see pyrunner.py)."""
-    return [sys.executable, "-m", "raftflow.worker.pyrunner"], {
-        "RAFTFLOW_PY_CALLABLE": setup.python_callable,
-        "RAFTFLOW_PY_CONTEXT": json.dumps(setup.context, default=_iso_default),
-        "RAFTFLOW_PY_KWARGS": json.dumps(setup.op_kwargs),
-        "PYTHONUNBUFFERED": "1",
-    }
-
-
-def _iso_default(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 def _read_reason(path: Path) -> str:

@@ -23,6 +23,7 @@ import pytest
 
 from raftflow.config import SSHConnection
 from raftflow.core import commands as c
+from raftflow.core.spec import TaskSpec
 from raftflow.worker.worker import Assignment, AttemptSetup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
@@ -54,7 +55,8 @@ def connection(sshd, **changes) -> SSHConnection:
 
 def run_attempt(tmp_path: Path, conn: SSHConnection, command: str, timeout: float | None = None,
                 env: dict[str, str] | None = None):
-    setup = AttemptSetup({}, execution_timeout=timeout, ssh_conn_id="spark_master")
+    setup = AttemptSetup({}, execution_timeout=timeout,
+                         task=TaskSpec("submit", "ssh", command, ssh_conn_id="spark_master"))
     worker, reports, store = make_worker(tmp_path, current=True, setup=setup, connections=(conn,))
     a = Assignment("r1", "submit", 1, "d", "ssh", command, env or {}, "2026-01-01T00:00:00+00:00")
     assert worker.accept(a) == (True, "")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from raftflow.core import commands as c
+from raftflow.core.spec import TaskSpec
 from raftflow.store.local import LocalStore
 from raftflow.worker import worker as worker_module
 from raftflow.worker.worker import Assignment, AttemptSetup, Worker
@@ -183,6 +184,10 @@ def python_assignment(attempt: int = 1) -> Assignment:
     return Assignment("r1", "t1", attempt, "d", "python", "", {}, "")
 
 
+def python_task(python_callable: str, op_kwargs: dict | None = None) -> TaskSpec:
+    return TaskSpec("t1", "python", "", python_callable=python_callable, op_kwargs=op_kwargs or {})
+
+
 def test_a_python_task_calls_its_function_with_the_context_it_asks_for(tmp_path, monkeypatch):
     from datetime import datetime, timezone
 
@@ -190,11 +195,11 @@ def test_a_python_task_calls_its_function_with_the_context_it_asks_for(tmp_path,
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     context = {"ds": "2026-01-01", "params": {"table": "orders"}, "run_id": "r1",
                "logical_date": datetime(2026, 1, 1, tzinfo=timezone.utc)}
-    setups = {1: AttemptSetup(context, None, "mytasks:count", {"rows": 21}),
-              2: AttemptSetup(context, None, "mytasks:everything", {}),
-              3: AttemptSetup(context, None, "mytasks:broken", {}),
-              4: AttemptSetup(context, None, "mytasks:opaque", {}),
-              5: AttemptSetup(context, None, "nosuchmodule:f", {})}
+    setups = {1: AttemptSetup(context, None, python_task("mytasks:count", {"rows": 21})),
+              2: AttemptSetup(context, None, python_task("mytasks:everything")),
+              3: AttemptSetup(context, None, python_task("mytasks:broken")),
+              4: AttemptSetup(context, None, python_task("mytasks:opaque")),
+              5: AttemptSetup(context, None, python_task("nosuchmodule:f"))}
     reports = Reports(True)
     store = LocalStore(tmp_path / "store")
     worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=30.0,

@@ -1,0 +1,38 @@
+"""How full each pool is: the one computation of pool usage, for the planner (which
+holds tasks back from full pools) and for the pool listing (api/views.py). Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .states import TASK_ACTIVE, TaskState
+
+if TYPE_CHECKING:
+    from .state import State
+
+
+@dataclass(frozen=True, slots=True)
+class PoolUsage:
+    used: dict[str, int] = field(default_factory=dict)     # pool -> slots taken by assigned or running tasks
+    queued: dict[str, int] = field(default_factory=dict)   # pool -> task instances queued for it
+
+
+def pool_usage(state: State, excluding: Collection[str] = ()) -> PoolUsage:
+    """Usage of every pool that has active or queued task instances: O(active runs' tasks).
+    The runs named in `excluding` do not count (the planner frees the slots of runs it is
+    cancelling in the same plan)."""
+    usage = PoolUsage()
+    for run in state.active.values():
+        if run.run_id in excluding:
+            continue
+        spec = state.dag_spec(run)
+        for ti in run.tasks.values():
+            if ti.state in TASK_ACTIVE:
+                task = spec.task(ti.task_id)
+                usage.used[task.pool] = usage.used.get(task.pool, 0) + task.pool_slots
+            elif ti.state is TaskState.QUEUED:
+                task = spec.task(ti.task_id)
+                usage.queued[task.pool] = usage.queued.get(task.pool, 0) + 1
+    return usage

@@ -1,0 +1,129 @@
+"""What a task kind is, and the registry the rest of raftflow looks kinds up in.
+
+A kind (bash, python, ssh, empty, ...) owns everything that differs between kinds:
+its own spec fields with their defaults and validation (`parse`), where it may run
+(`can_run_on`, `unplaceable`), and how a worker starts it (`launch`). The spec
+(core/spec.py), the planner (core/planner.py), the worker (worker/worker.py) and
+the authoring API (authoring.py) ask the kind; none of them names one.
+
+Pure, like the core that imports it: no I/O, no clock. `launch` only *describes*
+the process (argv, environment); the worker starts it.
+
+Adding a kind: write a module beside this one with a `TaskKind` subclass, and
+import and `register` it in kinds/__init__.py; give it an authoring class in
+authoring.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:   # imported for annotations only: core.spec imports this module
+    from ..config import SSHConnection
+    from ..core.spec import TaskSpec
+
+
+class InvalidArgs(ValueError):
+    """A task's kind-specific fields are invalid. The message says what is wrong and
+    what to write instead; core.spec prefixes it with the DAG and task."""
+
+
+class CannotStart(Exception):
+    """This node cannot start the attempt; the message is the reason the attempt fails with."""
+
+
+class NodeOffer(Protocol):
+    """What the planner knows of a node that a kind's placement rule may look at
+    (core.planner.NodeInfo is one)."""
+    node_id: str
+    queues: frozenset[str]
+    connections: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInput:
+    """Everything a kind may use to describe the process of one attempt."""
+    task: TaskSpec                     # the attempt's spec (its kind's fields: task.arg(name))
+    command: str                       # the command, rendered with the attempt's context
+    env: Mapping[str, str]             # the task's env, values rendered
+    context: Mapping[str, Any]         # the template context (core/context.py)
+    variables: Mapping[str, str]       # the attempt's RAFTFLOW_* variables
+    node_id: str                       # this node
+    reason_file: str                   # where a runner may leave a one-line reason for its failure
+    connections: Mapping[str, SSHConnection] = field(default_factory=dict)   # this node's SSH connections
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    """How the worker starts an attempt: `argv` in its own session, in the working
+    directory, stdout and stderr merged into the task log. Its environment is this
+    node's, then `task_env`, then RAFTFLOW_RESULT_FILE and the attempt's RAFTFLOW_*
+    variables, then `extra_env`."""
+    argv: tuple[str, ...]
+    task_env: Mapping[str, str] = field(default_factory=dict)    # the task's env, for the local process
+    extra_env: Mapping[str, str] = field(default_factory=dict)   # the runner's own settings
+    # The environment variables that hold SSH passwords and passphrases (config) are
+    # removed from every attempt's process except one that connects with them.
+    needs_connection_secrets: bool = False
+
+
+class TaskKind:
+    """One kind of task. Subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str]
+    # Whether the task has a `command` (a Jinja2 template), and if not, what to say to
+    # a spec that gives one anyway.
+    takes_command: ClassVar[bool] = True
+    command_refusal: ClassVar[str] = ""
+    # Its own spec fields (beyond the ones every task has) and their defaults.
+    fields: ClassVar[Mapping[str, Any]] = {}
+    # False: it runs nothing; the planner completes it once its trigger rule holds.
+    runs_on_a_node: ClassVar[bool] = True
+
+    def parse(self, raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+        """The validated values of this kind's `fields` in a raw task dict (`env` is
+        the task's env, already checked to map strings to strings). Raises InvalidArgs."""
+        return {name: raw.get(name, default) for name, default in self.fields.items()}
+
+    def can_run_on(self, task: TaskSpec, node: NodeOffer) -> bool:
+        """Whether `node` (which serves the task's queue) is able to run this task."""
+        return True
+
+    def unplaceable(self, task: TaskSpec) -> str:
+        """Why the task waits when nodes serve its queue but none `can_run_on` it."""
+        return f"waiting: no live node serving queue {task.queue!r} can run {self.name} tasks"
+
+    def launch(self, attempt: AttemptInput) -> Launch:
+        """The process of one attempt. Raises CannotStart if this node cannot start it."""
+        raise CannotStart(f"a {self.name} task runs nothing on a node")
+
+
+KINDS: dict[str, TaskKind] = {}
+
+
+def register(kind: TaskKind) -> TaskKind:
+    """Make `kind` known by its name (kinds/__init__.py registers the built-in ones)."""
+    if kind.name in KINDS:
+        raise ValueError(f"task kind {kind.name!r} is registered twice")
+    taken = {f: k.name for k in KINDS.values() for f in k.fields}
+    clash = sorted(f for f in kind.fields if f in taken)
+    if clash:
+        raise ValueError(f"task kind {kind.name!r}: field {clash[0]!r} is already task kind "
+                         f"{taken[clash[0]]!r}'s")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def unregister(name: str) -> None:
+    """Forget a kind (for tests that register a kind of their own)."""
+    KINDS.pop(name, None)
+
+
+def kind(name: str) -> TaskKind:
+    """The registered kind called `name`; KeyError names the known ones."""
+    try:
+        return KINDS[name]
+    except KeyError:
+        raise KeyError(f"unknown task kind {name!r}; known: {', '.join(sorted(KINDS))}") from None
