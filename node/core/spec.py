@@ -289,7 +289,8 @@ def _kind_of(raw: dict[str, Any], here: str) -> TaskKind:
     for other in KINDS.values():
         theirs = [f for f in other.fields if f not in kind.fields]
         if other is not kind and any(raw.get(f) for f in theirs):
-            raise SpecError(f"{here}: {' and '.join(theirs)} belong to {other.name} tasks, not {name}")
+            verb = "belong" if len(theirs) > 1 else "belongs"
+            raise SpecError(f"{here}: {' and '.join(theirs)} {verb} to {other.name} tasks, not {name}")
     return kind
 
 

@@ -563,3 +563,34 @@ def test_catchup_none_skips_a_missed_last_tick_before_end_date(world):
     assert created(decisions) == [] and [x.through for x in of_type(decisions, c.SkipTicks)] == [T0 + 30]
     assert world.state.dags["s10"].next_tick_at is None
     assert world.tick(T0 + 100) == []
+
+
+# ------------------------------------------------------------ pool usage
+def test_pool_usage_counts_slots_of_active_tasks_and_queued_task_instances():
+    from raftflow.core.pools import pool_usage
+
+    w = World()
+    w.apply(c.SetPool("p", 5, T0))
+    w.submit(dag_dict("d", [task("a", pool="p", pool_slots=3), task("b", pool="p", pool_slots=2), task("c")]))
+    w.trigger("r1", dag_id="d")
+    w.tick(T0 + 1, nodes("n1", slots=1))   # one slot: a goes (priority ties: spec order), b and c queue
+    usage = pool_usage(w.state)
+    assert (usage.used, usage.queued) == ({"p": 3}, {"p": 1, "default_pool": 1})
+    assert pool_usage(w.state, excluding={"r1"}) == type(usage)()
+
+
+def test_a_run_cancelled_for_its_timeout_frees_its_pool_slots_in_the_same_plan():
+    w = World()
+    w.apply(c.SetPool("p", 1, T0))
+    w.submit(dag_dict("slow", [task("a", pool="p")], dagrun_timeout=60))
+    w.submit(dag_dict("next", [task("a", pool="p")]))
+    w.trigger("r_slow", dag_id="slow")
+    w.tick(T0 + 1, nodes("n1", slots=4))
+    w.start("r_slow", "a", at=T0 + 2)
+    w.trigger("r_next", dag_id="next", at=T0 + 3)
+    cmds = w.tick(T0 + 4, nodes("n1", slots=4))
+    assert [x.reason for x in of_type(cmds, c.NoteWaiting)] == \
+        ["waiting: pool 'p' is full (1 of 1 slots in use; this task needs 1)"]
+    cmds = w.tick(T0 + 62, nodes("n1", slots=4))
+    assert [x.run_id for x in of_type(cmds, c.CancelRun)] == ["r_slow"]
+    assert [(x.run_id, x.task_id) for x in of_type(cmds, c.AssignTask)] == [("r_next", "a")]
