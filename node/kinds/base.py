@@ -37,9 +37,12 @@ class CannotStart(Exception):
 class NodeOffer(Protocol):
     """What the planner knows of a node that a kind's placement rule may look at
     (core.planner.NodeInfo is one)."""
-    node_id: str
-    queues: frozenset[str]
-    connections: frozenset[str]
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def queues(self) -> frozenset[str]: ...
+    @property
+    def connections(self) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from core_support import HOUR, MINUTE, T0, World, dag_dict, diamond, epoch, fingerprint, iso, nodes, of_type, task
 from raftflow.core import commands as c
 from raftflow.core.planner import MAX_CATCHUP_RUNS_PER_PLAN, NodeInfo, plan, scheduled_run_id
