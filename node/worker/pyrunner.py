@@ -5,8 +5,9 @@ raftflow.worker.pyrunner`: its own process group, output into the task log, kill
 by execution_timeout and cancel). Nothing is pickled: the callable is named
 ("package.module:function") and must be importable on the node.
 
-Inputs (environment): RAFTFLOW_PY_CALLABLE; RAFTFLOW_PY_CONTEXT, the template
-context as JSON (dates as ISO-8601 text, turned back into datetimes here);
+Inputs (environment, set by kinds/python.py): RAFTFLOW_PY_CALLABLE;
+RAFTFLOW_PY_CONTEXT, the template context as JSON (dates as ISO-8601 text, turned
+back into datetimes here);
 RAFTFLOW_PY_KWARGS, the task's op_kwargs as JSON. As Airflow's PythonOperator does,
 the function gets op_kwargs plus every context value whose name it accepts (all of
 them if it takes **kwargs). A return value other than None is the task's result:

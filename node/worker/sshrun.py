@@ -5,7 +5,7 @@ into the task log, on the reaper's list), so timeouts, cancels and fencing treat
 ssh task exactly like a bash task; this module turns "this process is told to stop
 or dies" into "the remote command stops".
 
-Contract with the worker (worker.py, `_ssh_call`), all through the environment:
+Contract with the worker (set by kinds/ssh.py, `SSH.launch`), all through the environment:
   RAFTFLOW_SSH_CONNECTION  the connection (config.SSHConnection as JSON; no secret:
                            a password or passphrase is read from the environment
                            variable the connection names, here, when connecting)
