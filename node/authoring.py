@@ -14,8 +14,9 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from .core.spec import DAG_FIELDS
-from .kinds import kind
+# `import raftflow` (a DAG file, a python task's process) loads this module alone:
+# core.spec and raftflow.kinds are imported by the to_spec methods, which only the
+# CLI's loader calls, after it imported core.spec itself.
 
 _created: list["DAG"] = []     # every DAG constructed in this process, for the loader
 _context: list["DAG"] = []     # the `with DAG(...)` stack
@@ -80,6 +81,8 @@ class DAG:
     def to_spec(self) -> dict[str, Any]:
         """The spec's JSON form: every name in core.spec.DAG_FIELDS, from the attribute
         of the same name."""
+        from .core.spec import DAG_FIELDS
+
         spec = {name: getattr(self, name) for name in DAG_FIELDS}
         spec.update(start_date=_instant(self.start_date), end_date=_instant(self.end_date),
                     dagrun_timeout=_seconds(self.dagrun_timeout), tasks=[t.to_spec() for t in self.tasks])
@@ -110,6 +113,8 @@ class BaseTask:
     def to_spec(self) -> dict[str, Any]:
         """The task's JSON form: the common options, then its kind's `command` (if it
         takes one) and fields, from the attributes of the same names."""
+        from .kinds import kind
+
         spec: dict[str, Any] = {"task_id": self.task_id, "kind": self.kind, "upstream": list(self.upstream)}
         for key, value in self.options.items():
             spec[key] = value.total_seconds() if isinstance(value, timedelta) else value

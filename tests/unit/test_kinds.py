@@ -198,3 +198,15 @@ def test_a_task_spec_pickled_before_kinds_had_args_loads_with_its_kind_fields_in
     p, s = spec.tasks
     assert (p.arg("python_callable"), p.arg("op_kwargs"), s.arg("ssh_conn_id"), s.arg("get_pty")) == \
         ("jobs.etl:run", {"n": 1}, "spark", True)
+
+
+def test_importing_raftflow_stays_light_though_the_authoring_api_asks_the_kinds():
+    """A DAG file and a python task's process import `raftflow`; the core (which pins
+    zoneinfo to the tzdata package) and the kinds load only when a spec is written."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, raftflow; print(sorted(m for m in sys.modules "
+             "if m.startswith(('raftflow.core', 'raftflow.kinds', 'croniter'))))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
