@@ -157,6 +157,20 @@ class MemoryReplica:
             self.lagging = False
             self._leader_id, self._term = self._cluster.leader_id, self._cluster.current_term
 
+    def outcomes(self, kind: type[c.Command]) -> list[tuple[c.Command, Result]]:
+        """Every applied command of type `kind` (Batch members too) with its Result here."""
+        out: list[tuple[c.Command, Result]] = []
+        with self._cluster._lock:
+            for entry in self._cluster.log[:self._applied]:
+                result = self.results[entry.index]
+                if isinstance(entry.command, c.Batch):
+                    subs = result.value if result.ok else [result] * len(entry.command.commands)
+                    pairs = list(zip(entry.command.commands, subs))
+                else:
+                    pairs = [(entry.command, result)]
+                out.extend((cmd, res) for cmd, res in pairs if isinstance(cmd, kind))
+        return out
+
     def fail_next(self, error: Unavailable, commit: bool = False) -> None:
         """The next proposal raises `error`; with `commit`, its command commits anyway."""
         if commit and not isinstance(error, OutcomeUnknown):
