@@ -81,7 +81,8 @@ class Decision:
 
     result: the command's Result once it was decided (accepted or rejected); None
         when the caller stopped trying first.
-    gave_up: why there is no result ("stopped", or what `give_up` said); "" with a result.
+    gave_up: why there is no result (what `give_up` said, or the `stopped` reason);
+        "" with a result.
     last_error: the last Unavailable a proposal raised (None if none did).
     failures: how many proposals raised Unavailable.
     maybe_committed: one of them raised OutcomeUnknown: without a result, the
@@ -96,7 +97,7 @@ class Decision:
 
 def propose_until_decided(propose: Propose, command: c.Command | Callable[[], c.Command], stop: threading.Event, *,
                           first_delay: float, max_delay: float, timeout: float = 5.0,
-                          give_up: Callable[[], str] = lambda: "",
+                          give_up: Callable[[], str] = lambda: "", stopped: str = "stopped",
                           on_retry: Callable[[Unavailable], None] | None = None) -> Decision:
     """Propose `command` until it is decided, backing off from `first_delay` to `max_delay`
     (doubling) between proposals that raised Unavailable. `command` may be a function
@@ -105,8 +106,8 @@ def propose_until_decided(propose: Propose, command: c.Command | Callable[[], c.
     - `give_up()` is asked before every proposal, the first included; a non-empty
       answer ends the loop with that reason (e.g. "the node is shutting down").
     - `stop` is checked after a proposal failed (so a set `stop` still allows one
-      try: a result reported while shutting down may commit); the waits end early
-      when it is set.
+      try: a result reported while shutting down may commit); it ends the loop with
+      the reason `stopped`. The waits end early when it is set.
     - `on_retry(error)` is called before each wait (to log it)."""
     delay = first_delay
     failures, maybe_committed, last_error = 0, False, None
@@ -121,7 +122,7 @@ def propose_until_decided(propose: Propose, command: c.Command | Callable[[], c.
             maybe_committed = maybe_committed or isinstance(e, OutcomeUnknown)
             last_error = e
             if stop.is_set():
-                return Decision(None, "stopped", e, failures, maybe_committed)
+                return Decision(None, stopped, e, failures, maybe_committed)
             if on_retry is not None:
                 on_retry(e)
             stop.wait(delay)

@@ -105,8 +105,10 @@ def test_a_set_stop_still_allows_one_try_and_ends_the_retries() -> None:
     decided = propose_until_decided(Flaky([]), c.NodeStarted("n1", T0), stop, first_delay=1, max_delay=1)
     assert decided.result == Result()
     propose = Flaky([Unavailable("no leader")] * 5)
-    gave_up = propose_until_decided(propose, c.NodeStarted("n1", T0), stop, first_delay=1, max_delay=1)
-    assert (gave_up.result, gave_up.gave_up, gave_up.failures, len(propose.calls)) == (None, "stopped", 1, 1)
+    gave_up = propose_until_decided(propose, c.NodeStarted("n1", T0), stop, first_delay=1, max_delay=1,
+                                    stopped="the node is shutting down")
+    assert (gave_up.result, gave_up.gave_up, gave_up.failures, len(propose.calls)) == (
+        None, "the node is shutting down", 1, 1)
     assert str(gave_up.last_error) == "no leader" and not gave_up.maybe_committed
 
 
