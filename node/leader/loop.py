@@ -188,7 +188,7 @@ class LeaderLoop(threading.Thread):
         self._dispatcher = dispatcher
         self._wall_clock = wall_clock
         self._monotonic = monotonic
-        self._stop = threading.Event()
+        self._halt = threading.Event()   # not `_stop`: that name is threading.Thread's own (join uses it)
         self.leading_term: int | None = None
         self.plans = 0
 
@@ -198,10 +198,10 @@ class LeaderLoop(threading.Thread):
         return self.leading_term is not None and self._replica.is_leader() and self._replica.status().has_quorum
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 pause = self.step()
             except Unavailable as e:
@@ -231,7 +231,7 @@ class LeaderLoop(threading.Thread):
         if pause.seconds <= 0:
             return
         if pause.unless_applied_beyond is None:
-            self._stop.wait(pause.seconds)
+            self._halt.wait(pause.seconds)
             return
         with self._replica.changed:
             if self._replica.state.applied == pause.unless_applied_beyond:

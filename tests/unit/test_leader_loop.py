@@ -9,15 +9,17 @@ from pathlib import Path
 from twin_support import LEASE_TIMEOUT, Clock, LeaderSide, results_of, submit_and_trigger, wait_until
 
 from raftflow.core import commands as c
-from raftflow.core.state import Code
+from raftflow.core.state import Code, TaskInstance
 from raftflow.core.states import RunState, TaskState
 from raftflow.raft.memory import MemoryCluster
 from raftflow.store.local import LocalStore
 from raftflow.worker.worker import Assignment, Worker
 
 
-def _ti(side: LeaderSide, run_id: str = "r1", task_id: str = "t"):  # type: ignore[no-untyped-def]
-    return side.replica.state.run(run_id).tasks[task_id]
+def _ti(side: LeaderSide, run_id: str = "r1", task_id: str = "t") -> TaskInstance:
+    run = side.replica.state.run(run_id)
+    assert run is not None
+    return run.tasks[task_id]
 
 
 def _running_on_n2(cluster: MemoryCluster, clock: Clock) -> LeaderSide:
@@ -216,3 +218,22 @@ def test_a_run_goes_from_trigger_to_success_through_leader_dispatcher_and_worker
     finally:
         worker.shutdown()
         store.close()
+
+
+def test_the_loop_thread_takes_office_plans_and_stops() -> None:
+    """run() is step() repeated, idling as each step says; stop() ends it."""
+    cluster, clock = MemoryCluster(), Clock(mono=100.0)
+    n1 = LeaderSide(cluster, "n1", clock)
+    n1.loop.start()
+    try:
+        cluster.elect("n1")
+        wait_until(lambda: n1.loop.leading_term == 1, what="n1 to take office")
+        submit_and_trigger(n1.replica)
+        wait_until(lambda: _ti(n1).state is TaskState.QUEUED, what="the task to be queued")
+        assert n1.loop.grants_leases()
+        cluster.elect("n3")
+        wait_until(lambda: n1.loop.leading_term is None, what="n1 to step down")
+    finally:
+        n1.loop.stop()
+        n1.loop.join(5)
+    assert not n1.loop.is_alive()

@@ -292,7 +292,7 @@ def test_cluster_status_marks_the_unreachable_and_the_unheard_of(tmp_path: Path,
     replica.propose(c.Barrier("n1", 1, T0))
     host.liveness.reset(0.0, {"n1"}, {"n1"})
     with ThreadPoolExecutor(2) as fanout:
-        out = cluster_status(host, Operations(replica, "n1"), fanout)   # type: ignore[arg-type]
+        out = cluster_status(host, Operations(replica, "n1"), fanout)
     by_id = {n.id: n for n in out.nodes}
     assert [n.id for n in out.nodes] == ["n1", "n2", "n3"] and out.leader == "n1" and out.served_by == "n1"
     assert (by_id["n1"].role, by_id["n1"].running_tasks, by_id["n1"].digest) == ("leader", 1, replica.state.digest())
@@ -311,11 +311,11 @@ def test_a_task_log_is_read_from_the_node_that_ran_the_attempt(tmp_path: Path, o
         runs[node] = run_id = ops.trigger("d").run_id
         for cmd in (c.StartRun(run_id, T0), c.QueueTask(run_id, "a", T0), c.AssignTask(run_id, "a", node, 1, T0)):
             assert ops.replica.propose(cmd).ok
-    local = list(task_log(host, ops, runs["n1"], "a", first=3))   # type: ignore[arg-type]
+    local = list(task_log(host, ops, runs["n1"], "a", first=3))
     assert local == [client_pb2.LogChunk(data=b"", node="n1", attempt=1, index=3)]   # none yet: one empty chunk
-    assert list(task_log(host, ops, runs["n3"], "a")) == [remote]   # type: ignore[arg-type]
+    assert list(task_log(host, ops, runs["n3"], "a")) == [remote]
     with pytest.raises(errors.Unavailable) as down:
-        list(task_log(host, ops, runs["n2"], "a"))   # type: ignore[arg-type]
+        list(task_log(host, ops, runs["n2"], "a"))
     assert down.value.message == "the log of a attempt 1 is stored on node n2, which did not answer: Socket closed"
 
 
@@ -353,7 +353,7 @@ class FakeContext:
 ])
 def test_the_servicer_sends_each_error_as_its_status_naming_the_node(
         tmp_path: Path, ops: Operations, call: Any, code: grpc.StatusCode, details: str) -> None:
-    service = ClientService(_host(tmp_path, ops.replica, FakePeers({})), ops)   # type: ignore[arg-type]
+    service = ClientService(_host(tmp_path, ops.replica, FakePeers({})), ops)
     context = FakeContext()
     with pytest.raises(Aborted):
         call(service, context)
@@ -362,7 +362,7 @@ def test_the_servicer_sends_each_error_as_its_status_naming_the_node(
 
 
 def test_the_servicer_maps_no_quorum_and_unknown_outcomes(tmp_path: Path, ops: Operations) -> None:
-    service = ClientService(_host(tmp_path, ops.replica, FakePeers({})), ops)   # type: ignore[arg-type]
+    service = ClientService(_host(tmp_path, ops.replica, FakePeers({})), ops)
     ops.replica.quorum = False
     context = FakeContext()
     with pytest.raises(Aborted):
