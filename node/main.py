@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -29,8 +28,9 @@ from .core.context import template_context
 from .core.states import TASK_ACTIVE
 from .core.state import Result
 from .leader.loop import Dispatcher, LeaderLoop, Liveness
-from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
-from .raft.adapter import ReplicatedState, StorageDamaged, Unavailable, recovery_advice
+from .proto import client_pb2_grpc, peer_pb2, peer_pb2_grpc
+from .raft.adapter import ReplicatedState, StorageDamaged, recovery_advice
+from .raft.replica import propose_until_decided
 from .store.local import LocalStore
 from .worker.lease import Reaper
 from .worker.worker import Assignment, AttemptSetup, Worker
@@ -39,6 +39,9 @@ log = logging.getLogger("raftflow.node")
 
 
 class Node:
+    """One node's parts, wired. It is the API's `api.cluster.Host` (the servicers reach
+    the node only through that protocol, so api/ never imports this module)."""
+
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         secret = cfg.read_secret()
@@ -149,22 +152,19 @@ class Node:
     def _announce_start(self) -> None:
         """Commit NodeStarted before accepting work: it releases (as lost) whatever the
         log still assigns to this node's previous, dead process."""
-        delay = 0.1
-        while not self._stop.is_set():
-            try:
-                result = self.replica.propose(c.NodeStarted(self.cfg.node_id, time.time()), timeout=5.0)
-            except Unavailable as e:
-                log.info("waiting to join the cluster: %s", e)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            released = result.value["released"] if result.ok else []
-            if released:
-                log.warning("released %d attempt(s) of this node's previous process: %s",
-                            len(released), ", ".join(released[:10]))
-            self.worker.ready.set()
-            log.info("node %s ready for work", self.cfg.node_id)
+        decision = propose_until_decided(
+            self.replica.propose, lambda: c.NodeStarted(self.cfg.node_id, time.time()), self._stop,
+            first_delay=0.1, max_delay=1.0, give_up=lambda: "stopped" if self._stop.is_set() else "",
+            on_retry=lambda e: log.info("waiting to join the cluster: %s", e))
+        result = decision.result
+        if result is None:
             return
+        released = result.value["released"] if result.ok else []
+        if released:
+            log.warning("released %d attempt(s) of this node's previous process: %s",
+                        len(released), ", ".join(released[:10]))
+        self.worker.ready.set()
+        log.info("node %s ready for work", self.cfg.node_id)
 
     def stop(self) -> None:
         log.info("node %s stopping", self.cfg.node_id)
@@ -209,29 +209,6 @@ class Node:
                 self.worker.renew_lease(sent_at)
             else:   # no leader yet, or it has not taken office: try again shortly
                 last_sent = sent_at - self.cfg.heartbeat_interval + 0.05
-
-    def node_status(self) -> client_pb2.NodeStatus:
-        status = self.replica.status()
-        with self.replica.lock:
-            digest = self.replica.state.digest()
-        out = client_pb2.NodeStatus(
-            id=self.cfg.node_id, role=status.role, healthy=True, pid=os.getpid(), raft_term=status.term,
-            commit_index=status.commit_index, last_applied=status.last_applied,
-            running_tasks=len(self.worker.running()), slots=self.cfg.slots, grpc_address=self.cfg.grpc_address,
-            raft_address=self.cfg.raft_address, leader=status.leader_id or "", has_quorum=status.has_quorum,
-            digest=digest, uptime=time.monotonic() - self.started, last_heartbeat_age=-1,
-            queues=list(self.cfg.queues),
-            connections=[client_pb2.ConnectionInfo(
-                name=conn.name, host=conn.host, port=conn.port, user=conn.user, auth=conn.auth,
-                trust_on_first_use=conn.trust_on_first_use) for conn in self.cfg.connections],
-        )
-        if status.role == "leader":
-            out.heartbeat_ages.update(self.liveness.ages(time.monotonic()))
-        return out
-
-    @staticmethod
-    def heartbeat_ages_from(leader_status: client_pb2.NodeStatus | None) -> dict[str, float]:
-        return dict(leader_status.heartbeat_ages) if leader_status is not None else {}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -1,4 +1,6 @@
-"""Node-to-node gRPC: the peer token, the server-side check, and clients to peers.
+"""Node-to-node gRPC: the peer token, the server-side check, and clients to peers
+(`PeerClients`: the `cluster.PeerDirectory` of the API, and the dispatch and
+heartbeat calls of the leader loop and main.py).
 
 Every peer call carries `x-raftflow-peer-token`, an HMAC of the cluster secret, so
 only cluster members can dispatch work (RunTask runs commands) or read logs.
@@ -15,6 +17,7 @@ import grpc
 from ..config import Peer
 from ..proto import client_pb2, peer_pb2, peer_pb2_grpc
 from ..worker.worker import Assignment
+from . import errors
 
 TOKEN_HEADER = "x-raftflow-peer-token"
 PEER_SERVICE_PREFIX = "/raftflow.v1.Peer/"
@@ -69,11 +72,20 @@ class PeerClients:
         return self._stubs[node_id].Heartbeat(request, timeout=timeout, metadata=self._metadata)
 
     def node_info(self, node_id: str, timeout: float = 1.0) -> client_pb2.NodeStatus:
-        return self._stubs[node_id].NodeInfo(peer_pb2.NodeInfoRequest(), timeout=timeout, metadata=self._metadata)
+        """The peer's status; errors.Unavailable (gRPC's details, else its code) if it does not answer."""
+        try:
+            return self._stubs[node_id].NodeInfo(peer_pb2.NodeInfoRequest(), timeout=timeout,
+                                                 metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise errors.Unavailable(e.details() or str(e.code())) from None
 
     def read_log(self, node_id: str, request: client_pb2.GetTaskLogRequest,
                  timeout: float = 30.0) -> Iterator[client_pb2.LogChunk]:
-        return self._stubs[node_id].ReadTaskLog(request, timeout=timeout, metadata=self._metadata)
+        """A log stored on the peer; errors.Unavailable (gRPC's details) if it stops answering."""
+        try:
+            yield from self._stubs[node_id].ReadTaskLog(request, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise errors.Unavailable(f"{e.details()}") from None
 
     def close(self) -> None:
         for channel in self._channels.values():

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+from ..core.pools import pool_usage
 from ..core.spec import DEFAULT_POOL
 from ..core.state import DagRecord, Run, State
-from ..core.states import TASK_ACTIVE, TaskState
 from ..proto import client_pb2
 
 
@@ -20,17 +20,10 @@ def iso(epoch: float | None) -> str:
 
 def pools(state: State) -> list[client_pb2.PoolInfo]:
     """Every pool (the default one included), with slots in use and tasks queued: O(active)."""
-    used: dict[str, int] = {}
-    queued: dict[str, int] = {}
-    for run in state.active.values():
-        spec = state.dag_spec(run)
-        for ti in run.tasks.values():
-            if ti.state in TASK_ACTIVE or ti.state is TaskState.QUEUED:
-                task = spec.task(ti.task_id)
-                counter = queued if ti.state is TaskState.QUEUED else used
-                counter[task.pool] = counter.get(task.pool, 0) + (1 if counter is queued else task.pool_slots)
-    names = sorted({DEFAULT_POOL, *state.pools, *used, *queued})
-    return [client_pb2.PoolInfo(name=n, slots=state.pool_slots(n) or 0, used=used.get(n, 0), queued=queued.get(n, 0))
+    usage = pool_usage(state)
+    names = sorted({DEFAULT_POOL, *state.pools, *usage.used, *usage.queued})
+    return [client_pb2.PoolInfo(name=n, slots=state.pool_slots(n) or 0, used=usage.used.get(n, 0),
+                                queued=usage.queued.get(n, 0))
             for n in names]
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ..kinds import kind
 from . import commands as c
 from .pools import pool_usage
+from .run_ids import scheduled_run_id
 from .schedule import iso, latest_tick_at_or_before, next_tick_after, previous_tick
 from .spec import DEFAULT_QUEUE, DagSpec, TaskSpec
 from .state import DagRecord, Run, State, run_outcome
@@ -49,12 +50,6 @@ class NodeInfo:
     leader: bool = False
     queues: frozenset[str] = frozenset({DEFAULT_QUEUE})
     connections: frozenset[str] = frozenset()
-
-
-def scheduled_run_id(dag_id: str, logical_date_iso: str) -> str:
-    """Deterministic id of a scheduled run (ARCHITECTURE invariant 5). Run ids are
-    unique across the cluster, so they name the DAG."""
-    return f"scheduled__{dag_id}__{logical_date_iso}"
 
 
 def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:

@@ -10,6 +10,10 @@ attempts assigned but not yet started), then loops:
 `onStateChanged` can briefly report two leaders; nothing here fences on "I am
 leader": assignments carry committed attempt numbers and `State.apply` rejects
 stale ones (ARCHITECTURE invariant 3).
+
+Everything here sees the replica through `raft.replica.Replica` and takes its
+clocks as arguments, so tests drive it in one process (`raft.memory`) and step
+the loop by hand (`LeaderLoop.step`).
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable
 
 from ..core import commands as c
 from ..core.planner import NodeInfo, plan
 from ..core.spec import DEFAULT_QUEUE
 from ..core.states import TaskState
-from ..raft.adapter import ReplicatedState, Unavailable
+from ..raft.replica import Replica, Unavailable
 from ..worker.worker import Assignment
 
 log = logging.getLogger("raftflow.leader")
@@ -99,11 +104,13 @@ class Dispatcher:
     """Hands committed assignments to their nodes (this node's worker directly, others
     through the peer API). Idempotent on the receiving side, so re-sending is safe."""
 
-    def __init__(self, node_id: str, replica: ReplicatedState,
+    def __init__(self, node_id: str, replica: Replica,
                  send_local: Callable[[Assignment], tuple[bool, str]],
-                 send_remote: Callable[[str, Assignment], tuple[bool, str]]) -> None:
+                 send_remote: Callable[[str, Assignment], tuple[bool, str]],
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self._node_id = node_id
         self._replica = replica
+        self._monotonic = monotonic
         self._send_local = send_local
         self._send_remote = send_remote
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dispatch")
@@ -114,7 +121,7 @@ class Dispatcher:
         with self._replica.lock:
             run = self._replica.state.active.get(run_id)
             ti = run.tasks.get(task_id) if run else None
-            if ti is None or ti.state is not TaskState.ASSIGNED or ti.node is None:
+            if run is None or ti is None or ti.state is not TaskState.ASSIGNED or ti.node is None:
                 return None
             task = self._replica.state.dag_spec(run).task(task_id)
             return ti.node, Assignment(run_id, task_id, ti.attempt, run.dag_id, task.kind, task.command,
@@ -125,7 +132,7 @@ class Dispatcher:
         if found is None:
             return
         node, a = found
-        self._sent[a.key] = time.monotonic()
+        self._sent[a.key] = self._monotonic()
         self._pool.submit(self._send, node, a)
 
     def _send(self, node: str, a: Assignment) -> None:
@@ -158,16 +165,30 @@ class Dispatcher:
         self._sent.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """How long the loop idles after a step: on its stop event, or, with
+    `unless_applied_beyond`, on the replica's `changed` unless the state has
+    applied more than that already (a change wakes it at once)."""
+    seconds: float
+    unless_applied_beyond: int | None = None
+
+
 class LeaderLoop(threading.Thread):
-    def __init__(self, node_id: str, replica: ReplicatedState, liveness: Liveness, dispatcher: Dispatcher,
-                 self_ready: Callable[[], bool] = lambda: True) -> None:
+    """The leader's thread: `run` repeats `step` and idles as each step says."""
+
+    def __init__(self, node_id: str, replica: Replica, liveness: Liveness, dispatcher: Dispatcher,
+                 self_ready: Callable[[], bool] = lambda: True, wall_clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         super().__init__(name="leader-loop", daemon=True)
         self._self_ready = self_ready
         self.node_id = node_id
         self._replica = replica
         self._liveness = liveness
         self._dispatcher = dispatcher
-        self._stop = threading.Event()
+        self._wall_clock = wall_clock
+        self._monotonic = monotonic
+        self._halt = threading.Event()   # not `_stop`: that name is threading.Thread's own (join uses it)
         self.leading_term: int | None = None
         self.plans = 0
 
@@ -177,45 +198,60 @@ class LeaderLoop(threading.Thread):
         return self.leading_term is not None and self._replica.is_leader() and self._replica.status().has_quorum
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
-                if not self._replica.is_leader():
-                    if self.leading_term is not None:
-                        log.info("no longer leader (term %d)", self.leading_term)
-                        self.leading_term = None
-                        self._dispatcher.forget()
-                    self._stop.wait(0.02)
-                    continue
-                term = self._replica.term()
-                if term != self.leading_term:
-                    self._take_office(term)
-                    continue
-                self._tick()
+                pause = self.step()
             except Unavailable as e:
                 log.warning("leader loop: %s", e)
-                self._stop.wait(0.1)
+                pause = Pause(0.1)
             except Exception:  # noqa: BLE001 - the loop must survive; the error is logged
                 log.exception("leader loop error")
-                self._stop.wait(0.5)
+                pause = Pause(0.5)
+            self._idle(pause)
+
+    def step(self) -> Pause:
+        """One turn: step down (follower), take office (new term), or plan once. May
+        raise Unavailable (a proposal could not commit: the next turn tries again)."""
+        if not self._replica.is_leader():
+            if self.leading_term is not None:
+                log.info("no longer leader (term %d)", self.leading_term)
+                self.leading_term = None
+                self._dispatcher.forget()
+            return Pause(0.02)
+        term = self._replica.term()
+        if term != self.leading_term:
+            self._take_office(term)
+            return Pause(0)
+        return self._tick()
+
+    def _idle(self, pause: Pause) -> None:
+        if pause.seconds <= 0:
+            return
+        if pause.unless_applied_beyond is None:
+            self._halt.wait(pause.seconds)
+            return
+        with self._replica.changed:
+            if self._replica.state.applied == pause.unless_applied_beyond:
+                self._replica.changed.wait(pause.seconds)
 
     def _take_office(self, term: int) -> None:
-        started = time.monotonic()
-        self._replica.propose(c.Barrier(self.node_id, term, time.time()), timeout=2.0)
+        started = self._monotonic()
+        self._replica.propose(c.Barrier(self.node_id, term, self._wall_clock()), timeout=2.0)
         connected = set(self._replica.status().connected) | {self.node_id}
-        self._liveness.reset(time.monotonic(), connected, {self.node_id} if self._self_ready() else set())
+        self._liveness.reset(self._monotonic(), connected, {self.node_id} if self._self_ready() else set())
         self.leading_term = term
         log.info("leading term %d (barrier committed in %.0f ms); nodes connected: %s",
-                 term, (time.monotonic() - started) * 1000, ", ".join(sorted(connected)))
-        self._dispatcher.redispatch_stale(time.monotonic())
+                 term, (self._monotonic() - started) * 1000, ", ".join(sorted(connected)))
+        self._dispatcher.redispatch_stale(self._monotonic())
 
-    def _tick(self) -> None:
-        now = time.time()
+    def _tick(self) -> Pause:
+        now = self._wall_clock()
         with self._replica.lock:
             applied_before = self._replica.state.applied
-            commands = plan(self._replica.state, now, self._liveness.view(time.monotonic()))
+            commands = plan(self._replica.state, now, self._liveness.view(self._monotonic()))
         self.plans += 1
         if commands:
             result = self._replica.propose(c.Batch(tuple(commands)), timeout=5.0)
@@ -226,11 +262,8 @@ class LeaderLoop(threading.Thread):
             rejected = [(cmd.TYPE, sub.reason) for cmd, sub in zip(commands, results) if not sub.ok]
             if rejected:
                 log.debug("plan items rejected at commit: %s", rejected[:5])
-            if len(rejected) == len(commands):
-                self._stop.wait(0.05)   # a plan that cannot apply must not spin
-            self._dispatcher.redispatch_stale(time.monotonic())   # also under steady load
-            return
-        self._dispatcher.redispatch_stale(time.monotonic())
-        with self._replica.changed:
-            if self._replica.state.applied == applied_before:
-                self._replica.changed.wait(IDLE_WAIT)
+            self._dispatcher.redispatch_stale(self._monotonic())   # also under steady load
+            # A plan that cannot apply must not spin.
+            return Pause(0.05) if len(rejected) == len(commands) else Pause(0)
+        self._dispatcher.redispatch_stale(self._monotonic())
+        return Pause(IDLE_WAIT, unless_applied_beyond=applied_before)

@@ -49,7 +49,6 @@ import sys
 import threading
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -63,6 +62,7 @@ from ..core.state import Code, Result, State
 from ..proto import command_pb2
 from ..store.history import RocksArchive
 from .durable import journal_factory
+from .replica import OutcomeUnknown, RaftStatus, Unavailable
 from .snapshot import (
     SnapshotDamaged, SnapshotReader, install_snapshot_file, verify_snapshot, write_snapshot_file, writing_path,
 )
@@ -80,16 +80,6 @@ _FAIL_TEXT = {
     FAIL_REASON.REQUEST_DENIED: "the leader denied the command",
     FAIL_REASON.UNKNOWN_OUTCOME: "the command's outcome is unknown (leadership changed); check before retrying",
 }
-
-
-class Unavailable(Exception):
-    """The command could not be committed now. The base class means nothing was
-    changed (no leader, no quorum, queue full): retrying elsewhere is safe."""
-
-
-class OutcomeUnknown(Unavailable):
-    """The command may or may not commit (timeout, leadership changed meanwhile):
-    retrying could do it twice."""
 
 
 class StorageDamaged(Exception):
@@ -176,17 +166,6 @@ class _WrittenInBackground(Exception):
     """Raised by the serializer hook once the writer thread is started (see module doc)."""
 
 
-@dataclass(frozen=True, slots=True)
-class RaftStatus:
-    role: str
-    leader_id: str | None
-    term: int
-    commit_index: int
-    last_applied: int
-    has_quorum: bool
-    connected: frozenset[str]   # ids of peers this node has a Raft connection to
-
-
 class _StateMachine(SyncObjConsumer):
     """Holds the replicated State and its one replicated entry point. (Snapshots are
     written by the adapter's own serializer, not by pysyncobj pickling this object.)"""
@@ -202,6 +181,9 @@ class _StateMachine(SyncObjConsumer):
 
 
 class ReplicatedState(SyncObj):
+    """The real `replica.Replica` (its Unavailable, OutcomeUnknown and RaftStatus are
+    defined there and importable from here)."""
+
     def __init__(self, cfg: NodeConfig, secret: str,
                  on_applied: Callable[[c.Command, Result], None] | None = None,
                  on_installed: Callable[[], None] | None = None) -> None:

@@ -18,9 +18,8 @@ from typing import Any, Iterator
 import grpc
 from google.protobuf.json_format import MessageToDict
 
+from raftflow.api.metadata import ANSWERED_BY  # trailing metadata on every error a node sends
 from raftflow.proto import client_pb2, client_pb2_grpc
-
-ANSWERED_BY = "x-raftflow-node"  # trailing metadata on every error a node sends
 
 
 class ClusterUnreachable(Exception):
