@@ -49,7 +49,7 @@ from ..core import commands as c
 from ..core.spec import TaskSpec
 from ..core.state import RESULT_LIMIT, Code, Result
 from ..kinds import KINDS, AttemptInput, CannotStart, Launch, kind
-from ..raft.adapter import Unavailable
+from ..raft.replica import Unavailable, propose_until_decided
 from ..store.local import LocalStore
 from .lease import Lease, Reaper
 from .render import RenderError, render
@@ -355,45 +355,39 @@ class Worker:
     def _claim(self, a: Assignment, at: float) -> tuple[str, bool]:
         """Commit TaskStarted before running anything. Returns ('', True) when this node
         may run the attempt, else (why not, whether a claim may nevertheless have committed)."""
-        delay = 0.02
-        maybe_committed = False
-        while True:
+        def give_up() -> str:
             if self._stopping.is_set():
-                return "the node is shutting down", maybe_committed
+                return "the node is shutting down"
             if self.lease.expired(time.monotonic()):
-                return "this node's lease lapsed before the start could be committed", maybe_committed
-            try:
-                result = self._propose(c.TaskStarted(a.run_id, a.task_id, a.attempt, self.node_id, at), 5.0)
-            except Unavailable:
-                maybe_committed = True
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
-                continue
-            if result.ok:
-                return "", True
-            return f"not the current attempt on {self.node_id}: {result.reason}", False
+                return "this node's lease lapsed before the start could be committed"
+            return ""
+
+        decision = propose_until_decided(
+            self._propose, c.TaskStarted(a.run_id, a.task_id, a.attempt, self.node_id, at), self._stopping,
+            first_delay=0.02, max_delay=0.5, give_up=give_up, stopped="the node is shutting down")
+        if decision.result is None:
+            return decision.gave_up, decision.failures > 0
+        if decision.result.ok:
+            return "", True
+        return f"not the current attempt on {self.node_id}: {decision.result.reason}", False
 
     def _report(self, command: c.TaskFinished | c.LoseAttempt) -> None:
         """Propose the result until it commits or is rejected as stale."""
-        delay = 0.05
-        while True:
-            try:
-                result = self._propose(command, 5.0)
-            except Unavailable as e:
-                if self._stopping.is_set():
-                    log.warning("not reporting %s/%s attempt %d: shutting down (%s)",
-                                command.run_id, command.task_id, command.attempt, e)
-                    return
-                log.warning("result of %s/%s attempt %d not committed yet: %s; retrying",
-                            command.run_id, command.task_id, command.attempt, e)
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
-                continue
-            if not result.ok:
-                level = logging.WARNING if result.code is Code.CONFLICT else logging.ERROR
-                log.log(level, "%s of %s/%s attempt %d ignored: %s", command.TYPE,
-                        command.run_id, command.task_id, command.attempt, result.reason)
+        def retrying(e: Unavailable) -> None:
+            log.warning("result of %s/%s attempt %d not committed yet: %s; retrying",
+                        command.run_id, command.task_id, command.attempt, e)
+
+        decision = propose_until_decided(self._propose, command, self._stopping, first_delay=0.05, max_delay=0.5,
+                                         on_retry=retrying)
+        result = decision.result
+        if result is None:
+            log.warning("not reporting %s/%s attempt %d: shutting down (%s)",
+                        command.run_id, command.task_id, command.attempt, decision.last_error)
             return
+        if not result.ok:
+            level = logging.WARNING if result.code is Code.CONFLICT else logging.ERROR
+            log.log(level, "%s of %s/%s attempt %d ignored: %s", command.TYPE,
+                    command.run_id, command.task_id, command.attempt, result.reason)
 
     def _environment(self, a: Assignment, launch: Launch, result_file: Path) -> dict[str, str]:
         """The attempt's process environment but the launch's extra_env (see kinds.Launch)."""
