@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,6 +15,18 @@ from typing import Any, Callable
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The development harnesses (raftflow_dev: LocalCluster, the sshd stand-in, attempts,
+# bench, chaos, up) are not installed with raftflow; they are imported from tools/.
+DEV_TOOLS = ROOT / "tools"
+if str(DEV_TOOLS) not in sys.path:
+    sys.path.insert(0, str(DEV_TOOLS))
+
+
+def run_dev_tool(module: str, *args: str, timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m raftflow_dev.MODULE ARGS` as tools/MODULE runs it (tools/ on PYTHONPATH), captured."""
+    path = os.pathsep.join(p for p in (str(DEV_TOOLS), os.environ.get("PYTHONPATH")) if p)
+    return subprocess.run([sys.executable, "-m", f"raftflow_dev.{module}", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONPATH": path})
 
 
 class Cli:
@@ -35,7 +48,7 @@ class Cli:
 @contextlib.contextmanager
 def running_cluster(data_dir: Path, nodes: int = 3, **options: Any):
     """A started, ready LocalCluster that is stopped (every process it started) on exit."""
-    from raftflow_cli.local import LocalCluster
+    from raftflow_dev.local import LocalCluster
 
     cluster = LocalCluster(data_dir, nodes=nodes, **options)
     cluster.start()

@@ -136,7 +136,7 @@ def test_bad_requests_exit_2_with_a_clear_message(cluster, cli, args, message):
 
 
 def test_unreachable_cluster_exits_3(cli):
-    from raftflow_cli.local import free_ports
+    from raftflow_dev.local import free_ports
 
     proc = cli("dags", "list", cluster=f"127.0.0.1:{free_ports(1)[0]}")
     assert proc.returncode == 3

@@ -52,8 +52,8 @@ with DAG("survivor"):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
-    from raftflow_cli.local import LocalCluster
-    from raftflow_cli.sshd import LocalSSHServer, find_sshd
+    from raftflow_dev.local import LocalCluster
+    from raftflow_dev.sshd import LocalSSHServer, find_sshd
 
     if find_sshd()[0] is None:
         pytest.skip(find_sshd()[1])

@@ -258,7 +258,7 @@ class LocalCluster:
     def wait_ready(self, timeout: float = 30.0, expect_nodes: int | None = None) -> dict:
         """Wait until one leader is known and `expect_nodes` (default all) nodes are healthy.
         Returns the cluster status as JSON; raises TimeoutError with the last status seen."""
-        from .client import ClusterClient, ClusterUnreachable
+        from raftflow_cli.client import ClusterClient, ClusterUnreachable
 
         expect = len(self.nodes) if expect_nodes is None else expect_nodes
         client = ClusterClient(self.addresses.split(","), timeout=2.0)

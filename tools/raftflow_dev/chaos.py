@@ -6,7 +6,7 @@ restarting random nodes, then check that nothing was lost and nothing ran twice 
 Faults (never more than a minority of nodes impaired at once): SIGKILL then restart,
 SIGSTOP then SIGCONT (sometimes past the lease timeout), SIGTERM then restart.
 Load: a run every --interval seconds of a DAG with serial and parallel tasks that
-record their own lifetimes (raftflow_cli.attempts).
+record their own lifetimes (raftflow_dev.attempts).
 
 At the end every node is brought back and all runs are waited for. Printed:
 runs submitted / succeeded / failed / lost, attempts of one task that overlapped
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import attempts
-from .client import ApiError, ClusterClient, ClusterUnreachable
+from raftflow_cli.client import ApiError, ClusterClient, ClusterUnreachable
 from .local import LocalCluster
 
 DAG_ID = "chaos_load"

@@ -34,8 +34,8 @@ from typing import Any, Callable
 
 from .bench_history import rss_mib, scenario_history
 from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
-from .client import ClusterClient, ClusterUnreachable
-from .loader import load_paths
+from raftflow_cli.client import ClusterClient, ClusterUnreachable
+from raftflow_cli.loader import load_paths
 from .local import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]

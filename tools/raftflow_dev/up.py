@@ -19,10 +19,10 @@ from pathlib import Path
 
 from raftflow.config import SSHConnection
 
-from .client import ClusterClient
-from .loader import LoadError, load_paths
+from raftflow_cli.client import ClusterClient
+from raftflow_cli.loader import LoadError, load_paths
 from .local import LOOPBACK, LocalCluster
-from .main import print_run, watch
+from raftflow_cli.main import print_run, watch
 
 DEMO_DAG = "mlexpert_dag"
 SSH_DEMO_DAG = "mlexpert_ssh_dag"

@@ -39,8 +39,8 @@ from raftflow.core.planner import NodeInfo, plan
 from raftflow.core.state import State
 from raftflow.raft.snapshot import SnapshotReader, write_snapshot
 
-from .client import ClusterClient, ClusterUnreachable
-from .loader import load_paths
+from raftflow_cli.client import ClusterClient, ClusterUnreachable
+from raftflow_cli.loader import load_paths
 from .local import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
