@@ -3,7 +3,6 @@ PIDs this fixture started."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from support import Cli, dump_node_logs

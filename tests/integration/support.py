@@ -12,8 +12,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 # The development harnesses (raftflow_dev: LocalCluster, the sshd stand-in, attempts,
 # bench, chaos, up) are not installed with raftflow; they are imported from tools/.

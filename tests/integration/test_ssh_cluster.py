@@ -22,7 +22,6 @@ from dataclasses import replace
 import pytest
 
 from raftflow.config import SSHConnection
-
 from support import ROOT, Cli, alive, dump_node_logs, pid_from, wait_for
 
 pytestmark = pytest.mark.integration

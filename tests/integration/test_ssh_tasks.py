@@ -26,9 +26,8 @@ from raftflow.core import commands as c
 from raftflow.worker.worker import Assignment, AttemptSetup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from worker_support import make_worker  # noqa: E402
-
 from support import alive, pid_from, wait_for  # noqa: E402
+from worker_support import make_worker  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -32,10 +32,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from .bench_history import rss_mib, scenario_history
-from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
 from raftflow_cli.client import ClusterClient, ClusterUnreachable
 from raftflow_cli.loader import load_paths
+
+from .bench_history import rss_mib, scenario_history
+from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
 from .local import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,7 +194,7 @@ def _epoch(iso: str | None) -> float:
 def scenario_failover(bench: Bench) -> dict[str, Any]:
     rounds = 3 if bench.quick else 7
     _submit_spec(bench, _chain_spec("bench_chain", 400, "true"))
-    leader_gaps = []
+    leader_gaps: list[float] = []
     for _ in range(rounds):
         status = bench.cluster.wait_ready(30)
         leader = status["leader"]
@@ -253,7 +254,7 @@ def scenario_steady(bench: Bench) -> dict[str, Any]:
         time.sleep(5.0)
         elapsed = time.monotonic() - started
         if elapsed >= warmup:
-            rss = max(rss_mib(bench.cluster.live_pid(n.node_id)) for n in bench.cluster.nodes)
+            rss = max(rss_mib(bench.cluster.pid_of(n.node_id)) for n in bench.cluster.nodes)
             samples.append((elapsed, rss))
     runs = bench.client.list_runs("steady", limit=100)["runs"]
     first, last = samples[0], samples[-1]
@@ -305,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         if name in STANDALONE:
             result = STANDALONE[name](args.quick, args.nodes)
         else:
-            bench = Bench(args.nodes, args.quick, args.fsync, args.duration, args.slots)  # a fresh cluster per scenario: no cross-talk
+            # a fresh cluster per scenario: no cross-talk
+            bench = Bench(args.nodes, args.quick, args.fsync, args.duration, args.slots)
             try:
                 result = SCENARIOS[name](bench)
             finally:

@@ -92,7 +92,7 @@ def bash_spawn_rate(seconds: float = 3.0) -> float:
 
 def scenario_fanout(bench: "Bench") -> dict[str, Any]:
     width = 100 if bench.quick else 500
-    tasks = [{"task_id": "start", "command": "true"}]
+    tasks: list[dict[str, Any]] = [{"task_id": "start", "command": "true"}]
     tasks += [{"task_id": f"w{i:03d}", "command": "true", "upstream": ["start"]} for i in range(width)]
     tasks.append({"task_id": "end", "command": "true", "upstream": [f"w{i:03d}" for i in range(width)]})
     _submit(bench, [{"dag_id": "fanout", "max_active_tasks": 10_000, "tasks": tasks}])
@@ -140,7 +140,7 @@ def scenario_cron_scale(bench: "Bench") -> dict[str, Any]:
     if tick - now < 5:        # the submit must be committed well before the tick
         tick += period
     leader = bench.leader()
-    pid = bench.cluster.live_pid(leader)
+    pid = bench.cluster.pid_of(leader)
     time.sleep(max(0.0, tick - time.time() - 1))
     cpu_before, rss = _cpu_seconds(pid), [rss_mib(pid)]
     follower = next(n.node_id for n in bench.cluster.nodes if n.node_id != leader)
@@ -159,6 +159,7 @@ def scenario_cron_scale(bench: "Bench") -> dict[str, Any]:
     reader.close()
     if succeeded_at is None:
         raise RuntimeError(f"not all {count} runs of the tick succeeded within {period * 3}s")
+    assert created_at is not None   # every run of the tick succeeded, so each was created
     cpu = _cpu_seconds(pid) - cpu_before
     busy = time.time() - (tick - 1)
     return {"scenario": "cron_scale", "dags": count, "schedule": cron,

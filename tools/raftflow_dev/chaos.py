@@ -29,8 +29,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from . import attempts
 from raftflow_cli.client import ApiError, ClusterClient, ClusterUnreachable
+
+from . import attempts
 from .local import LocalCluster
 
 DAG_ID = "chaos_load"
@@ -165,7 +166,7 @@ def run(duration: float, nodes: int, seed: int, interval: float, data_dir: Path,
         states = Counter(r["state"] for r in runs)
         lost = [r["run_id"] for r in runs if r["state"] not in ("success", "failed")]
         lost += [run_id for run_id in chaos.triggered if run_id not in {r["run_id"] for r in runs}]
-        result = {
+        result: dict[str, Any] = {
             "duration_s": duration, "nodes": nodes, "seed": seed,
             "faults": dict(chaos.faults), "triggers_refused": chaos.trigger_errors,
             "runs_submitted": len(runs), "runs_succeeded": states.get("success", 0),

@@ -164,6 +164,13 @@ class LocalCluster:
             return proc.pid
         return self.node(node_id).pid()
 
+    def pid_of(self, node_id: str) -> int:
+        """`live_pid` of a node that must be running (a measurement of it, say)."""
+        pid = self.live_pid(node_id)
+        if pid is None:
+            raise RuntimeError(f"{node_id} is not running")
+        return pid
+
     def start_node(self, node_id: str) -> int:
         node = self.node(node_id)
         running = self.live_pid(node_id)
