@@ -32,8 +32,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from raftflow.core.states import RunState, TaskState
 from raftflow_cli.client import ClusterClient, ClusterUnreachable
 from raftflow_cli.loader import load_paths
+from raftflow_cli.main import TERMINAL
 
 from .bench_history import rss_mib, scenario_history
 from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
@@ -155,9 +157,9 @@ def scenario_demo(bench: Bench) -> dict[str, Any]:
         started = time.perf_counter()
         run_id = bench.client.trigger("mlexpert_dag")["run_id"]
         for run in bench.client.watch_run(run_id):
-            if run["state"] in ("success", "failed"):
+            if run["state"] in TERMINAL:
                 break
-        if run["state"] != "success":
+        if run["state"] != RunState.SUCCESS.value:
             raise RuntimeError(f"demo run {run_id} ended {run['state']}")
         samples.append(time.perf_counter() - started)
     return {"scenario": "demo", "trigger_to_end": _quantiles(samples),
@@ -179,7 +181,7 @@ def _wait_run(bench: Bench, run_id: str, timeout: float = 120) -> dict[str, Any]
     while time.monotonic() < deadline:
         try:
             run = bench.client.get_run(run_id)
-            if run["state"] in ("success", "failed"):
+            if run["state"] in TERMINAL:
                 return run
         except Exception:  # noqa: BLE001 - a node may be down mid-measurement
             pass
@@ -217,7 +219,7 @@ def scenario_failover(bench: Bench) -> dict[str, Any]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             task = bench.client.get_run(run_id)["tasks"][0]
-            if task["state"] == "running":
+            if task["state"] == TaskState.RUNNING.value:
                 break
             time.sleep(0.05)
         victim = task["node"]
@@ -261,7 +263,7 @@ def scenario_steady(bench: Bench) -> dict[str, Any]:
     slope = (last[1] - first[1]) / ((last[0] - first[0]) / 60) if last[0] > first[0] else 0.0
     by_minute = [round(rss, 1) for elapsed, rss in samples if int(elapsed) % 60 < 5]
     return {"scenario": "steady", "duration_s": duration, "runs_kept": len(runs), "rss_mib_by_minute": by_minute,
-            "runs_succeeded_kept": sum(r["state"] == "success" for r in runs),
+            "runs_succeeded_kept": sum(r["state"] == RunState.SUCCESS.value for r in runs),
             "rss_mib_first": round(first[1], 1), "rss_mib_last": round(last[1], 1),
             "rss_mib_max": round(max(s[1] for s in samples), 1),
             "rss_growth_mib_per_min": round(slope, 2), "samples": len(samples)}

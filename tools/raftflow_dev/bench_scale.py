@@ -23,6 +23,9 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from raftflow.core.states import RunState
+from raftflow_cli.main import TERMINAL
+
 from .bench_history import rss_mib
 
 if TYPE_CHECKING:
@@ -43,8 +46,8 @@ def _wait_run(bench: "Bench", run_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = bench.client.get_run(run_id)
-        if run["state"] in ("success", "failed"):
-            if run["state"] != "success":
+        if run["state"] in TERMINAL:
+            if run["state"] != RunState.SUCCESS.value:
                 raise RuntimeError(f"run {run_id} failed: {[t['reason'] for t in run['tasks'] if t['reason']]}")
             return run
         time.sleep(0.05)
@@ -152,7 +155,7 @@ def scenario_cron_scale(bench: "Bench") -> dict[str, Any]:
         of_tick = [r for r in runs if abs(_epoch(r["logical_date"]) - tick) < 0.5]
         if created_at is None and len(of_tick) >= count:
             created_at = max(_epoch(r["created_at"]) for r in of_tick)
-        if created_at is not None and sum(r["state"] == "success" for r in of_tick) >= count:
+        if created_at is not None and sum(r["state"] == RunState.SUCCESS.value for r in of_tick) >= count:
             succeeded_at = max(_epoch(r["ended_at"]) for r in of_tick)
         rss.append(rss_mib(pid))
         time.sleep(0.5)

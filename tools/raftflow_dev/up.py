@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from raftflow.config import SSHConnection
+from raftflow.core.states import RunState
 from raftflow_cli.client import ClusterClient
 from raftflow_cli.loader import LoadError, load_paths
 from raftflow_cli.main import print_run, watch
@@ -143,7 +144,7 @@ def up(args: argparse.Namespace) -> int:
     finally:
         client.close()
     _next_steps(cluster, data_dir)
-    return 0 if final["state"] == "success" else 1
+    return 0 if final["state"] == RunState.SUCCESS.value else 1
 
 
 def _has_connection(cluster: LocalCluster, conn: SSHConnection) -> bool:
