@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,10 +20,9 @@ if str(DEV_TOOLS) not in sys.path:
 
 
 def run_dev_tool(module: str, *args: str, timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`python -m raftflow_dev.MODULE ARGS` as tools/MODULE runs it (tools/ on PYTHONPATH), captured."""
-    path = os.pathsep.join(p for p in (str(DEV_TOOLS), os.environ.get("PYTHONPATH")) if p)
-    return subprocess.run([sys.executable, "-m", f"raftflow_dev.{module}", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env={**os.environ, "PYTHONPATH": path})
+    """raftflow_dev.MODULE with ARGS, run as tools/MODULE runs it (tools/run_dev.py), output captured."""
+    return subprocess.run([sys.executable, str(DEV_TOOLS / "run_dev.py"), f"raftflow_dev.{module}", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 class Cli:

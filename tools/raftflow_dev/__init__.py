@@ -2,7 +2,7 @@
 
 Not installed by `pip install raftflow`: pyproject.toml packages only the node
 (`raftflow`) and the CLI (`raftflow_cli`). tools/up, tools/down, tools/bench and
-tools/chaos put tools/ on PYTHONPATH to import this package; the integration tests
-do the same (tests/integration/support.py). It imports the installed packages, never
-the other way round.
+tools/chaos run its modules through tools/run_dev.py, which puts tools/ on sys.path;
+the integration tests import it the same way (tests/integration/support.py). It
+imports the installed packages, never the other way round.
 """
