@@ -38,7 +38,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .core.spec import ID_PATTERN, ID_RULE
 
@@ -162,7 +162,8 @@ class NodeConfig:
             secret = self.secret_file.read_text().strip()
         except OSError as e:
             raise ConfigError(f"cannot read the cluster secret from {self.secret_file}: {e.strerror}. "
-                              "Every node needs the same secret file (tools/up creates one for a local cluster).") from None
+                              "Every node needs the same secret file (tools/up creates one for a local cluster).") \
+                from None
         if len(secret) < 16:
             raise ConfigError(f"the cluster secret in {self.secret_file} is empty or shorter than 16 characters; "
                               "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
@@ -194,7 +195,7 @@ def _bool(value: Any) -> bool:
 
 _bool.__name__ = "true or false"
 
-_SCALARS = {  # key -> (type, environment variable)
+_SCALARS: dict[str, tuple[Callable[[Any], Any], str]] = {  # key -> (type, environment variable)
     "node_id": (str, "RAFTFLOW_NODE_ID"),
     "grpc_address": (str, "RAFTFLOW_GRPC_ADDRESS"),
     "raft_address": (str, "RAFTFLOW_RAFT_ADDRESS"),
@@ -334,6 +335,7 @@ def _connections(raw: Any, base: Path, environ: Mapping[str, str]) -> tuple[SSHC
             except OSError as e:
                 raise ConfigError(f"{where}: cannot read key_file {key_file}: {e.strerror}") from None
         known_hosts = _config_path(table.get("known_hosts", "~/.ssh/known_hosts"), base, f"{where}: known_hosts")
+        assert known_hosts is not None  # it has a default
         if not tofu and not known_hosts.is_file():
             raise ConfigError(
                 f"{where}: known_hosts {known_hosts} does not exist, so the host's key cannot be verified. Add it: "
@@ -408,8 +410,8 @@ def to_toml(cfg: NodeConfig) -> str:
                   f"user = {_toml_str(conn.user)}", f"known_hosts = {_toml_str(str(conn.known_hosts))}",
                   f"trust_on_first_use = {'true' if conn.trust_on_first_use else 'false'}",
                   f"connect_timeout = {conn.connect_timeout}"]
-        lines += [f"{key} = {_toml_str(str(getattr(conn, key)))}" for key in ("key_file", "password_env", "passphrase_env")
-                  if getattr(conn, key) is not None]
+        lines += [f"{key} = {_toml_str(str(getattr(conn, key)))}"
+                  for key in ("key_file", "password_env", "passphrase_env") if getattr(conn, key) is not None]
     for p in cfg.peers:
         lines += ["", "[[peers]]", f'id = "{p.id}"', f'grpc_address = "{p.grpc_address}"',
                   f'raft_address = "{p.raft_address}"']

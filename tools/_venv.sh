@@ -38,4 +38,8 @@ install_debian_packages() {
     fi
 }
 
+# run_dev MODULE ARGS... : exec a development harness from tools/raftflow_dev (local
+# clusters, sshd, bench, chaos), which `pip install raftflow` does not install.
+run_dev() { exec "$VENV/bin/python" "$ROOT/tools/run_dev.py" "$@"; }
+
 have_sshd() { command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ]; }

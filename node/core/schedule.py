@@ -45,7 +45,7 @@ def next_tick_after(spec: DagSpec, tick: float) -> float | None:
     tz = zoneinfo.ZoneInfo(spec.timezone)
     wall = datetime.fromtimestamp(tick, tz).replace(tzinfo=None)
     it = _iter(spec, tick)
-    nxt = it.get_next(float)
+    nxt: float = it.get_next(float)
     while datetime.fromtimestamp(nxt, tz).replace(tzinfo=None) == wall:
         nxt = it.get_next(float)
     return _bounded(spec, nxt)
@@ -57,12 +57,14 @@ def latest_tick_at_or_before(spec: DagSpec, now: float) -> float | None:
         return None
     if spec.end_date is not None:
         now = min(now, datetime.fromisoformat(spec.end_date).timestamp())
-    return _iter(spec, now + 1e-3).get_prev(float)
+    prev: float = _iter(spec, now + 1e-3).get_prev(float)
+    return prev
 
 
 def previous_tick(spec: DagSpec, tick: float) -> float:
     """The tick before `tick`: the start of its data interval."""
-    return _iter(spec, tick).get_prev(float)
+    prev: float = _iter(spec, tick).get_prev(float)
+    return prev
 
 
 def iso(epoch: float) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from typing import Iterator
+from typing import Any, Iterator
 
 import pysyncobj.syncobj as pysyncobj_syncobj
 from pysyncobj.journal import FileJournal, MetaStorer
@@ -32,7 +32,7 @@ from .snapshot import fsync_dir
 
 
 class _SyncedMetaStorer(MetaStorer):
-    def storeMeta(self, meta):  # noqa: N802 - pysyncobj's name
+    def storeMeta(self, meta: Any) -> None:  # noqa: N802 - pysyncobj's name
         path = self.getPath()
         with open(path + ".tmp", "wb") as f:
             f.write(dumps(meta))
@@ -53,21 +53,21 @@ class SyncedJournal(FileJournal):
         # fsync writes its dirty mapped pages and its size.
         os.fsync(self._FileJournal__journalFile._ResizableFile__f.fileno())
 
-    def add(self, command, idx, term):
+    def add(self, command: bytes, idx: int, term: int) -> None:
         super().add(command, idx, term)
         if not self._rewriting:
             self._sync()
 
-    def clear(self):
+    def clear(self) -> None:
         super().clear()
         if not self._rewriting:
             self._sync()
 
-    def deleteEntriesFrom(self, entryFrom):  # noqa: N802,N803 - pysyncobj's names
+    def deleteEntriesFrom(self, entryFrom: int) -> None:  # noqa: N802,N803 - pysyncobj's names
         super().deleteEntriesFrom(entryFrom)
         self._sync()
 
-    def deleteEntriesTo(self, entryTo):  # noqa: N802,N803 - pysyncobj's names
+    def deleteEntriesTo(self, entryTo: int) -> None:  # noqa: N802,N803 - pysyncobj's names
         self._rewriting = True
         try:
             super().deleteEntriesTo(entryTo)

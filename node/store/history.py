@@ -22,7 +22,7 @@ import logging
 import shutil
 import threading
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NoReturn
+from typing import Callable, Iterable, Iterator, NoReturn, cast
 
 from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
@@ -93,7 +93,8 @@ class RocksArchive:
         def records() -> Iterator[tuple[str, bytes]]:
             db = Rdict(str(where), options=_options(), access_type=AccessType.read_only())
             try:
-                for key, value in db.items():
+                # raw mode: keys and values are bytes (rocksdict's stubs say any scalar)
+                for key, value in cast(Iterator[tuple[bytes, bytes]], db.items()):
                     yield key.decode(), value
             finally:
                 db.close()

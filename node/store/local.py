@@ -12,11 +12,22 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, cast
 
 from rocksdict import Options, Rdict, WriteOptions
 
 _SEP = b"\x00"
+
+
+def _raw_keys(db: Rdict, from_key: bytes) -> Iterator[bytes]:
+    """Keys in order from `from_key`. The database is raw mode, so every key is bytes
+    (rocksdict's stubs type keys as any scalar)."""
+    return cast(Iterator[bytes], db.keys(from_key=from_key))
+
+
+def _raw_items(db: Rdict, from_key: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) in key order from `from_key`; raw mode: both bytes."""
+    return cast(Iterator[tuple[bytes, bytes]], db.items(from_key=from_key))
 
 
 def _attempt_prefix(run_id: str, task_id: str, attempt: int) -> bytes:
@@ -50,7 +61,7 @@ class LocalStore:
 
     def _last_seq(self, prefix: bytes) -> int:
         last = -1
-        for key in self._db.keys(from_key=prefix):
+        for key in _raw_keys(self._db, prefix):
             if not key.startswith(prefix):
                 break
             last = int(key[len(prefix):])
@@ -64,7 +75,7 @@ class LocalStore:
         """(index, chunk) of an attempt's log from chunk `first` on: what a follower
         has not seen yet. Chunk indexes are consecutive from 0 within an attempt."""
         prefix = _attempt_prefix(run_id, task_id, attempt)
-        for key, value in self._db.items(from_key=prefix + b"%010d" % first):
+        for key, value in _raw_items(self._db, prefix + b"%010d" % first):
             if not key.startswith(prefix):
                 break
             yield int(key[len(prefix):]), value
@@ -79,11 +90,11 @@ class LocalStore:
 
     def runs_with_logs(self) -> Iterator[str]:
         """The run ids that have logs here, one seek per run."""
-        key = next(iter(self._db.keys(from_key=b"log/")), None)
+        key = next(_raw_keys(self._db, b"log/"), None)
         while key is not None and key.startswith(b"log/"):
             run_id = key[4:key.index(_SEP, 4)]
             yield run_id.decode()
-            key = next(iter(self._db.keys(from_key=b"log/" + run_id + bytes([_SEP[0] + 1]))), None)
+            key = next(_raw_keys(self._db, b"log/" + run_id + bytes([_SEP[0] + 1])), None)
 
     def has_log(self, run_id: str, task_id: str, attempt: int) -> bool:
         return next(self.read_log(run_id, task_id, attempt), None) is not None

@@ -76,12 +76,14 @@ class Reaper:
             [sys.executable, "-m", "raftflow.worker.lease"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
             start_new_session=True,   # survives a signal to the node's process group, sees the pipe close
         )
+        assert self._proc.stdin is not None  # stdin=PIPE
+        self._stdin = self._proc.stdin
 
     def _send(self, line: str) -> None:
         with self._lock:
             try:
-                self._proc.stdin.write(line.encode() + b"\n")
-                self._proc.stdin.flush()
+                self._stdin.write(line.encode() + b"\n")
+                self._stdin.flush()
             except (BrokenPipeError, ValueError):
                 log.error("the reaper process is gone; attempts are not protected against a node crash")
 
@@ -97,7 +99,7 @@ class Reaper:
     def close(self) -> None:
         with self._lock:
             try:
-                self._proc.stdin.close()
+                self._stdin.close()
             except BrokenPipeError:
                 pass
         try:

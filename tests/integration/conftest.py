@@ -3,7 +3,6 @@ PIDs this fixture started."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from support import Cli, dump_node_logs
@@ -11,7 +10,7 @@ from support import Cli, dump_node_logs
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    from raftflow_cli.local import LocalCluster
+    from raftflow_dev.local import LocalCluster
 
     local = LocalCluster(tmp_path_factory.mktemp("cluster"), nodes=3, slots=4)
     local.start()

@@ -11,9 +11,18 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
+# The development harnesses (raftflow_dev: LocalCluster, the sshd stand-in, attempts,
+# bench, chaos, up) are not installed with raftflow; they are imported from tools/.
+DEV_TOOLS = ROOT / "tools"
+if str(DEV_TOOLS) not in sys.path:
+    sys.path.insert(0, str(DEV_TOOLS))
+
+
+def run_dev_tool(module: str, *args: str, timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """raftflow_dev.MODULE with ARGS, run as tools/MODULE runs it (tools/run_dev.py), output captured."""
+    return subprocess.run([sys.executable, str(DEV_TOOLS / "run_dev.py"), f"raftflow_dev.{module}", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=cwd)
 
 
 class Cli:
@@ -35,7 +44,7 @@ class Cli:
 @contextlib.contextmanager
 def running_cluster(data_dir: Path, nodes: int = 3, **options: Any):
     """A started, ready LocalCluster that is stopped (every process it started) on exit."""
-    from raftflow_cli.local import LocalCluster
+    from raftflow_dev.local import LocalCluster
 
     cluster = LocalCluster(data_dir, nodes=nodes, **options)
     cluster.start()

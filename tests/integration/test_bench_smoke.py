@@ -5,17 +5,16 @@ speed targets are met in benchmarks, not in timed tests."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from support import run_dev_tool
 
 pytestmark = pytest.mark.integration
 
 
 def test_every_bench_scenario_runs_and_reports_figures():
-    proc = subprocess.run([sys.executable, "-m", "raftflow_cli.bench", "all", "--quick", "--json"],
-                          capture_output=True, text=True, timeout=900)
+    proc = run_dev_tool("bench", "all", "--quick", "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["scenario"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
     assert set(results) == {"raft", "election", "demo", "failover", "steady", "chain", "fanout", "empty",

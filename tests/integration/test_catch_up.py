@@ -10,7 +10,7 @@ import pytest
 from raftflow.config import RaftTuning
 from raftflow.store.local import LocalStore
 from raftflow_cli.client import ClusterClient
-from raftflow_cli.local import LocalCluster
+from raftflow_dev.local import LocalCluster
 from support import ROOT, Cli, wait_for
 
 pytestmark = pytest.mark.integration

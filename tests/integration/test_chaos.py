@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from support import run_dev_tool
 
 pytestmark = pytest.mark.integration
 
 
 def test_sixty_seconds_of_chaos_lose_nothing_and_never_overlap(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "raftflow_cli.chaos", "--duration", "60", "--seed", "7", "--json",
-         "--keep", str(tmp_path / "chaos")],
-        capture_output=True, text=True, timeout=400)
+    proc = run_dev_tool("chaos", "--duration", "60", "--seed", "7", "--json", "--keep", str(tmp_path / "chaos"),
+                        timeout=400)
     assert proc.stdout.strip(), proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     summary = json.dumps({k: v for k, v in result.items() if k != "digests"}, indent=1)

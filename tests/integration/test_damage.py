@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from raftflow_cli.local import LocalCluster
+from raftflow_dev.local import LocalCluster
 from support import Cli, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration

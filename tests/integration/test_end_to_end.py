@@ -112,7 +112,8 @@ def test_bad_dag_files_are_refused_and_nothing_is_submitted(cluster, cli, tmp_pa
     source, message = BAD_FILES[name]
     (tmp_path / name).write_text(source)
     good = tmp_path / "good.py"
-    good.write_text("from raftflow import DAG, BashTask\nwith DAG('good_neighbour'):\n    BashTask('a', command='true')\n")
+    good.write_text("from raftflow import DAG, BashTask\n"
+                    "with DAG('good_neighbour'):\n    BashTask('a', command='true')\n")
     before = cli.json("dags", "list")["dags"]
     proc = cli("dags", "submit", str(tmp_path / name), str(good), "--load-timeout", "3")
     assert proc.returncode == 2
@@ -136,7 +137,7 @@ def test_bad_requests_exit_2_with_a_clear_message(cluster, cli, args, message):
 
 
 def test_unreachable_cluster_exits_3(cli):
-    from raftflow_cli.local import free_ports
+    from raftflow_dev.local import free_ports
 
     proc = cli("dags", "list", cluster=f"127.0.0.1:{free_ports(1)[0]}")
     assert proc.returncode == 3

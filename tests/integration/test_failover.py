@@ -2,7 +2,7 @@
 lost, and no two attempts of one task ever run at the same time.
 
 Each test starts its own 3-node cluster; tasks record their own lifetimes
-(raftflow_cli.attempts), which is the evidence for the fencing checks.
+(raftflow_dev.attempts), which is the evidence for the fencing checks.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from raftflow_cli import attempts
-from raftflow_cli.local import LocalCluster
+from raftflow_dev import attempts
+from raftflow_dev.local import LocalCluster
 from support import Cli, wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from raftflow.config import NodeConfig, to_toml
-from raftflow_cli.local import free_ports
+from raftflow_dev.local import free_ports
 
 pytestmark = pytest.mark.integration
 

@@ -99,6 +99,7 @@ def test_backfill_runs_the_past_ticks_of_a_range(tmp_path):
         log = cli("tasks", "logs", out["created"][2], "a").stdout
         assert log == "2026-01-01 2026-01-01 02:00:00+00:00\n"
         again = cli("dags", "backfill", "hourly", "--start", "2026-01-01", "--end", "2026-01-01T01:00:00")
-        assert again.returncode == 0 and "0 run(s) created" in again.stdout and "2 tick(s) already had a run" in again.stdout
+        assert again.returncode == 0 and "0 run(s) created" in again.stdout
+        assert "2 tick(s) already had a run" in again.stdout
         future = cli("dags", "backfill", "hourly", "--start", "2026-01-01", "--end", "2999-01-01")
         assert future.returncode == 2 and "in the future" in future.stderr

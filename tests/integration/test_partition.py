@@ -8,8 +8,8 @@ import time
 import pytest
 
 import netns
-from raftflow_cli import attempts
-from raftflow_cli.local import LocalCluster
+from raftflow_dev import attempts
+from raftflow_dev.local import LocalCluster
 from support import Cli, wait_for
 from test_failover import run_view, task_view, trigger, wait_run_end, write_dag
 
@@ -58,8 +58,9 @@ def test_minority_partition_stops_its_work_and_the_majority_finishes(topology, t
         assert all(a.started < cut_at + 1.0 for a in mine), "the cut-off node started work"
         for a in mine:
             if a.started < cut_at:
-                assert not a.finished and a.last_seen < cut_at + 3.0, \
-                    f"{a.task_id} attempt {a.attempt} kept running on the cut-off node until {a.last_seen - cut_at:.1f}s"
+                assert not a.finished and a.last_seen < cut_at + 3.0, (
+                    f"{a.task_id} attempt {a.attempt} kept running on the cut-off node "
+                    f"until {a.last_seen - cut_at:.1f}s")
         for task_id in tasks:
             assert task_view(run, task_id)["node"] != minority
 

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from raftflow_cli import attempts
+from raftflow_dev import attempts
 from support import Cli, running_cluster, wait_for
 from test_failover import run_view, task_view, trigger, wait_run_end, write_dag
 

@@ -22,7 +22,6 @@ from dataclasses import replace
 import pytest
 
 from raftflow.config import SSHConnection
-
 from support import ROOT, Cli, alive, dump_node_logs, pid_from, wait_for
 
 pytestmark = pytest.mark.integration
@@ -52,8 +51,8 @@ with DAG("survivor"):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory):
-    from raftflow_cli.local import LocalCluster
-    from raftflow_cli.sshd import LocalSSHServer, find_sshd
+    from raftflow_dev.local import LocalCluster
+    from raftflow_dev.sshd import LocalSSHServer, find_sshd
 
     if find_sshd()[0] is None:
         pytest.skip(find_sshd()[1])

@@ -27,16 +27,15 @@ from raftflow.core.spec import TaskSpec
 from raftflow.worker.worker import Assignment, AttemptSetup
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from worker_support import make_worker  # noqa: E402
-
 from support import alive, pid_from, wait_for  # noqa: E402
+from worker_support import make_worker  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory):
-    from raftflow_cli.sshd import LocalSSHServer, find_sshd
+    from raftflow_dev.sshd import LocalSSHServer, find_sshd
 
     if find_sshd()[0] is None:
         pytest.skip(find_sshd()[1])
@@ -128,7 +127,7 @@ def test_trust_on_first_use_records_the_key_and_then_verifies_it(sshd, tmp_path)
 
 
 def test_a_changed_host_key_is_refused_even_with_trust_on_first_use(sshd, tmp_path):
-    from raftflow_cli.sshd import write_key_pair
+    from raftflow_dev.sshd import write_key_pair
 
     impostor = write_key_pair(tmp_path / "other_host_key")
     known = tmp_path / "known_hosts"
@@ -142,7 +141,7 @@ def test_a_changed_host_key_is_refused_even_with_trust_on_first_use(sshd, tmp_pa
 
 
 def test_a_key_the_server_does_not_accept_fails_authentication(sshd, tmp_path):
-    from raftflow_cli.sshd import write_key_pair
+    from raftflow_dev.sshd import write_key_pair
 
     write_key_pair(tmp_path / "stranger")
     worker, reports, store = run_attempt(tmp_path, connection(sshd, key_file=tmp_path / "stranger"), "echo never")
@@ -153,7 +152,7 @@ def test_a_key_the_server_does_not_accept_fails_authentication(sshd, tmp_path):
 
 
 def test_a_refused_connection_fails_the_attempt_with_the_reason(sshd, tmp_path):
-    from raftflow_cli.local import free_ports
+    from raftflow_dev.local import free_ports
 
     closed = free_ports(1)[0]
     worker, reports, store = run_attempt(tmp_path, connection(sshd, port=closed), "echo never")

@@ -69,7 +69,8 @@ def test_templates_params_results_empty_tasks_timeouts_and_cancel(tmp_path):
         shown = cli.json("runs", "show", run["run_id"])
         tasks = {t["task_id"]: t for t in shown["tasks"]}
         assert tasks["extract"]["result"] == {"rows": 42}
-        assert tasks["gate"]["state"] == "success" and tasks["gate"]["node"] is None and tasks["gate"]["kind"] == "empty"
+        gate = tasks["gate"]
+        assert gate["state"] == "success" and gate["node"] is None and gate["kind"] == "empty"
         log = cli("tasks", "logs", run["run_id"], "extract").stdout
         assert log.startswith("hello alice on 20"), log
         assert cli("tasks", "logs", run["run_id"], "load").stdout == f"rows=42 run={run['run_id']} limit=5\n"

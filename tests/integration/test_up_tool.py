@@ -7,11 +7,10 @@ from __future__ import annotations
 import random
 import socket
 import subprocess
-import sys
 
 import pytest
 
-from support import ROOT, alive, wait_for
+from support import ROOT, alive, run_dev_tool, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -32,12 +31,11 @@ def _free_port_base(nodes: int = 3) -> int:
 
 
 def _up(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "raftflow_cli.up", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return run_dev_tool("up", *args, timeout=timeout, cwd=ROOT)
 
 
 def test_up_ssh_demo_runs_the_ssh_form_and_down_stops_everything(tmp_path):
-    from raftflow_cli.sshd import find_sshd
+    from raftflow_dev.sshd import find_sshd
 
     if find_sshd()[0] is None:
         pytest.skip(find_sshd()[1])

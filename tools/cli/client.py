@@ -155,7 +155,8 @@ class ClusterClient:
         for detail in self.stream("WatchRun", client_pb2.GetRunRequest(run_id=run_id)):
             yield run_dict(detail)
 
-    def task_log(self, run_id: str, task_id: str, attempt: int = 0, from_chunk: int = 0) -> Iterator[client_pb2.LogChunk]:
+    def task_log(self, run_id: str, task_id: str, attempt: int = 0,
+                 from_chunk: int = 0) -> Iterator[client_pb2.LogChunk]:
         return self.stream("GetTaskLog", client_pb2.GetTaskLogRequest(run_id=run_id, task_id=task_id, attempt=attempt,
                                                                       from_chunk=from_chunk))
 

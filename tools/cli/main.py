@@ -23,12 +23,16 @@ from typing import Any, Callable
 
 import grpc
 
+from raftflow.core.states import RunState, TaskState
+
 from .client import ApiError, ClusterClient, ClusterUnreachable
 from .loader import DEFAULT_TIMEOUT, LoadError, load_paths
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_ADDRESSES = ["127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053"]
-TERMINAL = ("success", "failed")
+# The API answers states as the enums' values; these name them once, from the enums.
+TERMINAL = tuple(s.value for s in RunState if s.terminal)
+SUCCESS = RunState.SUCCESS.value
 
 
 class UsageError(Exception):
@@ -159,7 +163,7 @@ def cmd_dags_trigger(client: ClusterClient, args: argparse.Namespace) -> int:
     final = watch(client, result["run_id"], quiet=args.json)
     if args.json:
         emit_json(final)
-    return EXIT_OK if final["state"] == "success" else EXIT_FAILED
+    return EXIT_OK if final["state"] == SUCCESS else EXIT_FAILED
 
 
 def cmd_pause(paused: bool) -> Callable[[ClusterClient, argparse.Namespace], int]:
@@ -207,7 +211,7 @@ def cmd_runs_show(client: ClusterClient, args: argparse.Namespace) -> int:
     else:
         warn_if_stale(run.get("meta"))
         print_run(run)
-        failed = [t for t in run["tasks"] if t["state"] == "failed" and t["log_tail"]]
+        failed = [t for t in run["tasks"] if t["state"] == TaskState.FAILED.value and t["log_tail"]]
         for t in failed:
             print(f"\n--- {t['task_id']} (attempt {t['attempt']}) log tail ---\n{t['log_tail'].rstrip()}")
     return EXIT_OK
@@ -230,7 +234,7 @@ def watch(client: ClusterClient, run_id: str, quiet: bool = False, as_json: bool
                     key = (t["state"], t["attempt"], t["node"])
                     if seen.get(t["task_id"]) != key:
                         seen[t["task_id"]] = key
-                        if not quiet and not as_json and t["state"] != "pending":
+                        if not quiet and not as_json and t["state"] != TaskState.PENDING.value:
                             where = f" attempt {t['attempt']} on {t['node']}" if t["node"] else ""
                             print(f"{time.strftime('%H:%M:%S')}  {t['task_id']:<28} {t['state']:<16}{where}", flush=True)
                 if run["state"] in TERMINAL:
@@ -256,7 +260,7 @@ def watch(client: ClusterClient, run_id: str, quiet: bool = False, as_json: bool
 def cmd_runs_cancel(client: ClusterClient, args: argparse.Namespace) -> int:
     stopped = client.cancel_run(args.run_id, args.reason or "")
     if args.json:
-        emit_json({"run_id": args.run_id, "state": "failed", "stopped_attempts": stopped})
+        emit_json({"run_id": args.run_id, "state": RunState.FAILED.value, "stopped_attempts": stopped})
     else:
         print(f"run {args.run_id} cancelled: {stopped} running attempt(s) are being killed; "
               "tasks that had not started are skipped")
@@ -265,12 +269,12 @@ def cmd_runs_cancel(client: ClusterClient, args: argparse.Namespace) -> int:
 
 def cmd_runs_watch(client: ClusterClient, args: argparse.Namespace) -> int:
     final = watch(client, args.run_id, as_json=args.json)
-    return EXIT_OK if final["state"] == "success" else EXIT_FAILED
+    return EXIT_OK if final["state"] == SUCCESS else EXIT_FAILED
 
 
 FOLLOW_POLL = 0.25   # seconds between reads of a followed log
-LIVE_STATES = ("assigned", "running")
-NEVER_RUNS = ("success", "failed", "upstream_failed", "skipped")   # ended at attempt 0 (marked, skipped, ...)
+LIVE_STATES = (TaskState.ASSIGNED.value, TaskState.RUNNING.value)
+NEVER_RUNS = tuple(s.value for s in TaskState if s.terminal)   # ended at attempt 0 (marked, skipped, ...)
 
 
 def cmd_tasks_logs(client: ClusterClient, args: argparse.Namespace) -> int:
@@ -506,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(tasks, "mark", cmd_tasks_mark, "set a task's state by hand (kills a running attempt)")
     p.add_argument("run_id")
     p.add_argument("task_id")
-    p.add_argument("state", choices=["success", "failed"])
+    p.add_argument("state", choices=[TaskState.SUCCESS.value, TaskState.FAILED.value])
     p = verb(tasks, "logs", cmd_tasks_logs, "print a task attempt's log, from whichever node ran it",
              json_flag=False)
     p.add_argument("run_id")

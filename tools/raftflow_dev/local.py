@@ -164,6 +164,13 @@ class LocalCluster:
             return proc.pid
         return self.node(node_id).pid()
 
+    def pid_of(self, node_id: str) -> int:
+        """`live_pid` of a node that must be running (a measurement of it, say)."""
+        pid = self.live_pid(node_id)
+        if pid is None:
+            raise RuntimeError(f"{node_id} is not running")
+        return pid
+
     def start_node(self, node_id: str) -> int:
         node = self.node(node_id)
         running = self.live_pid(node_id)
@@ -258,7 +265,7 @@ class LocalCluster:
     def wait_ready(self, timeout: float = 30.0, expect_nodes: int | None = None) -> dict:
         """Wait until one leader is known and `expect_nodes` (default all) nodes are healthy.
         Returns the cluster status as JSON; raises TimeoutError with the last status seen."""
-        from .client import ClusterClient, ClusterUnreachable
+        from raftflow_cli.client import ClusterClient, ClusterUnreachable
 
         expect = len(self.nodes) if expect_nodes is None else expect_nodes
         client = ClusterClient(self.addresses.split(","), timeout=2.0)

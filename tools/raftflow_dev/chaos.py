@@ -6,7 +6,7 @@ restarting random nodes, then check that nothing was lost and nothing ran twice 
 Faults (never more than a minority of nodes impaired at once): SIGKILL then restart,
 SIGSTOP then SIGCONT (sometimes past the lease timeout), SIGTERM then restart.
 Load: a run every --interval seconds of a DAG with serial and parallel tasks that
-record their own lifetimes (raftflow_cli.attempts).
+record their own lifetimes (raftflow_dev.attempts).
 
 At the end every node is brought back and all runs are waited for. Printed:
 runs submitted / succeeded / failed / lost, attempts of one task that overlapped
@@ -29,8 +29,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from raftflow.core.states import RunState
+from raftflow_cli.client import ApiError, ClusterClient, ClusterUnreachable
+from raftflow_cli.main import TERMINAL
+
 from . import attempts
-from .client import ApiError, ClusterClient, ClusterUnreachable
 from .local import LocalCluster
 
 DAG_ID = "chaos_load"
@@ -147,7 +150,7 @@ def run(duration: float, nodes: int, seed: int, interval: float, data_dir: Path,
         runs: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             runs = chaos.client.list_runs(DAG_ID, limit=100_000)["runs"]
-            if runs and all(r["state"] in ("success", "failed") for r in runs):
+            if runs and all(r["state"] in TERMINAL for r in runs):
                 break
             time.sleep(0.5)
         digests: dict[str, str] = {}
@@ -163,13 +166,13 @@ def run(duration: float, nodes: int, seed: int, interval: float, data_dir: Path,
         overlapping = attempts.overlaps(recorded)
         per_task = Counter(attempts.successes(recorded).values())
         states = Counter(r["state"] for r in runs)
-        lost = [r["run_id"] for r in runs if r["state"] not in ("success", "failed")]
+        lost = [r["run_id"] for r in runs if r["state"] not in TERMINAL]
         lost += [run_id for run_id in chaos.triggered if run_id not in {r["run_id"] for r in runs}]
-        result = {
+        result: dict[str, Any] = {
             "duration_s": duration, "nodes": nodes, "seed": seed,
             "faults": dict(chaos.faults), "triggers_refused": chaos.trigger_errors,
-            "runs_submitted": len(runs), "runs_succeeded": states.get("success", 0),
-            "runs_failed": states.get("failed", 0), "runs_lost": len(lost),
+            "runs_submitted": len(runs), "runs_succeeded": states.get(RunState.SUCCESS.value, 0),
+            "runs_failed": states.get(RunState.FAILED.value, 0), "runs_lost": len(lost),
             "overlapping_attempts": [
                 {"run_id": a.run_id, "task_id": a.task_id, "attempts": [a.attempt, b.attempt],
                  "nodes": [a.node, b.node]} for a, b in overlapping],
@@ -180,7 +183,8 @@ def run(duration: float, nodes: int, seed: int, interval: float, data_dir: Path,
         result["violations"] = (result["runs_lost"] + result["runs_failed"] + len(overlapping)
                                 + (0 if result["digests_equal"] else 1))
         if result["violations"]:
-            result["diagnostics"] = diagnose(cluster, [r["run_id"] for r in runs if r["state"] != "success"])
+            unsuccessful = [r["run_id"] for r in runs if r["state"] != RunState.SUCCESS.value]
+            result["diagnostics"] = diagnose(cluster, unsuccessful)
         return result
     finally:
         if chaos is not None:

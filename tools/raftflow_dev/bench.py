@@ -32,10 +32,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from raftflow.core.states import RunState, TaskState
+from raftflow_cli.client import ClusterClient, ClusterUnreachable
+from raftflow_cli.loader import load_paths
+from raftflow_cli.main import TERMINAL
+
 from .bench_history import rss_mib, scenario_history
 from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
-from .client import ClusterClient, ClusterUnreachable
-from .loader import load_paths
 from .local import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,9 +157,9 @@ def scenario_demo(bench: Bench) -> dict[str, Any]:
         started = time.perf_counter()
         run_id = bench.client.trigger("mlexpert_dag")["run_id"]
         for run in bench.client.watch_run(run_id):
-            if run["state"] in ("success", "failed"):
+            if run["state"] in TERMINAL:
                 break
-        if run["state"] != "success":
+        if run["state"] != RunState.SUCCESS.value:
             raise RuntimeError(f"demo run {run_id} ended {run['state']}")
         samples.append(time.perf_counter() - started)
     return {"scenario": "demo", "trigger_to_end": _quantiles(samples),
@@ -178,7 +181,7 @@ def _wait_run(bench: Bench, run_id: str, timeout: float = 120) -> dict[str, Any]
     while time.monotonic() < deadline:
         try:
             run = bench.client.get_run(run_id)
-            if run["state"] in ("success", "failed"):
+            if run["state"] in TERMINAL:
                 return run
         except Exception:  # noqa: BLE001 - a node may be down mid-measurement
             pass
@@ -193,7 +196,7 @@ def _epoch(iso: str | None) -> float:
 def scenario_failover(bench: Bench) -> dict[str, Any]:
     rounds = 3 if bench.quick else 7
     _submit_spec(bench, _chain_spec("bench_chain", 400, "true"))
-    leader_gaps = []
+    leader_gaps: list[float] = []
     for _ in range(rounds):
         status = bench.cluster.wait_ready(30)
         leader = status["leader"]
@@ -216,7 +219,7 @@ def scenario_failover(bench: Bench) -> dict[str, Any]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             task = bench.client.get_run(run_id)["tasks"][0]
-            if task["state"] == "running":
+            if task["state"] == TaskState.RUNNING.value:
                 break
             time.sleep(0.05)
         victim = task["node"]
@@ -253,14 +256,14 @@ def scenario_steady(bench: Bench) -> dict[str, Any]:
         time.sleep(5.0)
         elapsed = time.monotonic() - started
         if elapsed >= warmup:
-            rss = max(rss_mib(bench.cluster.live_pid(n.node_id)) for n in bench.cluster.nodes)
+            rss = max(rss_mib(bench.cluster.pid_of(n.node_id)) for n in bench.cluster.nodes)
             samples.append((elapsed, rss))
     runs = bench.client.list_runs("steady", limit=100)["runs"]
     first, last = samples[0], samples[-1]
     slope = (last[1] - first[1]) / ((last[0] - first[0]) / 60) if last[0] > first[0] else 0.0
     by_minute = [round(rss, 1) for elapsed, rss in samples if int(elapsed) % 60 < 5]
     return {"scenario": "steady", "duration_s": duration, "runs_kept": len(runs), "rss_mib_by_minute": by_minute,
-            "runs_succeeded_kept": sum(r["state"] == "success" for r in runs),
+            "runs_succeeded_kept": sum(r["state"] == RunState.SUCCESS.value for r in runs),
             "rss_mib_first": round(first[1], 1), "rss_mib_last": round(last[1], 1),
             "rss_mib_max": round(max(s[1] for s in samples), 1),
             "rss_growth_mib_per_min": round(slope, 2), "samples": len(samples)}
@@ -305,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         if name in STANDALONE:
             result = STANDALONE[name](args.quick, args.nodes)
         else:
-            bench = Bench(args.nodes, args.quick, args.fsync, args.duration, args.slots)  # a fresh cluster per scenario: no cross-talk
+            # a fresh cluster per scenario: no cross-talk
+            bench = Bench(args.nodes, args.quick, args.fsync, args.duration, args.slots)
             try:
                 result = SCENARIOS[name](bench)
             finally:

@@ -37,7 +37,8 @@ def find_sshd() -> tuple[str | None, str]:
     """(path of sshd, '') or (None, why it cannot be used)."""
     found = shutil.which("sshd") or next((p for p in SSHD_CANDIDATES if os.access(p, os.X_OK)), None)
     if found is None:
-        return None, "OpenSSH's sshd is not installed (Debian: apt-get install openssh-server; tools/test does it as root)"
+        return None, ("OpenSSH's sshd is not installed "
+                      "(Debian: apt-get install openssh-server; tools/test does it as root)")
     return found, ""
 
 

@@ -38,9 +38,9 @@ from raftflow.core.archive import MemoryArchive
 from raftflow.core.planner import NodeInfo, plan
 from raftflow.core.state import State
 from raftflow.raft.snapshot import SnapshotReader, write_snapshot
+from raftflow_cli.client import ClusterClient, ClusterUnreachable
+from raftflow_cli.loader import load_paths
 
-from .client import ClusterClient, ClusterUnreachable
-from .loader import load_paths
 from .local import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,7 +195,7 @@ def measure_size(task_instances: int, nodes: int, workdir: Path, tick_repeats: i
             ready[node.node_id] = time.monotonic() - starts[node.node_id]
         out["cluster_start_to_ready_s"] = {"median": round(statistics.median(ready.values()), 2),
                                            "max": round(max(ready.values()), 2)}
-        out["rss_mib_after_start"] = round(max(rss_mib(cluster.live_pid(n.node_id)) for n in cluster.nodes), 1)
+        out["rss_mib_after_start"] = round(max(rss_mib(cluster.pid_of(n.node_id)) for n in cluster.nodes), 1)
         leader = cluster.wait_ready(30)["leader"]
         follower = next(n.node_id for n in cluster.nodes if n.node_id != leader)
         cluster.signal_node(follower, 9)
@@ -210,7 +210,7 @@ def measure_size(task_instances: int, nodes: int, workdir: Path, tick_repeats: i
                 raise RuntimeError(f"digests differ after the restart: {_digests(cluster)}")
             time.sleep(0.1)
         out["node_restart_to_equal_digest_s"] = round(time.monotonic() - restarted, 2)
-        out["rss_mib_restarted_node"] = round(rss_mib(cluster.live_pid(follower)), 1)
+        out["rss_mib_restarted_node"] = round(rss_mib(cluster.pid_of(follower)), 1)
     finally:
         cluster.stop()
     out["tick_cost_ms"] = round(tick_cost(state, now, tick_repeats) * 1000, 3)

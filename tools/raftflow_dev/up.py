@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 from raftflow.config import SSHConnection
+from raftflow.core.states import RunState
+from raftflow_cli.client import ClusterClient
+from raftflow_cli.loader import LoadError, load_paths
+from raftflow_cli.main import print_run, watch
 
-from .client import ClusterClient
-from .loader import LoadError, load_paths
 from .local import LOOPBACK, LocalCluster
-from .main import print_run, watch
 
 DEMO_DAG = "mlexpert_dag"
 SSH_DEMO_DAG = "mlexpert_ssh_dag"
@@ -59,6 +60,7 @@ def _ssh_demo_connection(data_dir: Path) -> SSHConnection | None:
         except RuntimeError as e:
             print(f"could not start sshd for --ssh-demo: {e}", file=sys.stderr)
             return None
+        assert server.process is not None   # start() returned: it runs
         print(f"started sshd (pid {server.process.pid}) on {server.host}:{server.port}, keys in {server.dir}")
     return SSHConnection(name=SSH_DEMO_CONNECTION, host=server.host, port=server.port, user=server.user,
                          key_file=server.client_key, known_hosts=server.known_hosts, connect_timeout=10.0)
@@ -67,6 +69,7 @@ def _ssh_demo_connection(data_dir: Path) -> SSHConnection | None:
 def up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
     connections: dict[str, tuple[SSHConnection, ...]] = {}
+    conn: SSHConnection | None = None   # the demo sshd's connection, with --ssh-demo
     if args.ssh_demo:
         data_dir.mkdir(parents=True, exist_ok=True)
         conn = _ssh_demo_connection(data_dir)
@@ -84,9 +87,10 @@ def up(args: argparse.Namespace) -> int:
             return 2
         (data_dir / "cluster.json").unlink()
         cluster = LocalCluster(data_dir, nodes=args.nodes, port_base=args.port_base, connections=connections)
-    if running and args.ssh_demo and not _has_connection(cluster, conn):
+    if running and conn is not None and not _has_connection(cluster, conn):
         print(f"the running cluster at {cluster.addresses} has no {SSH_DEMO_CONNECTION} connection to "
-              f"{conn.host}:{conn.port} (it was started without --ssh-demo, or with another sshd): stop it with `tools/down"
+              f"{conn.host}:{conn.port} (it was started without --ssh-demo, or with another sshd): "
+              f"stop it with `tools/down"
               f"{'' if str(data_dir) == '.raftflow' else f' --data-dir {data_dir}'}` and run tools/up --ssh-demo",
               file=sys.stderr)
         return 2
@@ -140,7 +144,7 @@ def up(args: argparse.Namespace) -> int:
     finally:
         client.close()
     _next_steps(cluster, data_dir)
-    return 0 if final["state"] == "success" else 1
+    return 0 if final["state"] == RunState.SUCCESS.value else 1
 
 
 def _has_connection(cluster: LocalCluster, conn: SSHConnection) -> bool:
@@ -162,6 +166,7 @@ def _next_steps(cluster: LocalCluster, data_dir: Path) -> None:
     activate = "source .venv/bin/activate   # puts `raftflow` on your PATH"
     leader_pid = "$(raftflow cluster status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); " \
                  "print(next(n[\"pid\"] for n in s[\"nodes\"] if n[\"id\"]==s[\"leader\"]))')"
+    ssh_demo = f"tools/up --ssh-demo{'' if default else f' --data-dir {data_dir}'}"
     print(f"""
 What to try next:
   {activate}
@@ -173,7 +178,7 @@ What to try next:
   {env}raftflow tasks logs RUN_ID TASK_ID      # served through any node
   {env}raftflow dags submit dags/              # after editing a DAG: a new version
   {env}raftflow connections list               # SSH connections and the nodes that have them
-  tools/up --ssh-demo{'' if default else f' --data-dir {data_dir}'}   # mlexpert_dag's Spark jobs over SSH (a local sshd)
+  {ssh_demo}   # mlexpert_dag's Spark jobs over SSH (a local sshd)
 
 Kill the leader and watch the cluster carry on:
   kill -9 {leader_pid}

@@ -23,6 +23,9 @@ import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from raftflow.core.states import RunState
+from raftflow_cli.main import TERMINAL
+
 from .bench_history import rss_mib
 
 if TYPE_CHECKING:
@@ -43,8 +46,8 @@ def _wait_run(bench: "Bench", run_id: str, timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         run = bench.client.get_run(run_id)
-        if run["state"] in ("success", "failed"):
-            if run["state"] != "success":
+        if run["state"] in TERMINAL:
+            if run["state"] != RunState.SUCCESS.value:
                 raise RuntimeError(f"run {run_id} failed: {[t['reason'] for t in run['tasks'] if t['reason']]}")
             return run
         time.sleep(0.05)
@@ -92,7 +95,7 @@ def bash_spawn_rate(seconds: float = 3.0) -> float:
 
 def scenario_fanout(bench: "Bench") -> dict[str, Any]:
     width = 100 if bench.quick else 500
-    tasks = [{"task_id": "start", "command": "true"}]
+    tasks: list[dict[str, Any]] = [{"task_id": "start", "command": "true"}]
     tasks += [{"task_id": f"w{i:03d}", "command": "true", "upstream": ["start"]} for i in range(width)]
     tasks.append({"task_id": "end", "command": "true", "upstream": [f"w{i:03d}" for i in range(width)]})
     _submit(bench, [{"dag_id": "fanout", "max_active_tasks": 10_000, "tasks": tasks}])
@@ -140,7 +143,7 @@ def scenario_cron_scale(bench: "Bench") -> dict[str, Any]:
     if tick - now < 5:        # the submit must be committed well before the tick
         tick += period
     leader = bench.leader()
-    pid = bench.cluster.live_pid(leader)
+    pid = bench.cluster.pid_of(leader)
     time.sleep(max(0.0, tick - time.time() - 1))
     cpu_before, rss = _cpu_seconds(pid), [rss_mib(pid)]
     follower = next(n.node_id for n in bench.cluster.nodes if n.node_id != leader)
@@ -152,13 +155,14 @@ def scenario_cron_scale(bench: "Bench") -> dict[str, Any]:
         of_tick = [r for r in runs if abs(_epoch(r["logical_date"]) - tick) < 0.5]
         if created_at is None and len(of_tick) >= count:
             created_at = max(_epoch(r["created_at"]) for r in of_tick)
-        if created_at is not None and sum(r["state"] == "success" for r in of_tick) >= count:
+        if created_at is not None and sum(r["state"] == RunState.SUCCESS.value for r in of_tick) >= count:
             succeeded_at = max(_epoch(r["ended_at"]) for r in of_tick)
         rss.append(rss_mib(pid))
         time.sleep(0.5)
     reader.close()
     if succeeded_at is None:
         raise RuntimeError(f"not all {count} runs of the tick succeeded within {period * 3}s")
+    assert created_at is not None   # every run of the tick succeeded, so each was created
     cpu = _cpu_seconds(pid) - cpu_before
     busy = time.time() - (tick - 1)
     return {"scenario": "cron_scale", "dags": count, "schedule": cron,
