@@ -12,11 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[2]
-# The development harnesses (raftflow_dev: LocalCluster, the sshd stand-in, attempts,
-# bench, chaos, up) are not installed with raftflow; they are imported from tools/.
-DEV_TOOLS = ROOT / "tools"
-if str(DEV_TOOLS) not in sys.path:
-    sys.path.insert(0, str(DEV_TOOLS))
+DEV_TOOLS = ROOT / "tools"   # (tests/conftest.py puts it on sys.path: raftflow_dev lives there)
 
 
 def run_dev_tool(module: str, *args: str, timeout: float, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -1,5 +1,5 @@
 """`pip install raftflow` installs the node and the CLI and nothing else: the development
-harnesses (local clusters, the sshd stand-in, bench, chaos) stay in tools/raftflow_dev.
+harnesses (local clusters, the sshd stand-in, bench, chaos, protogen) stay in tools/raftflow_dev.
 
 Checked from pyproject.toml's explicit package list (what setuptools puts in the wheel)
 and the files in those package directories, without building a wheel.
@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HARNESSES = ("attempts", "bench", "bench_history", "bench_scale", "chaos", "local", "sshd", "up")
+HARNESSES = ("attempts", "bench", "bench_history", "bench_scale", "chaos", "local", "protogen", "sshd", "up")
 
 
 def _setuptools() -> dict:

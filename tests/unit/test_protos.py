@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raftflow_cli.protogen import generate
+from raftflow_dev.protogen import generate
 
 ROOT = Path(__file__).resolve().parents[2]
 
