@@ -148,7 +148,7 @@ def _due_runs(record: DagRecord, now: float) -> list[c.Command]:
         return []
     spec = record.latest.spec
     if spec.catchup == "all":
-        ticks = []
+        ticks: list[float] = []
         while tick is not None and tick <= now and len(ticks) < MAX_CATCHUP_RUNS_PER_PLAN:
             ticks.append(tick)
             tick = next_tick_after(spec, tick)

@@ -21,8 +21,10 @@ from typing import Any
 from croniter import croniter
 
 from ..kinds import KINDS, InvalidArgs, TaskKind
-from .names import ID_PATTERN as ID_PATTERN  # re-exported: the rule for names lives in names.py
-from .names import ID_RULE as ID_RULE
+from .names import (
+    ID_PATTERN as ID_PATTERN,  # re-exported: the rule for names lives in names.py
+    ID_RULE as ID_RULE,
+)
 from .pickling import by_name
 
 MAX_PARAMS_BYTES = 64 * 1024
@@ -100,7 +102,7 @@ class TaskSpec:
         base = self.retry_delay * 2 ** min(failures - 1, 62)
         digest = hashlib.sha256(f"{key}\0{self.task_id}\0{failures}".encode()).digest()
         delay = base * (1 + int.from_bytes(digest[:8], "big") / 2 ** 64)
-        return min(delay, self.max_retry_delay) if self.max_retry_delay is not None else delay
+        return float(min(delay, self.max_retry_delay) if self.max_retry_delay is not None else delay)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -160,8 +162,7 @@ class DagSpec:
         """Build and validate a spec; raises SpecError naming the DAG/task at fault."""
         if not isinstance(raw, dict):
             raise SpecError(f"a DAG spec must be a JSON object, got {type(raw).__name__}")
-        dag_id = raw.get("dag_id")
-        _check_id(dag_id, "dag_id")
+        dag_id = _check_id(raw.get("dag_id"), "dag_id")
         where = f"DAG {dag_id!r}"
         _reject_unknown(raw, frozenset(DAG_FIELDS), where)
 
@@ -170,7 +171,8 @@ class DagSpec:
         try:
             zoneinfo.ZoneInfo(tz_name)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-            raise SpecError(f"{where}: unknown timezone {tz_name!r} (use an IANA name such as 'Europe/Berlin')") from None
+            raise SpecError(f"{where}: unknown timezone {tz_name!r} "
+                            "(use an IANA name such as 'Europe/Berlin')") from None
         if schedule is not None:
             if not isinstance(schedule, str) or not schedule.strip():
                 raise SpecError(f"{where}: schedule must be a cron string, a preset such as '@daily', or None")
@@ -298,7 +300,7 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
     if not isinstance(raw, dict):
         raise SpecError(f"{where}: each task must be a JSON object")
     task_id = raw.get("task_id")
-    _check_id(task_id, f"{where}: task_id")
+    task_id = _check_id(task_id, f"{where}: task_id")
     here = f"{where}, task {task_id!r}"
     _reject_unknown(raw, _task_fields(), here)
     kind = _kind_of(raw, here)
@@ -344,9 +346,11 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
     )
 
 
-def _check_id(value: Any, what: str) -> None:
+def _check_id(value: Any, what: str) -> str:
+    """`value`, if it is a valid id; else SpecError saying which rule it breaks."""
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise SpecError(f"{what} {value!r} is invalid: use {ID_RULE}")
+    return value
 
 
 def _reject_unknown(raw: dict[str, Any], known: frozenset[str], where: str) -> None:

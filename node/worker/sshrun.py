@@ -164,7 +164,9 @@ class Runner:
         pkey = None
         if t.key_file:
             try:
-                pkey = paramiko.PKey.from_path(str(t.key_file), passphrase.encode() if passphrase is not None else None)
+                # (paramiko passes the passphrase to cryptography, which takes bytes; its stubs say str)
+                pkey = paramiko.PKey.from_path(str(t.key_file),
+                                               passphrase.encode() if passphrase is not None else None)  # type: ignore[arg-type]
             except (paramiko.PasswordRequiredException, TypeError) as e:   # cryptography: TypeError
                 if passphrase is None:
                     raise Refused(f"key_file {t.key_file} is encrypted: set passphrase_env for connection "
@@ -176,8 +178,9 @@ class Runner:
                                           f"the password in ${t.password_env}" if t.password_env else "")))
         began = time.monotonic()
         try:
-            client.connect(t.host, port=t.port, username=t.user, pkey=pkey, password=password, timeout=t.connect_timeout, banner_timeout=t.connect_timeout,
-                           auth_timeout=t.connect_timeout, look_for_keys=False, allow_agent=False)
+            client.connect(t.host, port=t.port, username=t.user, pkey=pkey, password=password,
+                           timeout=t.connect_timeout, banner_timeout=t.connect_timeout, auth_timeout=t.connect_timeout,
+                           look_for_keys=False, allow_agent=False)
         except Refused:
             client.close()
             raise
@@ -216,6 +219,7 @@ class Runner:
         # A host that dies without closing the connection is noticed by TCP keepalive
         # (about a minute); paramiko's own keepalive expects no reply, so never notices.
         sock = transport.sock
+        assert isinstance(sock, socket.socket)   # (connected directly, never through a proxy channel)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for option, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
             if hasattr(socket, option):

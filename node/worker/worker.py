@@ -303,12 +303,14 @@ class Worker:
                                           (attempt, f"execution_timeout of {setup.execution_timeout:g}s reached"))
                 timeout.daemon = True
                 timeout.start()
-            fd = attempt.process.stdout.fileno()
+            stdout = attempt.process.stdout
+            assert stdout is not None   # (started with stdout=PIPE)
+            fd = stdout.fileno()
             while chunk := os.read(fd, READ_CHUNK):
                 self._store.append_log(a.run_id, a.task_id, a.attempt, chunk)
                 tail += chunk
                 del tail[:-LOG_TAIL_BYTES]
-            attempt.process.stdout.close()
+            stdout.close()
             status = attempt.process.wait()
             if timeout is not None:
                 timeout.cancel()

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from twin_support import LEASE_TIMEOUT, Clock, LeaderSide, results_of, submit_and_trigger, wait_until
-
 from raftflow.core import commands as c
 from raftflow.core.state import Code, TaskInstance
 from raftflow.core.states import RunState, TaskState
 from raftflow.raft.memory import MemoryCluster
 from raftflow.store.local import LocalStore
 from raftflow.worker.worker import Assignment, Worker
+from twin_support import LEASE_TIMEOUT, Clock, LeaderSide, results_of, submit_and_trigger, wait_until
 
 
 def _ti(side: LeaderSide, run_id: str = "r1", task_id: str = "t") -> TaskInstance:

@@ -12,9 +12,8 @@ from typing import Any, Iterator
 
 import grpc
 import pytest
-from core_support import T0, dag_dict, iso, task
-from twin_support import MEMBERS
 
+from core_support import T0, dag_dict, iso, task
 from raftflow.api import errors
 from raftflow.api.cluster import cluster_status, task_log
 from raftflow.api.metadata import ANSWERED_BY
@@ -28,6 +27,7 @@ from raftflow.leader.loop import Liveness
 from raftflow.proto import client_pb2
 from raftflow.raft.memory import MemoryCluster, MemoryReplica
 from raftflow.raft.replica import OutcomeUnknown
+from twin_support import MEMBERS
 
 
 def _dag_file(dag_id: str = "d", filename: str = "d.py", **kw: Any) -> DagFile:

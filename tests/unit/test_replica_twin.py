@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from core_support import T0, dag_dict
 
+from core_support import T0, dag_dict
 from raftflow.core import commands as c
 from raftflow.core.state import Code, Result
 from raftflow.raft.memory import MemoryCluster

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from core_support import HOUR, MINUTE, T0, dag_dict, epoch, task
 from raftflow.core.schedule import first_tick_after, iso, latest_tick_at_or_before, next_tick_after, previous_tick
 from raftflow.core.spec import DagSpec

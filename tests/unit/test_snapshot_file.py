@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from core_support import T0, World, dag_dict, nodes, task
 from raftflow.core import commands as c
 from raftflow.core.archive import MemoryArchive
 from raftflow.core.state import State
 from raftflow.core.states import RunState, TaskState
 from raftflow.raft.snapshot import SnapshotDamaged, SnapshotReader, verify_snapshot, write_snapshot
 from raftflow.store.history import RocksArchive
-
-from core_support import T0, World, dag_dict, nodes, task
 
 META = ("last entry", "previous entry", {"cluster"})
 

@@ -8,8 +8,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from core_support import dag_dict, task
-from raftflow import DAG, BashTask, SSHTask
-from raftflow import authoring
+from raftflow import DAG, BashTask, SSHTask, authoring
 from raftflow.core.spec import SCHEDULE_PRESETS, DagSpec, SpecError, TaskSpec
 
 
@@ -218,8 +217,8 @@ def test_self_dependency_is_reported():
                  ["task 'a'", "ssh_conn_id and get_pty belong to ssh tasks, not bash"], id="connection-on-bash"),
     pytest.param(dag_dict(tasks=[task("a", trigger_rule="one_done")]), ["unknown trigger_rule 'one_done'"],
                  id="trigger-rule"),
-    pytest.param(dag_dict(tasks=[{"task_id": "a", "command": "x", "upstream": "b"}]), ["task 'a'", "upstream must be a list"],
-                 id="upstream-type"),
+    pytest.param(dag_dict(tasks=[{"task_id": "a", "command": "x", "upstream": "b"}]),
+                 ["task 'a'", "upstream must be a list"], id="upstream-type"),
     pytest.param(dag_dict(tags="etl"), ["tags must be a list of strings"], id="tags"),
     pytest.param(dag_dict(params=["x"]), ["DAG 'd'", "params must be a JSON object"], id="params-type"),
     pytest.param(dag_dict(params={"x": float("inf")}), ["params must be plain JSON values"], id="params-nan"),
@@ -347,8 +346,10 @@ def test_ssh_task_spec_names_its_connection_and_exports_its_environment():
                          environment={"QUEUE": "etl"}, get_pty=True, execution_timeout=60)
     spec = DagSpec.from_dict(dag.to_spec())
     t = spec.task("submit")
-    assert (t.kind, t.ssh_conn_id, t.get_pty, t.command) == ("ssh", "spark_master", True, "spark-submit job.py {{ ds }}")
-    assert dict(t.env) == {"QUEUE": "etl"}, "environment replaces default_args' env, as env= does"
+    assert (t.kind, t.ssh_conn_id, t.get_pty, t.command) == \
+        ("ssh", "spark_master", True, "spark-submit job.py {{ ds }}")
+    assert dict(t.env) == {"QUEUE": "etl"}, \
+        "environment replaces default_args' env, as env= does"
     assert (t.retries, t.execution_timeout) == (2, 60.0)
     assert submit.to_spec()["kind"] == "ssh"
 

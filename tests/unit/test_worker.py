@@ -12,7 +12,6 @@ from raftflow.core.spec import TaskSpec
 from raftflow.store.local import LocalStore
 from raftflow.worker import worker as worker_module
 from raftflow.worker.worker import Assignment, AttemptSetup, Worker
-
 from worker_support import Reports, make_worker
 
 

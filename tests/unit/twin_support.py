@@ -9,7 +9,6 @@ import time
 from typing import Any, Callable
 
 from core_support import T0, dag_dict, task
-
 from raftflow.core import commands as c
 from raftflow.core.state import Result
 from raftflow.leader.loop import Dispatcher, LeaderLoop, Liveness

@@ -236,7 +236,8 @@ def watch(client: ClusterClient, run_id: str, quiet: bool = False, as_json: bool
                         seen[t["task_id"]] = key
                         if not quiet and not as_json and t["state"] != TaskState.PENDING.value:
                             where = f" attempt {t['attempt']} on {t['node']}" if t["node"] else ""
-                            print(f"{time.strftime('%H:%M:%S')}  {t['task_id']:<28} {t['state']:<16}{where}", flush=True)
+                            print(f"{time.strftime('%H:%M:%S')}  {t['task_id']:<28} {t['state']:<16}{where}",
+                                  flush=True)
                 if run["state"] in TERMINAL:
                     if not quiet and not as_json:
                         print(f"run {run_id} {run['state'].upper()} "
@@ -456,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "else the local cluster from tools/up)")
     sub = parser.add_subparsers(dest="group", required=True, metavar="{dags,runs,tasks,pools,connections,cluster,node}")
 
-    def verb(group: argparse._SubParsersAction, name: str, func: Callable, help: str, json_flag: bool = True):
+    def verb(group: argparse._SubParsersAction, name: str, func: Callable, help: str,
+             json_flag: bool = True) -> argparse.ArgumentParser:
         p = group.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
         if json_flag:
