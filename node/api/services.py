@@ -22,7 +22,8 @@ import grpc
 
 from ..core import commands as c
 from ..core.spec import DagSpec
-from ..core.state import Code, Result
+from ..core.effects import DropRunLogs, StopAttempt
+from ..core.result import Code, Result
 from ..proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from ..raft.adapter import OutcomeUnknown, Unavailable
 from ..worker.worker import Assignment
@@ -244,20 +245,20 @@ class ClientService(client_pb2_grpc.ClientServicer):
         result = _check(self.replica.propose(c.ClearTasks(
             request.run_id, tuple(request.task_ids), request.downstream, "cleared by the user", time.time())))
         return client_pb2.ClearTasksResponse(cleared=result.value["cleared"],
-                                             stopped_attempts=len(result.value["stopped"]))
+                                             stopped_attempts=len(result.effects_of(StopAttempt)))
 
     @_handled
     def MarkTask(self, request, context):  # type: ignore[no-untyped-def]
         result = _check(self.replica.propose(c.MarkTask(
             request.run_id, request.task_id, request.state, f"marked {request.state} by the user", time.time())))
-        return client_pb2.MarkTaskResponse(stopped_attempts=len(result.value["stopped"]))
+        return client_pb2.MarkTaskResponse(stopped_attempts=len(result.effects_of(StopAttempt)))
 
     @_handled
     def DeleteDag(self, request, context):  # type: ignore[no-untyped-def]
         with self.replica.lock:
             self._record(request.dag_id)
         result = _check(self.replica.propose(c.DeleteDag(request.dag_id, time.time())))
-        return client_pb2.DeleteDagResponse(runs_removed=len(result.value["pruned"]))
+        return client_pb2.DeleteDagResponse(runs_removed=sum(len(e.run_ids) for e in result.effects_of(DropRunLogs)))
 
     @_handled
     def SetPool(self, request, context):  # type: ignore[no-untyped-def]
@@ -281,7 +282,7 @@ class ClientService(client_pb2_grpc.ClientServicer):
                          f"run {request.run_id!r} has already finished ({run.state.value}); nothing to cancel")
         reason = request.reason.strip() or "cancelled by the user"
         result = _check(self.replica.propose(c.CancelRun(request.run_id, reason, time.time())))
-        return client_pb2.CancelRunResponse(stopped_attempts=len(result.value["stopped"]))
+        return client_pb2.CancelRunResponse(stopped_attempts=len(result.effects_of(StopAttempt)))
 
     @_handled
     def WatchRun(self, request, context):  # type: ignore[no-untyped-def]

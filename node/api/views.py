@@ -9,7 +9,8 @@ import json
 from datetime import datetime, timezone
 
 from ..core.spec import DEFAULT_POOL
-from ..core.state import DagRecord, Run, State
+from ..core.model import DagRecord, Run
+from ..core.state import State
 from ..core.states import TASK_ACTIVE, TaskState
 from ..proto import client_pb2
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any
 
 from .spec import DagSpec
-from .state import Run
+from .model import Run
 
 
 def template_context(run: Run, spec: DagSpec, task_id: str, attempt: int, node: str) -> dict[str, Any]:

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from . import commands as c
 from .schedule import iso, latest_tick_at_or_before, next_tick_after, previous_tick
 from .spec import DEFAULT_QUEUE, DagSpec, TaskSpec
-from .state import DagRecord, Run, State, run_outcome
+from .model import DagRecord, Run
+from .state import State
+from .transitions import run_outcome
 from .states import TASK_ACTIVE, RunState, TaskState
 
 MAX_CATCHUP_RUNS_PER_PLAN = 32

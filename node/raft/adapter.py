@@ -59,7 +59,8 @@ from pysyncobj.config import SERIALIZER_STATE
 
 from ..config import NodeConfig
 from ..core import commands as c
-from ..core.state import Code, Result, State
+from ..core.result import Code, Result
+from ..core.state import State
 from ..proto import command_pb2
 from ..store.history import RocksArchive
 from .durable import journal_factory

@@ -47,7 +47,8 @@ from typing import Any, Callable
 
 from ..core import commands as c
 from ..config import SSHConnection
-from ..core.state import RESULT_LIMIT, Code, Result
+from ..core.model import RESULT_LIMIT
+from ..core.result import Code, Result
 from ..raft.adapter import Unavailable
 from ..store.local import LocalStore
 from .lease import Lease, Reaper

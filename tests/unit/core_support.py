@@ -12,7 +12,9 @@ import pytest
 
 from raftflow.core import commands as c
 from raftflow.core.planner import NodeInfo, plan
-from raftflow.core.state import Code, Result, Run, State, TaskInstance
+from raftflow.core.model import Run, TaskInstance
+from raftflow.core.result import Code, Result
+from raftflow.core.state import State
 from raftflow.core.states import TaskState
 
 
