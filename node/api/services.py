@@ -25,7 +25,7 @@ from ..core.spec import DagSpec
 from ..core.effects import DropRunLogs, StopAttempt
 from ..core.result import Code, Result
 from ..proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
-from ..raft.adapter import OutcomeUnknown, Unavailable
+from ..raft.adapter import AsClient, OutcomeUnknown, Unavailable
 from ..worker.worker import Assignment
 from . import views
 
@@ -99,7 +99,7 @@ def _check(result: Result) -> Result:
 class ClientService(client_pb2_grpc.ClientServicer):
     def __init__(self, node: "Node") -> None:
         self.node = node
-        self.replica = node.replica
+        self.replica = AsClient(node.replica)   # its proposals are recorded as a client's
         self._fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix="status")
         self._streams = threading.BoundedSemaphore(MAX_CLIENT_STREAMS)
 
@@ -363,6 +363,25 @@ class ClientService(client_pb2_grpc.ClientServicer):
         return client_pb2.ClusterStatusResponse(
             leader=leader_id, nodes=[nodes[k] for k in sorted(nodes)], leader_changes=changes,
             served_by=self.node.cfg.node_id)
+
+    @_handled
+    def GetTaskStory(self, request, context):  # type: ignore[no-untyped-def]
+        """Every recorded move of one task instance, oldest first (core.model.StoryEvent)."""
+        with self.replica.lock:
+            run = self.replica.state.run(request.run_id)
+            if run is None:
+                raise _Abort(grpc.StatusCode.NOT_FOUND,
+                             f"no run {request.run_id!r}; `raftflow runs list` shows recent runs")
+            ti = run.tasks.get(request.task_id)
+            if ti is None:
+                raise _Abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} has no task {request.task_id!r}; "
+                                                        f"it has: {', '.join(run.tasks)}")
+            events = [client_pb2.StoryEvent(
+                index=e.index, at=views.iso(e.at), command=e.command, node=e.node or "", attempt=e.attempt,
+                proposer=e.proposer, before=e.before.value, after=e.after.value, reason=e.reason) for e in ti.story]
+            state = ti.state.value
+        return client_pb2.GetTaskStoryResponse(run_id=request.run_id, task_id=request.task_id, state=state,
+                                               events=events, meta=self._meta())
 
 
 class PeerService(peer_pb2_grpc.PeerServicer):

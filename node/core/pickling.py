@@ -53,6 +53,6 @@ def _by_name(cls: type[T], upgrade: Upgrades) -> type[T]:
                 raise TypeError(f"cannot unpickle {cls.__name__}: its required field {f.name!r} is missing")
             object.__setattr__(self, f.name, value)
 
-    cls.__getstate__ = __getstate__  # type: ignore[attr-defined]
+    cls.__getstate__ = __getstate__  # type: ignore[method-assign]
     cls.__setstate__ = __setstate__  # type: ignore[attr-defined]
     return cls

@@ -51,7 +51,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj import pickle as pysyncobj_pickle
@@ -59,6 +59,7 @@ from pysyncobj.config import SERIALIZER_STATE
 
 from ..config import NodeConfig
 from ..core import commands as c
+from ..core.model import CLIENT
 from ..core.result import Code, Result
 from ..core.state import State
 from ..proto import command_pb2
@@ -117,6 +118,11 @@ def encode_envelope(command: c.Command, proposer: str) -> bytes:
 
 def decode_envelope(data: bytes) -> c.Command:
     """Decode a committed entry. Raises StorageDamaged when its checksum fails."""
+    return read_envelope(data)[0]
+
+
+def read_envelope(data: bytes) -> tuple[c.Command, str]:
+    """(command, proposer) of a committed entry. Raises StorageDamaged when its checksum fails."""
     envelope = command_pb2.CommandEnvelope()
     try:
         envelope.ParseFromString(data)
@@ -124,7 +130,7 @@ def decode_envelope(data: bytes) -> c.Command:
         raise StorageDamaged(f"an entry is not a CommandEnvelope ({e})") from None
     if envelope.HasField("crc32") and envelope.crc32 != _crc(envelope.type, envelope.version, envelope.payload):
         raise StorageDamaged(f"checksum mismatch in a {envelope.type!r} entry")
-    return c.decode(envelope.type, envelope.version, envelope.payload)
+    return c.decode(envelope.type, envelope.version, envelope.payload), envelope.proposer
 
 
 _JOURNAL_LAST_RECORD_AT = 36    # pysyncobj FileJournal: header, then the end offset of the records
@@ -199,7 +205,10 @@ class _StateMachine(SyncObjConsumer):
 
     @replicated
     def apply_envelope(self, data: bytes) -> Result:
-        return self._owner._apply(data)
+        # pysyncobj applies the entries after raftLastApplied in order and counts one
+        # up only after each has applied (SyncObj.__applyLogEntries), so the entry
+        # being applied is raftLastApplied + 1: its log index, equal on every replica.
+        return self._owner._apply(data, self._owner.raftLastApplied + 1)
 
 
 class ReplicatedState(SyncObj):
@@ -266,14 +275,14 @@ class ReplicatedState(SyncObj):
         return self._machine.state
 
     # ------------------------------------------------------------ replicated
-    def _apply(self, data: bytes) -> Result:
+    def _apply(self, data: bytes, index: int) -> Result:
         try:
-            command = decode_envelope(data)
+            command, proposer = read_envelope(data)
         except StorageDamaged as e:
             self._stop_damaged(str(e))
         try:
             with self.lock:
-                result = self.state.apply(command)
+                result = self.state.apply(command, index, proposer)
                 self.changed.notify_all()
             if not result.ok and result.code is Code.INTERNAL:
                 log.error("apply rejected %s: %s", command.TYPE, result.reason)
@@ -381,8 +390,9 @@ class ReplicatedState(SyncObj):
         os._exit(70)
 
     # ------------------------------------------------------------ proposing
-    def propose(self, command: c.Command, timeout: float = 5.0) -> Result:
-        """Commit `command` and return its Result on this replica.
+    def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None) -> Result:
+        """Commit `command` and return its Result on this replica. `proposer` (default:
+        this node's id) is who asked, as task stories record it.
 
         Refused up front (nothing enters the log) when this node cannot reach a
         majority: otherwise a deposed leader could append it and commit it later, after
@@ -400,7 +410,7 @@ class ReplicatedState(SyncObj):
             box[0], box[1] = result, error
             done.set()
 
-        self._machine.apply_envelope(encode_envelope(command, self.node_id), callback=callback)
+        self._machine.apply_envelope(encode_envelope(command, proposer or self.node_id), callback=callback)
         if not done.wait(timeout):
             raise OutcomeUnknown(f"outcome unknown: not committed within {timeout:.1f}s, and it may still commit "
                               "if the cluster regains a quorum; check (e.g. `raftflow runs list`) before retrying")
@@ -435,3 +445,17 @@ class ReplicatedState(SyncObj):
 
     def term(self) -> int:
         return self._getTerm()
+
+
+class AsClient:
+    """The replica as the client API uses it: the same state, lock and status, and
+    what it proposes is recorded as asked by a client (`core.model.CLIENT`)."""
+
+    def __init__(self, replica: ReplicatedState) -> None:
+        self._replica = replica
+
+    def propose(self, command: c.Command, timeout: float = 5.0) -> Result:
+        return self._replica.propose(command, timeout, proposer=CLIENT)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._replica, name)
