@@ -38,6 +38,7 @@ class Stimulus:
     command: str = ""        # the command's TYPE (a Batch member's own type)
 
 
+@by_name
 @dataclass(frozen=True, slots=True)
 class StoryEvent:
     """One move of a task instance. Entries written before these fields existed load

@@ -105,7 +105,6 @@ class State:
 
     def __setstate__(self, data: dict[str, Any]) -> None:
         """Unpickled States have an empty archive until `attach_archive`."""
-        data.pop("_handlers", None)   # (pickled by no version, but harmless)
         self.__dict__.update(data)
         self._archive = MemoryArchive()
         self.stimulus = Stimulus()

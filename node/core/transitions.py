@@ -43,7 +43,7 @@ NONE: tuple[Effect, ...] = ()
 
 @dataclass(frozen=True, slots=True)
 class Loss:
-    """Why an attempt was lost, and whether this loss exhausts max_lost_attempts."""
+    """The cause of a LOSS move: why the attempt was lost, and when."""
     why: str
     at: float
 
