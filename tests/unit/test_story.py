@@ -155,3 +155,24 @@ def test_apply_without_an_entry_records_index_zero_and_no_proposer():
     state.apply(c.CancelRun("r1", "stop", T0))
     event = state.run("r1").tasks["a"].story[0]
     assert (event.index, event.proposer, event.command) == (0, "", "cancel_run")
+
+
+def test_a_snapshot_from_before_the_split_of_state_py_loads(world):
+    """Snapshots written before core/state.py was split name the classes
+    raftflow.core.state.X, with story entries as tuples."""
+    world.submit(dag_dict())
+    world.trigger("r1")
+    at_index(world, 3, "n1", c.StartRun("r1", T0))
+    at_index(world, 4, "n1", c.QueueTask("r1", "a", T0 + 1))
+    ti = world.ti("r1", "a")
+    new_story, ti.story = ti.story, [(T0 + 1, "pending->queued", "")]
+    blob = pickle.dumps(world.state)
+    assert b"raftflow.core.model" in blob
+    old = pickle.loads(blob.replace(b"raftflow.core.model", b"raftflow.core.state"))
+    old.attach_archive(world.state.archive)
+    assert old.active["r1"].tasks["a"].story == [StoryEvent(T0 + 1, S.PENDING, S.QUEUED, "")]
+    ti.story = new_story
+    old.validate()
+    assert old.apply(c.AssignTask("r1", "a", "n1", 1, T0 + 2), 5, "n1").ok
+    assert old.active["r1"].tasks["a"].story[-1] == \
+        StoryEvent(T0 + 2, S.QUEUED, S.ASSIGNED, "attempt 1 on n1", 5, "assign_task", "n1", "n1", 1)
