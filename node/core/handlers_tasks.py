@@ -17,7 +17,7 @@ from .model import RESULT_LIMIT, Run, TaskInstance
 from .result import OK, Code, Rejected, Result
 from .states import TASK_ACTIVE, RunState, TaskState, check_run_move
 from .transitions import (
-    AUTOMATIC, CANCEL, CLEAR, LOSS, MARK, Loss, Move, archive_run, check_reopen, execute, plan_move, reopen,
+    AUTOMATIC, CANCEL, CLEAR, LOSS, MARK, Finished, Loss, Move, archive_run, check_reopen, execute, plan_move, reopen,
     run_outcome, transition_clear,
 )
 
@@ -181,13 +181,15 @@ def task_finished(state: State, cmd: c.TaskFinished) -> Result:
         raise Rejected(Code.INVALID, f"task_finished has wrongly typed field(s): {', '.join(bad)}")
     if cmd.result and (len(cmd.result.encode()) > RESULT_LIMIT or not _is_json(cmd.result)):
         raise Rejected(Code.INVALID, f"a task result must be JSON of at most {RESULT_LIMIT} bytes")
+    outcome = Finished(cmd)
     if cmd.exit_code == 0:
         target = TaskState.SUCCESS
     elif ti.tries_failed < spec.retries:
         target = TaskState.UP_FOR_RETRY
+        outcome = Finished(cmd, cmd.at + spec.retry_delay_after(ti.tries_failed + 1, run.run_id))
     else:
         target = TaskState.FAILED
-    return moved(state, plan_move(AUTOMATIC, run, ti, target, cmd, cmd.at,
+    return moved(state, plan_move(AUTOMATIC, run, ti, target, outcome, cmd.at,
                                   f"attempt {cmd.attempt} exit {cmd.exit_code}",
                                   hint=f"no start claim committed for attempt {cmd.attempt}: "))
 

@@ -49,13 +49,21 @@ class Loss:
 
 
 @dataclass(frozen=True, slots=True)
+class Finished:
+    """The cause of a result move: the worker's report, and when a retry is due
+    (computed while planning, so that executing the move cannot fail)."""
+    report: c.TaskFinished
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Move:
     """One checked move, ready to execute."""
     run: Run
     ti: TaskInstance
     finish: TaskState
     edge: Edge
-    cause: Any          # what the edge function reads: the command, or a Loss
+    cause: Any          # what the edge function reads: the command, a Finished or a Loss
     at: float
     reason: str         # for the story
 
@@ -123,30 +131,24 @@ def _transition_assigned_running(state: State, run: Run, ti: TaskInstance, cmd: 
     return NONE
 
 
-def _record_result(ti: TaskInstance, cmd: c.TaskFinished) -> None:
+def _record_result(ti: TaskInstance, result: Finished) -> None:
+    cmd = result.report
     ti.started_at = ti.started_at if ti.started_at is not None else cmd.started_at
     ti.ended_at, ti.exit_code = cmd.ended_at, cmd.exit_code
     ti.log_tail, ti.reason = cmd.log_tail[-LOG_TAIL_LIMIT:], cmd.reason
-    ti.retry_at = None
+    ti.retry_at = result.retry_at
     ti.result = cmd.result or None
 
 
-def _transition_running_success(state: State, run: Run, ti: TaskInstance, cmd: c.TaskFinished) -> tuple[Effect, ...]:
-    _record_result(ti, cmd)
+def _transition_running_success(state: State, run: Run, ti: TaskInstance, result: Finished) -> tuple[Effect, ...]:
+    _record_result(ti, result)
     return NONE
 
 
-def _transition_running_up_for_retry(state: State, run: Run, ti: TaskInstance,
-                                     cmd: c.TaskFinished) -> tuple[Effect, ...]:
-    _record_result(ti, cmd)
-    spec = state.dag_spec(run).task(ti.task_id)
-    ti.retry_at = cmd.at + spec.retry_delay_after(ti.tries_failed + 1, run.run_id)
-    ti.tries_failed += 1
-    return NONE
-
-
-def _transition_running_failed(state: State, run: Run, ti: TaskInstance, cmd: c.TaskFinished) -> tuple[Effect, ...]:
-    _record_result(ti, cmd)
+def _transition_running_not_success(state: State, run: Run, ti: TaskInstance,
+                                    result: Finished) -> tuple[Effect, ...]:
+    """Failed on its own: counts against its retries (up_for_retry carries retry_at)."""
+    _record_result(ti, result)
     ti.tries_failed += 1
     return NONE
 
@@ -160,8 +162,8 @@ AUTOMATIC: Table = {
     (T.QUEUED, T.ASSIGNED): _transition_queued_assigned,
     (T.ASSIGNED, T.RUNNING): _transition_assigned_running,    # the start claim committed (the fencing point)
     (T.RUNNING, T.SUCCESS): _transition_running_success,
-    (T.RUNNING, T.UP_FOR_RETRY): _transition_running_up_for_retry,
-    (T.RUNNING, T.FAILED): _transition_running_failed,        # exit != 0 with no retries left
+    (T.RUNNING, T.UP_FOR_RETRY): _transition_running_not_success,
+    (T.RUNNING, T.FAILED): _transition_running_not_success,   # exit != 0 with no retries left
 }
 
 
