@@ -3,12 +3,9 @@ fixtures live in conftest.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-import pytest
 
 from raftflow.core import commands as c
 from raftflow.core.planner import NodeInfo, plan
