@@ -11,6 +11,7 @@ kills the attempts it runs before it exits.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -25,8 +26,9 @@ from .api.services import ClientService, PeerService
 from .config import ConfigError, NodeConfig, load
 from .core import commands as c
 from .core.context import template_context
+from .core.effects import DropRunLogs, Effect, ReleasedAttempts, StopAttempt
+from .core.result import Result
 from .core.states import TASK_ACTIVE
-from .core.state import Result
 from .leader.loop import Dispatcher, LeaderLoop, Liveness
 from .proto import client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from .raft.adapter import ReplicatedState, StorageDamaged, recovery_advice
@@ -82,24 +84,30 @@ class Node:
                  ", ".join(f"{conn.name} ({conn.address})" for conn in self.cfg.connections) or "none")
 
     def _after_apply(self, command: c.Command, result: Result) -> None:
-        """Side effects of committed commands on this node's own store (runs in the Raft
-        thread, also when the journal is replayed at start: keep it idempotent)."""
-        pairs = zip(command.commands, result.value) if isinstance(command, c.Batch) and result.ok else \
-            [(command, result)]
-        for cmd, res in pairs:
-            if not res.ok:
-                continue
-            if isinstance(cmd, (c.PruneRuns, c.DeleteDag)):
-                for run_id in res.value["pruned"]:
-                    self.store.delete_run_logs(run_id)
-            elif isinstance(cmd, (c.CancelRun, c.ClearTasks, c.MarkTask)):
-                # A committed decision took these attempts away: their nodes kill them.
-                mine = {(task_id, attempt) for task_id, node, attempt in res.value["stopped"]
-                        if node == self.cfg.node_id}
-                if mine:
-                    why = cmd.reason if isinstance(cmd, c.CancelRun) else \
-                        ("cleared by the user" if isinstance(cmd, c.ClearTasks) else f"marked {cmd.state} by the user")
-                    self.worker.cancel(cmd.run_id, why, mine)
+        """Execute the effects of a committed command on this node (runs in the Raft
+        thread, also when the journal is replayed at start: each is idempotent). A
+        Batch's result carries its accepted members' effects; a rejected command has none."""
+        for effect in result.effects:
+            self._execute(effect)
+
+    @functools.singledispatchmethod
+    def _execute(self, effect: Effect) -> None:
+        log.error("no executor for the effect %r", effect)
+
+    @_execute.register
+    def _stop_attempt(self, effect: StopAttempt) -> None:
+        """A committed decision took this attempt away: its node kills it."""
+        if effect.node == self.cfg.node_id:
+            self.worker.cancel(effect.run_id, effect.why, {(effect.task_id, effect.attempt)})
+
+    @_execute.register
+    def _drop_run_logs(self, effect: DropRunLogs) -> None:
+        for run_id in effect.run_ids:
+            self.store.delete_run_logs(run_id)
+
+    @_execute.register
+    def _released_attempts(self, effect: ReleasedAttempts) -> None:
+        """Nothing to do here: the node that proposed its NodeStarted logs them."""
 
     def _attempt_setup(self, a: Assignment) -> AttemptSetup:
         """An attempt's template context, timeout and spec, from this node's replica (its
@@ -159,7 +167,7 @@ class Node:
         result = decision.result
         if result is None:
             return
-        released = result.value["released"] if result.ok else []
+        released = [key for e in result.effects_of(ReleasedAttempts) for key in e.keys]
         if released:
             log.warning("released %d attempt(s) of this node's previous process: %s",
                         len(released), ", ".join(released[:10]))

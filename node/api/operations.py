@@ -23,9 +23,11 @@ from difflib import get_close_matches
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from ..core import commands as c
+from ..core.effects import DropRunLogs, StopAttempt
+from ..core.model import CLIENT, DagRecord
+from ..core.result import Code, Result
 from ..core.run_ids import manual_run_id
 from ..core.spec import DagSpec
-from ..core.state import Code, DagRecord, Result
 from ..proto import client_pb2
 from ..raft import replica as raft
 from ..raft.replica import Replica
@@ -76,9 +78,10 @@ class Operations:
 
     # ------------------------------------------------------------ helpers
     def commit(self, command: c.Command) -> Result:
-        """Propose `command`; its accepted Result, else the matching ServiceError."""
+        """Propose `command` as a client's request (task stories say so); its accepted
+        Result, else the matching ServiceError."""
         try:
-            result = self.replica.propose(command)
+            result = self.replica.propose(command, proposer=CLIENT)
         except raft.OutcomeUnknown as e:
             # Not Unavailable: a client must not retry this elsewhere (it could apply twice).
             raise errors.OutcomeUnknown(f"the write's {e}") from None
@@ -183,7 +186,7 @@ class Operations:
     def delete_dag(self, dag_id: str) -> client_pb2.DeleteDagResponse:
         self._known_dag(dag_id)
         result = self.commit(c.DeleteDag(dag_id, self.clock()))
-        return client_pb2.DeleteDagResponse(runs_removed=len(result.value["pruned"]))
+        return client_pb2.DeleteDagResponse(runs_removed=sum(len(e.run_ids) for e in result.effects_of(DropRunLogs)))
 
     # ------------------------------------------------------------ pools
     def set_pool(self, name: str, slots: int) -> client_pb2.SetPoolResponse:
@@ -218,6 +221,20 @@ class Operations:
         detail.meta.CopyFrom(self.meta())
         return detail
 
+    def task_story(self, run_id: str, task_id: str) -> client_pb2.GetTaskStoryResponse:
+        """Every recorded move of one task instance, oldest first (core.model.StoryEvent)."""
+        with self.replica.lock:
+            run = self.replica.state.run(run_id)
+            if run is None:
+                raise errors.NotFound(f"no run {run_id!r}; `raftflow runs list` shows recent runs")
+            ti = run.tasks.get(task_id)
+            if ti is None:
+                raise errors.NotFound(f"run {run_id!r} has no task {task_id!r}; it has: {', '.join(run.tasks)}")
+            events = [views.story_event(e) for e in ti.story]
+            state = ti.state.value
+        return client_pb2.GetTaskStoryResponse(run_id=run_id, task_id=task_id, state=state, events=events,
+                                               meta=self.meta())
+
     def watch_run(self, run_id: str, active: Callable[[], bool]) -> Iterator[client_pb2.RunDetail]:
         """The run's detail now and after every change of it (not of its meta), until it
         finishes or `active()` (the client is still there) turns false."""
@@ -247,16 +264,16 @@ class Operations:
         if run.state.terminal:
             raise errors.Conflict(f"run {run_id!r} has already finished ({run.state.value}); nothing to cancel")
         result = self.commit(c.CancelRun(run_id, reason.strip() or "cancelled by the user", self.clock()))
-        return client_pb2.CancelRunResponse(stopped_attempts=len(result.value["stopped"]))
+        return client_pb2.CancelRunResponse(stopped_attempts=len(result.effects_of(StopAttempt)))
 
     def clear_tasks(self, run_id: str, task_ids: Sequence[str], downstream: bool) -> client_pb2.ClearTasksResponse:
         result = self.commit(c.ClearTasks(run_id, tuple(task_ids), downstream, "cleared by the user", self.clock()))
         return client_pb2.ClearTasksResponse(cleared=result.value["cleared"],
-                                             stopped_attempts=len(result.value["stopped"]))
+                                             stopped_attempts=len(result.effects_of(StopAttempt)))
 
     def mark_task(self, run_id: str, task_id: str, state: str) -> client_pb2.MarkTaskResponse:
         result = self.commit(c.MarkTask(run_id, task_id, state, f"marked {state} by the user", self.clock()))
-        return client_pb2.MarkTaskResponse(stopped_attempts=len(result.value["stopped"]))
+        return client_pb2.MarkTaskResponse(stopped_attempts=len(result.effects_of(StopAttempt)))
 
     # ------------------------------------------------------------ task logs
     def log_location(self, run_id: str, task_id: str, attempt: int = 0) -> LogLocation:

@@ -153,6 +153,10 @@ class ClientService(client_pb2_grpc.ClientServicer):
 
     # ------------------------------------------------------------ cluster
     @_handled
+    def GetTaskStory(self, request, context):  # type: ignore[no-untyped-def]
+        return self.ops.task_story(request.run_id, request.task_id)
+
+    @_handled
     def ClusterStatus(self, request, context):  # type: ignore[no-untyped-def]
         return cluster.cluster_status(self.host, self.ops, self._fanout)
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 
+from ..core.model import DagRecord, Run, StoryEvent
 from ..core.pools import pool_usage
 from ..core.spec import DEFAULT_POOL
-from ..core.state import DagRecord, Run, State
+from ..core.state import State
 from ..proto import client_pb2
 
 
@@ -25,6 +26,12 @@ def pools(state: State) -> list[client_pb2.PoolInfo]:
     return [client_pb2.PoolInfo(name=n, slots=state.pool_slots(n) or 0, used=usage.used.get(n, 0),
                                 queued=usage.queued.get(n, 0))
             for n in names]
+
+
+def story_event(event: StoryEvent) -> client_pb2.StoryEvent:
+    return client_pb2.StoryEvent(
+        index=event.index, at=iso(event.at), command=event.command, node=event.node or "", attempt=event.attempt,
+        proposer=event.proposer, before=event.before.value, after=event.after.value, reason=event.reason)
 
 
 def last_run(state: State, dag_id: str) -> Run | None:

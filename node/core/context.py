@@ -18,8 +18,8 @@ import json
 from datetime import datetime
 from typing import Any
 
+from .model import Run
 from .spec import DagSpec
-from .state import Run
 
 
 def template_context(run: Run, spec: DagSpec, task_id: str, attempt: int, node: str) -> dict[str, Any]:

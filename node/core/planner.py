@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 from ..kinds import kind
 from . import commands as c
+from .model import DagRecord, Run
 from .pools import pool_usage
 from .run_ids import scheduled_run_id
 from .schedule import iso, latest_tick_at_or_before, next_tick_after, previous_tick
 from .spec import DEFAULT_QUEUE, DagSpec, TaskSpec
-from .state import DagRecord, Run, State, run_outcome
+from .state import State
 from .states import TASK_ACTIVE, RunState, TaskState
+from .transitions import run_outcome
 
 MAX_CATCHUP_RUNS_PER_PLAN = 32
 # catchup "none": a tick whose run was not created within this long (capped at half

@@ -1,13 +1,15 @@
-"""Run and task-instance states, and the one table of legal moves between them.
+"""Run and task-instance states, the run table, and `InvalidTransition`.
 
-Every state change in `State.apply` goes through `check_task_move` or
-`check_run_move`; any other pair is an `InvalidTransition` naming the key and the
-offending pair. The table is the state diagram in node/README.md: keep both true.
+The task-instance edges, each with the function that does its bookkeeping, are in
+core/transitions.py; run moves are checked here by `check_run_move`. Any other
+pair is an `InvalidTransition` naming the key, the offending pair and the key's
+story. The tables are the state diagram in node/README.md: keep both true.
 """
 
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any, Sequence
 
 
 class TaskState(str, Enum):
@@ -40,31 +42,6 @@ class RunState(str, Enum):
 TASK_TERMINAL = frozenset({TaskState.SUCCESS, TaskState.FAILED, TaskState.UPSTREAM_FAILED, TaskState.SKIPPED})
 TASK_ACTIVE = frozenset({TaskState.ASSIGNED, TaskState.RUNNING})  # hold a slot on a node
 
-T = TaskState
-TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset({
-    (T.PENDING, T.QUEUED),
-    (T.PENDING, T.UPSTREAM_FAILED),
-    (T.PENDING, T.SUCCESS),         # an empty task: nothing to run
-    (T.PENDING, T.SKIPPED),         # its run was cancelled or timed out (also from queued, up_for_retry)
-    (T.QUEUED, T.SKIPPED),
-    (T.UP_FOR_RETRY, T.SKIPPED),
-    (T.QUEUED, T.ASSIGNED),
-    (T.ASSIGNED, T.RUNNING),        # the worker's start claim committed (the fencing point)
-    (T.ASSIGNED, T.QUEUED),         # lost with its node before it started
-    (T.ASSIGNED, T.FAILED),         # ... for the max_lost_attempts-th time; or its run was cancelled
-    (T.RUNNING, T.QUEUED),          # lost with its node: runs again elsewhere
-    (T.RUNNING, T.SUCCESS),
-    (T.RUNNING, T.FAILED),          # exit != 0 with no retries left; or its run was cancelled
-    (T.RUNNING, T.UP_FOR_RETRY),
-    (T.UP_FOR_RETRY, T.QUEUED),
-})
-
-# By hand (ClearTasks, MarkTask): any state back to pending, any state to success or
-# failed. The attempt number never goes back, so fencing still holds.
-TASK_TRANSITIONS = TASK_TRANSITIONS | frozenset(
-    (start, finish) for start in T for finish in (T.PENDING, T.SUCCESS, T.FAILED) if start is not finish
-)
-
 R = RunState
 RUN_TRANSITIONS: frozenset[tuple[RunState, RunState]] = frozenset({
     (R.QUEUED, R.RUNNING),
@@ -77,14 +54,13 @@ RUN_TRANSITIONS: frozenset[tuple[RunState, RunState]] = frozenset({
 
 
 class InvalidTransition(Exception):
-    def __init__(self, key: str, start: Enum, finish: Enum):
-        super().__init__(f"{key}: illegal transition {start.value} -> {finish.value}")
+    """A move no table allows. `story` is the key's story (a task instance's events,
+    oldest first) at the moment of the refusal: what led there."""
+
+    def __init__(self, key: str, start: Enum, finish: Enum, story: Sequence[Any] = (), hint: str = ""):
+        super().__init__(f"{key}: {hint}illegal transition {start.value} -> {finish.value}")
         self.key, self.start, self.finish = key, start, finish
-
-
-def check_task_move(key: str, start: TaskState, finish: TaskState) -> None:
-    if (start, finish) not in TASK_TRANSITIONS:
-        raise InvalidTransition(key, start, finish)
+        self.story = tuple(story)
 
 
 def check_run_move(key: str, start: RunState, finish: RunState) -> None:

@@ -119,6 +119,11 @@ class ClientStub:
                 request_serializer=raftflow_dot_proto_dot_client__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=raftflow_dot_proto_dot_client__pb2.ClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.GetTaskStory = channel.unary_unary(
+                '/raftflow.v1.Client/GetTaskStory',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.GetTaskStoryRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.GetTaskStoryResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServicer:
@@ -237,6 +242,14 @@ class ClientServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTaskStory(self, request, context):
+        """Every recorded move of one task instance, oldest first (its last 32): which Raft
+        entry made it, when, by which command, who asked, from which state to which, why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -324,6 +337,11 @@ def add_ClientServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=raftflow_dot_proto_dot_client__pb2.ClusterStatusRequest.FromString,
                     response_serializer=raftflow_dot_proto_dot_client__pb2.ClusterStatusResponse.SerializeToString,
+            ),
+            'GetTaskStory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskStory,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.GetTaskStoryRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.GetTaskStoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -785,6 +803,33 @@ class Client:
             '/raftflow.v1.Client/ClusterStatus',
             raftflow_dot_proto_dot_client__pb2.ClusterStatusRequest.SerializeToString,
             raftflow_dot_proto_dot_client__pb2.ClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskStory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/GetTaskStory',
+            raftflow_dot_proto_dot_client__pb2.GetTaskStoryRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.GetTaskStoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

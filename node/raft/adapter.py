@@ -52,19 +52,24 @@ import zlib
 from pathlib import Path
 from typing import Callable
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, replicated
-from pysyncobj import pickle as pysyncobj_pickle
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, pickle as pysyncobj_pickle, replicated
 from pysyncobj.config import SERIALIZER_STATE
 
 from ..config import NodeConfig
 from ..core import commands as c
-from ..core.state import Code, Result, State
+from ..core.result import Code, Result
+from ..core.state import State
 from ..proto import command_pb2
 from ..store.history import RocksArchive
 from .durable import journal_factory
 from .replica import OutcomeUnknown, RaftStatus, Unavailable
 from .snapshot import (
-    SnapshotDamaged, SnapshotReader, install_snapshot_file, verify_snapshot, write_snapshot_file, writing_path,
+    SnapshotDamaged,
+    SnapshotReader,
+    install_snapshot_file,
+    verify_snapshot,
+    write_snapshot_file,
+    writing_path,
 )
 
 log = logging.getLogger("raftflow.raft")
@@ -106,6 +111,11 @@ def encode_envelope(command: c.Command, proposer: str) -> bytes:
 
 def decode_envelope(data: bytes) -> c.Command:
     """Decode a committed entry. Raises StorageDamaged when its checksum fails."""
+    return read_envelope(data)[0]
+
+
+def read_envelope(data: bytes) -> tuple[c.Command, str]:
+    """(command, proposer) of a committed entry. Raises StorageDamaged when its checksum fails."""
     envelope = command_pb2.CommandEnvelope()
     try:
         envelope.ParseFromString(data)
@@ -113,7 +123,7 @@ def decode_envelope(data: bytes) -> c.Command:
         raise StorageDamaged(f"an entry is not a CommandEnvelope ({e})") from None
     if envelope.HasField("crc32") and envelope.crc32 != _crc(envelope.type, envelope.version, envelope.payload):
         raise StorageDamaged(f"checksum mismatch in a {envelope.type!r} entry")
-    return c.decode(envelope.type, envelope.version, envelope.payload)
+    return c.decode(envelope.type, envelope.version, envelope.payload), envelope.proposer
 
 
 _JOURNAL_LAST_RECORD_AT = 36    # pysyncobj FileJournal: header, then the end offset of the records
@@ -177,7 +187,10 @@ class _StateMachine(SyncObjConsumer):
 
     @replicated
     def apply_envelope(self, data: bytes) -> Result:
-        return self._owner._apply(data)
+        # pysyncobj applies the entries after raftLastApplied in order and counts one
+        # up only after each has applied (SyncObj.__applyLogEntries), so the entry
+        # being applied is raftLastApplied + 1: its log index, equal on every replica.
+        return self._owner._apply(data, self._owner.raftLastApplied + 1)
 
 
 class ReplicatedState(SyncObj):
@@ -247,14 +260,14 @@ class ReplicatedState(SyncObj):
         return self._machine.state
 
     # ------------------------------------------------------------ replicated
-    def _apply(self, data: bytes) -> Result:
+    def _apply(self, data: bytes, index: int) -> Result:
         try:
-            command = decode_envelope(data)
+            command, proposer = read_envelope(data)
         except StorageDamaged as e:
             self._stop_damaged(str(e))
         try:
             with self.lock:
-                result = self.state.apply(command)
+                result = self.state.apply(command, index, proposer)
                 self.changed.notify_all()
             if not result.ok and result.code is Code.INTERNAL:
                 log.error("apply rejected %s: %s", command.TYPE, result.reason)
@@ -362,8 +375,9 @@ class ReplicatedState(SyncObj):
         os._exit(70)
 
     # ------------------------------------------------------------ proposing
-    def propose(self, command: c.Command, timeout: float = 5.0) -> Result:
-        """Commit `command` and return its Result on this replica.
+    def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None) -> Result:
+        """Commit `command` and return its Result on this replica. `proposer` (default:
+        this node's id) is who asked, as task stories record it.
 
         Refused up front (nothing enters the log) when this node cannot reach a
         majority: otherwise a deposed leader could append it and commit it later, after
@@ -381,7 +395,7 @@ class ReplicatedState(SyncObj):
             box[0], box[1] = result, error
             done.set()
 
-        self._machine.apply_envelope(encode_envelope(command, self.node_id), callback=callback)
+        self._machine.apply_envelope(encode_envelope(command, proposer or self.node_id), callback=callback)
         if not done.wait(timeout):
             raise OutcomeUnknown(f"outcome unknown: not committed within {timeout:.1f}s, and it may still commit "
                               "if the cluster regains a quorum; check (e.g. `raftflow runs list`) before retrying")

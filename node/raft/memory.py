@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..core import commands as c
-from ..core.state import Code, Result, State
+from ..core.result import Code, Result
+from ..core.state import State
 from .replica import OutcomeUnknown, RaftStatus, Unavailable
 
 
@@ -117,15 +118,15 @@ class MemoryReplica:
         return self._state
 
     # ------------------------------------------------------------ the Replica protocol
-    def propose(self, command: c.Command, timeout: float = 5.0) -> Result:
+    def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None) -> Result:
         if self._faults:
             error, commit = self._faults.pop(0)
             if commit:
-                self._cluster.append(command, self.node_id)
+                self._cluster.append(command, proposer or self.node_id)
             raise error
         if not self.quorum:
             raise Unavailable(f"no quorum: node {self.node_id} reaches too few nodes; nothing was changed")
-        index = self._cluster.append(command, self.node_id)
+        index = self._cluster.append(command, proposer or self.node_id)
         self.catch_up()
         return self.results[index]
 
@@ -183,7 +184,7 @@ class MemoryReplica:
         try:
             with self.lock:
                 self._applied = entry.index
-                result = self.results[entry.index] = self._state.apply(entry.command)
+                result = self.results[entry.index] = self._state.apply(entry.command, entry.index, entry.proposer)
                 self.changed.notify_all()
             if self._on_applied is not None:
                 self._on_applied(entry.command, result)

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from ..core import commands as c
-from ..core.state import Result, State
+from ..core.result import Result
+from ..core.state import State
 
 
 class Unavailable(Exception):
@@ -63,7 +64,10 @@ class Replica(Protocol):
     @property
     def state(self) -> State: ...
 
-    def propose(self, command: c.Command, timeout: float = 5.0) -> Result: ...
+    def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None) -> Result:
+        """Commit `command`; `proposer` (default: this node's id) is who asked, as task
+        stories record it (core.model.CLIENT for the client API)."""
+        ...
 
     def is_leader(self) -> bool: ...
 

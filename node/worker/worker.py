@@ -46,8 +46,9 @@ from typing import Any, Callable
 
 from ..config import SSHConnection
 from ..core import commands as c
+from ..core.model import RESULT_LIMIT
+from ..core.result import Code, Result
 from ..core.spec import TaskSpec
-from ..core.state import RESULT_LIMIT, Code, Result
 from ..kinds import KINDS, AttemptInput, CannotStart, Launch, kind
 from ..raft.replica import Unavailable, propose_until_decided
 from ..store.local import LocalStore

@@ -3,16 +3,14 @@ fixtures live in conftest.py)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-import pytest
-
 from raftflow.core import commands as c
+from raftflow.core.model import Run, TaskInstance
 from raftflow.core.planner import NodeInfo, plan
-from raftflow.core.state import Code, Result, Run, State, TaskInstance
+from raftflow.core.result import Code, Result
+from raftflow.core.state import State
 from raftflow.core.states import TaskState
 
 

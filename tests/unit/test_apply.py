@@ -11,9 +11,13 @@ import pytest
 
 from core_support import T0, World, dag_dict, diamond, fingerprint, iso, task
 from raftflow.core import commands as c
+from raftflow.core.effects import DropRunLogs, ReleasedAttempts, StopAttempt
+from raftflow.core.model import LEADER_HISTORY_LIMIT, LOG_TAIL_LIMIT
 from raftflow.core.planner import NodeInfo, plan
-from raftflow.core.state import LEADER_HISTORY_LIMIT, LOG_TAIL_LIMIT, Code, State
-from raftflow.core.states import TASK_TRANSITIONS, RunState, TaskState
+from raftflow.core.result import Code
+from raftflow.core.state import State
+from raftflow.core.states import RunState, TaskState
+from raftflow.core.transitions import TASK_TRANSITIONS
 
 S = TaskState
 
@@ -186,7 +190,7 @@ def test_full_life_of_a_task_attempt():
     assert ti.started_at == T0 + 3           # the start report wins over the result's copy
     assert ti.tries_failed == 0
     assert w.state.node_load == {}
-    assert [event[1] for event in ti.story] == [
+    assert [f"{e.before.value}->{e.after.value}" for e in ti.story] == [
         "pending->queued", "queued->assigned", "assigned->running", "running->success"]
 
 
@@ -841,8 +845,9 @@ def test_the_random_logs_exercise_the_interesting_paths():
             command = wire_pair(fuzz.step(state))[0]
             result = state.apply(command)
             if isinstance(command, c.PruneRuns) and result.ok:
-                pruned += len(result.value["pruned"])
-            story |= {event[1] for r in state.iter_runs() for ti in r.tasks.values() for event in ti.story}
+                pruned += sum(len(e.run_ids) for e in result.effects_of(DropRunLogs))
+            story |= {f"{e.before.value}->{e.after.value}" for r in state.iter_runs() for ti in r.tasks.values()
+                      for e in ti.story}
             run_states |= {r.state for r in state.iter_runs()}
             scheduled |= {f"{seed}/{r.run_id}" for r in state.iter_runs() if r.trigger == "schedule"}
     by_hand = {(a, b) for a in S for b in (S.PENDING, S.SUCCESS, S.FAILED) if a is not b}
@@ -906,7 +911,7 @@ def test_every_manual_move_applies(start):
         else:
             result = w.apply(c.MarkTask("r1", tid, target.value, "", T0 + 800))
         assert w.ti("r1", tid).state is target
-        assert bool(result.value["stopped"]) == (start in (S.ASSIGNED, S.RUNNING))
+        assert bool(result.effects_of(StopAttempt)) == (start in (S.ASSIGNED, S.RUNNING))
         w.state.validate()
 
 
@@ -979,7 +984,7 @@ def test_a_restarted_node_releases_the_attempts_of_its_previous_process():
     w.queue_and_assign("r1", "b", "n1")
     w.queue_and_assign("r1", "c", "n2")
     result = w.apply(c.NodeStarted("n1", T0 + 9))
-    assert sorted(result.value["released"]) == ["r1/a", "r1/b"]
+    assert result.effects == (ReleasedAttempts("n1", ("r1/a", "r1/b")),)
     for task_id in "ab":
         ti = w.ti("r1", task_id)
         assert ti.state is S.QUEUED and ti.lost_attempts == 1 and "node n1 restarted" in ti.reason
@@ -987,7 +992,7 @@ def test_a_restarted_node_releases_the_attempts_of_its_previous_process():
     # The dead process's late report of attempt 1 is stale.
     assert w.state.apply(c.TaskFinished("r1", "a", 1, "n1", 0, T0, T0 + 9, "", "", T0 + 9)).code is Code.CONFLICT
     # Started again with nothing assigned: releases nothing.
-    assert w.apply(c.NodeStarted("n1", T0 + 10)).value == {"released": []}
+    assert w.apply(c.NodeStarted("n1", T0 + 10)).effects == (ReleasedAttempts("n1", ()),)
 
 
 def test_a_result_needs_a_committed_start_claim():

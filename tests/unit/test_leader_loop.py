@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from raftflow.core import commands as c
-from raftflow.core.state import Code, TaskInstance
+from raftflow.core.effects import ReleasedAttempts
+from raftflow.core.model import TaskInstance
+from raftflow.core.result import Code
 from raftflow.core.states import RunState, TaskState
 from raftflow.raft.memory import MemoryCluster
 from raftflow.store.local import LocalStore
@@ -169,7 +171,7 @@ def test_a_dispatch_that_arrives_after_its_node_restarted_is_refused_at_the_star
     worker, store = _worker(tmp_path, cluster)
     try:
         released = cluster.replicas["n2"].propose(c.NodeStarted("n2", clock.wall()))
-        assert released.value == {"released": ["r1/t"]}
+        assert released.effects == (ReleasedAttempts("n2", ("r1/t",)),)
         _claim_refused(worker, n1, held)
         assert not marker.exists()                 # nothing ran
         assert results_of(n1.replica, c.LoseAttempt) == []   # the refused claim never committed

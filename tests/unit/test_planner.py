@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from core_support import HOUR, MINUTE, T0, World, dag_dict, diamond, epoch, fingerprint, iso, nodes, of_type, task
 from raftflow.core import commands as c
+from raftflow.core.effects import DropRunLogs
 from raftflow.core.planner import MAX_CATCHUP_RUNS_PER_PLAN, NodeInfo, plan, scheduled_run_id
-from raftflow.core.state import Code
+from raftflow.core.result import Code
 from raftflow.core.states import RunState, TaskState
 
 S = TaskState
@@ -539,7 +540,7 @@ def test_pruning_an_unfinished_run_is_refused_whole():
     result = world.state.apply(c.PruneRuns((ids[0], "live"), T0 + 11))
     assert result.code is Code.CONFLICT and "live" in result.reason
     assert world.state.digest() == before
-    assert world.apply(c.PruneRuns((ids[0], "gone-already"), T0 + 12)).value == {"pruned": [ids[0]]}
+    assert world.apply(c.PruneRuns((ids[0], "gone-already"), T0 + 12)).effects == (DropRunLogs((ids[0],)),)
 
 
 def test_two_dags_with_the_same_schedule_both_run(world):

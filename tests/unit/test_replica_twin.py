@@ -9,7 +9,7 @@ import pytest
 
 from core_support import T0, dag_dict
 from raftflow.core import commands as c
-from raftflow.core.state import Code, Result
+from raftflow.core.result import Code, Result
 from raftflow.raft.memory import MemoryCluster
 from raftflow.raft.replica import OutcomeUnknown, Unavailable, propose_until_decided
 

@@ -8,15 +8,15 @@ from datetime import datetime, timezone
 
 import pytest
 
+from core_support import HOUR, T0, World, dag_dict, iso, nodes, of_type, task
 from raftflow.core import commands as c
 from raftflow.core.context import template_context
-from raftflow.core.planner import NodeInfo
-from raftflow.core.planner import trigger_verdict
+from raftflow.core.effects import StopAttempt
+from raftflow.core.model import Run, TaskInstance
+from raftflow.core.planner import NodeInfo, trigger_verdict
+from raftflow.core.result import Code
 from raftflow.core.spec import DagSpec
-from raftflow.core.state import Code, Run, TaskInstance
 from raftflow.core.states import RunState, TaskState as S
-
-from core_support import HOUR, T0, World, dag_dict, iso, nodes, of_type, task
 
 
 def started(spec: dict, run_id: str = "r1", conf: dict | None = None) -> World:
@@ -58,7 +58,8 @@ def test_cancel_fails_running_attempts_and_skips_the_rest():
     w.start("r1", "a", at=T0 + 2)               # a running on its node, b assigned, c pending
     node_a, node_b = w.ti("r1", "a").node, w.ti("r1", "b").node
     result = w.apply(c.CancelRun("r1", "cancelled by alice", T0 + 3))
-    assert sorted(map(tuple, result.value["stopped"])) == sorted([("a", node_a, 1), ("b", node_b, 1)])
+    assert result.effects == (StopAttempt("r1", "a", node_a, 1, "cancelled by alice"),
+                              StopAttempt("r1", "b", node_b, 1, "cancelled by alice"))
     assert (w.ti("r1", "a").state, w.ti("r1", "b").state, w.ti("r1", "c").state) == (S.FAILED, S.FAILED, S.SKIPPED)
     assert w.run("r1").state is RunState.FAILED and w.state.node_load == {}
     assert "cancelled by alice" in w.ti("r1", "c").reason

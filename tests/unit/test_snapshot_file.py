@@ -173,8 +173,8 @@ def test_a_write_the_archive_cannot_make_stops_instead_of_diverging(tmp_path):
 def test_a_pickle_from_an_older_version_loads_with_defaults_for_new_fields(world):
     """Snapshots pickle the dataclasses by field name: a field added later gets its
     default, one removed is dropped, and nothing lands in the wrong attribute."""
+    from raftflow.core.model import TaskInstance
     from raftflow.core.spec import DagSpec
-    from raftflow.core.state import TaskInstance
 
     spec = world.state.dags["d"].latest.spec
     older = spec.__getstate__()

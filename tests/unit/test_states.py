@@ -1,4 +1,5 @@
-"""The one transition table for task instances and runs."""
+"""The transition tables for task instances (one per cause, each edge with its
+bookkeeping function) and runs."""
 
 from __future__ import annotations
 
@@ -6,28 +7,42 @@ import itertools
 
 import pytest
 
+from raftflow.core.model import Run, StoryEvent, TaskInstance
 from raftflow.core.states import (
-    RUN_TRANSITIONS, TASK_ACTIVE, TASK_TERMINAL, TASK_TRANSITIONS, InvalidTransition, RunState,
-    TaskState, check_run_move, check_task_move,
+    RUN_TRANSITIONS,
+    TASK_ACTIVE,
+    TASK_TERMINAL,
+    InvalidTransition,
+    RunState,
+    TaskState,
+    check_run_move,
 )
+from raftflow.core.transitions import AUTOMATIC, CANCEL, CLEAR, LOSS, MARK, TASK_TRANSITIONS, plan_move
 
 T, R = TaskState, RunState
 
 # The state diagram, written out independently of states.py: a change to the table
 # must be a deliberate change here too.
-EXPECTED_TASK_MOVES = {
+EXPECTED_AUTOMATIC = {
     (T.PENDING, T.QUEUED), (T.PENDING, T.UPSTREAM_FAILED),
     (T.QUEUED, T.ASSIGNED),
-    (T.ASSIGNED, T.RUNNING), (T.ASSIGNED, T.FAILED),
+    (T.ASSIGNED, T.RUNNING),
     (T.RUNNING, T.SUCCESS), (T.RUNNING, T.FAILED), (T.RUNNING, T.UP_FOR_RETRY),
-    (T.ASSIGNED, T.QUEUED), (T.RUNNING, T.QUEUED),   # lost with its node
     (T.UP_FOR_RETRY, T.QUEUED),
     (T.PENDING, T.SUCCESS),                          # an empty task
-    (T.PENDING, T.SKIPPED), (T.QUEUED, T.SKIPPED), (T.UP_FOR_RETRY, T.SKIPPED),   # run cancelled
+    (T.PENDING, T.SKIPPED),                          # its trigger rule can no longer be met
 }
+EXPECTED_LOSS = {(T.ASSIGNED, T.QUEUED), (T.RUNNING, T.QUEUED),    # lost with its node
+                 (T.ASSIGNED, T.FAILED), (T.RUNNING, T.FAILED)}    # ... max_lost_attempts times
+EXPECTED_CANCEL = {(T.ASSIGNED, T.FAILED), (T.RUNNING, T.FAILED),
+                   (T.PENDING, T.SKIPPED), (T.QUEUED, T.SKIPPED), (T.UP_FOR_RETRY, T.SKIPPED)}
 # By hand: `tasks clear` (any state -> pending), `tasks mark` (any state -> success or failed).
-MANUAL_TASK_MOVES = {(a, b) for a in TaskState for b in (T.PENDING, T.SUCCESS, T.FAILED) if a is not b}
-EXPECTED_TASK_MOVES |= MANUAL_TASK_MOVES
+EXPECTED_CLEAR = {(a, T.PENDING) for a in TaskState if a is not T.PENDING}
+EXPECTED_MARK = {(a, b) for a in TaskState for b in (T.SUCCESS, T.FAILED) if a is not b}
+MANUAL_TASK_MOVES = EXPECTED_CLEAR | EXPECTED_MARK
+EXPECTED_TASK_MOVES = EXPECTED_AUTOMATIC | EXPECTED_LOSS | EXPECTED_CANCEL | MANUAL_TASK_MOVES
+TABLES = {"automatic": (AUTOMATIC, EXPECTED_AUTOMATIC), "loss": (LOSS, EXPECTED_LOSS),
+          "cancel": (CANCEL, EXPECTED_CANCEL), "clear": (CLEAR, EXPECTED_CLEAR), "mark": (MARK, EXPECTED_MARK)}
 EXPECTED_RUN_MOVES = {(R.QUEUED, R.RUNNING), (R.RUNNING, R.SUCCESS), (R.RUNNING, R.FAILED),
                       (R.QUEUED, R.FAILED), (R.SUCCESS, R.QUEUED), (R.FAILED, R.QUEUED)}
 
@@ -40,8 +55,38 @@ def params(pairs) -> list:
     return [pytest.param(a, b, id=f"{a.value}->{b.value}") for a, b in sorted(pairs)]
 
 
+def check_task_move(key: str, start: TaskState, finish: TaskState, table=None) -> None:
+    """plan_move on a task instance in `start` (any table by default), run id and task id from `key`."""
+    run_id, task_id = key.split("/")
+    ti = TaskInstance(task_id, start, story=[StoryEvent(1.0, T.PENDING, start, "how it got there")])
+    run = Run(run_id, "d", 1, "", "", "", "manual", {}, RunState.RUNNING, 0.0, tasks={task_id: ti})
+    tables = [table] if table is not None else [t for t, _ in TABLES.values() if (start, finish) in t]
+    plan_move(tables[0] if tables else AUTOMATIC, run, ti, finish, None, 0.0, "")
+
+
 def test_task_table_is_the_documented_diagram():
     assert set(TASK_TRANSITIONS) == EXPECTED_TASK_MOVES
+
+
+@pytest.mark.parametrize("name", list(TABLES))
+def test_each_cause_has_exactly_its_documented_edges(name):
+    table, expected = TABLES[name]
+    assert set(table) == expected
+
+
+@pytest.mark.parametrize("start, finish", params([
+    (T.ASSIGNED, T.SUCCESS), (T.ASSIGNED, T.FAILED), (T.ASSIGNED, T.UP_FOR_RETRY),  # a result needs a start claim
+    (T.QUEUED, T.SKIPPED), (T.UP_FOR_RETRY, T.SKIPPED),   # only a cancel skips a task that was ready
+]))
+def test_the_automatic_table_lacks_the_moves_only_other_causes_make(start, finish):
+    with pytest.raises(InvalidTransition):
+        check_task_move("r/t", start, finish, AUTOMATIC)
+
+
+def test_invalid_transition_carries_the_story_of_the_key():
+    with pytest.raises(InvalidTransition) as info:
+        check_task_move("r/t", T.SUCCESS, T.QUEUED, AUTOMATIC)
+    assert info.value.story == (StoryEvent(1.0, T.PENDING, T.SUCCESS, "how it got there"),)
 
 
 def test_run_table_is_the_documented_diagram():
@@ -87,7 +132,7 @@ def test_every_illegal_run_move_raises_naming_key_and_states(start, finish):
 ]))
 def test_notable_illegal_task_moves(start, finish):
     with pytest.raises(InvalidTransition, match=f"illegal transition {start.value} -> {finish.value}"):
-        check_task_move("k", start, finish)
+        check_task_move("r/k", start, finish)
 
 
 def test_task_terminal_property():

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from core_support import T0, dag_dict, task
 from raftflow.core import commands as c
-from raftflow.core.state import Result
+from raftflow.core.result import Result
 from raftflow.leader.loop import Dispatcher, LeaderLoop, Liveness
 from raftflow.raft.memory import MemoryCluster, MemoryReplica
 from raftflow.worker.worker import Assignment

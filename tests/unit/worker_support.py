@@ -9,7 +9,7 @@ from pathlib import Path
 
 from raftflow.config import SSHConnection
 from raftflow.core import commands as c
-from raftflow.core.state import Code, Result
+from raftflow.core.result import Code, Result
 from raftflow.store.local import LocalStore
 from raftflow.worker.worker import AttemptSetup, Worker
 

@@ -350,6 +350,27 @@ def cmd_tasks_mark(client: ClusterClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tasks_story(client: ClusterClient, args: argparse.Namespace) -> int:
+    """Every recorded move of a task instance, oldest first, from the answering node's replica."""
+    from google.protobuf.json_format import MessageToDict
+
+    from raftflow.proto import client_pb2
+    reply = client.call("GetTaskStory", client_pb2.GetTaskStoryRequest(run_id=args.run_id, task_id=args.task_id))
+    story = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    events = story["events"]
+    for e in events:
+        e["index"] = int(e["index"])   # (uint64 is a string in proto JSON)
+    if args.json:
+        emit_json(story)
+        return EXIT_OK
+    warn_if_stale(story.get("meta"))
+    print(f"{args.run_id}/{args.task_id}: {story['state']}, {len(events)} recorded move(s), oldest first")
+    print(table([[e["index"] or "?", e["at"], e["command"], e["node"], e["attempt"] or "-", e["proposer"],
+                  f"{e['before']} -> {e['after']}", e["reason"]] for e in events],
+                ["INDEX", "TIME", "COMMAND", "NODE", "ATTEMPT", "ASKED BY", "MOVE", "REASON"]))
+    return EXIT_OK
+
+
 def cmd_dags_backfill(client: ClusterClient, args: argparse.Namespace) -> int:
     out = client.backfill(args.dag_id, args.start, args.end)
     if args.json:
@@ -520,6 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attempt", type=int, default=0, help="default: the latest attempt")
     p.add_argument("--follow", "-f", action="store_true",
                    help="keep printing the log as it grows until the attempt ends (waits for it to start)")
+    p = verb(tasks, "story", cmd_tasks_story, "every recorded move of a task instance: Raft index, time, "
+             "command, node, attempt, who asked, state before -> after, reason")
+    p.add_argument("run_id")
+    p.add_argument("task_id")
 
     pools = sub.add_parser("pools", help="set and list pools (caps on concurrent tasks)").add_subparsers(
         dest="verb", required=True)

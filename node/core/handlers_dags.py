@@ -1,0 +1,212 @@
+"""Handlers of the commands about DAGs, pools, leadership and the creation and
+removal of runs. Each checks the whole command before it changes anything; called
+only by `State.apply`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from . import commands as c
+from .effects import DropRunLogs
+from .model import LEADER_HISTORY_LIMIT, MAX_BACKFILL_RUNS, MAX_RUN_ID_BYTES, DagRecord, DagVersion, Run, TaskInstance
+from .result import OK, Code, Result, reject
+from .run_ids import backfill_run_id, scheduled_run_id
+from .schedule import first_tick_after, iso as _iso, next_tick_after, previous_tick
+from .spec import ID_PATTERN, ID_RULE, DagSpec, SpecError, normalise_instant
+from .states import RunState
+from .transitions import forget
+
+if TYPE_CHECKING:
+    from .state import State
+
+
+def barrier(state: State, cmd: c.Barrier) -> Result:
+    state.leader_history.append((cmd.at, cmd.leader, cmd.term))
+    del state.leader_history[:-LEADER_HISTORY_LIMIT]
+    return OK
+
+
+def submit_dag(state: State, cmd: c.SubmitDag) -> Result:
+    try:
+        spec = DagSpec.from_dict(cmd.spec)
+    except SpecError as e:
+        return reject(Code.INVALID, str(e))
+    if not isinstance(cmd.source, str) or not isinstance(cmd.filename, str):
+        return reject(Code.INVALID, "source and filename must be strings")
+    record = state.dags.get(spec.dag_id)
+    if record is not None and record.latest.spec == spec and record.latest.source == cmd.source:
+        return Result(value={"dag_id": spec.dag_id, "version": record.latest.version, "changed": False})
+    schedule_from = record.schedule_from if record else cmd.at
+    last_tick = record.last_scheduled_tick if record else None
+    if record is None or record.next_tick_at is None or \
+            (record.latest.spec.cron, record.latest.spec.timezone) != (spec.cron, spec.timezone):
+        next_tick = _first_tick(spec, schedule_from, last_tick)
+    else:
+        next_tick = record.next_tick_at
+    version = DagVersion(len(record.versions) + 1 if record else 1, spec, cmd.source, cmd.filename, cmd.at)
+    if record is None:
+        record = DagRecord(spec.dag_id, [], paused=spec.is_paused_upon_creation, schedule_from=cmd.at)
+        state.dags[spec.dag_id] = record
+    record.versions.append(version)
+    record.next_tick_at = next_tick
+    return Result(value={"dag_id": spec.dag_id, "version": version.version, "changed": True})
+
+
+def set_paused(state: State, cmd: c.SetPaused) -> Result:
+    record = state.dags.get(cmd.dag_id)
+    if record is None:
+        return reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
+    if record.paused and not cmd.paused:
+        if record.latest.spec.catchup == "none":
+            record.next_tick_at = _first_tick(record.latest.spec, cmd.at, record.last_scheduled_tick)
+        record.schedule_from = cmd.at
+    record.paused = bool(cmd.paused)
+    return OK
+
+
+def set_pool(state: State, cmd: c.SetPool) -> Result:
+    if not isinstance(cmd.name, str) or not ID_PATTERN.fullmatch(cmd.name):
+        return reject(Code.INVALID, f"pool name {cmd.name!r} is invalid: use {ID_RULE}")
+    if isinstance(cmd.slots, bool) or not isinstance(cmd.slots, int) or not 0 <= cmd.slots <= 1_000_000:
+        return reject(Code.INVALID, f"pool slots must be an integer from 0 to 1000000, got {cmd.slots!r}")
+    state.pools[cmd.name] = cmd.slots
+    return OK
+
+
+def skip_ticks(state: State, cmd: c.SkipTicks) -> Result:
+    record = state.dags.get(cmd.dag_id)
+    if record is None:
+        return reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
+    if record.next_tick_at is None or cmd.through < record.next_tick_at:
+        return reject(Code.CONFLICT, f"{cmd.dag_id}: the schedule is already past that tick")
+    record.next_tick_at = next_tick_after(record.latest.spec, cmd.through)
+    return OK
+
+
+def create_run(state: State, cmd: c.CreateRun) -> Result:
+    record = state.dags.get(cmd.dag_id)
+    if record is None:
+        return reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
+    if not isinstance(cmd.run_id, str) or not cmd.run_id or len(cmd.run_id.encode()) > MAX_RUN_ID_BYTES:
+        return reject(Code.INVALID, f"run_id must be a non-empty string of at most {MAX_RUN_ID_BYTES} bytes")
+    if cmd.run_id in state.run_index:
+        return reject(Code.CONFLICT, f"run {cmd.run_id!r} already exists")
+    if not isinstance(cmd.conf, dict):
+        return reject(Code.INVALID, "conf must be a JSON object")
+    if cmd.trigger not in ("schedule", "manual", "backfill"):
+        return reject(Code.INVALID, f"unknown trigger {cmd.trigger!r}")
+    try:
+        logical = normalise_instant(cmd.logical_date, "logical_date")
+        start = normalise_instant(cmd.data_interval_start, "data_interval_start")
+        end = normalise_instant(cmd.data_interval_end, "data_interval_end")
+    except SpecError as e:
+        return reject(Code.INVALID, str(e))
+    version = record.latest
+    backfilled = backfill_run_id(cmd.dag_id, logical)
+    ran_already = cmd.trigger == "schedule" and backfilled in state.run_index
+    if not ran_already:
+        run = Run(cmd.run_id, cmd.dag_id, version.version, logical, start, end, cmd.trigger,
+                  cmd.conf, RunState.QUEUED, cmd.at)
+        run.tasks = {t.task_id: TaskInstance(t.task_id) for t in version.spec.tasks}
+        state.active[run.run_id] = run
+        state.run_index[run.run_id] = run.dag_id
+        state.runs_by_dag.setdefault(run.dag_id, {})[run.run_id] = None
+    if cmd.trigger == "schedule":   # (a tick a backfill already ran only moves the cursor)
+        tick = _epoch(logical)
+        if record.last_scheduled_tick is None or tick > record.last_scheduled_tick:
+            record.last_scheduled_tick = tick
+        if record.next_tick_at is not None and tick >= record.next_tick_at:
+            record.next_tick_at = next_tick_after(version.spec, tick)
+    return Result(value={"run_id": backfilled if ran_already else cmd.run_id})
+
+
+def backfill(state: State, cmd: c.Backfill) -> Result:
+    """Value: {"created": [run_id...], "existing": [logical dates that already had a run]}."""
+    record = state.dags.get(cmd.dag_id)
+    if record is None:
+        return reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
+    spec = record.latest.spec
+    if spec.cron is None:
+        return reject(Code.INVALID, f"DAG {cmd.dag_id!r} has no schedule, so no ticks to backfill; "
+                                     "trigger runs instead")
+    try:
+        start = _epoch(normalise_instant(cmd.start, "start"))
+        end = _epoch(normalise_instant(cmd.end, "end"))
+    except SpecError as e:
+        return reject(Code.INVALID, str(e))
+    if end < start:
+        return reject(Code.INVALID, f"the end {cmd.end} is before the start {cmd.start}")
+    if end > cmd.at:
+        return reject(Code.INVALID, f"the end {cmd.end} is in the future: a backfill covers past ticks "
+                                     "(the schedule runs the others)")
+    ticks: list[float] = []
+    tick = first_tick_after(spec, start)
+    while tick is not None and tick <= end:
+        if len(ticks) == MAX_BACKFILL_RUNS:
+            return reject(Code.INVALID, f"{cmd.start} .. {cmd.end} holds more than {MAX_BACKFILL_RUNS} ticks "
+                                         "of this schedule; backfill a shorter range at a time")
+        ticks.append(tick)
+        tick = next_tick_after(spec, tick)
+    created, existing = [], []
+    for tick in ticks:
+        when = _iso(tick)
+        run_id = backfill_run_id(cmd.dag_id, when)
+        if run_id in state.run_index or scheduled_run_id(cmd.dag_id, when) in state.run_index:
+            existing.append(when)
+            continue
+        run = Run(run_id, cmd.dag_id, record.latest.version, when, _iso(previous_tick(spec, tick)), when,
+                  "backfill", {}, RunState.QUEUED, cmd.at)
+        run.tasks = {t.task_id: TaskInstance(t.task_id) for t in spec.tasks}
+        state.active[run_id] = run
+        state.run_index[run_id] = cmd.dag_id
+        state.runs_by_dag.setdefault(cmd.dag_id, {})[run_id] = None
+        created.append(run_id)
+    return Result(value={"created": created, "existing": existing})
+
+
+def delete_dag(state: State, cmd: c.DeleteDag) -> Result:
+    """Effects: DropRunLogs of the DAG's runs (every node drops their task logs)."""
+    if cmd.dag_id not in state.dags:
+        return reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
+    runs = list(state.runs_by_dag.get(cmd.dag_id, {}))
+    unfinished = [r for r in runs if r in state.active]
+    if unfinished:
+        return reject(Code.CONFLICT, f"DAG {cmd.dag_id!r} has unfinished runs ({', '.join(unfinished[:3])}); "
+                                      "cancel them first (raftflow runs cancel RUN_ID)")
+    for run_id in runs:
+        forget(state, run_id)
+    del state.dags[cmd.dag_id]
+    return Result(effects=(DropRunLogs(tuple(runs)),) if runs else ())
+
+
+def prune_runs(state: State, cmd: c.PruneRuns) -> Result:
+    """Remove finished runs. Runs already gone are skipped (a re-proposed prune is
+    harmless); an active run, or a malformed id, rejects the whole command."""
+    if not isinstance(cmd.run_ids, (tuple, list)) or not all(isinstance(r, str) for r in cmd.run_ids):
+        return reject(Code.INVALID, "run_ids must be a list of run ids")
+    present = [r for r in dict.fromkeys(cmd.run_ids) if r in state.run_index]
+    active = [r for r in present if r in state.active]
+    if active:
+        return reject(Code.CONFLICT, f"cannot prune unfinished run(s): {', '.join(active[:5])}")
+    for run_id in present:
+        forget(state, run_id)
+    return Result(effects=(DropRunLogs(tuple(present)),) if present else ())
+
+
+def _first_tick(spec: DagSpec, schedule_from: float, last_scheduled: float | None) -> float | None:
+    """Where a scheduling cursor (re)starts: start_date (else the submit instant), never
+    before the submit/unpause instant when catchup is "none", and always after the
+    newest tick that already has a run."""
+    since = _epoch(spec.start_date) if spec.start_date else schedule_from
+    if spec.catchup == "none":
+        since = max(since, schedule_from)
+    tick = first_tick_after(spec, since)
+    if tick is not None and last_scheduled is not None and tick <= last_scheduled:
+        tick = next_tick_after(spec, last_scheduled)
+    return tick
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()

@@ -1,0 +1,145 @@
+"""The replicated data: DAG versions, runs, task instances and their story.
+
+Plain dataclasses, no behaviour beyond derived properties. Only the handlers and
+transitions `State.apply` runs (core/handlers_*.py, core/transitions.py) assign to
+them; every other layer reads them under the replica's lock.
+
+They pickle by field name (`pickling.by_name`): a Raft snapshot written before a
+field was added loads with that field's default. Snapshots written before the split
+of core/state.py name these classes as `raftflow.core.state.X`, which is why
+state.py still imports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .pickling import by_name
+from .spec import DagSpec
+from .states import RunState, TaskState
+
+STORY_LIMIT = 32          # events kept per task instance for `story`
+LEADER_HISTORY_LIMIT = 20
+LOG_TAIL_LIMIT = 4096
+MAX_BACKFILL_RUNS = 10_000
+MAX_RUN_ID_BYTES = 1024      # (snapshots store run ids with a 16-bit length)
+RESULT_LIMIT = 64 * 1024   # bytes of JSON a task may publish as its result
+
+CLIENT = "client"          # the proposer of a command that came through the client API
+
+
+@dataclass(frozen=True, slots=True)
+class Stimulus:
+    """What caused the moves of one apply: the Raft entry (index, proposer) and the
+    command. Learned from the log, so equal on every replica."""
+    index: int = 0           # the Raft log index of the entry (0: not from a log, e.g. tests)
+    proposer: str = ""       # a node id, or CLIENT; "" when unknown
+    command: str = ""        # the command's TYPE (a Batch member's own type)
+
+
+@by_name
+@dataclass(frozen=True, slots=True)
+class StoryEvent:
+    """One move of a task instance. Entries written before these fields existed load
+    with the unknown ones empty (index 0, command "", ...)."""
+    at: float
+    before: TaskState
+    after: TaskState
+    reason: str = ""
+    index: int = 0
+    command: str = ""
+    proposer: str = ""
+    node: str | None = None
+    attempt: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"at": self.at, "before": self.before.value, "after": self.after.value, "reason": self.reason,
+                "index": self.index, "command": self.command, "proposer": self.proposer, "node": self.node,
+                "attempt": self.attempt}
+
+    @classmethod
+    def from_data(cls, data: Any) -> StoryEvent:
+        """From `to_dict`'s output, or an old entry: (at, "before->after", note)."""
+        if isinstance(data, StoryEvent):
+            return data
+        if isinstance(data, dict):
+            return cls(data["at"], TaskState(data["before"]), TaskState(data["after"]), data.get("reason", ""),
+                       data.get("index", 0), data.get("command", ""), data.get("proposer", ""),
+                       data.get("node"), data.get("attempt", 0))
+        at, move, note = data
+        before, after = move.split("->")
+        return cls(at, TaskState(before), TaskState(after), note)
+
+
+def upgrade_story(story: Any) -> list[StoryEvent]:
+    """A story as pickled by any version (old entries were tuples)."""
+    return [StoryEvent.from_data(e) for e in story]
+
+
+@by_name
+@dataclass(slots=True)
+class DagVersion:
+    version: int
+    spec: DagSpec
+    source: str
+    filename: str
+    submitted_at: float
+
+
+@by_name
+@dataclass(slots=True)
+class DagRecord:
+    dag_id: str
+    versions: list[DagVersion]
+    paused: bool
+    # Scheduling cursor, maintained only by apply: the next cron tick (epoch seconds)
+    # that has no run yet, or None when the DAG has no (further) schedule.
+    next_tick_at: float | None = None
+    # Ticks before this instant are never run when catchup is "none".
+    schedule_from: float = 0.0
+    # The newest tick that has a scheduled run: the cursor never moves back past it.
+    last_scheduled_tick: float | None = None
+
+    @property
+    def latest(self) -> DagVersion:
+        return self.versions[-1]
+
+
+@by_name(upgrade={"story": upgrade_story})
+@dataclass(slots=True)
+class TaskInstance:
+    task_id: str
+    state: TaskState = TaskState.PENDING
+    attempt: int = 0                 # the current (latest committed) attempt; 0 = never assigned
+    tries_failed: int = 0            # attempts that failed on their own (count against retries)
+    lost_attempts: int = 0           # attempts lost with their node (count against max_lost_attempts)
+    node: str | None = None
+    attempt_nodes: list[str] = field(default_factory=list)  # [i] ran attempt i+1
+    queued_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+    retry_at: float | None = None
+    exit_code: int | None = None
+    log_tail: str = ""
+    reason: str = ""
+    story: list[StoryEvent] = field(default_factory=list)   # the last STORY_LIMIT moves
+    result: str | None = None        # the JSON text the current attempt published, if any
+
+
+@by_name
+@dataclass(slots=True)
+class Run:
+    run_id: str
+    dag_id: str
+    dag_version: int
+    logical_date: str
+    data_interval_start: str
+    data_interval_end: str
+    trigger: str
+    conf: dict[str, Any]
+    state: RunState
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+    tasks: dict[str, TaskInstance] = field(default_factory=dict)

@@ -1,0 +1,55 @@
+"""The outcome of applying one command: `Code`, `Result`, and `Rejected` (how a
+handler refuses a command before it changed anything).
+
+`Result.value` holds only answers for the proposer (versions, run ids, created or
+existing runs, a Batch's member results); what nodes must do afterwards is in
+`Result.effects` (core/effects.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeVar
+
+from .effects import Effect
+
+E = TypeVar("E", bound=Effect)
+
+
+class Code(str, Enum):
+    OK = "ok"
+    INVALID = "invalid"          # the command is wrong in itself (bad spec, bad conf)
+    NOT_FOUND = "not_found"
+    CONFLICT = "conflict"        # valid, but stale or no longer applicable (fenced)
+    INTERNAL = "internal"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    code: Code = Code.OK
+    reason: str = ""
+    value: Any = None
+    effects: tuple[Effect, ...] = ()   # a Batch: its accepted members' effects, in order
+
+    @property
+    def ok(self) -> bool:
+        return self.code is Code.OK
+
+    def effects_of(self, kind: type[E]) -> tuple[E, ...]:
+        return tuple(e for e in self.effects if isinstance(e, kind))
+
+
+OK = Result()
+
+
+def reject(code: Code, reason: str) -> Result:
+    return Result(code, reason)
+
+
+class Rejected(Exception):
+    """Raised by a handler's checks before any mutation; apply turns it into a Result."""
+
+    def __init__(self, code: Code, reason: str):
+        super().__init__(reason)
+        self.result = Result(code, reason)
