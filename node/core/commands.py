@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, fields
-from functools import cache
 from typing import Any, ClassVar, get_type_hints
 
 
@@ -299,7 +298,8 @@ class Undecodable(Command):
 
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.TYPE: cls
-    for cls in (Barrier, SubmitDag, SetPaused, SetPool, NoteWaiting, SkipTicks, CreateRun, Backfill, StartRun, FinishRun, QueueTask,
+    for cls in (Barrier, SubmitDag, SetPaused, SetPool, NoteWaiting, SkipTicks, CreateRun, Backfill, StartRun,
+                FinishRun, QueueTask,
                 FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, CancelRun, ClearTasks,
                 MarkTask, DeleteDag, LoseAttempt,
                 NodeStarted, PruneRuns,
@@ -307,12 +307,19 @@ COMMAND_TYPES: dict[str, type[Command]] = {
 }
 
 
-@cache
-def _schema(cls: type[Command]) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:
+_Schema = tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]
+_SCHEMAS: dict[type[Command], _Schema] = {}
+
+
+def _schema(cls: type[Command]) -> _Schema:
     """(field names, type hints, defaults) of a command class: computed once (profiling
     showed get_type_hints on every decode costing ~10% of a busy node's CPU)."""
-    declared = fields(cls)
-    return tuple(f.name for f in declared), get_type_hints(cls), {f.name: f.default for f in declared}
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        declared = fields(cls)
+        schema = _SCHEMAS[cls] = (tuple(f.name for f in declared), get_type_hints(cls),
+                                  {f.name: f.default for f in declared})
+    return schema
 
 
 def to_dict(command: Command) -> dict[str, Any]:

@@ -164,7 +164,8 @@ def assign_task(state: State, cmd: c.AssignTask) -> Result:
     if not isinstance(cmd.node, str) or not cmd.node:
         raise Rejected(Code.INVALID, "node must be a non-empty string")
     if cmd.attempt != ti.attempt + 1:
-        raise Rejected(Code.CONFLICT, f"{run.run_id}/{ti.task_id}: attempt {cmd.attempt} is stale (current {ti.attempt})")
+        raise Rejected(Code.CONFLICT,
+                       f"{run.run_id}/{ti.task_id}: attempt {cmd.attempt} is stale (current {ti.attempt})")
     result = moved(state, plan_move(AUTOMATIC, run, ti, TaskState.ASSIGNED, cmd, cmd.at,
                                     f"attempt {cmd.attempt} on {cmd.node}"))
     return Result(value={"run_id": run.run_id, "task_id": ti.task_id, "attempt": ti.attempt, "node": ti.node},

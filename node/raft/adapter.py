@@ -50,7 +50,7 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, pickle as pysyncobj_pickle, replicated
 from pysyncobj.config import SERIALIZER_STATE
@@ -356,7 +356,7 @@ class ReplicatedState(SyncObj):
             self._on_installed()
         return meta
 
-    def _stop_unwritable(self, what: str) -> None:
+    def _stop_unwritable(self, what: str) -> NoReturn:
         message = (f"raftflow node {self.node_id}: STOPPED: {what}. It stopped rather than diverge from its "
                    "peers; free disk space or fix permissions and start it again (it replays its journal).")
         log.critical(message)

@@ -374,7 +374,8 @@ def test_barrier_records_leader_history_capped(world):
         world.apply(c.Barrier(f"n{term % 3}", term, T0 + term))
     history = world.state.leader_history
     assert len(history) == LEADER_HISTORY_LIMIT
-    assert history[-1] == (T0 + LEADER_HISTORY_LIMIT + 4, f"n{(LEADER_HISTORY_LIMIT + 4) % 3}", LEADER_HISTORY_LIMIT + 4)
+    newest = LEADER_HISTORY_LIMIT + 4
+    assert history[-1] == (T0 + newest, f"n{newest % 3}", newest)
     assert history[0][2] == 5
 
 
@@ -738,7 +739,8 @@ class Fuzzer:
             if choice == 6:
                 return c.CompleteEmpty(run_id, tid, self.now)
             if choice == 0:
-                return c.AssignTask(run_id, tid, rng.choice(["n1", "n2"]), ti.attempt + rng.choice([0, 1, 1, 2]), self.now)
+                attempt = ti.attempt + rng.choice([0, 1, 1, 2])
+                return c.AssignTask(run_id, tid, rng.choice(["n1", "n2"]), attempt, self.now)
             if choice == 1:
                 return c.QueueTask(run_id, tid, self.now)
             if choice == 2:
@@ -754,8 +756,10 @@ class Fuzzer:
             return rng.choice([
                 c.CreateRun(f"bad_{self.manual}", "man", iso(self.now), iso(self.now), iso(self.now), "manual",
                             None, self.now),
-                c.CreateRun(f"bad_{self.manual}", "man", "someday", iso(self.now), iso(self.now), "manual", {}, self.now),
-                c.CreateRun(f"bad_{self.manual}", "man", iso(self.now), iso(self.now), iso(self.now), "cron", {}, self.now),
+                c.CreateRun(f"bad_{self.manual}", "man", "someday", iso(self.now), iso(self.now), "manual", {},
+                            self.now),
+                c.CreateRun(f"bad_{self.manual}", "man", iso(self.now), iso(self.now), iso(self.now), "cron", {},
+                            self.now),
                 c.AssignTask(run_id, tid, "n1", "x", self.now),
                 c.TaskFinished(run_id, tid, "x", "n1", 0, self.now, self.now, "", "", self.now),
                 c.TaskStarted(run_id, tid, None, None, self.now),
