@@ -1,11 +1,13 @@
 """raftflow: a DAG scheduler with no single point of failure.
 
-DAG files use the authoring API exported here: `from raftflow import DAG, BashTask, PythonTask, EmptyTask, SSHTask`.
+DAG files use the authoring API exported here: `from raftflow import DAG, BashTask, PythonTask, EmptyTask, SSHTask`
+(authoring.__all__: a new task kind's authoring class is exported by adding it there).
 Importing this package stays light (no gRPC, no Raft) because the CLI's loader
 imports it in a child process for every DAG file.
 """
 
-from .authoring import DAG, BashTask, EmptyTask, PythonTask, SSHTask
+from . import authoring
+from .authoring import *  # noqa: F403 - exactly authoring.__all__
 
-__all__ = ["DAG", "BashTask", "EmptyTask", "PythonTask", "SSHTask"]
+__all__ = authoring.__all__
 __version__ = "0.1.0"

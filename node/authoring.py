@@ -26,6 +26,11 @@ def created_dags() -> list["DAG"]:
     return list(_created)
 
 
+# What DAG files import from `raftflow` (node/__init__.py re-exports exactly this):
+# the DAG and one task class per kind.
+__all__ = ["DAG", "BashTask", "EmptyTask", "PythonTask", "SSHTask"]
+
+
 class DAG:
     def __init__(
         self,

@@ -12,3 +12,6 @@ class Bash(TaskKind):
 
     def launch(self, attempt: AttemptInput) -> Launch:
         return Launch(("bash", "-c", attempt.command), task_env=attempt.env)
+
+
+KIND = Bash()

@@ -13,3 +13,6 @@ class Empty(TaskKind):
     takes_command: ClassVar[bool] = False
     command_refusal: ClassVar[str] = "an empty task runs nothing, so it takes no command"
     runs_on_a_node: ClassVar[bool] = False
+
+
+KIND = Empty()

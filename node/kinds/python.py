@@ -49,3 +49,6 @@ def _iso_default(value: Any) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
     raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+KIND = Python()

@@ -62,3 +62,6 @@ class SSH(TaskKind):
             "RAFTFLOW_REASON_FILE": attempt.reason_file,
             "PYTHONUNBUFFERED": "1",
         })
+
+
+KIND = SSH()

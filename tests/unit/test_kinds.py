@@ -210,3 +210,17 @@ def test_importing_raftflow_stays_light_though_the_authoring_api_asks_the_kinds(
              "if m.startswith(('raftflow.core', 'raftflow.kinds', 'croniter'))))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_module_in_the_kinds_package_is_a_registered_kind_with_an_exported_authoring_class() -> None:
+    """Adding a kind is adding a module to raftflow/kinds (found by the package itself)
+    and its authoring class to authoring.__all__: nothing else lists the kinds."""
+    import pkgutil
+
+    import raftflow
+    import raftflow.kinds as kinds_package
+
+    modules = sorted(m.name for m in pkgutil.iter_modules(kinds_package.__path__) if m.name != "base")
+    assert modules == sorted(k for k in KINDS if k != "pinned")
+    exported = {getattr(raftflow, name).kind for name in raftflow.__all__ if name != "DAG"}
+    assert exported == set(modules)
