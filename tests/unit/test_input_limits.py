@@ -9,11 +9,23 @@ from typing import Any
 
 import pytest
 
-from core_support import dag_dict, task
+from core_support import T0, World, dag_dict, nodes, task
 from raftflow import DAG, BashTask, Param
-from raftflow.core.limits import MAX_JSON_DEPTH, JsonShapeError, check_json, clip, parse_json
+from raftflow.core import commands as c
+from raftflow.core.handlers_dags import dropped_source
+from raftflow.core.limits import (
+    KEEP_SOURCES,
+    MAX_JSON_DEPTH,
+    MAX_SOURCE_BYTES,
+    JsonShapeError,
+    check_json,
+    clip,
+    parse_json,
+)
 from raftflow.core.params import conf_error
+from raftflow.core.result import Code
 from raftflow.core.spec import DagSpec, SpecError
+from raftflow.core.states import RunState, TaskState
 
 
 def nested(depth: int, leaf: Any = 1) -> Any:
@@ -149,3 +161,106 @@ def test_param_authoring_writes_defaults_and_schemas() -> None:
     assert spec.param_schemas == {
         "table": {"type": "string", "enum": ["orders", "customers"], "description": "source table"},
         "day": {"type": "string", "pattern": "^[0-9-]+$"}}
+
+
+# ---------------------------------------------------------------- apply
+def _world_with_dag(**kw: Any) -> World:
+    world = World()
+    world.submit(dag_dict(tasks=[task("a"), task("b", upstream=["a"])], **kw))
+    return world
+
+
+def test_apply_refuses_a_deep_or_large_conf() -> None:
+    world = _world_with_dag()
+    assert "conf nest more than 32 levels" in world.trigger("r1", conf={"c": nested(980)}, expect=Code.INVALID).reason
+    assert "conf are 70009 bytes of JSON, more than 65536" in world.trigger(
+        "r2", conf={"c": "x" * 70000}, expect=Code.INVALID).reason
+    assert "lone surrogate" in world.trigger("r3", conf={"c": "\udc80"}, expect=Code.INVALID).reason
+    world.trigger("r4", conf={"c": deep_dict(MAX_JSON_DEPTH - 1)})
+
+
+def test_apply_refuses_a_conf_that_breaks_a_param_schema() -> None:
+    world = _world_with_dag(params={"table": "orders"},
+                            param_schemas={"table": {"type": "string", "pattern": "^[a-z_]+$"}})
+    reason = world.trigger("r1", conf={"table": "orders; echo INJECTED as $(id -un) #"}, expect=Code.INVALID).reason
+    assert reason.startswith("DAG 'd': conf: param 'table' = 'orders; echo INJECTED")
+    world.trigger("r2", conf={"table": "customers"})
+
+
+def test_a_cancel_whose_archive_record_cannot_be_encoded_changes_nothing() -> None:
+    # The record is encoded after the moves: a reason with a lone surrogate (valid in a
+    # decoded command) used to fail there, leaving the run failed yet active for ever.
+    world = _world_with_dag()
+    world.trigger("r1")
+    world.tick(T0, nodes("n1"))
+    reason = world.apply(c.CancelRun("r1", "stop \udc80", T0), expect=Code.INTERNAL).reason
+    assert reason == "run 'r1' cannot be archived (UnicodeEncodeError); nothing was changed"
+    assert "r1" in world.state.active and world.run("r1").state is not RunState.FAILED
+    world.apply(c.CancelRun("r1", "stop", T0))
+    assert world.run("r1").state is RunState.FAILED and "r1" not in world.state.active
+
+
+def test_a_run_with_a_conf_too_deep_to_archive_is_not_half_cancelled() -> None:
+    # As if created before conf was bounded (a journal written by an older version).
+    world = _world_with_dag()
+    world.trigger("r1")
+    world.state.active["r1"].conf = {"c": nested(5000)}
+    result = world.state.apply(c.CancelRun("r1", "stop", T0))
+    assert result.code is Code.INTERNAL and "nothing was changed" in result.reason
+    assert world.state.active["r1"].state is RunState.QUEUED
+    assert all(ti.state is TaskState.PENDING for ti in world.state.active["r1"].tasks.values())
+    world.state.active["r1"].conf = {}
+
+
+def test_a_task_result_nested_too_deep_is_refused() -> None:
+    world = _world_with_dag()
+    world.trigger("r1")
+    world.tick(T0, nodes("n1"))
+    world.start("r1", "a")
+    ti = world.ti("r1", "a")
+    deep = json.dumps(nested(40))
+    reason = world.apply(c.TaskFinished("r1", "a", ti.attempt, ti.node, 0, T0, T0, "", "", T0, deep),
+                         expect=Code.INVALID).reason
+    assert "nested at most 32 levels" in reason
+    world.apply(c.TaskFinished("r1", "a", ti.attempt, ti.node, 0, T0, T0, "", "", T0, json.dumps(nested(30))))
+
+
+def test_a_huge_pool_name_is_refused_without_being_echoed() -> None:
+    world = World()
+    reason = world.apply(c.SetPool("p" * 4_000_000, 3, T0), expect=Code.INVALID).reason
+    assert len(reason) < 300 and "4000000 characters" in reason
+
+
+def test_a_source_over_the_cap_is_refused() -> None:
+    world = World()
+    reason = world.submit(dag_dict(), source="#" * (MAX_SOURCE_BYTES + 1), expect=Code.INVALID).reason
+    assert reason.startswith(f"the DAG file's source is {MAX_SOURCE_BYTES + 1} bytes, more than the limit")
+    world.submit(dag_dict(), source="#" * MAX_SOURCE_BYTES)
+
+
+def test_only_the_last_versions_keep_their_source_unless_a_run_uses_them() -> None:
+    world = World()
+    world.submit(dag_dict(), source="v1")
+    world.trigger("r1")                                    # an unfinished run of version 1
+    for v in range(2, KEEP_SOURCES + 4):
+        world.submit(dag_dict(description=f"v{v}"), source=f"v{v}")
+    versions = world.state.dags["d"].versions
+    assert versions[0].source == "v1"                      # still used by r1
+    assert [v.source for v in versions[1:3]] == [dropped_source(2), dropped_source(3)]
+    assert [v.source for v in versions[3:]] == [f"v{v}" for v in range(4, KEEP_SOURCES + 4)]
+    world.apply(c.CancelRun("r1", "done", T0))
+    world.submit(dag_dict(description="last"), source="last")
+    assert versions[0].source == dropped_source(1)
+    assert "was dropped" in dropped_source(1)
+
+
+def test_triggers_and_backfills_beyond_max_queued_runs_are_refused() -> None:
+    world = _world_with_dag(schedule="@daily", max_queued_runs=3)
+    for i in range(3):
+        world.trigger(f"r{i}", at=T0 + i)
+    reason = world.trigger("r3", at=T0 + 3, expect=Code.CONFLICT).reason
+    assert reason == "DAG 'd' already has 3 queued runs, its max_queued_runs; wait for them to start, or cancel some"
+    world.apply(c.CancelRun("r0", "make room", T0))
+    reason = world.apply(c.Backfill("d", "2024-01-01", "2024-01-05", T0), expect=Code.CONFLICT).reason
+    assert "the backfill would queue 5 runs, but DAG 'd' may queue only 1 more (max_queued_runs 3)" in reason
+    assert len(world.apply(c.Backfill("d", "2024-01-01", "2024-01-01", T0)).value["created"]) == 1
