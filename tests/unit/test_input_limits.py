@@ -11,6 +11,8 @@ import pytest
 
 from core_support import T0, World, dag_dict, nodes, task
 from raftflow import DAG, BashTask, Param
+from raftflow.api import errors
+from raftflow.api.operations import DagFile, Operations
 from raftflow.core import commands as c
 from raftflow.core.handlers_dags import dropped_source
 from raftflow.core.limits import (
@@ -26,6 +28,7 @@ from raftflow.core.params import conf_error
 from raftflow.core.result import Code
 from raftflow.core.spec import DagSpec, SpecError
 from raftflow.core.states import RunState, TaskState
+from raftflow.raft.memory import MemoryCluster
 
 
 def nested(depth: int, leaf: Any = 1) -> Any:
@@ -264,3 +267,52 @@ def test_triggers_and_backfills_beyond_max_queued_runs_are_refused() -> None:
     reason = world.apply(c.Backfill("d", "2024-01-01", "2024-01-05", T0), expect=Code.CONFLICT).reason
     assert "the backfill would queue 5 runs, but DAG 'd' may queue only 1 more (max_queued_runs 3)" in reason
     assert len(world.apply(c.Backfill("d", "2024-01-01", "2024-01-01", T0)).value["created"]) == 1
+
+
+# ---------------------------------------------------------------- operations: refused before proposing
+@pytest.fixture
+def ops() -> Operations:
+    cluster = MemoryCluster()
+    replica = cluster.replica("n1")
+    cluster.elect("n1")
+    ops = Operations(replica, "n1", clock=lambda: T0)
+    ops.submit_dags([DagFile("d.py", json.dumps(dag_dict(
+        schedule="@daily", params={"table": "orders"},
+        param_schemas={"table": {"type": "string", "enum": ["orders", "customers"]}})), "# src")])
+    return ops
+
+
+def _refused(ops: Operations, call: Any, error: type[errors.ServiceError], fragment: str) -> str:
+    """`call()` raises `error` with `fragment` in a short message, and nothing was proposed."""
+    before = ops.replica.status().commit_index
+    with pytest.raises(error) as info:
+        call()
+    assert fragment in info.value.message and len(info.value.message) < 500, info.value.message
+    assert ops.replica.status().commit_index == before
+    return info.value.message
+
+
+def test_deep_json_from_a_client_is_invalid_not_an_internal_error(ops: Operations) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    _refused(ops, lambda: ops.trigger("d", '{"c": ' + deep + "}"), errors.Invalid, "conf nest more than 32")
+    spec = json.dumps(dag_dict("e", params={"p": 1})).replace('"p": 1', '"p": ' + deep)
+    _refused(ops, lambda: ops.submit_dags([DagFile("e.py", spec, "")]), errors.Invalid, "nest more than 32")
+
+
+def test_writes_apply_would_refuse_are_refused_before_they_are_proposed(ops: Operations) -> None:
+    huge = "p" * 3_900_000
+    _refused(ops, lambda: ops.set_pool(huge, 3), errors.Invalid, "3900000 characters")
+    _refused(ops, lambda: ops.set_pool("p", -1), errors.Invalid, "pool slots must be an integer from 0")
+    _refused(ops, lambda: ops.trigger("d", json.dumps({"c": "x" * 70_000})), errors.Invalid, "more than 65536")
+    _refused(ops, lambda: ops.trigger("d", json.dumps({"table": "orders; echo INJECTED as $(id -un) #"})),
+             errors.Invalid, "DAG 'd': conf: param 'table' = 'orders; echo INJECTED")
+    _refused(ops, lambda: ops.submit_dags([DagFile("d.py", json.dumps(dag_dict()), "#" * (MAX_SOURCE_BYTES + 1))]),
+             errors.Invalid, f"source is {MAX_SOURCE_BYTES + 1} bytes, more than the limit")
+    _refused(ops, lambda: ops.backfill("d", "9999-12-31", "9999-12-31"), errors.Invalid, "out of range")
+    for call in (lambda: ops.trigger(huge), lambda: ops.set_paused(huge, True), lambda: ops.delete_dag(huge),
+                 lambda: ops.backfill(huge, "2024-01-01", "2024-01-02"), lambda: ops.cancel_run(huge),
+                 lambda: ops.clear_tasks(huge, ["a"], False), lambda: ops.mark_task(huge, "a", "success")):
+        _refused(ops, call, errors.NotFound, "")
+    run_id = ops.trigger("d", json.dumps({"table": "customers"})).run_id
+    _refused(ops, lambda: ops.mark_task(run_id, "a", huge), errors.Invalid, "a task is marked success or failed")
+    _refused(ops, lambda: ops.clear_tasks(run_id, [], False), errors.Invalid, "name at least one task")
