@@ -4,7 +4,9 @@ pure checkers in core/limits.py and core/params.py, and the spec's use of them."
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,6 +31,9 @@ from raftflow.core.result import Code
 from raftflow.core.spec import DagSpec, SpecError
 from raftflow.core.states import RunState, TaskState
 from raftflow.raft.memory import MemoryCluster
+from raftflow.worker.render import environment, render, shell_quote
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def nested(depth: int, leaf: Any = 1) -> Any:
@@ -316,3 +321,20 @@ def test_writes_apply_would_refuse_are_refused_before_they_are_proposed(ops: Ope
     run_id = ops.trigger("d", json.dumps({"table": "customers"})).run_id
     _refused(ops, lambda: ops.mark_task(run_id, "a", huge), errors.Invalid, "a task is marked success or failed")
     _refused(ops, lambda: ops.clear_tasks(run_id, [], False), errors.Invalid, "name at least one task")
+
+
+# ---------------------------------------------------------------- templates
+def test_shell_quote_keeps_a_conf_value_one_argument() -> None:
+    hostile = "orders; echo INJECTED as $(id -un) #"
+    command = render("printf '<%s>\\n' {{ params.table | shell_quote }} {{ params.n | shell_quote }}",
+                     {"params": {"table": hostile, "n": 7}}, "command")
+    out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, check=True).stdout
+    assert out == f"<{hostile}>\n<7>\n"
+    unquoted = render("printf '<%s>\\n' {{ params.table }}", {"params": {"table": hostile}}, "command")
+    assert "INJECTED as" in subprocess.run(["bash", "-c", unquoted], capture_output=True, text=True).stdout
+    assert "INJECTED as root" not in out and environment().filters["shell_quote"] is shell_quote
+
+
+def test_the_examples_quote_their_params() -> None:
+    source = (ROOT / "dags" / "mlexpert_ssh_dag.py").read_text()
+    assert "{{ params.spark_submit | shell_quote }}" in source
