@@ -283,6 +283,22 @@ class DagSpec:
         )
 
 
+def schedule_note(spec: DagSpec) -> str | None:
+    """A word for `dags submit` when the schedule fires more often than once a minute (a
+    6-field cron's last field is seconds, so `* * * * * *` fires every second): allowed,
+    but every tick is a run that every node records, so say so. None otherwise."""
+    if spec.cron is None or len(spec.cron.split()) != 6:
+        return None
+    it = croniter(spec.cron, datetime(2000, 1, 3, tzinfo=zoneinfo.ZoneInfo(spec.timezone)))
+    ticks = [it.get_next(float) for _ in range(6)]
+    gap = min(b - a for a, b in zip(ticks, ticks[1:]))
+    if gap >= 60:
+        return None
+    return (f"DAG {spec.dag_id!r}: schedule {spec.schedule!r} fires as often as every {gap:g} s (a 6-field "
+            "cron's last field is seconds): each tick is a run that every node records; fine if that is what "
+            "you meant")
+
+
 # The fields of a DAG spec's JSON form: DagSpec's fields (task_index is derived).
 # to_dict writes them, from_dict accepts them, authoring.DAG.to_spec produces them.
 DAG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(DagSpec) if f.name != "task_index")

@@ -3,7 +3,10 @@ pure checkers in core/limits.py and core/params.py, and the spec's use of them."
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -11,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from core_support import T0, World, dag_dict, nodes, task
+from core_support import T0, World, dag_dict, iso, nodes, task
 from raftflow import DAG, BashTask, Param
 from raftflow.api import errors
 from raftflow.api.operations import DagFile, Operations
@@ -27,11 +30,13 @@ from raftflow.core.limits import (
     parse_json,
 )
 from raftflow.core.params import conf_error
-from raftflow.core.result import Code
+from raftflow.core.result import Code, internal_reasons
 from raftflow.core.spec import DagSpec, SpecError
 from raftflow.core.states import RunState, TaskState
+from raftflow.main import DATA_SUBDIRS, prepare_data_dir
 from raftflow.raft.memory import MemoryCluster
 from raftflow.worker.render import environment, render, shell_quote
+from raftflow_cli.main import cmd_dags_submit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -338,3 +343,48 @@ def test_shell_quote_keeps_a_conf_value_one_argument() -> None:
 def test_the_examples_quote_their_params() -> None:
     source = (ROOT / "dags" / "mlexpert_ssh_dag.py").read_text()
     assert "{{ params.spark_submit | shell_quote }}" in source
+
+
+# ---------------------------------------------------------------- smaller ones
+def test_an_internal_rejection_inside_a_batch_is_found_for_the_log() -> None:
+    world = World()
+    world.submit(dag_dict(), source="# s")
+    bad = c.CreateRun("r1", "d", iso(T0), iso(T0), iso(T0), "manual", {"c": nested(40)}, T0)
+    assert internal_reasons(world.state.apply(c.Batch((c.SetPool("p", 1, T0), bad)))) == []   # INVALID only
+    record = world.state.dags["d"]
+    versions, record.versions, record.paused = record.versions, [], True     # a bug, simulated
+    found = internal_reasons(world.state.apply(c.Batch((c.SetPool("p", 2, T0), c.SetPaused("d", False, T0)))))
+    assert found == ["set_paused failed: IndexError: list index out of range"]
+    assert internal_reasons(world.state.apply(c.SetPaused("d", False, T0))) == found
+    record.versions = versions
+
+
+def test_the_data_directory_is_private(tmp_path: Path) -> None:
+    data = tmp_path / "n1"
+    data.mkdir(mode=0o755)
+    (data / "raft").mkdir(mode=0o755)
+    os.chmod(data, 0o755)
+    prepare_data_dir(data)
+    for path in (data, *(data / name for name in DATA_SUBDIRS)):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    fresh = tmp_path / "a" / "n2"
+    prepare_data_dir(fresh)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+
+
+class _SubmitOnly:
+    def submit(self, dags: list[dict[str, str]]) -> list[dict[str, Any]]:
+        return [{"dag_id": json.loads(d["spec_json"])["dag_id"], "version": 1, "changed": True} for d in dags]
+
+
+def test_dags_submit_notes_a_schedule_that_fires_every_second(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "fast.py").write_text('from raftflow import DAG, BashTask\n'
+                                      'with DAG("fast", schedule="* * * * * *"):\n'
+                                      '    BashTask("a", command="true")\n'
+                                      'with DAG("slow", schedule="*/5 * * * *"):\n'
+                                      '    BashTask("a", command="true")\n')
+    args = argparse.Namespace(paths=[str(tmp_path / "fast.py")], load_timeout=60.0, json=False)
+    assert cmd_dags_submit(_SubmitOnly(), args) == 0   # type: ignore[arg-type]
+    err = capsys.readouterr().err
+    assert "note: DAG 'fast': schedule '* * * * * *' fires as often as every 1 s" in err and "'slow'" not in err

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import grpc
 
+from raftflow.core.spec import DagSpec, schedule_note
 from raftflow.core.states import RunState, TaskState
 
 from .client import ApiError, ClusterClient, ClusterUnreachable
@@ -91,6 +92,8 @@ def cmd_dags_submit(client: ClusterClient, args: argparse.Namespace) -> int:
     if not dags:
         print(f"error: no DAGs found in {' '.join(args.paths)}; nothing was submitted", file=sys.stderr)
         return EXIT_USAGE
+    for note in filter(None, (schedule_note(DagSpec.from_dict(json.loads(d["spec_json"]))) for d in dags)):
+        print(f"note: {note}", file=sys.stderr)
     results = client.submit(dags)
     if args.json:
         emit_json({"dags": results})
