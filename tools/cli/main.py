@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import grpc
 
+from raftflow.core.limits import parse_json
 from raftflow.core.spec import DagSpec, schedule_note
 from raftflow.core.states import RunState, TaskState
 
@@ -146,9 +147,9 @@ def cmd_dags_show(client: ClusterClient, args: argparse.Namespace) -> int:
 def cmd_dags_trigger(client: ClusterClient, args: argparse.Namespace) -> int:
     if args.conf:
         try:
-            conf = json.loads(args.conf)
+            conf = parse_json(args.conf, "--conf")
         except ValueError as e:
-            raise UsageError(f"--conf is not valid JSON ({e}); example: --conf '{{\"date\": \"2026-01-01\"}}'")
+            raise UsageError(f"{e}; example: --conf '{{\"date\": \"2026-01-01\"}}'")
         if not isinstance(conf, dict):
             raise UsageError(f"--conf must be a JSON object, got {type(conf).__name__}")
     result = client.trigger(args.dag_id, args.conf or "")
