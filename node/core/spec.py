@@ -20,7 +20,7 @@ from typing import Any
 from croniter import croniter
 
 from ..kinds import KINDS, InvalidArgs, TaskKind
-from .limits import JsonShapeError, check_json, clip
+from .limits import CLIP_CHARS, JsonShapeError, check_json, clip
 from .names import (
     ID_PATTERN as ID_PATTERN,  # re-exported: the rule for names lives in names.py
     ID_RULE as ID_RULE,
@@ -397,7 +397,8 @@ def _check_id(value: Any, what: str) -> str:
 def _reject_unknown(raw: dict[str, Any], known: frozenset[str], where: str) -> None:
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise SpecError(f"{where}: unknown field(s) {', '.join(clip(u)[1:-1] for u in unknown[:5])}")
+        names = [u if len(u) <= CLIP_CHARS else clip(u) for u in unknown[:5]]
+        raise SpecError(f"{where}: unknown field(s) {', '.join(names)}{', ...' if len(unknown) > 5 else ''}")
 
 
 def _opt_str(raw: dict[str, Any], key: str, where: str) -> str | None:
