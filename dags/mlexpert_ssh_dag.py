@@ -10,15 +10,21 @@ no Spark: `tools/up --ssh-demo` starts a local sshd, gives every node the
 connection, unpauses this DAG and triggers it. Against a real cluster, set it to
 "spark-submit" (or trigger with --conf '{"spark_submit": "spark-submit"}').
 The DAG is created paused, so a cluster without the connection never schedules it.
+
+A trigger's conf can set `spark_submit` to anything, and the remote shell runs the
+command: so the param declares what it may be (a `Param` schema: a path, no shell
+syntax; a conf that breaks it is refused before anything runs), and the command
+quotes it (`| shell_quote`), as every value from params should be.
 """
 
 from datetime import datetime
 from pathlib import Path
 
-from raftflow import DAG, SSHTask
+from raftflow import DAG, Param, SSHTask
 
 STAND_IN = str(Path(__file__).resolve().parent / "bin" / "spark-submit")
-SPARK_SUBMIT = "{{ params.spark_submit }} --master yarn --deploy-mode cluster s3://bucket_name/%s {{ ds }}"
+SPARK_SUBMIT = ("{{ params.spark_submit | shell_quote }} --master yarn --deploy-mode cluster "
+                "s3://bucket_name/%s {{ ds }}")
 
 with DAG(
     "mlexpert_ssh_dag",
@@ -28,7 +34,8 @@ with DAG(
     is_paused_upon_creation=True,
     description="mlexpert_dag's Spark jobs, submitted on the Hadoop name node over SSH.",
     tags=["example", "spark", "ssh"],
-    params={"spark_submit": STAND_IN},
+    params={"spark_submit": Param(STAND_IN, type="string", pattern=r"^[^;&|`$<>\\\n]+$",
+                                  description="the spark-submit program on the name node")},
     default_args={"retries": 1, "retry_delay": 5, "execution_timeout": 3600},
 ) as dag:
     t1 = SSHTask("aggregate_search_interaction", ssh_conn_id="spark_master",

@@ -8,6 +8,7 @@ imports it in a child process for every DAG file.
 
 from . import authoring
 from .authoring import *  # noqa: F403 - exactly authoring.__all__
+from .authoring import Param as Param  # (not in __all__, which lists the DAG and the task classes)
 
 __all__ = authoring.__all__
 __version__ = "0.1.0"

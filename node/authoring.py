@@ -51,9 +51,12 @@ class DAG:
         params: dict[str, Any] | None = None,
         dagrun_timeout: float | timedelta | None = None,
         max_active_tasks: int = 16,
+        max_queued_runs: int = 1000,
     ) -> None:
         """`params`: template parameters (`{{ params.x }}`) that a trigger's conf overrides;
-        `dagrun_timeout`: seconds (or a timedelta) a run may take before it is failed."""
+        a value may be a `Param` with a JSON schema the conf must satisfy.
+        `dagrun_timeout`: seconds (or a timedelta) a run may take before it is failed;
+        `max_queued_runs`: runs that may wait at once (a trigger or backfill beyond is refused)."""
         self.dag_id = dag_id
         self.schedule = schedule
         self.start_date = start_date
@@ -70,6 +73,7 @@ class DAG:
         self.params = dict(params or {})
         self.dagrun_timeout = dagrun_timeout
         self.max_active_tasks = max_active_tasks
+        self.max_queued_runs = max_queued_runs
         self.tasks: list[BaseTask] = []
         _created.append(self)
 
@@ -88,10 +92,32 @@ class DAG:
         of the same name."""
         from .core.spec import DAG_FIELDS
 
-        spec = {name: getattr(self, name) for name in DAG_FIELDS}
-        spec.update(start_date=_instant(self.start_date), end_date=_instant(self.end_date),
+        spec = {name: getattr(self, name) for name in DAG_FIELDS if name != "param_schemas"}
+        spec.update(params={k: v.default if isinstance(v, Param) else v for k, v in self.params.items()
+                            if not (isinstance(v, Param) and v.required)},
+                    param_schemas={k: v.schema for k, v in self.params.items() if isinstance(v, Param)},
+                    start_date=_instant(self.start_date), end_date=_instant(self.end_date),
                     dagrun_timeout=_seconds(self.dagrun_timeout), tasks=[t.to_spec() for t in self.tasks])
         return spec
+
+
+_NO_DEFAULT: Any = object()
+
+
+class Param:
+    """A DAG param with a JSON schema (Airflow's `Param`): `Param("orders", type="string",
+    enum=["orders", "customers"])`. A trigger whose conf gives the param a value the
+    schema rejects is refused before anything runs: use it for every value that ends
+    up in a command (and quote it there: `{{ params.table | shell_quote }}`).
+    Without a default the param is required at trigger (manual-only DAGs)."""
+
+    def __init__(self, default: Any = _NO_DEFAULT, description: str | None = None, **schema: Any) -> None:
+        self.default = None if default is _NO_DEFAULT else default
+        self.required = default is _NO_DEFAULT
+        self.schema = {**schema, **({"description": description} if description is not None else {})}
+
+    def __repr__(self) -> str:
+        return f"Param({self.default!r}, {self.schema!r})"
 
 
 _TASK_DEFAULTS = ("retries", "retry_delay", "priority_weight", "trigger_rule", "env", "execution_timeout",

@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 
@@ -38,6 +40,22 @@ from .worker.lease import Reaper
 from .worker.worker import Assignment, AttemptSetup, Worker
 
 log = logging.getLogger("raftflow.node")
+# What the node keeps under data_dir: the Raft journal and snapshots, the run archive,
+# task logs, attempts' working files (results, rendered context). Nobody else may read them.
+DATA_SUBDIRS = ("raft", "history", "store", "work")
+PRIVATE = 0o700
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    """Create data_dir and the folders the node keeps there, readable by this user only
+    (0700; an existing one is tightened): the journal, snapshots, task logs, confs and
+    results were world-readable."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE)
+    os.chmod(data_dir, PRIVATE)
+    for name in DATA_SUBDIRS:
+        sub = data_dir / name
+        sub.mkdir(exist_ok=True, mode=PRIVATE)
+        os.chmod(sub, PRIVATE)
 
 
 class Node:
@@ -48,7 +66,7 @@ class Node:
         self.cfg = cfg
         secret = cfg.read_secret()
         self.started = time.monotonic()
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_data_dir(cfg.data_dir)
         self.store = LocalStore(cfg.data_dir / "store")
         self.replica = ReplicatedState(cfg, secret, on_applied=self._after_apply,
                                        on_installed=self._after_install)

@@ -22,12 +22,15 @@ from dataclasses import dataclass
 from difflib import get_close_matches
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from ..core import commands as c
+from ..core import checks, commands as c
 from ..core.effects import DropRunLogs, StopAttempt
+from ..core.limits import clip, parse_json
 from ..core.model import CLIENT, DagRecord
+from ..core.params import conf_error as param_conf_error
 from ..core.result import Code, Result
 from ..core.run_ids import manual_run_id
-from ..core.spec import DagSpec
+from ..core.spec import DagSpec, SpecError, normalise_instant
+from ..core.states import TaskState
 from ..proto import client_pb2
 from ..raft import replica as raft
 from ..raft.replica import Replica
@@ -98,10 +101,20 @@ class Operations:
         """The DAG's record (caller holds the lock), or NotFound with the nearest names."""
         record = self.replica.state.dags.get(dag_id)
         if record is None:
+            if checks.dag_id_error(dag_id):
+                raise errors.NotFound(f"{checks.dag_id_error(dag_id)}; `raftflow dags list` shows the DAGs")
             near = get_close_matches(dag_id, list(self.replica.state.dags), n=3, cutoff=0.75)
             hint = f"; did you mean {', '.join(near)}?" if near else "; `raftflow dags list` shows the DAGs"
             raise errors.NotFound(f"no DAG {dag_id!r}{hint}")
         return record
+
+    def _existing_run(self, run_id: str) -> None:
+        """NotFound unless the run exists (checked before proposing: a write that apply
+        would refuse must not reach every node's journal)."""
+        with self.replica.lock:
+            if run_id in self.replica.state.run_index:
+                return
+        raise errors.NotFound(f"no run {clip(run_id)}; `raftflow runs list` shows recent runs")
 
     def _known_dag(self, dag_id: str) -> None:
         with self.replica.lock:
@@ -117,10 +130,13 @@ class Operations:
         seen: dict[str, str] = {}
         now = self.clock()
         for item in dags:
-            name = item.filename or "<request>"
+            name = clip(item.filename)[1:-1] if item.filename else "<request>"
             try:
-                spec = DagSpec.from_dict(json.loads(item.spec_json))
-            except ValueError as e:  # SpecError and JSONDecodeError are ValueErrors
+                error = checks.source_error(item.source, item.filename)
+                if error:
+                    raise SpecError(error)
+                spec = DagSpec.from_dict(parse_json(item.spec_json, "the DAG spec"))
+            except ValueError as e:  # SpecError and JsonShapeError are ValueErrors
                 raise errors.Invalid(f"{name}: {e}; nothing was submitted") from None
             if spec.dag_id in seen:
                 raise errors.Invalid(f"DAG id {spec.dag_id!r} is defined twice ({seen[spec.dag_id]} and {name}); "
@@ -157,14 +173,21 @@ class Operations:
         conf = {}
         if conf_json.strip():
             try:
-                conf = json.loads(conf_json)
+                conf = parse_json(conf_json, "conf")
             except ValueError as e:
-                raise errors.Invalid(f"conf is not valid JSON: {e}") from None
+                raise errors.Invalid(str(e)) from None
             if not isinstance(conf, dict):
                 raise errors.Invalid(
                     f"conf must be a JSON object such as '{{\"key\": \"value\"}}', got {type(conf).__name__}")
+        error = checks.conf_error(conf)
+        if error:
+            raise errors.Invalid(error)
         with self.replica.lock:
-            paused = self.record(dag_id).paused
+            record = self.record(dag_id)
+            paused, spec = record.paused, record.latest.spec
+        error = param_conf_error(spec.param_schemas, spec.params, conf)
+        if error:
+            raise errors.Invalid(f"DAG {dag_id!r}: {error}")
         now = self.clock()
         logical = views.iso(now)
         result = self.commit(c.CreateRun(
@@ -175,6 +198,11 @@ class Operations:
 
     def backfill(self, dag_id: str, start: str, end: str) -> client_pb2.BackfillDagResponse:
         self._known_dag(dag_id)
+        try:
+            normalise_instant(start, "start")
+            normalise_instant(end, "end")
+        except SpecError as e:
+            raise errors.Invalid(str(e)) from None
         result = self.commit(c.Backfill(dag_id, start, end, self.clock()))
         return client_pb2.BackfillDagResponse(created=result.value["created"], existing=result.value["existing"])
 
@@ -190,6 +218,9 @@ class Operations:
 
     # ------------------------------------------------------------ pools
     def set_pool(self, name: str, slots: int) -> client_pb2.SetPoolResponse:
+        error = checks.pool_error(name, slots)
+        if error:
+            raise errors.Invalid(error)
         self.commit(c.SetPool(name, slots, self.clock()))
         return client_pb2.SetPoolResponse()
 
@@ -257,21 +288,28 @@ class Operations:
                     self.replica.changed.wait(WATCH_KEEPALIVE)
 
     def cancel_run(self, run_id: str, reason: str = "") -> client_pb2.CancelRunResponse:
+        self._existing_run(run_id)
         with self.replica.lock:
             run = self.replica.state.run(run_id)
         if run is None:
-            raise errors.NotFound(f"no run {run_id!r}; `raftflow runs list` shows recent runs")
+            raise errors.NotFound(f"no run {clip(run_id)}; `raftflow runs list` shows recent runs")
         if run.state.terminal:
             raise errors.Conflict(f"run {run_id!r} has already finished ({run.state.value}); nothing to cancel")
         result = self.commit(c.CancelRun(run_id, reason.strip() or "cancelled by the user", self.clock()))
         return client_pb2.CancelRunResponse(stopped_attempts=len(result.effects_of(StopAttempt)))
 
     def clear_tasks(self, run_id: str, task_ids: Sequence[str], downstream: bool) -> client_pb2.ClearTasksResponse:
+        self._existing_run(run_id)
+        if not task_ids:
+            raise errors.Invalid("name at least one task")
         result = self.commit(c.ClearTasks(run_id, tuple(task_ids), downstream, "cleared by the user", self.clock()))
         return client_pb2.ClearTasksResponse(cleared=result.value["cleared"],
                                              stopped_attempts=len(result.effects_of(StopAttempt)))
 
     def mark_task(self, run_id: str, task_id: str, state: str) -> client_pb2.MarkTaskResponse:
+        self._existing_run(run_id)
+        if state not in (TaskState.SUCCESS.value, TaskState.FAILED.value):
+            raise errors.Invalid(f"a task is marked success or failed, not {clip(state)}")
         result = self.commit(c.MarkTask(run_id, task_id, state, f"marked {state} by the user", self.clock()))
         return client_pb2.MarkTaskResponse(stopped_attempts=len(result.effects_of(StopAttempt)))
 

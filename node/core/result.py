@@ -53,3 +53,13 @@ class Rejected(Exception):
     def __init__(self, code: Code, reason: str):
         super().__init__(reason)
         self.result = Result(code, reason)
+
+
+def internal_reasons(result: Result) -> list[str]:
+    """The reasons of every INTERNAL rejection in `result`, a Batch's members included
+    (each is a bug in apply: whoever applies logs them, so none passes silently)."""
+    if result.code is Code.INTERNAL:
+        return [result.reason]
+    if isinstance(result.value, list):
+        return [r.reason for r in result.value if isinstance(r, Result) and r.code is Code.INTERNAL]
+    return []

@@ -11,7 +11,6 @@ Pure: no I/O, no clock. `from_dict` raises `SpecError`; nothing else here raises
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import zoneinfo
 from dataclasses import asdict, dataclass, field, fields
@@ -21,10 +20,12 @@ from typing import Any
 from croniter import croniter
 
 from ..kinds import KINDS, InvalidArgs, TaskKind
+from .limits import CLIP_CHARS, JsonShapeError, check_json, clip
 from .names import (
     ID_PATTERN as ID_PATTERN,  # re-exported: the rule for names lives in names.py
     ID_RULE as ID_RULE,
 )
+from .params import ParamError, check_schemas
 from .pickling import by_name
 
 MAX_PARAMS_BYTES = 64 * 1024
@@ -44,6 +45,12 @@ SCHEDULE_PRESETS = {
     "@annually": "0 0 1 1 *",
 }
 MAX_TASKS_PER_DAG = 10_000
+MAX_PARAM_SCHEMAS_BYTES = 64 * 1024
+DEFAULT_MAX_QUEUED_RUNS = 1000
+# Instants a DAG may name (start_date, end_date, backfill ranges, logical dates): cron
+# arithmetic needs room around them (a leap-day schedule's next tick can be 8 years
+# on, a time zone a day off), and Python's datetime ends with year 9999.
+MIN_YEAR, MAX_YEAR = 1000, 8999
 
 
 class SpecError(ValueError):
@@ -135,6 +142,11 @@ class DagSpec:
     params: dict[str, Any] = field(default_factory=dict)
     # Seconds a run may take from its start before it is failed (unfinished tasks skipped).
     dagrun_timeout: float | None = None
+    # JSON schemas of params ({name: schema}, core/params.py): the value a run sees
+    # (its conf's, else the default) must satisfy them; a trigger that breaks one is refused.
+    param_schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Runs of this DAG that may wait (queued) at once; a trigger or backfill beyond is refused.
+    max_queued_runs: int = DEFAULT_MAX_QUEUED_RUNS
     task_index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def task(self, task_id: str) -> TaskSpec:
@@ -162,6 +174,8 @@ class DagSpec:
         """Build and validate a spec; raises SpecError naming the DAG/task at fault."""
         if not isinstance(raw, dict):
             raise SpecError(f"a DAG spec must be a JSON object, got {type(raw).__name__}")
+        if not all(isinstance(k, str) for k in raw):
+            raise SpecError("a DAG spec's keys must be strings")
         dag_id = _check_id(raw.get("dag_id"), "dag_id")
         where = f"DAG {dag_id!r}"
         _reject_unknown(raw, frozenset(DAG_FIELDS), where)
@@ -171,7 +185,7 @@ class DagSpec:
         try:
             zoneinfo.ZoneInfo(tz_name)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-            raise SpecError(f"{where}: unknown timezone {tz_name!r} "
+            raise SpecError(f"{where}: unknown timezone {clip(tz_name)} "
                             "(use an IANA name such as 'Europe/Berlin')") from None
         if schedule is not None:
             if not isinstance(schedule, str) or not schedule.strip():
@@ -179,16 +193,17 @@ class DagSpec:
             schedule = schedule.strip()
             expr = SCHEDULE_PRESETS.get(schedule, schedule)
             if schedule.startswith("@") and schedule not in SCHEDULE_PRESETS:
-                raise SpecError(f"{where}: unknown schedule preset {schedule!r}; known: {', '.join(SCHEDULE_PRESETS)}")
+                raise SpecError(f"{where}: unknown schedule preset {clip(schedule)}; "
+                                f"known: {', '.join(SCHEDULE_PRESETS)}")
             if len(expr.split()) not in (5, 6) or not croniter.is_valid(expr):
-                raise SpecError(f"{where}: schedule {schedule!r} is not a valid cron expression (5 or 6 fields)")
+                raise SpecError(f"{where}: schedule {clip(schedule)} is not a valid cron expression (5 or 6 fields)")
             if any(part.upper().startswith("R") or part.upper() == "H" for part in expr.split()):
-                raise SpecError(f"{where}: schedule {schedule!r} uses a random field (R/H); replicas must agree "
+                raise SpecError(f"{where}: schedule {clip(schedule)} uses a random field (R/H); replicas must agree "
                                 "on every tick, so write the minute explicitly")
             try:
                 croniter(expr, datetime(2000, 1, 1, tzinfo=zoneinfo.ZoneInfo(tz_name))).get_next(float)
             except (ValueError, OverflowError):
-                raise SpecError(f"{where}: schedule {schedule!r} never fires (e.g. February 30th)") from None
+                raise SpecError(f"{where}: schedule {clip(schedule)} never fires (e.g. February 30th)") from None
         start_date = _opt_instant(raw, "start_date", where)
         end_date = _opt_instant(raw, "end_date", where)
         if start_date and end_date and end_date < start_date:
@@ -199,25 +214,27 @@ class DagSpec:
         elif catchup is False:
             catchup = "none"
         if catchup not in CATCHUP_POLICIES:
-            raise SpecError(f"{where}: catchup must be one of {', '.join(CATCHUP_POLICIES)}, got {catchup!r}")
+            raise SpecError(f"{where}: catchup must be one of {', '.join(CATCHUP_POLICIES)}, got {clip(catchup)}")
         max_active_runs = _int(raw, "max_active_runs", 16, where, minimum=1)
         max_active_tasks = _int(raw, "max_active_tasks", 16, where, minimum=1)
+        max_queued_runs = _int(raw, "max_queued_runs", DEFAULT_MAX_QUEUED_RUNS, where, minimum=1)
         keep_runs = raw.get("keep_runs")
         if keep_runs is not None:
             keep_runs = _int(raw, "keep_runs", 0, where, minimum=1)
         keep_days = raw.get("keep_days")
         if keep_days is not None and (not isinstance(keep_days, (int, float)) or isinstance(keep_days, bool)
                                       or not math.isfinite(keep_days) or keep_days <= 0):
-            raise SpecError(f"{where}: keep_days must be a positive number of days, got {keep_days!r}")
+            raise SpecError(f"{where}: keep_days must be a positive number of days, got {clip(keep_days)}")
         params = raw.get("params") or {}
         if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
             raise SpecError(f"{where}: params must be a JSON object (a dict with string keys)")
+        param_schemas = raw.get("param_schemas") or {}
         try:
-            params_size = len(json.dumps(params, allow_nan=False))
-        except (TypeError, ValueError) as e:
-            raise SpecError(f"{where}: params must be plain JSON values ({e})") from None
-        if params_size > MAX_PARAMS_BYTES:
-            raise SpecError(f"{where}: params are {params_size} bytes of JSON, more than {MAX_PARAMS_BYTES}")
+            check_json(params, f"{where}: params", max_bytes=MAX_PARAMS_BYTES)
+            check_json(param_schemas, f"{where}: param_schemas", max_bytes=MAX_PARAM_SCHEMAS_BYTES)
+            check_schemas(param_schemas, params, schedule is not None, where)
+        except (JsonShapeError, ParamError) as e:
+            raise SpecError(str(e)) from None
         dagrun_timeout = _opt_seconds(raw, "dagrun_timeout", where)
         tags = raw.get("tags") or []
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
@@ -237,7 +254,7 @@ class DagSpec:
         for task in tasks:
             for up in task.upstream:
                 if up not in index:
-                    raise SpecError(f"{where}: task {task.task_id!r} depends on unknown task {up!r}")
+                    raise SpecError(f"{where}: task {task.task_id!r} depends on unknown task {clip(up)}")
                 if up == task.task_id:
                     raise SpecError(f"{where}: task {task.task_id!r} depends on itself")
         cycle = _find_cycle(tasks)
@@ -260,8 +277,26 @@ class DagSpec:
             keep_days=float(keep_days) if keep_days is not None else None,
             params=params,
             dagrun_timeout=dagrun_timeout,
+            param_schemas=param_schemas,
+            max_queued_runs=max_queued_runs,
             task_index=index,
         )
+
+
+def schedule_note(spec: DagSpec) -> str | None:
+    """A word for `dags submit` when the schedule fires more often than once a minute (a
+    6-field cron's last field is seconds, so `* * * * * *` fires every second): allowed,
+    but every tick is a run that every node records, so say so. None otherwise."""
+    if spec.cron is None or len(spec.cron.split()) != 6:
+        return None
+    it = croniter(spec.cron, datetime(2000, 1, 3, tzinfo=zoneinfo.ZoneInfo(spec.timezone)))
+    ticks = [it.get_next(float) for _ in range(6)]
+    gap = min(b - a for a, b in zip(ticks, ticks[1:]))
+    if gap >= 60:
+        return None
+    return (f"DAG {spec.dag_id!r}: schedule {spec.schedule!r} fires as often as every {gap:g} s (a 6-field "
+            "cron's last field is seconds): each tick is a run that every node records; fine if that is what "
+            "you meant")
 
 
 # The fields of a DAG spec's JSON form: DagSpec's fields (task_index is derived).
@@ -282,7 +317,7 @@ def _kind_of(raw: dict[str, Any], here: str) -> TaskKind:
     name = raw.get("kind", "bash")
     kind = KINDS.get(name) if isinstance(name, str) else None
     if kind is None:
-        raise SpecError(f"{here}: unknown task kind {name!r}; known: {', '.join(sorted(KINDS))}")
+        raise SpecError(f"{here}: unknown task kind {clip(name)}; known: {', '.join(sorted(KINDS))}")
     command = raw.get("command")
     if not kind.takes_command and command:
         raise SpecError(f"{here}: {kind.command_refusal}")
@@ -303,19 +338,25 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
     task_id = _check_id(task_id, f"{where}: task_id")
     here = f"{where}, task {task_id!r}"
     _reject_unknown(raw, _task_fields(), here)
+    for key, value in raw.items():    # (op_kwargs, env, ...: before anything walks them)
+        if isinstance(value, (dict, list)):
+            try:
+                check_json(value, f"{here}: {key}")
+            except JsonShapeError as e:
+                raise SpecError(str(e)) from None
     kind = _kind_of(raw, here)
     upstream = raw.get("upstream") or []
     if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
         raise SpecError(f"{here}: upstream must be a list of task ids")
     trigger_rule = raw.get("trigger_rule", "all_success")
     if trigger_rule not in TRIGGER_RULES:
-        raise SpecError(f"{here}: unknown trigger_rule {trigger_rule!r}; known: {', '.join(TRIGGER_RULES)}")
+        raise SpecError(f"{here}: unknown trigger_rule {clip(trigger_rule)}; known: {', '.join(TRIGGER_RULES)}")
     env = raw.get("env") or {}
     if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise SpecError(f"{here}: env must map strings to strings")
     bad_env = [k for k in env if k.startswith("RAFTFLOW_")]
     if bad_env:
-        raise SpecError(f"{here}: env may not set {bad_env[0]!r}: RAFTFLOW_* variables are set by the worker")
+        raise SpecError(f"{here}: env may not set {clip(bad_env[0])}: RAFTFLOW_* variables are set by the worker")
     try:
         kind_values = kind.parse(raw, env)
     except InvalidArgs as e:
@@ -323,7 +364,7 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
     retry_delay = raw.get("retry_delay", 0.0)
     if not isinstance(retry_delay, (int, float)) or isinstance(retry_delay, bool) or not math.isfinite(retry_delay) \
             or retry_delay < 0:
-        raise SpecError(f"{here}: retry_delay must be a finite number of seconds >= 0, got {retry_delay!r}")
+        raise SpecError(f"{here}: retry_delay must be a finite number of seconds >= 0, got {clip(retry_delay)}")
     return TaskSpec(
         task_id=task_id,
         kind=kind.name,
@@ -349,14 +390,15 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
 def _check_id(value: Any, what: str) -> str:
     """`value`, if it is a valid id; else SpecError saying which rule it breaks."""
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise SpecError(f"{what} {value!r} is invalid: use {ID_RULE}")
+        raise SpecError(f"{what} {clip(value)} is invalid: use {ID_RULE}")
     return value
 
 
 def _reject_unknown(raw: dict[str, Any], known: frozenset[str], where: str) -> None:
     unknown = sorted(set(raw) - known)
     if unknown:
-        raise SpecError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        names = [u if len(u) <= CLIP_CHARS else clip(u) for u in unknown[:5]]
+        raise SpecError(f"{where}: unknown field(s) {', '.join(names)}{', ...' if len(unknown) > 5 else ''}")
 
 
 def _opt_str(raw: dict[str, Any], key: str, where: str) -> str | None:
@@ -369,21 +411,21 @@ def _opt_str(raw: dict[str, Any], key: str, where: str) -> str | None:
 def _int(raw: dict[str, Any], key: str, default: int, where: str, minimum: int) -> int:
     value = raw.get(key, default)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise SpecError(f"{where}: {key} must be an integer >= {minimum}, got {value!r}")
+        raise SpecError(f"{where}: {key} must be an integer >= {minimum}, got {clip(value)}")
     return value
 
 
 def _name(raw: dict[str, Any], key: str, default: str, where: str) -> str:
     value = raw.get(key, default)
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise SpecError(f"{where}: {key} {value!r} is invalid: use {ID_RULE}")
+        raise SpecError(f"{where}: {key} {clip(value)} is invalid: use {ID_RULE}")
     return value
 
 
 def _bool_field(raw: dict[str, Any], key: str, where: str) -> bool:
     value = raw.get(key, False)
     if not isinstance(value, bool):
-        raise SpecError(f"{where}: {key} must be true or false, got {value!r}")
+        raise SpecError(f"{where}: {key} must be true or false, got {clip(value)}")
     return value
 
 
@@ -392,7 +434,7 @@ def _opt_seconds(raw: dict[str, Any], key: str, where: str) -> float | None:
     if value is None:
         return None
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-        raise SpecError(f"{where}: {key} must be a positive number of seconds, got {value!r}")
+        raise SpecError(f"{where}: {key} must be a positive number of seconds, got {clip(value)}")
     return float(value)
 
 
@@ -402,18 +444,24 @@ def _opt_instant(raw: dict[str, Any], key: str, where: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise SpecError(f"{where}: {key} must be an ISO-8601 date or datetime string")
+    if len(value) > 64:
+        raise SpecError(f"{where}: {key} {clip(value)} is not an ISO-8601 date or datetime")
     return normalise_instant(value, f"{where}: {key}")
 
 
 def normalise_instant(value: str, what: str) -> str:
-    """ISO-8601 text -> canonical UTC text. A value without an offset is taken as UTC."""
+    """ISO-8601 text -> canonical UTC text. A value without an offset is taken as UTC.
+    Years MIN_YEAR to MAX_YEAR only (cron arithmetic past them overflows)."""
     try:
         parsed = datetime.fromisoformat(value)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=timezone.utc)
-        return parsed.astimezone(timezone.utc).isoformat()
-    except (ValueError, OverflowError):
-        raise SpecError(f"{what} {value!r} is not an ISO-8601 date or datetime in range") from None
+        parsed = parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError, TypeError):
+        raise SpecError(f"{what} {clip(value)} is not an ISO-8601 date or datetime in range") from None
+    if not MIN_YEAR <= parsed.year <= MAX_YEAR:
+        raise SpecError(f"{what} {clip(value)} is out of range: use a year from {MIN_YEAR} to {MAX_YEAR}")
+    return parsed.isoformat()
 
 
 def _find_cycle(tasks: tuple[TaskSpec, ...]) -> list[str] | None:

@@ -30,6 +30,8 @@ def full_spec() -> dict:
         "keep_days": 7.5,
         "params": {"table": "orders", "limit": 10, "nested": {"a": [1, None]}},
         "dagrun_timeout": 3600.0,
+        "param_schemas": {"table": {"type": "string", "enum": ["orders", "customers"]}},
+        "max_queued_runs": 50,
         "tasks": [
             {"task_id": "extract", "kind": "bash", "command": "echo e", "upstream": [],
              "trigger_rule": "all_success", "retries": 2, "retry_delay": 30.0,

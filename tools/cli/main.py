@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import grpc
 
+from raftflow.core.limits import parse_json
+from raftflow.core.spec import DagSpec, schedule_note
 from raftflow.core.states import RunState, TaskState
 
 from .client import ApiError, ClusterClient, ClusterUnreachable
@@ -91,6 +93,8 @@ def cmd_dags_submit(client: ClusterClient, args: argparse.Namespace) -> int:
     if not dags:
         print(f"error: no DAGs found in {' '.join(args.paths)}; nothing was submitted", file=sys.stderr)
         return EXIT_USAGE
+    for note in filter(None, (schedule_note(DagSpec.from_dict(json.loads(d["spec_json"]))) for d in dags)):
+        print(f"note: {note}", file=sys.stderr)
     results = client.submit(dags)
     if args.json:
         emit_json({"dags": results})
@@ -143,9 +147,9 @@ def cmd_dags_show(client: ClusterClient, args: argparse.Namespace) -> int:
 def cmd_dags_trigger(client: ClusterClient, args: argparse.Namespace) -> int:
     if args.conf:
         try:
-            conf = json.loads(args.conf)
+            conf = parse_json(args.conf, "--conf")
         except ValueError as e:
-            raise UsageError(f"--conf is not valid JSON ({e}); example: --conf '{{\"date\": \"2026-01-01\"}}'")
+            raise UsageError(f"{e}; example: --conf '{{\"date\": \"2026-01-01\"}}'")
         if not isinstance(conf, dict):
             raise UsageError(f"--conf must be a JSON object, got {type(conf).__name__}")
     result = client.trigger(args.dag_id, args.conf or "")
