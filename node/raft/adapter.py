@@ -6,6 +6,10 @@ Contracts (see LIBRARY-NOTES):
 - Nothing raises out of `_apply_envelope`: an exception there wedges the node.
 - The transport is encrypted and authenticated with the cluster secret (pysyncobj
   `password`); without one the Raft port would unpickle anyone's bytes.
+- The Raft port binds `raft_address` (pysyncobj's `bindAddress`; without it
+  pysyncobj listens on 0.0.0.0) and is guarded by `transport.GuardedTCPTransport`:
+  bounded frames and buffers before and after authentication, a 5 s deadline to
+  authenticate, at most 64 connections waiting to (see its module doc).
 - No fork: `useFork=False`, so the gRPC server in this process is never forked.
 - Durable: the Raft log is journaled and snapshots are written under
   `data_dir/raft/` (always both: a journal without a dump file loses state after
@@ -71,6 +75,7 @@ from .snapshot import (
     write_snapshot_file,
     writing_path,
 )
+from .transport import GuardedTCPTransport, check_pysyncobj
 
 log = logging.getLogger("raftflow.raft")
 
@@ -201,6 +206,7 @@ class ReplicatedState(SyncObj):
                  on_applied: Callable[[c.Command, Result], None] | None = None,
                  on_installed: Callable[[], None] | None = None) -> None:
         """`on_installed` runs (in the Raft thread) after a snapshot replaced the state."""
+        check_pysyncobj()
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.node_id = cfg.node_id
@@ -224,6 +230,7 @@ class ReplicatedState(SyncObj):
         self._machine = _StateMachine(self, State(archive))
         conf = SyncObjConf(
             password=secret,
+            bindAddress=cfg.raft_address,  # pysyncobj's default: 0.0.0.0, whatever raft_address says
             autoTick=True,
             autoTickPeriod=t.tick_period,
             appendEntriesPeriod=t.append_entries_period,
@@ -249,7 +256,7 @@ class ReplicatedState(SyncObj):
         try:
             with journal_factory(cfg.fsync):
                 super().__init__(cfg.raft_address, [p.raft_address for p in cfg.peers], conf,
-                                 consumers=[self._machine])
+                                 consumers=[self._machine], transportClass=GuardedTCPTransport)
         except Exception as e:  # noqa: BLE001 - pysyncobj fails this way on a journal it cannot parse
             raise StorageDamaged(f"the Raft journal in {raft_dir} cannot be read "
                                  f"({type(e).__name__}: {e})") from None
