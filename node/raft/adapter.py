@@ -37,6 +37,8 @@ Contracts (see LIBRARY-NOTES):
   archive is always exactly snapshot + journal, whatever moment a crash hit.
 - `lock` guards `state`: held while applying and by every reader. `changed` is a
   condition on it, notified after every apply (leader loop, watchers wait on it).
+- An INTERNAL rejection (apply caught an unexpected exception, in a command or in a
+  Batch's member) is logged at ERROR once per entry by every node that applies it.
 - `propose` returns the `Result` of applying the command on THIS node's replica
   (pysyncobj calls back on a follower once it applied the forwarded entry), or
   raises `Unavailable`. A timed-out command may still commit later: every command
@@ -181,6 +183,17 @@ class _WrittenInBackground(Exception):
     """Raised by the serializer hook once the writer thread is started (see module doc)."""
 
 
+def internal_rejections(command: c.Command, result: Result) -> list[str]:
+    """The reasons of INTERNAL rejections in `result`: the command's own, or its Batch
+    members' (a Batch itself is OK while members are rejected one by one)."""
+    if result.code is Code.INTERNAL:
+        return [result.reason]
+    if isinstance(command, c.Batch) and isinstance(result.value, list):
+        return [f"member {i} ({sub.TYPE}): {r.reason}" for i, (sub, r) in enumerate(zip(command.commands, result.value))
+                if isinstance(r, Result) and r.code is Code.INTERNAL]
+    return []
+
+
 class _StateMachine(SyncObjConsumer):
     """Holds the replicated State and its one replicated entry point. (Snapshots are
     written by the adapter's own serializer, not by pysyncobj pickling this object.)"""
@@ -276,8 +289,11 @@ class ReplicatedState(SyncObj):
             with self.lock:
                 result = self.state.apply(command, index, proposer)
                 self.changed.notify_all()
-            if not result.ok and result.code is Code.INTERNAL:
-                log.error("apply rejected %s: %s", command.TYPE, result.reason)
+            internal = internal_rejections(command, result)
+            if internal:
+                log.error("apply rejected %s at index %d with an internal error (a bug: validation let through "
+                          "a command its handler could not apply; every replica rejects it alike): %s",
+                          command.TYPE, index, "; ".join(internal))
             if self._on_applied is not None:
                 self._on_applied(command, result)
             return result
