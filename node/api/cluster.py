@@ -99,6 +99,9 @@ def node_status(host: Host) -> client_pb2.NodeStatus:
             name=conn.name, host=conn.host, port=conn.port, user=conn.user, auth=conn.auth,
             trust_on_first_use=conn.trust_on_first_use) for conn in cfg.connections],
     )
+    snapshot = replica.snapshot_status()
+    out.snapshot_at, out.snapshot_index = snapshot.at, snapshot.index
+    out.snapshot_error, out.snapshot_failures = snapshot.error, snapshot.failures
     if status.role == "leader":
         out.heartbeat_ages.update(host.liveness.ages(time.monotonic()))
     return out

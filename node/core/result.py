@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
+from . import commands as c
 from .effects import Effect
 
 E = TypeVar("E", bound=Effect)
@@ -55,11 +56,14 @@ class Rejected(Exception):
         self.result = Result(code, reason)
 
 
-def internal_reasons(result: Result) -> list[str]:
-    """The reasons of every INTERNAL rejection in `result`, a Batch's members included
-    (each is a bug in apply: whoever applies logs them, so none passes silently)."""
+def internal_rejections(command: c.Command, result: Result) -> list[str]:
+    """The reasons of every INTERNAL rejection in `result`: the command's own, or its
+    Batch members' named by position and type (a Batch itself is OK while its members
+    are rejected one by one). Each is a bug in apply: whoever applies logs them, so
+    none passes silently."""
     if result.code is Code.INTERNAL:
         return [result.reason]
-    if isinstance(result.value, list):
-        return [r.reason for r in result.value if isinstance(r, Result) and r.code is Code.INTERNAL]
+    if isinstance(command, c.Batch) and isinstance(result.value, list):
+        return [f"member {i} ({sub.TYPE}): {r.reason}" for i, (sub, r) in enumerate(zip(command.commands, result.value))
+                if isinstance(r, Result) and r.code is Code.INTERNAL]
     return []

@@ -6,6 +6,10 @@ Contracts (see LIBRARY-NOTES):
 - Nothing raises out of `_apply_envelope`: an exception there wedges the node.
 - The transport is encrypted and authenticated with the cluster secret (pysyncobj
   `password`); without one the Raft port would unpickle anyone's bytes.
+- The Raft port binds `raft_address` (pysyncobj's `bindAddress`; without it
+  pysyncobj listens on 0.0.0.0) and is guarded by `transport.GuardedTCPTransport`:
+  bounded frames and buffers before and after authentication, a 5 s deadline to
+  authenticate, at most 64 connections waiting to (see its module doc).
 - No fork: `useFork=False`, so the gRPC server in this process is never forked.
 - Durable: the Raft log is journaled and snapshots are written under
   `data_dir/raft/` (always both: a journal without a dump file loses state after
@@ -27,12 +31,24 @@ Contracts (see LIBRARY-NOTES):
   the two never interleave - and only then does pysyncobj drop the journal entries
   it covers. A snapshot received while this node's own write is under way
   supersedes it: the finished write is discarded, never renamed over the newer one.
+- A snapshot that fails (pickling the State raised, e.g. RecursionError on deeply
+  nested values; the checkpoint, the write or the rename failed) is logged at ERROR
+  with its cause, shown by `snapshot_status()` (and `cluster status`), and retried
+  after a backoff (`snapshot_retry_delays`: 5 s doubling to 60 s). pysyncobj itself
+  swallows a serializer's exception and, with a `serializeChecker`, would never try
+  again (its serializer stays "busy" until the checker reports SUCCESS or FAILED);
+  here the checker reports SERIALIZING during the backoff (so pysyncobj does not
+  retry every tick, each retry pickling the whole State on the Raft thread), then
+  FAILED once, and pysyncobj tries again at its next compaction opportunity. While
+  it is held back the journal keeps growing: that is what the ERROR says.
 - Installing a snapshot (at start, or received from the leader) stages the
   archive's records and swaps them in only once the file's checksum held; with no
   snapshot on disk the archive is emptied before the journal is replayed. So the
   archive is always exactly snapshot + journal, whatever moment a crash hit.
 - `lock` guards `state`: held while applying and by every reader. `changed` is a
   condition on it, notified after every apply (leader loop, watchers wait on it).
+- An INTERNAL rejection (apply caught an unexpected exception, in a command or in a
+  Batch's member) is logged at ERROR once per entry by every node that applies it.
 - `propose` returns the `Result` of applying the command on THIS node's replica
   (pysyncobj calls back on a follower once it applied the forwarded entry), or
   raises `Unavailable`. A timed-out command may still commit later: every command
@@ -57,12 +73,12 @@ from pysyncobj.config import SERIALIZER_STATE
 
 from ..config import NodeConfig
 from ..core import commands as c
-from ..core.result import Code, Result
+from ..core.result import Code, Result, internal_rejections
 from ..core.state import State
 from ..proto import command_pb2
 from ..store.history import RocksArchive
 from .durable import journal_factory
-from .replica import OutcomeUnknown, RaftStatus, Unavailable
+from .replica import OutcomeUnknown, RaftStatus, SnapshotStatus, Unavailable
 from .snapshot import (
     SnapshotDamaged,
     SnapshotReader,
@@ -71,6 +87,7 @@ from .snapshot import (
     write_snapshot_file,
     writing_path,
 )
+from .transport import GuardedTCPTransport, check_pysyncobj
 
 log = logging.getLogger("raftflow.raft")
 
@@ -173,7 +190,8 @@ def check_snapshot(path: Path) -> None:
 
 
 class _WrittenInBackground(Exception):
-    """Raised by the serializer hook once the writer thread is started (see module doc)."""
+    """Raised by the serializer hook once the writer thread is started, or once it
+    recorded a failure: pysyncobj must never rename its temporary file (module doc)."""
 
 
 class _StateMachine(SyncObjConsumer):
@@ -199,8 +217,11 @@ class ReplicatedState(SyncObj):
 
     def __init__(self, cfg: NodeConfig, secret: str,
                  on_applied: Callable[[c.Command, Result], None] | None = None,
-                 on_installed: Callable[[], None] | None = None) -> None:
-        """`on_installed` runs (in the Raft thread) after a snapshot replaced the state."""
+                 on_installed: Callable[[], None] | None = None,
+                 snapshot_retry_delays: tuple[float, float] = (5.0, 60.0)) -> None:
+        """`on_installed` runs (in the Raft thread) after a snapshot replaced the state.
+        `snapshot_retry_delays`: (first, longest) wait before retrying a failed snapshot."""
+        check_pysyncobj()
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.node_id = cfg.node_id
@@ -216,6 +237,10 @@ class ReplicatedState(SyncObj):
         self._snapshot_written = False       # the writer finished a whole file (not yet renamed)
         self._snapshot_superseded = False    # a snapshot from the leader arrived meanwhile
         self.last_snapshot: dict[str, float] = {}
+        self._snapshot_index = 0              # the index the snapshot under way covers
+        self._snapshot_info = SnapshotStatus()   # replaced whole (read from gRPC threads)
+        self._snapshot_retry_delays = snapshot_retry_delays
+        self._snapshot_retry_at = 0.0         # monotonic; FAILED is held back as SERIALIZING until then
         (raft_dir / "snapshot.writing").unlink(missing_ok=True)
         check_journal(raft_dir / "journal")
         archive = RocksArchive(cfg.data_dir / "history", self._stop_unwritable)
@@ -224,6 +249,7 @@ class ReplicatedState(SyncObj):
         self._machine = _StateMachine(self, State(archive))
         conf = SyncObjConf(
             password=secret,
+            bindAddress=cfg.raft_address,  # pysyncobj's default: 0.0.0.0, whatever raft_address says
             autoTick=True,
             autoTickPeriod=t.tick_period,
             appendEntriesPeriod=t.append_entries_period,
@@ -249,7 +275,7 @@ class ReplicatedState(SyncObj):
         try:
             with journal_factory(cfg.fsync):
                 super().__init__(cfg.raft_address, [p.raft_address for p in cfg.peers], conf,
-                                 consumers=[self._machine])
+                                 consumers=[self._machine], transportClass=GuardedTCPTransport)
         except Exception as e:  # noqa: BLE001 - pysyncobj fails this way on a journal it cannot parse
             raise StorageDamaged(f"the Raft journal in {raft_dir} cannot be read "
                                  f"({type(e).__name__}: {e})") from None
@@ -269,8 +295,11 @@ class ReplicatedState(SyncObj):
             with self.lock:
                 result = self.state.apply(command, index, proposer)
                 self.changed.notify_all()
-            if not result.ok and result.code is Code.INTERNAL:
-                log.error("apply rejected %s: %s", command.TYPE, result.reason)
+            internal = internal_rejections(command, result)
+            if internal:
+                log.error("apply rejected %s at index %d with an internal error (a bug: validation let through "
+                          "a command its handler could not apply; every replica rejects it alike): %s",
+                          command.TYPE, index, "; ".join(internal))
             if self._on_applied is not None:
                 self._on_applied(command, result)
             return result
@@ -283,11 +312,16 @@ class ReplicatedState(SyncObj):
         """pysyncobj's serializer hook (Raft thread, between two applies, so the state is
         exactly the one `meta` describes)."""
         started = time.monotonic()
-        with self.lock:
-            state_pickle = pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
-            records = self.state.archive.view()
-        self._snapshot_outcome = SERIALIZER_STATE.SERIALIZING
+        self._snapshot_index = index = meta[0][1]   # meta: (last applied entry, the one before, cluster)
         self._snapshot_written = self._snapshot_superseded = False
+        try:
+            with self.lock:
+                state_pickle = pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+                records = self.state.archive.view()
+        except Exception as e:  # noqa: BLE001 - e.g. RecursionError: report, back off, retry (module doc)
+            self._snapshot_failed(index, f"pickling the state failed: {type(e).__name__}: {e}")
+            raise _WrittenInBackground() from None
+        self._snapshot_outcome = SERIALIZER_STATE.SERIALIZING
         self._snapshot_writer = threading.Thread(
             target=self._write_snapshot, args=(meta, state_pickle, records, started),
             name="snapshot-writer", daemon=True)
@@ -297,11 +331,11 @@ class ReplicatedState(SyncObj):
 
     def _write_snapshot(self, meta: tuple, state_pickle: bytes, records: Callable, started: float) -> None:
         """The background part: write and fsync `snapshot.writing` (the Raft thread renames it)."""
+        path = writing_path(self._snapshot_path)
         try:
-            count = write_snapshot_file(writing_path(self._snapshot_path), meta, state_pickle, records)
-        except Exception:  # noqa: BLE001 - the journal is kept; pysyncobj retries later
-            log.exception("writing the Raft snapshot failed; the journal is kept and it will be retried")
-            self._snapshot_outcome = SERIALIZER_STATE.FAILED
+            count = write_snapshot_file(path, meta, state_pickle, records)
+        except Exception as e:  # noqa: BLE001 - the journal is kept; retried after a backoff
+            self._snapshot_failed(self._snapshot_index, f"writing {path} failed: {type(e).__name__}: {e}")
             return
         self.last_snapshot.update(total_seconds=time.monotonic() - started, records=count)
         self._snapshot_written = True
@@ -319,17 +353,45 @@ class ReplicatedState(SyncObj):
             else:
                 try:
                     install_snapshot_file(tmp, self._snapshot_path)
-                    log.info("wrote a Raft snapshot: %d archived runs, %d bytes, %.2fs",
-                             self.last_snapshot["records"], self._snapshot_path.stat().st_size,
-                             self.last_snapshot["total_seconds"])
-                    self._snapshot_outcome = SERIALIZER_STATE.SUCCESS
-                except OSError:
-                    log.exception("installing the Raft snapshot failed; the journal is kept")
-                    self._snapshot_outcome = SERIALIZER_STATE.FAILED
+                except OSError as e:
+                    self._snapshot_failed(self._snapshot_index,
+                                          f"renaming {tmp} into place failed: {type(e).__name__}: {e}")
+                else:
+                    self._snapshot_succeeded()
         outcome = self._snapshot_outcome
+        if outcome == SERIALIZER_STATE.FAILED and time.monotonic() < self._snapshot_retry_at:
+            return SERIALIZER_STATE.SERIALIZING    # the backoff: pysyncobj retries once FAILED is reported
         if outcome in (SERIALIZER_STATE.SUCCESS, SERIALIZER_STATE.FAILED):
             self._snapshot_outcome = SERIALIZER_STATE.NOT_SERIALIZING
         return outcome
+
+    def _snapshot_succeeded(self) -> None:
+        before = self._snapshot_info
+        self._snapshot_info = SnapshotStatus(at=time.time(), index=self._snapshot_index)
+        (log.warning if before.failures else log.info)(
+            "wrote a Raft snapshot at index %d: %d archived runs, %d bytes, %.2fs%s", self._snapshot_index,
+            self.last_snapshot["records"], self._snapshot_path.stat().st_size, self.last_snapshot["total_seconds"],
+            f" (after {before.failures} failed attempts)" if before.failures else "")
+        self._snapshot_outcome = SERIALIZER_STATE.SUCCESS
+
+    def _snapshot_failed(self, index: int, cause: str) -> None:
+        """Record and log a failed snapshot attempt; the checker holds pysyncobj's retry
+        back until the backoff passed (module doc). Called in an `except` block."""
+        failures = self._snapshot_info.failures + 1
+        first, longest = self._snapshot_retry_delays
+        delay = min(first * 2 ** min(failures - 1, 30), longest)
+        self._snapshot_retry_at = time.monotonic() + delay
+        repeated = cause == self._snapshot_info.error
+        self._snapshot_info = SnapshotStatus(at=self._snapshot_info.at, index=self._snapshot_info.index,
+                                             error=cause, failures=failures)
+        log.error("Raft snapshot at index %d FAILED (%d in a row): %s. Log compaction is held back until a "
+                  "snapshot succeeds: the journal keeps growing and a restart replays all of it. Retrying in "
+                  "%.1fs", index, failures, cause, delay, exc_info=not repeated)
+        self._snapshot_outcome = SERIALIZER_STATE.FAILED
+
+    def snapshot_status(self) -> SnapshotStatus:
+        """The snapshot on disk (written here or installed) and this node's latest failure, if any."""
+        return self._snapshot_info
 
     def _install_snapshot(self, file_name: str) -> tuple:
         """pysyncobj's deserializer hook: at start, and when the leader sent a snapshot.
@@ -350,6 +412,9 @@ class ReplicatedState(SyncObj):
         with self.lock:
             self._machine.state = state
             self.changed.notify_all()
+        info = self._snapshot_info
+        self._snapshot_info = SnapshotStatus(at=Path(file_name).stat().st_mtime, index=meta[0][1],
+                                             error=info.error, failures=info.failures)
         log.info("installed a Raft snapshot: %d archived runs, %d active, in %.2fs",
                  len(archive), len(state.active), time.monotonic() - started)
         if self._on_installed is not None:

@@ -33,7 +33,7 @@ from typing import Callable
 from ..core import commands as c
 from ..core.result import Code, Result
 from ..core.state import State
-from .replica import OutcomeUnknown, RaftStatus, Unavailable
+from .replica import OutcomeUnknown, RaftStatus, SnapshotStatus, Unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +144,10 @@ class MemoryReplica:
             commit_index=len(self._cluster.log), last_applied=applied, has_quorum=self.quorum,
             connected=frozenset(n for n, r in self._cluster.replicas.items() if n != self.node_id and r.quorum),
         )
+
+    def snapshot_status(self) -> SnapshotStatus:
+        """The twin keeps its log in memory and never takes a snapshot."""
+        return SnapshotStatus()
 
     # ------------------------------------------------------------ test controls
     def lag(self) -> None:

@@ -52,6 +52,15 @@ class RaftStatus:
     connected: frozenset[str]   # ids of peers this node has a Raft connection to
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotStatus:
+    """This node's log compaction (Raft snapshots), as `cluster status` shows it."""
+    at: float = 0.0       # wall-clock time (epoch seconds) of the snapshot on disk: written or installed; 0 none
+    index: int = 0        # the Raft index that snapshot covers (entries up to it left the journal)
+    error: str = ""       # why this node's latest attempt to write one failed; "" if it succeeded or none failed
+    failures: int = 0     # failed attempts in a row (retried with backoff)
+
+
 class Replica(Protocol):
     """One node's copy of the replicated State and the way to change it."""
 
@@ -74,6 +83,10 @@ class Replica(Protocol):
     def term(self) -> int: ...
 
     def status(self) -> RaftStatus: ...
+
+    def snapshot_status(self) -> SnapshotStatus:
+        """The last snapshot and, if the latest attempt failed, why."""
+        ...
 
 
 Propose = Callable[[c.Command, float], Result]

@@ -30,7 +30,7 @@ from raftflow.core.limits import (
     parse_json,
 )
 from raftflow.core.params import conf_error
-from raftflow.core.result import Code, internal_reasons
+from raftflow.core.result import Code, internal_rejections
 from raftflow.core.spec import DagSpec, SpecError
 from raftflow.core.states import RunState, TaskState
 from raftflow.main import DATA_SUBDIRS, prepare_data_dir
@@ -350,12 +350,16 @@ def test_an_internal_rejection_inside_a_batch_is_found_for_the_log() -> None:
     world = World()
     world.submit(dag_dict(), source="# s")
     bad = c.CreateRun("r1", "d", iso(T0), iso(T0), iso(T0), "manual", {"c": nested(40)}, T0)
-    assert internal_reasons(world.state.apply(c.Batch((c.SetPool("p", 1, T0), bad)))) == []   # INVALID only
+    first = c.Batch((c.SetPool("p", 1, T0), bad))
+    assert internal_rejections(first, world.state.apply(first)) == []   # INVALID only
     record = world.state.dags["d"]
     versions, record.versions, record.paused = record.versions, [], True     # a bug, simulated
-    found = internal_reasons(world.state.apply(c.Batch((c.SetPool("p", 2, T0), c.SetPaused("d", False, T0)))))
-    assert found == ["set_paused failed: IndexError: list index out of range"]
-    assert internal_reasons(world.state.apply(c.SetPaused("d", False, T0))) == found
+    batch = c.Batch((c.SetPool("p", 2, T0), c.SetPaused("d", False, T0)))
+    found = internal_rejections(batch, world.state.apply(batch))
+    assert found == ["member 1 (set_paused): set_paused failed: IndexError: list index out of range"]
+    alone = c.SetPaused("d", False, T0)
+    assert internal_rejections(alone, world.state.apply(alone)) == \
+        ["set_paused failed: IndexError: list index out of range"]
     record.versions = versions
 
 

@@ -418,21 +418,36 @@ def cmd_pools_list(client: ClusterClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def snapshot_cell(node: dict[str, Any], now: float) -> str:
+    """A node's last Raft snapshot for `cluster status`: "INDEX (AGE ago)", "FAILING" first
+    if its latest attempt failed, "none" if it has none, "-" if it did not answer."""
+    if node["role"] == "unreachable":
+        return "-"
+    at = float(node.get("snapshot_at") or 0)
+    last = "none" if at <= 0 else f"{node.get('snapshot_index', 0)} ({max(0.0, now - at):.0f}s ago)"
+    return f"FAILING, last {last}" if node.get("snapshot_error") else last
+
+
 def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
     status = client.cluster_status()
     if args.json:
         emit_json(status)
         return EXIT_OK
+    now = time.time()
     leader = status["leader"] or "NONE (no quorum?)"
     since = next((c["at"] for c in reversed(status["leader_changes"]) if c["node"] == status["leader"]), None)
     print(f"leader: {leader}" + (f" since {since}" if since else "") + f"   (answered by {status['served_by']})")
     print(table([[n["id"], n["role"], "yes" if n["healthy"] else "NO", n["pid"] or "-", n["raft_term"],
                   n["commit_index"], f"{n['running_tasks']}/{n['slots']}",
                   "-" if n["last_heartbeat_age"] < 0 else f"{n['last_heartbeat_age']:.1f}s ago",
-                  ",".join(n.get("queues") or []) or "-", n["grpc_address"], n["error"]]
+                  ",".join(n.get("queues") or []) or "-", snapshot_cell(n, now), n["grpc_address"], n["error"]]
                  for n in status["nodes"]],
-                ["NODE", "ROLE", "HEALTHY", "PID", "TERM", "COMMIT", "TASKS", "HEARTBEAT", "QUEUES", "ADDRESS",
-                 "ERROR"]))
+                ["NODE", "ROLE", "HEALTHY", "PID", "TERM", "COMMIT", "TASKS", "HEARTBEAT", "QUEUES", "SNAPSHOT",
+                 "ADDRESS", "ERROR"]))
+    for n in status["nodes"]:
+        if n.get("snapshot_error"):
+            print(f"\nsnapshot FAILING on {n['id']} ({n.get('snapshot_failures', 0)} attempt(s) in a row; retried "
+                  f"with backoff; its journal grows until one succeeds; see its log): {n['snapshot_error']}")
     digests = {n["digest"] for n in status["nodes"] if n["digest"]}
     if status["leader_changes"]:
         print("\nrecent leader changes:")
