@@ -49,7 +49,7 @@ class Node:
         secret = cfg.read_secret()
         self.started = time.monotonic()
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = LocalStore(cfg.data_dir / "store")
+        self.store = LocalStore(cfg.data_dir / "store", log_limit=cfg.task_log_limit)
         self.replica = ReplicatedState(cfg, secret, on_applied=self._after_apply,
                                        on_installed=self._after_install)
         self.peers = PeerClients(cfg.peers, peer_token(secret))
