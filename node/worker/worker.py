@@ -145,6 +145,8 @@ class Worker:
             reaper.lease(self.lease.valid_until())   # the initial grace, until the first acknowledgement
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "attempts").mkdir(exist_ok=True)
+        for leftover in (workdir / "attempts").iterdir():   # of a previous process of this node (dead)
+            shutil.rmtree(leftover, ignore_errors=True)
         self.renderers = RenderPool(workdir, self._node_environment(with_secrets=False))
         self.renderers.prestart()
         self._watchdog = threading.Thread(target=self._watch_lease, name="lease-watchdog", daemon=True)
@@ -227,7 +229,7 @@ class Worker:
             attempt.kill_timer = timer   # cancelled once the process is reaped (its pgid may be reused)
         self._store.append_note(a.run_id, a.task_id, a.attempt,
                                 f"raftflow: {why}: sending SIGTERM to the process group, SIGKILL after "
-                               f"{KILL_GRACE:g}s\n".encode())
+                                f"{KILL_GRACE:g}s\n".encode())
         log.warning("stopping %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, why)
         _kill_group(process, signal.SIGTERM)
         timer.start()

@@ -379,3 +379,12 @@ def test_a_slow_template_is_stopped_by_cancel_and_by_its_cpu_limit(tmp_path):
     assert done.exit_code == 1 and "more than the renderer's CPU limit" in done.reason
     assert time.monotonic() - began < 10
     worker.shutdown()
+
+
+def test_attempt_directories_of_a_previous_process_are_removed_at_start(tmp_path):
+    leftover = tmp_path / "work" / "attempts" / "tmpabc"
+    leftover.mkdir(parents=True)
+    (leftover / "python-context.json").write_text("{}")
+    worker, reports, store = make_worker(tmp_path, current=True)
+    assert list((tmp_path / "work" / "attempts").iterdir()) == []
+    worker.shutdown()
