@@ -194,6 +194,8 @@ class RenderPool:
 
     def _take(self) -> _Renderer:
         with self._lock:
+            if self._closed:   # the worker is shutting down: its attempts are refused anyway
+                raise RenderInterrupted()
             while self._idle:
                 renderer = self._idle.pop()
                 if renderer.process.poll() is None:

@@ -388,3 +388,24 @@ def test_attempt_directories_of_a_previous_process_are_removed_at_start(tmp_path
     worker, reports, store = make_worker(tmp_path, current=True)
     assert list((tmp_path / "work" / "attempts").iterdir()) == []
     worker.shutdown()
+
+
+def test_the_render_pool_reuses_a_renderer_retires_a_failed_one_and_refuses_once_closed(tmp_path):
+    import pytest
+
+    from raftflow.worker.render import RenderError
+    from raftflow.worker.renderer import RenderInterrupted, RenderPool
+
+    pool = RenderPool(tmp_path, dict(os.environ))
+    pool.prestart()
+    first = pool._idle[0].process.pid
+    assert pool.render([("command", "echo {{ ds }}"), ("env value A", "plain")], CONTEXT, None, lambda: False) == \
+        ["echo 2026-01-01", "plain"]
+    assert [r.process.pid for r in pool._idle] == [first], "the pre-started renderer answered and was kept"
+    with pytest.raises(RenderError, match="cannot render the command: UndefinedError"):
+        pool.render([("command", "{{ nope }}")], CONTEXT, None, lambda: False)
+    assert pool._idle == [], "a renderer that failed is not reused"
+    pool.close()
+    assert pool.render([("command", "true")], CONTEXT, None, lambda: False) == ["true"], "no template, no renderer"
+    with pytest.raises(RenderInterrupted):
+        pool.render([("command", "{{ ds }}")], CONTEXT, None, lambda: False)
