@@ -7,6 +7,7 @@ overridden by command-line flags (flag > environment > file > default).
     data_dir = "/var/lib/raftflow/n1"
     secret_file = "/etc/raftflow/secret"
     slots = 4
+    task_log_limit = 67108864            # bytes of output stored per task attempt (default 64 MiB)
 
     [[peers]]
     id = "n2"
@@ -138,6 +139,9 @@ class NodeConfig:
     queues: tuple[str, ...] = ("default",)
     # SSH connections by name; ssh tasks naming one are assigned only to nodes having it.
     connections: tuple[SSHConnection, ...] = ()
+    # Bytes of a task attempt's output stored in this node's log store; past it the log
+    # says where it was cut and the rest is dropped (store/local.py).
+    task_log_limit: int = 64 * 1024 * 1024
 
     @property
     def worker_lease(self) -> float:
@@ -207,6 +211,7 @@ _SCALARS: dict[str, tuple[Callable[[Any], Any], str]] = {  # key -> (type, envir
     "log_level": (str, "RAFTFLOW_LOG_LEVEL"),
     "fsync": (_bool, "RAFTFLOW_FSYNC"),
     "queues": (_queues, "RAFTFLOW_QUEUES"),
+    "task_log_limit": (int, "RAFTFLOW_TASK_LOG_LIMIT"),
 }
 
 
@@ -260,6 +265,8 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
         _check_address(values[key], f"{key} from {where[key]}")
     if values.get("slots", 1) < 1:
         raise ConfigError(f"slots from {where['slots']} must be at least 1")
+    if values.get("task_log_limit", 1) < 1:
+        raise ConfigError(f"task_log_limit from {where['task_log_limit']} must be at least 1 (bytes)")
 
     peers = tuple(_peer(p, where.get("peers", "config")) for p in raw.get("peers", []))
     ids = [values["node_id"], *(p.id for p in peers)]
@@ -402,6 +409,7 @@ def to_toml(cfg: NodeConfig) -> str:
         f'log_level = "{cfg.log_level}"',
         f"fsync = {'true' if cfg.fsync else 'false'}",
         "queues = [" + ", ".join(f'"{q}"' for q in cfg.queues) + "]",
+        f"task_log_limit = {cfg.task_log_limit}",
     ]
     if cfg.raft != RaftTuning():
         lines += ["", "[raft]"] + [f"{name} = {getattr(cfg.raft, name)}" for name in RaftTuning.__dataclass_fields__]

@@ -67,7 +67,7 @@ class Node:
         secret = cfg.read_secret()
         self.started = time.monotonic()
         prepare_data_dir(cfg.data_dir)
-        self.store = LocalStore(cfg.data_dir / "store")
+        self.store = LocalStore(cfg.data_dir / "store", log_limit=cfg.task_log_limit)
         self.replica = ReplicatedState(cfg, secret, on_applied=self._after_apply,
                                        on_installed=self._after_install)
         self.peers = PeerClients(cfg.peers, peer_token(secret))

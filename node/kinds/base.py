@@ -56,6 +56,7 @@ class AttemptInput:
     node_id: str                       # this node
     reason_file: str                   # where a runner may leave a one-line reason for its failure
     connections: Mapping[str, SSHConnection] = field(default_factory=dict)   # this node's SSH connections
+    attempt_dir: str = ""              # the attempt's own directory, where `Launch.files` are written
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +64,14 @@ class Launch:
     """How the worker starts an attempt: `argv` in its own session, in the working
     directory, stdout and stderr merged into the task log. Its environment is this
     node's, then `task_env`, then RAFTFLOW_RESULT_FILE and the attempt's RAFTFLOW_*
-    variables, then `extra_env`."""
+    variables, then `extra_env`. Anything large goes in `files`, never in the
+    environment (Linux refuses a single variable over 128 KiB: "Argument list too long")."""
     argv: tuple[str, ...]
     task_env: Mapping[str, str] = field(default_factory=dict)    # the task's env, for the local process
     extra_env: Mapping[str, str] = field(default_factory=dict)   # the runner's own settings
+    # Files the worker writes into AttemptInput.attempt_dir before it starts the process:
+    # plain file name -> text. Removed with the directory once the attempt is reported.
+    files: Mapping[str, str] = field(default_factory=dict)
     # The environment variables that hold SSH passwords and passphrases (config) are
     # removed from every attempt's process except one that connects with them.
     needs_connection_secrets: bool = False

@@ -1,10 +1,11 @@
 """The python kind: calls `python_callable` ("package.module:function", importable on
 the nodes; code is never pickled) with `op_kwargs`, in its own process
-(worker/pyrunner.py, which reads the RAFTFLOW_PY_* variables set here)."""
+(worker/pyrunner.py, which reads the RAFTFLOW_PY_* variables and the files set here)."""
 
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import sys
 from collections.abc import Mapping
@@ -13,6 +14,8 @@ from typing import Any, ClassVar
 
 from .base import AttemptInput, InvalidArgs, Launch, TaskKind
 
+CONTEXT_FILE = "python-context.json"
+KWARGS_FILE = "python-op-kwargs.json"
 CALLABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -37,11 +40,16 @@ class Python(TaskKind):
         return {"python_callable": python_callable, "op_kwargs": op_kwargs}
 
     def launch(self, attempt: AttemptInput) -> Launch:
+        """The context and op_kwargs go in files of the attempt's directory, whatever
+        their size (one environment variable holds at most 128 KiB)."""
         return Launch((sys.executable, "-m", "raftflow.worker.pyrunner"), task_env=attempt.env, extra_env={
             "RAFTFLOW_PY_CALLABLE": attempt.task.python_callable,
-            "RAFTFLOW_PY_CONTEXT": json.dumps(attempt.context, default=_iso_default),
-            "RAFTFLOW_PY_KWARGS": json.dumps(attempt.task.op_kwargs),
+            "RAFTFLOW_PY_CONTEXT_FILE": posixpath.join(attempt.attempt_dir, CONTEXT_FILE),
+            "RAFTFLOW_PY_KWARGS_FILE": posixpath.join(attempt.attempt_dir, KWARGS_FILE),
             "PYTHONUNBUFFERED": "1",
+        }, files={
+            CONTEXT_FILE: json.dumps(attempt.context, default=_iso_default),
+            KWARGS_FILE: json.dumps(attempt.task.op_kwargs),
         })
 
 

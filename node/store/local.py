@@ -6,6 +6,11 @@ Owns the task logs of attempts that ran on this node. One process per database
     log/<run_id>\\0<task_id>\\0<attempt:08d>\\0<seq:010d>  -> a chunk of output
 
 Thread-safe: rocksdb serialises writes; readers see a consistent prefix.
+
+An attempt's task output is capped at `log_limit` bytes (the node's
+`task_log_limit`): the chunk that crosses it is cut there and followed by a note
+saying so; the attempt's later output is not stored. The worker's own notes
+(`append_note`: why an attempt was stopped, ...) are stored past the cut.
 """
 
 from __future__ import annotations
@@ -34,30 +39,63 @@ def _attempt_prefix(run_id: str, task_id: str, attempt: int) -> bytes:
     return b"log/" + run_id.encode() + _SEP + task_id.encode() + _SEP + b"%08d" % attempt + _SEP
 
 
+DEFAULT_LOG_LIMIT = 64 * 1024 * 1024
+
+
 class LocalStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, log_limit: int = DEFAULT_LOG_LIMIT) -> None:
         path.mkdir(parents=True, exist_ok=True)
         opts = Options(raw_mode=True)
         opts.create_if_missing(True)
         self._db = Rdict(str(path), options=opts)
         self._lock = threading.Lock()
         self._seq: dict[bytes, int] = {}
+        self.log_limit = log_limit
+        self._stored: dict[bytes, int] = {}   # task output bytes stored per open attempt log (the cap)
         self._write_opts = WriteOptions()  # WAL on, no fsync per chunk: see README durability
 
-    def append_log(self, run_id: str, task_id: str, attempt: int, chunk: bytes) -> None:
+    def append_log(self, run_id: str, task_id: str, attempt: int, chunk: bytes) -> bool:
+        """Store a chunk of the attempt's task output, up to `log_limit` bytes per attempt
+        (per open log: a restarted node never resumes an attempt). Returns False once
+        the log is cut: the caller may drop the rest of the output unread."""
         if not chunk:
-            return
+            return True
         prefix = _attempt_prefix(run_id, task_id, attempt)
         with self._lock:   # the put too: a reader must never see chunk k+1 before chunk k (--follow)
-            seq = self._seq.get(prefix)
-            if seq is None:
-                seq = self._last_seq(prefix) + 1
-            self._seq[prefix] = seq + 1
-            self._db.put(prefix + b"%010d" % seq, chunk, self._write_opts)
+            stored = self._stored.get(prefix, 0)
+            room = self.log_limit - stored
+            if room < 0:
+                return False
+            if len(chunk) > room:
+                self._put(prefix, chunk[:room])
+                self._put(prefix, f"\nraftflow: the log is cut here: this attempt's output passed the node's "
+                                  f"task_log_limit of {self.log_limit} bytes; the rest was not stored\n".encode())
+                self._stored[prefix] = self.log_limit + 1
+                return False
+            self._put(prefix, chunk)
+            self._stored[prefix] = stored + len(chunk)
+            return True
+
+    def append_note(self, run_id: str, task_id: str, attempt: int, note: bytes) -> None:
+        """Store a line of raftflow's own about the attempt, past the cap (it is short)."""
+        with self._lock:
+            self._put(_attempt_prefix(run_id, task_id, attempt), note)
+
+    def _put(self, prefix: bytes, chunk: bytes) -> None:
+        """Append one chunk under the lock; the attempt's next sequence number."""
+        if not chunk:
+            return
+        seq = self._seq.get(prefix)
+        if seq is None:
+            seq = self._last_seq(prefix) + 1
+        self._seq[prefix] = seq + 1
+        self._db.put(prefix + b"%010d" % seq, chunk, self._write_opts)
 
     def close_log(self, run_id: str, task_id: str, attempt: int) -> None:
         with self._lock:
-            self._seq.pop(_attempt_prefix(run_id, task_id, attempt), None)
+            prefix = _attempt_prefix(run_id, task_id, attempt)
+            self._seq.pop(prefix, None)
+            self._stored.pop(prefix, None)
 
     def _last_seq(self, prefix: bytes) -> int:
         last = -1
@@ -87,6 +125,8 @@ class LocalStore:
         with self._lock:
             for key in [k for k in self._seq if k.startswith(prefix)]:
                 del self._seq[key]
+            for key in [k for k in self._stored if k.startswith(prefix)]:
+                del self._stored[key]
 
     def runs_with_logs(self) -> Iterator[str]:
         """The run ids that have logs here, one seek per run."""

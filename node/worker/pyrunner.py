@@ -6,9 +6,10 @@ by execution_timeout and cancel). Nothing is pickled: the callable is named
 ("package.module:function") and must be importable on the node.
 
 Inputs (environment, set by kinds/python.py): RAFTFLOW_PY_CALLABLE;
-RAFTFLOW_PY_CONTEXT, the template context as JSON (dates as ISO-8601 text, turned
-back into datetimes here);
-RAFTFLOW_PY_KWARGS, the task's op_kwargs as JSON. As Airflow's PythonOperator does,
+RAFTFLOW_PY_CONTEXT_FILE, a file in the attempt's directory holding the template
+context as JSON (dates as ISO-8601 text, turned back into datetimes here);
+RAFTFLOW_PY_KWARGS_FILE, one holding the task's op_kwargs as JSON. Files, not
+variables: a variable over 128 KiB makes the process fail to start. As Airflow's PythonOperator does,
 the function gets op_kwargs plus every context value whose name it accepts (all of
 them if it takes **kwargs). A return value other than None is the task's result:
 written as JSON to $RAFTFLOW_RESULT_FILE (the worker checks the 64 KiB limit). An
@@ -49,6 +50,14 @@ def arguments(function: Any, context: dict[str, Any], op_kwargs: dict[str, Any])
     return {**{k: v for k, v in context.items() if k in names}, **op_kwargs}
 
 
+def _read(path: str | None) -> str:
+    """An input file the worker wrote ("{}" when none is named)."""
+    if not path:
+        return "{}"
+    with open(path) as f:
+        return f.read()
+
+
 def main() -> int:
     target = os.environ["RAFTFLOW_PY_CALLABLE"]
     module_name, _, function_name = target.partition(":")
@@ -57,8 +66,8 @@ def main() -> int:
     except (ImportError, AttributeError) as e:
         print(f"raftflow: cannot import {target} on this node: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    context = load_context(os.environ.get("RAFTFLOW_PY_CONTEXT", "{}"))
-    op_kwargs = json.loads(os.environ.get("RAFTFLOW_PY_KWARGS", "{}"))
+    context = load_context(_read(os.environ.get("RAFTFLOW_PY_CONTEXT_FILE")))
+    op_kwargs = json.loads(_read(os.environ.get("RAFTFLOW_PY_KWARGS_FILE")))
     try:
         value = function(**arguments(function, context, op_kwargs))
     except Exception:  # noqa: BLE001 - the task failed: its traceback is its log

@@ -50,3 +50,9 @@ def render(template: str, context: dict[str, Any], what: str) -> str:
         raise RenderError(f"cannot render the {what}: {type(e).__name__}: {e}") from None
     except Exception as e:  # noqa: BLE001 - e.g. a filter raising on bad input: still the template's fault
         raise RenderError(f"cannot render the {what}: {type(e).__name__}: {e}") from None
+
+
+def is_template(text: str) -> bool:
+    """Whether `text` has Jinja syntax; one without renders to itself (worker/renderer.py
+    sends only these to a renderer process)."""
+    return any(marker in text for marker in _MARKERS)

@@ -9,8 +9,12 @@ Life of an attempt here (node/README.md has the whole story):
    late (held in a paused node's socket, or sent before a restart) is dropped and
    never runs beside its successor.
 3. The command (and env values) are rendered as Jinja2 templates with the
-   attempt's context, read from this node's replica (core/context.py); a template
-   error fails the attempt with the message. It runs as `bash -c COMMAND` in its
+   attempt's context, read from this node's replica (core/context.py), in a
+   renderer process bounded in memory and CPU (renderer.py), under the attempt's
+   execution_timeout and cancel; a template error fails the attempt with the
+   message. Each attempt has a directory of its own under WORKDIR/attempts (its
+   result file, runner reason file and the files its kind asks for, such as a
+   python task's context), removed once it is reported. It runs as `bash -c COMMAND` in its
    own session/process group, with the RAFTFLOW_* variables, stdout and stderr
    merged into one stream; output goes to this node's LocalStore as it arrives.
    Its task kind (raftflow/kinds/) says what process to start: a python task's
@@ -18,7 +22,12 @@ Life of an attempt here (node/README.md has the whole story):
    the connection's host and stops it there when it is stopped here.
    `execution_timeout` and `cancel` kill the whole process group (TERM, then KILL
    after KILL_GRACE seconds) and say so in the log. A task may publish a small
-   JSON result by writing it to the file named by $RAFTFLOW_RESULT_FILE.
+   JSON result by writing it to the file named by $RAFTFLOW_RESULT_FILE (read only
+   if it is a regular file, never through a symlink, and at most its limit + 1 byte).
+   Output is stored up to the store's per-attempt cap (task_log_limit). Once the
+   process exits after a timeout, cancel or fence, what is still buffered is read
+   for DRAIN_SECONDS and no longer: a process that left the group (setsid) may hold
+   the output open forever.
 4. On exit, `TaskFinished` (exit code, times, log tail) is proposed until it
    commits or is rejected as stale (fenced): a result is never silently dropped
    while this node is up.
@@ -33,11 +42,16 @@ its heartbeats so the leader knows its load.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import select
+import shutil
 import signal
+import stat
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -53,13 +67,17 @@ from ..kinds import KINDS, AttemptInput, CannotStart, Launch, kind
 from ..raft.replica import Unavailable, propose_until_decided
 from ..store.local import LocalStore
 from .lease import Lease, Reaper
-from .render import RenderError, render
+from .render import RenderError
+from .renderer import RenderInterrupted, RenderPool
 
 log = logging.getLogger("raftflow.worker")
 
 LOG_TAIL_BYTES = 2048
 READ_CHUNK = 65536
 KILL_GRACE = 5.0      # seconds between SIGTERM and SIGKILL when a timeout or cancel stops an attempt
+DRAIN_SECONDS = 0.5   # reading what is buffered once a stopped attempt's process exited
+_PUMP_POLL_MS = 250   # how often the output loop looks whether a stopped attempt's process exited
+REASON_LIMIT = 1000   # characters of a runner's reason kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +144,11 @@ class Worker:
         if reaper is not None:
             reaper.lease(self.lease.valid_until())   # the initial grace, until the first acknowledgement
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "results").mkdir(exist_ok=True)
+        (workdir / "attempts").mkdir(exist_ok=True)
+        for leftover in (workdir / "attempts").iterdir():   # of a previous process of this node (dead)
+            shutil.rmtree(leftover, ignore_errors=True)
+        self.renderers = RenderPool(workdir, self._node_environment(with_secrets=False))
+        self.renderers.prestart()
         self._watchdog = threading.Thread(target=self._watch_lease, name="lease-watchdog", daemon=True)
         self._watchdog.start()
 
@@ -201,14 +223,15 @@ class Worker:
                 return
             attempt.stopped = why
             process = attempt.process
-        self._store.append_log(a.run_id, a.task_id, a.attempt,
-                               f"raftflow: {why}: sending SIGTERM to the process group, SIGKILL after "
-                               f"{KILL_GRACE:g}s\n".encode())
+            # Set with `stopped`: the output loop waits for it to have fired (_may_stop_reading).
+            timer = threading.Timer(KILL_GRACE, _kill_group, (process, signal.SIGKILL))
+            timer.daemon = True
+            attempt.kill_timer = timer   # cancelled once the process is reaped (its pgid may be reused)
+        self._store.append_note(a.run_id, a.task_id, a.attempt,
+                                f"raftflow: {why}: sending SIGTERM to the process group, SIGKILL after "
+                                f"{KILL_GRACE:g}s\n".encode())
         log.warning("stopping %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, why)
         _kill_group(process, signal.SIGTERM)
-        timer = threading.Timer(KILL_GRACE, _kill_group, (process, signal.SIGKILL))
-        timer.daemon = True
-        attempt.kill_timer = timer   # cancelled once the process is reaped (its pgid may be reused)
         timer.start()
 
     def shutdown(self, grace: float = 5.0) -> None:
@@ -225,6 +248,7 @@ class Worker:
                 _kill_group(attempt.process, signal.SIGKILL)
         if self._reaper is not None:
             self._reaper.close()
+        self.renderers.close()
 
     # ------------------------------------------------------------ one attempt
     def _run(self, attempt: _Attempt) -> None:
@@ -244,6 +268,13 @@ class Worker:
                 self._attempts.pop(a.key, None)
 
     def _run_attempt(self, attempt: _Attempt) -> None:
+        attempt_dir = Path(tempfile.mkdtemp(dir=self._workdir / "attempts"))
+        try:
+            self._run_attempt_in(attempt, attempt_dir)
+        finally:
+            shutil.rmtree(attempt_dir, ignore_errors=True)
+
+    def _run_attempt_in(self, attempt: _Attempt, attempt_dir: Path) -> None:
         a = attempt.assignment
         attempt.started_at = time.time()
         lapses_before = self.lease.lapses
@@ -251,17 +282,25 @@ class Worker:
         tail = bytearray()
         reason = ""
         command, env, setup = a.command, dict(a.env), AttemptSetup({})
-        result_file = self._workdir / "results" / f"{os.getpid()}-{threading.get_ident()}.json"
-        result_file.unlink(missing_ok=True)
-        reason_file = result_file.with_suffix(".reason")
-        reason_file.unlink(missing_ok=True)
+        result_file = attempt_dir / "result.json"
+        reason_file = attempt_dir / "reason"
+        deadline: float | None = None   # the execution_timeout, from before the templates render
         if not refusal:
             try:
                 setup = self._setup(a)
-                command = render(a.command, setup.context, "command")
-                env = {k: render(v, setup.context, f"env value {k}") for k, v in a.env.items()}
+                timeout_note = ""
+                if setup.execution_timeout is not None:
+                    deadline = time.monotonic() + setup.execution_timeout
+                    timeout_note = f"execution_timeout of {setup.execution_timeout:g}s reached while rendering"
+                rendered = self.renderers.render(
+                    [("command", a.command), *((f"env value {k}", v) for k, v in a.env.items())], setup.context,
+                    deadline, lambda: bool(attempt.stopped) or attempt.fenced or self._stopping.is_set(),
+                    timeout_note)
+                command, env = rendered[0], dict(zip(a.env, rendered[1:]))
             except RenderError as e:
                 reason = str(e)
+            except RenderInterrupted:
+                pass   # stopped, fenced or shutting down: the checks below refuse the start
         with self._lock:
             # The claim committed; start only if the lease held all along (a lapse since the
             # claim was proposed means the leader may already have given the task away).
@@ -275,7 +314,11 @@ class Worker:
                     launch = kind(a.kind).launch(AttemptInput(
                         task=setup.task or TaskSpec(a.task_id, a.kind, a.command, env=tuple(sorted(a.env.items()))),
                         command=command, env=env, context=setup.context, variables=self._attempt_variables(a),
-                        node_id=self.node_id, reason_file=str(reason_file), connections=self._connections))
+                        node_id=self.node_id, reason_file=str(reason_file), connections=self._connections,
+                        attempt_dir=str(attempt_dir)))
+                    for name, text in launch.files.items():
+                        assert name and "/" not in name and name not in (".", ".."), name   # kinds.Launch.files
+                        (attempt_dir / name).write_text(text)
                     attempt.process = subprocess.Popen(
                         list(launch.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                         start_new_session=True, cwd=self._workdir,
@@ -293,25 +336,18 @@ class Worker:
         published = ""
         if attempt.process is None:
             exit_code = 1 if reason.startswith("cannot render") else 127
-            self._store.append_log(a.run_id, a.task_id, a.attempt, f"raftflow: {reason}\n".encode())
+            self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {reason}\n".encode())
         else:
             if self._reaper is not None:
                 self._reaper.add(attempt.process.pid)
             log.info("started %s/%s attempt %d (pid %d)", a.run_id, a.task_id, a.attempt, attempt.process.pid)
             timeout = None
-            if setup.execution_timeout is not None:
-                timeout = threading.Timer(setup.execution_timeout, self._stop,
+            if deadline is not None:
+                timeout = threading.Timer(max(0.0, deadline - time.monotonic()), self._stop,
                                           (attempt, f"execution_timeout of {setup.execution_timeout:g}s reached"))
                 timeout.daemon = True
                 timeout.start()
-            stdout = attempt.process.stdout
-            assert stdout is not None   # (started with stdout=PIPE)
-            fd = stdout.fileno()
-            while chunk := os.read(fd, READ_CHUNK):
-                self._store.append_log(a.run_id, a.task_id, a.attempt, chunk)
-                tail += chunk
-                del tail[:-LOG_TAIL_BYTES]
-            stdout.close()
+            self._pump_output(attempt, tail)
             status = attempt.process.wait()
             if timeout is not None:
                 timeout.cancel()
@@ -332,7 +368,7 @@ class Worker:
             published, problem = _read_result(result_file)
             if problem and exit_code == 0:
                 exit_code, reason = 1, problem
-                self._store.append_log(a.run_id, a.task_id, a.attempt, f"raftflow: {problem}\n".encode())
+                self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {problem}\n".encode())
         ended_at = time.time()
         with self._lock:
             stopping = self._stopping.is_set()
@@ -342,7 +378,7 @@ class Worker:
         if fenced:
             note = (f"raftflow: attempt stopped: node {self.node_id} is shutting down\n" if stopping else
                     f"raftflow: attempt killed on {self.node_id}: its lease lapsed (cut off from the leader)\n")
-            self._store.append_log(a.run_id, a.task_id, a.attempt, note.encode())
+            self._store.append_note(a.run_id, a.task_id, a.attempt, note.encode())
         self._store.close_log(a.run_id, a.task_id, a.attempt)
         log.info("finished %s/%s attempt %d: exit %d %s%s", a.run_id, a.task_id, a.attempt, exit_code, reason,
                  " (fenced)" if fenced else "")
@@ -354,6 +390,53 @@ class Worker:
                 started_at=attempt.started_at, ended_at=ended_at,
                 log_tail=tail.decode("utf-8", errors="replace"), reason=reason, at=ended_at, result=published,
             ))
+
+    def _may_stop_reading(self, attempt: _Attempt, pid: int) -> bool:
+        """Whether the attempt was stopped, its group was sent everything it will be sent
+        (the SIGKILL after KILL_GRACE included) and its process exited: whatever still
+        holds its output then is out of the group's reach."""
+        if not (attempt.stopped or attempt.fenced or self._stopping.is_set()):
+            return False
+        with self._lock:
+            timer = attempt.kill_timer
+        return (timer is None or timer.finished.is_set()) and _exited(pid)
+
+    def _pump_output(self, attempt: _Attempt, tail: bytearray) -> None:
+        """Copy the attempt's output into its log (up to the store's cap; past it the
+        output is still read, so the process never blocks on a full pipe, and dropped)
+        and into `tail`, until every writer closed the pipe; or, once the attempt was
+        stopped (timeout, cancel, lease, shutdown; after the SIGKILL that follows a
+        SIGTERM by KILL_GRACE) and its process exited, until what
+        is buffered is read or DRAIN_SECONDS passed: a process that left the group
+        (setsid) is out of reach of the group kill and may hold the pipe open forever."""
+        a = attempt.assignment
+        process = attempt.process
+        assert process is not None and process.stdout is not None   # (started with stdout=PIPE)
+        fd = process.stdout.fileno()
+        poller = select.poll()   # not select.select: a busy node's descriptors may pass FD_SETSIZE
+        poller.register(fd, select.POLLIN)
+        storing = True
+        drain_until: float | None = None
+        while True:
+            if drain_until is None and self._may_stop_reading(attempt, process.pid):
+                drain_until = time.monotonic() + DRAIN_SECONDS
+            if drain_until is not None:
+                left = drain_until - time.monotonic()
+                if left <= 0 or not poller.poll(left * 1000):
+                    self._store.append_note(a.run_id, a.task_id, a.attempt, (
+                        "raftflow: stopped reading the output: the attempt's process exited, but a process it "
+                        "started outside its process group (setsid?) still holds the output open\n").encode())
+                    break
+            elif not poller.poll(_PUMP_POLL_MS):
+                continue
+            chunk = os.read(fd, READ_CHUNK)
+            if not chunk:
+                break
+            if storing:
+                storing = self._store.append_log(a.run_id, a.task_id, a.attempt, chunk)
+            tail += chunk
+            del tail[:-LOG_TAIL_BYTES]
+        process.stdout.close()
 
     def _claim(self, a: Assignment, at: float) -> tuple[str, bool]:
         """Commit TaskStarted before running anything. Returns ('', True) when this node
@@ -392,13 +475,19 @@ class Worker:
             log.log(level, "%s of %s/%s attempt %d ignored: %s", command.TYPE,
                     command.run_id, command.task_id, command.attempt, result.reason)
 
-    def _environment(self, a: Assignment, launch: Launch, result_file: Path) -> dict[str, str]:
-        """The attempt's process environment but the launch's extra_env (see kinds.Launch)."""
+    def _node_environment(self, with_secrets: bool) -> dict[str, str]:
+        """This node's environment, without the variables holding SSH secrets unless
+        `with_secrets` (they are for the ssh runner only)."""
         env = dict(os.environ)
-        if not launch.needs_connection_secrets:   # the variables holding SSH secrets are for the ssh runner only
+        if not with_secrets:
             for conn in self._connections.values():
                 for name in filter(None, (conn.password_env, conn.passphrase_env)):
                     env.pop(name, None)
+        return env
+
+    def _environment(self, a: Assignment, launch: Launch, result_file: Path) -> dict[str, str]:
+        """The attempt's process environment but the launch's extra_env (see kinds.Launch)."""
+        env = self._node_environment(with_secrets=launch.needs_connection_secrets)
         env.update(launch.task_env)
         env["RAFTFLOW_RESULT_FILE"] = str(result_file)
         env.update(self._attempt_variables(a))
@@ -415,26 +504,51 @@ class Worker:
         }
 
 
+def _read_bounded(path: Path, limit: int) -> tuple[bytes | None, int, str]:
+    """(at most `limit` + 1 bytes of the file at `path` or None, its size, a problem or '').
+    The file is a task's to write, so it may be anything: it is opened without following
+    a symlink and without blocking (a FIFO with no writer would block the open), and read
+    only if it is a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, 0, ""
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return None, 0, "is a symbolic link; write a regular file there"
+        return None, 0, f"cannot be opened: {e.strerror}"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, 0, "is not a regular file; write a regular file there"
+        data = bytearray()
+        while len(data) <= limit:
+            chunk = os.read(fd, limit + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data), max(st.st_size, len(data)), ""
+    except OSError as e:
+        return None, 0, f"cannot be read: {e.strerror}"
+    finally:
+        os.close(fd)
+
+
 def _read_reason(path: Path) -> str:
     """The one-line reason a runner process (sshrun.py) left for its failure, or ''."""
-    try:
-        return path.read_text(errors="replace").strip()[:1000]
-    except FileNotFoundError:
-        return ""
-    finally:
-        path.unlink(missing_ok=True)
+    data, _size, _problem = _read_bounded(path, 4 * REASON_LIMIT)
+    return (data or b"").decode(errors="replace").strip()[:REASON_LIMIT]
 
 
 def _read_result(path: Path) -> tuple[str, str]:
     """(the published JSON text or '', a problem to fail the attempt with or '')."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    data, size, problem = _read_bounded(path, RESULT_LIMIT)
+    if problem:
+        return "", f"the result in $RAFTFLOW_RESULT_FILE {problem}"
+    if data is None:
         return "", ""
-    finally:
-        path.unlink(missing_ok=True)
     if len(data) > RESULT_LIMIT:
-        return "", f"the result in $RAFTFLOW_RESULT_FILE is {len(data)} bytes; the limit is {RESULT_LIMIT}"
+        return "", f"the result in $RAFTFLOW_RESULT_FILE is {size} bytes; the limit is {RESULT_LIMIT}"
     if not data.strip():
         return "", ""
     try:
@@ -443,6 +557,15 @@ def _read_result(path: Path) -> tuple[str, str]:
     except (UnicodeDecodeError, ValueError) as e:
         return "", f"the result in $RAFTFLOW_RESULT_FILE is not JSON ({e})"
     return text.strip(), ""
+
+
+def _exited(pid: int) -> bool:
+    """Whether the child `pid` exited, without reaping it (its pid, which is also its
+    process group's id, stays reserved until Popen.wait)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
 
 
 def _kill_group(process: subprocess.Popen | None, sig: int) -> None:

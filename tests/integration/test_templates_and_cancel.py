@@ -164,3 +164,60 @@ def test_a_python_task_runs_an_installed_function_and_its_result_flows_downstrea
         assert tasks["extract"]["result"] == {"rows": 15} and tasks["extract"]["kind"] == "python"
         assert cli("tasks", "logs", run["run_id"], "extract").stdout.startswith("extracting 20")
         assert cli("tasks", "logs", run["run_id"], "report").stdout == "rows=15\n"
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+HOSTILE = r'''
+from raftflow import DAG, BashTask, PythonTask
+
+with DAG("hungry"):
+    BashTask("bomb", command="echo {{ 'a' * 500000000 }}", retries=0)
+
+with DAG("loops"):
+    BashTask("nested", command="echo {% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}"
+             "{% endfor %}", execution_timeout=2, retries=0)
+
+with DAG("bigresults"):
+    measure = PythonTask("measure", python_callable="measure_steps:measure")
+    for i in range(3):
+        BashTask(f"up{i}", command="yes x | head -c 120000 | tr -d '[:space:]' | sed 's/.*/{\"blob\": \"&\"}/' "
+                 "> $RAFTFLOW_RESULT_FILE") >> measure
+'''
+
+
+def test_templates_render_outside_the_node_and_a_python_task_takes_a_large_context(tmp_path):
+    """A template that allocates 500 MB, or loops for ever, fails its task with the reason
+    and costs its node nothing; a python task gets a 180 KB context (three upstream
+    results: over the 128 KiB a single environment variable may hold)."""
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "measure_steps.py").write_text(
+        "def measure(results):\n    return {task: len(value['blob']) for task, value in results.items()}\n")
+    with running_cluster(tmp_path / "cluster", extra_env={"PYTHONPATH": str(modules)}) as cluster:
+        cli = Cli(cluster.addresses)
+        (tmp_path / "hostile.py").write_text(HOSTILE)
+        assert cli("dags", "submit", str(tmp_path / "hostile.py")).returncode == 0
+
+        started = time.monotonic()
+        run = _trigger(cli, "hungry")
+        bomb = cli.json("runs", "show", run["run_id"])["tasks"][0]
+        assert run["state"] == "failed" and "cannot render the command" in bomb["reason"], bomb
+        assert time.monotonic() - started < 20
+        peaks = {n.node_id: _peak_rss_mib(cluster.pid_of(n.node_id)) for n in cluster.nodes}
+        assert max(peaks.values()) < 400, f"a node grew rendering a template: peak RSS {peaks} MiB"
+
+        run = _trigger(cli, "loops")
+        nested = cli.json("runs", "show", run["run_id"])["tasks"][0]
+        assert run["state"] == "failed" and "execution_timeout of 2s reached while rendering" in nested["reason"]
+        assert nested["ended_at"] and nested["started_at"]
+
+        run = _trigger(cli, "bigresults")
+        measure = {t["task_id"]: t for t in cli.json("runs", "show", run["run_id"])["tasks"]}["measure"]
+        assert run["state"] == "success" and measure["result"] == {"up0": 60000, "up1": 60000, "up2": 60000}, \
+            measure

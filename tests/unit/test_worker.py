@@ -4,6 +4,7 @@ only once its start is committed, reports results, and fences on a lapsed lease.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -224,3 +225,187 @@ def test_a_python_task_calls_its_function_with_the_context_it_asks_for(tmp_path,
     done, log = outcomes[5]
     assert done.exit_code == 1 and "cannot import nosuchmodule:f on this node" in log
     worker.shutdown()
+
+
+# ---------------------------------------------------------------- bounds (issue 13)
+def test_a_log_is_cut_at_the_limit_and_says_so_while_the_task_runs_on(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=True, log_limit=1000)
+    assert worker.accept(assignment("head -c 300000 /dev/zero | tr '\\0' a; echo; echo the-end; exit 4"))[0]
+    done = reports.wait_for(c.TaskFinished)
+    assert done.exit_code == 4, "the task is not disturbed by the cut: its output is still read"
+    assert done.log_tail.endswith("the-end\n"), "the tail is the output's, past the cut"
+    text = log_text(store)
+    assert text.startswith("a" * 1000 + "\nraftflow: the log is cut here")
+    assert "task_log_limit of 1000 bytes" in text and len(text) < 1300 and "the-end" not in text
+    worker.shutdown()
+
+
+def test_the_store_caps_each_attempt_but_not_raftflow_notes(tmp_path):
+    store = LocalStore(tmp_path / "store", log_limit=10)
+    assert store.append_log("r1", "t1", 1, b"12345") is True
+    assert store.append_log("r1", "t1", 1, b"67890") is True, "exactly at the limit: nothing cut yet"
+    assert store.append_log("r1", "t1", 1, b"x") is False
+    assert store.append_log("r1", "t1", 1, b"more") is False
+    store.append_note("r1", "t1", 1, b"raftflow: stopped\n")
+    assert store.append_log("r1", "t1", 2, b"a" * 15) is False, "each attempt has its own cap"
+    first = b"".join(store.read_log("r1", "t1", 1))
+    assert first.startswith(b"1234567890\nraftflow: the log is cut here") and first.endswith(b"raftflow: stopped\n")
+    assert b"x" not in first.split(b"\n", 1)[0] and b"more" not in first
+    assert b"".join(store.read_log("r1", "t1", 2)).startswith(b"a" * 10 + b"\nraftflow: the log is cut here")
+    store.close()
+
+
+def test_a_fifo_or_symlink_as_result_file_fails_the_attempt_without_hanging_the_worker(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=True)
+    assert worker.accept(assignment('rm -f "$RAFTFLOW_RESULT_FILE"; mkfifo "$RAFTFLOW_RESULT_FILE"'))[0]
+    done = reports.wait_for(c.TaskFinished)
+    assert done.exit_code == 1 and "is not a regular file" in done.reason
+    wait_idle(worker)
+    target = tmp_path / "elsewhere.json"
+    target.write_text('{"secret": 1}')
+    reports.commands.clear()
+    assert worker.accept(Assignment("r1", "t1", 2, "d", "bash", f'ln -sf {target} "$RAFTFLOW_RESULT_FILE"', {}, ""))[0]
+    done = reports.wait_for(c.TaskFinished)
+    assert done.exit_code == 1 and done.result == "" and "is a symbolic link" in done.reason
+    worker.shutdown()
+
+
+def test_a_result_or_reason_file_is_read_only_up_to_its_limit(tmp_path):
+    import tracemalloc
+
+    from raftflow.core.model import RESULT_LIMIT
+
+    big = tmp_path / "result.json"
+    big.write_bytes(b"[" + b"1," * (5 * 1024 * 1024) + b"1]")
+    size = big.stat().st_size
+    tracemalloc.start()
+    try:
+        published, problem = worker_module._read_result(big)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, f"reading a {size}-byte file took {peak} bytes"
+    big.write_bytes(b"[" + b"1," * (5 * 1024 * 1024) + b"1]")
+    told = worker_module._read_reason(big)
+    assert (published, problem) == ("", f"the result in $RAFTFLOW_RESULT_FILE is {size} bytes; the limit is "
+                                        f"{RESULT_LIMIT}")
+    assert told == "[" + "1," * 499 + "1" and len(told) == 1000
+    fifo = tmp_path / "reason"
+    os.mkfifo(fifo)
+    assert worker_module._read_reason(fifo) == "", "a FIFO with no writer neither blocks nor counts"
+
+
+def test_a_setsid_child_holding_stdout_does_not_keep_a_timed_out_attempt_alive(tmp_path, monkeypatch):
+    monkeypatch.setattr(worker_module, "KILL_GRACE", 1.0)
+    worker, reports, store = make_worker(tmp_path, current=True, setup=AttemptSetup({}, execution_timeout=0.5))
+    escaped = tmp_path / "escaped"
+    assert worker.accept(assignment(f"setsid sh -c 'echo $$ > {escaped}; exec sleep 30' & echo started; sleep 60"))[0]
+    began = time.monotonic()
+    try:
+        done = reports.wait_for(c.TaskFinished, timeout=15)
+        took = time.monotonic() - began
+        assert "execution_timeout of 0.5s reached" in done.reason
+        assert took < 5, f"the attempt outlived its timeout by {took:.1f}s"
+        text = log_text(store)
+        assert text.startswith("started\n") and "still holds the output open" in text
+        wait_idle(worker)
+    finally:
+        if escaped.exists():
+            os.kill(int(escaped.read_text()), 9)
+        worker.shutdown()
+
+
+def test_a_python_task_gets_a_context_of_any_size(tmp_path, monkeypatch):
+    (tmp_path / "bigtasks.py").write_text("def measure(params, blob):\n"
+                                          "    return {'conf': len(params['blob']), 'kwarg': len(blob)}\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    context = {"params": {"blob": "x" * 3_500_000}}
+    worker, reports, store = make_worker(
+        tmp_path, current=True, setup=AttemptSetup(context, None, python_task("bigtasks:measure",
+                                                                              {"blob": "y" * 300_000})))
+    assert worker.accept(python_assignment())[0]
+    done = reports.wait_for(c.TaskFinished, timeout=20)
+    assert (done.exit_code, json.loads(done.result or "null")) == (0, {"conf": 3_500_000, "kwarg": 300_000}), \
+        (done.reason, log_text(store))
+    wait_idle(worker)
+    assert list((tmp_path / "work" / "attempts").iterdir()) == [], "the attempt's directory is removed"
+    worker.shutdown()
+
+
+def test_a_template_that_allocates_without_bound_fails_outside_the_node(tmp_path):
+    import resource
+
+    worker, reports, store = make_worker(tmp_path, current=True, setup=AttemptSetup(CONTEXT))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    marker = tmp_path / "ran"
+    assert worker.accept(assignment(f"touch {marker}; echo {{{{ 'a' * 700000000 }}}}"))[0]
+    done = reports.wait_for(c.TaskFinished, timeout=30)
+    grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
+    assert done.exit_code == 1 and "cannot render the command" in done.reason and not marker.exists()
+    assert grew < 200 * 1024 * 1024, f"the node's process grew by {grew} bytes rendering a template"
+    worker.shutdown()
+
+
+NESTED = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+
+
+def test_a_slow_template_is_stopped_by_execution_timeout(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=True, setup=AttemptSetup(CONTEXT, execution_timeout=1.0))
+    began = time.monotonic()
+    assert worker.accept(assignment(f"echo {NESTED}"))[0]
+    done = reports.wait_for(c.TaskFinished, timeout=15)
+    assert time.monotonic() - began < 5
+    assert done.exit_code == 1 and "execution_timeout of 1s reached while rendering" in done.reason
+    wait_idle(worker, timeout=2)
+    worker.shutdown()
+
+
+def test_a_slow_template_is_stopped_by_cancel_and_by_its_cpu_limit(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=True, setup=AttemptSetup(CONTEXT))
+    assert worker.accept(assignment(f"echo {NESTED}"))[0]
+    reports.wait_for(c.TaskStarted)
+    deadline = time.monotonic() + 10
+    while worker.cancel("r1", "run r1 cancelled by the user", {("t1", 1)}) == 0:   # once the attempt is known
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    lost = reports.wait_for(c.LoseAttempt, timeout=5)
+    assert "stopped before it started: run r1 cancelled by the user" in lost.reason
+    wait_idle(worker, timeout=2)
+    reports.commands.clear()
+    worker.renderers.cpu_seconds = 1
+    began = time.monotonic()
+    assert worker.accept(Assignment("r1", "t1", 2, "d", "bash", f"echo {NESTED}", {}, ""))[0]
+    done = reports.wait_for(c.TaskFinished, timeout=20)
+    assert done.exit_code == 1 and "more than the renderer's CPU limit" in done.reason
+    assert time.monotonic() - began < 10
+    worker.shutdown()
+
+
+def test_attempt_directories_of_a_previous_process_are_removed_at_start(tmp_path):
+    leftover = tmp_path / "work" / "attempts" / "tmpabc"
+    leftover.mkdir(parents=True)
+    (leftover / "python-context.json").write_text("{}")
+    worker, reports, store = make_worker(tmp_path, current=True)
+    assert list((tmp_path / "work" / "attempts").iterdir()) == []
+    worker.shutdown()
+
+
+def test_the_render_pool_reuses_a_renderer_retires_a_failed_one_and_refuses_once_closed(tmp_path):
+    import pytest
+
+    from raftflow.worker.render import RenderError
+    from raftflow.worker.renderer import RenderInterrupted, RenderPool
+
+    pool = RenderPool(tmp_path, dict(os.environ))
+    pool.prestart()
+    first = pool._idle[0].process.pid
+    assert pool.render([("command", "echo {{ ds }}"), ("env value A", "plain")], CONTEXT, None, lambda: False) == \
+        ["echo 2026-01-01", "plain"]
+    assert [r.process.pid for r in pool._idle] == [first], "the pre-started renderer answered and was kept"
+    with pytest.raises(RenderError, match="cannot render the command: UndefinedError"):
+        pool.render([("command", "{{ nope }}")], CONTEXT, None, lambda: False)
+    assert pool._idle == [], "a renderer that failed is not reused"
+    pool.close()
+    assert pool.render([("command", "true")], CONTEXT, None, lambda: False) == ["true"], "no template, no renderer"
+    with pytest.raises(RenderInterrupted):
+        pool.render([("command", "{{ ds }}")], CONTEXT, None, lambda: False)

@@ -47,9 +47,10 @@ class Reports:
 
 def make_worker(tmp_path: Path, current: bool, lease: float = 30.0, claim_delay: float = 0.0,
                 setup: AttemptSetup | None = None,
-                connections: tuple[SSHConnection, ...] = ()) -> tuple[Worker, Reports, LocalStore]:
+                connections: tuple[SSHConnection, ...] = (),
+                log_limit: int | None = None) -> tuple[Worker, Reports, LocalStore]:
     reports = Reports(current, claim_delay)
-    store = LocalStore(tmp_path / "store")
+    store = LocalStore(tmp_path / "store") if log_limit is None else LocalStore(tmp_path / "store", log_limit)
     worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=lease,
                     setup=(lambda a: setup) if setup is not None else None, connections=connections)
     worker.ready.set()
