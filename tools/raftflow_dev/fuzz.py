@@ -64,6 +64,7 @@ from typing import Any, Callable
 
 import grpc
 from hypothesis import HealthCheck, Phase, Verbosity, seed as hypothesis_seed, settings, strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multiple, rule, run_state_machine_as_test
 
 from raftflow.config import RaftTuning
@@ -153,7 +154,9 @@ class Submission:
 # ------------------------------------------------------------ strategies
 FILL_CHARS = st.sampled_from(["a", "é", "€", "😀", "\u202e", "\x00", "\ufeff", "\n", "'", '"', "{{", "$(id)"])
 SIZES = st.one_of(st.integers(0, 256), st.integers(257, 64 * 1024), st.integers(64 * 1024, MAX_REQUEST_BYTES - 8192))
-DEPTHS = st.one_of(st.integers(1, 40), st.integers(40, 1200), st.integers(1200, 6000))
+# Shallow; deep enough to break a recursive encoder or pickle inside a node (a few hundred
+# levels) yet parse on the way in; deeper than Python's json parser goes (~1000).
+DEPTHS = st.one_of(st.integers(1, 40), st.integers(200, 1000), st.integers(1000, 6000))
 DATES = st.sampled_from(["9999-12-31", "9999-12-31T23:59:59+00:00", "0001-01-01", "1970-01-01", "2000-02-29",
                          "2026-01-01T00:00:00-14:00", "2026-13-45", "not a date", "", "2026-01-01T24:00:00",
                          "+275760-09-13", "2026-06-01", "2026-06-01T00:00:05"])
@@ -173,7 +176,11 @@ def odd_ids(draw: st.DrawFn) -> str:
 @st.composite
 def templates(draw: st.DrawFn) -> str:
     """A bash command template: harmless, expensive to render, or broken."""
-    kind = draw(st.sampled_from(["plain", "mul", "loops", "macro", "params", "conf", "undefined", "syntax"]))
+    kind = draw(st.sampled_from(["plain", "mul", "mul_raw", "loops", "macro", "params", "conf", "undefined",
+                                 "syntax"]))
+    if kind == "mul_raw":   # the issue's own: a 500 MB command line
+        n = draw(st.one_of(st.just(500_000_000), st.integers(1, 1_000_000)))
+        return f"echo {{{{ 'a' * {n} }}}} | wc -c"
     if kind == "mul":
         n = draw(st.one_of(st.just(500_000_000), st.integers(1, 50_000_000)))
         return f"echo {{{{ ('a' * {n}) | length }}}}"
@@ -772,6 +779,9 @@ def node_log_summary(cluster: LocalCluster) -> dict[str, Any]:
 
 # ------------------------------------------------------------ the run
 def run(duration: float, seed: int, data_dir: Path, compaction_seconds: float, log: Callable[[str], None]) -> dict:
+    set_hypothesis_home_dir(data_dir / "hypothesis")   # its caches, out of the working tree
+    # Compaction every `compaction_seconds` (default 300 s): the check needs a snapshot soon
+    # after the fuzz, and the fuzz then also runs against frequent snapshots.
     cluster = LocalCluster(data_dir, nodes=3, raft=RaftTuning(log_compaction_min_time=compaction_seconds))
     checks: dict[str, dict[str, Any]] = {}
     result: dict[str, Any] = {"duration_s": duration, "seed": seed, "checks": checks}
@@ -781,7 +791,8 @@ def run(duration: float, seed: int, data_dir: Path, compaction_seconds: float, l
         log(f"{time.strftime('%H:%M:%S')} {name}: {'ok' if ok else 'FAILED'}")
 
     cluster.start()
-    client = ClusterClient(cluster.addresses.split(","), timeout=CALL_TIMEOUT)
+    # The checks' client: 5 s a node, so a wedged cluster fails the checks in minutes, not hours.
+    client = ClusterClient(cluster.addresses.split(","), timeout=5.0)
     probe = Probe(ClusterClient(cluster.addresses.split(","), timeout=5.0))
     channels = [grpc.insecure_channel(n.grpc_address) for n in cluster.nodes]
     try:
