@@ -316,13 +316,14 @@ class Record:
     codes: Counter[tuple[str, str]] = field(default_factory=Counter)
     server_errors: list[dict[str, Any]] = field(default_factory=list)
     oversize_skipped: list[str] = field(default_factory=list)   # payloads are sized to fit: a bug
-    steps: int = 0
+    steps: int = 0          # requests answered (or failed) so far
     dags: dict[str, FuzzDag] = field(default_factory=dict)     # accepted, by id (latest shape)
     runs: dict[str, FuzzRun] = field(default_factory=dict)     # created, by id
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, method: str, code: grpc.StatusCode, what: str, details: str) -> None:
         with self.lock:
+            self.steps += 1
             self.codes[(method, code.name)] += 1
             if code in SERVER_ERROR_CODES and len(self.server_errors) < 50:
                 self.server_errors.append({"rpc": method, "code": code.name, "input": what[:200],
@@ -359,7 +360,6 @@ class FuzzMachine(RuleBasedStateMachine):
         if request.ByteSize() > MAX_REQUEST_BYTES:
             record.oversize_skipped.append(f"{what[:150]}: {request.ByteSize()} bytes")  # a strategy's bug
             return None
-        record.steps += 1
         try:
             response = getattr(self.ctx.stub(node), method)(request, timeout=CALL_TIMEOUT)
         except grpc.RpcError as e:
@@ -371,7 +371,6 @@ class FuzzMachine(RuleBasedStateMachine):
     def _stream(self, node: int, method: str, request: Any, what: str, most: int, seconds: float) -> int:
         """Read at most `most` messages of a server stream for at most `seconds`; returns how many."""
         record = self.ctx.record
-        record.steps += 1
         received = 0
         call = getattr(self.ctx.stub(node), method)(request, timeout=seconds)
         try:
@@ -666,13 +665,18 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 
 def quiesce(client: ClusterClient, timeout: float) -> tuple[bool, Any]:
-    """Pause every DAG and cancel every unfinished run until none is left (or timeout)."""
+    """Pause every DAG and cancel every unfinished run until none is left (or timeout: a
+    pass stops sending once it is past, so a wedged cluster costs one call's wait more)."""
+    deadline = time.monotonic() + timeout
+
     def settled() -> Any:
         for dag in client.list_dags()["dags"]:
-            if not dag["paused"]:
+            if not dag["paused"] and time.monotonic() < deadline:
                 client.set_paused(dag["dag_id"], True)
         unfinished = [r for r in client.list_runs(limit=100_000)["runs"] if r["state"] not in TERMINAL]
         for r in unfinished:
+            if time.monotonic() >= deadline:
+                break
             try:
                 client.cancel_run(r["run_id"], "fuzz ended")
             except ApiError:
@@ -719,7 +723,7 @@ def equal_digests(client: ClusterClient) -> Any:
     nodes = {n["id"]: {"digest": n["digest"], "last_applied": n["last_applied"], "error": n.get("error", "")}
              for n in status["nodes"]}
     digests = {n["digest"] for n in nodes.values()}
-    return nodes if len(digests) == 1 and all(digests) else False
+    return nodes if len(digests) == 1 and all(digests) else _Falsy(nodes)
 
 
 def run_normal_dag(client: ClusterClient, timeout: float) -> tuple[bool, Any]:
