@@ -79,7 +79,7 @@ MAX_REQUEST_BYTES = GRPC_MAX_MESSAGE - 16 * 1024   # room for the other fields a
 PROBE_POOL = "fuzz_probe"
 PROBE_INTERVAL = 0.25
 PROBE_MAX_LATENCY = 1.0
-CALL_TIMEOUT = 10.0
+CALL_TIMEOUT = 5.0   # a fuzz request; the run overruns --duration by at most about this
 NORMAL_DAG = "fuzz_normal_check"
 # Statuses that name the caller's fault or a passing condition: expected answers to hostile input.
 EXPECTED_CODES = frozenset({
