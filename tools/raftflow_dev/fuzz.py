@@ -163,12 +163,13 @@ DATES = st.sampled_from(["9999-12-31", "9999-12-31T23:59:59+00:00", "0001-01-01"
 
 
 @st.composite
-def odd_ids(draw: st.DrawFn) -> str:
-    """An id at the edge of the id rule or past it: 250 chars, unicode, controls, huge."""
+def odd_ids(draw: st.DrawFn, huge: bool = True) -> str:
+    """An id at the edge of the id rule or past it: 250 chars, unicode, controls, and (unless
+    the request has another field that may be huge: one per request fits) up to 4 MiB."""
     return draw(st.one_of(
         st.sampled_from(["", ".hidden", "-dash", "a b", "a/b", "a\x00b", "ünï", "😀", "_", "0", "a" * 250, "a" * 251,
                          "../../etc/passwd", "fz_0\n", "FZ_0", "a.b-c_d"]),
-        st.builds(utf8_fill, FILL_CHARS, SIZES),
+        st.builds(utf8_fill, FILL_CHARS, SIZES if huge else st.integers(0, 4096)),
         st.text(max_size=40),
     ))
 
@@ -228,7 +229,7 @@ def bash_tasks(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def submissions(draw: st.DrawFn) -> Submission:
     """A DAG spec with one hostile trait (or none), as the CLI would submit it."""
-    dag_id = draw(st.one_of(st.sampled_from(DAG_IDS), odd_ids()))
+    dag_id = draw(st.one_of(st.sampled_from(DAG_IDS), odd_ids(huge=False)))
     shape = draw(st.sampled_from(["plain", "deep_params", "big_params", "chain", "big_source", "unicode",
                                   "schedule", "dates", "python_deep", "python_big", "numbers", "many_tags"]))
     n_tasks = draw(st.integers(1, 10_000)) if shape == "chain" else draw(st.integers(1, 4))
@@ -451,7 +452,7 @@ class FuzzMachine(RuleBasedStateMachine):
         self.ctx.record.runs[run.run_id] = run
         return run
 
-    @rule(dag_id=odd_ids(), conf=confs(), node=st.integers(0, 2))
+    @rule(dag_id=odd_ids(huge=False), conf=confs(), node=st.integers(0, 2))
     def trigger_unknown(self, dag_id: str, conf: str, node: int) -> None:
         if not self._time_up():
             self._call(node, "TriggerDag", client_pb2.TriggerDagRequest(dag_id=dag_id, conf_json=conf),
@@ -479,14 +480,14 @@ class FuzzMachine(RuleBasedStateMachine):
             self._call(node, "SetPaused", client_pb2.SetPausedRequest(dag_id=dag_id, paused=paused),
                        f"SetPaused {dag_id[:40]!r} {paused}")
 
-    @rule(run=runs, odd=st.one_of(st.none(), odd_ids()), reason=texts_up_to_max(), node=st.integers(0, 2))
+    @rule(run=runs, odd=st.one_of(st.none(), odd_ids(huge=False)), reason=texts_up_to_max(), node=st.integers(0, 2))
     def cancel_run(self, run: FuzzRun, odd: str | None, reason: str, node: int) -> None:
         if not self._time_up():
             run_id = run.run_id if odd is None else odd
             self._call(node, "CancelRun", client_pb2.CancelRunRequest(run_id=run_id, reason=reason),
                        f"CancelRun {run_id[:60]!r} reason of {len(reason)} chars")
 
-    @rule(run=runs, picks=st.lists(st.integers(0, 10**6), max_size=8), odd=st.lists(odd_ids(), max_size=3),
+    @rule(run=runs, picks=st.lists(st.integers(0, 10**6), max_size=8), odd=st.lists(odd_ids(huge=False), max_size=3),
           many=st.integers(0, 100_000), downstream=st.booleans(), node=st.integers(0, 2))
     def clear_tasks(self, run: FuzzRun, picks: list[int], odd: list[str], many: int, downstream: bool,
                     node: int) -> None:
