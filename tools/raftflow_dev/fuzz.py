@@ -76,6 +76,7 @@ from .local import LocalCluster
 
 GRPC_MAX_MESSAGE = 4 * 1024 * 1024          # gRPC's default max receive size (the nodes keep it)
 MAX_REQUEST_BYTES = GRPC_MAX_MESSAGE - 16 * 1024   # room for the other fields and framing
+FIELD_ROOM = 1024   # a DagToSubmit's filename, tags and lengths, beside its spec and source
 PROBE_POOL = "fuzz_probe"
 PROBE_INTERVAL = 0.25
 PROBE_MAX_LATENCY = 1.0
@@ -276,7 +277,7 @@ def submissions(draw: st.DrawFn) -> Submission:
     elif shape == "many_tags":
         spec["tags"] = [f"tag{i}" for i in range(draw(st.integers(1, 100_000)))]
     spec_json = with_raw(spec, raw)
-    over = utf8_len(spec_json) + utf8_len(source) - MAX_REQUEST_BYTES
+    over = utf8_len(spec_json) + utf8_len(source) + FIELD_ROOM - MAX_REQUEST_BYTES
     if over > 0:   # keep within what a client can send: trim the free-form source first
         source = source[: max(0, len(source) - over)]
     return Submission(spec_json, source, f"{shape}.py", FuzzDag(dag_id, tuple(t["task_id"] for t in tasks)), shape)
@@ -409,7 +410,7 @@ class FuzzMachine(RuleBasedStateMachine):
         total = 0
         kept: list[Submission] = []
         for sub in subs:   # several in one request only while they fit together
-            size = utf8_len(sub.spec_json) + utf8_len(sub.source)
+            size = utf8_len(sub.spec_json) + utf8_len(sub.source) + FIELD_ROOM
             if total + size <= MAX_REQUEST_BYTES or not kept:
                 kept.append(sub)
                 total += size
