@@ -609,6 +609,17 @@ def fuzz(ctx: FuzzContext, base_seed: int, log: Callable[[str], None]) -> str | 
     return None
 
 
+def seed_world(client: ClusterClient, record: Record) -> None:
+    """One plain DAG and one run of it, so the rules that need a DAG or a run can fire from
+    the first step, whatever the first submissions' fate."""
+    spec = {"dag_id": "fz_seed", "tasks": [{"task_id": "t0", "kind": "bash", "command": "echo {{ ds }}"},
+                                          {"task_id": "t1", "kind": "bash", "command": "true", "upstream": ["t0"]}]}
+    client.submit([{"spec_json": json.dumps(spec), "source": "# fuzz seed\n", "filename": "seed.py"}])
+    record.dags["fz_seed"] = FuzzDag("fz_seed", ("t0", "t1"))
+    run_id = client.trigger("fz_seed")["run_id"]
+    record.runs[run_id] = FuzzRun(run_id, "fz_seed", ("t0", "t1"))
+
+
 # ------------------------------------------------------------ probe
 @dataclass
 class Probe:
@@ -806,6 +817,7 @@ def run(duration: float, seed: int, data_dir: Path, compaction_seconds: float, l
         pids = {n.node_id: cluster.pid_of(n.node_id) for n in cluster.nodes}
         client.set_pool(PROBE_POOL, 1)
         record = Record()
+        seed_world(client, record)
         ctx = FuzzContext(channels, record, time.monotonic() + duration)
         probe_thread = threading.Thread(target=probe.run, name="probe", daemon=True)
         probe_thread.start()
