@@ -36,11 +36,17 @@ def task_to_dict(t: TaskInstance) -> dict[str, Any]:
     }
 
 
+def run_header_from_dict(data: dict[str, Any]) -> Run:
+    """A run's own fields from `run_to_dict`'s output, without its task instances
+    (for listings)."""
+    return Run(data["run_id"], data["dag_id"], data["dag_version"], data["logical_date"],
+               data["data_interval"][0], data["data_interval"][1], data["trigger"], data["conf"],
+               RunState(data["state"]), data["created_at"], data["started_at"], data["ended_at"])
+
+
 def run_from_dict(data: dict[str, Any]) -> Run:
     """The inverse of `run_to_dict` (archived runs read back)."""
-    run = Run(data["run_id"], data["dag_id"], data["dag_version"], data["logical_date"],
-              data["data_interval"][0], data["data_interval"][1], data["trigger"], data["conf"],
-              RunState(data["state"]), data["created_at"], data["started_at"], data["ended_at"])
+    run = run_header_from_dict(data)
     for task_id, t in data["tasks"].items():
         run.tasks[task_id] = TaskInstance(
             task_id, TaskState(t["state"]), t["attempt"], t["tries_failed"], t["lost_attempts"], t["node"],
