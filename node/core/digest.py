@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from .archive import DIGEST_MODULUS, add_term, canonical_json, decode_record, record_term
 from .codec import run_header_dict, run_to_dict, task_to_dict
 from .model import STORY_LIMIT, StoryEvent, TaskInstance
-from .states import TASK_ACTIVE, RunState
+from .states import TASK_ACTIVE, RunState, TaskState
 
 if TYPE_CHECKING:
     from .state import State
@@ -208,8 +208,9 @@ def validate(state: State) -> None:
             if ti.state in TASK_ACTIVE:
                 assert ti.node is not None
                 load[ti.node] = load.get(ti.node, 0) + 1
-            if run.state is RunState.QUEUED:   # (a reopened run keeps its finished tasks)
-                assert ti.state not in TASK_ACTIVE, (run.run_id, ti.task_id, ti.state)
+            if run.state is RunState.QUEUED:   # (a reopened run keeps its finished tasks; pools.py relies on this)
+                assert ti.state not in TASK_ACTIVE and ti.state is not TaskState.QUEUED, \
+                    (run.run_id, ti.task_id, ti.state)
             _validate_story(run.run_id, ti)
     assert load == state.node_load, (load, state.node_load)
     by_dag: dict[str, dict[str, float | None]] = {}

@@ -13,12 +13,13 @@ from typing import Any, Callable
 
 import pytest
 
-from core_support import T0, World, dag_dict, task
+from core_support import T0, World, dag_dict, nodes, task
 from raftflow.api import errors, views
 from raftflow.api.operations import DagFile, Operations
 from raftflow.core import archive, commands as c, digest, state as state_module, transitions
 from raftflow.core.archive import MemoryArchive
 from raftflow.core.model import REASON_LIMIT
+from raftflow.core.planner import plan
 from raftflow.core.result import Code
 from raftflow.core.state import State
 from raftflow.raft.memory import MemoryCluster, MemoryReplica
@@ -289,3 +290,28 @@ def test_a_listing_decodes_what_it_took_under_the_lock_and_skips_a_missing_run(o
         pending = views.pending_summary(state, run_id)
         gone = views.pending_summary(state, "no-such-run")
     assert views.summary_of(pending).run_id == run_id and views.summary_of(gone) is None
+
+
+# ---------------------------------------------------------------- the planner under the lock
+class _CountingTasks(dict):  # type: ignore[type-arg]
+    """A run's task dict that counts how often it is walked."""
+    walks = 0
+
+    def values(self):  # type: ignore[no-untyped-def, override]
+        _CountingTasks.walks += 1
+        return super().values()
+
+
+def test_a_backlog_of_queued_runs_is_not_walked_by_the_planner(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader plans under the replica lock every tick: 300 queued runs of a 1,000-task
+    DAG (a paused DAG's backlog) made each plan walk 300,000 task instances in
+    pool_usage, stalling apply into elections even with no one calling."""
+    world.submit(_wide(n=50))
+    world.set_paused("wide", True)
+    for i in range(30):
+        world.trigger(f"r{i}", dag_id="wide")
+    for run in world.state.active.values():
+        run.tasks = _CountingTasks(run.tasks)
+    monkeypatch.setattr(_CountingTasks, "walks", 0)
+    assert plan(world.state, T0 + 1, nodes("n1")) == []
+    assert _CountingTasks.walks == 0

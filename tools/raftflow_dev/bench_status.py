@@ -124,10 +124,15 @@ def scenario_status_load(bench: "Bench") -> dict[str, Any]:
     _submit(bench, {"dag_id": "status_probe", "tasks": [{"task_id": "a", "kind": "bash", "command": "true"}]})
     _submit(bench, {"dag_id": "status_load", "is_paused_upon_creation": True, "max_active_runs": 1,
                     "tasks": [{"task_id": f"t{i:04d}", "kind": "bash", "command": "true"} for i in range(tasks)]})
-    filled_at = time.monotonic()
-    for _ in range(runs):
-        bench.client.trigger("status_load")
+    filled_at, term_before, fill_errors = time.monotonic(), _max_term(bench.client), 0
+    while len(bench.client.list_runs("status_load", limit=runs)["runs"]) < runs:
+        try:
+            bench.client.trigger("status_load")
+        except Exception:  # noqa: BLE001 - e.g. an election mid-fill (counted); the count decides
+            fill_errors += 1
+            bench.cluster.wait_ready(30, expect_nodes=1)
     fill_s = time.monotonic() - filled_at
+    fill_elections = _max_term(bench.client) - term_before
     time.sleep(2.0)   # let followers catch up before measuring
     phases: dict[str, list[dict[str, Any]]] = {"idle": [], "status": [], "status_x64": []}
     for _ in range(rounds):
@@ -135,7 +140,8 @@ def scenario_status_load(bench: "Bench") -> dict[str, Any]:
         phases["status"].append(_phase(bench, 1, seconds))
         phases["status_x64"].append(_phase(bench, CALLERS, seconds))
     out: dict[str, Any] = {"scenario": "status_load", "queued_runs": runs, "tasks_per_run": tasks,
-                           "rounds": rounds, "phase_s": seconds, "fill_s": round(fill_s, 1)}
+                           "rounds": rounds, "phase_s": seconds, "fill_s": round(fill_s, 1),
+                           "fill_elections": fill_elections, "fill_errors": fill_errors}
     for name, results in phases.items():
         summary: dict[str, Any] = {key: statistics.median(r[key] for r in results)
                                    for key in results[0] if isinstance(results[0][key], (int, float))}
