@@ -39,8 +39,14 @@ def _submit(bench: "Bench", spec: dict[str, Any]) -> None:
     bench.client.submit([{"spec_json": json.dumps(spec), "source": "# tools/bench", "filename": "tools/bench"}])
 
 
-def _max_term(client: ClusterClient) -> int:
-    return max(n["raft_term"] for n in client.cluster_status()["nodes"])
+def _max_term(bench: "Bench") -> int:
+    """The highest Raft term any node reports (with a long deadline: on a state that
+    makes `cluster status` slow, this read is slow too)."""
+    client = ClusterClient(bench.cluster.addresses.split(","), timeout=120.0)
+    try:
+        return max(n["raft_term"] for n in client.cluster_status()["nodes"])
+    finally:
+        client.close()
 
 
 class Probe:
@@ -80,7 +86,7 @@ class Probe:
 
 def _phase(bench: "Bench", callers: int, seconds: float) -> dict[str, Any]:
     addresses = bench.cluster.addresses.split(",")
-    term_before = _max_term(bench.client)
+    term_before = _max_term(bench)
     calls: list[float] = []
     errors = [0]
     deadline = time.monotonic() + seconds
@@ -104,7 +110,7 @@ def _phase(bench: "Bench", callers: int, seconds: float) -> dict[str, Any]:
                 list(pool.map(caller, range(callers)))
         else:
             time.sleep(seconds)
-    term_after = _max_term(bench.client)
+    term_after = _max_term(bench)
     samples = sorted(probe.samples)
     out: dict[str, Any] = {
         "probe_writes": len(samples), "probe_failed": probe.failures,
@@ -124,7 +130,7 @@ def scenario_status_load(bench: "Bench") -> dict[str, Any]:
     _submit(bench, {"dag_id": "status_probe", "tasks": [{"task_id": "a", "kind": "bash", "command": "true"}]})
     _submit(bench, {"dag_id": "status_load", "is_paused_upon_creation": True, "max_active_runs": 1,
                     "tasks": [{"task_id": f"t{i:04d}", "kind": "bash", "command": "true"} for i in range(tasks)]})
-    filled_at, term_before, fill_errors = time.monotonic(), _max_term(bench.client), 0
+    filled_at, term_before, fill_errors = time.monotonic(), _max_term(bench), 0
     while len(bench.client.list_runs("status_load", limit=runs)["runs"]) < runs:
         try:
             bench.client.trigger("status_load")
@@ -132,7 +138,7 @@ def scenario_status_load(bench: "Bench") -> dict[str, Any]:
             fill_errors += 1
             bench.cluster.wait_ready(30, expect_nodes=1)
     fill_s = time.monotonic() - filled_at
-    fill_elections = _max_term(bench.client) - term_before
+    fill_elections = _max_term(bench) - term_before
     time.sleep(2.0)   # let followers catch up before measuring
     phases: dict[str, list[dict[str, Any]]] = {"idle": [], "status": [], "status_x64": []}
     for _ in range(rounds):
