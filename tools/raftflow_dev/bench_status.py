@@ -39,14 +39,20 @@ def _submit(bench: "Bench", spec: dict[str, Any]) -> None:
     bench.client.submit([{"spec_json": json.dumps(spec), "source": "# tools/bench", "filename": "tools/bench"}])
 
 
-def _max_term(bench: "Bench") -> int:
+def _max_term(bench: "Bench") -> int | None:
     """The highest Raft term any node reports (with a long deadline: on a state that
-    makes `cluster status` slow, this read is slow too)."""
+    makes `cluster status` slow, this read is slow too), or None if no node answered."""
     client = ClusterClient(bench.cluster.addresses.split(","), timeout=120.0)
     try:
         return max(n["raft_term"] for n in client.cluster_status()["nodes"])
+    except Exception:  # noqa: BLE001 - an unanswered status is a figure (elections unknown)
+        return None
     finally:
         client.close()
+
+
+def _elections(before: int | None, after: int | None) -> int | None:
+    return None if before is None or after is None else after - before
 
 
 class Probe:
@@ -115,7 +121,7 @@ def _phase(bench: "Bench", callers: int, seconds: float) -> dict[str, Any]:
     out: dict[str, Any] = {
         "probe_writes": len(samples), "probe_failed": probe.failures,
         "probe_median_ms": round(statistics.median(samples) * 1000, 1),
-        "probe_max_ms": round(samples[-1] * 1000, 1), "elections": term_after - term_before,
+        "probe_max_ms": round(samples[-1] * 1000, 1), "elections": _elections(term_before, term_after),
     }
     if callers:
         out.update(status_calls=len(calls), status_errors=errors[0],
@@ -140,7 +146,7 @@ def scenario_status_load(bench: "Bench") -> dict[str, Any]:
             fill_errors += 1
             time.sleep(1.0)
     fill_s = time.monotonic() - filled_at
-    fill_elections = _max_term(bench) - term_before
+    fill_elections = _elections(term_before, _max_term(bench))
     time.sleep(2.0)   # let followers catch up before measuring
     phases: dict[str, list[dict[str, Any]]] = {"idle": [], "status": [], "status_x64": []}
     for _ in range(rounds):
@@ -151,9 +157,13 @@ def scenario_status_load(bench: "Bench") -> dict[str, Any]:
                            "rounds": rounds, "phase_s": seconds, "fill_s": round(fill_s, 1),
                            "fill_elections": fill_elections, "fill_errors": fill_errors}
     for name, results in phases.items():
-        summary: dict[str, Any] = {key: statistics.median(r[key] for r in results)
-                                   for key in results[0] if isinstance(results[0][key], (int, float))}
-        summary["elections_total"] = sum(r["elections"] for r in results)
+        summary: dict[str, Any] = {}
+        for key in results[0]:
+            values = [r[key] for r in results if isinstance(r[key], (int, float))]
+            if values:
+                summary[key] = statistics.median(values)
+        summary["elections_total"] = sum(r["elections"] or 0 for r in results)
+        summary["terms_unreadable"] = sum(r["elections"] is None for r in results)
         summary["probe_max_ms_each_round"] = [r["probe_max_ms"] for r in results]
         out[name] = summary
     return out
