@@ -148,9 +148,18 @@ class Operations:
             dags=[client_pb2.SubmittedDag(**checked(sub).value) for sub in result.value])
 
     def list_dags(self) -> client_pb2.ListDagsResponse:
+        """Every DAG with its last run. Archived last runs are decoded after the lock is
+        released (a run pruned meanwhile shows as no last run)."""
         with self.replica.lock:
             state = self.replica.state
-            dags = [views.dag_summary(state, r) for r in sorted(state.dags.values(), key=lambda r: r.dag_id)]
+            records = sorted(state.dags.values(), key=lambda r: r.dag_id)
+            dags = [views.dag_summary(state, r, with_last_run=False) for r in records]
+            last = [views.pending_summary(state, run_id) if run_id else None
+                    for run_id in map(state.last_run_id, (r.dag_id for r in records))]
+        for summary, pending in zip(dags, last):
+            run = views.summary_of(pending)
+            if run is not None:
+                summary.last_run_id, summary.last_run_state = run.run_id, run.state
         return client_pb2.ListDagsResponse(dags=dags, meta=self.meta())
 
     def get_dag(self, dag_id: str, version: int = 0, include_code: bool = False) -> client_pb2.DagDetail:
@@ -240,7 +249,9 @@ class Operations:
                 ids = list(itertools.islice(reversed(state.runs_by_dag.get(dag_id, {})), limit))
             else:
                 ids = list(itertools.islice(reversed(state.run_index), limit))
-            runs = [views.run_summary(run) for run in map(state.run, ids) if run is not None]
+            pending = [views.pending_summary(state, run_id) for run_id in ids]
+        # Decoded outside the lock; a run pruned in between is left out.
+        runs = [run for run in map(views.summary_of, pending) if run is not None]
         return client_pb2.ListRunsResponse(runs=runs, meta=self.meta())
 
     def get_run(self, run_id: str) -> client_pb2.RunDetail:
@@ -288,6 +299,10 @@ class Operations:
                     self.replica.changed.wait(WATCH_KEEPALIVE)
 
     def cancel_run(self, run_id: str, reason: str = "") -> client_pb2.CancelRunResponse:
+        reason = reason.strip()
+        problem = checks.reason_error(reason)   # (checked again by apply; refused here before it is replicated)
+        if problem:
+            raise errors.Invalid(problem)
         self._existing_run(run_id)
         with self.replica.lock:
             run = self.replica.state.run(run_id)
@@ -295,7 +310,7 @@ class Operations:
             raise errors.NotFound(f"no run {clip(run_id)}; `raftflow runs list` shows recent runs")
         if run.state.terminal:
             raise errors.Conflict(f"run {run_id!r} has already finished ({run.state.value}); nothing to cancel")
-        result = self.commit(c.CancelRun(run_id, reason.strip() or "cancelled by the user", self.clock()))
+        result = self.commit(c.CancelRun(run_id, reason or "cancelled by the user", self.clock()))
         return client_pb2.CancelRunResponse(stopped_attempts=len(result.effects_of(StopAttempt)))
 
     def clear_tasks(self, run_id: str, task_ids: Sequence[str], downstream: bool) -> client_pb2.ClearTasksResponse:

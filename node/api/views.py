@@ -1,13 +1,17 @@
 """Read-only projections of replicated state into client API messages.
 
-Callers hold the replica lock; nothing here mutates state. Times are ISO-8601 UTC.
+Callers hold the replica lock, except for `summary_of`, which decodes what
+`pending_summary` took under it; nothing here mutates state. Times are ISO-8601 UTC.
 """
 
 from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from typing import TypeAlias, Union
 
+from ..core.archive import decode_record
+from ..core.codec import run_header_from_dict
 from ..core.model import DagRecord, Run, StoryEvent
 from ..core.pools import pool_usage
 from ..core.spec import DEFAULT_POOL
@@ -39,10 +43,34 @@ def last_run(state: State, dag_id: str) -> Run | None:
     return state.run(run_id) if run_id else None
 
 
-def dag_summary(state: State, record: DagRecord, version: int = 0) -> client_pb2.DagSummary:
+# A run's summary as taken under the lock: built already (an active run), its archive
+# record still encoded (a finished run: decoded by `summary_of`, outside the lock), or
+# None (no such run).
+PendingSummary: TypeAlias = Union[client_pb2.RunSummary, bytes, None]
+
+
+def pending_summary(state: State, run_id: str) -> PendingSummary:
+    """Under the lock, O(1) plus one archive read: no decode."""
+    run = state.active.get(run_id)
+    if run is not None:
+        return run_summary(run)
+    return state.archive.get(run_id) if run_id in state.run_index else None
+
+
+def summary_of(pending: PendingSummary) -> client_pb2.RunSummary | None:
+    """Outside the lock: the summary, decoding an archive record if need be."""
+    if isinstance(pending, bytes):
+        return run_summary(run_header_from_dict(decode_record(pending)[0]))
+    return pending
+
+
+def dag_summary(state: State, record: DagRecord, version: int = 0,
+                with_last_run: bool = True) -> client_pb2.DagSummary:
+    """`with_last_run=False` leaves last_run_id/state empty: a listing fills them in
+    outside the lock (see Operations.list_dags)."""
     shown = record.versions[version - 1] if version else record.latest
     spec = shown.spec
-    latest_run = last_run(state, record.dag_id)
+    latest_run = last_run(state, record.dag_id) if with_last_run else None
     return client_pb2.DagSummary(
         dag_id=record.dag_id, version=shown.version, schedule=spec.schedule or "", timezone=spec.timezone,
         paused=record.paused, task_count=len(spec.tasks),

@@ -23,7 +23,7 @@ from .limits import (
     clip,
     parse_json,
 )
-from .model import MAX_RUN_ID_BYTES, RESULT_LIMIT
+from .model import MAX_RUN_ID_BYTES, REASON_LIMIT, RESULT_LIMIT
 from .names import ID_PATTERN, ID_RULE
 
 MAX_POOL_SLOTS = 1_000_000
@@ -34,6 +34,15 @@ def pool_error(name: Any, slots: Any) -> str | None:
         return f"pool name {clip(name)} is invalid: use {ID_RULE}"
     if isinstance(slots, bool) or not isinstance(slots, int) or not 0 <= slots <= MAX_POOL_SLOTS:
         return f"pool slots must be an integer from 0 to {MAX_POOL_SLOTS}, got {clip(slots)}"
+    return None
+
+
+def reason_error(reason: Any) -> str | None:
+    """A reason given by hand (cancel, clear, mark) is copied into every task it moves: bounded."""
+    if not isinstance(reason, str):
+        return "a reason must be a string"
+    if len(reason) > REASON_LIMIT:
+        return f"a reason may have at most {REASON_LIMIT} characters, not {len(reason)}"
     return None
 
 

@@ -14,16 +14,20 @@ from .states import RunState, TaskState
 
 
 def run_to_dict(run: Run) -> dict[str, Any]:
+    return {**run_header_dict(run), "tasks": {t.task_id: task_to_dict(t) for t in run.tasks.values()}}
+
+
+def run_header_dict(run: Run) -> dict[str, Any]:
+    """A run's own fields, without its task instances."""
     return {
         "run_id": run.run_id, "dag_id": run.dag_id, "dag_version": run.dag_version, "logical_date": run.logical_date,
         "data_interval": [run.data_interval_start, run.data_interval_end], "trigger": run.trigger,
         "conf": run.conf, "state": run.state.value, "created_at": run.created_at,
         "started_at": run.started_at, "ended_at": run.ended_at,
-        "tasks": {t.task_id: _task_dict(t) for t in run.tasks.values()},
     }
 
 
-def _task_dict(t: TaskInstance) -> dict[str, Any]:
+def task_to_dict(t: TaskInstance) -> dict[str, Any]:
     return {
         "state": t.state.value, "attempt": t.attempt, "tries_failed": t.tries_failed, "lost_attempts": t.lost_attempts,
         "node": t.node, "attempt_nodes": t.attempt_nodes, "queued_at": t.queued_at, "started_at": t.started_at,
@@ -32,11 +36,17 @@ def _task_dict(t: TaskInstance) -> dict[str, Any]:
     }
 
 
+def run_header_from_dict(data: dict[str, Any]) -> Run:
+    """A run's own fields from `run_to_dict`'s output, without its task instances
+    (for listings)."""
+    return Run(data["run_id"], data["dag_id"], data["dag_version"], data["logical_date"],
+               data["data_interval"][0], data["data_interval"][1], data["trigger"], data["conf"],
+               RunState(data["state"]), data["created_at"], data["started_at"], data["ended_at"])
+
+
 def run_from_dict(data: dict[str, Any]) -> Run:
     """The inverse of `run_to_dict` (archived runs read back)."""
-    run = Run(data["run_id"], data["dag_id"], data["dag_version"], data["logical_date"],
-              data["data_interval"][0], data["data_interval"][1], data["trigger"], data["conf"],
-              RunState(data["state"]), data["created_at"], data["started_at"], data["ended_at"])
+    run = run_header_from_dict(data)
     for task_id, t in data["tasks"].items():
         run.tasks[task_id] = TaskInstance(
             task_id, TaskState(t["state"]), t["attempt"], t["tries_failed"], t["lost_attempts"], t["node"],

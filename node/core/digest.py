@@ -1,9 +1,27 @@
-"""The state as canonical data, its digest, and the consistency check of its indexes.
+"""The state's digest, kept up to date by apply, and the consistency check of its indexes.
 
-`to_dict` is every replicated field as plain JSON-able data; `digest` hashes it
-(equal on replicas that applied the same log; `cluster status` compares them);
-`validate` asserts that the indexes apply maintains agree with the data, the
-archive included (the unit tests call it after every test). Read-only.
+The digest is equal on replicas that applied the same log (`cluster status` and the
+tests compare them). Reading it is O(1) in the size of the state, so it may be taken
+under the replica lock at any rate (ARCHITECTURE invariant 8): it hashes a few small
+fields and two running sums, each an order-independent sum mod 2**256 of sha256
+terms that apply keeps up to date:
+
+- `State.archive_digest`: one term per archived run (core/archive.py);
+- `State.object_digest`: one term per live object, keyed in `State.object_terms`:
+  ("dag", dag_id) its scheduling cursor; ("version", dag_id, n) one submitted
+  version (changed only when its source is dropped); ("pool", name); ("run", run_id) an active
+  run's own fields; ("task", run_id, task_id) an active run's task instance. A task
+  instance still as created (`TaskInstance(task_id)`) has term 0 and no key, so
+  creating a run costs one term, whatever its size.
+
+Apply re-hashes only the objects a command touched (`touch`, `touch_run`,
+`touch_dag`; State.apply calls them from the command's own ids, the transitions
+for every task they move), so a per-task command costs O(1) terms. A change to an
+object that no touch covers is a bug that `validate` (tests only) finds: it
+recomputes every term from scratch and compares.
+
+`to_dict` is every replicated field as plain JSON-able data, for tests and tools
+(O(state): never under the lock in a node). Read-only except for the term upkeep.
 """
 
 from __future__ import annotations
@@ -11,12 +29,12 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
-from .archive import add_term, decode_record
-from .codec import run_to_dict
+from .archive import DIGEST_MODULUS, add_term, canonical_json, decode_record, record_term
+from .codec import run_header_dict, run_to_dict, task_to_dict
 from .model import STORY_LIMIT, StoryEvent, TaskInstance
-from .states import TASK_ACTIVE, RunState
+from .states import TASK_ACTIVE, RunState, TaskState
 
 if TYPE_CHECKING:
     from .state import State
@@ -48,8 +66,132 @@ def to_dict(state: State) -> dict[str, Any]:
 
 
 def digest(state: State) -> str:
+    """O(nodes + leader history): the running sums stand for everything else."""
+    blob = canonical_json({
+        "objects": f"{state.object_digest:064x}",
+        "archive_digest": f"{state.archive_digest:064x}",
+        "run_count": len(state.run_index),
+        "node_load": state.node_load,
+        "leader_history": state.leader_history,
+    })
+    return hashlib.sha256(blob).hexdigest()
+
+
+def full_digest(state: State) -> str:
+    """sha256 of `to_dict`: O(state), for tests and tools only."""
     blob = json.dumps(to_dict(state), sort_keys=True, separators=(",", ":"), default=_enum_value)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ------------------------------------------------------------ the running digest
+Key = tuple[str, ...]
+
+
+def task_key(run_id: str, task_id: str) -> Key:
+    return ("task", run_id, task_id)
+
+
+def run_key(run_id: str) -> Key:
+    return ("run", run_id)
+
+
+def dag_key(dag_id: str) -> Key:
+    return ("dag", dag_id)
+
+
+def version_key(dag_id: str, version: int) -> Key:
+    return ("version", dag_id, str(version))
+
+
+def pool_key(name: str) -> Key:
+    return ("pool", name)
+
+
+def _hash(data: Any) -> int:
+    return record_term(canonical_json(data))
+
+
+def term_of(state: State, key: Key) -> int:
+    """The object's term as it is now: 0 if it does not exist (or is a task as created)."""
+    kind, name = key[0], key[1]
+    if kind == "task":
+        run = state.active.get(name)
+        ti = run.tasks.get(key[2]) if run is not None else None
+        if ti is None or ti == TaskInstance(ti.task_id):
+            return 0
+        return _hash(["task", name, task_to_dict(ti)])
+    if kind == "run":
+        run = state.active.get(name)
+        return 0 if run is None else _hash(["run", run_header_dict(run), len(run.tasks)])
+    if kind == "dag":
+        d = state.dags.get(name)
+        return 0 if d is None else _hash(["dag", name, d.paused, d.next_tick_at, d.last_scheduled_tick,
+                                          d.schedule_from, len(d.versions)])
+    if kind == "version":
+        d = state.dags.get(name)
+        n = int(key[2])
+        if d is None or not 1 <= n <= len(d.versions):
+            return 0
+        v = d.versions[n - 1]
+        return _hash(["version", name, v.version, v.spec.to_dict(), v.source, v.filename, v.submitted_at])
+    if kind == "pool":
+        slots = state.pools.get(name)
+        return 0 if slots is None else _hash(["pool", name, slots])
+    raise ValueError(f"unknown digest key {key!r}")
+
+
+def touch(state: State, key: Key) -> None:
+    """Re-hash one object after a change (idempotent: an unchanged object keeps its term)."""
+    new = term_of(state, key)
+    old = state.object_terms.pop(key, 0)
+    if new:
+        state.object_terms[key] = new
+    if new != old:
+        state.object_digest = (state.object_digest - old + new) % DIGEST_MODULUS
+
+
+def touch_run(state: State, run_id: str, task_ids: Iterable[str]) -> None:
+    """A run entered or left the active set: its own term and every task's (O(its tasks))."""
+    touch(state, run_key(run_id))
+    for task_id in task_ids:
+        touch(state, task_key(run_id, task_id))
+
+
+def touch_dag(state: State, dag_id: str) -> None:
+    """A DAG's cursor changed, a version was appended, or the DAG was deleted. A version
+    changes after it is appended only when its source is dropped (handlers_dags touches
+    it then), so only the new ones are hashed here (O(1) per submit);
+    a deleted DAG drops all of its version terms (O(its versions))."""
+    touch(state, dag_key(dag_id))
+    record = state.dags.get(dag_id)
+    if record is None:
+        n = 1
+        while version_key(dag_id, n) in state.object_terms:
+            touch(state, version_key(dag_id, n))
+            n += 1
+        return
+    n = len(record.versions)
+    while n >= 1 and version_key(dag_id, n) not in state.object_terms:
+        touch(state, version_key(dag_id, n))
+        n -= 1
+
+
+def all_terms(state: State) -> dict[Key, int]:
+    """Every object's term computed from scratch: O(state), for loading an old snapshot
+    and for `validate`."""
+    keys: list[Key] = [pool_key(name) for name in state.pools]
+    for dag_id, record in state.dags.items():
+        keys.append(dag_key(dag_id))
+        keys.extend(version_key(dag_id, v.version) for v in record.versions)
+    for run_id, run in state.active.items():
+        keys.append(run_key(run_id))
+        keys.extend(task_key(run_id, t) for t in run.tasks)
+    terms = {key: term_of(state, key) for key in keys}
+    return {key: term for key, term in terms.items() if term}
+
+
+def object_digest_of(terms: dict[Key, int]) -> int:
+    return sum(terms.values()) % DIGEST_MODULUS
 
 
 def _enum_value(obj: Any) -> Any:
@@ -67,8 +209,9 @@ def validate(state: State) -> None:
             if ti.state in TASK_ACTIVE:
                 assert ti.node is not None
                 load[ti.node] = load.get(ti.node, 0) + 1
-            if run.state is RunState.QUEUED:   # (a reopened run keeps its finished tasks)
-                assert ti.state not in TASK_ACTIVE, (run.run_id, ti.task_id, ti.state)
+            if run.state is RunState.QUEUED:   # (a reopened run keeps its finished tasks; pools.py relies on this)
+                assert ti.state not in TASK_ACTIVE and ti.state is not TaskState.QUEUED, \
+                    (run.run_id, ti.task_id, ti.state)
             _validate_story(run.run_id, ti)
     assert load == state.node_load, (load, state.node_load)
     by_dag: dict[str, dict[str, float | None]] = {}
@@ -86,6 +229,13 @@ def validate(state: State) -> None:
     assert by_dag == state.runs_by_dag, "runs_by_dag index out of date"
     assert len(state.archive) == len(state.run_index) - len(state.active), "the archive holds unindexed runs"
     assert total == state.archive_digest, "archive digest out of date"
+    for run_id, term in state.archive_terms.items():
+        record = state.archive.get(run_id)
+        assert record is not None and decode_record(record)[1] == term, f"archive term of {run_id} out of date"
+    terms = all_terms(state)
+    stale = {k for k in terms.keys() | state.object_terms.keys() if terms.get(k) != state.object_terms.get(k)}
+    assert not stale, f"digest terms out of date (an apply changed them without a touch): {sorted(stale)[:5]}"
+    assert object_digest_of(terms) == state.object_digest, "object digest out of date"
 
 
 def _validate_story(run_id: str, ti: TaskInstance) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from . import checks, commands as c
 from .effects import DropRunLogs
+from .digest import version_key
 from .limits import KEEP_SOURCES, clip
 from .model import LEADER_HISTORY_LIMIT, MAX_BACKFILL_RUNS, DagRecord, DagVersion, Run, TaskInstance
 from .params import conf_error as param_conf_error
@@ -78,6 +79,7 @@ def _drop_old_sources(state: State, record: DagRecord) -> None:
             text = dropped_source(v.version)
             if v.source != text:
                 v.source = text
+                state.touched.add(version_key(record.dag_id, v.version))   # (the digest re-hashes it)
 
 
 def set_paused(state: State, cmd: c.SetPaused) -> Result:

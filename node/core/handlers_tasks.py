@@ -116,6 +116,7 @@ def cancel_run(state: State, cmd: c.CancelRun) -> Result:
     run = active_run(state, cmd.run_id)
     if not isinstance(cmd.reason, str) or not cmd.reason:
         raise Rejected(Code.INVALID, "a cancel needs a reason")
+    check_reason(cmd.reason)
     check_run_move(run.run_id, run.state, RunState.FAILED)
     check_archivable(run, cmd.reason)
     moves = [plan_move(CANCEL, run, ti, TaskState.FAILED if ti.state in TASK_ACTIVE else TaskState.SKIPPED,
@@ -262,11 +263,16 @@ def clear_tasks(state: State, cmd: c.ClearTasks) -> Result:
     if not cmd.task_ids or unknown or not isinstance(cmd.reason, str):
         raise Rejected(Code.NOT_FOUND if unknown else Code.INVALID,
                        f"run {run.run_id!r} has no task {unknown[0]!r}" if unknown else "name at least one task")
+    check_reason(cmd.reason)
     chosen = list(dict.fromkeys(cmd.task_ids))
-    if cmd.downstream:
+    if cmd.downstream:   # breadth first, O(tasks + edges) (an adjacency, a set for membership)
+        adjacency, seen = spec.downstream_map(), set(chosen)
         i = 0
         while i < len(chosen):
-            chosen.extend(d for d in spec.downstream(chosen[i]) if d not in chosen)
+            for d in adjacency[chosen[i]]:
+                if d not in seen:
+                    seen.add(d)
+                    chosen.append(d)
             i += 1
     check_reopen(run, run.run_id in state.active)
     moves, resets = [], []
@@ -291,6 +297,7 @@ def mark_task(state: State, cmd: c.MarkTask) -> Result:
         raise Rejected(Code.NOT_FOUND, f"run {run.run_id!r} has no task {cmd.task_id!r}")
     if cmd.state not in (TaskState.SUCCESS.value, TaskState.FAILED.value) or not isinstance(cmd.reason, str):
         raise Rejected(Code.INVALID, f"a task is marked success or failed, not {cmd.state!r}")
+    check_reason(cmd.reason)
     target = TaskState(cmd.state)
     if ti.state is target:
         raise Rejected(Code.CONFLICT, f"{run.run_id}/{ti.task_id} is already {target.value}")
@@ -299,3 +306,8 @@ def mark_task(state: State, cmd: c.MarkTask) -> Result:
     reopen(state, run)
     return moved(state, move)
 
+
+def check_reason(reason: str) -> None:
+    problem = checks.reason_error(reason)
+    if problem:
+        raise Rejected(Code.INVALID, problem)

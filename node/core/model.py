@@ -25,6 +25,9 @@ LOG_TAIL_LIMIT = 4096
 MAX_BACKFILL_RUNS = 10_000
 MAX_RUN_ID_BYTES = 1024      # (snapshots store run ids with a 16-bit length)
 RESULT_LIMIT = 64 * 1024   # bytes of JSON a task may publish as its result
+# Characters of a reason given by hand (cancel, clear, mark). It is copied into each
+# task it moves (its reason and story), so a command's cost is tasks x this.
+REASON_LIMIT = 1000
 
 CLIENT = "client"          # the proposer of a command that came through the client API
 

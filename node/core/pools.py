@@ -7,7 +7,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .states import TASK_ACTIVE, TaskState
+from .states import TASK_ACTIVE, RunState, TaskState
 
 if TYPE_CHECKING:
     from .state import State
@@ -20,12 +20,15 @@ class PoolUsage:
 
 
 def pool_usage(state: State, excluding: Collection[str] = ()) -> PoolUsage:
-    """Usage of every pool that has active or queued task instances: O(active runs' tasks).
+    """Usage of every pool that has active or queued task instances: O(running runs' tasks).
     The runs named in `excluding` do not count (the planner frees the slots of runs it is
     cancelling in the same plan)."""
     usage = PoolUsage()
     for run in state.active.values():
-        if run.run_id in excluding:
+        # A queued run holds no assigned, running or queued task (digest.validate checks):
+        # skipping it keeps a backlog of queued runs (a backfill, a paused DAG) out of the
+        # planner's work under the replica lock.
+        if run.run_id in excluding or run.state is RunState.QUEUED:
             continue
         spec = state.dag_spec(run)
         for ti in run.tasks.values():

@@ -155,6 +155,15 @@ class DagSpec:
     def downstream(self, task_id: str) -> list[str]:
         return [t.task_id for t in self.tasks if task_id in t.upstream]
 
+    def downstream_map(self) -> dict[str, list[str]]:
+        """task_id -> its direct downstream task ids, in task order: O(tasks + edges).
+        Build it once per walk (not per task: `downstream` scans every task)."""
+        adjacency: dict[str, list[str]] = {t.task_id: [] for t in self.tasks}
+        for t in self.tasks:
+            for u in dict.fromkeys(t.upstream):
+                adjacency[u].append(t.task_id)
+        return adjacency
+
     @property
     def cron(self) -> str | None:
         """The schedule as a cron expression (presets expanded), or None if manual-only."""

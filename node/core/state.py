@@ -83,6 +83,14 @@ class State:
         # Sum of the archived records' hashes (see archive): the history's share of
         # the digest, kept up to date by apply.
         self.archive_digest: int = 0
+        # run_id -> its archive record's term, so that removing a record needs no
+        # decode. Runs archived before this index existed are missing from it
+        # (transitions.forget decodes those once).
+        self.archive_terms: dict[str, int] = {}
+        # The live objects' share of the digest (see digest.py): their terms, and
+        # their sum, kept up to date by apply.
+        self.object_terms: dict[_digest.Key, int] = {}
+        self.object_digest: int = 0
         # node -> number of task instances ASSIGNED or RUNNING on it.
         self.node_load: dict[str, int] = {}
         self.leader_history: list[tuple[float, str, int]] = []
@@ -94,18 +102,27 @@ class State:
         self._archive: RunArchive = archive if archive is not None else MemoryArchive()
         # The entry being applied (for the story); set by apply only.
         self.stimulus = Stimulus()
+        # Digest keys of the objects the command being applied moved (see digest.py).
+        self.touched: set[_digest.Key] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the in-memory part (Raft snapshots carry the archive beside it)."""
         data = dict(self.__dict__)
-        del data["_archive"], data["stimulus"]
+        del data["_archive"], data["stimulus"], data["touched"]
         return data
 
     def __setstate__(self, data: dict[str, Any]) -> None:
-        """Unpickled States have an empty archive until `attach_archive`."""
+        """Unpickled States have an empty archive until `attach_archive`. A snapshot
+        written before the running digest existed gets its terms computed here, once
+        (O(in-memory state), on load, never in apply)."""
         self.__dict__.update(data)
         self._archive = MemoryArchive()
         self.stimulus = Stimulus()
+        self.touched = set()
+        self.__dict__.setdefault("archive_terms", {})
+        if "object_terms" not in data or "object_digest" not in data:
+            self.object_terms = _digest.all_terms(self)
+            self.object_digest = _digest.object_digest_of(self.object_terms)
 
     def attach_archive(self, archive: RunArchive) -> None:
         """Give an unpickled State the archive that holds its finished runs."""
@@ -131,17 +148,53 @@ class State:
         if handler is None and not isinstance(command, c.Batch):
             return reject(Code.INVALID, f"no handler for {type(command).__name__}")
         self.stimulus = Stimulus(index, proposer, command.TYPE)
-        try:
-            if isinstance(command, c.Batch):
+        if isinstance(command, c.Batch):
+            try:
                 return self._batch(command, index, proposer)
-            assert handler is not None
-            return handler(self, command)
+            except Exception as e:  # noqa: BLE001 - apply must never raise (see module doc)
+                return reject(Code.INTERNAL, f"{command.TYPE} failed: {type(e).__name__}: {e}")
+        assert handler is not None
+        result: Result | None = None
+        try:
+            result = handler(self, command)
+            return result
         except Rejected as e:
             return e.result
         except InvalidTransition as e:
             return reject(Code.CONFLICT, str(e))
         except Exception as e:  # noqa: BLE001 - apply must never raise (see module doc)
             return reject(Code.INTERNAL, f"{command.TYPE} failed: {type(e).__name__}: {e}")
+        finally:
+            try:
+                self._touch(command, result)
+            except Exception:  # noqa: BLE001 - never raise out of apply; validate finds a stale term
+                self.touched = set()
+
+    def _touch(self, command: c.Command, result: Result | None) -> None:
+        """Re-hash what `command` may have changed (digest.py): the objects its own ids
+        name, the runs a backfill created, and the tasks the transitions moved. Run
+        even for a rejected command (it changed nothing, so its terms stay the same;
+        one that failed half-way keeps the digest true to what it did)."""
+        touched, self.touched = self.touched, set()
+        if isinstance(command, c.SubmitDag):
+            dag_id = command.spec.get("dag_id") if isinstance(command.spec, dict) else None
+            if isinstance(dag_id, str):
+                _digest.touch_dag(self, dag_id)
+        dag_id = getattr(command, "dag_id", None)
+        if isinstance(dag_id, str):
+            _digest.touch_dag(self, dag_id)
+        run_id = getattr(command, "run_id", None)
+        if isinstance(run_id, str):
+            touched.add(_digest.run_key(run_id))
+            task_id = getattr(command, "task_id", None)
+            if isinstance(task_id, str):
+                touched.add(_digest.task_key(run_id, task_id))
+        if isinstance(command, c.SetPool) and isinstance(command.name, str):
+            touched.add(_digest.pool_key(command.name))
+        if isinstance(command, c.Backfill) and result is not None and isinstance(result.value, dict):
+            touched.update(_digest.run_key(r) for r in result.value.get("created", ()))
+        for key in touched:
+            _digest.touch(self, key)
 
     def _batch(self, cmd: c.Batch, index: int, proposer: str) -> Result:
         """Each member applies (or is rejected) alone; the Batch's effects are its
@@ -185,7 +238,8 @@ class State:
         return _digest.to_dict(self)
 
     def digest(self) -> str:
-        """sha256 of the canonical JSON of the state: equal on replicas that applied the same log."""
+        """Equal on replicas that applied the same log; O(1) in the size of the state
+        (running sums kept by apply, see digest.py), so cheap under the lock."""
         return _digest.digest(self)
 
     def validate(self) -> None:

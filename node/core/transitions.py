@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from . import commands as c
+from . import commands as c, digest
 from .archive import add_term, decode_record, encode_record, remove_term
 from .codec import run_to_dict
 from .effects import Effect, StopAttempt
@@ -82,6 +82,7 @@ def execute(state: State, moves: Iterable[Move], stimulus: Stimulus) -> tuple[Ef
     effects: list[Effect] = []
     for m in moves:
         ti, before, node = m.ti, m.ti.state, m.ti.node
+        state.touched.add(digest.task_key(m.run.run_id, ti.task_id))
         if before in TASK_ACTIVE and m.finish not in TASK_ACTIVE and node is not None:
             release_slot(state, node)
         effects.extend(m.edge(state, m.run, ti, m.cause))
@@ -231,6 +232,7 @@ def transition_clear(state: State, run: Run, ti: TaskInstance, cmd: c.ClearTasks
     """Back to pending, every count reset; the attempt number stays (fencing holds).
     Also run, without a move, for a task that already is pending."""
     stop = _stop(run, ti, clear_reason(cmd))
+    state.touched.add(digest.task_key(run.run_id, ti.task_id))
     ti.tries_failed = ti.lost_attempts = 0
     ti.node = ti.queued_at = ti.started_at = ti.ended_at = ti.retry_at = ti.exit_code = ti.result = None
     ti.log_tail, ti.reason = "", cmd.reason
@@ -266,8 +268,10 @@ def archive_run(state: State, run: Run) -> None:
     record, term = encode_record(run_to_dict(run))
     state.archive.put(run.run_id, record)
     state.archive_digest = add_term(state.archive_digest, term)
+    state.archive_terms[run.run_id] = term
     del state.active[run.run_id]
     state.runs_by_dag[run.dag_id][run.run_id] = run.ended_at
+    digest.touch_run(state, run.run_id, run.tasks)
 
 
 def check_reopen(run: Run, active: bool) -> None:
@@ -281,20 +285,30 @@ def reopen(state: State, run: Run) -> None:
     within max_active_runs). An active run is left as it is. Checked by `check_reopen`."""
     if run.run_id in state.active:
         return
-    record = state.archive.get(run.run_id)
-    assert record is not None
-    state.archive_digest = remove_term(state.archive_digest, decode_record(record)[1])
+    state.archive_digest = remove_term(state.archive_digest, archived_term(state, run.run_id))
     state.archive.delete(run.run_id)
     run.state, run.started_at, run.ended_at = RunState.QUEUED, None, None
     state.active[run.run_id] = run
     state.runs_by_dag[run.dag_id][run.run_id] = None
+    digest.touch_run(state, run.run_id, run.tasks)
+
+
+def archived_term(state: State, run_id: str) -> int:
+    """The digest term of an archived run, dropped from the index: O(1), no decode
+    (a run archived before the index existed is decoded, once)."""
+    term = state.archive_terms.pop(run_id, None)
+    if term is None:
+        record = state.archive.get(run_id)
+        assert record is not None, run_id
+        term = decode_record(record)[1]
+    return term
 
 
 def forget(state: State, run_id: str) -> None:
-    """Remove a finished run entirely (its archive record and index entries)."""
-    record = state.archive.get(run_id)
-    if record is not None:
-        state.archive_digest = remove_term(state.archive_digest, decode_record(record)[1])
+    """Remove a finished run entirely (its archive record and index entries): O(1),
+    the record is not read (its term is in `archive_terms`)."""
+    if run_id not in state.active and (run_id in state.archive_terms or state.archive.get(run_id) is not None):
+        state.archive_digest = remove_term(state.archive_digest, archived_term(state, run_id))
         state.archive.delete(run_id)
     dag_id = state.run_index.pop(run_id)
     runs = state.runs_by_dag[dag_id]

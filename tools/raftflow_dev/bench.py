@@ -15,6 +15,9 @@ Scenarios:
   history   0, 100k and 1M finished task instances in history (--quick: 0, 10k):
             the scheduler's cost per tick, a node's RSS, and its time from start
             to ready (see bench_history).
+  status_load  300 queued runs of a 1,000-task DAG: a probe's write latency while
+            `cluster status` is called back to back, by 1 and by 64 callers (see
+            bench_status; minutes long, so not part of `all`).
 
 Figures are medians (and p90/max) of several runs: machines are shared and noisy.
 """
@@ -39,6 +42,7 @@ from raftflow_cli.main import TERMINAL
 
 from .bench_history import rss_mib, scenario_history
 from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
+from .bench_status import scenario_status_load
 from .local import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -273,6 +277,8 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "steady": scenario_steady, "chain": scenario_chain, "fanout": scenario_fanout, "empty": scenario_empty,
     "cron_scale": scenario_cron_scale,
 }
+# Scenarios `all` leaves out (long, heavy): run by name.
+BY_NAME_ONLY: dict[str, Callable[[Bench], dict[str, Any]]] = {"status_load": scenario_status_load}
 # Scenarios that set up their own clusters.
 STANDALONE: dict[str, Callable[[bool, int], dict[str, Any]]] = {"history": scenario_history}
 
@@ -295,7 +301,7 @@ def _print_table(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=[*SCENARIOS, *STANDALONE, "all"])
+    parser.add_argument("scenario", choices=[*SCENARIOS, *STANDALONE, *BY_NAME_ONLY, "all"])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
     parser.add_argument("--nodes", type=int, default=3)
@@ -311,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             # a fresh cluster per scenario: no cross-talk
             bench = Bench(args.nodes, args.quick, args.fsync, args.duration, args.slots)
             try:
-                result = SCENARIOS[name](bench)
+                result = {**SCENARIOS, **BY_NAME_ONLY}[name](bench)
             finally:
                 bench.close()
         if args.json:

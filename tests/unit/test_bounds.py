@@ -1,0 +1,317 @@
+"""Work in apply and under the replica lock is bounded by the command's own size,
+never by the history's (ARCHITECTURE invariant 8; issue 13, finding 1): the
+running digest, clear --downstream, capped reasons, forgetting archived runs, and
+listings that decode outside the lock. Each test fails on the code before the fix,
+by counting the work (decodes, hashes) or timing it at a size that shows it."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from typing import Any, Callable
+
+import pytest
+
+from core_support import T0, World, dag_dict, nodes, task
+from raftflow.api import errors, views
+from raftflow.api.operations import DagFile, Operations
+from raftflow.core import archive, commands as c, digest, state as state_module, transitions
+from raftflow.core.archive import MemoryArchive
+from raftflow.core.model import REASON_LIMIT
+from raftflow.core.planner import plan
+from raftflow.core.result import Code
+from raftflow.core.state import State
+from raftflow.raft.memory import MemoryCluster, MemoryReplica
+
+
+def _wide(dag_id: str = "wide", n: int = 1000) -> dict[str, Any]:
+    return dag_dict(dag_id, [task(f"t{i}") for i in range(n)])
+
+
+def _counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
+    """Count calls of module.name (still calling it)."""
+    calls = [0]
+    real: Callable[..., Any] = getattr(module, name)
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        calls[0] += 1
+        return real(*args, **kw)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def _finish_run(world: World, run_id: str, dag_id: str) -> None:
+    """Cancel a queued run: every task skipped, the run archived."""
+    world.apply(c.CancelRun(run_id, "done", T0 + 1))
+    assert run_id not in world.state.active and world.state.run_index[run_id] == dag_id
+
+
+# ---------------------------------------------------------------- 1.1 the running digest
+def test_reading_the_digest_hashes_nothing_of_the_state(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cluster status` reads it under the lock on every node: it must not dump the
+    state (it took 4-5 s with 300 queued runs of 1,000 tasks, and caused elections)."""
+    world.submit(_wide(n=500))
+    for i in range(20):
+        world.trigger(f"r{i}", dag_id="wide")
+    world.apply(c.StartRun("r0", T0))
+    world.apply(c.QueueTask("r0", "t1", T0))
+
+    def dump(*_: Any) -> Any:
+        raise AssertionError("the digest read walked the state")
+
+    for name in ("to_dict", "run_to_dict", "task_to_dict", "run_header_dict", "term_of", "all_terms"):
+        monkeypatch.setattr(digest, name, dump)
+    before = world.state.digest()
+    assert world.state.digest() == before and len(before) == 64
+
+
+def test_a_command_on_one_task_hashes_a_bounded_number_of_objects(world: World,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-object terms: a per-task command re-hashes its task and run, whatever the
+    run's size; creating a run hashes only the run (a task as created has term 0)."""
+    world.submit(_wide(n=2000))
+    hashed = _counting(monkeypatch, digest, "term_of")
+    apply = world.state.apply    # (World.apply validates: it recomputes every term)
+    assert apply(c.CreateRun("r1", "wide", "2024-01-10T12:00:00+00:00", "2024-01-10T12:00:00+00:00",
+                             "2024-01-10T12:00:00+00:00", "manual", {}, T0)).ok
+    created = hashed[0]
+    for cmd in (c.StartRun("r1", T0), c.QueueTask("r1", "t7", T0 + 1), c.AssignTask("r1", "t7", "n1", 1, T0 + 2)):
+        assert apply(cmd).ok
+    assert created <= 3 and hashed[0] - created <= 8, (created, hashed[0])
+
+
+def test_the_digest_tells_diverged_replicas_apart_and_validate_finds_an_untracked_change() -> None:
+    a, b = World(), World()
+    for w in (a, b):
+        w.submit(_wide(n=50))
+        w.trigger("r1", dag_id="wide")
+        w.apply(c.StartRun("r1", T0))
+        w.apply(c.QueueTask("r1", "t3", T0))
+    assert a.state.digest() == b.state.digest()
+    a.apply(c.NoteWaiting("r1", "t3", "waits for a slot", T0 + 1))
+    b.apply(c.NoteWaiting("r1", "t3", "waits for the pool", T0 + 1))
+    assert a.state.digest() != b.state.digest()
+    b.apply(c.NoteWaiting("r1", "t3", "waits for a slot", T0 + 1))
+    assert a.state.digest() == b.state.digest()
+    # Each kind of object counts: a DAG's cursor, a pool, a run's own fields.
+    for change in (c.SetPaused("wide", True, T0 + 2), c.SetPool("p", 3, T0 + 2), c.CancelRun("r1", "x", T0 + 2)):
+        a.apply(change)
+        assert a.state.digest() != b.state.digest(), change
+        b.apply(change)
+        assert a.state.digest() == b.state.digest(), change
+    # A change made behind apply's back is out of the running digest: validate says so.
+    b.trigger("r2", dag_id="wide")
+    b.state.active["r2"].tasks["t0"].reason = "not through apply"
+    with pytest.raises(AssertionError, match="digest terms out of date"):
+        b.state.validate()
+    b.state.active["r2"].tasks["t0"].reason = ""
+
+
+def test_the_digest_is_the_same_whatever_order_replicas_learnt_their_objects_in(world: World) -> None:
+    """A replica that installed a snapshot (terms carried) and one that recomputed
+    them (an older snapshot) agree with the one that applied the log."""
+    world.submit(_wide(n=30))
+    world.submit(dag_dict("other", [task("a"), task("b", upstream=["a"])]))
+    world.apply(c.SetPool("p", 2, T0))
+    world.trigger("r1", dag_id="wide")
+    world.apply(c.StartRun("r1", T0))
+    world.apply(c.QueueTask("r1", "t1", T0))
+    world.trigger("r2", dag_id="other")
+    _finish_run(world, "r2", "other")
+    carried = pickle.loads(pickle.dumps(world.state))
+    carried.attach_archive(world.state.archive)
+    assert carried.digest() == world.state.digest()
+    carried.validate()
+    data = pickle.loads(pickle.dumps(world.state.__getstate__()))
+    for added in ("object_terms", "object_digest", "archive_terms"):
+        del data[added]
+    old = State.__new__(State)
+    old.__setstate__(data)
+    old_archive = MemoryArchive()
+    old_archive.replace_all(world.state.archive.view()())
+    old.attach_archive(old_archive)
+    assert old.digest() == world.state.digest()
+    old.validate()
+    # ... and an old snapshot's archived run is still forgotten right (decoded once).
+    old.apply(c.DeleteDag("other", T0 + 5))
+    world.apply(c.DeleteDag("other", T0 + 5))
+    assert old.digest() == world.state.digest()
+
+
+def test_a_snapshot_carries_the_running_digest(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a current snapshot recomputes nothing."""
+    world.submit(_wide(n=20))
+    world.trigger("r1", dag_id="wide")
+    world.apply(c.StartRun("r1", T0))
+    world.apply(c.QueueTask("r1", "t1", T0))
+    blob = pickle.dumps(world.state)
+    recomputed = _counting(monkeypatch, digest, "all_terms")
+    loaded = pickle.loads(blob)
+    assert recomputed[0] == 0
+    assert loaded.digest() == world.state.digest()
+
+
+# ---------------------------------------------------------------- 1.2 clear --downstream
+def test_clear_downstream_on_a_long_chain_is_linear(world: World) -> None:
+    """10,000 tasks in a chain: quadratic (a scan of the spec per cleared task, list
+    membership) took 15 s inside apply on this machine; linear takes a fraction of a second."""
+    n = 10_000
+    world.submit(dag_dict("chain", [task("t0")] + [task(f"t{i}", upstream=[f"t{i - 1}"]) for i in range(1, n)]))
+    world.trigger("r1", dag_id="chain")
+    started = time.perf_counter()
+    result = world.state.apply(c.ClearTasks("r1", ("t0",), True, "again", T0 + 1))
+    took = time.perf_counter() - started
+    assert result.ok and len(result.value["cleared"]) == n
+    assert result.value["cleared"][:3] == ["t0", "t1", "t2"]
+    assert took < 3.0, f"clear --downstream of a {n}-task chain took {took:.1f} s"
+
+
+def test_clear_downstream_clears_each_task_once_in_breadth_first_order(world: World) -> None:
+    world.submit(dag_dict("fan", [task("a"), task("b", upstream=["a"]), task("c", upstream=["a"]),
+                                  task("d", upstream=["b", "c"]), task("e")]))
+    world.trigger("r1", dag_id="fan")
+    result = world.apply(c.ClearTasks("r1", ("a", "b"), True, "", T0 + 1))
+    assert result.value["cleared"] == ["a", "b", "c", "d"]
+
+
+# ---------------------------------------------------------------- 1.3 reasons
+@pytest.mark.parametrize("make", [
+    lambda reason: c.CancelRun("r1", reason, T0 + 1),
+    lambda reason: c.ClearTasks("r1", ("t0",), True, reason, T0 + 1),
+    lambda reason: c.MarkTask("r1", "t0", "success", reason, T0 + 1),
+], ids=["cancel", "clear", "mark"])
+def test_apply_refuses_a_reason_over_the_limit(world: World, make: Callable[[str], c.Command]) -> None:
+    """A reason is copied into every task it moves (1 MiB x 150 tasks cost 650-850 MB
+    per node): bounded, and the refusal does not echo it."""
+    world.submit(_wide(n=5))
+    world.trigger("r1", dag_id="wide")
+    result = world.apply(make("x" * (REASON_LIMIT + 1)), expect=Code.INVALID)
+    assert f"at most {REASON_LIMIT} characters" in result.reason and "xxxx" not in result.reason
+    world.apply(make("y" * REASON_LIMIT))
+
+
+@pytest.fixture
+def ops() -> Operations:
+    cluster = MemoryCluster()
+    replica = cluster.replica("n1")
+    cluster.elect("n1")
+    ops = Operations(replica, "n1", clock=lambda: T0)
+    ops.submit_dags([DagFile("w.py", _json(_wide(n=10)), "# src")])
+    return ops
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data)
+
+
+def test_cancel_refuses_a_long_reason_before_proposing_it(ops: Operations) -> None:
+    run_id = ops.trigger("wide").run_id
+    before = ops.replica.status().commit_index
+    with pytest.raises(errors.Invalid) as caught:
+        ops.cancel_run(run_id, "z" * (1 << 20))
+    assert caught.value.message == f"a reason may have at most {REASON_LIMIT} characters, not {1 << 20}"
+    assert ops.replica.status().commit_index == before
+    assert ops.cancel_run(run_id, "  " + "z" * REASON_LIMIT + "  ") is not None
+    assert ops.replica.state.run(run_id).tasks["t0"].reason == "z" * REASON_LIMIT
+
+
+# ---------------------------------------------------------------- 1.4 dags delete
+def test_forgetting_archived_runs_decodes_none_of_them(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`dags delete` decoded every archived run inside apply (300 runs x 1,000 tasks:
+    2.1 s, an election): the record's digest term is kept in an index instead."""
+    world.submit(_wide(n=100))
+    for i in range(30):
+        world.trigger(f"r{i}", dag_id="wide")
+        _finish_run(world, f"r{i}", "wide")
+    decoded = _counting(monkeypatch, transitions, "decode_record")
+    decoded_anywhere = _counting(monkeypatch, archive, "decode_record")
+    result = world.state.apply(c.DeleteDag("wide", T0 + 10))
+    assert result.ok and decoded[0] == decoded_anywhere[0] == 0
+    assert len(world.state.archive) == 0 and world.state.archive_digest == 0 and not world.state.archive_terms
+
+
+def test_pruning_and_reopening_use_the_index_too(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.submit(_wide(n=10))
+    for i in range(3):
+        world.trigger(f"r{i}", dag_id="wide")
+        _finish_run(world, f"r{i}", "wide")
+    decoded = _counting(monkeypatch, transitions, "decode_record")
+    world.apply(c.PruneRuns(("r0",), T0 + 5))
+    world.apply(c.ClearTasks("r1", ("t0",), False, "", T0 + 6))   # (reads the run back: one decode by State.run)
+    assert decoded[0] == 0
+    assert set(world.state.archive_terms) == {"r2"}
+
+
+# ---------------------------------------------------------------- 1.5 listings
+def _decode_asserting_unlocked(replica: MemoryReplica, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls = [0]
+    real = views.decode_record
+
+    def decode(stored: bytes) -> Any:
+        calls[0] += 1
+        assert not replica.lock._is_owned(), "an archive record was decoded under the replica lock"  # type: ignore[attr-defined]
+        return real(stored)
+
+    monkeypatch.setattr(views, "decode_record", decode)
+    monkeypatch.setattr(archive, "decode_record", decode)
+    monkeypatch.setattr(state_module, "decode_record", decode)
+    return calls
+
+
+def test_listings_decode_archived_runs_outside_the_lock(ops: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
+    ops.submit_dags([DagFile("o.py", _json(dag_dict("other", [task("a")])), "# src")])
+    finished = []
+    for i in range(3):
+        ops.clock = lambda i=i: T0 + i
+        run_id = ops.trigger("wide").run_id
+        ops.cancel_run(run_id, "done")
+        finished.append(run_id)
+    ops.clock = lambda: T0 + 10
+    active = ops.trigger("wide").run_id
+    decoded = _decode_asserting_unlocked(ops.replica, monkeypatch)
+    runs = ops.list_runs()
+    assert [r.run_id for r in runs.runs] == [active, *reversed(finished)]
+    assert [r.state for r in runs.runs] == ["queued", "failed", "failed", "failed"]
+    assert [r.run_id for r in ops.list_runs("wide", limit=2).runs] == [active, finished[-1]]
+    ops.cancel_run(active, "done")
+    dags = {d.dag_id: d for d in ops.list_dags().dags}
+    assert (dags["wide"].last_run_id, dags["wide"].last_run_state) == (active, "failed")
+    assert (dags["other"].last_run_id, dags["other"].last_run_state) == ("", "")
+    assert decoded[0] >= 4
+
+
+def test_a_listing_decodes_what_it_took_under_the_lock_and_skips_a_missing_run(ops: Operations) -> None:
+    state = ops.replica.state
+    run_id = ops.trigger("wide").run_id
+    ops.cancel_run(run_id, "done")
+    with ops.replica.lock:
+        pending = views.pending_summary(state, run_id)
+        gone = views.pending_summary(state, "no-such-run")
+    assert views.summary_of(pending).run_id == run_id and views.summary_of(gone) is None
+
+
+# ---------------------------------------------------------------- the planner under the lock
+class _CountingTasks(dict):  # type: ignore[type-arg]
+    """A run's task dict that counts how often it is walked."""
+    walks = 0
+
+    def values(self):  # type: ignore[no-untyped-def, override]
+        _CountingTasks.walks += 1
+        return super().values()
+
+
+def test_a_backlog_of_queued_runs_is_not_walked_by_the_planner(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader plans under the replica lock every tick: 300 queued runs of a 1,000-task
+    DAG (a paused DAG's backlog) made each plan walk 300,000 task instances in
+    pool_usage, stalling apply into elections even with no one calling."""
+    world.submit(_wide(n=50))
+    world.set_paused("wide", True)
+    for i in range(30):
+        world.trigger(f"r{i}", dag_id="wide")
+    for run in world.state.active.values():
+        run.tasks = _CountingTasks(run.tasks)
+    monkeypatch.setattr(_CountingTasks, "walks", 0)
+    assert plan(world.state, T0 + 1, nodes("n1")) == []
+    assert _CountingTasks.walks == 0
