@@ -9,8 +9,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from . import checks, commands as c
-from .effects import DropRunLogs
 from .digest import version_key
+from .effects import DropRunLogs
 from .limits import KEEP_SOURCES, clip
 from .model import LEADER_HISTORY_LIMIT, MAX_BACKFILL_RUNS, DagRecord, DagVersion, Run, TaskInstance
 from .params import conf_error as param_conf_error
