@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import zoneinfo
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -112,11 +112,18 @@ class TaskSpec:
         return float(min(delay, self.max_retry_delay) if self.max_retry_delay is not None else delay)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The JSON-able form (what `_task_from_dict` reads). Nested values (env pairs
+        aside) are the spec's own, not copies: callers only read or serialise them.
+        (dataclasses.asdict deep-copies every leaf: 1.5 s for a 10,000-task DAG, in apply.)"""
+        d = {name: getattr(self, name) for name in _TASK_SPEC_FIELDS}
         d["upstream"] = list(self.upstream)
         d["env"] = dict(self.env)
         d.update(d.pop("args"))
         return d
+
+
+
+_TASK_SPEC_FIELDS = tuple(f.name for f in fields(TaskSpec))
 
 
 @by_name
