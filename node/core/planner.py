@@ -56,13 +56,15 @@ class NodeInfo:
 
 def plan(state: State, now: float, nodes: list[NodeInfo]) -> list[c.Command]:
     out: list[c.Command] = []
-    for record in state.dags.values():
-        out.extend(_due_runs(record, now))
-
     running_per_dag: dict[str, int] = {}
+    queued_per_dag: dict[str, int] = {}
     for run in state.active.values():
-        if run.state is RunState.RUNNING:
-            running_per_dag[run.dag_id] = running_per_dag.get(run.dag_id, 0) + 1
+        counts = running_per_dag if run.state is RunState.RUNNING else queued_per_dag
+        counts[run.dag_id] = counts.get(run.dag_id, 0) + 1
+
+    for record in state.dags.values():
+        room = record.latest.spec.max_queued_runs - queued_per_dag.get(record.dag_id, 0)
+        out.extend(_due_runs(record, now, room))
 
     expired = {n.node_id for n in nodes if n.lease_expired}
     ready: list[tuple[int, str, int, Run, str]] = []  # sort key + (run, task_id)
@@ -144,14 +146,17 @@ def _expired_runs(state: State, now: float) -> list[str]:
     return out
 
 
-def _due_runs(record: DagRecord, now: float) -> list[c.Command]:
+def _due_runs(record: DagRecord, now: float, room: int) -> list[c.Command]:
+    """The scheduled runs due now, at most `room` of them: a DAG never has more than its
+    max_queued_runs runs queued. Ticks over that wait (the cursor stays) until the queue
+    drains; with catchup "latest" or "none" they then collapse as missed ticks do."""
     tick = record.next_tick_at
-    if record.paused or tick is None or tick > now:
+    if record.paused or tick is None or tick > now or room <= 0:
         return []
     spec = record.latest.spec
     if spec.catchup == "all":
         ticks: list[float] = []
-        while tick is not None and tick <= now and len(ticks) < MAX_CATCHUP_RUNS_PER_PLAN:
+        while tick is not None and tick <= now and len(ticks) < min(MAX_CATCHUP_RUNS_PER_PLAN, room):
             ticks.append(tick)
             tick = next_tick_after(spec, tick)
     else:  # latest, none: missed ticks collapse into the most recent one

@@ -283,6 +283,21 @@ def test_catchup_all_creates_every_missed_tick_in_bounded_batches(world):
     assert world.state.dags["s5"].next_tick_at == T0 + 5 * MINUTE
 
 
+def test_scheduled_runs_wait_while_the_dag_has_max_queued_runs_queued(world):
+    """A catchup="all" DAG far behind its schedule, whose runs cannot start, stops
+    creating runs at max_queued_runs; its cursor waits, and the next tick is created
+    once a queued run has left the queue."""
+    world.submit(dag_dict("s5", [task("a")], schedule="*/5 * * * *", start_date=iso(T0 - 3 * HOUR),
+                          catchup="all", max_active_runs=1, max_queued_runs=5), at=T0)
+    first = of_type(plan(world.state, T0, []), c.CreateRun)
+    assert [r.logical_date for r in first] == [iso(T0 - 3 * HOUR + i * 5 * MINUTE) for i in range(5)]
+    world.apply(c.Batch(tuple(first)))
+    assert of_type(plan(world.state, T0, []), c.CreateRun) == []        # 5 queued: none more
+    world.apply(c.StartRun(first[0].run_id, T0))                          # one leaves the queue
+    again = of_type(plan(world.state, T0, []), c.CreateRun)
+    assert [r.logical_date for r in again] == [iso(T0 - 3 * HOUR + 5 * 5 * MINUTE)]
+
+
 def test_a_re_proposed_tick_creates_nothing_twice(world):
     world.submit(every_5("all", T0 - HOUR), at=T0)
     creates = of_type(plan(world.state, T0, []), c.CreateRun)
