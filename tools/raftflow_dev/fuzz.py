@@ -68,6 +68,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multiple, rule, run_state_machine_as_test
 
 from raftflow.config import RaftTuning
+from raftflow.core.spec import DEFAULT_POOL, DEFAULT_POOL_SLOTS
 from raftflow.proto import client_pb2, client_pb2_grpc
 from raftflow_cli.client import ApiError, ClusterClient, ClusterUnreachable
 from raftflow_cli.main import TERMINAL
@@ -745,10 +746,23 @@ def run_normal_dag(client: ClusterClient, timeout: float) -> tuple[bool, Any]:
                                              "upstream": ["extract"]}]}
     client.submit([{"spec_json": json.dumps(spec), "source": "# the fuzz's check DAG\n", "filename": "check.py"}])
     client.set_paused(NORMAL_DAG, False)
+    # The fuzz may have set the default pool to 0 slots (a legal request): then nothing
+    # runs, by design. Give it back its default size first.
+    client.set_pool(DEFAULT_POOL, DEFAULT_POOL_SLOTS)
     run_id = client.trigger(NORMAL_DAG)["run_id"]
-    ok, run = wait_until(lambda: (r := client.get_run(run_id))["state"] in TERMINAL and r, timeout)
+    seen: dict[str, Any] = {}
+
+    def finished() -> Any:
+        seen["run"] = client.get_run(run_id)
+        return seen["run"]["state"] in TERMINAL and seen["run"]
+
+    ok, run = wait_until(finished, timeout)
     if not ok:
-        return False, {"run_id": run_id, "last": run if isinstance(run, str) else None}
+        last = seen.get("run")
+        return False, {"run_id": run_id, "wait": run if isinstance(run, str) else None,
+                       "last": None if last is None else {
+                           "state": last["state"],
+                           "tasks": {t["task_id"]: [t["state"], t.get("reason", "")] for t in last["tasks"]}}}
     return run["state"] == "success", {"run_id": run_id, "state": run["state"],
                                        "tasks": {t["task_id"]: t["state"] for t in run["tasks"]}}
 
