@@ -7,9 +7,10 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from waiting import wait_for  # noqa: F401 - the integration tests import it from here
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_TOOLS = ROOT / "tools"   # (tests/conftest.py puts it on sys.path: raftflow_dev lives there)
@@ -51,16 +52,7 @@ def running_cluster(data_dir: Path, nodes: int = 3, **options: Any):
         cluster.stop()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll `predicate` until it returns a truthy value; fail with `what` after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
 
 
 def dump_node_logs(cluster: Any) -> None:

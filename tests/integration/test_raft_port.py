@@ -10,6 +10,7 @@ import struct
 import time
 
 import pytest
+from waiting import closed_within
 
 from raftflow.config import RaftTuning
 from raftflow_cli.client import ClusterClient
@@ -19,16 +20,7 @@ from support import Cli, dump_node_logs, wait_for
 pytestmark = pytest.mark.integration
 
 
-def _closed(sock: socket.socket, timeout: float) -> bool:
-    sock.settimeout(timeout)
-    try:
-        while sock.recv(65536):
-            pass
-        return True
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-    except TimeoutError:
-        return False
+
 
 
 def test_strangers_on_the_raft_port_neither_depose_the_leader_nor_hold_connections(tmp_path):
@@ -60,13 +52,13 @@ def test_strangers_on_the_raft_port_neither_depose_the_leader_nor_hold_connectio
             with contextlib.suppress(ConnectionResetError, BrokenPipeError):
                 for _ in range(256):
                     stranger.sendall(b"\xff" * 65536)
-            assert _closed(stranger, 5.0), "the junk connection was not dropped"
+            assert closed_within(stranger, 5.0), "the junk connection was not dropped"
 
         # 200 silent connections: closed after the 5 s deadline to authenticate
         strangers = [socket.create_connection((host, int(port)), timeout=5) for _ in range(200)]
         try:
             opened = time.monotonic()
-            assert all(_closed(s, max(0.1, opened + 20 - time.monotonic())) for s in strangers), \
+            assert all(closed_within(s, max(0.1, opened + 20 - time.monotonic())) for s in strangers), \
                 "silent unauthenticated connections were kept"
         finally:
             for s in strangers:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
+
+from waiting import wait_for
 
 from raftflow.config import NodeConfig, RaftTuning
 from raftflow.raft.adapter import ReplicatedState
@@ -22,15 +23,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last value: {last!r}")
+
 
 
 @contextlib.contextmanager
@@ -42,7 +35,7 @@ def solo_replica(data_dir: Path, **options: Any) -> Iterator[ReplicatedState]:
                      data_dir / "secret", raft=replace(RaftTuning(), **options))
     replica = ReplicatedState(cfg, SECRET, **extra)
     try:
-        wait_until(replica.is_leader, 10, "the one node to lead")
+        wait_for(replica.is_leader, 10, "the one node to lead")
         yield replica
     finally:
         replica.destroy_synchronous()      # the Raft thread is gone: nothing uses the archive now

@@ -25,9 +25,9 @@ from raftflow.core.run_ids import backfill_run_id, manual_run_id, scheduled_run_
 from raftflow.core.states import TaskState
 from raftflow.leader.loop import Liveness
 from raftflow.proto import client_pb2
-from raftflow.raft.memory import MemoryCluster, MemoryReplica
+from raftflow.raft.memory import MemoryReplica
 from raftflow.raft.replica import OutcomeUnknown
-from twin_support import MEMBERS
+from twin_support import MEMBERS, leading_replica
 
 
 def _dag_file(dag_id: str = "d", filename: str = "d.py", **kw: Any) -> DagFile:
@@ -36,10 +36,7 @@ def _dag_file(dag_id: str = "d", filename: str = "d.py", **kw: Any) -> DagFile:
 
 @pytest.fixture
 def replica() -> MemoryReplica:
-    cluster = MemoryCluster()
-    replica = cluster.replica("n1")
-    cluster.elect("n1")
-    return replica
+    return leading_replica()
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ from raftflow.core.planner import plan
 from raftflow.core.result import Code
 from raftflow.core.spec import MAX_TASKS_PER_DAG, DagSpec
 from raftflow.core.state import State
-from raftflow.raft.memory import MemoryCluster, MemoryReplica
+from raftflow.raft.memory import MemoryReplica
+from twin_support import leader_operations
 
 
 def _wide(dag_id: str = "wide", n: int = 1000) -> dict[str, Any]:
@@ -194,12 +195,7 @@ def test_apply_refuses_a_reason_over_the_limit(world: World, make: Callable[[str
 
 @pytest.fixture
 def ops() -> Operations:
-    cluster = MemoryCluster()
-    replica = cluster.replica("n1")
-    cluster.elect("n1")
-    ops = Operations(replica, "n1", clock=lambda: T0)
-    ops.submit_dags([DagFile("w.py", _json(_wide(n=10)), "# src")])
-    return ops
+    return leader_operations(DagFile("w.py", _json(_wide(n=10)), "# src"))
 
 
 def _json(data: Any) -> str:

@@ -34,9 +34,9 @@ from raftflow.core.result import Code, internal_rejections
 from raftflow.core.spec import DagSpec, SpecError
 from raftflow.core.states import RunState, TaskState
 from raftflow.main import DATA_SUBDIRS, prepare_data_dir
-from raftflow.raft.memory import MemoryCluster
 from raftflow.worker.render import environment, render, shell_quote
 from raftflow_cli.main import cmd_dags_submit
+from twin_support import leader_operations
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -282,13 +282,9 @@ def test_triggers_and_backfills_beyond_max_queued_runs_are_refused() -> None:
 # ---------------------------------------------------------------- operations: refused before proposing
 @pytest.fixture
 def ops() -> Operations:
-    cluster = MemoryCluster()
-    replica = cluster.replica("n1")
-    cluster.elect("n1")
-    ops = Operations(replica, "n1", clock=lambda: T0)
-    ops.submit_dags([DagFile("d.py", json.dumps(dag_dict(
+    ops = leader_operations(DagFile("d.py", json.dumps(dag_dict(
         schedule="@daily", params={"table": "orders"},
-        param_schemas={"table": {"type": "string", "enum": ["orders", "customers"]}})), "# src")])
+        param_schemas={"table": {"type": "string", "enum": ["orders", "customers"]}})), "# src"))
     return ops
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from waiting import wait_for
+
 from raftflow.core import commands as c
 from raftflow.core.effects import ReleasedAttempts
 from raftflow.core.model import TaskInstance
@@ -14,7 +16,7 @@ from raftflow.core.states import RunState, TaskState
 from raftflow.raft.memory import MemoryCluster
 from raftflow.store.local import LocalStore
 from raftflow.worker.worker import Assignment, Worker
-from twin_support import LEASE_TIMEOUT, Clock, LeaderSide, results_of, submit_and_trigger, wait_until
+from twin_support import LEASE_TIMEOUT, Clock, LeaderSide, results_of, submit_and_trigger
 
 
 def _ti(side: LeaderSide, run_id: str = "r1", task_id: str = "t") -> TaskInstance:
@@ -160,8 +162,8 @@ def _held_dispatch(tmp_path: Path) -> tuple[MemoryCluster, Clock, LeaderSide, As
 def _claim_refused(worker: Worker, n1: LeaderSide, held: Assignment) -> None:
     ok, _reason = worker.accept(held)              # the dispatch arrives late; the worker takes it
     assert ok
-    wait_until(lambda: results_of(n1.replica, c.TaskStarted), what="the start claim")
-    wait_until(lambda: not worker.running(), what="the worker to drop the attempt")
+    wait_for(lambda: results_of(n1.replica, c.TaskStarted), what="the start claim")
+    wait_for(lambda: not worker.running(), what="the worker to drop the attempt")
     [(claim, result)] = n1.replica.outcomes(c.TaskStarted)
     assert (claim.attempt, claim.node, result.code) == (1, "n2", Code.CONFLICT)
 
@@ -211,7 +213,7 @@ def test_a_run_goes_from_trigger_to_success_through_leader_dispatcher_and_worker
             n1.steps()
             return n1.replica.state.run("r1").state is RunState.SUCCESS
 
-        wait_until(finished, what="the run to succeed")
+        wait_for(finished, what="the run to succeed")
         assert b"".join(store.read_log("r1", "t", 1)) == b"hello\n"
         assert [r.ok for r in results_of(n1.replica, c.TaskStarted)] == [True]
         assert [r.ok for r in results_of(n1.replica, c.TaskFinished)] == [True]
@@ -228,12 +230,12 @@ def test_the_loop_thread_takes_office_plans_and_stops() -> None:
     n1.loop.start()
     try:
         cluster.elect("n1")
-        wait_until(lambda: n1.loop.leading_term == 1, what="n1 to take office")
+        wait_for(lambda: n1.loop.leading_term == 1, what="n1 to take office")
         submit_and_trigger(n1.replica)
-        wait_until(lambda: _ti(n1).state is TaskState.QUEUED, what="the task to be queued")
+        wait_for(lambda: _ti(n1).state is TaskState.QUEUED, what="the task to be queued")
         assert n1.loop.grants_leases()
         cluster.elect("n3")
-        wait_until(lambda: n1.loop.leading_term is None, what="n1 to step down")
+        wait_for(lambda: n1.loop.leading_term is None, what="n1 to step down")
     finally:
         n1.loop.stop()
         n1.loop.join(5)

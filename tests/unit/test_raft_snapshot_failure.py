@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from waiting import wait_for
 
-from raft_node_support import solo_replica, wait_until
+from raft_node_support import solo_replica
 from raftflow.api.cluster import node_status
 from raftflow.config import NodeConfig
 from raftflow.core import commands as c
@@ -69,7 +70,7 @@ def test_a_failing_snapshot_is_reported_retried_and_succeeds_once_the_cause_is_g
             replica.state.pools["deep"] = _deep(100_000)   # type: ignore[assignment]
         for i in range(6):    # past log_compaction_min_entries: pysyncobj asks for a snapshot
             assert replica.propose(c.SetPool(f"p{i}", 1, 0.0), timeout=5.0).ok
-        failing = wait_until(lambda: replica.snapshot_status().error and replica.snapshot_status(), 10,
+        failing = wait_for(lambda: replica.snapshot_status().error and replica.snapshot_status(), 10,
                              "the snapshot failure to be reported")
         assert "RecursionError" in failing.error and failing.at == 0 and failing.index == 0
         assert not snapshot_file.exists()
@@ -77,21 +78,21 @@ def test_a_failing_snapshot_is_reported_retried_and_succeeds_once_the_cause_is_g
 
         # retried (with backoff: a few attempts per second, not one per Raft tick)
         started = time.monotonic()
-        wait_until(lambda: replica.snapshot_status().failures >= 3, 10, "the snapshot to be retried")
+        wait_for(lambda: replica.snapshot_status().failures >= 3, 10, "the snapshot to be retried")
         assert replica.snapshot_status().failures <= 3 + (time.monotonic() - started) / 0.2 + 1
         assert replica.propose(c.SetPool("still-writable", 1, 0.0), timeout=5.0).ok
 
         # cluster status shows it (the digest cannot take the deep value either: an int that refuses pickling)
         with replica.lock:
             replica.state.pools["deep"] = _Unpicklable(1)
-        wait_until(lambda: "_Unpicklable" in replica.snapshot_status().error, 10, "the next failure")
+        wait_for(lambda: "_Unpicklable" in replica.snapshot_status().error, 10, "the next failure")
         shown = node_status(_Host(_config(tmp_path, replica), replica))
         assert "_Unpicklable" in shown.snapshot_error and shown.snapshot_failures >= 4
         assert (shown.snapshot_at, shown.snapshot_index) == (0, 0)
 
         with replica.lock:
             del replica.state.pools["deep"]
-        done = wait_until(lambda: not replica.snapshot_status().error and replica.snapshot_status(), 10,
+        done = wait_for(lambda: not replica.snapshot_status().error and replica.snapshot_status(), 10,
                           "a snapshot to succeed once the cause is gone")
         assert done.failures == 0 and done.index >= 7 and abs(done.at - time.time()) < 30
         assert snapshot_file.exists() and os.path.getsize(snapshot_file) > 0
@@ -107,7 +108,7 @@ def test_a_restarted_node_shows_the_snapshot_it_loaded(tmp_path: Path) -> None:
     with solo_replica(tmp_path, log_compaction_min_entries=3) as replica:
         for i in range(6):
             assert replica.propose(c.SetPool(f"p{i}", 1, 0.0), timeout=5.0).ok
-        wait_until(lambda: replica.snapshot_status().index, 10, "a snapshot")
+        wait_for(lambda: replica.snapshot_status().index, 10, "a snapshot")
     written = replica.snapshot_status()    # final: the Raft thread (which installs snapshots) has stopped
     with solo_replica(tmp_path) as again:
         loaded = again.snapshot_status()

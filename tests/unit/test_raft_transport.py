@@ -20,8 +20,9 @@ import pytest
 from pysyncobj.encryptor import getEncryptor
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE
+from waiting import closed_within, wait_for
 
-from raft_node_support import SECRET, solo_replica, wait_until
+from raft_node_support import SECRET, solo_replica
 from raftflow.core import commands as c
 from raftflow.raft import transport
 from raftflow.raft.adapter import ReplicatedState
@@ -126,17 +127,7 @@ def test_after_authentication_large_frames_pass_up_to_the_bound() -> None:
 
 
 # ------------------------------------------------------------ a real node's port
-def _closed_within(sock: socket.socket, timeout: float) -> bool:
-    """True if the node closed `sock` within `timeout` s (EOF or reset)."""
-    sock.settimeout(timeout)
-    try:
-        while sock.recv(4096):
-            pass
-        return True
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-    except TimeoutError:
-        return False
+
 
 
 def _raft_port(replica: ReplicatedState) -> int:
@@ -161,7 +152,7 @@ def test_junk_after_a_huge_length_prefix_is_dropped_and_the_leader_keeps_leading
             with contextlib.suppress(ConnectionResetError, BrokenPipeError):
                 for _ in range(64):               # 4 MiB of junk, while the node still reads
                     stranger.sendall(b"\xff" * 65536)
-            assert _closed_within(stranger, 5.0)
+            assert closed_within(stranger, 5.0)
             assert time.monotonic() - started < 5.0
         assert replica.is_leader() and replica.term() == term
         assert replica.propose(c.SetPool("p", 3, 0.0), timeout=2.0).ok
@@ -174,7 +165,7 @@ def test_silent_strangers_are_closed_after_the_deadline(tmp_path: Path, monkeypa
         strangers = [socket.create_connection(("127.0.0.1", port), timeout=2) for _ in range(5)]
         opened = time.monotonic()
         try:
-            assert all(_closed_within(s, 10.0) for s in strangers)
+            assert all(closed_within(s, 10.0) for s in strangers)
             assert time.monotonic() - opened >= 0.4
         finally:
             for s in strangers:
@@ -192,8 +183,8 @@ def test_at_most_max_pending_strangers_wait_the_oldest_go_first(tmp_path: Path,
             for _ in range(8):
                 strangers.append(socket.create_connection(("127.0.0.1", port), timeout=2))
                 time.sleep(0.02)      # accepted in this order (the oldest is the first opened)
-            wait_until(lambda: all(_closed_within(s, 0.05) for s in strangers[:4]), 10, "the oldest four closed")
-            assert not any(_closed_within(s, 0.3) for s in strangers[4:])
+            wait_for(lambda: all(closed_within(s, 0.05) for s in strangers[:4]), 10, "the oldest four closed")
+            assert not any(closed_within(s, 0.3) for s in strangers[4:])
         finally:
             for s in strangers:
                 s.close()

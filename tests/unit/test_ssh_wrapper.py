@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
+
+from waiting import wait_for
 
 from raftflow.worker.sshrun import PID_MARKER, remote_script
 
@@ -32,13 +33,6 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 def test_it_reports_its_pid_exports_the_environment_and_keeps_the_exit_status():
     proc = start("echo \"$GREETING\" $RAFTFLOW_TASK_ID; exit 7", {"GREETING": "it's a \"quoted\" $value",
                                                                    "RAFTFLOW_TASK_ID": "t1"})
@@ -61,23 +55,23 @@ def test_the_command_runs_with_stdin_from_dev_null_not_the_channel():
 def test_a_closed_channel_kills_the_command_even_if_it_ignores_sigterm(tmp_path: Path):
     pid_file = tmp_path / "pid"
     proc = start(f"trap '' TERM; sleep 300 & echo $! > {pid_file}; wait")
-    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, "the command to start")
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, "the command to start")
     sleeper = int(pid_file.read_text())
     assert alive(sleeper)
     proc.stdin.close()            # what sshd does when the connection drops
-    wait_until(lambda: not alive(sleeper), 10, "the command to be killed (TERM ignored, so KILL)")
+    wait_for(lambda: not alive(sleeper), 10, "the command to be killed (TERM ignored, so KILL)")
     proc.wait(10)
 
 
 def test_sigterm_to_the_group_ends_the_command_and_the_wrapper_reports_its_status(tmp_path: Path):
     pid_file = tmp_path / "pid"
     proc = start(f"sleep 300 & echo $! > {pid_file}; wait")
-    wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, "the command to start")
+    wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), 10, "the command to start")
     os.killpg(proc.pid, 15)       # what the runner's second channel does on a timeout or cancel
     finish(proc)
     assert proc.returncode == 143, "the wrapper survives to report the command's death by SIGTERM"
     sleeper = int(pid_file.read_text())
-    wait_until(lambda: not alive(sleeper), 5, "the command's own child to die of the same signal")
+    wait_for(lambda: not alive(sleeper), 5, "the command's own child to die of the same signal")
 
 
 def test_the_pid_line_is_found_after_login_noise_and_taken_out_of_the_output():

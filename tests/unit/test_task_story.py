@@ -8,7 +8,7 @@ import json
 import pickle
 
 from core_support import T0, World, dag_dict, task
-from raftflow.api.operations import DagFile, Operations
+from raftflow.api.operations import DagFile
 from raftflow.core import commands as c
 from raftflow.core.archive import decode_record, encode_record
 from raftflow.core.codec import run_from_dict, run_to_dict
@@ -17,7 +17,7 @@ from raftflow.core.result import Code
 from raftflow.core.state import State
 from raftflow.core.states import TaskState as S
 from raftflow.raft.adapter import decode_envelope, encode_envelope, read_envelope
-from raftflow.raft.memory import MemoryCluster
+from twin_support import leader_operations
 
 
 def at_index(w: World, index: int, proposer: str, cmd: c.Command, expect: Code = Code.OK):
@@ -131,11 +131,8 @@ def test_the_envelope_carries_the_proposer():
 
 
 def test_the_client_api_proposes_as_a_client_and_nodes_as_themselves():
-    cluster = MemoryCluster()
-    replica = cluster.replica("n1")
-    cluster.elect("n1")
-    ops = Operations(replica, "n1", clock=lambda: T0)
-    ops.submit_dags([DagFile("d.py", json.dumps(dag_dict()), "# src")])
+    ops = leader_operations(DagFile("d.py", json.dumps(dag_dict()), "# src"))
+    replica = ops.replica
     run_id = ops.trigger("d").run_id
     replica.propose(c.StartRun(run_id, T0 + 1))
     replica.propose(c.QueueTask(run_id, "a", T0 + 1))

@@ -9,6 +9,7 @@ import time
 from typing import Any, Callable
 
 from core_support import T0, dag_dict, task
+from raftflow.api.operations import DagFile, Operations
 from raftflow.core import commands as c
 from raftflow.core.result import Result
 from raftflow.leader.loop import Dispatcher, LeaderLoop, Liveness
@@ -40,15 +41,7 @@ class Clock:
         self.advance(mono - self._mono)
 
 
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "the condition") -> Any:
-    """Poll `condition` until it is truthy (returned) or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.005)
+
 
 
 class LeaderSide:
@@ -116,3 +109,20 @@ def submit_and_trigger(replica: MemoryReplica, run_id: str = "r1", command: str 
 
 def results_of(replica: MemoryReplica, kind: type[c.Command]) -> list[Result]:
     return [result for _cmd, result in replica.outcomes(kind)]
+
+
+def leading_replica(node_id: str = "n1") -> MemoryReplica:
+    """The replica of a one-node memory cluster, elected leader."""
+    cluster = MemoryCluster()
+    replica = cluster.replica(node_id)
+    cluster.elect(node_id)
+    return replica
+
+
+def leader_operations(*dag_files: DagFile, node_id: str = "n1") -> Operations:
+    """The client operations on a leading one-node memory replica, at T0, with these DAG
+    files submitted."""
+    ops = Operations(leading_replica(node_id), node_id, clock=lambda: T0)
+    if dag_files:
+        ops.submit_dags(list(dag_files))
+    return ops
