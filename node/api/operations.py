@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 from ..core import checks, commands as c
 from ..core.effects import DropRunLogs, StopAttempt
 from ..core.limits import clip, parse_json
-from ..core.model import CLIENT, DagRecord
+from ..core.model import CLIENT, DagRecord, Run, TaskInstance
 from ..core.params import conf_error as param_conf_error
 from ..core.result import Code, Result
 from ..core.run_ids import manual_run_id
@@ -115,6 +115,17 @@ class Operations:
             if run_id in self.replica.state.run_index:
                 return
         raise errors.NotFound(f"no run {clip(run_id)}; `raftflow runs list` shows recent runs")
+
+    def _task_instance(self, run_id: str, task_id: str) -> tuple[Run, TaskInstance]:
+        """A run's task instance (the caller holds the replica lock), else NotFound saying
+        which of the two is missing."""
+        run = self.replica.state.run(run_id)
+        if run is None:
+            raise errors.NotFound(f"no run {clip(run_id)}; `raftflow runs list` shows recent runs")
+        ti = run.tasks.get(task_id)
+        if ti is None:
+            raise errors.NotFound(f"run {run_id!r} has no task {clip(task_id)}; it has: {', '.join(run.tasks)}")
+        return run, ti
 
     def _known_dag(self, dag_id: str) -> None:
         with self.replica.lock:
@@ -266,12 +277,7 @@ class Operations:
     def task_story(self, run_id: str, task_id: str) -> client_pb2.GetTaskStoryResponse:
         """Every recorded move of one task instance, oldest first (core.model.StoryEvent)."""
         with self.replica.lock:
-            run = self.replica.state.run(run_id)
-            if run is None:
-                raise errors.NotFound(f"no run {run_id!r}; `raftflow runs list` shows recent runs")
-            ti = run.tasks.get(task_id)
-            if ti is None:
-                raise errors.NotFound(f"run {run_id!r} has no task {task_id!r}; it has: {', '.join(run.tasks)}")
+            _run, ti = self._task_instance(run_id, task_id)
             events = [views.story_event(e) for e in ti.story]
             state = ti.state.value
         return client_pb2.GetTaskStoryResponse(run_id=run_id, task_id=task_id, state=state, events=events,
@@ -332,12 +338,7 @@ class Operations:
     def log_location(self, run_id: str, task_id: str, attempt: int = 0) -> LogLocation:
         """Which node holds the log of an attempt (0: the latest) of a task."""
         with self.replica.lock:
-            run = self.replica.state.run(run_id)
-            if run is None:
-                raise errors.NotFound(f"no run {run_id!r}")
-            ti = run.tasks.get(task_id)
-            if ti is None:
-                raise errors.NotFound(f"run {run_id!r} has no task {task_id!r}; it has: {', '.join(run.tasks)}")
+            _run, ti = self._task_instance(run_id, task_id)
             if ti.attempt == 0:
                 raise errors.NotFound(f"{task_id} has not run yet in {run_id} (state {ti.state.value})")
             attempt = attempt or ti.attempt

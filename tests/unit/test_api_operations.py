@@ -209,7 +209,7 @@ def test_watch_yields_each_change_until_the_run_finishes(ops: Operations) -> Non
 
 def test_log_location_checks_the_run_the_task_and_the_attempt(ops: Operations) -> None:
     run_id = ops.trigger("d").run_id
-    with pytest.raises(errors.NotFound, match="^no run 'x'$"):
+    with pytest.raises(errors.NotFound, match="^no run 'x'; `raftflow runs list` shows recent runs$"):
         ops.log_location("x", "a")
     with pytest.raises(errors.NotFound, match="has no task 'z'; it has: a, b"):
         ops.log_location(run_id, "z")
