@@ -153,3 +153,17 @@ def test_bad_connections_name_the_table_and_the_fault(tmp_path: Path, table: str
     with pytest.raises(ConfigError) as caught:
         load(_write(tmp_path, BASE + table), environ=env)
     assert message.format(tmp=tmp_path) in str(caught.value)
+
+
+def test_task_log_limit_defaults_to_64_mib_and_is_set_by_file_environment_or_flag(tmp_path: Path):
+    path = _write(tmp_path, BASE)
+    assert load(path, environ={}).task_log_limit == 64 * 1024 * 1024
+    path.write_text("task_log_limit = 1000\n" + BASE)
+    cfg = load(path, environ={})
+    assert cfg.task_log_limit == 1000
+    assert load(path, environ={"RAFTFLOW_TASK_LOG_LIMIT": "2000"}).task_log_limit == 2000
+    assert load(path, flags={"task_log_limit": 3000}, environ={}).task_log_limit == 3000
+    path.write_text(to_toml(cfg))
+    assert load(path, environ={}) == cfg
+    with pytest.raises(ConfigError, match="task_log_limit from \\$RAFTFLOW_TASK_LOG_LIMIT must be at least 1"):
+        load(path, environ={"RAFTFLOW_TASK_LOG_LIMIT": "0"})
