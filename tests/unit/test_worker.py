@@ -8,6 +8,8 @@ import os
 import time
 from pathlib import Path
 
+from waiting import wait_for
+
 from raftflow.core import commands as c
 from raftflow.core.spec import TaskSpec
 from raftflow.store.local import LocalStore
@@ -34,10 +36,7 @@ def test_a_superseded_dispatch_never_starts(tmp_path):
     worker, reports, store = make_worker(tmp_path, current=False)
     marker = tmp_path / "ran"
     assert worker.accept(assignment(f"touch {marker}"))[0]
-    deadline = time.monotonic() + 5
-    while worker.running() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert worker.running() == []
+    wait_idle(worker, timeout=5)
     assert not marker.exists()
     assert [type(x) for x in reports.commands] == [c.TaskStarted], "only the refused start claim"
     worker.shutdown()
@@ -73,18 +72,12 @@ def test_a_real_time_signal_is_reported_not_a_crash(tmp_path):
     assert worker.accept(assignment("kill -s 40 $$"))[0]
     done = reports.wait_for(c.TaskFinished)
     assert done.exit_code == 168 and "signal 40" in done.reason
-    deadline = time.monotonic() + 5
-    while worker.running() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert worker.running() == []
+    wait_idle(worker, timeout=5)
     worker.shutdown()
 
 
 def wait_idle(worker: Worker, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while worker.running():
-        assert time.monotonic() < deadline, f"still running: {worker.running()}"
-        time.sleep(0.01)
+    wait_for(lambda: not worker.running(), timeout, "the worker to have no attempt running", interval=0.01)
 
 
 def log_text(store: LocalStore) -> str:
