@@ -26,4 +26,4 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def cli(cluster) -> Cli:
-    return Cli(cluster.addresses)
+    return Cli(cluster)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +24,16 @@ def run_dev_tool(module: str, *args: str, timeout: float, cwd: Path | None = Non
 
 
 class Cli:
-    """Runs the real `raftflow` CLI in a subprocess against given node addresses."""
+    """Runs the real `raftflow` CLI in a subprocess against a LocalCluster (all its nodes,
+    or `addresses`), with the environment the cluster gives a client (`cli_env`)."""
 
-    def __init__(self, addresses: str) -> None:
-        self.addresses = addresses
+    def __init__(self, cluster: Any, addresses: str | None = None) -> None:
+        self.addresses = addresses or cluster.addresses
+        self.env = {**os.environ, **cluster.cli_env()}
 
     def __call__(self, *args: str, cluster: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "raftflow_cli.main", "--cluster", cluster or self.addresses,
-                               *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+                               *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=self.env)
 
     def json(self, *args: str, cluster: str | None = None) -> Any:
         proc = self(*args, "--json", cluster=cluster)

@@ -9,7 +9,6 @@ import pytest
 
 from raftflow.config import RaftTuning
 from raftflow.store.local import LocalStore
-from raftflow_cli.client import ClusterClient
 from raftflow_dev.local import LocalCluster
 from support import ROOT, Cli, wait_for
 
@@ -28,7 +27,7 @@ def test_node_behind_a_compacted_log_catches_up_with_equal_digest(tmp_path):
     cluster.start()
     try:
         cluster.wait_ready(30)
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         assert cli("dags", "submit", str(ROOT / "dags" / "etl_chain.py")).returncode == 0
         lagging = next(n.node_id for n in cluster.nodes if n.node_id != cli.json("cluster", "status")["leader"])
         cluster.signal_node(lagging, signal.SIGKILL)
@@ -60,7 +59,7 @@ def test_node_down_while_200_runs_happen_comes_back_through_a_snapshot(tmp_path)
     client = None
     try:
         cluster.wait_ready(30)
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         assert cli("dags", "submit", str(dag)).returncode == 0, "submit failed"
         lagging = next(n.node_id for n in cluster.nodes if n.node_id != cli.json("cluster", "status")["leader"])
         early = [json.loads(cli("dags", "trigger", "many", "--wait", "--json").stdout)["run_id"] for _ in range(6)]
@@ -71,7 +70,7 @@ def test_node_down_while_200_runs_happen_comes_back_through_a_snapshot(tmp_path)
         cluster.signal_node(lagging, signal.SIGKILL)
         assert cluster.wait_exit(lagging, 10) is not None
         survivors = [n.grpc_address for n in cluster.nodes if n.node_id != lagging]
-        client = ClusterClient(survivors)
+        client = cluster.client(survivors)
         triggered = [client.trigger("many")["run_id"] for _ in range(200)]
 
         def newest_150_succeeded():
@@ -85,7 +84,7 @@ def test_node_down_while_200_runs_happen_comes_back_through_a_snapshot(tmp_path)
         wait_for(lambda: _digests_equal(cli), 60, "the restarted node to reach the same state digest")
         assert "installed a Raft snapshot" in cluster.node(lagging).log_path.read_text(), \
             "the node caught up by log replay: the test did not exercise the snapshot path"
-        on_lagging = ClusterClient([cluster.node(lagging).grpc_address])
+        on_lagging = cluster.client([cluster.node(lagging).grpc_address])
         try:
             served = on_lagging.list_runs("many", limit=1000)
             assert served["meta"]["served_by"] == lagging

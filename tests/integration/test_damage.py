@@ -29,7 +29,7 @@ def _recover(cluster: LocalCluster, node_id: str, cli: Cli) -> None:
 
 def test_damaged_journals_stop_the_node_with_advice_and_recover_from_peers(tmp_path):
     with running_cluster(tmp_path / "cluster") as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         dag = tmp_path / "d.py"
         dag.write_text("from raftflow import DAG, BashTask\nwith DAG('journaled'):\n"
                        "    BashTask('a', command='echo one')\n")
@@ -70,7 +70,7 @@ def test_a_cut_snapshot_stops_the_node_with_advice_and_it_recovers_from_peers(tm
     from raftflow.config import RaftTuning
 
     with running_cluster(tmp_path / "cluster", raft=RaftTuning(log_compaction_min_entries=20)) as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         dag = tmp_path / "d.py"
         dag.write_text("from raftflow import DAG, BashTask\nwith DAG('snapped'):\n"
                        "    BashTask('a', command='echo one')\n")

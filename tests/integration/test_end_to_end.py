@@ -147,7 +147,7 @@ def test_unreachable_cluster_exits_3(cli):
 def test_peer_api_refuses_calls_without_the_cluster_token(cluster):
     from raftflow.proto import client_pb2, peer_pb2, peer_pb2_grpc
 
-    with grpc.insecure_channel(cluster.nodes[0].grpc_address) as channel:
+    with cluster.channel(cluster.nodes[0].grpc_address) as channel:
         stub = peer_pb2_grpc.PeerStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.RunTask(peer_pb2.TaskAssignment(run_id="r", task_id="t", attempt=1, kind="bash",

@@ -34,7 +34,7 @@ def cluster(tmp_path: Path):
 
 @pytest.fixture
 def cli(cluster) -> Cli:
-    return Cli(cluster.addresses)
+    return Cli(cluster)
 
 
 def write_dag(path: Path, dag_id: str, record: Path, tasks: dict[str, tuple[float, list[str]]]) -> Path:
@@ -86,7 +86,7 @@ def test_leader_killed_mid_dag_every_task_succeeds_exactly_once(cluster, cli, tm
     assert set(attempts.successes(recorded).values()) == {1}, attempts.successes(recorded)
     assert len(recorded) == len(tasks)
     assert attempts.overlaps(recorded) == []
-    status = Cli(survivors).json("cluster", "status")
+    status = Cli(cluster, survivors).json("cluster", "status")
     assert status["leader"] and status["leader"] != leader
 
 
@@ -152,7 +152,7 @@ def test_quorum_loss_refuses_writes_serves_stale_reads_and_recovers(cluster, cli
     survivor, *down = [n.node_id for n in cluster.nodes]
     for node in down:
         assert cluster.signal_node(node, signal.SIGKILL)
-    only = Cli(cluster.node(survivor).grpc_address)
+    only = Cli(cluster, cluster.node(survivor).grpc_address)
     def survivor_view() -> dict:
         return next(n for n in only.json("cluster", "status")["nodes"] if n["id"] == survivor)
     wait_for(lambda: not survivor_view()["has_quorum"], 15, "the survivor to notice it has no quorum")

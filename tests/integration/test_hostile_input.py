@@ -11,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from raftflow_cli.client import ApiError, ClusterClient
+from raftflow_cli.client import ApiError
 from support import Cli, running_cluster
 
 pytestmark = pytest.mark.integration
@@ -33,10 +33,10 @@ def _refused(call, code: grpc.StatusCode, fragment: str) -> str:
 
 def test_hostile_requests_are_refused_before_they_reach_the_log(tmp_path: Path) -> None:
     with running_cluster(tmp_path / "cluster") as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         (tmp_path / "d.py").write_text(DAG)
         assert cli("dags", "submit", str(tmp_path / "d.py")).returncode == 0
-        client = ClusterClient(cluster.addresses.split(","))
+        client = cluster.client()
         try:
             applied = client.list_dags()["meta"]["last_applied"]
             deep = "[" * 5000 + "]" * 5000

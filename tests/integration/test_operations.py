@@ -33,7 +33,7 @@ def _wait_end(cli: Cli, run_id: str) -> dict:
 def test_clear_mark_and_delete(tmp_path):
     marker, pidfile = tmp_path / "marker", tmp_path / "pid"
     with running_cluster(tmp_path / "cluster") as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         (tmp_path / "d.py").write_text(DAGS.replace("MARKER", str(marker)).replace("PIDFILE", str(pidfile)))
         assert cli("dags", "submit", str(tmp_path / "d.py")).returncode == 0
 
@@ -83,7 +83,7 @@ def test_clear_mark_and_delete(tmp_path):
 
 def test_backfill_runs_the_past_ticks_of_a_range(tmp_path):
     with running_cluster(tmp_path / "cluster") as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         (tmp_path / "h.py").write_text("from raftflow import DAG, BashTask\n"
                                        "with DAG('hourly', schedule='@hourly', catchup='none', max_active_runs=2):\n"
                                        "    BashTask('a', command='echo {{ ds }} {{ data_interval_end }}')\n")

@@ -31,7 +31,7 @@ def test_minority_partition_stops_its_work_and_the_majority_finishes(topology, t
     cluster.start()
     try:
         cluster.wait_ready(30)
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         record = tmp_path / "attempts.log"
         tasks = {f"part_{i}": (6.0, []) for i in range(4)}
         tasks["join"] = (0.5, list(tasks))
@@ -67,7 +67,7 @@ def test_minority_partition_stops_its_work_and_the_majority_finishes(topology, t
         topology.heal(index)
 
         def converged():
-            nodes = Cli(cluster.addresses).json("cluster", "status")["nodes"]
+            nodes = Cli(cluster).json("cluster", "status")["nodes"]
             return all(n["healthy"] for n in nodes) and len({n["digest"] for n in nodes}) == 1
         wait_for(converged, 30, "the healed node to rejoin with the same state")
     finally:

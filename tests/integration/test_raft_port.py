@@ -13,7 +13,6 @@ import pytest
 from waiting import closed_within
 
 from raftflow.config import RaftTuning
-from raftflow_cli.client import ClusterClient
 from raftflow_dev.local import LocalCluster
 from support import Cli, dump_node_logs, wait_for
 
@@ -29,8 +28,8 @@ def test_strangers_on_the_raft_port_neither_depose_the_leader_nor_hold_connectio
     client = None
     try:
         cluster.wait_ready(30)
-        cli = Cli(cluster.addresses)
-        client = ClusterClient(cluster.addresses.split(","))
+        cli = Cli(cluster)
+        client = cluster.client()
         for i in range(12):    # more than 10 Raft entries: every node writes a snapshot
             client.set_pool(f"pool{i}", i)
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 def test_kill_9_every_node_and_restart_nothing_committed_is_lost(tmp_path, fsync):
     env = {"RAFTFLOW_FSYNC": "true"} if fsync else {}
     with running_cluster(tmp_path / "cluster", extra_env=env) as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         record = tmp_path / "attempts.log"
         write_dag(tmp_path / "d.py", "survivor", record, {"first": (0.2, []), "long": (4.0, ["first"]),
                                                            "last": (0.2, ["long"])})
@@ -57,7 +57,7 @@ def test_ticks_missed_while_every_node_was_down_follow_catchup(tmp_path):
     from datetime import datetime, timezone
 
     with running_cluster(tmp_path / "cluster") as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         start = time.time()
         end = start + 8
         iso = lambda t: datetime.fromtimestamp(t, timezone.utc).isoformat()  # noqa: E731

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 def test_keep_runs_removes_old_runs_and_their_logs_everywhere(tmp_path):
     with running_cluster(tmp_path / "cluster") as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         dag = tmp_path / "kept.py"
         dag.write_text("from raftflow import DAG, BashTask\n"
                        "with DAG('kept', keep_runs=2):\n"

@@ -71,7 +71,7 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         work.mkdir()
         dags = base / "dags.py"
         dags.write_text(DAGS.replace("WORK", str(work)))
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         submitted = cli("dags", "submit", str(dags))
         assert submitted.returncode == 0, submitted.stderr
         yield cluster, cli, work, sshd

@@ -32,7 +32,7 @@ def task_view(cli: Cli, run_id: str, cluster: str | None = None) -> dict:
 def test_the_story_of_a_retried_task_that_lost_an_attempt_to_a_killed_node(tmp_path: Path):
     # The shortest lease config.py accepts (3 s): the loss is noticed sooner.
     with running_cluster(tmp_path / "cluster", extra_env={"RAFTFLOW_LEASE_TIMEOUT": "3.0"}) as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         try:
             (tmp_path / "storied.py").write_text(DAG)
             assert cli("dags", "submit", str(tmp_path / "storied.py")).returncode == 0
@@ -42,7 +42,7 @@ def test_the_story_of_a_retried_task_that_lost_an_attempt_to_a_killed_node(tmp_p
             victim = second["node"]
             assert cluster.signal_node(victim, signal.SIGKILL)
 
-            survivors = Cli(",".join(n.grpc_address for n in cluster.nodes if n.node_id != victim))
+            survivors = Cli(cluster, ",".join(n.grpc_address for n in cluster.nodes if n.node_id != victim))
             done = wait_for(lambda: (t := task_view(survivors, run_id))["run_state"] == "success" and t,
                             60, "the run to succeed on the survivors")
             assert done["attempt"] == 3 and done["node"] != victim

@@ -56,7 +56,7 @@ with DAG("typo"):
 
 def test_templates_params_results_empty_tasks_timeouts_and_cancel(tmp_path):
     with running_cluster(tmp_path / "cluster") as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         pids = tmp_path / "pids"
         pids.mkdir()
         dags = tmp_path / "dags.py"
@@ -108,7 +108,7 @@ def test_templates_params_results_empty_tasks_timeouts_and_cancel(tmp_path):
 
 def test_queues_route_tasks_to_nodes_and_pools_cap_concurrency(tmp_path):
     with running_cluster(tmp_path / "cluster", queues={"n3": ["default", "gpu"]}) as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         status = {n["id"]: n["queues"] for n in cli.json("cluster", "status")["nodes"]}
         assert status == {"n1": ["default"], "n2": ["default"], "n3": ["default", "gpu"]}
         assert cli("pools", "set", "warehouse", "1").returncode == 0
@@ -151,7 +151,7 @@ def test_a_python_task_runs_an_installed_function_and_its_result_flows_downstrea
         "    print('extracting', ds, 'for', params['who'])\n"
         "    return {'rows': limit * 3}\n")
     with running_cluster(tmp_path / "cluster", extra_env={"PYTHONPATH": str(modules)}) as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         (tmp_path / "py.py").write_text(
             "from raftflow import DAG, BashTask, PythonTask\n"
             "with DAG('pythonic', params={'who': 'ops'}):\n"
@@ -200,7 +200,7 @@ def test_templates_render_outside_the_node_and_a_python_task_takes_a_large_conte
     (modules / "measure_steps.py").write_text(
         "def measure(results):\n    return {task: len(value['blob']) for task, value in results.items()}\n")
     with running_cluster(tmp_path / "cluster", extra_env={"PYTHONPATH": str(modules)}) as cluster:
-        cli = Cli(cluster.addresses)
+        cli = Cli(cluster)
         (tmp_path / "hostile.py").write_text(HOSTILE)
         assert cli("dags", "submit", str(tmp_path / "hostile.py")).returncode == 0
 

@@ -66,7 +66,7 @@ class Bench:
                                     extra_env={"RAFTFLOW_FSYNC": "true"} if fsync else None)
         self.cluster.start()
         self.cluster.wait_ready(60)
-        self.client = ClusterClient(self.cluster.addresses.split(","))
+        self.client = self.cluster.client()
 
     def close(self) -> None:
         self.client.close()
@@ -76,10 +76,10 @@ class Bench:
     def use_nodes(self, node_ids: list[str]) -> None:
         """Talk to these nodes only (the others are being killed)."""
         self.client.close()
-        self.client = ClusterClient([self.cluster.node(n).grpc_address for n in node_ids])
+        self.client = self.cluster.client([self.cluster.node(n).grpc_address for n in node_ids])
 
     def node_client(self, node_id: str) -> ClusterClient:
-        return ClusterClient([self.cluster.node(node_id).grpc_address])
+        return self.cluster.client([self.cluster.node(node_id).grpc_address])
 
     def leader(self) -> str:
         return self.cluster.wait_ready(30, expect_nodes=1)["leader"]
@@ -135,7 +135,7 @@ def scenario_election(bench: Bench) -> dict[str, Any]:
         status = bench.cluster.wait_ready(30)
         old_leader, old_term = status["leader"], max(n["raft_term"] for n in status["nodes"])
         survivors = [n for n in bench.cluster.nodes if n.node_id != old_leader]
-        watcher = ClusterClient([n.grpc_address for n in survivors], timeout=1.0)
+        watcher = bench.cluster.client([n.grpc_address for n in survivors], timeout=1.0)
         killed_at = time.perf_counter()
         bench.cluster.signal_node(old_leader, signal.SIGKILL)
         while True:

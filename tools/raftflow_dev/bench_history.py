@@ -38,7 +38,7 @@ from raftflow.core.archive import MemoryArchive
 from raftflow.core.planner import NodeInfo, plan
 from raftflow.core.state import State
 from raftflow.raft.snapshot import SnapshotReader, write_snapshot
-from raftflow_cli.client import ClusterClient, ClusterUnreachable
+from raftflow_cli.client import ClusterUnreachable
 from raftflow_cli.loader import load_paths
 
 from .local import LocalCluster
@@ -104,7 +104,7 @@ def rss_mib(pid: int) -> float:
 
 def _wait_ready(cluster: LocalCluster, node_id: str, timeout: float) -> None:
     """Until `node_id` itself answers and reports itself healthy (its NodeStarted committed)."""
-    client = ClusterClient([cluster.node(node_id).grpc_address], timeout=2.0)
+    client = cluster.client([cluster.node(node_id).grpc_address], timeout=2.0)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -121,7 +121,7 @@ def _wait_ready(cluster: LocalCluster, node_id: str, timeout: float) -> None:
 
 
 def _digests(cluster: LocalCluster) -> dict[str, str]:
-    client = ClusterClient(cluster.addresses.split(","), timeout=5.0)
+    client = cluster.client(timeout=5.0)
     try:
         return {n["id"]: n["digest"] for n in client.cluster_status()["nodes"]}
     finally:
@@ -135,7 +135,7 @@ def _seed_cluster(base: Path, nodes: int) -> LocalCluster:
     client = None
     try:
         cluster.wait_ready(60)
-        client = ClusterClient(cluster.addresses.split(","))
+        client = cluster.client()
         client.submit(load_paths([str(ROOT / "dags" / "etl_chain.py")]))
         snapshot = cluster.node("n1").dir / "data" / "raft" / "snapshot"
         deadline = time.monotonic() + 60

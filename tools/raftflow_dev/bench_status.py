@@ -42,7 +42,7 @@ def _submit(bench: "Bench", spec: dict[str, Any]) -> None:
 def _max_term(bench: "Bench") -> int | None:
     """The highest Raft term any node reports (with a long deadline: on a state that
     makes `cluster status` slow, this read is slow too), or None if no node answered."""
-    client = ClusterClient(bench.cluster.addresses.split(","), timeout=120.0)
+    client = bench.cluster.client(timeout=120.0)
     try:
         return max(n["raft_term"] for n in client.cluster_status()["nodes"])
     except Exception:  # noqa: BLE001 - an unanswered status is a figure (elections unknown)
@@ -59,8 +59,8 @@ class Probe:
     """Writes every PROBE_PERIOD s from its own thread; records each write's latency
     (a failed write counts as the time until it failed, and is counted)."""
 
-    def __init__(self, addresses: list[str]) -> None:
-        self._client = ClusterClient(addresses, timeout=30.0)
+    def __init__(self, client: ClusterClient) -> None:
+        self._client = client
         self._stop = threading.Event()
         self.samples: list[float] = []
         self.failures = 0
@@ -98,7 +98,7 @@ def _phase(bench: "Bench", callers: int, seconds: float) -> dict[str, Any]:
     deadline = time.monotonic() + seconds
 
     def caller(i: int) -> None:
-        client = ClusterClient(addresses[i % len(addresses):] + addresses[:i % len(addresses)], timeout=30.0)
+        client = bench.cluster.client(addresses[i % len(addresses):] + addresses[:i % len(addresses)], timeout=30.0)
         try:
             while time.monotonic() < deadline:
                 started = time.perf_counter()
@@ -110,7 +110,7 @@ def _phase(bench: "Bench", callers: int, seconds: float) -> dict[str, Any]:
         finally:
             client.close()
 
-    with Probe(addresses) as probe:
+    with Probe(bench.cluster.client(addresses, timeout=30.0)) as probe:
         if callers:
             with ThreadPoolExecutor(callers) as pool:
                 list(pool.map(caller, range(callers)))

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from raftflow.core.states import RunState
-from raftflow_cli.client import ApiError, ClusterClient, ClusterUnreachable
+from raftflow_cli.client import ApiError, ClusterUnreachable
 from raftflow_cli.main import TERMINAL
 
 from . import attempts
@@ -57,7 +57,7 @@ class Chaos:
         self.interval = interval
         self.log = log
         self.stop = threading.Event()
-        self.client = ClusterClient(cluster.addresses.split(","), timeout=10.0)
+        self.client = cluster.client(timeout=10.0)
         self.triggered: list[str] = []
         self.trigger_errors = 0
         self.faults: Counter[str] = Counter()
@@ -196,7 +196,7 @@ def diagnose(cluster: LocalCluster, run_ids: list[str]) -> dict[str, Any]:
     """What each replica says about the unfinished runs, and where its Raft log stands."""
     out: dict[str, Any] = {"nodes": {}, "runs": {}}
     for node in cluster.nodes:
-        client = ClusterClient([node.grpc_address], timeout=5.0)
+        client = cluster.client([node.grpc_address], timeout=5.0)
         try:
             status = client.cluster_status()
             me = next(n for n in status["nodes"] if n["id"] == node.node_id)

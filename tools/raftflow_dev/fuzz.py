@@ -823,9 +823,9 @@ def run(duration: float, seed: int, data_dir: Path, compaction_seconds: float, l
 
     cluster.start()
     # The checks' client: 5 s a node, so a wedged cluster fails the checks in minutes, not hours.
-    client = ClusterClient(cluster.addresses.split(","), timeout=5.0)
-    probe = Probe(ClusterClient(cluster.addresses.split(","), timeout=5.0))
-    channels = [grpc.insecure_channel(n.grpc_address) for n in cluster.nodes]
+    client = cluster.client(timeout=5.0)
+    probe = Probe(cluster.client(timeout=5.0))
+    channels = [cluster.channel(n.grpc_address) for n in cluster.nodes]
     try:
         cluster.wait_ready(60)
         pids = {n.node_id: cluster.pid_of(n.node_id) for n in cluster.nodes}

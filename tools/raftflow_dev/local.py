@@ -26,8 +26,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from raftflow.config import NodeConfig, Peer, RaftTuning, SSHConnection, to_toml
+
+if TYPE_CHECKING:
+    import grpc
+
+    from raftflow_cli.client import ClusterClient
 
 LOOPBACK = "127.0.0.1"
 
@@ -133,6 +139,24 @@ class LocalCluster:
 
     def node(self, node_id: str) -> LocalNode:
         return next(n for n in self.nodes if n.node_id == node_id)
+
+    def client(self, addresses: list[str] | None = None, timeout: float = 10.0) -> "ClusterClient":
+        """A client of this cluster (every node, or `addresses`): the one place that gives
+        tests and tools what a client needs to reach and be let into these nodes."""
+        from raftflow_cli.client import ClusterClient
+
+        return ClusterClient(addresses or self.addresses.split(","), timeout=timeout)
+
+    def channel(self, address: str) -> "grpc.Channel":
+        """A raw gRPC channel to one of this cluster's nodes (for calls the client does not wrap)."""
+        import grpc
+
+        return grpc.insecure_channel(address)
+
+    def cli_env(self) -> dict[str, str]:
+        """Environment for the `raftflow` CLI run against this cluster: it finds the nodes
+        (and what else a client needs) under this data directory, as after tools/up."""
+        return {"RAFTFLOW_DATA_DIR": str(self.data_dir)}
 
     def configure(self) -> None:
         """Write the secret (once), every node's config and cluster.json."""
@@ -265,10 +289,10 @@ class LocalCluster:
     def wait_ready(self, timeout: float = 30.0, expect_nodes: int | None = None) -> dict:
         """Wait until one leader is known and `expect_nodes` (default all) nodes are healthy.
         Returns the cluster status as JSON; raises TimeoutError with the last status seen."""
-        from raftflow_cli.client import ClusterClient, ClusterUnreachable
+        from raftflow_cli.client import ClusterUnreachable
 
         expect = len(self.nodes) if expect_nodes is None else expect_nodes
-        client = ClusterClient(self.addresses.split(","), timeout=2.0)
+        client = self.client(timeout=2.0)
         deadline = time.monotonic() + timeout
         last: object = None
         try:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from raftflow.config import SSHConnection
 from raftflow.core.states import RunState
-from raftflow_cli.client import ClusterClient
 from raftflow_cli.loader import LoadError, load_paths
 from raftflow_cli.main import print_run, watch
 
@@ -122,7 +121,7 @@ def up(args: argparse.Namespace) -> int:
         _next_steps(cluster, data_dir)
         return 0
 
-    client = ClusterClient(cluster.addresses.split(","))
+    client = cluster.client()
     try:
         try:
             dags = load_paths([str(ROOT / "dags")])
@@ -149,7 +148,7 @@ def up(args: argparse.Namespace) -> int:
 
 def _has_connection(cluster: LocalCluster, conn: SSHConnection) -> bool:
     """Every answering node has `conn` (same name, host and port)."""
-    client = ClusterClient(cluster.addresses.split(","))
+    client = cluster.client()
     try:
         nodes = client.cluster_status()["nodes"]
     except Exception:  # noqa: BLE001 - unreachable: the caller's wait_ready reports it
