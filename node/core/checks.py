@@ -23,7 +23,7 @@ from .limits import (
     clip,
     parse_json,
 )
-from .model import MAX_RUN_ID_BYTES, REASON_LIMIT, RESULT_LIMIT
+from .model import FILE_ADMIN, MAX_RUN_ID_BYTES, MAX_TOKEN_DAYS, REASON_LIMIT, RESULT_LIMIT, TOKEN_PROPOSER, Role
 from .names import ID_PATTERN, ID_RULE
 
 MAX_POOL_SLOTS = 1_000_000
@@ -95,4 +95,51 @@ def result_error(result: Any) -> str | None:
         check_json(parse_json(result, "the result"), "the result")
     except (ValueError, UnicodeEncodeError):
         return message
+    return None
+
+
+# ------------------------------------------------------------ tokens
+DAY = 86400.0
+HEX = frozenset("0123456789abcdef")
+# A token's secret is 32 random bytes (api/operations.py): a plain sha256 of it is
+# enough. Slow, salted hashes (bcrypt, scrypt) protect guessable passwords; 256 bits
+# of randomness cannot be guessed, so a fast hash keeps a lookup per call O(1).
+TOKEN_HASH_CHARS = 64
+
+
+def token_name_error(name: Any) -> str | None:
+    if not isinstance(name, str) or not ID_PATTERN.fullmatch(name):
+        return f"token name {clip(name)} is invalid: use {ID_RULE}"
+    if name == FILE_ADMIN:
+        return (f"the token name {FILE_ADMIN!r} is reserved for the admin token of the nodes' admin_token_file; "
+                "choose another name")
+    return None
+
+
+def role_error(role: Any) -> str | None:
+    if role not in {r.value for r in Role}:
+        return f"role {clip(role)} is unknown: use {', '.join(r.value for r in Role)}"
+    return None
+
+
+def token_days_error(days: Any) -> str | None:
+    """Expiry in whole days from now: 1 to MAX_TOKEN_DAYS (0: never)."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 0 <= days <= MAX_TOKEN_DAYS:
+        return f"a token expires after 1 to {MAX_TOKEN_DAYS} days (0: never), not {clip(days)}"
+    return None
+
+
+def token_command_error(name: Any, role: Any, token_hash: Any, expires_at: Any, created_by: Any,
+                        at: float) -> str | None:
+    """Why a CreateToken's own fields are wrong (apply and the API check them alike)."""
+    error = token_name_error(name) or role_error(role)
+    if error:
+        return error
+    if not isinstance(token_hash, str) or len(token_hash) != TOKEN_HASH_CHARS or not set(token_hash) <= HEX:
+        return "a token's hash must be 64 lowercase hex digits (sha256)"
+    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)) or \
+            not (expires_at == 0 or at < expires_at <= at + MAX_TOKEN_DAYS * DAY):
+        return f"a token expires 1 to {MAX_TOKEN_DAYS} days after it is created, or never (0)"
+    if not isinstance(created_by, str) or len(created_by) > len(TOKEN_PROPOSER) + 250:
+        return "created_by must be a token name"
     return None

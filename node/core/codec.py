@@ -18,13 +18,17 @@ def run_to_dict(run: Run) -> dict[str, Any]:
 
 
 def run_header_dict(run: Run) -> dict[str, Any]:
-    """A run's own fields, without its task instances."""
-    return {
+    """A run's own fields, without its task instances. `triggered_by` is present only
+    when known, so runs recorded before it existed keep their records and digest terms."""
+    header: dict[str, Any] = {
         "run_id": run.run_id, "dag_id": run.dag_id, "dag_version": run.dag_version, "logical_date": run.logical_date,
         "data_interval": [run.data_interval_start, run.data_interval_end], "trigger": run.trigger,
         "conf": run.conf, "state": run.state.value, "created_at": run.created_at,
         "started_at": run.started_at, "ended_at": run.ended_at,
     }
+    if run.triggered_by:
+        header["triggered_by"] = run.triggered_by
+    return header
 
 
 def task_to_dict(t: TaskInstance) -> dict[str, Any]:
@@ -41,7 +45,8 @@ def run_header_from_dict(data: dict[str, Any]) -> Run:
     (for listings)."""
     return Run(data["run_id"], data["dag_id"], data["dag_version"], data["logical_date"],
                data["data_interval"][0], data["data_interval"][1], data["trigger"], data["conf"],
-               RunState(data["state"]), data["created_at"], data["started_at"], data["ended_at"])
+               RunState(data["state"]), data["created_at"], data["started_at"], data["ended_at"],
+               triggered_by=data.get("triggered_by", ""))
 
 
 def run_from_dict(data: dict[str, Any]) -> Run:

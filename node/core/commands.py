@@ -281,6 +281,37 @@ class PruneRuns(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class CreateToken(Command):
+    """Add a client API token. It carries only the sha256 of the secret (the proposer
+    generated the secret and shows it once); `expires_at` 0 means never."""
+    TYPE: ClassVar[str] = "create_token"
+    name: str
+    role: str
+    token_hash: str
+    expires_at: float
+    created_by: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeToken(Command):
+    """Remove a token: every node refuses it as soon as it applies this."""
+    TYPE: ClassVar[str] = "revoke_token"
+    name: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokensUsed(Command):
+    """When tokens were last used, as one node saw them (token name -> epoch seconds).
+    Each node batches its observations and proposes at most one of these a minute,
+    so `tokens list` shows last use without a Raft write per call."""
+    TYPE: ClassVar[str] = "tokens_used"
+    used: dict[str, Any]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Batch(Command):
     """Several commands applied in order in one Raft entry; each succeeds or fails alone."""
     TYPE: ClassVar[str] = "batch"
@@ -302,7 +333,7 @@ COMMAND_TYPES: dict[str, type[Command]] = {
                 FinishRun, QueueTask,
                 FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, CancelRun, ClearTasks,
                 MarkTask, DeleteDag, LoseAttempt,
-                NodeStarted, PruneRuns,
+                NodeStarted, PruneRuns, CreateToken, RevokeToken, TokensUsed,
                 Batch)
 }
 

@@ -10,7 +10,8 @@ terms that apply keeps up to date:
 - `State.object_digest`: one term per live object, keyed in `State.object_terms`:
   ("dag", dag_id) its scheduling cursor; ("version", dag_id, n) one submitted
   version (changed only when its source is dropped); ("pool", name); ("run", run_id) an active
-  run's own fields; ("task", run_id, task_id) an active run's task instance. A task
+  run's own fields; ("task", run_id, task_id) an active run's task instance;
+  ("token", name) a client API token (its hash, role, times). A task
   instance still as created (`TaskInstance(task_id)`) has term 0 and no key, so
   creating a run costs one term, whatever its size.
 
@@ -62,6 +63,7 @@ def to_dict(state: State) -> dict[str, Any]:
         "node_load": state.node_load,
         "leader_history": state.leader_history,
         "pools": state.pools,
+        "tokens": {name: record.to_dict() for name, record in state.tokens.items()},
     }
 
 
@@ -107,6 +109,10 @@ def pool_key(name: str) -> Key:
     return ("pool", name)
 
 
+def token_key(name: str) -> Key:
+    return ("token", name)
+
+
 def _hash(data: Any) -> int:
     return record_term(canonical_json(data))
 
@@ -137,6 +143,9 @@ def term_of(state: State, key: Key) -> int:
     if kind == "pool":
         slots = state.pools.get(name)
         return 0 if slots is None else _hash(["pool", name, slots])
+    if kind == "token":
+        record = state.tokens.get(name)
+        return 0 if record is None else _hash(["token", record.to_dict()])
     raise ValueError(f"unknown digest key {key!r}")
 
 
@@ -180,6 +189,7 @@ def all_terms(state: State) -> dict[Key, int]:
     """Every object's term computed from scratch: O(state), for loading an old snapshot
     and for `validate`."""
     keys: list[Key] = [pool_key(name) for name in state.pools]
+    keys.extend(token_key(name) for name in state.tokens)
     for dag_id, record in state.dags.items():
         keys.append(dag_key(dag_id))
         keys.extend(version_key(dag_id, v.version) for v in record.versions)
@@ -232,6 +242,8 @@ def validate(state: State) -> None:
     for run_id, term in state.archive_terms.items():
         record = state.archive.get(run_id)
         assert record is not None and decode_record(record)[1] == term, f"archive term of {run_id} out of date"
+    assert state.token_hashes == {t.hash: name for name, t in state.tokens.items()}, "token hash index out of date"
+    assert all(t.name == name for name, t in state.tokens.items()), "a token is filed under another name"
     terms = all_terms(state)
     stale = {k for k in terms.keys() | state.object_terms.keys() if terms.get(k) != state.object_terms.get(k)}
     assert not stale, f"digest terms out of date (an apply changed them without a touch): {sorted(stale)[:5]}"

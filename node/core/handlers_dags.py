@@ -12,7 +12,16 @@ from . import checks, commands as c
 from .digest import version_key
 from .effects import DropRunLogs
 from .limits import KEEP_SOURCES, clip
-from .model import LEADER_HISTORY_LIMIT, MAX_BACKFILL_RUNS, DagRecord, DagVersion, Run, TaskInstance
+from .model import (
+    LEADER_HISTORY_LIMIT,
+    MAX_BACKFILL_RUNS,
+    SCHEDULER,
+    DagRecord,
+    DagVersion,
+    Run,
+    TaskInstance,
+    asked_by,
+)
 from .params import conf_error as param_conf_error
 from .result import OK, Code, Result, reject
 from .run_ids import backfill_run_id, scheduled_run_id
@@ -145,6 +154,7 @@ def create_run(state: State, cmd: c.CreateRun) -> Result:
         run = Run(cmd.run_id, cmd.dag_id, version.version, logical, start, end, cmd.trigger,
                   cmd.conf, RunState.QUEUED, cmd.at)
         run.tasks = {t.task_id: TaskInstance(t.task_id) for t in version.spec.tasks}
+        run.triggered_by = SCHEDULER if cmd.trigger == "schedule" else asked_by(state.stimulus.proposer)
         state.active[run.run_id] = run
         state.run_index[run.run_id] = run.dag_id
         state.runs_by_dag.setdefault(run.dag_id, {})[run.run_id] = None
@@ -202,6 +212,7 @@ def backfill(state: State, cmd: c.Backfill) -> Result:
         run = Run(run_id, cmd.dag_id, record.latest.version, when, _iso(previous_tick(spec, tick)), when,
                   "backfill", {}, RunState.QUEUED, cmd.at)
         run.tasks = {t.task_id: TaskInstance(t.task_id) for t in spec.tasks}
+        run.triggered_by = asked_by(state.stimulus.proposer)
         state.active[run_id] = run
         state.run_index[run_id] = cmd.dag_id
         state.runs_by_dag.setdefault(cmd.dag_id, {})[run_id] = None

@@ -13,6 +13,7 @@ state.py still imports them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from .pickling import by_name
@@ -29,7 +30,56 @@ RESULT_LIMIT = 64 * 1024   # bytes of JSON a task may publish as its result
 # task it moves (its reason and story), so a command's cost is tasks x this.
 REASON_LIMIT = 1000
 
-CLIENT = "client"          # the proposer of a command that came through the client API
+CLIENT = "client"          # the proposer of a command that came through the client API (no caller known)
+TOKEN_PROPOSER = "token:"  # + a token's name: the proposer of a client write made with that token
+SCHEDULER = "scheduler"    # a run's triggered_by when the schedule created it
+
+MAX_TOKENS = 1000          # replicated tokens at most (each is checked on every call: keep the map small)
+MAX_TOKEN_DAYS = 3650      # a token expires 1 to this many days after it is created (or never)
+FILE_ADMIN = "admin"       # the name of the admin token read from a node's admin_token_file (reserved)
+
+
+class Role(str, Enum):
+    """What a token may do; each role may do everything the roles below it may."""
+    VIEWER = "viewer"        # every read, task logs
+    OPERATOR = "operator"    # + trigger, pause/unpause, clear, mark, cancel, backfill
+    ADMIN = "admin"          # + submit/delete DAGs, pools, tokens, cluster details
+
+    @property
+    def rank(self) -> int:
+        return _ROLE_RANK[self]
+
+    def allows(self, needed: Role) -> bool:
+        return self.rank >= needed.rank
+
+
+_ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+
+
+def asked_by(proposer: str) -> str:
+    """Who a proposer stands for in a run's `triggered_by`: a token's name, else the proposer."""
+    return proposer[len(TOKEN_PROPOSER):] if proposer.startswith(TOKEN_PROPOSER) else proposer
+
+
+@by_name
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A client API token. Only the sha256 of its secret is kept (core/checks.py says
+    why that is enough); the secret itself is shown once to whoever created it."""
+    name: str
+    role: Role
+    hash: str                  # sha256 of the secret, 64 lowercase hex digits
+    created_at: float
+    expires_at: float = 0.0    # epoch seconds; 0: never
+    created_by: str = ""       # the creator's token name
+    last_used_at: float = 0.0  # as last reported by a node (TokensUsed); 0: never
+
+    def expired(self, now: float) -> bool:
+        return bool(self.expires_at) and now >= self.expires_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role.value, "hash": self.hash, "created_at": self.created_at,
+                "expires_at": self.expires_at, "created_by": self.created_by, "last_used_at": self.last_used_at}
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,3 +196,6 @@ class Run:
     started_at: float | None = None
     ended_at: float | None = None
     tasks: dict[str, TaskInstance] = field(default_factory=dict)
+    # Who created it: a token's name (manual triggers, backfills), SCHEDULER, or the
+    # proposer (a node id, CLIENT); "" for runs created before this was recorded.
+    triggered_by: str = ""

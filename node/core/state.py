@@ -24,13 +24,19 @@ from __future__ import annotations
 from itertools import chain
 from typing import Any, Callable, Iterator
 
-from . import commands as c, digest as _digest, handlers_dags as dags, handlers_tasks as tasks
+from . import (
+    commands as c,
+    digest as _digest,
+    handlers_dags as dags,
+    handlers_tasks as tasks,
+    handlers_tokens as tokens,
+)
 from .archive import MemoryArchive, RunArchive, decode_record
 from .codec import run_from_dict
 
 # Snapshots pickled before the split name these classes as raftflow.core.state.X:
 # keep them importable from here.
-from .model import DagRecord, DagVersion, Run, Stimulus, TaskInstance
+from .model import DagRecord, DagVersion, Run, Stimulus, TaskInstance, TokenRecord
 from .result import Code, Rejected, Result, reject
 from .spec import DEFAULT_POOL, DEFAULT_POOL_SLOTS, DagSpec
 from .states import InvalidTransition
@@ -63,6 +69,9 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.MarkTask: tasks.mark_task,
     c.LoseAttempt: tasks.lose_attempt,
     c.NodeStarted: tasks.node_started,
+    c.CreateToken: tokens.create_token,
+    c.RevokeToken: tokens.revoke_token,
+    c.TokensUsed: tokens.tokens_used,
     c.Undecodable: lambda state, cmd: reject(Code.INVALID, cmd.error),
 }
 
@@ -96,6 +105,10 @@ class State:
         self.leader_history: list[tuple[float, str, int]] = []
         # Pool name -> slots. DEFAULT_POOL exists with DEFAULT_POOL_SLOTS until set.
         self.pools: dict[str, int] = {}
+        # Client API tokens by name, and the index api/auth.py reads on every call:
+        # sha256 of the secret -> name (handlers_tokens keeps both).
+        self.tokens: dict[str, TokenRecord] = {}
+        self.token_hashes: dict[str, str] = {}
         # Commands applied (rejected ones too): a change counter for waiters, not
         # replicated content, so it is not part of the digest.
         self.applied: int = 0
@@ -120,6 +133,8 @@ class State:
         self.stimulus = Stimulus()
         self.touched = set()
         self.__dict__.setdefault("archive_terms", {})
+        self.__dict__.setdefault("tokens", {})          # (snapshots from before tokens existed)
+        self.__dict__.setdefault("token_hashes", {})
         if "object_terms" not in data or "object_digest" not in data:
             self.object_terms = _digest.all_terms(self)
             self.object_digest = _digest.object_digest_of(self.object_terms)
@@ -191,6 +206,8 @@ class State:
                 touched.add(_digest.task_key(run_id, task_id))
         if isinstance(command, c.SetPool) and isinstance(command.name, str):
             touched.add(_digest.pool_key(command.name))
+        if isinstance(command, (c.CreateToken, c.RevokeToken)) and isinstance(command.name, str):
+            touched.add(_digest.token_key(command.name))
         if isinstance(command, c.Backfill) and result is not None and isinstance(result.value, dict):
             touched.update(_digest.run_key(r) for r in result.value.get("created", ()))
         for key in touched:

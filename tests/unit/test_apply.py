@@ -597,6 +597,9 @@ ALL_COMMANDS = [
     c.LoseAttempt("m1", "a", 1, "n1", "node n1 stopped heartbeating", T0 + 2),
     c.NodeStarted("n1", T0 + 3),
     c.PruneRuns(("m1", "m2"), T0 + 4),
+    c.CreateToken("ci", "operator", "ab" * 32, T0 + 86400, "admin", T0),
+    c.RevokeToken("ci", T0 + 5),
+    c.TokensUsed({"ci": T0 + 6, "viewer-1": T0 + 7.5}, T0 + 8),
     c.Batch((c.QueueTask("m1", "a", T0), c.StartRun("m1", T0))),
 ]
 
