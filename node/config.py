@@ -8,6 +8,7 @@ overridden by command-line flags (flag > environment > file > default).
     secret_file = "/etc/raftflow/secret"
     slots = 4
     task_log_limit = 67108864            # bytes of output stored per task attempt (default 64 MiB)
+    admin_token_file = "/etc/raftflow/admin.token"   # optional: the bootstrap admin token
 
     [[peers]]
     id = "n2"
@@ -142,6 +143,10 @@ class NodeConfig:
     # Bytes of a task attempt's output stored in this node's log store; past it the log
     # says where it was cut and the rest is dropped (store/local.py).
     task_log_limit: int = 64 * 1024 * 1024
+    # A file holding the bootstrap admin token: this node accepts it as role admin under
+    # the name "admin" (api/auth.py). Not replicated and not revocable through the API:
+    # change or remove the file (or this setting) and restart the node to revoke it.
+    admin_token_file: Path | None = None
 
     @property
     def worker_lease(self) -> float:
@@ -172,6 +177,20 @@ class NodeConfig:
             raise ConfigError(f"the cluster secret in {self.secret_file} is empty or shorter than 16 characters; "
                               "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
         return secret
+
+    def read_admin_token(self) -> str | None:
+        """The bootstrap admin token of `admin_token_file` (None when the setting is unset)."""
+        if self.admin_token_file is None:
+            return None
+        try:
+            token = self.admin_token_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"cannot read admin_token_file {self.admin_token_file}: {e.strerror}. Create it (0600) "
+                              "with a random token, or remove the setting") from None
+        if len(token) < 16:
+            raise ConfigError(f"the admin token in {self.admin_token_file} is empty or shorter than 16 characters; "
+                              "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return token
 
 
 def _queues(value: Any) -> tuple[str, ...]:
@@ -212,6 +231,7 @@ _SCALARS: dict[str, tuple[Callable[[Any], Any], str]] = {  # key -> (type, envir
     "fsync": (_bool, "RAFTFLOW_FSYNC"),
     "queues": (_queues, "RAFTFLOW_QUEUES"),
     "task_log_limit": (int, "RAFTFLOW_TASK_LOG_LIMIT"),
+    "admin_token_file": (Path, "RAFTFLOW_ADMIN_TOKEN_FILE"),
 }
 
 
@@ -256,8 +276,8 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
     if missing:
         raise ConfigError(f"missing setting(s): {', '.join(missing)} (set them in the config file, "
                           f"as --{missing[0].replace('_', '-')}, or as {_SCALARS[missing[0]][1]})")
-    for key in ("data_dir", "secret_file"):
-        if not values[key].is_absolute():
+    for key in ("data_dir", "secret_file", "admin_token_file"):
+        if key in values and not values[key].is_absolute():
             values[key] = (base / values[key]).resolve()
     if not ID_PATTERN.fullmatch(values["node_id"]):
         raise ConfigError(f"node_id {values['node_id']!r} is invalid: use {ID_RULE}")
@@ -411,6 +431,8 @@ def to_toml(cfg: NodeConfig) -> str:
         "queues = [" + ", ".join(f'"{q}"' for q in cfg.queues) + "]",
         f"task_log_limit = {cfg.task_log_limit}",
     ]
+    if cfg.admin_token_file is not None:
+        lines.append(f"admin_token_file = {_toml_str(str(cfg.admin_token_file))}")
     if cfg.raft != RaftTuning():
         lines += ["", "[raft]"] + [f"{name} = {getattr(cfg.raft, name)}" for name in RaftTuning.__dataclass_fields__]
     for conn in cfg.connections:

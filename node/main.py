@@ -22,7 +22,9 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from .api.auth import Authenticator, ClientAuthInterceptor, hash_secret
 from .api.peers import PeerAuthInterceptor, PeerClients, peer_token
 from .api.services import ClientService, PeerService
 from .config import ConfigError, NodeConfig, load
@@ -44,6 +46,9 @@ log = logging.getLogger("raftflow.node")
 # task logs, attempts' working files (results, rendered context). Nobody else may read them.
 DATA_SUBDIRS = ("raft", "history", "store", "work")
 PRIVATE = 0o700
+# A node proposes what its callers' tokens were last used at this often, at most (one
+# TokensUsed command; `tokens list` shows it), never a Raft write per call.
+TOKEN_USE_PERIOD = 60.0
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -65,6 +70,7 @@ class Node:
     def __init__(self, cfg: NodeConfig) -> None:
         self.cfg = cfg
         secret = cfg.read_secret()
+        admin_token = cfg.read_admin_token()
         self.started = time.monotonic()
         prepare_data_dir(cfg.data_dir)
         self.store = LocalStore(cfg.data_dir / "store", log_limit=cfg.task_log_limit)
@@ -84,8 +90,14 @@ class Node:
         self.peer_service = PeerService(self)
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        self.auth = Authenticator(self.replica, hash_secret(admin_token) if admin_token else None)
+        self._token_use = threading.Thread(target=self._token_use_loop, name="token-use", daemon=True)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
-                                  interceptors=[PeerAuthInterceptor(peer_token(secret))])
+                                  interceptors=[PeerAuthInterceptor(peer_token(secret)),
+                                                ClientAuthInterceptor(self.auth, cfg.node_id)])
+        # The standard health service: the only client call that needs no token.
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         client_pb2_grpc.add_ClientServicer_to_server(ClientService(self), self.server)
         peer_pb2_grpc.add_PeerServicer_to_server(self.peer_service, self.server)
         if self.server.add_insecure_port(cfg.grpc_address) == 0:
@@ -93,8 +105,10 @@ class Node:
 
     def start(self) -> None:
         self.server.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.leader_loop.start()
         self._heartbeat.start()
+        self._token_use.start()
         threading.Thread(target=self._announce_start, name="announce-start", daemon=True).start()
         log.info("node %s up: API on %s, Raft on %s, %d slots, peers: %s; SSH connections: %s", self.cfg.node_id,
                  self.cfg.grpc_address, self.cfg.raft_address, self.cfg.slots,
@@ -195,12 +209,28 @@ class Node:
     def stop(self) -> None:
         log.info("node %s stopping", self.cfg.node_id)
         self._stop.set()
+        self.health.enter_graceful_shutdown()
         self.leader_loop.stop()
         self.worker.shutdown()
         self.server.stop(grace=1.0).wait(2.0)
         self.replica.destroy()
         self.peers.close()
         self.store.close()
+
+    def _token_use_loop(self) -> None:
+        """Every TOKEN_USE_PERIOD, propose when this node's callers last used their
+        tokens (at most MAX_TOKENS names: api/auth.UsageRecorder); a failed proposal's
+        observations are kept for the next one."""
+        while not self._stop.wait(TOKEN_USE_PERIOD):
+            used = self.auth.usage.drain()
+            if not used:
+                continue
+            try:
+                self.replica.propose(c.TokensUsed(dict(used), time.time()))
+            except Exception as e:  # noqa: BLE001 - last-used times are informational: keep trying
+                log.info("could not record token use (will retry): %s", e)
+                for name, at in used.items():
+                    self.auth.usage.note(name, at)
 
     def _heartbeat_loop(self) -> None:
         """Report liveness and load to whoever leads, every heartbeat_interval; an

@@ -134,6 +134,19 @@ def cluster_status(host: Host, ops: Operations, fanout: ThreadPoolExecutor) -> c
         served_by=host.cfg.node_id)
 
 
+def visible_to(status: client_pb2.ClusterStatusResponse, admin: bool) -> client_pb2.ClusterStatusResponse:
+    """`status` as a caller may see it: PIDs, addresses and SSH connection details
+    (host, port, user) only for admins; others get them empty (the CLI prints "-")."""
+    if admin:
+        return status
+    for node in status.nodes:
+        node.pid = 0
+        node.grpc_address = node.raft_address = ""
+        for conn in node.connections:
+            conn.host, conn.port, conn.user = "", 0, ""
+    return status
+
+
 def local_log(host: Host, run_id: str, task_id: str, attempt: int,
               first: int = 0) -> Iterator[client_pb2.LogChunk]:
     """The attempt's log in this node's store from chunk `first`; one empty chunk (naming

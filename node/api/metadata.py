@@ -2,3 +2,5 @@
 module (tools/cli/client.py): it stays free of imports."""
 
 ANSWERED_BY = "x-raftflow-node"   # trailing metadata on every error a node sends: its id
+AUTHORIZATION = "authorization"   # request metadata of every client call: "Bearer TOKEN"
+BEARER = "Bearer "

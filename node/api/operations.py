@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 from ..core import checks, commands as c
 from ..core.effects import DropRunLogs, StopAttempt
 from ..core.limits import clip, parse_json
-from ..core.model import CLIENT, DagRecord, Run, TaskInstance
+from ..core.model import CLIENT, FILE_ADMIN, MAX_TOKENS, DagRecord, Role, Run, TaskInstance
 from ..core.params import conf_error as param_conf_error
 from ..core.result import Code, Result
 from ..core.run_ids import manual_run_id
@@ -35,6 +35,7 @@ from ..proto import client_pb2
 from ..raft import replica as raft
 from ..raft.replica import Replica
 from . import errors, views
+from .auth import current_caller, hash_secret, new_secret
 
 T = TypeVar("T")
 WATCH_KEEPALIVE = 1.0      # a watch re-sends nothing, but checks its client, at least this often
@@ -81,10 +82,12 @@ class Operations:
 
     # ------------------------------------------------------------ helpers
     def commit(self, command: c.Command) -> Result:
-        """Propose `command` as a client's request (task stories say so); its accepted
-        Result, else the matching ServiceError."""
+        """Propose `command` as the current caller's request (`token:NAME`, or CLIENT
+        outside an authenticated call): task stories and runs' triggered_by name it.
+        Its accepted Result, else the matching ServiceError."""
+        caller = current_caller()
         try:
-            result = self.replica.propose(command, proposer=CLIENT)
+            result = self.replica.propose(command, proposer=caller.proposer if caller else CLIENT)
         except raft.OutcomeUnknown as e:
             # Not Unavailable: a client must not retry this elsewhere (it could apply twice).
             raise errors.OutcomeUnknown(f"the write's {e}") from None
@@ -333,6 +336,52 @@ class Operations:
             raise errors.Invalid(f"a task is marked success or failed, not {clip(state)}")
         result = self.commit(c.MarkTask(run_id, task_id, state, f"marked {state} by the user", self.clock()))
         return client_pb2.MarkTaskResponse(stopped_attempts=len(result.effects_of(StopAttempt)))
+
+    # ------------------------------------------------------------ tokens
+    def create_token(self, name: str, role: str, expires_days: int = 0) -> client_pb2.CreateTokenResponse:
+        """A new token; its secret is in this response only (the replica keeps its hash)."""
+        error = checks.token_name_error(name) or checks.role_error(role) or checks.token_days_error(expires_days)
+        if error:
+            raise errors.Invalid(error)
+        with self.replica.lock:
+            tokens = self.replica.state.tokens
+            if name in tokens:
+                raise errors.Conflict(f"a token named {name!r} exists; revoke it first or choose another name")
+            if len(tokens) >= MAX_TOKENS:
+                raise errors.Conflict(f"the cluster already has {MAX_TOKENS} tokens, its limit; revoke unused ones")
+        caller = current_caller()
+        secret = new_secret()
+        now = self.clock()
+        expires_at = now + expires_days * checks.DAY if expires_days else 0.0
+        self.commit(c.CreateToken(name, role, hash_secret(secret), expires_at, caller.name if caller else CLIENT, now))
+        return client_pb2.CreateTokenResponse(name=name, role=role, secret=secret,
+                                              expires_at=views.iso(expires_at) if expires_at else "")
+
+    def list_tokens(self, file_admin: bool = False) -> client_pb2.ListTokensResponse:
+        """Every replicated token (never its hash), and this node's file admin token if
+        `file_admin`, first."""
+        now = self.clock()
+        with self.replica.lock:
+            records = sorted(self.replica.state.tokens.values(), key=lambda t: t.name)
+        tokens = [client_pb2.TokenInfo(name=FILE_ADMIN, role=Role.ADMIN.value, created_by="admin_token_file",
+                                       from_file=True)] if file_admin else []
+        tokens += [client_pb2.TokenInfo(
+            name=t.name, role=t.role.value, created_at=views.iso(t.created_at),
+            expires_at=views.iso(t.expires_at) if t.expires_at else "",
+            last_used_at=views.iso(t.last_used_at) if t.last_used_at else "", created_by=t.created_by,
+            expired=t.expired(now)) for t in records]
+        return client_pb2.ListTokensResponse(tokens=tokens, meta=self.meta())
+
+    def revoke_token(self, name: str) -> client_pb2.RevokeTokenResponse:
+        if name == FILE_ADMIN:
+            raise errors.Invalid(f"the {FILE_ADMIN!r} token comes from the nodes' admin_token_file, not the cluster: "
+                                 "replace that file (or remove the setting) and restart the nodes to revoke it")
+        with self.replica.lock:
+            known = name in self.replica.state.tokens
+        if not known:
+            raise errors.NotFound(f"no token {clip(name)}; `raftflow tokens list` shows the tokens")
+        self.commit(c.RevokeToken(name, self.clock()))
+        return client_pb2.RevokeTokenResponse()
 
     # ------------------------------------------------------------ task logs
     def log_location(self, run_id: str, task_id: str, attempt: int = 0) -> LogLocation:

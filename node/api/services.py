@@ -17,9 +17,11 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import grpc
 
+from ..core.model import Role
 from ..proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from ..worker.worker import Assignment
 from . import cluster, errors
+from .auth import current_caller
 from .cluster import Host
 from .metadata import ANSWERED_BY
 from .operations import DagFile, Operations, StreamLimit
@@ -158,7 +160,22 @@ class ClientService(client_pb2_grpc.ClientServicer):
 
     @_handled
     def ClusterStatus(self, request, context):  # type: ignore[no-untyped-def]
-        return cluster.cluster_status(self.host, self.ops, self._fanout)
+        caller = current_caller()
+        return cluster.visible_to(cluster.cluster_status(self.host, self.ops, self._fanout),
+                                  admin=caller is None or caller.role is Role.ADMIN)
+
+    # ------------------------------------------------------------ tokens
+    @_handled
+    def CreateToken(self, request, context):  # type: ignore[no-untyped-def]
+        return self.ops.create_token(request.name, request.role, request.expires_days)
+
+    @_handled
+    def ListTokens(self, request, context):  # type: ignore[no-untyped-def]
+        return self.ops.list_tokens(file_admin=self.host.cfg.admin_token_file is not None)
+
+    @_handled
+    def RevokeToken(self, request, context):  # type: ignore[no-untyped-def]
+        return self.ops.revoke_token(request.name)
 
 
 class PeerService(peer_pb2_grpc.PeerServicer):

@@ -85,7 +85,7 @@ def run_summary(run: Run) -> client_pb2.RunSummary:
     return client_pb2.RunSummary(
         run_id=run.run_id, dag_id=run.dag_id, state=run.state.value, trigger=run.trigger,
         logical_date=run.logical_date, created_at=iso(run.created_at), started_at=iso(run.started_at),
-        ended_at=iso(run.ended_at), dag_version=run.dag_version,
+        ended_at=iso(run.ended_at), dag_version=run.dag_version, triggered_by=run.triggered_by,
     )
 
 

@@ -124,6 +124,21 @@ class ClientStub:
                 request_serializer=raftflow_dot_proto_dot_client__pb2.GetTaskStoryRequest.SerializeToString,
                 response_deserializer=raftflow_dot_proto_dot_client__pb2.GetTaskStoryResponse.FromString,
                 _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/raftflow.v1.Client/CreateToken',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/raftflow.v1.Client/ListTokens',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/raftflow.v1.Client/RevokeToken',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServicer:
@@ -250,6 +265,27 @@ class ClientServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateToken(self, request, context):
+        """Client API tokens (role admin). The secret is in CreateToken's response only:
+        nodes keep its sha256, never the secret, and ListTokens never shows either.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Every node refuses the token as soon as it applies the revoke.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -342,6 +378,21 @@ def add_ClientServicer_to_server(servicer, server):
                     servicer.GetTaskStory,
                     request_deserializer=raftflow_dot_proto_dot_client__pb2.GetTaskStoryRequest.FromString,
                     response_serializer=raftflow_dot_proto_dot_client__pb2.GetTaskStoryResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.CreateTokenRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.ListTokensRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.RevokeTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -830,6 +881,87 @@ class Client:
             '/raftflow.v1.Client/GetTaskStory',
             raftflow_dot_proto_dot_client__pb2.GetTaskStoryRequest.SerializeToString,
             raftflow_dot_proto_dot_client__pb2.GetTaskStoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/CreateToken',
+            raftflow_dot_proto_dot_client__pb2.CreateTokenRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/ListTokens',
+            raftflow_dot_proto_dot_client__pb2.ListTokensRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/RevokeToken',
+            raftflow_dot_proto_dot_client__pb2.RevokeTokenRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.RevokeTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,6 +2,8 @@
 
 Errors are split so the CLI can map them to exit codes:
 - `ClusterUnreachable`: no address accepted a connection (exit 3).
+- UNAUTHENTICATED (no, unknown, revoked or expired token) and PERMISSION_DENIED (the
+  token's role may not do it) are `ApiError`s with the node's message (exit 4).
 - `ApiError`: a node answered with an error status (INVALID_ARGUMENT and
   NOT_FOUND are the user's input: exit 2; the rest: exit 1). UNAVAILABLE from a
   reachable node (no leader/quorum there; nothing was changed) moves on to the
@@ -18,7 +20,11 @@ from typing import Any, Iterator
 import grpc
 from google.protobuf.json_format import MessageToDict
 
-from raftflow.api.metadata import ANSWERED_BY  # trailing metadata on every error a node sends
+from raftflow.api.metadata import (  # (a module free of imports)
+    ANSWERED_BY,  # trailing metadata on every error a node sends
+    AUTHORIZATION,
+    BEARER,
+)
 from raftflow.proto import client_pb2, client_pb2_grpc
 
 
@@ -32,10 +38,41 @@ class ApiError(Exception):
         self.code, self.message = code, message
 
 
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds `authorization: Bearer TOKEN` to every call and stream on a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._header = (AUTHORIZATION, BEARER + token)
+
+    def _with_token(self, details: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._header]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(details, metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request)
+
+
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, base: Any, metadata: list[tuple[str, str]]) -> None:
+        self.method, self.timeout, self.credentials = base.method, base.timeout, base.credentials
+        self.wait_for_ready, self.compression = base.wait_for_ready, base.compression
+        self.metadata = metadata
+
+
+def with_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
+    """`channel`, sending `token` as a bearer token on every call (None: as it is)."""
+    return channel if not token else grpc.intercept_channel(channel, _Bearer(token))
+
+
 class ClusterClient:
-    def __init__(self, addresses: list[str], timeout: float = 10.0) -> None:
+    def __init__(self, addresses: list[str], timeout: float = 10.0, token: str | None = None) -> None:
+        """`token`: sent as `authorization: Bearer TOKEN` on every call and stream."""
         if not addresses:
             raise ValueError("no cluster addresses")
+        self.token = token
         self.addresses = addresses
         self.timeout = timeout
         self._channels: dict[str, grpc.Channel] = {}
@@ -48,7 +85,7 @@ class ClusterClient:
     def _stub(self, address: str) -> client_pb2_grpc.ClientStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.insecure_channel(address)
+            channel = self._channels[address] = with_token(grpc.insecure_channel(address), self.token)
         return client_pb2_grpc.ClientStub(channel)
 
     def _order(self) -> list[int]:
@@ -159,6 +196,18 @@ class ClusterClient:
                  from_chunk: int = 0) -> Iterator[client_pb2.LogChunk]:
         return self.stream("GetTaskLog", client_pb2.GetTaskLogRequest(run_id=run_id, task_id=task_id, attempt=attempt,
                                                                       from_chunk=from_chunk))
+
+    def create_token(self, name: str, role: str, expires_days: int = 0) -> dict[str, Any]:
+        """{name, role, secret, expires_at}: the secret is never shown again."""
+        return _dict(self.call("CreateToken", client_pb2.CreateTokenRequest(name=name, role=role,
+                                                                            expires_days=expires_days)))
+
+    def list_tokens(self) -> dict[str, Any]:
+        """{"tokens": [{name, role, created_at, expires_at, last_used_at, created_by, expired, from_file}], meta}"""
+        return _dict(self.call("ListTokens", client_pb2.ListTokensRequest()))
+
+    def revoke_token(self, name: str) -> None:
+        self.call("RevokeToken", client_pb2.RevokeTokenRequest(name=name))
 
     def cluster_status(self) -> dict[str, Any]:
         return _dict(self.call("ClusterStatus", client_pb2.ClusterStatusRequest(), timeout=5.0))

@@ -3,7 +3,11 @@ runs a node.
 
 Exit codes: 0 ok; 1 the operation failed (e.g. the run failed under --wait, or
 the cluster has no quorum); 2 usage or invalid input (nothing was changed);
-3 the cluster is unreachable.
+3 the cluster is unreachable; 4 not authenticated (no, unknown, revoked or expired
+token) or the token's role may not do it.
+
+The token is --token, else $RAFTFLOW_TOKEN, else the admin token of the local
+cluster tools/up started (.raftflow/admin.token, beside cluster.json).
 
 The cluster address is --cluster HOST:PORT,..., else $RAFTFLOW_CLUSTER, else the
 nodes of the local cluster tools/up started (.raftflow/cluster.json), else
@@ -24,13 +28,15 @@ from typing import Any, Callable
 import grpc
 
 from raftflow.core.limits import parse_json
+from raftflow.core.model import MAX_TOKEN_DAYS, Role
 from raftflow.core.spec import DagSpec, schedule_note
 from raftflow.core.states import RunState, TaskState
 
 from .client import ApiError, ClusterClient, ClusterUnreachable
 from .loader import DEFAULT_TIMEOUT, LoadError, load_paths
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
+AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 DEFAULT_ADDRESSES = ["127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053"]
 # The API answers states as the enums' values; these name them once, from the enums.
 TERMINAL = tuple(s.value for s in RunState if s.terminal)
@@ -46,10 +52,28 @@ def cluster_addresses(flag: str | None) -> list[str]:
         return [a.strip() for a in flag.split(",") if a.strip()]
     if os.environ.get("RAFTFLOW_CLUSTER"):
         return [a.strip() for a in os.environ["RAFTFLOW_CLUSTER"].split(",") if a.strip()]
-    manifest = Path(os.environ.get("RAFTFLOW_DATA_DIR", ".raftflow")) / "cluster.json"
+    manifest = local_data_dir() / "cluster.json"
     if manifest.exists():
         return [n["grpc"] for n in json.loads(manifest.read_text())["nodes"]]
     return DEFAULT_ADDRESSES
+
+
+def local_data_dir() -> Path:
+    """Where tools/up keeps the local cluster's files (cluster.json, admin.token)."""
+    return Path(os.environ.get("RAFTFLOW_DATA_DIR", ".raftflow"))
+
+
+def client_token(flag: str | None) -> str | None:
+    """--token, else $RAFTFLOW_TOKEN, else the local cluster's admin.token, else none
+    (the node then answers "not authenticated: no token")."""
+    if flag:
+        return flag.strip()
+    if os.environ.get("RAFTFLOW_TOKEN"):
+        return os.environ["RAFTFLOW_TOKEN"].strip()
+    try:
+        return (local_data_dir() / "admin.token").read_text().strip() or None
+    except OSError:
+        return None
 
 
 # ---------------------------------------------------------------- output helpers
@@ -458,6 +482,37 @@ def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tokens_create(client: ClusterClient, args: argparse.Namespace) -> int:
+    created = client.create_token(args.name, args.role, args.expires)
+    if args.json:
+        emit_json(created)
+        return EXIT_OK
+    expires = f", expires {created['expires_at']}" if created["expires_at"] else ", never expires"
+    print(f"created token {created['name']} (role {created['role']}{expires})")
+    print(created["secret"])
+    print("This secret will not be shown again: store it now (use it as --token or RAFTFLOW_TOKEN).",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_tokens_list(client: ClusterClient, args: argparse.Namespace) -> int:
+    listing = client.list_tokens()
+    if args.json:
+        emit_json(listing)
+        return EXIT_OK
+    print(table([[t["name"], t["role"], "admin_token_file" if t["from_file"] else t["created_at"],
+                  t["created_by"], ("EXPIRED " if t["expired"] else "") + (t["expires_at"] or "never"),
+                  t["last_used_at"]] for t in listing["tokens"]],
+                ["TOKEN", "ROLE", "CREATED", "BY", "EXPIRES", "LAST USED (about a minute late)"]))
+    return EXIT_OK
+
+
+def cmd_tokens_revoke(client: ClusterClient, args: argparse.Namespace) -> int:
+    client.revoke_token(args.name)
+    print(f"revoked token {args.name}: every node refuses it once it has applied the revoke")
+    return EXIT_OK
+
+
 def cmd_connections_list(client: ClusterClient, args: argparse.Namespace) -> int:
     """Every SSH connection some node defines, and which nodes have it: an ssh task runs
     only there. Secrets never leave the nodes; only how each one authenticates is shown."""
@@ -475,7 +530,7 @@ def cmd_connections_list(client: ClusterClient, args: argparse.Namespace) -> int
         emit_json({"connections": connections, "unreachable_nodes": unreachable})
         return EXIT_OK
     if connections:
-        print(table([[c["name"], f"{c['user']}@{c['host']}:{c['port']}", c["auth"] +
+        print(table([[c["name"], f"{c['user']}@{c['host']}:{c['port']}" if c["host"] else "-", c["auth"] +
                       (" (trust on first use)" if c["trust_on_first_use"] else ""), ",".join(c["nodes"])]
                      for c in connections], ["CONNECTION", "ADDRESS", "AUTH", "NODES"]))
     else:
@@ -492,10 +547,14 @@ def cmd_connections_list(client: ClusterClient, args: argparse.Namespace) -> int
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="raftflow", description="raftflow: a DAG scheduler with no single point of failure.",
-        epilog="Exit codes: 0 ok, 1 operation failed, 2 usage or invalid input, 3 cluster unreachable.")
+        epilog="Exit codes: 0 ok, 1 operation failed, 2 usage or invalid input, 3 cluster unreachable, "
+               "4 not authenticated or not allowed (the token's role).")
     parser.add_argument("--cluster", help="node addresses HOST:PORT,... (default: $RAFTFLOW_CLUSTER, "
                                           "else the local cluster from tools/up)")
-    sub = parser.add_subparsers(dest="group", required=True, metavar="{dags,runs,tasks,pools,connections,cluster,node}")
+    parser.add_argument("--token", help="API token (default: $RAFTFLOW_TOKEN, else the admin token of the local "
+                                        "cluster from tools/up)")
+    sub = parser.add_subparsers(dest="group", required=True,
+                                metavar="{dags,runs,tasks,pools,connections,tokens,cluster,node}")
 
     def verb(group: argparse._SubParsersAction, name: str, func: Callable, help: str,
              json_flag: bool = True) -> argparse.ArgumentParser:
@@ -578,6 +637,19 @@ def build_parser() -> argparse.ArgumentParser:
     verb(connections, "list", cmd_connections_list, "SSH connections, their hosts and the nodes that have each "
                                                      "(never secrets)")
 
+    tokens = sub.add_parser("tokens", help="create, list, revoke API tokens (role admin)").add_subparsers(
+        dest="verb", required=True)
+    p = verb(tokens, "create", cmd_tokens_create, "create a token; prints its secret once")
+    p.add_argument("name")
+    p.add_argument("--role", required=True, choices=[r.value for r in Role],
+                   help="viewer: reads and logs; operator: + trigger, pause, clear, mark, cancel, backfill; "
+                        "admin: + submit/delete DAGs, pools, tokens")
+    p.add_argument("--expires", type=int, default=0, metavar="DAYS",
+                   help=f"expire after DAYS days (1 to {MAX_TOKEN_DAYS}; default: never)")
+    verb(tokens, "list", cmd_tokens_list, "list tokens: role, created, expiry, last use (never secrets)")
+    p = verb(tokens, "revoke", cmd_tokens_revoke, "revoke a token on every node", json_flag=False)
+    p.add_argument("name")
+
     cluster = sub.add_parser("cluster", help="cluster status").add_subparsers(dest="verb", required=True)
     verb(cluster, "status", cmd_cluster_status, "who leads, and each node's health and load")
 
@@ -594,7 +666,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.group == "node":
         from raftflow.main import run
         return run(args)
-    client = ClusterClient(cluster_addresses(args.cluster))
+    client = ClusterClient(cluster_addresses(args.cluster), token=client_token(args.token))
     try:
         return args.func(client, args)
     except UsageError as e:
@@ -602,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except ApiError as e:
         print(f"error: {e.message}", file=sys.stderr)
+        if e.code in AUTH_CODES:
+            return EXIT_AUTH
         invalid = e.code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND)
         return EXIT_USAGE if invalid else EXIT_FAILED
     except ClusterUnreachable as e:

@@ -5,6 +5,8 @@ tools, so that every local cluster is started the same way a real node is:
 `raftflow node --config FILE`. Layout under the data dir:
 
     secret              the cluster secret (0600), generated once
+    admin.token         the bootstrap admin token (0600), generated once; every node's
+                        admin_token_file, and what the CLI finds beside cluster.json
     cluster.json        node ids and addresses (what the CLI and tools read)
     nK/node.toml        node K's config
     nK/node.log         its stderr/stdout
@@ -140,18 +142,31 @@ class LocalCluster:
     def node(self, node_id: str) -> LocalNode:
         return next(n for n in self.nodes if n.node_id == node_id)
 
-    def client(self, addresses: list[str] | None = None, timeout: float = 10.0) -> "ClusterClient":
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin.token"
+
+    def admin_token(self) -> str:
+        return self.admin_token_file.read_text().strip()
+
+    def client(self, addresses: list[str] | None = None, timeout: float = 10.0,
+               token: str | None = None) -> "ClusterClient":
         """A client of this cluster (every node, or `addresses`): the one place that gives
-        tests and tools what a client needs to reach and be let into these nodes."""
+        tests and tools what a client needs to reach and be let into these nodes. It
+        calls with the admin token unless given another `token` (role tests)."""
         from raftflow_cli.client import ClusterClient
 
-        return ClusterClient(addresses or self.addresses.split(","), timeout=timeout)
+        return ClusterClient(addresses or self.addresses.split(","), timeout=timeout,
+                             token=token if token is not None else self.admin_token())
 
-    def channel(self, address: str) -> "grpc.Channel":
-        """A raw gRPC channel to one of this cluster's nodes (for calls the client does not wrap)."""
+    def channel(self, address: str, token: str | None = None) -> "grpc.Channel":
+        """A raw gRPC channel to one of this cluster's nodes (for calls the client does not
+        wrap), sending the admin token (or `token`; "" sends none) on every call."""
         import grpc
 
-        return grpc.insecure_channel(address)
+        from raftflow_cli.client import with_token
+
+        return with_token(grpc.insecure_channel(address), token if token is not None else self.admin_token())
 
     def cli_env(self) -> dict[str, str]:
         """Environment for the `raftflow` CLI run against this cluster: it finds the nodes
@@ -165,13 +180,18 @@ class LocalCluster:
             fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(32) + "\n")
+        if not self.admin_token_file.exists():
+            fd = os.open(self.admin_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
         for node in self.nodes:
             node.dir.mkdir(parents=True, exist_ok=True)
             peers = tuple(Peer(o.node_id, o.grpc_address, o.raft_address) for o in self.nodes if o is not node)
             cfg = NodeConfig(node_id=node.node_id, grpc_address=node.grpc_address, raft_address=node.raft_address,
                              data_dir=node.dir / "data", secret_file=self.secret_file, slots=self.slots, peers=peers,
                              raft=self.raft, queues=tuple(self.queues.get(node.node_id, ("default",))),
-                             connections=self.connections.get(node.node_id, ()))
+                             connections=self.connections.get(node.node_id, ()),
+                             admin_token_file=self.admin_token_file)
             node.config_path.write_text(to_toml(cfg))
         (self.data_dir / "cluster.json").write_text(json.dumps({
             "slots": self.slots,
