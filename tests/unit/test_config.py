@@ -167,3 +167,22 @@ def test_task_log_limit_defaults_to_64_mib_and_is_set_by_file_environment_or_fla
     assert load(path, environ={}) == cfg
     with pytest.raises(ConfigError, match="task_log_limit from \\$RAFTFLOW_TASK_LOG_LIMIT must be at least 1"):
         load(path, environ={"RAFTFLOW_TASK_LOG_LIMIT": "0"})
+
+
+def test_admin_token_file_is_optional_set_by_file_or_environment_and_read_with_a_clear_error(tmp_path: Path):
+    path = _write(tmp_path, BASE)
+    cfg = load(path, environ={})
+    assert cfg.admin_token_file is None and cfg.read_admin_token() is None
+    path.write_text('admin_token_file = "admin.token"\n' + BASE)
+    cfg = load(path, environ={})
+    assert cfg.admin_token_file == tmp_path / "admin.token"      # relative to the config file
+    assert load(path, environ={"RAFTFLOW_ADMIN_TOKEN_FILE": "/etc/rf/a"}).admin_token_file == Path("/etc/rf/a")
+    path.write_text(to_toml(cfg))
+    assert load(path, environ={}) == cfg
+    with pytest.raises(ConfigError, match="cannot read admin_token_file .*admin.token"):
+        cfg.read_admin_token()
+    (tmp_path / "admin.token").write_text("short\n")
+    with pytest.raises(ConfigError, match="shorter than 16 characters"):
+        cfg.read_admin_token()
+    (tmp_path / "admin.token").write_text("a-long-enough-admin-token\n")
+    assert cfg.read_admin_token() == "a-long-enough-admin-token"
