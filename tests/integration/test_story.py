@@ -76,12 +76,12 @@ def test_the_story_of_a_retried_task_that_lost_an_attempt_to_a_killed_node(tmp_p
     assert [e["at"] for e in events] == sorted(e["at"] for e in events)
     nodes = {n.node_id for n in cluster.nodes}
     # Workers claim their start and report their result themselves; the leader plans
-    # the rest; the mark came through the client API.
+    # the rest; the mark came through the client API, made with the admin token.
     for e in events:
         if e["command"] in ("task_started", "task_finished"):
             assert e["proposer"] == e["node"], e
         elif e["command"] == "mark_task":
-            assert e["proposer"] == "client", e
+            assert e["proposer"] == "token:admin", e   # the admin token tools/up gives the CLI
         else:
             assert e["proposer"] in nodes, e
     assert events[6]["node"] == events[7]["node"] == victim
@@ -97,4 +97,4 @@ def test_the_story_of_a_retried_task_that_lost_an_attempt_to_a_killed_node(tmp_p
     assert len(rows) == 12
     assert rows[7].split()[:7] == [str(events[7]["index"]), events[7]["at"], "lose_attempt", victim, "2",
                                    events[7]["proposer"], "running"]
-    assert "running -> queued" in rows[7] and "client" in rows[11] and "success -> failed" in rows[11]
+    assert "running -> queued" in rows[7] and "token:admin" in rows[11] and "success -> failed" in rows[11]

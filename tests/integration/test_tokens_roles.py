@@ -1,0 +1,189 @@
+"""Tokens and roles against a real 3-node cluster: every client RPC (enumerated from the
+proto, so a new one cannot be forgotten) refuses a call without a token and a viewer's
+call unless viewers may make it; operators trigger but do not submit; a revoked token is
+refused on every node within a second; the CLI exits 4 with the node's message; health
+answers without a token; runs and stories name the token that asked."""
+
+from __future__ import annotations
+
+import json
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from waiting import wait_for
+
+from raftflow.api.auth import REQUIRED_ROLE
+from raftflow.core.model import Role
+from raftflow.proto import client_pb2
+from raftflow_cli.client import ApiError
+from support import Cli
+
+CLIENT = client_pb2.DESCRIPTOR.services_by_name["Client"]
+DAG = "tokens_demo"
+
+
+def _call(channel: grpc.Channel, method: Any) -> grpc.StatusCode:
+    """Call one Client RPC with an empty request; the status code it ends with."""
+    request_class = getattr(client_pb2, method.input_type.name)
+    response_class = getattr(client_pb2, method.output_type.name)
+    path = f"/{CLIENT.full_name}/{method.name}"
+    try:
+        if method.server_streaming:
+            for _ in channel.unary_stream(path, request_serializer=request_class.SerializeToString,
+                                          response_deserializer=response_class.FromString)(request_class(), timeout=5):
+                pass
+        else:
+            channel.unary_unary(path, request_serializer=request_class.SerializeToString,
+                                response_deserializer=response_class.FromString)(request_class(), timeout=5)
+    except grpc.RpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
+def _token_everywhere(cluster: Any, name: str, role: str, expires: int = 0) -> str:
+    """Create a token with the admin client; its secret once every node lets it in."""
+    with closing(cluster.client()) as admin:
+        secret = admin.create_token(name, role, expires)["secret"]
+    for node in cluster.nodes:
+        with closing(cluster.client([node.grpc_address], token=secret)) as client:
+            wait_for(lambda: _lets_in(client), timeout=5, what=f"{node.node_id} to know token {name}")
+    return secret
+
+
+def _lets_in(client: Any) -> bool:
+    try:
+        client.list_runs(limit=1)
+        return True
+    except ApiError as e:
+        assert e.code is grpc.StatusCode.UNAUTHENTICATED, e.message
+        return False
+
+
+@pytest.fixture(scope="module")
+def dag(cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("dags")
+    (folder / f"{DAG}.py").write_text(
+        "from raftflow import DAG, BashTask\n"
+        f"with DAG({DAG!r}, schedule=None) as dag:\n"
+        "    BashTask('a', command='true')\n")
+    submitted = Cli(cluster)("dags", "submit", str(folder))
+    assert submitted.returncode == 0, submitted.stderr
+    return DAG
+
+
+@pytest.fixture(scope="module")
+def viewer(cluster: Any) -> str:
+    return _token_everywhere(cluster, "viewer-1", "viewer")
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Any) -> str:
+    return _token_everywhere(cluster, "op-1", "operator")
+
+
+def test_every_client_rpc_refuses_a_call_without_a_token(cluster):
+    for node in cluster.nodes:
+        with cluster.channel(node.grpc_address, token="") as channel:
+            codes = {m.name: _call(channel, m) for m in CLIENT.methods}
+        assert codes == {m.name: grpc.StatusCode.UNAUTHENTICATED for m in CLIENT.methods}, node.node_id
+
+
+def test_every_client_rpc_refuses_a_viewer_unless_viewers_may_call_it(cluster, viewer):
+    with cluster.channel(cluster.nodes[1].grpc_address, token=viewer) as channel:
+        codes = {m.name: _call(channel, m) for m in CLIENT.methods}
+    for name, code in codes.items():
+        if REQUIRED_ROLE[name] is Role.VIEWER:
+            assert code not in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), (name, code)
+        else:
+            assert code is grpc.StatusCode.PERMISSION_DENIED, (name, code)
+
+
+def test_health_answers_without_a_token(cluster):
+    for node in cluster.nodes:
+        with cluster.channel(node.grpc_address, token="") as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING, node.node_id
+
+
+def test_a_viewer_cannot_trigger_and_an_operator_triggers_but_cannot_submit(cluster, dag, viewer, operator):
+    with closing(cluster.client(token=viewer)) as client:
+        with pytest.raises(ApiError) as denied:
+            client.trigger(dag)
+        assert denied.value.code is grpc.StatusCode.PERMISSION_DENIED
+        assert denied.value.message == "TriggerDag needs role operator; token 'viewer-1' has role viewer"
+    with closing(cluster.client(token=operator)) as client:
+        run_id = client.trigger(dag)["run_id"]
+        with pytest.raises(ApiError) as denied:
+            client.submit([{"spec_json": "{}", "source": "", "filename": "x.py"}])
+        assert denied.value.message == "SubmitDags needs role admin; token 'op-1' has role operator"
+        run = client.get_run(run_id)
+        assert run["triggered_by"] == "op-1"
+        assert next(r for r in client.list_runs(dag)["runs"] if r["run_id"] == run_id)["triggered_by"] == "op-1"
+        wait_for(lambda: client.get_run(run_id)["state"] == "success", timeout=30, what=f"{run_id} to succeed")
+        client.mark_task(run_id, "a", "failed")
+        story = Cli(cluster)("tasks", "story", run_id, "a", "--json")
+        assert story.returncode == 0, story.stderr
+        marks = [e for e in json.loads(story.stdout)["events"] if e["command"] == "mark_task"]
+        assert [e["proposer"] for e in marks] == ["token:op-1"]
+
+
+def test_a_revoked_token_is_refused_on_every_node_within_a_second(cluster):
+    secret = _token_everywhere(cluster, "short-lived", "viewer")
+    clients = [cluster.client([n.grpc_address], token=secret) for n in cluster.nodes]
+    try:
+        with closing(cluster.client([cluster.nodes[0].grpc_address])) as admin:
+            admin.revoke_token("short-lived")
+        for node, client in zip(cluster.nodes, clients):
+            wait_for(lambda: not _lets_in(client), timeout=1.0, what=f"{node.node_id} to refuse the revoked token")
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_the_cli_exits_4_with_the_node_s_message(cluster, dag, viewer, tmp_path: Path):
+    cli = Cli(cluster)
+    as_viewer = cli.env | {"RAFTFLOW_TOKEN": viewer}
+    cli.env, saved = as_viewer, cli.env
+    try:
+        denied = cli("dags", "trigger", dag)
+        assert denied.returncode == 4, denied.stderr
+        assert "TriggerDag needs role operator; token 'viewer-1' has role viewer" in denied.stderr
+        assert cli("dags", "list").returncode == 0
+    finally:
+        cli.env = saved
+    unknown = cli("--token", "not-a-real-token-at-all", "dags", "list")
+    assert unknown.returncode == 4 and "not authenticated: unknown or revoked token" in unknown.stderr
+    cli.env = {k: v for k, v in cli.env.items() if k != "RAFTFLOW_TOKEN"} | {"RAFTFLOW_DATA_DIR": str(tmp_path)}
+    try:
+        missing = cli("dags", "list")
+        assert missing.returncode == 4 and "not authenticated: no token" in missing.stderr, missing.stderr
+    finally:
+        cli.env = saved
+
+
+def test_tokens_create_list_revoke_from_the_cli(cluster):
+    cli = Cli(cluster)
+    created = cli("tokens", "create", "ci-bot", "--role", "operator", "--expires", "30")
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.splitlines()[1]
+    assert "will not be shown again" in created.stderr and len(secret) >= 43
+    listing = cli.json("tokens", "list")["tokens"]
+    bot = next(t for t in listing if t["name"] == "ci-bot")
+    assert bot["role"] == "operator" and bot["created_by"] == "admin" and bot["expires_at"] and not bot["expired"]
+    assert any(t["name"] == "admin" and t["from_file"] for t in listing)
+    assert secret not in json.dumps(listing)
+    assert cli("tokens", "revoke", "ci-bot").returncode == 0
+    assert "ci-bot" not in [t["name"] for t in cli.json("tokens", "list")["tokens"]]
+    assert cli("tokens", "revoke", "admin").returncode == 2
+
+
+def test_cluster_status_shows_pids_and_addresses_to_admins_only(cluster, viewer):
+    with closing(cluster.client(token=viewer)) as client:
+        nodes = client.cluster_status()["nodes"]
+    assert all(n["pid"] == 0 and n["grpc_address"] == "" and n["raft_address"] == "" for n in nodes), nodes
+    with closing(cluster.client()) as client:
+        assert all(n["pid"] > 0 and n["grpc_address"] for n in client.cluster_status()["nodes"])
