@@ -187,3 +187,9 @@ def test_cluster_status_shows_pids_and_addresses_to_admins_only(cluster, viewer)
     assert all(n["pid"] == 0 and n["grpc_address"] == "" and n["raft_address"] == "" for n in nodes), nodes
     with closing(cluster.client()) as client:
         assert all(n["pid"] > 0 and n["grpc_address"] for n in client.cluster_status()["nodes"])
+    cli = Cli(cluster)
+    cli.env = cli.env | {"RAFTFLOW_TOKEN": viewer}
+    shown = cli("cluster", "status")
+    assert shown.returncode == 0, shown.stderr
+    assert "shown to admin tokens only" in shown.stdout
+    assert not any(n.grpc_address in shown.stdout for n in cluster.nodes), shown.stdout

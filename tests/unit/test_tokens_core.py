@@ -159,3 +159,12 @@ def test_runs_record_who_triggered_them():
     assert w.state.apply(scheduled, index=8, proposer="n1").ok
     assert w.state.run("s1").triggered_by == SCHEDULER
     w.state.validate()
+
+
+def test_backfilled_runs_record_the_token_that_asked():
+    w = World()
+    w.submit(dag_dict(schedule="0 * * * *", start_date=iso(T0 - 3 * 3600)))
+    result = w.state.apply(c.Backfill("d", iso(T0 - 2 * 3600), iso(T0 - 3600), T0), index=9, proposer="token:ops")
+    assert result.ok and result.value["created"]
+    assert {w.state.run(r).triggered_by for r in result.value["created"]} == {"ops"}
+    w.state.validate()

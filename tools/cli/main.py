@@ -212,14 +212,16 @@ def cmd_runs_list(client: ClusterClient, args: argparse.Namespace) -> int:
     if not runs:
         print("no runs yet")
         return EXIT_OK
-    print(table([[r["run_id"], r["dag_id"], r["state"], r["trigger"], duration(r["started_at"], r["ended_at"])]
-                 for r in runs], ["RUN", "DAG", "STATE", "TRIGGER", "DURATION"]))
+    print(table([[r["run_id"], r["dag_id"], r["state"], r["trigger"], r.get("triggered_by"),
+                  duration(r["started_at"], r["ended_at"])]
+                 for r in runs], ["RUN", "DAG", "STATE", "TRIGGER", "BY", "DURATION"]))
     return EXIT_OK
 
 
 def print_run(run: dict[str, Any]) -> None:
+    by = f" by {run['triggered_by']}" if run.get("triggered_by") else ""
     print(f"run {run['run_id']}  DAG {run['dag_id']} v{run['dag_version']}  {run['state'].upper()}  "
-          f"({run['trigger']}, logical date {run['logical_date']})")
+          f"({run['trigger']}{by}, logical date {run['logical_date']})")
     print(table([[t["task_id"], t["state"], t["attempt"] or "-", t["node"], short_time(t["started_at"]),
                   short_time(t["ended_at"]), duration(t["started_at"], t["ended_at"]),
                   "-" if t["exit_code"] is None else t["exit_code"], t["reason"]]
@@ -472,6 +474,8 @@ def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
         if n.get("snapshot_error"):
             print(f"\nsnapshot FAILING on {n['id']} ({n.get('snapshot_failures', 0)} attempt(s) in a row; retried "
                   f"with backoff; its journal grows until one succeeds; see its log): {n['snapshot_error']}")
+    if status["nodes"] and not any(n["grpc_address"] for n in status["nodes"]):
+        print("\nPIDs and addresses are shown to admin tokens only (this token's role is lower).")
     digests = {n["digest"] for n in status["nodes"] if n["digest"]}
     if status["leader_changes"]:
         print("\nrecent leader changes:")
