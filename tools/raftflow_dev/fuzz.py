@@ -524,7 +524,25 @@ class FuzzMachine(RuleBasedStateMachine):
             self._call(node, "SetPool", client_pb2.SetPoolRequest(name=name, slots=slots),
                        f"SetPool name of {len(name)} chars {name[:40]!r} slots={slots}")
 
+    @rule(name=st.one_of(st.sampled_from(["fuzz_t1", "fuzz_t2", "admin"]), odd_ids()),
+          role=st.one_of(st.sampled_from(["viewer", "operator", "admin"]), st.text(max_size=20)),
+          days=st.one_of(st.integers(0, 3651), st.just(2**32 - 1)), node=st.integers(0, 2))
+    def create_token(self, name: str, role: str, days: int, node: int) -> None:
+        if not self._time_up():
+            self._call(node, "CreateToken", client_pb2.CreateTokenRequest(name=name, role=role, expires_days=days),
+                       f"CreateToken name of {len(name)} chars {name[:40]!r} role={role[:20]!r} days={days}")
+
+    @rule(name=st.one_of(st.sampled_from(["fuzz_t1", "fuzz_t2", "admin"]), odd_ids()), node=st.integers(0, 2))
+    def revoke_token(self, name: str, node: int) -> None:
+        if not self._time_up():
+            self._call(node, "RevokeToken", client_pb2.RevokeTokenRequest(name=name), f"RevokeToken {name[:40]!r}")
+
     # ------------------------------------------------------------ reads
+    @rule(node=st.integers(0, 2))
+    def list_tokens(self, node: int) -> None:
+        if not self._time_up():
+            self._call(node, "ListTokens", client_pb2.ListTokensRequest(), "ListTokens")
+
     @rule(node=st.integers(0, 2))
     def list_pools(self, node: int) -> None:
         if not self._time_up():
