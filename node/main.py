@@ -222,15 +222,10 @@ class Node:
         tokens (at most MAX_TOKENS names: api/auth.UsageRecorder); a failed proposal's
         observations are kept for the next one."""
         while not self._stop.wait(TOKEN_USE_PERIOD):
-            used = self.auth.usage.drain()
-            if not used:
-                continue
             try:
-                self.replica.propose(c.TokensUsed(dict(used), time.time()))
+                self.auth.usage.flush(lambda used: self.replica.propose(c.TokensUsed(dict(used), time.time())))
             except Exception as e:  # noqa: BLE001 - last-used times are informational: keep trying
                 log.info("could not record token use (will retry): %s", e)
-                for name, at in used.items():
-                    self.auth.usage.note(name, at)
 
     def _heartbeat_loop(self) -> None:
         """Report liveness and load to whoever leads, every heartbeat_interval; an

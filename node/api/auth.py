@@ -122,6 +122,20 @@ class UsageRecorder:
             seen, self._seen = self._seen, {}
         return seen
 
+    def flush(self, propose: Callable[[dict[str, float]], object]) -> int:
+        """Hand what was seen since the last flush to `propose` (one TokensUsed); if it
+        raises, keep it for the next flush and re-raise. Returns how many names."""
+        seen = self.drain()
+        if not seen:
+            return 0
+        try:
+            propose(seen)
+        except BaseException:
+            for name, at in seen.items():
+                self.note(name, at)
+            raise
+        return len(seen)
+
 
 class Authenticator:
     """Finds the caller of a token, and says whether a caller may call a method."""

@@ -193,3 +193,28 @@ def test_cluster_status_shows_pids_and_addresses_to_admins_only(cluster, viewer)
     assert shown.returncode == 0, shown.stderr
     assert "shown to admin tokens only" in shown.stdout
     assert not any(n.grpc_address in shown.stdout for n in cluster.nodes), shown.stdout
+
+
+def test_an_expired_token_is_refused_on_every_node_within_a_second(tmp_path: Path):
+    """A token made to last one day, then the nodes restarted a day (and a minute) later
+    by their wall clock (clock_offset/sitecustomize.py): every node refuses it, naming
+    when it expired, with no write needed; the admin token still works."""
+    from support import running_cluster
+
+    with running_cluster(tmp_path / "c") as cluster:
+        secret = _token_everywhere(cluster, "day-pass", "viewer", expires=1)
+        for node in cluster.nodes:
+            cluster.stop_node(node.node_id)
+        cluster.extra_env = {"PYTHONPATH": str(Path(__file__).parent / "clock_offset"),
+                             "RAFTFLOW_TEST_CLOCK_OFFSET": str(86400 + 60)}
+        for node in cluster.nodes:
+            cluster.start_node(node.node_id)
+        cluster.wait_ready(30)
+        for node in cluster.nodes:
+            with closing(cluster.client([node.grpc_address], token=secret)) as client:
+                wait_for(lambda: not _lets_in(client), timeout=1.0, what=f"{node.node_id} to refuse the token")
+                with pytest.raises(ApiError, match=r"not authenticated: token 'day-pass' expired on \d{4}-"):
+                    client.list_runs()
+        with closing(cluster.client()) as admin:
+            listed = next(t for t in admin.list_tokens()["tokens"] if t["name"] == "day-pass")
+        assert listed["expired"] is True

@@ -180,3 +180,19 @@ def test_tokens_used_from_a_node_updates_last_used(replica, ops):
     ops.create_token("ci", "viewer", 0)
     assert replica.propose(c.TokensUsed({"ci": T0 + 30}, T0 + 31)).ok
     assert ops.list_tokens().tokens[0].last_used_at.startswith("2024-01-10T12:00:30")
+
+
+def test_a_flush_proposes_one_tokens_used_and_keeps_what_it_could_not_propose(replica, ops):
+    ops.create_token("ci", "viewer", 0)
+    usage = UsageRecorder()
+    usage.note("ci", T0 + 40)
+
+    def unavailable(used: dict[str, float]) -> None:
+        raise RuntimeError("no quorum")
+
+    with pytest.raises(RuntimeError):
+        usage.flush(unavailable)
+    before = replica.status().commit_index
+    assert usage.flush(lambda used: replica.propose(c.TokensUsed(dict(used), T0 + 41))) == 1
+    assert replica.status().commit_index == before + 1 and replica.state.tokens["ci"].last_used_at == T0 + 40
+    assert usage.flush(lambda used: pytest.fail("nothing to propose")) == 0
