@@ -19,7 +19,7 @@ from waiting import wait_for
 from raftflow.api.auth import REQUIRED_ROLE
 from raftflow.core.model import Role
 from raftflow.proto import client_pb2
-from raftflow_cli.client import ApiError
+from raftflow_cli.client import ApiError, ClusterUnreachable
 from support import Cli
 
 CLIENT = client_pb2.DESCRIPTOR.services_by_name["Client"]
@@ -52,6 +52,16 @@ def _token_everywhere(cluster: Any, name: str, role: str, expires: int = 0) -> s
         with closing(cluster.client([node.grpc_address], token=secret)) as client:
             wait_for(lambda: _lets_in(client), timeout=5, what=f"{node.node_id} to know token {name}")
     return secret
+
+
+def _answering(cluster: Any, node: Any) -> bool:
+    """The node answers an admin's read (so a refusal measured next is about the token)."""
+    with closing(cluster.client([node.grpc_address], timeout=2.0)) as admin:
+        try:
+            admin.list_runs(limit=1)
+            return True
+        except ClusterUnreachable:
+            return False
 
 
 def _lets_in(client: Any) -> bool:
@@ -211,6 +221,7 @@ def test_an_expired_token_is_refused_on_every_node_within_a_second(tmp_path: Pat
             cluster.start_node(node.node_id)
         cluster.wait_ready(30)
         for node in cluster.nodes:
+            wait_for(lambda: _answering(cluster, node), timeout=15, what=f"{node.node_id} to answer")
             with closing(cluster.client([node.grpc_address], token=secret)) as client:
                 wait_for(lambda: not _lets_in(client), timeout=1.0, what=f"{node.node_id} to refuse the token")
                 with pytest.raises(ApiError, match=r"not authenticated: token 'day-pass' expired on \d{4}-"):

@@ -556,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cluster", help="node addresses HOST:PORT,... (default: $RAFTFLOW_CLUSTER, "
                                           "else the local cluster from tools/up)")
     parser.add_argument("--token", help="API token (default: $RAFTFLOW_TOKEN, else the admin token of the local "
-                                        "cluster from tools/up)")
+                                        "cluster from tools/up); prefer the variable: arguments show in `ps`")
     sub = parser.add_subparsers(dest="group", required=True,
                                 metavar="{dags,runs,tasks,pools,connections,tokens,cluster,node}")
 

@@ -146,8 +146,12 @@ class LocalCluster:
     def admin_token_file(self) -> Path:
         return self.data_dir / "admin.token"
 
-    def admin_token(self) -> str:
-        return self.admin_token_file.read_text().strip()
+    def admin_token(self) -> str | None:
+        """The admin token `configure` wrote; None before it has (no token is sent)."""
+        try:
+            return self.admin_token_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
 
     def client(self, addresses: list[str] | None = None, timeout: float = 10.0,
                token: str | None = None) -> "ClusterClient":
@@ -157,7 +161,7 @@ class LocalCluster:
         from raftflow_cli.client import ClusterClient
 
         return ClusterClient(addresses or self.addresses.split(","), timeout=timeout,
-                             token=token if token is not None else self.admin_token())
+                             token=self.admin_token() if token is None else token or None)
 
     def channel(self, address: str, token: str | None = None) -> "grpc.Channel":
         """A raw gRPC channel to one of this cluster's nodes (for calls the client does not
@@ -166,7 +170,7 @@ class LocalCluster:
 
         from raftflow_cli.client import with_token
 
-        return with_token(grpc.insecure_channel(address), token if token is not None else self.admin_token())
+        return with_token(grpc.insecure_channel(address), self.admin_token() if token is None else token)
 
     def cli_env(self) -> dict[str, str]:
         """Environment for the `raftflow` CLI run against this cluster: it finds the nodes
