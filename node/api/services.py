@@ -7,7 +7,9 @@ INVALID_ARGUMENT (bad input; nothing changed), NOT_FOUND, FAILED_PRECONDITION,
 RESOURCE_EXHAUSTED (too many streams here), UNAVAILABLE (no leader / no quorum,
 or a node holding the data does not answer; nothing changed), DEADLINE_EXCEEDED
 (a write's outcome is unknown), INTERNAL. Peer calls without the cluster token
-are refused before they get here (peers.py: UNAUTHENTICATED).
+are refused before they get here (peers.py: UNAUTHENTICATED), and so are client
+calls without a token whose role allows the method (auth.py: UNAUTHENTICATED,
+PERMISSION_DENIED).
 """
 
 from __future__ import annotations
