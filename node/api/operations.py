@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from difflib import get_close_matches
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from ..core import checks, commands as c
+from ..core import checks, commands as c, handlers_dags
 from ..core.effects import DropRunLogs, StopAttempt
 from ..core.limits import clip, parse_json
 from ..core.model import CLIENT, DagRecord, Run, TaskInstance
@@ -37,6 +37,10 @@ from ..raft.replica import Replica
 from . import errors, views
 
 T = TypeVar("T")
+# `dags delete` removes the DAG's history in PruneRuns of at most this many runs before
+# the DeleteDag itself, so no one apply grows with the history (20,000 runs in one
+# DeleteDag held the Raft thread 0.4-0.5 s on a 2-core machine; 500 take ~10 ms).
+DELETE_BATCH = 500
 WATCH_KEEPALIVE = 1.0      # a watch re-sends nothing, but checks its client, at least this often
 
 _ERROR_FOR: dict[Code, type[errors.ServiceError]] = {
@@ -232,9 +236,24 @@ class Operations:
         return client_pb2.SetPausedResponse()
 
     def delete_dag(self, dag_id: str) -> client_pb2.DeleteDagResponse:
-        self._known_dag(dag_id)
+        """Refused (nothing changed) while the DAG has unfinished runs. Otherwise its
+        finished runs go first, DELETE_BATCH at a time, then the DAG: if a new run
+        starts in between, the DeleteDag is refused and the history removed so far
+        stays removed (asking again finishes the job once that run ends)."""
+        with self.replica.lock:
+            self.record(dag_id)
+            conflict = handlers_dags.delete_conflict(self.replica.state, dag_id)
+            history = list(self.replica.state.runs_by_dag.get(dag_id, {}))
+        if conflict:
+            raise errors.Conflict(conflict)
+        removed = 0
+        for start in range(0, len(history) - DELETE_BATCH, DELETE_BATCH):
+            batch = tuple(history[start:start + DELETE_BATCH])
+            result = self.commit(c.PruneRuns(batch, self.clock()))
+            removed += sum(len(e.run_ids) for e in result.effects_of(DropRunLogs))
         result = self.commit(c.DeleteDag(dag_id, self.clock()))
-        return client_pb2.DeleteDagResponse(runs_removed=sum(len(e.run_ids) for e in result.effects_of(DropRunLogs)))
+        removed += sum(len(e.run_ids) for e in result.effects_of(DropRunLogs))
+        return client_pb2.DeleteDagResponse(runs_removed=removed)
 
     # ------------------------------------------------------------ pools
     def set_pool(self, name: str, slots: int) -> client_pb2.SetPoolResponse:

@@ -209,15 +209,26 @@ def backfill(state: State, cmd: c.Backfill) -> Result:
     return Result(value={"created": created, "existing": existing})
 
 
+def delete_conflict(state: State, dag_id: str) -> str | None:
+    """Why the DAG cannot be deleted now (it has unfinished runs), else None. Its cost is
+    the active runs, never the history; the client API asks it before proposing."""
+    unfinished = [run.run_id for run in state.active.values() if run.dag_id == dag_id]
+    if unfinished:
+        return (f"DAG {dag_id!r} has unfinished runs ({', '.join(unfinished[:3])}); "
+                "cancel them first (raftflow runs cancel RUN_ID)")
+    return None
+
+
 def delete_dag(state: State, cmd: c.DeleteDag) -> Result:
-    """Effects: DropRunLogs of the DAG's runs (every node drops their task logs)."""
+    """Effects: DropRunLogs of the DAG's runs (every node drops their task logs). The
+    client API prunes the DAG's history in bounded PruneRuns batches first, so the runs
+    left here are few (operations.Operations.delete_dag)."""
     if cmd.dag_id not in state.dags:
         return reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
+    conflict = delete_conflict(state, cmd.dag_id)
+    if conflict:
+        return reject(Code.CONFLICT, conflict)
     runs = list(state.runs_by_dag.get(cmd.dag_id, {}))
-    unfinished = [r for r in runs if r in state.active]
-    if unfinished:
-        return reject(Code.CONFLICT, f"DAG {cmd.dag_id!r} has unfinished runs ({', '.join(unfinished[:3])}); "
-                                      "cancel them first (raftflow runs cancel RUN_ID)")
     for run_id in runs:
         forget(state, run_id)
     del state.dags[cmd.dag_id]

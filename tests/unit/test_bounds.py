@@ -14,7 +14,7 @@ import pytest
 
 from core_support import T0, World, dag_dict, nodes, task
 from raftflow.api import errors, views
-from raftflow.api.operations import DagFile, Operations
+from raftflow.api.operations import DELETE_BATCH, DagFile, Operations
 from raftflow.core import archive, commands as c, digest, state as state_module, transitions
 from raftflow.core.archive import MemoryArchive
 from raftflow.core.model import REASON_LIMIT
@@ -23,7 +23,7 @@ from raftflow.core.result import Code
 from raftflow.core.spec import MAX_TASKS_PER_DAG, DagSpec
 from raftflow.core.state import State
 from raftflow.raft.memory import MemoryReplica
-from twin_support import leader_operations
+from twin_support import leader_operations, leading_replica
 
 
 def _wide(dag_id: str = "wide", n: int = 1000) -> dict[str, Any]:
@@ -311,3 +311,45 @@ def test_a_backlog_of_queued_runs_is_not_walked_by_the_planner(world: World, mon
     monkeypatch.setattr(_CountingTasks, "walks", 0)
     assert plan(world.state, T0 + 1, nodes("n1")) == []
     assert _CountingTasks.walks == 0
+
+
+# ---------------------------------------------------------------- 1.4 dags delete of a long history
+def _ticking_operations(tasks: int = 3) -> Operations:
+    """Operations whose clock moves a second per call (each trigger gets its own run id)."""
+    ticks = iter(range(1, 10**6))
+    ops = Operations(leading_replica(), "n1", clock=lambda: T0 + next(ticks))
+    ops.submit_dags([DagFile("w.py", _json(_wide(n=tasks)), "# src")])
+    return ops
+
+
+def test_dags_delete_removes_a_long_history_in_bounded_commands() -> None:
+    """No one apply forgets more than DELETE_BATCH runs: a DeleteDag of 20,000 runs held
+    the Raft thread 0.4-0.5 s. 1,234 finished runs go in PruneRuns of 500, 500, then a
+    DeleteDag of the last 234; every run is gone and the count is right."""
+    ops = _ticking_operations()
+    for _ in range(1234):
+        ops.cancel_run(ops.trigger("wide").run_id, "")
+    proposed: list[c.Command] = []
+    propose = ops.replica.propose
+
+    def recording(command: c.Command, *args: Any, **kw: Any) -> Any:
+        proposed.append(command)
+        return propose(command, *args, **kw)
+
+    ops.replica.propose = recording  # type: ignore[method-assign]
+    assert ops.delete_dag("wide").runs_removed == 1234
+    sizes = [(type(cmd).__name__, len(cmd.run_ids) if isinstance(cmd, c.PruneRuns) else 0) for cmd in proposed]
+    assert sizes == [("PruneRuns", DELETE_BATCH), ("PruneRuns", DELETE_BATCH), ("DeleteDag", 0)]
+    assert "wide" not in ops.replica.state.dags and not ops.replica.state.run_index
+
+
+def test_dags_delete_with_an_unfinished_run_changes_nothing() -> None:
+    ops = _ticking_operations()
+    for _ in range(3):
+        ops.cancel_run(ops.trigger("wide").run_id, "")
+    running = ops.trigger("wide").run_id
+    before = ops.replica.status().commit_index
+    with pytest.raises(errors.Conflict) as caught:
+        ops.delete_dag("wide")
+    assert running in caught.value.message and "cancel them first" in caught.value.message
+    assert ops.replica.status().commit_index == before and len(ops.replica.state.run_index) == 4
