@@ -71,10 +71,10 @@ class Node:
         self.replica = ReplicatedState(cfg, secret, on_applied=self._after_apply,
                                        on_installed=self._after_install)
         self.peers = PeerClients(cfg.peers, peer_token(secret))
-        self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.data_dir / "work",
+        self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.scratch,
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
                              lease_duration=cfg.worker_lease, reaper=Reaper(), setup=self._attempt_setup,
-                             connections=cfg.connections)
+                             connections=cfg.connections, run_as=cfg.task_user)
         self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.healthy_window,
                                  cfg.slots, cfg.node_id)
         self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,
