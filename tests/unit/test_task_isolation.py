@@ -289,3 +289,28 @@ def test_a_foreign_owned_scratch_folder_is_refused(tmp_path):
     os.chown(scratch, user.uid, user.gid)   # made first by someone else (a shared /tmp)
     with pytest.raises(ConfigError, match=f"belongs to uid {user.uid}, not to this node's user"):
         make_worker(tmp_path, current=True, scratch=scratch)
+
+
+def test_the_ssh_runner_gets_exactly_its_connections_secret_variables_and_runs_as_the_node(tmp_path, monkeypatch,
+                                                                                          node_secrets):
+    from raftflow.config import SSHConnection
+    from raftflow.kinds import AttemptInput, kind
+
+    monkeypatch.setenv("SPARK_KEY_PASSPHRASE", "open sesame")
+    monkeypatch.setenv("OTHER_SSH_PASSWORD", SECRET)
+    spark = SSHConnection("spark", "h", "u", password_env="SPARK_SSH_PASSWORD", passphrase_env="SPARK_KEY_PASSPHRASE")
+    other = SSHConnection("other", "h2", "u", password_env="OTHER_SSH_PASSWORD")
+    worker, reports, store = make_worker(tmp_path, current=True, connections=(spark, other))
+    a = Assignment("r1", "t1", 1, "d", "ssh", "echo hi", {"REMOTE_ONLY": "x"}, "")
+    launch = kind("ssh").launch(AttemptInput(
+        task=TaskSpec("t1", "ssh", "echo hi", ssh_conn_id="spark"), command="echo hi", env={"REMOTE_ONLY": "x"},
+        context={}, variables={}, node_id="n1", reason_file=str(tmp_path / "reason"),
+        connections={"spark": spark, "other": other}, attempt_dir=str(tmp_path)))
+    assert launch.as_node_user, "it reads the key file, which the task user must not"
+    env = worker._environment(a, launch, tmp_path / "result.json")
+    assert env["SPARK_SSH_PASSWORD"] == SECRET and env["SPARK_KEY_PASSPHRASE"] == "open sesame"
+    assert set(env) == {"PATH", "HOME", "LANG", "SPARK_SSH_PASSWORD", "SPARK_KEY_PASSPHRASE"} | ATTEMPT_VARIABLES | \
+        ({"LC_ALL"} if "LC_ALL" in os.environ else set()), \
+        "no other connection's password, no node secret or setting, no task env (it goes to the remote side)"
+    assert env["HOME"] == os.environ["HOME"]
+    worker.shutdown()
