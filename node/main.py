@@ -41,7 +41,7 @@ from .worker.worker import Assignment, AttemptSetup, Worker
 
 log = logging.getLogger("raftflow.node")
 # What the node keeps under data_dir: the Raft journal and snapshots, the run archive,
-# task logs, attempts' working files (results, rendered context). Nobody else may read them.
+# task logs (attempts work in scratch_dir, outside it). Nobody else may read them.
 DATA_SUBDIRS = ("raft", "history", "store", "work")
 PRIVATE = 0o700
 

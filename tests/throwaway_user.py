@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -71,6 +72,10 @@ def task_python(user: TaskUser) -> str:
     tag = hashlib.sha256(site_packages.encode()).hexdigest()[:10]
     venv = Path(tempfile.gettempdir()) / f"raftflow-test-python-{tag}"
     python = venv / "bin" / "python"
+    if os.path.lexists(venv):   # a predictable name in a shared folder: it must be this user's own
+        st = os.lstat(venv)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            pytest.fail(f"{venv} is not a folder of this user's that only it can write: remove it")
     if not python.exists():
         building = Path(tempfile.mkdtemp(prefix=f"{venv.name}-", dir=venv.parent))
         shutil.rmtree(building)

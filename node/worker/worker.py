@@ -549,7 +549,7 @@ class Worker:
     def _base_environment(self, as_task_user: bool) -> dict[str, str]:
         """What every task process (and renderer) gets of the node's environment: PATH,
         HOME and the locale. HOME is the task user's home when it runs as that user."""
-        env = {name: os.environ[name] for name in PASSED_ON if name in os.environ}
+        env = {name: os.environ[name] for name in PASSED_ON if os.environ.get(name)}
         env.setdefault("PATH", DEFAULT_PATH)
         env["HOME"] = self._task_user.home if as_task_user and self._task_user is not None else self._node_home
         return env

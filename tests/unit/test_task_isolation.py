@@ -70,7 +70,7 @@ def test_a_bash_task_sees_path_home_locale_its_variables_and_its_env_and_nothing
     assert done.exit_code == 0 and done.result == '{"ok": true}', text
     names = set(lines_with("name=", text))
     expected = {"PATH", "HOME", "LANG", "MY_SETTING", "SECRET_PROBE"} | ATTEMPT_VARIABLES | BASH_OWN
-    if "LC_ALL" in os.environ:
+    if os.environ.get("LC_ALL"):
         expected.add("LC_ALL")
     assert names == expected, f"unexpected: {names - expected}, missing: {expected - names}"
     assert lines_with("path=", text) == [os.environ["PATH"]] and lines_with("home=", text) == [os.environ["HOME"]]
@@ -151,7 +151,7 @@ def test_a_python_task_sees_the_clean_environment_and_its_scratch_folder(tmp_pat
     seen = json.loads(done.result)
     expected = ({"PATH", "HOME", "LANG", "MINE", "PYTHONPATH", "PYTHONUNBUFFERED", "RAFTFLOW_PY_CALLABLE",
                  "RAFTFLOW_PY_CONTEXT_FILE", "RAFTFLOW_PY_KWARGS_FILE"} | ATTEMPT_VARIABLES
-                | ({"LC_ALL"} if "LC_ALL" in os.environ else set()))
+                | ({"LC_ALL"} if os.environ.get("LC_ALL") else set()))
     assert set(seen["names"]) == expected, set(seen["names"]) ^ expected
     assert Path(seen["cwd"]).parent == (tmp_path / "work").resolve()
     wait_idle(worker)
@@ -164,7 +164,7 @@ def test_the_renderer_gets_the_clean_environment_outside_the_data_dir(tmp_path, 
     renderer = worker.renderers._idle[0].process.pid
     environ = Path(f"/proc/{renderer}/environ").read_bytes().split(b"\0")
     names = {item.split(b"=", 1)[0].decode() for item in environ if item}
-    assert names == {"PATH", "HOME", "LANG"} | ({"LC_ALL"} if "LC_ALL" in os.environ else set())
+    assert names == {"PATH", "HOME", "LANG"} | ({"LC_ALL"} if os.environ.get("LC_ALL") else set())
     assert SECRET.encode() not in b"".join(environ)
     assert os.readlink(f"/proc/{renderer}/cwd") == "/"
     worker.shutdown()
@@ -310,7 +310,17 @@ def test_the_ssh_runner_gets_exactly_its_connections_secret_variables_and_runs_a
     env = worker._environment(a, launch, tmp_path / "result.json")
     assert env["SPARK_SSH_PASSWORD"] == SECRET and env["SPARK_KEY_PASSPHRASE"] == "open sesame"
     assert set(env) == {"PATH", "HOME", "LANG", "SPARK_SSH_PASSWORD", "SPARK_KEY_PASSPHRASE"} | ATTEMPT_VARIABLES | \
-        ({"LC_ALL"} if "LC_ALL" in os.environ else set()), \
+        ({"LC_ALL"} if os.environ.get("LC_ALL") else set()), \
         "no other connection's password, no node secret or setting, no task env (it goes to the remote side)"
     assert env["HOME"] == os.environ["HOME"]
+    worker.shutdown()
+
+
+def test_an_empty_path_on_the_node_is_replaced_by_the_default_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setenv("LANG", "")
+    worker, reports, store = make_worker(tmp_path, current=True)
+    assert worker.accept(bash('echo "path=$PATH lang=${LANG-unset}"'))[0]
+    assert reports.wait_for(c.TaskFinished).exit_code == 0, log_of(store)
+    assert lines_with("path=", log_of(store)) == [f"{worker_module.DEFAULT_PATH} lang=unset"]
     worker.shutdown()
