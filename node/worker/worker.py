@@ -303,9 +303,10 @@ class Worker:
             raise ConfigError(f"cannot create the scratch folder {scratch}: {e.strerror}; "
                               "set scratch_dir to a directory this node can write") from None
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
-            what = "is not a directory" if not stat.S_ISDIR(st.st_mode) else f"belongs to uid {st.st_uid}"
-            raise ConfigError(f"the scratch folder {scratch} {what}, not to this node's user (uid {os.geteuid()}): "
-                              "someone else may have made it. Remove it, or set scratch_dir elsewhere")
+            what = ("is not a directory (a symlink?)" if not stat.S_ISDIR(st.st_mode) else
+                    f"belongs to uid {st.st_uid}, not to this node's user (uid {os.geteuid()})")
+            raise ConfigError(f"the scratch folder {scratch} {what}: someone else may have made it. Remove it, "
+                              "or set scratch_dir elsewhere")
         os.chmod(scratch, SHARED_SCRATCH_MODE if self._task_user is not None else SCRATCH_MODE)
         for leftover in scratch.iterdir():   # of a previous process of this node (dead)
             _remove_tree(leftover)
