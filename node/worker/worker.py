@@ -269,6 +269,10 @@ class Worker:
         if self._reaper is not None:
             self._reaper.close()
         self.renderers.close()
+        try:
+            self._scratch.rmdir()   # only if empty: what an attempt still holds is removed at the next start
+        except OSError:
+            pass
 
     # ------------------------------------------------------------ one attempt
     def _run(self, attempt: _Attempt) -> None:

@@ -81,6 +81,7 @@ def test_a_bash_task_sees_path_home_locale_its_variables_and_its_env_and_nothing
     wait_idle(worker)
     assert not cwd.exists() and list((tmp_path / "work").iterdir()) == [], "removed once reported"
     worker.shutdown()
+    assert not (tmp_path / "work").exists(), "a node that stops leaves no empty scratch folder in the temp dir"
 
 
 def test_a_node_without_path_gives_its_tasks_a_sane_one(tmp_path, monkeypatch):
