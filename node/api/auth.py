@@ -147,10 +147,6 @@ class Authenticator:
         self.usage = usage or UsageRecorder()
         self._clock = clock
 
-    @property
-    def has_file_admin(self) -> bool:
-        return self._admin_hash is not None
-
     def authenticate(self, authorization: str | None) -> Caller:
         """The caller of an `authorization` header's value, else Refused(UNAUTHENTICATED)."""
         if not authorization:
