@@ -57,7 +57,7 @@ def test_a_task_on_the_cluster_cannot_read_the_secret_the_data_dir_or_the_node_e
 
 
 def _check(cluster, user: str, home: str, tmp_path: Path) -> None:
-    cli = Cli(cluster.addresses)
+    cli = Cli(cluster)
     secret = cluster.secret_file.read_text().strip()
     data_dir = cluster.nodes[0].dir / "data"
     (tmp_path / "peek.py").write_text(DAG.format(secret=cluster.secret_file, data_dir=data_dir))
