@@ -121,6 +121,24 @@ class AttemptSetup:
     task: TaskSpec | None = None
 
 
+# The files an attempt's scratch folder holds for the worker: its published result
+# ($RAFTFLOW_RESULT_FILE) and the reason its runner gives for a failure.
+RESULT_FILE = "result.json"
+REASON_FILE = "reason"
+
+
+@dataclass
+class _Prepared:
+    """An attempt ready to launch: its command and env values rendered, its setup, the
+    execution_timeout's deadline (monotonic; it runs from before rendering), and the
+    reason it fails without starting (a template error, a launch refused), if any."""
+    command: str
+    env: dict[str, str]
+    setup: AttemptSetup
+    deadline: float | None = None
+    reason: str = ""
+
+
 @dataclass
 class _Attempt:
     assignment: Assignment
@@ -336,32 +354,58 @@ class Worker:
             _remove_tree(attempt_dir)
 
     def _run_attempt_in(self, attempt: _Attempt, attempt_dir: Path) -> None:
+        """The attempt's whole life here: claim the start, render, start the process
+        (or refuse to), follow it to its end, and report the outcome."""
         a = attempt.assignment
         attempt.started_at = time.time()
         lapses_before = self.lease.lapses
         refusal, maybe_committed = self._claim(a, attempt.started_at)
-        tail = bytearray()
-        reason = ""
-        command, env, setup = a.command, dict(a.env), AttemptSetup({})
-        result_file = attempt_dir / "result.json"
-        reason_file = attempt_dir / "reason"
-        deadline: float | None = None   # the execution_timeout, from before the templates render
+        prepared = _Prepared(a.command, dict(a.env), AttemptSetup({}))
         if not refusal:
-            try:
-                setup = self._setup(a)
-                timeout_note = ""
-                if setup.execution_timeout is not None:
-                    deadline = time.monotonic() + setup.execution_timeout
-                    timeout_note = f"execution_timeout of {setup.execution_timeout:g}s reached while rendering"
-                rendered = self.renderers.render(
-                    [("command", a.command), *((f"env value {k}", v) for k, v in a.env.items())], setup.context,
-                    deadline, lambda: bool(attempt.stopped) or attempt.fenced or self._stopping.is_set(),
-                    timeout_note)
-                command, env = rendered[0], dict(zip(a.env, rendered[1:]))
-            except RenderError as e:
-                reason = str(e)
-            except RenderInterrupted:
-                pass   # stopped, fenced or shutting down: the checks below refuse the start
+            prepared = self._render(attempt)
+        refusal = self._start(attempt, attempt_dir, prepared, refusal, lapses_before)
+        if refusal:
+            log.warning("dropped dispatch of %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, refusal)
+            if maybe_committed:   # the start may be on record: release it, harmless if stale
+                self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id, refusal, time.time()))
+            return
+        tail = bytearray()
+        if attempt.process is None:
+            reason, published = prepared.reason, ""
+            exit_code = 1 if reason.startswith("cannot render") else 127
+            self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {reason}\n".encode())
+        else:
+            exit_code, reason, published = self._follow(attempt, attempt_dir, prepared, tail)
+        self._report_outcome(attempt, exit_code, reason, tail, published)
+
+    def _render(self, attempt: _Attempt) -> _Prepared:
+        """The attempt's setup and its command and env values rendered, under its
+        execution_timeout (which starts here) and stop; a template error becomes the
+        reason it fails. Interrupted (stopped, fenced, shutting down): `_start` refuses."""
+        a = attempt.assignment
+        setup = self._setup(a)
+        prepared = _Prepared(a.command, dict(a.env), setup)
+        timeout_note = ""
+        if setup.execution_timeout is not None:
+            prepared.deadline = time.monotonic() + setup.execution_timeout
+            timeout_note = f"execution_timeout of {setup.execution_timeout:g}s reached while rendering"
+        try:
+            rendered = self.renderers.render(
+                [("command", a.command), *((f"env value {k}", v) for k, v in a.env.items())], setup.context,
+                prepared.deadline, lambda: bool(attempt.stopped) or attempt.fenced or self._stopping.is_set(),
+                timeout_note)
+            prepared.command, prepared.env = rendered[0], dict(zip(a.env, rendered[1:]))
+        except RenderError as e:
+            prepared.reason = str(e)
+        except RenderInterrupted:
+            pass
+        return prepared
+
+    def _start(self, attempt: _Attempt, attempt_dir: Path, prepared: _Prepared, refusal: str,
+               lapses_before: int) -> str:
+        """Start the attempt's process unless it must not start (returns why not). A
+        launch that fails leaves `attempt.process` None and says why in `prepared.reason`."""
+        a = attempt.assignment
         with self._lock:
             # The claim committed; start only if the lease held all along (a lapse since the
             # claim was proposed means the leader may already have given the task away).
@@ -370,66 +414,73 @@ class Worker:
                 refusal = "this node's lease lapsed while its start claim was being committed"
             if not refusal and attempt.stopped:
                 refusal = f"stopped before it started: {attempt.stopped}"
-            if not refusal and not reason:
-                try:
-                    launch = kind(a.kind).launch(AttemptInput(
-                        task=setup.task or TaskSpec(a.task_id, a.kind, a.command, env=tuple(sorted(a.env.items()))),
-                        command=command, env=env, context=setup.context, variables=self._attempt_variables(a),
-                        node_id=self.node_id, reason_file=str(reason_file), connections=self._connections,
-                        attempt_dir=str(attempt_dir)))
-                    user = None if launch.as_node_user else self._task_user
-                    self._fill_scratch(attempt_dir, launch, user)
-                    attempt.process = subprocess.Popen(
-                        list(launch.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                        start_new_session=True, cwd=attempt_dir,
-                        env={**self._environment(a, launch, result_file), **launch.extra_env},
-                        **process_identity(user),
-                    )
-                except CannotStart as e:
-                    reason = str(e)
-                except OSError as e:
-                    reason = f"could not start {a.kind}: {e}"
-        if refusal:
-            log.warning("dropped dispatch of %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, refusal)
-            if maybe_committed:   # the start may be on record: release it, harmless if stale
-                self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id, refusal, time.time()))
-            return
-        published = ""
-        if attempt.process is None:
-            exit_code = 1 if reason.startswith("cannot render") else 127
-            self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {reason}\n".encode())
-        else:
-            if self._reaper is not None:
-                self._reaper.add(attempt.process.pid)
-            log.info("started %s/%s attempt %d (pid %d)", a.run_id, a.task_id, a.attempt, attempt.process.pid)
-            timeout = None
-            if deadline is not None:
-                timeout = threading.Timer(max(0.0, deadline - time.monotonic()), self._stop,
-                                          (attempt, f"execution_timeout of {setup.execution_timeout:g}s reached"))
-                timeout.daemon = True
-                timeout.start()
-            self._pump_output(attempt, tail)
-            status = attempt.process.wait()
-            if timeout is not None:
-                timeout.cancel()
-            with self._lock:
-                if attempt.kill_timer is not None:
-                    attempt.kill_timer.cancel()
-            if self._reaper is not None:
-                self._reaper.remove(attempt.process.pid)
-            exit_code = status if status >= 0 else 128 - status
-            if status < 0:
-                reason = f"killed by signal {_signal_name(-status)}"
-            if attempt.stopped:
-                reason = f"{attempt.stopped} ({reason or f'exit {exit_code}'})"
-                exit_code = exit_code or 1
-            told = _read_reason(reason_file)
-            if told and not attempt.stopped:
-                reason = told
-            published, problem = _read_result(result_file)
-            if problem and exit_code == 0:
-                exit_code, reason = 1, problem
-                self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {problem}\n".encode())
+            if refusal or prepared.reason:
+                return refusal
+            setup = prepared.setup
+            try:
+                launch = kind(a.kind).launch(AttemptInput(
+                    task=setup.task or TaskSpec(a.task_id, a.kind, a.command, env=tuple(sorted(a.env.items()))),
+                    command=prepared.command, env=prepared.env, context=setup.context,
+                    variables=self._attempt_variables(a), node_id=self.node_id,
+                    reason_file=str(attempt_dir / REASON_FILE), connections=self._connections,
+                    attempt_dir=str(attempt_dir)))
+                user = None if launch.as_node_user else self._task_user
+                self._fill_scratch(attempt_dir, launch, user)
+                attempt.process = subprocess.Popen(
+                    list(launch.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    start_new_session=True, cwd=attempt_dir,
+                    env={**self._environment(a, launch, attempt_dir / RESULT_FILE), **launch.extra_env},
+                    **process_identity(user),
+                )
+            except CannotStart as e:
+                prepared.reason = str(e)
+            except OSError as e:
+                prepared.reason = f"could not start {a.kind}: {e}"
+        return ""
+
+    def _follow(self, attempt: _Attempt, attempt_dir: Path, prepared: _Prepared,
+                tail: bytearray) -> tuple[int, str, str]:
+        """Store the running process's output (its tail into `tail`) until it ends, under
+        its execution_timeout; then (exit code, reason, published result)."""
+        a, process = attempt.assignment, attempt.process
+        assert process is not None
+        if self._reaper is not None:
+            self._reaper.add(process.pid)
+        log.info("started %s/%s attempt %d (pid %d)", a.run_id, a.task_id, a.attempt, process.pid)
+        timeout = None
+        if prepared.deadline is not None:
+            timeout = threading.Timer(max(0.0, prepared.deadline - time.monotonic()), self._stop,
+                                      (attempt, f"execution_timeout of {prepared.setup.execution_timeout:g}s reached"))
+            timeout.daemon = True
+            timeout.start()
+        self._pump_output(attempt, tail)
+        status = process.wait()
+        if timeout is not None:
+            timeout.cancel()
+        with self._lock:
+            if attempt.kill_timer is not None:
+                attempt.kill_timer.cancel()
+        if self._reaper is not None:
+            self._reaper.remove(process.pid)
+        exit_code = status if status >= 0 else 128 - status
+        reason = f"killed by signal {_signal_name(-status)}" if status < 0 else ""
+        if attempt.stopped:
+            reason = f"{attempt.stopped} ({reason or f'exit {exit_code}'})"
+            exit_code = exit_code or 1
+        told = _read_reason(attempt_dir / REASON_FILE)
+        if told and not attempt.stopped:
+            reason = told
+        published, problem = _read_result(attempt_dir / RESULT_FILE)
+        if problem and exit_code == 0:
+            exit_code, reason = 1, problem
+            self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {problem}\n".encode())
+        return exit_code, reason, published
+
+    def _report_outcome(self, attempt: _Attempt, exit_code: int, reason: str, tail: bytearray,
+                        published: str) -> None:
+        """Close the log and report: TaskFinished, or LoseAttempt if this node was fenced
+        or is shutting down (the attempt did not end on its own)."""
+        a = attempt.assignment
         ended_at = time.time()
         with self._lock:
             stopping = self._stopping.is_set()
