@@ -10,6 +10,13 @@ whether it may be stale). Writes check what they can before proposing, stamp the
 time (this module's `clock`), propose one command, and turn a rejected `Result`
 or a replica that cannot commit into the matching error. Each write returns the
 client API's response message.
+
+Every write takes the client's `request_id` ("" for none; services.py reads it from
+gRPC metadata). It travels in the command's envelope, and apply answers a repeat
+with the first outcome (core/requests.py). A retry this replica already applied is
+answered before the checks (`_write`): they would judge the state the first
+attempt made (a retried cancel would find its run finished, a retried delete its
+DAG gone).
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from difflib import get_close_matches
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from ..core import checks, commands as c
-from ..core.effects import DropRunLogs, StopAttempt
 from ..core.limits import clip, parse_json
 from ..core.model import CLIENT, DagRecord, Run, TaskInstance
 from ..core.params import conf_error as param_conf_error
@@ -80,17 +86,32 @@ class Operations:
         self.clock = clock
 
     # ------------------------------------------------------------ helpers
-    def commit(self, command: c.Command) -> Result:
-        """Propose `command` as a client's request (task stories say so); its accepted
-        Result, else the matching ServiceError."""
+    def commit(self, command: c.Command, request_id: str = "") -> Result:
+        """Propose `command` as a client's request (task stories say so), for the client
+        request `request_id` ("" for none); its accepted Result, else the matching
+        ServiceError."""
         try:
-            result = self.replica.propose(command, proposer=CLIENT)
+            result = self.replica.propose(command, proposer=CLIENT, request_id=request_id)
         except raft.OutcomeUnknown as e:
-            # Not Unavailable: a client must not retry this elsewhere (it could apply twice).
-            raise errors.OutcomeUnknown(f"the write's {e}") from None
+            # Not Unavailable: a retry may apply it twice, unless it carries the same request id.
+            retry = (f"; it carried request id {request_id}: a retry with that id applies it at most once"
+                     if request_id else "")
+            raise errors.OutcomeUnknown(f"the write's {e}{retry}") from None
         except raft.Unavailable as e:
             raise errors.Unavailable(f"cannot commit the write: {e}") from None
         return checked(result)
+
+    def _write(self, request_id: str, command_type: type[c.Command], build: Callable[[], c.Command]) -> Result:
+        """Commit the command `build()` makes (it runs the write's checks first) for the
+        request `request_id`. A request id this replica already applied is answered with
+        its first outcome, without the checks (module doc); one not applied here yet
+        goes through them, and apply de-duplicates it if it committed elsewhere."""
+        if request_id:
+            with self.replica.lock:
+                known = self.replica.state.requests.answer(request_id, command_type.TYPE)
+            if known is not None:
+                return checked(known)
+        return self.commit(build(), request_id)
 
     def meta(self) -> client_pb2.ReadMeta:
         status = self.replica.status()
@@ -132,29 +153,31 @@ class Operations:
             self.record(dag_id)
 
     # ------------------------------------------------------------ DAGs
-    def submit_dags(self, dags: Sequence[DagFile]) -> client_pb2.SubmitDagsResponse:
+    def submit_dags(self, dags: Sequence[DagFile], request_id: str = "") -> client_pb2.SubmitDagsResponse:
         """Submit DAGs all together (one Batch), each checked first: one bad spec or a
         DAG id defined twice and nothing is submitted."""
-        if not dags:
-            raise errors.Invalid("no DAGs in the request")
-        commands: list[c.Command] = []
-        seen: dict[str, str] = {}
-        now = self.clock()
-        for item in dags:
-            name = clip(item.filename)[1:-1] if item.filename else "<request>"
-            try:
-                error = checks.source_error(item.source, item.filename)
-                if error:
-                    raise SpecError(error)
-                spec = DagSpec.from_dict(parse_json(item.spec_json, "the DAG spec"))
-            except ValueError as e:  # SpecError and JsonShapeError are ValueErrors
-                raise errors.Invalid(f"{name}: {e}; nothing was submitted") from None
-            if spec.dag_id in seen:
-                raise errors.Invalid(f"DAG id {spec.dag_id!r} is defined twice ({seen[spec.dag_id]} and {name}); "
-                                     "nothing was submitted")
-            seen[spec.dag_id] = name
-            commands.append(c.SubmitDag(spec.to_dict(), item.source, item.filename, now))
-        result = self.commit(c.Batch(tuple(commands)))
+        def build() -> c.Command:
+            if not dags:
+                raise errors.Invalid("no DAGs in the request")
+            commands: list[c.Command] = []
+            seen: dict[str, str] = {}
+            now = self.clock()
+            for item in dags:
+                name = clip(item.filename)[1:-1] if item.filename else "<request>"
+                try:
+                    error = checks.source_error(item.source, item.filename)
+                    if error:
+                        raise SpecError(error)
+                    spec = DagSpec.from_dict(parse_json(item.spec_json, "the DAG spec"))
+                except ValueError as e:  # SpecError and JsonShapeError are ValueErrors
+                    raise errors.Invalid(f"{name}: {e}; nothing was submitted") from None
+                if spec.dag_id in seen:
+                    raise errors.Invalid(f"DAG id {spec.dag_id!r} is defined twice ({seen[spec.dag_id]} and "
+                                         f"{name}); nothing was submitted")
+                seen[spec.dag_id] = name
+                commands.append(c.SubmitDag(spec.to_dict(), item.source, item.filename, now))
+            return c.Batch(tuple(commands))
+        result = self._write(request_id, c.Batch, build)
         return client_pb2.SubmitDagsResponse(
             dags=[client_pb2.SubmittedDag(**checked(sub).value) for sub in result.value])
 
@@ -187,61 +210,76 @@ class Operations:
                 submitted_at=views.iso(shown.submitted_at), meta=self.meta(),
             )
 
-    def trigger(self, dag_id: str, conf_json: str = "") -> client_pb2.TriggerDagResponse:
+    def trigger(self, dag_id: str, conf_json: str = "", request_id: str = "") -> client_pb2.TriggerDagResponse:
         """A manual run now. `conf_json` must be a JSON object (empty: {}); the run waits
-        while the DAG is paused (the response says so)."""
-        conf = {}
-        if conf_json.strip():
-            try:
-                conf = parse_json(conf_json, "conf")
-            except ValueError as e:
-                raise errors.Invalid(str(e)) from None
-            if not isinstance(conf, dict):
-                raise errors.Invalid(
-                    f"conf must be a JSON object such as '{{\"key\": \"value\"}}', got {type(conf).__name__}")
-        error = checks.conf_error(conf)
-        if error:
-            raise errors.Invalid(error)
-        with self.replica.lock:
-            record = self.record(dag_id)
-            paused, spec = record.paused, record.latest.spec
-        error = param_conf_error(spec.param_schemas, spec.params, conf)
-        if error:
-            raise errors.Invalid(f"DAG {dag_id!r}: {error}")
-        now = self.clock()
-        logical = views.iso(now)
-        result = self.commit(c.CreateRun(
-            run_id=manual_run_id(dag_id, logical), dag_id=dag_id, logical_date=logical,
-            data_interval_start=logical, data_interval_end=logical, trigger="manual", conf=conf, at=now,
-        ))
-        return client_pb2.TriggerDagResponse(run_id=result.value["run_id"], logical_date=logical, dag_paused=paused)
+        while the DAG is paused (the response says so). A repeated request id answers
+        the run its first attempt created."""
+        def build() -> c.Command:
+            conf = {}
+            if conf_json.strip():
+                try:
+                    conf = parse_json(conf_json, "conf")
+                except ValueError as e:
+                    raise errors.Invalid(str(e)) from None
+                if not isinstance(conf, dict):
+                    raise errors.Invalid(
+                        f"conf must be a JSON object such as '{{\"key\": \"value\"}}', got {type(conf).__name__}")
+            error = checks.conf_error(conf)
+            if error:
+                raise errors.Invalid(error)
+            with self.replica.lock:
+                spec = self.record(dag_id).latest.spec
+            error = param_conf_error(spec.param_schemas, spec.params, conf)
+            if error:
+                raise errors.Invalid(f"DAG {dag_id!r}: {error}")
+            now = self.clock()
+            logical = views.iso(now)
+            return c.CreateRun(
+                run_id=manual_run_id(dag_id, logical), dag_id=dag_id, logical_date=logical,
+                data_interval_start=logical, data_interval_end=logical, trigger="manual", conf=conf, at=now,
+            )
+        result = self._write(request_id, c.CreateRun, build)
+        run_id = result.value["run_id"]
+        with self.replica.lock:     # (the run and the DAG as this replica has them, just after the commit)
+            run = self.replica.state.run(run_id)
+            record = self.replica.state.dags.get(dag_id)
+        return client_pb2.TriggerDagResponse(run_id=run_id, logical_date=run.logical_date if run else "",
+                                             dag_paused=record.paused if record else False)
 
-    def backfill(self, dag_id: str, start: str, end: str) -> client_pb2.BackfillDagResponse:
-        self._known_dag(dag_id)
-        try:
-            normalise_instant(start, "start")
-            normalise_instant(end, "end")
-        except SpecError as e:
-            raise errors.Invalid(str(e)) from None
-        result = self.commit(c.Backfill(dag_id, start, end, self.clock()))
+    def backfill(self, dag_id: str, start: str, end: str, request_id: str = "") -> client_pb2.BackfillDagResponse:
+        def build() -> c.Command:
+            self._known_dag(dag_id)
+            try:
+                normalise_instant(start, "start")
+                normalise_instant(end, "end")
+            except SpecError as e:
+                raise errors.Invalid(str(e)) from None
+            return c.Backfill(dag_id, start, end, self.clock())
+        result = self._write(request_id, c.Backfill, build)
         return client_pb2.BackfillDagResponse(created=result.value["created"], existing=result.value["existing"])
 
-    def set_paused(self, dag_id: str, paused: bool) -> client_pb2.SetPausedResponse:
-        self._known_dag(dag_id)
-        self.commit(c.SetPaused(dag_id, paused, self.clock()))
+    def set_paused(self, dag_id: str, paused: bool, request_id: str = "") -> client_pb2.SetPausedResponse:
+        def build() -> c.Command:
+            self._known_dag(dag_id)
+            return c.SetPaused(dag_id, paused, self.clock())
+        self._write(request_id, c.SetPaused, build)
         return client_pb2.SetPausedResponse()
 
-    def delete_dag(self, dag_id: str) -> client_pb2.DeleteDagResponse:
-        self._known_dag(dag_id)
-        result = self.commit(c.DeleteDag(dag_id, self.clock()))
-        return client_pb2.DeleteDagResponse(runs_removed=sum(len(e.run_ids) for e in result.effects_of(DropRunLogs)))
+    def delete_dag(self, dag_id: str, request_id: str = "") -> client_pb2.DeleteDagResponse:
+        def build() -> c.Command:
+            self._known_dag(dag_id)
+            return c.DeleteDag(dag_id, self.clock())
+        result = self._write(request_id, c.DeleteDag, build)
+        return client_pb2.DeleteDagResponse(runs_removed=result.runs_removed)
 
     # ------------------------------------------------------------ pools
-    def set_pool(self, name: str, slots: int) -> client_pb2.SetPoolResponse:
-        error = checks.pool_error(name, slots)
-        if error:
-            raise errors.Invalid(error)
-        self.commit(c.SetPool(name, slots, self.clock()))
+    def set_pool(self, name: str, slots: int, request_id: str = "") -> client_pb2.SetPoolResponse:
+        def build() -> c.Command:
+            error = checks.pool_error(name, slots)
+            if error:
+                raise errors.Invalid(error)
+            return c.SetPool(name, slots, self.clock())
+        self._write(request_id, c.SetPool, build)
         return client_pb2.SetPoolResponse()
 
     def list_pools(self) -> client_pb2.ListPoolsResponse:
@@ -304,35 +342,41 @@ class Operations:
                 if self.replica.state.applied == applied:
                     self.replica.changed.wait(WATCH_KEEPALIVE)
 
-    def cancel_run(self, run_id: str, reason: str = "") -> client_pb2.CancelRunResponse:
-        reason = reason.strip()
-        problem = checks.reason_error(reason)   # (checked again by apply; refused here before it is replicated)
-        if problem:
-            raise errors.Invalid(problem)
-        self._existing_run(run_id)
-        with self.replica.lock:
-            run = self.replica.state.run(run_id)
-        if run is None:
-            raise errors.NotFound(f"no run {clip(run_id)}; `raftflow runs list` shows recent runs")
-        if run.state.terminal:
-            raise errors.Conflict(f"run {run_id!r} has already finished ({run.state.value}); nothing to cancel")
-        result = self.commit(c.CancelRun(run_id, reason or "cancelled by the user", self.clock()))
-        return client_pb2.CancelRunResponse(stopped_attempts=len(result.effects_of(StopAttempt)))
+    def cancel_run(self, run_id: str, reason: str = "", request_id: str = "") -> client_pb2.CancelRunResponse:
+        def build() -> c.Command:
+            why = reason.strip()
+            problem = checks.reason_error(why)   # (checked again by apply; refused here before it is replicated)
+            if problem:
+                raise errors.Invalid(problem)
+            self._existing_run(run_id)
+            with self.replica.lock:
+                run = self.replica.state.run(run_id)
+            if run is None:
+                raise errors.NotFound(f"no run {clip(run_id)}; `raftflow runs list` shows recent runs")
+            if run.state.terminal:
+                raise errors.Conflict(f"run {run_id!r} has already finished ({run.state.value}); nothing to cancel")
+            return c.CancelRun(run_id, why or "cancelled by the user", self.clock())
+        result = self._write(request_id, c.CancelRun, build)
+        return client_pb2.CancelRunResponse(stopped_attempts=result.stopped_attempts)
 
-    def clear_tasks(self, run_id: str, task_ids: Sequence[str], downstream: bool) -> client_pb2.ClearTasksResponse:
-        self._existing_run(run_id)
-        if not task_ids:
-            raise errors.Invalid("name at least one task")
-        result = self.commit(c.ClearTasks(run_id, tuple(task_ids), downstream, "cleared by the user", self.clock()))
-        return client_pb2.ClearTasksResponse(cleared=result.value["cleared"],
-                                             stopped_attempts=len(result.effects_of(StopAttempt)))
+    def clear_tasks(self, run_id: str, task_ids: Sequence[str], downstream: bool,
+                    request_id: str = "") -> client_pb2.ClearTasksResponse:
+        def build() -> c.Command:
+            self._existing_run(run_id)
+            if not task_ids:
+                raise errors.Invalid("name at least one task")
+            return c.ClearTasks(run_id, tuple(task_ids), downstream, "cleared by the user", self.clock())
+        result = self._write(request_id, c.ClearTasks, build)
+        return client_pb2.ClearTasksResponse(cleared=result.value["cleared"], stopped_attempts=result.stopped_attempts)
 
-    def mark_task(self, run_id: str, task_id: str, state: str) -> client_pb2.MarkTaskResponse:
-        self._existing_run(run_id)
-        if state not in (TaskState.SUCCESS.value, TaskState.FAILED.value):
-            raise errors.Invalid(f"a task is marked success or failed, not {clip(state)}")
-        result = self.commit(c.MarkTask(run_id, task_id, state, f"marked {state} by the user", self.clock()))
-        return client_pb2.MarkTaskResponse(stopped_attempts=len(result.effects_of(StopAttempt)))
+    def mark_task(self, run_id: str, task_id: str, state: str, request_id: str = "") -> client_pb2.MarkTaskResponse:
+        def build() -> c.Command:
+            self._existing_run(run_id)
+            if state not in (TaskState.SUCCESS.value, TaskState.FAILED.value):
+                raise errors.Invalid(f"a task is marked success or failed, not {clip(state)}")
+            return c.MarkTask(run_id, task_id, state, f"marked {state} by the user", self.clock())
+        result = self._write(request_id, c.MarkTask, build)
+        return client_pb2.MarkTaskResponse(stopped_attempts=result.stopped_attempts)
 
     # ------------------------------------------------------------ task logs
     def log_location(self, run_id: str, task_id: str, attempt: int = 0) -> LogLocation:

@@ -8,6 +8,9 @@ RESOURCE_EXHAUSTED (too many streams here), UNAVAILABLE (no leader / no quorum,
 or a node holding the data does not answer; nothing changed), DEADLINE_EXCEEDED
 (a write's outcome is unknown), INTERNAL. Peer calls without the cluster token
 are refused before they get here (peers.py: UNAUTHENTICATED).
+
+A write passes on the client's request id (metadata REQUEST_ID, checked here by
+`request_id`), so that its retries apply once (core/requests.py).
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import grpc
 
+from ..core.requests import request_id_error
 from ..proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from ..worker.worker import Assignment
 from . import cluster, errors
 from .cluster import Host
-from .metadata import ANSWERED_BY
+from .metadata import ANSWERED_BY, REQUEST_ID
 from .operations import DagFile, Operations, StreamLimit
 
 # A client stream (watch, log) holds a server thread for its whole life; beyond this
@@ -64,6 +68,21 @@ def _handled(method: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
+def request_id(context: grpc.ServicerContext) -> str:
+    """The write's request id from the call's metadata ("" when the client sent none),
+    or Invalid when it is malformed (nothing is proposed then)."""
+    values = [v for k, v in context.invocation_metadata() or () if k == REQUEST_ID]
+    if not values:
+        return ""
+    if len(values) > 1:
+        raise errors.Invalid(f"send the {REQUEST_ID} metadata once, not {len(values)} times; nothing was changed")
+    value = values[0]
+    error = request_id_error(value)
+    if error:
+        raise errors.Invalid(f"bad {REQUEST_ID} metadata: {error}; nothing was changed")
+    return str(value)
+
+
 def _stream_guard(gen: Iterator[Any], context: grpc.ServicerContext, node_id: str) -> Iterator[Any]:
     try:
         yield from gen
@@ -86,7 +105,8 @@ class ClientService(client_pb2_grpc.ClientServicer):
     # ------------------------------------------------------------ DAGs
     @_handled
     def SubmitDags(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.submit_dags([DagFile(d.filename, d.spec_json, d.source) for d in request.dags])
+        return self.ops.submit_dags([DagFile(d.filename, d.spec_json, d.source) for d in request.dags],
+                                    request_id=request_id(context))
 
     @_handled
     def ListDags(self, request, context):  # type: ignore[no-untyped-def]
@@ -98,24 +118,24 @@ class ClientService(client_pb2_grpc.ClientServicer):
 
     @_handled
     def TriggerDag(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.trigger(request.dag_id, request.conf_json)
+        return self.ops.trigger(request.dag_id, request.conf_json, request_id=request_id(context))
 
     @_handled
     def BackfillDag(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.backfill(request.dag_id, request.start, request.end)
+        return self.ops.backfill(request.dag_id, request.start, request.end, request_id=request_id(context))
 
     @_handled
     def SetPaused(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.set_paused(request.dag_id, request.paused)
+        return self.ops.set_paused(request.dag_id, request.paused, request_id=request_id(context))
 
     @_handled
     def DeleteDag(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.delete_dag(request.dag_id)
+        return self.ops.delete_dag(request.dag_id, request_id=request_id(context))
 
     # ------------------------------------------------------------ pools
     @_handled
     def SetPool(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.set_pool(request.name, request.slots)
+        return self.ops.set_pool(request.name, request.slots, request_id=request_id(context))
 
     @_handled
     def ListPools(self, request, context):  # type: ignore[no-untyped-def]
@@ -132,15 +152,16 @@ class ClientService(client_pb2_grpc.ClientServicer):
 
     @_handled
     def ClearTasks(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.clear_tasks(request.run_id, request.task_ids, request.downstream)
+        return self.ops.clear_tasks(request.run_id, request.task_ids, request.downstream,
+                                    request_id=request_id(context))
 
     @_handled
     def MarkTask(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.mark_task(request.run_id, request.task_id, request.state)
+        return self.ops.mark_task(request.run_id, request.task_id, request.state, request_id=request_id(context))
 
     @_handled
     def CancelRun(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.cancel_run(request.run_id, request.reason)
+        return self.ops.cancel_run(request.run_id, request.reason, request_id=request_id(context))
 
     @_handled
     def WatchRun(self, request, context):  # type: ignore[no-untyped-def]
