@@ -97,6 +97,8 @@ class Operations:
             retry = (f"; it carried request id {request_id}: a retry with that id applies it at most once"
                      if request_id else "")
             raise errors.OutcomeUnknown(f"the write's {e}{retry}") from None
+        except raft.NoQuorum as e:
+            raise errors.NoQuorum(f"cannot commit the write: {e}") from None
         except raft.Unavailable as e:
             raise errors.Unavailable(f"cannot commit the write: {e}") from None
         return checked(result)

@@ -25,7 +25,7 @@ from ..proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from ..worker.worker import Assignment
 from . import cluster, errors
 from .cluster import Host
-from .metadata import ANSWERED_BY, REQUEST_ID
+from .metadata import ANSWERED_BY, NO_QUORUM, REQUEST_ID
 from .operations import DagFile, Operations, StreamLimit
 
 # A client stream (watch, log) holds a server thread for its whole life; beyond this
@@ -39,6 +39,7 @@ _STATUS: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.NoQuorum: grpc.StatusCode.UNAVAILABLE,     # (with trailing NO_QUORUM: not an election)
     # Not UNAVAILABLE: a client must not retry this elsewhere (it could apply twice).
     errors.OutcomeUnknown: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Internal: grpc.StatusCode.INTERNAL,
@@ -49,8 +50,11 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 def abort(context: grpc.ServicerContext, node_id: str, error: errors.ServiceError) -> None:
     """Every error a node sends names the node in trailing metadata (ANSWERED_BY), so a
-    client can tell "a node said UNAVAILABLE" from "no node could be reached"."""
-    context.set_trailing_metadata(((ANSWERED_BY, node_id),))
+    client can tell "a node said UNAVAILABLE" from "no node could be reached"; NO_QUORUM
+    tells "this node reaches no majority" from "no leader yet" (client retries differ)."""
+    trailing = ((ANSWERED_BY, node_id), (NO_QUORUM, "1")) if isinstance(error, errors.NoQuorum) else \
+        ((ANSWERED_BY, node_id),)
+    context.set_trailing_metadata(trailing)
     context.abort(_STATUS.get(type(error), grpc.StatusCode.INTERNAL), error.message)
 
 

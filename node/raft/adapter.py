@@ -79,7 +79,7 @@ from ..core.state import State
 from ..proto import command_pb2
 from ..store.history import RocksArchive
 from .durable import journal_factory
-from .replica import OutcomeUnknown, RaftStatus, SnapshotStatus, Unavailable
+from .replica import NoQuorum, OutcomeUnknown, RaftStatus, SnapshotStatus, Unavailable
 from .snapshot import (
     SnapshotDamaged,
     SnapshotReader,
@@ -459,7 +459,7 @@ class ReplicatedState(SyncObj):
         status = self.status()
         if not status.has_quorum:
             members = len(self._id_by_raft_address)
-            raise Unavailable(
+            raise NoQuorum(
                 f"no quorum: node {self.node_id} reaches {len(status.connected) + 1} of {members} nodes and needs "
                 f"{members // 2 + 1}; nothing was changed. Bring stopped nodes back (writes resume by themselves)")
         done = threading.Event()

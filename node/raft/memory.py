@@ -19,7 +19,7 @@ The model, and what it keeps of the real thing:
   a deposed leader that has not noticed yet.
 - Leadership is what `elect` says (a new term each time); a lagging replica keeps
   its old view, so two replicas can believe they lead, as pysyncobj briefly can.
-- `quorum = False` on a replica makes its proposals raise `Unavailable` (nothing
+- `quorum = False` on a replica makes its proposals raise `NoQuorum` (nothing
   is appended), as the adapter refuses writes without a majority;
   `fail_next(error, commit=...)` makes its next proposal raise `error`, after
   appending the command when `commit` (a timeout whose command still committed).
@@ -34,7 +34,7 @@ from typing import Callable
 from ..core import commands as c
 from ..core.result import Code, Result
 from ..core.state import State
-from .replica import OutcomeUnknown, RaftStatus, SnapshotStatus, Unavailable
+from .replica import NoQuorum, OutcomeUnknown, RaftStatus, SnapshotStatus, Unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +128,7 @@ class MemoryReplica:
                 self._cluster.append(command, proposer or self.node_id, request_id)
             raise error
         if not self.quorum:
-            raise Unavailable(f"no quorum: node {self.node_id} reaches too few nodes; nothing was changed")
+            raise NoQuorum(f"no quorum: node {self.node_id} reaches too few nodes; nothing was changed")
         index = self._cluster.append(command, proposer or self.node_id, request_id)
         self.catch_up()
         return self.results[index]

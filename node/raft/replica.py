@@ -37,6 +37,11 @@ class Unavailable(Exception):
     changed (no leader, no quorum, queue full): retrying elsewhere is safe."""
 
 
+class NoQuorum(Unavailable):
+    """This node reaches too few nodes for a majority: nothing was changed, and writes
+    wait for nodes (or the network) to come back, not for an election to end."""
+
+
 class OutcomeUnknown(Unavailable):
     """The command may or may not commit (timeout, leadership changed meanwhile):
     retrying could do it twice."""

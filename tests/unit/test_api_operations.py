@@ -16,7 +16,7 @@ import pytest
 from core_support import T0, dag_dict, iso, task
 from raftflow.api import errors
 from raftflow.api.cluster import cluster_status, task_log
-from raftflow.api.metadata import ANSWERED_BY, REQUEST_ID
+from raftflow.api.metadata import ANSWERED_BY, NO_QUORUM, REQUEST_ID
 from raftflow.api.operations import DagFile, Operations, StreamLimit
 from raftflow.api.services import ClientService
 from raftflow.config import NodeConfig, Peer
@@ -26,7 +26,7 @@ from raftflow.core.states import TaskState
 from raftflow.leader.loop import Liveness
 from raftflow.proto import client_pb2
 from raftflow.raft.memory import MemoryReplica
-from raftflow.raft.replica import OutcomeUnknown
+from raftflow.raft.replica import OutcomeUnknown, Unavailable
 from twin_support import MEMBERS, leading_replica
 
 
@@ -406,3 +406,18 @@ def test_the_servicer_refuses_a_malformed_request_id_and_proposes_nothing(
         service.SetPool(client_pb2.SetPoolRequest(name="p", slots=2), context)
     assert context.code is grpc.StatusCode.INVALID_ARGUMENT and details in context.details
     assert _log_size(ops) == size
+
+
+def test_the_servicer_tells_no_quorum_from_an_election(tmp_path: Path, ops: Operations) -> None:
+    service = ClientService(_host(tmp_path, ops.replica, FakePeers({})), ops)
+    ops.replica.quorum = False
+    cut_off = FakeContext()
+    with pytest.raises(Aborted):
+        service.SetPool(client_pb2.SetPoolRequest(name="p", slots=2), cut_off)
+    assert (cut_off.code, cut_off.trailing) == (grpc.StatusCode.UNAVAILABLE, ((ANSWERED_BY, "n1"), (NO_QUORUM, "1")))
+    ops.replica.quorum = True
+    ops.replica.fail_next(Unavailable("no leader: the cluster is electing one; retry shortly"))
+    electing = FakeContext()
+    with pytest.raises(Aborted):
+        service.SetPool(client_pb2.SetPoolRequest(name="p", slots=2), electing)
+    assert (electing.code, electing.trailing) == (grpc.StatusCode.UNAVAILABLE, ((ANSWERED_BY, "n1"),))

@@ -7,7 +7,9 @@ the cluster has no quorum); 2 usage or invalid input (nothing was changed);
 
 The cluster address is --cluster HOST:PORT,..., else $RAFTFLOW_CLUSTER, else the
 nodes of the local cluster tools/up started (.raftflow/cluster.json), else
-127.0.0.1:50051-50053. Each is tried until one answers.
+127.0.0.1:50051-50053. Each is tried until one answers. Writes are retried across
+nodes and leader elections for --retry-for seconds (else $RAFTFLOW_RETRY_FOR, else 10),
+with one request id that the cluster applies once (a retried trigger never makes two runs).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from raftflow.core.limits import parse_json
 from raftflow.core.spec import DagSpec, schedule_note
 from raftflow.core.states import RunState, TaskState
 
-from .client import ApiError, ClusterClient, ClusterUnreachable
+from .client import DEFAULT_RETRY_FOR, MAX_RETRY_FOR, ApiError, ClusterClient, ClusterUnreachable
 from .loader import DEFAULT_TIMEOUT, LoadError, load_paths
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -50,6 +52,19 @@ def cluster_addresses(flag: str | None) -> list[str]:
     if manifest.exists():
         return [n["grpc"] for n in json.loads(manifest.read_text())["nodes"]]
     return DEFAULT_ADDRESSES
+
+
+def retry_seconds(text: str) -> float:
+    """--retry-for / $RAFTFLOW_RETRY_FOR: seconds, 0 to MAX_RETRY_FOR."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--retry-for (or $RAFTFLOW_RETRY_FOR) takes seconds, e.g. 10, not {text!r}") from None
+    if not 0 <= seconds <= MAX_RETRY_FOR:
+        raise argparse.ArgumentTypeError(
+            f"--retry-for (or $RAFTFLOW_RETRY_FOR) is 0 to {MAX_RETRY_FOR:g} seconds, not {text}")
+    return seconds
 
 
 # ---------------------------------------------------------------- output helpers
@@ -495,6 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 operation failed, 2 usage or invalid input, 3 cluster unreachable.")
     parser.add_argument("--cluster", help="node addresses HOST:PORT,... (default: $RAFTFLOW_CLUSTER, "
                                           "else the local cluster from tools/up)")
+    parser.add_argument("--retry-for", type=retry_seconds, metavar="SECONDS",
+                        default=os.environ.get("RAFTFLOW_RETRY_FOR", str(DEFAULT_RETRY_FOR)),
+                        help=f"retry a write across node failures and leader elections this long (default: "
+                             f"$RAFTFLOW_RETRY_FOR, else {DEFAULT_RETRY_FOR:g}; 0 to {MAX_RETRY_FOR:g}); the cluster "
+                             "applies it once however often it is retried")
     sub = parser.add_subparsers(dest="group", required=True, metavar="{dags,runs,tasks,pools,connections,cluster,node}")
 
     def verb(group: argparse._SubParsersAction, name: str, func: Callable, help: str,
@@ -594,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.group == "node":
         from raftflow.main import run
         return run(args)
-    client = ClusterClient(cluster_addresses(args.cluster))
+    client = ClusterClient(cluster_addresses(args.cluster), retry_for=args.retry_for)
     try:
         return args.func(client, args)
     except UsageError as e:
