@@ -78,6 +78,7 @@ class ClusterClient:
         self.addresses = addresses
         self.timeout = timeout
         self.retry_for = retry_for
+        self.retried_writes = 0      # writes that succeeded after more than one attempt (tools report it)
         self._channels: dict[str, grpc.Channel] = {}
         self._preferred = 0
 
@@ -162,6 +163,8 @@ class ClusterClient:
                         no_quorum += 1
                     continue
                 self._preferred = i
+                if attempts > 1:
+                    self.retried_writes += 1
                 return response
             now = time.monotonic()
             if no_quorum < len(order):
