@@ -49,9 +49,10 @@ DEFAULT_RETRY_FOR = 10.0
 MAX_RETRY_FOR = 300.0
 FIRST_BACKOFF, MAX_BACKOFF = 0.1, 1.0
 NO_QUORUM_PATIENCE = 1.0
-# A node answers a write within its own proposal timeout (5 s, then DEADLINE_EXCEEDED):
-# one that is silent longer (paused, or cut off) is left for the next node.
-WRITE_ATTEMPT_TIMEOUT = 6.0
+# A healthy node commits a write in well under a second. One silent for longer (paused,
+# cut off, or waiting for an election) is left for the next node: the abandoned attempt
+# may still commit, which the request id makes harmless (its retry gets that answer).
+WRITE_ATTEMPT_TIMEOUT = 2.0
 MIN_ATTEMPT_TIMEOUT = 0.5
 # Answers after which a write is tried again (with its request id).
 _RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
@@ -154,9 +155,12 @@ class ClusterClient:
                     error = _classify(e, address)
                     if error is not None and error.code not in _RETRIED:
                         raise error from None
-                    code = e.code()
-                    maybe_applied = maybe_applied or code is grpc.StatusCode.DEADLINE_EXCEEDED
-                    last = (address, code, e.details() or code.name, error is not None)
+                    code, details = e.code(), e.details() or e.code().name
+                    # Unknown outcomes: a timeout, or a connection lost after the request left
+                    # (unlike one that never connected).
+                    maybe_applied = maybe_applied or code is grpc.StatusCode.DEADLINE_EXCEEDED or (
+                        error is None and "failed to connect" not in details.lower())
+                    last = (address, code, details, error is not None)
                     if error is None:
                         silent = [n for n in silent if n != i] + [i]
                     elif dict(e.trailing_metadata() or ()).get(NO_QUORUM):
