@@ -16,7 +16,9 @@ gRPC metadata). It travels in the command's envelope, and apply answers a repeat
 with the first outcome (core/requests.py). A retry this replica already applied is
 answered before the checks (`_write`): they would judge the state the first
 attempt made (a retried cancel would find its run finished, a retried delete its
-DAG gone).
+DAG gone). A check that finds no such DAG or run on a replica that may be behind
+(no leader known, committed entries not yet applied: a node just restarted) is
+Unavailable, which clients retry, not NotFound.
 """
 
 from __future__ import annotations
@@ -113,7 +115,26 @@ class Operations:
                 known = self.replica.state.requests.answer(request_id, command_type.TYPE)
             if known is not None:
                 return checked(known)
-        return self.commit(build(), request_id)
+        try:
+            command = build()
+        except errors.NotFound as e:
+            behind = self._behind()
+            if behind:   # (the DAG or run may exist in entries this replica has not applied yet)
+                raise errors.Unavailable(f"{behind}, so it cannot check this write yet ({e.message}); nothing was "
+                                         "changed: retry, or use another node") from None
+            raise
+        return self.commit(command, request_id)
+
+    def _behind(self) -> str:
+        """Why this replica may not hold every committed entry ("" if it has applied all it
+        knows of and knows a leader): it is starting, electing, or catching up."""
+        status = self.replica.status()
+        if status.leader_id is None:
+            return f"node {self.node_id} knows no leader yet (it is starting, or an election is under way)"
+        if status.last_applied < status.commit_index:
+            return (f"node {self.node_id} is catching up with the cluster (it applied {status.last_applied} of "
+                    f"{status.commit_index} committed entries)")
+        return ""
 
     def meta(self) -> client_pb2.ReadMeta:
         status = self.replica.status()

@@ -318,3 +318,16 @@ def test_an_operation_refuses_an_id_used_for_another_write() -> None:
     with pytest.raises(errors.Invalid, match="already used for a create_run command"):
         ops.set_paused("d", True, request_id=RID)
     assert not cluster.replicas["n1"].state.dags["d"].paused
+
+
+def test_a_replica_that_is_behind_answers_a_missing_dag_as_unavailable_not_not_found() -> None:
+    cluster, clock = _twin()
+    late = cluster.replica("n3")     # (applies the log so far as it joins)
+    late.lag()
+    _ops(cluster, "n1", clock).submit_dags([DagFile("e.py", json.dumps(dag_dict("e", [task("a")])), "# e")])
+    with pytest.raises(errors.Unavailable, match="node n3 is catching up with the cluster .*no DAG 'e'"):
+        _ops(cluster, "n3", clock).trigger("e", request_id=RID)
+    late.catch_up()
+    assert _ops(cluster, "n3", clock).trigger("e", request_id=RID).run_id.startswith("manual__e__")
+    with pytest.raises(errors.NotFound, match="no DAG 'nope'"):     # up to date: the DAG really is missing
+        _ops(cluster, "n3", clock).trigger("nope")
