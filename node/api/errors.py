@@ -37,6 +37,11 @@ class Unavailable(ServiceError):
     answer); nothing changed, so retrying, elsewhere too, is safe."""
 
 
+class NoQuorum(Unavailable):
+    """Unavailable because this node reaches no majority of nodes: unlike an election,
+    that does not end by itself within seconds (nodes or the network must come back)."""
+
+
 class OutcomeUnknown(ServiceError):
     """A write may or may not have happened: check before retrying (it could apply twice)."""
 

@@ -10,6 +10,15 @@ whether it may be stale). Writes check what they can before proposing, stamp the
 time (this module's `clock`), propose one command, and turn a rejected `Result`
 or a replica that cannot commit into the matching error. Each write returns the
 client API's response message.
+
+Every write takes the client's `request_id` ("" for none; services.py reads it from
+gRPC metadata). It travels in the command's envelope, and apply answers a repeat
+with the first outcome (core/requests.py). A retry this replica already applied is
+answered before the checks (`_write`): they would judge the state the first
+attempt made (a retried cancel would find its run finished, a retried delete its
+DAG gone). A check that finds no such DAG or run on a replica that may be behind
+(no leader known, committed entries not yet applied: a node just restarted) is
+Unavailable, which clients retry, not NotFound.
 """
 
 from __future__ import annotations
@@ -23,10 +32,10 @@ from difflib import get_close_matches
 from typing import Callable, Iterator, Sequence, TypeVar
 
 from ..core import checks, commands as c, handlers_dags
-from ..core.effects import DropRunLogs, StopAttempt
 from ..core.limits import clip, parse_json
 from ..core.model import CLIENT, FILE_ADMIN, MAX_TOKENS, DagRecord, Role, Run, TaskInstance
 from ..core.params import conf_error as param_conf_error
+from ..core.requests import part_request_id
 from ..core.result import Code, Rejected, Result
 from ..core.run_ids import manual_run_id
 from ..core.schedule import iso
@@ -76,6 +85,10 @@ class LogLocation:
     node: str
 
 
+def _backfill_response(result: Result) -> client_pb2.BackfillDagResponse:
+    return client_pb2.BackfillDagResponse(created=result.value["created"], existing=result.value["existing"])
+
+
 def checked(result: Result) -> Result:
     """`result`, or the error its code stands for (with apply's reason as the message)."""
     if not result.ok:
@@ -92,19 +105,56 @@ class Operations:
         self.clock = clock
 
     # ------------------------------------------------------------ helpers
-    def commit(self, command: c.Command) -> Result:
+    def commit(self, command: c.Command, request_id: str = "") -> Result:
         """Propose `command` as the current caller's request (`token:NAME`, or CLIENT
-        outside an authenticated call): task stories and runs' triggered_by name it.
-        Its accepted Result, else the matching ServiceError."""
+        outside an authenticated call: task stories and runs' triggered_by name it), for
+        the client request `request_id` ("" for none). Its accepted Result, else the
+        matching ServiceError."""
         caller = current_caller()
         try:
-            result = self.replica.propose(command, proposer=caller.proposer if caller else CLIENT)
+            result = self.replica.propose(command, proposer=caller.proposer if caller else CLIENT,
+                                          request_id=request_id)
         except raft.OutcomeUnknown as e:
-            # Not Unavailable: a client must not retry this elsewhere (it could apply twice).
-            raise errors.OutcomeUnknown(f"the write's {e}") from None
+            # Not Unavailable: a retry may apply it twice, unless it carries the same request id.
+            retry = (f"; it carried request id {request_id}: a retry with that id applies it at most once"
+                     if request_id else "")
+            raise errors.OutcomeUnknown(f"the write's {e}{retry}") from None
+        except raft.NoQuorum as e:
+            raise errors.NoQuorum(f"cannot commit the write: {e}") from None
         except raft.Unavailable as e:
             raise errors.Unavailable(f"cannot commit the write: {e}") from None
         return checked(result)
+
+    def _write(self, request_id: str, command_type: type[c.Command], build: Callable[[], c.Command]) -> Result:
+        """Commit the command `build()` makes (it runs the write's checks first) for the
+        request `request_id`. A request id this replica already applied is answered with
+        its first outcome, without the checks (module doc); one not applied here yet
+        goes through them, and apply de-duplicates it if it committed elsewhere."""
+        if request_id:
+            with self.replica.lock:
+                known = self.replica.state.requests.answer(request_id, command_type.TYPE)
+            if known is not None:
+                return checked(known)
+        try:
+            command = build()
+        except errors.NotFound as e:
+            behind = self._behind()
+            if behind:   # (the DAG or run may exist in entries this replica has not applied yet)
+                raise errors.Unavailable(f"{behind}, so it cannot check this write yet ({e.message}); nothing was "
+                                         "changed: retry, or use another node") from None
+            raise
+        return self.commit(command, request_id)
+
+    def _behind(self) -> str:
+        """Why this replica may not hold every committed entry ("" if it has applied all it
+        knows of and knows a leader): it is starting, electing, or catching up."""
+        status = self.replica.status()
+        if status.leader_id is None:
+            return f"node {self.node_id} knows no leader yet (it is starting, or an election is under way)"
+        if status.last_applied < status.commit_index:
+            return (f"node {self.node_id} is catching up with the cluster (it applied {status.last_applied} of "
+                    f"{status.commit_index} committed entries)")
+        return ""
 
     def meta(self) -> client_pb2.ReadMeta:
         status = self.replica.status()
@@ -146,29 +196,31 @@ class Operations:
             self.record(dag_id)
 
     # ------------------------------------------------------------ DAGs
-    def submit_dags(self, dags: Sequence[DagFile]) -> client_pb2.SubmitDagsResponse:
+    def submit_dags(self, dags: Sequence[DagFile], request_id: str = "") -> client_pb2.SubmitDagsResponse:
         """Submit DAGs all together (one Batch), each checked first: one bad spec or a
         DAG id defined twice and nothing is submitted."""
-        if not dags:
-            raise errors.Invalid("no DAGs in the request")
-        commands: list[c.Command] = []
-        seen: dict[str, str] = {}
-        now = self.clock()
-        for item in dags:
-            name = clip(item.filename)[1:-1] if item.filename else "<request>"
-            try:
-                error = checks.source_error(item.source, item.filename)
-                if error:
-                    raise SpecError(error)
-                spec = DagSpec.from_dict(parse_json(item.spec_json, "the DAG spec"))
-            except ValueError as e:  # SpecError and JsonShapeError are ValueErrors
-                raise errors.Invalid(f"{name}: {e}; nothing was submitted") from None
-            if spec.dag_id in seen:
-                raise errors.Invalid(f"DAG id {spec.dag_id!r} is defined twice ({seen[spec.dag_id]} and {name}); "
-                                     "nothing was submitted")
-            seen[spec.dag_id] = name
-            commands.append(c.SubmitDag(spec.to_dict(), item.source, item.filename, now))
-        result = self.commit(c.Batch(tuple(commands)))
+        def build() -> c.Command:
+            if not dags:
+                raise errors.Invalid("no DAGs in the request")
+            commands: list[c.Command] = []
+            seen: dict[str, str] = {}
+            now = self.clock()
+            for item in dags:
+                name = clip(item.filename)[1:-1] if item.filename else "<request>"
+                try:
+                    error = checks.source_error(item.source, item.filename)
+                    if error:
+                        raise SpecError(error)
+                    spec = DagSpec.from_dict(parse_json(item.spec_json, "the DAG spec"))
+                except ValueError as e:  # SpecError and JsonShapeError are ValueErrors
+                    raise errors.Invalid(f"{name}: {e}; nothing was submitted") from None
+                if spec.dag_id in seen:
+                    raise errors.Invalid(f"DAG id {spec.dag_id!r} is defined twice ({seen[spec.dag_id]} and "
+                                         f"{name}); nothing was submitted")
+                seen[spec.dag_id] = name
+                commands.append(c.SubmitDag(spec.to_dict(), item.source, item.filename, now))
+            return c.Batch(tuple(commands))
+        result = self._write(request_id, c.Batch, build)
         return client_pb2.SubmitDagsResponse(
             dags=[client_pb2.SubmittedDag(**checked(sub).value) for sub in result.value])
 
@@ -201,43 +253,63 @@ class Operations:
                 submitted_at=views.iso(shown.submitted_at), meta=self.meta(),
             )
 
-    def trigger(self, dag_id: str, conf_json: str = "") -> client_pb2.TriggerDagResponse:
+    def trigger(self, dag_id: str, conf_json: str = "", request_id: str = "") -> client_pb2.TriggerDagResponse:
         """A manual run now. `conf_json` must be a JSON object (empty: {}); the run waits
-        while the DAG is paused (the response says so)."""
-        conf = {}
-        if conf_json.strip():
-            try:
-                conf = parse_json(conf_json, "conf")
-            except ValueError as e:
-                raise errors.Invalid(str(e)) from None
-            if not isinstance(conf, dict):
-                raise errors.Invalid(
-                    f"conf must be a JSON object such as '{{\"key\": \"value\"}}', got {type(conf).__name__}")
-        error = checks.conf_error(conf)
-        if error:
-            raise errors.Invalid(error)
-        with self.replica.lock:
-            record = self.record(dag_id)
-            paused, spec = record.paused, record.latest.spec
-        error = param_conf_error(spec.param_schemas, spec.params, conf)
-        if error:
-            raise errors.Invalid(f"DAG {dag_id!r}: {error}")
-        now = self.clock()
-        logical = views.iso(now)
-        result = self.commit(c.CreateRun(
-            run_id=manual_run_id(dag_id, logical), dag_id=dag_id, logical_date=logical,
-            data_interval_start=logical, data_interval_end=logical, trigger="manual", conf=conf, at=now,
-        ))
-        return client_pb2.TriggerDagResponse(run_id=result.value["run_id"], logical_date=logical, dag_paused=paused)
+        while the DAG is paused (the response says so). A repeated request id answers
+        the run its first attempt created."""
+        def build() -> c.Command:
+            conf = {}
+            if conf_json.strip():
+                try:
+                    conf = parse_json(conf_json, "conf")
+                except ValueError as e:
+                    raise errors.Invalid(str(e)) from None
+                if not isinstance(conf, dict):
+                    raise errors.Invalid(
+                        f"conf must be a JSON object such as '{{\"key\": \"value\"}}', got {type(conf).__name__}")
+            error = checks.conf_error(conf)
+            if error:
+                raise errors.Invalid(error)
+            with self.replica.lock:
+                spec = self.record(dag_id).latest.spec
+            error = param_conf_error(spec.param_schemas, spec.params, conf)
+            if error:
+                raise errors.Invalid(f"DAG {dag_id!r}: {error}")
+            now = self.clock()
+            logical = views.iso(now)
+            return c.CreateRun(
+                run_id=manual_run_id(dag_id, logical), dag_id=dag_id, logical_date=logical,
+                data_interval_start=logical, data_interval_end=logical, trigger="manual", conf=conf, at=now,
+            )
+        result = self._write(request_id, c.CreateRun, build)
+        run_id = result.value["run_id"]
+        with self.replica.lock:     # (the run and the DAG as this replica has them, just after the commit)
+            run = self.replica.state.run(run_id)
+            record = self.replica.state.dags.get(dag_id)
+        return client_pb2.TriggerDagResponse(run_id=run_id, logical_date=run.logical_date if run else "",
+                                             dag_paused=record.paused if record else False)
 
-    def backfill(self, dag_id: str, start: str, end: str) -> client_pb2.BackfillDagResponse:
-        self._known_dag(dag_id)
-        try:
-            normalise_instant(start, "start")
-            normalise_instant(end, "end")
-        except SpecError as e:
-            raise errors.Invalid(str(e)) from None
+    def backfill(self, dag_id: str, start: str, end: str, request_id: str = "") -> client_pb2.BackfillDagResponse:
+        """The runs of the schedule's ticks in [start, end] that have none. A range of
+        more ticks than one command may hold (BACKFILL_*_PER_COMMAND) is committed as
+        Backfills of consecutive windows of them, the i-th under the request id
+        `part_request_id(request_id, i)`, so a retried call commits each window once."""
+        def build() -> c.Command:
+            self._known_dag(dag_id)
+            try:
+                normalise_instant(start, "start")
+                normalise_instant(end, "end")
+            except SpecError as e:
+                raise errors.Invalid(str(e)) from None
+            return c.Backfill(dag_id, start, end, now)
+
         now = self.clock()
+        if request_id:
+            with self.replica.lock:
+                known = self.replica.state.requests.answer(request_id, c.Backfill.TYPE)
+            if known is not None:
+                return _backfill_response(checked(known))
+        build()     # (the checks)
         with self.replica.lock:
             spec = self.record(dag_id).latest.spec      # (immutable: read on outside the lock)
         try:
@@ -249,8 +321,7 @@ class Operations:
             raise
         per_command = max(1, min(BACKFILL_TICKS_PER_COMMAND, BACKFILL_TASKS_PER_COMMAND // len(spec.tasks)))
         if len(ticks) <= per_command:
-            result = self.commit(c.Backfill(dag_id, start, end, now))
-            return client_pb2.BackfillDagResponse(created=result.value["created"], existing=result.value["existing"])
+            return _backfill_response(self._write(request_id, c.Backfill, build))
         # Consecutive windows of the ticks, each a Backfill of exactly its ticks; a window
         # whose ticks all have runs already needs no write.
         missing = {tick for tick, _, _ in plan.missing}
@@ -260,21 +331,30 @@ class Operations:
             window = ticks[i:i + per_command]
             if missing.isdisjoint(window):
                 continue
-            result = self.commit(c.Backfill(dag_id, iso(window[0]), iso(window[-1]), now))
+            part = c.Backfill(dag_id, iso(window[0]), iso(window[-1]), now)
+            result = self._write(part_request_id(request_id, i // per_command), c.Backfill, lambda: part)
             created += result.value["created"]
             existing.update(result.value["existing"])
         return client_pb2.BackfillDagResponse(created=created, existing=sorted(existing))
 
-    def set_paused(self, dag_id: str, paused: bool) -> client_pb2.SetPausedResponse:
-        self._known_dag(dag_id)
-        self.commit(c.SetPaused(dag_id, paused, self.clock()))
+    def set_paused(self, dag_id: str, paused: bool, request_id: str = "") -> client_pb2.SetPausedResponse:
+        def build() -> c.Command:
+            self._known_dag(dag_id)
+            return c.SetPaused(dag_id, paused, self.clock())
+        self._write(request_id, c.SetPaused, build)
         return client_pb2.SetPausedResponse()
 
-    def delete_dag(self, dag_id: str) -> client_pb2.DeleteDagResponse:
+    def delete_dag(self, dag_id: str, request_id: str = "") -> client_pb2.DeleteDagResponse:
         """Refused (nothing changed) while the DAG has unfinished runs. Otherwise its
-        finished runs go first, DELETE_BATCH at a time, then the DAG: if a new run
-        starts in between, the DeleteDag is refused and the history removed so far
-        stays removed (asking again finishes the job once that run ends)."""
+        finished runs go first, DELETE_BATCH at a time (PruneRuns: a repeat skips the
+        runs already gone), then the DAG under `request_id`: if a new run starts in
+        between, the DeleteDag is refused and the history removed so far stays removed
+        (asking again finishes the job once that run ends)."""
+        if request_id:
+            with self.replica.lock:
+                known = self.replica.state.requests.answer(request_id, c.DeleteDag.TYPE)
+            if known is not None:
+                return client_pb2.DeleteDagResponse(runs_removed=checked(known).runs_removed)
         with self.replica.lock:
             self.record(dag_id)
             conflict = handlers_dags.delete_conflict(self.replica.state, dag_id)
@@ -283,19 +363,18 @@ class Operations:
             raise errors.Conflict(conflict)
         removed = 0
         for start in range(0, len(history) - DELETE_BATCH, DELETE_BATCH):
-            batch = tuple(history[start:start + DELETE_BATCH])
-            result = self.commit(c.PruneRuns(batch, self.clock()))
-            removed += sum(len(e.run_ids) for e in result.effects_of(DropRunLogs))
-        result = self.commit(c.DeleteDag(dag_id, self.clock()))
-        removed += sum(len(e.run_ids) for e in result.effects_of(DropRunLogs))
-        return client_pb2.DeleteDagResponse(runs_removed=removed)
+            removed += self.commit(c.PruneRuns(tuple(history[start:start + DELETE_BATCH]), self.clock())).runs_removed
+        result = self._write(request_id, c.DeleteDag, lambda: c.DeleteDag(dag_id, self.clock()))
+        return client_pb2.DeleteDagResponse(runs_removed=removed + result.runs_removed)
 
     # ------------------------------------------------------------ pools
-    def set_pool(self, name: str, slots: int) -> client_pb2.SetPoolResponse:
-        error = checks.pool_error(name, slots)
-        if error:
-            raise errors.Invalid(error)
-        self.commit(c.SetPool(name, slots, self.clock()))
+    def set_pool(self, name: str, slots: int, request_id: str = "") -> client_pb2.SetPoolResponse:
+        def build() -> c.Command:
+            error = checks.pool_error(name, slots)
+            if error:
+                raise errors.Invalid(error)
+            return c.SetPool(name, slots, self.clock())
+        self._write(request_id, c.SetPool, build)
         return client_pb2.SetPoolResponse()
 
     def list_pools(self) -> client_pb2.ListPoolsResponse:
@@ -358,53 +437,73 @@ class Operations:
                 if self.replica.state.applied == applied:
                     self.replica.changed.wait(WATCH_KEEPALIVE)
 
-    def cancel_run(self, run_id: str, reason: str = "") -> client_pb2.CancelRunResponse:
-        reason = reason.strip()
-        problem = checks.reason_error(reason)   # (checked again by apply; refused here before it is replicated)
-        if problem:
-            raise errors.Invalid(problem)
-        self._existing_run(run_id)
-        with self.replica.lock:
-            run = self.replica.state.run(run_id)
-        if run is None:
-            raise errors.NotFound(f"no run {clip(run_id)}; `raftflow runs list` shows recent runs")
-        if run.state.terminal:
-            raise errors.Conflict(f"run {run_id!r} has already finished ({run.state.value}); nothing to cancel")
-        result = self.commit(c.CancelRun(run_id, reason or "cancelled by the user", self.clock()))
-        return client_pb2.CancelRunResponse(stopped_attempts=len(result.effects_of(StopAttempt)))
+    def cancel_run(self, run_id: str, reason: str = "", request_id: str = "") -> client_pb2.CancelRunResponse:
+        def build() -> c.Command:
+            why = reason.strip()
+            problem = checks.reason_error(why)   # (checked again by apply; refused here before it is replicated)
+            if problem:
+                raise errors.Invalid(problem)
+            self._existing_run(run_id)
+            with self.replica.lock:
+                run = self.replica.state.run(run_id)
+            if run is None:
+                raise errors.NotFound(f"no run {clip(run_id)}; `raftflow runs list` shows recent runs")
+            if run.state.terminal:
+                raise errors.Conflict(f"run {run_id!r} has already finished ({run.state.value}); nothing to cancel")
+            return c.CancelRun(run_id, why or "cancelled by the user", self.clock())
+        result = self._write(request_id, c.CancelRun, build)
+        return client_pb2.CancelRunResponse(stopped_attempts=result.stopped_attempts)
 
-    def clear_tasks(self, run_id: str, task_ids: Sequence[str], downstream: bool) -> client_pb2.ClearTasksResponse:
-        self._existing_run(run_id)
-        if not task_ids:
-            raise errors.Invalid("name at least one task")
-        result = self.commit(c.ClearTasks(run_id, tuple(task_ids), downstream, "cleared by the user", self.clock()))
-        return client_pb2.ClearTasksResponse(cleared=result.value["cleared"],
-                                             stopped_attempts=len(result.effects_of(StopAttempt)))
+    def clear_tasks(self, run_id: str, task_ids: Sequence[str], downstream: bool,
+                    request_id: str = "") -> client_pb2.ClearTasksResponse:
+        def build() -> c.Command:
+            self._existing_run(run_id)
+            if not task_ids:
+                raise errors.Invalid("name at least one task")
+            return c.ClearTasks(run_id, tuple(task_ids), downstream, "cleared by the user", self.clock())
+        result = self._write(request_id, c.ClearTasks, build)
+        return client_pb2.ClearTasksResponse(cleared=result.value["cleared"], stopped_attempts=result.stopped_attempts)
 
-    def mark_task(self, run_id: str, task_id: str, state: str) -> client_pb2.MarkTaskResponse:
-        self._existing_run(run_id)
-        if state not in (TaskState.SUCCESS.value, TaskState.FAILED.value):
-            raise errors.Invalid(f"a task is marked success or failed, not {clip(state)}")
-        result = self.commit(c.MarkTask(run_id, task_id, state, f"marked {state} by the user", self.clock()))
-        return client_pb2.MarkTaskResponse(stopped_attempts=len(result.effects_of(StopAttempt)))
+    def mark_task(self, run_id: str, task_id: str, state: str, request_id: str = "") -> client_pb2.MarkTaskResponse:
+        def build() -> c.Command:
+            self._existing_run(run_id)
+            if state not in (TaskState.SUCCESS.value, TaskState.FAILED.value):
+                raise errors.Invalid(f"a task is marked success or failed, not {clip(state)}")
+            return c.MarkTask(run_id, task_id, state, f"marked {state} by the user", self.clock())
+        result = self._write(request_id, c.MarkTask, build)
+        return client_pb2.MarkTaskResponse(stopped_attempts=result.stopped_attempts)
 
     # ------------------------------------------------------------ tokens
-    def create_token(self, name: str, role: str, expires_days: int = 0) -> client_pb2.CreateTokenResponse:
-        """A new token; its secret is in this response only (the replica keeps its hash)."""
-        error = checks.token_name_error(name) or checks.role_error(role) or checks.token_days_error(expires_days)
-        if error:
-            raise errors.Invalid(error)
-        with self.replica.lock:
-            tokens = self.replica.state.tokens
-            if name in tokens:
-                raise errors.Conflict(f"a token named {name!r} exists; revoke it first or choose another name")
-            if len(tokens) >= MAX_TOKENS:
-                raise errors.Conflict(f"the cluster already has {MAX_TOKENS} tokens, its limit; revoke unused ones")
-        caller = current_caller()
+    def create_token(self, name: str, role: str, expires_days: int = 0,
+                     request_id: str = "") -> client_pb2.CreateTokenResponse:
+        """A new token; its secret is in this response only (the replica keeps its hash).
+        A retry of a request whose first attempt created the token cannot show that
+        secret (nobody has it): it is refused with what to do."""
         secret = new_secret()
         now = self.clock()
-        expires_at = now + expires_days * checks.DAY if expires_days else 0.0
-        self.commit(c.CreateToken(name, role, hash_secret(secret), expires_at, caller.name if caller else CLIENT, now))
+
+        def build() -> c.Command:
+            error = checks.token_name_error(name) or checks.role_error(role) or checks.token_days_error(expires_days)
+            if error:
+                raise errors.Invalid(error)
+            with self.replica.lock:
+                tokens = self.replica.state.tokens
+                if name in tokens:
+                    raise errors.Conflict(f"a token named {name!r} exists; revoke it first or choose another name")
+                if len(tokens) >= MAX_TOKENS:
+                    raise errors.Conflict(f"the cluster already has {MAX_TOKENS} tokens, its limit; revoke unused ones")
+            caller = current_caller()
+            expires_at = now + expires_days * checks.DAY if expires_days else 0.0
+            return c.CreateToken(name, role, hash_secret(secret), expires_at, caller.name if caller else CLIENT, now)
+
+        result = self._write(request_id, c.CreateToken, build)
+        if result.replay is not None:
+            raise errors.Conflict(f"token {name!r} was created by an earlier attempt of this request whose answer "
+                                  "was lost, so its secret cannot be shown: `raftflow tokens revoke` it and create "
+                                  "it again")
+        with self.replica.lock:
+            record = self.replica.state.tokens.get(name)
+        expires_at = record.expires_at if record is not None else 0.0
         return client_pb2.CreateTokenResponse(name=name, role=role, secret=secret,
                                               expires_at=views.iso(expires_at) if expires_at else "")
 
@@ -423,15 +522,19 @@ class Operations:
             expired=t.expired(now)) for t in records]
         return client_pb2.ListTokensResponse(tokens=tokens, meta=self.meta())
 
-    def revoke_token(self, name: str) -> client_pb2.RevokeTokenResponse:
-        if name == FILE_ADMIN:
-            raise errors.Invalid(f"the {FILE_ADMIN!r} token comes from the nodes' admin_token_file, not the cluster: "
-                                 "replace that file (or remove the setting) and restart the nodes to revoke it")
-        with self.replica.lock:
-            known = name in self.replica.state.tokens
-        if not known:
-            raise errors.NotFound(f"no token {clip(name)}; `raftflow tokens list` shows the tokens")
-        self.commit(c.RevokeToken(name, self.clock()))
+    def revoke_token(self, name: str, request_id: str = "") -> client_pb2.RevokeTokenResponse:
+        def build() -> c.Command:
+            if name == FILE_ADMIN:
+                raise errors.Invalid(f"the {FILE_ADMIN!r} token comes from the nodes' admin_token_file, not the "
+                                     "cluster: replace that file (or remove the setting) and restart the nodes to "
+                                     "revoke it")
+            with self.replica.lock:
+                known = name in self.replica.state.tokens
+            if not known:
+                raise errors.NotFound(f"no token {clip(name)}; `raftflow tokens list` shows the tokens")
+            return c.RevokeToken(name, self.clock())
+
+        self._write(request_id, c.RevokeToken, build)
         return client_pb2.RevokeTokenResponse()
 
     # ------------------------------------------------------------ task logs

@@ -10,6 +10,9 @@ or a node holding the data does not answer; nothing changed), DEADLINE_EXCEEDED
 are refused before they get here (peers.py: UNAUTHENTICATED), and so are client
 calls without a token whose role allows the method (auth.py: UNAUTHENTICATED,
 PERMISSION_DENIED).
+
+A write passes on the client's request id (metadata REQUEST_ID, checked here by
+`request_id`), so that its retries apply once (core/requests.py).
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from typing import Any, Callable, Iterator, TypeVar
 import grpc
 
 from ..core.model import Role
+from ..core.requests import request_id_error
 from ..proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from ..worker.worker import Assignment
 from . import cluster, errors
 from .auth import current_caller
 from .cluster import Host
-from .metadata import ANSWERED_BY
+from .metadata import ANSWERED_BY, NO_QUORUM, REQUEST_ID
 from .operations import DagFile, Operations, StreamLimit
 
 # A client stream (watch, log) holds a server thread for its whole life; beyond this
@@ -39,6 +43,7 @@ _STATUS: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.Conflict: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Exhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.NoQuorum: grpc.StatusCode.UNAVAILABLE,     # (with trailing NO_QUORUM: not an election)
     # Not UNAVAILABLE: a client must not retry this elsewhere (it could apply twice).
     errors.OutcomeUnknown: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Internal: grpc.StatusCode.INTERNAL,
@@ -49,8 +54,11 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 def abort(context: grpc.ServicerContext, node_id: str, error: errors.ServiceError) -> None:
     """Every error a node sends names the node in trailing metadata (ANSWERED_BY), so a
-    client can tell "a node said UNAVAILABLE" from "no node could be reached"."""
-    context.set_trailing_metadata(((ANSWERED_BY, node_id),))
+    client can tell "a node said UNAVAILABLE" from "no node could be reached"; NO_QUORUM
+    tells "this node reaches no majority" from "no leader yet" (client retries differ)."""
+    trailing = ((ANSWERED_BY, node_id), (NO_QUORUM, "1")) if isinstance(error, errors.NoQuorum) else \
+        ((ANSWERED_BY, node_id),)
+    context.set_trailing_metadata(trailing)
     context.abort(_STATUS.get(type(error), grpc.StatusCode.INTERNAL), error.message)
 
 
@@ -66,6 +74,21 @@ def _handled(method: Handler) -> Handler:
             abort(context, self.node_id, e)
     wrapper.__name__ = method.__name__
     return wrapper  # type: ignore[return-value]
+
+
+def request_id(context: grpc.ServicerContext) -> str:
+    """The write's request id from the call's metadata ("" when the client sent none),
+    or Invalid when it is malformed (nothing is proposed then)."""
+    values = [v for k, v in context.invocation_metadata() or () if k == REQUEST_ID]
+    if not values:
+        return ""
+    if len(values) > 1:
+        raise errors.Invalid(f"send the {REQUEST_ID} metadata once, not {len(values)} times; nothing was changed")
+    value = values[0]
+    error = request_id_error(value)
+    if error:
+        raise errors.Invalid(f"bad {REQUEST_ID} metadata: {error}; nothing was changed")
+    return str(value)
 
 
 def _stream_guard(gen: Iterator[Any], context: grpc.ServicerContext, node_id: str) -> Iterator[Any]:
@@ -90,7 +113,8 @@ class ClientService(client_pb2_grpc.ClientServicer):
     # ------------------------------------------------------------ DAGs
     @_handled
     def SubmitDags(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.submit_dags([DagFile(d.filename, d.spec_json, d.source) for d in request.dags])
+        return self.ops.submit_dags([DagFile(d.filename, d.spec_json, d.source) for d in request.dags],
+                                    request_id=request_id(context))
 
     @_handled
     def ListDags(self, request, context):  # type: ignore[no-untyped-def]
@@ -102,24 +126,24 @@ class ClientService(client_pb2_grpc.ClientServicer):
 
     @_handled
     def TriggerDag(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.trigger(request.dag_id, request.conf_json)
+        return self.ops.trigger(request.dag_id, request.conf_json, request_id=request_id(context))
 
     @_handled
     def BackfillDag(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.backfill(request.dag_id, request.start, request.end)
+        return self.ops.backfill(request.dag_id, request.start, request.end, request_id=request_id(context))
 
     @_handled
     def SetPaused(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.set_paused(request.dag_id, request.paused)
+        return self.ops.set_paused(request.dag_id, request.paused, request_id=request_id(context))
 
     @_handled
     def DeleteDag(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.delete_dag(request.dag_id)
+        return self.ops.delete_dag(request.dag_id, request_id=request_id(context))
 
     # ------------------------------------------------------------ pools
     @_handled
     def SetPool(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.set_pool(request.name, request.slots)
+        return self.ops.set_pool(request.name, request.slots, request_id=request_id(context))
 
     @_handled
     def ListPools(self, request, context):  # type: ignore[no-untyped-def]
@@ -136,15 +160,16 @@ class ClientService(client_pb2_grpc.ClientServicer):
 
     @_handled
     def ClearTasks(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.clear_tasks(request.run_id, request.task_ids, request.downstream)
+        return self.ops.clear_tasks(request.run_id, request.task_ids, request.downstream,
+                                    request_id=request_id(context))
 
     @_handled
     def MarkTask(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.mark_task(request.run_id, request.task_id, request.state)
+        return self.ops.mark_task(request.run_id, request.task_id, request.state, request_id=request_id(context))
 
     @_handled
     def CancelRun(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.cancel_run(request.run_id, request.reason)
+        return self.ops.cancel_run(request.run_id, request.reason, request_id=request_id(context))
 
     @_handled
     def WatchRun(self, request, context):  # type: ignore[no-untyped-def]
@@ -169,7 +194,8 @@ class ClientService(client_pb2_grpc.ClientServicer):
     # ------------------------------------------------------------ tokens
     @_handled
     def CreateToken(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.create_token(request.name, request.role, request.expires_days)
+        return self.ops.create_token(request.name, request.role, request.expires_days,
+                                     request_id=request_id(context))
 
     @_handled
     def ListTokens(self, request, context):  # type: ignore[no-untyped-def]
@@ -177,7 +203,7 @@ class ClientService(client_pb2_grpc.ClientServicer):
 
     @_handled
     def RevokeToken(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.revoke_token(request.name)
+        return self.ops.revoke_token(request.name, request_id=request_id(context))
 
 
 class PeerService(peer_pb2_grpc.PeerServicer):

@@ -7,6 +7,7 @@ fields and two running sums, each an order-independent sum mod 2**256 of sha256
 terms that apply keeps up to date:
 
 - `State.archive_digest`: one term per archived run (core/archive.py);
+- `State.requests.digest`: one term per remembered client request id (core/requests.py);
 - `State.object_digest`: one term per live object, keyed in `State.object_terms`:
   ("dag", dag_id) its scheduling cursor; ("version", dag_id, n) one submitted
   version (changed only when its source is dropped); ("pool", name); ("run", run_id) an active
@@ -32,6 +33,7 @@ import json
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Iterable
 
+from . import requests
 from .archive import DIGEST_MODULUS, add_term, canonical_json, decode_record, record_term
 from .codec import run_header_dict, run_to_dict, task_to_dict
 from .model import STORY_LIMIT, StoryEvent, TaskInstance
@@ -64,6 +66,7 @@ def to_dict(state: State) -> dict[str, Any]:
         "leader_history": state.leader_history,
         "pools": state.pools,
         "tokens": {name: record.to_dict() for name, record in state.tokens.items()},
+        "requests": state.requests.to_json(),
     }
 
 
@@ -72,6 +75,7 @@ def digest(state: State) -> str:
     blob = canonical_json({
         "objects": f"{state.object_digest:064x}",
         "archive_digest": f"{state.archive_digest:064x}",
+        "requests": f"{state.requests.digest:064x}",
         "run_count": len(state.run_index),
         "node_load": state.node_load,
         "leader_history": state.leader_history,
@@ -252,6 +256,7 @@ def validate(state: State) -> None:
     stale = {k for k in terms.keys() | state.object_terms.keys() if terms.get(k) != state.object_terms.get(k)}
     assert not stale, f"digest terms out of date (an apply changed them without a touch): {sorted(stale)[:5]}"
     assert object_digest_of(terms) == state.object_digest, "object digest out of date"
+    requests.validate(state.requests)
 
 
 def _validate_story(run_id: str, ti: TaskInstance) -> None:

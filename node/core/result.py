@@ -3,7 +3,8 @@ handler refuses a command before it changed anything).
 
 `Result.value` holds only answers for the proposer (versions, run ids, created or
 existing runs, a Batch's member results); what nodes must do afterwards is in
-`Result.effects` (core/effects.py).
+`Result.effects` (core/effects.py). A repeated client request id is answered with
+its first outcome and no effects (`Result.replay`, core/requests.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from . import commands as c
-from .effects import Effect
+from .effects import DropRunLogs, Effect, StopAttempt
 
 E = TypeVar("E", bound=Effect)
 
@@ -27,11 +28,22 @@ class Code(str, Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Replay:
+    """Marks the answer to a repeated request id: the command changed nothing and asked
+    nodes for nothing; `Result` carries what its first apply (at Raft index `index`)
+    told the client, and these counts of that apply's effects."""
+    index: int
+    stopped_attempts: int = 0
+    runs_removed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Result:
     code: Code = Code.OK
     reason: str = ""
     value: Any = None
     effects: tuple[Effect, ...] = ()   # a Batch: its accepted members' effects, in order
+    replay: Replay | None = None       # set on the answer to a repeated request id (effects are then empty)
 
     @property
     def ok(self) -> bool:
@@ -39,6 +51,16 @@ class Result:
 
     def effects_of(self, kind: type[E]) -> tuple[E, ...]:
         return tuple(e for e in self.effects if isinstance(e, kind))
+
+    @property
+    def stopped_attempts(self) -> int:
+        """How many attempts the command stopped (StopAttempt effects), a replay's included."""
+        return self.replay.stopped_attempts if self.replay else len(self.effects_of(StopAttempt))
+
+    @property
+    def runs_removed(self) -> int:
+        """How many runs the command removed (DropRunLogs effects), a replay's included."""
+        return self.replay.runs_removed if self.replay else sum(len(e.run_ids) for e in self.effects_of(DropRunLogs))
 
 
 OK = Result()

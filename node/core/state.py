@@ -13,7 +13,8 @@ planner's per-tick work depend on active work, not on the size of the history.
 Where the rest lives: the data classes in `model`, the handlers in
 `handlers_dags` and `handlers_tasks`, the task edges and their bookkeeping in
 `transitions`, the effects apply hands back in `effects`, the archive codec in
-`codec`, the digest and `validate` in `digest`.
+`codec`, the digest and `validate` in `digest`, the memory of client request ids
+(a retried write applies once) in `requests`.
 
 Readers (api, leader, worker) hold the owning lock of the raft adapter while they
 read; nothing outside the core assigns to these objects.
@@ -30,6 +31,7 @@ from . import (
     handlers_dags as dags,
     handlers_tasks as tasks,
     handlers_tokens as tokens,
+    requests,
 )
 from .archive import MemoryArchive, RunArchive, decode_record
 from .codec import run_from_dict
@@ -109,6 +111,8 @@ class State:
         # sha256 of the secret -> name (handlers_tokens keeps both).
         self.tokens: dict[str, TokenRecord] = {}
         self.token_hashes: dict[str, str] = {}
+        # Recent client request ids and what their commands answered (requests.py).
+        self.requests = requests.RequestMemory()
         # Commands applied (rejected ones too): a change counter for waiters, not
         # replicated content, so it is not part of the digest.
         self.applied: int = 0
@@ -140,6 +144,7 @@ class State:
         self.__dict__.setdefault("archive_terms", {})
         self.__dict__.setdefault("tokens", {})          # (snapshots from before tokens existed)
         self.__dict__.setdefault("token_hashes", {})
+        self.__dict__.setdefault("requests", requests.RequestMemory())
         if "object_terms" not in data or "object_digest" not in data:
             self.object_terms = _digest.all_terms(self)
             self.object_digest = _digest.object_digest_of(self.object_terms)
@@ -153,15 +158,33 @@ class State:
         return self._archive
 
     # ------------------------------------------------------------------ apply
-    def apply(self, command: c.Command, index: int = 0, proposer: str = "") -> Result:
+    def apply(self, command: c.Command, index: int = 0, proposer: str = "", request_id: str = "") -> Result:
         """Apply one command: the Raft entry at `index`, proposed by `proposer` (a node
-        id, or model.CLIENT; both from the log, so equal on every replica). Never
-        raises; a rejected command changes nothing."""
+        id, or model.CLIENT) for the client request `request_id` ("" for none); all three
+        from the log, so equal on every replica. A request id seen before is answered
+        with its first outcome and changes nothing (requests.py). Never raises; a
+        rejected command changes nothing."""
         self.applied += 1
         try:
-            return self._apply_one(command, index, proposer)
+            if not request_id:
+                return self._apply_one(command, index, proposer)
+            return self._apply_request(command, index, proposer, request_id)
         finally:
             self.stimulus = Stimulus()
+
+    def _apply_request(self, command: c.Command, index: int, proposer: str, request_id: str) -> Result:
+        error = requests.request_id_error(request_id)
+        if error:
+            return reject(Code.INVALID, error)
+        repeat = self.requests.answer(request_id, command.TYPE)
+        if repeat is not None:
+            return repeat
+        result = self._apply_one(command, index, proposer)
+        try:
+            self.requests.remember(request_id, command, index, result)
+        except Exception:  # noqa: BLE001 - never raise out of apply (the same on every replica); validate finds it
+            pass
+        return result
 
     def _apply_one(self, command: c.Command, index: int, proposer: str) -> Result:
         handler = HANDLERS.get(type(command))

@@ -24,13 +24,13 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1craftflow/proto/command.proto\x12\x0braftflow.v1\"q\n\x0f\x43ommandEnvelope\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x10\n\x08proposer\x18\x04 \x01(\t\x12\x12\n\x05\x63rc32\x18\x05 \x01(\x07H\x00\x88\x01\x01\x42\x08\n\x06_crc32b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1craftflow/proto/command.proto\x12\x0braftflow.v1\"\x85\x01\n\x0f\x43ommandEnvelope\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x10\n\x08proposer\x18\x04 \x01(\t\x12\x12\n\x05\x63rc32\x18\x05 \x01(\x07H\x00\x88\x01\x01\x12\x12\n\nrequest_id\x18\x06 \x01(\tB\x08\n\x06_crc32b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'raftflow.proto.command_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMANDENVELOPE']._serialized_start=45
-  _globals['_COMMANDENVELOPE']._serialized_end=158
+  _globals['_COMMANDENVELOPE']._serialized_start=46
+  _globals['_COMMANDENVELOPE']._serialized_end=179
 # @@protoc_insertion_point(module_scope)

@@ -52,7 +52,8 @@ Contracts (see LIBRARY-NOTES):
 - `propose` returns the `Result` of applying the command on THIS node's replica
   (pysyncobj calls back on a follower once it applied the forwarded entry), or
   raises `Unavailable`. A timed-out command may still commit later: every command
-  is idempotent or fenced by ids and attempt numbers.
+  is idempotent or fenced by ids and attempt numbers, and a client's write carries
+  its request id in the envelope, which apply de-duplicates (core/requests.py).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ from ..core.state import State
 from ..proto import command_pb2
 from ..store.history import RocksArchive
 from .durable import journal_factory
-from .replica import OutcomeUnknown, RaftStatus, SnapshotStatus, Unavailable
+from .replica import NoQuorum, OutcomeUnknown, RaftStatus, SnapshotStatus, Unavailable
 from .snapshot import (
     SnapshotDamaged,
     SnapshotReader,
@@ -118,11 +119,11 @@ def _crc(type_tag: str, version: int, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(f"{type_tag}\0{version}\0".encode()))
 
 
-def encode_envelope(command: c.Command, proposer: str) -> bytes:
+def encode_envelope(command: c.Command, proposer: str, request_id: str = "") -> bytes:
     payload = c.encode_payload(command)
     return command_pb2.CommandEnvelope(
         type=command.TYPE, version=command.VERSION, payload=payload, proposer=proposer,
-        crc32=_crc(command.TYPE, command.VERSION, payload),
+        crc32=_crc(command.TYPE, command.VERSION, payload), request_id=request_id,
     ).SerializeToString()
 
 
@@ -133,6 +134,12 @@ def decode_envelope(data: bytes) -> c.Command:
 
 def read_envelope(data: bytes) -> tuple[c.Command, str]:
     """(command, proposer) of a committed entry. Raises StorageDamaged when its checksum fails."""
+    return read_entry(data)[:2]
+
+
+def read_entry(data: bytes) -> tuple[c.Command, str, str]:
+    """(command, proposer, request id) of a committed entry. Raises StorageDamaged when its
+    checksum fails."""
     envelope = command_pb2.CommandEnvelope()
     try:
         envelope.ParseFromString(data)
@@ -140,7 +147,7 @@ def read_envelope(data: bytes) -> tuple[c.Command, str]:
         raise StorageDamaged(f"an entry is not a CommandEnvelope ({e})") from None
     if envelope.HasField("crc32") and envelope.crc32 != _crc(envelope.type, envelope.version, envelope.payload):
         raise StorageDamaged(f"checksum mismatch in a {envelope.type!r} entry")
-    return c.decode(envelope.type, envelope.version, envelope.payload), envelope.proposer
+    return c.decode(envelope.type, envelope.version, envelope.payload), envelope.proposer, envelope.request_id
 
 
 _JOURNAL_LAST_RECORD_AT = 36    # pysyncobj FileJournal: header, then the end offset of the records
@@ -288,12 +295,12 @@ class ReplicatedState(SyncObj):
     # ------------------------------------------------------------ replicated
     def _apply(self, data: bytes, index: int) -> Result:
         try:
-            command, proposer = read_envelope(data)
+            command, proposer, request_id = read_entry(data)
         except StorageDamaged as e:
             self._stop_damaged(str(e))
         try:
             with self.lock:
-                result = self.state.apply(command, index, proposer)
+                result = self.state.apply(command, index, proposer, request_id)
                 self.changed.notify_all()
             internal = internal_rejections(command, result)
             if internal:
@@ -440,9 +447,11 @@ class ReplicatedState(SyncObj):
         os._exit(70)
 
     # ------------------------------------------------------------ proposing
-    def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None) -> Result:
+    def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None,
+                request_id: str = "") -> Result:
         """Commit `command` and return its Result on this replica. `proposer` (default:
-        this node's id) is who asked, as task stories record it.
+        this node's id) is who asked, as task stories record it; `request_id` the
+        client's request it answers (apply de-duplicates it, replica.Replica.propose).
 
         Refused up front (nothing enters the log) when this node cannot reach a
         majority: otherwise a deposed leader could append it and commit it later, after
@@ -450,7 +459,7 @@ class ReplicatedState(SyncObj):
         status = self.status()
         if not status.has_quorum:
             members = len(self._id_by_raft_address)
-            raise Unavailable(
+            raise NoQuorum(
                 f"no quorum: node {self.node_id} reaches {len(status.connected) + 1} of {members} nodes and needs "
                 f"{members // 2 + 1}; nothing was changed. Bring stopped nodes back (writes resume by themselves)")
         done = threading.Event()
@@ -460,7 +469,7 @@ class ReplicatedState(SyncObj):
             box[0], box[1] = result, error
             done.set()
 
-        self._machine.apply_envelope(encode_envelope(command, proposer or self.node_id), callback=callback)
+        self._machine.apply_envelope(encode_envelope(command, proposer or self.node_id, request_id), callback=callback)
         if not done.wait(timeout):
             raise OutcomeUnknown(f"outcome unknown: not committed within {timeout:.1f}s, and it may still commit "
                               "if the cluster regains a quorum; check (e.g. `raftflow runs list`) before retrying")

@@ -9,7 +9,8 @@ The model, and what it keeps of the real thing:
   applies its entries, in order, to its own `State` under its own lock and
   notifies `changed`, like adapter.py's apply. Commands go through their canonical
   encoding first, as they do in a `CommandEnvelope`.
-- `propose` appends to the log and returns the result of applying the command on
+- `propose` appends to the log (with the client's request id, as the envelope
+  carries it) and returns the result of applying the command on
   the proposing replica, after every entry before it: a command planned on a
   stale state is re-checked against the state it lands on.
 - Every replica applies each new entry at once, unless it `lag`s: then it neither
@@ -18,7 +19,7 @@ The model, and what it keeps of the real thing:
   a deposed leader that has not noticed yet.
 - Leadership is what `elect` says (a new term each time); a lagging replica keeps
   its old view, so two replicas can believe they lead, as pysyncobj briefly can.
-- `quorum = False` on a replica makes its proposals raise `Unavailable` (nothing
+- `quorum = False` on a replica makes its proposals raise `NoQuorum` (nothing
   is appended), as the adapter refuses writes without a majority;
   `fail_next(error, commit=...)` makes its next proposal raise `error`, after
   appending the command when `commit` (a timeout whose command still committed).
@@ -33,7 +34,7 @@ from typing import Callable
 from ..core import commands as c
 from ..core.result import Code, Result
 from ..core.state import State
-from .replica import OutcomeUnknown, RaftStatus, SnapshotStatus, Unavailable
+from .replica import NoQuorum, OutcomeUnknown, RaftStatus, SnapshotStatus, Unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class Entry:
     index: int          # 1-based, as in Raft
     command: c.Command
     proposer: str
+    request_id: str = ""
 
 
 class MemoryCluster:
@@ -72,12 +74,12 @@ class MemoryCluster:
                     replica.catch_up()
             return self.current_term
 
-    def append(self, command: c.Command, proposer: str) -> int:
+    def append(self, command: c.Command, proposer: str, request_id: str = "") -> int:
         """Commit `command` (canonically encoded and decoded, as in an envelope); every
         replica that does not lag applies it. Returns its index."""
         copy = c.decode(command.TYPE, command.VERSION, c.encode_payload(command))
         with self._lock:
-            self.log.append(Entry(len(self.log) + 1, copy, proposer))
+            self.log.append(Entry(len(self.log) + 1, copy, proposer, request_id))
             index = len(self.log)
             for replica in self.replicas.values():
                 if not replica.lagging:
@@ -118,15 +120,16 @@ class MemoryReplica:
         return self._state
 
     # ------------------------------------------------------------ the Replica protocol
-    def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None) -> Result:
+    def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None,
+                request_id: str = "") -> Result:
         if self._faults:
             error, commit = self._faults.pop(0)
             if commit:
-                self._cluster.append(command, proposer or self.node_id)
+                self._cluster.append(command, proposer or self.node_id, request_id)
             raise error
         if not self.quorum:
-            raise Unavailable(f"no quorum: node {self.node_id} reaches too few nodes; nothing was changed")
-        index = self._cluster.append(command, proposer or self.node_id)
+            raise NoQuorum(f"no quorum: node {self.node_id} reaches too few nodes; nothing was changed")
+        index = self._cluster.append(command, proposer or self.node_id, request_id)
         self.catch_up()
         return self.results[index]
 
@@ -188,7 +191,8 @@ class MemoryReplica:
         try:
             with self.lock:
                 self._applied = entry.index
-                result = self.results[entry.index] = self._state.apply(entry.command, entry.index, entry.proposer)
+                result = self.results[entry.index] = self._state.apply(entry.command, entry.index, entry.proposer,
+                                                                       entry.request_id)
                 self.changed.notify_all()
             if self._on_applied is not None:
                 self._on_applied(entry.command, result)

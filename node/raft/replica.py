@@ -11,7 +11,8 @@ Contracts every implementation keeps (adapter.py's module doc has the details):
 - `state` is read through the property each time (a snapshot install replaces it).
 - `propose` returns the command's `Result` on THIS replica (it has applied every
   entry before it), or raises `Unavailable` (nothing was changed) or its subclass
-  `OutcomeUnknown` (it may still commit). Apply never raises; a rejected command is
+  `OutcomeUnknown` (it may still commit: proposing it again is safe only with the
+  same client request id, which apply de-duplicates). Apply never raises; a rejected command is
   a `Result` with a code, not an exception.
 
 `propose_until_decided` is the one retry loop for commands that must be decided
@@ -34,6 +35,11 @@ from ..core.state import State
 class Unavailable(Exception):
     """The command could not be committed now. The base class means nothing was
     changed (no leader, no quorum, queue full): retrying elsewhere is safe."""
+
+
+class NoQuorum(Unavailable):
+    """This node reaches too few nodes for a majority: nothing was changed, and writes
+    wait for nodes (or the network) to come back, not for an election to end."""
 
 
 class OutcomeUnknown(Unavailable):
@@ -73,9 +79,13 @@ class Replica(Protocol):
     @property
     def state(self) -> State: ...
 
-    def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None) -> Result:
+    def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None,
+                request_id: str = "") -> Result:
         """Commit `command`; `proposer` (default: this node's id) is who asked, as task
-        stories record it (core.model.CLIENT for the client API)."""
+        stories record it (core.model.CLIENT for the client API). `request_id` is the
+        client's id of the request ("" for none): a command proposed again with the same
+        id (a retry after OutcomeUnknown) gets the first one's Result and changes
+        nothing (core/requests.py)."""
         ...
 
     def is_leader(self) -> bool: ...

@@ -16,7 +16,7 @@ import pytest
 from core_support import T0, dag_dict, iso, task
 from raftflow.api import errors
 from raftflow.api.cluster import cluster_status, task_log
-from raftflow.api.metadata import ANSWERED_BY
+from raftflow.api.metadata import ANSWERED_BY, NO_QUORUM, REQUEST_ID
 from raftflow.api.operations import DagFile, Operations, StreamLimit
 from raftflow.api.services import ClientService
 from raftflow.config import NodeConfig, Peer
@@ -26,7 +26,7 @@ from raftflow.core.states import TaskState
 from raftflow.leader.loop import Liveness
 from raftflow.proto import client_pb2
 from raftflow.raft.memory import MemoryReplica
-from raftflow.raft.replica import OutcomeUnknown
+from raftflow.raft.replica import OutcomeUnknown, Unavailable
 from twin_support import MEMBERS, leading_replica
 
 
@@ -322,10 +322,14 @@ class Aborted(Exception):
 
 
 class FakeContext:
-    def __init__(self) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
         self.trailing: tuple[tuple[str, str], ...] = ()
         self.code: grpc.StatusCode | None = None
         self.details = ""
+        self.metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
 
     def set_trailing_metadata(self, metadata: tuple[tuple[str, str], ...]) -> None:
         self.trailing = metadata
@@ -374,3 +378,46 @@ def test_the_servicer_maps_no_quorum_and_unknown_outcomes(tmp_path: Path, ops: O
                                                "the write's outcome unknown: leadership changed")
     ok = service.TriggerDag(client_pb2.TriggerDagRequest(dag_id="d"), FakeContext())
     assert ok.run_id == manual_run_id("d", iso(T0))
+
+
+def test_the_servicer_passes_the_request_id_from_metadata_so_a_retry_applies_once(
+        tmp_path: Path, ops: Operations) -> None:
+    service = ClientService(_host(tmp_path, ops.replica, FakePeers({})), ops)
+    retry = ((REQUEST_ID, "c0ffee-1"),)
+    first = service.TriggerDag(client_pb2.TriggerDagRequest(dag_id="d"), FakeContext(retry))
+    ops.clock = lambda: T0 + 5
+    again = service.TriggerDag(client_pb2.TriggerDagRequest(dag_id="d"), FakeContext(retry))
+    other = service.TriggerDag(client_pb2.TriggerDagRequest(dag_id="d"), FakeContext())
+    assert again == first and other.run_id != first.run_id
+    assert list(ops.replica.state.runs_by_dag["d"]) == [first.run_id, other.run_id]
+
+
+@pytest.mark.parametrize("metadata, details", [
+    (((REQUEST_ID, "has space"),), "bad x-raftflow-request-id metadata: a request id may hold only"),
+    (((REQUEST_ID, "x" * 65),), "at most 64 characters"),
+    (((REQUEST_ID, "a"), (REQUEST_ID, "b")), "send the x-raftflow-request-id metadata once, not 2 times"),
+])
+def test_the_servicer_refuses_a_malformed_request_id_and_proposes_nothing(
+        tmp_path: Path, ops: Operations, metadata: tuple[tuple[str, str], ...], details: str) -> None:
+    service = ClientService(_host(tmp_path, ops.replica, FakePeers({})), ops)
+    size = _log_size(ops)
+    context = FakeContext(metadata)
+    with pytest.raises(Aborted):
+        service.SetPool(client_pb2.SetPoolRequest(name="p", slots=2), context)
+    assert context.code is grpc.StatusCode.INVALID_ARGUMENT and details in context.details
+    assert _log_size(ops) == size
+
+
+def test_the_servicer_tells_no_quorum_from_an_election(tmp_path: Path, ops: Operations) -> None:
+    service = ClientService(_host(tmp_path, ops.replica, FakePeers({})), ops)
+    ops.replica.quorum = False
+    cut_off = FakeContext()
+    with pytest.raises(Aborted):
+        service.SetPool(client_pb2.SetPoolRequest(name="p", slots=2), cut_off)
+    assert (cut_off.code, cut_off.trailing) == (grpc.StatusCode.UNAVAILABLE, ((ANSWERED_BY, "n1"), (NO_QUORUM, "1")))
+    ops.replica.quorum = True
+    ops.replica.fail_next(Unavailable("no leader: the cluster is electing one; retry shortly"))
+    electing = FakeContext()
+    with pytest.raises(Aborted):
+        service.SetPool(client_pb2.SetPoolRequest(name="p", slots=2), electing)
+    assert (electing.code, electing.trailing) == (grpc.StatusCode.UNAVAILABLE, ((ANSWERED_BY, "n1"),))

@@ -196,3 +196,15 @@ def test_a_flush_proposes_one_tokens_used_and_keeps_what_it_could_not_propose(re
     assert usage.flush(lambda used: replica.propose(c.TokensUsed(dict(used), T0 + 41))) == 1
     assert replica.status().commit_index == before + 1 and replica.state.tokens["ci"].last_used_at == T0 + 40
     assert usage.flush(lambda used: pytest.fail("nothing to propose")) == 0
+
+
+def test_a_retried_create_whose_first_attempt_committed_says_the_secret_is_lost(replica, ops):
+    """The secret exists only in the lost answer: the retry (same request id) must not
+    hand out a new secret whose hash the cluster never stored."""
+    first = ops.create_token("ci", "operator", 0, request_id="tok-1")
+    before = replica.status().commit_index
+    with pytest.raises(errors.Conflict) as caught:
+        ops.create_token("ci", "operator", 0, request_id="tok-1")
+    assert "earlier attempt of this request" in caught.value.message and "revoke" in caught.value.message
+    assert replica.status().commit_index == before
+    assert auth_of(replica, now=T0 + 5).authenticate(f"Bearer {first.secret}") == Caller("ci", Role.OPERATOR)

@@ -464,3 +464,15 @@ def test_a_backfill_that_would_queue_too_many_runs_changes_nothing() -> None:
         ops.backfill("h", "2024-01-02T00:00:00+00:00", "2024-01-06T23:00:00+00:00")
     assert "would queue 120 runs" in caught.value.message
     assert ops.replica.status().commit_index == before
+
+
+def test_a_retried_backfill_in_parts_commits_each_part_once() -> None:
+    """Each part goes under its own request id derived from the call's: a retry of the
+    whole call commits nothing again and creates no run twice."""
+    ops = _hourly_operations(tasks=3)
+    first = ops.backfill("h", "2024-01-02T00:00:00+00:00", "2024-01-06T23:00:00+00:00", request_id="bf-1")
+    runs = set(ops.replica.state.run_index)
+    before = ops.replica.status().commit_index
+    again = ops.backfill("h", "2024-01-02T00:00:00+00:00", "2024-01-06T23:00:00+00:00", request_id="bf-1")
+    assert len(first.created) == 120 and list(again.created) == [] and len(again.existing) == 120
+    assert ops.replica.status().commit_index == before and set(ops.replica.state.run_index) == runs

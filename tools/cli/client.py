@@ -1,20 +1,36 @@
 """A client of the raftflow client API that tries each node until one answers.
 
+Reads (and streams) ask each node in turn, once: a node that cannot be reached or
+answers UNAVAILABLE (no leader/quorum there) moves on to the next.
+
+Writes (`WRITES`) survive elections: each call gets a request id (a uuid4, sent as
+metadata REQUEST_ID and kept across its retries), and is retried with it, across the
+nodes and backing off from 0.1 s doubling to 1 s between rounds, for `retry_for`
+seconds (default 10) while nodes cannot be reached, answer UNAVAILABLE (no leader:
+nothing was changed) or DEADLINE_EXCEEDED (the outcome is unknown: it may have
+committed). That is safe because the cluster applies a request id once and answers
+its retries with the first outcome (node/core/requests.py), so a retried trigger
+never makes two runs. Any other answer ends the call at once. So does quorum loss:
+when every node answered that it reaches no majority (trailing NO_QUORUM), for
+NO_QUORUM_PATIENCE (long enough for restarted nodes to reconnect), the nodes are up
+but cut off from each other, which no election ends: the write is refused then.
+
 Errors are split so the CLI can map them to exit codes:
 - `ClusterUnreachable`: no address accepted a connection (exit 3).
 - UNAUTHENTICATED (no, unknown, revoked or expired token) and PERMISSION_DENIED (the
   token's role may not do it) are `ApiError`s with the node's message (exit 4).
 - `ApiError`: a node answered with an error status (INVALID_ARGUMENT and
-  NOT_FOUND are the user's input: exit 2; the rest: exit 1). UNAVAILABLE from a
-  reachable node (no leader/quorum there; nothing was changed) moves on to the
-  next node first; DEADLINE_EXCEEDED from a node means the write's outcome is
-  unknown and is never retried (it could apply twice).
+  NOT_FOUND are the user's input: exit 2; the rest: exit 1). A write that ran out
+  of time ends with UNAVAILABLE (nothing was changed) or DEADLINE_EXCEEDED (it may
+  have applied, once), saying what was tried and the last error.
 Results are returned as plain dicts (the `--json` shapes), times ISO-8601 UTC.
 """
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from typing import Any, Iterator
 
 import grpc
@@ -24,8 +40,30 @@ from raftflow.api.metadata import (  # (a module free of imports)
     ANSWERED_BY,  # trailing metadata on every error a node sends
     AUTHORIZATION,
     BEARER,
+    NO_QUORUM,
+    REQUEST_ID,
 )
 from raftflow.proto import client_pb2, client_pb2_grpc
+
+# Every RPC of the Client service is one or the other (tests/unit/test_client_retries.py
+# checks it against the proto, so a new RPC cannot be forgotten).
+WRITES = frozenset({"SubmitDags", "TriggerDag", "BackfillDag", "SetPaused", "DeleteDag", "SetPool",
+                    "CancelRun", "ClearTasks", "MarkTask", "CreateToken", "RevokeToken"})
+READS = frozenset({"ListDags", "GetDag", "ListRuns", "GetRun", "ListPools", "WatchRun", "GetTaskLog",
+                   "ClusterStatus", "GetTaskStory", "ListTokens"})
+DEFAULT_RETRY_FOR = 10.0
+# The cluster remembers a request id for at least an hour (node/core/requests.py
+# REMEMBER_SECONDS): a retry window must stay well inside it.
+MAX_RETRY_FOR = 300.0
+FIRST_BACKOFF, MAX_BACKOFF = 0.1, 1.0
+NO_QUORUM_PATIENCE = 1.0
+# A healthy node commits a write in well under a second. One silent for longer (paused,
+# cut off, or waiting for an election) is left for the next node: the abandoned attempt
+# may still commit, which the request id makes harmless (its retry gets that answer).
+WRITE_ATTEMPT_TIMEOUT = 2.0
+MIN_ATTEMPT_TIMEOUT = 0.5
+# Answers after which a write is tried again (with its request id).
+_RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class ClusterUnreachable(Exception):
@@ -68,13 +106,20 @@ def with_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
 
 
 class ClusterClient:
-    def __init__(self, addresses: list[str], timeout: float = 10.0, token: str | None = None) -> None:
-        """`token`: sent as `authorization: Bearer TOKEN` on every call and stream."""
+    def __init__(self, addresses: list[str], timeout: float = 10.0, token: str | None = None,
+                 retry_for: float = DEFAULT_RETRY_FOR) -> None:
+        """`timeout`: seconds one call to one node may take; `token`: sent as
+        `authorization: Bearer TOKEN` on every call and stream; `retry_for`: seconds a
+        write is retried across nodes and elections (0: each node once; at most MAX_RETRY_FOR)."""
         if not addresses:
             raise ValueError("no cluster addresses")
+        if not 0 <= retry_for <= MAX_RETRY_FOR:
+            raise ValueError(f"retry_for must be 0 to {MAX_RETRY_FOR:g} seconds, not {retry_for:g}")
         self.token = token
         self.addresses = addresses
         self.timeout = timeout
+        self.retry_for = retry_for
+        self.retried_writes = 0      # writes that succeeded after more than one attempt (tools report it)
         self._channels: dict[str, grpc.Channel] = {}
         self._preferred = 0
 
@@ -94,7 +139,10 @@ class ClusterClient:
 
     def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
         """Ask each node in turn. Move on when a node cannot be reached, or when it
-        answers UNAVAILABLE (no leader/quorum there: another side may have one)."""
+        answers UNAVAILABLE (no leader/quorum there: another side may have one). A write
+        is retried until `retry_for` has passed (module doc, `_write`)."""
+        if method in WRITES:
+            return self._write(method, request, timeout or self.timeout)
         answered: ApiError | None = None
         unreachable: list[str] = []
         for i in self._order():
@@ -116,6 +164,69 @@ class ClusterClient:
             raise answered
         raise ClusterUnreachable(f"no raftflow node answered at {', '.join(unreachable)}; is the cluster "
                                  "running (tools/up), and is --cluster / RAFTFLOW_CLUSTER right?")
+
+    def _write(self, method: str, request: Any, timeout: float) -> Any:
+        """Call `method` with one request id until a node answers anything but UNAVAILABLE
+        or DEADLINE_EXCEEDED, in rounds over the nodes with a backoff between rounds. The
+        first round tries every node; later ones stop once `retry_for` has passed. Within
+        a call, nodes that did not answer are asked after the others."""
+        request_id = str(uuid.uuid4())
+        metadata = ((REQUEST_ID, request_id),)
+        deadline = time.monotonic() + self.retry_for
+        delay, attempts = FIRST_BACKOFF, 0
+        silent: list[int] = []          # nodes that did not answer in this call, last one last
+        last: tuple[str, grpc.StatusCode, str, bool] | None = None   # address, code, message, answered
+        maybe_applied = False           # an attempt may have committed (its outcome is unknown)
+        quorum_lost_since: float | None = None   # since when every node of every round said NO_QUORUM
+        while True:
+            order = self._order()
+            order = [i for i in order if i not in silent] + [i for i in silent if i in order]
+            no_quorum = 0
+            for i in order:
+                remaining = deadline - time.monotonic()
+                if attempts >= len(order) and remaining <= 0:
+                    break
+                address = self.addresses[i]
+                attempts += 1
+                try:
+                    response = self._invoke(address, method, request, metadata,
+                                            min(timeout, WRITE_ATTEMPT_TIMEOUT, max(remaining, MIN_ATTEMPT_TIMEOUT)))
+                except grpc.RpcError as e:
+                    error = _classify(e, address)
+                    if error is not None and error.code not in _RETRIED:
+                        raise error from None
+                    code, details = e.code(), e.details() or e.code().name
+                    # Unknown outcomes: a timeout, or a connection lost after the request left
+                    # (unlike one that never connected).
+                    maybe_applied = maybe_applied or code is grpc.StatusCode.DEADLINE_EXCEEDED or (
+                        error is None and "failed to connect" not in details.lower())
+                    last = (address, code, details, error is not None)
+                    if error is None:
+                        silent = [n for n in silent if n != i] + [i]
+                    elif dict(e.trailing_metadata() or ()).get(NO_QUORUM):
+                        no_quorum += 1
+                    continue
+                self._preferred = i
+                if attempts > 1:
+                    self.retried_writes += 1
+                return response
+            now = time.monotonic()
+            if no_quorum < len(order):
+                quorum_lost_since = None
+            elif quorum_lost_since is None:
+                quorum_lost_since = now
+            if now + delay >= deadline or (quorum_lost_since is not None
+                                           and now - quorum_lost_since >= NO_QUORUM_PATIENCE):
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+        assert last is not None
+        raise _gave_up(method, request_id, self.retry_for, attempts, len(self.addresses), last, maybe_applied)
+
+    def _invoke(self, address: str, method: str, request: Any, metadata: tuple[tuple[str, str], ...],
+                timeout: float) -> Any:
+        """One call of `method` on one node."""
+        return getattr(self._stub(address), method)(request, timeout=timeout, metadata=metadata)
 
     def stream(self, method: str, request: Any) -> Iterator[Any]:
         """A server stream (no deadline) from the first node that can be reached."""
@@ -219,6 +330,27 @@ def _classify(e: grpc.RpcError, address: str) -> ApiError | None:
     if answered_by is None and e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return None
     return ApiError(e.code(), e.details() or e.code().name)
+
+
+def _gave_up(method: str, request_id: str, retry_for: float, attempts: int, nodes: int,
+             last: tuple[str, grpc.StatusCode, str, bool], maybe_applied: bool) -> Exception:
+    """The error a write ends with when its retries ran out: what was tried, the last error,
+    and whether it may have applied."""
+    address, code, message, answered = last
+    tried = (f"{attempts} attempts over {retry_for:g}s across {nodes} node(s) (request id {request_id}); "
+             f"last: {address} {'said' if answered else 'did not answer:'} {code.name}: {message}")
+    if maybe_applied:
+        return ApiError(grpc.StatusCode.DEADLINE_EXCEEDED, (
+            f"{method}: outcome unknown: no node confirmed it after {tried}. It may have applied (at most once: "
+            "retries carried the same request id); check (e.g. `raftflow runs list`) before sending it again, "
+            "or give it longer with --retry-for"))
+    if answered:
+        return ApiError(code, (
+            f"{method}: no node could commit it (no leader or no quorum; nothing was changed) after {tried}. "
+            "Bring stopped nodes back, or give it longer with --retry-for"))
+    return ClusterUnreachable(
+        f"{method}: no raftflow node answered after {tried}; is the cluster running (tools/up), and is "
+        "--cluster / RAFTFLOW_CLUSTER right?")
 
 
 def _dict(message: Any) -> dict[str, Any]:

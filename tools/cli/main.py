@@ -11,7 +11,9 @@ cluster tools/up started (.raftflow/admin.token, beside cluster.json).
 
 The cluster address is --cluster HOST:PORT,..., else $RAFTFLOW_CLUSTER, else the
 nodes of the local cluster tools/up started (.raftflow/cluster.json), else
-127.0.0.1:50051-50053. Each is tried until one answers.
+127.0.0.1:50051-50053. Each is tried until one answers. Writes are retried across
+nodes and leader elections for --retry-for seconds (else $RAFTFLOW_RETRY_FOR, else 10),
+with one request id that the cluster applies once (a retried trigger never makes two runs).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from raftflow.core.model import MAX_TOKEN_DAYS, Role
 from raftflow.core.spec import DagSpec, schedule_note
 from raftflow.core.states import RunState, TaskState
 
-from .client import ApiError, ClusterClient, ClusterUnreachable
+from .client import DEFAULT_RETRY_FOR, MAX_RETRY_FOR, ApiError, ClusterClient, ClusterUnreachable
 from .loader import DEFAULT_TIMEOUT, LoadError, load_paths
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
@@ -74,6 +76,19 @@ def client_token(flag: str | None) -> str | None:
         return (local_data_dir() / "admin.token").read_text().strip() or None
     except OSError:
         return None
+
+
+def retry_seconds(text: str) -> float:
+    """--retry-for / $RAFTFLOW_RETRY_FOR: seconds, 0 to MAX_RETRY_FOR."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--retry-for (or $RAFTFLOW_RETRY_FOR) takes seconds, e.g. 10, not {text!r}") from None
+    if not 0 <= seconds <= MAX_RETRY_FOR:
+        raise argparse.ArgumentTypeError(
+            f"--retry-for (or $RAFTFLOW_RETRY_FOR) is 0 to {MAX_RETRY_FOR:g} seconds, not {text}")
+    return seconds
 
 
 # ---------------------------------------------------------------- output helpers
@@ -557,6 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           "else the local cluster from tools/up)")
     parser.add_argument("--token", help="API token (default: $RAFTFLOW_TOKEN, else the admin token of the local "
                                         "cluster from tools/up); prefer the variable: arguments show in `ps`")
+    parser.add_argument("--retry-for", type=retry_seconds, metavar="SECONDS",
+                        default=os.environ.get("RAFTFLOW_RETRY_FOR", str(DEFAULT_RETRY_FOR)),
+                        help=f"retry a write across node failures and leader elections this long (default: "
+                             f"$RAFTFLOW_RETRY_FOR, else {DEFAULT_RETRY_FOR:g}; 0 to {MAX_RETRY_FOR:g}); the cluster "
+                             "applies it once however often it is retried")
     sub = parser.add_subparsers(dest="group", required=True,
                                 metavar="{dags,runs,tasks,pools,connections,tokens,cluster,node}")
 
@@ -670,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.group == "node":
         from raftflow.main import run
         return run(args)
-    client = ClusterClient(cluster_addresses(args.cluster), token=client_token(args.token))
+    client = ClusterClient(cluster_addresses(args.cluster), token=client_token(args.token), retry_for=args.retry_for)
     try:
         return args.func(client, args)
     except UsageError as e:
