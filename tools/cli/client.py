@@ -1,13 +1,19 @@
 """A client of the raftflow client API that tries each node until one answers.
 
 Errors are split so the CLI can map them to exit codes:
-- `ClusterUnreachable`: no address accepted a connection (exit 3).
+- `ClusterUnreachable`: no address accepted a connection, or none completed the TLS
+  handshake (the message says which: a certificate from another CA, a plaintext
+  node) (exit 3).
 - `ApiError`: a node answered with an error status (INVALID_ARGUMENT and
   NOT_FOUND are the user's input: exit 2; the rest: exit 1). UNAVAILABLE from a
   reachable node (no leader/quorum there; nothing was changed) moves on to the
   next node first; DEADLINE_EXCEEDED from a node means the write's outcome is
   unknown and is never retried (it could apply twice).
 Results are returned as plain dicts (the `--json` shapes), times ISO-8601 UTC.
+
+Channels are TLS, verifying each node's certificate against `ca_pem` (the cluster's
+ca.pem; None: the system's roots); plaintext only with `insecure=True`, for nodes
+started with `insecure = true`.
 """
 
 from __future__ import annotations
@@ -33,11 +39,16 @@ class ApiError(Exception):
 
 
 class ClusterClient:
-    def __init__(self, addresses: list[str], timeout: float = 10.0) -> None:
+    def __init__(self, addresses: list[str], timeout: float = 10.0, ca_pem: bytes | None = None,
+                 insecure: bool = False, ca_name: str = "") -> None:
+        """`ca_name`: where `ca_pem` came from, for error messages."""
         if not addresses:
             raise ValueError("no cluster addresses")
         self.addresses = addresses
         self.timeout = timeout
+        self._ca_pem, self._insecure = ca_pem, insecure
+        self._ca_name = ca_name or ("no CA (plaintext)" if insecure else
+                                    "the system's CA certificates" if ca_pem is None else "the given CA")
         self._channels: dict[str, grpc.Channel] = {}
         self._preferred = 0
 
@@ -48,8 +59,23 @@ class ClusterClient:
     def _stub(self, address: str) -> client_pb2_grpc.ClientStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.insecure_channel(address)
+            channel = self._channels[address] = self._open(address)
         return client_pb2_grpc.ClientStub(channel)
+
+    def _open(self, address: str) -> grpc.Channel:
+        if self._insecure:
+            return grpc.insecure_channel(address)
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=self._ca_pem))
+
+    def _unreachable(self, failures: list[tuple[str, grpc.RpcError]]) -> ClusterUnreachable:
+        """Why no node could be reached, with what to do; TLS failures named as such."""
+        reasons = [(address, _tls_problem(e, self._insecure, self._ca_name)) for address, e in failures]
+        tls = [f"{address}: {problem}" for address, problem in reasons if problem]
+        if tls:
+            return ClusterUnreachable("could not make a TLS connection to any raftflow node: " + "; ".join(tls))
+        listed = ", ".join(f"{address} ({e.code().name.lower()})" for address, e in failures)
+        return ClusterUnreachable(f"no raftflow node answered at {listed}; is the cluster running (tools/up), and is "
+                                  "--cluster / RAFTFLOW_CLUSTER right?")
 
     def _order(self) -> list[int]:
         n = len(self.addresses)
@@ -59,7 +85,7 @@ class ClusterClient:
         """Ask each node in turn. Move on when a node cannot be reached, or when it
         answers UNAVAILABLE (no leader/quorum there: another side may have one)."""
         answered: ApiError | None = None
-        unreachable: list[str] = []
+        unreachable: list[tuple[str, grpc.RpcError]] = []
         for i in self._order():
             address = self.addresses[i]
             try:
@@ -67,7 +93,7 @@ class ClusterClient:
             except grpc.RpcError as e:
                 error = _classify(e, address)
                 if error is None:
-                    unreachable.append(f"{address} ({e.code().name.lower()})")
+                    unreachable.append((address, e))
                     continue
                 if error.code is grpc.StatusCode.UNAVAILABLE:
                     answered = error
@@ -77,12 +103,11 @@ class ClusterClient:
             return response
         if answered is not None:
             raise answered
-        raise ClusterUnreachable(f"no raftflow node answered at {', '.join(unreachable)}; is the cluster "
-                                 "running (tools/up), and is --cluster / RAFTFLOW_CLUSTER right?")
+        raise self._unreachable(unreachable)
 
     def stream(self, method: str, request: Any) -> Iterator[Any]:
         """A server stream (no deadline) from the first node that can be reached."""
-        unreachable: list[str] = []
+        unreachable: list[tuple[str, grpc.RpcError]] = []
         for i in self._order():
             address = self.addresses[i]
             received = False
@@ -95,10 +120,10 @@ class ClusterClient:
             except grpc.RpcError as e:
                 error = _classify(e, address)
                 if error is None and not received:
-                    unreachable.append(address)
+                    unreachable.append((address, e))
                     continue
                 raise error or ApiError(e.code(), f"lost {address} mid-stream: {e.details()}") from None
-        raise ClusterUnreachable(f"no raftflow node answered at {', '.join(unreachable)}")
+        raise self._unreachable(unreachable)
 
     # ------------------------------------------------------------ verbs
     def submit(self, dags: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -170,6 +195,26 @@ def _classify(e: grpc.RpcError, address: str) -> ApiError | None:
     if answered_by is None and e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return None
     return ApiError(e.code(), e.details() or e.code().name)
+
+
+def _tls_problem(e: grpc.RpcError, insecure: bool, ca_name: str) -> str:
+    """What went wrong with TLS on a failed connection, and what to do; "" if it was not TLS."""
+    details = e.details() or ""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (f"the node's certificate is not signed by {ca_name}: pass the cluster's CA certificate with "
+                "--ca-file or RAFTFLOW_CA_FILE (tools/up writes it to <data-dir>/ca.pem)")
+    if "WRONG_VERSION_NUMBER" in details or "wrong version number" in details.lower():
+        return ("the node does not speak TLS (started with insecure = true?): use --insecure / RAFTFLOW_INSECURE=1 "
+                "for such a development node")
+    if "not in peer certificate" in details:
+        return ("the node's certificate does not name the address dialed: issue it with --host for every address "
+                "clients use (raftflow certs issue)")
+    if "handshake" in details.lower() or "ssl" in details.lower():
+        return f"TLS handshake failed ({details.rsplit(': ', 2)[-2] if ': ' in details else details})"
+    if insecure and "Socket closed" in details:
+        return ("the node closed a plaintext connection: it probably requires TLS; drop --insecure and pass the "
+                "cluster's CA with --ca-file")
+    return ""
 
 
 def _dict(message: Any) -> dict[str, Any]:

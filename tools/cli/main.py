@@ -8,6 +8,13 @@ the cluster has no quorum); 2 usage or invalid input (nothing was changed);
 The cluster address is --cluster HOST:PORT,..., else $RAFTFLOW_CLUSTER, else the
 nodes of the local cluster tools/up started (.raftflow/cluster.json), else
 127.0.0.1:50051-50053. Each is tried until one answers.
+
+Connections are TLS. The CA certificate that nodes' certificates must chain to is
+--ca-file, else $RAFTFLOW_CA_FILE, else the local cluster's (.raftflow/ca.pem, next
+to its cluster.json), else the system's CA certificates. --insecure (or
+RAFTFLOW_INSECURE=1) talks plaintext, to nodes started with `insecure = true`.
+
+`raftflow certs init|issue` makes a CA and node certificates (deploy/README.md).
 """
 
 from __future__ import annotations
@@ -41,12 +48,41 @@ class UsageError(Exception):
     pass
 
 
+def local_data_dir() -> Path:
+    """Where tools/up keeps the local cluster (cluster.json, ca.pem)."""
+    return Path(os.environ.get("RAFTFLOW_DATA_DIR", ".raftflow"))
+
+
+def cluster_tls(ca_flag: str | None, insecure_flag: bool) -> tuple[bytes | None, bool, str]:
+    """(CA certificate PEM, or None for the system's roots; plaintext?; where the CA came
+    from, for error messages). Order: --insecure / $RAFTFLOW_INSECURE, --ca-file,
+    $RAFTFLOW_CA_FILE, the local cluster (insecure, else its ca.pem), the system's roots."""
+    if insecure_flag or os.environ.get("RAFTFLOW_INSECURE", "").lower() in ("1", "true", "yes", "on"):
+        return None, True, ""
+    for value, source in ((ca_flag, "--ca-file"), (os.environ.get("RAFTFLOW_CA_FILE"), "$RAFTFLOW_CA_FILE")):
+        if value:
+            try:
+                return Path(value).read_bytes(), False, f"the CA in {value} ({source})"
+            except OSError as e:
+                raise UsageError(f"cannot read the CA certificate {value} ({source}): {e.strerror}") from None
+    manifest, local_ca = local_data_dir() / "cluster.json", local_data_dir() / "ca.pem"
+    if manifest.exists():
+        try:
+            if json.loads(manifest.read_text()).get("insecure"):
+                return None, True, ""
+        except (OSError, ValueError):
+            pass
+        if local_ca.exists():
+            return local_ca.read_bytes(), False, f"the CA in {local_ca} (the local cluster's)"
+    return None, False, f"the system's CA certificates (no --ca-file, RAFTFLOW_CA_FILE or {local_ca})"
+
+
 def cluster_addresses(flag: str | None) -> list[str]:
     if flag:
         return [a.strip() for a in flag.split(",") if a.strip()]
     if os.environ.get("RAFTFLOW_CLUSTER"):
         return [a.strip() for a in os.environ["RAFTFLOW_CLUSTER"].split(",") if a.strip()]
-    manifest = Path(os.environ.get("RAFTFLOW_DATA_DIR", ".raftflow")) / "cluster.json"
+    manifest = local_data_dir() / "cluster.json"
     if manifest.exists():
         return [n["grpc"] for n in json.loads(manifest.read_text())["nodes"]]
     return DEFAULT_ADDRESSES
@@ -488,6 +524,37 @@ def cmd_connections_list(client: ClusterClient, args: argparse.Namespace) -> int
     return EXIT_OK
 
 
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    from raftflow.certs import init_dir
+
+    path = init_dir(Path(args.dir), days=args.days)
+    print(f"created the cluster CA: {path} (give it to every node as tls_ca_file, and to clients as --ca-file) "
+          f"and its key {path.with_name('ca.key')} (0600: keep it off the nodes; it signs new node certificates)")
+    return EXIT_OK
+
+
+def cmd_certs_issue(args: argparse.Namespace) -> int:
+    from raftflow.certs import issue_in_dir
+
+    if not args.host:
+        raise UsageError("give at least one --host: the host names or IPs clients and peers dial this node at")
+    cert, key = issue_in_dir(Path(args.dir), args.node_id, args.host, days=args.days)
+    print(f"issued {args.node_id}'s certificate {cert} (CN {args.node_id}; SANs {args.node_id}, "
+          f"{', '.join(args.host)}; valid {args.days} days) and key {key} (0600). On that node set "
+          f"tls_cert_file = \"{cert}\", tls_key_file = \"{key}\", tls_ca_file = \"{Path(args.dir) / 'ca.pem'}\"")
+    return EXIT_OK
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    from raftflow.certs import CertError
+
+    try:
+        return int(args.certs_func(args))
+    except (CertError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -495,7 +562,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 operation failed, 2 usage or invalid input, 3 cluster unreachable.")
     parser.add_argument("--cluster", help="node addresses HOST:PORT,... (default: $RAFTFLOW_CLUSTER, "
                                           "else the local cluster from tools/up)")
-    sub = parser.add_subparsers(dest="group", required=True, metavar="{dags,runs,tasks,pools,connections,cluster,node}")
+    parser.add_argument("--ca-file", dest="ca_file",
+                        help="CA certificate the nodes' certificates chain to (default: $RAFTFLOW_CA_FILE, else "
+                             "the local cluster's <data-dir>/ca.pem, else the system's)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plaintext, for nodes started with insecure = true (development only)")
+    sub = parser.add_subparsers(dest="group", required=True,
+                                metavar="{dags,runs,tasks,pools,connections,cluster,certs,node}")
 
     def verb(group: argparse._SubParsersAction, name: str, func: Callable, help: str,
              json_flag: bool = True) -> argparse.ArgumentParser:
@@ -581,6 +654,23 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = sub.add_parser("cluster", help="cluster status").add_subparsers(dest="verb", required=True)
     verb(cluster, "status", cmd_cluster_status, "who leads, and each node's health and load")
 
+    certs = sub.add_parser("certs", help="make a cluster CA and node certificates (deploy/README.md)"
+                           ).add_subparsers(dest="verb", required=True)
+    p = certs.add_parser("init", help="create a CA: DIR/ca.pem and DIR/ca.key (never overwrites)",
+                         description="create a CA: DIR/ca.pem and DIR/ca.key (never overwrites)")
+    p.add_argument("--dir", required=True, help="folder for the CA's files")
+    p.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
+    p.set_defaults(certs_func=cmd_certs_init)
+    p = certs.add_parser("issue", help="issue a node certificate signed by DIR's CA: DIR/NODE_ID.pem and .key",
+                         description="issue a node certificate signed by DIR's CA: DIR/NODE_ID.pem and "
+                                     "DIR/NODE_ID.key (CN and a DNS SAN = NODE_ID, plus every --host)")
+    p.add_argument("node_id")
+    p.add_argument("--dir", required=True, help="the folder of `certs init` (its ca.pem and ca.key)")
+    p.add_argument("--host", action="append", default=[],
+                   help="a host name or IP clients or peers dial this node at (repeat for several)")
+    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    p.set_defaults(certs_func=cmd_certs_issue)
+
     from raftflow.main import build_parser as node_parser
     node = sub.add_parser("node", help="run a node (see deploy/ and tools/up)")
     node_parser(node)
@@ -594,7 +684,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.group == "node":
         from raftflow.main import run
         return run(args)
-    client = ClusterClient(cluster_addresses(args.cluster))
+    if args.group == "certs":
+        return run_certs(args)
+    try:
+        ca_pem, insecure, ca_name = cluster_tls(args.ca_file, args.insecure)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    client = ClusterClient(cluster_addresses(args.cluster), ca_pem=ca_pem, insecure=insecure, ca_name=ca_name)
     try:
         return args.func(client, args)
     except UsageError as e:
