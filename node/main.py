@@ -232,6 +232,7 @@ class Node:
         """Report liveness and load to whoever leads, every heartbeat_interval; an
         acknowledgement from a leader with quorum renews this node's lease."""
         last_sent, last_leader = 0.0, None
+        last_refusal = ""   # logged once per distinct refusal, not every heartbeat
         while not self._stop.wait(0.02):
             leader = self.replica.status().leader_id
             sent_at = time.monotonic()
@@ -254,13 +255,35 @@ class Node:
                         running=[peer_pb2.AttemptKey(run_id=r, task_id=t, attempt=a) for r, t, a in running]),
                         timeout=self.cfg.heartbeat_interval * 2).lease_granted
             except grpc.RpcError as e:
+                refused = _refused(e, tls=self.tls is not None)
+                if refused and refused != last_refusal:
+                    log.warning("heartbeat to %s refused; this node gets no work until it is accepted: %s",
+                                leader, refused)
+                last_refusal = refused
                 log.debug("heartbeat to %s failed: %s", leader, e.code())
             except Exception:  # noqa: BLE001 - without heartbeats the lease lapses: never stop
                 log.exception("heartbeat error")
+            else:
+                last_refusal = ""
             if granted:
                 self.worker.renew_lease(sent_at)
             else:   # no leader yet, or it has not taken office: try again shortly
                 last_sent = sent_at - self.cfg.heartbeat_interval + 0.05
+
+
+def _refused(e: grpc.RpcError, tls: bool) -> str:
+    """Why a peer refused this node (its certificate, token or identity), or "" when the
+    failure is not a refusal (the peer is down, slow, or has no leader yet)."""
+    details = e.details() or ""
+    if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return details
+    if any(marker in details.lower() for marker in ("handshake", "ssl", "certificate")):
+        return details
+    if tls and details.endswith("Socket closed"):
+        # What a TLS 1.3 client sees when the server rejects its certificate.
+        return (f"{details}: the peer closed the TLS connection; it refuses this node's certificate unless the "
+                "CA in its tls_ca_file issued it")
+    return ""
 
 
 def _listen(server: grpc.Server, setting: str, address: str, tls: TLSMaterial | None,

@@ -90,3 +90,28 @@ def test_a_node_checks_its_own_pair():
         certs.check_node_pair(certs.KeyPair(n1.cert_pem, n2.key_pem), "n1", "here")
     with pytest.raises(certs.CertError, match="cannot read"):
         certs.check_node_pair(certs.KeyPair(b"junk", n1.key_pem), "n1", "here")
+
+
+def test_the_cli_makes_a_ca_and_node_certificates_and_refuses_to_overwrite(tmp_path: Path, capsys):
+    from raftflow_cli.main import main
+
+    tls = tmp_path / "tls"
+    assert main(["certs", "init", "--dir", str(tls)]) == 0
+    assert main(["certs", "issue", "n1", "--dir", str(tls), "--host", "10.0.0.1", "--host", "n1.example.com",
+                 "--days", "90"]) == 0
+    out = capsys.readouterr().out
+    assert f'tls_cert_file = "{tls / "n1.pem"}"' in out and f'tls_ca_file = "{tls / "ca.pem"}"' in out
+    cert = _cert((tls / "n1.pem").read_bytes())
+    cert.verify_directly_issued_by(_cert((tls / "ca.pem").read_bytes()))
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName) == ["n1", "n1.example.com"]
+    assert stat.S_IMODE((tls / "n1.key").stat().st_mode) == 0o600
+
+    before = sorted(p.name for p in tls.iterdir())
+    assert main(["certs", "init", "--dir", str(tls)]) == 2
+    assert "never overwrites" in capsys.readouterr().err
+    assert main(["certs", "issue", "n2", "--dir", str(tls)]) == 2
+    assert "give at least one --host" in capsys.readouterr().err
+    assert main(["certs", "issue", "bad/id", "--dir", str(tls), "--host", "h"]) == 2
+    assert "is invalid" in capsys.readouterr().err
+    assert sorted(p.name for p in tls.iterdir()) == before, "refusals wrote nothing"
