@@ -42,6 +42,8 @@ def test_plaintext_is_refused_on_the_client_and_the_peer_port(cluster):
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     with cluster.channel(node.grpc_address) as channel:      # the control: with the CA it answers
         client_pb2_grpc.ClientStub(channel).ListDags(client_pb2.ListDagsRequest(), timeout=5)
+        status = client_pb2_grpc.ClientStub(channel).ClusterStatus(client_pb2.ClusterStatusRequest(), timeout=5)
+    assert [(n.tls, n.peer_address) for n in status.nodes] == [(True, n.peer_address) for n in cluster.nodes]
 
 
 def test_the_cli_says_what_is_wrong_with_tls(cluster, tmp_path: Path):
@@ -141,6 +143,9 @@ def test_an_insecure_cluster_works_in_plaintext_and_warns_loudly(tmp_path: Path)
         assert not cluster.ca_path.exists(), "no certificates are made for an insecure cluster"
         status = Cli(cluster).json("cluster", "status")   # the CLI finds it insecure in cluster.json
         assert {n["id"] for n in status["nodes"] if n["healthy"]} == {"n1", "n2", "n3"}, status
+        assert [n["tls"] for n in status["nodes"]] == [False] * 3
+        shown = Cli(cluster)("cluster", "status")
+        assert shown.returncode == 0 and "WARNING: n1, n2, n3 serve(s) PLAINTEXT gRPC" in shown.stdout, shown.stdout
         with grpc.insecure_channel(cluster.nodes[0].grpc_address) as channel:
             client_pb2_grpc.ClientStub(channel).ListDags(client_pb2.ListDagsRequest(), timeout=5)
         for node in cluster.nodes:

@@ -484,6 +484,9 @@ def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
         if n.get("snapshot_error"):
             print(f"\nsnapshot FAILING on {n['id']} ({n.get('snapshot_failures', 0)} attempt(s) in a row; retried "
                   f"with backoff; its journal grows until one succeeds; see its log): {n['snapshot_error']}")
+    plaintext = [n["id"] for n in status["nodes"] if not n["error"] and n.get("tls") is False]
+    if plaintext:
+        print(f"\nWARNING: {', '.join(plaintext)} serve(s) PLAINTEXT gRPC (insecure = true): development only")
     digests = {n["digest"] for n in status["nodes"] if n["digest"]}
     if status["leader_changes"]:
         print("\nrecent leader changes:")
