@@ -34,6 +34,7 @@ NODE_DAYS = 365
 CA_CERT, CA_KEY = "ca.pem", "ca.key"
 PRIVATE_KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
+MAX_NODE_ID = 63   # a DNS label; the CN holds 64
 
 
 class CertError(ValueError):
@@ -100,6 +101,9 @@ def issue(ca: KeyPair, node_id: str, hosts: Sequence[str], days: int = NODE_DAYS
     server and as a client (peer calls are mutual TLS)."""
     if not ID_PATTERN.fullmatch(node_id):
         raise CertError(f"node id {node_id!r} is invalid: use {ID_RULE}")
+    if len(node_id) > MAX_NODE_ID:
+        raise CertError(f"node id {node_id[:20]}... is {len(node_id)} characters: a certificate's common name (and a "
+                        f"DNS name's label) holds at most {MAX_NODE_ID}; give the node a shorter id")
     _check_days(days)
     ca_cert, ca_key = _load_ca(ca)
     names: list[x509.GeneralName] = [x509.DNSName(node_id)]

@@ -52,6 +52,9 @@ def test_bad_input_is_refused_with_a_reason():
     ca = certs.new_ca()
     with pytest.raises(certs.CertError, match="node id '../n1' is invalid"):
         certs.issue(ca, "../n1", [])
+    with pytest.raises(certs.CertError, match="is 64 characters: .* at most 63"):
+        certs.issue(ca, "n" * 64, [])
+    certs.issue(ca, "n" * 63, [])
     with pytest.raises(certs.CertError, match="neither an IP address nor a DNS name"):
         certs.issue(ca, "n1", ["bad host!"])
     with pytest.raises(certs.CertError, match="--days must be from 1"):

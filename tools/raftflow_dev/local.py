@@ -129,7 +129,9 @@ class LocalCluster:
         self._started: list[subprocess.Popen] = []      # every process this helper started
         manifest = self.data_dir / "cluster.json"
         saved = json.loads(manifest.read_text()) if manifest.exists() else None
-        if saved is not None and all("peer" in n for n in saved["nodes"]):   # else: from before the peer port
+        # A cluster.json from before the peer port (and TLS) is laid out afresh.
+        self.outdated = saved is not None and not all("peer" in n for n in saved["nodes"])
+        if saved is not None and not self.outdated:
             self.slots = saved["slots"]
             self.insecure = bool(saved.get("insecure", False))
             self.nodes = [LocalNode(n["id"], n["grpc"], n["raft"], self.data_dir / n["id"], n["peer"])

@@ -77,6 +77,11 @@ def up(args: argparse.Namespace) -> int:
         connections = {f"n{i + 1}": (conn,) for i in range(args.nodes)}
     cluster = LocalCluster(data_dir, nodes=args.nodes, port_base=args.port_base, connections=connections)
     running = cluster.running()
+    if cluster.outdated and running:
+        print(f"the cluster running from {data_dir} predates TLS and the peer port: stop it with "
+              f"`tools/down{'' if str(data_dir) == '.raftflow' else f' --data-dir {data_dir}'}`, then run tools/up "
+              "again", file=sys.stderr)
+        return 2
     wanted = (args.nodes, f"{LOOPBACK}:{args.port_base}")
     current = (len(cluster.nodes), cluster.nodes[0].grpc_address)
     if current != wanted:
