@@ -210,7 +210,7 @@ def _tls_problem(e: grpc.RpcError, insecure: bool, ca_name: str) -> str:
         return ("the node's certificate does not name the address dialed: issue it with --host for every address "
                 "clients use (raftflow certs issue)")
     if "handshake" in details.lower() or "ssl" in details.lower():
-        return f"TLS handshake failed ({details.rsplit(': ', 2)[-2] if ': ' in details else details})"
+        return f"TLS handshake failed: {details}"
     if insecure and "Socket closed" in details:
         return ("the node closed a plaintext connection: it probably requires TLS; drop --insecure and pass the "
                 "cluster's CA with --ca-file")
