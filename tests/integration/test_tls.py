@@ -148,6 +148,12 @@ def test_an_insecure_cluster_works_in_plaintext_and_warns_loudly(tmp_path: Path)
         assert shown.returncode == 0 and "WARNING: n1, n2, n3 serve(s) PLAINTEXT gRPC" in shown.stdout, shown.stdout
         with grpc.insecure_channel(cluster.nodes[0].grpc_address) as channel:
             client_pb2_grpc.ClientStub(channel).ListDags(client_pb2.ListDagsRequest(), timeout=5)
+        ca = tmp_path / "ca.pem"
+        ca.write_bytes(certs.new_ca().cert_pem)
+        proc = _cli("--cluster", cluster.addresses, "--ca-file", str(ca), "dags", "list",
+                    env={"RAFTFLOW_DATA_DIR": str(tmp_path / "none")})
+        assert proc.returncode == 3 and "does not speak TLS (started with insecure = true?)" in proc.stderr, \
+            proc.stderr
         for node in cluster.nodes:
             log = node.log_path.read_text()
             assert "WARNING" in log and "INSECURE: insecure = true" in log and "PLAINTEXT" in log, log[-2000:]
