@@ -13,6 +13,8 @@ overridden by command-line flags (flag > environment > file > default).
     tls_key_file = "/etc/raftflow/tls/n1.key"
     tls_ca_file = "/etc/raftflow/tls/ca.pem"     # the CA that issued every node's certificate
     insecure = false                     # true: plaintext on both gRPC ports, development only
+    scratch_dir = "/tmp"                 # where attempts' working folders go (default: the system temp dir)
+    run_as_user = "raftflow-task"        # local task processes run as this user (default: the node's)
 
     [[peers]]
     id = "n2"
@@ -38,12 +40,23 @@ Without the three tls_* files a node refuses to start (NodeConfig.read_tls) unle
 Secrets are never part of the config: a connection names the key file, and the
 environment variable that holds a password or key passphrase.
 `load` raises ConfigError with a message that names the setting and its source.
+
+What a task sees (worker/worker.py): each attempt works in a folder of its own under
+`scratch_dir`/raftflow-NODE-XXXXXXXX (one per node data directory, emptied when the
+node starts; never inside data_dir), removed once the attempt is reported.
+`run_as_user` names the user (and its primary group, no supplementary groups) that
+bash and python tasks and the template renderer run as; it must exist, and only a
+node running as root may name another user than its own. The ssh runner stays the
+node's user: it reads the connection's key file, which the task user must not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pwd
+import tempfile
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -136,6 +149,31 @@ class SSHConnection:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskUser:
+    """The user a node's local task processes run as (run_as_user), looked up on this
+    machine: its primary group, its home (the task's HOME)."""
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @staticmethod
+    def named(name: str, where: str = "run_as_user") -> "TaskUser":
+        """The user called `name`; ConfigError (naming `where` the setting came from) if none."""
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError(f"run_as_user from {where} is {name!r}, but there is no such user on this machine: "
+                              f"create it (useradd --system --no-create-home {name}) or leave run_as_user out "
+                              "to run tasks as the node's own user") from None
+        return TaskUser(name, entry.pw_uid, entry.pw_gid, entry.pw_dir or "/")
+
+
+def _default_scratch_dir() -> Path:
+    return Path(tempfile.gettempdir())
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     node_id: str
     grpc_address: str
@@ -169,6 +207,24 @@ class NodeConfig:
     tls_key_file: Path | None = None
     tls_ca_file: Path | None = None
     insecure: bool = False
+    # Where this node's attempt folders go (see `scratch`): outside data_dir, so a task's
+    # working directory is not the node's.
+    scratch_dir: Path = field(default_factory=_default_scratch_dir)
+    # The user local task processes run as; None: the node's own user.
+    run_as_user: str | None = None
+
+    @property
+    def scratch(self) -> Path:
+        """This node's own folder under scratch_dir, where each attempt gets a folder: named
+        by the node id and its data_dir, so two nodes on one machine (also of two clusters
+        with the same node ids) never share one. The worker empties it at start."""
+        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:8]
+        return self.scratch_dir / f"raftflow-{self.node_id}-{digest}"
+
+    @property
+    def task_user(self) -> TaskUser | None:
+        """run_as_user, looked up on this machine (ConfigError if it does not exist)."""
+        return TaskUser.named(self.run_as_user) if self.run_as_user is not None else None
 
     @property
     def worker_lease(self) -> float:
@@ -269,6 +325,8 @@ _SCALARS: dict[str, tuple[Callable[[Any], Any], str]] = {  # key -> (type, envir
     "tls_key_file": (Path, "RAFTFLOW_TLS_KEY_FILE"),
     "tls_ca_file": (Path, "RAFTFLOW_TLS_CA_FILE"),
     "insecure": (_bool, "RAFTFLOW_INSECURE"),
+    "scratch_dir": (Path, "RAFTFLOW_SCRATCH_DIR"),
+    "run_as_user": (str, "RAFTFLOW_RUN_AS_USER"),
 }
 _TLS_FILES = ("tls_cert_file", "tls_key_file", "tls_ca_file")
 
@@ -315,7 +373,7 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
     if missing:
         raise ConfigError(f"missing setting(s): {', '.join(missing)} (set them in the config file, "
                           f"as --{missing[0].replace('_', '-')}, or as {_SCALARS[missing[0]][1]})")
-    for key in ("data_dir", "secret_file", *_TLS_FILES):
+    for key in ("data_dir", "secret_file", "scratch_dir", *_TLS_FILES):
         if key in values and not values[key].expanduser().is_absolute():
             values[key] = (base / values[key].expanduser()).resolve()
         elif key in values:
@@ -334,6 +392,8 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
         raise ConfigError(f"slots from {where['slots']} must be at least 1")
     if values.get("task_log_limit", 1) < 1:
         raise ConfigError(f"task_log_limit from {where['task_log_limit']} must be at least 1 (bytes)")
+    if "run_as_user" in values:
+        _check_run_as_user(values["run_as_user"], where["run_as_user"])
 
     peers = tuple(_peer(p, where.get("peers", "config")) for p in raw.get("peers", []))
     for p in peers:
@@ -351,6 +411,10 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
         raise ConfigError("[raft] election_timeout_min must be well above append_entries_period")
     connections = _connections(raw.get("connections", {}), base, environ)
     cfg = NodeConfig(peers=peers, raft=tuning, connections=connections, **values)
+    if cfg.scratch.is_relative_to(cfg.data_dir) or cfg.data_dir.is_relative_to(cfg.scratch):
+        raise ConfigError(f"scratch_dir{' from ' + where['scratch_dir'] if 'scratch_dir' in where else ''} "
+                          f"puts the attempts' folders ({cfg.scratch}) inside data_dir ({cfg.data_dir}) or around "
+                          "it: a task's working directory must be outside the node's data; choose another scratch_dir")
     if cfg.raft.leader_fallback_timeout + LEASE_MARGIN > cfg.worker_lease:
         raise ConfigError(
             f"lease_timeout {cfg.lease_timeout}s is too short for leader_fallback_timeout "
@@ -360,6 +424,27 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
         raise ConfigError(f"heartbeat_interval {cfg.heartbeat_interval}s is too long for lease_timeout "
                           f"{cfg.lease_timeout}s: at least 3 heartbeats must fit in lease_timeout/2")
     return cfg
+
+
+def _check_run_as_user(name: str, where: str) -> None:
+    """The user exists, and this node may start processes as it: root may start them as
+    anyone, any other user only as itself."""
+    if not name:
+        raise ConfigError(f"run_as_user from {where} is empty: name a user, or leave run_as_user out to run tasks "
+                          "as the node's own user")
+    user = TaskUser.named(name, where)
+    me = os.geteuid()
+    if me != 0 and user.uid != me:
+        raise ConfigError(f"run_as_user from {where} is {name!r}, but this node runs as {_user_name(me)!r}, not "
+                          "root, and only root can start processes as another user: start the node as root "
+                          "(deploy/raftflow.service does) or leave run_as_user out")
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
 
 
 _CONNECTION_KEYS = frozenset({"host", "port", "user", "key_file", "password_env", "passphrase_env", "known_hosts",
@@ -490,10 +575,13 @@ def to_toml(cfg: NodeConfig) -> str:
         f"fsync = {'true' if cfg.fsync else 'false'}",
         "queues = [" + ", ".join(f'"{q}"' for q in cfg.queues) + "]",
         f"task_log_limit = {cfg.task_log_limit}",
+        f"scratch_dir = {_toml_str(str(cfg.scratch_dir))}",
         f"insecure = {'true' if cfg.insecure else 'false'}",
     ]
     if cfg.peer_address:
         lines.insert(2, f'peer_address = "{cfg.peer_address}"')
+    if cfg.run_as_user is not None:
+        lines.append(f"run_as_user = {_toml_str(cfg.run_as_user)}")
     lines += [f"{key} = {_toml_str(str(getattr(cfg, key)))}" for key in _TLS_FILES if getattr(cfg, key) is not None]
     if cfg.raft != RaftTuning():
         lines += ["", "[raft]"] + [f"{name} = {getattr(cfg.raft, name)}" for name in RaftTuning.__dataclass_fields__]

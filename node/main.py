@@ -51,7 +51,7 @@ from .worker.worker import Assignment, AttemptSetup, Worker
 
 log = logging.getLogger("raftflow.node")
 # What the node keeps under data_dir: the Raft journal and snapshots, the run archive,
-# task logs, attempts' working files (results, rendered context). Nobody else may read them.
+# task logs (attempts work in scratch_dir, outside it). Nobody else may read them.
 DATA_SUBDIRS = ("raft", "history", "store", "work")
 PRIVATE = 0o700
 
@@ -84,10 +84,10 @@ class Node:
         self.replica = ReplicatedState(cfg, secret, on_applied=self._after_apply,
                                        on_installed=self._after_install)
         self.peers = PeerClients(cfg.peers, peer_token(secret), self.tls)
-        self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.data_dir / "work",
+        self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.scratch,
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
                              lease_duration=cfg.worker_lease, reaper=Reaper(), setup=self._attempt_setup,
-                             connections=cfg.connections)
+                             connections=cfg.connections, run_as=cfg.task_user)
         self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.healthy_window,
                                  cfg.slots, cfg.node_id)
         self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,

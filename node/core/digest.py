@@ -141,7 +141,11 @@ def term_of(state: State, key: Key) -> int:
 
 
 def touch(state: State, key: Key) -> None:
-    """Re-hash one object after a change (idempotent: an unchanged object keeps its term)."""
+    """Re-hash one object after a change (idempotent: an unchanged object keeps its term).
+    Every change to a run or task instance passes here (`validate` proves it), so this
+    also stamps the run's `State.run_changes` entry, which the planner's memo checks."""
+    if key[0] == "run" or key[0] == "task":
+        state.run_changes[key[1]] = state.applied
     new = term_of(state, key)
     old = state.object_terms.pop(key, 0)
     if new:

@@ -12,7 +12,8 @@ state.py still imports them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
 from typing import Any
 
 from .pickling import by_name
@@ -130,7 +131,28 @@ class TaskInstance:
     result: str | None = None        # the JSON text the current attempt published, if any
 
 
-@by_name
+# A task instance's fields but its id, and their values as created: `pack_tasks`
+# compares against them in one C-level call per task.
+_TASK_STATE = attrgetter(*(f.name for f in fields(TaskInstance) if f.name != "task_id"))
+_AS_CREATED = _TASK_STATE(TaskInstance(""))
+
+
+def pack_tasks(tasks: dict[str, TaskInstance]) -> list[str | TaskInstance]:
+    """A run's tasks for a pickle, in order, a task still as created as its id alone: a
+    queued run of 2,000 tasks pickles as 2,000 strings (50 such runs took 0.8 s under
+    the replica lock for each snapshot, and 0.3 s even with defaults left out)."""
+    return [task_id if _TASK_STATE(ti) == _AS_CREATED else ti for task_id, ti in tasks.items()]
+
+
+def unpack_tasks(packed: Any) -> dict[str, TaskInstance]:
+    """`pack_tasks` undone; a dict (pickles written before packing) is taken as it is."""
+    if isinstance(packed, dict):
+        return packed
+    return {item.task_id: item for item in
+            (TaskInstance(entry) if isinstance(entry, str) else entry for entry in packed)}
+
+
+@by_name(upgrade={"tasks": unpack_tasks}, pack={"tasks": pack_tasks})
 @dataclass(slots=True)
 class Run:
     run_id: str

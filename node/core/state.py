@@ -104,11 +104,15 @@ class State:
         self.stimulus = Stimulus()
         # Digest keys of the objects the command being applied moved (see digest.py).
         self.touched: set[_digest.Key] = set()
+        # run_id -> `applied` when the run or one of its task instances last changed
+        # (digest.touch stamps it). Not replicated: the leader's planner memo
+        # (planner.PlanMemo) skips the runs that did not change since its last plan.
+        self.run_changes: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the in-memory part (Raft snapshots carry the archive beside it)."""
         data = dict(self.__dict__)
-        del data["_archive"], data["stimulus"], data["touched"]
+        del data["_archive"], data["stimulus"], data["touched"], data["run_changes"]
         return data
 
     def __setstate__(self, data: dict[str, Any]) -> None:
@@ -119,6 +123,7 @@ class State:
         self._archive = MemoryArchive()
         self.stimulus = Stimulus()
         self.touched = set()
+        self.run_changes = {}
         self.__dict__.setdefault("archive_terms", {})
         if "object_terms" not in data or "object_digest" not in data:
             self.object_terms = _digest.all_terms(self)

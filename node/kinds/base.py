@@ -56,15 +56,17 @@ class AttemptInput:
     node_id: str                       # this node
     reason_file: str                   # where a runner may leave a one-line reason for its failure
     connections: Mapping[str, SSHConnection] = field(default_factory=dict)   # this node's SSH connections
-    attempt_dir: str = ""              # the attempt's own directory, where `Launch.files` are written
+    attempt_dir: str = ""              # the attempt's scratch folder: its cwd, where `Launch.files` are written
 
 
 @dataclass(frozen=True, slots=True)
 class Launch:
-    """How the worker starts an attempt: `argv` in its own session, in the working
-    directory, stdout and stderr merged into the task log. Its environment is this
-    node's, then `task_env`, then RAFTFLOW_RESULT_FILE and the attempt's RAFTFLOW_*
-    variables, then `extra_env`. Anything large goes in `files`, never in the
+    """How the worker starts an attempt: `argv` in its own session, in the attempt's
+    scratch folder (AttemptInput.attempt_dir), stdout and stderr merged into the task
+    log. Its environment is clean: PATH, HOME, LANG and LC_ALL (as the node has them),
+    the `node_variables` it names, then `task_env`, then RAFTFLOW_RESULT_FILE and the
+    attempt's RAFTFLOW_* variables, then `extra_env`; nothing else of the node's
+    (worker.Worker._environment). Anything large goes in `files`, never in the
     environment (Linux refuses a single variable over 128 KiB: "Argument list too long")."""
     argv: tuple[str, ...]
     task_env: Mapping[str, str] = field(default_factory=dict)    # the task's env, for the local process
@@ -72,9 +74,14 @@ class Launch:
     # Files the worker writes into AttemptInput.attempt_dir before it starts the process:
     # plain file name -> text. Removed with the directory once the attempt is reported.
     files: Mapping[str, str] = field(default_factory=dict)
-    # The environment variables that hold SSH passwords and passphrases (config) are
-    # removed from every attempt's process except one that connects with them.
-    needs_connection_secrets: bool = False
+    # Names of this node's environment variables the process also gets, if the node has
+    # them: what the kind's own runner needs (a python task's PYTHONPATH; the ssh runner's
+    # password and passphrase variables of its connection, and only those).
+    node_variables: tuple[str, ...] = ()
+    # True: the process runs as the node's user even when run_as_user is set. Only for
+    # raftflow's own runners that run no user code locally (the ssh runner: it must read
+    # the connection's key file, which the task user must not be able to).
+    as_node_user: bool = False
 
 
 class TaskKind:

@@ -41,8 +41,10 @@ class Python(TaskKind):
 
     def launch(self, attempt: AttemptInput) -> Launch:
         """The context and op_kwargs go in files of the attempt's directory, whatever
-        their size (one environment variable holds at most 128 KiB)."""
-        return Launch((sys.executable, "-m", "raftflow.worker.pyrunner"), task_env=attempt.env, extra_env={
+        their size (one environment variable holds at most 128 KiB). The callable is
+        imported as the node would import it: the node's PYTHONPATH is passed on."""
+        return Launch((sys.executable, "-m", "raftflow.worker.pyrunner"), task_env=attempt.env,
+                      node_variables=("PYTHONPATH",), extra_env={
             "RAFTFLOW_PY_CALLABLE": attempt.task.python_callable,
             "RAFTFLOW_PY_CONTEXT_FILE": posixpath.join(attempt.attempt_dir, CONTEXT_FILE),
             "RAFTFLOW_PY_KWARGS_FILE": posixpath.join(attempt.attempt_dir, KWARGS_FILE),

@@ -47,21 +47,25 @@ class SSH(TaskKind):
 
     def launch(self, attempt: AttemptInput) -> Launch:
         """The remote command gets the task's env and the attempt's RAFTFLOW_* variables,
-        nothing of this node's environment (which may hold the connection's password);
-        the local runner gets no task env."""
+        nothing of this node's environment (which may hold the connection's password).
+        The local runner is raftflow's own code, running no user code here: it gets no
+        task env, and of the node's variables exactly the connection's password_env and
+        passphrase_env (to log in); it runs as the node's user, who can read key_file."""
         conn = attempt.connections.get(attempt.task.ssh_conn_id)
         if conn is None:
             raise CannotStart(f"node {attempt.node_id} has no SSH connection {attempt.task.ssh_conn_id!r} in its "
                               f"config (it has: {', '.join(attempt.connections) or 'none'})")
         remote_env = {**attempt.env, **attempt.variables}
-        return Launch((sys.executable, "-m", "raftflow.worker.sshrun"), needs_connection_secrets=True, extra_env={
-            "RAFTFLOW_SSH_CONNECTION": conn.to_json(),
-            "RAFTFLOW_SSH_COMMAND": attempt.command,
-            "RAFTFLOW_SSH_ENV": json.dumps(remote_env),
-            "RAFTFLOW_SSH_PTY": "1" if attempt.task.get_pty else "0",
-            "RAFTFLOW_REASON_FILE": attempt.reason_file,
-            "PYTHONUNBUFFERED": "1",
-        })
+        secrets = tuple(name for name in (conn.password_env, conn.passphrase_env) if name)
+        return Launch((sys.executable, "-m", "raftflow.worker.sshrun"), node_variables=secrets,
+                      as_node_user=True, extra_env={
+                          "RAFTFLOW_SSH_CONNECTION": conn.to_json(),
+                          "RAFTFLOW_SSH_COMMAND": attempt.command,
+                          "RAFTFLOW_SSH_ENV": json.dumps(remote_env),
+                          "RAFTFLOW_SSH_PTY": "1" if attempt.task.get_pty else "0",
+                          "RAFTFLOW_REASON_FILE": attempt.reason_file,
+                          "PYTHONUNBUFFERED": "1",
+                      })
 
 
 KIND = SSH()

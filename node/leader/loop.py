@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..core import commands as c
-from ..core.planner import NodeInfo, plan
+from ..core.planner import NodeInfo, PlanMemo, plan
 from ..core.spec import DEFAULT_QUEUE
 from ..core.states import TaskState
 from ..raft.replica import Replica, Unavailable
@@ -187,6 +187,7 @@ class LeaderLoop(threading.Thread):
         self._liveness = liveness
         self._dispatcher = dispatcher
         self._wall_clock = wall_clock
+        self._plan_memo = PlanMemo()   # (plans run under the replica lock: see planner.PlanMemo)
         self._monotonic = monotonic
         self._halt = threading.Event()   # not `_stop`: that name is threading.Thread's own (join uses it)
         self.leading_term: int | None = None
@@ -251,7 +252,7 @@ class LeaderLoop(threading.Thread):
         now = self._wall_clock()
         with self._replica.lock:
             applied_before = self._replica.state.applied
-            commands = plan(self._replica.state, now, self._liveness.view(self._monotonic()))
+            commands = plan(self._replica.state, now, self._liveness.view(self._monotonic()), self._plan_memo)
         self.plans += 1
         if commands:
             result = self._replica.propose(c.Batch(tuple(commands)), timeout=5.0)

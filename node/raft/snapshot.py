@@ -16,7 +16,9 @@ wrong, so an installer that stages records (see `RunArchive.replace_all`) never
 installs part of a damaged snapshot.
 
 Writing takes a point-in-time view: the State's pickle is taken under the caller's
-lock (its size depends on active work) and the archive's records come from a
+lock (its cost is the active runs' tasks that have moved: a task still as created
+pickles as its id, core/model.py `pack_tasks`; 50 queued runs of 2,000 tasks take
+~50 ms, not 0.8 s) and the archive's records come from a
 `RunArchive.view()`, so the O(history) part runs in a background thread while the
 Raft thread goes on applying.
 """

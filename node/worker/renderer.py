@@ -14,6 +14,9 @@ shutdown, or the attempt's execution_timeout, kills the renderer at once (the
 render counts against execution_timeout). A renderer that failed, died or was
 killed is never reused; idle ones are kept for the next attempts (at most
 `idle_max`), so a templated task costs an exchange over a pipe, not a process start.
+A renderer evaluates user templates, so it sees what a task sees: the clean
+environment the worker gives it (no node secret or setting), a working directory
+outside the node's data directory, and the task user (run_as_user) when one is set.
 
 Protocol, one request at a time: the worker writes an 8-byte big-endian length and
 a pickle of (cpu_seconds, [(what, template), ...], context); the renderer answers
@@ -36,9 +39,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from .render import RenderError, is_template, render
+
+if TYPE_CHECKING:   # the renderer process itself imports no more than it needs
+    from ..config import TaskUser
 
 RENDER_MEMORY = 512 * 1024 * 1024    # address space of a renderer process (RLIMIT_AS)
 RENDER_CPU_SECONDS = 10              # CPU per request (RLIMIT_CPU), also without an execution_timeout
@@ -106,13 +112,22 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
 
 
 # ------------------------------------------------------------------ the worker's side
+def process_identity(user: TaskUser | None) -> dict[str, Any]:
+    """subprocess.Popen's arguments that start a process as `user` with its primary group
+    and no supplementary group (the node's, root's among them, must not leak into a
+    task); none for None (this process's user). Needs root unless `user` is this one."""
+    if user is None:
+        return {}
+    return {"user": user.uid, "group": user.gid, "extra_groups": []}
+
+
 class _Renderer:
     """One renderer process and its pipes."""
 
-    def __init__(self, workdir: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, cwd: Path, env: Mapping[str, str], run_as: TaskUser | None) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "raftflow.worker.renderer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            start_new_session=True, cwd=workdir, env=dict(env))
+            start_new_session=True, cwd=cwd, env=dict(env), **process_identity(run_as))
 
     def kill(self) -> None:
         try:
@@ -144,10 +159,13 @@ class RenderPool:
     """Renderer processes for this node's attempts. Thread-safe: each attempt's thread
     takes a renderer of its own for the length of one `render`."""
 
-    def __init__(self, workdir: Path, env: Mapping[str, str], idle_max: int = 2) -> None:
-        """`env`: the renderers' environment (the node's, without secrets)."""
-        self._workdir = workdir
+    def __init__(self, cwd: Path, env: Mapping[str, str], idle_max: int = 2, run_as: TaskUser | None = None) -> None:
+        """`cwd`, `env`: the renderers' working directory and whole environment (the worker
+        gives them a task's: clean, outside the data directory); `run_as`: the user they
+        run as (None: this process's)."""
+        self._cwd = cwd
         self._env = dict(env)
+        self._run_as = run_as
         self.idle_max = idle_max
         self.cpu_seconds: float = RENDER_CPU_SECONDS
         self._lock = threading.Lock()
@@ -158,7 +176,7 @@ class RenderPool:
         """Start one renderer now, so the first templated attempt does not wait for it."""
         with self._lock:
             if not self._closed and not self._idle:
-                self._idle.append(_Renderer(self._workdir, self._env))
+                self._idle.append(_Renderer(self._cwd, self._env, self._run_as))
 
     def render(self, templates: Sequence[tuple[str, str]], context: dict[str, Any], deadline: float | None,
                stopped: Callable[[], bool], timeout_note: str = "") -> list[str]:
@@ -201,7 +219,7 @@ class RenderPool:
                 if renderer.process.poll() is None:
                     return renderer
                 renderer.kill()
-        return _Renderer(self._workdir, self._env)
+        return _Renderer(self._cwd, self._env, self._run_as)
 
     def _give_back(self, renderer: _Renderer) -> None:
         with self._lock:

@@ -12,11 +12,18 @@ Life of an attempt here (node/README.md has the whole story):
    attempt's context, read from this node's replica (core/context.py), in a
    renderer process bounded in memory and CPU (renderer.py), under the attempt's
    execution_timeout and cancel; a template error fails the attempt with the
-   message. Each attempt has a directory of its own under WORKDIR/attempts (its
-   result file, runner reason file and the files its kind asks for, such as a
-   python task's context), removed once it is reported. It runs as `bash -c COMMAND` in its
-   own session/process group, with the RAFTFLOW_* variables, stdout and stderr
-   merged into one stream; output goes to this node's LocalStore as it arrives.
+   message. Each attempt has a scratch folder of its own in this node's scratch
+   folder (config `scratch`: outside the data directory), created 0700 for the user
+   the attempt runs as: its working directory, which also holds the files the worker
+   exchanges with it (result file, runner reason file and the files its kind asks
+   for, such as a python task's context). It is removed, whole, once the attempt is
+   reported (also after a timeout or cancel), never following a symlink a task
+   planted in it. It runs as `bash -c COMMAND` in its own session/process group, as
+   the node's `run_as_user` if set (its primary group, no supplementary groups, its
+   HOME), with a clean environment: PATH, HOME, LANG/LC_ALL, the RAFTFLOW_*
+   variables and the task's env, never the node's other variables (its secrets and
+   settings; see `_environment`). Stdout and stderr are merged into one stream;
+   output goes to this node's LocalStore as it arrives.
    Its task kind (raftflow/kinds/) says what process to start: a python task's
    process is pyrunner.py; an ssh task's is sshrun.py, which runs the command on
    the connection's host and stops it there when it is stopped here.
@@ -46,11 +53,13 @@ import errno
 import json
 import logging
 import os
+import pwd
 import select
 import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -58,7 +67,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import SSHConnection
+from ..config import ConfigError, SSHConnection, TaskUser
 from ..core import commands as c
 from ..core.model import RESULT_LIMIT
 from ..core.result import Code, Result
@@ -68,7 +77,7 @@ from ..raft.replica import Unavailable, propose_until_decided
 from ..store.local import LocalStore
 from .lease import Lease, Reaper
 from .render import RenderError
-from .renderer import RenderInterrupted, RenderPool
+from .renderer import RenderInterrupted, RenderPool, process_identity
 
 log = logging.getLogger("raftflow.worker")
 
@@ -78,6 +87,12 @@ KILL_GRACE = 5.0      # seconds between SIGTERM and SIGKILL when a timeout or ca
 DRAIN_SECONDS = 0.5   # reading what is buffered once a stopped attempt's process exited
 _PUMP_POLL_MS = 250   # how often the output loop looks whether a stopped attempt's process exited
 REASON_LIMIT = 1000   # characters of a runner's reason kept
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"   # for a node started without PATH
+# The node's variables every task process gets (if the node has them). Any other
+# variable of the node's reaches a process only if its kind names it (Launch.node_variables).
+PASSED_ON = ("PATH", "HOME", "LANG", "LC_ALL")
+SCRATCH_MODE = 0o700           # an attempt's folder: its user's only
+SHARED_SCRATCH_MODE = 0o711    # the node's scratch folder with run_as_user: traversable, not listable
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +121,24 @@ class AttemptSetup:
     task: TaskSpec | None = None
 
 
+# The files an attempt's scratch folder holds for the worker: its published result
+# ($RAFTFLOW_RESULT_FILE) and the reason its runner gives for a failure.
+RESULT_FILE = "result.json"
+REASON_FILE = "reason"
+
+
+@dataclass
+class _Prepared:
+    """An attempt ready to launch: its command and env values rendered, its setup, the
+    execution_timeout's deadline (monotonic; it runs from before rendering), and the
+    reason it fails without starting (a template error, a launch refused), if any."""
+    command: str
+    env: dict[str, str]
+    setup: AttemptSetup
+    deadline: float | None = None
+    reason: str = ""
+
+
 @dataclass
 class _Attempt:
     assignment: Assignment
@@ -119,19 +152,25 @@ class _Attempt:
 
 
 class Worker:
-    def __init__(self, node_id: str, slots: int, store: LocalStore, workdir: Path,
+    def __init__(self, node_id: str, slots: int, store: LocalStore, scratch: Path,
                  propose: Callable[[c.Command, float], Result],
                  lease_duration: float, reaper: Reaper | None = None,
                  setup: Callable[[Assignment], AttemptSetup] | None = None,
-                 connections: tuple[SSHConnection, ...] = ()) -> None:
-        """`setup` reads an attempt's template context and timeout from this node's replica;
-        `connections` are this node's SSH connections (config)."""
+                 connections: tuple[SSHConnection, ...] = (), run_as: TaskUser | None = None) -> None:
+        """`scratch`: a folder that is this worker's alone, outside the node's data (config
+        `scratch`); whatever is in it at start is a previous process's and is removed.
+        `setup` reads an attempt's template context and timeout from this node's replica;
+        `connections` are this node's SSH connections (config); `run_as` the user task
+        processes run as (config run_as_user; None or this process's user: no switch).
+        Raises ConfigError if the scratch folder cannot be used."""
         self._connections = {conn.name: conn for conn in connections}
+        self._task_user = run_as if run_as is not None and run_as.uid != os.geteuid() else None
+        self._node_home = os.environ.get("HOME") or _home_of(os.geteuid())
         self.node_id = node_id
         self._setup = setup or (lambda a: AttemptSetup({}))
         self.slots = slots
         self._store = store
-        self._workdir = workdir
+        self._scratch = scratch
         self._propose = propose
         self._lock = threading.Lock()
         self._attempts: dict[tuple[str, str, int], _Attempt] = {}
@@ -143,11 +182,10 @@ class Worker:
         self._reaper = reaper
         if reaper is not None:
             reaper.lease(self.lease.valid_until())   # the initial grace, until the first acknowledgement
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "attempts").mkdir(exist_ok=True)
-        for leftover in (workdir / "attempts").iterdir():   # of a previous process of this node (dead)
-            shutil.rmtree(leftover, ignore_errors=True)
-        self.renderers = RenderPool(workdir, self._node_environment(with_secrets=False))
+        self._prepare_scratch()
+        # Renderers evaluate user templates: they get what a task gets (but RAFTFLOW_*).
+        self.renderers = RenderPool(Path("/"), self._base_environment(as_task_user=True),
+                                    run_as=self._task_user)
         self.renderers.prestart()
         self._watchdog = threading.Thread(target=self._watch_lease, name="lease-watchdog", daemon=True)
         self._watchdog.start()
@@ -249,6 +287,10 @@ class Worker:
         if self._reaper is not None:
             self._reaper.close()
         self.renderers.close()
+        try:
+            self._scratch.rmdir()   # only if empty: what an attempt still holds is removed at the next start
+        except OSError:
+            pass
 
     # ------------------------------------------------------------ one attempt
     def _run(self, attempt: _Attempt) -> None:
@@ -267,40 +309,103 @@ class Worker:
             with self._lock:
                 self._attempts.pop(a.key, None)
 
+    def _prepare_scratch(self) -> None:
+        """Create this node's scratch folder, or check the one there is ours (a folder,
+        not a symlink, owned by this user: in a shared temp dir someone else may have
+        made it first), empty it, and make sure the task user can reach its folders."""
+        scratch = self._scratch
+        try:
+            scratch.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                scratch.mkdir(mode=SCRATCH_MODE)
+            except FileExistsError:
+                pass
+            st = os.lstat(scratch)
+        except OSError as e:
+            raise ConfigError(f"cannot create the scratch folder {scratch}: {e.strerror}; "
+                              "set scratch_dir to a directory this node can write") from None
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            what = ("is not a directory (a symlink?)" if not stat.S_ISDIR(st.st_mode) else
+                    f"belongs to uid {st.st_uid}, not to this node's user (uid {os.geteuid()})")
+            raise ConfigError(f"the scratch folder {scratch} {what}: someone else may have made it. Remove it, "
+                              "or set scratch_dir elsewhere")
+        os.chmod(scratch, SHARED_SCRATCH_MODE if self._task_user is not None else SCRATCH_MODE)
+        for leftover in scratch.iterdir():   # of a previous process of this node (dead)
+            _remove_tree(leftover)
+        user = self._task_user
+        if user is not None:
+            blocked = unreachable(scratch, user)
+            if blocked is not None:
+                raise ConfigError(f"run_as_user {user.name} cannot reach the scratch folder {scratch}: "
+                                  f"{blocked} does not let it through (chmod o+x {blocked}, or set scratch_dir "
+                                  "elsewhere)")
+            python = Path(sys.executable)   # python tasks and renderers run it as the task user
+            blocked = unreachable(python, user) or unreachable(python.resolve(), user)
+            if blocked is not None:
+                raise ConfigError(f"run_as_user {user.name} cannot run this node's Python {python}: {blocked} does "
+                                  "not let it through. Install raftflow where every user can read it "
+                                  "(deploy/README.md: /opt/raftflow), or leave run_as_user out")
+
     def _run_attempt(self, attempt: _Attempt) -> None:
-        attempt_dir = Path(tempfile.mkdtemp(dir=self._workdir / "attempts"))
+        attempt_dir = Path(tempfile.mkdtemp(dir=self._scratch))   # 0700, ours until the launch is known
         try:
             self._run_attempt_in(attempt, attempt_dir)
         finally:
-            shutil.rmtree(attempt_dir, ignore_errors=True)
+            _remove_tree(attempt_dir)
 
     def _run_attempt_in(self, attempt: _Attempt, attempt_dir: Path) -> None:
+        """The attempt's whole life here: claim the start, render, start the process
+        (or refuse to), follow it to its end, and report the outcome."""
         a = attempt.assignment
         attempt.started_at = time.time()
         lapses_before = self.lease.lapses
         refusal, maybe_committed = self._claim(a, attempt.started_at)
-        tail = bytearray()
-        reason = ""
-        command, env, setup = a.command, dict(a.env), AttemptSetup({})
-        result_file = attempt_dir / "result.json"
-        reason_file = attempt_dir / "reason"
-        deadline: float | None = None   # the execution_timeout, from before the templates render
+        prepared = _Prepared(a.command, dict(a.env), AttemptSetup({}))
         if not refusal:
-            try:
-                setup = self._setup(a)
-                timeout_note = ""
-                if setup.execution_timeout is not None:
-                    deadline = time.monotonic() + setup.execution_timeout
-                    timeout_note = f"execution_timeout of {setup.execution_timeout:g}s reached while rendering"
-                rendered = self.renderers.render(
-                    [("command", a.command), *((f"env value {k}", v) for k, v in a.env.items())], setup.context,
-                    deadline, lambda: bool(attempt.stopped) or attempt.fenced or self._stopping.is_set(),
-                    timeout_note)
-                command, env = rendered[0], dict(zip(a.env, rendered[1:]))
-            except RenderError as e:
-                reason = str(e)
-            except RenderInterrupted:
-                pass   # stopped, fenced or shutting down: the checks below refuse the start
+            prepared = self._render(attempt)
+        refusal = self._start(attempt, attempt_dir, prepared, refusal, lapses_before)
+        if refusal:
+            log.warning("dropped dispatch of %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, refusal)
+            if maybe_committed:   # the start may be on record: release it, harmless if stale
+                self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id, refusal, time.time()))
+            return
+        tail = bytearray()
+        if attempt.process is None:
+            reason, published = prepared.reason, ""
+            exit_code = 1 if reason.startswith("cannot render") else 127
+            self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {reason}\n".encode())
+        else:
+            exit_code, reason, published = self._follow(attempt, attempt_dir, prepared, tail)
+        self._report_outcome(attempt, exit_code, reason, tail, published)
+
+    def _render(self, attempt: _Attempt) -> _Prepared:
+        """The attempt's setup and its command and env values rendered, under its
+        execution_timeout (which starts here) and stop; a template error becomes the
+        reason it fails. Interrupted (stopped, fenced, shutting down): `_start` refuses."""
+        a = attempt.assignment
+        setup = self._setup(a)
+        prepared = _Prepared(a.command, dict(a.env), setup)
+        timeout_note = ""
+        if setup.execution_timeout is not None:
+            prepared.deadline = time.monotonic() + setup.execution_timeout
+            timeout_note = f"execution_timeout of {setup.execution_timeout:g}s reached while rendering"
+        try:
+            rendered = self.renderers.render(
+                [("command", a.command), *((f"env value {k}", v) for k, v in a.env.items())], setup.context,
+                prepared.deadline, lambda: bool(attempt.stopped) or attempt.fenced or self._stopping.is_set(),
+                timeout_note)
+            prepared.command, prepared.env = rendered[0], dict(zip(a.env, rendered[1:]))
+        except RenderError as e:
+            prepared.reason = str(e)
+        except RenderInterrupted:
+            pass
+        return prepared
+
+    def _start(self, attempt: _Attempt, attempt_dir: Path, prepared: _Prepared, refusal: str,
+               lapses_before: int) -> str:
+        """Start the attempt's process unless it must not start (returns why not). A
+        launch that fails leaves `attempt.process` None and says why in `prepared.reason`."""
+        a = attempt.assignment
         with self._lock:
             # The claim committed; start only if the lease held all along (a lapse since the
             # claim was proposed means the leader may already have given the task away).
@@ -309,66 +414,73 @@ class Worker:
                 refusal = "this node's lease lapsed while its start claim was being committed"
             if not refusal and attempt.stopped:
                 refusal = f"stopped before it started: {attempt.stopped}"
-            if not refusal and not reason:
-                try:
-                    launch = kind(a.kind).launch(AttemptInput(
-                        task=setup.task or TaskSpec(a.task_id, a.kind, a.command, env=tuple(sorted(a.env.items()))),
-                        command=command, env=env, context=setup.context, variables=self._attempt_variables(a),
-                        node_id=self.node_id, reason_file=str(reason_file), connections=self._connections,
-                        attempt_dir=str(attempt_dir)))
-                    for name, text in launch.files.items():
-                        assert name and "/" not in name and name not in (".", ".."), name   # kinds.Launch.files
-                        (attempt_dir / name).write_text(text)
-                    attempt.process = subprocess.Popen(
-                        list(launch.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                        start_new_session=True, cwd=self._workdir,
-                        env={**self._environment(a, launch, result_file), **launch.extra_env},
-                    )
-                except CannotStart as e:
-                    reason = str(e)
-                except OSError as e:
-                    reason = f"could not start {a.kind}: {e}"
-        if refusal:
-            log.warning("dropped dispatch of %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, refusal)
-            if maybe_committed:   # the start may be on record: release it, harmless if stale
-                self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id, refusal, time.time()))
-            return
-        published = ""
-        if attempt.process is None:
-            exit_code = 1 if reason.startswith("cannot render") else 127
-            self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {reason}\n".encode())
-        else:
-            if self._reaper is not None:
-                self._reaper.add(attempt.process.pid)
-            log.info("started %s/%s attempt %d (pid %d)", a.run_id, a.task_id, a.attempt, attempt.process.pid)
-            timeout = None
-            if deadline is not None:
-                timeout = threading.Timer(max(0.0, deadline - time.monotonic()), self._stop,
-                                          (attempt, f"execution_timeout of {setup.execution_timeout:g}s reached"))
-                timeout.daemon = True
-                timeout.start()
-            self._pump_output(attempt, tail)
-            status = attempt.process.wait()
-            if timeout is not None:
-                timeout.cancel()
-            with self._lock:
-                if attempt.kill_timer is not None:
-                    attempt.kill_timer.cancel()
-            if self._reaper is not None:
-                self._reaper.remove(attempt.process.pid)
-            exit_code = status if status >= 0 else 128 - status
-            if status < 0:
-                reason = f"killed by signal {_signal_name(-status)}"
-            if attempt.stopped:
-                reason = f"{attempt.stopped} ({reason or f'exit {exit_code}'})"
-                exit_code = exit_code or 1
-            told = _read_reason(reason_file)
-            if told and not attempt.stopped:
-                reason = told
-            published, problem = _read_result(result_file)
-            if problem and exit_code == 0:
-                exit_code, reason = 1, problem
-                self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {problem}\n".encode())
+            if refusal or prepared.reason:
+                return refusal
+            setup = prepared.setup
+            try:
+                launch = kind(a.kind).launch(AttemptInput(
+                    task=setup.task or TaskSpec(a.task_id, a.kind, a.command, env=tuple(sorted(a.env.items()))),
+                    command=prepared.command, env=prepared.env, context=setup.context,
+                    variables=self._attempt_variables(a), node_id=self.node_id,
+                    reason_file=str(attempt_dir / REASON_FILE), connections=self._connections,
+                    attempt_dir=str(attempt_dir)))
+                user = None if launch.as_node_user else self._task_user
+                self._fill_scratch(attempt_dir, launch, user)
+                attempt.process = subprocess.Popen(
+                    list(launch.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                    start_new_session=True, cwd=attempt_dir,
+                    env={**self._environment(a, launch, attempt_dir / RESULT_FILE), **launch.extra_env},
+                    **process_identity(user),
+                )
+            except CannotStart as e:
+                prepared.reason = str(e)
+            except OSError as e:
+                prepared.reason = f"could not start {a.kind}: {e}"
+        return ""
+
+    def _follow(self, attempt: _Attempt, attempt_dir: Path, prepared: _Prepared,
+                tail: bytearray) -> tuple[int, str, str]:
+        """Store the running process's output (its tail into `tail`) until it ends, under
+        its execution_timeout; then (exit code, reason, published result)."""
+        a, process = attempt.assignment, attempt.process
+        assert process is not None
+        if self._reaper is not None:
+            self._reaper.add(process.pid)
+        log.info("started %s/%s attempt %d (pid %d)", a.run_id, a.task_id, a.attempt, process.pid)
+        timeout = None
+        if prepared.deadline is not None:
+            timeout = threading.Timer(max(0.0, prepared.deadline - time.monotonic()), self._stop,
+                                      (attempt, f"execution_timeout of {prepared.setup.execution_timeout:g}s reached"))
+            timeout.daemon = True
+            timeout.start()
+        self._pump_output(attempt, tail)
+        status = process.wait()
+        if timeout is not None:
+            timeout.cancel()
+        with self._lock:
+            if attempt.kill_timer is not None:
+                attempt.kill_timer.cancel()
+        if self._reaper is not None:
+            self._reaper.remove(process.pid)
+        exit_code = status if status >= 0 else 128 - status
+        reason = f"killed by signal {_signal_name(-status)}" if status < 0 else ""
+        if attempt.stopped:
+            reason = f"{attempt.stopped} ({reason or f'exit {exit_code}'})"
+            exit_code = exit_code or 1
+        told = _read_reason(attempt_dir / REASON_FILE)
+        if told and not attempt.stopped:
+            reason = told
+        published, problem = _read_result(attempt_dir / RESULT_FILE)
+        if problem and exit_code == 0:
+            exit_code, reason = 1, problem
+            self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {problem}\n".encode())
+        return exit_code, reason, published
+
+    def _report_outcome(self, attempt: _Attempt, exit_code: int, reason: str, tail: bytearray,
+                        published: str) -> None:
+        """Close the log and report: TaskFinished, or LoseAttempt if this node was fenced
+        or is shutting down (the attempt did not end on its own)."""
+        a = attempt.assignment
         ended_at = time.time()
         with self._lock:
             stopping = self._stopping.is_set()
@@ -475,19 +587,37 @@ class Worker:
             log.log(level, "%s of %s/%s attempt %d ignored: %s", command.TYPE,
                     command.run_id, command.task_id, command.attempt, result.reason)
 
-    def _node_environment(self, with_secrets: bool) -> dict[str, str]:
-        """This node's environment, without the variables holding SSH secrets unless
-        `with_secrets` (they are for the ssh runner only)."""
-        env = dict(os.environ)
-        if not with_secrets:
-            for conn in self._connections.values():
-                for name in filter(None, (conn.password_env, conn.passphrase_env)):
-                    env.pop(name, None)
+    @staticmethod
+    def _fill_scratch(attempt_dir: Path, launch: Launch, user: TaskUser | None) -> None:
+        """Write the launch's files into the attempt's folder (created by this process,
+        nobody else's yet), then hand folder and files to the user the process runs as."""
+        for name, text in launch.files.items():
+            assert name and "/" not in name and name not in (".", ".."), name   # kinds.Launch.files
+            fd = os.open(attempt_dir / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+            with os.fdopen(fd, "w") as f:
+                if user is not None:
+                    os.fchown(fd, user.uid, user.gid)
+                f.write(text)
+        if user is not None:
+            os.chown(attempt_dir, user.uid, user.gid, follow_symlinks=False)
+
+    def _base_environment(self, as_task_user: bool) -> dict[str, str]:
+        """What every task process (and renderer) gets of the node's environment: PATH,
+        HOME and the locale. HOME is the task user's home when it runs as that user."""
+        env = {name: os.environ[name] for name in PASSED_ON if os.environ.get(name)}
+        env.setdefault("PATH", DEFAULT_PATH)
+        env["HOME"] = self._task_user.home if as_task_user and self._task_user is not None else self._node_home
         return env
 
     def _environment(self, a: Assignment, launch: Launch, result_file: Path) -> dict[str, str]:
-        """The attempt's process environment but the launch's extra_env (see kinds.Launch)."""
-        env = self._node_environment(with_secrets=launch.needs_connection_secrets)
+        """The attempt's process environment but the launch's extra_env (see kinds.Launch).
+        Contract: it holds nothing of this node's environment but `_base_environment` and
+        the variables the kind names in `launch.node_variables` (for the ssh runner, raftflow's
+        own code: exactly its connection's password_env/passphrase_env). The node's secrets,
+        its RAFTFLOW_* settings, other connections' passwords never reach a task."""
+        env = self._base_environment(as_task_user=not launch.as_node_user)
+        env.update({name: os.environ[name] for name in launch.node_variables if name in os.environ})
         env.update(launch.task_env)
         env["RAFTFLOW_RESULT_FILE"] = str(result_file)
         env.update(self._attempt_variables(a))
@@ -502,6 +632,45 @@ class Worker:
             "RAFTFLOW_NODE_ID": self.node_id,
             "RAFTFLOW_LOGICAL_DATE": a.logical_date,
         }
+
+
+def _home_of(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_dir or "/"
+    except KeyError:   # a uid without a passwd entry (containers)
+        return "/"
+
+
+def unreachable(path: Path, user: TaskUser) -> Path | None:
+    """The first of / and the folders down to `path`, `path` included, that `user` may not
+    pass through or execute (by their owner, group and other x bits: the task user has no
+    supplementary group), or None if it can reach (or run) `path`."""
+    for folder in (*reversed(path.parents), path):
+        st = os.stat(folder)
+        if st.st_uid == user.uid:
+            allowed = st.st_mode & stat.S_IXUSR
+        elif st.st_gid == user.gid:
+            allowed = st.st_mode & stat.S_IXGRP
+        else:
+            allowed = st.st_mode & stat.S_IXOTH
+        if not allowed:
+            return folder
+    return None
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove an attempt's folder and all in it. A task may have planted symlinks there
+    (also while it is removed, from a process that outlived the attempt): rmtree works
+    through directory descriptors here (shutil.rmtree.avoids_symlink_attacks, checked
+    by the tests), so a symlink is removed, never followed. What cannot be removed (a
+    tree deeper than the recursion limit) is left for the next start and logged."""
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass
+    except (OSError, RecursionError) as e:
+        log.warning("could not remove the attempt folder %s (%s: %s); this node removes it when it starts again",
+                    path, type(e).__name__, e)
 
 
 def _read_bounded(path: Path, limit: int) -> tuple[bytes | None, int, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,65 @@ def test_read_tls_checks_the_certificate_names_this_node(tmp_path: Path):
     missing = load(_write(tmp_path, TLS.replace("ca.pem", "nope.pem") + BASE), environ={})
     with pytest.raises(ConfigError, match="cannot read tls_ca_file .*nope.pem"):
         missing.read_tls()
+
+
+def test_scratch_dir_defaults_to_the_temp_dir_and_gives_each_node_data_dir_its_own_folder(tmp_path: Path):
+    import tempfile
+
+    path = _write(tmp_path, BASE)
+    cfg = load(path, environ={})
+    assert cfg.scratch_dir == Path(tempfile.gettempdir()) and cfg.run_as_user is None and cfg.task_user is None
+    assert cfg.scratch.parent == cfg.scratch_dir and cfg.scratch.name.startswith("raftflow-n1-")
+    other = load(path, environ={"RAFTFLOW_DATA_DIR": str(tmp_path / "other")})
+    assert other.scratch != cfg.scratch, "same node id, another data dir (another cluster): another folder"
+    path.write_text('scratch_dir = "scratch"\n' + BASE)
+    cfg = load(path, environ={})
+    assert cfg.scratch_dir == tmp_path / "scratch", "relative to the config file, like data_dir"
+    assert load(path, environ={"RAFTFLOW_SCRATCH_DIR": "/var/tmp"}).scratch_dir == Path("/var/tmp")
+    assert load(_write(tmp_path, to_toml(cfg)), environ={}) == cfg
+    with pytest.raises(ConfigError, match="scratch_dir from .*node.toml puts the attempts' folders .* inside "
+                                          "data_dir"):
+        load(_write(tmp_path, 'scratch_dir = "data/tmp"\n' + BASE), environ={})
+
+
+def test_run_as_user_names_an_existing_user_from_file_or_environment(tmp_path: Path):
+    import pwd
+
+    path = _write(tmp_path, 'run_as_user = "root"\n' + BASE)
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    cfg = load(_write(tmp_path, f'run_as_user = "{me}"\n' + BASE), environ={})
+    assert cfg.run_as_user == me and cfg.task_user is not None and cfg.task_user.name == me, \
+        "a node may always name its own user"
+    assert load(_write(tmp_path, to_toml(cfg)), environ={}) == cfg
+    with pytest.raises(ConfigError, match="run_as_user from \\$RAFTFLOW_RUN_AS_USER is 'no-such-user-zz', but "
+                                          "there is no such user on this machine: create it \\(useradd --system "
+                                          "--no-create-home no-such-user-zz\\)"):
+        load(path, environ={"RAFTFLOW_RUN_AS_USER": "no-such-user-zz"})
+    with pytest.raises(ConfigError, match="run_as_user from \\$RAFTFLOW_RUN_AS_USER is empty"):
+        load(path, environ={"RAFTFLOW_RUN_AS_USER": ""})
+
+
+def test_a_node_that_is_not_root_refuses_to_run_tasks_as_another_user(tmp_path: Path):
+    """Loaded by a real process running as a user that is not root (the throwaway task user)."""
+    import subprocess
+
+    from throwaway_user import reachable_dir, task_python, task_user
+
+    user = task_user()
+    python = task_python(user)
+    with reachable_dir() as folder:
+        for name, text in (("other.toml", 'run_as_user = "root"\n' + BASE),
+                           ("itself.toml", f'run_as_user = "{user.name}"\n' + BASE)):
+            (folder / name).write_text(text)
+            os.chmod(folder / name, 0o644)
+        probe = ("import sys\nfrom raftflow.config import load, ConfigError\n"
+                 "try:\n    print(load(sys.argv[1], environ={}).run_as_user)\n"
+                 "except ConfigError as e:\n    print(e)\n")
+        said = {name: subprocess.run([python, "-c", probe, str(folder / name)], capture_output=True, text=True,
+                                     user=user.uid, group=user.gid, extra_groups=[], cwd="/", timeout=60)
+                for name in ("other.toml", "itself.toml")}
+    assert said["other.toml"].stdout.strip() == (
+        f"run_as_user from {folder}/other.toml is 'root', but this node runs as {user.name!r}, not root, and only "
+        "root can start processes as another user: start the node as root (deploy/raftflow.service does) or leave "
+        "run_as_user out"), said["other.toml"].stderr
+    assert said["itself.toml"].stdout.strip() == user.name, said["itself.toml"].stderr

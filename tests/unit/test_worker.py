@@ -321,7 +321,7 @@ def test_a_python_task_gets_a_context_of_any_size(tmp_path, monkeypatch):
     assert (done.exit_code, json.loads(done.result or "null")) == (0, {"conf": 3_500_000, "kwarg": 300_000}), \
         (done.reason, log_text(store))
     wait_idle(worker)
-    assert list((tmp_path / "work" / "attempts").iterdir()) == [], "the attempt's directory is removed"
+    assert list((tmp_path / "work").iterdir()) == [], "the attempt's directory is removed"
     worker.shutdown()
 
 
@@ -375,11 +375,11 @@ def test_a_slow_template_is_stopped_by_cancel_and_by_its_cpu_limit(tmp_path):
 
 
 def test_attempt_directories_of_a_previous_process_are_removed_at_start(tmp_path):
-    leftover = tmp_path / "work" / "attempts" / "tmpabc"
+    leftover = tmp_path / "work" / "tmpabc"
     leftover.mkdir(parents=True)
     (leftover / "python-context.json").write_text("{}")
     worker, reports, store = make_worker(tmp_path, current=True)
-    assert list((tmp_path / "work" / "attempts").iterdir()) == []
+    assert list((tmp_path / "work").iterdir()) == []
     worker.shutdown()
 
 

@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from raftflow.config import SSHConnection
+from raftflow.config import SSHConnection, TaskUser
 from raftflow.core import commands as c
 from raftflow.core.result import Code, Result
 from raftflow.store.local import LocalStore
@@ -48,10 +48,14 @@ class Reports:
 def make_worker(tmp_path: Path, current: bool, lease: float = 30.0, claim_delay: float = 0.0,
                 setup: AttemptSetup | None = None,
                 connections: tuple[SSHConnection, ...] = (),
-                log_limit: int | None = None) -> tuple[Worker, Reports, LocalStore]:
+                log_limit: int | None = None, scratch: Path | None = None, store_dir: Path | None = None,
+                run_as: TaskUser | None = None) -> tuple[Worker, Reports, LocalStore]:
+    """`scratch` (default tmp_path/work) is the worker's scratch folder, `store_dir`
+    (default tmp_path/store) its store's: the node's data."""
     reports = Reports(current, claim_delay)
-    store = LocalStore(tmp_path / "store") if log_limit is None else LocalStore(tmp_path / "store", log_limit)
-    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=lease,
-                    setup=(lambda a: setup) if setup is not None else None, connections=connections)
+    store_dir = store_dir or tmp_path / "store"
+    store = LocalStore(store_dir) if log_limit is None else LocalStore(store_dir, log_limit)
+    worker = Worker("n1", 2, store, scratch or tmp_path / "work", propose=reports.propose, lease_duration=lease,
+                    setup=(lambda a: setup) if setup is not None else None, connections=connections, run_as=run_as)
     worker.ready.set()
     return worker, reports, store

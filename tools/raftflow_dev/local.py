@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,13 +111,17 @@ class LocalCluster:
                  launcher: dict[str, list[str]] | None = None,
                  queues: dict[str, list[str]] | None = None,
                  connections: dict[str, tuple[SSHConnection, ...]] | None = None,
+                 run_as_user: str | None = None, scratch_dir: Path | None = None,
                  insecure: bool = False) -> None:
         """`hosts`: one address per node (default loopback); `launcher`: a command prefix
         per node id (e.g. `ip netns exec NS`) for nodes in network namespaces; `queues`:
         the task queues of some nodes (the others serve "default"); `connections`: the
-        SSH connections of some nodes (the others have none); `insecure`: plaintext nodes
-        (`insecure = true`) and clients, no certificates. An existing cluster.json decides
-        the nodes, their addresses and `insecure`."""
+        SSH connections of some nodes (the others have none); `run_as_user`, `scratch_dir`:
+        every node's settings of those names (default: unset, the system temp dir);
+        `insecure`: plaintext nodes (`insecure = true`) and clients, no certificates. An
+        existing cluster.json decides the nodes, their addresses and `insecure`."""
+        self.run_as_user = run_as_user
+        self.scratch_dir = scratch_dir
         self.data_dir = data_dir.resolve()
         self.raft = raft or RaftTuning()
         self.launcher = launcher or {}
@@ -230,10 +234,12 @@ class LocalCluster:
                              peer_address=node.peer_address, data_dir=node.dir / "data",
                              secret_file=self.secret_file, slots=self.slots, peers=peers, raft=self.raft,
                              queues=tuple(self.queues.get(node.node_id, ("default",))),
-                             connections=self.connections.get(node.node_id, ()), insecure=self.insecure,
-                             tls_cert_file=None if self.insecure else node.cert_path,
+                             connections=self.connections.get(node.node_id, ()), run_as_user=self.run_as_user,
+                             insecure=self.insecure, tls_cert_file=None if self.insecure else node.cert_path,
                              tls_key_file=None if self.insecure else node.key_path,
                              tls_ca_file=None if self.insecure else self.ca_path)
+            if self.scratch_dir is not None:
+                cfg = replace(cfg, scratch_dir=self.scratch_dir)
             node.config_path.write_text(to_toml(cfg))
         (self.data_dir / "cluster.json").write_text(json.dumps({
             "slots": self.slots,
