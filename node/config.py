@@ -2,12 +2,17 @@
 overridden by command-line flags (flag > environment > file > default).
 
     node_id = "n1"
-    grpc_address = "127.0.0.1:50051"    # client + peer API
+    grpc_address = "127.0.0.1:50051"    # client API (TLS)
+    peer_address = "127.0.0.1:50251"    # peer API, node to node (mutual TLS)
     raft_address = "127.0.0.1:50151"    # pysyncobj (encrypted with the cluster secret)
     data_dir = "/var/lib/raftflow/n1"
     secret_file = "/etc/raftflow/secret"
     slots = 4
     task_log_limit = 67108864            # bytes of output stored per task attempt (default 64 MiB)
+    tls_cert_file = "/etc/raftflow/tls/n1.pem"   # this node's certificate: CN = node_id (raftflow certs)
+    tls_key_file = "/etc/raftflow/tls/n1.key"
+    tls_ca_file = "/etc/raftflow/tls/ca.pem"     # the CA that issued every node's certificate
+    insecure = false                     # true: plaintext on both gRPC ports, development only
     scratch_dir = "/tmp"                 # where attempts' working folders go (default: the system temp dir)
     run_as_user = "raftflow-task"        # local task processes run as this user (default: the node's)
     admin_token_file = "/etc/raftflow/admin.token"   # optional: the bootstrap admin token
@@ -16,6 +21,7 @@ overridden by command-line flags (flag > environment > file > default).
     id = "n2"
     grpc_address = "10.0.0.2:50051"
     raft_address = "10.0.0.2:50151"
+    peer_address = "10.0.0.2:50251"
 
     [raft]                               # optional tuning, seconds
     election_timeout_min = 0.3
@@ -29,7 +35,9 @@ overridden by command-line flags (flag > environment > file > default).
     key_file = "/etc/raftflow/keys/spark_master"   # and/or password_env = "SPARK_SSH_PASSWORD"
     known_hosts = "/etc/raftflow/known_hosts"      # default: ~/.ssh/known_hosts
 
-In the environment, peers are `RAFTFLOW_PEERS="n2=HOST:GRPC_PORT/HOST:RAFT_PORT,n3=..."`.
+In the environment, peers are `RAFTFLOW_PEERS="n2=HOST:GRPC_PORT/HOST:RAFT_PORT/HOST:PEER_PORT,n3=..."`.
+Without the three tls_* files a node refuses to start (NodeConfig.read_tls) unless
+`insecure = true`.
 Secrets are never part of the config: a connection names the key file, and the
 environment variable that holds a password or key passphrase.
 `load` raises ConfigError with a message that names the setting and its source.
@@ -70,6 +78,16 @@ class Peer:
     id: str
     grpc_address: str
     raft_address: str
+    peer_address: str   # its peer API (mutual TLS): where other nodes dispatch and heartbeat
+
+
+@dataclass(frozen=True, slots=True)
+class TLSMaterial:
+    """What a node serves and dials with (PEM): its certificate and key, and the CA
+    bundle every member's certificate must chain to."""
+    cert_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +199,15 @@ class NodeConfig:
     # Bytes of a task attempt's output stored in this node's log store; past it the log
     # says where it was cut and the rest is dropped (store/local.py).
     task_log_limit: int = 64 * 1024 * 1024
+    # The peer API's listen address. load() requires it; "" only for in-process
+    # replicas in tests, which serve no API.
+    peer_address: str = ""
+    # TLS: the node's certificate (CN = node_id), its key, and the cluster CA bundle.
+    # All three, or `insecure` (plaintext on both gRPC ports; development only).
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+    insecure: bool = False
     # Where this node's attempt folders go (see `scratch`): outside data_dir, so a task's
     # working directory is not the node's.
     scratch_dir: Path = field(default_factory=_default_scratch_dir)
@@ -217,7 +244,7 @@ class NodeConfig:
     @property
     def all_nodes(self) -> tuple[Peer, ...]:
         """Every member, this node included, in node-id order."""
-        me = Peer(self.node_id, self.grpc_address, self.raft_address)
+        me = Peer(self.node_id, self.grpc_address, self.raft_address, self.peer_address)
         return tuple(sorted((me, *self.peers), key=lambda p: p.id))
 
     def read_secret(self) -> str:
@@ -247,6 +274,31 @@ class NodeConfig:
             raise ConfigError(f"the admin token in {self.admin_token_file} is empty or shorter than 16 characters; "
                               "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
         return token
+
+    def read_tls(self) -> TLSMaterial | None:
+        """The node's TLS files, checked (its certificate names this node and holds the
+        key given), or None when `insecure`. A node refuses to start without them."""
+        from .certs import CertError, check_node_pair, read_pair
+
+        if self.insecure:
+            return None
+        if self.tls_cert_file is None or self.tls_key_file is None or self.tls_ca_file is None:
+            raise ConfigError(
+                "no TLS certificate: set tls_cert_file, tls_key_file and tls_ca_file (RAFTFLOW_TLS_CERT_FILE, "
+                "RAFTFLOW_TLS_KEY_FILE, RAFTFLOW_TLS_CA_FILE). Make them with `raftflow certs init --dir DIR` once, "
+                f"then `raftflow certs issue {self.node_id} --dir DIR --host HOST` per node (deploy/README.md, "
+                "\"Certificates\"); or, for development only, set insecure = true to serve plaintext")
+        try:
+            pair = read_pair(self.tls_cert_file, self.tls_key_file)
+            check_node_pair(pair, self.node_id, f"tls_cert_file {self.tls_cert_file}")
+            ca_pem = self.tls_ca_file.read_bytes()
+        except CertError as e:
+            raise ConfigError(str(e)) from None
+        except OSError as e:
+            raise ConfigError(f"cannot read tls_ca_file {self.tls_ca_file}: {e.strerror}") from None
+        if b"BEGIN CERTIFICATE" not in ca_pem:
+            raise ConfigError(f"tls_ca_file {self.tls_ca_file} holds no PEM certificate")
+        return TLSMaterial(pair.cert_pem, pair.key_pem, ca_pem)
 
 
 def _queues(value: Any) -> tuple[str, ...]:
@@ -287,10 +339,16 @@ _SCALARS: dict[str, tuple[Callable[[Any], Any], str]] = {  # key -> (type, envir
     "fsync": (_bool, "RAFTFLOW_FSYNC"),
     "queues": (_queues, "RAFTFLOW_QUEUES"),
     "task_log_limit": (int, "RAFTFLOW_TASK_LOG_LIMIT"),
+    "peer_address": (str, "RAFTFLOW_PEER_ADDRESS"),
+    "tls_cert_file": (Path, "RAFTFLOW_TLS_CERT_FILE"),
+    "tls_key_file": (Path, "RAFTFLOW_TLS_KEY_FILE"),
+    "tls_ca_file": (Path, "RAFTFLOW_TLS_CA_FILE"),
+    "insecure": (_bool, "RAFTFLOW_INSECURE"),
     "scratch_dir": (Path, "RAFTFLOW_SCRATCH_DIR"),
     "run_as_user": (str, "RAFTFLOW_RUN_AS_USER"),
     "admin_token_file": (Path, "RAFTFLOW_ADMIN_TOKEN_FILE"),
 }
+_TLS_FILES = ("tls_cert_file", "tls_key_file", "tls_ca_file")
 
 
 def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
@@ -330,17 +388,26 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
             values[key] = typ(raw[key])
         except (TypeError, ValueError):
             raise ConfigError(f"{key} from {where[key]} must be {typ.__name__}, got {raw[key]!r}") from None
-    missing = [k for k in ("node_id", "grpc_address", "raft_address", "data_dir", "secret_file") if k not in values]
+    missing = [k for k in ("node_id", "grpc_address", "raft_address", "peer_address", "data_dir", "secret_file")
+               if k not in values]
     if missing:
         raise ConfigError(f"missing setting(s): {', '.join(missing)} (set them in the config file, "
                           f"as --{missing[0].replace('_', '-')}, or as {_SCALARS[missing[0]][1]})")
-    for key in ("data_dir", "secret_file", "scratch_dir", "admin_token_file"):
-        if key in values and not values[key].is_absolute():
-            values[key] = (base / values[key]).resolve()
+    for key in ("data_dir", "secret_file", "scratch_dir", "admin_token_file", *_TLS_FILES):
+        if key in values and not values[key].expanduser().is_absolute():
+            values[key] = (base / values[key].expanduser()).resolve()
+        elif key in values:
+            values[key] = values[key].expanduser()
+    given = [k for k in _TLS_FILES if k in values]
+    if given and len(given) < len(_TLS_FILES):
+        absent = [k for k in _TLS_FILES if k not in values]
+        raise ConfigError(f"{', '.join(given)} set but {', '.join(absent)} not: a node needs all three TLS files "
+                          "(its certificate, its key, the cluster CA)")
     if not ID_PATTERN.fullmatch(values["node_id"]):
         raise ConfigError(f"node_id {values['node_id']!r} is invalid: use {ID_RULE}")
-    for key in ("grpc_address", "raft_address"):
+    for key in ("grpc_address", "raft_address", "peer_address"):
         _check_address(values[key], f"{key} from {where[key]}")
+    _check_distinct(values["node_id"], values["grpc_address"], values["raft_address"], values["peer_address"])
     if values.get("slots", 1) < 1:
         raise ConfigError(f"slots from {where['slots']} must be at least 1")
     if values.get("task_log_limit", 1) < 1:
@@ -349,6 +416,8 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
         _check_run_as_user(values["run_as_user"], where["run_as_user"])
 
     peers = tuple(_peer(p, where.get("peers", "config")) for p in raw.get("peers", []))
+    for p in peers:
+        _check_distinct(p.id, p.grpc_address, p.raft_address, p.peer_address)
     ids = [values["node_id"], *(p.id for p in peers)]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"node ids must be unique, got {', '.join(ids)}")
@@ -475,17 +544,27 @@ def _check_address(value: str, what: str) -> None:
         raise ConfigError(f"{what} must be HOST:PORT, got {value!r}")
 
 
+def _check_distinct(node_id: str, *addresses: str) -> None:
+    if len(set(addresses)) < len(addresses):
+        raise ConfigError(f"node {node_id}: grpc_address, raft_address and peer_address must be three different "
+                          f"addresses, got {', '.join(addresses)}")
+
+
+_PEER_KEYS = ("id", "grpc_address", "raft_address", "peer_address")
+
+
 def _peer(raw: Any, source: str) -> Peer:
     if isinstance(raw, Peer):
         return raw
-    if not isinstance(raw, dict) or not {"id", "grpc_address", "raft_address"} <= set(raw):
-        raise ConfigError(f"each peer (from {source}) needs id, grpc_address and raft_address, got {raw!r}")
-    unknown = set(raw) - {"id", "grpc_address", "raft_address"}
+    if not isinstance(raw, dict) or not set(_PEER_KEYS) <= set(raw):
+        raise ConfigError(f"each peer (from {source}) needs id, grpc_address, raft_address and peer_address, "
+                          f"got {raw!r}")
+    unknown = set(raw) - set(_PEER_KEYS)
     if unknown:
         raise ConfigError(f"peer {raw['id']}: unknown setting(s) {', '.join(sorted(unknown))}")
-    peer = Peer(str(raw["id"]), str(raw["grpc_address"]), str(raw["raft_address"]))
-    _check_address(peer.grpc_address, f"peer {peer.id} grpc_address")
-    _check_address(peer.raft_address, f"peer {peer.id} raft_address")
+    peer = Peer(*(str(raw[key]) for key in _PEER_KEYS))
+    for key in _PEER_KEYS[1:]:
+        _check_address(getattr(peer, key), f"peer {peer.id} {key}")
     return peer
 
 
@@ -493,10 +572,11 @@ def _parse_peers(text: str) -> list[Peer]:
     peers = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         node_id, eq, addrs = item.partition("=")
-        grpc_addr, slash, raft_addr = addrs.partition("/")
-        if not eq or not slash:
-            raise ConfigError(f"RAFTFLOW_PEERS item {item!r} must look like ID=HOST:GRPC_PORT/HOST:RAFT_PORT")
-        peers.append(Peer(node_id, grpc_addr, raft_addr))
+        parts = addrs.split("/")
+        if not eq or len(parts) != 3:
+            raise ConfigError(f"RAFTFLOW_PEERS item {item!r} must look like "
+                              "ID=HOST:GRPC_PORT/HOST:RAFT_PORT/HOST:PEER_PORT")
+        peers.append(Peer(node_id, *parts))
     return peers
 
 
@@ -516,11 +596,15 @@ def to_toml(cfg: NodeConfig) -> str:
         "queues = [" + ", ".join(f'"{q}"' for q in cfg.queues) + "]",
         f"task_log_limit = {cfg.task_log_limit}",
         f"scratch_dir = {_toml_str(str(cfg.scratch_dir))}",
+        f"insecure = {'true' if cfg.insecure else 'false'}",
     ]
+    if cfg.peer_address:
+        lines.insert(2, f'peer_address = "{cfg.peer_address}"')
     if cfg.run_as_user is not None:
         lines.append(f"run_as_user = {_toml_str(cfg.run_as_user)}")
     if cfg.admin_token_file is not None:
         lines.append(f"admin_token_file = {_toml_str(str(cfg.admin_token_file))}")
+    lines += [f"{key} = {_toml_str(str(getattr(cfg, key)))}" for key in _TLS_FILES if getattr(cfg, key) is not None]
     if cfg.raft != RaftTuning():
         lines += ["", "[raft]"] + [f"{name} = {getattr(cfg.raft, name)}" for name in RaftTuning.__dataclass_fields__]
     for conn in cfg.connections:
@@ -532,7 +616,7 @@ def to_toml(cfg: NodeConfig) -> str:
                   for key in ("key_file", "password_env", "passphrase_env") if getattr(conn, key) is not None]
     for p in cfg.peers:
         lines += ["", "[[peers]]", f'id = "{p.id}"', f'grpc_address = "{p.grpc_address}"',
-                  f'raft_address = "{p.raft_address}"']
+                  f'raft_address = "{p.raft_address}"', f'peer_address = "{p.peer_address}"']
     return "\n".join(lines) + "\n"
 
 

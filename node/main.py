@@ -2,8 +2,10 @@
 
     raftflow node --config node.toml [--node-id ...] [--slots N] ...
 
-Owns the process lifecycle: refuses to start without a cluster secret, serves the
-client and peer APIs on one gRPC port, runs the Raft replica, the worker, the
+Owns the process lifecycle: refuses to start without a cluster secret or TLS files
+(unless `insecure`), serves the client API on `grpc_address` (TLS) and the peer API
+on `peer_address` (mutual TLS), each from its own gRPC server and thread pool so
+that peer calls always find a thread, runs the Raft replica, the worker, the
 heartbeat to the leader and the (leader-only) scheduling loop, and on shutdown
 kills the attempts it runs before it exits.
 """
@@ -20,14 +22,22 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
+from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from .api.auth import Authenticator, ClientAuthInterceptor, hash_secret
-from .api.peers import PeerAuthInterceptor, PeerClients, peer_token
+from .api.peers import (
+    SERVER_OPTIONS,
+    PeerAuthInterceptor,
+    PeerClients,
+    client_port_credentials,
+    peer_port_credentials,
+    peer_token,
+)
 from .api.services import ClientService, PeerService
-from .config import ConfigError, NodeConfig, load
+from .config import ConfigError, NodeConfig, TLSMaterial, load
 from .core import commands as c
 from .core.context import template_context
 from .core.effects import DropRunLogs, Effect, ReleasedAttempts, StopAttempt
@@ -71,12 +81,15 @@ class Node:
         self.cfg = cfg
         secret = cfg.read_secret()
         admin_token = cfg.read_admin_token()
+        self.tls = cfg.read_tls()
+        if not cfg.peer_address:
+            raise ConfigError("peer_address is not set: the peer API needs its own address (HOST:PORT)")
         self.started = time.monotonic()
         prepare_data_dir(cfg.data_dir)
         self.store = LocalStore(cfg.data_dir / "store", log_limit=cfg.task_log_limit)
         self.replica = ReplicatedState(cfg, secret, on_applied=self._after_apply,
                                        on_installed=self._after_install)
-        self.peers = PeerClients(cfg.peers, peer_token(secret))
+        self.peers = PeerClients(cfg.peers, peer_token(secret), self.tls)
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.scratch,
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
                              lease_duration=cfg.worker_lease, reaper=Reaper(), setup=self._attempt_setup,
@@ -93,26 +106,36 @@ class Node:
         self.auth = Authenticator(self.replica, hash_secret(admin_token) if admin_token else None)
         self._token_use = threading.Thread(target=self._token_use_loop, name="token-use", daemon=True)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="grpc"),
-                                  interceptors=[PeerAuthInterceptor(peer_token(secret)),
-                                                ClientAuthInterceptor(self.auth, cfg.node_id)])
+                                  options=SERVER_OPTIONS, interceptors=[ClientAuthInterceptor(self.auth, cfg.node_id)])
         # The standard health service: the only client call that needs no token.
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         client_pb2_grpc.add_ClientServicer_to_server(ClientService(self), self.server)
-        peer_pb2_grpc.add_PeerServicer_to_server(self.peer_service, self.server)
-        if self.server.add_insecure_port(cfg.grpc_address) == 0:
-            raise ConfigError(f"cannot listen on grpc_address {cfg.grpc_address}: is the port in use?")
+        self.peer_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc-peer"), options=SERVER_OPTIONS,
+            interceptors=[PeerAuthInterceptor(peer_token(secret), frozenset(n.id for n in cfg.all_nodes),
+                                              tls=self.tls is not None)])
+        peer_pb2_grpc.add_PeerServicer_to_server(self.peer_service, self.peer_server)
+        _listen(self.server, "grpc_address", cfg.grpc_address, self.tls, client_port_credentials)
+        _listen(self.peer_server, "peer_address", cfg.peer_address, self.tls, peer_port_credentials)
 
     def start(self) -> None:
+        if self.tls is None:
+            log.warning("INSECURE: insecure = true: the client API on %s and the peer API on %s are PLAINTEXT and "
+                        "peers are not verified by certificate; anyone who can reach them can read and forge "
+                        "traffic. Development only: give the node tls_cert_file, tls_key_file and tls_ca_file "
+                        "(raftflow certs) and remove insecure.", self.cfg.grpc_address, self.cfg.peer_address)
         self.server.start()
+        self.peer_server.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.leader_loop.start()
         self._heartbeat.start()
         self._token_use.start()
         threading.Thread(target=self._announce_start, name="announce-start", daemon=True).start()
-        log.info("node %s up: API on %s, Raft on %s, %d slots, peers: %s; SSH connections: %s", self.cfg.node_id,
-                 self.cfg.grpc_address, self.cfg.raft_address, self.cfg.slots,
-                 ", ".join(f"{p.id}@{p.grpc_address}" for p in self.cfg.peers) or "none",
+        log.info("node %s up: API on %s, peer API on %s, Raft on %s (%s), %d slots, peers: %s; SSH connections: %s",
+                 self.cfg.node_id, self.cfg.grpc_address, self.cfg.peer_address, self.cfg.raft_address,
+                 "plaintext, insecure" if self.tls is None else "TLS", self.cfg.slots,
+                 ", ".join(f"{p.id}@{p.peer_address}" for p in self.cfg.peers) or "none",
                  ", ".join(f"{conn.name} ({conn.address})" for conn in self.cfg.connections) or "none")
 
     def _after_apply(self, command: c.Command, result: Result) -> None:
@@ -212,7 +235,9 @@ class Node:
         self.health.enter_graceful_shutdown()
         self.leader_loop.stop()
         self.worker.shutdown()
-        self.server.stop(grace=1.0).wait(2.0)
+        stopped = (self.server.stop(grace=1.0), self.peer_server.stop(grace=1.0))
+        for event in stopped:
+            event.wait(2.0)
         self.replica.destroy()
         self.peers.close()
         self.store.close()
@@ -231,6 +256,7 @@ class Node:
         """Report liveness and load to whoever leads, every heartbeat_interval; an
         acknowledgement from a leader with quorum renews this node's lease."""
         last_sent, last_leader = 0.0, None
+        last_refusal = ""   # logged once per distinct refusal, not every heartbeat
         while not self._stop.wait(0.02):
             leader = self.replica.status().leader_id
             sent_at = time.monotonic()
@@ -253,13 +279,47 @@ class Node:
                         running=[peer_pb2.AttemptKey(run_id=r, task_id=t, attempt=a) for r, t, a in running]),
                         timeout=self.cfg.heartbeat_interval * 2).lease_granted
             except grpc.RpcError as e:
+                refused = _refused(e, tls=self.tls is not None)
+                if refused and refused != last_refusal:
+                    log.warning("heartbeat to %s refused; this node gets no work until it is accepted: %s",
+                                leader, refused)
+                last_refusal = refused
                 log.debug("heartbeat to %s failed: %s", leader, e.code())
             except Exception:  # noqa: BLE001 - without heartbeats the lease lapses: never stop
                 log.exception("heartbeat error")
+            else:
+                last_refusal = ""
             if granted:
                 self.worker.renew_lease(sent_at)
             else:   # no leader yet, or it has not taken office: try again shortly
                 last_sent = sent_at - self.cfg.heartbeat_interval + 0.05
+
+
+def _refused(e: grpc.RpcError, tls: bool) -> str:
+    """Why a peer refused this node (its certificate, token or identity), or "" when the
+    failure is not a refusal (the peer is down, slow, or has no leader yet)."""
+    details = e.details() or ""
+    if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return details
+    if any(marker in details.lower() for marker in ("handshake", "ssl", "certificate")):
+        return details
+    if tls and details.endswith("Socket closed"):
+        # What a TLS 1.3 client sees when the server rejects its certificate.
+        return (f"{details}: the peer closed the TLS connection; it refuses this node's certificate unless the "
+                "CA in its tls_ca_file issued it")
+    return ""
+
+
+def _listen(server: grpc.Server, setting: str, address: str, tls: TLSMaterial | None,
+            credentials: Callable[[TLSMaterial], grpc.ServerCredentials]) -> None:
+    """Bind `address` exactly (TLS unless insecure), or say why not."""
+    try:
+        port = server.add_insecure_port(address) if tls is None else server.add_secure_port(address, credentials(tls))
+    except RuntimeError:
+        port = 0
+    if port == 0:
+        raise ConfigError(f"cannot listen on {setting} {address}: is the port in use, or the address not this "
+                          "machine's?")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -268,6 +328,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--node-id", dest="node_id")
     parser.add_argument("--grpc-address", dest="grpc_address")
     parser.add_argument("--raft-address", dest="raft_address")
+    parser.add_argument("--peer-address", dest="peer_address")
     parser.add_argument("--data-dir", dest="data_dir")
     parser.add_argument("--secret-file", dest="secret_file")
     parser.add_argument("--slots", type=int)
@@ -276,8 +337,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
-    flags = {k: getattr(args, k) for k in ("node_id", "grpc_address", "raft_address", "data_dir", "secret_file",
-                                           "slots", "log_level")}
+    flags = {k: getattr(args, k) for k in ("node_id", "grpc_address", "raft_address", "peer_address", "data_dir",
+                                           "secret_file", "slots", "log_level")}
     try:
         cfg = load(args.config, flags)
     except ConfigError as e:

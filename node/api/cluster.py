@@ -94,7 +94,7 @@ def node_status(host: Host) -> client_pb2.NodeStatus:
         running_tasks=len(host.worker.running()), slots=cfg.slots, grpc_address=cfg.grpc_address,
         raft_address=cfg.raft_address, leader=status.leader_id or "", has_quorum=status.has_quorum,
         digest=digest, uptime=time.monotonic() - host.started, last_heartbeat_age=-1,
-        queues=list(cfg.queues),
+        queues=list(cfg.queues), tls=not cfg.insecure, peer_address=cfg.peer_address,
         connections=[client_pb2.ConnectionInfo(
             name=conn.name, host=conn.host, port=conn.port, user=conn.user, auth=conn.auth,
             trust_on_first_use=conn.trust_on_first_use) for conn in cfg.connections],
@@ -109,7 +109,8 @@ def node_status(host: Host) -> client_pb2.NodeStatus:
 
 def unreachable(peer: Peer, error: str) -> client_pb2.NodeStatus:
     return client_pb2.NodeStatus(id=peer.id, role="unreachable", healthy=False, grpc_address=peer.grpc_address,
-                                 raft_address=peer.raft_address, error=error, last_heartbeat_age=-1)
+                                 raft_address=peer.raft_address, peer_address=peer.peer_address, error=error,
+                                 last_heartbeat_age=-1)
 
 
 def cluster_status(host: Host, ops: Operations, fanout: ThreadPoolExecutor) -> client_pb2.ClusterStatusResponse:

@@ -1,60 +1,139 @@
-"""Node-to-node gRPC: the peer token, the server-side check, and clients to peers
-(`PeerClients`: the `cluster.PeerDirectory` of the API, and the dispatch and
-heartbeat calls of the leader loop and main.py).
+"""Node-to-node gRPC: credentials for the two ports, the peer API's server-side checks,
+and clients to peers (`PeerClients`: the `cluster.PeerDirectory` of the API, and the
+dispatch and heartbeat calls of the leader loop and main.py).
 
-Every peer call carries `x-raftflow-peer-token`, an HMAC of the cluster secret, so
-only cluster members can dispatch work (RunTask runs commands) or read logs.
+Who calls: main.py (server credentials, the interceptor, PeerClients).
+
+The peer API listens on its own port (`peer_address`), apart from the client API,
+with mutual TLS: a caller must present a certificate from the cluster CA whose
+common name is a configured member (`PeerAuthInterceptor`), and a Heartbeat must be
+sent by the node it speaks for. A node dials a peer expecting the certificate of that
+peer (its node id, a DNS name in the certificate's SANs), whatever address it dialed.
+As defense in depth every peer call also carries `x-raftflow-peer-token`, an HMAC of
+the cluster secret. With `insecure = true` (development) both ports are plaintext and
+only the token is checked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import grpc
 
-from ..config import Peer
+from ..config import Peer, TLSMaterial
 from ..proto import client_pb2, peer_pb2, peer_pb2_grpc
 from ..worker.worker import Assignment
 from . import errors
 
 TOKEN_HEADER = "x-raftflow-peer-token"
 PEER_SERVICE_PREFIX = "/raftflow.v1.Peer/"
+HEARTBEAT_METHOD = PEER_SERVICE_PREFIX + "Heartbeat"
+# Every port binds its address alone: without this gRPC sets SO_REUSEPORT, and a second
+# process could bind the same port and take part of its connections.
+SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
 
 
 def peer_token(secret: str) -> str:
     return hmac.new(secret.encode(), b"raftflow peer api v1", hashlib.sha256).hexdigest()
 
 
-class PeerAuthInterceptor(grpc.ServerInterceptor):
-    """Rejects peer-API calls without the cluster token (UNAUTHENTICATED)."""
+def client_port_credentials(tls: TLSMaterial) -> grpc.ServerCredentials:
+    """The client API: the node's certificate; clients authenticate with tokens, not certificates."""
+    return grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)])
 
-    def __init__(self, token: str) -> None:
+
+def peer_port_credentials(tls: TLSMaterial) -> grpc.ServerCredentials:
+    """The peer API: mutual TLS; a caller without a certificate from the cluster CA is refused
+    during the handshake."""
+    return grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem)], root_certificates=tls.ca_pem,
+                                       require_client_auth=True)
+
+
+def caller_identity(context: grpc.ServicerContext) -> str:
+    """The node id (certificate CN) of a mutual-TLS caller; "" over plaintext."""
+    names = context.auth_context().get("x509_common_name") or []
+    return names[0].decode("utf-8", "replace") if names else ""
+
+
+class PeerAuthInterceptor(grpc.ServerInterceptor):
+    """Rejects peer-API calls without the cluster token (UNAUTHENTICATED) and, with TLS,
+    calls whose certificate names no member of the cluster, or a Heartbeat on behalf of
+    another node (PERMISSION_DENIED)."""
+
+    def __init__(self, token: str, members: frozenset[str], tls: bool) -> None:
         self._token = token
+        self._members = members
+        self._tls = tls
+
+    def _refusal(self, method: str, request: Any, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
+        if not self._tls:
+            return None
+        caller = caller_identity(context)
+        if caller not in self._members:
+            return (grpc.StatusCode.PERMISSION_DENIED,
+                    f"peer call from a certificate naming {caller!r}, which is not a node of this cluster "
+                    f"({', '.join(sorted(self._members))})")
+        if method == HEARTBEAT_METHOD and request.node_id != caller:
+            return (grpc.StatusCode.PERMISSION_DENIED,
+                    f"a heartbeat for node {request.node_id!r} sent with the certificate of {caller!r}")
+        return None
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = continuation(details)
         if handler is None or not details.method.startswith(PEER_SERVICE_PREFIX):
             return handler
         presented = dict(details.invocation_metadata).get(TOKEN_HEADER, "")
-        if hmac.compare_digest(presented, self._token):
-            return handler
-
-        def deny(request, context):  # type: ignore[no-untyped-def]
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "peer call without a valid cluster token: is this node using the same secret file?")
+        if not hmac.compare_digest(presented, self._token):
+            return _replace(handler, lambda request, context: context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "peer call without a valid cluster token: is this node using the same secret file?"))
+        method = details.method
 
         if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                deny, handler.request_deserializer, handler.response_serializer)
-        return grpc.unary_unary_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
+            inner_stream: Callable[..., Iterator[Any]] = handler.unary_stream
+
+            def checked_stream(request, context):  # type: ignore[no-untyped-def]
+                refusal = self._refusal(method, request, context)
+                if refusal is not None:
+                    context.abort(*refusal)
+                yield from inner_stream(request, context)
+
+            return _replace(handler, checked_stream)
+        inner: Callable[..., Any] = handler.unary_unary
+
+        def checked(request, context):  # type: ignore[no-untyped-def]
+            refusal = self._refusal(method, request, context)
+            if refusal is not None:
+                context.abort(*refusal)
+            return inner(request, context)
+
+        return _replace(handler, checked)
+
+
+def _replace(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(behavior, handler.request_deserializer,
+                                                    handler.response_serializer)
+    return grpc.unary_unary_rpc_method_handler(behavior, handler.request_deserializer, handler.response_serializer)
+
+
+def peer_channel(peer: Peer, tls: TLSMaterial | None) -> grpc.Channel:
+    """A channel to `peer`'s peer API: mutual TLS with this node's certificate, expecting
+    the peer's own (its node id in the SANs); plaintext only when `tls` is None (insecure)."""
+    if tls is None:
+        return grpc.insecure_channel(peer.peer_address)
+    credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca_pem, private_key=tls.key_pem,
+                                               certificate_chain=tls.cert_pem)
+    return grpc.secure_channel(peer.peer_address, credentials,
+                               options=(("grpc.ssl_target_name_override", peer.id),))
 
 
 class PeerClients:
-    def __init__(self, peers: tuple[Peer, ...], token: str) -> None:
+    def __init__(self, peers: tuple[Peer, ...], token: str, tls: TLSMaterial | None) -> None:
         self._metadata = ((TOKEN_HEADER, token),)
-        self._channels = {p.id: grpc.insecure_channel(p.grpc_address) for p in peers}
+        self._channels = {p.id: peer_channel(p, tls) for p in peers}
         self._stubs = {pid: peer_pb2_grpc.PeerStub(ch) for pid, ch in self._channels.items()}
 
     def knows(self, node_id: str) -> bool:

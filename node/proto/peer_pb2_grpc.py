@@ -69,7 +69,8 @@ class PeerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Every node, the leader included, reports liveness and load to the leader.
+        """Every node, the leader included, reports liveness and load to the leader; only
+        for itself (node_id must be the caller certificate's node).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -147,7 +147,13 @@ def test_unreachable_cluster_exits_3(cli):
 def test_peer_api_refuses_calls_without_the_cluster_token(cluster):
     from raftflow.proto import client_pb2, peer_pb2, peer_pb2_grpc
 
-    with cluster.channel(cluster.nodes[0].grpc_address) as channel:
+    with cluster.channel(cluster.nodes[0].grpc_address) as channel:   # the client port serves no peer API
+        with pytest.raises(grpc.RpcError) as caught:
+            peer_pb2_grpc.PeerStub(channel).RunTask(peer_pb2.TaskAssignment(run_id="r", task_id="t", attempt=1,
+                                                                            node="n1"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # A member's certificate gets a caller through the peer port's TLS; the token is still required.
+    with cluster.peer_channel("n1", as_node="n2") as channel:
         stub = peer_pb2_grpc.PeerStub(channel)
         with pytest.raises(grpc.RpcError) as caught:
             stub.RunTask(peer_pb2.TaskAssignment(run_id="r", task_id="t", attempt=1, kind="bash",

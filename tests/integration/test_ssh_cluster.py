@@ -120,7 +120,7 @@ def test_tasks_logs_follow_shows_remote_output_while_the_command_runs(world):
     run_id = trigger(cli, "remote_stream")
     follow = subprocess.Popen([sys.executable, "-m", "raftflow_cli.main", "--cluster", cluster.addresses,
                                "tasks", "logs", run_id, "stream", "--follow"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=cli.env)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in follow.stdout], daemon=True).start()
     try:

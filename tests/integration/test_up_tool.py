@@ -4,9 +4,11 @@ spark_master, mlexpert_ssh_dag run through it; then everything stopped by its PI
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -16,10 +18,10 @@ pytestmark = pytest.mark.integration
 
 
 def _free_port_base(nodes: int = 3) -> int:
-    """A base P with P..P+n-1 and P+100..P+100+n-1 free (tools/up's layout)."""
+    """A base P with P..P+n-1, P+100..P+100+n-1 and P+200..P+200+n-1 free (tools/up's layout)."""
     for _ in range(200):
         base = random.randrange(20000, 40000)
-        ports = [base + i for i in range(nodes)] + [base + 100 + i for i in range(nodes)]
+        ports = [base + offset + i for offset in (0, 100, 200) for i in range(nodes)]
         try:
             for port in ports:
                 with socket.socket() as s:
@@ -49,6 +51,11 @@ def test_up_ssh_demo_runs_the_ssh_form_and_down_stops_everything(tmp_path):
         assert "triggered mlexpert_ssh_dag" in first.stdout and " SUCCESS in " in first.stdout, first.stdout
         sshd_pid = int((data / "sshd" / "sshd.pid").read_text())
         started = [sshd_pid] + [int((data / f"n{i}" / "pid").read_text()) for i in (1, 2, 3)]
+        # The CLI finds the cluster and its CA certificate (<data-dir>/ca.pem) by itself, as README's tour runs it.
+        assert (data / "ca.pem").is_file()
+        status = subprocess.run([sys.executable, "-m", "raftflow_cli.main", "cluster", "status"], capture_output=True,
+                                text=True, timeout=60, cwd=ROOT, env={**os.environ, "RAFTFLOW_DATA_DIR": str(data)})
+        assert status.returncode == 0 and "leader: n" in status.stdout, status.stderr
 
         again = _up("--ssh-demo", "--data-dir", str(data), "--port-base", base)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

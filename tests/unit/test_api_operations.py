@@ -279,8 +279,8 @@ class FakeHost:
 
 def _host(tmp_path: Path, replica: MemoryReplica, peers: FakePeers) -> FakeHost:
     cfg = NodeConfig("n1", "127.0.0.1:7001", "127.0.0.1:8001", tmp_path, tmp_path / "secret",
-                     peers=(Peer("n2", "127.0.0.1:7002", "127.0.0.1:8002"),
-                            Peer("n3", "127.0.0.1:7003", "127.0.0.1:8003")))
+                     peers=(Peer("n2", "127.0.0.1:7002", "127.0.0.1:8002", "127.0.0.1:9002"),
+                            Peer("n3", "127.0.0.1:7003", "127.0.0.1:8003", "127.0.0.1:9003")))
     return FakeHost(cfg, replica, peers, Liveness(list(MEMBERS), cfg.lease_timeout, 1.0, 2, "n1"))
 
 

@@ -1,6 +1,6 @@
 """The client library's retries (tools/cli/client.py): writes are retried with one request
 id across nodes until `retry_for`; reads are not. Real gRPC servers in this process,
-each with a small scripted Client servicer: these test the client, not the cluster."""
+each with a small scripted Client servicer: these test the client, not the cluster (plaintext: TLS is test_cli_tls and test_tls)."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ def test_every_client_rpc_is_a_read_or_a_write() -> None:
 
 def test_a_write_answered_unavailable_twice_then_ok_is_one_call_with_one_request_id(serve: Any) -> None:
     node = ScriptedNode("n1", [NO_LEADER, NO_LEADER])
-    client = ClusterClient([serve(node)], retry_for=5.0)
+    client = ClusterClient([serve(node)], insecure=True, retry_for=5.0)
     started = time.monotonic()
     assert client.trigger("d")["run_id"] == "manual__d__by_n1"
     elapsed = time.monotonic() - started
@@ -107,7 +107,7 @@ def test_a_write_answered_unavailable_twice_then_ok_is_one_call_with_one_request
 
 def test_an_unknown_outcome_is_retried_with_the_same_id_on_the_next_node(serve: Any) -> None:
     n1, n2 = ScriptedNode("n1", [UNKNOWN]), ScriptedNode("n2", [])
-    client = ClusterClient([serve(n1), serve(n2)], retry_for=5.0)
+    client = ClusterClient([serve(n1), serve(n2)], insecure=True, retry_for=5.0)
     assert client.trigger("d")["run_id"] == "manual__d__by_n2"
     assert n1.request_ids == n2.request_ids and len(n1.request_ids) == 1
     client.close()
@@ -115,7 +115,7 @@ def test_an_unknown_outcome_is_retried_with_the_same_id_on_the_next_node(serve: 
 
 def test_an_answer_that_is_not_about_availability_ends_the_write_at_once(serve: Any) -> None:
     n1, n2 = ScriptedNode("n1", [(grpc.StatusCode.NOT_FOUND, "no DAG 'd'")]), ScriptedNode("n2", [])
-    client = ClusterClient([serve(n1), serve(n2)], retry_for=5.0)
+    client = ClusterClient([serve(n1), serve(n2)], insecure=True, retry_for=5.0)
     with pytest.raises(ApiError) as e:
         client.trigger("d")
     assert (e.value.code, e.value.message) == (grpc.StatusCode.NOT_FOUND, "no DAG 'd'")
@@ -125,7 +125,7 @@ def test_an_answer_that_is_not_about_availability_ends_the_write_at_once(serve: 
 
 def test_reads_are_not_retried_and_carry_no_request_id(serve: Any) -> None:
     node = ScriptedNode("n1", [NO_LEADER])
-    client = ClusterClient([serve(node)], retry_for=5.0)
+    client = ClusterClient([serve(node)], insecure=True, retry_for=5.0)
     with pytest.raises(ApiError) as e:
         client.list_runs()
     assert e.value.code is grpc.StatusCode.UNAVAILABLE and node.request_ids == [None]
@@ -134,7 +134,7 @@ def test_reads_are_not_retried_and_carry_no_request_id(serve: Any) -> None:
 
 def test_a_write_that_runs_out_of_time_says_what_was_tried_and_the_last_error(serve: Any) -> None:
     node = ScriptedNode("n1", [NO_LEADER] * 100)
-    client = ClusterClient([serve(node)], retry_for=1.0)
+    client = ClusterClient([serve(node)], insecure=True, retry_for=1.0)
     started = time.monotonic()
     with pytest.raises(ApiError) as e:
         client.trigger("d")
@@ -152,7 +152,7 @@ def test_a_write_that_runs_out_of_time_says_what_was_tried_and_the_last_error(se
 
 def test_a_write_whose_outcome_stayed_unknown_says_it_may_have_applied_once(serve: Any) -> None:
     node = ScriptedNode("n1", [UNKNOWN] + [NO_LEADER] * 100)
-    client = ClusterClient([serve(node)], retry_for=0.5)
+    client = ClusterClient([serve(node)], insecure=True, retry_for=0.5)
     with pytest.raises(ApiError) as e:
         client.trigger("d")
     assert e.value.code is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -161,7 +161,7 @@ def test_a_write_whose_outcome_stayed_unknown_says_it_may_have_applied_once(serv
 
 
 def test_no_node_reachable_is_retried_then_reported_as_unreachable() -> None:
-    client = ClusterClient([_dead_address(), _dead_address()], retry_for=0.5)
+    client = ClusterClient([_dead_address(), _dead_address()], insecure=True, retry_for=0.5)
     started = time.monotonic()
     with pytest.raises(ClusterUnreachable, match="TriggerDag: no raftflow node answered after [0-9]+ attempts"):
         client.trigger("d")
@@ -172,7 +172,7 @@ def test_no_node_reachable_is_retried_then_reported_as_unreachable() -> None:
 def test_a_node_that_comes_up_during_the_retries_gets_the_write(serve: Any) -> None:
     node = ScriptedNode("n1", [])
     dead = _dead_address()
-    client = ClusterClient([dead], retry_for=5.0)
+    client = ClusterClient([dead], insecure=True, retry_for=5.0)
     box: list[Any] = []
     caller = threading.Thread(target=lambda: box.append(client.trigger("d")))
     caller.start()
@@ -192,7 +192,7 @@ def test_a_node_that_comes_up_during_the_retries_gets_the_write(serve: Any) -> N
 
 def test_a_silent_node_is_asked_after_the_others_in_later_rounds(serve: Any) -> None:
     silent, n2 = ScriptedNode("n1", [], hang=1.5), ScriptedNode("n2", [NO_LEADER])
-    client = ClusterClient([serve(silent), serve(n2)], timeout=0.3, retry_for=5.0)
+    client = ClusterClient([serve(silent), serve(n2)], timeout=0.3, insecure=True, retry_for=5.0)
     assert client.trigger("d")["run_id"] == "manual__d__by_n2"
     assert len(silent.request_ids) == 1 and len(n2.request_ids) == 2
     assert silent.request_ids[0] == n2.request_ids[0] == n2.request_ids[1]
@@ -202,7 +202,7 @@ def test_a_silent_node_is_asked_after_the_others_in_later_rounds(serve: Any) -> 
 def test_retry_for_is_bounded_in_the_library_and_the_cli(monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="retry_for must be 0 to 300 seconds"):
-        ClusterClient(["127.0.0.1:1"], retry_for=MAX_RETRY_FOR + 1)
+        ClusterClient(["127.0.0.1:1"], insecure=True, retry_for=MAX_RETRY_FOR + 1)
     assert build_parser().parse_args(["--retry-for", "2.5", "dags", "list"]).retry_for == 2.5
     monkeypatch.setenv("RAFTFLOW_RETRY_FOR", "30")
     assert build_parser().parse_args(["dags", "list"]).retry_for == 30.0
@@ -215,7 +215,7 @@ def test_retry_for_is_bounded_in_the_library_and_the_cli(monkeypatch: pytest.Mon
 
 def test_when_every_node_says_it_reaches_no_majority_the_write_is_refused_promptly(serve: Any) -> None:
     n1, n2 = ScriptedNode("n1", [NO_QUORUM_HERE] * 100), ScriptedNode("n2", [NO_QUORUM_HERE] * 100)
-    client = ClusterClient([serve(n1), serve(n2)], retry_for=10.0)
+    client = ClusterClient([serve(n1), serve(n2)], insecure=True, retry_for=10.0)
     started = time.monotonic()
     with pytest.raises(ApiError) as e:
         client.trigger("d")
@@ -227,7 +227,7 @@ def test_when_every_node_says_it_reaches_no_majority_the_write_is_refused_prompt
 
 def test_no_quorum_on_one_node_is_retried_while_another_is_electing(serve: Any) -> None:
     n1, n2 = ScriptedNode("n1", [NO_QUORUM_HERE] * 100), ScriptedNode("n2", [NO_LEADER] * 5)
-    client = ClusterClient([serve(n1), serve(n2)], retry_for=10.0)
+    client = ClusterClient([serve(n1), serve(n2)], insecure=True, retry_for=10.0)
     assert client.trigger("d")["run_id"] == "manual__d__by_n2"
     assert len(n2.request_ids) == 6 and len(set(n1.request_ids + n2.request_ids)) == 1
     client.close()

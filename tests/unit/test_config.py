@@ -20,6 +20,7 @@ BASE = """
 node_id = "n1"
 grpc_address = "127.0.0.1:7001"
 raft_address = "127.0.0.1:7101"
+peer_address = "127.0.0.1:7201"
 data_dir = "data"
 secret_file = "secret"
 slots = 2
@@ -28,6 +29,7 @@ slots = 2
 id = "n2"
 grpc_address = "127.0.0.1:7002"
 raft_address = "127.0.0.1:7102"
+peer_address = "127.0.0.1:7202"
 """
 
 
@@ -36,7 +38,7 @@ def test_file_then_environment_then_flags(tmp_path: Path):
     cfg = load(path, environ={})
     assert cfg.node_id == "n1" and cfg.slots == 2
     assert cfg.data_dir == tmp_path / "data", "relative paths resolve against the config file's folder"
-    assert cfg.peers == (Peer("n2", "127.0.0.1:7002", "127.0.0.1:7102"),)
+    assert cfg.peers == (Peer("n2", "127.0.0.1:7002", "127.0.0.1:7102", "127.0.0.1:7202"),)
 
     cfg = load(path, environ={"RAFTFLOW_SLOTS": "8", "RAFTFLOW_NODE_ID": "n9"})
     assert cfg.slots == 8 and cfg.node_id == "n9"
@@ -47,11 +49,14 @@ def test_file_then_environment_then_flags(tmp_path: Path):
 def test_environment_alone_is_enough(tmp_path: Path):
     cfg = load(None, environ={
         "RAFTFLOW_NODE_ID": "a", "RAFTFLOW_GRPC_ADDRESS": "10.0.0.1:50051", "RAFTFLOW_RAFT_ADDRESS": "10.0.0.1:50151",
+        "RAFTFLOW_PEER_ADDRESS": "10.0.0.1:50251",
         "RAFTFLOW_DATA_DIR": str(tmp_path), "RAFTFLOW_SECRET_FILE": str(tmp_path / "s"),
-        "RAFTFLOW_PEERS": "b=10.0.0.2:50051/10.0.0.2:50151,c=10.0.0.3:50051/10.0.0.3:50151",
+        "RAFTFLOW_PEERS": "b=10.0.0.2:50051/10.0.0.2:50151/10.0.0.2:50251,"
+                          "c=10.0.0.3:50051/10.0.0.3:50151/10.0.0.3:50251",
     })
     assert [p.id for p in cfg.peers] == ["b", "c"]
     assert [n.id for n in cfg.all_nodes] == ["a", "b", "c"]
+    assert [n.peer_address for n in cfg.all_nodes] == ["10.0.0.1:50251", "10.0.0.2:50251", "10.0.0.3:50251"]
 
 
 @pytest.mark.parametrize("text, env, message", [
@@ -62,6 +67,14 @@ def test_environment_alone_is_enough(tmp_path: Path):
     (BASE.replace('node_id = "n1"', ''), {}, "missing setting(s): node_id"),
     (BASE.replace('id = "n2"', 'id = "n1"'), {}, "node ids must be unique"),
     (BASE, {"RAFTFLOW_PEERS": "n2=nonsense"}, "RAFTFLOW_PEERS item"),
+    (BASE, {"RAFTFLOW_PEERS": "n2=h:1/h:2"}, "ID=HOST:GRPC_PORT/HOST:RAFT_PORT/HOST:PEER_PORT"),
+    (BASE.replace('peer_address = "127.0.0.1:7201"\n', ''), {}, "missing setting(s): peer_address"),
+    (BASE.replace('peer_address = "127.0.0.1:7202"\n', ''), {},
+     "needs id, grpc_address, raft_address and peer_address"),
+    (BASE.replace('"127.0.0.1:7201"', '"127.0.0.1:7101"'), {}, "must be three different addresses"),
+    (BASE.replace('"127.0.0.1:7202"', '"nowhere"'), {}, "peer n2 peer_address must be HOST:PORT"),
+    ('tls_cert_file = "n1.pem"\n' + BASE, {}, "tls_cert_file set but tls_key_file, tls_ca_file not"),
+    (BASE, {"RAFTFLOW_INSECURE": "maybe"}, "insecure from $RAFTFLOW_INSECURE must be true or false"),
     ("node_id = [", {}, "not valid TOML"),
 ])
 def test_bad_configs_name_the_setting(tmp_path: Path, text: str, env: dict, message: str):
@@ -168,6 +181,55 @@ def test_task_log_limit_defaults_to_64_mib_and_is_set_by_file_environment_or_fla
     assert load(path, environ={}) == cfg
     with pytest.raises(ConfigError, match="task_log_limit from \\$RAFTFLOW_TASK_LOG_LIMIT must be at least 1"):
         load(path, environ={"RAFTFLOW_TASK_LOG_LIMIT": "0"})
+
+
+TLS = 'tls_cert_file = "tls/n1.pem"\ntls_key_file = "tls/n1.key"\ntls_ca_file = "tls/ca.pem"\n'
+
+
+def test_tls_files_resolve_against_the_config_and_round_trip(tmp_path: Path):
+    cfg = load(_write(tmp_path, TLS + BASE), environ={})
+    assert (cfg.tls_cert_file, cfg.tls_key_file, cfg.tls_ca_file) == \
+        (tmp_path / "tls/n1.pem", tmp_path / "tls/n1.key", tmp_path / "tls/ca.pem")
+    assert cfg.insecure is False and cfg.peer_address == "127.0.0.1:7201"
+    assert load(_write(tmp_path, to_toml(cfg)), environ={}) == cfg
+    env = load(_write(tmp_path, BASE), environ={
+        "RAFTFLOW_TLS_CERT_FILE": "/x/c.pem", "RAFTFLOW_TLS_KEY_FILE": "/x/k", "RAFTFLOW_TLS_CA_FILE": "/x/ca.pem",
+        "RAFTFLOW_INSECURE": "false"})
+    assert (env.tls_cert_file, env.tls_ca_file, env.insecure) == (Path("/x/c.pem"), Path("/x/ca.pem"), False)
+
+
+def test_a_node_without_tls_files_is_told_how_to_make_them_or_to_run_insecure(tmp_path: Path):
+    cfg = load(_write(tmp_path, BASE), environ={})
+    with pytest.raises(ConfigError) as caught:
+        cfg.read_tls()
+    message = str(caught.value)
+    assert "raftflow certs init --dir DIR" in message and "raftflow certs issue n1" in message
+    assert "insecure = true" in message
+    insecure = load(_write(tmp_path, BASE), environ={"RAFTFLOW_INSECURE": "1"})
+    assert insecure.insecure is True and insecure.read_tls() is None
+    assert load(_write(tmp_path, to_toml(insecure)), environ={}).insecure is True
+
+
+def test_read_tls_checks_the_certificate_names_this_node(tmp_path: Path):
+    from raftflow import certs
+
+    tls = tmp_path / "tls"
+    certs.init_dir(tls)
+    certs.issue_in_dir(tls, "n1", ["127.0.0.1"])
+    certs.issue_in_dir(tls, "n2", ["127.0.0.1"])
+    material = load(_write(tmp_path, TLS + BASE), environ={}).read_tls()
+    assert material is not None and material.ca_pem == (tls / "ca.pem").read_bytes()
+    assert material.cert_pem == (tls / "n1.pem").read_bytes() and material.key_pem == (tls / "n1.key").read_bytes()
+
+    wrong = load(_write(tmp_path, TLS.replace("n1.", "n2.") + BASE), environ={})
+    with pytest.raises(ConfigError, match="the certificate names node 'n2' .* but this node is 'n1'"):
+        wrong.read_tls()
+    mixed = load(_write(tmp_path, TLS.replace("n1.key", "n2.key") + BASE), environ={})
+    with pytest.raises(ConfigError, match="tls_key_file is not the key of tls_cert_file"):
+        mixed.read_tls()
+    missing = load(_write(tmp_path, TLS.replace("ca.pem", "nope.pem") + BASE), environ={})
+    with pytest.raises(ConfigError, match="cannot read tls_ca_file .*nope.pem"):
+        missing.read_tls()
 
 
 def test_scratch_dir_defaults_to_the_temp_dir_and_gives_each_node_data_dir_its_own_folder(tmp_path: Path):

@@ -16,7 +16,9 @@ NO_QUORUM_PATIENCE (long enough for restarted nodes to reconnect), the nodes are
 but cut off from each other, which no election ends: the write is refused then.
 
 Errors are split so the CLI can map them to exit codes:
-- `ClusterUnreachable`: no address accepted a connection (exit 3).
+- `ClusterUnreachable`: no address accepted a connection, or none completed the TLS
+  handshake (the message says which: a certificate from another CA, a plaintext
+  node) (exit 3).
 - UNAUTHENTICATED (no, unknown, revoked or expired token) and PERMISSION_DENIED (the
   token's role may not do it) are `ApiError`s with the node's message (exit 4).
 - `ApiError`: a node answered with an error status (INVALID_ARGUMENT and
@@ -24,6 +26,10 @@ Errors are split so the CLI can map them to exit codes:
   of time ends with UNAVAILABLE (nothing was changed) or DEADLINE_EXCEEDED (it may
   have applied, once), saying what was tried and the last error.
 Results are returned as plain dicts (the `--json` shapes), times ISO-8601 UTC.
+
+Channels are TLS, verifying each node's certificate against `ca_pem` (the cluster's
+ca.pem; None: the system's roots); plaintext only with `insecure=True`, for nodes
+started with `insecure = true`.
 """
 
 from __future__ import annotations
@@ -107,10 +113,14 @@ def with_token(channel: grpc.Channel, token: str | None) -> grpc.Channel:
 
 class ClusterClient:
     def __init__(self, addresses: list[str], timeout: float = 10.0, token: str | None = None,
-                 retry_for: float = DEFAULT_RETRY_FOR) -> None:
+                 retry_for: float = DEFAULT_RETRY_FOR, ca_pem: bytes | None = None, insecure: bool = False,
+                 ca_name: str = "") -> None:
         """`timeout`: seconds one call to one node may take; `token`: sent as
         `authorization: Bearer TOKEN` on every call and stream; `retry_for`: seconds a
-        write is retried across nodes and elections (0: each node once; at most MAX_RETRY_FOR)."""
+        write is retried across nodes and elections (0: each node once; at most
+        MAX_RETRY_FOR); `ca_pem`: the CA the nodes' certificates must chain to (None:
+        the system's), `insecure`: plaintext (a development cluster); `ca_name`: where
+        `ca_pem` came from, for error messages."""
         if not addresses:
             raise ValueError("no cluster addresses")
         if not 0 <= retry_for <= MAX_RETRY_FOR:
@@ -120,6 +130,9 @@ class ClusterClient:
         self.timeout = timeout
         self.retry_for = retry_for
         self.retried_writes = 0      # writes that succeeded after more than one attempt (tools report it)
+        self._ca_pem, self._insecure = ca_pem, insecure
+        self._ca_name = ca_name or ("no CA (plaintext)" if insecure else
+                                    "the system's CA certificates" if ca_pem is None else "the given CA")
         self._channels: dict[str, grpc.Channel] = {}
         self._preferred = 0
 
@@ -130,8 +143,23 @@ class ClusterClient:
     def _stub(self, address: str) -> client_pb2_grpc.ClientStub:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = with_token(grpc.insecure_channel(address), self.token)
+            channel = self._channels[address] = with_token(self._open(address), self.token)
         return client_pb2_grpc.ClientStub(channel)
+
+    def _open(self, address: str) -> grpc.Channel:
+        if self._insecure:
+            return grpc.insecure_channel(address)
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=self._ca_pem))
+
+    def _unreachable(self, failures: list[tuple[str, grpc.RpcError]]) -> ClusterUnreachable:
+        """Why no node could be reached, with what to do; TLS failures named as such."""
+        reasons = [(address, _tls_problem(e, self._insecure, self._ca_name)) for address, e in failures]
+        tls = [f"{address}: {problem}" for address, problem in reasons if problem]
+        if tls:
+            return ClusterUnreachable("could not make a TLS connection to any raftflow node: " + "; ".join(tls))
+        listed = ", ".join(f"{address} ({e.code().name.lower()})" for address, e in failures)
+        return ClusterUnreachable(f"no raftflow node answered at {listed}; is the cluster running (tools/up), and is "
+                                  "--cluster / RAFTFLOW_CLUSTER right?")
 
     def _order(self) -> list[int]:
         n = len(self.addresses)
@@ -144,7 +172,7 @@ class ClusterClient:
         if method in WRITES:
             return self._write(method, request, timeout or self.timeout)
         answered: ApiError | None = None
-        unreachable: list[str] = []
+        unreachable: list[tuple[str, grpc.RpcError]] = []
         for i in self._order():
             address = self.addresses[i]
             try:
@@ -152,7 +180,7 @@ class ClusterClient:
             except grpc.RpcError as e:
                 error = _classify(e, address)
                 if error is None:
-                    unreachable.append(f"{address} ({e.code().name.lower()})")
+                    unreachable.append((address, e))
                     continue
                 if error.code is grpc.StatusCode.UNAVAILABLE:
                     answered = error
@@ -162,8 +190,7 @@ class ClusterClient:
             return response
         if answered is not None:
             raise answered
-        raise ClusterUnreachable(f"no raftflow node answered at {', '.join(unreachable)}; is the cluster "
-                                 "running (tools/up), and is --cluster / RAFTFLOW_CLUSTER right?")
+        raise self._unreachable(unreachable)
 
     def _write(self, method: str, request: Any, timeout: float) -> Any:
         """Call `method` with one request id until a node answers anything but UNAVAILABLE
@@ -182,6 +209,7 @@ class ClusterClient:
             order = self._order()
             order = [i for i in order if i not in silent] + [i for i in silent if i in order]
             no_quorum = 0
+            refused_tls: list[tuple[str, grpc.RpcError]] = []   # a TLS failure does not heal by waiting
             for i in order:
                 remaining = deadline - time.monotonic()
                 if attempts >= len(order) and remaining <= 0:
@@ -201,6 +229,8 @@ class ClusterClient:
                     maybe_applied = maybe_applied or code is grpc.StatusCode.DEADLINE_EXCEEDED or (
                         error is None and "failed to connect" not in details.lower())
                     last = (address, code, details, error is not None)
+                    if error is None and _tls_problem(e, self._insecure, self._ca_name):
+                        refused_tls.append((address, e))
                     if error is None:
                         silent = [n for n in silent if n != i] + [i]
                     elif dict(e.trailing_metadata() or ()).get(NO_QUORUM):
@@ -210,6 +240,8 @@ class ClusterClient:
                 if attempts > 1:
                     self.retried_writes += 1
                 return response
+            if refused_tls and len(refused_tls) == len(order):
+                raise self._unreachable(refused_tls)
             now = time.monotonic()
             if no_quorum < len(order):
                 quorum_lost_since = None
@@ -230,7 +262,7 @@ class ClusterClient:
 
     def stream(self, method: str, request: Any) -> Iterator[Any]:
         """A server stream (no deadline) from the first node that can be reached."""
-        unreachable: list[str] = []
+        unreachable: list[tuple[str, grpc.RpcError]] = []
         for i in self._order():
             address = self.addresses[i]
             received = False
@@ -243,10 +275,10 @@ class ClusterClient:
             except grpc.RpcError as e:
                 error = _classify(e, address)
                 if error is None and not received:
-                    unreachable.append(address)
+                    unreachable.append((address, e))
                     continue
                 raise error or ApiError(e.code(), f"lost {address} mid-stream: {e.details()}") from None
-        raise ClusterUnreachable(f"no raftflow node answered at {', '.join(unreachable)}")
+        raise self._unreachable(unreachable)
 
     # ------------------------------------------------------------ verbs
     def submit(self, dags: list[dict[str, str]]) -> list[dict[str, Any]]:
@@ -351,6 +383,26 @@ def _gave_up(method: str, request_id: str, retry_for: float, attempts: int, node
     return ClusterUnreachable(
         f"{method}: no raftflow node answered after {tried}; is the cluster running (tools/up), and is "
         "--cluster / RAFTFLOW_CLUSTER right?")
+
+
+def _tls_problem(e: grpc.RpcError, insecure: bool, ca_name: str) -> str:
+    """What went wrong with TLS on a failed connection, and what to do; "" if it was not TLS."""
+    details = e.details() or ""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (f"the node's certificate is not signed by {ca_name}: pass the cluster's CA certificate with "
+                "--ca-file or RAFTFLOW_CA_FILE (tools/up writes it to <data-dir>/ca.pem)")
+    if "WRONG_VERSION_NUMBER" in details or "wrong version number" in details.lower():
+        return ("the node does not speak TLS (started with insecure = true?): use --insecure / RAFTFLOW_INSECURE=1 "
+                "for such a development node")
+    if "not in peer certificate" in details:
+        return ("the node's certificate does not name the address dialed: issue it with --host for every address "
+                "clients use (raftflow certs issue)")
+    if "handshake" in details.lower() or "ssl" in details.lower():
+        return f"TLS handshake failed: {details}"
+    if insecure and "Socket closed" in details:
+        return ("the node closed a plaintext connection: it probably requires TLS; drop --insecure and pass the "
+                "cluster's CA with --ca-file")
+    return ""
 
 
 def _dict(message: Any) -> dict[str, Any]:

@@ -14,6 +14,13 @@ nodes of the local cluster tools/up started (.raftflow/cluster.json), else
 127.0.0.1:50051-50053. Each is tried until one answers. Writes are retried across
 nodes and leader elections for --retry-for seconds (else $RAFTFLOW_RETRY_FOR, else 10),
 with one request id that the cluster applies once (a retried trigger never makes two runs).
+
+Connections are TLS. The CA certificate that nodes' certificates must chain to is
+--ca-file, else $RAFTFLOW_CA_FILE, else the local cluster's (.raftflow/ca.pem, next
+to its cluster.json), else the system's CA certificates. --insecure (or
+RAFTFLOW_INSECURE=1) talks plaintext, to nodes started with `insecure = true`.
+
+`raftflow certs init|issue` makes a CA and node certificates (deploy/README.md).
 """
 
 from __future__ import annotations
@@ -49,6 +56,35 @@ class UsageError(Exception):
     pass
 
 
+def local_data_dir() -> Path:
+    """Where tools/up keeps the local cluster's files (cluster.json, ca.pem, admin.token)."""
+    return Path(os.environ.get("RAFTFLOW_DATA_DIR", ".raftflow"))
+
+
+def cluster_tls(ca_flag: str | None, insecure_flag: bool) -> tuple[bytes | None, bool, str]:
+    """(CA certificate PEM, or None for the system's roots; plaintext?; where the CA came
+    from, for error messages). Order: --insecure / $RAFTFLOW_INSECURE, --ca-file,
+    $RAFTFLOW_CA_FILE, the local cluster (insecure, else its ca.pem), the system's roots."""
+    if insecure_flag or os.environ.get("RAFTFLOW_INSECURE", "").lower() in ("1", "true", "yes", "on"):
+        return None, True, ""
+    for value, source in ((ca_flag, "--ca-file"), (os.environ.get("RAFTFLOW_CA_FILE"), "$RAFTFLOW_CA_FILE")):
+        if value:
+            try:
+                return Path(value).read_bytes(), False, f"the CA in {value} ({source})"
+            except OSError as e:
+                raise UsageError(f"cannot read the CA certificate {value} ({source}): {e.strerror}") from None
+    manifest, local_ca = local_data_dir() / "cluster.json", local_data_dir() / "ca.pem"
+    if manifest.exists():
+        try:
+            if json.loads(manifest.read_text()).get("insecure"):
+                return None, True, ""
+        except (OSError, ValueError):
+            pass
+        if local_ca.exists():
+            return local_ca.read_bytes(), False, f"the CA in {local_ca} (the local cluster's)"
+    return None, False, f"the system's CA certificates (no --ca-file, RAFTFLOW_CA_FILE or {local_ca})"
+
+
 def cluster_addresses(flag: str | None) -> list[str]:
     if flag:
         return [a.strip() for a in flag.split(",") if a.strip()]
@@ -58,11 +94,6 @@ def cluster_addresses(flag: str | None) -> list[str]:
     if manifest.exists():
         return [n["grpc"] for n in json.loads(manifest.read_text())["nodes"]]
     return DEFAULT_ADDRESSES
-
-
-def local_data_dir() -> Path:
-    """Where tools/up keeps the local cluster's files (cluster.json, admin.token)."""
-    return Path(os.environ.get("RAFTFLOW_DATA_DIR", ".raftflow"))
 
 
 def client_token(flag: str | None) -> str | None:
@@ -491,6 +522,9 @@ def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
                   f"with backoff; its journal grows until one succeeds; see its log): {n['snapshot_error']}")
     if status["nodes"] and not any(n["grpc_address"] for n in status["nodes"]):
         print("\nPIDs and addresses are shown to admin tokens only (this token's role is lower).")
+    plaintext = [n["id"] for n in status["nodes"] if not n["error"] and n.get("tls") is False]
+    if plaintext:
+        print(f"\nWARNING: {', '.join(plaintext)} serve(s) PLAINTEXT gRPC (insecure = true): development only")
     digests = {n["digest"] for n in status["nodes"] if n["digest"]}
     if status["leader_changes"]:
         print("\nrecent leader changes:")
@@ -562,6 +596,37 @@ def cmd_connections_list(client: ClusterClient, args: argparse.Namespace) -> int
     return EXIT_OK
 
 
+def cmd_certs_init(args: argparse.Namespace) -> int:
+    from raftflow.certs import init_dir
+
+    path = init_dir(Path(args.dir), days=args.days)
+    print(f"created the cluster CA: {path} (give it to every node as tls_ca_file, and to clients as --ca-file) "
+          f"and its key {path.with_name('ca.key')} (0600: keep it off the nodes; it signs new node certificates)")
+    return EXIT_OK
+
+
+def cmd_certs_issue(args: argparse.Namespace) -> int:
+    from raftflow.certs import issue_in_dir
+
+    if not args.host:
+        raise UsageError("give at least one --host: the host names or IPs clients and peers dial this node at")
+    cert, key = issue_in_dir(Path(args.dir), args.node_id, args.host, days=args.days)
+    print(f"issued {args.node_id}'s certificate {cert} (CN {args.node_id}; SANs {args.node_id}, "
+          f"{', '.join(args.host)}; valid {args.days} days) and key {key} (0600). On that node set "
+          f"tls_cert_file = \"{cert}\", tls_key_file = \"{key}\", tls_ca_file = \"{Path(args.dir) / 'ca.pem'}\"")
+    return EXIT_OK
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    from raftflow.certs import CertError
+
+    try:
+        return int(args.certs_func(args))
+    except (CertError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -577,8 +642,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"retry a write across node failures and leader elections this long (default: "
                              f"$RAFTFLOW_RETRY_FOR, else {DEFAULT_RETRY_FOR:g}; 0 to {MAX_RETRY_FOR:g}); the cluster "
                              "applies it once however often it is retried")
+    parser.add_argument("--ca-file", dest="ca_file",
+                        help="CA certificate the nodes' certificates chain to (default: $RAFTFLOW_CA_FILE, else "
+                             "the local cluster's <data-dir>/ca.pem, else the system's)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="plaintext, for nodes started with insecure = true (development only)")
     sub = parser.add_subparsers(dest="group", required=True,
-                                metavar="{dags,runs,tasks,pools,connections,tokens,cluster,node}")
+                                metavar="{dags,runs,tasks,pools,connections,tokens,cluster,certs,node}")
 
     def verb(group: argparse._SubParsersAction, name: str, func: Callable, help: str,
              json_flag: bool = True) -> argparse.ArgumentParser:
@@ -677,6 +747,23 @@ def build_parser() -> argparse.ArgumentParser:
     cluster = sub.add_parser("cluster", help="cluster status").add_subparsers(dest="verb", required=True)
     verb(cluster, "status", cmd_cluster_status, "who leads, and each node's health and load")
 
+    certs = sub.add_parser("certs", help="make a cluster CA and node certificates (deploy/README.md)"
+                           ).add_subparsers(dest="verb", required=True)
+    p = certs.add_parser("init", help="create a CA: DIR/ca.pem and DIR/ca.key (never overwrites)",
+                         description="create a CA: DIR/ca.pem and DIR/ca.key (never overwrites)")
+    p.add_argument("--dir", required=True, help="folder for the CA's files")
+    p.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
+    p.set_defaults(certs_func=cmd_certs_init)
+    p = certs.add_parser("issue", help="issue a node certificate signed by DIR's CA: DIR/NODE_ID.pem and .key",
+                         description="issue a node certificate signed by DIR's CA: DIR/NODE_ID.pem and "
+                                     "DIR/NODE_ID.key (CN and a DNS SAN = NODE_ID, plus every --host)")
+    p.add_argument("node_id")
+    p.add_argument("--dir", required=True, help="the folder of `certs init` (its ca.pem and ca.key)")
+    p.add_argument("--host", action="append", default=[],
+                   help="a host name or IP clients or peers dial this node at (repeat for several)")
+    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    p.set_defaults(certs_func=cmd_certs_issue)
+
     from raftflow.main import build_parser as node_parser
     node = sub.add_parser("node", help="run a node (see deploy/ and tools/up)")
     node_parser(node)
@@ -690,7 +777,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.group == "node":
         from raftflow.main import run
         return run(args)
-    client = ClusterClient(cluster_addresses(args.cluster), token=client_token(args.token), retry_for=args.retry_for)
+    if args.group == "certs":
+        return run_certs(args)
+    try:
+        ca_pem, insecure, ca_name = cluster_tls(args.ca_file, args.insecure)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    client = ClusterClient(cluster_addresses(args.cluster), token=client_token(args.token), retry_for=args.retry_for,
+                           ca_pem=ca_pem, insecure=insecure, ca_name=ca_name)
     try:
         return args.func(client, args)
     except UsageError as e:

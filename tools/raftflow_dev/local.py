@@ -7,8 +7,10 @@ tools, so that every local cluster is started the same way a real node is:
     secret              the cluster secret (0600), generated once
     admin.token         the bootstrap admin token (0600), generated once; every node's
                         admin_token_file, and what the CLI finds beside cluster.json
+    ca.pem, ca.key      the cluster's CA (raftflow certs), made once; clients trust ca.pem
     cluster.json        node ids and addresses (what the CLI and tools read)
     nK/node.toml        node K's config
+    nK/node.pem, .key   node K's certificate (CN nK, SANs nK and its host) and key
     nK/node.log         its stderr/stdout
     nK/pid              its PID while started by this helper
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from raftflow import certs
 from raftflow.config import NodeConfig, Peer, RaftTuning, SSHConnection, to_toml
 
 if TYPE_CHECKING:
@@ -61,6 +64,19 @@ class LocalNode:
     grpc_address: str
     raft_address: str
     dir: Path
+    peer_address: str
+
+    @property
+    def cert_path(self) -> Path:
+        return self.dir / "node.pem"
+
+    @property
+    def key_path(self) -> Path:
+        return self.dir / "node.key"
+
+    @property
+    def host(self) -> str:
+        return self.grpc_address.rsplit(":", 1)[0]
 
     @property
     def config_path(self) -> Path:
@@ -97,12 +113,15 @@ class LocalCluster:
                  launcher: dict[str, list[str]] | None = None,
                  queues: dict[str, list[str]] | None = None,
                  connections: dict[str, tuple[SSHConnection, ...]] | None = None,
-                 run_as_user: str | None = None, scratch_dir: Path | None = None) -> None:
+                 run_as_user: str | None = None, scratch_dir: Path | None = None,
+                 insecure: bool = False) -> None:
         """`hosts`: one address per node (default loopback); `launcher`: a command prefix
         per node id (e.g. `ip netns exec NS`) for nodes in network namespaces; `queues`:
         the task queues of some nodes (the others serve "default"); `connections`: the
         SSH connections of some nodes (the others have none); `run_as_user`, `scratch_dir`:
-        every node's settings of those names (default: unset, the system temp dir)."""
+        every node's settings of those names (default: unset, the system temp dir);
+        `insecure`: plaintext nodes (`insecure = true`) and clients, no certificates. An
+        existing cluster.json decides the nodes, their addresses and `insecure`."""
         self.run_as_user = run_as_user
         self.scratch_dir = scratch_dir
         self.data_dir = data_dir.resolve()
@@ -115,22 +134,28 @@ class LocalCluster:
         self._procs: dict[str, subprocess.Popen] = {}   # the latest process of each node
         self._started: list[subprocess.Popen] = []      # every process this helper started
         manifest = self.data_dir / "cluster.json"
-        if manifest.exists():
-            saved = json.loads(manifest.read_text())
+        saved = json.loads(manifest.read_text()) if manifest.exists() else None
+        # A cluster.json from before the peer port (and TLS) is laid out afresh.
+        self.outdated = saved is not None and not all("peer" in n for n in saved["nodes"])
+        if saved is not None and not self.outdated:
             self.slots = saved["slots"]
-            self.nodes = [LocalNode(n["id"], n["grpc"], n["raft"], self.data_dir / n["id"]) for n in saved["nodes"]]
+            self.insecure = bool(saved.get("insecure", False))
+            self.nodes = [LocalNode(n["id"], n["grpc"], n["raft"], self.data_dir / n["id"], n["peer"])
+                          for n in saved["nodes"]]
             return
         self.slots = slots
+        self.insecure = insecure
         if port_base is None:
-            ports = free_ports(2 * nodes)
-            grpc_ports, raft_ports = ports[:nodes], ports[nodes:]
+            ports = free_ports(3 * nodes)
+            grpc_ports, raft_ports, peer_ports = ports[:nodes], ports[nodes:2 * nodes], ports[2 * nodes:]
         else:
             grpc_ports = [port_base + i for i in range(nodes)]
             raft_ports = [port_base + 100 + i for i in range(nodes)]
+            peer_ports = [port_base + 200 + i for i in range(nodes)]
         hosts = hosts or [LOOPBACK] * nodes
         self.nodes = [
             LocalNode(f"n{i + 1}", f"{hosts[i]}:{grpc_ports[i]}", f"{hosts[i]}:{raft_ports[i]}",
-                      self.data_dir / f"n{i + 1}")
+                      self.data_dir / f"n{i + 1}", f"{hosts[i]}:{peer_ports[i]}")
             for i in range(nodes)
         ]
 
@@ -138,6 +163,11 @@ class LocalCluster:
     @property
     def secret_file(self) -> Path:
         return self.data_dir / "secret"
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA certificate clients of this cluster trust (`<data-dir>/ca.pem`)."""
+        return self.data_dir / certs.CA_CERT
 
     @property
     def addresses(self) -> str:
@@ -165,16 +195,40 @@ class LocalCluster:
         from raftflow_cli.client import ClusterClient
 
         return ClusterClient(addresses or self.addresses.split(","), timeout=timeout,
-                             token=self.admin_token() if token is None else token or None)
+                             token=self.admin_token() if token is None else token or None,
+                             ca_pem=None if self.insecure else self.ca_path.read_bytes(), insecure=self.insecure,
+                             ca_name=f"the CA in {self.ca_path}")
 
     def channel(self, address: str, token: str | None = None) -> "grpc.Channel":
-        """A raw gRPC channel to one of this cluster's nodes (for calls the client does not
-        wrap), sending the admin token (or `token`; "" sends none) on every call."""
+        """A raw gRPC channel to one of this cluster's nodes' client API (for calls the
+        client does not wrap): TLS with the cluster's CA, as a client, sending the admin
+        token (or `token`; "" sends none) on every call."""
         import grpc
 
         from raftflow_cli.client import with_token
 
-        return with_token(grpc.insecure_channel(address), self.admin_token() if token is None else token)
+        if self.insecure:
+            channel = grpc.insecure_channel(address)
+        else:
+            channel = grpc.secure_channel(
+                address, grpc.ssl_channel_credentials(root_certificates=self.ca_path.read_bytes()))
+        return with_token(channel, self.admin_token() if token is None else token)
+
+    def peer_channel(self, node_id: str, as_node: str | None) -> "grpc.Channel":
+        """A raw channel to `node_id`'s peer API, presenting `as_node`'s certificate (None:
+        none), as a peer does (tests of the peer port's checks)."""
+        import grpc
+
+        target = self.node(node_id)
+        if self.insecure:
+            return grpc.insecure_channel(target.peer_address)
+        key = cert = None
+        if as_node is not None:
+            key, cert = self.node(as_node).key_path.read_bytes(), self.node(as_node).cert_path.read_bytes()
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.ca_path.read_bytes(), private_key=key,
+                                                   certificate_chain=cert)
+        return grpc.secure_channel(target.peer_address, credentials,
+                                   options=(("grpc.ssl_target_name_override", node_id),))
 
     def cli_env(self) -> dict[str, str]:
         """Environment for the `raftflow` CLI run against this cluster: it finds the nodes
@@ -182,7 +236,8 @@ class LocalCluster:
         return {"RAFTFLOW_DATA_DIR": str(self.data_dir)}
 
     def configure(self) -> None:
-        """Write the secret (once), every node's config and cluster.json."""
+        """Write the secret, the CA and every node's certificate (each once, unless
+        insecure), every node's config and cluster.json."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.secret_file.exists():
             fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -192,21 +247,45 @@ class LocalCluster:
             fd = os.open(self.admin_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_urlsafe(32) + "\n")
+        if not self.insecure and not self.ca_path.exists():
+            certs.write_pair(certs.new_ca(f"raftflow local CA ({self.data_dir.name})"), self.ca_path,
+                             self.data_dir / certs.CA_KEY)
         for node in self.nodes:
             node.dir.mkdir(parents=True, exist_ok=True)
-            peers = tuple(Peer(o.node_id, o.grpc_address, o.raft_address) for o in self.nodes if o is not node)
+            if not self.insecure and not node.cert_path.exists():
+                self.issue_cert(node.node_id, self.read_ca())
+            peers = tuple(Peer(o.node_id, o.grpc_address, o.raft_address, o.peer_address)
+                          for o in self.nodes if o is not node)
             cfg = NodeConfig(node_id=node.node_id, grpc_address=node.grpc_address, raft_address=node.raft_address,
-                             data_dir=node.dir / "data", secret_file=self.secret_file, slots=self.slots, peers=peers,
-                             raft=self.raft, queues=tuple(self.queues.get(node.node_id, ("default",))),
+                             peer_address=node.peer_address, data_dir=node.dir / "data",
+                             secret_file=self.secret_file, slots=self.slots, peers=peers, raft=self.raft,
+                             queues=tuple(self.queues.get(node.node_id, ("default",))),
                              connections=self.connections.get(node.node_id, ()), run_as_user=self.run_as_user,
-                             admin_token_file=self.admin_token_file)
+                             admin_token_file=self.admin_token_file,
+                             insecure=self.insecure, tls_cert_file=None if self.insecure else node.cert_path,
+                             tls_key_file=None if self.insecure else node.key_path,
+                             tls_ca_file=None if self.insecure else self.ca_path)
             if self.scratch_dir is not None:
                 cfg = replace(cfg, scratch_dir=self.scratch_dir)
             node.config_path.write_text(to_toml(cfg))
         (self.data_dir / "cluster.json").write_text(json.dumps({
             "slots": self.slots,
-            "nodes": [{"id": n.node_id, "grpc": n.grpc_address, "raft": n.raft_address} for n in self.nodes],
+            "insecure": self.insecure,
+            "nodes": [{"id": n.node_id, "grpc": n.grpc_address, "raft": n.raft_address, "peer": n.peer_address}
+                      for n in self.nodes],
         }, indent=2) + "\n")
+
+    def read_ca(self) -> certs.KeyPair:
+        return certs.read_pair(self.ca_path, self.data_dir / certs.CA_KEY)
+
+    def issue_cert(self, node_id: str, ca: certs.KeyPair) -> None:
+        """Give `node_id` a certificate from `ca` for its host (and localhost), replacing
+        the one it has (a test gives a node one from another CA this way)."""
+        node = self.node(node_id)
+        node.cert_path.unlink(missing_ok=True)
+        node.key_path.unlink(missing_ok=True)
+        certs.write_pair(certs.issue(ca, node.node_id, sorted({node.host, LOOPBACK, "localhost"})),
+                         node.cert_path, node.key_path)
 
     # ------------------------------------------------------------ processes
     def live_pid(self, node_id: str) -> int | None:

@@ -77,6 +77,11 @@ def up(args: argparse.Namespace) -> int:
         connections = {f"n{i + 1}": (conn,) for i in range(args.nodes)}
     cluster = LocalCluster(data_dir, nodes=args.nodes, port_base=args.port_base, connections=connections)
     running = cluster.running()
+    if cluster.outdated and running:
+        print(f"the cluster running from {data_dir} predates TLS and the peer port: stop it with "
+              f"`tools/down{'' if str(data_dir) == '.raftflow' else f' --data-dir {data_dir}'}`, then run tools/up "
+              "again", file=sys.stderr)
+        return 2
     wanted = (args.nodes, f"{LOOPBACK}:{args.port_base}")
     current = (len(cluster.nodes), cluster.nodes[0].grpc_address)
     if current != wanted:
@@ -99,6 +104,7 @@ def up(args: argparse.Namespace) -> int:
         stopped = [n for n in cluster.nodes if n.node_id not in running]
         busy = [n.grpc_address for n in stopped if _port_busy(n.grpc_address)]
         busy += [n.raft_address for n in stopped if _port_busy(n.raft_address)]
+        busy += [n.peer_address for n in stopped if _port_busy(n.peer_address)]
         if busy:
             print(f"ports in use by another program: {', '.join(busy)}; choose others with --port-base P",
                   file=sys.stderr)
@@ -106,8 +112,10 @@ def up(args: argparse.Namespace) -> int:
         cluster.configure()
         for node in stopped:
             pid = cluster.start_node(node.node_id)
-            print(f"started {node.node_id} (pid {pid}): API {node.grpc_address}, Raft {node.raft_address}, "
-                  f"log {node.log_path}")
+            print(f"started {node.node_id} (pid {pid}): API {node.grpc_address}, peer API {node.peer_address}, "
+                  f"Raft {node.raft_address}, log {node.log_path}")
+        if not cluster.insecure:
+            print(f"TLS on every gRPC port; the CLI trusts the cluster's CA certificate {cluster.ca_path}")
     started = time.monotonic()
     try:
         status = cluster.wait_ready(timeout=60)
@@ -182,7 +190,8 @@ What to try next:
 Kill the leader and watch the cluster carry on:
   kill -9 {leader_pid}
   raftflow cluster status
-Node PIDs are in {data_dir}/n*/pid, logs in {data_dir}/n*/node.log.
+Node PIDs are in {data_dir}/n*/pid, logs in {data_dir}/n*/node.log; the cluster's CA certificate
+(what the CLI trusts) is {data_dir}/ca.pem.
 Stop everything with: tools/down{'' if default else f' --data-dir {data_dir}'}""")
 
 
@@ -209,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/up", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--port-base", type=int, default=50051,
-                        help="node i serves gRPC on P+i-1 and Raft on P+100+i-1 (default 50051)")
+                        help="node i serves its client API on P+i-1, Raft on P+100+i-1 and its peer API on "
+                             "P+200+i-1 (default 50051)")
     parser.add_argument("--data-dir", default=".raftflow")
     parser.add_argument("--no-demo", action="store_true", help="start the cluster only")
     parser.add_argument("--ssh-demo", action="store_true",
