@@ -1,6 +1,7 @@
 """The client library's retries (tools/cli/client.py): writes are retried with one request
 id across nodes until `retry_for`; reads are not. Real gRPC servers in this process,
-each with a small scripted Client servicer: these test the client, not the cluster (plaintext: TLS is test_cli_tls and test_tls)."""
+each with a small scripted Client servicer: these test the client, not the cluster
+(in plaintext: TLS is test_cli_tls's and test_tls's)."""
 
 from __future__ import annotations
 
