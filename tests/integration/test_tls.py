@@ -47,7 +47,8 @@ def test_plaintext_is_refused_on_the_client_and_the_peer_port(cluster):
 
 
 def test_the_cli_says_what_is_wrong_with_tls(cluster, tmp_path: Path):
-    nowhere = {"RAFTFLOW_DATA_DIR": str(tmp_path / "none")}   # no local cluster: no ca.pem to find
+    # No local cluster, so no ca.pem to find; the admin token is given (TLS fails before it counts).
+    nowhere = {"RAFTFLOW_DATA_DIR": str(tmp_path / "none"), "RAFTFLOW_TOKEN": cluster.admin_token()}
     proc = _cli("--cluster", cluster.addresses, "dags", "list", env=nowhere)
     assert proc.returncode == 3, proc.stderr
     assert "not signed by the system's CA certificates" in proc.stderr and "--ca-file" in proc.stderr, proc.stderr
@@ -146,12 +147,12 @@ def test_an_insecure_cluster_works_in_plaintext_and_warns_loudly(tmp_path: Path)
         assert [n["tls"] for n in status["nodes"]] == [False] * 3
         shown = Cli(cluster)("cluster", "status")
         assert shown.returncode == 0 and "WARNING: n1, n2, n3 serve(s) PLAINTEXT gRPC" in shown.stdout, shown.stdout
-        with grpc.insecure_channel(cluster.nodes[0].grpc_address) as channel:
+        with cluster.channel(cluster.nodes[0].grpc_address) as channel:     # (plaintext, with the admin token)
             client_pb2_grpc.ClientStub(channel).ListDags(client_pb2.ListDagsRequest(), timeout=5)
         ca = tmp_path / "ca.pem"
         ca.write_bytes(certs.new_ca().cert_pem)
         proc = _cli("--cluster", cluster.addresses, "--ca-file", str(ca), "dags", "list",
-                    env={"RAFTFLOW_DATA_DIR": str(tmp_path / "none")})
+                    env={"RAFTFLOW_DATA_DIR": str(tmp_path / "none"), "RAFTFLOW_TOKEN": cluster.admin_token()})
         assert proc.returncode == 3 and "does not speak TLS (started with insecure = true?)" in proc.stderr, \
             proc.stderr
         for node in cluster.nodes:
