@@ -185,13 +185,14 @@ What to try next:
   {env}raftflow tasks logs RUN_ID TASK_ID      # served through any node
   {env}raftflow dags submit dags/              # after editing a DAG: a new version
   {env}raftflow connections list               # SSH connections and the nodes that have them
+  {env}raftflow tokens create ci --role operator   # a token for a script (the CLI uses the admin token)
   {ssh_demo}   # mlexpert_dag's Spark jobs over SSH (a local sshd)
 
 Kill the leader and watch the cluster carry on:
   kill -9 {leader_pid}
   raftflow cluster status
 Node PIDs are in {data_dir}/n*/pid, logs in {data_dir}/n*/node.log; the cluster's CA certificate
-(what the CLI trusts) is {data_dir}/ca.pem.
+(what the CLI trusts) is {data_dir}/ca.pem, its admin token {data_dir}/admin.token (both found by the CLI).
 Stop everything with: tools/down{'' if default else f' --data-dir {data_dir}'}""")
 
 
