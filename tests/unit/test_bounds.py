@@ -315,6 +315,18 @@ def test_a_backlog_of_queued_runs_is_not_walked_by_the_planner(world: World, mon
 
 
 # ---------------------------------------------------------------- 1.4 dags delete of a long history
+def _recording(ops: Operations) -> list[c.Command]:
+    proposed: list[c.Command] = []
+    propose = ops.replica.propose
+
+    def recording(command: c.Command, *args: Any, **kw: Any) -> Any:
+        proposed.append(command)
+        return propose(command, *args, **kw)
+
+    ops.replica.propose = recording  # type: ignore[method-assign]
+    return proposed
+
+
 def _ticking_operations(tasks: int = 3) -> Operations:
     """Operations whose clock moves a second per call (each trigger gets its own run id)."""
     ticks = iter(range(1, 10**6))
@@ -330,14 +342,7 @@ def test_dags_delete_removes_a_long_history_in_bounded_commands() -> None:
     ops = _ticking_operations()
     for _ in range(1234):
         ops.cancel_run(ops.trigger("wide").run_id, "")
-    proposed: list[c.Command] = []
-    propose = ops.replica.propose
-
-    def recording(command: c.Command, *args: Any, **kw: Any) -> Any:
-        proposed.append(command)
-        return propose(command, *args, **kw)
-
-    ops.replica.propose = recording  # type: ignore[method-assign]
+    proposed = _recording(ops)
     assert ops.delete_dag("wide").runs_removed == 1234
     sizes = [(type(cmd).__name__, len(cmd.run_ids) if isinstance(cmd, c.PruneRuns) else 0) for cmd in proposed]
     assert sizes == [("PruneRuns", DELETE_BATCH), ("PruneRuns", DELETE_BATCH), ("DeleteDag", 0)]
@@ -403,18 +408,6 @@ def test_a_field_equal_to_its_default_is_left_out_but_a_value_of_another_type_is
 
 
 # ---------------------------------------------------------------- backfills in bounded parts
-def _recording(ops: Operations) -> list[c.Command]:
-    proposed: list[c.Command] = []
-    propose = ops.replica.propose
-
-    def recording(command: c.Command, *args: Any, **kw: Any) -> Any:
-        proposed.append(command)
-        return propose(command, *args, **kw)
-
-    ops.replica.propose = recording  # type: ignore[method-assign]
-    return proposed
-
-
 def _hourly_operations(tasks: int) -> Operations:
     spec = dag_dict("h", [task(f"t{i}") for i in range(tasks)], schedule="@hourly",
                     start_date="2024-01-01T00:00:00+00:00", is_paused_upon_creation=True)
