@@ -69,7 +69,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, SyncObjConsumer, pickle as pysyncobj_pickle, replicated
+from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, pickle as pysyncobj_pickle, replicated
 from pysyncobj.config import SERIALIZER_STATE
 
 from ..config import NodeConfig
@@ -79,6 +79,7 @@ from ..core.state import State
 from ..proto import command_pb2
 from ..store.history import RocksArchive
 from .durable import journal_factory
+from .follower import FollowerRule
 from .replica import NoQuorum, OutcomeUnknown, RaftStatus, SnapshotStatus, Unavailable
 from .snapshot import (
     SnapshotDamaged,
@@ -218,9 +219,10 @@ class _StateMachine(SyncObjConsumer):
         return self._owner._apply(data, self._owner.raftLastApplied + 1)
 
 
-class ReplicatedState(SyncObj):
+class ReplicatedState(FollowerRule):
     """The real `replica.Replica` (its Unavailable, OutcomeUnknown and RaftStatus are
-    defined there and importable from here)."""
+    defined there and importable from here). It receives appends by Raft's rule, which
+    pysyncobj breaks (raft/follower.py)."""
 
     def __init__(self, cfg: NodeConfig, secret: str,
                  on_applied: Callable[[c.Command, Result], None] | None = None,

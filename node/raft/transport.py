@@ -57,6 +57,7 @@ import zlib
 from typing import Any
 
 import pysyncobj.pickle as pysyncobj_pickle
+from pysyncobj import SyncObj
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
@@ -73,6 +74,7 @@ MAX_PENDING = 64                       # incoming connections waiting to authent
 _LOG_EVERY = 10.0                      # seconds between two warnings about dropped strangers
 
 _OVERRIDDEN = {
+    SyncObj: ("_SyncObj__onMessageReceived", "_SyncObj__deleteEntriesFrom", "_SyncObj__getEntries"),  # follower.py
     TcpConnection: ("_TcpConnection__tryReadBuffer", "_TcpConnection__processRead",
                     "_TcpConnection__processParseMessage"),
     TcpServer: ("_TcpServer__onNewConnection",),
@@ -82,8 +84,8 @@ _OVERRIDDEN = {
 
 
 def check_pysyncobj() -> None:
-    """Raise RuntimeError unless pysyncobj is the version whose internals this module
-    overrides (another one could silently bypass the guard). adapter.py calls it."""
+    """Raise RuntimeError unless pysyncobj is the version whose internals this module and
+    follower.py override (another one could silently bypass them). adapter.py calls it."""
     if PYSYNCOBJ_VERSION != "0.3.17":
         raise RuntimeError(f"node/raft/transport.py guards pysyncobj 0.3.17's transport, found "
                            f"{PYSYNCOBJ_VERSION}: review the overridden methods, then update the pin")

@@ -1,0 +1,124 @@
+"""Raft's AppendEntries receiver rule, which pysyncobj 0.3.17 breaks, kept here (issue 21).
+
+Raft (the paper's Figure 2, AppendEntries receiver, steps 3 and 4): "If an existing entry
+conflicts with a new one (same index but different terms), delete the existing entry and
+all that follow it. Append any new entries not already in the log." pysyncobj deletes
+every entry after `prevLogIdx` whenever it holds any, even when they are the leader's own:
+an append that arrives late or reordered (a lower `prevLogIdx` than one this follower
+already acknowledged) makes it drop entries it acknowledged, and may have applied
+(pysyncobj logs "CRITICAL truncating already-applied log entries"). The leader counted
+those acknowledgements towards commits; a follower that no longer holds a committed
+entry can, in an unlucky election, help elect a leader without it.
+
+`skip_held_entries` rewrites such a message before pysyncobj reads it: the leading
+entries this log already holds with the same term become the new `prevLogIdx`, so
+pysyncobj deletes from the first conflicting entry, and only if there is one. When the
+log holds every entry of the message and more, nothing conflicts and nothing may be
+deleted: `FollowerRule` then keeps the tail pysyncobj would delete (and the CRITICAL line
+it would log), and the append's commit index is capped at its last entry, since the
+tail is not confirmed by it. The answer is Raft's: success, matching up to the
+message's last entry.
+
+Only the shape of pysyncobj 0.3.17 is relied on (raft/transport.py's `check_pysyncobj`
+pins it): an append is a dict with `type` "append_entries", `prevLogIdx`, `prevLogTerm`
+and `entries` as (command, index, term) tuples; large entries come in pieces
+(`transmission`), which are left to pysyncobj as they are. dynamicMembershipChange must
+stay off: pysyncobj rolls back membership changes of the entries after `prevLogIdx`
+before it deletes them, which a kept tail would undo (adapter.py sets it off).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pysyncobj import SyncObj
+
+TRUNCATION_WARNING = "truncating already-applied log entries"
+
+
+@dataclass(frozen=True, slots=True)
+class Trimmed:
+    """The append to hand pysyncobj, and whether it must keep the entries after the new
+    `prevLogIdx` (every entry of the message was already held: nothing conflicts)."""
+    message: dict[str, Any]
+    keep_tail: bool
+
+
+def skip_held_entries(message: dict[str, Any], term_at: Callable[[int], int | None]) -> Trimmed:
+    """`message` (an append_entries with prevLogIdx) with its leading entries that this
+    log already holds (`term_at(index)` is their term; None: not held) moved into
+    prevLogIdx/prevLogTerm. Unchanged when it holds none of them, or when the entries
+    are not the consecutive indexes after prevLogIdx (pysyncobj then judges it as ever)."""
+    entries = message.get("entries") or []
+    prev = message["prevLogIdx"]
+    if any(entry[1] != prev + 1 + i for i, entry in enumerate(entries)):
+        return Trimmed(message, False)
+    held = 0
+    for entry in entries:
+        if term_at(entry[1]) != entry[2]:
+            break
+        held += 1
+    if held == 0:
+        return Trimmed(message, False)
+    last = entries[held - 1]
+    rest = list(entries[held:])
+    trimmed = dict(message, prevLogIdx=last[1], prevLogTerm=last[2], entries=rest)
+    if not rest:
+        # The kept tail was not confirmed by this append (an older leader may have written
+        # it): commit no further than its last entry (Raft: min(leaderCommit, index of last
+        # new entry)); pysyncobj would commit up to the end of its log.
+        trimmed["commit_index"] = min(message["commit_index"], last[1])
+    return Trimmed(trimmed, keep_tail=not rest)
+
+
+class _QuietWhileKeeping(logging.Filter):
+    """Drops pysyncobj's truncation CRITICAL for an append whose tail is kept (nothing
+    is truncated then); every other record passes."""
+
+    def __init__(self, keeping: threading.local) -> None:
+        super().__init__()
+        self._keeping = keeping
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (getattr(self._keeping, "tail", False) and TRUNCATION_WARNING in record.getMessage())
+
+
+class FollowerRule(SyncObj):
+    """SyncObj that receives appends by Raft's rule (module doc). Its Raft thread is the
+    only caller of both overridden methods."""
+
+    _keeping = threading.local()
+    _filter_installed = False
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> Any:
+        keep_tail = False
+        if isinstance(message, dict) and message.get("type") == "append_entries" and "prevLogIdx" in message \
+                and message.get("transmission") is None and message.get("entries"):
+            trimmed = skip_held_entries(message, self._term_at)
+            message, keep_tail = trimmed.message, trimmed.keep_tail
+        FollowerRule._install_filter()
+        self._keeping.tail = keep_tail
+        try:
+            return super()._SyncObj__onMessageReceived(node, message)
+        finally:
+            self._keeping.tail = False
+
+    def _SyncObj__deleteEntriesFrom(self, from_index: int) -> None:
+        if getattr(self._keeping, "tail", False):
+            return
+        super()._SyncObj__deleteEntriesFrom(from_index)
+
+    def _term_at(self, index: int) -> int | None:
+        """The term of this log's entry at `index`; None if the log does not hold it
+        (beyond its end, or compacted into the snapshot)."""
+        entries = self._SyncObj__getEntries(index, 1)
+        return entries[0][2] if entries else None
+
+    @classmethod
+    def _install_filter(cls) -> None:
+        if not cls._filter_installed:
+            logging.getLogger("pysyncobj.syncobj").addFilter(_QuietWhileKeeping(cls._keeping))
+            cls._filter_installed = True
