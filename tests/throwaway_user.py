@@ -10,7 +10,10 @@ through (pytest's tmp_path is root's alone, 0700), removed afterwards.
 sys.executable if the user can reach it; else (a pyenv under /root, 0700) a venv,
 made once per checkout under the temp dir, of the system's python3.X of the same
 version, that imports this checkout's site-packages (and so its editable raftflow)
-through a .pth line. Nothing on the machine is loosened for it.
+through a .pth line. When the user cannot reach the checkout either (a clone in a
+0700 folder, such as `mktemp -d` makes), the venv holds a copy of the site-packages
+(made once) and of the checkout's raftflow (made again by each test session, so it is
+the code under test). Nothing on the machine is loosened for it.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from pathlib import Path
 
 import pytest
 
+import raftflow
 from raftflow.config import TaskUser
 from raftflow.worker.worker import unreachable
 
 NAME = "raftflow-test-task"
+_FRESH: set[Path] = set()     # venvs whose raftflow copy this test session made
 
 
 def task_user() -> TaskUser:
@@ -76,19 +81,39 @@ def task_python(user: TaskUser) -> str:
         st = os.lstat(venv)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
             pytest.fail(f"{venv} is not a folder of this user's that only it can write: remove it")
+    checkout = Path(raftflow.__file__).resolve().parent
+    copied = unreachable(Path(site_packages), user) is not None or unreachable(checkout, user) is not None
     if not python.exists():
         building = Path(tempfile.mkdtemp(prefix=f"{venv.name}-", dir=venv.parent))
         shutil.rmtree(building)
         subprocess.run([str(system), "-m", "venv", "--without-pip", str(building)], check=True, capture_output=True)
         own = building / "lib" / version / "site-packages"
-        (own / "raftflow-checkout.pth").write_text(f"import site; site.addsitedir({site_packages!r})\n")
+        if copied:    # (the editable install's finder points into the checkout: left out)
+            shutil.copytree(site_packages, own, dirs_exist_ok=True, symlinks=True,
+                            ignore=shutil.ignore_patterns("__editable__*", "mypy*", "raftflow"))
+        else:
+            (own / "raftflow-checkout.pth").write_text(f"import site; site.addsitedir({site_packages!r})\n")
         os.chmod(building, 0o755)
         try:
             building.rename(venv)
         except OSError:   # made meanwhile by another run
             shutil.rmtree(building, ignore_errors=True)
+    if copied and venv not in _FRESH:
+        _fresh_copy(checkout, venv / "lib" / version / "site-packages" / "raftflow")
+        _FRESH.add(venv)
     probe = subprocess.run([str(python), "-c", "import raftflow.worker.renderer, jinja2"], capture_output=True,
                            text=True, user=user.uid, group=user.gid, extra_groups=[], cwd="/")
     if probe.returncode != 0:
         pytest.skip(f"{python} (for {user.name}) cannot import raftflow: {probe.stderr.strip()[-300:]}")
     return str(python)
+
+
+def _fresh_copy(source: Path, target: Path) -> None:
+    """Replace `target` with a copy of `source` (readable by all, like the venv)."""
+    staging = Path(tempfile.mkdtemp(prefix=f"{target.name}-", dir=target.parent))
+    shutil.copytree(source, staging / target.name, ignore=shutil.ignore_patterns("__pycache__"))
+    os.chmod(staging, 0o755)
+    if target.exists():
+        shutil.rmtree(target)
+    (staging / target.name).rename(target)
+    shutil.rmtree(staging, ignore_errors=True)
