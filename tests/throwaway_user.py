@@ -12,8 +12,8 @@ made once per checkout under the temp dir, of the system's python3.X of the same
 version, that imports this checkout's site-packages (and so its editable raftflow)
 through a .pth line. When the user cannot reach the checkout either (a clone in a
 0700 folder, such as `mktemp -d` makes), the venv holds a copy of the site-packages
-(made once) and of the checkout's raftflow (made again by each test session, so it is
-the code under test). Nothing on the machine is loosened for it.
+(made once) and of the checkout's raftflow and raftflow_cli (made again by each test
+session, so it is the code under test). Nothing on the machine is loosened for it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 import raftflow
+import raftflow_cli
 from raftflow.config import TaskUser
 from raftflow.worker.worker import unreachable
 
@@ -81,8 +82,10 @@ def task_python(user: TaskUser) -> str:
         st = os.lstat(venv)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
             pytest.fail(f"{venv} is not a folder of this user's that only it can write: remove it")
-    checkout = Path(raftflow.__file__).resolve().parent
-    copied = unreachable(Path(site_packages), user) is not None or unreachable(checkout, user) is not None
+    packages = {"raftflow": Path(raftflow.__file__).resolve().parent,     # (the nodes run raftflow_cli.main)
+                "raftflow_cli": Path(raftflow_cli.__file__).resolve().parent}
+    copied = unreachable(Path(site_packages), user) is not None or \
+        any(unreachable(path, user) is not None for path in packages.values())
     if not python.exists():
         building = Path(tempfile.mkdtemp(prefix=f"{venv.name}-", dir=venv.parent))
         shutil.rmtree(building)
@@ -90,7 +93,7 @@ def task_python(user: TaskUser) -> str:
         own = building / "lib" / version / "site-packages"
         if copied:    # (the editable install's finder points into the checkout: left out)
             shutil.copytree(site_packages, own, dirs_exist_ok=True, symlinks=True,
-                            ignore=shutil.ignore_patterns("__editable__*", "mypy*", "raftflow"))
+                            ignore=shutil.ignore_patterns("__editable__*", "mypy*", *packages))
         else:
             (own / "raftflow-checkout.pth").write_text(f"import site; site.addsitedir({site_packages!r})\n")
         os.chmod(building, 0o755)
@@ -99,7 +102,8 @@ def task_python(user: TaskUser) -> str:
         except OSError:   # made meanwhile by another run
             shutil.rmtree(building, ignore_errors=True)
     if copied and venv not in _FRESH:
-        _fresh_copy(checkout, venv / "lib" / version / "site-packages" / "raftflow")
+        for name, path in packages.items():
+            _fresh_copy(path, venv / "lib" / version / "site-packages" / name)
         _FRESH.add(venv)
     probe = subprocess.run([str(python), "-c", "import raftflow.worker.renderer, jinja2"], capture_output=True,
                            text=True, user=user.uid, group=user.gid, extra_groups=[], cwd="/")
