@@ -1,8 +1,9 @@
 """TLS on every gRPC port (#14): plaintext is refused on the client and the peer port,
 the peer port takes only members' certificates from the cluster CA, a node with a
 certificate from another CA takes no part (its calls are refused, its certificate
-trusted by nobody), the CLI says what is wrong with TLS, and `insecure = true` works
-in plaintext and says so loudly. Real node processes on loopback."""
+trusted by nobody), a node with the cluster's certificate but another secret can
+neither join Raft nor call peers, the CLI says what is wrong with TLS, and
+`insecure = true` works in plaintext and says so loudly. Real node processes on loopback."""
 
 from __future__ import annotations
 
@@ -158,3 +159,43 @@ def test_an_insecure_cluster_works_in_plaintext_and_warns_loudly(tmp_path: Path)
         for node in cluster.nodes:
             log = node.log_path.read_text()
             assert "WARNING" in log and "INSECURE: insecure = true" in log and "PLAINTEXT" in log, log[-2000:]
+
+
+def test_a_node_with_another_secret_cannot_join_nor_call_peers(tmp_path: Path):
+    """The cluster secret guards Raft and the peer token: a node that has the cluster's
+    certificate but another secret is refused by both."""
+    import secrets
+
+    from raftflow_dev.local import LocalCluster
+
+    cluster = LocalCluster(tmp_path / "cluster", nodes=3)
+    cluster.configure()
+    other = tmp_path / "other-secret"
+    other.write_text(secrets.token_urlsafe(32) + "\n")
+    other.chmod(0o600)
+    n3 = cluster.node("n3")
+    n3.config_path.write_text(n3.config_path.read_text().replace(str(cluster.secret_file), str(other)))
+    try:
+        for node_id in ("n1", "n2"):
+            cluster.start_node(node_id)
+        cluster.wait_ready(30, expect_nodes=2)
+        cluster.start_node("n3")
+        # (whichever side accepts the Raft connection refuses it: n3, or n1/n2)
+        logs = [node.log_path for node in cluster.nodes]
+        wait_for(lambda: any("does not decrypt with the cluster secret" in log.read_text() for log in logs), 30,
+                 "a Raft connection between n3 and the others to be refused")
+        # n3 has no leader and committed nothing: it did not join.
+        own = cluster.client([n3.grpc_address], timeout=5).cluster_status()
+        me = next(n for n in own["nodes"] if n["id"] == "n3")
+        assert not own["leader"] and not me["has_quorum"], own
+        assert "node n3 ready for work" not in n3.log_path.read_text()
+        # Its peer token (from the other secret) is refused, with the member certificate it has.
+        foreign = ((TOKEN_HEADER, peer_token(other.read_text().strip())),)
+        with cluster.peer_channel("n1", as_node="n3") as channel, pytest.raises(grpc.RpcError) as caught:
+            peer_pb2_grpc.PeerStub(channel).NodeInfo(peer_pb2.NodeInfoRequest(), metadata=foreign, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, caught.value.details()
+    except BaseException:
+        dump_node_logs(cluster)
+        raise
+    finally:
+        cluster.stop()
