@@ -36,8 +36,10 @@ def test_every_bench_scenario_runs_and_reports_figures():
     assert cron["dags"] == 500 and 0 <= cron["tick_to_all_runs_created_s"] <= cron["tick_to_all_runs_succeeded_s"]
     steady = results["steady"]
     # keep_runs=20 keeps the newest 20 finished runs; listed at any instant there may also be
-    # one running and one just finished that the next plan prunes.
-    assert steady["samples"] >= 2 and 20 <= steady["runs_kept"] <= 22
+    # one running and one just finished that the next plan prunes. A loaded machine skips
+    # ticks (catchup "none") and may create fewer than 20 in the quick run: all are kept then.
+    assert steady["samples"] >= 2 and min(20, steady["runs_created"]) <= steady["runs_kept"] <= 22
+    assert steady["runs_created"] >= steady["runs_kept"]
     assert 0 < steady["rss_mib_first"] <= steady["rss_mib_max"]
     sizes = results["history"]["sizes"]
     assert [s["finished_task_instances"] for s in sizes] == [0, 10_000]
