@@ -130,20 +130,30 @@ class Operations:
         request `request_id`. A request id this replica already applied is answered with
         its first outcome, without the checks (module doc); one not applied here yet
         goes through them, and apply de-duplicates it if it committed elsewhere."""
-        if request_id:
-            with self.replica.lock:
-                known = self.replica.state.requests.answer(request_id, command_type.TYPE)
-            if known is not None:
-                return checked(known)
+        known = self._answered(request_id, command_type)
+        if known is not None:
+            return known
+        return self.commit(self._checking(build), request_id)
+
+    def _answered(self, request_id: str, command_type: type[c.Command]) -> Result | None:
+        """The first outcome of `request_id` if this replica applied it (checked), else None."""
+        if not request_id:
+            return None
+        with self.replica.lock:
+            known = self.replica.state.requests.answer(request_id, command_type.TYPE)
+        return None if known is None else checked(known)
+
+    def _checking(self, checks: Callable[[], T]) -> T:
+        """Run a write's checks: a DAG or run missing on a replica that may be behind is
+        Unavailable (it may exist in entries not applied here yet), not NotFound."""
         try:
-            command = build()
+            return checks()
         except errors.NotFound as e:
             behind = self._behind()
-            if behind:   # (the DAG or run may exist in entries this replica has not applied yet)
+            if behind:
                 raise errors.Unavailable(f"{behind}, so it cannot check this write yet ({e.message}); nothing was "
                                          "changed: retry, or use another node") from None
             raise
-        return self.commit(command, request_id)
 
     def _behind(self) -> str:
         """Why this replica may not hold every committed entry ("" if it has applied all it
@@ -294,24 +304,20 @@ class Operations:
         more ticks than one command may hold (BACKFILL_*_PER_COMMAND) is committed as
         Backfills of consecutive windows of them, the i-th under the request id
         `part_request_id(request_id, i)`, so a retried call commits each window once."""
-        def build() -> c.Command:
-            self._known_dag(dag_id)
+        def checks() -> DagSpec:
             try:
                 normalise_instant(start, "start")
                 normalise_instant(end, "end")
             except SpecError as e:
                 raise errors.Invalid(str(e)) from None
-            return c.Backfill(dag_id, start, end, now)
+            with self.replica.lock:
+                return self.record(dag_id).latest.spec      # (immutable: read on outside the lock)
 
         now = self.clock()
-        if request_id:
-            with self.replica.lock:
-                known = self.replica.state.requests.answer(request_id, c.Backfill.TYPE)
-            if known is not None:
-                return _backfill_response(checked(known))
-        build()     # (the checks)
-        with self.replica.lock:
-            spec = self.record(dag_id).latest.spec      # (immutable: read on outside the lock)
+        known = self._answered(request_id, c.Backfill)
+        if known is not None:
+            return _backfill_response(known)
+        spec = self._checking(checks)
         try:
             ticks = handlers_dags.backfill_ticks(spec, start, end, now)
             with self.replica.lock:
@@ -321,7 +327,7 @@ class Operations:
             raise
         per_command = max(1, min(BACKFILL_TICKS_PER_COMMAND, BACKFILL_TASKS_PER_COMMAND // len(spec.tasks)))
         if len(ticks) <= per_command:
-            return _backfill_response(self._write(request_id, c.Backfill, build))
+            return _backfill_response(self.commit(c.Backfill(dag_id, start, end, now), request_id))
         # Consecutive windows of the ticks, each a Backfill of exactly its ticks; a window
         # whose ticks all have runs already needs no write.
         missing = {tick for tick, _, _ in plan.missing}
@@ -350,15 +356,17 @@ class Operations:
         runs already gone), then the DAG under `request_id`: if a new run starts in
         between, the DeleteDag is refused and the history removed so far stays removed
         (asking again finishes the job once that run ends)."""
-        if request_id:
+        known = self._answered(request_id, c.DeleteDag)
+        if known is not None:
+            return client_pb2.DeleteDagResponse(runs_removed=known.runs_removed)
+
+        def checks() -> tuple[str | None, list[str]]:
             with self.replica.lock:
-                known = self.replica.state.requests.answer(request_id, c.DeleteDag.TYPE)
-            if known is not None:
-                return client_pb2.DeleteDagResponse(runs_removed=checked(known).runs_removed)
-        with self.replica.lock:
-            self.record(dag_id)
-            conflict = handlers_dags.delete_conflict(self.replica.state, dag_id)
-            history = list(self.replica.state.runs_by_dag.get(dag_id, {}))
+                self.record(dag_id)
+                return (handlers_dags.delete_conflict(self.replica.state, dag_id),
+                        list(self.replica.state.runs_by_dag.get(dag_id, {})))
+
+        conflict, history = self._checking(checks)
         if conflict:
             raise errors.Conflict(conflict)
         removed = 0

@@ -93,13 +93,16 @@ class FollowerRule(SyncObj):
     _keeping = threading.local()
     _filter_installed = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        FollowerRule._install_filter()      # (before SyncObj starts its Raft thread)
+        super().__init__(*args, **kwargs)
+
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> Any:
         keep_tail = False
         if isinstance(message, dict) and message.get("type") == "append_entries" and "prevLogIdx" in message \
                 and message.get("transmission") is None and message.get("entries"):
             trimmed = skip_held_entries(message, self._term_at)
             message, keep_tail = trimmed.message, trimmed.keep_tail
-        FollowerRule._install_filter()
         self._keeping.tail = keep_tail
         try:
             return super()._SyncObj__onMessageReceived(node, message)
