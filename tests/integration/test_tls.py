@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -124,8 +125,15 @@ def test_a_node_with_a_certificate_from_another_ca_takes_no_part(tmp_path: Path)
                  "n3 to log that its heartbeat was refused")
         # ... and nobody trusts its server certificate: the leader cannot ask it for its status.
         cli = Cli(cluster, ",".join(cluster.node(n).grpc_address for n in ("n1", "n2")))
-        status = cli.json("cluster", "status")
-        n3 = next(n for n in status["nodes"] if n["id"] == "n3")
+
+        def n3_refused() -> Any:
+            status = cli.json("cluster", "status")
+            n3 = next(n for n in status["nodes"] if n["id"] == "n3")
+            error = n3["error"]
+            return (status, n3) if "CERTIFICATE_VERIFY_FAILED" in error or "handshake" in error.lower() else None
+
+        # (until n3's peer port listens, the status says "connection refused" instead)
+        status, n3 = wait_for(n3_refused, 15, "the leader's status call to n3 to fail its TLS check", interval=0.5)
         assert n3["role"] == "unreachable" and not n3["healthy"], n3
         assert "CERTIFICATE_VERIFY_FAILED" in n3["error"] or "handshake" in n3["error"].lower(), n3
         leader = next(n for n in status["nodes"] if n["id"] == status["leader"])
