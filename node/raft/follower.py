@@ -1,4 +1,5 @@
-"""Raft's AppendEntries receiver rule, which pysyncobj 0.3.17 breaks, kept here (issue 21).
+"""Two Raft rules that pysyncobj 0.3.17 breaks, kept here (issue 21): the AppendEntries
+receiver's, and the leader's "a response from an older term is ignored".
 
 Raft (the paper's Figure 2, AppendEntries receiver, steps 3 and 4): "If an existing entry
 conflicts with a new one (same index but different terms), delete the existing entry and
@@ -25,6 +26,19 @@ and `entries` as (command, index, term) tuples; large entries come in pieces
 (`transmission`), which are left to pysyncobj as they are. dynamicMembershipChange must
 stay off: pysyncobj rolls back membership changes of the entries after `prevLogIdx`
 before it deletes them, which a kept tail would undo (adapter.py sets it off).
+
+Stale answers. A follower answers an append with `next_node_idx` (success, and the
+index after the entries it now holds), and pysyncobj's leader raises its `matchIndex`
+for that follower from any such answer, whatever term it was sent in: Raft's
+messages carry their term and a leader ignores answers to an older term's appends.
+An answer sent to this node while it led an earlier term (held up in a socket buffer
+while the node was paused, say) can arrive after it wins a later election, when its
+log past the common prefix may differ from what that follower acknowledged: the
+leader would then count the follower towards committing entries it does not hold.
+`FollowerRule` stamps every answer with the term it answers (the follower's current
+term, which the append just raised to the leader's) and, as leader, drops an answer
+stamped with another term. An answer without a stamp (a node of an older raftflow,
+during a rolling upgrade) is taken as before.
 """
 
 from __future__ import annotations
@@ -99,6 +113,9 @@ class FollowerRule(SyncObj):
 
     def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> Any:
         keep_tail = False
+        if isinstance(message, dict) and message.get("type") == "next_node_idx" \
+                and message.get("term", self._SyncObj__raftCurrentTerm) != self._SyncObj__raftCurrentTerm:
+            return None         # an answer to an older term's append (module doc: stale answers)
         if isinstance(message, dict) and message.get("type") == "append_entries" and "prevLogIdx" in message \
                 and message.get("transmission") is None and message.get("entries"):
             trimmed = skip_held_entries(message, self._term_at)
@@ -108,6 +125,16 @@ class FollowerRule(SyncObj):
             return super()._SyncObj__onMessageReceived(node, message)
         finally:
             self._keeping.tail = False
+
+    def _SyncObj__sendNextNodeIdx(self, node: Any, reset: bool = False, nextNodeIdx: int | None = None,  # noqa: N803
+                                  success: bool = False) -> None:
+        """pysyncobj's answer to an append, stamped with the term it answers."""
+        if nextNodeIdx is None:
+            nextNodeIdx = self._SyncObj__getCurrentLogIndex() + 1
+        self._SyncObj__transport.send(node, {
+            "type": "next_node_idx", "next_node_idx": nextNodeIdx, "reset": reset, "success": success,
+            "term": self._SyncObj__raftCurrentTerm,
+        })
 
     def _SyncObj__deleteEntriesFrom(self, from_index: int) -> None:
         if getattr(self._keeping, "tail", False):

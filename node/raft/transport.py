@@ -74,7 +74,8 @@ MAX_PENDING = 64                       # incoming connections waiting to authent
 _LOG_EVERY = 10.0                      # seconds between two warnings about dropped strangers
 
 _OVERRIDDEN = {
-    SyncObj: ("_SyncObj__onMessageReceived", "_SyncObj__deleteEntriesFrom", "_SyncObj__getEntries"),  # follower.py
+    SyncObj: ("_SyncObj__onMessageReceived", "_SyncObj__deleteEntriesFrom", "_SyncObj__getEntries",  # follower.py
+              "_SyncObj__sendNextNodeIdx", "_SyncObj__getCurrentLogIndex"),
     TcpConnection: ("_TcpConnection__tryReadBuffer", "_TcpConnection__processRead",
                     "_TcpConnection__processParseMessage"),
     TcpServer: ("_TcpServer__onNewConnection",),
