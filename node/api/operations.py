@@ -58,6 +58,9 @@ DELETE_BATCH = 500
 # of at most this many ticks and task instances (one run at least): ~30-45 ms each.
 BACKFILL_TICKS_PER_COMMAND = 50
 BACKFILL_TASKS_PER_COMMAND = 10_000
+# How long a read waits for this replica to reach the index its client already read
+# elsewhere (`caught_up`) before it is refused as Unavailable (the client tries another node).
+READ_CATCH_UP_WAIT = 1.0
 WATCH_KEEPALIVE = 1.0      # a watch re-sends nothing, but checks its client, at least this often
 
 _ERROR_FOR: dict[Code, type[errors.ServiceError]] = {
@@ -167,9 +170,30 @@ class Operations:
         return ""
 
     def meta(self) -> client_pb2.ReadMeta:
+        """Who answered a read and how current it is. Taken after the read's data:
+        `last_applied` (the Raft index of the last command this replica applied) is then
+        at least the data's own, which is what a client's next read may ask for
+        (`caught_up`) without ever getting older data."""
         status = self.replica.status()
-        return client_pb2.ReadMeta(served_by=self.node_id, last_applied=status.last_applied,
+        with self.replica.lock:
+            applied = self.replica.state.applied_index
+        return client_pb2.ReadMeta(served_by=self.node_id, last_applied=applied,
                                    possibly_stale=status.leader_id is None or not status.has_quorum)
+
+    def caught_up(self, min_index: int, wait: float = READ_CATCH_UP_WAIT) -> None:
+        """Return once this replica has applied the Raft index `min_index` (waiting up to
+        `wait` seconds), else Unavailable: a client that already read state at that index
+        must not read older state here (monotonic reads), and retries on another node."""
+        if min_index <= 0:
+            return
+        changed = self.replica.changed
+        with changed:
+            if changed.wait_for(lambda: self.replica.state.applied_index >= min_index, timeout=wait):
+                return
+            have = self.replica.state.applied_index
+        raise errors.Unavailable(f"node {self.node_id} has applied the cluster's log up to index {have}, behind "
+                                 f"index {min_index} that this client has already read; another node is further "
+                                 "along (clients retry there)")
 
     def record(self, dag_id: str) -> DagRecord:
         """The DAG's record (caller holds the lock), or NotFound with the nearest names."""

@@ -12,7 +12,10 @@ calls without a token whose role allows the method (auth.py: UNAUTHENTICATED,
 PERMISSION_DENIED).
 
 A write passes on the client's request id (metadata REQUEST_ID, checked here by
-`request_id`), so that its retries apply once (core/requests.py).
+`request_id`), so that its retries apply once (core/requests.py). A call with
+MIN_APPLIED (the highest `ReadMeta.last_applied` its client has seen) is answered
+only once this node has applied that far (`Operations.caught_up`): a client's reads
+never go back in time when it moves to another node.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ..worker.worker import Assignment
 from . import cluster, errors
 from .auth import current_caller
 from .cluster import Host
-from .metadata import ANSWERED_BY, NO_QUORUM, REQUEST_ID
+from .metadata import ANSWERED_BY, MIN_APPLIED, NO_QUORUM, REQUEST_ID
 from .operations import DagFile, Operations, StreamLimit
 
 # A client stream (watch, log) holds a server thread for its whole life; beyond this
@@ -66,6 +69,7 @@ def _handled(method: Handler) -> Handler:
     """Send a ServiceError raised by a handler (or while it streams) as its gRPC status."""
     def wrapper(self: ClientService, request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            self.ops.caught_up(min_applied(context))
             result = method(self, request, context)
             if hasattr(result, "__next__"):
                 return _stream_guard(result, context, self.node_id)
@@ -89,6 +93,17 @@ def request_id(context: grpc.ServicerContext) -> str:
     if error:
         raise errors.Invalid(f"bad {REQUEST_ID} metadata: {error}; nothing was changed")
     return str(value)
+
+
+def min_applied(context: grpc.ServicerContext) -> int:
+    """The Raft index the client has already read (metadata MIN_APPLIED; 0 when absent):
+    this node answers only once it has applied that far (monotonic reads)."""
+    values = [v for k, v in context.invocation_metadata() or () if k == MIN_APPLIED]
+    if not values:
+        return 0
+    if len(values) > 1 or not (isinstance(values[0], str) and values[0].isdigit() and len(values[0]) <= 19):
+        raise errors.Invalid(f"bad {MIN_APPLIED} metadata: send it once, as a Raft index (digits); nothing was changed")
+    return int(values[0])
 
 
 def _stream_guard(gen: Iterator[Any], context: grpc.ServicerContext, node_id: str) -> Iterator[Any]:

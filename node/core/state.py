@@ -116,6 +116,11 @@ class State:
         # Commands applied (rejected ones too): a change counter for waiters, not
         # replicated content, so it is not part of the digest.
         self.applied: int = 0
+        # The Raft index of the last command applied (0 before any): equal on every
+        # replica at the same point of the log, and carried by snapshots. Reads report
+        # it (ReadMeta.last_applied) and a client's next read waits for it (monotonic
+        # reads, api/operations.py `caught_up`). Not part of the digest.
+        self.applied_index: int = 0
         self._archive: RunArchive = archive if archive is not None else MemoryArchive()
         # The entry being applied (for the story); set by apply only.
         self.stimulus = Stimulus()
@@ -145,6 +150,7 @@ class State:
         self.__dict__.setdefault("tokens", {})          # (snapshots from before tokens existed)
         self.__dict__.setdefault("token_hashes", {})
         self.__dict__.setdefault("requests", requests.RequestMemory())
+        self.__dict__.setdefault("applied_index", 0)
         if "object_terms" not in data or "object_digest" not in data:
             self.object_terms = _digest.all_terms(self)
             self.object_digest = _digest.object_digest_of(self.object_terms)
@@ -165,6 +171,7 @@ class State:
         with its first outcome and changes nothing (requests.py). Never raises; a
         rejected command changes nothing."""
         self.applied += 1
+        self.applied_index = max(self.applied_index, index)
         try:
             if not request_id:
                 return self._apply_one(command, index, proposer)

@@ -1,7 +1,11 @@
 """A client of the raftflow client API that tries each node until one answers.
 
 Reads (and streams) ask each node in turn, once: a node that cannot be reached or
-answers UNAVAILABLE (no leader/quorum there) moves on to the next.
+answers UNAVAILABLE (no leader/quorum there) moves on to the next. Reads are
+monotonic for a client object: it sends the highest `ReadMeta.last_applied` it has
+seen (metadata MIN_APPLIED), and a node that has not applied that far waits a
+moment, then answers UNAVAILABLE, so the client moves on to one that has: a read
+never returns older state than a read before it, whichever node answers.
 
 Writes (`WRITES`) survive elections: each call gets a request id (a uuid4, sent as
 metadata REQUEST_ID and kept across its retries), and is retried with it, across the
@@ -46,6 +50,7 @@ from raftflow.api.metadata import (  # (a module free of imports)
     ANSWERED_BY,  # trailing metadata on every error a node sends
     AUTHORIZATION,
     BEARER,
+    MIN_APPLIED,
     NO_QUORUM,
     REQUEST_ID,
 )
@@ -135,6 +140,7 @@ class ClusterClient:
                                     "the system's CA certificates" if ca_pem is None else "the given CA")
         self._channels: dict[str, grpc.Channel] = {}
         self._preferred = 0
+        self.seen_applied = 0       # the highest ReadMeta.last_applied a read returned (monotonic reads)
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -176,7 +182,8 @@ class ClusterClient:
         for i in self._order():
             address = self.addresses[i]
             try:
-                response = getattr(self._stub(address), method)(request, timeout=timeout or self.timeout)
+                response = getattr(self._stub(address), method)(request, timeout=timeout or self.timeout,
+                                                                metadata=self._read_metadata())
             except grpc.RpcError as e:
                 error = _classify(e, address)
                 if error is None:
@@ -187,10 +194,21 @@ class ClusterClient:
                     continue
                 raise error from None
             self._preferred = i
+            self._saw(response)
             return response
         if answered is not None:
             raise answered
         raise self._unreachable(unreachable)
+
+    def _read_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((MIN_APPLIED, str(self.seen_applied)),) if self.seen_applied else ()
+
+    def _saw(self, response: Any) -> None:
+        """Remember how current a read's answer was (its ReadMeta, where it has one)."""
+        meta = getattr(response, "meta", None)
+        applied = getattr(meta, "last_applied", 0) if meta is not None else 0
+        if isinstance(applied, int) and applied > self.seen_applied:
+            self.seen_applied = applied
 
     def _write(self, method: str, request: Any, timeout: float) -> Any:
         """Call `method` with one request id until a node answers anything but UNAVAILABLE
@@ -267,9 +285,10 @@ class ClusterClient:
             address = self.addresses[i]
             received = False
             try:
-                for item in getattr(self._stub(address), method)(request):
+                for item in getattr(self._stub(address), method)(request, metadata=self._read_metadata()):
                     received = True
                     self._preferred = i
+                    self._saw(item)
                     yield item
                 return
             except grpc.RpcError as e:
