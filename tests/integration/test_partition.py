@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-import netns
-from raftflow_dev import attempts
+from raftflow_dev import attempts, netns
 from raftflow_dev.local import LocalCluster
 from support import Cli, wait_for
 from test_failover import run_view, task_view, trigger, wait_run_end, write_dag

@@ -20,6 +20,7 @@ from raftflow.api.auth import REQUIRED_ROLE
 from raftflow.core.model import Role
 from raftflow.proto import client_pb2
 from raftflow_cli.client import ApiError, ClusterUnreachable
+from raftflow_dev.netns import CLOCK_OFFSET_DIR
 from support import Cli
 
 CLIENT = client_pb2.DESCRIPTOR.services_by_name["Client"]
@@ -209,7 +210,7 @@ def test_cluster_status_shows_pids_and_addresses_to_admins_only(cluster, viewer)
 
 def test_an_expired_token_is_refused_on_every_node_within_a_second(tmp_path: Path):
     """A token made to last one day, then the nodes restarted a day (and a minute) later
-    by their wall clock (clock_offset/sitecustomize.py): every node refuses it, naming
+    by their wall clock (raftflow_dev/clock_offset/sitecustomize.py): every node refuses it, naming
     when it expired, with no write needed; the admin token still works."""
     from support import running_cluster
 
@@ -217,7 +218,7 @@ def test_an_expired_token_is_refused_on_every_node_within_a_second(tmp_path: Pat
         secret = _token_everywhere(cluster, "day-pass", "viewer", expires=1)
         for node in cluster.nodes:
             cluster.stop_node(node.node_id)
-        cluster.extra_env = {"PYTHONPATH": str(Path(__file__).parent / "clock_offset"),
+        cluster.extra_env = {"PYTHONPATH": str(CLOCK_OFFSET_DIR),
                              "RAFTFLOW_TEST_CLOCK_OFFSET": str(86400 + 60)}
         for node in cluster.nodes:
             cluster.start_node(node.node_id)

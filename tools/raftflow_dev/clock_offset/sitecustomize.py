@@ -1,6 +1,7 @@
-"""Test-only: a node process started with this folder on PYTHONPATH sees a wall clock
-that is RAFTFLOW_TEST_CLOCK_OFFSET seconds ahead in raftflow's own code: "a day later"
-for the token expiry test (test_tokens_roles.py), without a hook in the node's code.
+"""Test-only: a node process started with this folder on PYTHONPATH sees a wall clock that
+is RAFTFLOW_TEST_CLOCK_OFFSET seconds ahead (or behind, if negative) in raftflow's own
+code: "a day later" for the token expiry test (test_tokens_roles.py), a skewed node for
+tools/jepsen, without a hook in the node's code.
 
 Only `time.time()` called from raftflow modules is shifted: gRPC computes its own
 deadlines from `time.time()` against the real clock of its C core (shifting those

@@ -1,10 +1,14 @@
-"""Test hosts in network namespaces, for real partitions on one machine.
+"""Test hosts in network namespaces, for real partitions on one machine (the partition
+test, tools/jepsen).
 
 Each node gets its own namespace with one veth into a bridge (in a namespace of
 its own); the test process joins the bridge through one more veth, so it can
 reach every node. `partition(i)` takes node i's link to the bridge down: node i
 is then cut off from the other nodes and from the test, as on a real network.
-Everything is named after this process's PID and removed by `destroy`.
+`cut(i, j)` drops the traffic between two nodes only (a blackhole route to the
+other in each one's namespace), so any split of the nodes can be made while the
+test still reaches all of them; `mend(i, j)` undoes it. Everything is named after
+this process's PID and removed by `destroy`.
 """
 
 from __future__ import annotations
@@ -12,8 +16,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 SUBNET = "10.213.57"
+# A folder to put on a node's PYTHONPATH to shift its wall clock (clock_offset/sitecustomize.py).
+CLOCK_OFFSET_DIR = Path(__file__).resolve().parent / "clock_offset"
 
 
 def available() -> str | None:
@@ -42,6 +49,7 @@ class Topology:
         self.root_link = f"{tag}r"
         self.hosts = [f"{SUBNET}.{i + 1}" for i in range(nodes)]
         self._created: list[str] = []
+        self._cuts: set[tuple[int, int]] = set()
         try:
             self._build(tag)
         except subprocess.CalledProcessError as e:
@@ -85,6 +93,26 @@ class Topology:
 
     def heal(self, index: int) -> None:
         _ip("-n", self.bridge_ns, "link", "set", self._bridge_end(index), "up")
+
+    def cut(self, i: int, j: int) -> None:
+        """Drop every packet between nodes i and j (both ways); each still reaches the rest."""
+        for a, b in ((i, j), (j, i)):
+            if (a, b) not in self._cuts:
+                _ip("-n", self.namespaces[a], "route", "add", "blackhole", f"{self.hosts[b]}/32")
+                self._cuts.add((a, b))
+
+    def mend(self, i: int, j: int) -> None:
+        for a, b in ((i, j), (j, i)):
+            if (a, b) in self._cuts:
+                _ip("-n", self.namespaces[a], "route", "del", "blackhole", f"{self.hosts[b]}/32")
+                self._cuts.discard((a, b))
+
+    def heal_all(self) -> None:
+        """Mend every cut and bring every node's link back up."""
+        for a, b in list(self._cuts):
+            self.mend(a, b)
+        for index in range(len(self.namespaces)):
+            self.heal(index)
 
     def destroy(self) -> None:
         subprocess.run(["ip", "link", "del", self.root_link], capture_output=True)
