@@ -304,13 +304,14 @@ class LocalCluster:
             raise RuntimeError(f"{node_id} is not running")
         return pid
 
-    def start_node(self, node_id: str) -> int:
+    def start_node(self, node_id: str, env: dict[str, str] | None = None) -> int:
+        """Start a node unless it runs; `env`: variables for this process only (over `extra_env`)."""
         node = self.node(node_id)
         running = self.live_pid(node_id)
         if running is not None:
             return running
         log = open(node.log_path, "ab")
-        env = {**os.environ, **self.extra_env, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.extra_env, **(env or {}), "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
             [*self.launcher.get(node_id, []),
              self.python, "-m", "raftflow_cli.main", "node", "--config", str(node.config_path)],
