@@ -200,6 +200,10 @@ class ClusterClient:
             raise answered
         raise self._unreachable(unreachable)
 
+    def prefer(self, index: int) -> None:
+        """Ask `addresses[index]` first from now on (as a load balancer might pick a node)."""
+        self._preferred = index % len(self.addresses)
+
     def _read_metadata(self) -> tuple[tuple[str, str], ...]:
         return ((MIN_APPLIED, str(self.seen_applied)),) if self.seen_applied else ()
 

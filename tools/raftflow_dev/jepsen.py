@@ -5,8 +5,8 @@ whole history (raftflow_dev/history.py says what is checked and why).
     tools/jepsen [--duration SECONDS] [--seed S] [--nemesis KIND,...] [--clients N]
                  [--json] [--keep DIR]
 
-Clients (one per node by default, each preferring its own node, failing over to the
-others as the CLI does): trigger a manual DAG with a unique op id in the conf (each
+Clients (one per node by default, each writing through its own node, failing over to
+the others as the CLI does, and reading from a random node each time): trigger a manual DAG with a unique op id in the conf (each
 write has its request id, retried across elections), write unique values to registers
 (pools k0..k3), and read the registers with the index each read was answered at.
 Two DAGs run under it all: the triggered one and one scheduled every 3 seconds, each
@@ -209,6 +209,7 @@ class Workload:
                 op = Op(k, Kind.WRITE, key=rng.choice(REGISTERS), value=value)
             else:
                 op = Op(k, Kind.READ)
+                client.prefer(rng.randrange(len(client.addresses)))     # reads hop between nodes
             with self._lock:
                 self.ops.append(op)
             self._perform(client, op)
