@@ -169,14 +169,16 @@ class Operations:
                     f"{status.commit_index} committed entries)")
         return ""
 
-    def meta(self) -> client_pb2.ReadMeta:
-        """Who answered a read and how current it is. Taken after the read's data:
-        `last_applied` (the Raft index of the last command this replica applied) is then
-        at least the data's own, which is what a client's next read may ask for
-        (`caught_up`) without ever getting older data."""
+    def meta(self, applied: int | None = None) -> client_pb2.ReadMeta:
+        """Who answered a read and how current it is. `applied`: the replica's
+        `applied_index` read under the lock with the data (the index the data reflects,
+        exactly: two reads at one index saw one state); None reads it now, after the data,
+        which is at least the data's (what a client's next read may ask for, `caught_up`,
+        without ever getting older data)."""
         status = self.replica.status()
-        with self.replica.lock:
-            applied = self.replica.state.applied_index
+        if applied is None:
+            with self.replica.lock:
+                applied = self.replica.state.applied_index
         return client_pb2.ReadMeta(served_by=self.node_id, last_applied=applied,
                                    possibly_stale=status.leader_id is None or not status.has_quorum)
 
@@ -267,11 +269,12 @@ class Operations:
             dags = [views.dag_summary(state, r, with_last_run=False) for r in records]
             last = [views.pending_summary(state, run_id) if run_id else None
                     for run_id in map(state.last_run_id, (r.dag_id for r in records))]
+            at = state.applied_index
         for summary, pending in zip(dags, last):
             run = views.summary_of(pending)
             if run is not None:
                 summary.last_run_id, summary.last_run_state = run.run_id, run.state
-        return client_pb2.ListDagsResponse(dags=dags, meta=self.meta())
+        return client_pb2.ListDagsResponse(dags=dags, meta=self.meta(at))
 
     def get_dag(self, dag_id: str, version: int = 0, include_code: bool = False) -> client_pb2.DagDetail:
         """One version of a DAG (0: the latest)."""
@@ -280,12 +283,15 @@ class Operations:
             if version and not 1 <= version <= len(record.versions):
                 raise errors.NotFound(f"DAG {dag_id!r} has versions 1 to {len(record.versions)}, not {version}")
             shown = record.versions[version - 1] if version else record.latest
-            return client_pb2.DagDetail(
+            detail = client_pb2.DagDetail(
                 summary=views.dag_summary(self.replica.state, record, shown.version), shown_version=shown.version,
                 spec_json=json.dumps(shown.spec.to_dict(), sort_keys=True),
                 source=shown.source if include_code else "",
-                submitted_at=views.iso(shown.submitted_at), meta=self.meta(),
+                submitted_at=views.iso(shown.submitted_at),
             )
+            at = self.replica.state.applied_index
+        detail.meta.CopyFrom(self.meta(at))
+        return detail
 
     def trigger(self, dag_id: str, conf_json: str = "", request_id: str = "") -> client_pb2.TriggerDagResponse:
         """A manual run now. `conf_json` must be a JSON object (empty: {}); the run waits
@@ -412,7 +418,8 @@ class Operations:
     def list_pools(self) -> client_pb2.ListPoolsResponse:
         with self.replica.lock:
             pools = views.pools(self.replica.state)
-        return client_pb2.ListPoolsResponse(pools=pools, meta=self.meta())
+            at = self.replica.state.applied_index
+        return client_pb2.ListPoolsResponse(pools=pools, meta=self.meta(at))
 
     # ------------------------------------------------------------ runs
     def list_runs(self, dag_id: str = "", limit: int = 0) -> client_pb2.ListRunsResponse:
@@ -426,9 +433,10 @@ class Operations:
             else:
                 ids = list(itertools.islice(reversed(state.run_index), limit))
             pending = [views.pending_summary(state, run_id) for run_id in ids]
+            at = state.applied_index
         # Decoded outside the lock; a run pruned in between is left out.
         runs = [run for run in map(views.summary_of, pending) if run is not None]
-        return client_pb2.ListRunsResponse(runs=runs, meta=self.meta())
+        return client_pb2.ListRunsResponse(runs=runs, meta=self.meta(at))
 
     def get_run(self, run_id: str) -> client_pb2.RunDetail:
         with self.replica.lock:
@@ -436,7 +444,8 @@ class Operations:
             if run is None:
                 raise errors.NotFound(f"no run {run_id!r}; `raftflow runs list` shows recent runs")
             detail = views.run_detail(self.replica.state, run)
-        detail.meta.CopyFrom(self.meta())
+            at = self.replica.state.applied_index
+        detail.meta.CopyFrom(self.meta(at))
         return detail
 
     def task_story(self, run_id: str, task_id: str) -> client_pb2.GetTaskStoryResponse:
@@ -445,8 +454,9 @@ class Operations:
             _run, ti = self._task_instance(run_id, task_id)
             events = [views.story_event(e) for e in ti.story]
             state = ti.state.value
+            at = self.replica.state.applied_index
         return client_pb2.GetTaskStoryResponse(run_id=run_id, task_id=task_id, state=state, events=events,
-                                               meta=self.meta())
+                                               meta=self.meta(at))
 
     def watch_run(self, run_id: str, active: Callable[[], bool]) -> Iterator[client_pb2.RunDetail]:
         """The run's detail now and after every change of it (not of its meta), until it
@@ -545,6 +555,7 @@ class Operations:
         now = self.clock()
         with self.replica.lock:
             records = sorted(self.replica.state.tokens.values(), key=lambda t: t.name)
+            at = self.replica.state.applied_index
         tokens = [client_pb2.TokenInfo(name=FILE_ADMIN, role=Role.ADMIN.value, created_by="admin_token_file",
                                        from_file=True)] if file_admin else []
         tokens += [client_pb2.TokenInfo(
@@ -552,7 +563,7 @@ class Operations:
             expires_at=views.iso(t.expires_at) if t.expires_at else "",
             last_used_at=views.iso(t.last_used_at) if t.last_used_at else "", created_by=t.created_by,
             expired=t.expired(now)) for t in records]
-        return client_pb2.ListTokensResponse(tokens=tokens, meta=self.meta())
+        return client_pb2.ListTokensResponse(tokens=tokens, meta=self.meta(at))
 
     def revoke_token(self, name: str, request_id: str = "") -> client_pb2.RevokeTokenResponse:
         def build() -> c.Command:

@@ -109,3 +109,23 @@ def test_a_malformed_min_applied_is_refused(cluster: tuple[MemoryCluster, list[N
     with pytest.raises(grpc.RpcError) as refused:
         stub.ListPools(client_pb2.ListPoolsRequest(), metadata=((MIN_APPLIED, value),))
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_read_reports_the_index_its_data_was_read_at_not_a_later_one(
+        cluster: tuple[MemoryCluster, list[Node]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A command applied between the read of the data and the building of its meta must
+    not raise the reported index: two reads at one index must have seen one state
+    (tools/jepsen's check found reads at one index that differed)."""
+    twins, (n1, _, _) = cluster
+    index = set_pool(twins, 3)
+    real_status = n1.replica.status
+    applied_meanwhile: list[int] = []
+
+    def status_after_another_write() -> Any:
+        if not applied_meanwhile:
+            applied_meanwhile.append(set_pool(twins, 4))
+        return real_status()
+
+    monkeypatch.setattr(n1.replica, "status", status_after_another_write)
+    assert pools(ClusterClient([n1.address], insecure=True)) == (3, index)
+    assert applied_meanwhile == [index + 1]
