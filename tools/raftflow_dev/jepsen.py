@@ -6,9 +6,10 @@ whole history (raftflow_dev/history.py says what is checked and why).
                  [--json] [--keep DIR]
 
 Clients (one per node by default, each writing through its own node, failing over to
-the others as the CLI does, and reading from a random node each time): trigger a manual DAG with a unique op id in the conf (each
-write has its request id, retried across elections), write unique values to registers
-(pools k0..k3), and read the registers with the index each read was answered at.
+the others as the CLI does, and reading from a random node each time): trigger a manual
+DAG with a unique op id in the conf (each write has its request id, retried across
+elections), write unique values to registers (pools k0..k3), and read the registers with
+the index each read was answered at.
 Two DAGs run under it all: the triggered one and one scheduled every 3 seconds, each
 task recording its lifetime (raftflow_dev.attempts).
 
