@@ -139,9 +139,24 @@ def _pattern_matches(pattern: str | None) -> Callable[[str], bool]:
     return lambda dag_id: regex.search(dag_id) is not None
 
 
+def _only_params(request: Request, known: frozenset[str]) -> None:
+    """A listing refuses a filter it does not apply (a silently ignored filter answers
+    the wrong list)."""
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise BadRequest(f"raftflow does not support the query parameter(s) {', '.join(unknown)[:200]} here; "
+                         f"it takes {', '.join(sorted(known))} (docs/api.md)")
+
+
+DAG_LIST_PARAMS = frozenset({"limit", "offset", "order_by", "dag_id_pattern", "paused", "tags", "tags_match_mode",
+                             "exclude_stale", "only_active"})
+RUN_LIST_PARAMS = frozenset({"limit", "offset", "order_by", "state", "cursor"})
+
+
 def list_dags(request: Request) -> Json:
     """GET /api/v2/dags: limit (default 100), offset, order_by (dag_id, -dag_id),
-    dag_id_pattern, paused, tags (any of them)."""
+    dag_id_pattern, paused, tags (any of them; tags_match_mode=all: every one)."""
+    _only_params(request, DAG_LIST_PARAMS)
     ops = _ctx(request).ops
     limit = int_param(request, "limit", 100, 0, MAX_PAGE)
     offset = int_param(request, "offset", 0, 0, 2**31)
@@ -152,10 +167,14 @@ def list_dags(request: Request) -> Json:
     matches = _pattern_matches(request.query_params.get("dag_id_pattern"))
     paused = _bool_param(request, "paused")
     tags = set(request.query_params.getlist("tags"))
+    mode = request.query_params.get("tags_match_mode", "any")
+    if mode not in ("any", "all"):
+        raise BadRequest(f"tags_match_mode must be any or all, got {clip(mode)}")
+    tagged = (lambda have: tags <= set(have)) if mode == "all" else (lambda have: bool(tags.intersection(have)))
     with ops.replica.lock:
         chosen = [r for r in ops.replica.state.dags.values()
                   if matches(r.dag_id) and (paused is None or r.paused == paused)
-                  and (not tags or tags.intersection(r.latest.spec.tags))]
+                  and (not tags or tagged(r.latest.spec.tags))]
         chosen.sort(key=lambda r: r.dag_id, reverse=DAG_ORDERS[order])
         page = [aj.dag_json(r) for r in chosen[offset:offset + limit]]
     return {"dags": page, "total_entries": len(chosen)}
@@ -223,7 +242,12 @@ def _run_states(request: Request) -> list[RunState]:
 
 def list_dag_runs(request: Request) -> Json:
     """GET /api/v2/dags/{dag_id}/dagRuns (dag_id ~: every DAG): limit (default 100),
-    offset, order_by (id, run_after, either with -: creation order), state (repeatable)."""
+    offset, order_by (id, run_after, either with -: creation order), state (repeatable).
+    Airflow's keyset `cursor` is not used: every answer is a whole page by offset, and
+    none has a next_cursor."""
+    _only_params(request, RUN_LIST_PARAMS)
+    if request.query_params.get("cursor"):
+        raise BadRequest("raftflow pages runs by offset and never hands out a cursor; send offset instead")
     ops = _ctx(request).ops
     limit = int_param(request, "limit", 100, 0, MAX_PAGE)
     offset = int_param(request, "offset", 0, 0, 2**31)

@@ -57,6 +57,7 @@ def test_the_dag_list_pages_filters_and_orders(world: WebWorld) -> None:
     assert ids("dag_id_pattern=OR") == (["reports"], 1)
     assert ids("dag_id_pattern=o%e") == (["other"], 1)
     assert ids("tags=etl&tags=nope") == (["d"], 1)
+    assert ids("tags=etl&tags=nope&tags_match_mode=all") == ([], 0)
     world.ops.set_paused("other", True)
     assert ids("paused=true") == (["other"], 1)
     assert ids("paused=false") == (["d", "reports"], 2)
@@ -67,6 +68,7 @@ def test_the_dag_list_pages_filters_and_orders(world: WebWorld) -> None:
     ("limit=x", "query parameter limit must be an integer, got 'x'"),
     ("order_by=last_run", "order_by must be one of dag_id, -dag_id"),
     ("paused=maybe", "query parameter paused must be true or false, got 'maybe'"),
+    ("owners=me", "raftflow does not support the query parameter(s) owners here"),
 ])
 def test_a_bad_query_is_400_saying_what(world: WebWorld, query: str, message: str) -> None:
     response = world.client("viewer").get(f"/api/v2/dags?{query}")
@@ -186,6 +188,8 @@ def test_runs_are_listed_in_pages_with_the_total(world: WebWorld) -> None:
     everything = viewer.get("/api/v2/dags/~/dagRuns").json()
     assert everything["total_entries"] == 6 and everything["dag_runs"][-1]["dag_id"] == "other"
     assert viewer.get("/api/v2/dags/d/dagRuns?order_by=conf").status_code == 400
+    assert viewer.get("/api/v2/dags/d/dagRuns?run_id_pattern=x").status_code == 400     # not applied: refused
+    assert viewer.get("/api/v2/dags/d/dagRuns?cursor=").json()["total_entries"] == 5
 
 
 def test_runs_filter_by_state_finished_ones_included(world: WebWorld) -> None:
