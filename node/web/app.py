@@ -119,9 +119,16 @@ def error_response(request: Request, status: int, message: str, headers: dict[st
     return HTMLResponse(page, status_code=status, headers=headers)
 
 
+def status_of(error: errors.ServiceError) -> int:
+    """The HTTP status of an operation's error (its nearest class in STATUS)."""
+    return next((STATUS[kind] for kind in type(error).__mro__ if kind in STATUS), 500)
+
+
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.ServiceError)
-    return error_response(request, STATUS.get(type(exc), 500), exc.message)
+    status = status_of(exc)
+    # Unavailable: nothing changed, and an election or a catch-up ends within seconds.
+    return error_response(request, status, exc.message, {"retry-after": "1"} if status == 503 else None)
 
 
 async def _bad_request(request: Request, exc: Exception) -> Response:

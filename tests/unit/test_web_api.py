@@ -393,3 +393,20 @@ def test_a_task_story(world: WebWorld) -> None:
     body = world.client("viewer").get(f"/api/v2/raftflow/dags/d/dagRuns/{run_id}/taskInstances/a/story").json()
     assert body["state"] == "success" and [e["after"] for e in body["events"]][-1] == "success"
     assert world.client("viewer").get("/api/v2/raftflow/pools").json()["pools"][0]["name"] == "default_pool"
+
+
+def test_a_state_filter_sees_a_finished_run_reopened_and_finished_again(world: WebWorld) -> None:
+    run_id = _failed_run(world)
+    assert world.replica.propose(c.FinishRun(run_id, "failed", T0 + 9)).ok
+    viewer = world.client("viewer")
+
+    def listed(state: str) -> list[str]:
+        return [r["dag_run_id"] for r in viewer.get(f"/api/v2/dags/d/dagRuns?state={state}").json()["dag_runs"]]
+
+    assert (listed("failed"), listed("success")) == ([run_id], [])     # (decoded, then remembered)
+    world.ops.clear_tasks(run_id, ["a"], True)                          # reopens the run
+    world.start_run(run_id)
+    world.run_task(run_id, "a", attempt=2)
+    world.run_task(run_id, "b")
+    assert world.replica.propose(c.FinishRun(run_id, "success", T0 + 20)).ok
+    assert (listed("failed"), listed("success")) == ([], [run_id])

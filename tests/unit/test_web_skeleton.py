@@ -238,3 +238,20 @@ def test_a_port_in_use_is_a_config_error(world: WebWorld) -> None:
             WebServer(build_app(world.ctx), first.address)
     finally:
         first.stop()
+
+
+def test_every_operation_error_has_its_status() -> None:
+    from raftflow.api import errors
+    from raftflow.web.app import STATUS, status_of
+
+    kinds = {errors.ServiceError, *errors.ServiceError.__subclasses__(), *errors.Unavailable.__subclasses__()}
+    assert kinds - {errors.ServiceError} <= set(STATUS), "an operation error without an HTTP status"
+    assert (status_of(errors.NoQuorum("x")), status_of(errors.Invalid("x"))) == (503, 400)
+
+
+def test_a_node_without_quorum_says_retry_and_changes_nothing(world: WebWorld) -> None:
+    world.replica.quorum = False
+    response = world.client("operator").patch("/api/v2/dags/d", json={"is_paused": True})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert "no quorum" in response.json()["detail"] and not world.replica.state.dags["d"].paused
+    assert world.client().get("/api/v2/monitor/health").status_code == 503
