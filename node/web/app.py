@@ -110,8 +110,8 @@ def is_api(request: Request) -> bool:
 
 def error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """An error as the caller reads it: JSON {"detail"} for the API, a short HTML page otherwise."""
-    node_id = getattr(request.app.state, "ctx", None)
-    headers = {"x-raftflow-node": node_id.node_id, **(headers or {})} if node_id else headers
+    ctx = getattr(request.app.state, "ctx", None)
+    headers = {"x-raftflow-node": ctx.node_id, **(headers or {})} if ctx is not None else headers
     if is_api(request):
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>raftflow: {status}</title></head>"

@@ -101,6 +101,11 @@ def test_a_bad_token_shows_the_login_form_again_with_the_reason(world: WebWorld)
     assert "unknown or revoked token" in response.text and 'name="token"' in response.text.replace("=token", '="token"')
     empty = world.client().post("/login", data={"token": ""}, headers={"origin": BASE_URL})
     assert empty.status_code == 401 and "Paste a token" in empty.text
+    crowded = world.client().post("/login", data={f"f{i}": "x" for i in range(20)}, headers={"origin": BASE_URL})
+    assert crowded.status_code == 401 and "Paste a token" in crowded.text
+    huge = world.client().post("/login", content=b"token=" + b"x" * 20_000, headers={
+        "origin": BASE_URL, "content-type": "application/x-www-form-urlencoded"})
+    assert huge.status_code == 401 and "set-cookie" not in huge.headers
 
 
 def test_logout_clears_the_cookie(world: WebWorld) -> None:
