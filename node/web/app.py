@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..api import cluster, errors
 from ..api.auth import Authenticator
 from ..api.cluster import Host
-from ..api.operations import Operations
+from ..api.operations import Operations, StreamLimit
 from ..config import ConfigError
 from ..proto import client_pb2
 from . import api_v2, pages, session
@@ -56,6 +56,8 @@ API_PREFIX = "/api/"
 # No request body the server accepts is larger (a trigger's conf is at most 64 KiB of
 # JSON); a larger Content-Length is refused before it is read.
 MAX_BODY_BYTES = 1024 * 1024
+# Log reads served at once (Starlette's thread pool has 40 threads).
+MAX_LOG_READS = 16
 # Headers every response carries unless it set its own.
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
@@ -91,6 +93,9 @@ class WebContext:
     https: bool
     cluster_status: Callable[[], client_pb2.ClusterStatusResponse]
     task_log: TaskLogReader
+    # Log reads at once (one from a peer that hangs holds a worker thread up to its
+    # timeout): past it, 429, so the other requests always find a thread.
+    log_reads: StreamLimit | None = None
 
     @classmethod
     def for_node(cls, host: Host, auth: Authenticator, https: bool, ops: Operations | None = None) -> WebContext:
@@ -101,6 +106,7 @@ class WebContext:
             cluster_status=lambda: cluster.cluster_status(host, ops, fanout),
             task_log=lambda run_id, task_id, attempt, first: cluster.task_log(host, ops, run_id, task_id, attempt,
                                                                               first),
+            log_reads=StreamLimit(host.cfg.node_id, MAX_LOG_READS),
         )
 
 

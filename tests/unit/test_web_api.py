@@ -5,6 +5,7 @@ changes nothing; unknown DAGs, runs and tasks are 404 with a message."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -410,3 +411,21 @@ def test_a_state_filter_sees_a_finished_run_reopened_and_finished_again(world: W
     world.run_task(run_id, "b")
     assert world.replica.propose(c.FinishRun(run_id, "success", T0 + 20)).ok
     assert (listed("failed"), listed("success")) == ([], [run_id])
+
+
+def test_log_reads_beyond_the_limit_are_429_and_free_their_slot(world: WebWorld) -> None:
+    from raftflow.api.operations import StreamLimit
+    from raftflow.web.app import build_app
+
+    run_id = _ran(world)
+    world.host.store.logs[(run_id, "a", 1)] = [b"x\n"]
+    limit = StreamLimit("n1", 1)
+    world.app = build_app(replace(world.ctx, log_reads=limit))
+    path = f"/api/v2/dags/d/dagRuns/{run_id}/taskInstances/a/logs/1"
+    holder = limit.serve(iter([1, 2]))
+    next(holder)                                        # one read in progress holds the only slot
+    busy = world.client("viewer").get(path)
+    assert busy.status_code == 429 and "already serves 1" in busy.json()["detail"]
+    holder.close()
+    for _ in range(3):                                  # each read gives its slot back
+        assert world.client("viewer").get(path).json()["content"] == [{"event": "x"}]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from starlette.requests import Request
@@ -260,3 +261,15 @@ def test_a_node_without_quorum_says_retry_and_changes_nothing(world: WebWorld) -
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert "no quorum" in response.json()["detail"] and not world.replica.state.dags["d"].paused
     assert world.client().get("/api/v2/monitor/health").status_code == 503
+
+
+def test_a_chunked_body_is_cut_off_at_the_json_limit(world: WebWorld) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"is_paused": true, "pad": "'
+        for _ in range(64):
+            yield b"x" * 8192
+        yield b'"}'
+    response = world.client("operator").patch("/api/v2/dags/d", content=chunks(),
+                                              headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "larger than 262144 bytes" in response.json()["detail"]
+    assert not world.replica.state.dags["d"].paused
