@@ -5,6 +5,7 @@ overridden by command-line flags (flag > environment > file > default).
     grpc_address = "127.0.0.1:50051"    # client API (TLS)
     peer_address = "127.0.0.1:50251"    # peer API, node to node (mutual TLS)
     raft_address = "127.0.0.1:50151"    # pysyncobj (encrypted with the cluster secret)
+    http_address = "127.0.0.1:8081"     # optional: the web UI and REST API (HTTPS with the TLS files)
     data_dir = "/var/lib/raftflow/n1"
     secret_file = "/etc/raftflow/secret"
     slots = 4
@@ -217,6 +218,16 @@ class NodeConfig:
     # the name "admin" (api/auth.py). Not replicated and not revocable through the API:
     # change or remove the file (or this setting) and restart the node to revoke it.
     admin_token_file: Path | None = None
+    # The web UI and the Airflow-style REST API (node/web/): HTTPS with the node's TLS
+    # files, plain HTTP when `insecure`. "" (the default): no web server.
+    http_address: str = ""
+
+    @property
+    def web_url(self) -> str:
+        """Where this node's web server is ("" without one)."""
+        if not self.http_address:
+            return ""
+        return f"{'http' if self.insecure else 'https'}://{self.http_address}"
 
     @property
     def scratch(self) -> Path:
@@ -347,6 +358,7 @@ _SCALARS: dict[str, tuple[Callable[[Any], Any], str]] = {  # key -> (type, envir
     "scratch_dir": (Path, "RAFTFLOW_SCRATCH_DIR"),
     "run_as_user": (str, "RAFTFLOW_RUN_AS_USER"),
     "admin_token_file": (Path, "RAFTFLOW_ADMIN_TOKEN_FILE"),
+    "http_address": (str, "RAFTFLOW_HTTP_ADDRESS"),
 }
 _TLS_FILES = ("tls_cert_file", "tls_key_file", "tls_ca_file")
 
@@ -408,6 +420,12 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
     for key in ("grpc_address", "raft_address", "peer_address"):
         _check_address(values[key], f"{key} from {where[key]}")
     _check_distinct(values["node_id"], values["grpc_address"], values["raft_address"], values["peer_address"])
+    if values.get("http_address"):
+        _check_address(values["http_address"], f"http_address from {where['http_address']}")
+        if values["http_address"] in (values["grpc_address"], values["raft_address"], values["peer_address"]):
+            raise ConfigError(f"http_address from {where['http_address']} is {values['http_address']!r}, which "
+                              "grpc_address, raft_address or peer_address already uses: give the web server a "
+                              "port of its own")
     if values.get("slots", 1) < 1:
         raise ConfigError(f"slots from {where['slots']} must be at least 1")
     if values.get("task_log_limit", 1) < 1:
@@ -602,6 +620,8 @@ def to_toml(cfg: NodeConfig) -> str:
         lines.insert(2, f'peer_address = "{cfg.peer_address}"')
     if cfg.run_as_user is not None:
         lines.append(f"run_as_user = {_toml_str(cfg.run_as_user)}")
+    if cfg.http_address:
+        lines.append(f"http_address = {_toml_str(cfg.http_address)}")
     if cfg.admin_token_file is not None:
         lines.append(f"admin_token_file = {_toml_str(str(cfg.admin_token_file))}")
     lines += [f"{key} = {_toml_str(str(getattr(cfg, key)))}" for key in _TLS_FILES if getattr(cfg, key) is not None]

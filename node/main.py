@@ -48,6 +48,7 @@ from .proto import client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from .raft.adapter import ReplicatedState, StorageDamaged, recovery_advice
 from .raft.replica import propose_until_decided
 from .store.local import LocalStore
+from .web.app import WebContext, WebServer, build_app
 from .worker.lease import Reaper
 from .worker.worker import Assignment, AttemptSetup, Worker
 
@@ -118,6 +119,12 @@ class Node:
         peer_pb2_grpc.add_PeerServicer_to_server(self.peer_service, self.peer_server)
         _listen(self.server, "grpc_address", cfg.grpc_address, self.tls, client_port_credentials)
         _listen(self.peer_server, "peer_address", cfg.peer_address, self.tls, peer_port_credentials)
+        # The web UI and REST API (node/web/): HTTPS with the node's certificate unless insecure.
+        self.web: WebServer | None = None
+        if cfg.http_address:
+            https = self.tls is not None
+            self.web = WebServer(build_app(WebContext.for_node(self, self.auth, https)), cfg.http_address,
+                                 cfg.tls_cert_file if https else None, cfg.tls_key_file if https else None)
 
     def start(self) -> None:
         if self.tls is None:
@@ -127,14 +134,17 @@ class Node:
                         "(raftflow certs) and remove insecure.", self.cfg.grpc_address, self.cfg.peer_address)
         self.server.start()
         self.peer_server.start()
+        if self.web is not None:
+            self.web.start()
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.leader_loop.start()
         self._heartbeat.start()
         self._token_use.start()
         threading.Thread(target=self._announce_start, name="announce-start", daemon=True).start()
-        log.info("node %s up: API on %s, peer API on %s, Raft on %s (%s), %d slots, peers: %s; SSH connections: %s",
+        log.info("node %s up: API on %s, peer API on %s, Raft on %s (%s), web on %s, %d slots, peers: %s; "
+                 "SSH connections: %s",
                  self.cfg.node_id, self.cfg.grpc_address, self.cfg.peer_address, self.cfg.raft_address,
-                 "plaintext, insecure" if self.tls is None else "TLS", self.cfg.slots,
+                 "plaintext, insecure" if self.tls is None else "TLS", self.cfg.web_url or "none", self.cfg.slots,
                  ", ".join(f"{p.id}@{p.peer_address}" for p in self.cfg.peers) or "none",
                  ", ".join(f"{conn.name} ({conn.address})" for conn in self.cfg.connections) or "none")
 
@@ -235,6 +245,8 @@ class Node:
         self.health.enter_graceful_shutdown()
         self.leader_loop.stop()
         self.worker.shutdown()
+        if self.web is not None:
+            self.web.stop()
         stopped = (self.server.stop(grace=1.0), self.peer_server.stop(grace=1.0))
         for event in stopped:
             event.wait(2.0)
@@ -329,6 +341,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--grpc-address", dest="grpc_address")
     parser.add_argument("--raft-address", dest="raft_address")
     parser.add_argument("--peer-address", dest="peer_address")
+    parser.add_argument("--http-address", dest="http_address", help="serve the web UI and REST API here (HOST:PORT)")
     parser.add_argument("--data-dir", dest="data_dir")
     parser.add_argument("--secret-file", dest="secret_file")
     parser.add_argument("--slots", type=int)
@@ -337,8 +350,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def run(args: argparse.Namespace) -> int:
-    flags = {k: getattr(args, k) for k in ("node_id", "grpc_address", "raft_address", "peer_address", "data_dir",
-                                           "secret_file", "slots", "log_level")}
+    flags = {k: getattr(args, k) for k in ("node_id", "grpc_address", "raft_address", "peer_address", "http_address",
+                                           "data_dir", "secret_file", "slots", "log_level")}
     try:
         cfg = load(args.config, flags)
     except ConfigError as e:

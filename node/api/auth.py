@@ -6,7 +6,8 @@ every call of the Client service, and the caller of the current call (`current_c
 which the operations read (the proposer of a write, what cluster status shows).
 
 Who calls: main.py installs `ClientAuthInterceptor` on the node's gRPC server;
-operations.py and services.py read `current_caller()`. The health service and the
+operations.py and services.py read `current_caller()`; the HTTP server (node/web/session.py)
+authenticates with `Authenticator` and sets the caller with `acting_as`. The health service and the
 peer API (peers.py checks the cluster token) are not the Client service and pass.
 
 Tokens: a secret is 32 random bytes (`new_secret`); the replica keeps only its sha256
@@ -23,7 +24,7 @@ import hashlib
 import secrets
 import threading
 import time
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -74,6 +75,18 @@ _CALLER: ContextVar[Caller | None] = ContextVar("raftflow_caller", default=None)
 def current_caller() -> Caller | None:
     """The caller of the client call this thread is serving (None outside one, e.g. in tests)."""
     return _CALLER.get()
+
+
+@contextmanager
+def acting_as(caller: Caller) -> Iterator[None]:
+    """Make `caller` the current caller for the block: what the gRPC interceptor does
+    around a handler, for transports that authenticate otherwise (the HTTP server,
+    node/web/session.py). Writes in the block are proposed as `token:NAME`."""
+    token = _CALLER.set(caller)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
 
 
 def new_secret() -> str:
