@@ -10,7 +10,7 @@ Who calls: app.py's `build_app` mounts `routes(ctx)`. Everything here reads and
 writes through `ctx.ops` (api/operations.py) and the context's callables, so every
 check, limit and message is the gRPC API's own; `session.require` authorises each
 request by the equivalent Client RPC's role (api/auth.py's REQUIRED_ROLE), and
-writes run `acting_as` the caller (so runs and stories name the token).
+writes run `session.acting_as` the caller (so runs and stories name the token).
 
 Live updates: a page marks the parts that change with `data-live="NAME"`; the script
 re-fetches the page's own URL about once a second and swaps those parts in place
@@ -44,7 +44,7 @@ from ..api.cluster import visible_to
 from ..core.model import Role
 from ..proto import client_pb2
 from .inputs import BadRequest, read_json
-from .session import Forbidden, Unauthenticated, acting_as, local_path, require
+from . import session   # (session.py imports this module for login_page: names are read at call time)
 
 if TYPE_CHECKING:
     from .app import WebContext
@@ -131,7 +131,7 @@ ENV = _environment()
 def login_page(message: str, next_path: str) -> str:
     """The login form (field `name="token"`), saying why the last try failed ("" for
     none); session.py serves it for failed logins, this module for GET /login."""
-    return ENV.get_template("login.html").render(caller=None, node_id="", next_url=local_path(next_path),
+    return ENV.get_template("login.html").render(caller=None, node_id="", next_url=session.local_path(next_path),
                                                  error=message, can_operate=False)
 
 
@@ -206,17 +206,17 @@ class Pages:
         self.env = ENV
 
     # -------------------------------------------------------------- rendering
-    def render(self, request: Request, template: str, caller: Caller | None, status: int = 200,
+    def render(self, request: Request, template: str, caller: Caller | None, http_status: int = 200,
                **values: Any) -> HTMLResponse:
         role = caller.role if caller is not None else None
         html = self.env.get_template(template).render(
             request=request, caller=caller, node_id=self.ctx.node_id,
             can_operate=role is not None and role.allows(Role.OPERATOR), **values)
-        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(html, status_code=http_status, headers={"Cache-Control": "no-store"})
 
     def error_page(self, request: Request, status: int, title: str, message: str,
                    caller: Caller | None = None) -> HTMLResponse:
-        return self.render(request, "error.html", caller, status=status, title=title, message=message)
+        return self.render(request, "error.html", caller, http_status=status, title=title, message=message)
 
     def page(self, handler: Callable[[Request, Caller], Response], rpc: str) -> Callable[[Request],
                                                                                             Awaitable[Response]]:
@@ -224,11 +224,11 @@ class Pages:
         replica lock), every failure turned into a page a person can act on."""
         async def endpoint(request: Request) -> Response:
             try:
-                caller = require(request, rpc)
-            except Unauthenticated:
+                caller = session.require(request, rpc)
+            except session.Unauthenticated:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
-            except Forbidden as e:
+            except session.Forbidden as e:
                 return self.error_page(request, 403, "Not allowed", str(e))
             try:
                 return await run_in_threadpool(handler, request, caller)
@@ -251,14 +251,14 @@ class Pages:
         run as the caller; errors as {"detail": why} with the API's status codes."""
         async def endpoint(request: Request) -> Response:
             try:
-                caller = require(request, rpc)
+                caller = session.require(request, rpc)
                 body = await read_json(request) if await request.body() else {}
-                with acting_as(caller):
+                with session.acting_as(caller):
                     answer = await run_in_threadpool(handler, request, caller, body)
                 return JSONResponse(answer)
-            except Unauthenticated as e:
+            except session.Unauthenticated as e:
                 return _json_error(401, str(e) or "not authenticated: log in again")
-            except Forbidden as e:
+            except session.Forbidden as e:
                 return _json_error(403, str(e))
             except BadRequest as e:
                 return _json_error(e.status, e.message)
@@ -481,7 +481,7 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
 
     async def task_log(request: Request) -> Response:
         try:
-            require(request, "GetTaskLog")
+            session.require(request, "GetTaskLog")
             numbers = []
             for name in ("attempt", "from"):
                 raw = request.query_params.get(name, "0")
@@ -492,9 +492,9 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
             await run_in_threadpool(ui.run_of, request.path_params["dag_id"], run_id)
             return JSONResponse(await run_in_threadpool(ui.log_chunks, run_id, task_id, *numbers),
                                 headers={"Cache-Control": "no-store"})
-        except Unauthenticated as e:
+        except session.Unauthenticated as e:
             return _json_error(401, str(e) or "not authenticated: log in again")
-        except Forbidden as e:
+        except session.Forbidden as e:
             return _json_error(403, str(e))
         except BadRequest as e:
             return _json_error(e.status, e.message)
