@@ -94,7 +94,7 @@ def node_status(host: Host) -> client_pb2.NodeStatus:
         running_tasks=len(host.worker.running()), slots=cfg.slots, grpc_address=cfg.grpc_address,
         raft_address=cfg.raft_address, leader=status.leader_id or "", has_quorum=status.has_quorum,
         digest=digest, uptime=time.monotonic() - host.started, last_heartbeat_age=-1,
-        queues=list(cfg.queues), tls=not cfg.insecure, peer_address=cfg.peer_address,
+        queues=list(cfg.queues), tls=not cfg.insecure, peer_address=cfg.peer_address, web_url=cfg.web_url,
         connections=[client_pb2.ConnectionInfo(
             name=conn.name, host=conn.host, port=conn.port, user=conn.user, auth=conn.auth,
             trust_on_first_use=conn.trust_on_first_use) for conn in cfg.connections],

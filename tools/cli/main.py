@@ -512,10 +512,11 @@ def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
     print(table([[n["id"], n["role"], "yes" if n["healthy"] else "NO", n["pid"] or "-", n["raft_term"],
                   n["commit_index"], f"{n['running_tasks']}/{n['slots']}",
                   "-" if n["last_heartbeat_age"] < 0 else f"{n['last_heartbeat_age']:.1f}s ago",
-                  ",".join(n.get("queues") or []) or "-", snapshot_cell(n, now), n["grpc_address"], n["error"]]
+                  ",".join(n.get("queues") or []) or "-", snapshot_cell(n, now), n["grpc_address"],
+                  n.get("web_url") or "-", n["error"]]
                  for n in status["nodes"]],
                 ["NODE", "ROLE", "HEALTHY", "PID", "TERM", "COMMIT", "TASKS", "HEARTBEAT", "QUEUES", "SNAPSHOT",
-                 "ADDRESS", "ERROR"]))
+                 "ADDRESS", "WEB", "ERROR"]))
     for n in status["nodes"]:
         if n.get("snapshot_error"):
             print(f"\nsnapshot FAILING on {n['id']} ({n.get('snapshot_failures', 0)} attempt(s) in a row; retried "

@@ -8,7 +8,7 @@ tools, so that every local cluster is started the same way a real node is:
     admin.token         the bootstrap admin token (0600), generated once; every node's
                         admin_token_file, and what the CLI finds beside cluster.json
     ca.pem, ca.key      the cluster's CA (raftflow certs), made once; clients trust ca.pem
-    cluster.json        node ids and addresses (what the CLI and tools read)
+    cluster.json        node ids and addresses, web URLs among them (what the CLI and tools read)
     nK/node.toml        node K's config
     nK/node.pem, .key   node K's certificate (CN nK, SANs nK and its host) and key
     nK/node.log         its stderr/stdout
@@ -65,6 +65,7 @@ class LocalNode:
     raft_address: str
     dir: Path
     peer_address: str
+    http_address: str = ""    # its web server (UI and REST API); "" for none
 
     @property
     def cert_path(self) -> Path:
@@ -140,22 +141,26 @@ class LocalCluster:
         if saved is not None and not self.outdated:
             self.slots = saved["slots"]
             self.insecure = bool(saved.get("insecure", False))
-            self.nodes = [LocalNode(n["id"], n["grpc"], n["raft"], self.data_dir / n["id"], n["peer"])
-                          for n in saved["nodes"]]
+            # (a cluster.json from before the web server gets a free port per node for it)
+            http_ports = free_ports(len(saved["nodes"]))
+            self.nodes = [LocalNode(n["id"], n["grpc"], n["raft"], self.data_dir / n["id"], n["peer"],
+                                    n.get("http") or f"{n['grpc'].rsplit(':', 1)[0]}:{http_ports[i]}")
+                          for i, n in enumerate(saved["nodes"])]
             return
         self.slots = slots
         self.insecure = insecure
         if port_base is None:
-            ports = free_ports(3 * nodes)
-            grpc_ports, raft_ports, peer_ports = ports[:nodes], ports[nodes:2 * nodes], ports[2 * nodes:]
+            ports = free_ports(4 * nodes)
+            grpc_ports, raft_ports, peer_ports, http_ports = (ports[k * nodes:(k + 1) * nodes] for k in range(4))
         else:
             grpc_ports = [port_base + i for i in range(nodes)]
             raft_ports = [port_base + 100 + i for i in range(nodes)]
             peer_ports = [port_base + 200 + i for i in range(nodes)]
+            http_ports = [port_base + 300 + i for i in range(nodes)]
         hosts = hosts or [LOOPBACK] * nodes
         self.nodes = [
             LocalNode(f"n{i + 1}", f"{hosts[i]}:{grpc_ports[i]}", f"{hosts[i]}:{raft_ports[i]}",
-                      self.data_dir / f"n{i + 1}", f"{hosts[i]}:{peer_ports[i]}")
+                      self.data_dir / f"n{i + 1}", f"{hosts[i]}:{peer_ports[i]}", f"{hosts[i]}:{http_ports[i]}")
             for i in range(nodes)
         ]
 
@@ -175,6 +180,10 @@ class LocalCluster:
 
     def node(self, node_id: str) -> LocalNode:
         return next(n for n in self.nodes if n.node_id == node_id)
+
+    def web_url(self, node_id: str) -> str:
+        """The base URL of the node's web server (UI and REST API): https unless insecure."""
+        return f"{'http' if self.insecure else 'https'}://{self.node(node_id).http_address}"
 
     @property
     def admin_token_file(self) -> Path:
@@ -261,7 +270,7 @@ class LocalCluster:
                              secret_file=self.secret_file, slots=self.slots, peers=peers, raft=self.raft,
                              queues=tuple(self.queues.get(node.node_id, ("default",))),
                              connections=self.connections.get(node.node_id, ()), run_as_user=self.run_as_user,
-                             admin_token_file=self.admin_token_file,
+                             admin_token_file=self.admin_token_file, http_address=node.http_address,
                              insecure=self.insecure, tls_cert_file=None if self.insecure else node.cert_path,
                              tls_key_file=None if self.insecure else node.key_path,
                              tls_ca_file=None if self.insecure else self.ca_path)
@@ -271,8 +280,8 @@ class LocalCluster:
         (self.data_dir / "cluster.json").write_text(json.dumps({
             "slots": self.slots,
             "insecure": self.insecure,
-            "nodes": [{"id": n.node_id, "grpc": n.grpc_address, "raft": n.raft_address, "peer": n.peer_address}
-                      for n in self.nodes],
+            "nodes": [{"id": n.node_id, "grpc": n.grpc_address, "raft": n.raft_address, "peer": n.peer_address,
+                       "http": n.http_address} for n in self.nodes],
         }, indent=2) + "\n")
 
     def read_ca(self) -> certs.KeyPair:

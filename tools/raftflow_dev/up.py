@@ -105,6 +105,7 @@ def up(args: argparse.Namespace) -> int:
         busy = [n.grpc_address for n in stopped if _port_busy(n.grpc_address)]
         busy += [n.raft_address for n in stopped if _port_busy(n.raft_address)]
         busy += [n.peer_address for n in stopped if _port_busy(n.peer_address)]
+        busy += [n.http_address for n in stopped if n.http_address and _port_busy(n.http_address)]
         if busy:
             print(f"ports in use by another program: {', '.join(busy)}; choose others with --port-base P",
                   file=sys.stderr)
@@ -113,9 +114,9 @@ def up(args: argparse.Namespace) -> int:
         for node in stopped:
             pid = cluster.start_node(node.node_id)
             print(f"started {node.node_id} (pid {pid}): API {node.grpc_address}, peer API {node.peer_address}, "
-                  f"Raft {node.raft_address}, log {node.log_path}")
+                  f"Raft {node.raft_address}, web {cluster.web_url(node.node_id)}, log {node.log_path}")
         if not cluster.insecure:
-            print(f"TLS on every gRPC port; the CLI trusts the cluster's CA certificate {cluster.ca_path}")
+            print(f"TLS on every gRPC and web port; the CLI trusts the cluster's CA certificate {cluster.ca_path}")
     started = time.monotonic()
     try:
         status = cluster.wait_ready(timeout=60)
@@ -174,7 +175,13 @@ def _next_steps(cluster: LocalCluster, data_dir: Path) -> None:
     leader_pid = "$(raftflow cluster status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); " \
                  "print(next(n[\"pid\"] for n in s[\"nodes\"] if n[\"id\"]==s[\"leader\"]))')"
     ssh_demo = f"tools/up --ssh-demo{'' if default else f' --data-dir {data_dir}'}"
+    urls = "  ".join(cluster.web_url(n.node_id) for n in cluster.nodes if n.http_address)
+    trust = "" if cluster.insecure else (f"\n  (HTTPS with the cluster's own CA, {cluster.ca_path}: import it into "
+                                         "the browser or accept its warning once)")
     print(f"""
+The web UI and Airflow's REST API (/api/v2) on every node: {urls}
+  log in with the admin token in {data_dir}/admin.token, or a token from `raftflow tokens create`{trust}
+
 What to try next:
   {activate}
   {env}raftflow cluster status                 # who leads, each node's health and load
