@@ -43,8 +43,8 @@ from ..api.auth import Caller
 from ..api.cluster import visible_to
 from ..core.model import Role
 from ..proto import client_pb2
+from . import session  # (session.py imports this module for login_page: names are read at call time)
 from .inputs import BadRequest, read_json
-from . import session   # (session.py imports this module for login_page: names are read at call time)
 
 if TYPE_CHECKING:
     from .app import WebContext
@@ -375,11 +375,11 @@ class Pages:
         raw = request.query_params.get("attempt", "")
         if raw and (not raw.isdigit() or not 1 <= int(raw) <= max(ti.attempt, 1)):
             raise errors.NotFound(f"{task_id} has attempts 1 to {ti.attempt}, not {raw[:20]!r}")
-        attempt = int(raw or ti.attempt)
+        attempt = int(raw or ti.attempt)   # (the log of the page without ?attempt= follows the latest)
         attempts = [self.ops.log_location(run_id, task_id, n) for n in range(1, ti.attempt + 1)]
         story = self.ops.task_story(run_id, task_id)
         now = datetime.now(timezone.utc).timestamp()
-        return self.render(request, "task.html", caller, dag=dag, run=run, ti=ti, attempt=attempt,
+        return self.render(request, "task.html", caller, dag=dag, run=run, ti=ti, attempt=attempt, latest=not raw,
                            attempts=attempts, story=story, seconds_between=seconds_between, now=now,
                            following=ti.state in ACTIVE_TASK_STATES)
 
@@ -394,11 +394,11 @@ class Pages:
         LOG_BYTES_PER_POLL: {"text", "next", "node", "attempt"}; the script polls again
         from `next` (so a running task's log follows)."""
         parts: list[bytes] = []
-        size, following, node = 0, first, ""
+        size, following, node, shown = 0, first, "", attempt
         chunks: Iterator[client_pb2.LogChunk] = iter(self.ctx.task_log(run_id, task_id, attempt, first))
         try:
             for chunk in chunks:
-                node = chunk.node or node
+                node, shown = chunk.node or node, chunk.attempt or shown
                 if chunk.data:
                     parts.append(chunk.data)
                     size += len(chunk.data)
@@ -410,7 +410,7 @@ class Pages:
             if close is not None:
                 close()
         return {"text": b"".join(parts).decode("utf-8", "replace"), "next": following, "node": node,
-                "attempt": attempt}
+                "attempt": shown}
 
     def trigger(self, request: Request, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
         dag_id = request.path_params["dag_id"]
@@ -457,7 +457,7 @@ class Pages:
 
 
 def _status(error: errors.ServiceError) -> int:
-    from .app import STATUS   # (app.py imports this module: the one table, read at call time)
+    from .app import STATUS  # (app.py imports this module: the one table, read at call time)
     return STATUS.get(type(error), 500)
 
 

@@ -181,15 +181,17 @@
   var logBox = document.getElementById("log");
   if (logBox) {
     var status = document.getElementById("log-status");
+    var shownAttempt = document.getElementById("log-attempt");
     var next = 0;
+    var attempt = 0;
     var busy = false;
-    var ended = false;
+    var idle = false;      // the task is not running and the last poll brought nothing new
     var following = function () {
       var flag = document.getElementById("task-following");
       return flag ? flag.getAttribute("data-following") === "true" : false;
     };
     var poll = function () {
-      if (busy || ended) return;
+      if (busy || (idle && !following())) return;
       busy = true;
       var atBottom = logBox.scrollHeight - logBox.scrollTop - logBox.clientHeight < 40;
       fetch(logBox.getAttribute("data-url") + "&from=" + next, {credentials: "same-origin"})
@@ -200,13 +202,22 @@
           });
         })
         .then(function (answer) {
+          if (attempt && answer.attempt !== attempt) {
+            // a new attempt began (the page follows the latest): show its log from the start
+            logBox.textContent = "";
+            next = 0;
+            attempt = answer.attempt;
+            if (shownAttempt) shownAttempt.textContent = attempt;
+            return;
+          }
+          attempt = answer.attempt;
           if (answer.text) logBox.appendChild(document.createTextNode(answer.text));
           next = answer.next;
           if (atBottom) logBox.scrollTop = logBox.scrollHeight;
           var live = following();
           logBox.setAttribute("data-following", live ? "true" : "false");
           status.textContent = "from node " + (answer.node || "?") + (live ? " · following" : "");
-          if (!live && !answer.text) ended = true;
+          idle = !live && !answer.text;
         })
         .catch(function (e) { status.textContent = "log: " + e.message; })
         .finally(function () { busy = false; });
