@@ -263,11 +263,17 @@ class Operations:
                 submitted_at=views.iso(shown.submitted_at), meta=self.meta(),
             )
 
-    def trigger(self, dag_id: str, conf_json: str = "", request_id: str = "") -> client_pb2.TriggerDagResponse:
+    def trigger(self, dag_id: str, conf_json: str = "", request_id: str = "", logical_date: str = "",
+                run_id: str = "") -> client_pb2.TriggerDagResponse:
         """A manual run now. `conf_json` must be a JSON object (empty: {}); the run waits
         while the DAG is paused (the response says so). A repeated request id answers
-        the run its first attempt created."""
+        the run its first attempt created. `logical_date` (ISO-8601; default: now) and
+        `run_id` (default: manual__DAG__LOGICAL_DATE) are Airflow's REST API options."""
         def build() -> c.Command:
+            if run_id:
+                error = checks.run_id_error(run_id)
+                if error:
+                    raise errors.Invalid(error)
             conf = {}
             if conf_json.strip():
                 try:
@@ -286,9 +292,12 @@ class Operations:
             if error:
                 raise errors.Invalid(f"DAG {dag_id!r}: {error}")
             now = self.clock()
-            logical = views.iso(now)
+            try:
+                logical = normalise_instant(logical_date, "logical_date") if logical_date else views.iso(now)
+            except SpecError as e:
+                raise errors.Invalid(str(e)) from None
             return c.CreateRun(
-                run_id=manual_run_id(dag_id, logical), dag_id=dag_id, logical_date=logical,
+                run_id=run_id or manual_run_id(dag_id, logical), dag_id=dag_id, logical_date=logical,
                 data_interval_start=logical, data_interval_end=logical, trigger="manual", conf=conf, at=now,
             )
         result = self._write(request_id, c.CreateRun, build)

@@ -120,6 +120,22 @@ class WebWorld:
     def log_size(self) -> int:
         return self.replica.status().commit_index
 
+    def run_task(self, run_id: str, task_id: str, node: str = "n1", exit_code: int | None = 0,
+                 attempt: int = 1) -> None:
+        """Move a task instance through an attempt on `node`: queued, assigned, started and,
+        unless `exit_code` is None, finished with it."""
+        commands: list[c.Command] = [c.QueueTask(run_id, task_id, T0), c.AssignTask(run_id, task_id, node, attempt, T0),
+                                     c.TaskStarted(run_id, task_id, attempt, node, T0 + 1)]
+        if exit_code is not None:
+            commands.append(c.TaskFinished(run_id, task_id, attempt, node, exit_code, T0 + 1, T0 + 3, "", "",
+                                           T0 + 3))
+        for command in commands:
+            result = self.replica.propose(command)
+            assert result.ok, (command, result)
+
+    def start_run(self, run_id: str) -> None:
+        assert self.replica.propose(c.StartRun(run_id, T0)).ok
+
     def proposers_of(self, kind: type[c.Command]) -> list[str]:
         """Who proposed each committed command of type `kind`, in log order."""
         return [entry.proposer for entry in self.replica._cluster.log if isinstance(entry.command, kind)]
