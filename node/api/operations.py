@@ -415,18 +415,6 @@ class Operations:
         runs = [run for run in map(views.summary_of, pending) if run is not None]
         return client_pb2.ListRunsResponse(runs=runs, meta=self.meta())
 
-    def run_page(self, dag_id: str, offset: int, limit: int) -> tuple[list[client_pb2.RunSummary], int]:
-        """One page of a DAG's runs, newest first (skipping the `offset` newest), and how
-        many runs it has: the web UI's grid pages through 10,000 runs with it."""
-        with self.replica.lock:
-            state = self.replica.state
-            self.record(dag_id)
-            runs = state.runs_by_dag.get(dag_id, {})
-            ids = list(itertools.islice(reversed(runs), offset, offset + limit))
-            total = len(runs)
-            pending = [views.pending_summary(state, run_id) for run_id in ids]
-        return [run for run in map(views.summary_of, pending) if run is not None], total
-
     def get_run(self, run_id: str) -> client_pb2.RunDetail:
         with self.replica.lock:
             run = self.replica.state.run(run_id)

@@ -43,7 +43,7 @@ from ..api.auth import Caller
 from ..api.cluster import visible_to
 from ..core.model import Role
 from ..proto import client_pb2
-from . import session  # (session.py imports this module for login_page: names are read at call time)
+from . import reads, session  # (session.py imports this module for login_page: its names are read at call time)
 from .inputs import BadRequest, read_json
 
 if TYPE_CHECKING:
@@ -323,12 +323,13 @@ class Pages:
     def grid(self, request: Request, caller: Caller) -> Response:
         dag_id = request.path_params["dag_id"]
         dag = self.dag_header(dag_id)
-        summaries, total = self.ops.run_page(dag_id, (page_number(request) - 1) * RUNS_PER_PAGE, RUNS_PER_PAGE)
-        pages = pager(request, RUNS_PER_PAGE, total)
+        listed = reads.list_runs(self.ops, dag_id, RUNS_PER_PAGE, (page_number(request) - 1) * RUNS_PER_PAGE,
+                                 newest_first=True)
+        pages = pager(request, RUNS_PER_PAGE, listed.total)
         runs = []
-        for summary in reversed(summaries):   # oldest left, newest right, as Airflow's grid
+        for header in reversed(listed.runs):   # oldest left, newest right, as Airflow's grid
             try:
-                runs.append(self.ops.get_run(summary.run_id))
+                runs.append(self.ops.get_run(header.run_id))
             except errors.NotFound:            # pruned by retention meanwhile
                 continue
         task_ids = [t["task_id"] for t in json.loads(dag.spec_json)["tasks"]]
