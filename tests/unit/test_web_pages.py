@@ -295,7 +295,10 @@ def test_a_log_on_a_node_that_does_not_answer_is_503_naming_it(world: WebWorld) 
 def test_the_cluster_page_hides_addresses_from_non_admins(world: WebWorld) -> None:
     viewer = world.client("viewer").get("/cluster").text
     assert 'data-node-id="n2" data-role="unreachable"' in viewer
-    assert world.client("admin").get("/cluster").status_code == 200
+    assert 'data-web-url="http://127.0.0.1:8081"' in viewer      # every role may open another node's pages
+    assert "127.0.0.1:7001" not in viewer                          # (its gRPC address: admins only)
+    admin = world.client("admin").get("/cluster")
+    assert admin.status_code == 200 and "gRPC 127.0.0.1:7001" in admin.text
 
 
 def test_gantt_bars_span_the_run() -> None:
