@@ -42,6 +42,7 @@ from ..api import errors
 from ..api.auth import Caller
 from ..api.cluster import visible_to
 from ..core.model import Role
+from ..core.states import TASK_TERMINAL, RunState, TaskState
 from ..proto import client_pb2
 from . import reads, session  # (session.py imports this module for login_page: its names are read at call time)
 from .inputs import BadRequest, read_json
@@ -56,13 +57,17 @@ DAGS_PER_PAGE = 50          # rows of the DAG list (filtered first, then paged)
 RUNS_PER_PAGE = 25          # grid columns, and the run choices of a graph
 LAST_RUNS = 5               # coloured marks of a DAG's last runs in the list
 LOG_BYTES_PER_POLL = 256 * 1024   # a log poll answers at most this much (the next poll continues)
-ACTIVE_TASK_STATES = frozenset({"pending", "queued", "assigned", "running", "up_for_retry"})
-TERMINAL_RUN_STATES = frozenset({"success", "failed"})
-# Airflow's state colours (its UI's legend), so our users' eyes find what they know.
+# A task page follows its log while the task is in none of these; a run page offers cancel
+# while the run is in none of these.
+TASK_ENDED = frozenset(s.value for s in TASK_TERMINAL)
+RUN_ENDED = frozenset(s.value for s in RunState if s.terminal)
+# Airflow's state colours (its UI's legend), so our users' eyes find what they know
+# (static/raftflow.css has the same; a unit test checks every task state has one).
 STATE_COLOURS: dict[str, str] = {
-    "success": "#008000", "failed": "#ff0000", "running": "#32cd32", "queued": "#808080",
-    "assigned": "#a9a9a9", "pending": "#d3d3d3", "up_for_retry": "#ffd700", "upstream_failed": "#ffa500",
-    "skipped": "#ff69b4",
+    TaskState.SUCCESS.value: "#008000", TaskState.FAILED.value: "#ff0000", TaskState.RUNNING.value: "#32cd32",
+    TaskState.QUEUED.value: "#808080", TaskState.ASSIGNED.value: "#a9a9a9", TaskState.PENDING.value: "#d3d3d3",
+    TaskState.UP_FOR_RETRY.value: "#ffd700", TaskState.UPSTREAM_FAILED.value: "#ffa500",
+    TaskState.SKIPPED.value: "#ff69b4",
 }
 
 
@@ -229,15 +234,17 @@ class Pages:
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
             except session.Forbidden as e:
-                return self.error_page(request, 403, "Not allowed", str(e))
+                return self.error_page(request, 403, "Not allowed", e.message)
             try:
                 return await run_in_threadpool(handler, request, caller)
             except errors.NotFound as e:
                 return self.error_page(request, 404, "Not found", e.message, caller)
-            except (errors.Invalid, BadRequest) as e:
-                return self.error_page(request, 400, "Bad request", str(e), caller)
+            except BadRequest as e:
+                return self.error_page(request, e.status, "Bad request", e.message, caller)
             except errors.ServiceError as e:
-                return self.error_page(request, 503, "Not available now", e.message, caller)
+                status = _status(e)
+                title = "Bad request" if status == 400 else "Not available now" if status >= 500 else "Refused"
+                return self.error_page(request, status, title, e.message, caller)
             except Exception:
                 log.exception("page %s failed", request.url.path)
                 return self.error_page(request, 500, "Internal error",
@@ -245,27 +252,28 @@ class Pages:
                                        caller)
         return endpoint
 
-    def action(self, handler: Callable[[Request, Caller, dict[str, Any]], dict[str, Any]],
-               rpc: str) -> Callable[[Request], Awaitable[Response]]:
-        """A JSON write of the pages' script: authorised as `rpc`, the body a JSON object,
-        run as the caller; errors as {"detail": why} with the API's status codes."""
+    def json_endpoint(self, handler: Callable[[Request, Caller, dict[str, Any]], dict[str, Any]],
+                      rpc: str) -> Callable[[Request], Awaitable[Response]]:
+        """An endpoint of the pages' script: authorised as `rpc`; a write's body is a JSON
+        object and it runs as the caller; the answer is JSON, an error {"detail": why}
+        with the REST API's status for it."""
         async def endpoint(request: Request) -> Response:
             try:
                 caller = session.require(request, rpc)
-                body = await read_json(request) if await request.body() else {}
+                body = {} if request.method in session.SAFE_METHODS else await read_json(request)
                 with session.acting_as(caller):
                     answer = await run_in_threadpool(handler, request, caller, body)
-                return JSONResponse(answer)
+                return JSONResponse(answer, headers={"Cache-Control": "no-store"})
             except session.Unauthenticated as e:
-                return _json_error(401, str(e) or "not authenticated: log in again")
+                return _json_error(401, e.message)
             except session.Forbidden as e:
-                return _json_error(403, str(e))
+                return _json_error(403, e.message)
             except BadRequest as e:
                 return _json_error(e.status, e.message)
             except errors.ServiceError as e:
                 return _json_error(_status(e), e.message)
             except Exception:
-                log.exception("action %s failed", request.url.path)
+                log.exception("%s %s failed", request.method, request.url.path)
                 return _json_error(500, f"node {self.ctx.node_id} failed; its log has the details")
         return endpoint
 
@@ -363,7 +371,7 @@ class Pages:
         now = datetime.now(timezone.utc).timestamp()
         bars, span = gantt(run.tasks, now)
         return self.render(request, "run.html", caller, dag=dag, run=run, bars=bars, span=span, now=now,
-                           seconds_between=seconds_between, active=run.run.state not in TERMINAL_RUN_STATES)
+                           seconds_between=seconds_between, active=run.run.state not in RUN_ENDED)
 
     def task(self, request: Request, caller: Caller) -> Response:
         dag_id, run_id, task_id = (request.path_params[k] for k in ("dag_id", "run_id", "task_id"))
@@ -382,7 +390,7 @@ class Pages:
         now = datetime.now(timezone.utc).timestamp()
         return self.render(request, "task.html", caller, dag=dag, run=run, ti=ti, attempt=attempt, latest=not raw,
                            attempts=attempts, story=story, seconds_between=seconds_between, now=now,
-                           following=ti.state in ACTIVE_TASK_STATES)
+                           following=ti.state not in TASK_ENDED)
 
     def cluster(self, request: Request, caller: Caller) -> Response:
         status = visible_to(self.ctx.cluster_status(), caller.role == Role.ADMIN)
@@ -390,6 +398,18 @@ class Pages:
         return self.render(request, "cluster.html", caller, status=status, pools=pools)
 
     # -------------------------------------------------------------- JSON
+    def task_log(self, request: Request, caller: Caller, body: dict[str, Any]) -> dict[str, Any]:
+        """GET ?attempt=N (0: the latest) &from=CHUNK: the log's next piece (`log_chunks`)."""
+        numbers = []
+        for name in ("attempt", "from"):
+            raw = request.query_params.get(name, "0")
+            if not raw.isdigit():
+                raise BadRequest(f"{name} must be a whole number, not {raw[:40]!r}")
+            numbers.append(int(raw))
+        dag_id, run_id, task_id = (request.path_params[k] for k in ("dag_id", "run_id", "task_id"))
+        self.run_of(dag_id, run_id)
+        return self.log_chunks(run_id, task_id, *numbers)
+
     def log_chunks(self, run_id: str, task_id: str, attempt: int, first: int) -> dict[str, Any]:
         """An attempt's log (0: the latest) from chunk `first` on, at most about
         LOG_BYTES_PER_POLL: {"text", "next", "node", "attempt"}; the script polls again
@@ -480,31 +500,6 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
     async def dag_root(request: Request) -> Response:
         return RedirectResponse(path("dags", request.path_params["dag_id"], Tab.GRAPH.value), status_code=307)
 
-    async def task_log(request: Request) -> Response:
-        try:
-            session.require(request, "GetTaskLog")
-            numbers = []
-            for name in ("attempt", "from"):
-                raw = request.query_params.get(name, "0")
-                if not raw.isdigit():
-                    raise BadRequest(f"{name} must be a whole number, not {raw[:40]!r}")
-                numbers.append(int(raw))
-            run_id, task_id = request.path_params["run_id"], request.path_params["task_id"]
-            await run_in_threadpool(ui.run_of, request.path_params["dag_id"], run_id)
-            return JSONResponse(await run_in_threadpool(ui.log_chunks, run_id, task_id, *numbers),
-                                headers={"Cache-Control": "no-store"})
-        except session.Unauthenticated as e:
-            return _json_error(401, str(e) or "not authenticated: log in again")
-        except session.Forbidden as e:
-            return _json_error(403, str(e))
-        except BadRequest as e:
-            return _json_error(e.status, e.message)
-        except errors.ServiceError as e:
-            return _json_error(_status(e), e.message)
-        except Exception:
-            log.exception("log %s failed", request.url.path)
-            return _json_error(500, f"node {ctx.node_id} failed; its log has the details")
-
     dag = "/dags/{dag_id}"
     run = dag + "/runs/{run_id}"
     task = run + "/tasks/{task_id}"
@@ -520,10 +515,10 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         Route(run, ui.page(ui.run, "GetRun"), methods=["GET"]),
         Route(task, ui.page(ui.task, "GetRun"), methods=["GET"]),
         Route("/cluster", ui.page(ui.cluster, "ClusterStatus"), methods=["GET"]),
-        Route("/ui" + dag + "/trigger", ui.action(ui.trigger, "TriggerDag"), methods=["POST"]),
-        Route("/ui" + dag + "/paused", ui.action(ui.set_paused, "SetPaused"), methods=["POST"]),
-        Route("/ui" + run + "/cancel", ui.action(ui.cancel, "CancelRun"), methods=["POST"]),
-        Route("/ui" + task + "/clear", ui.action(ui.clear, "ClearTasks"), methods=["POST"]),
-        Route("/ui" + task + "/mark", ui.action(ui.mark, "MarkTask"), methods=["POST"]),
-        Route("/ui" + task + "/log", task_log, methods=["GET"]),
+        Route("/ui" + dag + "/trigger", ui.json_endpoint(ui.trigger, "TriggerDag"), methods=["POST"]),
+        Route("/ui" + dag + "/paused", ui.json_endpoint(ui.set_paused, "SetPaused"), methods=["POST"]),
+        Route("/ui" + run + "/cancel", ui.json_endpoint(ui.cancel, "CancelRun"), methods=["POST"]),
+        Route("/ui" + task + "/clear", ui.json_endpoint(ui.clear, "ClearTasks"), methods=["POST"]),
+        Route("/ui" + task + "/mark", ui.json_endpoint(ui.mark, "MarkTask"), methods=["POST"]),
+        Route("/ui" + task + "/log", ui.json_endpoint(ui.task_log, "GetTaskLog"), methods=["GET"]),
     ]

@@ -313,3 +313,13 @@ def test_gantt_bars_span_the_run() -> None:
     assert span == 20.0
     assert [(b.task_id, b.left, b.width) for b in bars] == [("a", 0.0, 50.0), ("b", 50.0, 50.0)]
     assert pages.duration(75) == "1m 15s" and pages.duration(3.25) == "3.2 s" and pages.duration(None) == ""
+
+
+def test_every_task_state_has_a_colour_in_the_legend_and_the_stylesheet() -> None:
+    from raftflow.core.states import TaskState
+
+    css = (Path(pages.__file__).parent / "static" / "raftflow.css").read_text()
+    for state in TaskState:
+        assert state.value in pages.STATE_COLOURS, state
+        assert f"--s-{state.value}: {pages.STATE_COLOURS[state.value]};" in css, state
+        assert f".s-{state.value} {{" in css, state
