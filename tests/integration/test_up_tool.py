@@ -18,10 +18,10 @@ pytestmark = pytest.mark.integration
 
 
 def _free_port_base(nodes: int = 3) -> int:
-    """A base P with P..P+n-1, P+100..P+100+n-1 and P+200..P+200+n-1 free (tools/up's layout)."""
+    """A base P with P..P+n-1, P+100.., P+200.. and P+300..P+300+n-1 free (tools/up's layout)."""
     for _ in range(200):
         base = random.randrange(20000, 40000)
-        ports = [base + offset + i for offset in (0, 100, 200) for i in range(nodes)]
+        ports = [base + offset + i for offset in (0, 100, 200, 300) for i in range(nodes)]
         try:
             for port in ports:
                 with socket.socket() as s:
@@ -48,6 +48,8 @@ def test_up_ssh_demo_runs_the_ssh_form_and_down_stops_everything(tmp_path):
         first = _up("--ssh-demo", "--data-dir", str(data), "--port-base", base)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         assert "started sshd (pid" in first.stdout
+        web = [f"https://127.0.0.1:{int(base) + 300 + i}" for i in range(3)]
+        assert f"The web UI and Airflow's REST API (/api/v2) on every node: {'  '.join(web)}" in first.stdout
         assert "triggered mlexpert_ssh_dag" in first.stdout and " SUCCESS in " in first.stdout, first.stdout
         sshd_pid = int((data / "sshd" / "sshd.pid").read_text())
         started = [sshd_pid] + [int((data / f"n{i}" / "pid").read_text()) for i in (1, 2, 3)]
@@ -56,6 +58,7 @@ def test_up_ssh_demo_runs_the_ssh_form_and_down_stops_everything(tmp_path):
         status = subprocess.run([sys.executable, "-m", "raftflow_cli.main", "cluster", "status"], capture_output=True,
                                 text=True, timeout=60, cwd=ROOT, env={**os.environ, "RAFTFLOW_DATA_DIR": str(data)})
         assert status.returncode == 0 and "leader: n" in status.stdout, status.stderr
+        assert all(url in status.stdout for url in web), status.stdout     # (the WEB column)
 
         again = _up("--ssh-demo", "--data-dir", str(data), "--port-base", base)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

@@ -226,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/up", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--port-base", type=int, default=50051,
-                        help="node i serves its client API on P+i-1, Raft on P+100+i-1 and its peer API on "
-                             "P+200+i-1 (default 50051)")
+                        help="node i serves its client API on P+i-1, Raft on P+100+i-1, its peer API on "
+                             "P+200+i-1 and its web UI and REST API on P+300+i-1 (default 50051)")
     parser.add_argument("--data-dir", default=".raftflow")
     parser.add_argument("--no-demo", action="store_true", help="start the cluster only")
     parser.add_argument("--ssh-demo", action="store_true",
