@@ -500,8 +500,10 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
     async def dag_root(request: Request) -> Response:
         return RedirectResponse(path("dags", request.path_params["dag_id"], Tab.GRAPH.value), status_code=307)
 
+    # A run id may hold "/" (Airflow's REST API lets a client choose it): the path
+    # convertor takes it, and each task route comes before its run route.
     dag = "/dags/{dag_id}"
-    run = dag + "/runs/{run_id}"
+    run = dag + "/runs/{run_id:path}"
     task = run + "/tasks/{task_id}"
     return [
         Route("/", root, methods=["GET"]),
@@ -512,8 +514,8 @@ def routes(ctx: WebContext) -> list[BaseRoute]:
         Route(dag + "/grid", ui.page(ui.grid, "ListRuns"), methods=["GET"]),
         Route(dag + "/code", ui.page(ui.code, "GetDag"), methods=["GET"]),
         Route(dag + "/details", ui.page(ui.details, "GetDag"), methods=["GET"]),
-        Route(run, ui.page(ui.run, "GetRun"), methods=["GET"]),
         Route(task, ui.page(ui.task, "GetRun"), methods=["GET"]),
+        Route(run, ui.page(ui.run, "GetRun"), methods=["GET"]),
         Route("/cluster", ui.page(ui.cluster, "ClusterStatus"), methods=["GET"]),
         Route("/ui" + dag + "/trigger", ui.json_endpoint(ui.trigger, "TriggerDag"), methods=["POST"]),
         Route("/ui" + dag + "/paused", ui.json_endpoint(ui.set_paused, "SetPaused"), methods=["POST"]),

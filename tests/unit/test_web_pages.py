@@ -323,3 +323,15 @@ def test_every_task_state_has_a_colour_in_the_legend_and_the_stylesheet() -> Non
         assert state.value in pages.STATE_COLOURS, state
         assert f"--s-{state.value}: {pages.STATE_COLOURS[state.value]};" in css, state
         assert f".s-{state.value} {{" in css, state
+
+
+def test_a_run_id_with_a_slash_has_its_pages(world: WebWorld) -> None:
+    run_id = world.ops.trigger("d", run_id="nightly/2024-01-10").run_id
+    viewer = world.client("viewer")
+    assert _url("dags", "d", "runs", run_id) == "/dags/d/runs/nightly%2F2024-01-10"
+    run = viewer.get(_url("dags", "d", "runs", run_id))
+    assert run.status_code == 200 and 'data-run-id="nightly/2024-01-10"' in run.text
+    assert viewer.get(_url("dags", "d", "runs", run_id, "tasks", "a")).status_code == 200
+    assert f'href="{_url("dags", "d", "runs", run_id, "tasks", "a")}"' in run.text
+    cancelled = world.client("operator").post(_url("ui", "dags", "d", "runs", run_id, "cancel"), json={})
+    assert cancelled.status_code == 200, cancelled.text

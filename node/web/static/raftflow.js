@@ -52,7 +52,7 @@
   function refresh() {
     if (refreshing || !liveParts.length) return Promise.resolve();
     refreshing = true;
-    return fetch(location.href, {credentials: "same-origin", headers: {"X-Raftflow-Live": "1"}})
+    return fetch(location.href, {credentials: "same-origin"})
       .then(function (response) {
         if (response.redirected && new URL(response.url).pathname === "/login") {
           say("Your session has ended: log in again to see live updates.", "lost",
@@ -69,7 +69,10 @@
           var changed = false;
           document.querySelectorAll("[data-live]").forEach(function (part) {
             var next = fresh.querySelector('[data-live="' + part.getAttribute("data-live") + '"]');
-            if (next && next.innerHTML !== part.innerHTML) {
+            // (a part whose field the user is in, e.g. an open run chooser, waits for the next round)
+            var focused = document.activeElement;
+            var busy = focused && focused.matches("input, select, textarea") && part.contains(focused);
+            if (next && !busy && next.innerHTML !== part.innerHTML) {
               part.innerHTML = next.innerHTML;
               changed = true;
             }
