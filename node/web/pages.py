@@ -321,9 +321,11 @@ class Pages:
         run = self.chosen_run(request, dag_id)
         shown = self.ops.get_dag(dag_id, run.run.dag_version) if run is not None and run.run.dag_version else dag
         spec = json.loads(shown.spec_json)
-        states = {ti.task_id: ti.state for ti in run.tasks} if run is not None else {}
+        instances = {ti.task_id: ti for ti in run.tasks} if run is not None else {}
         tasks = [{"id": t["task_id"], "kind": t["kind"], "upstream": list(t["upstream"]),
-                  "state": states.get(t["task_id"], "")} for t in spec["tasks"]]
+                  "state": instances[t["task_id"]].state if t["task_id"] in instances else "",
+                  "reason": instances[t["task_id"]].reason if t["task_id"] in instances else ""}
+                 for t in spec["tasks"]]
         recent = self.ops.list_runs(dag_id, RUNS_PER_PAGE).runs
         return self.render(request, "dag_graph.html", caller, tab=Tab.GRAPH, dag=dag, run=run, tasks=tasks,
                            recent=recent, shown_version=shown.shown_version)

@@ -69,7 +69,9 @@
       box.link.setAttribute("class", "node s-" + (state || "none"));
       if (href) box.link.setAttribute("href", href); else box.link.removeAttribute("href");
       box.sub.textContent = box.kind + (state ? " · " + state : "");
-      box.title.textContent = li.getAttribute("data-for-task") + ": " + (state || "no status");
+      var reason = li.getAttribute("data-reason");
+      box.title.textContent = li.getAttribute("data-for-task") + ": " + (state || "no status") +
+                              (reason ? " (" + reason + ")" : "");
     });
   }
   paint();
