@@ -390,6 +390,8 @@ def get_log(request: Request) -> Response:
     limit = MAX_FULL_LOG_RESPONSE if _bool_param(request, "full_content") else MAX_LOG_RESPONSE
     data, next_chunk, node = bytearray(), int(token), ""
     chunks = ctx.task_log(run_id, task_id, attempt, int(token))
+    if ctx.log_reads is not None:
+        chunks = ctx.log_reads.serve(chunks)
     try:
         for chunk in chunks:
             node = chunk.node or node

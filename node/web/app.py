@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ..api import cluster, errors
 from ..api.auth import Authenticator
 from ..api.cluster import Host
-from ..api.operations import Operations
+from ..api.operations import Operations, StreamLimit
 from ..config import ConfigError
 from ..proto import client_pb2
 from . import api_v2, pages, session
@@ -56,6 +56,8 @@ API_PREFIX = "/api/"
 # No request body the server accepts is larger (a trigger's conf is at most 64 KiB of
 # JSON); a larger Content-Length is refused before it is read.
 MAX_BODY_BYTES = 1024 * 1024
+# Log reads served at once (Starlette's thread pool has 40 threads).
+MAX_LOG_READS = 16
 # Headers every response carries unless it set its own.
 SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
@@ -91,6 +93,9 @@ class WebContext:
     https: bool
     cluster_status: Callable[[], client_pb2.ClusterStatusResponse]
     task_log: TaskLogReader
+    # Log reads at once (one from a peer that hangs holds a worker thread up to its
+    # timeout): past it, 429, so the other requests always find a thread.
+    log_reads: StreamLimit | None = None
 
     @classmethod
     def for_node(cls, host: Host, auth: Authenticator, https: bool, ops: Operations | None = None) -> WebContext:
@@ -101,6 +106,7 @@ class WebContext:
             cluster_status=lambda: cluster.cluster_status(host, ops, fanout),
             task_log=lambda run_id, task_id, attempt, first: cluster.task_log(host, ops, run_id, task_id, attempt,
                                                                               first),
+            log_reads=StreamLimit(host.cfg.node_id, MAX_LOG_READS),
         )
 
 
@@ -110,8 +116,8 @@ def is_api(request: Request) -> bool:
 
 def error_response(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """An error as the caller reads it: JSON {"detail"} for the API, a short HTML page otherwise."""
-    node_id = getattr(request.app.state, "ctx", None)
-    headers = {"x-raftflow-node": node_id.node_id, **(headers or {})} if node_id else headers
+    ctx = getattr(request.app.state, "ctx", None)
+    headers = {"x-raftflow-node": ctx.node_id, **(headers or {})} if ctx is not None else headers
     if is_api(request):
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
     page = (f"<!doctype html><html><head><meta charset=utf-8><title>raftflow: {status}</title></head>"
@@ -119,9 +125,16 @@ def error_response(request: Request, status: int, message: str, headers: dict[st
     return HTMLResponse(page, status_code=status, headers=headers)
 
 
+def status_of(error: errors.ServiceError) -> int:
+    """The HTTP status of an operation's error (its nearest class in STATUS)."""
+    return next((STATUS[kind] for kind in type(error).__mro__ if kind in STATUS), 500)
+
+
 async def _service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, errors.ServiceError)
-    return error_response(request, STATUS.get(type(exc), 500), exc.message)
+    status = status_of(exc)
+    # Unavailable: nothing changed, and an election or a catch-up ends within seconds.
+    return error_response(request, status, exc.message, {"retry-after": "1"} if status == 503 else None)
 
 
 async def _bad_request(request: Request, exc: Exception) -> Response:

@@ -1,8 +1,9 @@
 """Reads the web server needs beyond api/operations.py: pages of a long run history, a
 run with its DAG version, both taken under the replica lock for as little as possible.
 
-A listing takes, under the lock, the ids it shows (O(page), or O(runs of the DAG) for a
-filter by state) and each run's header as it stands: an active run's fields are copied,
+A listing takes, under the lock, the ids it shows (O(page); a filter by state looks at
+every run of the DAG, a finished one decoded once and then remembered by its archive
+record) and each run's header as it stands: an active run's fields are copied,
 a finished run's archive record is taken still encoded and decoded after the lock is
 released (as Operations.list_runs does); a run pruned in between is left out.
 
@@ -26,7 +27,7 @@ from ..core.states import RunState
 
 ALL_DAGS = "~"      # Airflow's "every DAG" in a path
 ACTIVE_STATES = frozenset({RunState.QUEUED, RunState.RUNNING})
-# A filter by state reads the runs' headers this many at a time, letting apply in between.
+# A filter by state reads the runs' states this many at a time, letting apply in between.
 HEADER_BATCH = 500
 
 Pending = Run | bytes    # a header copied under the lock, or an archive record to decode outside it
@@ -92,14 +93,53 @@ def list_runs(ops: Operations, dag_id: str, limit: int, offset: int, newest_firs
     if wanted <= ACTIVE_STATES:     # only active runs can be queued or running: no archive read
         with ops.replica.lock:
             active = ops.replica.state.active
-            matching = [replace(active[r], tasks={}) for r in run_ids if r in active and active[r].state in wanted]
-        return RunPage(matching[offset:offset + limit], len(matching))
-    headers: list[Run] = []
+            matching = [r for r in run_ids if r in active and active[r].state in wanted]
+            pending = _take(ops, matching[offset:offset + limit])
+        return RunPage([_header(p) for p in pending], len(matching))
+    state_of = _states_of(ops, run_ids)
+    matching = [run_id for run_id in run_ids if state_of.get(run_id) in wanted]
+    with ops.replica.lock:
+        pending = _take(ops, matching[offset:offset + limit])
+    return RunPage([_header(p) for p in pending], len(matching))
+
+
+# A finished run's state by its archive record's term (a sha256 of the record: the same
+# record, the same term, on every node; a run reopened and finished again gets a new
+# one). A filter by state decodes each finished run once, then answers from here.
+# Bounded: emptied when it reaches MAX_CACHED_STATES.
+_FINISHED_STATE: dict[int, RunState] = {}
+MAX_CACHED_STATES = 200_000
+
+
+def _states_of(ops: Operations, run_ids: Sequence[str]) -> dict[str, RunState]:
+    """Each run's state (a run pruned meanwhile is left out): active runs from memory,
+    finished ones from the cache or by decoding their record outside the lock, in
+    batches of HEADER_BATCH so that apply is not held up."""
+    out: dict[str, RunState] = {}
     for start in range(0, len(run_ids), HEADER_BATCH):
+        undecoded: list[tuple[str, bytes]] = []
         with ops.replica.lock:
-            pending = _take(ops, run_ids[start:start + HEADER_BATCH])
-        headers += [h for h in map(_header, pending) if h.state in wanted]
-    return RunPage(headers[offset:offset + limit], len(headers))
+            state = ops.replica.state
+            for run_id in run_ids[start:start + HEADER_BATCH]:
+                run = state.active.get(run_id)
+                if run is not None:
+                    out[run_id] = run.state
+                    continue
+                term = state.archive_terms.get(run_id)
+                known = _FINISHED_STATE.get(term) if term is not None else None
+                if known is not None:
+                    out[run_id] = known
+                elif run_id in state.run_index:
+                    record = state.archive.get(run_id)
+                    if record is not None:
+                        undecoded.append((run_id, record))
+        for run_id, record in undecoded:
+            data, term = decode_record(record)
+            out[run_id] = RunState(data["state"])
+            if len(_FINISHED_STATE) >= MAX_CACHED_STATES:
+                _FINISHED_STATE.clear()
+            _FINISHED_STATE[term] = out[run_id]
+    return out
 
 
 @dataclass(frozen=True, slots=True)

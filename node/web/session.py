@@ -172,7 +172,10 @@ async def _read_form(request: Request) -> dict[str, str]:
         body += chunk
         if len(body) > LOGIN_FORM_MAX_BYTES:
             return {}
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    except ValueError:    # more fields than a login form has
+        return {}
     return {key: values[0] for key, values in fields.items() if values}
 
 

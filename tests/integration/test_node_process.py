@@ -4,8 +4,10 @@ without TLS files unless told `insecure = true`."""
 from __future__ import annotations
 
 import socket
+import ssl
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -49,14 +51,14 @@ def _tls_node(tmp_path: Path) -> tuple[NodeConfig, Path]:
     """A one-node config with its secret and certificates, written to node.toml."""
     from raftflow import certs
 
-    grpc_port, raft_port, peer_port = free_ports(3)
+    grpc_port, raft_port, peer_port, http_port = free_ports(4)
     (tmp_path / "secret").write_text("x" * 32 + "\n")
     certs.init_dir(tmp_path / "tls")
     cert, key = certs.issue_in_dir(tmp_path / "tls", "solo", ["127.0.0.1"])
     cfg = NodeConfig(node_id="solo", grpc_address=f"127.0.0.1:{grpc_port}", raft_address=f"127.0.0.1:{raft_port}",
                      peer_address=f"127.0.0.1:{peer_port}", data_dir=tmp_path / "data",
                      secret_file=tmp_path / "secret", tls_cert_file=cert, tls_key_file=key,
-                     tls_ca_file=tmp_path / "tls" / "ca.pem")
+                     tls_ca_file=tmp_path / "tls" / "ca.pem", http_address=f"127.0.0.1:{http_port}")
     (tmp_path / "node.toml").write_text(to_toml(cfg))
     return cfg, tmp_path / "node.toml"
 
@@ -73,6 +75,18 @@ def test_node_refuses_to_start_when_its_peer_port_is_taken(tmp_path: Path):
     assert f"cannot listen on peer_address {cfg.peer_address}" in proc.stderr
 
 
+def test_node_refuses_to_start_when_its_web_port_is_taken(tmp_path: Path):
+    cfg, config = _tls_node(tmp_path)
+    host, port = cfg.http_address.rsplit(":", 1)
+    with socket.socket() as taken:
+        taken.bind((host, int(port)))
+        taken.listen()
+        proc = subprocess.run([sys.executable, "-m", "raftflow_cli.main", "node", "--config", str(config)],
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"cannot listen on http_address {cfg.http_address}" in proc.stderr
+
+
 def test_every_port_binds_exactly_its_address(tmp_path: Path):
     """Bound to 127.0.0.1, a port is closed on 127.0.0.2 (also this machine's loopback);
     a wildcard bind would accept there."""
@@ -80,12 +94,19 @@ def test_every_port_binds_exactly_its_address(tmp_path: Path):
     node = subprocess.Popen([sys.executable, "-m", "raftflow_cli.main", "node", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        ports = [int(a.rsplit(":", 1)[1]) for a in (cfg.grpc_address, cfg.peer_address, cfg.raft_address)]
-        wait_for(lambda: all(_accepts("127.0.0.1", p) for p in ports), 30, "the node to listen on its three ports")
+        addresses = (cfg.grpc_address, cfg.peer_address, cfg.raft_address, cfg.http_address)
+        ports = [int(a.rsplit(":", 1)[1]) for a in addresses]
+        wait_for(lambda: all(_accepts("127.0.0.1", p) for p in ports), 30, "the node to listen on its four ports")
         assert [p for p in ports if _accepts("127.0.0.2", p)] == []
+        # The web port speaks HTTPS with the node's certificate (trusted through the cluster's CA).
+        context = ssl.create_default_context(cafile=str(cfg.tls_ca_file))
+        with urllib.request.urlopen(f"https://{cfg.http_address}/api/v2/version", context=context, timeout=10) as r:
+            assert r.status == 200 and b'"version"' in r.read()
     finally:
         node.terminate()
         node.wait(30)
+    assert node.returncode == 0, node.stderr.read()[-2000:] if node.stderr else ""   # a clean stop, web server too
+    assert not _accepts("127.0.0.1", ports[-1])
 
 
 def _accepts(host: str, port: int) -> bool:

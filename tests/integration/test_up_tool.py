@@ -48,13 +48,13 @@ def test_up_ssh_demo_runs_the_ssh_form_and_down_stops_everything(tmp_path):
         first = _up("--ssh-demo", "--data-dir", str(data), "--port-base", base)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         assert "started sshd (pid" in first.stdout
-        web = [f"https://127.0.0.1:{int(base) + 300 + i}" for i in range(3)]
-        assert f"The web UI and Airflow's REST API (/api/v2) on every node: {'  '.join(web)}" in first.stdout
         assert "triggered mlexpert_ssh_dag" in first.stdout and " SUCCESS in " in first.stdout, first.stdout
         sshd_pid = int((data / "sshd" / "sshd.pid").read_text())
         started = [sshd_pid] + [int((data / f"n{i}" / "pid").read_text()) for i in (1, 2, 3)]
         # The CLI finds the cluster and its CA certificate (<data-dir>/ca.pem) by itself, as README's tour runs it.
         assert (data / "ca.pem").is_file()
+        web = [f"https://127.0.0.1:{int(base) + 300 + i}" for i in range(3)]
+        assert f"The web UI and Airflow's REST API (/api/v2) on every node: {'  '.join(web)}" in first.stdout
         status = subprocess.run([sys.executable, "-m", "raftflow_cli.main", "cluster", "status"], capture_output=True,
                                 text=True, timeout=60, cwd=ROOT, env={**os.environ, "RAFTFLOW_DATA_DIR": str(data)})
         assert status.returncode == 0 and "leader: n" in status.stdout, status.stderr

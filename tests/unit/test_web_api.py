@@ -5,6 +5,7 @@ changes nothing; unknown DAGs, runs and tasks are 404 with a message."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -393,3 +394,38 @@ def test_a_task_story(world: WebWorld) -> None:
     body = world.client("viewer").get(f"/api/v2/raftflow/dags/d/dagRuns/{run_id}/taskInstances/a/story").json()
     assert body["state"] == "success" and [e["after"] for e in body["events"]][-1] == "success"
     assert world.client("viewer").get("/api/v2/raftflow/pools").json()["pools"][0]["name"] == "default_pool"
+
+
+def test_a_state_filter_sees_a_finished_run_reopened_and_finished_again(world: WebWorld) -> None:
+    run_id = _failed_run(world)
+    assert world.replica.propose(c.FinishRun(run_id, "failed", T0 + 9)).ok
+    viewer = world.client("viewer")
+
+    def listed(state: str) -> list[str]:
+        return [r["dag_run_id"] for r in viewer.get(f"/api/v2/dags/d/dagRuns?state={state}").json()["dag_runs"]]
+
+    assert (listed("failed"), listed("success")) == ([run_id], [])     # (decoded, then remembered)
+    world.ops.clear_tasks(run_id, ["a"], True)                          # reopens the run
+    world.start_run(run_id)
+    world.run_task(run_id, "a", attempt=2)
+    world.run_task(run_id, "b")
+    assert world.replica.propose(c.FinishRun(run_id, "success", T0 + 20)).ok
+    assert (listed("failed"), listed("success")) == ([], [run_id])
+
+
+def test_log_reads_beyond_the_limit_are_429_and_free_their_slot(world: WebWorld) -> None:
+    from raftflow.api.operations import StreamLimit
+    from raftflow.web.app import build_app
+
+    run_id = _ran(world)
+    world.host.store.logs[(run_id, "a", 1)] = [b"x\n"]
+    limit = StreamLimit("n1", 1)
+    world.app = build_app(replace(world.ctx, log_reads=limit))
+    path = f"/api/v2/dags/d/dagRuns/{run_id}/taskInstances/a/logs/1"
+    holder = limit.serve(iter([1, 2]))
+    next(holder)                                        # one read in progress holds the only slot
+    busy = world.client("viewer").get(path)
+    assert busy.status_code == 429 and "already serves 1" in busy.json()["detail"]
+    holder.close()
+    for _ in range(3):                                  # each read gives its slot back
+        assert world.client("viewer").get(path).json()["content"] == [{"event": "x"}]

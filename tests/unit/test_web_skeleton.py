@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from starlette.requests import Request
@@ -101,6 +102,11 @@ def test_a_bad_token_shows_the_login_form_again_with_the_reason(world: WebWorld)
     assert "unknown or revoked token" in response.text and 'name="token"' in response.text.replace("=token", '="token"')
     empty = world.client().post("/login", data={"token": ""}, headers={"origin": BASE_URL})
     assert empty.status_code == 401 and "Paste a token" in empty.text
+    crowded = world.client().post("/login", data={f"f{i}": "x" for i in range(20)}, headers={"origin": BASE_URL})
+    assert crowded.status_code == 401 and "Paste a token" in crowded.text
+    huge = world.client().post("/login", content=b"token=" + b"x" * 20_000, headers={
+        "origin": BASE_URL, "content-type": "application/x-www-form-urlencoded"})
+    assert huge.status_code == 401 and "set-cookie" not in huge.headers
 
 
 def test_logout_clears_the_cookie(world: WebWorld) -> None:
@@ -238,3 +244,32 @@ def test_a_port_in_use_is_a_config_error(world: WebWorld) -> None:
             WebServer(build_app(world.ctx), first.address)
     finally:
         first.stop()
+
+
+def test_every_operation_error_has_its_status() -> None:
+    from raftflow.api import errors
+    from raftflow.web.app import STATUS, status_of
+
+    kinds = {errors.ServiceError, *errors.ServiceError.__subclasses__(), *errors.Unavailable.__subclasses__()}
+    assert kinds - {errors.ServiceError} <= set(STATUS), "an operation error without an HTTP status"
+    assert (status_of(errors.NoQuorum("x")), status_of(errors.Invalid("x"))) == (503, 400)
+
+
+def test_a_node_without_quorum_says_retry_and_changes_nothing(world: WebWorld) -> None:
+    world.replica.quorum = False
+    response = world.client("operator").patch("/api/v2/dags/d", json={"is_paused": True})
+    assert response.status_code == 503 and response.headers["retry-after"] == "1"
+    assert "no quorum" in response.json()["detail"] and not world.replica.state.dags["d"].paused
+    assert world.client().get("/api/v2/monitor/health").status_code == 503
+
+
+def test_a_chunked_body_is_cut_off_at_the_json_limit(world: WebWorld) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"is_paused": true, "pad": "'
+        for _ in range(64):
+            yield b"x" * 8192
+        yield b'"}'
+    response = world.client("operator").patch("/api/v2/dags/d", content=chunks(),
+                                              headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "larger than 262144 bytes" in response.json()["detail"]
+    assert not world.replica.state.dags["d"].paused
