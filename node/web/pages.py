@@ -419,6 +419,8 @@ class Pages:
         parts: list[bytes] = []
         size, following, node, shown = 0, first, "", attempt
         chunks: Iterator[client_pb2.LogChunk] = iter(self.ctx.task_log(run_id, task_id, attempt, first))
+        if self.ctx.log_reads is not None:   # (the node's bound on log reads at once: Exhausted, 429, past it)
+            chunks = self.ctx.log_reads.serve(chunks)
         try:
             for chunk in chunks:
                 node, shown = chunk.node or node, chunk.attempt or shown

@@ -17,6 +17,7 @@ from core_support import T0, dag_dict, task
 from raftflow.api.operations import DagFile
 from raftflow.core import commands as c
 from raftflow.web import pages
+from raftflow.web.app import MAX_LOG_READS
 from web_support import WebWorld, dag_file
 
 HOSTILE = '<script>alert("owned")</script>'
@@ -335,3 +336,20 @@ def test_a_run_id_with_a_slash_has_its_pages(world: WebWorld) -> None:
     assert f'href="{_url("dags", "d", "runs", run_id, "tasks", "a")}"' in run.text
     cancelled = world.client("operator").post(_url("ui", "dags", "d", "runs", run_id, "cancel"), json={})
     assert cancelled.status_code == 200, cancelled.text
+
+
+def test_log_polls_count_against_the_nodes_bound_on_log_reads(world: WebWorld) -> None:
+    run_id = _run(world)
+    for cmd in (c.StartRun(run_id, T0), c.QueueTask(run_id, "a", T0), c.AssignTask(run_id, "a", "n1", 1, T0)):
+        assert world.replica.propose(cmd).ok
+    world.host.store.logs[(run_id, "a", 1)] = [b"x\n"]
+    assert world.ctx.log_reads is not None
+    taken = [world.ctx.log_reads.serve(iter([1])) for _ in range(MAX_LOG_READS)]
+    for reader in taken:
+        next(reader)                                   # every slot held
+    url = _url("ui", "dags", "d", "runs", run_id, "tasks", "a", "log")
+    busy = world.client("viewer").get(url, params={"attempt": "1", "from": "0"})
+    assert busy.status_code == 429 and "log streams" in busy.json()["detail"]
+    for reader in taken:
+        reader.close()
+    assert world.client("viewer").get(url, params={"attempt": "1", "from": "0"}).json()["text"] == "x\n"
