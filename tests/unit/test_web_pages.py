@@ -353,3 +353,14 @@ def test_log_polls_count_against_the_nodes_bound_on_log_reads(world: WebWorld) -
     for reader in taken:
         reader.close()
     assert world.client("viewer").get(url, params={"attempt": "1", "from": "0"}).json()["text"] == "x\n"
+
+
+def test_the_vendored_layout_library_is_the_published_file_with_its_licence() -> None:
+    import hashlib
+
+    vendor = Path(pages.__file__).parent / "static" / "vendor"
+    table = (vendor / "README.md").read_text()
+    library = vendor / "dagre-3.1.3" / "dagre.min.js"
+    assert hashlib.sha256(library.read_bytes()).hexdigest() in table
+    assert "Permission is hereby granted, free of charge" in (vendor / "dagre-3.1.3" / "LICENSE").read_text()
+    assert '<script src="/static/vendor/dagre-3.1.3/dagre.min.js">' in (pages.TEMPLATES / "dag_graph.html").read_text()
