@@ -256,6 +256,8 @@ def test_a_viewer_sees_no_trigger_and_a_forged_trigger_gets_403(world: World) ->
     assert "viewer" in answer["detail"], answer
     status, answer = world.fetch("POST", f"/ui/dags/{DAG}/paused", {"paused": True})
     assert status == 403, answer
+    status, answer = world.fetch("POST", f"/api/v2/dags/{DAG}/dagRuns", {"logical_date": None, "conf": {}})
+    assert status == 403, answer                     # (the REST API's trigger, with the same session)
     assert world.runs() == before
 
 
