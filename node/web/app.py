@@ -260,6 +260,9 @@ class WebServer:
             self._socket.close()
             raise ConfigError(f"cannot serve HTTPS on http_address {address} with {cert_file} / {key_file}: {e}") \
                 from None
+        # uvicorn's "Started server process" lines would name the node process as a server of
+        # its own; the node logs where its web server is. Its errors (tracebacks) still show.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name="web", daemon=True)
 
