@@ -13,7 +13,7 @@ request by the equivalent Client RPC's role (api/auth.py's REQUIRED_ROLE), and
 writes run `session.acting_as` the caller (so runs and stories name the token).
 
 Live updates: a page marks the parts that change with `data-live="NAME"`; the script
-re-fetches the page's own URL about once a second and swaps those parts in place
+re-fetches the page's own URL every 0.75 s and swaps those parts in place
 (no reload). Buttons a role may not use are not rendered; the server refuses the
 request anyway. Errors: unknown DAG/run/task is a 404 page naming it, bad input a
 400 saying what was wrong; an unexpected failure is logged and shown as a 500 page
