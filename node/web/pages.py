@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Sequence
 from urllib.parse import quote, urlencode
 
 import jinja2
@@ -56,6 +56,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 DAGS_PER_PAGE = 50          # rows of the DAG list (filtered first, then paged)
 RUNS_PER_PAGE = 25          # grid columns, and the run choices of a graph
 LAST_RUNS = 5               # coloured marks of a DAG's last runs in the list
+TIMELINE_STORIES = 200      # a run of at most this many tasks shows every attempt (one story read per task)
 LOG_BYTES_PER_POLL = 256 * 1024   # a log poll answers at most this much (the next poll continues)
 # A task page follows its log while the task is in none of these; a run page offers cancel
 # while the run is in none of these.
@@ -176,29 +177,62 @@ def pager(request: Request, size: int, total: int) -> Pager:
 
 
 @dataclass(frozen=True, slots=True)
-class GanttBar:
+class Span:
+    """One attempt of a task on the timeline."""
     task_id: str
-    state: str
+    attempt: int
+    node: str
+    state: str            # how it ended, or "running"
+    start: float
+    end: float | None     # None: still running
+
+
+def attempt_spans(ti: client_pb2.TaskInstanceInfo,
+                  story: Sequence[client_pb2.StoryEvent] | None) -> list[Span]:
+    """Every attempt of the task that started, read from its story (each move into
+    `running` opens one, the attempt's next move out of it closes it); without a story
+    (a run too large to read every task's), the current attempt from the task instance."""
+    if story is None:
+        begun, ended = _parse_iso(ti.started_at), _parse_iso(ti.ended_at)
+        if begun is None:
+            return []
+        return [Span(ti.task_id, ti.attempt, ti.node, ti.state, begun.timestamp(),
+                     ended.timestamp() if ended else None)]
+    spans: list[Span] = []
+    running: dict[int, tuple[float, str]] = {}
+    for event in story:
+        at = _parse_iso(event.at)
+        if at is None:
+            continue
+        if event.after == TaskState.RUNNING.value:
+            running[event.attempt] = (at.timestamp(), event.node)
+        elif event.before == TaskState.RUNNING.value and event.attempt in running:
+            start, node = running.pop(event.attempt)
+            spans.append(Span(ti.task_id, event.attempt, node, event.after, start, at.timestamp()))
+    if ti.attempt in running and ti.state == TaskState.RUNNING.value:
+        start, node = running[ti.attempt]
+        spans.append(Span(ti.task_id, ti.attempt, node, ti.state, start, None))
+    # (an attempt whose end fell out of the story's last entries is left out)
+    return spans
+
+
+@dataclass(frozen=True, slots=True)
+class GanttBar:
+    span: Span
     left: float      # percent of the timeline
     width: float
 
 
-def gantt(tasks: Iterable[client_pb2.TaskInstanceInfo], now: float) -> tuple[list[GanttBar], float]:
-    """Bars of the run's attempts that started (from start to end, or to now), and the
-    timeline's length in seconds."""
-    spans = []
-    for ti in tasks:
-        start = _parse_iso(ti.started_at)
-        if start is None:
-            continue
-        end = _parse_iso(ti.ended_at)
-        spans.append((ti.task_id, ti.state, start.timestamp(), end.timestamp() if end else now))
+def gantt(spans: Sequence[Span], now: float) -> tuple[list[GanttBar], float]:
+    """The spans as bars on one timeline (a running one to `now`), in order of start,
+    and the timeline's length in seconds."""
     if not spans:
         return [], 0.0
-    first = min(s[2] for s in spans)
-    total = max(max(s[3] for s in spans) - first, 1e-3)
-    return [GanttBar(t, st, 100 * (a - first) / total, max(100 * (b - a) / total, 0.5))
-            for t, st, a, b in spans], total
+    first = min(s.start for s in spans)
+    total = max(max(now if s.end is None else s.end for s in spans) - first, 1e-3)
+    return [GanttBar(s, 100 * (s.start - first) / total,
+                     max(100 * ((now if s.end is None else s.end) - s.start) / total, 0.5))
+            for s in sorted(spans, key=lambda s: (s.start, s.task_id))], total
 
 
 # ------------------------------------------------------------------ the pages
@@ -371,8 +405,11 @@ class Pages:
         dag = self.dag_header(dag_id)
         run = self.run_of(dag_id, run_id)
         now = datetime.now(timezone.utc).timestamp()
-        bars, span = gantt(run.tasks, now)
+        stories = ({ti.task_id: list(self.ops.task_story(run_id, ti.task_id).events) for ti in run.tasks}
+                   if len(run.tasks) <= TIMELINE_STORIES else {})
+        bars, span = gantt([s for ti in run.tasks for s in attempt_spans(ti, stories.get(ti.task_id))], now)
         return self.render(request, "run.html", caller, dag=dag, run=run, bars=bars, span=span, now=now,
+                           every_attempt=bool(stories) or not run.tasks,
                            seconds_between=seconds_between, active=run.run.state not in RUN_ENDED)
 
     def task(self, request: Request, caller: Caller) -> Response:

@@ -303,17 +303,30 @@ def test_the_cluster_page_hides_addresses_from_non_admins(world: WebWorld) -> No
 
 
 def test_gantt_bars_span_the_run() -> None:
-    from raftflow.proto import client_pb2
-
-    tasks = [client_pb2.TaskInstanceInfo(task_id="a", state="success", started_at="2024-01-01T00:00:00+00:00",
-                                         ended_at="2024-01-01T00:00:10+00:00"),
-             client_pb2.TaskInstanceInfo(task_id="b", state="running", started_at="2024-01-01T00:00:10+00:00"),
-             client_pb2.TaskInstanceInfo(task_id="c", state="pending")]
-    now = pages._parse_iso("2024-01-01T00:00:20+00:00").timestamp()   # type: ignore[union-attr]
-    bars, span = pages.gantt(tasks, now)
+    spans = [pages.Span("a", 1, "n1", "failed", 100.0, 110.0), pages.Span("a", 2, "n2", "running", 110.0, None),
+             pages.Span("b", 1, "n1", "success", 105.0, 108.0)]
+    bars, span = pages.gantt(spans, now=120.0)
     assert span == 20.0
-    assert [(b.task_id, b.left, b.width) for b in bars] == [("a", 0.0, 50.0), ("b", 50.0, 50.0)]
+    assert [(b.span.task_id, b.span.attempt, b.left, b.width) for b in bars] == [
+        ("a", 1, 0.0, 50.0), ("b", 1, 25.0, 15.0), ("a", 2, 50.0, 50.0)]
     assert pages.duration(75) == "1m 15s" and pages.duration(3.25) == "3.2 s" and pages.duration(None) == ""
+
+
+def test_the_run_page_shows_every_attempt_from_the_stories(world: WebWorld) -> None:
+    run_id = _run(world)
+    moves = [c.StartRun(run_id, T0), c.QueueTask(run_id, "a", T0), c.AssignTask(run_id, "a", "n2", 1, T0),
+             c.TaskStarted(run_id, "a", 1, "n2", T0 + 1),
+             c.TaskFinished(run_id, "a", 1, "n2", 1, T0 + 1, T0 + 5, "", "exit 1", T0 + 5),
+             c.ClearTasks(run_id, ("a",), False, "", T0 + 6), c.QueueTask(run_id, "a", T0 + 6),
+             c.AssignTask(run_id, "a", "n3", 2, T0 + 6), c.TaskStarted(run_id, "a", 2, "n3", T0 + 7)]
+    for move in moves:
+        result = world.replica.propose(move)
+        assert result.ok, (move, result.reason)
+    page = world.client("viewer").get(_url("dags", "d", "runs", run_id)).text
+    bars = re.findall(r'class="gantt-bar s-(\w+)" data-task-id="a" data-attempt="(\d)"', page)
+    assert bars == [("failed", "1"), ("running", "2")]
+    assert "every attempt that started" in page
+    assert 'title="a attempt 2 on n3: running"' in page
 
 
 def test_every_task_state_has_a_colour_in_the_legend_and_the_stylesheet() -> None:
