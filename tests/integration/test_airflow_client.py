@@ -7,6 +7,9 @@ cluster's CA (ssl_ca_cert) and nothing else changes."""
 
 from __future__ import annotations
 
+import ssl
+import urllib.error
+import urllib.request
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,9 +39,25 @@ def _submit(cluster: Any, folder: Path) -> None:
 
 
 def _token(cluster: Any, name: str, role: str) -> str:
+    """A new token's secret, once every node's web API lets it in (a node applies the
+    CreateToken a moment after the one that committed it)."""
     with closing(cluster.client()) as admin:
         secret: str = admin.create_token(name, role)["secret"]
+    context = None if cluster.insecure else ssl.create_default_context(cafile=str(cluster.ca_path))
+    for node in cluster.nodes:
+        url = cluster.web_url(node.node_id) + "/api/v2/raftflow/whoami"
+        wait_for(lambda: _lets_in(url, secret, context), timeout=10, what=f"{node.node_id} to know token {name}")
     return secret
+
+
+def _lets_in(url: str, token: str, context: ssl.SSLContext | None) -> bool:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=5) as response:
+            return bool(response.status == 200)
+    except urllib.error.HTTPError as e:
+        assert e.code == 401, e
+        return False
 
 
 def _api(host: str, token: str, ca: Path | None = None) -> af.ApiClient:
