@@ -18,7 +18,7 @@ def test_every_bench_scenario_runs_and_reports_figures():
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["scenario"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
     assert set(results) == {"raft", "election", "demo", "failover", "steady", "chain", "fanout", "empty",
-                            "cron_scale", "history"}
+                            "cron_scale", "history", "ui"}
     figures = [results["raft"]["via_leader"], results["raft"]["via_follower"],
                results["election"]["kill_to_new_leader"], results["demo"]["trigger_to_end"],
                results["failover"]["leader_kill_to_next_task_start"],
@@ -41,6 +41,11 @@ def test_every_bench_scenario_runs_and_reports_figures():
     assert steady["samples"] >= 2 and min(20, steady["runs_created"]) <= steady["runs_kept"] <= 22
     assert steady["runs_created"] >= steady["runs_kept"]
     assert 0 < steady["rss_mib_first"] <= steady["rss_mib_max"]
+    ui = results["ui"]
+    assert ui["dags"] == 100 and ui["runs_of_one_dag"] == 1000
+    for page in ("dag_list", "dag_list_filtered", "grid_newest", "grid_oldest", "graph", "run"):
+        assert ui[page]["n"] >= 1 and 0 < ui[page]["median_ms"] <= ui[page]["max_ms"] and ui[page]["bytes"] > 0, page
+    assert 0 < ui["page_weight"]["dag_list_first_load_bytes"] < 500_000
     sizes = results["history"]["sizes"]
     assert [s["finished_task_instances"] for s in sizes] == [0, 10_000]
     assert sizes[1]["runs"] == 1000 and sizes[1]["snapshot_bytes"] > sizes[0]["snapshot_bytes"]

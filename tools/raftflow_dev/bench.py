@@ -15,6 +15,9 @@ Scenarios:
   history   0, 100k and 1M finished task instances in history (--quick: 0, 10k):
             the scheduler's cost per tick, a node's RSS, and its time from start
             to ready (see bench_history).
+  ui        the web UI at 1,000 DAGs and 10,000 runs of one DAG (--quick: 100, 1,000):
+            median response times of the DAG list, grid, graph and run pages, and
+            the bytes of a first visit (see bench_ui; in-process, no cluster).
   status_load  300 queued runs of a 1,000-task DAG: a probe's write latency while
             `cluster status` is called back to back, by 1 and by 64 callers (see
             bench_status; minutes long, so not part of `all`).
@@ -43,6 +46,7 @@ from raftflow_cli.main import TERMINAL
 from .bench_history import rss_mib, scenario_history
 from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
 from .bench_status import scenario_status_load
+from .bench_ui import scenario_ui
 from .local import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -286,7 +290,7 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 # Scenarios `all` leaves out (long, heavy): run by name.
 BY_NAME_ONLY: dict[str, Callable[[Bench], dict[str, Any]]] = {"status_load": scenario_status_load}
 # Scenarios that set up their own clusters.
-STANDALONE: dict[str, Callable[[bool, int], dict[str, Any]]] = {"history": scenario_history}
+STANDALONE: dict[str, Callable[[bool, int], dict[str, Any]]] = {"history": scenario_history, "ui": scenario_ui}
 
 
 def _print_table(result: dict[str, Any]) -> None:
