@@ -7,3 +7,4 @@ BEARER = "Bearer "
 NO_QUORUM = "x-raftflow-no-quorum"   # trailing metadata, "1", on UNAVAILABLE from a node that reaches no majority
 REQUEST_ID = "x-raftflow-request-id"   # request metadata on a write: the client's id of it, kept across retries
 MIN_APPLIED = "x-raftflow-min-applied"   # request metadata on a read: the highest ReadMeta.last_applied the client saw
+APPLIED = "x-raftflow-applied"   # trailing metadata on a call's answer: the Raft index this node had applied by then

@@ -182,6 +182,12 @@ class Operations:
         return client_pb2.ReadMeta(served_by=self.node_id, last_applied=applied,
                                    possibly_stale=status.leader_id is None or not status.has_quorum)
 
+    def applied_index(self) -> int:
+        """The Raft index of the last command this replica applied (after a write returns:
+        at least the write's own)."""
+        with self.replica.lock:
+            return self.replica.state.applied_index
+
     def caught_up(self, min_index: int, wait: float = READ_CATCH_UP_WAIT) -> None:
         """Return once this replica has applied the Raft index `min_index` (waiting up to
         `wait` seconds), else Unavailable: a client that already read state at that index

@@ -15,7 +15,10 @@ A write passes on the client's request id (metadata REQUEST_ID, checked here by
 `request_id`), so that its retries apply once (core/requests.py). A call with
 MIN_APPLIED (the highest `ReadMeta.last_applied` its client has seen) is answered
 only once this node has applied that far (`Operations.caught_up`): a client's reads
-never go back in time when it moves to another node.
+never go back in time when it moves to another node. Every answer carries APPLIED
+(trailing metadata: the index this node had applied when it answered, so after a
+write, at least the write's own), which the client adds to what it has seen: its next
+read, on any node, sees its own writes.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from ..worker.worker import Assignment
 from . import cluster, errors
 from .auth import current_caller
 from .cluster import Host
-from .metadata import ANSWERED_BY, MIN_APPLIED, NO_QUORUM, REQUEST_ID
+from .metadata import ANSWERED_BY, APPLIED, MIN_APPLIED, NO_QUORUM, REQUEST_ID
 from .operations import DagFile, Operations, StreamLimit
 
 # A client stream (watch, log) holds a server thread for its whole life; beyond this
@@ -73,6 +76,7 @@ def _handled(method: Handler) -> Handler:
             result = method(self, request, context)
             if hasattr(result, "__next__"):
                 return _stream_guard(result, context, self.node_id)
+            context.set_trailing_metadata(((APPLIED, str(self.ops.applied_index())),))
             return result
         except errors.ServiceError as e:
             abort(context, self.node_id, e)

@@ -129,3 +129,17 @@ def test_a_read_reports_the_index_its_data_was_read_at_not_a_later_one(
     monkeypatch.setattr(n1.replica, "status", status_after_another_write)
     assert pools(ClusterClient([n1.address], insecure=True)) == (3, index)
     assert applied_meanwhile == [index + 1]
+
+
+def test_a_client_reads_its_own_write_on_any_node(cluster: tuple[MemoryCluster, list[Node]]) -> None:
+    """The write's answer carries the index its node had applied; the client's next read
+    skips a node that has not got that far."""
+    twins, (n1, n2, n3) = cluster
+    set_pool(twins, 3)
+    n2.replica.lagging = True
+    client = ClusterClient([n1.address, n2.address, n3.address], insecure=True)
+    client.call("SetPool", client_pb2.SetPoolRequest(name="p", slots=9))
+    assert client.seen_applied == n1.replica.state.applied_index > 0
+    client.prefer(1)                              # the next read asks the lagging n2 first
+    assert pools(client) == (9, n1.replica.state.applied_index)
+    assert n2.replica.state.pools["p"] == 3

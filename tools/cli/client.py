@@ -5,7 +5,9 @@ answers UNAVAILABLE (no leader/quorum there) moves on to the next. Reads are
 monotonic for a client object: it sends the highest `ReadMeta.last_applied` it has
 seen (metadata MIN_APPLIED), and a node that has not applied that far waits a
 moment, then answers UNAVAILABLE, so the client moves on to one that has: a read
-never returns older state than a read before it, whichever node answers.
+never returns older state than a read before it, whichever node answers. A write's
+answer says how far its node had applied (trailing APPLIED), and the client counts
+that as seen too: its next read sees its own write, whichever node answers.
 
 Writes (`WRITES`) survive elections: each call gets a request id (a uuid4, sent as
 metadata REQUEST_ID and kept across its retries), and is retried with it, across the
@@ -48,6 +50,7 @@ from google.protobuf.json_format import MessageToDict
 
 from raftflow.api.metadata import (  # (a module free of imports)
     ANSWERED_BY,  # trailing metadata on every error a node sends
+    APPLIED,
     AUTHORIZATION,
     BEARER,
     MIN_APPLIED,
@@ -140,7 +143,7 @@ class ClusterClient:
                                     "the system's CA certificates" if ca_pem is None else "the given CA")
         self._channels: dict[str, grpc.Channel] = {}
         self._preferred = 0
-        self.seen_applied = 0       # the highest ReadMeta.last_applied a read returned (monotonic reads)
+        self.seen_applied = 0       # the highest index a read reflected or a write was answered at
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -279,8 +282,14 @@ class ClusterClient:
 
     def _invoke(self, address: str, method: str, request: Any, metadata: tuple[tuple[str, str], ...],
                 timeout: float) -> Any:
-        """One call of `method` on one node."""
-        return getattr(self._stub(address), method)(request, timeout=timeout, metadata=metadata)
+        """One call of `method` on one node. The node's answer says how far it had applied
+        (trailing APPLIED): after a write, the client's next reads wait for that (read
+        your writes, on any node)."""
+        response, call = getattr(self._stub(address), method).with_call(request, timeout=timeout, metadata=metadata)
+        applied = dict(call.trailing_metadata() or ()).get(APPLIED, "")
+        if isinstance(applied, str) and applied.isdigit():
+            self.seen_applied = max(self.seen_applied, int(applied))
+        return response
 
     def stream(self, method: str, request: Any) -> Iterator[Any]:
         """A server stream (no deadline) from the first node that can be reached."""
