@@ -99,6 +99,14 @@ def test_skip_on_exit_code_depends_on_past_and_variables(tmp_path: Path) -> None
         listed = cli.json("variables", "list")["variables"]
         assert {v["key"]: v["value"] for v in listed} == {"cfg": '{"n": 3}', "db_password": "hunter22",
                                                            "table": "orders"}, "an admin sees every value"
+        viewer = cli.json("tokens", "create", "watcher", "--role", "viewer")["secret"]
+        as_viewer = Cli(cluster)
+        as_viewer.env["RAFTFLOW_TOKEN"] = viewer
+        masked = {v["key"]: v["value"] for v in as_viewer.json("variables", "list")["variables"]}
+        assert masked == {"cfg": '{"n": 3}', "db_password": "***", "table": "orders"}
+        assert as_viewer("variables", "get", "db_password").stdout == "***\n"
+        refused = as_viewer("variables", "set", "table", "x")
+        assert refused.returncode != 0 and "SetVariable needs role operator" in refused.stderr, refused.stderr
         dags = tmp_path / "vars_dag.py"
         dags.write_text(VARS_DAG)
         assert cli("dags", "submit", str(dags)).returncode == 0
