@@ -143,10 +143,11 @@ def check_archivable(run: Run, *added: str) -> None:
 
 # ------------------------------------------------------------ the planner's moves
 def note_waiting(state: State, cmd: c.NoteWaiting) -> Result:
-    """No move: why a queued task waits (shown by `runs show`)."""
+    """No move: why a queued task waits (shown by `runs show`), or a pending one whose
+    upstream tasks are done (it waits for the previous run: depends_on_past)."""
     run, ti = task_of(state, cmd.run_id, cmd.task_id)
-    if ti.state is not TaskState.QUEUED:
-        raise Rejected(Code.CONFLICT, f"{run.run_id}/{ti.task_id} is {ti.state.value}, not queued")
+    if ti.state not in (TaskState.QUEUED, TaskState.PENDING):
+        raise Rejected(Code.CONFLICT, f"{run.run_id}/{ti.task_id} is {ti.state.value}, not queued or pending")
     if not isinstance(cmd.reason, str):
         raise Rejected(Code.INVALID, "reason must be a string")
     ti.reason = cmd.reason
@@ -214,15 +215,17 @@ def task_finished(state: State, cmd: c.TaskFinished) -> Result:
     if result_error:
         raise Rejected(Code.INVALID, result_error)
     outcome = Finished(cmd)
+    how = f"attempt {cmd.attempt} exit {cmd.exit_code}"
     if cmd.exit_code == 0:
         target = TaskState.SUCCESS
+    elif kind(spec.kind).skipped_by(spec, cmd.exit_code):
+        target, how = TaskState.SKIPPED, f"{how}: skipped (exit code in skip_on_exit_code)"
     elif ti.tries_failed < spec.retries:
         target = TaskState.UP_FOR_RETRY
         outcome = Finished(cmd, cmd.at + spec.retry_delay_after(ti.tries_failed + 1, run.run_id))
     else:
         target = TaskState.FAILED
-    return moved(state, plan_move(AUTOMATIC, run, ti, target, outcome, cmd.at,
-                                  f"attempt {cmd.attempt} exit {cmd.exit_code}",
+    return moved(state, plan_move(AUTOMATIC, run, ti, target, outcome, cmd.at, how,
                                   hint=f"no start claim committed for attempt {cmd.attempt}: "))
 
 

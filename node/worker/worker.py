@@ -68,16 +68,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ConfigError, SSHConnection, TaskUser
-from ..core import commands as c
-from ..core.model import RESULT_LIMIT
+from ..core import commands as c, past
+from ..core.context import template_context, uses_variables
+from ..core.model import RESULT_LIMIT, Run
 from ..core.result import Code, Result
-from ..core.spec import TaskSpec
+from ..core.spec import DagSpec, TaskSpec
+from ..core.state import State
+from ..core.variables import MASK, secrets_of
 from ..kinds import KINDS, AttemptInput, CannotStart, Launch, kind
 from ..raft.replica import Unavailable, propose_until_decided
 from ..store.local import LocalStore
 from .lease import Lease, Reaper
 from .render import RenderError
 from .renderer import RenderInterrupted, RenderPool, process_identity
+from .trigger import Parent, trigger_and_wait
 
 log = logging.getLogger("raftflow.worker")
 
@@ -119,6 +123,27 @@ class AttemptSetup:
     # The task's spec, where its kind reads its own fields (python_callable, ssh_conn_id,
     # ...). None: a spec made of the assignment alone (kind, command, env).
     task: TaskSpec | None = None
+    # Values the task log must not show (sensitive Variables, core/variables.py): each is
+    # stored as *** (`Masker`).
+    secrets: tuple[str, ...] = ()
+    tries_failed: int = 0     # the task's attempts that failed so far (a trigger_dagrun's try)
+
+
+def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt: int, node_id: str,
+                  connections: tuple[SSHConnection, ...] = ()) -> AttemptSetup:
+    """An attempt's setup from the replica (the caller holds its lock): the context, with
+    the Variables as of now only if a template of the task may read them (O(variables),
+    bounded by variables.MAX_TOTAL_BYTES), this node's connections' public fields, and
+    the secrets to mask in its log."""
+    templates = [task.command, *(v for _k, v in task.env), *_templated_fields(task).values()]
+    context = template_context(
+        run, spec, task.task_id, attempt, node_id,
+        variables=state.variables if uses_variables(*templates) else None,
+        connections={conn.name: {"conn_type": "ssh", "host": conn.host, "port": conn.port, "login": conn.user,
+                                 "schema": ""} for conn in connections},
+        prev_success=past.previous_success(state, run))
+    return AttemptSetup(context, task.execution_timeout, task, secrets_of(state.variables),
+                        run.tasks[task.task_id].tries_failed)
 
 
 # The files an attempt's scratch folder holds for the worker: its published result
@@ -137,6 +162,43 @@ class _Prepared:
     setup: AttemptSetup
     deadline: float | None = None
     reason: str = ""
+    rendered: dict[str, str] = field(default_factory=dict)   # the kind's templated_fields, rendered
+
+
+class Masker:
+    """Replaces the given secrets with *** in a stream of output chunks, also when one
+    is split across chunks: it holds back the last (longest secret - 1) bytes, and never
+    cuts through an occurrence, until more output or `flush` (so a live log lags by at
+    most that many bytes). Longer secrets are replaced first (Airflow's masker does so)."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self._secrets = sorted({s.encode() for s in secrets if s}, key=len, reverse=True)
+        self._hold = max((len(s) for s in self._secrets), default=1) - 1
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self._secrets:
+            return chunk
+        data = self._pending + chunk
+        cut = max(0, len(data) - self._hold)
+        for secret in self._secrets:   # never cut inside an occurrence
+            start = data.find(secret, max(0, cut - len(secret) + 1))
+            while 0 <= start < cut:
+                if start + len(secret) > cut:
+                    cut = start
+                    break
+                start = data.find(secret, start + 1)
+        self._pending = data[cut:]
+        return self._mask(data[:cut])
+
+    def flush(self) -> bytes:
+        data, self._pending = self._pending, b""
+        return self._mask(data)
+
+    def _mask(self, data: bytes) -> bytes:
+        for secret in self._secrets:
+            data = data.replace(secret, MASK.encode())
+        return data
 
 
 @dataclass
@@ -145,6 +207,7 @@ class _Attempt:
     thread: threading.Thread | None = None
     process: subprocess.Popen | None = None
     started_at: float = 0.0
+    secrets: tuple[str, ...] = ()  # masked in its log (AttemptSetup.secrets)
     fenced: bool = False          # killed because the lease lapsed
     stopped: str = ""             # why a timeout or cancel stopped it (said in the log and the result)
     kill_timer: threading.Timer | None = None
@@ -156,7 +219,8 @@ class Worker:
                  propose: Callable[[c.Command, float], Result],
                  lease_duration: float, reaper: Reaper | None = None,
                  setup: Callable[[Assignment], AttemptSetup] | None = None,
-                 connections: tuple[SSHConnection, ...] = (), run_as: TaskUser | None = None) -> None:
+                 connections: tuple[SSHConnection, ...] = (), run_as: TaskUser | None = None,
+                 run_state: Callable[[str], tuple[str, str] | None] | None = None) -> None:
         """`scratch`: a folder that is this worker's alone, outside the node's data (config
         `scratch`); whatever is in it at start is a previous process's and is removed.
         `setup` reads an attempt's template context and timeout from this node's replica;
@@ -164,6 +228,8 @@ class Worker:
         processes run as (config run_as_user; None or this process's user: no switch).
         Raises ConfigError if the scratch folder cannot be used."""
         self._connections = {conn.name: conn for conn in connections}
+        # run id -> (dag_id, state) from this node's replica, or None (in-node kinds read it)
+        self._run_state = run_state or (lambda run_id: None)
         self._task_user = run_as if run_as is not None and run_as.uid != os.geteuid() else None
         self._node_home = os.environ.get("HOME") or _home_of(os.geteuid())
         self.node_id = node_id
@@ -370,7 +436,10 @@ class Worker:
                 self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id, refusal, time.time()))
             return
         tail = bytearray()
-        if attempt.process is None:
+        if attempt.process is None and not prepared.reason and kind(a.kind).in_node:
+            exit_code, reason = self._run_in_node(attempt, prepared, tail)
+            published = ""
+        elif attempt.process is None:
             reason, published = prepared.reason, ""
             exit_code = 1 if reason.startswith("cannot render") else 127
             self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {reason}\n".encode())
@@ -384,17 +453,21 @@ class Worker:
         reason it fails. Interrupted (stopped, fenced, shutting down): `_start` refuses."""
         a = attempt.assignment
         setup = self._setup(a)
+        attempt.secrets = setup.secrets
         prepared = _Prepared(a.command, dict(a.env), setup)
         timeout_note = ""
         if setup.execution_timeout is not None:
             prepared.deadline = time.monotonic() + setup.execution_timeout
             timeout_note = f"execution_timeout of {setup.execution_timeout:g}s reached while rendering"
+        fields = _templated_fields(setup.task)
         try:
             rendered = self.renderers.render(
-                [("command", a.command), *((f"env value {k}", v) for k, v in a.env.items())], setup.context,
+                [("command", a.command), *((f"env value {k}", v) for k, v in a.env.items()),
+                 *((name, value) for name, value in fields.items())], setup.context,
                 prepared.deadline, lambda: bool(attempt.stopped) or attempt.fenced or self._stopping.is_set(),
                 timeout_note)
-            prepared.command, prepared.env = rendered[0], dict(zip(a.env, rendered[1:]))
+            prepared.command, prepared.env = rendered[0], dict(zip(a.env, rendered[1:1 + len(a.env)]))
+            prepared.rendered = dict(zip(fields, rendered[1 + len(a.env):]))
         except RenderError as e:
             prepared.reason = str(e)
         except RenderInterrupted:
@@ -416,6 +489,8 @@ class Worker:
                 refusal = f"stopped before it started: {attempt.stopped}"
             if refusal or prepared.reason:
                 return refusal
+            if kind(a.kind).in_node:
+                return ""    # runs on this thread (`_run_in_node`), no process
             setup = prepared.setup
             try:
                 launch = kind(a.kind).launch(AttemptInput(
@@ -423,12 +498,17 @@ class Worker:
                     command=prepared.command, env=prepared.env, context=setup.context,
                     variables=self._attempt_variables(a), node_id=self.node_id,
                     reason_file=str(attempt_dir / REASON_FILE), connections=self._connections,
-                    attempt_dir=str(attempt_dir)))
+                    attempt_dir=str(attempt_dir), rendered=prepared.rendered))
                 user = None if launch.as_node_user else self._task_user
                 self._fill_scratch(attempt_dir, launch, user)
+                cwd = attempt_dir / launch.cwd   # (an absolute cwd replaces the folder)
+                if not cwd.is_dir():
+                    raise CannotStart(f"cwd {launch.cwd!r} is not a directory on node {self.node_id}"
+                                      + ("" if Path(launch.cwd).is_absolute() else
+                                         " (a relative cwd is taken inside the attempt's scratch folder)"))
                 attempt.process = subprocess.Popen(
                     list(launch.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    start_new_session=True, cwd=attempt_dir,
+                    start_new_session=True, cwd=cwd,
                     env={**self._environment(a, launch, attempt_dir / RESULT_FILE), **launch.extra_env},
                     **process_identity(user),
                 )
@@ -437,6 +517,32 @@ class Worker:
             except OSError as e:
                 prepared.reason = f"could not start {a.kind}: {e}"
         return ""
+
+    def _run_in_node(self, attempt: _Attempt, prepared: _Prepared, tail: bytearray) -> tuple[int, str]:
+        """An in-node kind's attempt (trigger_dagrun: worker/trigger.py) on this thread,
+        stopped like a process by a cancel, its execution_timeout, a lapsed lease or
+        the node's shutdown."""
+        a, setup = attempt.assignment, prepared.setup
+        assert setup.task is not None
+
+        def say(line: str) -> None:
+            data = f"{line}\n".encode()
+            self._store.append_log(a.run_id, a.task_id, a.attempt, data)
+            tail.extend(data)
+            del tail[:-LOG_TAIL_BYTES]
+
+        def stopped() -> str:
+            if attempt.fenced or self._stopping.is_set():
+                return "the node is shutting down" if self._stopping.is_set() else "this node's lease lapsed"
+            return attempt.stopped
+
+        log.info("running %s/%s attempt %d in the node (%s)", a.run_id, a.task_id, a.attempt, a.kind)
+        exit_code, reason = trigger_and_wait(
+            setup.task, prepared.rendered, Parent(a.run_id, a.task_id, setup.tries_failed + 1), self._propose,
+            self._run_state, say, stopped, self._stopping, prepared.deadline)
+        if reason and not attempt.stopped:
+            say(f"raftflow: {reason}")
+        return exit_code, reason
 
     def _follow(self, attempt: _Attempt, attempt_dir: Path, prepared: _Prepared,
                 tail: bytearray) -> tuple[int, str, str]:
@@ -529,25 +635,33 @@ class Worker:
         poller.register(fd, select.POLLIN)
         storing = True
         drain_until: float | None = None
+        masker = Masker(attempt.secrets)
+
+        def keep(chunk: bytes) -> None:
+            nonlocal storing
+            if storing and chunk:
+                storing = self._store.append_log(a.run_id, a.task_id, a.attempt, chunk)
+            tail.extend(chunk)
+            del tail[:-LOG_TAIL_BYTES]
+
         while True:
             if drain_until is None and self._may_stop_reading(attempt, process.pid):
                 drain_until = time.monotonic() + DRAIN_SECONDS
             if drain_until is not None:
                 left = drain_until - time.monotonic()
                 if left <= 0 or not poller.poll(left * 1000):
+                    keep(masker.flush())
                     self._store.append_note(a.run_id, a.task_id, a.attempt, (
                         "raftflow: stopped reading the output: the attempt's process exited, but a process it "
                         "started outside its process group (setsid?) still holds the output open\n").encode())
                     break
             elif not poller.poll(_PUMP_POLL_MS):
                 continue
-            chunk = os.read(fd, READ_CHUNK)
-            if not chunk:
+            raw = os.read(fd, READ_CHUNK)
+            if not raw:
+                keep(masker.flush())
                 break
-            if storing:
-                storing = self._store.append_log(a.run_id, a.task_id, a.attempt, chunk)
-            tail += chunk
-            del tail[:-LOG_TAIL_BYTES]
+            keep(masker.feed(raw))
         process.stdout.close()
 
     def _claim(self, a: Assignment, at: float) -> tuple[str, bool]:
@@ -616,7 +730,7 @@ class Worker:
         the variables the kind names in `launch.node_variables` (for the ssh runner, raftflow's
         own code: exactly its connection's password_env/passphrase_env). The node's secrets,
         its RAFTFLOW_* settings, other connections' passwords never reach a task."""
-        env = self._base_environment(as_task_user=not launch.as_node_user)
+        env = {} if launch.replace_env else self._base_environment(as_task_user=not launch.as_node_user)
         env.update({name: os.environ[name] for name in launch.node_variables if name in os.environ})
         env.update(launch.task_env)
         env["RAFTFLOW_RESULT_FILE"] = str(result_file)
@@ -632,6 +746,13 @@ class Worker:
             "RAFTFLOW_NODE_ID": self.node_id,
             "RAFTFLOW_LOGICAL_DATE": a.logical_date,
         }
+
+
+def _templated_fields(task: TaskSpec | None) -> dict[str, str]:
+    """What the task's kind renders beside the command: name -> template."""
+    if task is None or task.kind not in KINDS:
+        return {}
+    return KINDS[task.kind].templates(task)
 
 
 def _home_of(uid: int) -> str:
