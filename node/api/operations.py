@@ -545,20 +545,22 @@ class Operations:
         """One variable; a sensitive key's value is *** unless `reveal` (the caller is an admin)."""
         with self.replica.lock:
             value = self.replica.state.variables.get(key)
+            at = self.replica.state.applied_index
         if value is None:
             error = variables.key_error(key)
             raise errors.NotFound(f"{error}" if error else f"no variable {clip(key)}; `raftflow variables list` "
                                                            "shows them")
         variable = _variable(key, value, reveal)
-        variable.meta.CopyFrom(self.meta())
+        variable.meta.CopyFrom(self.meta(at))
         return variable
 
     def list_variables(self, reveal: bool) -> client_pb2.ListVariablesResponse:
         """Every variable, sorted by key (copied under the lock: at most MAX_TOTAL_BYTES)."""
         with self.replica.lock:
             items = sorted(self.replica.state.variables.items())
+            at = self.replica.state.applied_index
         return client_pb2.ListVariablesResponse(variables=[_variable(k, v, reveal) for k, v in items],
-                                                meta=self.meta())
+                                                meta=self.meta(at))
 
     def delete_variable(self, key: str, request_id: str = "") -> client_pb2.DeleteVariableResponse:
         def build() -> c.Command:
