@@ -34,6 +34,7 @@ WAIT = 20.0          # seconds a page condition may take (a run of mlexpert_dag 
 
 selenium = pytest.importorskip("selenium", reason="selenium is in the test extra: tools/test installs it")
 from selenium import webdriver  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
@@ -61,7 +62,11 @@ class World:
         self.browser.get(self.url(path, node))
 
     def until(self, condition: Callable[[WebDriver], Any], what: str, timeout: float = WAIT) -> Any:
-        return WebDriverWait(self.browser, timeout).until(condition, message=f"waited {timeout}s for {what}")
+        """Wait for `condition`. The live parts of a page are swapped in place every 0.75 s,
+        so an element found by a condition may be replaced before it is read: that try
+        counts as not yet, and the condition is asked again."""
+        wait = WebDriverWait(self.browser, timeout, ignored_exceptions=(StaleElementReferenceException,))
+        return wait.until(condition, message=f"waited {timeout}s for {what}")
 
     def all(self, css: str) -> list[Any]:
         return self.browser.find_elements(By.CSS_SELECTOR, css)
