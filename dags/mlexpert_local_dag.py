@@ -1,10 +1,11 @@
-"""mlexpert_dag: the example from the notes raftflow started from.
+"""mlexpert_local_dag: the example from the notes raftflow started from, run on the nodes.
 
 In Airflow it ran two spark-submit jobs on the Hadoop name node over SSH, in
-parallel, for the run's date, then a third job once both had finished. Here the
-jobs are stand-ins that print what they would submit and take a few seconds, so
-the demo shows the two in parallel on different nodes and the third after both.
-(Its SSH form, with a real connection, is mlexpert_ssh_dag.py.)
+parallel, for the run's date, then a third job once both had finished (that file,
+unchanged, is mlexpert_dag.py; `tools/up --ssh-demo` runs it). Here the jobs are
+bash stand-ins that print what they would submit and take a few seconds, so the
+plain `tools/up` demo, with no SSH host, shows the two in parallel on different
+nodes and the third after both.
 """
 
 from datetime import datetime
@@ -18,7 +19,7 @@ SPARK_SUBMIT = (
 )
 
 with DAG(
-    "mlexpert_dag",
+    "mlexpert_local_dag",
     schedule="@daily",
     start_date=datetime(2026, 1, 1),
     catchup="none",
