@@ -151,7 +151,7 @@ class BaseTask:
             spec[key] = value.total_seconds() if isinstance(value, timedelta) else value
         task_kind = kind(self.kind)
         own = (["command"] if task_kind.takes_command else []) + list(task_kind.fields)
-        spec.update({name: getattr(self, name) for name in own})
+        spec.update({name: getattr(self, name) for name in own if hasattr(self, name)})   # (else the kind's default)
         return spec
 
     # a >> b : b runs after a.  Lists work on either side.

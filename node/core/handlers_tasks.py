@@ -214,15 +214,17 @@ def task_finished(state: State, cmd: c.TaskFinished) -> Result:
     if result_error:
         raise Rejected(Code.INVALID, result_error)
     outcome = Finished(cmd)
+    how = f"attempt {cmd.attempt} exit {cmd.exit_code}"
     if cmd.exit_code == 0:
         target = TaskState.SUCCESS
+    elif kind(spec.kind).skipped_by(spec, cmd.exit_code):
+        target, how = TaskState.SKIPPED, f"{how}: skipped (exit code in skip_on_exit_code)"
     elif ti.tries_failed < spec.retries:
         target = TaskState.UP_FOR_RETRY
         outcome = Finished(cmd, cmd.at + spec.retry_delay_after(ti.tries_failed + 1, run.run_id))
     else:
         target = TaskState.FAILED
-    return moved(state, plan_move(AUTOMATIC, run, ti, target, outcome, cmd.at,
-                                  f"attempt {cmd.attempt} exit {cmd.exit_code}",
+    return moved(state, plan_move(AUTOMATIC, run, ti, target, outcome, cmd.at, how,
                                   hint=f"no start claim committed for attempt {cmd.attempt}: "))
 
 

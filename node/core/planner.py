@@ -244,48 +244,74 @@ def _misfire_grace(spec: DagSpec, tick: float) -> float:
 
 def trigger_verdict(run: Run, task: TaskSpec) -> tuple[TaskState | None, str]:
     """What a pending task's trigger rule makes of its upstream tasks' states, as in
-    Airflow: QUEUED (run it), UPSTREAM_FAILED or SKIPPED (with why), or None (wait)."""
+    Airflow (ti_deps/deps/trigger_rule_dep.py, with flag_upstream_failed): QUEUED (run
+    it), UPSTREAM_FAILED or SKIPPED (with why), or None (wait). The verdict table is
+    pinned in tests/unit/test_trigger_rules.py."""
     rule = task.trigger_rule
     if rule == "always" or not task.upstream:
         return TaskState.QUEUED, ""
     states = [run.tasks[u].state for u in task.upstream]
     total = len(states)
     success = sum(s is TaskState.SUCCESS for s in states)
-    failed = sum(s in (TaskState.FAILED, TaskState.UPSTREAM_FAILED) for s in states)
+    failed_own = sum(s is TaskState.FAILED for s in states)
+    failed = failed_own + sum(s is TaskState.UPSTREAM_FAILED for s in states)
     skipped = sum(s is TaskState.SKIPPED for s in states)
     done = success + failed + skipped == total
+    go: tuple[TaskState | None, str] = (TaskState.QUEUED, "")
+    wait: tuple[TaskState | None, str] = (None, "")
     if rule == "all_success":
         if failed:
             return TaskState.UPSTREAM_FAILED, "an upstream task failed"
         if skipped:
             return TaskState.SKIPPED, "an upstream task was skipped"
-        return (TaskState.QUEUED, "") if done else (None, "")
+        return go if done else wait
     if rule == "all_failed":
         if success or skipped:
             return TaskState.SKIPPED, "an upstream task did not fail (trigger rule all_failed)"
-        return (TaskState.QUEUED, "") if done else (None, "")
+        return go if done else wait
     if rule == "all_done":
-        return (TaskState.QUEUED, "") if done else (None, "")
+        return go if done else wait
     if rule == "one_success":
         if success:
-            return TaskState.QUEUED, ""
+            return go
         if not done:
-            return None, ""
+            return wait
         if skipped == total:
             return TaskState.SKIPPED, "every upstream task was skipped (trigger rule one_success)"
         return TaskState.UPSTREAM_FAILED, "no upstream task succeeded (trigger rule one_success)"
     if rule == "one_failed":
         if failed:
-            return TaskState.QUEUED, ""
-        return (TaskState.SKIPPED, "no upstream task failed (trigger rule one_failed)") if done else (None, "")
+            return go
+        return (TaskState.SKIPPED, "no upstream task failed (trigger rule one_failed)") if done else wait
+    if rule == "one_done":   # a success or a failure of its own (upstream_failed does not count)
+        if success or failed_own:
+            return go
+        return (TaskState.SKIPPED, "no upstream task succeeded or failed (trigger rule one_done)") if done \
+            else wait
     if rule == "none_failed":
         if failed:
             return TaskState.UPSTREAM_FAILED, "an upstream task failed (trigger rule none_failed)"
-        return (TaskState.QUEUED, "") if done else (None, "")
+        return go if done else wait
+    if rule == "none_failed_min_one_success":
+        if failed:
+            return TaskState.UPSTREAM_FAILED, "an upstream task failed (trigger rule none_failed_min_one_success)"
+        if skipped == total:
+            return TaskState.SKIPPED, "every upstream task was skipped (trigger rule none_failed_min_one_success)"
+        return go if done else wait
     if rule == "none_skipped":
         if skipped:
             return TaskState.SKIPPED, "an upstream task was skipped (trigger rule none_skipped)"
-        return (TaskState.QUEUED, "") if done else (None, "")
+        return go if done else wait
+    if rule == "all_skipped":
+        if success or failed:
+            return TaskState.SKIPPED, "an upstream task was not skipped (trigger rule all_skipped)"
+        return go if done else wait
+    if rule == "all_done_min_one_success":
+        if skipped:
+            return TaskState.SKIPPED, "an upstream task was skipped (trigger rule all_done_min_one_success)"
+        if done and not success:
+            return TaskState.UPSTREAM_FAILED, "no upstream task succeeded (trigger rule all_done_min_one_success)"
+        return go if done else wait
     raise ValueError(f"unknown trigger rule {rule!r}")   # spec validation makes this unreachable
 
 

@@ -33,7 +33,10 @@ DEFAULT_POOL = "default_pool"     # exists without being created, with DEFAULT_P
 DEFAULT_POOL_SLOTS = 128
 DEFAULT_QUEUE = "default"         # the queue every node serves unless configured otherwise
 TRIGGER_RULES = ("all_success", "all_failed", "all_done", "one_success", "one_failed", "none_failed",
-                 "none_skipped", "always")
+                 "none_skipped", "always", "none_failed_min_one_success", "all_skipped", "one_done",
+                 "all_done_min_one_success")
+# Airflow's older names for rules above: a spec may use them; they are stored as the rule they name.
+TRIGGER_RULE_ALIASES = {"none_failed_or_skipped": "none_failed_min_one_success", "dummy": "always"}
 CATCHUP_POLICIES = ("all", "latest", "none")
 SCHEDULE_PRESETS = {
     "@hourly": "0 * * * *",
@@ -99,7 +102,11 @@ class TaskSpec:
 
     def arg(self, name: str) -> Any:
         """The value of one of its kind's fields (raftflow/kinds/), wherever it is stored."""
-        return getattr(self, name) if name in _OWN_FIELDS else self.args[name]
+        if name in _OWN_FIELDS:
+            return getattr(self, name)
+        if name in self.args:
+            return self.args[name]
+        return KINDS[self.kind].fields[name]   # a spec made before its kind had this field
 
     def retry_delay_after(self, failures: int, key: str) -> float:
         """Seconds before the next attempt, once `failures` attempts failed (>= 1).
@@ -344,8 +351,8 @@ def _kind_of(raw: dict[str, Any], here: str) -> TaskKind:
     if kind.takes_command and (not isinstance(command, str) or not command.strip()):
         raise SpecError(f"{here}: this {name} task needs a non-empty command string")
     for other in KINDS.values():
-        theirs = [f for f in other.fields if f not in kind.fields]
-        if other is not kind and any(raw.get(f) for f in theirs):
+        theirs = [f for f in other.fields if f not in kind.fields and raw.get(f)]   # (those set)
+        if other is not kind and theirs:
             verb = "belong" if len(theirs) > 1 else "belongs"
             raise SpecError(f"{here}: {' and '.join(theirs)} {verb} to {other.name} tasks, not {name}")
     return kind
@@ -369,6 +376,8 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
     if not isinstance(upstream, list) or not all(isinstance(u, str) for u in upstream):
         raise SpecError(f"{here}: upstream must be a list of task ids")
     trigger_rule = raw.get("trigger_rule", "all_success")
+    if isinstance(trigger_rule, str):
+        trigger_rule = TRIGGER_RULE_ALIASES.get(trigger_rule, trigger_rule)
     if trigger_rule not in TRIGGER_RULES:
         raise SpecError(f"{here}: unknown trigger_rule {clip(trigger_rule)}; known: {', '.join(TRIGGER_RULES)}")
     env = raw.get("env") or {}
@@ -402,9 +411,19 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
         pool=_name(raw, "pool", DEFAULT_POOL, here),
         pool_slots=_int(raw, "pool_slots", 1, here, minimum=1),
         queue=_name(raw, "queue", DEFAULT_QUEUE, here),
-        args={k: v for k, v in kind_values.items() if k not in _OWN_FIELDS},
+        # (a field at its kind's default is left out: `arg` supplies it, and specs made
+        # before the field existed read and digest the same)
+        args={k: v for k, v in kind_values.items() if k not in _OWN_FIELDS and not _is_default(kind, k, v)},
         **{k: v for k, v in kind_values.items() if k in _OWN_FIELDS},
     )
+
+
+def _is_default(kind: TaskKind, name: str, value: Any) -> bool:
+    default = kind.fields.get(name, _NO_DEFAULT)
+    return type(value) is type(default) and value == default
+
+
+_NO_DEFAULT = object()
 
 
 def _check_id(value: Any, what: str) -> str:

@@ -21,7 +21,9 @@ class TaskState(str, Enum):
     SUCCESS = "success"
     FAILED = "failed"
     UPSTREAM_FAILED = "upstream_failed"
-    SKIPPED = "skipped"            # not run: its run was cancelled or timed out
+    # not run (its trigger rule could not be met; its run was cancelled or timed out), or
+    # ran and exited with one of its skip_on_exit_code (Airflow's AirflowSkipException)
+    SKIPPED = "skipped"
 
     @property
     def terminal(self) -> bool:

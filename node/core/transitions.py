@@ -4,8 +4,9 @@ run moves that go with them (archive, reopen, forget).
 Each table maps `(start, finish)` to `_transition_<start>_<finish>`-style functions
 (after dask's worker_state_machine). A command names the table it moves by:
 
-- `AUTOMATIC`: the planner's and the workers' moves (queue, assign, start, result,
-  upstream failed, skip, an empty task's success);
+- `AUTOMATIC`: the planner's and the workers' moves (queue, assign, start, result -
+  success, retry, failed, or skipped by an exit code in skip_on_exit_code -, upstream
+  failed, skip, an empty task's success);
 - `LOSS`: the attempt died with its node (LoseAttempt, NodeStarted);
 - `CANCEL`: its run was cancelled (CancelRun, dagrun_timeout);
 - `CLEAR` and `MARK`: by hand (`tasks clear`, `tasks mark`).
@@ -146,6 +147,13 @@ def _transition_running_success(state: State, run: Run, ti: TaskInstance, result
     return NONE
 
 
+def _transition_running_skipped(state: State, run: Run, ti: TaskInstance, result: Finished) -> tuple[Effect, ...]:
+    """Ended itself as skipped (its exit code is one of skip_on_exit_code): not a failure,
+    so no retry is used; downstream tasks see a skipped upstream (Airflow's rules)."""
+    _record_result(ti, result)
+    return NONE
+
+
 def _transition_running_not_success(state: State, run: Run, ti: TaskInstance,
                                     result: Finished) -> tuple[Effect, ...]:
     """Failed on its own: counts against its retries (up_for_retry carries retry_at)."""
@@ -165,6 +173,7 @@ AUTOMATIC: Table = {
     (T.RUNNING, T.SUCCESS): _transition_running_success,
     (T.RUNNING, T.UP_FOR_RETRY): _transition_running_not_success,
     (T.RUNNING, T.FAILED): _transition_running_not_success,   # exit != 0 with no retries left
+    (T.RUNNING, T.SKIPPED): _transition_running_skipped,      # exit code in skip_on_exit_code
 }
 
 
@@ -256,8 +265,9 @@ TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset().union(AUT
 # ------------------------------------------------------------ runs
 def run_outcome(run: Run, spec: DagSpec) -> RunState:
     """A finished run's state, as in Airflow: failed if any leaf task (one with no
-    downstream task) failed or is upstream_failed, else success. So a cleanup task
-    with trigger_rule all_done that succeeds after a failure makes the run succeed."""
+    downstream task) failed or is upstream_failed, else success (leaves that succeeded
+    or were skipped). So a cleanup task with trigger_rule all_done that succeeds after
+    a failure makes the run succeed, and a run whose leaves were all skipped succeeds."""
     leaves = {t.task_id for t in spec.tasks} - {u for t in spec.tasks for u in t.upstream}
     bad = (TaskState.FAILED, TaskState.UPSTREAM_FAILED)
     return RunState.FAILED if any(run.tasks[t].state in bad for t in leaves) else RunState.SUCCESS

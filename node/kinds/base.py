@@ -57,6 +57,8 @@ class AttemptInput:
     reason_file: str                   # where a runner may leave a one-line reason for its failure
     connections: Mapping[str, SSHConnection] = field(default_factory=dict)   # this node's SSH connections
     attempt_dir: str = ""              # the attempt's scratch folder: its cwd, where `Launch.files` are written
+    # The kind's `templated_fields` (string values), rendered with the attempt's context.
+    rendered: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,14 @@ class Launch:
     # raftflow's own runners that run no user code locally (the ssh runner: it must read
     # the connection's key file, which the task user must not be able to).
     as_node_user: bool = False
+    # The process's working directory: "" for the attempt's scratch folder; a relative
+    # path is taken inside that folder, an absolute one as it is. It must exist (the
+    # attempt fails with the reason if not).
+    cwd: str = ""
+    # True: the node's base variables (PATH, HOME, LANG, LC_ALL) are left out, the
+    # process gets only its task_env and raftflow's variables (Airflow's BashOperator
+    # with `env` and append_env=False).
+    replace_env: bool = False
 
 
 class TaskKind:
@@ -96,11 +106,19 @@ class TaskKind:
     fields: ClassVar[Mapping[str, Any]] = {}
     # False: it runs nothing; the planner completes it once its trigger rule holds.
     runs_on_a_node: ClassVar[bool] = True
+    # Its fields whose string values are Jinja2 templates, rendered for each attempt
+    # beside the command (AttemptInput.rendered).
+    templated_fields: ClassVar[tuple[str, ...]] = ()
 
     def parse(self, raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         """The validated values of this kind's `fields` in a raw task dict (`env` is
         the task's env, already checked to map strings to strings). Raises InvalidArgs."""
         return {name: raw.get(name, default) for name, default in self.fields.items()}
+
+    def skipped_by(self, task: TaskSpec, exit_code: int) -> bool:
+        """Whether an attempt that exited with `exit_code` (not 0) ends the task skipped
+        instead of failed (Airflow's skip_on_exit_code). Pure: apply asks it."""
+        return False
 
     def can_run_on(self, task: TaskSpec, node: NodeOffer) -> bool:
         """Whether `node` (which serves the task's queue) is able to run this task."""

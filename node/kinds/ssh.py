@@ -5,6 +5,7 @@ RAFTFLOW_SSH_* variables set here. It runs only on nodes that have the connectio
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections.abc import Mapping
@@ -21,8 +22,10 @@ SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")   # an ssh task's env names (
 
 class SSH(TaskKind):
     name: ClassVar[str] = "ssh"
-    # ssh_conn_id: the connection; get_pty: whether the remote command gets a pseudo-terminal.
-    fields: ClassVar[Mapping[str, Any]] = {"ssh_conn_id": "", "get_pty": False}
+    # ssh_conn_id: the connection; get_pty: whether the remote command gets a pseudo-terminal;
+    # cmd_timeout: seconds the remote command may run before it is stopped and the attempt
+    # fails (Airflow's SSHOperator cmd_timeout; None: no limit but execution_timeout).
+    fields: ClassVar[Mapping[str, Any]] = {"ssh_conn_id": "", "get_pty": False, "cmd_timeout": None}
 
     def parse(self, raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         ssh_conn_id = raw.get("ssh_conn_id", "")
@@ -36,7 +39,12 @@ class SSH(TaskKind):
         if bad_names:
             raise InvalidArgs(f"env name {bad_names[0]!r} cannot be exported to the remote shell: "
                               "use letters, digits and _ (not starting with a digit)")
-        return {"ssh_conn_id": ssh_conn_id, "get_pty": get_pty}
+        cmd_timeout = raw.get("cmd_timeout")
+        if cmd_timeout is not None and (not isinstance(cmd_timeout, (int, float)) or isinstance(cmd_timeout, bool)
+                                        or not math.isfinite(cmd_timeout) or cmd_timeout <= 0):
+            raise InvalidArgs(f"cmd_timeout must be a positive number of seconds or null, got {cmd_timeout!r:.80}")
+        return {"ssh_conn_id": ssh_conn_id, "get_pty": get_pty,
+                "cmd_timeout": float(cmd_timeout) if cmd_timeout is not None else None}
 
     def can_run_on(self, task: TaskSpec, node: NodeOffer) -> bool:
         return task.ssh_conn_id in node.connections
@@ -63,9 +71,14 @@ class SSH(TaskKind):
                           "RAFTFLOW_SSH_COMMAND": attempt.command,
                           "RAFTFLOW_SSH_ENV": json.dumps(remote_env),
                           "RAFTFLOW_SSH_PTY": "1" if attempt.task.get_pty else "0",
+                          "RAFTFLOW_SSH_CMD_TIMEOUT": _seconds_text(attempt.task.arg("cmd_timeout")),
                           "RAFTFLOW_REASON_FILE": attempt.reason_file,
                           "PYTHONUNBUFFERED": "1",
                       })
+
+
+def _seconds_text(value: float | None) -> str:
+    return "" if value is None else repr(float(value))
 
 
 KIND = SSH()

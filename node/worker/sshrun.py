@@ -12,6 +12,9 @@ Contract with the worker (set by kinds/ssh.py, `SSH.launch`), all through the en
   RAFTFLOW_SSH_COMMAND     the rendered command
   RAFTFLOW_SSH_ENV         JSON object of variables exported to the remote command
   RAFTFLOW_SSH_PTY         "1" to give the remote command a pseudo-terminal
+  RAFTFLOW_SSH_CMD_TIMEOUT seconds the remote command may run ("" for no limit): past
+                           them it is stopped as on SIGTERM and this exits 255 with
+                           the reason "SSH command timed out" (Airflow's cmd_timeout)
   RAFTFLOW_REASON_FILE     where a one-line reason for a failure is written
 Output: the remote command's stdout and stderr, merged in arrival order, written to
 stdout as it arrives; this module's own lines start with "raftflow: ".
@@ -134,8 +137,10 @@ class _VerifyHostKey(paramiko.MissingHostKeyPolicy):
 
 
 class Runner:
-    def __init__(self, target: SSHConnection, command: str, env: dict[str, str], get_pty: bool) -> None:
+    def __init__(self, target: SSHConnection, command: str, env: dict[str, str], get_pty: bool,
+                 cmd_timeout: float | None = None) -> None:
         self.target = target
+        self.cmd_timeout = cmd_timeout
         self.command = command
         self.env = env
         self.get_pty = get_pty
@@ -242,7 +247,13 @@ class Runner:
         pid_line = _PidLine()
         stop_sent_at: float | None = None
         killed = False
+        timed_out = False
+        began = time.monotonic()
         while True:
+            if self.cmd_timeout is not None and not self.stop_requested.is_set() \
+                    and time.monotonic() - began > self.cmd_timeout:
+                timed_out = True
+                self.stop_requested.set()
             if self.stop_requested.is_set() and stop_sent_at is None:
                 stop_sent_at = time.monotonic()
                 self._signal_remote(pid_line.pid, "TERM")
@@ -267,6 +278,8 @@ class Runner:
         deadline = time.monotonic() + 5.0
         while not channel.exit_status_ready() and time.monotonic() < deadline:
             time.sleep(0.01)
+        if timed_out:
+            return CONNECTION_FAILED, f"SSH command timed out after {self.cmd_timeout:g}s (cmd_timeout)"
         status = channel.exit_status if channel.exit_status_ready() else -1
         if status < 0 and not client.get_transport().is_active():   # type: ignore[union-attr]
             return CONNECTION_FAILED, f"connection to {t.host}:{t.port} lost while the command ran"
@@ -337,10 +350,14 @@ class _PidLine:
         return out
 
 
+def _cmd_timeout(text: str | None) -> float | None:
+    return float(text) if text else None
+
+
 def main() -> int:
     target = SSHConnection.from_json(os.environ["RAFTFLOW_SSH_CONNECTION"])
     runner = Runner(target, os.environ["RAFTFLOW_SSH_COMMAND"], json.loads(os.environ.get("RAFTFLOW_SSH_ENV", "{}")),
-                    os.environ.get("RAFTFLOW_SSH_PTY") == "1")
+                    os.environ.get("RAFTFLOW_SSH_PTY") == "1", _cmd_timeout(os.environ.get("RAFTFLOW_SSH_CMD_TIMEOUT")))
     reason_file = os.environ.get("RAFTFLOW_REASON_FILE")
 
     def stop(signum: int, _frame: Any) -> None:

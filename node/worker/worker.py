@@ -137,6 +137,7 @@ class _Prepared:
     setup: AttemptSetup
     deadline: float | None = None
     reason: str = ""
+    rendered: dict[str, str] = field(default_factory=dict)   # the kind's templated_fields, rendered
 
 
 @dataclass
@@ -389,12 +390,15 @@ class Worker:
         if setup.execution_timeout is not None:
             prepared.deadline = time.monotonic() + setup.execution_timeout
             timeout_note = f"execution_timeout of {setup.execution_timeout:g}s reached while rendering"
+        fields = _templated_fields(setup.task)
         try:
             rendered = self.renderers.render(
-                [("command", a.command), *((f"env value {k}", v) for k, v in a.env.items())], setup.context,
+                [("command", a.command), *((f"env value {k}", v) for k, v in a.env.items()),
+                 *((name, value) for name, value in fields.items())], setup.context,
                 prepared.deadline, lambda: bool(attempt.stopped) or attempt.fenced or self._stopping.is_set(),
                 timeout_note)
-            prepared.command, prepared.env = rendered[0], dict(zip(a.env, rendered[1:]))
+            prepared.command, prepared.env = rendered[0], dict(zip(a.env, rendered[1:1 + len(a.env)]))
+            prepared.rendered = dict(zip(fields, rendered[1 + len(a.env):]))
         except RenderError as e:
             prepared.reason = str(e)
         except RenderInterrupted:
@@ -423,12 +427,17 @@ class Worker:
                     command=prepared.command, env=prepared.env, context=setup.context,
                     variables=self._attempt_variables(a), node_id=self.node_id,
                     reason_file=str(attempt_dir / REASON_FILE), connections=self._connections,
-                    attempt_dir=str(attempt_dir)))
+                    attempt_dir=str(attempt_dir), rendered=prepared.rendered))
                 user = None if launch.as_node_user else self._task_user
                 self._fill_scratch(attempt_dir, launch, user)
+                cwd = attempt_dir / launch.cwd   # (an absolute cwd replaces the folder)
+                if not cwd.is_dir():
+                    raise CannotStart(f"cwd {launch.cwd!r} is not a directory on node {self.node_id}"
+                                      + ("" if Path(launch.cwd).is_absolute() else
+                                         " (a relative cwd is taken inside the attempt's scratch folder)"))
                 attempt.process = subprocess.Popen(
                     list(launch.argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                    start_new_session=True, cwd=attempt_dir,
+                    start_new_session=True, cwd=cwd,
                     env={**self._environment(a, launch, attempt_dir / RESULT_FILE), **launch.extra_env},
                     **process_identity(user),
                 )
@@ -616,7 +625,7 @@ class Worker:
         the variables the kind names in `launch.node_variables` (for the ssh runner, raftflow's
         own code: exactly its connection's password_env/passphrase_env). The node's secrets,
         its RAFTFLOW_* settings, other connections' passwords never reach a task."""
-        env = self._base_environment(as_task_user=not launch.as_node_user)
+        env = {} if launch.replace_env else self._base_environment(as_task_user=not launch.as_node_user)
         env.update({name: os.environ[name] for name in launch.node_variables if name in os.environ})
         env.update(launch.task_env)
         env["RAFTFLOW_RESULT_FILE"] = str(result_file)
@@ -632,6 +641,14 @@ class Worker:
             "RAFTFLOW_NODE_ID": self.node_id,
             "RAFTFLOW_LOGICAL_DATE": a.logical_date,
         }
+
+
+def _templated_fields(task: TaskSpec | None) -> dict[str, str]:
+    """The task's kind's templated fields that hold a non-empty string: name -> template."""
+    if task is None or task.kind not in KINDS:
+        return {}
+    values = {name: task.arg(name) for name in KINDS[task.kind].templated_fields}
+    return {name: value for name, value in values.items() if isinstance(value, str) and value}
 
 
 def _home_of(uid: int) -> str:

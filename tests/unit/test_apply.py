@@ -625,13 +625,14 @@ def test_encoding_is_canonical():
 DETERMINISM_DAGS = [
     dag_dict("sched", [task("x", retries=1, retry_delay=45), task("y", upstream=["x"])],
              schedule="*/5 * * * *", start_date=iso(T0 - 40 * 60), catchup="all", max_active_runs=3),
-    dag_dict("latest", [task("p", priority_weight=3), task("q"), task("r", upstream=["p", "q"])],
+    dag_dict("latest", [task("p", priority_weight=3), task("q", skip_on_exit_code=[2]), task("r", upstream=["p", "q"])],
              schedule="*/10 * * * *", start_date=iso(T0 - 3600), catchup="latest"),
-    dag_dict("man", [task("a"), task("b", retries=2, retry_delay=30), task("c", upstream=["a", "b"]),
+    dag_dict("man", [task("a"), task("b", retries=2, retry_delay=30, skip_on_exit_code=[2]),
+                     task("c", upstream=["a", "b"]),
                      task("d", upstream=["c"], retries=1)], max_active_runs=2),
     dag_dict("hollow", [task("a"), {"task_id": "gate", "kind": "empty", "upstream": ["a"]},
                         task("z", upstream=["gate"])]),
-    dag_dict("flaky", [task("f", retries=3, retry_delay=60, retry_exponential_backoff=True),
+    dag_dict("flaky", [task("f", retries=3, retry_delay=60, retry_exponential_backoff=True, skip_on_exit_code=[137]),
                        task("g", upstream=["f"], trigger_rule="all_done")]),
 ]
 

@@ -28,6 +28,7 @@ EXPECTED_AUTOMATIC = {
     (T.QUEUED, T.ASSIGNED),
     (T.ASSIGNED, T.RUNNING),
     (T.RUNNING, T.SUCCESS), (T.RUNNING, T.FAILED), (T.RUNNING, T.UP_FOR_RETRY),
+    (T.RUNNING, T.SKIPPED),                          # exit code in skip_on_exit_code (#19)
     (T.UP_FOR_RETRY, T.QUEUED),
     (T.PENDING, T.SUCCESS),                          # an empty task
     (T.PENDING, T.SKIPPED),                          # its trigger rule can no longer be met
