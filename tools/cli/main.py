@@ -171,9 +171,14 @@ def cmd_dags_submit(client: ClusterClient, args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"dags": results})
     else:
+        created_paused = {d["dag_id"] for r in reports for d in r.get("dags", [])
+                          if any(n.startswith("created paused") for n in d.get("notes", []))}
         for r in results:
             note = "" if r["changed"] else " (unchanged)"
             print(f"submitted {r['dag_id']} version {r['version']}{note}")
+            if r["version"] == 1 and r["dag_id"] in created_paused:
+                print(f"note: {r['dag_id']} is created paused, as Airflow creates DAGs: "
+                      f"raftflow dags unpause {r['dag_id']}", file=sys.stderr)
     return EXIT_OK
 
 

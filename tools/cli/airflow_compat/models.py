@@ -67,10 +67,6 @@ TASK_REFUSED = {
                        "raftflow runs every task on its nodes (use queue= to pick nodes)",
     "executor": "a per-task executor: raftflow runs every task on its nodes (use queue= to pick nodes)",
 }
-# The trigger rules raftflow knows (core/spec.py), and Airflow's older names for some.
-TRIGGER_RULES = ("all_success", "all_failed", "all_done", "one_success", "one_failed", "none_failed",
-                 "none_skipped", "always")
-TRIGGER_ALIASES = {"dummy": "always"}
 
 
 class TriggerRule(str, enum.Enum):
@@ -689,12 +685,13 @@ class BaseOperator:
     # ---------------------------------------------------------------- spec
     def _trigger_rule(self) -> str:
         rule = self.trigger_rule
-        value = rule.value if isinstance(rule, enum.Enum) else str(rule)
-        return TRIGGER_ALIASES.get(value, value)
+        return rule.value if isinstance(rule, enum.Enum) else str(rule)
 
     def check_late(self) -> None:
         """Refusals that depend on attributes a file may set after construction."""
-        if self._trigger_rule() not in TRIGGER_RULES:
+        from raftflow.core.spec import TRIGGER_RULE_ALIASES, TRIGGER_RULES  # the rules the nodes run
+
+        if self._trigger_rule() not in TRIGGER_RULES and self._trigger_rule() not in TRIGGER_RULE_ALIASES:
             self._refuse(f"trigger_rule {self._trigger_rule()!r}",
                          f"raftflow knows {', '.join(TRIGGER_RULES)}")
 

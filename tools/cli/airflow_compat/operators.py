@@ -60,10 +60,9 @@ class BashOperator(BaseOperator):
             skip = [int(c) for c in codes]
         fields: dict[str, Any] = {"command": self.bash_command, "skip_on_exit_code": skip}
         env = _str_map(self.arg("env"), "env", self)
-        if env:
+        if env:   # Airflow: env replaces the worker's environment unless append_env (default False)
             fields["env"] = env
-        if self.arg("append_env"):
-            fields["append_env"] = True
+            fields["append_env"] = bool(self.arg("append_env"))
         if self.arg("cwd"):
             fields["cwd"] = str(self.arg("cwd"))
         return fields
