@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HARNESSES = ("attempts", "bench", "bench_history", "bench_scale", "chaos", "local", "protogen", "sshd", "up")
+HARNESSES = ("attempts", "bench", "bench_history", "bench_scale", "chaos", "compat", "local", "protogen", "sshd", "up")
 
 
 def _setuptools() -> dict:
