@@ -58,7 +58,9 @@ def test_an_airflow_file_runs_unchanged_with_airflows_final_states(cluster, cli,
         assert "note=from airflow3_style" in log, log
     if name == "airflow2_style.py":   # the .sh template file's content ran, rendered
         log = cli("tasks", "logs", run["run_id"], "greet").stdout
-        assert f"greetings for {run['logical_date'][:10]} to team" in log, log
+        day = run["logical_date"][:10]
+        assert f"greetings for {day} to team" in log, log
+        assert f"query: SELECT count(*) FROM orders WHERE day = '{day}'" in log, log
 
 
 def test_submit_warns_of_ignored_arguments_and_says_the_dag_is_paused(cluster, cli) -> None:

@@ -138,7 +138,10 @@ def test_an_airflow_2_file_maps_dag_decorator_groups_chain_params_and_template_f
                            "greet", "after_skip", "tolerant", "done"]
     assert tasks["extract.orders"]["group"] == "extract" and tasks["extract.orders"]["upstream"] == ["begin"]
     assert tasks["greet"]["upstream"] == ["extract.orders", "extract.customers"]   # chain: the group's leaves
-    assert tasks["greet"]["command"] == (DAGS / "templates" / "greet.sh").read_text()
+    # the .sh file's content, with the .sql file it includes inlined (nodes never see the DAG's folder)
+    assert tasks["greet"]["command"] == (DAGS / "templates" / "greet.sh").read_text().replace(
+        "{% include 'count.sql' %}", "SELECT count(*) FROM orders WHERE day = '{{ ds }}'")
+    assert "include" not in tasks["greet"]["command"]
     assert tasks["checks.strict"]["upstream"] == ["extract.orders", "extract.customers"]   # cross_downstream
     assert tasks["checks.strict"]["skip_on_exit_code"] == []
     assert tasks["checks.maybe_skip"]["skip_on_exit_code"] == [99]
@@ -309,6 +312,16 @@ def test_a_template_file_that_is_not_there_is_refused(load, tmp_path: Path) -> N
     _, refusals = load(path)
     assert [(r.line, r.feature) for r in refusals] == [(5, "bash_command template file 'run.sh'")]
     assert "end it with a space" in refusals[0].why
+
+
+def test_an_include_that_is_not_there_is_refused(load, tmp_path: Path) -> None:
+    path = tmp_path / "include.py"
+    path.write_text("from datetime import datetime\nfrom airflow import DAG\n"
+                    "from airflow.operators.bash import BashOperator\n"
+                    "with DAG('i', start_date=datetime(2026, 1, 1), schedule=None):\n"
+                    "    BashOperator(task_id='t', bash_command='psql -c \"{% include \\'gone.sql\\' %}\"')\n")
+    _, refusals = load(path)
+    assert [(r.line, r.feature) for r in refusals] == [(5, "bash_command includes 'gone.sql'")]
 
 
 def test_variable_get_at_load_time_is_refused_with_the_template_to_use(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import enum
 import functools
 import inspect
 import json
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable
@@ -23,6 +24,8 @@ from ._registry import UnsupportedFeature, caller_line, refuse
 from ._schedule import ScheduleRefused, as_datetime, map_schedule, seconds, zone_name
 
 _UNSET: Any = object()
+# A Jinja include of a literal file name: {% include "queries/daily.sql" %}
+_INCLUDE = re.compile(r"""\{%-?\s*include\s+(['"])([^'"]+)\1\s*-?%\}""")
 _context: list["DAG"] = []          # the `with DAG(...)` stack
 _groups: list["TaskGroup"] = []     # the `with TaskGroup(...)` stack
 
@@ -734,18 +737,40 @@ class BaseOperator:
         return {"task_id": self.task_id, "operator": type(self).__name__, "kind": self.kind or "-",
                 "line": self.line, "ignored": list(self.ignored), "refused": list(self.refused)}
 
+    def _template_folders(self) -> list[Path]:
+        assert self.dag is not None
+        return [_registry.dag_folder()] + [_registry.dag_folder() / p for p in self.dag.template_searchpath]
+
+    def inline_includes(self, value: Any, field: str, depth: int = 0) -> Any:
+        """`{% include "x.sql" %}` of a file beside the DAG file (or on template_searchpath),
+        replaced by the file's text: nodes render templates without the DAG's folder, so the
+        file travels inside the spec. Jinja renders an include with the same context, so the
+        inlined text renders as the include would."""
+        if not isinstance(value, str) or "include" not in value:
+            return value
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(2)
+            for folder in self._template_folders():
+                if (folder / name).is_file():
+                    text = (folder / name).read_text()
+                    return str(self.inline_includes(text, field, depth + 1)) if depth < 10 else text
+            self._refuse(f"{field} includes {name!r}", f"not found in "
+                         f"{', '.join(str(f) for f in self._template_folders())}")
+            return match.group(0)
+        return _INCLUDE.sub(replace, value)
+
     def template_file(self, value: Any, field: str) -> Any:
         """Airflow's template_ext rule: a templated string ending in one of the operator's
         template_ext names a file (in the DAG file's folder or template_searchpath) whose
         content is the template. Returns that content, or `value` unchanged."""
         if not isinstance(value, str) or not value.endswith(type(self).template_ext):
-            return value
-        assert self.dag is not None
-        folders = [_registry.dag_folder()] + [_registry.dag_folder() / p for p in self.dag.template_searchpath]
+            return self.inline_includes(value, field)
+        folders = self._template_folders()
         for folder in folders:
             candidate = folder / value
             if candidate.is_file():
-                return candidate.read_text()
+                return self.inline_includes(candidate.read_text(), field)
         self._refuse(f"{field} template file {value!r}",
                      f"not found in {', '.join(str(f) for f in folders)} (Airflow reads a {field} ending in "
                      f"{'/'.join(type(self).template_ext)} as a template file; to run it as a command instead, "
