@@ -36,9 +36,8 @@ NEXT_ISSUE = "Python tasks as Airflow users write them"
 DAG_IGNORED = frozenset({
     "owner_links", "access_control", "sla_miss_callback", "on_success_callback", "on_failure_callback",
     "default_view", "orientation", "jinja_environment_kwargs", "render_template_as_native_obj",
-    "dag_display_name", "template_undefined", "auto_register", "fail_stop", "fail_fast", "concurrency_limit",
-    "is_paused_upon_creation_note", "deadline", "disable_bundle_versioning", "bundle_name", "bundle_version",
-    "full_filepath", "default_args_note", "allowed_run_types",
+    "dag_display_name", "template_undefined", "auto_register", "fail_stop", "fail_fast", "deadline",
+    "disable_bundle_versioning", "full_filepath",
 })
 DAG_REFUSED = {
     "user_defined_macros": "template macros defined in the DAG file (raftflow renders templates on the nodes, "
@@ -198,9 +197,9 @@ class DAG:
                  is_paused_upon_creation: bool | None = None, template_searchpath: str | list[str] | None = None,
                  max_consecutive_failed_dag_runs: int | None = None, **kwargs: Any) -> None:
         self.line = caller_line()
-        self.dag_id = dag_id if dag_id is not None else kwargs.pop("dag_id", None)
-        if not isinstance(self.dag_id, str):
-            raise TypeError(f"DAG needs a dag_id string, got {self.dag_id!r}")
+        if not isinstance(dag_id, str):
+            raise TypeError(f"DAG needs a dag_id string, got {dag_id!r}")
+        self.dag_id: str = dag_id
         self.description = description
         self.default_args = dict(default_args or {})
         self.params = dict(params or {})
@@ -581,7 +580,7 @@ class BaseOperator:
         self.base_task_id = task_id
         self.task_id = self.task_group.child_id(task_id) if self.task_group else task_id
         defaults = {**self.dag.default_args, **(self.task_group.merged_default_args() if self.task_group else {}),
-                    **kwargs.pop("default_args", None or {})}
+                    **(kwargs.pop("default_args", None) or {})}
         own = type(self).operator_args
         known = TASK_MAPPED | TASK_IGNORED | set(TASK_REFUSED) | set(own) | type(self).ignored_args
         args = {k: v for k, v in defaults.items() if k in known}
