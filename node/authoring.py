@@ -52,6 +52,7 @@ class DAG:
         dagrun_timeout: float | timedelta | None = None,
         max_active_tasks: int = 16,
         max_queued_runs: int = 1000,
+        doc_md: str = "",
     ) -> None:
         """`params`: template parameters (`{{ params.x }}`) that a trigger's conf overrides;
         a value may be a `Param` with a JSON schema the conf must satisfy.
@@ -74,6 +75,7 @@ class DAG:
         self.dagrun_timeout = dagrun_timeout
         self.max_active_tasks = max_active_tasks
         self.max_queued_runs = max_queued_runs
+        self.doc_md = doc_md
         self.tasks: list[BaseTask] = []
         _created.append(self)
 

@@ -68,7 +68,8 @@ class SetPool(Command):
 
 @dataclass(frozen=True, slots=True)
 class NoteWaiting(Command):
-    """Why a queued task is not being assigned (shown by `runs show`); no state change."""
+    """Why a queued task is not being assigned, or a pending one waits for the previous
+    run (depends_on_past) (shown by `runs show`); no state change."""
     TYPE: ClassVar[str] = "note_waiting"
     run_id: str
     task_id: str

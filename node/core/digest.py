@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 from . import requests
 from .archive import DIGEST_MODULUS, add_term, canonical_json, decode_record, record_term
 from .codec import run_header_dict, run_to_dict, task_to_dict
-from .model import STORY_LIMIT, StoryEvent, TaskInstance
+from .model import STORY_LIMIT, DagRecord, StoryEvent, TaskInstance
 from .states import TASK_ACTIVE, RunState, TaskState
 
 if TYPE_CHECKING:
@@ -51,6 +51,7 @@ def to_dict(state: State) -> dict[str, Any]:
                 "next_tick_at": d.next_tick_at,
                 "last_scheduled_tick": d.last_scheduled_tick,
                 "schedule_from": d.schedule_from,
+                "past": past_dict(d),
                 "versions": [
                     {"version": v.version, "spec": v.spec.to_dict(), "source": v.source,
                      "filename": v.filename, "submitted_at": v.submitted_at}
@@ -68,6 +69,12 @@ def to_dict(state: State) -> dict[str, Any]:
         "tokens": {name: record.to_dict() for name, record in state.tokens.items()},
         "requests": state.requests.to_json(),
     }
+
+
+def past_dict(record: DagRecord) -> dict[str, Any]:
+    """A DAG's depends_on_past memo (core/past.py) as plain data."""
+    return {run_id: {"logical_date": p.logical_date, "states": {t: s.value for t, s in p.states.items()}}
+            for run_id, p in sorted(record.past.items())}
 
 
 def digest(state: State) -> str:
@@ -135,8 +142,12 @@ def term_of(state: State, key: Key) -> int:
         return 0 if run is None else _hash(["run", run_header_dict(run), len(run.tasks)])
     if kind == "dag":
         d = state.dags.get(name)
-        return 0 if d is None else _hash(["dag", name, d.paused, d.next_tick_at, d.last_scheduled_tick,
-                                          d.schedule_from, len(d.versions)])
+        if d is None:
+            return 0
+        fields = ["dag", name, d.paused, d.next_tick_at, d.last_scheduled_tick, d.schedule_from, len(d.versions)]
+        if d.past:   # (only when there is one: a DAG without depends_on_past hashes as before)
+            fields.append(past_dict(d))
+        return _hash(fields)
     if kind == "version":
         d = state.dags.get(name)
         n = int(key[2])

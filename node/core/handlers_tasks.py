@@ -143,10 +143,11 @@ def check_archivable(run: Run, *added: str) -> None:
 
 # ------------------------------------------------------------ the planner's moves
 def note_waiting(state: State, cmd: c.NoteWaiting) -> Result:
-    """No move: why a queued task waits (shown by `runs show`)."""
+    """No move: why a queued task waits (shown by `runs show`), or a pending one whose
+    upstream tasks are done (it waits for the previous run: depends_on_past)."""
     run, ti = task_of(state, cmd.run_id, cmd.task_id)
-    if ti.state is not TaskState.QUEUED:
-        raise Rejected(Code.CONFLICT, f"{run.run_id}/{ti.task_id} is {ti.state.value}, not queued")
+    if ti.state not in (TaskState.QUEUED, TaskState.PENDING):
+        raise Rejected(Code.CONFLICT, f"{run.run_id}/{ti.task_id} is {ti.state.value}, not queued or pending")
     if not isinstance(cmd.reason, str):
         raise Rejected(Code.INVALID, "reason must be a string")
     ti.reason = cmd.reason

@@ -141,6 +141,18 @@ class DagVersion:
     submitted_at: float
 
 
+MAX_PAST_RUNS = 16   # finished runs a DAG's `past` memo keeps (the newest by logical date)
+
+
+@by_name
+@dataclass(frozen=True, slots=True)
+class PastRun:
+    """What depends_on_past needs of a finished run (core/past.py): its logical date and
+    the final states of the tasks later runs may wait for."""
+    logical_date: str
+    states: dict[str, TaskState]
+
+
 @by_name
 @dataclass(slots=True)
 class DagRecord:
@@ -154,6 +166,9 @@ class DagRecord:
     schedule_from: float = 0.0
     # The newest tick that has a scheduled run: the cursor never moves back past it.
     last_scheduled_tick: float | None = None
+    # run_id -> PastRun of its newest finished runs (at most MAX_PAST_RUNS), kept only
+    # while its DAG has depends_on_past tasks (core/past.py says why and how).
+    past: dict[str, PastRun] = field(default_factory=dict)
 
     @property
     def latest(self) -> DagVersion:

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..kinds import kind
-from . import commands as c
-from .model import DagRecord, Run
+from . import commands as c, past
+from .model import DagRecord, PastRun, Run
 from .pools import pool_usage
 from .run_ids import scheduled_run_id
 from .schedule import iso, latest_tick_at_or_before, next_tick_after, previous_tick
@@ -65,6 +65,9 @@ class _RunTasks:
     active: int                                     # its task instances assigned or running
     active_nodes: frozenset[str]                    # the nodes those run on
     next_retry_at: float | None                     # its earliest retry, if any is waiting
+    # A task of it waits for the previous run (depends_on_past): that run's changes do not
+    # show in this run's change stamp, so the memo must not keep it.
+    waits_on_past: bool = False
 
 
 class PlanMemo:
@@ -95,6 +98,7 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
         out.extend(_due_runs(record, now, room))
 
     expired = {n.node_id for n in nodes if n.lease_expired}
+    previous = _PreviousRuns(state)
     ready: list[tuple[int, str, int, Run, str]] = []  # sort key + (run, task_id)
     dag_active: dict[str, int] = {}    # dag_id -> its task instances assigned or running
     timed_out: set[str] = set()
@@ -117,9 +121,9 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
                 or (known.next_retry_at is not None and known.next_retry_at <= now) \
                 or not known.active_nodes.isdisjoint(expired):
             asked_before = len(out)
-            known = _plan_run(run, spec, now, expired, out, state.run_changes.get(run.run_id))
+            known = _plan_run(run, spec, now, expired, out, state.run_changes.get(run.run_id), previous)
             if memo is not None:
-                if run.state is RunState.RUNNING and len(out) == asked_before:
+                if run.state is RunState.RUNNING and len(out) == asked_before and not known.waits_on_past:
                     memo.runs[run.run_id] = known
                 else:
                     memo.runs.pop(run.run_id, None)
@@ -138,8 +142,26 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
     return out
 
 
+class _PreviousRuns:
+    """Each DAG's previous-run lookup (core/past.py), built the first time one of its runs
+    needs it in this plan: O(the active runs) once, not per task."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+        self._by_dag: dict[str, past.Previous] | None = None
+
+    def of(self, run: Run) -> tuple[str, Run | PastRun] | None:
+        if self._by_dag is None:
+            self._by_dag = {}
+        lookup = self._by_dag.get(run.dag_id)
+        if lookup is None:
+            lookup = self._by_dag[run.dag_id] = past.Previous(
+                self.state, run.dag_id, (r for r in self.state.active.values() if r.dag_id == run.dag_id))
+        return lookup.of(run)
+
+
 def _plan_run(run: Run, spec: DagSpec, now: float, expired: set[str], out: list[c.Command],
-              change: int | None) -> _RunTasks:
+              change: int | None, previous: _PreviousRuns) -> _RunTasks:
     """Append what one run's tasks need now to `out` (queue, skip, fail upstream,
     complete empty tasks, lose attempts on expired nodes, retry, finish the run), and
     return what the assignment step and the memo need of it: its tasks ready to run
@@ -147,6 +169,7 @@ def _plan_run(run: Run, spec: DagSpec, now: float, expired: set[str], out: list[
     ready: list[tuple[int, str, int, str]] = []
     active, active_nodes, next_retry_at = 0, set(), None
     all_terminal = True
+    waits_on_past = False
     for order, task in enumerate(spec.tasks):
         ti = run.tasks[task.task_id]
         key = (-task.priority_weight, run.logical_date, order, task.task_id)
@@ -154,6 +177,12 @@ def _plan_run(run: Run, spec: DagSpec, now: float, expired: set[str], out: list[
             ready.append(key)
         elif ti.state is TaskState.PENDING:
             verdict, why = trigger_verdict(run, task)
+            if verdict is TaskState.QUEUED and task.needs_past:
+                waiting = past.waiting_for_past(task, spec, previous.of(run))
+                if waiting:
+                    verdict, waits_on_past = None, True
+                    if waiting != ti.reason:
+                        out.append(c.NoteWaiting(run.run_id, task.task_id, waiting, now))
             if verdict is TaskState.QUEUED and not kind(task.kind).runs_on_a_node:
                 out.append(c.CompleteEmpty(run.run_id, task.task_id, now))
             elif verdict is TaskState.QUEUED:
@@ -180,7 +209,7 @@ def _plan_run(run: Run, spec: DagSpec, now: float, expired: set[str], out: list[
             all_terminal = False
     if all_terminal and run.state is RunState.RUNNING:
         out.append(c.FinishRun(run.run_id, run_outcome(run, spec).value, now))
-    return _RunTasks(change, tuple(ready), active, frozenset(active_nodes), next_retry_at)
+    return _RunTasks(change, tuple(ready), active, frozenset(active_nodes), next_retry_at, waits_on_past)
 
 
 def _expired_runs(state: State, now: float) -> list[str]:

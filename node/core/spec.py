@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import zoneinfo
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -99,6 +100,16 @@ class TaskSpec:
     # The fields of every other kind: {field: value}; to_dict flattens them, so a spec's
     # JSON has one flat form whatever kind declared a field.
     args: dict[str, Any] = field(default_factory=dict)
+    # Airflow's depends_on_past: the task may start only once its instance in the previous
+    # run of the DAG (by logical date) succeeded or was skipped (the first run has none).
+    depends_on_past: bool = False
+    # Airflow's wait_for_downstream (implies depends_on_past): also the direct downstream
+    # tasks of that previous instance have finished (succeeded or skipped).
+    wait_for_downstream: bool = False
+    # The TaskGroup path it was declared in ("outer.inner"; "" for none): for the UI and
+    # `dags show`, no effect on scheduling.
+    group: str = ""
+    doc_md: str = ""     # its documentation (Markdown), shown by `dags show`
 
     def arg(self, name: str) -> Any:
         """The value of one of its kind's fields (raftflow/kinds/), wherever it is stored."""
@@ -130,11 +141,23 @@ class TaskSpec:
         d["upstream"] = list(self.upstream)
         d["env"] = dict(self.env)
         d.update(d.pop("args"))
+        for name, default in _LATER_TASK_FIELDS.items():   # (left out at their defaults: old specs digest the same)
+            if d[name] == default:
+                del d[name]
         return d
+
+    @property
+    def needs_past(self) -> bool:
+        """Whether its previous run's instance must have finished well first."""
+        return self.depends_on_past or self.wait_for_downstream
 
 
 
 _TASK_SPEC_FIELDS = tuple(f.name for f in fields(TaskSpec))
+# Task fields added after specs were first stored (#19), with their defaults.
+_LATER_TASK_FIELDS = {"depends_on_past": False, "wait_for_downstream": False, "group": "", "doc_md": ""}
+MAX_DOC_BYTES = 64 * 1024      # a doc_md (DAG or task)
+GROUP_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,199}(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,199}){0,15}")
 
 
 @by_name
@@ -165,6 +188,7 @@ class DagSpec:
     param_schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Runs of this DAG that may wait (queued) at once; a trigger or backfill beyond is refused.
     max_queued_runs: int = DEFAULT_MAX_QUEUED_RUNS
+    doc_md: str = ""     # the DAG's documentation (Markdown), shown by `dags show`
     task_index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def task(self, task_id: str) -> TaskSpec:
@@ -306,6 +330,7 @@ class DagSpec:
             dagrun_timeout=dagrun_timeout,
             param_schemas=param_schemas,
             max_queued_runs=max_queued_runs,
+            doc_md=_doc(raw, where),
             task_index=index,
         )
 
@@ -411,11 +436,32 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
         pool=_name(raw, "pool", DEFAULT_POOL, here),
         pool_slots=_int(raw, "pool_slots", 1, here, minimum=1),
         queue=_name(raw, "queue", DEFAULT_QUEUE, here),
+        depends_on_past=_bool_field(raw, "depends_on_past", here) or _bool_field(raw, "wait_for_downstream", here),
+        wait_for_downstream=_bool_field(raw, "wait_for_downstream", here),
+        group=_group(raw, here),
+        doc_md=_doc(raw, here),
         # (a field at its kind's default is left out: `arg` supplies it, and specs made
         # before the field existed read and digest the same)
         args={k: v for k, v in kind_values.items() if k not in _OWN_FIELDS and not _is_default(kind, k, v)},
         **{k: v for k, v in kind_values.items() if k in _OWN_FIELDS},
     )
+
+
+def _doc(raw: dict[str, Any], where: str) -> str:
+    value = raw.get("doc_md") or ""
+    if not isinstance(value, str):
+        raise SpecError(f"{where}: doc_md must be a string (Markdown)")
+    if len(value.encode()) > MAX_DOC_BYTES:
+        raise SpecError(f"{where}: doc_md is {len(value.encode())} bytes; the limit is {MAX_DOC_BYTES}")
+    return value
+
+
+def _group(raw: dict[str, Any], where: str) -> str:
+    value = raw.get("group") or ""
+    if not isinstance(value, str) or (value and not GROUP_PATTERN.fullmatch(value)):
+        raise SpecError(f"{where}: group {clip(value)} is invalid: a TaskGroup path, group ids joined by '.' "
+                        "(each 1 to 200 characters from A-Z a-z 0-9 _ -, at most 16 levels)")
+    return value
 
 
 def _is_default(kind: TaskKind, name: str, value: Any) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from . import commands as c, digest
+from . import commands as c, digest, past
 from .archive import add_term, decode_record, encode_record, remove_term
 from .codec import run_to_dict
 from .effects import Effect, StopAttempt
@@ -276,6 +276,8 @@ def run_outcome(run: Run, spec: DagSpec) -> RunState:
 def archive_run(state: State, run: Run) -> None:
     """A finished run leaves memory for the archive (see state.py's module doc)."""
     record, term = encode_record(run_to_dict(run))
+    if past.remember(state, run, state.dag_spec(run)):
+        digest.touch(state, digest.dag_key(run.dag_id))
     state.archive.put(run.run_id, record)
     state.archive_digest = add_term(state.archive_digest, term)
     state.archive_terms[run.run_id] = term
@@ -297,6 +299,8 @@ def reopen(state: State, run: Run) -> None:
         return
     state.archive_digest = remove_term(state.archive_digest, archived_term(state, run.run_id))
     state.archive.delete(run.run_id)
+    if past.drop(state, run.dag_id, run.run_id):
+        digest.touch(state, digest.dag_key(run.dag_id))
     run.state, run.started_at, run.ended_at = RunState.QUEUED, None, None
     state.active[run.run_id] = run
     state.runs_by_dag[run.dag_id][run.run_id] = None
@@ -321,6 +325,8 @@ def forget(state: State, run_id: str) -> None:
         state.archive_digest = remove_term(state.archive_digest, archived_term(state, run_id))
         state.archive.delete(run_id)
     dag_id = state.run_index.pop(run_id)
+    if past.drop(state, dag_id, run_id):
+        digest.touch(state, digest.dag_key(dag_id))
     runs = state.runs_by_dag[dag_id]
     del runs[run_id]
     if not runs:

@@ -32,6 +32,7 @@ def full_spec() -> dict:
         "dagrun_timeout": 3600.0,
         "param_schemas": {"table": {"type": "string", "enum": ["orders", "customers"]}},
         "max_queued_runs": 50,
+        "doc_md": "# Nightly load\nLoads *orders*.",
         "tasks": [
             {"task_id": "extract", "kind": "bash", "command": "echo e", "upstream": [],
              "trigger_rule": "all_success", "retries": 2, "retry_delay": 30.0,
