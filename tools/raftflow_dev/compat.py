@@ -150,7 +150,9 @@ def _run_file(client: Any, result: FileResult) -> None:
             time.sleep(0.5)
         client.set_paused(dag_id, True)
         if final.get("state") not in TERMINAL:
-            differences.append(f"{dag_id}: run not finished within {RUN_TIMEOUT:.0f}s")
+            waiting = ", ".join(f"{t['task_id']} {t['state']}" + (f" ({t['reason'][:80]})" if t.get("reason") else "")
+                                for t in final.get("tasks", []) if t["state"] != "success")
+            differences.append(f"{dag_id}: run not finished within {RUN_TIMEOUT:.0f}s: {waiting}")
             continue
         want = EXPECTED.get(result.path.name, {}).get(dag_id, {})
         for task in final["tasks"]:
