@@ -39,7 +39,6 @@ from .api.peers import (
 from .api.services import ClientService, PeerService
 from .config import ConfigError, NodeConfig, TLSMaterial, load
 from .core import commands as c
-from .core.context import template_context
 from .core.effects import DropRunLogs, Effect, ReleasedAttempts, StopAttempt
 from .core.result import Result
 from .core.states import TASK_ACTIVE
@@ -49,7 +48,7 @@ from .raft.adapter import ReplicatedState, StorageDamaged, recovery_advice
 from .raft.replica import propose_until_decided
 from .store.local import LocalStore
 from .worker.lease import Reaper
-from .worker.worker import Assignment, AttemptSetup, Worker
+from .worker.worker import Assignment, AttemptSetup, Worker, attempt_setup
 
 log = logging.getLogger("raftflow.node")
 # What the node keeps under data_dir: the Raft journal and snapshots, the run archive,
@@ -174,8 +173,7 @@ class Node:
                 raise RuntimeError(f"run {a.run_id} is not active on this node's replica")
             spec = state.dag_spec(run)
             task = spec.task(a.task_id)
-            return AttemptSetup(template_context(run, spec, a.task_id, a.attempt, self.cfg.node_id),
-                                task.execution_timeout, task)
+            return attempt_setup(state, run, spec, task, a.attempt, self.cfg.node_id, self.cfg.connections)
 
     def _after_install(self) -> None:
         """A snapshot replaced the state: runs pruned in the log entries it covers never

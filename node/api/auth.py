@@ -49,6 +49,9 @@ REQUIRED_ROLE: dict[str, Role] = {
     # operator: + trigger, pause/unpause, clear, mark, cancel, backfill
     "TriggerDag": Role.OPERATOR, "SetPaused": Role.OPERATOR, "BackfillDag": Role.OPERATOR,
     "CancelRun": Role.OPERATOR, "ClearTasks": Role.OPERATOR, "MarkTask": Role.OPERATOR,
+    # variables: read by viewers (secret keys' values masked but for admins), written by operators
+    "GetVariable": Role.VIEWER, "ListVariables": Role.VIEWER,
+    "SetVariable": Role.OPERATOR, "DeleteVariable": Role.OPERATOR, "ImportVariables": Role.OPERATOR,
     # admin: + submit/delete DAGs, pools, tokens
     "SubmitDags": Role.ADMIN, "DeleteDag": Role.ADMIN, "SetPool": Role.ADMIN,
     "CreateToken": Role.ADMIN, "ListTokens": Role.ADMIN, "RevokeToken": Role.ADMIN,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from difflib import get_close_matches
 from typing import Callable, Iterator, Sequence, TypeVar
 
-from ..core import checks, commands as c, handlers_dags
+from ..core import checks, commands as c, handlers_dags, variables
 from ..core.limits import clip, parse_json
 from ..core.model import CLIENT, FILE_ADMIN, MAX_TOKENS, DagRecord, Role, Run, TaskInstance
 from ..core.params import conf_error as param_conf_error
@@ -481,6 +481,59 @@ class Operations:
         result = self._write(request_id, c.MarkTask, build)
         return client_pb2.MarkTaskResponse(stopped_attempts=result.stopped_attempts)
 
+    # ------------------------------------------------------------ variables
+    def set_variable(self, key: str, value: str, request_id: str = "") -> client_pb2.SetVariableResponse:
+        def build() -> c.Command:
+            with self.replica.lock:
+                error = variables.check_all(self.replica.state, {key: value})
+            if error:
+                raise errors.Invalid(error)
+            return c.SetVariable(key, value, self.clock())
+        result = self._write(request_id, c.SetVariable, build)
+        return client_pb2.SetVariableResponse(created=bool(result.value and result.value.get("created")))
+
+    def get_variable(self, key: str, reveal: bool) -> client_pb2.Variable:
+        """One variable; a sensitive key's value is *** unless `reveal` (the caller is an admin)."""
+        with self.replica.lock:
+            value = self.replica.state.variables.get(key)
+        if value is None:
+            error = variables.key_error(key)
+            raise errors.NotFound(f"{error}" if error else f"no variable {clip(key)}; `raftflow variables list` "
+                                                           "shows them")
+        variable = _variable(key, value, reveal)
+        variable.meta.CopyFrom(self.meta())
+        return variable
+
+    def list_variables(self, reveal: bool) -> client_pb2.ListVariablesResponse:
+        """Every variable, sorted by key (copied under the lock: at most MAX_TOTAL_BYTES)."""
+        with self.replica.lock:
+            items = sorted(self.replica.state.variables.items())
+        return client_pb2.ListVariablesResponse(variables=[_variable(k, v, reveal) for k, v in items],
+                                                meta=self.meta())
+
+    def delete_variable(self, key: str, request_id: str = "") -> client_pb2.DeleteVariableResponse:
+        def build() -> c.Command:
+            with self.replica.lock:
+                known = key in self.replica.state.variables
+            if not known:
+                raise errors.NotFound(f"no variable {clip(key)}; `raftflow variables list` shows them")
+            return c.DeleteVariable(key, self.clock())
+        self._write(request_id, c.DeleteVariable, build)
+        return client_pb2.DeleteVariableResponse()
+
+    def import_variables(self, given: dict[str, str], request_id: str = "") -> client_pb2.ImportVariablesResponse:
+        def build() -> c.Command:
+            if not given:
+                raise errors.Invalid("import at least one variable (a JSON object of key: value)")
+            with self.replica.lock:
+                error = variables.check_all(self.replica.state, given)
+            if error:
+                raise errors.Invalid(f"nothing was imported: {error}")
+            return c.ImportVariables(dict(given), self.clock())
+        result = self._write(request_id, c.ImportVariables, build)
+        value = result.value or {}
+        return client_pb2.ImportVariablesResponse(imported=value.get("imported", 0), created=value.get("created", 0))
+
     # ------------------------------------------------------------ tokens
     def create_token(self, name: str, role: str, expires_days: int = 0,
                      request_id: str = "") -> client_pb2.CreateTokenResponse:
@@ -583,3 +636,8 @@ class StreamLimit:
             yield from stream
         finally:
             self._slots.release()
+
+
+def _variable(key: str, value: str, reveal: bool) -> client_pb2.Variable:
+    shown = variables.masked(key, value, reveal)
+    return client_pb2.Variable(key=key, value=shown, masked=shown != value, sensitive=variables.is_sensitive(key))

@@ -205,6 +205,27 @@ class ClientService(client_pb2_grpc.ClientServicer):
     def RevokeToken(self, request, context):  # type: ignore[no-untyped-def]
         return self.ops.revoke_token(request.name, request_id=request_id(context))
 
+    # ------------------------------------------------------------ variables
+    @_handled
+    def SetVariable(self, request, context):  # type: ignore[no-untyped-def]
+        return self.ops.set_variable(request.key, request.value, request_id=request_id(context))
+
+    @_handled
+    def GetVariable(self, request, context):  # type: ignore[no-untyped-def]
+        return self.ops.get_variable(request.key, reveal=_is_admin())
+
+    @_handled
+    def ListVariables(self, request, context):  # type: ignore[no-untyped-def]
+        return self.ops.list_variables(reveal=_is_admin())
+
+    @_handled
+    def DeleteVariable(self, request, context):  # type: ignore[no-untyped-def]
+        return self.ops.delete_variable(request.key, request_id=request_id(context))
+
+    @_handled
+    def ImportVariables(self, request, context):  # type: ignore[no-untyped-def]
+        return self.ops.import_variables(dict(request.variables), request_id=request_id(context))
+
 
 class PeerService(peer_pb2_grpc.PeerServicer):
     def __init__(self, host: Host) -> None:
@@ -227,3 +248,9 @@ class PeerService(peer_pb2_grpc.PeerServicer):
     def ReadTaskLog(self, request, context):  # type: ignore[no-untyped-def]
         yield from cluster.local_log(self.host, request.run_id, request.task_id, request.attempt,
                                      request.from_chunk)
+
+
+def _is_admin() -> bool:
+    """Whether the current caller may see secret values (no caller: a test's direct call)."""
+    caller = current_caller()
+    return caller is None or caller.role is Role.ADMIN

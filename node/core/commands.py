@@ -313,6 +313,30 @@ class TokensUsed(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class SetVariable(Command):
+    """Create a variable or change its value (`raftflow variables set KEY VALUE`)."""
+    TYPE: ClassVar[str] = "set_variable"
+    key: str
+    value: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteVariable(Command):
+    TYPE: ClassVar[str] = "delete_variable"
+    key: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ImportVariables(Command):
+    """Set many variables at once, all or none (`raftflow variables import FILE.json`)."""
+    TYPE: ClassVar[str] = "import_variables"
+    variables: dict[str, Any]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Batch(Command):
     """Several commands applied in order in one Raft entry; each succeeds or fails alone."""
     TYPE: ClassVar[str] = "batch"
@@ -335,6 +359,7 @@ COMMAND_TYPES: dict[str, type[Command]] = {
                 FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, CancelRun, ClearTasks,
                 MarkTask, DeleteDag, LoseAttempt,
                 NodeStarted, PruneRuns, CreateToken, RevokeToken, TokensUsed,
+                SetVariable, DeleteVariable, ImportVariables,
                 Batch)
 }
 

@@ -6,25 +6,58 @@ worker renders a task's command (and env values) with it in Jinja2's sandbox
 
     ds, ds_nodash, ts, ts_nodash      the logical date (UTC) as text
     logical_date, data_interval_start, data_interval_end   timezone-aware datetimes
+    prev_ds, next_ds (and _nodash)    the schedule's tick before and after the logical
+                                      date (None for a DAG without a schedule)
+    prev_data_interval_start_success, prev_data_interval_end_success
+                                      of the newest successful run before this one
+                                      (by logical date) that the DAG's memo of finished
+                                      runs keeps (core/past.py), else None
     run_id, dag_id, task_id, attempt (= try_number), node
+    ti, task_instance                 {try_number, task_id, dag_id, run_id, map_index}
+    task_instance_key_str             DAG__TASK__YYYYMMDD
     params        the DAG's params, overridden by the trigger's conf
     dag_run       {run_id, conf, logical_date, trigger}
     results       {task_id: value} of the tasks of this run that published one
+    var           var.value.KEY (text) and var.json.KEY (parsed) of the replicated
+                  Variables as of the attempt's start (when the caller passes them)
+    conn          conn.NAME.host/port/login/conn_type/schema of this node's SSH
+                  connections (never a secret)
+    macros        (worker/render.py adds it: ds_add, ds_format, datetime, timedelta,
+                  time, uuid, random, as Airflow's macros module)
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from .model import Run
+from .schedule import next_tick_after, previous_tick
 from .spec import DagSpec
 
+_UTC_DAY = "%Y-%m-%d"
 
-def template_context(run: Run, spec: DagSpec, task_id: str, attempt: int, node: str) -> dict[str, Any]:
+
+def _day(epoch: float | None, fmt: str = _UTC_DAY) -> str | None:
+    from datetime import timezone
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).strftime(fmt)
+
+
+def template_context(run: Run, spec: DagSpec, task_id: str, attempt: int, node: str, *,
+                     variables: Mapping[str, str] | None = None,
+                     connections: Mapping[str, Mapping[str, Any]] | None = None,
+                     prev_success: tuple[str, str] | None = None) -> dict[str, Any]:
+    """`variables`: the Variables to expose as `var` (None: no `var`); `connections`: this
+    node's connections' public fields by name; `prev_success`: (data_interval_start,
+    data_interval_end) of the previous successful run, if known."""
     logical = datetime.fromisoformat(run.logical_date)
-    return {
+    epoch = logical.timestamp()
+    prev_tick = previous_tick(spec, epoch) if spec.cron is not None else None
+    next_tick = next_tick_after(spec, epoch) if spec.cron is not None else None
+    ti = {"try_number": attempt, "task_id": task_id, "dag_id": run.dag_id, "run_id": run.run_id, "map_index": -1}
+    context: dict[str, Any] = {
         "ds": logical.strftime("%Y-%m-%d"),
         "ds_nodash": logical.strftime("%Y%m%d"),
         "ts": logical.isoformat(),
@@ -32,13 +65,43 @@ def template_context(run: Run, spec: DagSpec, task_id: str, attempt: int, node: 
         "logical_date": logical,
         "data_interval_start": datetime.fromisoformat(run.data_interval_start),
         "data_interval_end": datetime.fromisoformat(run.data_interval_end),
+        "prev_ds": _day(prev_tick),
+        "prev_ds_nodash": _day(prev_tick, "%Y%m%d"),
+        "next_ds": _day(next_tick),
+        "next_ds_nodash": _day(next_tick, "%Y%m%d"),
+        "prev_data_interval_start_success": datetime.fromisoformat(prev_success[0]) if prev_success else None,
+        "prev_data_interval_end_success": datetime.fromisoformat(prev_success[1]) if prev_success else None,
         "run_id": run.run_id,
         "dag_id": run.dag_id,
         "task_id": task_id,
         "attempt": attempt,
         "try_number": attempt,
+        "ti": ti,
+        "task_instance": ti,
+        "task_instance_key_str": f"{run.dag_id}__{task_id}__{logical.strftime('%Y%m%d')}",
         "node": node,
         "params": {**spec.params, **run.conf},
         "dag_run": {"run_id": run.run_id, "conf": run.conf, "logical_date": logical, "trigger": run.trigger},
         "results": {tid: json.loads(ti.result) for tid, ti in run.tasks.items() if ti.result is not None},
+        "conn": {name: dict(fields) for name, fields in (connections or {}).items()},
     }
+    if variables is not None:
+        context["var"] = {"value": dict(variables), "json": _parsed(variables)}
+    return context
+
+
+def _parsed(variables: Mapping[str, str]) -> dict[str, Any]:
+    """var.json: each variable whose value is JSON, parsed (the others are missing there,
+    so `var.json.KEY` of one that is not JSON is an undefined-name error)."""
+    out: dict[str, Any] = {}
+    for key, value in variables.items():
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            continue
+    return out
+
+
+def uses_variables(*templates: str) -> bool:
+    """Whether any of these templates may read `var` (cheap test; a false yes costs a copy)."""
+    return any("var" in t for t in templates)

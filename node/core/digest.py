@@ -12,7 +12,8 @@ terms that apply keeps up to date:
   ("dag", dag_id) its scheduling cursor; ("version", dag_id, n) one submitted
   version (changed only when its source is dropped); ("pool", name); ("run", run_id) an active
   run's own fields; ("task", run_id, task_id) an active run's task instance;
-  ("token", name) a client API token (its hash, role, times). A task
+  ("token", name) a client API token (its hash, role, times); ("variable", key) a
+  Variable's value. A task
   instance still as created (`TaskInstance(task_id)`) has term 0 and no key, so
   creating a run costs one term, whatever its size.
 
@@ -67,13 +68,15 @@ def to_dict(state: State) -> dict[str, Any]:
         "leader_history": state.leader_history,
         "pools": state.pools,
         "tokens": {name: record.to_dict() for name, record in state.tokens.items()},
+        "variables": dict(sorted(state.variables.items())),
         "requests": state.requests.to_json(),
     }
 
 
 def past_dict(record: DagRecord) -> dict[str, Any]:
     """A DAG's depends_on_past memo (core/past.py) as plain data."""
-    return {run_id: {"logical_date": p.logical_date, "states": {t: s.value for t, s in p.states.items()}}
+    return {run_id: {"logical_date": p.logical_date, "states": {t: s.value for t, s in p.states.items()},
+                     "succeeded": p.succeeded, "interval": [p.data_interval_start, p.data_interval_end]}
             for run_id, p in sorted(record.past.items())}
 
 
@@ -124,6 +127,10 @@ def token_key(name: str) -> Key:
     return ("token", name)
 
 
+def variable_key(key: str) -> Key:
+    return ("variable", key)
+
+
 def _hash(data: Any) -> int:
     return record_term(canonical_json(data))
 
@@ -145,7 +152,7 @@ def term_of(state: State, key: Key) -> int:
         if d is None:
             return 0
         fields = ["dag", name, d.paused, d.next_tick_at, d.last_scheduled_tick, d.schedule_from, len(d.versions)]
-        if d.past:   # (only when there is one: a DAG without depends_on_past hashes as before)
+        if d.past:   # (only when there is one: a record from before the memo hashes as before)
             fields.append(past_dict(d))
         return _hash(fields)
     if kind == "version":
@@ -161,6 +168,9 @@ def term_of(state: State, key: Key) -> int:
     if kind == "token":
         record = state.tokens.get(name)
         return 0 if record is None else _hash(["token", record.to_dict()])
+    if kind == "variable":
+        value = state.variables.get(name)
+        return 0 if value is None else _hash(["variable", name, value])
     raise ValueError(f"unknown digest key {key!r}")
 
 
@@ -209,6 +219,7 @@ def all_terms(state: State) -> dict[Key, int]:
     and for `validate`."""
     keys: list[Key] = [pool_key(name) for name in state.pools]
     keys.extend(token_key(name) for name in state.tokens)
+    keys.extend(variable_key(key) for key in state.variables)
     for dag_id, record in state.dags.items():
         keys.append(dag_key(dag_id))
         keys.extend(version_key(dag_id, v.version) for v in record.versions)
@@ -263,6 +274,8 @@ def validate(state: State) -> None:
         assert record is not None and decode_record(record)[1] == term, f"archive term of {run_id} out of date"
     assert state.token_hashes == {t.hash: name for name, t in state.tokens.items()}, "token hash index out of date"
     assert all(t.name == name for name, t in state.tokens.items()), "a token is filed under another name"
+    assert state.variable_bytes == sum(len(v.encode("utf-8", errors="surrogatepass"))
+                                       for v in state.variables.values()), "variable_bytes out of date"
     terms = all_terms(state)
     stale = {k for k in terms.keys() | state.object_terms.keys() if terms.get(k) != state.object_terms.get(k)}
     assert not stale, f"digest terms out of date (an apply changed them without a touch): {sorted(stale)[:5]}"

@@ -147,10 +147,14 @@ MAX_PAST_RUNS = 16   # finished runs a DAG's `past` memo keeps (the newest by lo
 @by_name
 @dataclass(frozen=True, slots=True)
 class PastRun:
-    """What depends_on_past needs of a finished run (core/past.py): its logical date and
-    the final states of the tasks later runs may wait for."""
+    """What later runs need of a finished run (core/past.py): its logical date, the final
+    states of the tasks they may wait for (depends_on_past), and whether it succeeded with
+    its data interval (the prev_data_interval_*_success template names)."""
     logical_date: str
     states: dict[str, TaskState]
+    succeeded: bool = False
+    data_interval_start: str = ""
+    data_interval_end: str = ""
 
 
 @by_name
@@ -166,8 +170,8 @@ class DagRecord:
     schedule_from: float = 0.0
     # The newest tick that has a scheduled run: the cursor never moves back past it.
     last_scheduled_tick: float | None = None
-    # run_id -> PastRun of its newest finished runs (at most MAX_PAST_RUNS), kept only
-    # while its DAG has depends_on_past tasks (core/past.py says why and how).
+    # run_id -> PastRun of its newest finished runs by logical date (at most
+    # MAX_PAST_RUNS; core/past.py says why and how).
     past: dict[str, PastRun] = field(default_factory=dict)
 
     @property

@@ -9,11 +9,12 @@ not have has no previous instance: both start.
 Bounded (ARCHITECTURE invariant 8): the planner runs under the replica lock and never
 reads the archive there. The previous run is either active (its task instances are in
 memory) or finished, and a finished run's task states live in the archive. So each
-DAG keeps a small replicated memo, `DagRecord.past`: when a run of a DAG that has
-such tasks finishes (FinishRun or CancelRun, `remember`), the final states of the
-tasks later runs may wait for (those with depends_on_past, and the direct downstream
-tasks of those with wait_for_downstream) are recorded under its run id, and only the
-MAX_PAST_RUNS newest by logical date are kept. Its cost is O(those tasks) per finish
+DAG keeps a small replicated memo, `DagRecord.past`: when a run finishes (FinishRun
+or CancelRun, `remember`), the final states of the tasks later runs may wait for (those
+with depends_on_past, and the direct downstream tasks of those with
+wait_for_downstream; none in most DAGs) are recorded under its run id with whether it
+succeeded and its data interval (the template names prev_data_interval_*_success), and
+only the MAX_PAST_RUNS newest by logical date are kept. Its cost is O(those tasks) per finish
 and O(MAX_PAST_RUNS) per lookup; it is in the digest (the DAG's term) and snapshots.
 A run that is reopened (cleared, marked) leaves the memo (it is active again, read
 as such); a pruned or deleted run leaves it too.
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Iterable
 
 from .model import MAX_PAST_RUNS, PastRun, Run
 from .spec import DagSpec, TaskSpec
-from .states import TaskState
+from .states import RunState, TaskState
 
 if TYPE_CHECKING:
     from .state import State
@@ -64,15 +65,31 @@ def remember(state: State, run: Run, spec: DagSpec) -> bool:
     """Record a run that just finished (its DAG record must exist). Returns whether the
     memo changed (the caller touches the DAG's digest term)."""
     record = state.dags.get(run.dag_id)
-    watched = watched_tasks(spec)
-    if record is None or not watched:
+    if record is None:
         return False
+    watched = watched_tasks(spec)
     record.past[run.run_id] = PastRun(run.logical_date, {t: run.tasks[t].state for t in sorted(watched)
-                                                         if t in run.tasks})
+                                                         if t in run.tasks},
+                                      run.state is RunState.SUCCESS, run.data_interval_start, run.data_interval_end)
     while len(record.past) > MAX_PAST_RUNS:
         oldest = min(record.past, key=lambda r: (_when(record.past[r].logical_date), r))
         del record.past[oldest]
     return True
+
+
+def previous_success(state: State, run: Run) -> tuple[str, str] | None:
+    """(data_interval_start, data_interval_end) of the newest successful run before `run`
+    (by logical date) that the memo keeps, else None: O(MAX_PAST_RUNS)."""
+    record = state.dags.get(run.dag_id)
+    if record is None:
+        return None
+    when = _when(run.logical_date)
+    best: tuple[datetime, PastRun] | None = None
+    for past_run in record.past.values():
+        at = _when(past_run.logical_date)
+        if past_run.succeeded and at < when and (best is None or at > best[0]):
+            best = (at, past_run)
+    return (best[1].data_interval_start, best[1].data_interval_end) if best is not None else None
 
 
 def drop(state: State, dag_id: str, run_id: str) -> bool:

@@ -32,6 +32,7 @@ from . import (
     handlers_tasks as tasks,
     handlers_tokens as tokens,
     requests,
+    variables,
 )
 from .archive import MemoryArchive, RunArchive, decode_record
 from .codec import run_from_dict
@@ -74,6 +75,9 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.CreateToken: tokens.create_token,
     c.RevokeToken: tokens.revoke_token,
     c.TokensUsed: tokens.tokens_used,
+    c.SetVariable: variables.set_variable,
+    c.DeleteVariable: variables.delete_variable,
+    c.ImportVariables: variables.import_variables,
     c.Undecodable: lambda state, cmd: reject(Code.INVALID, cmd.error),
 }
 
@@ -111,6 +115,9 @@ class State:
         # sha256 of the secret -> name (handlers_tokens keeps both).
         self.tokens: dict[str, TokenRecord] = {}
         self.token_hashes: dict[str, str] = {}
+        # Variables (variables.py): key -> value, and the values' total UTF-8 bytes (a bound).
+        self.variables: dict[str, str] = {}
+        self.variable_bytes: int = 0
         # Recent client request ids and what their commands answered (requests.py).
         self.requests = requests.RequestMemory()
         # Commands applied (rejected ones too): a change counter for waiters, not
@@ -145,6 +152,8 @@ class State:
         self.__dict__.setdefault("tokens", {})          # (snapshots from before tokens existed)
         self.__dict__.setdefault("token_hashes", {})
         self.__dict__.setdefault("requests", requests.RequestMemory())
+        self.__dict__.setdefault("variables", {})          # (snapshots from before variables existed)
+        self.__dict__.setdefault("variable_bytes", 0)
         if "object_terms" not in data or "object_digest" not in data:
             self.object_terms = _digest.all_terms(self)
             self.object_digest = _digest.object_digest_of(self.object_terms)

@@ -139,6 +139,31 @@ class ClientStub:
                 request_serializer=raftflow_dot_proto_dot_client__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=raftflow_dot_proto_dot_client__pb2.RevokeTokenResponse.FromString,
                 _registered_method=True)
+        self.SetVariable = channel.unary_unary(
+                '/raftflow.v1.Client/SetVariable',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.SetVariableRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.SetVariableResponse.FromString,
+                _registered_method=True)
+        self.GetVariable = channel.unary_unary(
+                '/raftflow.v1.Client/GetVariable',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.GetVariableRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.Variable.FromString,
+                _registered_method=True)
+        self.ListVariables = channel.unary_unary(
+                '/raftflow.v1.Client/ListVariables',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.ListVariablesRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.ListVariablesResponse.FromString,
+                _registered_method=True)
+        self.DeleteVariable = channel.unary_unary(
+                '/raftflow.v1.Client/DeleteVariable',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.DeleteVariableRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.DeleteVariableResponse.FromString,
+                _registered_method=True)
+        self.ImportVariables = channel.unary_unary(
+                '/raftflow.v1.Client/ImportVariables',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.ImportVariablesRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.ImportVariablesResponse.FromString,
+                _registered_method=True)
 
 
 class ClientServicer:
@@ -286,6 +311,40 @@ class ClientServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetVariable(self, request, context):
+        """Variables (Airflow's): replicated key/values that templates read as var.value.KEY
+        and var.json.KEY. Reads are viewer's, with the values of sensitive keys (password,
+        secret, token, api_key, ...) shown as *** to everyone but admins; writes operator's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVariable(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVariables(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVariable(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportVariables(self, request, context):
+        """All or none: every key and value is checked before any is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -393,6 +452,31 @@ def add_ClientServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=raftflow_dot_proto_dot_client__pb2.RevokeTokenRequest.FromString,
                     response_serializer=raftflow_dot_proto_dot_client__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'SetVariable': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetVariable,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.SetVariableRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.SetVariableResponse.SerializeToString,
+            ),
+            'GetVariable': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVariable,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.GetVariableRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.Variable.SerializeToString,
+            ),
+            'ListVariables': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVariables,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.ListVariablesRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.ListVariablesResponse.SerializeToString,
+            ),
+            'DeleteVariable': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVariable,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.DeleteVariableRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.DeleteVariableResponse.SerializeToString,
+            ),
+            'ImportVariables': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportVariables,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.ImportVariablesRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.ImportVariablesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -962,6 +1046,141 @@ class Client:
             '/raftflow.v1.Client/RevokeToken',
             raftflow_dot_proto_dot_client__pb2.RevokeTokenRequest.SerializeToString,
             raftflow_dot_proto_dot_client__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetVariable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/SetVariable',
+            raftflow_dot_proto_dot_client__pb2.SetVariableRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.SetVariableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVariable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/GetVariable',
+            raftflow_dot_proto_dot_client__pb2.GetVariableRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.Variable.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVariables(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/ListVariables',
+            raftflow_dot_proto_dot_client__pb2.ListVariablesRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.ListVariablesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVariable(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/DeleteVariable',
+            raftflow_dot_proto_dot_client__pb2.DeleteVariableRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.DeleteVariableResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportVariables(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/ImportVariables',
+            raftflow_dot_proto_dot_client__pb2.ImportVariablesRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.ImportVariablesResponse.FromString,
             options,
             channel_credentials,
             insecure,

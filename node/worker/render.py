@@ -13,7 +13,12 @@ the one environment every renderer uses (filters included), wherever it runs.
 
 from __future__ import annotations
 
+import datetime
+import random
 import shlex
+import time
+import uuid
+from types import SimpleNamespace
 from typing import Any
 
 from jinja2 import StrictUndefined, TemplateError
@@ -25,11 +30,28 @@ def shell_quote(value: Any) -> str:
     return shlex.quote(value if isinstance(value, str) else str(value))
 
 
+def ds_add(ds: str, days: int) -> str:
+    """Airflow's macros.ds_add: `ds` (YYYY-MM-DD) plus `days` (negative: earlier)."""
+    return (datetime.datetime.strptime(ds, "%Y-%m-%d") + datetime.timedelta(days=days)).strftime("%Y-%m-%d")
+
+
+def ds_format(ds: str, input_format: str, output_format: str) -> str:
+    """Airflow's macros.ds_format: `ds` read with `input_format`, written with `output_format`."""
+    return datetime.datetime.strptime(str(ds), input_format).strftime(output_format)
+
+
+# Airflow's `macros` module, as far as templates use it (a global of every template:
+# it holds modules, which the context, pickled to a renderer, could not).
+MACROS = SimpleNamespace(ds_add=ds_add, ds_format=ds_format, datetime=datetime.datetime,
+                         timedelta=datetime.timedelta, time=time, uuid=uuid, random=random.random)
+
+
 def environment() -> ImmutableSandboxedEnvironment:
     """The template environment: the immutable sandbox, strict about undefined names,
-    with raftflow's filters."""
+    with raftflow's filters and Airflow's `macros`."""
     env = ImmutableSandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.filters["shell_quote"] = shell_quote
+    env.globals["macros"] = MACROS
     return env
 
 

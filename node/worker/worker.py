@@ -68,10 +68,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ConfigError, SSHConnection, TaskUser
-from ..core import commands as c
-from ..core.model import RESULT_LIMIT
+from ..core import commands as c, past
+from ..core.context import template_context, uses_variables
+from ..core.model import RESULT_LIMIT, Run
 from ..core.result import Code, Result
-from ..core.spec import TaskSpec
+from ..core.spec import DagSpec, TaskSpec
+from ..core.state import State
+from ..core.variables import MASK, secrets_of
 from ..kinds import KINDS, AttemptInput, CannotStart, Launch, kind
 from ..raft.replica import Unavailable, propose_until_decided
 from ..store.local import LocalStore
@@ -119,6 +122,25 @@ class AttemptSetup:
     # The task's spec, where its kind reads its own fields (python_callable, ssh_conn_id,
     # ...). None: a spec made of the assignment alone (kind, command, env).
     task: TaskSpec | None = None
+    # Values the task log must not show (sensitive Variables, core/variables.py): each is
+    # stored as *** (`Masker`).
+    secrets: tuple[str, ...] = ()
+
+
+def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt: int, node_id: str,
+                  connections: tuple[SSHConnection, ...] = ()) -> AttemptSetup:
+    """An attempt's setup from the replica (the caller holds its lock): the context, with
+    the Variables as of now only if a template of the task may read them (O(variables),
+    bounded by variables.MAX_TOTAL_BYTES), this node's connections' public fields, and
+    the secrets to mask in its log."""
+    templates = [task.command, *(v for _k, v in task.env), *_templated_fields(task).values()]
+    context = template_context(
+        run, spec, task.task_id, attempt, node_id,
+        variables=state.variables if uses_variables(*templates) else None,
+        connections={conn.name: {"conn_type": "ssh", "host": conn.host, "port": conn.port, "login": conn.user,
+                                 "schema": ""} for conn in connections},
+        prev_success=past.previous_success(state, run))
+    return AttemptSetup(context, task.execution_timeout, task, secrets_of(state.variables))
 
 
 # The files an attempt's scratch folder holds for the worker: its published result
@@ -140,12 +162,49 @@ class _Prepared:
     rendered: dict[str, str] = field(default_factory=dict)   # the kind's templated_fields, rendered
 
 
+class Masker:
+    """Replaces the given secrets with *** in a stream of output chunks, also when one
+    is split across chunks: it holds back the last (longest secret - 1) bytes, and never
+    cuts through an occurrence, until more output or `flush` (so a live log lags by at
+    most that many bytes). Longer secrets are replaced first (Airflow's masker does so)."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self._secrets = sorted({s.encode() for s in secrets if s}, key=len, reverse=True)
+        self._hold = max((len(s) for s in self._secrets), default=1) - 1
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not self._secrets:
+            return chunk
+        data = self._pending + chunk
+        cut = max(0, len(data) - self._hold)
+        for secret in self._secrets:   # never cut inside an occurrence
+            start = data.find(secret, max(0, cut - len(secret) + 1))
+            while 0 <= start < cut:
+                if start + len(secret) > cut:
+                    cut = start
+                    break
+                start = data.find(secret, start + 1)
+        self._pending = data[cut:]
+        return self._mask(data[:cut])
+
+    def flush(self) -> bytes:
+        data, self._pending = self._pending, b""
+        return self._mask(data)
+
+    def _mask(self, data: bytes) -> bytes:
+        for secret in self._secrets:
+            data = data.replace(secret, MASK.encode())
+        return data
+
+
 @dataclass
 class _Attempt:
     assignment: Assignment
     thread: threading.Thread | None = None
     process: subprocess.Popen | None = None
     started_at: float = 0.0
+    secrets: tuple[str, ...] = ()  # masked in its log (AttemptSetup.secrets)
     fenced: bool = False          # killed because the lease lapsed
     stopped: str = ""             # why a timeout or cancel stopped it (said in the log and the result)
     kill_timer: threading.Timer | None = None
@@ -385,6 +444,7 @@ class Worker:
         reason it fails. Interrupted (stopped, fenced, shutting down): `_start` refuses."""
         a = attempt.assignment
         setup = self._setup(a)
+        attempt.secrets = setup.secrets
         prepared = _Prepared(a.command, dict(a.env), setup)
         timeout_note = ""
         if setup.execution_timeout is not None:
@@ -538,25 +598,33 @@ class Worker:
         poller.register(fd, select.POLLIN)
         storing = True
         drain_until: float | None = None
+        masker = Masker(attempt.secrets)
+
+        def keep(chunk: bytes) -> None:
+            nonlocal storing
+            if storing and chunk:
+                storing = self._store.append_log(a.run_id, a.task_id, a.attempt, chunk)
+            tail.extend(chunk)
+            del tail[:-LOG_TAIL_BYTES]
+
         while True:
             if drain_until is None and self._may_stop_reading(attempt, process.pid):
                 drain_until = time.monotonic() + DRAIN_SECONDS
             if drain_until is not None:
                 left = drain_until - time.monotonic()
                 if left <= 0 or not poller.poll(left * 1000):
+                    keep(masker.flush())
                     self._store.append_note(a.run_id, a.task_id, a.attempt, (
                         "raftflow: stopped reading the output: the attempt's process exited, but a process it "
                         "started outside its process group (setsid?) still holds the output open\n").encode())
                     break
             elif not poller.poll(_PUMP_POLL_MS):
                 continue
-            chunk = os.read(fd, READ_CHUNK)
-            if not chunk:
+            raw = os.read(fd, READ_CHUNK)
+            if not raw:
+                keep(masker.flush())
                 break
-            if storing:
-                storing = self._store.append_log(a.run_id, a.task_id, a.attempt, chunk)
-            tail += chunk
-            del tail[:-LOG_TAIL_BYTES]
+            keep(masker.feed(raw))
         process.stdout.close()
 
     def _claim(self, a: Assignment, at: float) -> tuple[str, bool]:

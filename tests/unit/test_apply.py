@@ -600,6 +600,9 @@ ALL_COMMANDS = [
     c.CreateToken("ci", "operator", "ab" * 32, T0 + 86400, "admin", T0),
     c.RevokeToken("ci", T0 + 5),
     c.TokensUsed({"ci": T0 + 6, "viewer-1": T0 + 7.5}, T0 + 8),
+    c.SetVariable("db_password", "s3cr\u00e9t", T0 + 9),
+    c.DeleteVariable("db_password", T0 + 10),
+    c.ImportVariables({"a": "1", "b.c": "{\"x\": [1]}"}, T0 + 11),
     c.Batch((c.QueueTask("m1", "a", T0), c.StartRun("m1", T0))),
 ]
 

@@ -124,13 +124,15 @@ def test_the_memo_keeps_the_newest_runs_by_logical_date_and_forgets_pruned_ones(
     assert "r10" not in w.state.dags["d"].past
 
 
-def test_a_dag_without_such_tasks_keeps_no_memo_and_digests_as_before() -> None:
+def test_a_dag_without_such_tasks_keeps_only_outcomes_and_intervals_in_its_memo() -> None:
     w = World()
     w.submit(dag_dict(tasks=[task("a")]))
     trigger(w, "r1", 1)
     for now in range(1, 4):
         work(w, T0 + now)
-    assert w.run("r1").state is RunState.SUCCESS and w.state.dags["d"].past == {}
+    assert w.run("r1").state is RunState.SUCCESS
+    entry = w.state.dags["d"].past["r1"]
+    assert (entry.states, entry.succeeded, entry.data_interval_start) == ({}, True, iso(T0 + HOUR))
 
 
 def test_the_memo_survives_a_snapshot_and_an_old_dag_record_loads_without_one() -> None:

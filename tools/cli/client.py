@@ -54,9 +54,10 @@ from raftflow.proto import client_pb2, client_pb2_grpc
 # Every RPC of the Client service is one or the other (tests/unit/test_client_retries.py
 # checks it against the proto, so a new RPC cannot be forgotten).
 WRITES = frozenset({"SubmitDags", "TriggerDag", "BackfillDag", "SetPaused", "DeleteDag", "SetPool",
-                    "CancelRun", "ClearTasks", "MarkTask", "CreateToken", "RevokeToken"})
+                    "CancelRun", "ClearTasks", "MarkTask", "CreateToken", "RevokeToken",
+                    "SetVariable", "DeleteVariable", "ImportVariables"})
 READS = frozenset({"ListDags", "GetDag", "ListRuns", "GetRun", "ListPools", "WatchRun", "GetTaskLog",
-                   "ClusterStatus", "GetTaskStory", "ListTokens"})
+                   "ClusterStatus", "GetTaskStory", "ListTokens", "GetVariable", "ListVariables"})
 DEFAULT_RETRY_FOR = 10.0
 # The cluster remembers a request id for at least an hour (node/core/requests.py
 # REMEMBER_SECONDS): a retry window must stay well inside it.
@@ -351,6 +352,25 @@ class ClusterClient:
 
     def revoke_token(self, name: str) -> None:
         self.call("RevokeToken", client_pb2.RevokeTokenRequest(name=name))
+
+    def set_variable(self, key: str, value: str) -> bool:
+        """Whether the variable was created (False: its value was replaced)."""
+        return bool(self.call("SetVariable", client_pb2.SetVariableRequest(key=key, value=value)).created)
+
+    def get_variable(self, key: str) -> dict[str, Any]:
+        """{key, value, masked, sensitive, meta}"""
+        return _dict(self.call("GetVariable", client_pb2.GetVariableRequest(key=key)))
+
+    def list_variables(self) -> dict[str, Any]:
+        """{"variables": [{key, value, masked, sensitive}], "meta": {...}}"""
+        return _dict(self.call("ListVariables", client_pb2.ListVariablesRequest()))
+
+    def delete_variable(self, key: str) -> None:
+        self.call("DeleteVariable", client_pb2.DeleteVariableRequest(key=key))
+
+    def import_variables(self, variables: dict[str, str]) -> dict[str, Any]:
+        """{imported, created}"""
+        return _dict(self.call("ImportVariables", client_pb2.ImportVariablesRequest(variables=variables)))
 
     def cluster_status(self) -> dict[str, Any]:
         return _dict(self.call("ClusterStatus", client_pb2.ClusterStatusRequest(), timeout=5.0))

@@ -626,6 +626,72 @@ def cmd_tokens_revoke(client: ClusterClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_variables_set(client: ClusterClient, args: argparse.Namespace) -> int:
+    created = client.set_variable(args.key, args.value)
+    if args.json:
+        emit_json({"key": args.key, "created": created})
+        return EXIT_OK
+    print(f"variable {args.key} {'created' if created else 'updated'}")
+    return EXIT_OK
+
+
+def cmd_variables_get(client: ClusterClient, args: argparse.Namespace) -> int:
+    variable = client.get_variable(args.key)
+    if args.json:
+        emit_json(variable)
+        return EXIT_OK
+    warn_if_stale(variable.get("meta"))
+    print(variable["value"])
+    if variable["masked"]:
+        print(f"note: {args.key} names a secret; only an admin token sees its value", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_variables_list(client: ClusterClient, args: argparse.Namespace) -> int:
+    listing = client.list_variables()
+    if args.json:
+        emit_json(listing)
+        return EXIT_OK
+    warn_if_stale(listing.get("meta"))
+    print(table([[v["key"], _one_line(v["value"]), "yes" if v["sensitive"] else ""] for v in listing["variables"]],
+                ["KEY", "VALUE", "SECRET (masked in task logs)"]))
+    return EXIT_OK
+
+
+def _one_line(value: str, width: int = 60) -> str:
+    flat = value.replace("\n", "\\n")
+    return flat if len(flat) <= width else flat[:width - 3] + "..."
+
+
+def cmd_variables_delete(client: ClusterClient, args: argparse.Namespace) -> int:
+    client.delete_variable(args.key)
+    print(f"variable {args.key} deleted")
+    return EXIT_OK
+
+
+def cmd_variables_import(client: ClusterClient, args: argparse.Namespace) -> int:
+    """FILE.json is a JSON object {key: value} (Airflow's `variables import` format); a
+    value that is not a string is stored as its JSON text (var.json reads it back)."""
+    try:
+        text = Path(args.file).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read {args.file}: {e.strerror}") from None
+    try:
+        given = parse_json(text, args.file)
+    except ValueError as e:
+        raise UsageError(f"{e}; the file must be a JSON object such as {{\"key\": \"value\"}}") from None
+    if not isinstance(given, dict) or not given:
+        raise UsageError(f"{args.file} must hold a non-empty JSON object of key: value, got "
+                         f"{type(given).__name__ if not isinstance(given, dict) else 'an empty object'}")
+    values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in given.items()}
+    result = client.import_variables(values)
+    if args.json:
+        emit_json(result)
+        return EXIT_OK
+    print(f"imported {result['imported']} variable(s) from {args.file} ({result['created']} new)")
+    return EXIT_OK
+
+
 def cmd_connections_list(client: ClusterClient, args: argparse.Namespace) -> int:
     """Every SSH connection some node defines, and which nodes have it: an ssh task runs
     only there. Secrets never leave the nodes; only how each one authenticates is shown."""
@@ -708,7 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--insecure", action="store_true",
                         help="plaintext, for nodes started with insecure = true (development only)")
     sub = parser.add_subparsers(dest="group", required=True,
-                                metavar="{dags,runs,tasks,pools,connections,tokens,cluster,certs,node}")
+                                metavar="{dags,runs,tasks,pools,variables,connections,tokens,cluster,certs,node}")
 
     def verb(group: argparse._SubParsersAction, name: str, func: Callable, help: str,
              json_flag: bool = True) -> argparse.ArgumentParser:
@@ -808,6 +874,19 @@ def build_parser() -> argparse.ArgumentParser:
     verb(tokens, "list", cmd_tokens_list, "list tokens: role, created, expiry, last use (never secrets)")
     p = verb(tokens, "revoke", cmd_tokens_revoke, "revoke a token on every node", json_flag=False)
     p.add_argument("name")
+
+    variables = sub.add_parser("variables", help="set, get, list, delete, import Variables (templates: "
+                               "var.value.KEY)").add_subparsers(dest="verb", required=True)
+    p = verb(variables, "set", cmd_variables_set, "create a variable or replace its value (role operator)")
+    p.add_argument("key")
+    p.add_argument("value")
+    p = verb(variables, "get", cmd_variables_get, "print a variable's value (a secret's is *** but for admins)")
+    p.add_argument("key")
+    verb(variables, "list", cmd_variables_list, "list variables (values of secret keys shown as *** but to admins)")
+    p = verb(variables, "delete", cmd_variables_delete, "delete a variable (role operator)", json_flag=False)
+    p.add_argument("key")
+    p = verb(variables, "import", cmd_variables_import, "set every variable of a JSON object file, all or none")
+    p.add_argument("file", metavar="FILE.json")
 
     cluster = sub.add_parser("cluster", help="cluster status").add_subparsers(dest="verb", required=True)
     verb(cluster, "status", cmd_cluster_status, "who leads, and each node's health and load")
