@@ -1,30 +1,19 @@
 """An Airflow 3.x DAG file: airflow.sdk, the standard provider's operators, nested
-TaskGroups, Label, doc_md, and a TriggerDagRunOperator that starts another DAG of
-this file and waits for it."""
+TaskGroups, Label, doc_md, Param, and trigger rules after a failure."""
 
 from __future__ import annotations
 
 import pendulum
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Label, Param, TaskGroup, TriggerRule
-
-with DAG(
-    dag_id="airflow3_target",
-    schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    params={"note": "default"},
-    is_paused_upon_creation=False,
-) as target:
-    BashOperator(task_id="echo_conf", bash_command="echo note={{ params.note }}")
 
 with DAG(
     dag_id="airflow3_style",
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    doc_md="# Airflow 3 style\nTriggers `airflow3_target` and waits for it.",
+    doc_md="# Airflow 3 style\nGroups, labels and a failure handled by trigger rules.",
     params={"rows": Param(10, type="integer", minimum=0)},
     is_paused_upon_creation=False,
     tags=["compat", "airflow3"],
@@ -34,23 +23,19 @@ with DAG(
         first = BashOperator(task_id="first", bash_command="echo rows={{ params.rows }}",
                              doc_md="Prints the row count.")
         with TaskGroup("inner"):
-            deep = BashOperator(task_id="deep", bash_command="echo deep", env={"STAGE": "inner"},
+            deep = BashOperator(task_id="deep", bash_command='echo "stage=$STAGE"', env={"STAGE": "inner"},
                                 append_env=True)
         first >> deep
-    trigger = TriggerDagRunOperator(task_id="trigger_target", trigger_dag_id="airflow3_target",
-                                    conf={"note": "from {{ dag.dag_id }}"}, wait_for_completion=True,
-                                    poke_interval=1)
+    report = BashOperator(task_id="report", bash_command="echo report")
     fail = BashOperator(task_id="fails", bash_command="exit 1")
     after_fail = EmptyOperator(task_id="after_fail")
     rescue = EmptyOperator(task_id="rescue", trigger_rule=TriggerRule.ONE_FAILED)
 
-    start >> outer >> Label("then trigger") >> trigger
+    start >> outer >> Label("then report") >> report
     start >> fail >> [after_fail, rescue]
 
 # Airflow's final states: fails fails, after_fail is upstream_failed, rescue (one_failed)
 # succeeds; the run fails, because a leaf (after_fail) is upstream_failed.
-EXPECTED = {"start": "success", "outer.first": "success", "outer.inner.deep": "success",
-            "trigger_target": "success", "fails": "failed", "after_fail": "upstream_failed",
-            "rescue": "success"}
+EXPECTED = {"start": "success", "outer.first": "success", "outer.inner.deep": "success", "report": "success",
+            "fails": "failed", "after_fail": "upstream_failed", "rescue": "success"}
 EXPECTED_RUN = "failed"
-TARGET_EXPECTED = {"echo_conf": "success"}

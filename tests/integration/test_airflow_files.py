@@ -39,7 +39,8 @@ def run_to_end(cli, dag_id: str, timeout: float = 120) -> dict[str, Any]:
     return run
 
 
-@pytest.mark.parametrize("name", ["airflow1_style.py", "airflow2_style.py", "airflow3_style.py"])
+@pytest.mark.parametrize("name", ["airflow1_style.py", "airflow2_style.py", "airflow3_style.py",
+                                  "airflow3_trigger.py"])
 def test_an_airflow_file_runs_unchanged_with_airflows_final_states(cluster, cli, name: str) -> None:
     path = DAGS / name
     submitted = cli("dags", "submit", str(path))
@@ -49,7 +50,9 @@ def test_an_airflow_file_runs_unchanged_with_airflows_final_states(cluster, cli,
     states = {t["task_id"]: t["state"] for t in run["tasks"]}
     assert states == declared(path, "EXPECTED"), run
     assert run["state"] == declared(path, "EXPECTED_RUN"), run
-    if name == "airflow3_style.py":   # the triggered DAG ran with the conf the operator rendered
+    if name == "airflow3_style.py":   # the env reached the command; the DAG's doc_md is kept
+        assert "stage=inner" in cli("tasks", "logs", run["run_id"], "outer.inner.deep").stdout
+    if name == "airflow3_trigger.py":   # the triggered DAG ran with the conf the operator rendered
         runs = cli.json("runs", "list", "airflow3_target")["runs"]
         assert runs and runs[0]["state"] == "success", runs
         target = cli.json("runs", "show", runs[0]["run_id"])
@@ -72,7 +75,7 @@ def test_submit_warns_of_ignored_arguments_and_says_the_dag_is_paused(cluster, c
 
 def test_a_refused_file_submits_nothing(cluster, cli) -> None:
     before = {d["dag_id"] for d in cli.json("dags", "list")["dags"]}
-    out = cli("dags", "submit", str(DAGS / "airflow3_style.py"), str(DAGS / "refused" / "custom_operator.py"))
+    out = cli("dags", "submit", str(DAGS / "airflow1_style.py"), str(DAGS / "refused" / "custom_operator.py"))
     assert out.returncode == 2
     assert "custom_operator.py: line 15: custom operator HelloOperator" in out.stderr
     assert "nothing was submitted" in out.stderr

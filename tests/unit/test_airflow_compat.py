@@ -154,7 +154,7 @@ def test_an_airflow_2_file_maps_dag_decorator_groups_chain_params_and_template_f
     assert ignored == [{"argument": "owner", "where": "default_args"}, {"argument": "sla", "where": "default_args"}]
 
 
-def test_an_airflow_3_file_maps_sdk_nested_groups_labels_and_trigger_dagrun(load) -> None:
+def test_an_airflow_3_file_maps_sdk_nested_groups_labels_and_doc_md(load) -> None:
     dags, refusals = load(DAGS / "airflow3_style.py")
     assert refusals == []
     spec = dags["airflow3_style"].to_spec()
@@ -163,15 +163,22 @@ def test_an_airflow_3_file_maps_sdk_nested_groups_labels_and_trigger_dagrun(load
     assert spec["param_schemas"] == {"rows": {"type": "integer", "minimum": 0}} and spec["params"] == {"rows": 10}
     tasks = tasks_of(spec)
     assert tasks["outer.inner.deep"] == {"task_id": "outer.inner.deep", "kind": "bash", "upstream": ["outer.first"],
-                                         "group": "outer.inner", "command": "echo deep", "skip_on_exit_code": [99],
-                                         "env": {"STAGE": "inner"}, "append_env": True}
+                                         "group": "outer.inner", "command": 'echo "stage=$STAGE"',
+                                         "skip_on_exit_code": [99], "env": {"STAGE": "inner"}, "append_env": True}
     assert tasks["outer.first"]["doc_md"] == "Prints the row count." and tasks["outer.first"]["group"] == "outer"
     assert tasks["outer.first"]["upstream"] == ["start"]
+    assert tasks["report"]["upstream"] == ["outer.inner.deep"]   # through the Label: the group's leaf
+    assert tasks["rescue"]["trigger_rule"] == "one_failed" and tasks["after_fail"]["upstream"] == ["fails"]
+
+
+def test_trigger_dagrun_operator_maps_to_the_trigger_dagrun_kind(load) -> None:
+    dags, refusals = load(DAGS / "airflow3_trigger.py")
+    assert refusals == []
+    tasks = tasks_of(dags["airflow3_trigger"].to_spec())
     assert tasks["trigger_target"] == {
-        "task_id": "trigger_target", "kind": "trigger_dagrun", "upstream": ["outer.inner.deep"],
+        "task_id": "trigger_target", "kind": "trigger_dagrun", "upstream": [],
         "trigger_dag_id": "airflow3_target", "conf": {"note": "from {{ dag.dag_id }}"},
         "wait_for_completion": True, "poke_interval": 1.0}
-    assert tasks["rescue"]["trigger_rule"] == "one_failed" and tasks["after_fail"]["upstream"] == ["fails"]
     target = dags["airflow3_target"].to_spec()
     assert target["params"] == {"note": "default"} and tasks_of(target)["echo_conf"]["kind"] == "bash"
 
