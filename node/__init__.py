@@ -1,6 +1,7 @@
 """raftflow: a DAG scheduler with no single point of failure.
 
-DAG files use the authoring API exported here: `from raftflow import DAG, BashTask, PythonTask, EmptyTask, SSHTask`
+DAG files use the authoring API exported here: `from raftflow import DAG, BashTask, PythonTask, EmptyTask,
+SSHTask, TriggerDagRunTask`
 (authoring.__all__: a new task kind's authoring class is exported by adding it there).
 Importing this package stays light (no gRPC, no Raft) because the CLI's loader
 imports it in a child process for every DAG file.

@@ -28,7 +28,7 @@ def created_dags() -> list["DAG"]:
 
 # What DAG files import from `raftflow` (node/__init__.py re-exports exactly this):
 # the DAG and one task class per kind.
-__all__ = ["DAG", "BashTask", "EmptyTask", "PythonTask", "SSHTask"]
+__all__ = ["DAG", "BashTask", "EmptyTask", "PythonTask", "SSHTask", "TriggerDagRunTask"]
 
 
 class DAG:
@@ -247,6 +247,30 @@ class SSHTask(BaseTask):
         self.ssh_conn_id = ssh_conn_id
         self.command = command
         self.get_pty = get_pty
+
+
+class TriggerDagRunTask(BaseTask):
+    """Triggers a run of `trigger_dag_id` with `conf` (its string values are templates),
+    as Airflow's TriggerDagRunOperator; with `wait_for_completion` it waits (looking every
+    `poke_interval` seconds) and ends by that run's state: `allowed_states` succeed it,
+    `failed_states` fail it. An attempt run again after its node was lost does not
+    trigger twice (node/README.md, trigger_dagrun)."""
+
+    kind = "trigger_dagrun"
+
+    def __init__(self, task_id: str, trigger_dag_id: str, conf: dict[str, Any] | None = None,
+                 wait_for_completion: bool = False, poke_interval: float = 60.0, logical_date: str = "",
+                 trigger_run_id: str = "", allowed_states: list[str] | None = None,
+                 failed_states: list[str] | None = None, **options: Any) -> None:
+        super().__init__(task_id, **options)
+        self.trigger_dag_id = trigger_dag_id
+        self.conf = dict(conf or {})
+        self.wait_for_completion = wait_for_completion
+        self.poke_interval = poke_interval
+        self.logical_date = logical_date
+        self.trigger_run_id = trigger_run_id
+        self.allowed_states = list(allowed_states) if allowed_states is not None else ["success"]
+        self.failed_states = list(failed_states) if failed_states is not None else ["failed"]
 
 
 def _seconds(value: float | timedelta | None) -> float | None:

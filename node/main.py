@@ -39,6 +39,7 @@ from .api.peers import (
 from .api.services import ClientService, PeerService
 from .config import ConfigError, NodeConfig, TLSMaterial, load
 from .core import commands as c
+from .core.archive import decode_record
 from .core.effects import DropRunLogs, Effect, ReleasedAttempts, StopAttempt
 from .core.result import Result
 from .core.states import TASK_ACTIVE
@@ -92,7 +93,7 @@ class Node:
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.scratch,
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
                              lease_duration=cfg.worker_lease, reaper=Reaper(), setup=self._attempt_setup,
-                             connections=cfg.connections, run_as=cfg.task_user)
+                             connections=cfg.connections, run_as=cfg.task_user, run_state=self._run_state)
         self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.healthy_window,
                                  cfg.slots, cfg.node_id)
         self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,
@@ -174,6 +175,20 @@ class Node:
             spec = state.dag_spec(run)
             task = spec.task(a.task_id)
             return attempt_setup(state, run, spec, task, a.attempt, self.cfg.node_id, self.cfg.connections)
+
+    def _run_state(self, run_id: str) -> tuple[str, str] | None:
+        """(dag_id, state) of a run in this node's replica, or None: one dict lookup, or
+        one archive read under the lock (decoded after it)."""
+        with self.replica.lock:
+            state = self.replica.state
+            run = state.active.get(run_id)
+            if run is not None:
+                return run.dag_id, run.state.value
+            dag_id = state.run_index.get(run_id)
+            record = state.archive.get(run_id) if dag_id is not None else None
+        if dag_id is None or record is None:
+            return None
+        return dag_id, str(decode_record(record)[0]["state"])
 
     def _after_install(self) -> None:
         """A snapshot replaced the state: runs pruned in the log entries it covers never

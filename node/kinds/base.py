@@ -107,8 +107,16 @@ class TaskKind:
     # False: it runs nothing; the planner completes it once its trigger rule holds.
     runs_on_a_node: ClassVar[bool] = True
     # Its fields whose string values are Jinja2 templates, rendered for each attempt
-    # beside the command (AttemptInput.rendered).
+    # beside the command (AttemptInput.rendered; `templates` may name more).
     templated_fields: ClassVar[tuple[str, ...]] = ()
+    # True: the worker runs it inside the node, without a process (raftflow's own code
+    # that runs no user code: worker/trigger.py); `launch` is never called.
+    in_node: ClassVar[bool] = False
+
+    def templates(self, task: TaskSpec) -> dict[str, str]:
+        """What to render for an attempt beside the command: name -> template (non-empty)."""
+        values = {name: task.arg(name) for name in self.templated_fields}
+        return {name: value for name, value in values.items() if isinstance(value, str) and value}
 
     def parse(self, raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         """The validated values of this kind's `fields` in a raw task dict (`env` is

@@ -81,6 +81,7 @@ from ..store.local import LocalStore
 from .lease import Lease, Reaper
 from .render import RenderError
 from .renderer import RenderInterrupted, RenderPool, process_identity
+from .trigger import Parent, trigger_and_wait
 
 log = logging.getLogger("raftflow.worker")
 
@@ -125,6 +126,7 @@ class AttemptSetup:
     # Values the task log must not show (sensitive Variables, core/variables.py): each is
     # stored as *** (`Masker`).
     secrets: tuple[str, ...] = ()
+    tries_failed: int = 0     # the task's attempts that failed so far (a trigger_dagrun's try)
 
 
 def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt: int, node_id: str,
@@ -140,7 +142,8 @@ def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt
         connections={conn.name: {"conn_type": "ssh", "host": conn.host, "port": conn.port, "login": conn.user,
                                  "schema": ""} for conn in connections},
         prev_success=past.previous_success(state, run))
-    return AttemptSetup(context, task.execution_timeout, task, secrets_of(state.variables))
+    return AttemptSetup(context, task.execution_timeout, task, secrets_of(state.variables),
+                        run.tasks[task.task_id].tries_failed)
 
 
 # The files an attempt's scratch folder holds for the worker: its published result
@@ -216,7 +219,8 @@ class Worker:
                  propose: Callable[[c.Command, float], Result],
                  lease_duration: float, reaper: Reaper | None = None,
                  setup: Callable[[Assignment], AttemptSetup] | None = None,
-                 connections: tuple[SSHConnection, ...] = (), run_as: TaskUser | None = None) -> None:
+                 connections: tuple[SSHConnection, ...] = (), run_as: TaskUser | None = None,
+                 run_state: Callable[[str], tuple[str, str] | None] | None = None) -> None:
         """`scratch`: a folder that is this worker's alone, outside the node's data (config
         `scratch`); whatever is in it at start is a previous process's and is removed.
         `setup` reads an attempt's template context and timeout from this node's replica;
@@ -224,6 +228,8 @@ class Worker:
         processes run as (config run_as_user; None or this process's user: no switch).
         Raises ConfigError if the scratch folder cannot be used."""
         self._connections = {conn.name: conn for conn in connections}
+        # run id -> (dag_id, state) from this node's replica, or None (in-node kinds read it)
+        self._run_state = run_state or (lambda run_id: None)
         self._task_user = run_as if run_as is not None and run_as.uid != os.geteuid() else None
         self._node_home = os.environ.get("HOME") or _home_of(os.geteuid())
         self.node_id = node_id
@@ -430,7 +436,10 @@ class Worker:
                 self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id, refusal, time.time()))
             return
         tail = bytearray()
-        if attempt.process is None:
+        if attempt.process is None and not prepared.reason and kind(a.kind).in_node:
+            exit_code, reason = self._run_in_node(attempt, prepared, tail)
+            published = ""
+        elif attempt.process is None:
             reason, published = prepared.reason, ""
             exit_code = 1 if reason.startswith("cannot render") else 127
             self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {reason}\n".encode())
@@ -480,6 +489,8 @@ class Worker:
                 refusal = f"stopped before it started: {attempt.stopped}"
             if refusal or prepared.reason:
                 return refusal
+            if kind(a.kind).in_node:
+                return ""    # runs on this thread (`_run_in_node`), no process
             setup = prepared.setup
             try:
                 launch = kind(a.kind).launch(AttemptInput(
@@ -506,6 +517,32 @@ class Worker:
             except OSError as e:
                 prepared.reason = f"could not start {a.kind}: {e}"
         return ""
+
+    def _run_in_node(self, attempt: _Attempt, prepared: _Prepared, tail: bytearray) -> tuple[int, str]:
+        """An in-node kind's attempt (trigger_dagrun: worker/trigger.py) on this thread,
+        stopped like a process by a cancel, its execution_timeout, a lapsed lease or
+        the node's shutdown."""
+        a, setup = attempt.assignment, prepared.setup
+        assert setup.task is not None
+
+        def say(line: str) -> None:
+            data = f"{line}\n".encode()
+            self._store.append_log(a.run_id, a.task_id, a.attempt, data)
+            tail.extend(data)
+            del tail[:-LOG_TAIL_BYTES]
+
+        def stopped() -> str:
+            if attempt.fenced or self._stopping.is_set():
+                return "the node is shutting down" if self._stopping.is_set() else "this node's lease lapsed"
+            return attempt.stopped
+
+        log.info("running %s/%s attempt %d in the node (%s)", a.run_id, a.task_id, a.attempt, a.kind)
+        exit_code, reason = trigger_and_wait(
+            setup.task, prepared.rendered, Parent(a.run_id, a.task_id, setup.tries_failed + 1), self._propose,
+            self._run_state, say, stopped, self._stopping, prepared.deadline)
+        if reason and not attempt.stopped:
+            say(f"raftflow: {reason}")
+        return exit_code, reason
 
     def _follow(self, attempt: _Attempt, attempt_dir: Path, prepared: _Prepared,
                 tail: bytearray) -> tuple[int, str, str]:
@@ -712,11 +749,10 @@ class Worker:
 
 
 def _templated_fields(task: TaskSpec | None) -> dict[str, str]:
-    """The task's kind's templated fields that hold a non-empty string: name -> template."""
+    """What the task's kind renders beside the command: name -> template."""
     if task is None or task.kind not in KINDS:
         return {}
-    values = {name: task.arg(name) for name in KINDS[task.kind].templated_fields}
-    return {name: value for name, value in values.items() if isinstance(value, str) and value}
+    return KINDS[task.kind].templates(task)
 
 
 def _home_of(uid: int) -> str:

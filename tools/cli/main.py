@@ -265,13 +265,31 @@ def cmd_dags_show(client: ClusterClient, args: argparse.Namespace) -> int:
           f"paused: {'yes' if s['paused'] else 'no'}, max_active_runs {spec['max_active_runs']}")
     if s["next_run_at"]:
         print(f"next run: {s['next_run_at']}")
+    if spec.get("description"):
+        print(f"description: {spec['description']}")
+    if spec.get("tags"):
+        print(f"tags: {', '.join(spec['tags'])}")
     print()
-    print(table([[t["task_id"], t["kind"], ", ".join(t["upstream"]) or "-", t["retries"],
-                  t["command"] or t.get("python_callable") or "-"]
-                 for t in spec["tasks"]], ["TASK", "KIND", "UPSTREAM", "RETRIES", "COMMAND"]))
+    grouped = any(t.get("group") for t in spec["tasks"])
+    print(table([[t["task_id"], *([t.get("group") or "-"] if grouped else []), t["kind"],
+                  ", ".join(t["upstream"]) or "-", t["retries"], _task_what(t)]
+                 for t in spec["tasks"]],
+                ["TASK", *(["GROUP"] if grouped else []), "KIND", "UPSTREAM", "RETRIES", "COMMAND"]))
+    if spec.get("doc_md"):
+        print(f"\n--- doc_md ---\n{spec['doc_md'].rstrip()}")
+    for t in spec["tasks"]:
+        if t.get("doc_md"):
+            print(f"\n--- {t['task_id']}: doc_md ---\n{t['doc_md'].rstrip()}")
     if args.code:
         print(f"\n--- {s['filename']} ---\n{dag['source']}")
     return EXIT_OK
+
+
+def _task_what(t: dict[str, Any]) -> str:
+    """What a task runs, for `dags show`'s COMMAND column."""
+    if t.get("trigger_dag_id"):
+        return f"trigger {t['trigger_dag_id']}" + (" and wait" if t.get("wait_for_completion") else "")
+    return str(t["command"] or t.get("python_callable") or "-")
 
 
 def cmd_dags_trigger(client: ClusterClient, args: argparse.Namespace) -> int:
