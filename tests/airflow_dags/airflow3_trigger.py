@@ -24,7 +24,7 @@ with DAG(
     is_paused_upon_creation=False,
 ) as dag:
     trigger = TriggerDagRunOperator(task_id="trigger_target", trigger_dag_id="airflow3_target",
-                                    conf={"note": "from {{ dag.dag_id }}"}, wait_for_completion=True,
+                                    conf={"note": "from {{ run_id }}"}, wait_for_completion=True,
                                     poke_interval=1)
     done = BashOperator(task_id="done", bash_command="echo target finished")
     trigger >> done

@@ -48,7 +48,7 @@ def test_an_airflow_file_runs_unchanged_with_airflows_final_states(cluster, cli,
     dag_id = path.stem
     run = run_to_end(cli, dag_id)
     states = {t["task_id"]: t["state"] for t in run["tasks"]}
-    assert states == declared(path, "EXPECTED"), run
+    assert states == declared(path, "EXPECTED"), json.dumps(run["tasks"])
     assert run["state"] == declared(path, "EXPECTED_RUN"), run
     if name == "airflow3_style.py":   # the env reached the command; the DAG's doc_md is kept
         assert "stage=inner" in cli("tasks", "logs", run["run_id"], "outer.inner.deep").stdout
@@ -58,7 +58,7 @@ def test_an_airflow_file_runs_unchanged_with_airflows_final_states(cluster, cli,
         target = cli.json("runs", "show", runs[0]["run_id"])
         assert {t["task_id"]: t["state"] for t in target["tasks"]} == declared(path, "TARGET_EXPECTED")
         log = cli("tasks", "logs", runs[0]["run_id"], "echo_conf").stdout
-        assert "note=from airflow3_style" in log, log
+        assert f"note=from {run['run_id']}" in log, log
     if name == "airflow2_style.py":   # the .sh template file's content ran, rendered
         log = cli("tasks", "logs", run["run_id"], "greet").stdout
         day = run["logical_date"][:10]

@@ -177,7 +177,7 @@ def test_trigger_dagrun_operator_maps_to_the_trigger_dagrun_kind(load) -> None:
     tasks = tasks_of(dags["airflow3_trigger"].to_spec())
     assert tasks["trigger_target"] == {
         "task_id": "trigger_target", "kind": "trigger_dagrun", "upstream": [],
-        "trigger_dag_id": "airflow3_target", "conf": {"note": "from {{ dag.dag_id }}"},
+        "trigger_dag_id": "airflow3_target", "conf": {"note": "from {{ run_id }}"},
         "wait_for_completion": True, "poke_interval": 1.0}
     target = dags["airflow3_target"].to_spec()
     assert target["params"] == {"note": "default"} and tasks_of(target)["echo_conf"]["kind"] == "bash"
