@@ -376,3 +376,32 @@ def test_submit_warns_of_every_ignored_argument() -> None:
         "DAG 'd' (f.py): accepted but not acted on by raftflow: owner (default_args, task t); sla (task t). "
         "`raftflow dags check f.py` lists them"]
     assert ignored_warnings([{"file": "g.py", "dags": [{"dag_id": "g", "ignored": [], "tasks": []}]}]) == []
+
+
+def test_dag_decorator_params_task_group_decorator_and_unprefixed_groups(load, tmp_path: Path) -> None:
+    path = tmp_path / "decorators.py"
+    path.write_text("""
+import pendulum
+from airflow.decorators import dag, task_group
+from airflow.operators.bash import BashOperator
+from airflow.utils.task_group import TaskGroup
+
+@dag(dag_id="decorated", schedule="@once", start_date=pendulum.datetime(2026, 2, 3, 4, 5, tz="UTC"))
+def make(table="orders", limit=5):
+    @task_group(group_id="load")
+    def load_group():
+        BashOperator(task_id="copy", bash_command="echo {{ params.table }}")
+    with TaskGroup("flat", prefix_group_id=False, default_args={"retries": 4}):
+        BashOperator(task_id="plain", bash_command="true")
+    load_group()
+
+make()
+""")
+    dags, refusals = load(path)
+    assert refusals == []
+    spec = dags["decorated"].to_spec()
+    assert spec["params"] == {"table": "orders", "limit": 5}
+    assert (spec["schedule"], spec["end_date"]) == ("5 4 3 2 *", "2026-02-03T04:05:00+00:00")   # @once
+    tasks = tasks_of(spec)
+    assert tasks["load.copy"]["group"] == "load"
+    assert (tasks["plain"]["group"], tasks["plain"]["retries"]) == ("flat", 4)
