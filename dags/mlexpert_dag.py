@@ -1,36 +1,46 @@
-"""mlexpert_dag: the example from the notes raftflow started from.
+"""mlexpert_dag as the notes raftflow started from show it: an Airflow DAG file, loaded
+unchanged. `tools/up --ssh-demo` runs it (a local sshd as spark_master, a stand-in spark-submit)."""
+from datetime import datetime, timedelta
 
-In Airflow it ran two spark-submit jobs on the Hadoop name node over SSH, in
-parallel, for the run's date, then a third job once both had finished. Here the
-jobs are stand-ins that print what they would submit and take a few seconds, so
-the demo shows the two in parallel on different nodes and the third after both.
-(Its SSH form, with a real connection, is mlexpert_ssh_dag.py.)
-"""
+from airflow import DAG
+from airflow.contrib.operators.ssh_operator import SSHOperator
 
-from datetime import datetime
+default_args = {
+    "owner": "airflow",
+    "depends_on_past": False,
+    "start_date": datetime(2026, 1, 1),
+    "email": ["airflow@example.com"],
+    "retries": 1,
+    "retry_delay": timedelta(seconds=10),
+}
 
-from raftflow import DAG, BashTask
-
-SPARK_SUBMIT = (
-    'echo "[$RAFTFLOW_NODE_ID] spark-submit s3://bucket_name/{script} ${{RAFTFLOW_LOGICAL_DATE%%T*}}"; '
-    'for step in 1 2 3; do echo "  stage $step/3 of {script}"; sleep 1; done; '
-    'echo "done: {script}"'
+dag = DAG(
+    "mlexpert_dag",
+    default_args=default_args,
+    description="Aggregate search interactions and user features, then join them for training.",
+    schedule_interval=timedelta(days=1),
+    catchup=False,
 )
 
-with DAG(
-    "mlexpert_dag",
-    schedule="@daily",
-    start_date=datetime(2026, 1, 1),
-    catchup="none",
-    description="Aggregate search interactions and user features, then join them for training.",
-    tags=["example", "spark"],
-    default_args={"retries": 1, "retry_delay": 5},
-) as dag:
-    t1 = BashTask("aggregate_search_interaction",
-                  command=SPARK_SUBMIT.format(script="aggregate_search_interaction.py"))
-    t2 = BashTask("aggregate_user_features",
-                  command=SPARK_SUBMIT.format(script="aggregate_user_features.py"))
-    t3 = BashTask("generate_training_data",
-                  command=SPARK_SUBMIT.format(script="generate_training_data.py"))
+t1 = SSHOperator(
+    task_id="aggregate_search_interaction",
+    ssh_conn_id="spark_master",
+    command="spark-submit s3://bucket_name/aggregate_search_interaction.py {{ ds }}",
+    dag=dag,
+)
 
-    [t1, t2] >> t3
+t2 = SSHOperator(
+    task_id="aggregate_user_features",
+    ssh_conn_id="spark_master",
+    command="spark-submit s3://bucket_name/aggregate_user_features.py {{ ds }}",
+    dag=dag,
+)
+
+t3 = SSHOperator(
+    task_id="generate_training_data",
+    ssh_conn_id="spark_master",
+    command="spark-submit s3://bucket_name/generate_training_data.py {{ ds }}",
+    dag=dag,
+)
+
+[t1, t2] >> t3

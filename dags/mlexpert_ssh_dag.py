@@ -1,13 +1,13 @@
-"""mlexpert_dag in its SSH form: what the notes raftflow started from actually ran.
+"""mlexpert_dag's SSH form in raftflow's own API (mlexpert_dag.py is the Airflow file itself).
 
 Each task connects over SSH to the Hadoop name node (connection `spark_master`,
 defined in the nodes' config, never here) and runs spark-submit there for the run's
 date. Two jobs run in parallel, the third once both have finished; the exit status
 of the remote spark-submit decides each task.
 
-`params.spark_submit` is a stand-in script (dags/bin/spark-submit) so the demo needs
-no Spark: `tools/up --ssh-demo` starts a local sshd, gives every node the
-connection, unpauses this DAG and triggers it. Against a real cluster, set it to
+`params.spark_submit` is a stand-in script (dags/bin/spark-submit) so it needs no
+Spark (`tools/up --ssh-demo` gives every node the connection spark_master to a local
+sshd; unpause and trigger this DAG there). Against a real cluster, set it to
 "spark-submit" (or trigger with --conf '{"spark_submit": "spark-submit"}').
 The DAG is created paused, so a cluster without the connection never schedules it.
 

@@ -22,11 +22,12 @@ def _t(iso: str) -> datetime:
 
 
 def test_mlexpert_dag_runs_in_dependency_order_across_nodes(cluster, cli):
+    # dags/mlexpert_dag.py is the Airflow file (SSH, for tools/up --ssh-demo); its bash stand-in runs here.
     submitted = cli("dags", "submit", str(ROOT / "dags"))
     assert submitted.returncode == 0, submitted.stderr
-    assert "mlexpert_dag" in submitted.stdout
+    assert "mlexpert_dag" in submitted.stdout and "mlexpert_local_dag" in submitted.stdout
 
-    triggered = cli("dags", "trigger", "mlexpert_dag", "--wait", "--json", timeout=120)
+    triggered = cli("dags", "trigger", "mlexpert_local_dag", "--wait", "--json", timeout=120)
     assert triggered.returncode == 0, triggered.stderr + triggered.stdout
     run = json.loads(triggered.stdout)
     assert run["state"] == "success"

@@ -1,6 +1,7 @@
 """tools/up --ssh-demo and tools/down, as a user runs them (the Python entry point that
 tools/up execs): a local sshd, a 3-node cluster whose nodes all have the connection
-spark_master, mlexpert_ssh_dag run through it; then everything stopped by its PID."""
+spark_master, mlexpert_dag (the origin notes' Airflow file, unchanged) run through it; then
+everything stopped by its PID."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def test_up_ssh_demo_runs_the_ssh_form_and_down_stops_everything(tmp_path):
         first = _up("--ssh-demo", "--data-dir", str(data), "--port-base", base)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
         assert "started sshd (pid" in first.stdout
-        assert "triggered mlexpert_ssh_dag" in first.stdout and " SUCCESS in " in first.stdout, first.stdout
+        assert "triggered mlexpert_dag" in first.stdout and " SUCCESS in " in first.stdout, first.stdout
         sshd_pid = int((data / "sshd" / "sshd.pid").read_text())
         started = [sshd_pid] + [int((data / f"n{i}" / "pid").read_text()) for i in (1, 2, 3)]
         # The CLI finds the cluster and its CA certificate (<data-dir>/ca.pem) by itself, as README's tour runs it.

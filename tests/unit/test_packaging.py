@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-HARNESSES = ("attempts", "bench", "bench_history", "bench_scale", "chaos", "local", "protogen", "sshd", "up")
+HARNESSES = ("attempts", "bench", "bench_history", "bench_scale", "chaos", "compat", "local", "protogen", "sshd", "up")
 
 
 def _setuptools() -> dict:
@@ -35,7 +35,7 @@ def test_only_the_node_and_the_cli_are_installed():
     assert config["package-dir"] == {"raftflow": "node", "raftflow_cli": "tools/cli"}
     assert "find" not in str(config.get("packages")), "packages are listed, never discovered"
     for package in config["packages"]:
-        assert package == "raftflow_cli" or package == "raftflow" or package.startswith("raftflow."), package
+        assert package in ("raftflow", "raftflow_cli") or package.startswith(("raftflow.", "raftflow_cli.")), package
     for package, directory in _installed_dirs().items():
         assert (directory / "__init__.py").is_file(), f"{package}: no {directory}/__init__.py"
 

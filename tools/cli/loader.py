@@ -18,6 +18,7 @@ import sys
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -44,7 +45,9 @@ def dag_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def load_file(path: Path, timeout: float = DEFAULT_TIMEOUT, python: str = sys.executable) -> list[dict[str, str]]:
+def inspect_file(path: Path, timeout: float = DEFAULT_TIMEOUT, python: str = sys.executable) -> dict[str, Any]:
+    """Run the loader child on one file: {"ok", "dags", "report", "error"?}. Raises
+    LoadError only when the child gave no result (timeout, crash)."""
     try:
         proc = subprocess.run([python, "-m", "raftflow_cli.loader", str(path)], capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -53,58 +56,143 @@ def load_file(path: Path, timeout: float = DEFAULT_TIMEOUT, python: str = sys.ex
                         "e.g. on network or input?); raise the limit with --load-timeout") from None
     lines = proc.stdout.strip().splitlines()
     try:
-        result = json.loads(lines[-1])
+        result: dict[str, Any] = json.loads(lines[-1])
     except (IndexError, ValueError):
         raise LoadError(f"{path}: the loader exited with {proc.returncode} without a result; "
                         f"stderr: {proc.stderr.strip()[-500:]}") from None
+    return result
+
+
+def load_file(path: Path, timeout: float = DEFAULT_TIMEOUT, python: str = sys.executable) -> list[dict[str, str]]:
+    dags, _ = _load_file_with_report(path, timeout, python)
+    return dags
+
+
+def _load_file_with_report(path: Path, timeout: float = DEFAULT_TIMEOUT,
+                           python: str = sys.executable) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    result = inspect_file(path, timeout, python)
     if not result.get("ok"):
         raise LoadError(result["error"])
-    return result["dags"]
+    return result["dags"], result.get("report") or {}
 
 
 def load_paths(paths: list[str], timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, str]]:
+    return load_paths_with_reports(paths, timeout)[0]
+
+
+def load_paths_with_reports(paths: list[str], timeout: float = DEFAULT_TIMEOUT
+                            ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """Every DAG of the files (what `dags submit` sends) and each file's report (what was
+    ignored: `dags submit` warns of it). Raises LoadError naming every failed file."""
     files = dag_files(paths)
     explicit = {Path(p) for p in paths if Path(p).is_file()}
     with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
-        futures = [(f, pool.submit(load_file, f, timeout)) for f in files]
+        futures = [(f, pool.submit(_load_file_with_report, f, timeout)) for f in files]
         dags: list[dict[str, str]] = []
+        reports: list[dict[str, Any]] = []
         errors = []
         for f, future in futures:
             try:
-                found = future.result()
+                found, report = future.result()
             except LoadError as e:
                 errors.append(str(e))
                 continue
             if not found and f in explicit:
                 errors.append(f"{f}: defines no DAG (create one with `with DAG(...):`)")
             dags.extend(found)
+            reports.append(report)
     if errors:
         raise LoadError("\n".join(errors))
-    return dags
+    return dags, reports
 
 
-def _load_in_this_process(path: Path) -> dict:
-    """Run the DAG file, collect its DAGs, validate them. Runs in the child process."""
+def inspect_paths(paths: list[str], timeout: float = DEFAULT_TIMEOUT) -> list[dict[str, Any]]:
+    """`raftflow dags check`: each file's report, never raising for a file that fails
+    (its errors are in its report). Raises LoadError only for a path that is not there."""
+    files = dag_files(paths)
+    with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
+        futures = [(f, pool.submit(inspect_file, f, timeout)) for f in files]
+        reports = []
+        for f, future in futures:
+            try:
+                result = future.result()
+                report = result.get("report") or {"file": str(f), "dags": [], "refused": [], "errors": []}
+                if not result.get("ok") and not report.get("errors"):
+                    report["errors"] = [result.get("error", "failed")]
+            except LoadError as e:
+                report = {"file": str(f), "dags": [], "refused": [], "errors": [str(e)]}
+            reports.append(report)
+    return reports
+
+
+def _load_in_this_process(path: Path) -> dict[str, Any]:
+    """Run the DAG file, collect its DAGs (raftflow's and Airflow's), validate them.
+    Runs in the child process. The result always holds the file's `report` (what
+    `raftflow dags check` prints); `ok` is false if anything failed or was refused."""
     from raftflow import authoring
     from raftflow.core.spec import DagSpec, SpecError
 
+    from . import airflow_compat
+    from .airflow_compat._registry import UnsupportedFeature
+    from .airflow_compat._schedule import ScheduleRefused
+
     source = path.read_text()
-    sys.path.insert(0, str(path.parent.resolve()))
+    resolved = path.resolve()
+    sys.path.insert(0, str(resolved.parent))
+    airflow_compat.install(resolved)     # `import airflow` resolves to raftflow's layer, in this process only
+    errors: list[str] = []
     try:
-        runpy.run_path(str(path), run_name="__raftflow_dag_file__")
+        runpy.run_path(str(resolved), run_name="__raftflow_dag_file__")
     except BaseException as e:  # noqa: BLE001 - report any failure of user code, even SystemExit
-        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == str(path)]
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == str(resolved)]
         where = f" line {frames[-1].lineno}:" if frames else ""
-        return {"ok": False, "error": f"{path}:{where} {type(e).__name__}: {e}"}
+        name = "not supported" if isinstance(e, UnsupportedFeature) else type(e).__name__
+        errors.append(f"{path}:{where} {name}: {e}")
+    report: dict[str, Any] = {"file": str(path), "dags": []}
     dags = []
+    specs: list[Any] = []
     for dag in authoring.created_dags():
+        report["dags"].append(_native_report(dag))
+        specs.append(dag)
+    for adag in airflow_compat.created_dags():
+        for task in adag.tasks:
+            task.check_late()
+        report["dags"].append(adag.report())
+        specs.append(adag)
+    blocked = bool(errors or airflow_compat.file_refusals())
+    for dag in specs:
         try:
-            spec = DagSpec.from_dict(dag.to_spec())
+            raw = dag.to_spec()
+        except ScheduleRefused as e:
+            errors.append(f"{path}: line {dag.line}: schedule (DAG {dag.dag_id!r}): {e}")
+            continue
+        except Exception as e:  # noqa: BLE001 - a value of the file that has no spec form
+            if not blocked:
+                errors.append(f"{path}: DAG {dag.dag_id!r}: {type(e).__name__}: {e}")
+            continue
+        if blocked or airflow_compat.file_refusals():
+            continue
+        try:
+            spec = DagSpec.from_dict(raw)
         except SpecError as e:
-            return {"ok": False, "error": f"{path}: {e}"}
+            errors.append(f"{path}: {e}")
+            continue
         dags.append({"spec_json": json.dumps(spec.to_dict(), sort_keys=True), "source": source,
                      "filename": str(path)})
-    return {"ok": True, "dags": dags}
+    refusals = airflow_compat.file_refusals()
+    report["refused"] = [r.to_dict() for r in refusals]
+    errors = [r.text(str(path)) for r in refusals] + errors
+    report["errors"] = errors
+    if errors:
+        return {"ok": False, "error": "\n".join(errors), "dags": [], "report": report}
+    return {"ok": True, "dags": dags, "report": report}
+
+
+def _native_report(dag: Any) -> dict[str, Any]:
+    """A raftflow-API DAG in `dags check`'s form: nothing of it is ignored or refused."""
+    return {"dag_id": dag.dag_id, "line": 0, "ignored": [], "notes": [],
+            "tasks": [{"task_id": t.task_id, "operator": type(t).__name__, "kind": t.kind, "line": 0,
+                       "ignored": [], "refused": []} for t in dag.tasks]}
 
 
 def main() -> None:

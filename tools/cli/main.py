@@ -42,7 +42,7 @@ from raftflow.core.spec import DagSpec, schedule_note
 from raftflow.core.states import RunState, TaskState
 
 from .client import DEFAULT_RETRY_FOR, MAX_RETRY_FOR, ApiError, ClusterClient, ClusterUnreachable
-from .loader import DEFAULT_TIMEOUT, LoadError, load_paths
+from .loader import DEFAULT_TIMEOUT, LoadError, inspect_paths, load_paths_with_reports
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
 AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
@@ -156,7 +156,7 @@ def warn_if_stale(meta: dict[str, Any] | None) -> None:
 # ---------------------------------------------------------------- verbs
 def cmd_dags_submit(client: ClusterClient, args: argparse.Namespace) -> int:
     try:
-        dags = load_paths(args.paths, timeout=args.load_timeout)
+        dags, reports = load_paths_with_reports(args.paths, timeout=args.load_timeout)
     except LoadError as e:
         print(f"error: {e}\nnothing was submitted", file=sys.stderr)
         return EXIT_USAGE
@@ -165,14 +165,74 @@ def cmd_dags_submit(client: ClusterClient, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for note in filter(None, (schedule_note(DagSpec.from_dict(json.loads(d["spec_json"]))) for d in dags)):
         print(f"note: {note}", file=sys.stderr)
+    for warning in ignored_warnings(reports):
+        print(f"warning: {warning}", file=sys.stderr)
     results = client.submit(dags)
     if args.json:
         emit_json({"dags": results})
     else:
+        created_paused = {d["dag_id"] for r in reports for d in r.get("dags", [])
+                          if any(n.startswith("created paused") for n in d.get("notes", []))}
         for r in results:
             note = "" if r["changed"] else " (unchanged)"
             print(f"submitted {r['dag_id']} version {r['version']}{note}")
+            if r["version"] == 1 and r["dag_id"] in created_paused:
+                print(f"note: {r['dag_id']} is created paused, as Airflow creates DAGs: "
+                      f"raftflow dags unpause {r['dag_id']}", file=sys.stderr)
     return EXIT_OK
+
+
+def ignored_warnings(reports: list[dict[str, Any]]) -> list[str]:
+    """One line per DAG whose file gives arguments raftflow accepts but does not act on
+    (Airflow's owner, email, sla, ...): nothing is dropped without a word."""
+    out = []
+    for report in reports:
+        for dag in report.get("dags", []):
+            where: dict[str, list[str]] = {}
+            for item in dag.get("ignored", []):
+                where.setdefault(item["argument"], []).append(item["where"])
+            for task in dag.get("tasks", []):
+                for name in task.get("ignored", []):
+                    where.setdefault(name, []).append(f"task {task['task_id']}")
+            if where:
+                listed = "; ".join(f"{name} ({', '.join(places[:3])}{', ...' if len(places) > 3 else ''})"
+                                   for name, places in sorted(where.items()))
+                out.append(f"DAG {dag['dag_id']!r} ({report['file']}): accepted but not acted on by raftflow: "
+                           f"{listed}. `raftflow dags check {report['file']}` lists them")
+    return out
+
+
+def cmd_dags_check(args: argparse.Namespace) -> int:
+    """Load DAG files without submitting (no cluster needed): per DAG each task, its
+    operator and raftflow kind, what is ignored and what is refused."""
+    try:
+        reports = inspect_paths(args.paths, timeout=args.load_timeout)
+    except LoadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    failed = [r for r in reports if r.get("errors")]
+    if args.json:
+        emit_json({"files": reports, "loaded": len(reports) - len(failed), "failed": len(failed)})
+        return EXIT_USAGE if failed else EXIT_OK
+    for report in reports:
+        print(f"{report['file']}: {'REFUSED' if report.get('errors') else 'loads'}")
+        for dag in report.get("dags", []):
+            at = f" (line {dag['line']})" if dag.get("line") else ""
+            print(f"  DAG {dag['dag_id']}{at}")
+            ignored = ", ".join(f"{i['argument']} ({i['where']})" for i in dag.get("ignored", []))
+            if ignored:
+                print(f"    ignored: {ignored}")
+            for note in dag.get("notes", []):
+                print(f"    note: {note}")
+            rows = [[t["task_id"], t["operator"], t["kind"], ", ".join(t["ignored"]) or "-",
+                     ", ".join(t["refused"]) or "-"] for t in dag.get("tasks", [])]
+            if rows:
+                print("\n".join("    " + line for line in table(
+                    rows, ["TASK", "OPERATOR", "KIND", "IGNORED", "REFUSED"]).splitlines()))
+        for error in report.get("errors", []):
+            print(f"  refused: {error}")
+    print(f"{len(reports) - len(failed)} of {len(reports)} file(s) load; {len(failed)} refused")
+    return EXIT_USAGE if failed else EXIT_OK
 
 
 def cmd_dags_list(client: ClusterClient, args: argparse.Namespace) -> int:
@@ -748,6 +808,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(dags, "submit", cmd_dags_submit, "submit every DAG in the given files or folders")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--load-timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds allowed to load each file")
+    p = verb(dags, "check", cmd_dags_check, "load DAG files (raftflow's or Airflow's) without submitting: each "
+             "task's operator and kind, the arguments ignored, what would be refused (needs no cluster)")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--load-timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds allowed to load each file")
+    p.set_defaults(local_func=cmd_dags_check)
     verb(dags, "list", cmd_dags_list, "list DAGs")
     p = verb(dags, "show", cmd_dags_show, "show a DAG's tasks (and code)")
     p.add_argument("dag_id")
@@ -877,6 +942,8 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     if args.group == "certs":
         return run_certs(args)
+    if getattr(args, "local_func", None) is not None:   # verbs that need no cluster (dags check)
+        return int(args.local_func(args))
     try:
         ca_pem, insecure, ca_name = cluster_tls(args.ca_file, args.insecure)
     except UsageError as e:

@@ -6,7 +6,7 @@ Scenarios:
   raft      a write's commit latency as a client sees it (one SetPaused = one Raft
             entry, gRPC included), asked of the leader and of a follower.
   election  SIGKILL the leader; time until a survivor reports a new leader.
-  demo      trigger mlexpert_dag and time it end to end.
+  demo      trigger mlexpert_local_dag and time it end to end.
   failover  SIGKILL the leader during a chain of `true` tasks: kill to the next task
             start on a survivor; and SIGKILL a node running a long task: kill to
             the start of the task's next attempt elsewhere.
@@ -163,7 +163,7 @@ def scenario_demo(bench: Bench) -> dict[str, Any]:
     samples = []
     for _ in range(1 if bench.quick else 3):
         started = time.perf_counter()
-        run_id = bench.client.trigger("mlexpert_dag")["run_id"]
+        run_id = bench.client.trigger("mlexpert_local_dag")["run_id"]
         for run in bench.client.watch_run(run_id):
             if run["state"] in TERMINAL:
                 break

@@ -57,8 +57,11 @@ def write_key_pair(path: Path) -> str:
 
 
 class LocalSSHServer:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, remote_path: str = "") -> None:
+        """`remote_path`: the PATH of commands run through this server (sshd's SetEnv), e.g.
+        a folder with stand-ins for programs a remote host would have; "" keeps sshd's."""
         self.dir = directory.resolve()
+        self.remote_path = remote_path
         self.port = 0
         self.user = getpass.getuser()
         self.process: subprocess.Popen | None = None
@@ -106,6 +109,7 @@ class LocalSSHServer:
                 "UsePAM no",
                 "StrictModes no",
                 "LogLevel VERBOSE",
+                *([f"SetEnv PATH={self.remote_path}"] if self.remote_path else []),
             ]) + "\n")
             check = subprocess.run([sshd, "-t", "-f", str(config)], capture_output=True, text=True)
             if check.returncode != 0:
@@ -132,8 +136,11 @@ class LocalSSHServer:
         return pid if b"sshd" in cmdline and str(self.dir / "sshd_config").encode() in cmdline else None
 
     def attach(self) -> bool:
-        """Use the sshd an earlier `start` left running (tools/up run again): True if there is one."""
+        """Use the sshd an earlier `start` left running (tools/up run again): True if there is
+        one, started with this remote_path."""
         if self.recorded_pid() is None:
+            return False
+        if self.remote_path and f"SetEnv PATH={self.remote_path}\n" not in (self.dir / "sshd_config").read_text():
             return False
         for line in (self.dir / "sshd_config").read_text().splitlines():
             if line.startswith("Port "):

@@ -1,10 +1,11 @@
 """tools/up and tools/down: a local cluster for trying raftflow on one machine.
 
-tools/up starts (or reuses) the cluster, submits dags/, triggers mlexpert_dag,
+tools/up starts (or reuses) the cluster, submits dags/, triggers mlexpert_local_dag,
 shows its progress live and prints what to try next. With --ssh-demo it first
 starts (or reuses) a local sshd, gives every node the connection spark_master to
-it, and runs mlexpert_ssh_dag instead. tools/down stops the nodes (and that sshd)
-it started, by their recorded PIDs. Both are conveniences over
+it, and runs mlexpert_dag instead: the Airflow DAG file of the notes raftflow
+started from, unchanged (the sshd's PATH has dags/bin's stand-in spark-submit).
+tools/down stops the nodes (and that sshd) it started, by their recorded PIDs. Both are conveniences over
 `raftflow node --config FILE`, which is how a node runs on a real machine.
 """
 
@@ -24,8 +25,8 @@ from raftflow_cli.main import print_run, watch
 
 from .local import LOOPBACK, LocalCluster
 
-DEMO_DAG = "mlexpert_dag"
-SSH_DEMO_DAG = "mlexpert_ssh_dag"
+DEMO_DAG = "mlexpert_local_dag"
+SSH_DEMO_DAG = "mlexpert_dag"
 SSH_DEMO_CONNECTION = "spark_master"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +51,10 @@ def _ssh_demo_connection(data_dir: Path) -> SSHConnection | None:
     if find_sshd()[0] is None:
         print(f"--ssh-demo needs sshd: {find_sshd()[1]}", file=sys.stderr)
         return None
-    server = LocalSSHServer(data_dir / "sshd")
+    # The demo's "name node": commands it runs find dags/bin's stand-in spark-submit first.
+    server = LocalSSHServer(data_dir / "sshd", remote_path=f"{ROOT / 'dags' / 'bin'}:/usr/local/bin:/usr/bin:/bin")
+    if server.recorded_pid() is not None and not server.attach():
+        server.stop_recorded()   # an sshd of an older tools/up, without that PATH
     if server.attach():
         print(f"reusing sshd (pid {server.recorded_pid()}) on {server.host}:{server.port}")
     else:
@@ -143,7 +147,8 @@ def up(args: argparse.Namespace) -> int:
         demo = SSH_DEMO_DAG if args.ssh_demo else DEMO_DAG
         if args.ssh_demo:
             client.set_paused(demo, False)   # created paused: only clusters with the connection run it
-            print(f"unpaused {demo} (its tasks run on the nodes over SSH connection {SSH_DEMO_CONNECTION})")
+            print(f"unpaused {demo} (created paused, as Airflow creates DAGs; its tasks run on the nodes over "
+                  f"SSH connection {SSH_DEMO_CONNECTION})")
         run_id = client.trigger(demo)["run_id"]
         print(f"\ntriggered {demo}: run {run_id}\n")
         final = watch(client, run_id)
@@ -193,7 +198,7 @@ What to try next:
   {env}raftflow dags submit dags/              # after editing a DAG: a new version
   {env}raftflow connections list               # SSH connections and the nodes that have them
   {env}raftflow tokens create ci --role operator   # a token for a script (the CLI uses the admin token)
-  {ssh_demo}   # mlexpert_dag's Spark jobs over SSH (a local sshd)
+  {ssh_demo}   # mlexpert_dag, an Airflow DAG file, over SSH (a local sshd)
 
 Kill the leader and watch the cluster carry on:
   kill -9 {leader_pid}
@@ -232,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-demo", action="store_true", help="start the cluster only")
     parser.add_argument("--ssh-demo", action="store_true",
                         help="start a local sshd, give every node the connection spark_master to it, "
-                             "and run mlexpert_ssh_dag (its tasks run over SSH)")
+                             "and run mlexpert_dag (the Airflow file of the origin notes; its tasks run over SSH)")
     parser.add_argument("--down", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--purge", action="store_true", help="with tools/down: also delete the data dir")
     args = parser.parse_args(argv)

@@ -1,0 +1,16 @@
+"""A BaseOperator subclass of the file's own, and an executor_config."""
+from datetime import datetime
+
+from airflow import DAG
+from airflow.models import BaseOperator
+from airflow.operators.bash import BashOperator
+
+
+class HelloOperator(BaseOperator):
+    def execute(self, context):
+        print("hello")
+
+
+with DAG("custom_operator", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
+    HelloOperator(task_id="hello")  # REFUSED: custom operator HelloOperator
+    BashOperator(task_id="pod", bash_command="echo", executor_config={"pod": {}})  # REFUSED: executor_config

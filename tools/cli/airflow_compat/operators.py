@@ -1,0 +1,349 @@
+"""The operators raftflow runs, each mapped to a task kind, and those it refuses by name.
+
+BashOperator -> bash, EmptyOperator/DummyOperator -> empty, SSHOperator -> ssh,
+TriggerDagRunOperator -> trigger_dagrun. PythonOperator and its relatives run as
+python tasks only when their callable is importable on the nodes (not defined in the
+DAG file); in-file callables and @task wait for "Python tasks as Airflow users write
+them". Sensors and other providers' operators are not importable (_finder.py says so).
+"""
+
+from __future__ import annotations
+
+import functools
+from datetime import datetime
+from typing import Any, Callable, ClassVar
+
+from .models import NEXT_ISSUE, BaseOperator, json_value, seconds
+
+# Airflow's BashOperator ends the task skipped on this exit code unless told otherwise.
+AIRFLOW_SKIP_EXIT_CODE = 99
+
+
+def _str_map(value: Any, what: str, owner: BaseOperator) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        owner._refuse(what, "must be a dict of names to strings")
+        return {}
+    return {k: str(v) for k, v in value.items()}
+
+
+class BashOperator(BaseOperator):
+    kind = "bash"
+    operator_args: ClassVar[dict[str, Any]] = {
+        "bash_command": None, "env": None, "append_env": False, "output_encoding": "utf-8",
+        "skip_exit_code": None, "skip_on_exit_code": AIRFLOW_SKIP_EXIT_CODE, "cwd": None, "output_processor": None,
+    }
+    ignored_args = frozenset({"output_encoding"})
+    template_ext = (".sh", ".bash")
+    template_fields = ("bash_command", "env", "cwd")
+
+    def __init__(self, task_id: str | None = None, bash_command: Any = None, **kwargs: Any) -> None:
+        if bash_command is not None:
+            kwargs["bash_command"] = bash_command
+        super().__init__(task_id, **kwargs)
+        self.bash_command = self.arg("bash_command")
+        if not isinstance(self.bash_command, str) or not self.bash_command.strip():
+            self._refuse("bash_command", "BashOperator needs a non-empty bash_command string")
+        if self.arg("output_processor") is not None:
+            self._refuse("output_processor", "a callable defined in the DAG file, run on the output: nodes never "
+                         "import DAG files")
+        self.bash_command = self.template_file(self.bash_command, "bash_command")
+
+    def kind_fields(self) -> dict[str, Any]:
+        codes = self.args.get("skip_on_exit_code", self.args.get("skip_exit_code", AIRFLOW_SKIP_EXIT_CODE))
+        if codes is None:
+            skip: list[int] = []
+        elif isinstance(codes, int):
+            skip = [codes]
+        else:
+            skip = [int(c) for c in codes]
+        fields: dict[str, Any] = {"command": self.bash_command, "skip_on_exit_code": skip}
+        env = _str_map(self.arg("env"), "env", self)
+        if env:   # Airflow: env replaces the worker's environment unless append_env (default False)
+            fields["env"] = env
+            fields["append_env"] = bool(self.arg("append_env"))
+        if self.arg("cwd"):
+            fields["cwd"] = str(self.arg("cwd"))
+        return fields
+
+
+class EmptyOperator(BaseOperator):
+    kind = "empty"
+
+
+class DummyOperator(EmptyOperator):
+    """Airflow 1.10/2.x's name for EmptyOperator."""
+
+
+class SSHOperator(BaseOperator):
+    kind = "ssh"
+    operator_args: ClassVar[dict[str, Any]] = {
+        "ssh_conn_id": None, "ssh_hook": None, "remote_host": None, "command": None, "conn_timeout": None,
+        "cmd_timeout": None, "environment": None, "get_pty": False, "banner_timeout": 30.0,
+        "skip_on_exit_code": None,
+    }
+    ignored_args = frozenset({"conn_timeout", "banner_timeout"})
+    template_ext = (".sh", ".bash")
+    template_fields = ("command", "environment", "remote_host")
+
+    def __init__(self, task_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(task_id, **kwargs)
+        if self.arg("ssh_hook") is not None:
+            self._refuse("ssh_hook", "an SSH hook built in the DAG file: define the connection in the nodes' "
+                         "config and give ssh_conn_id")
+        if self.arg("remote_host") is not None:
+            self._refuse("remote_host", "the host comes from the connection in the nodes' config (one connection "
+                         "per host): give that connection's ssh_conn_id")
+        if self.arg("skip_on_exit_code") is not None:
+            self._refuse("skip_on_exit_code", "raftflow's ssh tasks end success or failed by the remote exit "
+                         "status; skipping on an exit code is for BashOperator")
+        if not isinstance(self.arg("ssh_conn_id"), str):
+            self._refuse("ssh_conn_id", "SSHOperator needs ssh_conn_id, a connection in the nodes' config")
+        command = self.arg("command")
+        if not isinstance(command, str) or not command.strip():
+            self._refuse("command", "SSHOperator needs a non-empty command string")
+        self.command = self.template_file(command, "command")
+
+    def kind_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"command": self.command, "ssh_conn_id": self.arg("ssh_conn_id")}
+        env = _str_map(self.arg("environment"), "environment", self)
+        if env:
+            fields["env"] = env
+        if self.arg("get_pty"):
+            fields["get_pty"] = True
+        timeout = seconds(self.arg("cmd_timeout"), "cmd_timeout")
+        if timeout is not None:
+            fields["cmd_timeout"] = timeout
+        return fields
+
+
+class TriggerDagRunOperator(BaseOperator):
+    kind = "trigger_dagrun"
+    operator_args: ClassVar[dict[str, Any]] = {
+        "trigger_dag_id": None, "trigger_run_id": None, "conf": None, "logical_date": None,
+        "execution_date": None, "reset_dag_run": False, "wait_for_completion": False, "poke_interval": 60,
+        "allowed_states": None, "failed_states": None, "skip_when_already_exists": False, "deferrable": False,
+        "fail_when_dag_is_paused": False, "openlineage_inject_parent_info": True, "run_after": None,
+        "note": None,
+    }
+    ignored_args = frozenset({"skip_when_already_exists", "deferrable", "fail_when_dag_is_paused",
+                              "openlineage_inject_parent_info", "note"})
+    template_fields = ("trigger_dag_id", "trigger_run_id", "logical_date", "conf")
+
+    def __init__(self, task_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(task_id, **kwargs)
+        if not isinstance(self.arg("trigger_dag_id"), str):
+            self._refuse("trigger_dag_id", "TriggerDagRunOperator needs trigger_dag_id, the DAG to trigger")
+        if self.arg("reset_dag_run"):
+            self._refuse("reset_dag_run=True", "raftflow never replaces an existing run of the triggered DAG; "
+                         "clear its tasks with `raftflow tasks clear` instead")
+        if self.arg("run_after") is not None:
+            self._refuse("run_after", "raftflow starts a triggered run at once")
+
+    def kind_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"trigger_dag_id": self.arg("trigger_dag_id")}
+        conf = self.arg("conf")
+        if conf is not None:
+            if not isinstance(conf, dict):
+                self._refuse("conf", "must be a dict (a JSON object)")
+            else:
+                fields["conf"] = json_value(conf, "conf", self)
+        logical = self.arg("logical_date") if self.arg("logical_date") is not None else self.arg("execution_date")
+        if logical is not None:
+            fields["logical_date"] = logical.isoformat() if isinstance(logical, datetime) else str(logical)
+        if self.arg("trigger_run_id"):
+            fields["trigger_run_id"] = str(self.arg("trigger_run_id"))
+        if self.arg("wait_for_completion"):
+            fields["wait_for_completion"] = True
+            fields["poke_interval"] = seconds(self.arg("poke_interval"), "poke_interval")
+        for name in ("allowed_states", "failed_states"):
+            states = self.arg(name)
+            if states is not None:
+                fields[name] = [getattr(s, "value", s) for s in states]
+        return fields
+
+
+# ------------------------------------------------------------------ python tasks
+class PythonOperator(BaseOperator):
+    """Runs as raftflow's python kind when python_callable is importable on the nodes
+    (a function of a module other than the DAG file); refused otherwise."""
+
+    kind = "python"
+    operator_args: ClassVar[dict[str, Any]] = {
+        "python_callable": None, "op_args": None, "op_kwargs": None, "templates_dict": None,
+        "templates_exts": None, "show_return_value_in_logs": True,
+    }
+    ignored_args = frozenset({"templates_exts", "show_return_value_in_logs"})
+
+    def __init__(self, task_id: str | None = None, python_callable: Any = None, **kwargs: Any) -> None:
+        if python_callable is not None:
+            kwargs["python_callable"] = python_callable
+        super().__init__(task_id, **kwargs)
+        self.callable_name = ""
+        func = self.arg("python_callable")
+        module = getattr(func, "__module__", None)
+        qualname = getattr(func, "__qualname__", "")
+        if type(self)._refusal is not None:
+            pass   # refused by name already (BaseOperator)
+        elif not callable(func):
+            self._refuse("python_callable", f"{type(self).__name__} needs a python_callable")
+        elif module in (None, "__raftflow_dag_file__", "__main__") or "<" in qualname:
+            self._refuse(f"{type(self).__name__} with a callable defined in the DAG file",
+                         f"nodes never import DAG files; this waits for \"{NEXT_ISSUE}\" (next issue). Until then "
+                         "put the function in a module the nodes can import")
+        else:
+            self.callable_name = f"{module}:{qualname}"
+        if self.arg("op_args"):
+            self._refuse("op_args", "raftflow passes op_kwargs only: name the arguments")
+        if self.arg("templates_dict"):
+            self._refuse("templates_dict", "not rendered by raftflow's python tasks yet")
+
+    def kind_fields(self) -> dict[str, Any]:
+        return {"python_callable": self.callable_name,
+                "op_kwargs": json_value(dict(self.arg("op_kwargs") or {}), "op_kwargs", self)}
+
+
+def _refused_python(name: str, why: str) -> type[PythonOperator]:
+    return type(name, (PythonOperator,), {"__module__": __name__, "_refusal": (name, why)})
+
+
+_BRANCHING = ("chooses the tasks to run in Python at run time; raftflow runs it once \"" + NEXT_ISSUE +
+              "\" lands (branching included)")
+BranchPythonOperator = _refused_python("BranchPythonOperator", _BRANCHING)
+ShortCircuitOperator = _refused_python("ShortCircuitOperator", _BRANCHING)
+PythonVirtualenvOperator = _refused_python("PythonVirtualenvOperator", "a per-task virtualenv built from the DAG "
+                                           "file's function: waits for \"" + NEXT_ISSUE + "\"")
+ExternalPythonOperator = _refused_python("ExternalPythonOperator", "a function of the DAG file run by another "
+                                         "Python: waits for \"" + NEXT_ISSUE + "\"")
+BranchExternalPythonOperator = _refused_python("BranchExternalPythonOperator", _BRANCHING)
+BranchPythonVirtualenvOperator = _refused_python("BranchPythonVirtualenvOperator", _BRANCHING)
+
+
+class _DecoratedTask(BaseOperator):
+    """What calling a @task function gives: refused (its code is in the DAG file); it
+    still chains (>>) and has .output, so the rest of the file can be checked."""
+
+    def __init__(self, task_id: str, decorator: str, **kwargs: Any) -> None:
+        super().__init__(task_id, **{k: v for k, v in kwargs.items() if k in _DECORATOR_TASK_ARGS})
+        self.decorator = decorator
+        self._refuse(f"{decorator} function {task_id!r}",
+                     f"TaskFlow functions run code of the DAG file; this waits for \"{NEXT_ISSUE}\" (next issue)")
+
+    def report(self) -> dict[str, Any]:
+        out = super().report()
+        out["operator"] = self.decorator
+        return out
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+    def __getitem__(self, key: Any) -> "_DecoratedTask":
+        return self
+
+
+_DECORATOR_TASK_ARGS = frozenset({"retries", "retry_delay", "trigger_rule", "pool", "queue", "priority_weight",
+                                  "execution_timeout", "doc_md", "task_group", "dag"})
+
+
+class _TaskDecorator:
+    """`@task`, `@task(...)`, `@task.NAME` (bash, virtualenv, branch, ...): all refused."""
+
+    def __init__(self, name: str = "@task") -> None:
+        self.name = name
+
+    def __call__(self, python_callable: Callable[..., Any] | None = None, **task_kwargs: Any) -> Any:
+        def decorate(func: Callable[..., Any]) -> Any:
+            return _TaskFunction(func, self.name, task_kwargs)
+        if python_callable is not None and callable(python_callable):
+            return decorate(python_callable)
+        return decorate
+
+    def __getattr__(self, name: str) -> "_TaskDecorator":
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _TaskDecorator(f"{self.name}.{name}")
+
+
+class _TaskFunction:
+    def __init__(self, func: Callable[..., Any], decorator: str, task_kwargs: dict[str, Any]) -> None:
+        functools.update_wrapper(self, func)
+        self.func = func
+        self.decorator = decorator
+        self.task_kwargs = task_kwargs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _DecoratedTask:
+        options = dict(self.task_kwargs)
+        task_id = options.pop("task_id", None) or self.func.__name__
+        return _DecoratedTask(task_id, self.decorator, **options)
+
+    def override(self, **task_kwargs: Any) -> "_TaskFunction":
+        return _TaskFunction(self.func, self.decorator, {**self.task_kwargs, **task_kwargs})
+
+    def partial(self, **_: Any) -> "_DecoratedCall":
+        return _DecoratedCall(self)
+
+    def expand(self, **_: Any) -> _DecoratedTask:
+        return self()
+
+    def expand_kwargs(self, *_: Any, **__: Any) -> _DecoratedTask:
+        return self()
+
+
+class _DecoratedCall:
+    def __init__(self, function: _TaskFunction) -> None:
+        self.function = function
+
+    def expand(self, **_: Any) -> _DecoratedTask:
+        return self.function()
+
+    def expand_kwargs(self, *_: Any, **__: Any) -> _DecoratedTask:
+        return self.function()
+
+
+task = _TaskDecorator()
+setup = _TaskDecorator("@setup")
+teardown = _TaskDecorator("@teardown")
+
+
+def get_current_context() -> Any:
+    """Airflow's run-time context: only a running python task has one."""
+    from ._registry import UnsupportedFeature
+    raise UnsupportedFeature("get_current_context() while the DAG file loads: there is a context only while a "
+                             "task runs (python tasks: \"" + NEXT_ISSUE + "\")")
+
+
+class Asset:
+    """Airflow 3's Asset (2.x: Dataset): accepted as a task's outlets/inlets (ignored);
+    refused as a schedule (data-aware scheduling)."""
+
+    def __init__(self, name: str = "", uri: str = "", **_: Any) -> None:
+        self.name = name or uri
+        self.uri = uri or name
+
+    def __or__(self, other: Any) -> list[Any]:
+        return [self, other]
+
+    def __and__(self, other: Any) -> list[Any]:
+        return [self, other]
+
+
+class AssetAlias(Asset):
+    pass
+
+
+class Metadata:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+
+def asset(*args: Any, **kwargs: Any) -> Any:
+    """`@asset`: a DAG whose one task is a function of the file: refused when applied."""
+    def decorate(func: Any) -> Any:
+        from ._registry import refuse
+        refuse(f"@asset {getattr(func, '__name__', '')!r}", "an asset-producing function of the DAG file: waits for "
+               f"\"{NEXT_ISSUE}\", and data-aware scheduling has no raftflow form")
+        return func
+    if args and callable(args[0]):
+        return decorate(args[0])
+    return decorate
