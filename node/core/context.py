@@ -16,7 +16,9 @@ worker renders a task's command (and env values) with it in Jinja2's sandbox
     ti, task_instance                 {try_number, task_id, dag_id, run_id, map_index}
     task_instance_key_str             DAG__TASK__YYYYMMDD
     params        the DAG's params, overridden by the trigger's conf
-    dag_run       {run_id, conf, logical_date, trigger}
+    dag_run       {run_id, conf, logical_date, trigger, dag_id, run_type}
+    dag, task     Airflow's objects as far as templates read them: dag.dag_id, dag.params,
+                  dag.tags, dag.description; task.task_id, task.retries, task.pool, task.queue
     results       {task_id: value} of the tasks of this run that published one
     var           var.value.KEY (text) and var.json.KEY (parsed) of the replicated
                   Variables as of the attempt's start (when the caller passes them)
@@ -40,6 +42,10 @@ from .spec import DagSpec
 _UTC_DAY = "%Y-%m-%d"
 
 
+# Airflow's DagRunType values for raftflow's run triggers.
+_RUN_TYPES = {"manual": "manual", "schedule": "scheduled", "backfill": "backfill"}
+
+
 def _day(epoch: float | None, fmt: str = _UTC_DAY) -> str | None:
     from datetime import timezone
     return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).strftime(fmt)
@@ -56,6 +62,7 @@ def template_context(run: Run, spec: DagSpec, task_id: str, attempt: int, node: 
     epoch = logical.timestamp()
     prev_tick = previous_tick(spec, epoch) if spec.cron is not None else None
     next_tick = next_tick_after(spec, epoch) if spec.cron is not None else None
+    own = spec.tasks[spec.task_index[task_id]] if task_id in spec.task_index else None
     ti = {"try_number": attempt, "task_id": task_id, "dag_id": run.dag_id, "run_id": run.run_id, "map_index": -1}
     context: dict[str, Any] = {
         "ds": logical.strftime("%Y-%m-%d"),
@@ -81,7 +88,14 @@ def template_context(run: Run, spec: DagSpec, task_id: str, attempt: int, node: 
         "task_instance_key_str": f"{run.dag_id}__{task_id}__{logical.strftime('%Y%m%d')}",
         "node": node,
         "params": {**spec.params, **run.conf},
-        "dag_run": {"run_id": run.run_id, "conf": run.conf, "logical_date": logical, "trigger": run.trigger},
+        "dag_run": {"run_id": run.run_id, "conf": run.conf, "logical_date": logical, "trigger": run.trigger,
+                    "dag_id": run.dag_id, "run_type": _RUN_TYPES.get(run.trigger, run.trigger)},
+        # Airflow's `dag` and `task` objects, as far as a template reads them (their ids,
+        # the DAG's params and tags, the task's owner-free fields).
+        "dag": {"dag_id": run.dag_id, "params": spec.params, "tags": list(spec.tags),
+                "description": spec.description},
+        "task": {"task_id": task_id, "dag_id": run.dag_id,
+                 **({"retries": own.retries, "pool": own.pool, "queue": own.queue} if own is not None else {})},
         "results": {tid: json.loads(ti.result) for tid, ti in run.tasks.items() if ti.result is not None},
         "conn": {name: dict(fields) for name, fields in (connections or {}).items()},
     }

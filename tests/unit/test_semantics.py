@@ -130,6 +130,10 @@ def test_the_template_context_has_airflow_names_and_conf_overrides_params():
     assert ctx["dag_run"]["conf"] == {"limit": 99} and ctx["dag_run"]["trigger"] == "manual"
     assert (ctx["run_id"], ctx["task_id"], ctx["attempt"], ctx["node"]) == ("r1", "load", 2, "n3")
     assert ctx["results"] == {"extract": {"rows": 7}}
+    # Airflow's dag and task objects, as templates read them ({{ dag.dag_id }}, {{ task.task_id }})
+    assert (ctx["dag"]["dag_id"], ctx["task"]["task_id"]) == (run.dag_id, "load")
+    assert ctx["dag"]["params"] == {"table": "orders", "limit": 10}      # the DAG's, not the run's
+    assert ctx["dag_run"]["run_type"] == "manual"
 
 
 # ------------------------------------------------------------ trigger rules
