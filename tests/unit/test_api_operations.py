@@ -28,6 +28,7 @@ from raftflow.proto import client_pb2
 from raftflow.raft.memory import MemoryReplica
 from raftflow.raft.replica import OutcomeUnknown, Unavailable
 from twin_support import MEMBERS, leading_replica
+from web_support import FakePeers, FakeWorker
 
 
 def _dag_file(dag_id: str = "d", filename: str = "d.py", **kw: Any) -> DagFile:
@@ -234,32 +235,6 @@ def test_a_stream_beyond_the_limit_is_refused() -> None:
 
 # ---------------------------------------------------------------- what needs the node
 @dataclass
-class FakePeers:
-    statuses: dict[str, client_pb2.NodeStatus]
-    logs: dict[str, list[client_pb2.LogChunk]] = field(default_factory=dict)
-
-    def node_info(self, node_id: str, timeout: float = 1.0) -> client_pb2.NodeStatus:
-        if node_id not in self.statuses:
-            raise errors.Unavailable("failed to connect to all addresses")
-        return self.statuses[node_id]
-
-    def read_log(self, node_id: str, request: client_pb2.GetTaskLogRequest,
-                 timeout: float = 30.0) -> Iterator[client_pb2.LogChunk]:
-        if node_id not in self.logs:
-            raise errors.Unavailable("Socket closed")
-        yield from self.logs[node_id]
-
-
-@dataclass
-class FakeWorker:
-    def accept(self, a: Any) -> tuple[bool, str]:
-        return True, ""
-
-    def running(self) -> list[tuple[str, str, int]]:
-        return [("r", "t", 1)]
-
-
-@dataclass
 class FakeStore:
     def read_log_from(self, run_id: str, task_id: str, attempt: int, first: int) -> Iterator[tuple[int, bytes]]:
         return iter([])
@@ -271,7 +246,7 @@ class FakeHost:
     replica: MemoryReplica
     peers: FakePeers
     liveness: Liveness
-    worker: FakeWorker = field(default_factory=FakeWorker)
+    worker: FakeWorker = field(default_factory=lambda: FakeWorker([("r", "t", 1)]))
     store: FakeStore = field(default_factory=FakeStore)
     leader_loop: Any = None
     started: float = 0.0

@@ -54,11 +54,13 @@ class FakePeers:
 
 @dataclass
 class FakeWorker:
+    attempts: list[tuple[str, str, int]] = field(default_factory=list)   # (run, task, attempt) it runs
+
     def accept(self, a: Any) -> tuple[bool, str]:
         return True, ""
 
     def running(self) -> list[tuple[str, str, int]]:
-        return []
+        return list(self.attempts)
 
 
 @dataclass

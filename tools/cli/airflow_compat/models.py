@@ -71,7 +71,14 @@ TASK_REFUSED = {
 }
 
 
-class TriggerRule(str, enum.Enum):
+class _TextEnum(str, enum.Enum):
+    """Airflow's string enums: each member prints as its value (DAG files format them)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class TriggerRule(_TextEnum):
     ALL_SUCCESS = "all_success"
     ALL_FAILED = "all_failed"
     ALL_DONE = "all_done"
@@ -88,30 +95,21 @@ class TriggerRule(str, enum.Enum):
     NONE_FAILED_MIN_ONE_SUCCESS = "none_failed_min_one_success"
     ALL_SKIPPED = "all_skipped"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class DagRunState(str, enum.Enum):
+class DagRunState(_TextEnum):
     QUEUED = "queued"
     RUNNING = "running"
     SUCCESS = "success"
     FAILED = "failed"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class TaskInstanceState(str, enum.Enum):
+class TaskInstanceState(_TextEnum):
     SUCCESS = "success"
     FAILED = "failed"
     SKIPPED = "skipped"
     UPSTREAM_FAILED = "upstream_failed"
     RUNNING = "running"
     QUEUED = "queued"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class State:
