@@ -1,5 +1,6 @@
-"""Two Raft rules that pysyncobj 0.3.17 breaks, kept here (issue 21): the AppendEntries
-receiver's, and the leader's "a response from an older term is ignored".
+"""Raft rules that pysyncobj 0.3.17 breaks, kept here (issue 21): the AppendEntries
+receiver's, the leader's "a response from an older term is ignored", and "one membership
+change at a time" (`_SyncObj__changeCluster`; raftflow keeps membership changes off so far).
 
 Raft (the paper's Figure 2, AppendEntries receiver, steps 3 and 4): "If an existing entry
 conflicts with a new one (same index but different terms), delete the existing entry and
@@ -135,6 +136,17 @@ class FollowerRule(SyncObj):
             "type": "next_node_idx", "next_node_idx": nextNodeIdx, "reset": reset, "success": success,
             "term": self._SyncObj__raftCurrentTerm,
         })
+
+    def _SyncObj__changeCluster(self, request: Any) -> bool:
+        """pysyncobj's leader check of a membership change, with the index of the change it
+        accepts remembered: pysyncobj tests `__changeClusterIDx` ("a change is in flight")
+        but never sets it, so it let a second change in before the first was committed
+        (two at once can make two disjoint majorities). The change's entry is appended
+        next, at the log's end + 1."""
+        accepted = bool(super()._SyncObj__changeCluster(request))
+        if accepted:
+            self._SyncObj__changeClusterIDx = self._SyncObj__getCurrentLogIndex() + 1
+        return accepted
 
     def _SyncObj__deleteEntriesFrom(self, from_index: int) -> None:
         if getattr(self._keeping, "tail", False):

@@ -6,7 +6,9 @@ test, with a transport that records what they send (no network).
 - the election restriction: no vote for a candidate whose log is behind;
 - a leader commits by counting replicas only an entry of its own term;
 - a leader ignores an answer to an older term's append (broken in pysyncobj; fixed by
-  raft/follower.py's `FollowerRule`).
+  raft/follower.py's `FollowerRule`);
+- membership changes (off in raftflow today): one server at a time, only once the
+  leader's entry of its own term is committed, effective when appended.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import pytest
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.journal import FileJournal
 from pysyncobj.pickle import loads
-from pysyncobj.syncobj import _COMMAND_TYPE, _bchr
+from pysyncobj.syncobj import _COMMAND_TYPE, FAIL_REASON, _bchr
 
 from raftflow.raft.durable import SyncedJournal, journal_factory
 from raftflow.raft.follower import FollowerRule
@@ -28,8 +30,8 @@ NO_OP = _bchr(_COMMAND_TYPE.NO_OP)
 SELF, B, C = "127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"
 
 
-def node(cls: type[SyncObj], journal: Path | None = None) -> Any:
-    conf = SyncObjConf(autoTick=False, dynamicMembershipChange=False,
+def node(cls: type[SyncObj], journal: Path | None = None, membership_changes: bool = False) -> Any:
+    conf = SyncObjConf(autoTick=False, dynamicMembershipChange=membership_changes,
                        journalFile=str(journal) if journal else None)
     return cls(SELF, [B, C], conf, transportClass=RecordingTransport)
 
@@ -42,10 +44,11 @@ def sent(obj: Any) -> list[dict[str, Any]]:
     return obj._SyncObj__transport.sent
 
 
-def leader_at_term(cls: type[SyncObj], term: int, old_entries: list[tuple[int, int]]) -> Any:
+def leader_at_term(cls: type[SyncObj], term: int, old_entries: list[tuple[int, int]],
+                   membership_changes: bool = False) -> Any:
     """A node whose log holds no-op entries (index, term) after its first, elected leader
     of `term` (which appends its own no-op, as pysyncobj does)."""
-    obj = node(cls)
+    obj = node(cls, membership_changes=membership_changes)
     for index, entry_term in old_entries:
         obj._SyncObj__raftLog.add(NO_OP, index, entry_term)
     obj._SyncObj__setCurrentTerm(term, SELF)
@@ -154,3 +157,52 @@ def test_a_follower_stamps_its_answers_with_the_term_it_answers() -> None:
     follower._SyncObj__onMessageReceived(leader, {       # a mismatch is stamped too
         "type": "append_entries", "term": 3, "prevLogIdx": 7, "prevLogTerm": 3, "entries": [], "commit_index": 1})
     assert sent(follower)[-1]["term"] == 3 and sent(follower)[-1]["success"] is False
+
+
+def membership_leader(cls: type[SyncObj]) -> tuple[Any, list[Any], Any]:
+    """A leader of term 2 with membership changes on, the answers to its changes, and a
+    function asking it for one (then ticking it once)."""
+    leader = leader_at_term(cls, 2, [], membership_changes=True)
+    answers: list[Any] = []
+
+    def change(add: str) -> None:
+        leader.addNodeToCluster(add, callback=lambda result, error: answers.append((add, error)))
+        leader.doTick(0.0)
+    return leader, answers, change
+
+
+def members(leader: Any) -> set[str]:
+    return {n.id for n in leader._SyncObj__otherNodes}
+
+
+def test_plain_pysyncobj_lets_a_second_membership_change_in_before_the_first_is_committed() -> None:
+    """The bug: `__changeClusterIDx`, its "a change is in flight" guard, is never set."""
+    leader, answers, change = membership_leader(SyncObj)
+    answer(leader, B, 3, term=2)                                           # the no-op (2) committed
+    change("127.0.0.1:4")
+    change("127.0.0.1:5")
+    assert {"127.0.0.1:4", "127.0.0.1:5"} <= members(leader) and answers == []
+
+
+def test_membership_changes_go_one_at_a_time_after_the_leaders_own_entry_is_committed() -> None:
+    """Single-server changes (dynamicMembershipChange; issue 16 turns it on): refused until
+    the leader's no-op of its term is committed (the fix in Ongaro's thesis for the
+    single-server change bug; pysyncobj keeps it), refused while an earlier change is
+    uncommitted (FollowerRule's fix), effective as soon as appended."""
+    leader, answers, change = membership_leader(FollowerRule)
+    change("127.0.0.1:4")
+    assert answers == [("127.0.0.1:4", FAIL_REASON.REQUEST_DENIED)]      # the no-op (2) is not committed yet
+    answer(leader, B, 3, term=2)
+    assert commit_index(leader) == 2
+    change("127.0.0.1:4")
+    assert "127.0.0.1:4" in members(leader)                                # a member from its own entry (3) on
+    change("127.0.0.1:5")
+    assert answers[-1] == ("127.0.0.1:5", FAIL_REASON.REQUEST_DENIED)     # 3 is not committed yet
+    assert "127.0.0.1:5" not in members(leader)
+    answer(leader, B, 4, term=2)
+    assert commit_index(leader) == 2                                       # 4 members now: 2 of them are no majority
+    answer(leader, C, 4, term=2)
+    assert commit_index(leader) == 3
+    assert answers[-1] == ("127.0.0.1:4", FAIL_REASON.SUCCESS)
+    change("127.0.0.1:5")
+    assert "127.0.0.1:5" in members(leader)
