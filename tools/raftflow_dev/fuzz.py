@@ -537,11 +537,44 @@ class FuzzMachine(RuleBasedStateMachine):
         if not self._time_up():
             self._call(node, "RevokeToken", client_pb2.RevokeTokenRequest(name=name), f"RevokeToken {name[:40]!r}")
 
+    @rule(key=st.one_of(st.sampled_from(["fuzz_var", "db_password", "a.b-c"]), odd_ids()),
+          value=st.one_of(texts_up_to_max(), st.builds(json_fill, FILL_CHARS, SIZES)), node=st.integers(0, 2))
+    def set_variable(self, key: str, value: str, node: int) -> None:
+        if not self._time_up():
+            self._call(node, "SetVariable", client_pb2.SetVariableRequest(key=key, value=value),
+                       f"SetVariable key of {len(key)} chars {key[:40]!r} value of {len(value)} chars")
+
+    @rule(key=st.one_of(st.sampled_from(["fuzz_var", "db_password"]), odd_ids()), node=st.integers(0, 2))
+    def delete_variable(self, key: str, node: int) -> None:
+        if not self._time_up():
+            self._call(node, "DeleteVariable", client_pb2.DeleteVariableRequest(key=key),
+                       f"DeleteVariable {key[:40]!r}")
+
+    @rule(entries=st.dictionaries(st.one_of(st.sampled_from(["fuzz_var", "imported"]), odd_ids(huge=False)),
+                                  texts_up_to_max(), max_size=4),
+          many=st.one_of(st.just(0), st.integers(1001, 3000)), node=st.integers(0, 2))
+    def import_variables(self, entries: dict[str, str], many: int, node: int) -> None:
+        """A few hostile entries, or more than a node keeps (1,000): all or none."""
+        if not self._time_up():
+            variables = dict(entries) if not many else {f"bulk_{i}": "x" for i in range(many)}
+            self._call(node, "ImportVariables", client_pb2.ImportVariablesRequest(variables=variables),
+                       f"ImportVariables of {len(variables)}")
+
     # ------------------------------------------------------------ reads
     @rule(node=st.integers(0, 2))
     def list_tokens(self, node: int) -> None:
         if not self._time_up():
             self._call(node, "ListTokens", client_pb2.ListTokensRequest(), "ListTokens")
+
+    @rule(node=st.integers(0, 2))
+    def list_variables(self, node: int) -> None:
+        if not self._time_up():
+            self._call(node, "ListVariables", client_pb2.ListVariablesRequest(), "ListVariables")
+
+    @rule(key=st.one_of(st.sampled_from(["fuzz_var", "db_password", "nope"]), odd_ids()), node=st.integers(0, 2))
+    def get_variable(self, key: str, node: int) -> None:
+        if not self._time_up():
+            self._call(node, "GetVariable", client_pb2.GetVariableRequest(key=key), f"GetVariable {key[:40]!r}")
 
     @rule(node=st.integers(0, 2))
     def list_pools(self, node: int) -> None:
