@@ -32,7 +32,7 @@ Pure; called by the planner (`waiting_for_past`) and by transitions (`remember`,
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .model import MAX_PAST_RUNS, PastRun, Run
 from .spec import DagSpec, TaskSpec
@@ -98,6 +98,14 @@ def drop(state: State, dag_id: str, run_id: str) -> bool:
     return record is not None and record.past.pop(run_id, None) is not None
 
 
+def _state_of(found: Run | PastRun, task_id: str) -> TaskState | None:
+    """A task's state in a previous run (None: it had no such task): O(1), no copy."""
+    if isinstance(found, PastRun):
+        return found.states.get(task_id)
+    ti = found.tasks.get(task_id)
+    return ti.state if ti is not None else None
+
+
 class Previous:
     """The previous run of each run of one DAG, for one plan: built from its active runs
     (O(them)) and its memo (O(MAX_PAST_RUNS))."""
@@ -122,18 +130,20 @@ class Previous:
         return best
 
 
-def waiting_for_past(task: TaskSpec, spec: DagSpec, previous: tuple[str, Run | PastRun] | None) -> str:
-    """Why `task` must wait for the previous run ('' if it need not)."""
+def waiting_for_past(task: TaskSpec, downstream: Callable[[], dict[str, list[str]]],
+                     previous: tuple[str, Run | PastRun] | None) -> str:
+    """Why `task` must wait for the previous run ('' if it need not). `downstream`: the
+    DAG's downstream map (DagSpec.downstream_map, O(tasks)), asked for only when `task`
+    waits for its downstream tasks; the caller computes it once per run."""
     if previous is None or not task.needs_past:
         return ""
     _run_id, found = previous
-    states = found.states if isinstance(found, PastRun) else {t: ti.state for t, ti in found.tasks.items()}
-    own = states.get(task.task_id)
+    own = _state_of(found, task.task_id)
     if own is not None and own not in DONE_WELL:
         return f"waiting for the previous run's {task.task_id} (depends_on_past): it is {own.value}"
     if task.wait_for_downstream and own is not None:
-        for down in spec.downstream_map()[task.task_id]:
-            state = states.get(down)
+        for down in downstream()[task.task_id]:
+            state = _state_of(found, down)
             if state is not None and state not in DONE_WELL:
                 return (f"waiting for the previous run's {down}, downstream of {task.task_id} "
                         f"(wait_for_downstream): it is {state.value}")

@@ -170,6 +170,15 @@ def _plan_run(run: Run, spec: DagSpec, now: float, expired: set[str], out: list[
     active, active_nodes, next_retry_at = 0, set(), None
     all_terminal = True
     waits_on_past = False
+    # For depends_on_past tasks, each found once per run, when first needed.
+    previous_run: tuple[tuple[str, Run | PastRun] | None] | None = None
+    adjacency: list[dict[str, list[str]]] = []
+
+    def downstream() -> dict[str, list[str]]:
+        if not adjacency:
+            adjacency.append(spec.downstream_map())
+        return adjacency[0]
+
     for order, task in enumerate(spec.tasks):
         ti = run.tasks[task.task_id]
         key = (-task.priority_weight, run.logical_date, order, task.task_id)
@@ -178,7 +187,9 @@ def _plan_run(run: Run, spec: DagSpec, now: float, expired: set[str], out: list[
         elif ti.state is TaskState.PENDING:
             verdict, why = trigger_verdict(run, task)
             if verdict is TaskState.QUEUED and task.needs_past:
-                waiting = past.waiting_for_past(task, spec, previous.of(run))
+                if previous_run is None:
+                    previous_run = (previous.of(run),)
+                waiting = past.waiting_for_past(task, downstream, previous_run[0])
                 if waiting:
                     verdict, waits_on_past = None, True
                     if waiting != ti.reason:
