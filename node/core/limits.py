@@ -72,7 +72,7 @@ def check_json(value: Any, what: str, max_depth: int = MAX_JSON_DEPTH, max_bytes
             raise JsonShapeError(f"{what} must be plain JSON values (a number is {item})")
         elif isinstance(item, (dict, list)):
             if depth >= max_depth:
-                raise JsonShapeError(f"{what} nest more than {max_depth} levels deep; flatten them")
+                raise JsonShapeError(f"{what} is nested more than {max_depth} levels deep; flatten it")
             if isinstance(item, dict):
                 for key in item:
                     if not isinstance(key, str):
@@ -123,7 +123,7 @@ def parse_json(text: str, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
         if bracket.group() in "[{":
             depth += 1
             if depth > max_depth:
-                raise JsonShapeError(f"{what} nest more than {max_depth} levels deep; flatten them")
+                raise JsonShapeError(f"{what} is nested more than {max_depth} levels deep; flatten it")
         else:
             depth -= 1
     try:

@@ -41,11 +41,11 @@ def test_hostile_requests_are_refused_before_they_reach_the_log(tmp_path: Path) 
             applied = client.list_dags()["meta"]["last_applied"]
             deep = "[" * 5000 + "]" * 5000
             _refused(lambda: client.trigger("extract", '{"c": ' + deep + "}"), grpc.StatusCode.INVALID_ARGUMENT,
-                     "conf nest more than 32 levels")
+                     "conf is nested more than 32 levels")
             spec = json.dumps({"dag_id": "deep", "params": {"p": 1}, "tasks": [{"task_id": "a", "command": "x"}]})
             _refused(lambda: client.submit([{"spec_json": spec.replace('"p": 1', '"p": ' + deep),
                                              "source": "", "filename": "deep.py"}]),
-                     grpc.StatusCode.INVALID_ARGUMENT, "nest more than 32 levels")
+                     grpc.StatusCode.INVALID_ARGUMENT, "is nested more than 32 levels")
             message = _refused(lambda: client.set_pool("p" * 3_900_000, 3), grpc.StatusCode.INVALID_ARGUMENT,
                                "3900000 characters")
             assert len(message) < 500

@@ -64,9 +64,9 @@ def spec_error(raw: Any) -> str:
 # ---------------------------------------------------------------- the checker
 def test_the_depth_limit_is_exact_and_checking_never_recurses() -> None:
     check_json(deep_dict(MAX_JSON_DEPTH), "conf")
-    with pytest.raises(JsonShapeError, match="conf nest more than 32 levels deep"):
+    with pytest.raises(JsonShapeError, match="conf is nested more than 32 levels deep"):
         check_json(deep_dict(MAX_JSON_DEPTH + 1), "conf")
-    with pytest.raises(JsonShapeError, match="nest more than 32"):   # far past the recursion limit
+    with pytest.raises(JsonShapeError, match="is nested more than 32"):   # far past the recursion limit
         check_json(nested(200_000), "conf")
 
 
@@ -85,7 +85,7 @@ def test_only_plain_json_that_encodes_as_utf8_passes(value: Any, fragment: str) 
 def test_parse_json_refuses_deep_text_before_json_loads_recurses() -> None:
     assert parse_json('{"a": "[[[[{{{{\\" [["}', "conf") == {"a": '[[[[{{{{" [['}
     assert parse_json("[" * 32 + "]" * 32, "conf") is not None
-    with pytest.raises(JsonShapeError, match="nest more than 32"):
+    with pytest.raises(JsonShapeError, match="is nested more than 32"):
         parse_json("[" * 100_000 + "]" * 100_000, "conf")
     with pytest.raises(ValueError, match="conf is not valid JSON"):
         parse_json("{", "conf")
@@ -101,10 +101,10 @@ def test_clip_never_echoes_unbounded_input() -> None:
 # ---------------------------------------------------------------- specs
 def test_deep_params_or_task_fields_are_refused_by_the_spec() -> None:
     # ~490 levels was enough to make every snapshot fail (pysyncobj then never compacts).
-    assert "params nest more than 32 levels deep" in spec_error(dag_dict(params={"p": nested(490)}))
+    assert "params is nested more than 32 levels deep" in spec_error(dag_dict(params={"p": nested(490)}))
     message = spec_error(dag_dict(tasks=[{"task_id": "p", "kind": "python", "python_callable": "m:f",
                                           "op_kwargs": {"x": nested(490)}}]))
-    assert "task 'p': op_kwargs nest more than 32 levels deep" in message
+    assert "task 'p': op_kwargs is nested more than 32 levels deep" in message
     assert "lone surrogate" in spec_error(dag_dict(description="ok", params={"x": "\ud800"}))
 
 
@@ -185,7 +185,7 @@ def _world_with_dag(**kw: Any) -> World:
 
 def test_apply_refuses_a_deep_or_large_conf() -> None:
     world = _world_with_dag()
-    assert "conf nest more than 32 levels" in world.trigger("r1", conf={"c": nested(980)}, expect=Code.INVALID).reason
+    assert "conf is nested more than 32 levels" in world.trigger("r1", conf={"c": nested(980)}, expect=Code.INVALID).reason
     assert "conf are 70009 bytes of JSON, more than 65536" in world.trigger(
         "r2", conf={"c": "x" * 70000}, expect=Code.INVALID).reason
     assert "lone surrogate" in world.trigger("r3", conf={"c": "\udc80"}, expect=Code.INVALID).reason
@@ -300,9 +300,9 @@ def _refused(ops: Operations, call: Any, error: type[errors.ServiceError], fragm
 
 def test_deep_json_from_a_client_is_invalid_not_an_internal_error(ops: Operations) -> None:
     deep = "[" * 100_000 + "]" * 100_000
-    _refused(ops, lambda: ops.trigger("d", '{"c": ' + deep + "}"), errors.Invalid, "conf nest more than 32")
+    _refused(ops, lambda: ops.trigger("d", '{"c": ' + deep + "}"), errors.Invalid, "conf is nested more than 32")
     spec = json.dumps(dag_dict("e", params={"p": 1})).replace('"p": 1', '"p": ' + deep)
-    _refused(ops, lambda: ops.submit_dags([DagFile("e.py", spec, "")]), errors.Invalid, "nest more than 32")
+    _refused(ops, lambda: ops.submit_dags([DagFile("e.py", spec, "")]), errors.Invalid, "is nested more than 32")
 
 
 def test_writes_apply_would_refuse_are_refused_before_they_are_proposed(ops: Operations) -> None:

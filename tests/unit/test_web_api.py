@@ -111,7 +111,7 @@ def test_pause_and_unpause(world: WebWorld) -> None:
     (b'{"is_paused": "yes"}', "the body: is_paused must be true or false, got str"),
     (b'{"is_paused": true, "description": "x"}', "is_paused is the only field of a DAG that can be changed"),
     (b"{}", "the body must give is_paused"),
-    (b"[" * 40 + b"]" * 40, "nest more than 32 levels deep"),
+    (b"[" * 40 + b"]" * 40, "is nested more than 32 levels deep"),
 ])
 def test_a_malformed_patch_is_400_and_changes_nothing(world: WebWorld, body: bytes, message: str) -> None:
     before = world.log_size()
