@@ -88,7 +88,7 @@ def check_json(value: Any, what: str, max_depth: int = MAX_JSON_DEPTH, max_bytes
     except ValueError as e:   # e.g. an integer of more than 4300 digits
         raise JsonShapeError(f"{what} must be plain JSON values ({e})") from None
     if max_bytes is not None and length > max_bytes:
-        raise JsonShapeError(f"{what} are {length} bytes of JSON, more than {max_bytes}")
+        raise JsonShapeError(f"{what} is {length} bytes of JSON, more than {max_bytes}")
     return length
 
 

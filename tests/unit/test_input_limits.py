@@ -185,8 +185,9 @@ def _world_with_dag(**kw: Any) -> World:
 
 def test_apply_refuses_a_deep_or_large_conf() -> None:
     world = _world_with_dag()
-    assert "conf is nested more than 32 levels" in world.trigger("r1", conf={"c": nested(980)}, expect=Code.INVALID).reason
-    assert "conf are 70009 bytes of JSON, more than 65536" in world.trigger(
+    assert "conf is nested more than 32 levels" in world.trigger("r1", conf={"c": nested(980)},
+                                                                 expect=Code.INVALID).reason
+    assert "conf is 70009 bytes of JSON, more than 65536" in world.trigger(
         "r2", conf={"c": "x" * 70000}, expect=Code.INVALID).reason
     assert "lone surrogate" in world.trigger("r3", conf={"c": "\udc80"}, expect=Code.INVALID).reason
     world.trigger("r4", conf={"c": deep_dict(MAX_JSON_DEPTH - 1)})

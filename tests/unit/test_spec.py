@@ -225,7 +225,7 @@ def test_self_dependency_is_reported():
     pytest.param(dag_dict(tags="etl"), ["tags must be a list of strings"], id="tags"),
     pytest.param(dag_dict(params=["x"]), ["DAG 'd'", "params must be a JSON object"], id="params-type"),
     pytest.param(dag_dict(params={"x": float("inf")}), ["params must be plain JSON values"], id="params-nan"),
-    pytest.param(dag_dict(params={"x": "y" * 70000}), ["params are 70009 bytes of JSON, more than 65536"],
+    pytest.param(dag_dict(params={"x": "y" * 70000}), ["params is 70009 bytes of JSON, more than 65536"],
                  id="params-size"),
     pytest.param(dag_dict(dagrun_timeout=0), ["dagrun_timeout must be a positive number of seconds, got 0"],
                  id="dagrun-timeout"),
