@@ -8,17 +8,26 @@ is then cut off from the other nodes and from the test, as on a real network.
 `cut(i, j)` drops the traffic between two nodes only (a blackhole route to the
 other in each one's namespace), so any split of the nodes can be made while the
 test still reaches all of them; `mend(i, j)` undoes it. Everything is named after
-this process's PID and removed by `destroy`.
+this process's PID and removed by `destroy`. Each topology takes a /24 of 10.213.0.0/16
+that no interface on the host uses (chosen under a file lock), so topologies of several
+test processes (pytest-xdist workers, two checkouts) can exist at once.
 """
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import os
+import re
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-SUBNET = "10.213.57"
+SUBNET_PREFIX = "10.213"
+_LOCK_FILE = Path("/run/lock/raftflow-netns.lock")
+_topologies = itertools.count(1)
 # A folder to put on a node's PYTHONPATH to shift its wall clock (clock_offset/sitecustomize.py).
 CLOCK_OFFSET_DIR = Path(__file__).resolve().parent / "clock_offset"
 
@@ -41,17 +50,41 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
 
 
+@contextmanager
+def _host_addresses_locked() -> Iterator[None]:
+    """Held while a topology picks its subnet and claims it on the host."""
+    _LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(_LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _free_subnet() -> str:
+    shown = subprocess.run(["ip", "-4", "-o", "addr", "show"], check=True, capture_output=True, text=True).stdout
+    used = {int(m) for m in re.findall(rf"inet {re.escape(SUBNET_PREFIX)}\.(\d+)\.", shown)}
+    free = next((n for n in range(1, 255) if n not in used), None)
+    if free is None:
+        raise RuntimeError(f"every {SUBNET_PREFIX}.N.0/24 is in use on this host: remove stale test links")
+    return f"{SUBNET_PREFIX}.{free}"
+
+
 class Topology:
     def __init__(self, nodes: int) -> None:
-        tag = f"rf{os.getpid() % 100000}"
+        # Interface names are at most 15 bytes: "rf" + 5 digits of PID + a counter + a suffix.
+        tag = f"rf{os.getpid() % 100000}{next(_topologies) % 10}"
         self.bridge_ns = f"{tag}br"
         self.namespaces = [f"{tag}n{i + 1}" for i in range(nodes)]
         self.root_link = f"{tag}r"
-        self.hosts = [f"{SUBNET}.{i + 1}" for i in range(nodes)]
         self._created: list[str] = []
         self._cuts: set[tuple[int, int]] = set()
         try:
-            self._build(tag)
+            with _host_addresses_locked():
+                self.subnet = _free_subnet()
+                self.hosts = [f"{self.subnet}.{i + 1}" for i in range(nodes)]
+                self._build(tag)
         except subprocess.CalledProcessError as e:
             self.destroy()
             raise RuntimeError(f"building the test network failed: {' '.join(e.cmd)}: {e.stderr}") from None
@@ -75,7 +108,7 @@ class Topology:
             _ip("-n", self.bridge_ns, "link", "set", bridge_end, "up")
         _ip("link", "add", self.root_link, "type", "veth", "peer", "name", f"{tag}rb")
         _ip("link", "set", f"{tag}rb", "netns", self.bridge_ns)
-        _ip("addr", "add", f"{SUBNET}.254/24", "dev", self.root_link)
+        _ip("addr", "add", f"{self.subnet}.254/24", "dev", self.root_link)
         _ip("link", "set", self.root_link, "up")
         _ip("-n", self.bridge_ns, "link", "set", f"{tag}rb", "master", "br0")
         _ip("-n", self.bridge_ns, "link", "set", f"{tag}rb", "up")
