@@ -192,6 +192,9 @@ class LeaderLoop(threading.Thread):
         self._halt = threading.Event()   # not `_stop`: that name is threading.Thread's own (join uses it)
         self.leading_term: int | None = None
         self.plans = 0
+        # Told each plan's duration (seconds, the lock wait included) and why its ready tasks
+        # wait (planner.PlanMemo.waiting); node/metrics.py sets it. Runs on this thread.
+        self.on_plan: Callable[[float, dict[str, int]], None] | None = None
 
     def grants_leases(self) -> bool:
         """Heartbeats renew leases only from a leader that committed its barrier and
@@ -250,10 +253,13 @@ class LeaderLoop(threading.Thread):
 
     def _tick(self) -> Pause:
         now = self._wall_clock()
+        started = self._monotonic()
         with self._replica.lock:
             applied_before = self._replica.state.applied
             commands = plan(self._replica.state, now, self._liveness.view(self._monotonic()), self._plan_memo)
         self.plans += 1
+        if self.on_plan is not None:
+            self.on_plan(self._monotonic() - started, self._plan_memo.waiting)
         if commands:
             result = self._replica.propose(c.Batch(tuple(commands)), timeout=5.0)
             results = result.value if result.ok else []
