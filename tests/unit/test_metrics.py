@@ -263,3 +263,41 @@ def test_docs_list_every_metric(world: MetricsWorld) -> None:
     names = {re.sub(r"_(bucket|sum|count)$", "", n) for n in _sample_names(world)}
     missing = sorted(n for n in names if f"`{n}`" not in docs)
     assert not missing, missing
+
+
+def test_the_setting_reads_from_file_and_environment_and_round_trips(tmp_path: Path) -> None:
+    from raftflow.config import load, to_toml
+
+    flags = {"node_id": "n1", "grpc_address": "127.0.0.1:7001", "raft_address": "127.0.0.1:8001",
+             "peer_address": "127.0.0.1:9001", "data_dir": str(tmp_path), "secret_file": str(tmp_path / "s")}
+    assert load(None, flags, environ={}).metrics_require_token is True
+    off = load(None, flags, environ={"RAFTFLOW_METRICS_REQUIRE_TOKEN": "false"})
+    assert off.metrics_require_token is False
+    (tmp_path / "node.toml").write_text(to_toml(off))
+    assert load(tmp_path / "node.toml", environ={}).metrics_require_token is False
+
+
+class _Details:
+    def __init__(self, method: str, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.method = method
+        self.invocation_metadata = metadata
+
+
+def test_reflection_passes_the_client_interceptor_and_client_methods_still_need_their_role(
+        world: MetricsWorld) -> None:
+    """The reflection service needs no token; the interceptor's table is untouched by it:
+    a Client method still needs a token whose role allows it, an unlisted one is refused."""
+    import grpc
+
+    from raftflow.api.auth import ClientAuthInterceptor, Refused
+
+    authenticator = Authenticator(world.replica)
+    interceptor = ClientAuthInterceptor(authenticator, "n1")
+    passed = grpc.unary_unary_rpc_method_handler(lambda request, context: "answered")
+    for method in ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                   "/grpc.health.v1.Health/Check"):
+        assert interceptor.intercept_service(lambda details: passed, _Details(method)) is passed
+    refused = interceptor.intercept_service(lambda details: passed, _Details("/raftflow.v1.Client/ListDags"))
+    assert refused is not passed
+    with pytest.raises(Refused, match="no required role"):
+        Authenticator.authorize("ServerReflectionInfo", authenticator.authenticate(f"Bearer {world.viewer}"))
