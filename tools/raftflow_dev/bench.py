@@ -18,6 +18,9 @@ Scenarios:
   ui        the web UI at 1,000 DAGs and 10,000 runs of one DAG (--quick: 100, 1,000):
             median response times of the DAG list, grid, graph and run pages, and
             the bytes of a first visit (see bench_ui; in-process, no cluster).
+  metrics   what a /metrics scrape costs with 16 running runs of a 2,000-task DAG and
+            10,000 finished runs (--quick: 4, 1,000): median/p90/max ms, bytes (see
+            bench_metrics; in-process, no cluster).
   status_load  300 queued runs of a 1,000-task DAG: a probe's write latency while
             `cluster status` is called back to back, by 1 and by 64 callers (see
             bench_status; minutes long, so not part of `all`).
@@ -44,6 +47,7 @@ from raftflow_cli.loader import load_paths
 from raftflow_cli.main import TERMINAL
 
 from .bench_history import rss_mib, scenario_history
+from .bench_metrics import scenario_metrics
 from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
 from .bench_status import scenario_status_load
 from .bench_ui import scenario_ui
@@ -291,6 +295,7 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 BY_NAME_ONLY: dict[str, Callable[[Bench], dict[str, Any]]] = {"status_load": scenario_status_load}
 # Scenarios that set up their own clusters.
 STANDALONE: dict[str, Callable[[bool, int], dict[str, Any]]] = {"history": scenario_history, "ui": scenario_ui}
+STANDALONE["metrics"] = scenario_metrics   # (in-process: what a /metrics scrape costs)
 
 
 def _print_table(result: dict[str, Any]) -> None:
