@@ -2,8 +2,8 @@
 
 Owns `NodeMetrics`: a CollectorRegistry of this node's own (never the process-wide
 default registry: tests run several nodes' apps in one process), holding
-- counters and histograms updated at the event: the leader's plan duration
-  (`LeaderLoop.on_plan`), commit latency (`ReplicatedState.on_committed`), and what
+- counters and histograms updated at the event: the leader's plan and loop-turn
+  durations (`LeaderLoop.on_plan`, `on_step`), commit latency (`ReplicatedState.on_committed`), and what
   committed commands did, seen once per entry after apply (`observe_applied`, O(the
   command): one dict lookup per member of a Batch, no scan);
 - a collector that reads current state at scrape time (`_Snapshot.collect`): Raft
@@ -100,6 +100,10 @@ class NodeMetrics:
         self.plan_seconds = Histogram(
             "raftflow_scheduler_plan_duration_seconds",
             "Time of one scheduling step on the leader: waiting for the replica lock and running plan()",
+            buckets=_QUICK, registry=r)
+        self.step_seconds = Histogram(
+            "raftflow_scheduler_step_duration_seconds",
+            "One turn of the leader's scheduling loop: plan, commit its batch of decisions, dispatch",
             buckets=_QUICK, registry=r)
         self.commit_seconds = Histogram(
             "raftflow_raft_commit_duration_seconds",
@@ -372,6 +376,7 @@ def wire(node_id: str, replica: "ReplicatedState", liveness: Liveness, leader_lo
         replay_until=replica.getStatus()["commit_idx"])
     replica.on_committed = metrics.observe_commit
     leader_loop.on_plan = metrics.observe_plan
+    leader_loop.on_step = metrics.step_seconds.observe
     return metrics
 
 

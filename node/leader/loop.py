@@ -195,6 +195,8 @@ class LeaderLoop(threading.Thread):
         # Told each plan's duration (seconds, the lock wait included) and why its ready tasks
         # wait (planner.PlanMemo.waiting); node/metrics.py sets it. Runs on this thread.
         self.on_plan: Callable[[float, dict[str, int]], None] | None = None
+        # Told each scheduling turn's duration (plan, commit its Batch, dispatch); likewise.
+        self.on_step: Callable[[float], None] | None = None
 
     def grants_leases(self) -> bool:
         """Heartbeats renew leases only from a leader that committed its barrier and
@@ -229,7 +231,11 @@ class LeaderLoop(threading.Thread):
         if term != self.leading_term:
             self._take_office(term)
             return Pause(0)
-        return self._tick()
+        started = self._monotonic()
+        pause = self._tick()
+        if self.on_step is not None:
+            self.on_step(self._monotonic() - started)
+        return pause
 
     def _idle(self, pause: Pause) -> None:
         if pause.seconds <= 0:

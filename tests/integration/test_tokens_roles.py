@@ -194,6 +194,14 @@ def test_metrics_need_a_token_and_move_as_a_run_goes(cluster, dag, viewer, opera
                          ("raftflow_task_queue_wait_seconds_count", "")):
         assert _sample(after, name, labels) > _sample(before, name, labels), name
     assert _sample(after, "raftflow_raft_applied_index") > _sample(before, "raftflow_raft_applied_index")
+    scrapes = [_scrape(cluster, n, viewer) for n in cluster.nodes]
+    leaders = [text for text in scrapes if _sample(text, "raftflow_raft_is_leader") == 1]
+    assert len(leaders) == 1, [_sample(text, "raftflow_raft_is_leader") for text in scrapes]
+    for name in ("raftflow_scheduler_plan_duration_seconds_count", "raftflow_scheduler_step_duration_seconds_count",
+                 "raftflow_raft_commit_duration_seconds_count"):
+        assert _sample(leaders[0], name) > 0, name
+    assert 'raftflow_tasks_waiting{reason="no_free_slot"}' in leaders[0]
+    assert all(f'raftflow_node_heartbeat_age_seconds{{node="{n.node_id}"}}' in leaders[0] for n in cluster.nodes)
 
 
 def test_a_viewer_cannot_trigger_and_an_operator_triggers_but_cannot_submit(cluster, dag, viewer, operator):

@@ -226,6 +226,7 @@ def _sample_names(world: MetricsWorld) -> set[str]:
     """Every sample name this node can expose (leader gauges and labelled series made to show)."""
     assert world.metrics is not None
     world.metrics.observe_plan(0.01, {})
+    world.metrics.step_seconds.observe(0.02)
     world.ops.trigger("d", run_id="r1")
     world.propose(c.StartRun("r1", T0), c.QueueTask("r1", "a", T0), c.AssignTask("r1", "a", "n1", 1, T0),
                   c.TaskStarted("r1", "a", 1, "n1", T0), c.TaskFinished("r1", "a", 1, "n1", 0, T0, T0 + 1, "", "",
