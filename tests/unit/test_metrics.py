@@ -302,3 +302,26 @@ def test_reflection_passes_the_client_interceptor_and_client_methods_still_need_
     assert refused is not passed
     with pytest.raises(Refused, match="no required role"):
         Authenticator.authorize("ServerReflectionInfo", authenticator.authenticate(f"Bearer {world.viewer}"))
+
+
+def test_a_process_the_os_refuses_to_start_is_counted_as_a_spawn_failure(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import subprocess
+
+    from raftflow.worker.worker import Assignment
+    from worker_support import make_worker
+
+    worker, reports, _store = make_worker(tmp_path, current=True)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)   # (after the worker's reaper started)
+    try:
+        assert worker.accept(Assignment("r1", "t1", 1, "d", "bash", "true", {}, "2026-01-01T00:00:00+00:00"))[0]
+        finished = reports.wait_for(c.TaskFinished)
+        assert "could not start bash" in finished.reason
+        assert worker.spawn_failures == 1
+    finally:
+        worker.shutdown()
