@@ -215,7 +215,7 @@ class _Guard:
 
 
 def build_app(ctx: WebContext) -> Starlette:
-    """The application: the JSON API, the pages, the session routes, /static."""
+    """The application: the JSON API, the pages, the session routes, /metrics, /static."""
     routes = [*api_v2.routes(ctx), *pages.routes(ctx), *session.routes(),
               *metrics_route.routes(ctx.metrics, ctx.metrics_require_token),
               Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static")]
