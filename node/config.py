@@ -6,6 +6,7 @@ overridden by command-line flags (flag > environment > file > default).
     peer_address = "127.0.0.1:50251"    # peer API, node to node (mutual TLS)
     raft_address = "127.0.0.1:50151"    # pysyncobj (encrypted with the cluster secret)
     http_address = "127.0.0.1:8081"     # optional: the web UI and REST API (HTTPS with the TLS files)
+    metrics_require_token = true         # GET /metrics needs a token of any role (docs/metrics.md)
     data_dir = "/var/lib/raftflow/n1"
     secret_file = "/etc/raftflow/secret"
     slots = 4
@@ -221,6 +222,9 @@ class NodeConfig:
     # The web UI and the Airflow-style REST API (node/web/): HTTPS with the node's TLS
     # files, plain HTTP when `insecure`. "" (the default): no web server.
     http_address: str = ""
+    # GET /metrics on http_address needs a token of any role (true), or is open to whoever
+    # reaches the port (false): docs/metrics.md weighs it.
+    metrics_require_token: bool = True
 
     @property
     def web_url(self) -> str:
@@ -359,6 +363,7 @@ _SCALARS: dict[str, tuple[Callable[[Any], Any], str]] = {  # key -> (type, envir
     "run_as_user": (str, "RAFTFLOW_RUN_AS_USER"),
     "admin_token_file": (Path, "RAFTFLOW_ADMIN_TOKEN_FILE"),
     "http_address": (str, "RAFTFLOW_HTTP_ADDRESS"),
+    "metrics_require_token": (_bool, "RAFTFLOW_METRICS_REQUIRE_TOKEN"),
 }
 _TLS_FILES = ("tls_cert_file", "tls_key_file", "tls_ca_file")
 
@@ -622,6 +627,8 @@ def to_toml(cfg: NodeConfig) -> str:
         lines.append(f"run_as_user = {_toml_str(cfg.run_as_user)}")
     if cfg.http_address:
         lines.append(f"http_address = {_toml_str(cfg.http_address)}")
+    if not cfg.metrics_require_token:
+        lines.append("metrics_require_token = false")
     if cfg.admin_token_file is not None:
         lines.append(f"admin_token_file = {_toml_str(str(cfg.admin_token_file))}")
     lines += [f"{key} = {_toml_str(str(getattr(cfg, key)))}" for key in _TLS_FILES if getattr(cfg, key) is not None]

@@ -26,6 +26,7 @@ from typing import Callable
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from .api.auth import Authenticator, ClientAuthInterceptor, hash_secret
 from .api.peers import (
@@ -44,7 +45,8 @@ from .core.effects import DropRunLogs, Effect, ReleasedAttempts, StopAttempt
 from .core.result import Result
 from .core.states import TASK_ACTIVE
 from .leader.loop import Dispatcher, LeaderLoop, Liveness
-from .proto import client_pb2_grpc, peer_pb2, peer_pb2_grpc
+from .metrics import HealthWatch, NodeMetrics, health_inputs, wire as wire_metrics
+from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from .raft.adapter import ReplicatedState, StorageDamaged, recovery_advice
 from .raft.replica import propose_until_decided
 from .store.local import LocalStore
@@ -88,6 +90,7 @@ class Node:
         self.started = time.monotonic()
         prepare_data_dir(cfg.data_dir)
         self.store = LocalStore(cfg.data_dir / "store", log_limit=cfg.task_log_limit)
+        self.metrics: NodeMetrics | None = None   # (the Raft thread applies before it exists)
         self.replica = ReplicatedState(cfg, secret, on_applied=self._after_apply,
                                        on_installed=self._after_install)
         self.peers = PeerClients(cfg.peers, peer_token(secret), self.tls)
@@ -102,6 +105,8 @@ class Node:
         self.leader_loop = LeaderLoop(cfg.node_id, self.replica, self.liveness, self.dispatcher,
                                       self_ready=lambda: self.worker.ready.is_set())
         self.peer_service = PeerService(self)
+        self.metrics = wire_metrics(cfg.node_id, self.replica, self.liveness, self.leader_loop,
+                                    lambda: self.worker.spawn_failures, cfg.slots)
         self._stop = threading.Event()
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self.auth = Authenticator(self.replica, hash_secret(admin_token) if admin_token else None)
@@ -112,6 +117,11 @@ class Node:
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         client_pb2_grpc.add_ClientServicer_to_server(ClientService(self), self.server)
+        # Server reflection: the schema only, without a token (docs/api.md); the interceptor
+        # passes every service but Client through, and Client calls still need their role.
+        reflection.enable_server_reflection((client_pb2.DESCRIPTOR.services_by_name["Client"].full_name,
+                                             health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.health_watch = HealthWatch(lambda: health_inputs(self.replica), self._set_health, self.metrics)
         self.peer_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc-peer"), options=SERVER_OPTIONS,
             interceptors=[PeerAuthInterceptor(peer_token(secret), frozenset(n.id for n in cfg.all_nodes),
@@ -123,7 +133,8 @@ class Node:
         self.web: WebServer | None = None
         if cfg.http_address:
             https = self.tls is not None
-            self.web = WebServer(build_app(WebContext.for_node(self, self.auth, https)), cfg.http_address,
+            self.web = WebServer(build_app(WebContext.for_node(self, self.auth, https, metrics=self.metrics)),
+                                 cfg.http_address,
                                  cfg.tls_cert_file if https else None, cfg.tls_key_file if https else None)
 
     def start(self) -> None:
@@ -136,7 +147,8 @@ class Node:
         self.peer_server.start()
         if self.web is not None:
             self.web.start()
-        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)   # until HealthWatch says otherwise
+        self.health_watch.start()
         self.leader_loop.start()
         self._heartbeat.start()
         self._token_use.start()
@@ -154,6 +166,13 @@ class Node:
         Batch's result carries its accepted members' effects; a rejected command has none."""
         for effect in result.effects:
             self._execute(effect)
+        if self.metrics is not None:
+            self.metrics.observe_applied(command, result)
+
+    def _set_health(self, serving: bool) -> None:
+        """The gRPC health status of the whole server (service ""), as HealthWatch decides it."""
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING if serving
+                        else health_pb2.HealthCheckResponse.NOT_SERVING)
 
     @functools.singledispatchmethod
     def _execute(self, effect: Effect) -> None:
@@ -255,6 +274,7 @@ class Node:
     def stop(self) -> None:
         log.info("node %s stopping", self.cfg.node_id)
         self._stop.set()
+        self.health_watch.stop()
         self.health.enter_graceful_shutdown()
         self.leader_loop.stop()
         self.worker.shutdown()

@@ -81,6 +81,17 @@ class PlanMemo:
     def __init__(self) -> None:
         self.state: State | None = None
         self.runs: dict[str, _RunTasks] = {}
+        # Why the ready tasks of the latest plan were not assigned: WAIT_* reason -> count
+        # (replaced by every plan; the metrics read it: node/metrics.py).
+        self.waiting: dict[str, int] = {}
+
+
+# The reasons a ready (queued) task is not assigned by a plan, as PlanMemo.waiting counts them.
+WAIT_DAG_LIMIT = "dag_concurrency"   # its DAG has max_active_tasks tasks assigned or running
+WAIT_POOL_FULL = "pool_full"         # its pool has no room for its pool_slots (or does not exist)
+WAIT_NO_NODE = "no_node"             # no live node serves its queue or can run its kind
+WAIT_NO_SLOT = "no_free_slot"        # the nodes that could run it are all busy
+WAIT_REASONS = (WAIT_DAG_LIMIT, WAIT_POOL_FULL, WAIT_NO_NODE, WAIT_NO_SLOT)
 
 
 def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None = None) -> list[c.Command]:
@@ -135,7 +146,10 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
 
     # pool -> slots taken by assigned or running task instances
     pool_used = pool_usage(state, excluding=timed_out).used
-    out.extend(_assign(state, ready, nodes, dag_active, pool_used, now))
+    waiting = dict.fromkeys(WAIT_REASONS, 0)
+    out.extend(_assign(state, ready, nodes, dag_active, pool_used, now, waiting))
+    if memo is not None:
+        memo.waiting = waiting
     prune = _expired_runs(state, now)
     if prune:
         out.append(c.PruneRuns(tuple(prune), now))
@@ -356,7 +370,8 @@ def trigger_verdict(run: Run, task: TaskSpec) -> tuple[TaskState | None, str]:
 
 
 def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: list[NodeInfo],
-            dag_active: dict[str, int], pool_used: dict[str, int], now: float) -> list[c.Command]:
+            dag_active: dict[str, int], pool_used: dict[str, int], now: float,
+            waiting: dict[str, int]) -> list[c.Command]:
     """Give ready tasks to healthy nodes with free slots: highest priority first, each
     to the least loaded node that serves its queue and that its kind can run on (an
     ssh task needs its connection) (by share of its slots in use, the leader last,
@@ -365,7 +380,8 @@ def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: li
     Before a node, a task needs room under its DAG's max_active_tasks and in its
     pool. A task held back by anything but busy nodes gets a NoteWaiting that says
     why (only when the reason changes, so a waiting task costs one entry, not one
-    per tick); `runs show` shows it."""
+    per tick); `runs show` shows it. Every task left unassigned is counted in
+    `waiting` under its WAIT_* reason."""
     healthy = [n for n in nodes if n.healthy]
     load = {n.node_id: state.node_load.get(n.node_id, 0) for n in healthy}
     leader = {n.node_id for n in nodes if n.leader}
@@ -379,19 +395,25 @@ def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: li
         serving = [n for n in healthy if task.queue in n.queues]
         able = [n for n in serving if task_kind.can_run_on(task, n)]
         if dag_active.get(run.dag_id, 0) >= spec.max_active_tasks:
+            reason = WAIT_DAG_LIMIT
             why = f"waiting: DAG {run.dag_id} has max_active_tasks={spec.max_active_tasks} tasks running"
         elif pool_slots is None:
+            reason = WAIT_POOL_FULL
             why = f"waiting: pool {task.pool!r} does not exist (create it: raftflow pools set {task.pool} SLOTS)"
         elif pool_used.get(task.pool, 0) + task.pool_slots > pool_slots:
+            reason = WAIT_POOL_FULL
             why = (f"waiting: pool {task.pool!r} is full ({pool_used.get(task.pool, 0)} of {pool_slots} slots "
                    f"in use; this task needs {task.pool_slots})")
         elif not serving:
+            reason = WAIT_NO_NODE
             why = f"waiting: no live node serves queue {task.queue!r}"
         elif not able:
+            reason = WAIT_NO_NODE
             why = task_kind.unplaceable(task)
         else:
             free = [n for n in able if load[n.node_id] < n.slots]
             if not free:
+                waiting[WAIT_NO_SLOT] += 1
                 continue   # every node that could run it is busy: the normal case, not noted
             best = min(free, key=lambda n: (load[n.node_id] / n.slots, n.node_id in leader, load[n.node_id],
                                             n.node_id))
@@ -400,6 +422,7 @@ def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: li
             pool_used[task.pool] = pool_used.get(task.pool, 0) + task.pool_slots
             out.append(c.AssignTask(run.run_id, task_id, best.node_id, run.tasks[task_id].attempt + 1, now))
             continue
+        waiting[reason] += 1
         if why != run.tasks[task_id].reason:
             out.append(c.NoteWaiting(run.run_id, task_id, why, now))
     return out

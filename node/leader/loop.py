@@ -192,6 +192,11 @@ class LeaderLoop(threading.Thread):
         self._halt = threading.Event()   # not `_stop`: that name is threading.Thread's own (join uses it)
         self.leading_term: int | None = None
         self.plans = 0
+        # Told each plan's duration (seconds, the lock wait included) and why its ready tasks
+        # wait (planner.PlanMemo.waiting); node/metrics.py sets it. Runs on this thread.
+        self.on_plan: Callable[[float, dict[str, int]], None] | None = None
+        # Told each scheduling turn's duration (plan, commit its Batch, dispatch); likewise.
+        self.on_step: Callable[[float], None] | None = None
 
     def grants_leases(self) -> bool:
         """Heartbeats renew leases only from a leader that committed its barrier and
@@ -226,7 +231,11 @@ class LeaderLoop(threading.Thread):
         if term != self.leading_term:
             self._take_office(term)
             return Pause(0)
-        return self._tick()
+        started = self._monotonic()
+        pause = self._tick()
+        if self.on_step is not None:
+            self.on_step(self._monotonic() - started)
+        return pause
 
     def _idle(self, pause: Pause) -> None:
         if pause.seconds <= 0:
@@ -250,10 +259,13 @@ class LeaderLoop(threading.Thread):
 
     def _tick(self) -> Pause:
         now = self._wall_clock()
+        started = self._monotonic()
         with self._replica.lock:
             applied_before = self._replica.state.applied
             commands = plan(self._replica.state, now, self._liveness.view(self._monotonic()), self._plan_memo)
         self.plans += 1
+        if self.on_plan is not None:
+            self.on_plan(self._monotonic() - started, self._plan_memo.waiting)
         if commands:
             result = self._replica.propose(c.Batch(tuple(commands)), timeout=5.0)
             results = result.value if result.ok else []

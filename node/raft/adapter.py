@@ -236,6 +236,9 @@ class ReplicatedState(FollowerRule):
         self.node_id = cfg.node_id
         self._on_applied = on_applied
         self._on_installed = on_installed
+        # Told the seconds from propose to applied here of each command this node proposed
+        # that committed (node/metrics.py sets it); runs on the proposing thread.
+        self.on_committed: Callable[[float], None] | None = None
         self._id_by_raft_address = {p.raft_address: p.id for p in cfg.all_nodes}
         t = cfg.raft
         raft_dir = self._raft_dir = cfg.data_dir / "raft"
@@ -466,6 +469,7 @@ class ReplicatedState(FollowerRule):
                 f"{members // 2 + 1}; nothing was changed. Bring stopped nodes back (writes resume by themselves)")
         done = threading.Event()
         box: list = [None, None]
+        proposed_at = time.monotonic()
 
         def callback(result: Result | None, error: int) -> None:
             box[0], box[1] = result, error
@@ -480,6 +484,8 @@ class ReplicatedState(FollowerRule):
             raise OutcomeUnknown(f"outcome unknown: {_FAIL_TEXT[error]}; check before retrying")
         if error != FAIL_REASON.SUCCESS:
             raise Unavailable(_FAIL_TEXT.get(error, f"raft error {error}"))
+        if self.on_committed is not None:
+            self.on_committed(time.monotonic() - proposed_at)
         return result
 
     # ------------------------------------------------------------ status

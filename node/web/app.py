@@ -6,7 +6,8 @@ their order, the error handlers, the response headers every answer carries) and
 by main.py when `http_address` is set).
 
 Routes, in this order: the JSON API (`api_v2.routes`), the pages (`pages.routes`),
-session's POST /login, POST /logout and fallback GET /login, then `/static`.
+session's POST /login, POST /logout and fallback GET /login, GET /metrics
+(`metrics.routes`), then `/static`.
 
 Errors: every error becomes a response here, never a traceback. Under /api/ it is
 JSON `{"detail": message}` as Airflow's API answers; elsewhere a plain HTML message,
@@ -45,8 +46,9 @@ from ..api.auth import Authenticator
 from ..api.cluster import Host
 from ..api.operations import Operations, StreamLimit
 from ..config import ConfigError
+from ..metrics import NodeMetrics
 from ..proto import client_pb2
-from . import api_v2, pages, session
+from . import api_v2, metrics as metrics_route, pages, session
 from .inputs import BadRequest
 
 log = logging.getLogger("raftflow.web")
@@ -96,9 +98,13 @@ class WebContext:
     # Log reads at once (one from a peer that hangs holds a worker thread up to its
     # timeout): past it, 429, so the other requests always find a thread.
     log_reads: StreamLimit | None = None
+    # GET /metrics (web/metrics.py): this node's metrics, and whether a scrape needs a token.
+    metrics: NodeMetrics | None = None
+    metrics_require_token: bool = True
 
     @classmethod
-    def for_node(cls, host: Host, auth: Authenticator, https: bool, ops: Operations | None = None) -> WebContext:
+    def for_node(cls, host: Host, auth: Authenticator, https: bool, ops: Operations | None = None,
+                 metrics: NodeMetrics | None = None) -> WebContext:
         ops = ops or Operations(host.replica, host.cfg.node_id)
         fanout = ThreadPoolExecutor(max_workers=8, thread_name_prefix="web-status")
         return cls(
@@ -107,6 +113,7 @@ class WebContext:
             task_log=lambda run_id, task_id, attempt, first: cluster.task_log(host, ops, run_id, task_id, attempt,
                                                                               first),
             log_reads=StreamLimit(host.cfg.node_id, MAX_LOG_READS),
+            metrics=metrics, metrics_require_token=host.cfg.metrics_require_token,
         )
 
 
@@ -208,8 +215,9 @@ class _Guard:
 
 
 def build_app(ctx: WebContext) -> Starlette:
-    """The application: the JSON API, the pages, the session routes, /static."""
+    """The application: the JSON API, the pages, the session routes, /metrics, /static."""
     routes = [*api_v2.routes(ctx), *pages.routes(ctx), *session.routes(),
+              *metrics_route.routes(ctx.metrics, ctx.metrics_require_token),
               Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static")]
     app = Starlette(routes=routes, exception_handlers={
         errors.ServiceError: _service_error,

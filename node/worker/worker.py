@@ -240,6 +240,7 @@ class Worker:
         self._propose = propose
         self._lock = threading.Lock()
         self._attempts: dict[tuple[str, str, int], _Attempt] = {}
+        self.spawn_failures = 0   # attempts whose process the OS refused to start (metrics read it)
         self._stopping = threading.Event()
         # Set once this incarnation's NodeStarted committed (main.py); until then the
         # log may still hold attempts of the previous process of this node.
@@ -515,6 +516,7 @@ class Worker:
             except CannotStart as e:
                 prepared.reason = str(e)
             except OSError as e:
+                self.spawn_failures += 1
                 prepared.reason = f"could not start {a.kind}: {e}"
         return ""
 

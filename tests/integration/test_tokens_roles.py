@@ -2,18 +2,26 @@
 proto, so a new one cannot be forgotten) refuses a call without a token and a viewer's
 call unless viewers may make it; operators trigger but do not submit; a revoked token is
 refused on every node within a second; the CLI exits 4 with the node's message; health
-answers without a token; runs and stories name the token that asked."""
+answers without a token, and goes NOT_SERVING on a node cut from the quorum; reflection
+answers without a token and lets a generic client call the API with one; /metrics needs a
+token and its counters move as a run goes; runs and stories name the token that asked."""
 
 from __future__ import annotations
 
 import json
+import re
+import ssl
+import urllib.error
+import urllib.request
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from waiting import wait_for
 
 from raftflow.api.auth import REQUIRED_ROLE
@@ -113,11 +121,87 @@ def test_every_client_rpc_refuses_a_viewer_unless_viewers_may_call_it(cluster, v
             assert code is grpc.StatusCode.PERMISSION_DENIED, (name, code)
 
 
+def _health(cluster: Any, node: Any) -> int:
+    """The node's gRPC health status, asked without a token (-1: it does not answer)."""
+    with cluster.channel(node.grpc_address, token="") as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+        except grpc.RpcError:
+            return -1
+
+
 def test_health_answers_without_a_token(cluster):
-    for node in cluster.nodes:
-        with cluster.channel(node.grpc_address, token="") as channel:
-            answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        assert answer.status == health_pb2.HealthCheckResponse.SERVING, node.node_id
+    for node in cluster.nodes:   # (a node turns SERVING once it has seen a leader and caught up: 0.5 s checks)
+        wait_for(lambda: _health(cluster, node) == health_pb2.HealthCheckResponse.SERVING, timeout=5,
+                 what=f"{node.node_id} to answer SERVING")
+
+
+def test_reflection_lists_the_api_without_a_token_and_a_generic_client_calls_it_with_one(cluster, dag, viewer):
+    with cluster.channel(cluster.nodes[2].grpc_address, token="") as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = set(database.get_services())
+        assert CLIENT.full_name in services and "grpc.health.v1.Health" in services, services
+        assert not any("Peer" in name for name in services), services   # the peer API is another port
+        service = descriptor_pool.DescriptorPool(database).FindServiceByName(CLIENT.full_name)
+        method = service.methods_by_name["ListDags"]
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+    call_path = f"/{CLIENT.full_name}/{method.name}"
+    with cluster.channel(cluster.nodes[2].grpc_address, token=viewer) as channel:
+        answer = channel.unary_unary(call_path, request_serializer=request_class.SerializeToString,
+                                     response_deserializer=response_class.FromString)(request_class(), timeout=5)
+    assert dag in [d.dag_id for d in answer.dags]
+    with cluster.channel(cluster.nodes[2].grpc_address, token="") as channel:   # the schema, not the data
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary(call_path, request_serializer=request_class.SerializeToString,
+                                response_deserializer=response_class.FromString)(request_class(), timeout=5)
+    assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+def _scrape(cluster: Any, node: Any, token: str | None) -> str:
+    context = None if cluster.insecure else ssl.create_default_context(cafile=str(cluster.ca_path))
+    request = urllib.request.Request(f"{cluster.web_url(node.node_id)}/metrics",
+                                     headers={"authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=5, context=context) as response:
+        return response.read().decode()
+
+
+def _sample(text: str, name: str, labels: str = "") -> float:
+    found = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_metrics_need_a_token_and_move_as_a_run_goes(cluster, dag, viewer, operator):
+    node = cluster.nodes[1]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        _scrape(cluster, node, None)
+    assert refused.value.code == 401
+    before = _scrape(cluster, node, viewer)
+    assert 'raftflow_tasks{state="running"}' in before and "raftflow_raft_term " in before
+    with closing(cluster.client(token=operator)) as client:
+        run_id = client.trigger(dag)["run_id"]
+        wait_for(lambda: client.get_run(run_id)["state"] == "success", timeout=30, what=f"{run_id} to succeed")
+
+    def counted() -> str | None:
+        text = _scrape(cluster, node, viewer)
+        done = _sample(text, "raftflow_runs_finished_total", '{state="success"}') > \
+            _sample(before, "raftflow_runs_finished_total", '{state="success"}')
+        return text if done else None
+
+    after = wait_for(counted, timeout=5, what=f"{node.node_id}'s metrics to count the run")
+    for name, labels in (("raftflow_runs_started_total", '{trigger="manual"}'),
+                         ("raftflow_task_duration_seconds_count", f'{{dag_id="{dag}"}}'),
+                         ("raftflow_task_queue_wait_seconds_count", "")):
+        assert _sample(after, name, labels) > _sample(before, name, labels), name
+    assert _sample(after, "raftflow_raft_applied_index") > _sample(before, "raftflow_raft_applied_index")
+    scrapes = [_scrape(cluster, n, viewer) for n in cluster.nodes]
+    leaders = [text for text in scrapes if _sample(text, "raftflow_raft_is_leader") == 1]
+    assert len(leaders) == 1, [_sample(text, "raftflow_raft_is_leader") for text in scrapes]
+    for name in ("raftflow_scheduler_plan_duration_seconds_count", "raftflow_scheduler_step_duration_seconds_count",
+                 "raftflow_raft_commit_duration_seconds_count"):
+        assert _sample(leaders[0], name) > 0, name
+    assert 'raftflow_tasks_waiting{reason="no_free_slot"}' in leaders[0]
+    assert all(f'raftflow_node_heartbeat_age_seconds{{node="{n.node_id}"}}' in leaders[0] for n in cluster.nodes)
 
 
 def test_a_viewer_cannot_trigger_and_an_operator_triggers_but_cannot_submit(cluster, dag, viewer, operator):
@@ -232,3 +316,18 @@ def test_an_expired_token_is_refused_on_every_node_within_a_second(tmp_path: Pat
         with closing(cluster.client()) as admin:
             listed = next(t for t in admin.list_tokens()["tokens"] if t["name"] == "day-pass")
         assert listed["expired"] is True
+
+
+def test_health_is_not_serving_on_a_node_cut_from_the_quorum_and_serving_again(cluster):
+    """(Last of the module's cluster tests: it stops two nodes and starts them again.)"""
+    first = cluster.nodes[0]
+    for node in cluster.nodes[1:]:
+        cluster.stop_node(node.node_id)
+    wait_for(lambda: _health(cluster, first) == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=10,
+             what=f"{first.node_id} alone to answer NOT_SERVING")
+    for node in cluster.nodes[1:]:
+        cluster.start_node(node.node_id)
+    for node in cluster.nodes:
+        wait_for(lambda: _health(cluster, node) == health_pb2.HealthCheckResponse.SERVING, timeout=30,
+                 what=f"{node.node_id} to answer SERVING again")
+    cluster.wait_ready(30)

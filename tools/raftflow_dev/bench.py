@@ -18,6 +18,9 @@ Scenarios:
   ui        the web UI at 1,000 DAGs and 10,000 runs of one DAG (--quick: 100, 1,000):
             median response times of the DAG list, grid, graph and run pages, and
             the bytes of a first visit (see bench_ui; in-process, no cluster).
+  metrics   what a /metrics scrape costs with 16 running runs of a 2,000-task DAG and
+            10,000 finished runs (--quick: 4, 1,000): median/p90/max ms, bytes (see
+            bench_metrics; in-process, no cluster; not part of `all`).
   status_load  300 queued runs of a 1,000-task DAG: a probe's write latency while
             `cluster status` is called back to back, by 1 and by 64 callers (see
             bench_status; minutes long, so not part of `all`).
@@ -44,6 +47,7 @@ from raftflow_cli.loader import load_paths
 from raftflow_cli.main import TERMINAL
 
 from .bench_history import rss_mib, scenario_history
+from .bench_metrics import scenario_metrics
 from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
 from .bench_status import scenario_status_load
 from .bench_ui import scenario_ui
@@ -295,6 +299,8 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 BY_NAME_ONLY: dict[str, Callable[[Bench], dict[str, Any]]] = {"status_load": scenario_status_load}
 # Scenarios that set up their own clusters.
 STANDALONE: dict[str, Callable[[bool, int], dict[str, Any]]] = {"history": scenario_history, "ui": scenario_ui}
+# Standalone scenarios `all` leaves out (the suite's smoke test runs `all`): run by name.
+STANDALONE_BY_NAME: dict[str, Callable[[bool, int], dict[str, Any]]] = {"metrics": scenario_metrics}
 
 
 def _print_table(result: dict[str, Any]) -> None:
@@ -315,7 +321,7 @@ def _print_table(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=[*SCENARIOS, *STANDALONE, *BY_NAME_ONLY, "all"])
+    parser.add_argument("scenario", choices=[*SCENARIOS, *STANDALONE, *BY_NAME_ONLY, *STANDALONE_BY_NAME, "all"])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
     parser.add_argument("--nodes", type=int, default=3)
@@ -325,8 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = [*SCENARIOS, *STANDALONE] if args.scenario == "all" else [args.scenario]
     for name in names:
-        if name in STANDALONE:
-            result = STANDALONE[name](args.quick, args.nodes)
+        if name in STANDALONE or name in STANDALONE_BY_NAME:
+            result = {**STANDALONE, **STANDALONE_BY_NAME}[name](args.quick, args.nodes)
         else:
             # a fresh cluster per scenario: no cross-talk
             bench = Bench(args.nodes, args.quick, args.fsync, args.duration, args.slots)
