@@ -175,10 +175,14 @@ class PeerClients:
     def append_log_copy(self, node_id: str, run_id: str, task_id: str, attempt: int, node: str, offset: int,
                         data: bytes, final: bool, timeout: float = 2.0) -> int:
         """Send the next part of this node's log of an attempt to `node_id`, which keeps a
-        copy; the offset its copy now reaches. grpc.RpcError if it does not take it."""
-        ack = self._stubs[node_id].AppendLogCopy(peer_pb2.LogCopyPart(
-            run_id=run_id, task_id=task_id, attempt=attempt, node=node, offset=offset, data=data, final=final),
-            timeout=timeout, metadata=self._metadata)
+        copy; the offset its copy now reaches. errors.Unavailable (gRPC's details) if it
+        does not take it."""
+        try:
+            ack = self._stubs[node_id].AppendLogCopy(peer_pb2.LogCopyPart(
+                run_id=run_id, task_id=task_id, attempt=attempt, node=node, offset=offset, data=data, final=final),
+                timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise errors.Unavailable(f"{e.details() or e.code()}") from None
         return int(ack.end)
 
     def read_log_copy(self, node_id: str, run_id: str, task_id: str, attempt: int,

@@ -15,7 +15,8 @@ Contracts:
   it as cut) plus one stored chunk.
 - A holder that does not answer is replaced by the next in order, which gets the
   attempt's log again from its start (as much as it keeps); after a failure the
-  attempt waits RETRY_AFTER seconds, so dead peers cost one read per that period.
+  attempt waits RETRY_AFTER seconds, and every attempt passes that holder over for
+  as long (a dead node costs one failed call per RETRY_AFTER, not one per attempt).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class LogShipper:
         self._clock = clock
         self._lock = threading.Lock()
         self._shipments: dict[Key, _Shipment] = {}
+        self._failed_until: dict[str, float] = {}   # holder -> passed over until then (it did not answer)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="log-shipper", daemon=True)
 
@@ -129,14 +131,11 @@ class LogShipper:
         """Send what `s`'s log gained; True once its end was acknowledged (or given up)."""
         run_id, task_id, attempt = s.key
         final = s.closed   # read before the log: a closed log has all its chunks already
-        for index, chunk in self._read_from(run_id, task_id, attempt, s.next_chunk):
-            s.pending += chunk
-            s.read += len(chunk)
-            s.next_chunk = index + 1
-            if len(s.pending) > self._keep:
-                del s.pending[:-self._keep]
+        self._read_new(s)
         if not s.pending and not final:
             return False
+        if self._avoid_failed_holder(s):
+            self._read_new(s)   # the new holder gets it from the start
         holder = self.holders[s.holder]
         try:
             while True:
@@ -149,9 +148,8 @@ class LogShipper:
                     break
         except Exception as e:  # noqa: BLE001 - any failure of the holder: the next one, from the start
             s.failures += 1
-            s.holder = (s.holder + 1) % len(self.holders)
-            s.next_chunk, s.read, s.pending = 0, 0, bytearray()
-            s.retry_at = self._clock() + RETRY_AFTER
+            self._failed_until[holder] = s.retry_at = self._clock() + RETRY_AFTER
+            self._move_on(s)
             log.info("could not ship the log of %s/%s attempt %d to %s (%s); next: %s", run_id, task_id, attempt,
                      holder, e, self.holders[s.holder])
             if final and s.failures >= GIVE_UP_AFTER:
@@ -161,3 +159,29 @@ class LogShipper:
             return False
         s.failures = 0
         return final
+
+    def _read_new(self, s: _Shipment) -> None:
+        """Read what `s`'s log gained, keeping the last `keep` bytes of what is not sent."""
+        for index, chunk in self._read_from(*s.key, s.next_chunk):
+            s.pending += chunk
+            s.read += len(chunk)
+            s.next_chunk = index + 1
+            if len(s.pending) > self._keep:
+                del s.pending[:-self._keep]
+
+    def _avoid_failed_holder(self, s: _Shipment) -> bool:
+        """Pass over holders that failed a call in the last RETRY_AFTER seconds (unless all
+        did); whether `s` moved on to another holder."""
+        now = self._clock()
+        moved = False
+        for _ in range(len(self.holders) - 1):
+            if self._failed_until.get(self.holders[s.holder], 0.0) <= now:
+                break
+            self._move_on(s)
+            moved = True
+        return moved
+
+    def _move_on(self, s: _Shipment) -> None:
+        """The next holder for `s`; it gets the attempt's log from its start."""
+        s.holder = (s.holder + 1) % len(self.holders)
+        s.next_chunk, s.read, s.pending = 0, 0, bytearray()

@@ -142,6 +142,10 @@ def test_a_holder_that_does_not_answer_is_replaced_by_the_next_which_gets_the_lo
     shipper.ship_once()   # n2 fails: n3 is next, after RETRY_AFTER
     shipper.ship_once()
     assert world.stores["n3"].read("r", "t", 1) is None
+    shipper.open("r", "t", 2)   # another attempt passes the failed holder over, for RETRY_AFTER
+    log.append_log("r", "t", 2, b"other\n")
+    shipper.ship_once()
+    assert world.stores["n3"].read("r", "t", 2) == LogCopy("n1", 6, False, b"other\n")
     now[0] += 10
     shipper.ship_once()
     assert world.stores["n3"].read("r", "t", 1) == LogCopy("n1", 11, False, b"early\nlate\n")
