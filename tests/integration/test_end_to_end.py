@@ -164,3 +164,39 @@ def test_peer_api_refuses_calls_without_the_cluster_token(cluster):
             list(stub.ReadTaskLog(client_pb2.GetTaskLogRequest(run_id="r", task_id="t", attempt=1),
                                   metadata=(("x-raftflow-peer-token", "wrong"),), timeout=5))
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_flooding_task_is_capped_and_the_cluster_keeps_scheduling(cluster, cli, tmp_path: Path):
+    """`yes` until the test has seen enough: its log stops at task_log_limit (64 MiB) with
+    a note where it was cut, and while it floods every node stays healthy (heartbeats
+    flow) and another run is scheduled and finishes."""
+    stop = tmp_path / "stop-flooding"
+    flood_command = (f"yes raftflow-flood & pid=$!; timeout 120 sh -c 'until [ -e {stop} ]; do sleep 0.1; done'; "
+                     "kill $pid; echo flood stopped >&2")
+    (tmp_path / "flood.py").write_text(
+        "from raftflow import DAG, BashTask\n"
+        "with DAG('flood') as dag:\n"
+        f"    BashTask('yes', command={flood_command!r})\n"
+        "with DAG('beside_flood') as dag2:\n"
+        "    BashTask('small', command='echo small task ran')\n")
+    assert cli("dags", "submit", str(tmp_path / "flood.py")).returncode == 0
+    flood = json.loads(cli("dags", "trigger", "flood", "--json").stdout)["run_id"]
+    try:
+        wait_for(lambda: cli.json("runs", "show", flood)["tasks"][0]["state"] == "running", 30, "the flood to start")
+        beside = cli("dags", "trigger", "beside_flood", "--wait", "--json", timeout=60)
+        assert beside.returncode == 0 and json.loads(beside.stdout)["state"] == "success", \
+            beside.stdout + beside.stderr
+        status = cli.json("cluster", "status")
+        assert all(n["healthy"] for n in status["nodes"]), status["nodes"]
+        assert cli.json("runs", "show", flood)["tasks"][0]["state"] == "running"
+    finally:
+        stop.touch()
+    run = wait_for(lambda: (r := cli.json("runs", "show", flood))["state"] in ("success", "failed") and r, 60,
+                   "the flood to end")
+    assert run["state"] == "success", run
+    logs = cli("tasks", "logs", flood, "yes", timeout=120)
+    assert logs.returncode == 0, logs.stderr
+    limit = 64 * 1024 * 1024
+    assert logs.stdout.startswith("raftflow-flood\nraftflow-flood\n")
+    cut_note = "raftflow: the log is cut here: this attempt's output passed the node's task_log_limit"
+    assert limit <= len(logs.stdout) < limit + 1000 and cut_note in logs.stdout[limit:], logs.stdout[limit:]
