@@ -164,6 +164,40 @@ def test_peer_api_refuses_calls_without_the_cluster_token(cluster):
             list(stub.ReadTaskLog(client_pb2.GetTaskLogRequest(run_id="r", task_id="t", attempt=1),
                                   metadata=(("x-raftflow-peer-token", "wrong"),), timeout=5))
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.AppendLogCopy(peer_pb2.LogCopyPart(run_id="r", task_id="t", attempt=1, node="n2", data=b"x"),
+                               timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_log_copies_are_taken_only_from_the_node_that_ran_the_attempt_and_bounded(cluster):
+    """The peer API's AppendLogCopy with the cluster token: a node ships its own logs
+    only, in parts of at most 1 MiB, with ids that can name an attempt."""
+    from raftflow.api.peers import TOKEN_HEADER, peer_token
+    from raftflow.proto import peer_pb2, peer_pb2_grpc
+
+    token = ((TOKEN_HEADER, peer_token(cluster.secret_file.read_text().strip())),)
+    with cluster.peer_channel("n1", as_node="n2") as channel:
+        stub = peer_pb2_grpc.PeerStub(channel)
+
+        def refused(part: peer_pb2.LogCopyPart) -> grpc.RpcError:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.AppendLogCopy(part, metadata=token, timeout=5)
+            return caught.value
+
+        other = refused(peer_pb2.LogCopyPart(run_id="r", task_id="t", attempt=1, node="n3", data=b"x"))
+        assert other.code() == grpc.StatusCode.PERMISSION_DENIED and "ships only its own logs" in other.details()
+        big = refused(peer_pb2.LogCopyPart(run_id="r", task_id="t", attempt=1, node="n2", data=b"x" * ((1 << 20) + 1)))
+        assert big.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1048576 bytes" in big.details()
+        bad_id = refused(peer_pb2.LogCopyPart(run_id="r", task_id="../t", attempt=1, node="n2", data=b"x"))
+        assert bad_id.code() == grpc.StatusCode.INVALID_ARGUMENT and "is not a task id" in bad_id.details()
+        key = peer_pb2.AttemptKey(run_id="r-copies-check", task_id="t", attempt=1)
+        assert [p.found for p in stub.ReadLogCopy(key, metadata=token, timeout=5)] == [False]
+        ack = stub.AppendLogCopy(peer_pb2.LogCopyPart(run_id=key.run_id, task_id="t", attempt=1, node="n2",
+                                                      data=b"hello\n", final=True), metadata=token, timeout=5)
+        assert ack.end == 6
+        parts = list(stub.ReadLogCopy(key, metadata=token, timeout=5))
+        assert [(p.node, p.data, p.final, p.end) for p in parts] == [("n2", b"hello\n", True, 6)]
 
 
 def test_a_flooding_task_is_capped_and_the_cluster_keeps_scheduling(cluster, cli, tmp_path: Path):
