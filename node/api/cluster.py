@@ -181,9 +181,11 @@ def local_log(host: Host, run_id: str, task_id: str, attempt: int,
 
 
 # A note raftflow adds after an attempt's log (that it was lost with its node, where a
-# copy came from) has this chunk index: a follower (`tasks logs -f`) that printed it
-# asks for the chunks after it, and gets neither the log nor the note again.
-NOTE_INDEX = 1 << 62
+# copy came from) has this chunk index: a follower (`tasks logs -f`, the UI's log view)
+# that printed it asks for the chunks after it, and gets neither the log nor the note
+# again. Past any log's chunk count (task_log_limit bytes), and exact as a JavaScript
+# number (< 2**53), which the UI's script sends back.
+NOTE_INDEX = 1 << 52
 COPY_PIECE = 64 * 1024    # bytes per chunk when a copy is streamed to a reader
 COPY_READ_TIMEOUT = 2.0   # seconds a holder may take to answer (a dead one costs this once)
 

@@ -19,9 +19,10 @@ from raftflow.leader.loop import Liveness
 from raftflow.proto import peer_pb2
 from raftflow.store.copies import CopyStore, LogCopy, merge
 from raftflow.store.local import LocalStore
+from raftflow.web import pages
 from raftflow.worker.shipping import PART_BYTES, LogShipper, holders
 from twin_support import MEMBERS, leading_replica
-from web_support import FakeHost, FakePeers, dag_file
+from web_support import FakeHost, FakePeers, WebWorld, dag_file
 
 
 # ---------------------------------------------------------------- the holder store
@@ -274,3 +275,18 @@ def test_a_node_may_ship_only_its_own_logs() -> None:
     refusal = interceptor._refusal(APPEND_LOG_COPY_METHOD, own, CertContext("n3"))
     assert refusal is not None and refusal[0].name == "PERMISSION_DENIED"
     assert "a node ships only its own logs" in refusal[1]
+
+
+def test_the_ui_log_view_reads_a_lost_attempt_from_a_copy_and_stops_after_the_note(tmp_path: Path) -> None:
+    world = WebWorld(tmp_path)
+    run_id = world.ops.trigger("d").run_id
+    assert world.replica.propose(c.StartRun(run_id, T0)).ok
+    world.run_task(run_id, "a", node="n2", exit_code=None)
+    assert world.replica.propose(c.LoseAttempt(run_id, "a", 1, "n2", "lease expired", T0 + 9)).ok
+    world.host.peers.copies["n3"] = {(run_id, "a", 1): LogCopy("n2", 9, False, b"step one\n")}
+    url = pages.path("ui", "dags", "d", "runs", run_id, "tasks", "a", "log")
+    viewer = world.client("viewer")
+    answer = viewer.get(url, params={"attempt": "0", "from": "0"}).json()
+    assert answer["text"].startswith("step one\nraftflow: attempt 1 was lost with node n2 ")
+    assert answer["next"] == NOTE_INDEX + 1 and answer["node"] == "n3"
+    assert viewer.get(url, params={"attempt": "1", "from": str(answer["next"])}).json()["text"] == ""
