@@ -103,9 +103,15 @@ class LogShipper:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread, then one last round: attempts the node's shutdown stopped send
+        their end (a holder that failed lately is passed over, so this is quick)."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+            try:
+                self.ship_once(last=True)
+            except Exception:  # noqa: BLE001 - best effort, the node is stopping
+                log.exception("shipping task logs at shutdown failed")
 
     def _loop(self) -> None:
         while not self._stop.wait(self._period):
@@ -114,12 +120,13 @@ class LogShipper:
             except Exception:  # noqa: BLE001 - shipping is best effort; the thread must survive
                 log.exception("shipping task logs failed")
 
-    def ship_once(self) -> None:
-        """One round: every attempt in flight sends what its log gained."""
+    def ship_once(self, last: bool = False) -> None:
+        """One round: every attempt in flight sends what its log gained (a round cut
+        short by `stop`, unless it is the `last`)."""
         with self._lock:
             shipments = list(self._shipments.values())
         for shipment in shipments:
-            if self._stop.is_set():
+            if self._stop.is_set() and not last:
                 return
             if self._clock() < shipment.retry_at:
                 continue

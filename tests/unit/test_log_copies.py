@@ -102,6 +102,22 @@ def test_the_shipper_sends_increments_while_an_attempt_runs_and_the_rest_when_it
     assert world.stores["n3"].read("r", "t", 1) is None
 
 
+def test_stopping_the_shipper_sends_the_end_of_attempts_that_ended(tmp_path: Path) -> None:
+    """A node's shutdown stops its attempts and then the shipper: their ends still go out."""
+    log = LocalStore(tmp_path / "store")
+    world = Holders(tmp_path, 1 << 20, "n2")
+    shipper = LogShipper("n1", ["n1", "n2"], log.read_log_from, world.send, keep=1 << 20, period=3600)
+    shipper.start()
+    shipper.open("r", "t", 1)
+    log.append_log("r", "t", 1, b"output\n")
+    log.append_note("r", "t", 1, b"raftflow: attempt stopped: node n1 is shutting down\n")
+    log.close_log("r", "t", 1)
+    shipper.close("r", "t", 1)
+    shipper.stop()
+    copy = world.stores["n2"].read("r", "t", 1)
+    assert copy is not None and copy.final and copy.kept.endswith(b"node n1 is shutting down\n")
+
+
 def test_a_flood_is_shipped_bounded_and_capped_on_disk(tmp_path: Path) -> None:
     """`yes` for a while: the local log stops at task_log_limit, the shipper never holds
     more than `keep` bytes of it, and the holder keeps the last `keep` with the cut said."""
@@ -225,10 +241,12 @@ def test_a_node_that_does_not_answer_is_read_from_its_copy_with_a_note(
 def test_a_lost_attempt_read_from_its_restarted_node_ends_with_the_lost_line(
         world: tuple[FakeHost, Operations, str]) -> None:
     host, ops, run_id = world
-    _lose(ops, run_id)
+    assert ops.replica.propose(c.NodeStarted("n2", T0 + 9)).ok   # n2 came back: its attempt is released
     host.peers.logs["n2"] = [cluster.client_pb2.LogChunk(data=b"before\n", node="n2", attempt=1, index=0)]
     lines = _text(host, ops, run_id).decode().splitlines()
-    assert lines[0] == "before" and lines[-1].endswith("the output above is what node n2 stored before it died")
+    assert lines[0] == "before" and lines[-1].startswith("raftflow: attempt 1 was lost with node n2 (released by "
+                                                         "node_started at ")
+    assert lines[-1].endswith("the output above is what node n2 stored before it died")
     host.peers.logs["n2"] = [cluster.client_pb2.LogChunk(data=b"", node="n2", attempt=1, index=0)]   # nothing
     host.peers.copies["n3"] = {}
     assert _text(host, ops, run_id).decode().endswith("; none of its output reached the cluster before it died\n")
