@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from waiting import wait_for
 
 from core_support import T0
 from raftflow.api import cluster, errors
@@ -21,8 +22,10 @@ from raftflow.store.copies import CopyStore, LogCopy, merge
 from raftflow.store.local import LocalStore
 from raftflow.web import pages
 from raftflow.worker.shipping import PART_BYTES, LogShipper, holders
+from raftflow.worker.worker import Assignment, Worker
 from twin_support import MEMBERS, leading_replica
 from web_support import FakeHost, FakePeers, WebWorld, dag_file
+from worker_support import Reports
 
 
 # ---------------------------------------------------------------- the holder store
@@ -116,6 +119,25 @@ def test_stopping_the_shipper_sends_the_end_of_attempts_that_ended(tmp_path: Pat
     shipper.stop()
     copy = world.stores["n2"].read("r", "t", 1)
     assert copy is not None and copy.final and copy.kept.endswith(b"node n1 is shutting down\n")
+
+
+def test_the_worker_ships_each_attempt_it_runs(tmp_path: Path) -> None:
+    """Wired: an attempt's output reaches the holder, and its end (final) once it ended."""
+    reports = Reports(current=True)
+    log = LocalStore(tmp_path / "store")
+    world = Holders(tmp_path, 1 << 20, "n2")
+    shipper = LogShipper("n1", ["n1", "n2"], log.read_log_from, world.send, keep=1 << 20, period=0.05)
+    worker = Worker("n1", 2, log, tmp_path / "work", propose=reports.propose, lease_duration=30.0, shipper=shipper)
+    worker.ready.set()
+    shipper.start()
+    try:
+        assert worker.accept(Assignment("r", "t", 1, "d", "bash", "echo shipped", {}, "")) == (True, "")
+        reports.wait_for(c.TaskFinished)
+        copy = wait_for(lambda: (k := world.stores["n2"].read("r", "t", 1)) and k.final and k, 10, "the final copy")
+        assert copy.kept == b"shipped\n" and copy.node == "n1"
+    finally:
+        worker.shutdown()
+        shipper.stop()
 
 
 def test_a_flood_is_shipped_bounded_and_capped_on_disk(tmp_path: Path) -> None:
