@@ -75,7 +75,7 @@ class ConfigError(ValueError):
 LEASE_MARGIN = 0.5  # seconds between a deposed leader's last possible grant and the leader's expiry
 # The most of each attempt's log a copy on another node may keep (log_keep_bytes): a
 # holder rewrites a copy whole on each increment it receives, so it stays small.
-MAX_LOG_KEEP_BYTES = 64 * 1024 * 1024
+MAX_LOG_KEEP_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from raftflow.api import cluster, errors
 from raftflow.api.cluster import NOTE_INDEX, append_log_copy, read_log_copy, task_log
 from raftflow.api.operations import Operations
 from raftflow.api.peers import APPEND_LOG_COPY_METHOD, PeerAuthInterceptor
-from raftflow.config import NodeConfig, Peer
+from raftflow.config import MAX_LOG_KEEP_BYTES, ConfigError, NodeConfig, Peer, load, to_toml
 from raftflow.core import commands as c
 from raftflow.leader.loop import Liveness
 from raftflow.proto import peer_pb2
@@ -330,3 +330,16 @@ def test_the_ui_log_view_reads_a_lost_attempt_from_a_copy_and_stops_after_the_no
     assert answer["text"].startswith("step one\nraftflow: attempt 1 was lost with node n2 ")
     assert answer["next"] == NOTE_INDEX + 1 and answer["node"] == "n3"
     assert viewer.get(url, params={"attempt": "1", "from": str(answer["next"])}).json()["text"] == ""
+
+
+def test_log_keep_bytes_is_a_node_setting_with_bounds(tmp_path: Path) -> None:
+    base = NodeConfig("n1", "127.0.0.1:7001", "127.0.0.1:8001", tmp_path, tmp_path / "secret",
+                      peer_address="127.0.0.1:9001")
+    path = tmp_path / "node.toml"
+    path.write_text(to_toml(base))
+    assert load(path, environ={}).log_keep_bytes == 1024 * 1024
+    assert load(path, environ={"RAFTFLOW_LOG_KEEP_BYTES": "2048"}).log_keep_bytes == 2048
+    for bad in ("0", str(MAX_LOG_KEEP_BYTES + 1)):
+        with pytest.raises(ConfigError) as refused:
+            load(path, environ={"RAFTFLOW_LOG_KEEP_BYTES": bad})
+        assert f"must be 1 to {MAX_LOG_KEEP_BYTES} (bytes)" in str(refused.value)
