@@ -189,6 +189,9 @@ class LogShipper:
         return moved
 
     def _move_on(self, s: _Shipment) -> None:
-        """The next holder for `s`; it gets the attempt's log from its start."""
-        s.holder = (s.holder + 1) % len(self.holders)
-        s.next_chunk, s.read, s.pending = 0, 0, bytearray()
+        """The next holder for `s`; it gets the attempt's log from its start. With one
+        holder only, `s` stays where it is (what it could not send is kept, bounded)."""
+        following = (s.holder + 1) % len(self.holders)
+        if following != s.holder:
+            s.holder = following
+            s.next_chunk, s.read, s.pending = 0, 0, bytearray()

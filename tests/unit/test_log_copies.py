@@ -5,6 +5,7 @@ to copies (api/cluster.py) with in-process stand-ins for the other nodes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from waiting import wait_for
@@ -103,6 +104,28 @@ def test_the_shipper_sends_increments_while_an_attempt_runs_and_the_rest_when_it
     assert world.stores["n2"].read("r", "t", 1) == LogCopy("n1", 31, True, b"line 1\nline 2\nraftflow: a note\n")
     assert world.calls == [("n2", 0, 7, False), ("n2", 7, 24, True)] and shipper.in_flight() == []
     assert world.stores["n3"].read("r", "t", 1) is None
+
+
+def test_with_one_holder_a_failed_send_is_sent_again_without_reading_the_log_anew(tmp_path: Path) -> None:
+    log = LocalStore(tmp_path / "store")
+    world = Holders(tmp_path, 1 << 20, "n2")
+    now = [0.0]
+    reads = []
+
+    def read_from(run_id: str, task_id: str, attempt: int, first: int) -> Iterator[tuple[int, bytes]]:
+        reads.append(first)
+        return log.read_log_from(run_id, task_id, attempt, first)
+
+    shipper = LogShipper("n1", ["n1", "n2"], read_from, world.send, keep=1 << 20, clock=lambda: now[0])
+    shipper.open("r", "t", 1)
+    log.append_log("r", "t", 1, b"kept while n2 is down\n")
+    world.down.add("n2")
+    shipper.ship_once()
+    world.down.clear()
+    now[0] += 10
+    shipper.ship_once()
+    assert reads == [0, 1] and world.stores["n2"].read("r", "t", 1) == LogCopy("n1", 22, False,
+                                                                               b"kept while n2 is down\n")
 
 
 def test_stopping_the_shipper_sends_the_end_of_attempts_that_ended(tmp_path: Path) -> None:
