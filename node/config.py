@@ -11,6 +11,7 @@ overridden by command-line flags (flag > environment > file > default).
     secret_file = "/etc/raftflow/secret"
     slots = 4
     task_log_limit = 67108864            # bytes of output stored per task attempt (default 64 MiB)
+    log_keep_bytes = 1048576             # bytes of each attempt's log kept in copies on other nodes (1 MiB)
     tls_cert_file = "/etc/raftflow/tls/n1.pem"   # this node's certificate: CN = node_id (raftflow certs)
     tls_key_file = "/etc/raftflow/tls/n1.key"
     tls_ca_file = "/etc/raftflow/tls/ca.pem"     # the CA that issued every node's certificate
@@ -73,6 +74,9 @@ class ConfigError(ValueError):
 
 
 LEASE_MARGIN = 0.5  # seconds between a deposed leader's last possible grant and the leader's expiry
+# The most of each attempt's log a copy on another node may keep (log_keep_bytes): a
+# holder rewrites a copy whole on each increment it receives, so it stays small.
+MAX_LOG_KEEP_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +205,9 @@ class NodeConfig:
     # Bytes of a task attempt's output stored in this node's log store; past it the log
     # says where it was cut and the rest is dropped (store/local.py).
     task_log_limit: int = 64 * 1024 * 1024
+    # Bytes of each attempt's log that the nodes holding a copy of it keep (the last
+    # ones; the copy's first line says how many were cut): store/copies.py.
+    log_keep_bytes: int = 1024 * 1024
     # The peer API's listen address. load() requires it; "" only for in-process
     # replicas in tests, which serve no API.
     peer_address: str = ""
@@ -354,6 +361,7 @@ _SCALARS: dict[str, tuple[Callable[[Any], Any], str]] = {  # key -> (type, envir
     "fsync": (_bool, "RAFTFLOW_FSYNC"),
     "queues": (_queues, "RAFTFLOW_QUEUES"),
     "task_log_limit": (int, "RAFTFLOW_TASK_LOG_LIMIT"),
+    "log_keep_bytes": (int, "RAFTFLOW_LOG_KEEP_BYTES"),
     "peer_address": (str, "RAFTFLOW_PEER_ADDRESS"),
     "tls_cert_file": (Path, "RAFTFLOW_TLS_CERT_FILE"),
     "tls_key_file": (Path, "RAFTFLOW_TLS_KEY_FILE"),
@@ -435,6 +443,8 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
         raise ConfigError(f"slots from {where['slots']} must be at least 1")
     if values.get("task_log_limit", 1) < 1:
         raise ConfigError(f"task_log_limit from {where['task_log_limit']} must be at least 1 (bytes)")
+    if not 1 <= values.get("log_keep_bytes", 1) <= MAX_LOG_KEEP_BYTES:
+        raise ConfigError(f"log_keep_bytes from {where['log_keep_bytes']} must be 1 to {MAX_LOG_KEEP_BYTES} (bytes)")
     if "run_as_user" in values:
         _check_run_as_user(values["run_as_user"], where["run_as_user"])
 
@@ -618,6 +628,7 @@ def to_toml(cfg: NodeConfig) -> str:
         f"fsync = {'true' if cfg.fsync else 'false'}",
         "queues = [" + ", ".join(f'"{q}"' for q in cfg.queues) + "]",
         f"task_log_limit = {cfg.task_log_limit}",
+        f"log_keep_bytes = {cfg.log_keep_bytes}",
         f"scratch_dir = {_toml_str(str(cfg.scratch_dir))}",
         f"insecure = {'true' if cfg.insecure else 'false'}",
     ]

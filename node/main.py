@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import logging
 import os
 import signal
@@ -49,15 +50,17 @@ from .metrics import HealthWatch, NodeMetrics, health_inputs, wire as wire_metri
 from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
 from .raft.adapter import ReplicatedState, StorageDamaged, recovery_advice
 from .raft.replica import propose_until_decided
+from .store.copies import CopyStore
 from .store.local import LocalStore
 from .web.app import WebContext, WebServer, build_app
 from .worker.lease import Reaper
+from .worker.shipping import LogShipper
 from .worker.worker import Assignment, AttemptSetup, Worker, attempt_setup
 
 log = logging.getLogger("raftflow.node")
 # What the node keeps under data_dir: the Raft journal and snapshots, the run archive,
 # task logs (attempts work in scratch_dir, outside it). Nobody else may read them.
-DATA_SUBDIRS = ("raft", "history", "store", "work")
+DATA_SUBDIRS = ("raft", "history", "store", "copies", "work")
 PRIVATE = 0o700
 # A node proposes what its callers' tokens were last used at this often, at most (one
 # TokensUsed command; `tokens list` shows it), never a Raft write per call.
@@ -94,10 +97,16 @@ class Node:
         self.replica = ReplicatedState(cfg, secret, on_applied=self._after_apply,
                                        on_installed=self._after_install)
         self.peers = PeerClients(cfg.peers, peer_token(secret), self.tls)
+        # Task logs outlive their node: this node's go to a copy on the next node
+        # (worker/shipping.py); it keeps copies of others' (store/copies.py).
+        self.copies = CopyStore(cfg.data_dir / "copies", keep=cfg.log_keep_bytes)
+        self.shipper = LogShipper(cfg.node_id, [n.id for n in cfg.all_nodes], self.store.read_log_from,
+                                  self._ship_log, keep=cfg.log_keep_bytes)
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.scratch,
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
                              lease_duration=cfg.worker_lease, reaper=Reaper(), setup=self._attempt_setup,
-                             connections=cfg.connections, run_as=cfg.task_user, run_state=self._run_state)
+                             connections=cfg.connections, run_as=cfg.task_user, run_state=self._run_state,
+                             shipper=self.shipper)
         self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.healthy_window,
                                  cfg.slots, cfg.node_id)
         self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,
@@ -152,6 +161,7 @@ class Node:
         self.leader_loop.start()
         self._heartbeat.start()
         self._token_use.start()
+        self.shipper.start()
         threading.Thread(target=self._announce_start, name="announce-start", daemon=True).start()
         log.info("node %s up: API on %s, peer API on %s, Raft on %s (%s), web on %s, %d slots, peers: %s; "
                  "SSH connections: %s",
@@ -188,6 +198,12 @@ class Node:
     def _drop_run_logs(self, effect: DropRunLogs) -> None:
         for run_id in effect.run_ids:
             self.store.delete_run_logs(run_id)
+            self.copies.delete_run(run_id)
+
+    def _ship_log(self, holder: str, run_id: str, task_id: str, attempt: int, offset: int, data: bytes,
+                  final: bool) -> int:
+        """The shipper's send: this node's log part to the holder's AppendLogCopy."""
+        return self.peers.append_log_copy(holder, run_id, task_id, attempt, self.cfg.node_id, offset, data, final)
 
     @_execute.register
     def _released_attempts(self, effect: ReleasedAttempts) -> None:
@@ -243,12 +259,13 @@ class Node:
     def _drop_orphan_logs(self) -> None:
         try:
             orphans = []
-            for run_id in self.store.runs_with_logs():
+            for run_id in itertools.chain(self.store.runs_with_logs(), self.copies.runs()):
                 with self.replica.lock:
                     if run_id not in self.replica.state.run_index:
                         orphans.append(run_id)
             for run_id in orphans:
                 self.store.delete_run_logs(run_id)
+                self.copies.delete_run(run_id)
             if orphans:
                 log.info("removed the task logs of %d run(s) pruned while this node was behind", len(orphans))
         except Exception:  # noqa: BLE001 - a sweep that fails leaves logs behind, nothing worse
@@ -278,6 +295,7 @@ class Node:
         self.health.enter_graceful_shutdown()
         self.leader_loop.stop()
         self.worker.shutdown()
+        self.shipper.stop()
         if self.web is not None:
             self.web.stop()
         stopped = (self.server.stop(grace=1.0), self.peer_server.stop(grace=1.0))
@@ -286,6 +304,7 @@ class Node:
         self.replica.destroy()
         self.peers.close()
         self.store.close()
+        self.copies.close()
 
     def _token_use_loop(self) -> None:
         """Every TOKEN_USE_PERIOD, propose when this node's callers last used their

@@ -1,6 +1,7 @@
 """What the API needs from its node (`Host`), and the operations that need more than
-the replica: this node's status, the cluster's, task logs wherever they are, and
-the peer API's handlers (dispatch, heartbeats).
+the replica: this node's status, the cluster's, task logs wherever they are (the
+node that ran the attempt, else a copy on another node: store/copies.py), and the
+peer API's handlers (dispatch, heartbeats, log copies).
 
 Who calls: services.py (gRPC) and, later, HTTP handlers. main.py's `Node` is the
 `Host`; nothing here imports main.py. No gRPC here: peers are reached through
@@ -15,8 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Protocol
 
 from ..config import NodeConfig, Peer
-from ..proto import client_pb2
+from ..core.commands import LoseAttempt, NodeStarted
+from ..core.names import ID_PATTERN, ID_RULE
+from ..proto import client_pb2, peer_pb2
 from ..raft.replica import Replica
+from ..store.copies import LogCopy
+from ..worker.shipping import holders
 from ..worker.worker import Assignment
 from . import errors
 from .operations import Operations
@@ -43,6 +48,15 @@ class LogStore(Protocol):
     def read_log_from(self, run_id: str, task_id: str, attempt: int, first: int) -> Iterator[tuple[int, bytes]]: ...
 
 
+class CopyHolder(Protocol):
+    """The copies of other nodes' logs this node keeps (store/copies.py's CopyStore)."""
+
+    def append(self, run_id: str, task_id: str, attempt: int, node: str, offset: int, data: bytes,
+               final: bool) -> int: ...
+
+    def read(self, run_id: str, task_id: str, attempt: int) -> LogCopy | None: ...
+
+
 class PeerDirectory(Protocol):
     """The other nodes' peer API; a node that does not answer raises errors.Unavailable
     (its message: what the transport said)."""
@@ -51,6 +65,9 @@ class PeerDirectory(Protocol):
 
     def read_log(self, node_id: str, request: client_pb2.GetTaskLogRequest,
                  timeout: float = 30.0) -> Iterator[client_pb2.LogChunk]: ...
+
+    def read_log_copy(self, node_id: str, run_id: str, task_id: str, attempt: int,
+                      timeout: float = 5.0) -> LogCopy | None: ...
 
 
 class Host(Protocol):
@@ -76,6 +93,9 @@ class Host(Protocol):
 
     @property
     def store(self) -> LogStore: ...
+
+    @property
+    def copies(self) -> CopyHolder: ...
 
     @property
     def started(self) -> float:
@@ -160,19 +180,154 @@ def local_log(host: Host, run_id: str, task_id: str, attempt: int,
         yield client_pb2.LogChunk(data=b"", node=host.cfg.node_id, attempt=attempt, index=first)
 
 
+# A note raftflow adds after an attempt's log (that it was lost with its node, where a
+# copy came from) has this chunk index: a follower (`tasks logs -f`, the UI's log view)
+# that printed it asks for the chunks after it, and gets neither the log nor the note
+# again. Past any log's chunk count (task_log_limit bytes), and exact as a JavaScript
+# number (< 2**53), which the UI's script sends back.
+NOTE_INDEX = 1 << 52
+COPY_PIECE = 64 * 1024    # bytes per chunk when a copy is streamed to a reader
+COPY_READ_TIMEOUT = 2.0   # seconds a holder may take to answer (a dead one costs this once)
+
+
 def task_log(host: Host, ops: Operations, run_id: str, task_id: str, attempt: int = 0,
              first: int = 0) -> Iterator[client_pb2.LogChunk]:
-    """An attempt's log (0: the latest) from chunk `first`, from whichever node ran it."""
+    """An attempt's log (0: the latest) from chunk `first`: from the node that ran it
+    while it answers and has it, else from the best copy another node keeps (store/
+    copies.py). A log whose attempt was lost with its node ends with a line saying so.
+    NotFound when it was lost and no node has any of it; Unavailable when its node does
+    not answer and no node keeps a copy."""
     where = ops.log_location(run_id, task_id, attempt)
-    if where.node == host.cfg.node_id:
-        yield from local_log(host, run_id, task_id, where.attempt, first)
-        return
-    request = client_pb2.GetTaskLogRequest(run_id=run_id, task_id=task_id, attempt=where.attempt, from_chunk=first)
+    n = where.attempt
+    lost = _loss(ops, run_id, task_id, n)
+    ran_on = where.node
+    if ran_on == host.cfg.node_id:
+        chunks: Iterator[client_pb2.LogChunk] = local_log(host, run_id, task_id, n, first)
+    else:
+        request = client_pb2.GetTaskLogRequest(run_id=run_id, task_id=task_id, attempt=n, from_chunk=first)
+        chunks = host.peers.read_log(ran_on, request)
+    silent = ""
     try:
-        yield from host.peers.read_log(where.node, request)
+        head = next(chunks)
     except errors.Unavailable as e:
-        raise errors.Unavailable(f"the log of {task_id} attempt {where.attempt} is stored on node {where.node}, "
-                                 f"which did not answer: {e.message}") from None
+        silent = e.message
+    except StopIteration:
+        head = client_pb2.LogChunk(data=b"", node=ran_on, attempt=n, index=first)
+    if not silent and (head.data or first > 0 or not lost):
+        # Its node answered, with a log (or nothing, for an attempt that was not lost).
+        if first < NOTE_INDEX:
+            yield head
+            try:
+                yield from chunks
+            except errors.Unavailable as e:
+                raise errors.Unavailable(f"the log of {task_id} attempt {n} is stored on node {ran_on}, "
+                                         f"which stopped answering: {e.message}") from None
+        if lost and first <= NOTE_INDEX:
+            yield _note(ran_on, n, f"raftflow: attempt {n} was lost with node {ran_on} ({lost}); the output "
+                                   f"above is what node {ran_on} stored before it died\n")
+        return
+    copy, holder = find_copy(host, run_id, task_id, n, ran_on)
+    if copy is None:
+        if lost and not silent:
+            yield _note(ran_on, n, f"raftflow: attempt {n} was lost with node {ran_on} ({lost}); none of its "
+                                   "output reached the cluster before it died\n")
+            return
+        if lost:
+            raise errors.NotFound(f"the log of {task_id} attempt {n} is gone: the attempt was lost with node "
+                                  f"{ran_on} ({lost}), which does not answer ({silent}), and no other node keeps "
+                                  "a copy of its log")
+        raise errors.Unavailable(f"the log of {task_id} attempt {n} is stored on node {ran_on}, which did not "
+                                 f"answer ({silent}), and no other node keeps a copy of it")
+    text = copy.text()
+    for index, at in enumerate(range(0, len(text), COPY_PIECE)):
+        if index >= first:
+            yield client_pb2.LogChunk(data=text[at:at + COPY_PIECE], node=holder, attempt=n, index=index)
+    if first > NOTE_INDEX:
+        return
+    if lost:
+        yield _note(holder, n, f"raftflow: attempt {n} was lost with node {ran_on} ({lost}); the output above "
+                               f"is what reached the cluster before it died (the copy kept on node {holder})\n")
+    else:
+        partial = "" if copy.final else ", as far as it had reached it: the attempt may have written more"
+        yield _note(holder, n, f"raftflow: node {ran_on}, which ran this attempt, did not answer ({silent}); "
+                               f"the output above is the copy kept on node {holder}{partial}\n")
+
+
+def _note(node: str, attempt: int, text: str) -> client_pb2.LogChunk:
+    return client_pb2.LogChunk(data=text.encode(), node=node, attempt=attempt, index=NOTE_INDEX)
+
+
+def _loss(ops: Operations, run_id: str, task_id: str, attempt: int) -> str:
+    """Why the attempt was lost with its node, as its story tells (LoseAttempt or
+    NodeStarted released it), or "" if it was not."""
+    for event in reversed(ops.task_story(run_id, task_id).events):
+        if event.attempt == attempt and event.command in (LoseAttempt.TYPE, NodeStarted.TYPE):
+            return f"released by {event.command} at {event.at}"
+    return ""
+
+
+def find_copy(host: Host, run_id: str, task_id: str, attempt: int, ran_on: str) -> tuple[LogCopy | None, str]:
+    """The most complete copy of the attempt's log kept by a node other than `ran_on`,
+    and that node: each is asked in the order the shipper tries them (worker/
+    shipping.py holders); a node that does not answer is passed over."""
+    best: LogCopy | None = None
+    best_holder = ""
+    for node in holders(ran_on, (p.id for p in host.cfg.all_nodes)):
+        if node == host.cfg.node_id:
+            copy = host.copies.read(run_id, task_id, attempt)
+        else:
+            try:
+                copy = host.peers.read_log_copy(node, run_id, task_id, attempt, timeout=COPY_READ_TIMEOUT)
+            except errors.Unavailable:
+                continue
+        if copy is not None and (best is None or (copy.final, copy.end) > (best.final, best.end)):
+            best, best_holder = copy, node
+    return best, best_holder
+
+
+# ------------------------------------------------------------ log copies (peer API)
+MAX_COPY_PART = 1024 * 1024        # bytes of log in one AppendLogCopy
+MAX_RUN_ID = 500                   # characters of a run id in a copy's key
+MAX_OFFSET = 1 << 48               # a log offset past this is not a log's
+
+
+def check_attempt_key(run_id: str, task_id: str, attempt: int) -> None:
+    """Invalid unless the ids can name an attempt (and a key of the copy store)."""
+    if not run_id or len(run_id) > MAX_RUN_ID or not run_id.isprintable():
+        raise errors.Invalid(f"run_id must be 1 to {MAX_RUN_ID} printable characters")
+    if not ID_PATTERN.fullmatch(task_id):
+        raise errors.Invalid(f"task_id {task_id[:60]!r} is not a task id: {ID_RULE}")
+    if attempt < 1:
+        raise errors.Invalid("attempt must be at least 1")
+
+
+def append_log_copy(host: Host, part: peer_pb2.LogCopyPart) -> int:
+    """A peer's next part of its log of an attempt (the interceptor checked that `node`
+    is the caller's own, with TLS). Returns the offset the copy now reaches."""
+    check_attempt_key(part.run_id, part.task_id, part.attempt)
+    members = {p.id for p in host.cfg.all_nodes}
+    if part.node not in members or part.node == host.cfg.node_id:
+        raise errors.Invalid(f"node {part.node[:60]!r} is not another node of this cluster")
+    if len(part.data) > MAX_COPY_PART:
+        raise errors.Invalid(f"a log part is at most {MAX_COPY_PART} bytes, not {len(part.data)}")
+    if part.offset + len(part.data) > MAX_OFFSET:
+        raise errors.Invalid(f"offset {part.offset} is past any log")
+    return host.copies.append(part.run_id, part.task_id, part.attempt, part.node, part.offset, part.data,
+                              part.final)
+
+
+def read_log_copy(host: Host, key: peer_pb2.AttemptKey) -> Iterator[peer_pb2.LogCopyPart]:
+    """What this node keeps of another node's log of an attempt, in parts of at most
+    MAX_COPY_PART bytes; one part with found = false if it keeps none."""
+    check_attempt_key(key.run_id, key.task_id, key.attempt)
+    copy = host.copies.read(key.run_id, key.task_id, key.attempt)
+    if copy is None:
+        yield peer_pb2.LogCopyPart(run_id=key.run_id, task_id=key.task_id, attempt=key.attempt, found=False)
+        return
+    for at in range(0, max(len(copy.kept), 1), MAX_COPY_PART):
+        yield peer_pb2.LogCopyPart(run_id=key.run_id, task_id=key.task_id, attempt=key.attempt, node=copy.node,
+                                   offset=copy.cut + at, data=copy.kept[at:at + MAX_COPY_PART], final=copy.final,
+                                   found=True, end=copy.end)
 
 
 # ------------------------------------------------------------ the peer API's handlers

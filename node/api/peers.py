@@ -6,8 +6,8 @@ Who calls: main.py (server credentials, the interceptor, PeerClients).
 
 The peer API listens on its own port (`peer_address`), apart from the client API,
 with mutual TLS: a caller must present a certificate from the cluster CA whose
-common name is a configured member (`PeerAuthInterceptor`), and a Heartbeat must be
-sent by the node it speaks for. A node dials a peer expecting the certificate of that
+common name is a configured member (`PeerAuthInterceptor`), and a Heartbeat or an
+AppendLogCopy must be sent by the node it speaks for. A node dials a peer expecting the certificate of that
 peer (its node id, a DNS name in the certificate's SANs), whatever address it dialed.
 As defense in depth every peer call also carries `x-raftflow-peer-token`, an HMAC of
 the cluster secret. With `insecure = true` (development) both ports are plaintext and
@@ -24,12 +24,14 @@ import grpc
 
 from ..config import Peer, TLSMaterial
 from ..proto import client_pb2, peer_pb2, peer_pb2_grpc
+from ..store.copies import LogCopy
 from ..worker.worker import Assignment
 from . import errors
 
 TOKEN_HEADER = "x-raftflow-peer-token"
 PEER_SERVICE_PREFIX = "/raftflow.v1.Peer/"
 HEARTBEAT_METHOD = PEER_SERVICE_PREFIX + "Heartbeat"
+APPEND_LOG_COPY_METHOD = PEER_SERVICE_PREFIX + "AppendLogCopy"
 # Every port binds its address alone: without this gRPC sets SO_REUSEPORT, and a second
 # process could bind the same port and take part of its connections.
 SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
@@ -78,6 +80,10 @@ class PeerAuthInterceptor(grpc.ServerInterceptor):
         if method == HEARTBEAT_METHOD and request.node_id != caller:
             return (grpc.StatusCode.PERMISSION_DENIED,
                     f"a heartbeat for node {request.node_id!r} sent with the certificate of {caller!r}")
+        if method == APPEND_LOG_COPY_METHOD and request.node != caller:
+            return (grpc.StatusCode.PERMISSION_DENIED,
+                    f"a log copy of node {request.node[:60]!r}'s attempt sent with the certificate of {caller!r}: "
+                    "a node ships only its own logs")
         return None
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
@@ -165,6 +171,39 @@ class PeerClients:
             yield from self._stubs[node_id].ReadTaskLog(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise errors.Unavailable(f"{e.details()}") from None
+
+    def append_log_copy(self, node_id: str, run_id: str, task_id: str, attempt: int, node: str, offset: int,
+                        data: bytes, final: bool, timeout: float = 2.0) -> int:
+        """Send the next part of this node's log of an attempt to `node_id`, which keeps a
+        copy; the offset its copy now reaches. errors.Unavailable (gRPC's details) if it
+        does not take it."""
+        try:
+            ack = self._stubs[node_id].AppendLogCopy(peer_pb2.LogCopyPart(
+                run_id=run_id, task_id=task_id, attempt=attempt, node=node, offset=offset, data=data, final=final),
+                timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise errors.Unavailable(f"{e.details() or e.code()}") from None
+        return int(ack.end)
+
+    def read_log_copy(self, node_id: str, run_id: str, task_id: str, attempt: int,
+                      timeout: float = 5.0) -> LogCopy | None:
+        """The copy `node_id` keeps of another node's log of an attempt, or None;
+        errors.Unavailable (gRPC's details) if it does not answer."""
+        kept = bytearray()
+        first: peer_pb2.LogCopyPart | None = None
+        try:
+            for part in self._stubs[node_id].ReadLogCopy(
+                    peer_pb2.AttemptKey(run_id=run_id, task_id=task_id, attempt=attempt), timeout=timeout,
+                    metadata=self._metadata):
+                if not part.found:
+                    return None
+                first = first or part
+                kept += part.data
+        except grpc.RpcError as e:
+            raise errors.Unavailable(f"{e.details() or e.code()}") from None
+        if first is None:
+            return None
+        return LogCopy(first.node, int(first.end), first.final, bytes(kept))
 
     def close(self) -> None:
         for channel in self._channels.values():

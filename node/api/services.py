@@ -268,6 +268,18 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         yield from cluster.local_log(self.host, request.run_id, request.task_id, request.attempt,
                                      request.from_chunk)
 
+    def AppendLogCopy(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            return peer_pb2.LogCopyAck(end=cluster.append_log_copy(self.host, request))
+        except errors.ServiceError as e:
+            abort(context, self.host.cfg.node_id, e)
+
+    def ReadLogCopy(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            yield from cluster.read_log_copy(self.host, request)
+        except errors.ServiceError as e:
+            abort(context, self.host.cfg.node_id, e)
+
 
 def _is_admin() -> bool:
     """Whether the current caller may see secret values (no caller: a test's direct call)."""

@@ -55,6 +55,16 @@ class PeerStub:
                 request_serializer=raftflow_dot_proto_dot_client__pb2.GetTaskLogRequest.SerializeToString,
                 response_deserializer=raftflow_dot_proto_dot_client__pb2.LogChunk.FromString,
                 _registered_method=True)
+        self.AppendLogCopy = channel.unary_unary(
+                '/raftflow.v1.Peer/AppendLogCopy',
+                request_serializer=raftflow_dot_proto_dot_peer__pb2.LogCopyPart.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_peer__pb2.LogCopyAck.FromString,
+                _registered_method=True)
+        self.ReadLogCopy = channel.unary_stream(
+                '/raftflow.v1.Peer/ReadLogCopy',
+                request_serializer=raftflow_dot_proto_dot_peer__pb2.AttemptKey.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_peer__pb2.LogCopyPart.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -89,6 +99,23 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendLogCopy(self, request, context):
+        """The node that runs (or ran) an attempt sends the next part of its log to a node
+        that keeps a copy (node/store/copies.py), while it runs and when it ends; only for
+        its own attempts (node must be the caller certificate's node). Idempotent by offset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadLogCopy(self, request, context):
+        """What this node keeps of another node's log of an attempt: parts in order; one part
+        with found = false when it keeps none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +138,16 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.ReadTaskLog,
                     request_deserializer=raftflow_dot_proto_dot_client__pb2.GetTaskLogRequest.FromString,
                     response_serializer=raftflow_dot_proto_dot_client__pb2.LogChunk.SerializeToString,
+            ),
+            'AppendLogCopy': grpc.unary_unary_rpc_method_handler(
+                    servicer.AppendLogCopy,
+                    request_deserializer=raftflow_dot_proto_dot_peer__pb2.LogCopyPart.FromString,
+                    response_serializer=raftflow_dot_proto_dot_peer__pb2.LogCopyAck.SerializeToString,
+            ),
+            'ReadLogCopy': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadLogCopy,
+                    request_deserializer=raftflow_dot_proto_dot_peer__pb2.AttemptKey.FromString,
+                    response_serializer=raftflow_dot_proto_dot_peer__pb2.LogCopyPart.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +258,60 @@ class Peer:
             '/raftflow.v1.Peer/ReadTaskLog',
             raftflow_dot_proto_dot_client__pb2.GetTaskLogRequest.SerializeToString,
             raftflow_dot_proto_dot_client__pb2.LogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendLogCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Peer/AppendLogCopy',
+            raftflow_dot_proto_dot_peer__pb2.LogCopyPart.SerializeToString,
+            raftflow_dot_proto_dot_peer__pb2.LogCopyAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadLogCopy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/raftflow.v1.Peer/ReadLogCopy',
+            raftflow_dot_proto_dot_peer__pb2.AttemptKey.SerializeToString,
+            raftflow_dot_proto_dot_peer__pb2.LogCopyPart.FromString,
             options,
             channel_credentials,
             insecure,

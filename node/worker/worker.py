@@ -23,7 +23,8 @@ Life of an attempt here (node/README.md has the whole story):
    HOME), with a clean environment: PATH, HOME, LANG/LC_ALL, the RAFTFLOW_*
    variables and the task's env, never the node's other variables (its secrets and
    settings; see `_environment`). Stdout and stderr are merged into one stream;
-   output goes to this node's LocalStore as it arrives.
+   output goes to this node's LocalStore as it arrives, and from there, in
+   increments, to a copy on another node (shipping.py), so it outlives this node.
    Its task kind (raftflow/kinds/) says what process to start: a python task's
    process is pyrunner.py; an ssh task's is sshrun.py, which runs the command on
    the connection's host and stops it there when it is stopped here.
@@ -81,6 +82,7 @@ from ..store.local import LocalStore
 from .lease import Lease, Reaper
 from .render import RenderError
 from .renderer import RenderInterrupted, RenderPool, process_identity
+from .shipping import LogShipper
 from .trigger import Parent, trigger_and_wait
 
 log = logging.getLogger("raftflow.worker")
@@ -220,7 +222,8 @@ class Worker:
                  lease_duration: float, reaper: Reaper | None = None,
                  setup: Callable[[Assignment], AttemptSetup] | None = None,
                  connections: tuple[SSHConnection, ...] = (), run_as: TaskUser | None = None,
-                 run_state: Callable[[str], tuple[str, str] | None] | None = None) -> None:
+                 run_state: Callable[[str], tuple[str, str] | None] | None = None,
+                 shipper: LogShipper | None = None) -> None:
         """`scratch`: a folder that is this worker's alone, outside the node's data (config
         `scratch`); whatever is in it at start is a previous process's and is removed.
         `setup` reads an attempt's template context and timeout from this node's replica;
@@ -236,6 +239,7 @@ class Worker:
         self._setup = setup or (lambda a: AttemptSetup({}))
         self.slots = slots
         self._store = store
+        self._shipper = shipper
         self._scratch = scratch
         self._propose = propose
         self._lock = threading.Lock()
@@ -436,6 +440,8 @@ class Worker:
             if maybe_committed:   # the start may be on record: release it, harmless if stale
                 self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id, refusal, time.time()))
             return
+        if self._shipper is not None:   # from here on its log is copied to another node
+            self._shipper.open(a.run_id, a.task_id, a.attempt)
         tail = bytearray()
         if attempt.process is None and not prepared.reason and kind(a.kind).in_node:
             exit_code, reason = self._run_in_node(attempt, prepared, tail)
@@ -600,6 +606,8 @@ class Worker:
                     f"raftflow: attempt killed on {self.node_id}: its lease lapsed (cut off from the leader)\n")
             self._store.append_note(a.run_id, a.task_id, a.attempt, note.encode())
         self._store.close_log(a.run_id, a.task_id, a.attempt)
+        if self._shipper is not None:
+            self._shipper.close(a.run_id, a.task_id, a.attempt)
         log.info("finished %s/%s attempt %d: exit %d %s%s", a.run_id, a.task_id, a.attempt, exit_code, reason,
                  " (fenced)" if fenced else "")
         if fenced:

@@ -164,3 +164,73 @@ def test_peer_api_refuses_calls_without_the_cluster_token(cluster):
             list(stub.ReadTaskLog(client_pb2.GetTaskLogRequest(run_id="r", task_id="t", attempt=1),
                                   metadata=(("x-raftflow-peer-token", "wrong"),), timeout=5))
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.AppendLogCopy(peer_pb2.LogCopyPart(run_id="r", task_id="t", attempt=1, node="n2", data=b"x"),
+                               timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_log_copies_are_taken_only_from_the_node_that_ran_the_attempt_and_bounded(cluster):
+    """The peer API's AppendLogCopy with the cluster token: a node ships its own logs
+    only, in parts of at most 1 MiB, with ids that can name an attempt."""
+    from raftflow.api.peers import TOKEN_HEADER, peer_token
+    from raftflow.proto import peer_pb2, peer_pb2_grpc
+
+    token = ((TOKEN_HEADER, peer_token(cluster.secret_file.read_text().strip())),)
+    with cluster.peer_channel("n1", as_node="n2") as channel:
+        stub = peer_pb2_grpc.PeerStub(channel)
+
+        def refused(part: peer_pb2.LogCopyPart) -> grpc.RpcError:
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.AppendLogCopy(part, metadata=token, timeout=5)
+            return caught.value
+
+        other = refused(peer_pb2.LogCopyPart(run_id="r", task_id="t", attempt=1, node="n3", data=b"x"))
+        assert other.code() == grpc.StatusCode.PERMISSION_DENIED and "ships only its own logs" in other.details()
+        big = refused(peer_pb2.LogCopyPart(run_id="r", task_id="t", attempt=1, node="n2", data=b"x" * ((1 << 20) + 1)))
+        assert big.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 1048576 bytes" in big.details()
+        bad_id = refused(peer_pb2.LogCopyPart(run_id="r", task_id="../t", attempt=1, node="n2", data=b"x"))
+        assert bad_id.code() == grpc.StatusCode.INVALID_ARGUMENT and "is not a task id" in bad_id.details()
+        key = peer_pb2.AttemptKey(run_id="r-copies-check", task_id="t", attempt=1)
+        assert [p.found for p in stub.ReadLogCopy(key, metadata=token, timeout=5)] == [False]
+        ack = stub.AppendLogCopy(peer_pb2.LogCopyPart(run_id=key.run_id, task_id="t", attempt=1, node="n2",
+                                                      data=b"hello\n", final=True), metadata=token, timeout=5)
+        assert ack.end == 6
+        parts = list(stub.ReadLogCopy(key, metadata=token, timeout=5))
+        assert [(p.node, p.data, p.final, p.end) for p in parts] == [("n2", b"hello\n", True, 6)]
+
+
+def test_a_flooding_task_is_capped_and_the_cluster_keeps_scheduling(cluster, cli, tmp_path: Path):
+    """`yes` until the test has seen enough: its log stops at task_log_limit (64 MiB) with
+    a note where it was cut, and while it floods every node stays healthy (heartbeats
+    flow) and another run is scheduled and finishes. (The flood ends only once the test
+    made its stop file, so whatever the test saw before, it saw during the flood.)"""
+    started, stop = tmp_path / "flooding", tmp_path / "stop-flooding"
+    flood_command = (f"touch {started}; yes raftflow-flood & pid=$!; "
+                     f"timeout 120 sh -c 'until [ -e {stop} ]; do sleep 0.1; done'; kill $pid")
+    (tmp_path / "flood.py").write_text(
+        "from raftflow import DAG, BashTask\n"
+        "with DAG('flood') as dag:\n"
+        f"    BashTask('yes', command={flood_command!r})\n"
+        "with DAG('beside_flood') as dag2:\n"
+        "    BashTask('small', command='echo small task ran')\n")
+    assert cli("dags", "submit", str(tmp_path / "flood.py")).returncode == 0
+    flood = json.loads(cli("dags", "trigger", "flood", "--json").stdout)["run_id"]
+    try:
+        wait_for(started.exists, 30, "the flood to start")
+        beside = cli("dags", "trigger", "beside_flood", "--wait", "--json", timeout=60)
+        assert beside.returncode == 0 and json.loads(beside.stdout)["state"] == "success", \
+            beside.stdout + beside.stderr
+        status = cli.json("cluster", "status")
+        assert all(n["healthy"] for n in status["nodes"]), status["nodes"]
+    finally:
+        stop.touch()
+    run = wait_for(lambda: (r := cli.json("runs", "show", flood))["state"] in ("success", "failed") and r, 60,
+                   "the flood to end")
+    assert run["state"] == "success", run
+    logs = cli("tasks", "logs", flood, "yes", timeout=120)
+    assert logs.returncode == 0, logs.stderr
+    limit = 64 * 1024 * 1024
+    assert logs.stdout.startswith("raftflow-flood\nraftflow-flood\n")
+    cut_note = "raftflow: the log is cut here: this attempt's output passed the node's task_log_limit"
+    assert limit <= len(logs.stdout) < limit + 1000 and cut_note in logs.stdout[limit:], logs.stdout[limit:]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from raftflow.worker.shipping import holders
 from raftflow_dev import attempts
 from raftflow_dev.local import LocalCluster
 from support import Cli, wait_for
@@ -37,11 +38,15 @@ def cli(cluster) -> Cli:
     return Cli(cluster)
 
 
-def write_dag(path: Path, dag_id: str, record: Path, tasks: dict[str, tuple[float, list[str]]]) -> Path:
-    """A DAG of recording tasks: {task_id: (seconds, upstream ids)}."""
+def write_dag(path: Path, dag_id: str, record: Path, tasks: dict[str, tuple[float, list[str]]],
+              first: dict[str, str] | None = None) -> Path:
+    """A DAG of recording tasks: {task_id: (seconds, upstream ids)}; `first`: a command a
+    task runs before it records itself."""
     lines = ["from raftflow import DAG, BashTask", f"with DAG({dag_id!r}) as dag:"]
     for task_id, (seconds, upstream) in tasks.items():
         command = attempts.recording_command(record, seconds)
+        if first and task_id in first:
+            command = f"{first[task_id]}; {command}"
         lines.append(f"    t_{task_id} = BashTask({task_id!r}, command={command!r})")
     for task_id, (_seconds, upstream) in tasks.items():
         for up in upstream:
@@ -91,13 +96,19 @@ def test_leader_killed_mid_dag_every_task_succeeds_exactly_once(cluster, cli, tm
 
 
 def test_node_killed_mid_task_the_task_runs_again_elsewhere(cluster, cli, tmp_path):
+    """... and the log of the attempt that died with its node is read back through a
+    survivor: what it printed, and a last line saying it was lost with its node."""
     record = tmp_path / "attempts.log"
-    write_dag(tmp_path / "d.py", "long_one", record, {"long": (6.0, []), "after": (0.5, ["long"])})
+    write_dag(tmp_path / "d.py", "long_one", record, {"long": (6.0, []), "after": (0.5, ["long"])},
+              first={"long": "echo 'extracting batch 1 of 3'; echo 'loaded 1000 rows' >&2"})
     assert cli("dags", "submit", str(tmp_path / "d.py")).returncode == 0
     run_id = trigger(cli, "long_one")
     first = wait_for(lambda: (t := task_view(run_view(cli, run_id), "long"))["state"] == "running" and t,
                      30, "the long task to start")
-    time.sleep(0.5)  # let it get into its work (the kill must hit a running attempt)
+    # The kill must hit a running attempt whose output had time to reach the cluster:
+    # three log-shipping periods (worker/shipping.py SHIP_PERIOD) after it started.
+    wait_for(lambda: (a := attempts.read(record).get((run_id, "long"))) and a[0].last_seen >= a[0].started + 1.5,
+             30, "the long task to run for 1.5 s")
     killed_at = time.time()
     assert cluster.signal_node(first["node"], signal.SIGKILL)
 
@@ -112,6 +123,16 @@ def test_node_killed_mid_task_the_task_runs_again_elsewhere(cluster, cli, tmp_pa
     assert not recorded[0].finished, "the killed node's attempt kept running to its end"
     assert recorded[0].last_seen < killed_at + 0.5, "the killed node's attempt outlived it (orphan)"
     assert attempts.overlaps(attempts.read(record)) == []
+
+    logs = Cli(cluster, survivors)("tasks", "logs", run_id, "long", "--attempt", "1")
+    print(f"$ raftflow tasks logs {run_id} long --attempt 1   # through a survivor\n{logs.stdout}{logs.stderr}"
+          f"(exit {logs.returncode})")
+    assert logs.returncode == 0, logs.stderr
+    lines = logs.stdout.splitlines()
+    assert lines[:2] == ["extracting batch 1 of 3", "loaded 1000 rows"], logs.stdout
+    assert lines[-1].startswith(f"raftflow: attempt 1 was lost with node {first['node']} (released by "), lines
+    assert lines[-1].endswith("the output above is what reached the cluster before it died (the copy kept on node "
+                              f"{holders(first['node'], [n.node_id for n in cluster.nodes])[0]})"), lines
 
 
 def test_paused_node_fences_its_own_attempt_before_it_runs_again(cluster, cli, tmp_path):

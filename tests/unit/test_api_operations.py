@@ -28,7 +28,7 @@ from raftflow.proto import client_pb2
 from raftflow.raft.memory import MemoryReplica
 from raftflow.raft.replica import OutcomeUnknown, Unavailable
 from twin_support import MEMBERS, leading_replica
-from web_support import FakePeers, FakeWorker
+from web_support import FakeCopies, FakePeers, FakeWorker
 
 
 def _dag_file(dag_id: str = "d", filename: str = "d.py", **kw: Any) -> DagFile:
@@ -248,6 +248,7 @@ class FakeHost:
     liveness: Liveness
     worker: FakeWorker = field(default_factory=lambda: FakeWorker([("r", "t", 1)]))
     store: FakeStore = field(default_factory=FakeStore)
+    copies: FakeCopies = field(default_factory=FakeCopies)
     leader_loop: Any = None
     started: float = 0.0
 
@@ -288,7 +289,8 @@ def test_a_task_log_is_read_from_the_node_that_ran_the_attempt(tmp_path: Path, o
     assert list(task_log(host, ops, runs["n3"], "a")) == [remote]
     with pytest.raises(errors.Unavailable) as down:
         list(task_log(host, ops, runs["n2"], "a"))
-    assert down.value.message == "the log of a attempt 1 is stored on node n2, which did not answer: Socket closed"
+    assert down.value.message == ("the log of a attempt 1 is stored on node n2, which did not answer (Socket closed), "
+                                  "and no other node keeps a copy of it")
 
 
 # ---------------------------------------------------------------- the gRPC translation

@@ -21,6 +21,7 @@ from raftflow.core import commands as c
 from raftflow.leader.loop import Liveness
 from raftflow.proto import client_pb2
 from raftflow.raft.memory import MemoryReplica
+from raftflow.store.copies import LogCopy, merge
 from raftflow.web.app import WebContext, build_app
 from twin_support import MEMBERS, leading_replica
 
@@ -39,6 +40,8 @@ def dag_file(dag_id: str = "d", filename: str = "d.py", **kw: Any) -> DagFile:
 class FakePeers:
     statuses: dict[str, client_pb2.NodeStatus] = field(default_factory=dict)
     logs: dict[str, list[client_pb2.LogChunk]] = field(default_factory=dict)
+    # node -> the log copies it keeps ((run, task, attempt) -> copy); a node not here does not answer
+    copies: dict[str, dict[tuple[str, str, int], LogCopy]] = field(default_factory=dict)
 
     def node_info(self, node_id: str, timeout: float = 1.0) -> client_pb2.NodeStatus:
         if node_id not in self.statuses:
@@ -50,6 +53,12 @@ class FakePeers:
         if node_id not in self.logs:
             raise errors.Unavailable("Socket closed")
         yield from self.logs[node_id]
+
+    def read_log_copy(self, node_id: str, run_id: str, task_id: str, attempt: int,
+                      timeout: float = 5.0) -> LogCopy | None:
+        if node_id not in self.copies:
+            raise errors.Unavailable("failed to connect to all addresses")
+        return self.copies[node_id].get((run_id, task_id, attempt))
 
 
 @dataclass
@@ -74,6 +83,21 @@ class FakeStore:
 
 
 @dataclass
+class FakeCopies:
+    """The log copies this node keeps of other nodes' attempts."""
+    kept: dict[tuple[str, str, int], LogCopy] = field(default_factory=dict)
+
+    def append(self, run_id: str, task_id: str, attempt: int, node: str, offset: int, data: bytes,
+               final: bool) -> int:
+        key = (run_id, task_id, attempt)
+        self.kept[key] = merge(self.kept.get(key), node, offset, data, final, 1 << 20)
+        return self.kept[key].end
+
+    def read(self, run_id: str, task_id: str, attempt: int) -> LogCopy | None:
+        return self.kept.get((run_id, task_id, attempt))
+
+
+@dataclass
 class FakeHost:
     cfg: NodeConfig
     replica: MemoryReplica
@@ -81,6 +105,7 @@ class FakeHost:
     liveness: Liveness
     worker: FakeWorker = field(default_factory=FakeWorker)
     store: FakeStore = field(default_factory=FakeStore)
+    copies: FakeCopies = field(default_factory=FakeCopies)
     leader_loop: Any = None
     started: float = 0.0
 
