@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
+from raftflow_dev.local import free_ports
 from support import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
@@ -164,3 +168,42 @@ def test_peer_api_refuses_calls_without_the_cluster_token(cluster):
             list(stub.ReadTaskLog(client_pb2.GetTaskLogRequest(run_id="r", task_id="t", attempt=1),
                                   metadata=(("x-raftflow-peer-token", "wrong"),), timeout=5))
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_cli_edges_a_new_user_meets(cluster, cli, tmp_path: Path):
+    """Issue #17 part 5 through the real CLI: a negative --limit, runs list's filters
+    (answered by the node), logs of tasks that never ran with and without -f, options
+    after the verb, -o yaml."""
+    dag_file = tmp_path / "edges.py"
+    dag_file.write_text(
+        "from raftflow import DAG, BashTask, EmptyTask\n"
+        "with DAG('cli_edges') as dag:\n"
+        "    EmptyTask('start') >> BashTask('boom', command='exit 3') >> BashTask('after', command='echo never')\n"
+    )
+    assert cli("dags", "submit", str(dag_file)).returncode == 0
+    run = json.loads(cli("dags", "trigger", "cli_edges", "--wait", "--json", timeout=60).stdout)
+    assert run["state"] == "failed"
+
+    bad = cli("runs", "list", "--limit", "-1")
+    assert bad.returncode == 2 and "--limit is 0 to 100,000 (0: 50), not -1" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
+
+    listed = cli.json("runs", "list", "--dag", "cli_edges", "--state", "failed", "--since", "10m")["runs"]
+    assert [r["run_id"] for r in listed] == [run["run_id"]]   # (the filters' cases: test_api_operations.py)
+
+    plain, follow = cli("tasks", "logs", run["run_id"], "after"), cli("tasks", "logs", run["run_id"], "after", "-f")
+    assert (plain.returncode, plain.stderr) == (follow.returncode, follow.stderr) == (1, plain.stderr)
+    assert "after ended upstream_failed without running (no attempt, so no log)" in plain.stderr, plain.stderr
+    empty = cli("tasks", "logs", run["run_id"], "start")   # an empty task, succeeded
+    assert (empty.returncode, empty.stderr.strip()) == (0, "start ended success without running (no attempt, "
+                                                            "so no log)")
+
+    def after_the_verb(*args: str) -> subprocess.CompletedProcess:   # no --cluster before the group
+        return subprocess.run([sys.executable, "-m", "raftflow_cli.main", *args], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT, env=cli.env)
+
+    answered = after_the_verb("runs", "list", "--dag", "cli_edges", "--cluster", cli.addresses, "-o", "yaml")
+    assert answered.returncode == 0, answered.stderr
+    assert [r["run_id"] for r in yaml.safe_load(answered.stdout)["runs"]] == [run["run_id"]]
+    nowhere = after_the_verb("dags", "list", "--cluster", f"127.0.0.1:{free_ports(1)[0]}", "--retry-for", "0")
+    assert nowhere.returncode == 3, nowhere.stderr   # the --cluster after the verb was the one used

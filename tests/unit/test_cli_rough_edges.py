@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -256,3 +258,22 @@ def test_the_local_folder_is_raftflow_local_dir_and_the_old_name_warns(
     err = capsys.readouterr().err
     assert err.count("warning: $RAFTFLOW_DATA_DIR for the CLI's local cluster is deprecated") == 1
     assert f"use RAFTFLOW_LOCAL_DIR={tmp_path / 'old'}" in err
+
+
+# ---------------------------------------------------------------- start-up cost
+def test_client_verbs_do_not_import_the_node_and_node_options_still_parse(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Building `raftflow node`'s options imports the node's code (~1.7 s per CLI call);
+    client verbs parse without it, `raftflow node` with it."""
+    probe = ("import sys, raftflow_cli.main as m\n"
+             "args, rest = m.build_parser(with_node=False).parse_known_args(['dags', 'list', '--cluster', 'h:1'])\n"
+             "print(args.cluster, rest, 'raftflow.main' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["h:1", "[]", "False"], out.stderr
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["node", "--log-format", "xml"])
+    assert exited.value.code == cli.EXIT_USAGE
+    assert "argument --log-format: invalid choice: 'xml'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["dags", "list", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err

@@ -987,7 +987,11 @@ def add_global_options(parser: argparse.ArgumentParser, in_verb: bool) -> None:
                         help="table (default), json (as --json) or yaml")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_node: bool = True) -> argparse.ArgumentParser:
+    """The whole command line. `with_node=False` leaves out the options of `raftflow
+    node` (it takes the rest of the line as is): building them imports the node's code
+    (raftflow.main: ~1.7 s), which no client verb needs, so main() builds them only for
+    `raftflow node`."""
     parser = argparse.ArgumentParser(
         prog="raftflow", description="raftflow: a DAG scheduler with no single point of failure.",
         epilog="Exit codes: 0 ok, 1 operation failed, 2 usage or invalid input, 3 cluster unreachable, "
@@ -1139,9 +1143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int_option("--days", 1, MAX_CERT_DAYS), default=365, help="validity (default 365)")
     p.set_defaults(certs_func=cmd_certs_issue)
 
-    from raftflow.main import build_parser as node_parser
-    node = sub.add_parser("node", help="run a node (see deploy/ and tools/up)")
-    node_parser(node)
+    node = sub.add_parser("node", help="run a node (see deploy/ and tools/up)", add_help=with_node)
+    if with_node:
+        from raftflow.main import build_parser as node_parser
+
+        node_parser(node)
     node.set_defaults(func=None)
     return parser
 
@@ -1159,8 +1165,13 @@ def choose_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser = build_parser(with_node=False)
+    args, unknown = parser.parse_known_args(argv)
+    if args.group == "node":   # parsed again with the node's own options (see build_parser)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.group not in ("node", "certs"):
         choose_output(parser, args)
     if args.group == "node":
