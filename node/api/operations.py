@@ -57,9 +57,7 @@ DELETE_BATCH = 500
 # thread. A larger one is proposed as Backfills of consecutive parts of its ticks, each
 # of at most this many ticks and task instances (one run at least): ~30-45 ms each.
 BACKFILL_TICKS_PER_COMMAND = 50
-# ListRuns answers at most this many runs; a filtered listing decodes this many at a
-# time between takes of the replica's lock.
-MAX_LIST_RUNS = 100_000
+# A filtered ListRuns decodes this many runs at a time between takes of the replica's lock.
 LIST_RUNS_BATCH = 200
 BACKFILL_TASKS_PER_COMMAND = 10_000
 # How long a read waits for this replica to reach the index its client already read
@@ -443,14 +441,12 @@ class Operations:
     # ------------------------------------------------------------ runs
     def list_runs(self, dag_id: str = "", limit: int = 0, states: Sequence[str] = (),
                   since: str = "") -> client_pb2.ListRunsResponse:
-        """The newest runs (of one DAG, or of all), newest first; `limit` 0 means 50, at
-        most MAX_LIST_RUNS. `states` keeps runs in one of those RunState values; `since`
+        """The newest runs (of one DAG, or of all), newest first; `limit` 0 means 50.
+        `states` keeps runs in one of those RunState values; `since`
         (ISO-8601, UTC unless it has an offset) keeps runs created at or after it. Runs
         are walked newest first and the walk stops at the first run created before
         `since` (runs are indexed in creation order)."""
         limit = limit or 50
-        if limit > MAX_LIST_RUNS:
-            raise errors.Invalid(f"limit is at most {MAX_LIST_RUNS:,} runs, not {limit:,}")
         wanted = _run_states(states)
         since_at = _since_instant(since)
         if not wanted and since_at is None:

@@ -185,7 +185,7 @@ def test_cli_edges_a_new_user_meets(cluster, cli, tmp_path: Path):
     assert run["state"] == "failed"
 
     bad = cli("runs", "list", "--limit", "-1")
-    assert bad.returncode == 2 and "--limit is 0 to 100,000 (0: 50), not -1" in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and "--limit is 0 to 4,294,967,295 (0: 50), not -1" in bad.stderr, bad.stderr
     assert "Traceback" not in bad.stderr
 
     listed = cli.json("runs", "list", "--dag", "cli_edges", "--state", "failed", "--since", "10m")["runs"]

@@ -95,8 +95,8 @@ def client(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
 
 # ---------------------------------------------------------------- numeric options
 @pytest.mark.parametrize("argv, message", [
-    (["runs", "list", "--limit", "-1"], "--limit is 0 to 100,000 (0: 50), not -1"),
-    (["runs", "list", "--limit", "100001"], "--limit is 0 to 100,000 (0: 50), not 100001"),
+    (["runs", "list", "--limit", "-1"], "--limit is 0 to 4,294,967,295 (0: 50), not -1"),
+    (["runs", "list", "--limit", "4294967296"], "--limit is 0 to 4,294,967,295 (0: 50), not 4294967296"),
     (["runs", "list", "--limit", "ten"], "--limit takes a whole number, not 'ten'"),
     (["dags", "show", "d", "--version", "-2"], "--version is 0 to 2,147,483,647 (0: the latest), not -2"),
     (["tasks", "logs", "r", "t", "--attempt", "-1"], "--attempt is 0 to 2,147,483,647 (0: the latest), not -1"),

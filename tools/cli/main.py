@@ -52,7 +52,7 @@ DEFAULT_ADDRESSES = ["127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053"]
 # The API answers states as the enums' values; these name them once, from the enums.
 TERMINAL = tuple(s.value for s in RunState if s.terminal)
 SUCCESS = RunState.SUCCESS.value
-MAX_LIST_RUNS = 100_000   # the most runs ListRuns answers (node/api/operations.py)
+MAX_LIST_RUNS = 2**32 - 1   # ListRunsRequest.limit is a uint32
 
 
 class UsageError(Exception):
