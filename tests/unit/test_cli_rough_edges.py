@@ -277,3 +277,11 @@ def test_client_verbs_do_not_import_the_node_and_node_options_still_parse(
     with pytest.raises(SystemExit):
         cli.main(["dags", "list", "--bogus"])
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_a_pipe_without_columns_gets_whole_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli.sys.stdout, "isatty", lambda: False)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    assert cli.terminal_width() == 0
+    monkeypatch.setenv("COLUMNS", "91")
+    assert cli.terminal_width() == 91

@@ -212,6 +212,12 @@ def paint(state: str) -> str:
     return f"\x1b[{code}m{state}\x1b[0m" if code and colour_enabled() else state
 
 
+def terminal_width() -> int:
+    """The width to wrap long cells to: the terminal's (or $COLUMNS); 0 (no wrapping)
+    when stdout is a pipe or file without $COLUMNS, so that grep sees whole lines."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() or os.environ.get("COLUMNS") else 0
+
+
 def table(rows: list[list[Any]], headers: list[str], wrap_last: int = 0) -> str:
     """Columns padded to their widest cell. States are coloured on a terminal. With
     `wrap_last` (a line width), the last column wraps onto continuation lines so
@@ -223,7 +229,7 @@ def table(rows: list[list[Any]], headers: list[str], wrap_last: int = 0) -> str:
         wrapped = [cells[0]]
         for row in cells[1:]:
             pieces = [p for line in row[-1].splitlines() or [""]
-                      for p in textwrap.wrap(line, room, break_on_hyphens=False, drop_whitespace=False) or [""]]
+                      for p in textwrap.wrap(line, room, break_on_hyphens=False) or [""]]
             wrapped.append(row[:-1] + [pieces[0].rstrip()])
             wrapped.extend([""] * len(fixed) + [p.rstrip()] for p in pieces[1:])
         cells = wrapped
@@ -403,7 +409,7 @@ def cmd_dags_show(client: ClusterClient, args: argparse.Namespace) -> int:
                   ", ".join(t["upstream"]) or "-", t["retries"], _task_what(t)]
                  for t in spec["tasks"]],
                 ["TASK", *(["GROUP"] if grouped else []), "KIND", "UPSTREAM", "RETRIES", "COMMAND"],
-                wrap_last=shutil.get_terminal_size().columns))
+                wrap_last=terminal_width()))
     if spec.get("doc_md"):
         print(f"\n--- doc_md ---\n{spec['doc_md'].rstrip()}")
     for t in spec["tasks"]:
