@@ -198,6 +198,17 @@ def test_cli_edges_a_new_user_meets(cluster, cli, tmp_path: Path):
     assert (empty.returncode, empty.stderr.strip()) == (0, "start ended success without running (no attempt, "
                                                             "so no log)")
 
+    # `tasks mark` reopens the run, which ends again at once: its duration is the re-run's, and says so.
+    client = cluster.client()
+    try:
+        client.mark_task(run["run_id"], "boom", "success")
+        wait_for(lambda: (lambda r: r["ended_at"] and r["started_at"] != run["started_at"])(
+            client.get_run(run["run_id"])), 30, "the reopened run to end again")
+    finally:
+        client.close()
+    shown = cli("runs", "show", run["run_id"])
+    assert "since it was reopened; " in shown.stdout.splitlines()[0], shown.stdout
+
     def after_the_verb(*args: str) -> subprocess.CompletedProcess:   # no --cluster before the group
         return subprocess.run([sys.executable, "-m", "raftflow_cli.main", *args], capture_output=True, text=True,
                               timeout=60, cwd=ROOT, env=cli.env)
