@@ -21,6 +21,12 @@ to its cluster.json), else the system's CA certificates. --insecure (or
 RAFTFLOW_INSECURE=1) talks plaintext, to nodes started with `insecure = true`.
 
 `raftflow certs init|issue` makes a CA and node certificates (deploy/README.md).
+
+The local cluster's folder (cluster.json, ca.pem, admin.token) is $RAFTFLOW_LOCAL_DIR,
+else .raftflow ($RAFTFLOW_DATA_DIR, which a node reads as its own data_dir, is still
+honoured here in this release, with a warning). Options such as --cluster, --token and
+-o go before the verb group or after the verb. Output: -o table (default; states
+coloured on a terminal unless $NO_COLOR), -o json (= --json) or -o yaml.
 """
 
 from __future__ import annotations
