@@ -285,3 +285,31 @@ def test_a_pipe_without_columns_gets_whole_lines(monkeypatch: pytest.MonkeyPatch
     assert cli.terminal_width() == 0
     monkeypatch.setenv("COLUMNS", "91")
     assert cli.terminal_width() == 91
+
+
+# ---------------------------------------------------------------- tools/up
+@pytest.mark.parametrize("argv, message", [
+    (["--port-base", "-5"], "--port-base is 1024 to 65232 (node i uses P+i-1 up to P+300+i-1), not -5"),
+    (["--nodes", "0"], "--nodes is 1 to 99, not 0"),
+])
+def test_tools_up_checks_its_numbers(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    from raftflow_dev import up
+
+    with pytest.raises(SystemExit) as exited:
+        up.main(argv)
+    assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_tools_up_without_ssh_demo_keeps_the_connections_nodes_have(tmp_path: Path) -> None:
+    """What `tools/up --no-demo` passes to the configs it rewrites after `--ssh-demo`."""
+    from raftflow.config import SSHConnection
+    from raftflow_dev.local import LocalCluster
+    from raftflow_dev.up import _kept_connections
+
+    (tmp_path / "key").write_text("not read until a task connects")
+    (tmp_path / "key").chmod(0o600)
+    (tmp_path / "known_hosts").write_text("")
+    conn = SSHConnection(name="spark_master", host="127.0.0.1", port=2222, user="me", key_file=tmp_path / "key",
+                         known_hosts=tmp_path / "known_hosts")
+    LocalCluster(tmp_path / "up", nodes=2, connections={"n1": (conn,), "n2": (conn,)}, insecure=True).configure()
+    assert _kept_connections(tmp_path / "up") == {"n1": (conn,), "n2": (conn,)}

@@ -260,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--down", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--purge", action="store_true", help="with tools/down: also delete the data dir")
     args = parser.parse_args(argv)
-    if args.nodes < 1:
-        parser.error("--nodes must be at least 1")
+    if not 1 <= args.nodes <= 99:
+        parser.error(f"--nodes is 1 to 99, not {args.nodes}")
+    if not 1024 <= args.port_base <= 65535 - 300 - args.nodes:
+        parser.error(f"--port-base is 1024 to {65535 - 300 - args.nodes} (node i uses P+i-1 up to P+300+i-1), "
+                     f"not {args.port_base}")
     return down(args) if args.down else up(args)
 
 
