@@ -522,8 +522,8 @@ def event_time(task: dict[str, Any]) -> str:
     """When a task reached the state `runs watch` prints (UTC): a run watched after the
     fact shows each move at its own time, not at the time it was read."""
     at = {TaskState.QUEUED.value: task.get("queued_at"), TaskState.UP_FOR_RETRY.value: task.get("ended_at"),
-          TaskState.ASSIGNED.value: task.get("queued_at"), TaskState.RUNNING.value: task.get("started_at")}.get(
-        task["state"], task.get("ended_at"))
+          TaskState.ASSIGNED.value: None,   # (not recorded: seen live, now is when)
+          TaskState.RUNNING.value: task.get("started_at")}.get(task["state"], task.get("ended_at"))
     return (datetime.fromisoformat(at) if at else datetime.now(timezone.utc)).astimezone(
         timezone.utc).strftime("%H:%M:%S")
 
