@@ -4,8 +4,9 @@ Owns: `setup()`, called once by `raftflow node` (main.run) before the node start
 the `NodeContext` filter that stamps each record with the node's id and current Raft
 term, and the two formats (`log_format` setting, `--log-format` flag):
 
-- text (default): `TIME NODE LEVEL LOGGER: MESSAGE`, and ` [run RUN task TASK attempt
-  N]` after a record about one attempt; a traceback follows on its own lines.
+- text (default): `TIME NODE LEVEL LOGGER: MESSAGE`, as before JSON existed (messages
+  about an attempt name it already: "started RUN/TASK attempt N"); a traceback
+  follows on its own lines.
 - json: one JSON object per line, the same fields in machine form: time (RFC 3339,
   UTC, milliseconds), level, logger, message, node, term, and run_id / task_id /
   attempt when the record concerns one; an exception's traceback is the one field
@@ -81,15 +82,12 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """The readable form: `TIME NODE LEVEL LOGGER: MESSAGE [run R task T attempt N]`."""
+    """The readable form: `TIME NODE LEVEL LOGGER: MESSAGE`."""
 
     def __init__(self) -> None:
-        super().__init__("%(asctime)s %(node)s %(levelname)s %(name)s: %(message)s%(where)s")
+        super().__init__("%(asctime)s %(node)s %(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        parts = [f"{name} {getattr(record, key)}" for key, name in zip(ATTEMPT_FIELDS, ("run", "task", "attempt"))
-                 if getattr(record, key, None) is not None]
-        record.where = f" [{' '.join(parts)}]" if parts else ""
         if not hasattr(record, "node"):
             record.node = "-"
         return super().format(record)

@@ -59,9 +59,9 @@ def test_json_term_is_null_before_the_node_has_raft_state(restore_root: None) ->
     assert json.loads(_lines("json", term=None)[0])["term"] is None
 
 
-def test_text_stays_readable_with_the_attempt_after_the_message(restore_root: None) -> None:
+def test_text_stays_as_it_was(restore_root: None) -> None:
     lines = _lines("text")
-    assert lines[0].endswith(" n2 INFO raftflow.worker: started r1/t1 attempt 2 (pid 99) [run r1 task t1 attempt 2]")
+    assert lines[0].endswith(" n2 INFO raftflow.worker: started r1/t1 attempt 2 (pid 99)")
     assert lines[1].endswith(" n2 ERROR raftflow.worker: leader loop error")
     assert lines[2] == "Traceback (most recent call last):"
 
