@@ -57,9 +57,9 @@ DELETE_BATCH = 500
 # thread. A larger one is proposed as Backfills of consecutive parts of its ticks, each
 # of at most this many ticks and task instances (one run at least): ~30-45 ms each.
 BACKFILL_TICKS_PER_COMMAND = 50
+BACKFILL_TASKS_PER_COMMAND = 10_000
 # A filtered ListRuns decodes this many runs at a time between takes of the replica's lock.
 LIST_RUNS_BATCH = 200
-BACKFILL_TASKS_PER_COMMAND = 10_000
 # How long a read waits for this replica to reach the index its client already read
 # elsewhere (`caught_up`) before it is refused as Unavailable (the client tries another node).
 READ_CATCH_UP_WAIT = 1.0
