@@ -436,3 +436,12 @@ def test_list_runs_filters_by_state_since_and_dag_newest_first(ops: Operations) 
 def test_list_runs_refuses_bad_filters_saying_which(ops: Operations, kw: dict[str, Any], message: str) -> None:
     with pytest.raises(errors.Invalid, match=message.replace("(", r"\(")):
         ops.list_runs(**kw)
+
+
+def test_a_filtered_list_runs_reads_across_batches(ops: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
+    import raftflow.api.operations as operations
+
+    first, cancelled, third, other = _three_runs(ops)
+    monkeypatch.setattr(operations, "LIST_RUNS_BATCH", 1)
+    assert [r.run_id for r in ops.list_runs(states=["queued", "running"]).runs] == [other, third, first]
+    assert [r.run_id for r in ops.list_runs(states=["failed"], since=iso(T0 + 10)).runs] == [cancelled]
