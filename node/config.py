@@ -19,6 +19,7 @@ overridden by command-line flags (flag > environment > file > default).
     scratch_dir = "/tmp"                 # where attempts' working folders go (default: the system temp dir)
     run_as_user = "raftflow-task"        # local task processes run as this user (default: the node's)
     admin_token_file = "/etc/raftflow/admin.token"   # optional: the bootstrap admin token
+    log_format = "text"                  # or "json": one JSON object per log line (--log-format)
 
     [[peers]]
     id = "n2"
@@ -67,6 +68,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .core.spec import ID_PATTERN, ID_RULE
+from .nodelog import LOG_FORMATS
 
 
 class ConfigError(ValueError):
@@ -193,6 +195,9 @@ class NodeConfig:
     heartbeat_interval: float = 0.3
     lease_timeout: float = 4.0    # a silent node's attempts are forfeit after this; workers fence at half
     log_level: str = "INFO"
+    # The node's own log on stderr: "text" (readable lines) or "json" (one object per
+    # line: time, level, logger, message, node, term, run_id/task_id/attempt; nodelog.py).
+    log_format: str = "text"
     # Flush every Raft journal entry (and term/vote change) to disk before the node
     # acknowledges it: commits survive a power loss of every machine, at a cost per
     # commit (see README, "What survives what"). Off: they survive kill -9 and the
@@ -358,6 +363,7 @@ _SCALARS: dict[str, tuple[Callable[[Any], Any], str]] = {  # key -> (type, envir
     "heartbeat_interval": (float, "RAFTFLOW_HEARTBEAT_INTERVAL"),
     "lease_timeout": (float, "RAFTFLOW_LEASE_TIMEOUT"),
     "log_level": (str, "RAFTFLOW_LOG_LEVEL"),
+    "log_format": (str, "RAFTFLOW_LOG_FORMAT"),
     "fsync": (_bool, "RAFTFLOW_FSYNC"),
     "queues": (_queues, "RAFTFLOW_QUEUES"),
     "task_log_limit": (int, "RAFTFLOW_TASK_LOG_LIMIT"),
@@ -441,6 +447,9 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
                               "port of its own")
     if values.get("slots", 1) < 1:
         raise ConfigError(f"slots from {where['slots']} must be at least 1")
+    if values.get("log_format", "text") not in LOG_FORMATS:
+        raise ConfigError(f"log_format from {where['log_format']} is {values['log_format']!r}: use "
+                          f"{' or '.join(repr(f) for f in LOG_FORMATS)}")
     if values.get("task_log_limit", 1) < 1:
         raise ConfigError(f"task_log_limit from {where['task_log_limit']} must be at least 1 (bytes)")
     if not 1 <= values.get("log_keep_bytes", 1) <= MAX_LOG_KEEP_BYTES:
@@ -625,6 +634,7 @@ def to_toml(cfg: NodeConfig) -> str:
         f"heartbeat_interval = {cfg.heartbeat_interval}",
         f"lease_timeout = {cfg.lease_timeout}",
         f'log_level = "{cfg.log_level}"',
+        f'log_format = "{cfg.log_format}"',
         f"fsync = {'true' if cfg.fsync else 'false'}",
         "queues = [" + ", ".join(f'"{q}"' for q in cfg.queues) + "]",
         f"task_log_limit = {cfg.task_log_limit}",

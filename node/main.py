@@ -29,6 +29,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import nodelog
 from .api.auth import Authenticator, ClientAuthInterceptor, hash_secret
 from .api.peers import (
     SERVER_OPTIONS,
@@ -398,20 +399,20 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--secret-file", dest="secret_file")
     parser.add_argument("--slots", type=int)
     parser.add_argument("--log-level", dest="log_level")
+    parser.add_argument("--log-format", dest="log_format", choices=nodelog.LOG_FORMATS,
+                        help="the node's log on stderr: text (default) or json (one object per line)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("node_id", "grpc_address", "raft_address", "peer_address", "http_address",
-                                           "data_dir", "secret_file", "slots", "log_level")}
+                                           "data_dir", "secret_file", "slots", "log_level", "log_format")}
     try:
         cfg = load(args.config, flags)
     except ConfigError as e:
         print(f"raftflow node: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=cfg.log_level.upper(), stream=sys.stderr,
-                        format=f"%(asctime)s {cfg.node_id} %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+    log_context = nodelog.setup(cfg.node_id, cfg.log_level, cfg.log_format)
     try:
         node = Node(cfg)
     except ConfigError as e:
@@ -421,6 +422,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"raftflow node {cfg.node_id}: cannot start: this node's Raft storage on disk is damaged: {e}. "
               f"{recovery_advice(cfg.data_dir / 'raft')}", file=sys.stderr)
         return 70
+    log_context.term_of = node.replica.term   # (a plain read of pysyncobj's term: no lock)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -40,7 +40,7 @@ from ..core.result import Code, Rejected, Result
 from ..core.run_ids import manual_run_id
 from ..core.schedule import iso
 from ..core.spec import DagSpec, SpecError, normalise_instant
-from ..core.states import TaskState
+from ..core.states import RunState, TaskState
 from ..proto import client_pb2
 from ..raft import replica as raft
 from ..raft.replica import Replica
@@ -58,6 +58,8 @@ DELETE_BATCH = 500
 # of at most this many ticks and task instances (one run at least): ~30-45 ms each.
 BACKFILL_TICKS_PER_COMMAND = 50
 BACKFILL_TASKS_PER_COMMAND = 10_000
+# A filtered ListRuns decodes this many runs at a time between takes of the replica's lock.
+LIST_RUNS_BATCH = 200
 # How long a read waits for this replica to reach the index its client already read
 # elsewhere (`caught_up`) before it is refused as Unavailable (the client tries another node).
 READ_CATCH_UP_WAIT = 1.0
@@ -437,20 +439,55 @@ class Operations:
         return client_pb2.ListPoolsResponse(pools=pools, meta=self.meta(at))
 
     # ------------------------------------------------------------ runs
-    def list_runs(self, dag_id: str = "", limit: int = 0) -> client_pb2.ListRunsResponse:
-        """The newest runs (of one DAG, or of all), newest first; `limit` 0 means 50."""
+    def list_runs(self, dag_id: str = "", limit: int = 0, states: Sequence[str] = (),
+                  since: str = "") -> client_pb2.ListRunsResponse:
+        """The newest runs (of one DAG, or of all), newest first; `limit` 0 means 50.
+        `states` keeps runs in one of those RunState values; `since`
+        (ISO-8601, UTC unless it has an offset) keeps runs created at or after it. Runs
+        are walked newest first and the walk stops at the first run created before
+        `since` (runs are indexed in creation order)."""
         limit = limit or 50
+        wanted = _run_states(states)
+        since_at = _since_instant(since)
+        if not wanted and since_at is None:
+            with self.replica.lock:
+                state = self.replica.state
+                if dag_id:
+                    self.record(dag_id)
+                    ids = list(itertools.islice(reversed(state.runs_by_dag.get(dag_id, {})), limit))
+                else:
+                    ids = list(itertools.islice(reversed(state.run_index), limit))
+                pending = [views.pending_summary(state, run_id) for run_id in ids]
+                at = state.applied_index
+            # Decoded outside the lock; a run pruned in between is left out.
+            runs = [run for run in map(views.summary_of, pending) if run is not None]
+            return client_pb2.ListRunsResponse(runs=runs, meta=self.meta(at))
+        return self._filtered_runs(dag_id, limit, wanted, since_at)
+
+    def _filtered_runs(self, dag_id: str, limit: int, wanted: frozenset[str],
+                       since_at: str | None) -> client_pb2.ListRunsResponse:
+        """list_runs with a filter: the ids are read newest first in batches under the
+        lock and decoded outside it, until `limit` match or a run is older than since."""
         with self.replica.lock:
             state = self.replica.state
             if dag_id:
                 self.record(dag_id)
-                ids = list(itertools.islice(reversed(state.runs_by_dag.get(dag_id, {})), limit))
-            else:
-                ids = list(itertools.islice(reversed(state.run_index), limit))
-            pending = [views.pending_summary(state, run_id) for run_id in ids]
+            ids = list(reversed(state.runs_by_dag.get(dag_id, {}) if dag_id else state.run_index))
             at = state.applied_index
-        # Decoded outside the lock; a run pruned in between is left out.
-        runs = [run for run in map(views.summary_of, pending) if run is not None]
+        runs: list[client_pb2.RunSummary] = []
+        for start in range(0, len(ids), LIST_RUNS_BATCH):
+            with self.replica.lock:
+                pending = [views.pending_summary(self.replica.state, run_id)
+                           for run_id in ids[start:start + LIST_RUNS_BATCH]]
+            for run in map(views.summary_of, pending):
+                if run is None:
+                    continue
+                if since_at is not None and normalise_instant(run.created_at, "created_at") < since_at:
+                    return client_pb2.ListRunsResponse(runs=runs, meta=self.meta(at))
+                if not wanted or run.state in wanted:
+                    runs.append(run)
+                    if len(runs) == limit:
+                        return client_pb2.ListRunsResponse(runs=runs, meta=self.meta(at))
         return client_pb2.ListRunsResponse(runs=runs, meta=self.meta(at))
 
     def get_run(self, run_id: str) -> client_pb2.RunDetail:
@@ -693,3 +730,24 @@ class StreamLimit:
 def _variable(key: str, value: str, reveal: bool) -> client_pb2.Variable:
     shown = variables.masked(key, value, reveal)
     return client_pb2.Variable(key=key, value=shown, masked=shown != value, sensitive=variables.is_sensitive(key))
+
+
+def _run_states(states: Sequence[str]) -> frozenset[str]:
+    """ListRuns' states filter: RunState values, each at most once."""
+    known = [s.value for s in RunState]
+    if len(states) > len(known) or len(set(states)) != len(states):
+        raise errors.Invalid(f"give each run state at most once (of {', '.join(known)})")
+    unknown = [clip(s) for s in states if s not in known]
+    if unknown:
+        raise errors.Invalid(f"no run state {', '.join(unknown)}: a run is one of {', '.join(known)}")
+    return frozenset(states)
+
+
+def _since_instant(since: str) -> str | None:
+    """ListRuns' since filter as canonical UTC ISO text (comparable as text), or None."""
+    if not since:
+        return None
+    try:
+        return normalise_instant(since, "since")
+    except SpecError as e:
+        raise errors.Invalid(str(e)) from None

@@ -171,7 +171,8 @@ class ClientService(client_pb2_grpc.ClientServicer):
     # ------------------------------------------------------------ runs
     @_handled
     def ListRuns(self, request, context):  # type: ignore[no-untyped-def]
-        return self.ops.list_runs(request.dag_id, request.limit)
+        return self.ops.list_runs(request.dag_id, request.limit, tuple(request.states),
+                                  request.since)
 
     @_handled
     def GetRun(self, request, context):  # type: ignore[no-untyped-def]

@@ -29,6 +29,7 @@ from ..core import commands as c
 from ..core.planner import NodeInfo, PlanMemo, plan
 from ..core.spec import DEFAULT_QUEUE
 from ..core.states import TaskState
+from ..nodelog import attempt_context
 from ..raft.replica import Replica, Unavailable
 from ..worker.worker import Assignment
 
@@ -142,7 +143,8 @@ class Dispatcher:
             ok, reason = False, str(e)
         if not ok:
             log.warning("dispatch of %s/%s attempt %d to %s failed: %s (will retry)",
-                        a.run_id, a.task_id, a.attempt, node, reason)
+                        a.run_id, a.task_id, a.attempt, node, reason,
+                        extra=attempt_context(a.run_id, a.task_id, a.attempt))
 
     def redispatch_stale(self, now: float) -> None:
         """Re-send assignments that have not started REDISPATCH_AFTER seconds after their last send."""

@@ -77,6 +77,7 @@ from ..core.spec import DagSpec, TaskSpec
 from ..core.state import State
 from ..core.variables import MASK, secrets_of
 from ..kinds import KINDS, AttemptInput, CannotStart, Launch, kind
+from ..nodelog import attempt_context
 from ..raft.replica import Unavailable, propose_until_decided
 from ..store.local import LocalStore
 from .lease import Lease, Reaper
@@ -86,6 +87,13 @@ from .shipping import LogShipper
 from .trigger import Parent, trigger_and_wait
 
 log = logging.getLogger("raftflow.worker")
+
+
+def _about(a: Any) -> dict[str, Any]:
+    """`extra=` for a log record about attempt `a` (anything with run_id, task_id and
+    attempt): the JSON log form's run_id/task_id/attempt fields (nodelog.py)."""
+    return attempt_context(a.run_id, a.task_id, a.attempt)
+
 
 LOG_TAIL_BYTES = 2048
 READ_CHUNK = 65536
@@ -339,7 +347,7 @@ class Worker:
         self._store.append_note(a.run_id, a.task_id, a.attempt,
                                 f"raftflow: {why}: sending SIGTERM to the process group, SIGKILL after "
                                 f"{KILL_GRACE:g}s\n".encode())
-        log.warning("stopping %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, why)
+        log.warning("stopping %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, why, extra=_about(a))
         _kill_group(process, signal.SIGTERM)
         timer.start()
 
@@ -371,7 +379,8 @@ class Worker:
         try:
             self._run_attempt(attempt)
         except Exception as e:  # noqa: BLE001 - see docstring
-            log.exception("attempt %s/%s %d failed inside the worker", a.run_id, a.task_id, a.attempt)
+            log.exception("attempt %s/%s %d failed inside the worker", a.run_id, a.task_id, a.attempt,
+                          extra=_about(a))
             _kill_group(attempt.process, signal.SIGKILL)
             self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id,
                                        f"worker error on {self.node_id}: {type(e).__name__}: {e}", time.time()))
@@ -436,7 +445,8 @@ class Worker:
             prepared = self._render(attempt)
         refusal = self._start(attempt, attempt_dir, prepared, refusal, lapses_before)
         if refusal:
-            log.warning("dropped dispatch of %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, refusal)
+            log.warning("dropped dispatch of %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, refusal,
+                        extra=_about(a))
             if maybe_committed:   # the start may be on record: release it, harmless if stale
                 self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id, refusal, time.time()))
             return
@@ -544,7 +554,8 @@ class Worker:
                 return "the node is shutting down" if self._stopping.is_set() else "this node's lease lapsed"
             return attempt.stopped
 
-        log.info("running %s/%s attempt %d in the node (%s)", a.run_id, a.task_id, a.attempt, a.kind)
+        log.info("running %s/%s attempt %d in the node (%s)", a.run_id, a.task_id, a.attempt, a.kind,
+                 extra=_about(a))
         exit_code, reason = trigger_and_wait(
             setup.task, prepared.rendered, Parent(a.run_id, a.task_id, setup.tries_failed + 1), self._propose,
             self._run_state, say, stopped, self._stopping, prepared.deadline)
@@ -560,7 +571,7 @@ class Worker:
         assert process is not None
         if self._reaper is not None:
             self._reaper.add(process.pid)
-        log.info("started %s/%s attempt %d (pid %d)", a.run_id, a.task_id, a.attempt, process.pid)
+        log.info("started %s/%s attempt %d (pid %d)", a.run_id, a.task_id, a.attempt, process.pid, extra=_about(a))
         timeout = None
         if prepared.deadline is not None:
             timeout = threading.Timer(max(0.0, prepared.deadline - time.monotonic()), self._stop,
@@ -609,7 +620,7 @@ class Worker:
         if self._shipper is not None:
             self._shipper.close(a.run_id, a.task_id, a.attempt)
         log.info("finished %s/%s attempt %d: exit %d %s%s", a.run_id, a.task_id, a.attempt, exit_code, reason,
-                 " (fenced)" if fenced else "")
+                 " (fenced)" if fenced else "", extra=_about(a))
         if fenced:
             self._report(c.LoseAttempt(a.run_id, a.task_id, a.attempt, self.node_id, why, ended_at))
         else:
@@ -697,14 +708,15 @@ class Worker:
         """Propose the result until it commits or is rejected as stale."""
         def retrying(e: Unavailable) -> None:
             log.warning("result of %s/%s attempt %d not committed yet: %s; retrying",
-                        command.run_id, command.task_id, command.attempt, e)
+                        command.run_id, command.task_id, command.attempt, e, extra=_about(command))
 
         decision = propose_until_decided(self._propose, command, self._stopping, first_delay=0.05, max_delay=0.5,
                                          on_retry=retrying)
         result = decision.result
         if result is None:
             log.warning("not reporting %s/%s attempt %d: shutting down (%s)",
-                        command.run_id, command.task_id, command.attempt, decision.last_error)
+                        command.run_id, command.task_id, command.attempt, decision.last_error,
+                        extra=_about(command))
             return
         if not result.ok:
             level = logging.WARNING if result.code is Code.CONFLICT else logging.ERROR

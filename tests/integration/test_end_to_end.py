@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import datetime
 from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
+from raftflow_dev.local import free_ports
 from support import ROOT, wait_for
 
 pytestmark = pytest.mark.integration
@@ -234,3 +238,53 @@ def test_a_flooding_task_is_capped_and_the_cluster_keeps_scheduling(cluster, cli
     assert logs.stdout.startswith("raftflow-flood\nraftflow-flood\n")
     cut_note = "raftflow: the log is cut here: this attempt's output passed the node's task_log_limit"
     assert limit <= len(logs.stdout) < limit + 1000 and cut_note in logs.stdout[limit:], logs.stdout[limit:]
+
+
+def test_cli_edges_a_new_user_meets(cluster, cli, tmp_path: Path):
+    """Issue #17 part 5 through the real CLI: a negative --limit, runs list's filters
+    (answered by the node), logs of tasks that never ran with and without -f, options
+    after the verb, -o yaml."""
+    dag_file = tmp_path / "edges.py"
+    dag_file.write_text(
+        "from raftflow import DAG, BashTask, EmptyTask\n"
+        "with DAG('cli_edges') as dag:\n"
+        "    EmptyTask('start') >> BashTask('boom', command='exit 3') >> BashTask('after', command='echo never')\n"
+    )
+    assert cli("dags", "submit", str(dag_file)).returncode == 0
+    run = json.loads(cli("dags", "trigger", "cli_edges", "--wait", "--json", timeout=60).stdout)
+    assert run["state"] == "failed"
+
+    bad = cli("runs", "list", "--limit", "-1")
+    assert bad.returncode == 2 and "--limit is 0 to 4,294,967,295 (0: 50), not -1" in bad.stderr, bad.stderr
+    assert "Traceback" not in bad.stderr
+
+    listed = cli.json("runs", "list", "--dag", "cli_edges", "--state", "failed", "--since", "10m")["runs"]
+    assert [r["run_id"] for r in listed] == [run["run_id"]]   # (the filters' cases: test_api_operations.py)
+
+    plain, follow = cli("tasks", "logs", run["run_id"], "after"), cli("tasks", "logs", run["run_id"], "after", "-f")
+    assert (plain.returncode, plain.stderr) == (follow.returncode, follow.stderr) == (1, plain.stderr)
+    assert "after ended upstream_failed without running (no attempt, so no log)" in plain.stderr, plain.stderr
+    empty = cli("tasks", "logs", run["run_id"], "start")   # an empty task, succeeded
+    assert (empty.returncode, empty.stderr.strip()) == (0, "start ended success without running (no attempt, "
+                                                            "so no log)")
+
+    # `tasks mark` reopens the run, which ends again at once: its duration is the re-run's, and says so.
+    client = cluster.client()
+    try:
+        client.mark_task(run["run_id"], "boom", "success")
+        wait_for(lambda: (lambda r: r["ended_at"] and r["started_at"] != run["started_at"])(
+            client.get_run(run["run_id"])), 30, "the reopened run to end again")
+    finally:
+        client.close()
+    shown = cli("runs", "show", run["run_id"])
+    assert "since it was reopened; " in shown.stdout.splitlines()[0], shown.stdout
+
+    def after_the_verb(*args: str) -> subprocess.CompletedProcess:   # no --cluster before the group
+        return subprocess.run([sys.executable, "-m", "raftflow_cli.main", *args], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT, env=cli.env)
+
+    answered = after_the_verb("runs", "list", "--dag", "cli_edges", "--cluster", cli.addresses, "-o", "yaml")
+    assert answered.returncode == 0, answered.stderr
+    assert [r["run_id"] for r in yaml.safe_load(answered.stdout)["runs"]] == [run["run_id"]]
+    nowhere = after_the_verb("dags", "list", "--cluster", f"127.0.0.1:{free_ports(1)[0]}", "--retry-for", "0")
+    assert nowhere.returncode == 3, nowhere.stderr   # the --cluster after the verb was the one used

@@ -3,6 +3,7 @@ without TLS files unless told `insecure = true`."""
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import subprocess
@@ -89,9 +90,11 @@ def test_node_refuses_to_start_when_its_web_port_is_taken(tmp_path: Path):
 
 def test_every_port_binds_exactly_its_address(tmp_path: Path):
     """Bound to 127.0.0.1, a port is closed on 127.0.0.2 (also this machine's loopback);
-    a wildcard bind would accept there."""
+    a wildcard bind would accept there. The node logs as --log-format json asks: every
+    line of its stderr is one JSON object with its id and Raft term."""
     cfg, config = _tls_node(tmp_path)
-    node = subprocess.Popen([sys.executable, "-m", "raftflow_cli.main", "node", "--config", str(config)],
+    node = subprocess.Popen([sys.executable, "-m", "raftflow_cli.main", "node", "--config", str(config),
+                             "--log-format", "json"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         addresses = (cfg.grpc_address, cfg.peer_address, cfg.raft_address, cfg.http_address)
@@ -105,8 +108,14 @@ def test_every_port_binds_exactly_its_address(tmp_path: Path):
     finally:
         node.terminate()
         node.wait(30)
-    assert node.returncode == 0, node.stderr.read()[-2000:] if node.stderr else ""   # a clean stop, web server too
+    stderr = node.stderr.read() if node.stderr else ""
+    assert node.returncode == 0, stderr[-2000:]   # a clean stop, web server too
     assert not _accepts("127.0.0.1", ports[-1])
+    records = [json.loads(line) for line in stderr.splitlines()]
+    assert records and all(r["node"] == cfg.node_id and {"time", "level", "logger", "message", "term"} <= r.keys()
+                           for r in records), stderr[-2000:]
+    # (term: null only before its Raft state exists; 0 here: the test stops the node before it elects itself)
+    assert any(isinstance(r["term"], int) for r in records), stderr[-2000:]
 
 
 def _accepts(host: str, port: int) -> bool:

@@ -50,7 +50,7 @@ def test_plaintext_is_refused_on_the_client_and_the_peer_port(cluster):
 
 def test_the_cli_says_what_is_wrong_with_tls(cluster, tmp_path: Path):
     # No local cluster, so no ca.pem to find; the admin token is given (TLS fails before it counts).
-    nowhere = {"RAFTFLOW_DATA_DIR": str(tmp_path / "none"), "RAFTFLOW_TOKEN": cluster.admin_token()}
+    nowhere = {"RAFTFLOW_LOCAL_DIR": str(tmp_path / "none"), "RAFTFLOW_TOKEN": cluster.admin_token()}
     proc = _cli("--cluster", cluster.addresses, "dags", "list", env=nowhere)
     assert proc.returncode == 3, proc.stderr
     assert "not signed by the system's CA certificates" in proc.stderr and "--ca-file" in proc.stderr, proc.stderr
@@ -161,7 +161,7 @@ def test_an_insecure_cluster_works_in_plaintext_and_warns_loudly(tmp_path: Path)
         ca = tmp_path / "ca.pem"
         ca.write_bytes(certs.new_ca().cert_pem)
         proc = _cli("--cluster", cluster.addresses, "--ca-file", str(ca), "dags", "list",
-                    env={"RAFTFLOW_DATA_DIR": str(tmp_path / "none"), "RAFTFLOW_TOKEN": cluster.admin_token()})
+                    env={"RAFTFLOW_LOCAL_DIR": str(tmp_path / "none"), "RAFTFLOW_TOKEN": cluster.admin_token()})
         assert proc.returncode == 3 and "does not speak TLS (started with insecure = true?)" in proc.stderr, \
             proc.stderr
         for node in cluster.nodes:

@@ -254,7 +254,7 @@ def test_the_cli_exits_4_with_the_node_s_message(cluster, dag, viewer, tmp_path:
     assert unknown.returncode == 4 and "not authenticated: unknown or revoked token" in unknown.stderr
     # Another data dir: no admin.token to find (the cluster's CA is given instead).
     cli.env = {k: v for k, v in cli.env.items() if k != "RAFTFLOW_TOKEN"} | {
-        "RAFTFLOW_DATA_DIR": str(tmp_path), "RAFTFLOW_CA_FILE": str(cluster.ca_path)}
+        "RAFTFLOW_LOCAL_DIR": str(tmp_path), "RAFTFLOW_CA_FILE": str(cluster.ca_path)}
     try:
         missing = cli("dags", "list")
         assert missing.returncode == 4 and "not authenticated: no token" in missing.stderr, missing.stderr

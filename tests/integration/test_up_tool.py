@@ -5,8 +5,10 @@ everything stopped by its PID."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -57,13 +59,29 @@ def test_up_ssh_demo_runs_the_ssh_form_and_down_stops_everything(tmp_path):
         web = [f"https://127.0.0.1:{int(base) + 300 + i}" for i in range(3)]
         assert f"The web UI and Airflow's REST API (/api/v2) on every node: {'  '.join(web)}" in first.stdout
         status = subprocess.run([sys.executable, "-m", "raftflow_cli.main", "cluster", "status"], capture_output=True,
-                                text=True, timeout=60, cwd=ROOT, env={**os.environ, "RAFTFLOW_DATA_DIR": str(data)})
+                                text=True, timeout=60, cwd=ROOT, env={**os.environ, "RAFTFLOW_LOCAL_DIR": str(data)})
         assert status.returncode == 0 and "leader: n" in status.stdout, status.stderr
         assert all(url in status.stdout for url in web), status.stdout     # (the WEB column)
 
         again = _up("--ssh-demo", "--data-dir", str(data), "--port-base", base)
         assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
         assert f"reusing sshd (pid {sshd_pid})" in again.stdout and "reusing the running cluster" in again.stdout
+
+        # A node stopped and brought back by `tools/up --no-demo` keeps its SSH connection
+        # (tools/up rewrites the configs of the nodes it starts), and the hints name this
+        # cluster (its folder), not the default one.
+        os.kill(started[3], signal.SIGTERM)
+        wait_for(lambda: not alive(started[3]), 15, "n3 to stop")
+        plain = _up("--no-demo", "--data-dir", str(data), "--port-base", base)
+        assert plain.returncode == 0, plain.stdout[-3000:] + plain.stderr[-3000:]
+        started.append(int((data / "n3" / "pid").read_text()))
+        assert all("[connections.spark_master]" in (data / f"n{i}" / "node.toml").read_text() for i in (1, 2, 3))
+        listed = subprocess.run([sys.executable, "-m", "raftflow_cli.main", "connections", "list", "--json"],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT,
+                                env={**os.environ, "RAFTFLOW_LOCAL_DIR": str(data)})
+        assert [c["nodes"] for c in json.loads(listed.stdout)["connections"]] == [["n1", "n2", "n3"]], listed
+        hint = plain.stdout[plain.stdout.index("Kill the leader"):]
+        assert hint.count(f"RAFTFLOW_LOCAL_DIR={data} raftflow cluster status") == 2, hint
     finally:
         down = _up("--down", "--data-dir", str(data))
     assert down.returncode == 0, down.stderr

@@ -398,3 +398,52 @@ def test_the_servicer_tells_no_quorum_from_an_election(tmp_path: Path, ops: Oper
     with pytest.raises(Aborted):
         service.SetPool(client_pb2.SetPoolRequest(name="p", slots=2), electing)
     assert (electing.code, electing.trailing) == (grpc.StatusCode.UNAVAILABLE, ((ANSWERED_BY, "n1"),))
+
+
+# ---------------------------------------------------------------- list_runs filters
+def _three_runs(ops: Operations) -> list[str]:
+    """Runs of d at T0, T0+10 (cancelled: failed) and T0+20, and one of e at T0+30."""
+    ops.submit_dags([_dag_file("e", "e.py")])
+    ids = []
+    for offset in (0, 10, 20):
+        ops.clock = lambda offset=offset: T0 + offset
+        ids.append(ops.trigger("d").run_id)
+    ops.cancel_run(ids[1])
+    ops.clock = lambda: T0 + 30
+    ids.append(ops.trigger("e").run_id)
+    return ids
+
+
+def test_list_runs_filters_by_state_since_and_dag_newest_first(ops: Operations) -> None:
+    first, cancelled, third, other = _three_runs(ops)
+
+    def listed(**kw: Any) -> list[str]:
+        return [r.run_id for r in ops.list_runs(**kw).runs]
+
+    assert listed() == [other, third, cancelled, first]
+    assert listed(states=["failed"]) == [cancelled]
+    assert listed(states=["queued", "running"]) == [other, third, first]
+    assert listed(dag_id="d", states=["queued", "running"]) == [third, first]
+    assert listed(since=iso(T0 + 10)) == [other, third, cancelled]
+    assert listed(since=iso(T0 + 10).replace("+00:00", "+01:00")) == [other, third, cancelled, first]
+    assert listed(dag_id="d", since=iso(T0 + 5), states=["running", "queued"], limit=1) == [third]
+    assert listed(since=iso(T0 + 31)) == []
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"states": ["done"]}, "no run state 'done': a run is one of queued, running, success, failed"),
+    ({"states": ["failed", "failed"]}, "give each run state at most once"),
+    ({"since": "yesterday"}, "since 'yesterday' is not an ISO-8601 date or datetime"),
+])
+def test_list_runs_refuses_bad_filters_saying_which(ops: Operations, kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(errors.Invalid, match=message.replace("(", r"\(")):
+        ops.list_runs(**kw)
+
+
+def test_a_filtered_list_runs_reads_across_batches(ops: Operations, monkeypatch: pytest.MonkeyPatch) -> None:
+    import raftflow.api.operations as operations
+
+    first, cancelled, third, other = _three_runs(ops)
+    monkeypatch.setattr(operations, "LIST_RUNS_BATCH", 1)
+    assert [r.run_id for r in ops.list_runs(states=["queued", "running"]).runs] == [other, third, first]
+    assert [r.run_id for r in ops.list_runs(states=["failed"], since=iso(T0 + 10)).runs] == [cancelled]

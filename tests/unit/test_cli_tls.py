@@ -16,7 +16,7 @@ from raftflow_cli.main import UsageError, cluster_tls
 def local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in ("RAFTFLOW_INSECURE", "RAFTFLOW_CA_FILE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("RAFTFLOW_DATA_DIR", str(tmp_path / "up"))
+    monkeypatch.setenv("RAFTFLOW_LOCAL_DIR", str(tmp_path / "up"))
     (tmp_path / "up").mkdir()
     return tmp_path / "up"
 

@@ -335,9 +335,12 @@ class ClusterClient:
     def set_paused(self, dag_id: str, paused: bool) -> None:
         self.call("SetPaused", client_pb2.SetPausedRequest(dag_id=dag_id, paused=paused))
 
-    def list_runs(self, dag_id: str = "", limit: int = 0) -> dict[str, Any]:
-        """{"runs": [...], "meta": {served_by, possibly_stale, last_applied}}"""
-        return _dict(self.call("ListRuns", client_pb2.ListRunsRequest(dag_id=dag_id, limit=limit)))
+    def list_runs(self, dag_id: str = "", limit: int = 0, states: list[str] | None = None,
+                  since: str = "") -> dict[str, Any]:
+        """{"runs": [...], "meta": {served_by, possibly_stale, last_applied}}: the newest
+        runs, only those in `states` and created at or after `since` (ISO-8601) if given."""
+        return _dict(self.call("ListRuns", client_pb2.ListRunsRequest(dag_id=dag_id, limit=limit,
+                                                                      states=states or [], since=since)))
 
     def get_run(self, run_id: str) -> dict[str, Any]:
         return run_dict(self.call("GetRun", client_pb2.GetRunRequest(run_id=run_id)))

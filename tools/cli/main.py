@@ -21,6 +21,12 @@ to its cluster.json), else the system's CA certificates. --insecure (or
 RAFTFLOW_INSECURE=1) talks plaintext, to nodes started with `insecure = true`.
 
 `raftflow certs init|issue` makes a CA and node certificates (deploy/README.md).
+
+The local cluster's folder (cluster.json, ca.pem, admin.token) is $RAFTFLOW_LOCAL_DIR,
+else .raftflow ($RAFTFLOW_DATA_DIR, which a node reads as its own data_dir, is still
+honoured here in this release, with a warning). Options such as --cluster, --token and
+-o go before the verb group or after the verb. Output: -o table (default; states
+coloured on a terminal unless $NO_COLOR), -o json (= --json) or -o yaml.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -50,15 +58,35 @@ DEFAULT_ADDRESSES = ["127.0.0.1:50051", "127.0.0.1:50052", "127.0.0.1:50053"]
 # The API answers states as the enums' values; these name them once, from the enums.
 TERMINAL = tuple(s.value for s in RunState if s.terminal)
 SUCCESS = RunState.SUCCESS.value
+MAX_LIST_RUNS = 2**32 - 1   # ListRunsRequest.limit is a uint32
 
 
 class UsageError(Exception):
     pass
 
 
+# The local cluster's folder is $RAFTFLOW_LOCAL_DIR. It used to be $RAFTFLOW_DATA_DIR,
+# which a node also reads as its data_dir (a node started with it exported put its
+# data in the CLI's folder). The old name still works for the CLI in this release,
+# with a warning; the next release ignores it.
+LOCAL_DIR_VAR, OLD_LOCAL_DIR_VAR = "RAFTFLOW_LOCAL_DIR", "RAFTFLOW_DATA_DIR"
+_warned_old_dir = False
+
+
 def local_data_dir() -> Path:
-    """Where tools/up keeps the local cluster's files (cluster.json, ca.pem, admin.token)."""
-    return Path(os.environ.get("RAFTFLOW_DATA_DIR", ".raftflow"))
+    """Where tools/up keeps the local cluster's files (cluster.json, ca.pem, admin.token):
+    $RAFTFLOW_LOCAL_DIR, else (deprecated) $RAFTFLOW_DATA_DIR, else .raftflow."""
+    global _warned_old_dir
+    if os.environ.get(LOCAL_DIR_VAR):
+        return Path(os.environ[LOCAL_DIR_VAR])
+    old = os.environ.get(OLD_LOCAL_DIR_VAR)
+    if old:
+        if not _warned_old_dir:
+            _warned_old_dir = True
+            print(f"warning: ${OLD_LOCAL_DIR_VAR} for the CLI's local cluster is deprecated (a node reads it as its "
+                  f"data_dir); use {LOCAL_DIR_VAR}={old}. The next release ignores it here", file=sys.stderr)
+        return Path(old)
+    return Path(".raftflow")
 
 
 def cluster_tls(ca_flag: str | None, insecure_flag: bool) -> tuple[bytes | None, bool, str]:
@@ -122,11 +150,99 @@ def retry_seconds(text: str) -> float:
     return seconds
 
 
+def int_option(name: str, low: int, high: int, meaning: str = "") -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high`, else exit 2 saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} takes a whole number, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{name} is {low} to {high:,}{meaning}, not {value}")
+        return value
+    return parse
+
+
+def seconds_option(name: str, high: float) -> Callable[[str], float]:
+    """An argparse type: seconds, more than 0 and at most `high`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} takes seconds, e.g. 30, not {text!r}") from None
+        if not 0 < value <= high:
+            raise argparse.ArgumentTypeError(f"{name} is more than 0 and at most {high:g} seconds, not {text}")
+        return value
+    return parse
+
+
+SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def since_option(text: str) -> str:
+    """`runs list --since`: a duration back from now (30m, 2h, 7d, 1w) or an ISO-8601
+    date or datetime (UTC unless it has an offset); the instant as UTC ISO text."""
+    value = text.strip()
+    if value[:-1].isdigit() and value[-1:] in SINCE_UNITS:
+        back = int(value[:-1]) * SINCE_UNITS[value[-1]]
+        if back > 100 * 365 * 86400:
+            raise argparse.ArgumentTypeError(f"--since {text} reaches back more than 100 years")
+        return datetime.fromtimestamp(time.time() - back, timezone.utc).isoformat()
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--since takes a duration (30m, 2h, 7d, 1w) or a date or datetime (2026-01-31, "
+            f"2026-01-31T08:00, with an offset or UTC), not {text!r}") from None
+    return (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).astimezone(timezone.utc).isoformat()
+
+
 # ---------------------------------------------------------------- output helpers
-def table(rows: list[list[Any]], headers: list[str]) -> str:
+# How results are printed: "table" (for people), "json" (--json / -o json) or "yaml".
+# main() sets it from the options before a verb runs.
+OUTPUT_FORMATS = ("table", "json", "yaml")
+output_format = "table"
+# Columns whose cells are states, coloured on a terminal (ANSI SGR colour numbers).
+STATE_COLUMNS = ("STATE", "LAST RUN")
+STATE_COLOURS = {"success": "32", "failed": "31", "upstream_failed": "33", "up_for_retry": "33",
+                 "running": "36", "assigned": "36", "queued": "34", "skipped": "35"}
+
+
+def colour_enabled() -> bool:
+    """Colours only for a terminal, never when NO_COLOR is set (no-color.org) or TERM=dumb."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
+
+
+def paint(state: str) -> str:
+    code = STATE_COLOURS.get(state)
+    return f"\x1b[{code}m{state}\x1b[0m" if code and colour_enabled() else state
+
+
+def terminal_width() -> int:
+    """The width to wrap long cells to: the terminal's (or $COLUMNS); 0 (no wrapping)
+    when stdout is a pipe or file without $COLUMNS, so that grep sees whole lines."""
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() or os.environ.get("COLUMNS") else 0
+
+
+def table(rows: list[list[Any]], headers: list[str], wrap_last: int = 0) -> str:
+    """Columns padded to their widest cell. States are coloured on a terminal. With
+    `wrap_last` (a line width), the last column wraps onto continuation lines so
+    that lines fit that width (never narrower than 20 characters for it)."""
     cells = [[str(h) for h in headers]] + [["-" if v in (None, "") else str(v) for v in row] for row in rows]
+    if wrap_last and len(headers) > 1:
+        fixed = [max(len(r[i]) for r in cells) for i in range(len(headers) - 1)]
+        room = max(20, wrap_last - sum(fixed) - 2 * len(fixed))
+        wrapped = [cells[0]]
+        for row in cells[1:]:
+            pieces = [p for line in row[-1].splitlines() or [""]
+                      for p in textwrap.wrap(line, room, break_on_hyphens=False) or [""]]
+            wrapped.append(row[:-1] + [pieces[0].rstrip()])
+            wrapped.extend([""] * len(fixed) + [p.rstrip()] for p in pieces[1:])
+        cells = wrapped
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    coloured = {i for i, h in enumerate(headers) if h in STATE_COLUMNS}
+    lines = ["  ".join((paint(v) if i in coloured and n else v) + " " * (w - len(v))
+                       for i, (v, w) in enumerate(zip(r, widths))).rstrip() for n, r in enumerate(cells)]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths)] + lines[1:])
 
 
@@ -136,6 +252,13 @@ def short_time(iso: str | None) -> str:
     return datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%H:%M:%S.%f")[:-3]
 
 
+def date_time(iso: str | None) -> str:
+    """A date with its time, in UTC: 2026-01-31 08:00:00."""
+    if not iso:
+        return "-"
+    return datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def duration(start: str | None, end: str | None) -> str:
     if not start or not end:
         return "-"
@@ -143,7 +266,24 @@ def duration(start: str | None, end: str | None) -> str:
 
 
 def emit_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
+    """Print a result as the output format asks: indented JSON, or YAML."""
+    if output_format == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(value, sort_keys=True, default_flow_style=False, allow_unicode=True), end="")
+    else:
+        print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def emit_line(value: Any) -> None:
+    """One result of a stream (runs watch): a JSON line, or a YAML document."""
+    if output_format == "yaml":
+        import yaml
+
+        print("---\n" + yaml.safe_dump(value, sort_keys=True, default_flow_style=False, allow_unicode=True),
+              end="", flush=True)
+    else:
+        print(json.dumps(value, sort_keys=True), flush=True)
 
 
 def warn_if_stale(meta: dict[str, Any] | None) -> None:
@@ -246,7 +386,7 @@ def cmd_dags_list(client: ClusterClient, args: argparse.Namespace) -> int:
         print("no DAGs yet; submit some with: raftflow dags submit dags/")
         return EXIT_OK
     print(table([[d["dag_id"], d["version"], d["schedule"] or "manual", "yes" if d["paused"] else "no",
-                  d["task_count"], d["next_run_at"] and short_time(d["next_run_at"]), d["last_run_state"]]
+                  d["task_count"], date_time(d["next_run_at"]), d["last_run_state"]]
                  for d in dags], ["DAG", "VERSION", "SCHEDULE", "PAUSED", "TASKS", "NEXT RUN (UTC)", "LAST RUN"]))
     return EXIT_OK
 
@@ -274,7 +414,8 @@ def cmd_dags_show(client: ClusterClient, args: argparse.Namespace) -> int:
     print(table([[t["task_id"], *([t.get("group") or "-"] if grouped else []), t["kind"],
                   ", ".join(t["upstream"]) or "-", t["retries"], _task_what(t)]
                  for t in spec["tasks"]],
-                ["TASK", *(["GROUP"] if grouped else []), "KIND", "UPSTREAM", "RETRIES", "COMMAND"]))
+                ["TASK", *(["GROUP"] if grouped else []), "KIND", "UPSTREAM", "RETRIES", "COMMAND"],
+                wrap_last=terminal_width()))
     if spec.get("doc_md"):
         print(f"\n--- doc_md ---\n{spec['doc_md'].rstrip()}")
     for t in spec["tasks"]:
@@ -327,25 +468,31 @@ def cmd_pause(paused: bool) -> Callable[[ClusterClient, argparse.Namespace], int
 
 
 def cmd_runs_list(client: ClusterClient, args: argparse.Namespace) -> int:
-    listing = client.list_runs(args.dag_id or "", args.limit)
+    dag_id = args.dag or args.dag_id or ""
+    if args.dag and args.dag_id and args.dag != args.dag_id:
+        raise UsageError(f"two DAGs given: {args.dag_id} and --dag {args.dag}; give one")
+    listing = client.list_runs(dag_id, args.limit, states=args.state or [], since=args.since or "")
     runs = listing["runs"]
     if args.json:
         emit_json(listing)
         return EXIT_OK
     warn_if_stale(listing.get("meta"))
     if not runs:
-        print("no runs yet")
+        filters = [f for f in (dag_id and f"of {dag_id}", args.state and f"in state {' or '.join(args.state)}",
+                               args.since and f"created since {date_time(args.since)} UTC") if f]
+        print(f"no runs {' '.join(filters)}" if filters else "no runs yet")
         return EXIT_OK
     print(table([[r["run_id"], r["dag_id"], r["state"], r["trigger"], r.get("triggered_by"),
-                  duration(r["started_at"], r["ended_at"])]
-                 for r in runs], ["RUN", "DAG", "STATE", "TRIGGER", "BY", "DURATION"]))
+                  date_time(r["created_at"]), duration(r["started_at"], r["ended_at"])]
+                 for r in runs], ["RUN", "DAG", "STATE", "TRIGGER", "BY", "CREATED (UTC)", "DURATION"]))
     return EXIT_OK
 
 
 def print_run(run: dict[str, Any]) -> None:
     by = f" by {run['triggered_by']}" if run.get("triggered_by") else ""
+    took = f", took {run_duration(run)}" if run.get("ended_at") else ""
     print(f"run {run['run_id']}  DAG {run['dag_id']} v{run['dag_version']}  {run['state'].upper()}  "
-          f"({run['trigger']}{by}, logical date {run['logical_date']})")
+          f"({run['trigger']}{by}, logical date {run['logical_date']}{took})")
     print(table([[t["task_id"], t["state"], t["attempt"] or "-", t["node"], short_time(t["started_at"]),
                   short_time(t["ended_at"]), duration(t["started_at"], t["ended_at"]),
                   "-" if t["exit_code"] is None else t["exit_code"], t["reason"]]
@@ -371,6 +518,33 @@ def cmd_runs_show(client: ClusterClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def event_time(task: dict[str, Any]) -> str:
+    """When a task reached the state `runs watch` prints (UTC): a run watched after the
+    fact shows each move at its own time, not at the time it was read."""
+    at = {TaskState.QUEUED.value: task.get("queued_at"), TaskState.UP_FOR_RETRY.value: task.get("ended_at"),
+          TaskState.ASSIGNED.value: None,   # (not recorded: seen live, now is when)
+          TaskState.RUNNING.value: task.get("started_at")}.get(task["state"], task.get("ended_at"))
+    return (datetime.fromisoformat(at) if at else datetime.now(timezone.utc)).astimezone(
+        timezone.utc).strftime("%H:%M:%S")
+
+
+def run_duration(run: dict[str, Any]) -> str:
+    """A run's duration. A run reopened by `tasks clear`/`tasks mark` starts again (its
+    started_at resets, as Airflow's start_date does on a re-run), so its duration is
+    that of the re-run; when its tasks ran before the reopening, say so and give the
+    span from the first task's start to the last task's end as well."""
+    took = duration(run["started_at"], run["ended_at"])
+    starts = [t["started_at"] for t in run.get("tasks", []) if t.get("started_at")]
+    ends = [t["ended_at"] for t in run.get("tasks", []) if t.get("ended_at")]
+    if not run["started_at"] or not starts or not run["ended_at"]:
+        return took
+    first = min(starts, key=datetime.fromisoformat)
+    if datetime.fromisoformat(first) >= datetime.fromisoformat(run["started_at"]):
+        return took
+    last = max([run["ended_at"], *ends], key=datetime.fromisoformat)
+    return f"{took} (since it was reopened; {duration(first, last)} from its first task's start)"
+
+
 def watch(client: ClusterClient, run_id: str, quiet: bool = False, as_json: bool = False) -> dict[str, Any]:
     """Follow a run until it ends, printing each task change; survives the loss of the
     node it watches through by reconnecting to another."""
@@ -383,19 +557,18 @@ def watch(client: ClusterClient, run_id: str, quiet: bool = False, as_json: bool
                 deadline_unreachable = None
                 last = run
                 if as_json:
-                    print(json.dumps(run, sort_keys=True), flush=True)
+                    emit_line(run)
                 for t in run["tasks"]:
                     key = (t["state"], t["attempt"], t["node"])
                     if seen.get(t["task_id"]) != key:
                         seen[t["task_id"]] = key
                         if not quiet and not as_json and t["state"] != TaskState.PENDING.value:
                             where = f" attempt {t['attempt']} on {t['node']}" if t["node"] else ""
-                            print(f"{time.strftime('%H:%M:%S')}  {t['task_id']:<28} {t['state']:<16}{where}",
-                                  flush=True)
+                            pad = " " * (16 - len(t["state"]))
+                            print(f"{event_time(t)}  {t['task_id']:<28} {paint(t['state'])}{pad}{where}", flush=True)
                 if run["state"] in TERMINAL:
                     if not quiet and not as_json:
-                        print(f"run {run_id} {run['state'].upper()} "
-                              f"in {duration(run['started_at'], run['ended_at'])}")
+                        print(f"run {run_id} {run['state'].upper()} in {run_duration(run)}")
                     return run
         except (ApiError, ClusterUnreachable) as e:
             if isinstance(e, ApiError) and e.code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
@@ -405,7 +578,8 @@ def watch(client: ClusterClient, run_id: str, quiet: bool = False, as_json: bool
             if time.monotonic() > deadline_unreachable:
                 raise
             if not quiet and not as_json:
-                print(f"{time.strftime('%H:%M:%S')}  (lost the node being watched; reconnecting)", flush=True)
+                print(f"{datetime.now(timezone.utc).strftime('%H:%M:%S')}  (lost the node being watched; "
+                      "reconnecting)", flush=True)
             client._preferred = (client._preferred + 1) % len(client.addresses)
             time.sleep(0.3)
         if last is not None and last["state"] in TERMINAL:
@@ -435,11 +609,31 @@ NEVER_RUNS = tuple(s.value for s in TaskState if s.terminal)   # ended at attemp
 def cmd_tasks_logs(client: ClusterClient, args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     if not args.follow:
-        for chunk in client.task_log(args.run_id, args.task_id, args.attempt):
-            out.write(chunk.data)
+        try:
+            for chunk in client.task_log(args.run_id, args.task_id, args.attempt):
+                out.write(chunk.data)
+        except ApiError as e:
+            if e.code != grpc.StatusCode.NOT_FOUND or args.attempt:
+                raise
+            # No attempt: a task that ended without running (an empty task, a mark,
+            # upstream_failed) is answered as --follow answers it.
+            task = _task_of(client.get_run(args.run_id), args.run_id, args.task_id)
+            if task["attempt"] != 0 or task["state"] not in NEVER_RUNS:
+                raise
+            return _never_ran(task)
         out.flush()
         return EXIT_OK
     return _follow_log(client, args.run_id, args.task_id, args.attempt, out)
+
+
+def _never_ran(task: dict[str, Any]) -> int:
+    """`tasks logs` (with or without -f) of a task that ended without an attempt: it has
+    no log. Exit 0 if it succeeded or was skipped (an empty task, a mark: nothing went
+    wrong), else 1 (failed, upstream_failed: the task did not do its work)."""
+    why = f": {task['reason']}" if task.get("reason") else ""
+    print(f"{task['task_id']} ended {task['state']} without running (no attempt, so no log){why}", file=sys.stderr)
+    ok = task["state"] in (TaskState.SUCCESS.value, TaskState.SKIPPED.value)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _follow_log(client: ClusterClient, run_id: str, task_id: str, attempt: int, out: Any) -> int:
@@ -453,9 +647,7 @@ def _follow_log(client: ClusterClient, run_id: str, task_id: str, attempt: int, 
         task = _task_of(client.get_run(run_id), run_id, task_id)
         if attempt == 0 and task["attempt"] == 0:
             if task["state"] in NEVER_RUNS:
-                print(f"{task_id} did not run and will not ({task['state']}"
-                      + (f": {task['reason']}" if task.get("reason") else "") + ")", file=sys.stderr)
-                return EXIT_FAILED
+                return _never_ran(task)
             if not waiting_said:
                 print(f"waiting for {task_id} to start (state {task['state']})", file=sys.stderr)
                 waiting_said = True
@@ -538,7 +730,7 @@ def cmd_dags_backfill(client: ClusterClient, args: argparse.Namespace) -> int:
 
 def cmd_dags_delete(client: ClusterClient, args: argparse.Namespace) -> int:
     if not args.yes:
-        runs = client.list_runs(args.dag_id, limit=100000)["runs"]
+        runs = client.list_runs(args.dag_id, limit=MAX_LIST_RUNS)["runs"]
         raise UsageError(f"this removes DAG {args.dag_id} and its {len(runs)} run(s) with their task logs, on every "
                          "node; nothing was changed. Repeat with --yes to do it")
     removed = client.delete_dag(args.dag_id)
@@ -773,51 +965,78 @@ def run_certs(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+MAX_LOAD_TIMEOUT = 3600.0   # seconds: `dags submit/check --load-timeout`
+MAX_CERT_DAYS = 36_500      # `certs init/issue --days`
+
+
+def add_global_options(parser: argparse.ArgumentParser, in_verb: bool) -> None:
+    """The options every client verb takes, accepted before the group (`raftflow
+    --cluster X dags list`) or after the verb (`raftflow dags list --cluster X`). After
+    the verb their default is SUPPRESS, so that an option given before the group is not
+    overwritten by the verb's default (argparse copies a subparser's defaults over)."""
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if in_verb else value
+
+    parser.add_argument("--cluster", default=default(None),
+                        help="node addresses HOST:PORT,... (default: $RAFTFLOW_CLUSTER, else the local cluster "
+                             "from tools/up)")
+    parser.add_argument("--token", default=default(None),
+                        help="API token (default: $RAFTFLOW_TOKEN, else the admin token of the local cluster from "
+                             "tools/up); prefer the variable: arguments show in `ps`")
+    parser.add_argument("--retry-for", type=retry_seconds, metavar="SECONDS",
+                        default=default(os.environ.get("RAFTFLOW_RETRY_FOR", str(DEFAULT_RETRY_FOR))),
+                        help=f"retry a write across node failures and leader elections this long (default: "
+                             f"$RAFTFLOW_RETRY_FOR, else {DEFAULT_RETRY_FOR:g}; 0 to {MAX_RETRY_FOR:g}); the cluster "
+                             "applies it once however often it is retried")
+    parser.add_argument("--ca-file", dest="ca_file", default=default(None),
+                        help="CA certificate the nodes' certificates chain to (default: $RAFTFLOW_CA_FILE, else "
+                             "the local cluster's <local-dir>/ca.pem, else the system's)")
+    parser.add_argument("--insecure", action="store_true", default=default(False),
+                        help="plaintext, for nodes started with insecure = true (development only)")
+    parser.add_argument("--json", action="store_true", default=default(False),
+                        help="machine-readable output (as -o json)")
+    parser.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default=default(None),
+                        help="table (default), json (as --json) or yaml")
+
+
+def build_parser(with_node: bool = True) -> argparse.ArgumentParser:
+    """The whole command line. `with_node=False` leaves out the options of `raftflow
+    node` (it takes the rest of the line as is): building them imports the node's code
+    (raftflow.main: ~1.7 s), which no client verb needs, so main() builds them only for
+    `raftflow node`."""
     parser = argparse.ArgumentParser(
         prog="raftflow", description="raftflow: a DAG scheduler with no single point of failure.",
         epilog="Exit codes: 0 ok, 1 operation failed, 2 usage or invalid input, 3 cluster unreachable, "
                "4 not authenticated or not allowed (the token's role).")
-    parser.add_argument("--cluster", help="node addresses HOST:PORT,... (default: $RAFTFLOW_CLUSTER, "
-                                          "else the local cluster from tools/up)")
-    parser.add_argument("--token", help="API token (default: $RAFTFLOW_TOKEN, else the admin token of the local "
-                                        "cluster from tools/up); prefer the variable: arguments show in `ps`")
-    parser.add_argument("--retry-for", type=retry_seconds, metavar="SECONDS",
-                        default=os.environ.get("RAFTFLOW_RETRY_FOR", str(DEFAULT_RETRY_FOR)),
-                        help=f"retry a write across node failures and leader elections this long (default: "
-                             f"$RAFTFLOW_RETRY_FOR, else {DEFAULT_RETRY_FOR:g}; 0 to {MAX_RETRY_FOR:g}); the cluster "
-                             "applies it once however often it is retried")
-    parser.add_argument("--ca-file", dest="ca_file",
-                        help="CA certificate the nodes' certificates chain to (default: $RAFTFLOW_CA_FILE, else "
-                             "the local cluster's <data-dir>/ca.pem, else the system's)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="plaintext, for nodes started with insecure = true (development only)")
+    add_global_options(parser, in_verb=False)
     sub = parser.add_subparsers(dest="group", required=True,
                                 metavar="{dags,runs,tasks,pools,variables,connections,tokens,cluster,certs,node}")
 
     def verb(group: argparse._SubParsersAction, name: str, func: Callable, help: str,
              json_flag: bool = True) -> argparse.ArgumentParser:
         p = group.add_parser(name, help=help, description=help)
-        p.set_defaults(func=func)
-        if json_flag:
-            p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func, structured_output=json_flag)
+        add_global_options(p, in_verb=True)
         return p
 
     dags = sub.add_parser("dags", help="submit, list, show, trigger, pause DAGs").add_subparsers(
         dest="verb", required=True)
     p = verb(dags, "submit", cmd_dags_submit, "submit every DAG in the given files or folders")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--load-timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds allowed to load each file")
+    p.add_argument("--load-timeout", type=seconds_option("--load-timeout", MAX_LOAD_TIMEOUT), default=DEFAULT_TIMEOUT,
+                   help="seconds allowed to load each file")
     p = verb(dags, "check", cmd_dags_check, "load DAG files (raftflow's or Airflow's) without submitting: each "
              "task's operator and kind, the arguments ignored, what would be refused (needs no cluster)")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--load-timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds allowed to load each file")
+    p.add_argument("--load-timeout", type=seconds_option("--load-timeout", MAX_LOAD_TIMEOUT), default=DEFAULT_TIMEOUT,
+                   help="seconds allowed to load each file")
     p.set_defaults(local_func=cmd_dags_check)
     verb(dags, "list", cmd_dags_list, "list DAGs")
     p = verb(dags, "show", cmd_dags_show, "show a DAG's tasks (and code)")
     p.add_argument("dag_id")
     p.add_argument("--code", action="store_true", help="also print the DAG file's source")
-    p.add_argument("--version", type=int, default=0, help="show an older version")
+    p.add_argument("--version", type=int_option("--version", 0, 2**31 - 1, " (0: the latest)"), default=0,
+                   help="show an older version")
     p = verb(dags, "trigger", cmd_dags_trigger, "start a manual run")
     p.add_argument("dag_id")
     p.add_argument("--conf", help="JSON object passed to the run")
@@ -836,8 +1055,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list, show, watch, cancel runs").add_subparsers(dest="verb", required=True)
     p = verb(runs, "list", cmd_runs_list, "list recent runs")
-    p.add_argument("dag_id", nargs="?")
-    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("dag_id", nargs="?", help="only this DAG's runs (or --dag)")
+    p.add_argument("--dag", help="only this DAG's runs")
+    p.add_argument("--limit", type=int_option("--limit", 0, MAX_LIST_RUNS, " (0: 50)"), default=0,
+                   help="at most this many runs, newest first (default 50)")
+    p.add_argument("--state", action="append", choices=[s.value for s in RunState],
+                   help="only runs in this state (repeat for several)")
+    p.add_argument("--since", type=since_option, metavar="WHEN",
+                   help="only runs created since WHEN: a duration back from now (30m, 2h, 7d, 1w) or an ISO-8601 "
+                        "date or datetime (UTC unless it has an offset)")
     p = verb(runs, "show", cmd_runs_show, "show a run with every task's state, attempt, node and times")
     p.add_argument("run_id")
     p = verb(runs, "watch", cmd_runs_watch, "follow a run until it ends (exit 1 if it fails)")
@@ -860,7 +1086,8 @@ def build_parser() -> argparse.ArgumentParser:
              json_flag=False)
     p.add_argument("run_id")
     p.add_argument("task_id")
-    p.add_argument("--attempt", type=int, default=0, help="default: the latest attempt")
+    p.add_argument("--attempt", type=int_option("--attempt", 0, 2**31 - 1, " (0: the latest)"), default=0,
+                   help="default: the latest attempt")
     p.add_argument("--follow", "-f", action="store_true",
                    help="keep printing the log as it grows until the attempt ends (waits for it to start)")
     p = verb(tasks, "story", cmd_tasks_story, "every recorded move of a task instance: Raft index, time, "
@@ -873,7 +1100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(pools, "set", cmd_pools_set, "create a pool or change its slots (tasks use it with pool=NAME)",
              json_flag=False)
     p.add_argument("name")
-    p.add_argument("slots", type=int)
+    p.add_argument("slots", type=int_option("SLOTS", 0, 2**31 - 1))
     verb(pools, "list", cmd_pools_list, "list pools: slots, slots in use, tasks queued")
 
     connections = sub.add_parser("connections", help="the SSH connections nodes define").add_subparsers(
@@ -888,7 +1115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", required=True, choices=[r.value for r in Role],
                    help="viewer: reads and logs; operator: + trigger, pause, clear, mark, cancel, backfill; "
                         "admin: + submit/delete DAGs, pools, tokens")
-    p.add_argument("--expires", type=int, default=0, metavar="DAYS",
+    p.add_argument("--expires", type=int_option("--expires", 0, MAX_TOKEN_DAYS, " (0: never)"), default=0,
+                   metavar="DAYS",
                    help=f"expire after DAYS days (1 to {MAX_TOKEN_DAYS}; default: never)")
     verb(tokens, "list", cmd_tokens_list, "list tokens: role, created, expiry, last use (never secrets)")
     p = verb(tokens, "revoke", cmd_tokens_revoke, "revoke a token on every node", json_flag=False)
@@ -915,7 +1143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = certs.add_parser("init", help="create a CA: DIR/ca.pem and DIR/ca.key (never overwrites)",
                          description="create a CA: DIR/ca.pem and DIR/ca.key (never overwrites)")
     p.add_argument("--dir", required=True, help="folder for the CA's files")
-    p.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
+    p.add_argument("--days", type=int_option("--days", 1, MAX_CERT_DAYS), default=3650, help="validity (default 3650)")
     p.set_defaults(certs_func=cmd_certs_init)
     p = certs.add_parser("issue", help="issue a node certificate signed by DIR's CA: DIR/NODE_ID.pem and .key",
                          description="issue a node certificate signed by DIR's CA: DIR/NODE_ID.pem and "
@@ -924,19 +1152,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", required=True, help="the folder of `certs init` (its ca.pem and ca.key)")
     p.add_argument("--host", action="append", default=[],
                    help="a host name or IP clients or peers dial this node at (repeat for several)")
-    p.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    p.add_argument("--days", type=int_option("--days", 1, MAX_CERT_DAYS), default=365, help="validity (default 365)")
     p.set_defaults(certs_func=cmd_certs_issue)
 
-    from raftflow.main import build_parser as node_parser
-    node = sub.add_parser("node", help="run a node (see deploy/ and tools/up)")
-    node_parser(node)
+    node = sub.add_parser("node", help="run a node (see deploy/ and tools/up)", add_help=with_node)
+    if with_node:
+        from raftflow.main import build_parser as node_parser
+
+        node_parser(node)
     node.set_defaults(func=None)
     return parser
 
 
+def choose_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Set the output format from --json / -o; a verb without structured output refuses
+    json and yaml (exit 2), and --json with -o table or yaml is a contradiction."""
+    global output_format
+    chosen = args.output or ("json" if args.json else "table")
+    if args.json and chosen != "json":
+        parser.error(f"--json and -o {chosen} contradict each other; give one")
+    if chosen != "table" and not getattr(args, "structured_output", True):
+        parser.error(f"`{args.group} {args.verb}` has no {chosen} output; leave out --json/-o {chosen}")
+    output_format, args.json = chosen, chosen != "table"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser = build_parser(with_node=False)
+    args, unknown = parser.parse_known_args(argv)
+    if args.group == "node":   # parsed again with the node's own options (see build_parser)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.group not in ("node", "certs"):
+        choose_output(parser, args)
     if args.group == "node":
         from raftflow.main import run
         return run(args)

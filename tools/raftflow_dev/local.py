@@ -242,7 +242,7 @@ class LocalCluster:
     def cli_env(self) -> dict[str, str]:
         """Environment for the `raftflow` CLI run against this cluster: it finds the nodes
         (and what else a client needs) under this data directory, as after tools/up."""
-        return {"RAFTFLOW_DATA_DIR": str(self.data_dir)}
+        return {"RAFTFLOW_LOCAL_DIR": str(self.data_dir)}
 
     def configure(self) -> None:
         """Write the secret, the CA and every node's certificate (each once, unless
@@ -320,7 +320,10 @@ class LocalCluster:
         if running is not None:
             return running
         log = open(node.log_path, "ab")
-        env = {**os.environ, **self.extra_env, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        # The node's config file names its data_dir: a RAFTFLOW_DATA_DIR left in this
+        # shell (the CLI's old name for the local cluster's folder) must not move it.
+        inherited = {k: v for k, v in os.environ.items() if k != "RAFTFLOW_DATA_DIR"}
+        env = {**inherited, **self.extra_env, **(env or {}), "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
             [*self.launcher.get(node_id, []),
              self.python, "-m", "raftflow_cli.main", "node", "--config", str(node.config_path)],

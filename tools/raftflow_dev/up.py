@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from raftflow.config import SSHConnection
+from raftflow.config import ConfigError, SSHConnection, load as load_config
 from raftflow.core.states import RunState
 from raftflow_cli.loader import LoadError, load_paths
 from raftflow_cli.main import print_run, watch
@@ -79,6 +79,8 @@ def up(args: argparse.Namespace) -> int:
         if conn is None:
             return 1
         connections = {f"n{i + 1}": (conn,) for i in range(args.nodes)}
+    else:
+        connections = _kept_connections(data_dir)
     cluster = LocalCluster(data_dir, nodes=args.nodes, port_base=args.port_base, connections=connections)
     running = cluster.running()
     if cluster.outdated and running:
@@ -160,6 +162,23 @@ def up(args: argparse.Namespace) -> int:
     return 0 if final["state"] == RunState.SUCCESS.value else 1
 
 
+def _kept_connections(data_dir: Path) -> dict[str, tuple[SSHConnection, ...]]:
+    """The SSH connections each node's current config gives it. tools/up rewrites every
+    node's config when it starts nodes; without --ssh-demo it keeps what a node had (a
+    `tools/up --no-demo` after `tools/up --ssh-demo` must not take spark_master away)."""
+    kept: dict[str, tuple[SSHConnection, ...]] = {}
+    for path in sorted(data_dir.glob("n*/node.toml")):
+        try:
+            cfg = load_config(path, environ={})   # the file alone: not this shell's RAFTFLOW_* variables
+        except ConfigError as e:
+            print(f"note: {path} does not load ({e}); its node restarts without its SSH connections",
+                  file=sys.stderr)
+            continue
+        if cfg.connections:
+            kept[cfg.node_id] = cfg.connections
+    return kept
+
+
 def _has_connection(cluster: LocalCluster, conn: SSHConnection) -> bool:
     """Every answering node has `conn` (same name, host and port)."""
     client = cluster.client()
@@ -175,9 +194,9 @@ def _has_connection(cluster: LocalCluster, conn: SSHConnection) -> bool:
 
 def _next_steps(cluster: LocalCluster, data_dir: Path) -> None:
     default = str(data_dir) == ".raftflow"
-    env = "" if default else f"RAFTFLOW_DATA_DIR={data_dir} "
+    env = "" if default else f"RAFTFLOW_LOCAL_DIR={data_dir} "
     activate = "source .venv/bin/activate   # puts `raftflow` on your PATH"
-    leader_pid = "$(raftflow cluster status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); " \
+    leader_pid = f"$({env}raftflow cluster status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); " \
                  "print(next(n[\"pid\"] for n in s[\"nodes\"] if n[\"id\"]==s[\"leader\"]))')"
     ssh_demo = f"tools/up --ssh-demo{'' if default else f' --data-dir {data_dir}'}"
     urls = "  ".join(cluster.web_url(n.node_id) for n in cluster.nodes if n.http_address)
@@ -202,7 +221,7 @@ What to try next:
 
 Kill the leader and watch the cluster carry on:
   kill -9 {leader_pid}
-  raftflow cluster status
+  {env}raftflow cluster status
 Node PIDs are in {data_dir}/n*/pid, logs in {data_dir}/n*/node.log; the cluster's CA certificate
 (what the CLI trusts) is {data_dir}/ca.pem, its admin token {data_dir}/admin.token (both found by the CLI).
 Stop everything with: tools/down{'' if default else f' --data-dir {data_dir}'}""")
@@ -241,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--down", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--purge", action="store_true", help="with tools/down: also delete the data dir")
     args = parser.parse_args(argv)
-    if args.nodes < 1:
-        parser.error("--nodes must be at least 1")
+    if not 1 <= args.nodes <= 99:
+        parser.error(f"--nodes is 1 to 99, not {args.nodes}")
+    if not 1024 <= args.port_base <= 65535 - 300 - args.nodes:
+        parser.error(f"--port-base is 1024 to {65535 - 300 - args.nodes} (node i uses P+i-1 up to P+300+i-1), "
+                     f"not {args.port_base}")
     return down(args) if args.down else up(args)
 
 
