@@ -78,6 +78,16 @@ class _Store:
         self.dropped.append(run_id)
 
 
+class _Copies:
+    """The store of other nodes' task logs kept here (store/copies.py)."""
+
+    def __init__(self) -> None:
+        self.dropped: list[str] = []
+
+    def delete_run(self, run_id: str) -> None:
+        self.dropped.append(run_id)
+
+
 class _Config:
     node_id = "n1"
 
@@ -85,6 +95,7 @@ class _Config:
 def test_a_node_executes_the_effects_that_concern_it():
     node = Node.__new__(Node)   # only what _after_apply touches
     node.worker, node.store, node.cfg = _Worker(), _Store(), _Config()  # type: ignore[assignment]
+    node.copies, node.metrics = _Copies(), None  # type: ignore[assignment]
     node._after_apply(c.Batch(()), Result(effects=(
         StopAttempt("r1", "a", "n1", 2, "cancelled by alice"),
         StopAttempt("r1", "b", "n2", 1, "cancelled by alice"),      # another node's attempt
@@ -93,3 +104,4 @@ def test_a_node_executes_the_effects_that_concern_it():
     )))
     assert node.worker.cancelled == [("r1", "cancelled by alice", {("a", 2)})]
     assert node.store.dropped == ["r7", "r8"]
+    assert node.copies.dropped == ["r7", "r8"], "copies of other nodes' logs go with the run's own logs"
