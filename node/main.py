@@ -105,7 +105,8 @@ class Node:
                                   self._ship_log, keep=cfg.log_keep_bytes)
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.scratch,
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
-                             lease_duration=cfg.worker_lease, reaper=Reaper(), setup=self._attempt_setup,
+                             lease_duration=cfg.worker_lease, reaper=Reaper(cfg.node_id, cfg.log_format),
+                             setup=self._attempt_setup,
                              connections=cfg.connections, run_as=cfg.task_user, run_state=self._run_state,
                              shipper=self.shipper)
         self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.healthy_window,

@@ -27,7 +27,10 @@ import sys
 import threading
 import time
 
+from raftflow import nodelog
+
 log = logging.getLogger("raftflow.worker")
+reaper_log = logging.getLogger("raftflow.reaper")
 
 
 class Lease:
@@ -70,10 +73,12 @@ class Lease:
 class Reaper:
     """The node-side handle on the reaper process (`python -m raftflow.worker.lease`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, node_id: str = "-", log_format: str = "text") -> None:
+        """The reaper logs (on the node's stderr) as the node does: `log_format` text or json."""
         self._lock = threading.Lock()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "raftflow.worker.lease"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            [sys.executable, "-m", "raftflow.worker.lease", node_id, log_format],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
             start_new_session=True,   # survives a signal to the node's process group, sees the pipe close
         )
         assert self._proc.stdin is not None  # stdin=PIPE
@@ -114,20 +119,23 @@ def _kill_groups(groups: set[int], why: str) -> None:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
             continue
-        sys.stderr.write(f"raftflow reaper: killed attempt process group {pgid}: {why}\n")
-        sys.stderr.flush()
+        reaper_log.warning("reaper: killed attempt process group %d: %s", pgid, why)
     groups.clear()
 
 
-def reaper_main() -> None:
-    """Kill registered process groups when the lease deadline passes or stdin closes."""
+def reaper_main(argv: list[str]) -> None:
+    """Kill registered process groups when the lease deadline passes or stdin closes.
+    argv: the node's id and log format (its log lines join the node's on stderr)."""
+    node_id, log_format = (argv + ["-", "text"])[:2]
+    nodelog.setup(node_id, "info", log_format if log_format in nodelog.LOG_FORMATS else "text")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)   # only the node's pipe closing ends us
     groups: set[int] = set()
     deadline = float("inf")
     buffer = b""
     while True:
-        wait = 0.5 if not groups else max(0.0, min(deadline - time.monotonic(), 0.5))
+        # Nothing to guard: sleep until the node writes (no idle wake-ups).
+        wait = None if not groups else max(0.0, min(deadline - time.monotonic(), 0.5))
         readable, _, _ = select.select([0], [], [], wait)
         if readable:
             data = os.read(0, 65536)
@@ -149,4 +157,4 @@ def reaper_main() -> None:
 
 
 if __name__ == "__main__":
-    reaper_main()
+    reaper_main(sys.argv[1:])

@@ -78,3 +78,29 @@ def test_log_format_setting_flag_and_refusal(tmp_path) -> None:  # type: ignore[
     with pytest.raises(ConfigError, match="log_format from \\$RAFTFLOW_LOG_FORMAT is 'yaml': use 'text' or 'json'"):
         load(path, environ={"RAFTFLOW_LOG_FORMAT": "yaml"})
     assert build_parser().parse_args(["--log-format", "json"]).log_format == "json"
+
+
+def test_the_reaper_process_logs_its_kills_as_the_node_does(capfd):
+    """The reaper (a process of its own, on the node's stderr) kills a group whose lease
+    lapsed and says so as a JSON line with the node's id when the node logs JSON."""
+    import json
+    import signal
+    import subprocess
+    import time
+
+    from raftflow.worker.lease import Reaper
+
+    victim = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    reaper = Reaper("n9", "json")
+    try:
+        reaper.add(victim.pid)
+        reaper.lease(time.monotonic() - 1)        # already lapsed
+        assert victim.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        reaper.close()
+        if victim.poll() is None:
+            victim.kill()
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.strip()]
+    kill = [r for r in lines if "killed attempt process group" in r["message"]]
+    assert len(kill) == 1 and kill[0]["node"] == "n9" and kill[0]["level"] == "WARNING", lines
+    assert str(victim.pid) in kill[0]["message"] and "lease lapsed" in kill[0]["message"]
