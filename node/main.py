@@ -292,10 +292,17 @@ class Node:
 
     def stop(self) -> None:
         log.info("node %s stopping", self.cfg.node_id)
+        self.worker.stop_accepting()
         self._stop.set()
         self.health_watch.stop()
         self.health.enter_graceful_shutdown()
         self.leader_loop.stop()
+        # Before the worker releases its attempts, the leader must know this node takes no
+        # work: else it assigns a released attempt straight back here, where it is refused
+        # until the lease runs out (4 s lost, and one of max_lost_attempts used up twice).
+        if self._heartbeat.is_alive():   # no ready beat may arrive after ours
+            self._heartbeat.join(timeout=self.cfg.heartbeat_interval * 2 + 1.0)
+        self._announce_leaving()
         self.worker.shutdown()
         self.shipper.stop()
         if self.web is not None:
@@ -307,6 +314,23 @@ class Node:
         self.peers.close()
         self.store.close()
         self.copies.close()
+
+    def _announce_leaving(self) -> None:
+        """One last heartbeat, saying not ready, acknowledged before this returns (best
+        effort: a leader that does not answer learns it from the missing heartbeats)."""
+        leader = self.replica.status().leader_id
+        try:
+            if leader == self.cfg.node_id:
+                self.liveness.beat(self.cfg.node_id, self.cfg.slots, time.monotonic(), ready=False,
+                                   queues=self.cfg.queues, connections=[conn.name for conn in self.cfg.connections])
+            elif leader is not None and self.peers.knows(leader):
+                self.peers.heartbeat(leader, peer_pb2.HeartbeatRequest(
+                    node_id=self.cfg.node_id, slots=self.cfg.slots, sent_at=time.time(), ready=False,
+                    queues=list(self.cfg.queues), connections=[conn.name for conn in self.cfg.connections],
+                    running=[peer_pb2.AttemptKey(run_id=r, task_id=t, attempt=a)
+                             for r, t, a in self.worker.running()]), timeout=1.0)
+        except Exception as e:  # noqa: BLE001 - see docstring
+            log.info("could not tell the leader (%s) that this node is leaving: %s", leader, e)
 
     def _token_use_loop(self) -> None:
         """Every TOKEN_USE_PERIOD, propose when this node's callers last used their

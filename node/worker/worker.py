@@ -351,6 +351,13 @@ class Worker:
         _kill_group(process, signal.SIGTERM)
         timer.start()
 
+    def stop_accepting(self) -> None:
+        """The node is leaving: refuse dispatches from now on, and heartbeat as not ready so
+        the leader gives this node no new work (in particular not the attempts `shutdown`
+        is about to release)."""
+        self._stopping.set()
+        self.ready.clear()
+
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting work and kill the process groups of running attempts; they are
         reported as lost (queued again elsewhere), not as failures of the task."""

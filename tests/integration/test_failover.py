@@ -135,6 +135,28 @@ def test_node_killed_mid_task_the_task_runs_again_elsewhere(cluster, cli, tmp_pa
                               f"{holders(first['node'], [n.node_id for n in cluster.nodes])[0]})"), lines
 
 
+def test_node_stopped_mid_task_hands_its_attempt_to_another_node_not_back_to_itself(cluster, cli, tmp_path):
+    """A node stopped with SIGTERM (a restart, a deploy) releases its attempt and says it is
+    leaving first: the next attempt goes to another node, not back to the leaving one
+    (which would refuse it until the lease ran out and use up a second lost attempt)."""
+    record = tmp_path / "attempts.log"
+    write_dag(tmp_path / "d.py", "stopped_one", record, {"long": (6.0, [])})
+    assert cli("dags", "submit", str(tmp_path / "d.py")).returncode == 0
+    run_id = trigger(cli, "stopped_one")
+    first = wait_for(lambda: (t := task_view(run_view(cli, run_id), "long"))["state"] == "running" and t,
+                     30, "the long task to start")
+    stopped = first["node"]
+    assert cluster.signal_node(stopped, signal.SIGTERM)
+    survivors = ",".join(n.grpc_address for n in cluster.nodes if n.node_id != stopped)
+    run = wait_run_end(cli, run_id, cluster=survivors)
+    assert run["state"] == "success", run
+    story = cli.json("tasks", "story", run_id, "long", cluster=survivors)["events"]
+    assigned = [(e["attempt"], e["node"]) for e in story if e["command"] == "assign_task"]
+    assert assigned[0] == (1, stopped) and all(node != stopped for _, node in assigned[1:]), story
+    assert task_view(run, "long")["attempt"] == 2, story
+    assert attempts.overlaps(attempts.read(record)) == []
+
+
 def test_paused_node_fences_its_own_attempt_before_it_runs_again(cluster, cli, tmp_path):
     record = tmp_path / "attempts.log"
     write_dag(tmp_path / "d.py", "paused_one", record, {"long": (8.0, [])})
