@@ -313,3 +313,16 @@ def test_tools_up_without_ssh_demo_keeps_the_connections_nodes_have(tmp_path: Pa
                          known_hosts=tmp_path / "known_hosts")
     LocalCluster(tmp_path / "up", nodes=2, connections={"n1": (conn,), "n2": (conn,)}, insecure=True).configure()
     assert _kept_connections(tmp_path / "up") == {"n1": (conn,), "n2": (conn,)}
+
+
+def test_tools_up_restarts_a_cluster_with_the_layout_it_has(tmp_path: Path) -> None:
+    """`tools/up --data-dir X` (a hint tools/up prints) after `tools/up --data-dir X
+    --port-base P` restarts X on P: it was refused as 'a different cluster' on 50051."""
+    from raftflow_dev.local import LocalCluster
+    from raftflow_dev.up import _layout_defaults
+
+    assert _layout_defaults(tmp_path / "none", None, None) == (3, 50051)
+    LocalCluster(tmp_path / "up", nodes=5, port_base=47000, insecure=True).configure()
+    assert _layout_defaults(tmp_path / "up", None, None) == (5, 47000)
+    assert _layout_defaults(tmp_path / "up", 3, None) == (3, 47000), "what is given wins"
+    assert _layout_defaults(tmp_path / "up", None, 48000) == (5, 48000)

@@ -12,6 +12,7 @@ tools/down stops the nodes (and that sshd) it started, by their recorded PIDs. B
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import socket
 import sys
@@ -69,8 +70,23 @@ def _ssh_demo_connection(data_dir: Path) -> SSHConnection | None:
                          key_file=server.client_key, known_hosts=server.known_hosts, connect_timeout=10.0)
 
 
+DEFAULT_NODES, DEFAULT_PORT_BASE = 3, 50051
+
+
+def _layout_defaults(data_dir: Path, nodes: int | None, port_base: int | None) -> tuple[int, int]:
+    """--nodes and --port-base where given, else what the cluster in `data_dir` already
+    has (its cluster.json), else the defaults: `tools/up --data-dir X` restarts X as it was."""
+    try:
+        known = json.loads((data_dir / "cluster.json").read_text())["nodes"]
+        had = (len(known), int(known[0]["grpc"].rsplit(":", 1)[1]))
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        had = (DEFAULT_NODES, DEFAULT_PORT_BASE)
+    return (had[0] if nodes is None else nodes), (had[1] if port_base is None else port_base)
+
+
 def up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
+    args.nodes, args.port_base = _layout_defaults(data_dir, args.nodes, args.port_base)
     connections: dict[str, tuple[SSHConnection, ...]] = {}
     conn: SSHConnection | None = None   # the demo sshd's connection, with --ssh-demo
     if args.ssh_demo:
@@ -248,10 +264,11 @@ def down(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/up", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--port-base", type=int, default=50051,
+    parser.add_argument("--nodes", type=int, help="how many nodes (default: as the cluster in --data-dir has, else 3)")
+    parser.add_argument("--port-base", type=int,
                         help="node i serves its client API on P+i-1, Raft on P+100+i-1, its peer API on "
-                             "P+200+i-1 and its web UI and REST API on P+300+i-1 (default 50051)")
+                             "P+200+i-1 and its web UI and REST API on P+300+i-1 (default: as the cluster in "
+                             "--data-dir has, else 50051)")
     parser.add_argument("--data-dir", default=".raftflow")
     parser.add_argument("--no-demo", action="store_true", help="start the cluster only")
     parser.add_argument("--ssh-demo", action="store_true",
@@ -260,10 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--down", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--purge", action="store_true", help="with tools/down: also delete the data dir")
     args = parser.parse_args(argv)
-    if not 1 <= args.nodes <= 99:
+    if args.nodes is not None and not 1 <= args.nodes <= 99:
         parser.error(f"--nodes is 1 to 99, not {args.nodes}")
-    if not 1024 <= args.port_base <= 65535 - 300 - args.nodes:
-        parser.error(f"--port-base is 1024 to {65535 - 300 - args.nodes} (node i uses P+i-1 up to P+300+i-1), "
+    nodes = args.nodes or DEFAULT_NODES
+    if args.port_base is not None and not 1024 <= args.port_base <= 65535 - 300 - nodes:
+        parser.error(f"--port-base is 1024 to {65535 - 300 - nodes} (node i uses P+i-1 up to P+300+i-1), "
                      f"not {args.port_base}")
     return down(args) if args.down else up(args)
 
