@@ -146,6 +146,10 @@ def cluster_status(host: Host, ops: Operations, fanout: ThreadPoolExecutor) -> c
             nodes[peer.id] = unreachable(peer, e.message)
     leader_id = own.leader
     leader_status = nodes.get(leader_id)
+    if not own.has_quorum:
+        # pysyncobj keeps naming the last leader it heard from; without a quorum this node
+        # cannot know that one still leads (it is usually the node that went away).
+        leader_id = ""
     ages = dict(leader_status.heartbeat_ages) if leader_status is not None else {}
     for status in nodes.values():
         status.last_heartbeat_age = ages.get(status.id, -1)

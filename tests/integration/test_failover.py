@@ -199,6 +199,9 @@ def test_quorum_loss_refuses_writes_serves_stale_reads_and_recovers(cluster, cli
     def survivor_view() -> dict:
         return next(n for n in only.json("cluster", "status")["nodes"] if n["id"] == survivor)
     wait_for(lambda: not survivor_view()["has_quorum"], 15, "the survivor to notice it has no quorum")
+    assert only.json("cluster", "status")["leader"] == "", "a node without quorum names no leader (not the dead one)"
+    shown = only("cluster", "status")
+    assert f"leader: NONE ({survivor} has no quorum" in shown.stdout, shown.stdout
 
     started = time.monotonic()
     proc = only("dags", "trigger", "quick", timeout=30)

@@ -776,7 +776,7 @@ def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
         emit_json(status)
         return EXIT_OK
     now = time.time()
-    leader = status["leader"] or "NONE (no quorum?)"
+    leader = status["leader"] or f"NONE ({status['served_by']} has no quorum: it reaches no majority of the voters)"
     since = next((c["at"] for c in reversed(status["leader_changes"]) if c["node"] == status["leader"]), None)
     print(f"leader: {leader}" + (f" since {since}" if since else "") + f"   (answered by {status['served_by']})")
     print(table([[n["id"], n["role"], "yes" if n["healthy"] else "NO", n["pid"] or "-", n["raft_term"],
