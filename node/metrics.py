@@ -259,8 +259,9 @@ class _Snapshot(Collector):
                                    labels=["node"])
         nodes = {n.node_id: n.slots for n in src.nodes()} if leading else {}
         nodes = nodes or {m.node_id: src.own_slots}
-        for node, count in sorted(nodes.items()):
-            slots.add_metric([node], count)
+        for node in sorted(set(nodes) | set(load)):    # slots in use are replicated: every node knows all
+            if node in nodes:
+                slots.add_metric([node], nodes[node])
             in_use.add_metric([node], load.get(node, 0))
         yield slots
         yield in_use

@@ -154,11 +154,16 @@ def test_raft_leader_and_node_gauges_come_from_the_sources(world: MetricsWorld) 
     assert world.value("raftflow_raft_commit_duration_seconds_bucket", le="0.025") == 1
 
 
-def test_a_follower_reports_only_itself_and_no_leader_gauges(tmp_path: Path) -> None:
+def test_a_follower_reports_only_its_own_slots_and_no_leader_gauges(tmp_path: Path) -> None:
     world = MetricsWorld(tmp_path)
+    run_id = world.ops.trigger("d", run_id="r1").run_id
+    world.propose(c.StartRun(run_id, T0), c.QueueTask(run_id, "a", T0), c.AssignTask(run_id, "a", "n2", 1, T0))
     world.cluster.elect("n2")   # (n2 has no replica here: n1 just follows)
     assert world.value("raftflow_raft_is_leader") == 0
     assert world.value("raftflow_node_slots", node="n1") == 2 and world.value("raftflow_node_slots", node="n2") is None
+    # Slots in use come from the replicated state: a follower knows every node's.
+    assert world.value("raftflow_node_slots_in_use", node="n2") == 1
+    assert world.value("raftflow_node_slots_in_use", node="n1") == 0
     assert world.value("raftflow_node_heartbeat_age_seconds", node="n2") is None
 
 
