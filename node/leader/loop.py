@@ -140,7 +140,7 @@ class Dispatcher:
         try:
             ok, reason = self._send_local(a) if node == self._node_id else self._send_remote(node, a)
         except Exception as e:  # noqa: BLE001 - a failed send is retried by redispatch_stale
-            ok, reason = False, str(e)
+            ok, reason = False, _one_line(e)
         if not ok:
             log.warning("dispatch of %s/%s attempt %d to %s failed: %s (will retry)",
                         a.run_id, a.task_id, a.attempt, node, reason,
@@ -282,3 +282,13 @@ class LeaderLoop(threading.Thread):
             return Pause(0.05) if len(rejected) == len(commands) else Pause(0)
         self._dispatcher.redispatch_stale(self._monotonic())
         return Pause(IDLE_WAIT, unless_applied_beyond=applied_before)
+
+
+def _one_line(error: Exception) -> str:
+    """An error for a log line: a gRPC error's status and details (its str() spans lines
+    with a debug string), else the first line of its message."""
+    code, details = getattr(error, "code", None), getattr(error, "details", None)
+    if callable(code) and callable(details):
+        return f"{code().name}: {details()}"
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

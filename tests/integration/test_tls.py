@@ -55,6 +55,7 @@ def test_the_cli_says_what_is_wrong_with_tls(cluster, tmp_path: Path):
     assert proc.returncode == 3, proc.stderr
     assert "not signed by the system's CA certificates" in proc.stderr and "--ca-file" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: "), "gRPC's own log lines come before the error: " + proc.stderr
 
     other_ca = tmp_path / "other-ca.pem"
     other_ca.write_bytes(certs.new_ca().cert_pem)

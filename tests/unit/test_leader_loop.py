@@ -240,3 +240,23 @@ def test_the_loop_thread_takes_office_plans_and_stops() -> None:
         n1.loop.stop()
         n1.loop.join(5)
     assert not n1.loop.is_alive()
+
+
+def test_a_failed_dispatch_is_logged_on_one_line() -> None:
+    import grpc
+
+    from raftflow.leader.loop import _one_line
+
+    class Refused(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self) -> str:
+            return "node n2 is shutting down"
+
+        def __str__(self) -> str:
+            return "<_InactiveRpcError of RPC that terminated with:\n\tstatus = ...\n\tdebug_error_string = ...>"
+
+    assert _one_line(Refused()) == "UNAVAILABLE: node n2 is shutting down"
+    assert _one_line(ValueError("first\nsecond")) == "first"
+    assert _one_line(RuntimeError()) == "RuntimeError"
