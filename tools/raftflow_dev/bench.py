@@ -18,6 +18,9 @@ Scenarios:
   ui        the web UI at 1,000 DAGs and 10,000 runs of one DAG (--quick: 100, 1,000):
             median response times of the DAG list, grid, graph and run pages, and
             the bytes of a first visit (see bench_ui; in-process, no cluster).
+  idle      CPU of each idle node process (/proc utime+stime), nothing scheduled and
+            with the example DAGs paused: medians of several windows, as fractions of
+            one core (see bench_idle).
   status_load  300 queued runs of a 1,000-task DAG: a probe's write latency while
             `cluster status` is called back to back, by 1 and by 64 callers (see
             bench_status; minutes long, so not part of `all`).
@@ -44,6 +47,7 @@ from raftflow_cli.loader import load_paths
 from raftflow_cli.main import TERMINAL
 
 from .bench_history import rss_mib, scenario_history
+from .bench_idle import scenario_idle
 from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
 from .bench_status import scenario_status_load
 from .bench_ui import scenario_ui
@@ -285,7 +289,7 @@ def scenario_steady(bench: Bench) -> dict[str, Any]:
 SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "raft": scenario_raft, "election": scenario_election, "demo": scenario_demo, "failover": scenario_failover,
     "steady": scenario_steady, "chain": scenario_chain, "fanout": scenario_fanout, "empty": scenario_empty,
-    "cron_scale": scenario_cron_scale,
+    "cron_scale": scenario_cron_scale, "idle": scenario_idle,
 }
 # Scenarios `all` leaves out (long, heavy): run by name.
 BY_NAME_ONLY: dict[str, Callable[[Bench], dict[str, Any]]] = {"status_load": scenario_status_load}
