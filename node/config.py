@@ -27,7 +27,7 @@ overridden by command-line flags (flag > environment > file > default).
     [raft]                               # optional tuning, seconds
     election_timeout_min = 0.3
     election_timeout_max = 0.9
-    append_entries_period = 0.01
+    append_entries_period = 0.05
 
     [connections.spark_master]           # SSH connections for ssh tasks (file only)
     host = "namenode.internal"
@@ -95,8 +95,10 @@ class TLSMaterial:
 class RaftTuning:
     election_timeout_min: float = 0.3
     election_timeout_max: float = 0.9
-    append_entries_period: float = 0.01
-    tick_period: float = 0.002
+    # A leader's longest silence (heartbeat round); proposals are sent at once (raft/eager.py).
+    append_entries_period: float = 0.05
+    # The Raft thread's longest sleep when nothing is due (connection retries, snapshot progress).
+    tick_period: float = 0.1
     connection_timeout: float = 2.0
     connection_retry: float = 0.5
     leader_fallback_timeout: float = 1.0

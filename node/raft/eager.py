@@ -1,0 +1,139 @@
+"""The Raft thread's pace: asleep while nothing happens, at once when something does
+(issue 17 part 6, idle cost; issue 18 part 1, "a lone proposal is sent without waiting").
+
+pysyncobj 0.3.17 (pinned; raft/transport.py's `check_pysyncobj`) runs its Raft thread as
+a loop of ticks, each ending in a poll of its sockets for at most `autoTickPeriod`; with
+`appendEntriesUseBatch` a leader puts the commands queued since the last round into the
+log and replicates them only at its next `appendEntriesPeriod` round. So a commit waited
+for that round (10 ms), and an idle node woke 500 times a second (2 ms ticks) while its
+leader sent 100 rounds a second to each follower, each one pickled, encrypted, answered:
+three idle nodes used about a third of a core.
+
+`EagerTicks` changes the pace, not the protocol:
+
+- Waking. A command proposed from another thread (`_applyCommand`: gRPC handlers, the
+  leader loop, the worker) writes one byte to a pipe the Raft thread's poller watches,
+  so the thread wakes at once; pysyncobj does this only with batching off, which costs
+  throughput (LIBRARY-NOTES). Messages from peers wake it through their sockets anyway.
+- Eager send. After each tick, a leader sends an append round at once when a connected
+  follower has not been sent every entry of the log (new commands, a follower catching
+  up), or when the commit index moved past the one its last round carried (so followers
+  apply, and answer commands forwarded through them, without waiting for a heartbeat).
+  Whatever queued while the thread was busy goes out together in that one round: group
+  commit without a timer. An idle leader sends nothing but heartbeats.
+- Watching the leader. `leader_seen` is notified when the leader this node knows of
+  changes (checked every tick), so a thread can sleep until then instead of polling.
+- Sleeping. A tick's poll waits until the next thing that is due and no longer: a
+  leader's next heartbeat round (`appendEntriesPeriod`, now only the longest silence of
+  a leader, `append_entries_period` in node/config.py), a follower's or candidate's
+  election deadline, and at most `autoTickPeriod` (`tick_period`) for the rest
+  (connection retries, snapshot progress, a leader's fallback check). So elections are
+  started exactly when they were, and a leader checks its fallback at least every
+  heartbeat period.
+
+The overridden names are SyncObj's `_onTick`, `_applyCommand` and (mangled)
+`__sendAppendEntries`; the attributes read are `__raftState`, `__raftLeader`, `__raftCommitIndex`,
+`__raftElectionDeadline`, `__newAppendEntriesTime`, `__raftNextIndex`,
+`__connectedNodes`, `__otherNodes` and `__getCurrentLogIndex`. `check_pysyncobj`
+verifies that the methods exist.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from typing import Any
+
+from pysyncobj.monotonic import monotonic as monotonic_time
+from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.syncobj import _RAFT_STATE
+
+from .follower import FollowerRule
+
+
+class EagerTicks(FollowerRule):
+    """FollowerRule (raft/follower.py) with the Raft thread's pace of this module's doc."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Created before SyncObj starts its Raft thread; subscribed to its poller by that
+        # thread itself at its first tick (pysyncobj's pollers are not thread-safe).
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._wake_subscribed = False
+        self._raft_thread: int | None = None
+        self._commit_sent = 0       # the commit index the last append round carried
+        # The leader this node knows of (a pysyncobj Node, None: none), notified on change
+        # so that waiters (the heartbeat timer) need not poll for it.
+        self.leader_seen = threading.Condition()
+        self._leader_node: Any = None
+        super().__init__(*args, **kwargs)
+
+    # ------------------------------------------------------------ waking
+    def _applyCommand(self, command: Any, callback: Any, commandType: Any = None) -> None:  # noqa: N802, N803
+        super()._applyCommand(command, callback, commandType)
+        if threading.get_ident() != self._raft_thread:
+            # (in the Raft thread the command came in a peer's message: the tick after
+            # this poll takes it, no wake-up needed)
+            try:
+                os.write(self._wake_write, b"w")
+            except BlockingIOError:
+                pass            # the pipe is full of wake-ups already: the thread will wake
+            except OSError as e:
+                if e.errno != errno.EBADF:  # closed by destroy: nothing left to wake
+                    raise
+
+    def _on_wake(self, _descr: int, _event: int) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # ------------------------------------------------------------ the tick
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803
+        if not self._wake_subscribed:
+            self._raft_thread = threading.get_ident()
+            self._poller.subscribe(self._wake_read, self._on_wake, POLL_EVENT_TYPE.READ)
+            self._wake_subscribed = True
+        super()._onTick(0.0)        # pysyncobj's tick; its own poll only takes what is ready
+        if self._SyncObj__raftState == _RAFT_STATE.LEADER and self._must_send():
+            self._SyncObj__sendAppendEntries()
+        leader = self._SyncObj__raftLeader
+        if leader is not self._leader_node:
+            with self.leader_seen:
+                self._leader_node = leader
+                self.leader_seen.notify_all()
+        self._poller.poll(self._wait(timeToWait))
+
+    def _must_send(self) -> bool:
+        if self._SyncObj__raftCommitIndex > self._commit_sent:
+            return True
+        last = self._SyncObj__getCurrentLogIndex()
+        connected = self._SyncObj__connectedNodes
+        next_index = self._SyncObj__raftNextIndex
+        return any(node in connected and next_index.get(node, 0) <= last for node in self._SyncObj__otherNodes)
+
+    def _wait(self, longest: float) -> float:
+        """How long this tick's poll may sleep: until the next thing due (module doc)."""
+        now = monotonic_time()
+        if self._SyncObj__raftState == _RAFT_STATE.LEADER:
+            # (this tick sent a round if one was due: the next one is ahead, or all but)
+            return max(0.001, min(longest, self._SyncObj__newAppendEntriesTime - now))
+        remaining = self._SyncObj__raftElectionDeadline - now
+        # A deadline already past: this tick would have started an election, so nobody is
+        # connected; wait for a connection (its socket wakes the poll) or the longest tick.
+        return min(longest, remaining) if remaining > 0 else longest
+
+    def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802
+        self._commit_sent = self._SyncObj__raftCommitIndex
+        super()._SyncObj__sendAppendEntries()
+
+    def _doDestroy(self) -> None:  # noqa: N802
+        """pysyncobj's last step in the Raft thread: the wake pipe is closed with it."""
+        super()._doDestroy()
+        if self._wake_subscribed:
+            self._poller.unsubscribe(self._wake_read)
+        for fd in (self._wake_read, self._wake_write):
+            os.close(fd)
