@@ -34,9 +34,10 @@ three idle nodes used about a third of a core.
   heartbeat period.
 
 The overridden names are SyncObj's `_onTick`, `_applyCommand` and (mangled)
-`__sendAppendEntries`; the attributes read are `__raftState`, `__raftLeader`, `__raftCommitIndex`,
-`__raftElectionDeadline`, `__newAppendEntriesTime`, `__raftNextIndex`, `__raftMatchIndex`,
-`__connectedNodes`, `__otherNodes` and `__getCurrentLogIndex`. `check_pysyncobj`
+`__sendAppendEntries`; the attributes read are `_poller` (wrapped), `__raftState`,
+`__raftLeader`, `__raftCommitIndex`, `__raftLastApplied`, `__raftElectionDeadline`,
+`__newAppendEntriesTime`, `__raftNextIndex`, `__raftMatchIndex`, `__connectedNodes`,
+`__otherNodes` and `__getCurrentLogIndex`. `check_pysyncobj`
 verifies that the methods exist.
 """
 
@@ -52,6 +53,27 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.syncobj import _RAFT_STATE
 
 from .follower import FollowerRule
+
+
+class _TickPoller:
+    """pysyncobj's poller, whose next `poll` can be skipped (the one ending SyncObj's
+    tick: EagerTicks polls itself, with its own timeout). Subscriptions go through."""
+
+    def __init__(self, poller: Any) -> None:
+        self._poller = poller
+        self.skip_next = False
+
+    def subscribe(self, descr: int, callback: Any, event_mask: int) -> None:
+        self._poller.subscribe(descr, callback, event_mask)
+
+    def unsubscribe(self, descr: int) -> None:
+        self._poller.unsubscribe(descr)
+
+    def poll(self, timeout: float) -> None:
+        if self.skip_next:
+            self.skip_next = False
+            return
+        self._poller.poll(timeout)
 
 
 class EagerTicks(FollowerRule):
@@ -97,9 +119,17 @@ class EagerTicks(FollowerRule):
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803
         if not self._wake_subscribed:
             self._raft_thread = threading.get_ident()
+            self._poller = _TickPoller(self._poller)
             self._poller.subscribe(self._wake_read, self._on_wake, POLL_EVENT_TYPE.READ)
             self._wake_subscribed = True
-        super()._onTick(0.0)        # pysyncobj's tick; its own poll only takes what is ready
+        # pysyncobj's tick, without its poll: every message is taken by the poll below, so
+        # the next tick always acts on it (an acknowledgement taken inside pysyncobj's
+        # tick would wait for the next wake-up to be counted towards a commit).
+        self._poller.skip_next = True
+        try:
+            super()._onTick(0.0)
+        finally:
+            self._poller.skip_next = False     # (a tick that ended early did not poll)
         if self._SyncObj__raftState == _RAFT_STATE.LEADER and self._must_send():
             self._SyncObj__sendAppendEntries()
         leader = self._SyncObj__raftLeader
@@ -130,6 +160,11 @@ class EagerTicks(FollowerRule):
     def _wait(self, longest: float) -> float:
         """How long this tick's poll may sleep: until the next thing due (module doc)."""
         now = monotonic_time()
+        if self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied:
+            return 0.0      # committed entries to apply (e.g. the lone node of a cluster of one)
+        if self._SyncObj__raftState == _RAFT_STATE.LEADER and not self._SyncObj__otherNodes \
+                and self._SyncObj__getCurrentLogIndex() > self._SyncObj__raftCommitIndex:
+            return 0.0      # alone: its own entries commit at the next tick, nobody will wake it
         if self._SyncObj__raftState == _RAFT_STATE.LEADER:
             # (this tick sent a round if one was due: the next one is ahead, or all but)
             return max(0.001, min(longest, self._SyncObj__newAppendEntriesTime - now))
