@@ -119,7 +119,8 @@ class EagerTicks(FollowerRule):
     def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803
         if not self._wake_subscribed:
             self._raft_thread = threading.get_ident()
-            self._poller = _TickPoller(self._poller)
+            poller: Any = getattr(self, "_poller")     # (pysyncobj is untyped)
+            self._poller = _TickPoller(poller)
             self._poller.subscribe(self._wake_read, self._on_wake, POLL_EVENT_TYPE.READ)
             self._wake_subscribed = True
         # pysyncobj's tick, without its poll: every message is taken by the poll below, so
