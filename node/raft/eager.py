@@ -161,11 +161,13 @@ class EagerTicks(FollowerRule):
     def _wait(self, longest: float) -> float:
         """How long this tick's poll may sleep: until the next thing due (module doc)."""
         now = monotonic_time()
+        # (1 ms, not 0: should either stay true - an entry pysyncobj cannot apply - the
+        # thread wakes as often as it did with its 2 ms tick, instead of spinning)
         if self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied:
-            return 0.0      # committed entries to apply (e.g. the lone node of a cluster of one)
+            return 0.001    # committed entries to apply
         if self._SyncObj__raftState == _RAFT_STATE.LEADER and not self._SyncObj__otherNodes \
                 and self._SyncObj__getCurrentLogIndex() > self._SyncObj__raftCommitIndex:
-            return 0.0      # alone: its own entries commit at the next tick, nobody will wake it
+            return 0.001    # alone: its own entries commit at the next tick, nobody will wake it
         if self._SyncObj__raftState == _RAFT_STATE.LEADER:
             # (this tick sent a round if one was due: the next one is ahead, or all but)
             return max(0.001, min(longest, self._SyncObj__newAppendEntriesTime - now))
