@@ -54,7 +54,7 @@ def measure_windows(pids: dict[str, int], windows: int, seconds: float) -> dict[
 
 
 def scenario_idle(bench: "Bench") -> dict[str, Any]:
-    windows, seconds, settle = (2, 2.0, 1.0) if bench.quick else (5, 10.0, 5.0)
+    windows, seconds, settle = (2, 1.5, 0.5) if bench.quick else (5, 10.0, 5.0)
     bench.leader()                      # a leader is elected and every node answers
     pids = {n.node_id: bench.cluster.pid_of(n.node_id) for n in bench.cluster.nodes}
     time.sleep(settle)                  # start-up work (connections, first snapshots) ends
