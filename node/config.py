@@ -30,7 +30,7 @@ overridden by command-line flags (flag > environment > file > default).
     [raft]                               # optional tuning, seconds
     election_timeout_min = 0.3
     election_timeout_max = 0.9
-    append_entries_period = 0.01
+    append_entries_period = 0.05
 
     [connections.spark_master]           # SSH connections for ssh tasks (file only)
     host = "namenode.internal"
@@ -102,8 +102,10 @@ class TLSMaterial:
 class RaftTuning:
     election_timeout_min: float = 0.3
     election_timeout_max: float = 0.9
-    append_entries_period: float = 0.01
-    tick_period: float = 0.002
+    # A leader's longest silence (heartbeat round); proposals are sent at once (raft/eager.py).
+    append_entries_period: float = 0.05
+    # The Raft thread's longest sleep when nothing is due (connection retries, snapshot progress).
+    tick_period: float = 0.1
     connection_timeout: float = 2.0
     connection_retry: float = 0.5
     leader_fallback_timeout: float = 1.0
@@ -477,11 +479,14 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
         raise ConfigError(f"scratch_dir{' from ' + where['scratch_dir'] if 'scratch_dir' in where else ''} "
                           f"puts the attempts' folders ({cfg.scratch}) inside data_dir ({cfg.data_dir}) or around "
                           "it: a task's working directory must be outside the node's data; choose another scratch_dir")
-    if cfg.raft.leader_fallback_timeout + LEASE_MARGIN > cfg.worker_lease:
+    # A leader checks its fallback at every tick, and ticks at least every heartbeat round
+    # (raft/eager.py): it steps down at most append_entries_period after the timeout.
+    if cfg.raft.leader_fallback_timeout + cfg.raft.append_entries_period + LEASE_MARGIN > cfg.worker_lease:
         raise ConfigError(
             f"lease_timeout {cfg.lease_timeout}s is too short for leader_fallback_timeout "
             f"{cfg.raft.leader_fallback_timeout}s: workers fence at lease_timeout/2, which must exceed the "
-            f"fallback by {LEASE_MARGIN}s (a deposed leader acknowledges heartbeats until it falls back)")
+            f"fallback (checked every append_entries_period, {cfg.raft.append_entries_period}s) by {LEASE_MARGIN}s "
+            "(a deposed leader acknowledges heartbeats until it falls back)")
     if cfg.heartbeat_interval * 3 > cfg.worker_lease:
         raise ConfigError(f"heartbeat_interval {cfg.heartbeat_interval}s is too long for lease_timeout "
                           f"{cfg.lease_timeout}s: at least 3 heartbeats must fit in lease_timeout/2")

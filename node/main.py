@@ -347,11 +347,14 @@ class Node:
         acknowledgement from a leader with quorum renews this node's lease."""
         last_sent, last_leader = 0.0, None
         last_refusal = ""   # logged once per distinct refusal, not every heartbeat
-        while not self._stop.wait(0.02):
+        while not self._stop.is_set():
             leader = self.replica.status().leader_id
             sent_at = time.monotonic()
             if sent_at - last_sent < self.cfg.heartbeat_interval and leader == last_leader:
-                continue   # a new leader hears from us at once, others every heartbeat_interval
+                # A new leader hears from us at once, others every heartbeat_interval: sleep
+                # until either (no polling while idle; raft/eager.py wakes it on a change).
+                self.replica.wait_leader_change(leader, last_sent + self.cfg.heartbeat_interval - sent_at)
+                continue
             last_sent, last_leader = sent_at, leader
             running = self.worker.running()
             granted = False

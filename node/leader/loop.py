@@ -35,6 +35,7 @@ from ..worker.worker import Assignment
 
 log = logging.getLogger("raftflow.leader")
 
+FOLLOWER_WAIT = 0.5        # a follower's loop: woken by a change of leader, else looks again this often
 IDLE_WAIT = 0.1            # longest sleep between plans when nothing changes (cron precision)
 REDISPATCH_AFTER = 2.0     # an assignment not started after this long is dispatched again
 
@@ -171,9 +172,12 @@ class Dispatcher:
 class Pause:
     """How long the loop idles after a step: on its stop event, or, with
     `unless_applied_beyond`, on the replica's `changed` unless the state has
-    applied more than that already (a change wakes it at once)."""
+    applied more than that already (a change wakes it at once); with
+    `until_leader_is_not`, until the replica's leader is another than that (a node id,
+    or "" for none: an election wakes a follower's loop at once, without polling)."""
     seconds: float
     unless_applied_beyond: int | None = None
+    until_leader_is_not: str | None = None
 
 
 class LeaderLoop(threading.Thread):
@@ -228,7 +232,7 @@ class LeaderLoop(threading.Thread):
                 log.info("no longer leader (term %d)", self.leading_term)
                 self.leading_term = None
                 self._dispatcher.forget()
-            return Pause(0.02)
+            return Pause(FOLLOWER_WAIT, until_leader_is_not=self._replica.status().leader_id or "")
         term = self._replica.term()
         if term != self.leading_term:
             self._take_office(term)
@@ -241,6 +245,9 @@ class LeaderLoop(threading.Thread):
 
     def _idle(self, pause: Pause) -> None:
         if pause.seconds <= 0:
+            return
+        if pause.until_leader_is_not is not None:
+            self._replica.wait_leader_change(pause.until_leader_is_not or None, pause.seconds)
             return
         if pause.unless_applied_beyond is None:
             self._halt.wait(pause.seconds)

@@ -79,7 +79,7 @@ from ..core.state import State
 from ..proto import command_pb2
 from ..store.history import RocksArchive
 from .durable import journal_factory
-from .follower import FollowerRule
+from .eager import EagerTicks
 from .replica import NoQuorum, OutcomeUnknown, RaftStatus, SnapshotStatus, Unavailable
 from .snapshot import (
     SnapshotDamaged,
@@ -219,10 +219,11 @@ class _StateMachine(SyncObjConsumer):
         return self._owner._apply(data, self._owner.raftLastApplied + 1)
 
 
-class ReplicatedState(FollowerRule):
+class ReplicatedState(EagerTicks):
     """The real `replica.Replica` (its Unavailable, OutcomeUnknown and RaftStatus are
     defined there and importable from here). It receives appends by Raft's rule, which
-    pysyncobj breaks (raft/follower.py)."""
+    pysyncobj breaks (raft/follower.py), and its Raft thread sleeps while idle and sends
+    proposals at once (raft/eager.py)."""
 
     def __init__(self, cfg: NodeConfig, secret: str,
                  on_applied: Callable[[c.Command, Result], None] | None = None,
@@ -506,6 +507,21 @@ class ReplicatedState(FollowerRule):
             has_quorum=bool(s["has_quorum"]),
             connected=connected,
         )
+
+    def wait_leader_change(self, known: str | None, timeout: float) -> None:
+        """Return once the leader this node knows of is not `known` (a node id; None: no
+        leader), or after `timeout` seconds, whichever is first (raft/eager.py notifies)."""
+        deadline = time.monotonic() + timeout
+        with self.leader_seen:
+            while self._leader_id_seen() == known:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self.leader_seen.wait(remaining)
+
+    def _leader_id_seen(self) -> str | None:
+        node = self._leader_node
+        return None if node is None else self._id_by_raft_address.get(node.id, "?")
 
     def is_leader(self) -> bool:
         return self._isLeader()

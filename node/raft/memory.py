@@ -112,6 +112,7 @@ class MemoryReplica:
         self._on_applied = on_applied
         self._applied = 0                        # log entries applied here
         self._leader_id: str | None = None
+        self._leader_seen = threading.Condition()   # notified when _leader_id changes
         self._term = 0
         self._faults: list[tuple[Unavailable, bool]] = []
 
@@ -148,6 +149,10 @@ class MemoryReplica:
             connected=frozenset(n for n, r in self._cluster.replicas.items() if n != self.node_id and r.quorum),
         )
 
+    def wait_leader_change(self, known: str | None, timeout: float) -> None:
+        with self._leader_seen:
+            self._leader_seen.wait_for(lambda: self._leader_id != known, timeout)
+
     def snapshot_status(self) -> SnapshotStatus:
         """The twin keeps its log in memory and never takes a snapshot."""
         return SnapshotStatus()
@@ -163,7 +168,9 @@ class MemoryReplica:
             while self._applied < len(self._cluster.log):
                 self._apply(self._cluster.log[self._applied])
             self.lagging = False
-            self._leader_id, self._term = self._cluster.leader_id, self._cluster.current_term
+            with self._leader_seen:
+                self._leader_id, self._term = self._cluster.leader_id, self._cluster.current_term
+                self._leader_seen.notify_all()
 
     def outcomes(self, kind: type[c.Command]) -> list[tuple[c.Command, Result]]:
         """Every applied command of type `kind` (Batch members too) with its Result here."""

@@ -94,6 +94,11 @@ class Replica(Protocol):
 
     def status(self) -> RaftStatus: ...
 
+    def wait_leader_change(self, known: str | None, timeout: float) -> None:
+        """Return once the leader this node knows of is not `known` (a node id; None:
+        no leader), or after `timeout` seconds: a wait that needs no polling."""
+        ...
+
     def snapshot_status(self) -> SnapshotStatus:
         """The last snapshot and, if the latest attempt failed, why."""
         ...

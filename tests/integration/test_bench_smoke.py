@@ -18,7 +18,7 @@ def test_every_bench_scenario_runs_and_reports_figures():
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["scenario"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
     assert set(results) == {"raft", "election", "demo", "failover", "steady", "chain", "fanout", "empty",
-                            "cron_scale", "history", "ui"}
+                            "cron_scale", "idle", "history", "ui"}
     figures = [results["raft"]["via_leader"], results["raft"]["via_follower"],
                results["election"]["kill_to_new_leader"], results["demo"]["trigger_to_end"],
                results["failover"]["leader_kill_to_next_task_start"],
@@ -34,6 +34,10 @@ def test_every_bench_scenario_runs_and_reports_figures():
     assert results["empty"]["tasks"] == 1000 and results["empty"]["tasks_per_s"] > 0
     cron = results["cron_scale"]
     assert cron["dags"] == 500 and 0 <= cron["tick_to_all_runs_created_s"] <= cron["tick_to_all_runs_succeeded_s"]
+    idle = results["idle"]
+    for phase in ("empty", "dags_paused"):
+        assert idle[phase]["windows"] == 2 and set(idle[phase]["per_node_core"]) == {"n1", "n2", "n3"}
+        assert 0 < idle[phase]["total_core"] <= idle[phase]["total_core_max"], idle
     steady = results["steady"]
     # keep_runs=20 keeps the newest 20 finished runs; listed at any instant there may also be
     # one running and one just finished that the next plan prunes. A loaded machine skips

@@ -21,6 +21,9 @@ Scenarios:
   metrics   what a /metrics scrape costs with 16 running runs of a 2,000-task DAG and
             10,000 finished runs (--quick: 4, 1,000): median/p90/max ms, bytes (see
             bench_metrics; in-process, no cluster; not part of `all`).
+  idle      CPU of each idle node process (/proc utime+stime), nothing scheduled and
+            with the example DAGs paused: medians of several windows, as fractions of
+            one core (see bench_idle).
   status_load  300 queued runs of a 1,000-task DAG: a probe's write latency while
             `cluster status` is called back to back, by 1 and by 64 callers (see
             bench_status; minutes long, so not part of `all`).
@@ -48,6 +51,7 @@ from raftflow_cli.main import TERMINAL
 
 from .bench_history import rss_mib, scenario_history
 from .bench_metrics import scenario_metrics
+from .bench_idle import scenario_idle
 from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
 from .bench_status import scenario_status_load
 from .bench_ui import scenario_ui
@@ -293,7 +297,7 @@ def scenario_steady(bench: Bench) -> dict[str, Any]:
 SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "raft": scenario_raft, "election": scenario_election, "demo": scenario_demo, "failover": scenario_failover,
     "steady": scenario_steady, "chain": scenario_chain, "fanout": scenario_fanout, "empty": scenario_empty,
-    "cron_scale": scenario_cron_scale,
+    "cron_scale": scenario_cron_scale, "idle": scenario_idle,
 }
 # Scenarios `all` leaves out (long, heavy): run by name.
 BY_NAME_ONLY: dict[str, Callable[[Bench], dict[str, Any]]] = {"status_load": scenario_status_load}

@@ -1,0 +1,189 @@
+"""The Raft thread's pace: asleep while nothing happens, at once when something does
+(issue 17 part 6, idle cost; issue 18 part 1, "a lone proposal is sent without waiting").
+
+pysyncobj 0.3.17 (pinned; raft/transport.py's `check_pysyncobj`) runs its Raft thread as
+a loop of ticks, each ending in a poll of its sockets for at most `autoTickPeriod`; with
+`appendEntriesUseBatch` a leader puts the commands queued since the last round into the
+log and replicates them only at its next `appendEntriesPeriod` round. So a commit waited
+for that round (10 ms), and an idle node woke 500 times a second (2 ms ticks) while its
+leader sent 100 rounds a second to each follower, each one pickled, encrypted, answered:
+three idle nodes used about a third of a core.
+
+`EagerTicks` changes the pace, not the protocol:
+
+- Waking. A command proposed from another thread (`_applyCommand`: gRPC handlers, the
+  leader loop, the worker) writes one byte to a pipe the Raft thread's poller watches,
+  so the thread wakes at once; pysyncobj does this only with batching off, which costs
+  throughput (LIBRARY-NOTES). Messages from peers wake it through their sockets anyway.
+- Eager send. After each tick, a leader sends an append round at once when a connected
+  follower with no entries in flight (all it was sent is acknowledged) has not been
+  sent every entry of the log (new commands, a follower catching up), or has not heard
+  the commit index yet (so followers apply, and answer commands forwarded through them,
+  without waiting for a heartbeat). Commands proposed while a round is in flight wait
+  for its acknowledgement and go out together in the next: group commit clocked by the
+  round trip (a round per command would spend the thread on messages: 32 writers got
+  half the commits/s). An idle leader sends nothing but heartbeats.
+- Watching the leader. `leader_seen` is notified when the leader this node knows of
+  changes (checked every tick), so a thread can sleep until then instead of polling.
+- Sleeping. A tick's poll waits until the next thing that is due and no longer: a
+  leader's next heartbeat round (`appendEntriesPeriod`, now only the longest silence of
+  a leader, `append_entries_period` in node/config.py), a follower's or candidate's
+  election deadline, and at most `autoTickPeriod` (`tick_period`) for the rest
+  (connection retries, snapshot progress, a leader's fallback check). So elections are
+  started exactly when they were, and a leader checks its fallback at least every
+  heartbeat period.
+
+The overridden names are SyncObj's `_onTick`, `_applyCommand` and (mangled)
+`__sendAppendEntries`; the attributes read are `_poller` (wrapped), `__raftState`,
+`__raftLeader`, `__raftCommitIndex`, `__raftLastApplied`, `__raftElectionDeadline`,
+`__newAppendEntriesTime`, `__raftNextIndex`, `__raftMatchIndex`, `__connectedNodes`,
+`__otherNodes` and `__getCurrentLogIndex`. `check_pysyncobj`
+verifies that the methods exist.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from typing import Any
+
+from pysyncobj.monotonic import monotonic as monotonic_time
+from pysyncobj.poller import POLL_EVENT_TYPE
+from pysyncobj.syncobj import _RAFT_STATE
+
+from .follower import FollowerRule
+
+
+class _TickPoller:
+    """pysyncobj's poller, whose next `poll` can be skipped (the one ending SyncObj's
+    tick: EagerTicks polls itself, with its own timeout). Subscriptions go through."""
+
+    def __init__(self, poller: Any) -> None:
+        self._poller = poller
+        self.skip_next = False
+
+    def subscribe(self, descr: int, callback: Any, event_mask: int) -> None:
+        self._poller.subscribe(descr, callback, event_mask)
+
+    def unsubscribe(self, descr: int) -> None:
+        self._poller.unsubscribe(descr)
+
+    def poll(self, timeout: float) -> None:
+        if self.skip_next:
+            self.skip_next = False
+            return
+        self._poller.poll(timeout)
+
+
+class EagerTicks(FollowerRule):
+    """FollowerRule (raft/follower.py) with the Raft thread's pace of this module's doc."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Created before SyncObj starts its Raft thread; subscribed to its poller by that
+        # thread itself at its first tick (pysyncobj's pollers are not thread-safe).
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._wake_subscribed = False
+        self._raft_thread: int | None = None
+        self._commit_sent = 0       # the commit index the last append round carried
+        # The leader this node knows of (a pysyncobj Node, None: none), notified on change
+        # so that waiters (the heartbeat timer) need not poll for it.
+        self.leader_seen = threading.Condition()
+        self._leader_node: Any = None
+        super().__init__(*args, **kwargs)
+
+    # ------------------------------------------------------------ waking
+    def _applyCommand(self, command: Any, callback: Any, commandType: Any = None) -> None:  # noqa: N802, N803
+        super()._applyCommand(command, callback, commandType)
+        if threading.get_ident() != self._raft_thread:
+            # (in the Raft thread the command came in a peer's message: the tick after
+            # this poll takes it, no wake-up needed)
+            try:
+                os.write(self._wake_write, b"w")
+            except BlockingIOError:
+                pass            # the pipe is full of wake-ups already: the thread will wake
+            except OSError as e:
+                if e.errno != errno.EBADF:  # closed by destroy: nothing left to wake
+                    raise
+
+    def _on_wake(self, _descr: int, _event: int) -> None:
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # ------------------------------------------------------------ the tick
+    def _onTick(self, timeToWait: float = 0.0) -> None:  # noqa: N802, N803
+        if not self._wake_subscribed:
+            self._raft_thread = threading.get_ident()
+            poller: Any = getattr(self, "_poller")     # (pysyncobj is untyped)
+            self._poller = _TickPoller(poller)
+            self._poller.subscribe(self._wake_read, self._on_wake, POLL_EVENT_TYPE.READ)
+            self._wake_subscribed = True
+        # pysyncobj's tick, without its poll: every message is taken by the poll below, so
+        # the next tick always acts on it (an acknowledgement taken inside pysyncobj's
+        # tick would wait for the next wake-up to be counted towards a commit).
+        self._poller.skip_next = True
+        try:
+            super()._onTick(0.0)
+        finally:
+            self._poller.skip_next = False     # (a tick that ended early did not poll)
+        if self._SyncObj__raftState == _RAFT_STATE.LEADER and self._must_send():
+            self._SyncObj__sendAppendEntries()
+        leader = self._SyncObj__raftLeader
+        if leader is not self._leader_node:
+            with self.leader_seen:
+                self._leader_node = leader
+                self.leader_seen.notify_all()
+        self._poller.poll(self._wait(timeToWait))
+
+    def _must_send(self) -> bool:
+        """A round is due at once when a follower with no entries in flight (every entry
+        sent to it acknowledged: at most one round in flight per follower) lacks entries
+        of the log, or has not heard of the commit index yet. Entries proposed while a
+        round is in flight wait for its acknowledgement and then go out together: group
+        commit, clocked by the round trip instead of a timer."""
+        last = self._SyncObj__getCurrentLogIndex()
+        commit_moved = self._SyncObj__raftCommitIndex > self._commit_sent
+        connected = self._SyncObj__connectedNodes
+        next_index, match_index = self._SyncObj__raftNextIndex, self._SyncObj__raftMatchIndex
+        for node in self._SyncObj__otherNodes:
+            if node not in connected:
+                continue
+            nxt = next_index.get(node, 0)
+            if nxt - 1 <= match_index.get(node, 0) and (commit_moved or nxt <= last):
+                return True
+        return False
+
+    def _wait(self, longest: float) -> float:
+        """How long this tick's poll may sleep: until the next thing due (module doc)."""
+        now = monotonic_time()
+        # (1 ms, not 0: should either stay true - an entry pysyncobj cannot apply - the
+        # thread wakes as often as it did with its 2 ms tick, instead of spinning)
+        if self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied:
+            return 0.001    # committed entries to apply
+        if self._SyncObj__raftState == _RAFT_STATE.LEADER and not self._SyncObj__otherNodes \
+                and self._SyncObj__getCurrentLogIndex() > self._SyncObj__raftCommitIndex:
+            return 0.001    # alone: its own entries commit at the next tick, nobody will wake it
+        if self._SyncObj__raftState == _RAFT_STATE.LEADER:
+            # (this tick sent a round if one was due: the next one is ahead, or all but)
+            return max(0.001, min(longest, self._SyncObj__newAppendEntriesTime - now))
+        remaining = self._SyncObj__raftElectionDeadline - now
+        # A deadline already past: this tick would have started an election, so nobody is
+        # connected; wait for a connection (its socket wakes the poll) or the longest tick.
+        return min(longest, remaining) if remaining > 0 else longest
+
+    def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802
+        self._commit_sent = self._SyncObj__raftCommitIndex
+        super()._SyncObj__sendAppendEntries()
+
+    def _doDestroy(self) -> None:  # noqa: N802
+        """pysyncobj's last step in the Raft thread: the wake pipe is closed with it."""
+        super()._doDestroy()
+        if self._wake_subscribed:
+            self._poller.unsubscribe(self._wake_read)
+        for fd in (self._wake_read, self._wake_write):
+            os.close(fd)
