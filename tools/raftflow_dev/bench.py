@@ -50,8 +50,8 @@ from raftflow_cli.loader import load_paths
 from raftflow_cli.main import TERMINAL
 
 from .bench_history import rss_mib, scenario_history
-from .bench_metrics import scenario_metrics
 from .bench_idle import scenario_idle
+from .bench_metrics import scenario_metrics
 from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
 from .bench_status import scenario_status_load
 from .bench_ui import scenario_ui
