@@ -427,7 +427,17 @@ class LocalCluster:
                         return status
                 except ClusterUnreachable as e:
                     last = str(e)
+                    self._raise_if_all_exited()
                 time.sleep(0.1)
         finally:
             client.close()
         raise TimeoutError(f"cluster not ready after {timeout:.0f}s; last status: {last}")
+
+    def _raise_if_all_exited(self) -> None:
+        """Every node this object started has exited (a config it refuses, say): waiting
+        longer cannot help, and their logs say why."""
+        started = [self._procs.get(n.node_id) for n in self.nodes]
+        if all(p is not None and p.poll() is not None for p in started):
+            tail = self.nodes[0].log_path.read_text(errors="replace")[-2000:] if self.nodes[0].log_path.exists() else ""
+            raise RuntimeError(f"every node exited (codes {[p.returncode for p in started if p]}); "
+                               f"{self.nodes[0].node_id}'s log ends:\n{tail}")
