@@ -1,6 +1,9 @@
 """tools/bench: reproducible measurements on a local cluster this tool starts itself.
 
-    tools/bench SCENARIO [--quick] [--json] [--nodes N] [--fsync]
+    tools/bench SCENARIO [--quick | --smoke] [--json] [--nodes N] [--fsync]
+
+--smoke is smaller still than --quick: it proves every scenario runs (tests/integration/
+test_bench_smoke.py) and its figures are not worth quoting.
 
 Scenarios:
   raft      a write's commit latency as a client sees it (one SetPaused = one Raft
@@ -70,8 +73,9 @@ def _quantiles(samples: list[float]) -> dict[str, float]:
 
 class Bench:
     def __init__(self, nodes: int, quick: bool, fsync: bool = False, duration: float | None = None,
-                 slots: int = 4) -> None:
-        self.quick = quick
+                 slots: int = 4, smoke: bool = False) -> None:
+        self.quick = quick or smoke
+        self.smoke = smoke      # the smallest sizes: proves a scenario runs (the test suite's)
         self.duration = duration
         self._tmp = tempfile.TemporaryDirectory(prefix="raftflow-bench-")
         self.cluster = LocalCluster(Path(self._tmp.name), nodes=nodes, slots=slots,
@@ -214,7 +218,7 @@ def _first_start_after(bench: Bench, run_id: str, after: float, not_on: str, tim
 
 
 def scenario_failover(bench: Bench) -> dict[str, Any]:
-    rounds = 3 if bench.quick else 7
+    rounds = 2 if bench.smoke else 3 if bench.quick else 7
     _submit_spec(bench, _chain_spec("bench_chain", 400, "true"))
     leader_gaps: list[float] = []
     for _ in range(rounds):
@@ -232,7 +236,7 @@ def scenario_failover(bench: Bench) -> dict[str, Any]:
 
     _submit_spec(bench, {"dag_id": "bench_long", "tasks": [{"task_id": "long", "command": "sleep 20"}]})
     worker_gaps = []
-    for _ in range(2 if bench.quick else 5):
+    for _ in range(1 if bench.smoke else 2 if bench.quick else 5):
         bench.cluster.wait_ready(30)
         run_id = bench.client.trigger("bench_long")["run_id"]
         deadline = time.monotonic() + 30
@@ -266,7 +270,7 @@ def scenario_steady(bench: Bench) -> dict[str, Any]:
     """Memory under steady scheduling: a DAG that runs every second with keep_runs=20,
     for 40 s (--quick) or 5 minutes; every node's RSS sampled every 5 s after a 10 s
     warm-up. With retention, memory should stay flat however long this runs."""
-    duration, warmup = (20.0, 10.0) if bench.quick else (bench.duration or 300.0, 10.0)
+    duration, warmup = (10.0, 5.0) if bench.smoke else (20.0, 10.0) if bench.quick else (bench.duration or 300.0, 10.0)
     spec = {"dag_id": "steady", "schedule": "* * * * * *", "catchup": "none", "keep_runs": 20,
             "max_active_runs": 4, "tasks": [{"task_id": "a", "kind": "bash", "command": "true"}]}
     _submit_spec(bench, spec)
@@ -327,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", choices=[*SCENARIOS, *STANDALONE, *BY_NAME_ONLY, *STANDALONE_BY_NAME, "all"])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest sizes, to prove each scenario runs (the test suite's); no figures to quote")
     parser.add_argument("--json", action="store_true", help="one JSON object per scenario")
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--fsync", action="store_true", help="run the nodes with fsync = true")
@@ -336,10 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     names = [*SCENARIOS, *STANDALONE] if args.scenario == "all" else [args.scenario]
     for name in names:
         if name in STANDALONE or name in STANDALONE_BY_NAME:
-            result = {**STANDALONE, **STANDALONE_BY_NAME}[name](args.quick, args.nodes)
+            standalone = {**STANDALONE, **STANDALONE_BY_NAME}[name]
+            result = (scenario_history(True, args.nodes, smoke=True) if args.smoke and name == "history"
+                      else standalone(args.quick or args.smoke, args.nodes))
         else:
             # a fresh cluster per scenario: no cross-talk
-            bench = Bench(args.nodes, args.quick, args.fsync, args.duration, args.slots)
+            bench = Bench(args.nodes, args.quick, args.fsync, args.duration, args.slots, smoke=args.smoke)
             try:
                 result = {**SCENARIOS, **BY_NAME_ONLY}[name](bench)
             finally:

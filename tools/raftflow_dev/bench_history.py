@@ -217,8 +217,8 @@ def measure_size(task_instances: int, nodes: int, workdir: Path, tick_repeats: i
     return out
 
 
-def scenario_history(quick: bool, nodes: int) -> dict[str, Any]:
-    sizes = [0, 10_000] if quick else [0, 100_000, 1_000_000]
+def scenario_history(quick: bool, nodes: int, smoke: bool = False) -> dict[str, Any]:
+    sizes = [0, 2_000] if smoke else [0, 10_000] if quick else [0, 100_000, 1_000_000]
     by_size = []
     with tempfile.TemporaryDirectory(prefix="raftflow-bench-history-") as tmp:
         for size in sizes:

@@ -134,7 +134,8 @@ def _cpu_seconds(pid: int) -> float:
 
 def scenario_cron_scale(bench: "Bench") -> dict[str, Any]:
     """--quick: 500 DAGs on a 10-second schedule (6-field cron, seconds last); else 5000 on `* * * * *`."""
-    count, cron, period = (500, "* * * * * */10", 10) if bench.quick else (5000, "* * * * *", 60)
+    count, cron, period = ((100 if bench.smoke else 500), "* * * * * */10", 10) if bench.quick else \
+        (5000, "* * * * *", 60)
     specs = [{"dag_id": f"cron{i:04d}", "schedule": cron, "catchup": "none", "keep_runs": 3,
               "tasks": [{"task_id": "a", "command": "true"}]} for i in range(count)]
     _submit(bench, specs)
