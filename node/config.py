@@ -28,9 +28,9 @@ overridden by command-line flags (flag > environment > file > default).
     peer_address = "10.0.0.2:50251"
 
     [raft]                               # optional tuning, seconds
-    election_timeout_min = 0.3
-    election_timeout_max = 0.9
-    append_entries_period = 0.05
+    election_timeout_min = 0.7
+    election_timeout_max = 1.4
+    append_entries_period = 0.2
 
     [connections.spark_master]           # SSH connections for ssh tasks (file only)
     host = "namenode.internal"
@@ -100,12 +100,14 @@ class TLSMaterial:
 
 @dataclass(frozen=True, slots=True)
 class RaftTuning:
-    election_timeout_min: float = 0.3
-    election_timeout_max: float = 0.9
+    # How long a follower waits on a silent leader (paused, partitioned) before it stands;
+    # a leader whose process died is noticed when its connection closes (raft/eager.py).
+    election_timeout_min: float = 0.7
+    election_timeout_max: float = 1.4
     # A leader's longest silence (heartbeat round); proposals are sent at once (raft/eager.py).
-    append_entries_period: float = 0.05
+    append_entries_period: float = 0.2
     # The Raft thread's longest sleep when nothing is due (connection retries, snapshot progress).
-    tick_period: float = 0.1
+    tick_period: float = 0.5
     connection_timeout: float = 2.0
     connection_retry: float = 0.5
     leader_fallback_timeout: float = 1.0
@@ -194,7 +196,7 @@ class NodeConfig:
     slots: int = 4
     peers: tuple[Peer, ...] = ()
     raft: RaftTuning = field(default_factory=RaftTuning)
-    heartbeat_interval: float = 0.3
+    heartbeat_interval: float = 0.5
     lease_timeout: float = 4.0    # a silent node's attempts are forfeit after this; workers fence at half
     log_level: str = "INFO"
     # The node's own log on stderr: "text" (readable lines) or "json" (one object per

@@ -14,6 +14,7 @@ running runs of 2,000 tasks: 170-320 ms a plan without it).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..kinds import kind
@@ -84,6 +85,11 @@ class PlanMemo:
         # Why the ready tasks of the latest plan were not assigned: WAIT_* reason -> count
         # (replaced by every plan; the metrics read it: node/metrics.py).
         self.waiting: dict[str, int] = {}
+        # With no run active, the earliest next tick of an unpaused DAG (inf: none): until
+        # then only a change of the state can give a plan something to do. None while any
+        # run is active (retries, timeouts and nodes' leases fall due with time). Replaced
+        # by every plan; the leader loop sleeps on it (leader/loop.py).
+        self.quiet_until: float | None = None
 
 
 # The reasons a ready (queued) task is not assigned by a plan, as PlanMemo.waiting counts them.
@@ -104,9 +110,14 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
         counts = running_per_dag if run.state is RunState.RUNNING else queued_per_dag
         counts[run.dag_id] = counts.get(run.dag_id, 0) + 1
 
+    quiet_until: float | None = None if state.active else math.inf
     for record in state.dags.values():
         room = record.latest.spec.max_queued_runs - queued_per_dag.get(record.dag_id, 0)
         out.extend(_due_runs(record, now, room))
+        if quiet_until is not None and not record.paused and record.next_tick_at is not None:
+            quiet_until = min(quiet_until, record.next_tick_at)
+    if memo is not None:
+        memo.quiet_until = quiet_until
 
     expired = {n.node_id for n in nodes if n.lease_expired}
     previous = _PreviousRuns(state)

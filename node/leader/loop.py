@@ -36,7 +36,9 @@ from ..worker.worker import Assignment
 log = logging.getLogger("raftflow.leader")
 
 FOLLOWER_WAIT = 0.5        # a follower's loop: woken by a change of leader, else looks again this often
-IDLE_WAIT = 0.1            # longest sleep between plans when nothing changes (cron precision)
+IDLE_WAIT = 0.1            # longest sleep between plans while runs are active (retries, timeouts, leases)
+QUIET_WAIT = 1.0           # longest sleep with no run active (woken by a change, or at the next DAG tick)
+TICK_SLACK = 0.002         # a quiet loop wakes this long after the next tick (it must have come)
 REDISPATCH_AFTER = 2.0     # an assignment not started after this long is dispatched again
 
 
@@ -288,7 +290,16 @@ class LeaderLoop(threading.Thread):
             # A plan that cannot apply must not spin.
             return Pause(0.05) if len(rejected) == len(commands) else Pause(0)
         self._dispatcher.redispatch_stale(self._monotonic())
-        return Pause(IDLE_WAIT, unless_applied_beyond=applied_before)
+        return Pause(self._idle_wait(now), unless_applied_beyond=applied_before)
+
+    def _idle_wait(self, now: float) -> float:
+        """After a plan that asked nothing: IDLE_WAIT while runs are active; with none, until
+        just after the next DAG tick, at most QUIET_WAIT (a change of the state wakes the
+        loop at once either way: `Pause.unless_applied_beyond`)."""
+        quiet_until = self._plan_memo.quiet_until
+        if quiet_until is None:
+            return IDLE_WAIT
+        return min(QUIET_WAIT, max(TICK_SLACK, quiet_until - now + TICK_SLACK))
 
 
 def _one_line(error: Exception) -> str:

@@ -32,9 +32,19 @@ three idle nodes used about a third of a core.
   (connection retries, snapshot progress, a leader's fallback check). So elections are
   started exactly when they were, and a leader checks its fallback at least every
   heartbeat period.
+- A leader that is gone. Heartbeat rounds are rare when idle (200 ms) and the election
+  timeout is long enough to ride out a busy machine (0.7-1.4 s), which is how a silent
+  leader (paused, partitioned) is noticed. A leader whose process died is noticed at
+  once: its connection closes. A follower that loses its connection to the leader it
+  follows moves its election deadline to a random `LEADER_LOST_WAIT` from now (never
+  later than it was). This changes when an election starts, never who may win it
+  (votes and terms are Raft's), so safety is untouched; the randomness keeps the two
+  followers of a 3-node cluster from standing at the same instant and splitting the
+  vote. A connection that closes while the leader lives (a network fault) costs at
+  most one early election, as a timeout would.
 
 The overridden names are SyncObj's `_onTick`, `_applyCommand` and (mangled)
-`__sendAppendEntries`; the attributes read are `_poller` (wrapped), `__raftState`,
+`__sendAppendEntries` and `__onNodeDisconnected`; the attributes read are `_poller` (wrapped), `__raftState`,
 `__raftLeader`, `__raftCommitIndex`, `__raftLastApplied`, `__raftElectionDeadline`,
 `__newAppendEntriesTime`, `__raftNextIndex`, `__raftMatchIndex`, `__connectedNodes`,
 `__otherNodes` and `__getCurrentLogIndex`. `check_pysyncobj`
@@ -44,7 +54,9 @@ verifies that the methods exist.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import random
 import threading
 from typing import Any
 
@@ -53,6 +65,12 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.syncobj import _RAFT_STATE
 
 from .follower import FollowerRule
+
+log = logging.getLogger("raftflow.raft")
+
+# A follower whose connection to its leader closed starts an election after a random
+# time in this range (seconds), unless its election deadline comes sooner.
+LEADER_LOST_WAIT = (0.03, 0.25)
 
 
 class _TickPoller:
@@ -179,6 +197,18 @@ class EagerTicks(FollowerRule):
     def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802
         self._commit_sent = self._SyncObj__raftCommitIndex
         super()._SyncObj__sendAppendEntries()
+
+    # ------------------------------------------------------------ a leader that is gone
+    def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # noqa: N802
+        super()._SyncObj__onNodeDisconnected(node)
+        if node != self._SyncObj__raftLeader or self._SyncObj__raftState != _RAFT_STATE.FOLLOWER:
+            return
+        soon = monotonic_time() + random.uniform(*LEADER_LOST_WAIT)
+        deadline: float = getattr(self, "_SyncObj__raftElectionDeadline")    # (pysyncobj is untyped)
+        if soon < deadline:
+            setattr(self, "_SyncObj__raftElectionDeadline", soon)
+            log.info("lost the connection to the leader at %s: an election starts in %.0f ms unless it is back",
+                     getattr(node, "id", node), (soon - monotonic_time()) * 1000)
 
     def _doDestroy(self) -> None:  # noqa: N802
         """pysyncobj's last step in the Raft thread: the wake pipe is closed with it."""

@@ -76,7 +76,8 @@ _LOG_EVERY = 10.0                      # seconds between two warnings about drop
 _OVERRIDDEN = {
     SyncObj: ("_SyncObj__onMessageReceived", "_SyncObj__deleteEntriesFrom", "_SyncObj__getEntries",  # follower.py
               "_SyncObj__sendNextNodeIdx", "_SyncObj__getCurrentLogIndex", "_SyncObj__changeCluster",
-              "_onTick", "_applyCommand", "_doDestroy", "_SyncObj__sendAppendEntries"),         # eager.py
+              "_onTick", "_applyCommand", "_doDestroy", "_SyncObj__sendAppendEntries",          # eager.py
+              "_SyncObj__onNodeDisconnected"),
     TcpConnection: ("_TcpConnection__tryReadBuffer", "_TcpConnection__processRead",
                     "_TcpConnection__processParseMessage"),
     TcpServer: ("_TcpServer__onNewConnection",),

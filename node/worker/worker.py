@@ -100,6 +100,7 @@ READ_CHUNK = 65536
 KILL_GRACE = 5.0      # seconds between SIGTERM and SIGKILL when a timeout or cancel stops an attempt
 DRAIN_SECONDS = 0.5   # reading what is buffered once a stopped attempt's process exited
 _PUMP_POLL_MS = 250   # how often the output loop looks whether a stopped attempt's process exited
+LEASE_WATCH_SLACK = 0.002   # the watchdog wakes this long after the lease's deadline (it must have passed)
 REASON_LIMIT = 1000   # characters of a runner's reason kept
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"   # for a node started without PATH
 # The node's variables every task process gets (if the node has them). Any other
@@ -254,6 +255,8 @@ class Worker:
         self._attempts: dict[tuple[str, str, int], _Attempt] = {}
         self.spawn_failures = 0   # attempts whose process the OS refused to start (metrics read it)
         self._stopping = threading.Event()
+        # Wakes the lease watchdog: an attempt arrived, or the node is stopping.
+        self._watch_wake = threading.Event()
         # Set once this incarnation's NodeStarted committed (main.py); until then the
         # log may still hold attempts of the previous process of this node.
         self.ready = threading.Event()
@@ -284,6 +287,7 @@ class Worker:
                 return False, f"node {self.node_id} has no valid lease (no leader with quorum acknowledged it)"
             attempt = _Attempt(a)
             self._attempts[a.key] = attempt
+        self._watch_wake.set()
         attempt.thread = threading.Thread(target=self._run, args=(attempt,), daemon=True,
                                           name=f"attempt-{a.task_id}-{a.attempt}")
         attempt.thread.start()
@@ -300,11 +304,25 @@ class Worker:
             self._reaper.lease(valid_until)
 
     def _watch_lease(self) -> None:
-        while not self._stopping.wait(0.05):
+        """Fence at the lease's deadline while attempts are here, and sleep otherwise: an
+        idle node does not wake for its lease (an accepted attempt wakes the watchdog).
+        Renewals only move the deadline later, so waking at an old one just looks again."""
+        while not self._stopping.is_set():
+            self._watch_wake.clear()
+            self._watch_wake.wait(self._lease_watch_delay(time.monotonic()))
             try:
                 self._fence_if_lapsed()
             except Exception:  # noqa: BLE001 - the watchdog must survive; the error is logged
                 log.exception("lease watchdog error")
+
+    def _lease_watch_delay(self, now: float) -> float | None:
+        """How long the watchdog may sleep: just past the lease's deadline while an attempt
+        is here and not yet fenced, else until woken (None)."""
+        with self._lock:
+            guarding = any(not a.fenced and not a.finished.is_set() for a in self._attempts.values())
+        if not guarding:
+            return None
+        return max(0.0, self.lease.valid_until() - now) + LEASE_WATCH_SLACK
 
     def _fence_if_lapsed(self) -> None:
         """Kill every attempt (and mark those still claiming their start) once the lease lapsed."""
@@ -356,12 +374,14 @@ class Worker:
         the leader gives this node no new work (in particular not the attempts `shutdown`
         is about to release)."""
         self._stopping.set()
+        self._watch_wake.set()
         self.ready.clear()
 
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting work and kill the process groups of running attempts; they are
         reported as lost (queued again elsewhere), not as failures of the task."""
         self._stopping.set()
+        self._watch_wake.set()
         with self._lock:
             attempts = list(self._attempts.values())
         for attempt in attempts:

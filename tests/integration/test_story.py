@@ -30,9 +30,9 @@ def task_view(cli: Cli, run_id: str, cluster: str | None = None) -> dict:
 
 
 def test_the_story_of_a_retried_task_that_lost_an_attempt_to_a_killed_node(tmp_path: Path):
-    # The shortest lease config.py accepts (3.1 s: fallback 1 s + a 50 ms heartbeat round +
+    # The shortest lease config.py accepts (3.4 s: fallback 1 s + a 200 ms heartbeat round +
     # the 0.5 s margin, doubled): the loss is noticed sooner.
-    with running_cluster(tmp_path / "cluster", extra_env={"RAFTFLOW_LEASE_TIMEOUT": "3.1"}) as cluster:
+    with running_cluster(tmp_path / "cluster", extra_env={"RAFTFLOW_LEASE_TIMEOUT": "3.4"}) as cluster:
         cli = Cli(cluster)
         try:
             (tmp_path / "storied.py").write_text(DAG)

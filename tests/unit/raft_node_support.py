@@ -11,7 +11,7 @@ from typing import Any, Iterator
 
 from waiting import wait_for
 
-from raftflow.config import NodeConfig, RaftTuning
+from raftflow.config import NodeConfig, Peer, RaftTuning
 from raftflow.raft.adapter import ReplicatedState
 
 SECRET = "test-secret-0123456789"
@@ -40,3 +40,34 @@ def solo_replica(data_dir: Path, **options: Any) -> Iterator[ReplicatedState]:
     finally:
         replica.destroy_synchronous()      # the Raft thread is gone: nothing uses the archive now
         replica.state.archive.close()
+
+
+@contextlib.contextmanager
+def replica_trio(base: Path, **options: Any) -> Iterator[list[ReplicatedState]]:
+    """Three started replicas of one cluster in this process (n1, n2, n3), once one of them
+    leads; those still in the list are destroyed on exit (a test that stops one itself
+    takes it out of the list first: `stop`). `options`: RaftTuning fields."""
+    ids = ("n1", "n2", "n3")
+    raft = {node_id: f"127.0.0.1:{free_port()}" for node_id in ids}
+    peers = {node_id: Peer(node_id, f"127.0.0.1:{free_port()}", raft[node_id], f"127.0.0.1:{free_port()}")
+             for node_id in ids}
+    replicas = []
+    try:
+        for node_id in ids:
+            (base / node_id).mkdir(parents=True)
+            cfg = NodeConfig(node_id, peers[node_id].grpc_address, raft[node_id], base / node_id, base / "secret",
+                             peers=tuple(p for other, p in peers.items() if other != node_id),
+                             raft=replace(RaftTuning(), **options))
+            replicas.append(ReplicatedState(cfg, SECRET))
+        wait_for(lambda: any(r.is_leader() for r in replicas), 20, "one of three replicas to lead")
+        yield replicas
+    finally:
+        for replica in list(replicas):
+            stop(replicas, replica)
+
+
+def stop(replicas: list[ReplicatedState], replica: ReplicatedState) -> None:
+    """Destroy one replica of `replica_trio` (its sockets close, as when its process dies)."""
+    replicas.remove(replica)
+    replica.destroy_synchronous()
+    replica.state.archive.close()

@@ -76,9 +76,9 @@ def test_environment_alone_is_enough(tmp_path: Path):
     ('tls_cert_file = "n1.pem"\n' + BASE, {}, "tls_cert_file set but tls_key_file, tls_ca_file not"),
     (BASE, {"RAFTFLOW_INSECURE": "maybe"}, "insecure from $RAFTFLOW_INSECURE must be true or false"),
     ("node_id = [", {}, "not valid TOML"),
-    # fences at 1.5 s: the 1 s fallback, noticed within a 50 ms heartbeat round, plus 0.5 s is 1.55 s
-    ("lease_timeout = 3.0\n" + BASE, {}, "fallback (checked every append_entries_period, 0.05s) by 0.5s"),
-    (BASE + "[raft]\nappend_entries_period = 0.1\n", {}, "election_timeout_min must be well above"),
+    # fences at 1.6 s: the 1 s fallback, noticed within a 200 ms heartbeat round, plus 0.5 s is 1.7 s
+    ("lease_timeout = 3.2\n" + BASE, {}, "fallback (checked every append_entries_period, 0.2s) by 0.5s"),
+    (BASE + "[raft]\nappend_entries_period = 0.25\n", {}, "election_timeout_min must be well above"),
 ])
 def test_bad_configs_name_the_setting(tmp_path: Path, text: str, env: dict, message: str):
     with pytest.raises(ConfigError, match=None) as caught:

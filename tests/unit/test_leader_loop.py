@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from waiting import wait_for
 
+from core_support import T0, dag_dict, task
 from raftflow.core import commands as c
 from raftflow.core.effects import ReleasedAttempts
 from raftflow.core.model import TaskInstance
 from raftflow.core.result import Code
 from raftflow.core.states import RunState, TaskState
+from raftflow.leader.loop import IDLE_WAIT, QUIET_WAIT, TICK_SLACK
 from raftflow.raft.memory import MemoryCluster
 from raftflow.store.local import LocalStore
 from raftflow.worker.worker import Assignment, Worker
@@ -260,3 +263,29 @@ def test_a_failed_dispatch_is_logged_on_one_line() -> None:
     assert _one_line(Refused()) == "UNAVAILABLE: node n2 is shutting down"
     assert _one_line(ValueError("first\nsecond")) == "first"
     assert _one_line(RuntimeError()) == "RuntimeError"
+
+
+# ---------------------------------------------------------------- idle pace
+def test_a_leader_with_no_run_active_sleeps_until_the_next_tick_and_with_one_plans_often() -> None:
+    cluster, clock = MemoryCluster(), Clock(wall=T0 + 60 - 0.25)      # 0.25 s before a minute's tick
+    n1 = LeaderSide(cluster, "n1", clock)
+    cluster.elect("n1")
+    n1.steps()                                   # takes office
+    assert n1.replica.propose(c.SubmitDag(dag_dict("every_minute", [task("t")], schedule="* * * * *",
+                                                   start_date="2024-01-10T12:01:00+00:00"),
+                                          "# src", "m.py", clock.wall())).ok
+    assert n1.replica.state.dags["every_minute"].next_tick_at == T0 + 60
+    pause = n1.loop.step()
+    assert pause.unless_applied_beyond is not None, "a change of the state still wakes it at once"
+    assert pause.seconds == pytest.approx(0.25 + TICK_SLACK), "just after the next tick, not 10 times before"
+
+    clock.advance(pause.seconds)
+    n1.loop.step()                               # the tick's run is created
+    assert [run.dag_id for run in n1.replica.state.active.values()] == ["every_minute"]
+    assert n1.loop.step().seconds <= IDLE_WAIT, "a run is active: its retries and leases fall due with time"
+
+    n1.replica.propose(c.SetPaused("every_minute", True, clock.wall()))
+    for run_id in list(n1.replica.state.active):
+        n1.replica.propose(c.CancelRun(run_id, "test", clock.wall()))
+    n1.step_until(lambda: not n1.replica.state.active)
+    assert n1.loop.step().seconds == QUIET_WAIT, "nothing due at all: the longest sleep"

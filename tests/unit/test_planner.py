@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 from core_support import HOUR, MINUTE, T0, World, dag_dict, diamond, epoch, fingerprint, iso, nodes, of_type, task
 from raftflow.core import commands as c
 from raftflow.core.effects import DropRunLogs
-from raftflow.core.planner import MAX_CATCHUP_RUNS_PER_PLAN, NodeInfo, plan, scheduled_run_id
+from raftflow.core.planner import MAX_CATCHUP_RUNS_PER_PLAN, NodeInfo, PlanMemo, plan, scheduled_run_id
 from raftflow.core.result import Code
 from raftflow.core.states import RunState, TaskState
 
@@ -608,3 +610,30 @@ def test_a_run_cancelled_for_its_timeout_frees_its_pool_slots_in_the_same_plan()
     cmds = w.tick(T0 + 62, nodes("n1", slots=4))
     assert [x.run_id for x in of_type(cmds, c.CancelRun)] == ["r_slow"]
     assert [(x.run_id, x.task_id) for x in of_type(cmds, c.AssignTask)] == [("r_next", "a")]
+
+
+# ------------------------------------------------------- quiet (leader loop's sleep)
+def test_with_no_run_active_a_plan_says_when_it_next_has_something_to_do(world):
+    """PlanMemo.quiet_until: the leader loop sleeps on it when nothing is active."""
+    memo = PlanMemo()
+    plan(world.state, T0, [], memo)
+    assert memo.quiet_until == math.inf, "nothing submitted: only a change can give work"
+
+    world.submit(every_5("latest", T0 - HOUR), at=T0 - HOUR)       # ticks every 5 minutes
+    world.submit(dag_dict("manual_only", [task("a")]))               # no schedule: no tick
+    world.submit(dag_dict("hourly", [task("a")], schedule="@hourly", start_date=iso(T0 - HOUR)))
+    world.tick(T0 + 1)                          # the due ticks become runs
+    for run_id in list(world.state.active):
+        world.apply(c.CancelRun(run_id, "not this test's concern", T0 + 1))
+    world.tick(T0 + 1)
+    assert not world.state.active
+    plan(world.state, T0 + 2, [], memo)
+    assert memo.quiet_until == T0 + 5 * MINUTE == world.state.dags["s5"].next_tick_at
+
+    world.set_paused("s5", True)
+    plan(world.state, T0 + 2, [], memo)
+    assert memo.quiet_until == T0 + HOUR, "a paused DAG's ticks wake nobody"
+
+    world.trigger("m1", "manual_only", at=T0 + 3)
+    plan(world.state, T0 + 3, [], memo)
+    assert memo.quiet_until is None, "an active run: its retries, timeouts and leases fall due with time"

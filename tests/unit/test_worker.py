@@ -54,6 +54,37 @@ def test_a_lapsed_lease_kills_the_attempt_and_reports_it_lost(tmp_path):
     worker.shutdown()
 
 
+def test_the_lease_watchdog_sleeps_while_idle_and_fences_at_the_deadline(tmp_path):
+    """No attempt: nothing to fence, the watchdog waits to be woken (no idle wake-ups).
+    An attempt that arrives after a long idle spell is fenced right at the deadline, not
+    at the next poll."""
+    worker, reports, store = make_worker(tmp_path, current=True, lease=1.5)
+    assert worker._lease_watch_delay(time.monotonic()) is None
+    time.sleep(0.3)        # idle: the watchdog is asleep with no timeout
+    assert worker.accept(assignment("sleep 30"))[0]
+    deadline = worker.lease.valid_until()
+    delay = worker._lease_watch_delay(time.monotonic())
+    assert delay is not None and 0 < delay <= deadline - time.monotonic() + 2 * worker_module.LEASE_WATCH_SLACK
+    reports.wait_for(c.LoseAttempt)
+    assert worker.lease.lapses == 1
+    assert time.monotonic() - deadline < 1.0, "fenced soon after the deadline, not at some later poll"
+    worker.shutdown()
+
+
+def test_a_renewed_lease_keeps_the_attempt_running_past_its_first_deadline(tmp_path):
+    worker, reports, store = make_worker(tmp_path, current=True, lease=0.4)
+    assert worker.accept(assignment("sleep 1.2; echo done"))[0]
+    first_deadline = worker.lease.valid_until()
+    while not any(isinstance(x, c.TaskFinished) for x in reports.commands):
+        worker.renew_lease(time.monotonic())     # a leader with quorum acknowledges every 0.1 s
+        time.sleep(0.1)
+        assert time.monotonic() < first_deadline + 10, "the attempt never finished"
+    assert time.monotonic() > first_deadline + 0.5
+    assert not any(isinstance(x, c.LoseAttempt) for x in reports.commands)
+    assert worker.lease.lapses == 0
+    worker.shutdown()
+
+
 def test_a_start_claim_that_commits_after_the_lease_lapsed_never_starts(tmp_path):
     """The claim committed, but the lease lapsed meanwhile: the leader may already have
     given the task away, so the attempt must not start; it is reported lost instead."""

@@ -145,29 +145,44 @@ def _concurrent_writes(bench: Bench, node_id: str, threads: int, seconds: float)
 
 
 def scenario_election(bench: Bench) -> dict[str, Any]:
+    """The time from the leader's end to a new leader, for the two ways a leader goes:
+    killed (SIGKILL: its connections close at once) and paused (SIGSTOP: it falls
+    silent, as it does behind a partition, and is noticed by the election timeout)."""
     rounds = 3 if bench.quick else 7
-    samples = []
+    killed, paused = [], []
     for _ in range(rounds):
-        status = bench.cluster.wait_ready(30)
-        old_leader, old_term = status["leader"], max(n["raft_term"] for n in status["nodes"])
-        survivors = [n for n in bench.cluster.nodes if n.node_id != old_leader]
-        watcher = bench.cluster.client([n.grpc_address for n in survivors], timeout=1.0)
-        killed_at = time.perf_counter()
-        bench.cluster.signal_node(old_leader, signal.SIGKILL)
+        killed.append(_new_leader_after(bench, signal.SIGKILL))
+        paused.append(_new_leader_after(bench, signal.SIGSTOP))
+    return {"scenario": "election", "rounds": rounds, "kill_to_new_leader": _quantiles(killed),
+            "pause_to_new_leader": _quantiles(paused)}
+
+
+def _new_leader_after(bench: Bench, sig: signal.Signals) -> float:
+    """Send `sig` to the leader; seconds until the survivors name a new leader in a later
+    term. The old leader is then restarted (SIGKILL) or resumed (SIGSTOP)."""
+    status = bench.cluster.wait_ready(30)
+    old_leader, old_term = status["leader"], max(n["raft_term"] for n in status["nodes"])
+    survivors = [n for n in bench.cluster.nodes if n.node_id != old_leader]
+    watcher = bench.cluster.client([n.grpc_address for n in survivors], timeout=1.0)
+    signalled_at = time.perf_counter()
+    bench.cluster.signal_node(old_leader, sig)
+    try:
         while True:
             try:
                 s = watcher.cluster_status()
                 if s["leader"] and s["leader"] != old_leader and any(n["raft_term"] > old_term for n in s["nodes"]):
-                    samples.append(time.perf_counter() - killed_at)
-                    break
+                    return time.perf_counter() - signalled_at
             except ClusterUnreachable:
                 pass
-            if time.perf_counter() - killed_at > 30:
-                raise RuntimeError("no new leader within 30 s of killing the old one")
+            if time.perf_counter() - signalled_at > 30:
+                raise RuntimeError(f"no new leader within 30 s of {sig.name} to the old one")
             time.sleep(0.01)
+    finally:
         watcher.close()
-        bench.cluster.start_node(old_leader)
-    return {"scenario": "election", "rounds": rounds, "kill_to_new_leader": _quantiles(samples)}
+        if sig is signal.SIGSTOP:
+            bench.cluster.signal_node(old_leader, signal.SIGCONT)
+        else:
+            bench.cluster.start_node(old_leader)
 
 
 def scenario_demo(bench: Bench) -> dict[str, Any]:
