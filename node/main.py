@@ -54,7 +54,7 @@ from .raft.replica import propose_until_decided
 from .store.copies import CopyStore
 from .store.local import LocalStore
 from .web.app import WebContext, WebServer, build_app
-from .worker.lease import Reaper
+from .worker.lease import GoneReport, Reaper
 from .worker.shipping import LogShipper
 from .worker.worker import Assignment, AttemptSetup, Worker, attempt_setup
 
@@ -105,7 +105,8 @@ class Node:
                                   self._ship_log, keep=cfg.log_keep_bytes)
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.scratch,
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
-                             lease_duration=cfg.worker_lease, reaper=Reaper(cfg.node_id, cfg.log_format),
+                             lease_duration=cfg.worker_lease,
+                             reaper=Reaper(cfg.node_id, cfg.log_format, self._gone_report(secret)),
                              setup=self._attempt_setup,
                              connections=cfg.connections, run_as=cfg.task_user, run_state=self._run_state,
                              shipper=self.shipper)
@@ -331,6 +332,15 @@ class Node:
                              for r, t, a in self.worker.running()]), timeout=1.0)
         except Exception as e:  # noqa: BLE001 - see docstring
             log.info("could not tell the leader (%s) that this node is leaving: %s", leader, e)
+
+    def _gone_report(self, secret: str) -> GoneReport:
+        """What this node's reaper needs to report this process's death (worker/lease.py):
+        the other members' peer addresses and this node's peer credentials."""
+        tls = self.tls
+        return GoneReport(
+            members=tuple((p.id, p.peer_address) for p in self.cfg.peers), token=peer_token(secret),
+            cert_pem=tls.cert_pem.decode() if tls else None, key_pem=tls.key_pem.decode() if tls else None,
+            ca_pem=tls.ca_pem.decode() if tls else None, give_up_after=self.cfg.lease_timeout)
 
     def _token_use_loop(self) -> None:
         """Every TOKEN_USE_PERIOD, propose when this node's callers last used their

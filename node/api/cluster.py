@@ -16,10 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Protocol
 
 from ..config import NodeConfig, Peer
-from ..core.commands import LoseAttempt, NodeStarted
+from ..core.commands import Batch, LoseAttempt, NodeStarted
 from ..core.names import ID_PATTERN, ID_RULE
+from ..core.states import TASK_ACTIVE, TaskState
 from ..proto import client_pb2, peer_pb2
-from ..raft.replica import Replica
+from ..raft.replica import Replica, Unavailable as RaftUnavailable
 from ..store.copies import LogCopy
 from ..worker.shipping import holders
 from ..worker.worker import Assignment
@@ -36,6 +37,8 @@ class WorkerPort(Protocol):
 class LivenessPort(Protocol):
     def beat(self, node_id: str, slots: int, now: float, ready: bool = True,
              queues: tuple[str, ...] | list[str] = ..., connections: tuple[str, ...] | list[str] = ()) -> None: ...
+
+    def gone(self, node_id: str) -> None: ...
 
     def ages(self, now: float) -> dict[str, float]: ...
 
@@ -352,3 +355,52 @@ def heartbeat(host: Host, node_id: str, slots: int, ready: bool, queues: list[st
         host.liveness.beat(node_id, slots, received, ready=ready, queues=queues, connections=connections)
     status = host.replica.status()
     return status.leader_id or "", granted, status.term
+
+
+MAX_GONE_ATTEMPTS = 4096    # attempts in one NodeGone report (a node runs at most its slots)
+
+
+def node_gone(host: Host, report: peer_pb2.NodeGoneReport) -> peer_pb2.NodeGoneAck:
+    """A node's reaper reports that the node's process died (the interceptor checked that
+    `node` is the caller's own, with TLS) and which attempts it killed and saw gone.
+    On the leader: the node gets no new work until a heartbeat says it is ready, and
+    its attempts are released now: those in `killed` that are still its current
+    attempts, and those assigned to it that never started (a dead process starts
+    nothing; its next incarnation releases them anyway). Its other running attempts
+    (a process the reaper did not see gone) wait for the lease. Elsewhere: not
+    accepted, naming the leader."""
+    members = {p.id for p in host.cfg.all_nodes}
+    if report.node not in members or report.node == host.cfg.node_id:
+        raise errors.Invalid(f"node {report.node[:60]!r} is not another node of this cluster")
+    if len(report.killed) > MAX_GONE_ATTEMPTS:
+        raise errors.Invalid(f"a report names at most {MAX_GONE_ATTEMPTS} attempts, not {len(report.killed)}")
+    for key in report.killed:
+        check_attempt_key(key.run_id, key.task_id, key.attempt)
+    if not host.leader_loop.grants_leases():
+        return peer_pb2.NodeGoneAck(accepted=False, leader=host.replica.status().leader_id or "")
+    host.liveness.gone(report.node)
+    killed = {(k.run_id, k.task_id, k.attempt) for k in report.killed}
+    node, now = report.node, time.time()
+    releases: list[LoseAttempt] = []
+    with host.replica.lock:
+        for run in host.replica.state.active.values():
+            for ti in run.tasks.values():
+                if ti.node != node or ti.state not in TASK_ACTIVE:
+                    continue
+                if ti.state is TaskState.ASSIGNED:
+                    why = f"node {node}'s process died before attempt {ti.attempt} started"
+                elif (run.run_id, ti.task_id, ti.attempt) in killed:
+                    why = f"node {node}'s process died; its reaper killed attempt {ti.attempt}'s processes"
+                else:
+                    continue
+                releases.append(LoseAttempt(run.run_id, ti.task_id, ti.attempt, node, why, now))
+    released = 0
+    if releases:
+        try:
+            result = host.replica.propose(Batch(tuple(releases)), timeout=5.0)
+        except RaftUnavailable as e:
+            raise errors.Unavailable(f"the releases did not commit: {e}") from None
+        if not result.ok:
+            raise errors.Unavailable(f"the releases did not commit: {result.reason}")
+        released = sum(1 for sub in result.value if sub.ok)
+    return peer_pb2.NodeGoneAck(accepted=True, leader=host.cfg.node_id, released=released)

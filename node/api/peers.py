@@ -6,9 +6,10 @@ Who calls: main.py (server credentials, the interceptor, PeerClients).
 
 The peer API listens on its own port (`peer_address`), apart from the client API,
 with mutual TLS: a caller must present a certificate from the cluster CA whose
-common name is a configured member (`PeerAuthInterceptor`), and a Heartbeat or an
-AppendLogCopy must be sent by the node it speaks for. A node dials a peer expecting the certificate of that
-peer (its node id, a DNS name in the certificate's SANs), whatever address it dialed.
+common name is a configured member (`PeerAuthInterceptor`), and a Heartbeat, an
+AppendLogCopy or a NodeGone must be sent by the node it speaks for. A node dials a peer
+expecting the certificate of that peer (its node id, a DNS name in the certificate's
+SANs), whatever address it dialed.
 As defense in depth every peer call also carries `x-raftflow-peer-token`, an HMAC of
 the cluster secret. With `insecure = true` (development) both ports are plaintext and
 only the token is checked.
@@ -32,6 +33,7 @@ TOKEN_HEADER = "x-raftflow-peer-token"
 PEER_SERVICE_PREFIX = "/raftflow.v1.Peer/"
 HEARTBEAT_METHOD = PEER_SERVICE_PREFIX + "Heartbeat"
 APPEND_LOG_COPY_METHOD = PEER_SERVICE_PREFIX + "AppendLogCopy"
+NODE_GONE_METHOD = PEER_SERVICE_PREFIX + "NodeGone"
 # Every port binds its address alone: without this gRPC sets SO_REUSEPORT, and a second
 # process could bind the same port and take part of its connections.
 SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
@@ -61,8 +63,8 @@ def caller_identity(context: grpc.ServicerContext) -> str:
 
 class PeerAuthInterceptor(grpc.ServerInterceptor):
     """Rejects peer-API calls without the cluster token (UNAUTHENTICATED) and, with TLS,
-    calls whose certificate names no member of the cluster, or a Heartbeat on behalf of
-    another node (PERMISSION_DENIED)."""
+    calls whose certificate names no member of the cluster, or a Heartbeat, AppendLogCopy
+    or NodeGone on behalf of another node (PERMISSION_DENIED)."""
 
     def __init__(self, token: str, members: frozenset[str], tls: bool) -> None:
         self._token = token
@@ -84,6 +86,10 @@ class PeerAuthInterceptor(grpc.ServerInterceptor):
             return (grpc.StatusCode.PERMISSION_DENIED,
                     f"a log copy of node {request.node[:60]!r}'s attempt sent with the certificate of {caller!r}: "
                     "a node ships only its own logs")
+        if method == NODE_GONE_METHOD and request.node != caller:
+            return (grpc.StatusCode.PERMISSION_DENIED,
+                    f"a report of node {request.node[:60]!r}'s death sent with the certificate of {caller!r}: "
+                    "only a node's own reaper reports it")
         return None
 
     def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]

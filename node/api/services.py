@@ -281,6 +281,12 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         except errors.ServiceError as e:
             abort(context, self.host.cfg.node_id, e)
 
+    def NodeGone(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            return cluster.node_gone(self.host, request)
+        except errors.ServiceError as e:
+            abort(context, self.host.cfg.node_id, e)
+
 
 def _is_admin() -> bool:
     """Whether the current caller may see secret values (no caller: a test's direct call)."""

@@ -235,8 +235,10 @@ def plan_loss(state: State, run: Run, ti: TaskInstance, why: str, at: float) -> 
     it has been lost max_lost_attempts times. Its own retries are untouched."""
     cap = state.dag_spec(run).task(ti.task_id).max_lost_attempts
     if ti.lost_attempts + 1 >= cap:
-        return plan_move(LOSS, run, ti, TaskState.FAILED, Loss(why, at), at, f"attempt {ti.attempt} lost; giving up")
-    return plan_move(LOSS, run, ti, TaskState.QUEUED, Loss(why, at), at, f"attempt {ti.attempt} lost")
+        return plan_move(LOSS, run, ti, TaskState.FAILED, Loss(why, at), at,
+                         f"attempt {ti.attempt} lost: {why}; giving up")
+    # (the story says why: the lease, a restart, a crash its reaper reported)
+    return plan_move(LOSS, run, ti, TaskState.QUEUED, Loss(why, at), at, f"attempt {ti.attempt} lost: {why}")
 
 
 def lose_attempt(state: State, cmd: c.LoseAttempt) -> Result:

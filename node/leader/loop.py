@@ -87,6 +87,13 @@ class Liveness:
                 self._not_ready.add(node_id)
             self._slots[node_id] = max(1, slots)
 
+    def gone(self, node_id: str) -> None:
+        """The node's process died (its reaper said so): no new work for it until a
+        heartbeat says it is ready again (its next incarnation, once its NodeStarted
+        committed). Its lease is left as it is: only what the reaper saw killed is released."""
+        with self._lock:
+            self._not_ready.add(node_id)
+
     def view(self, now: float) -> list[NodeInfo]:
         with self._lock:
             out = []

@@ -65,6 +65,11 @@ class PeerStub:
                 request_serializer=raftflow_dot_proto_dot_peer__pb2.AttemptKey.SerializeToString,
                 response_deserializer=raftflow_dot_proto_dot_peer__pb2.LogCopyPart.FromString,
                 _registered_method=True)
+        self.NodeGone = channel.unary_unary(
+                '/raftflow.v1.Peer/NodeGone',
+                request_serializer=raftflow_dot_proto_dot_peer__pb2.NodeGoneReport.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_peer__pb2.NodeGoneAck.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -116,6 +121,17 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def NodeGone(self, request, context):
+        """A node's process died while its machine lives: its reaper killed the process groups
+        of its attempts, saw them gone, and reports it (node/worker/gone.py) with the node's
+        own certificate (node must be the caller certificate's node). The leader releases
+        those attempts, and the node's attempts that never started, at once instead of
+        after the lease. Any other node answers accepted = false, naming the leader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +164,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.ReadLogCopy,
                     request_deserializer=raftflow_dot_proto_dot_peer__pb2.AttemptKey.FromString,
                     response_serializer=raftflow_dot_proto_dot_peer__pb2.LogCopyPart.SerializeToString,
+            ),
+            'NodeGone': grpc.unary_unary_rpc_method_handler(
+                    servicer.NodeGone,
+                    request_deserializer=raftflow_dot_proto_dot_peer__pb2.NodeGoneReport.FromString,
+                    response_serializer=raftflow_dot_proto_dot_peer__pb2.NodeGoneAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +333,33 @@ class Peer:
             '/raftflow.v1.Peer/ReadLogCopy',
             raftflow_dot_proto_dot_peer__pb2.AttemptKey.SerializeToString,
             raftflow_dot_proto_dot_peer__pb2.LogCopyPart.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def NodeGone(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Peer/NodeGone',
+            raftflow_dot_proto_dot_peer__pb2.NodeGoneReport.SerializeToString,
+            raftflow_dot_proto_dot_peer__pb2.NodeGoneAck.FromString,
             options,
             channel_credentials,
             insecure,

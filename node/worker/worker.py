@@ -597,7 +597,7 @@ class Worker:
         a, process = attempt.assignment, attempt.process
         assert process is not None
         if self._reaper is not None:
-            self._reaper.add(process.pid)
+            self._reaper.add(process.pid, a.key)
         log.info("started %s/%s attempt %d (pid %d)", a.run_id, a.task_id, a.attempt, process.pid, extra=_about(a))
         timeout = None
         if prepared.deadline is not None:

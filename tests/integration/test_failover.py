@@ -96,8 +96,10 @@ def test_leader_killed_mid_dag_every_task_succeeds_exactly_once(cluster, cli, tm
 
 
 def test_node_killed_mid_task_the_task_runs_again_elsewhere(cluster, cli, tmp_path):
-    """... and the log of the attempt that died with its node is read back through a
-    survivor: what it printed, and a last line saying it was lost with its node."""
+    """... without waiting for the lease: the dead node's reaper killed the attempt and
+    reported it (worker/gone.py); and the log of the attempt that died with its node is
+    read back through a survivor: what it printed, and a last line saying it was lost
+    with its node."""
     record = tmp_path / "attempts.log"
     write_dag(tmp_path / "d.py", "long_one", record, {"long": (6.0, []), "after": (0.5, ["long"])},
               first={"long": "echo 'extracting batch 1 of 3'; echo 'loaded 1000 rows' >&2"})
@@ -123,6 +125,10 @@ def test_node_killed_mid_task_the_task_runs_again_elsewhere(cluster, cli, tmp_pa
     assert not recorded[0].finished, "the killed node's attempt kept running to its end"
     assert recorded[0].last_seen < killed_at + 0.5, "the killed node's attempt outlived it (orphan)"
     assert attempts.overlaps(attempts.read(record)) == []
+    story = cli.json("tasks", "story", run_id, "long", cluster=survivors)["events"]
+    [lost] = [e for e in story if e["command"] == "lose_attempt"]
+    assert "its reaper killed attempt 1's processes" in lost["reason"], story
+    print(f"attempt 2 started {recorded[1].started - killed_at:.2f} s after the kill (the lease is 4 s)")
 
     logs = Cli(cluster, survivors)("tasks", "logs", run_id, "long", "--attempt", "1")
     print(f"$ raftflow tasks logs {run_id} long --attempt 1   # through a survivor\n{logs.stdout}{logs.stderr}"

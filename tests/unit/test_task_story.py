@@ -56,7 +56,7 @@ def test_a_lost_attempt_keeps_the_node_it_was_lost_with():
     last = w.ti("r1", "a").story[-1]
     assert (last.index, last.command, last.proposer, last.node, last.attempt, last.before, last.after) == \
         (7, "node_started", "n3", "n3", 1, S.ASSIGNED, S.QUEUED)
-    assert last.reason == "attempt 1 lost"
+    assert last.reason == "attempt 1 lost: node n3 restarted"
 
 
 def test_a_rejected_command_writes_no_story(world):
