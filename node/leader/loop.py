@@ -146,6 +146,29 @@ class Dispatcher:
         self._sent[a.key] = self._monotonic()
         self._pool.submit(self._send, node, a)
 
+    def dispatch_planned(self, assignments: list[c.AssignTask]) -> None:
+        """Send assignments a plan has proposed but not yet committed (`Replica.propose`'s
+        `queued`), so the node's start claim travels while the assignment commits.
+        Safe: a node starts an attempt only once its claim commits, and the claim
+        applies only after the assignment, which is ahead of it in the log; should the
+        assignment not commit (a deposed leader), the claim is rejected and nothing
+        runs. The attempt is built from the command and the run's DAG version, which
+        the state already holds."""
+        with self._replica.lock:
+            state = self._replica.state
+            built = []
+            for cmd in assignments:
+                run = state.active.get(cmd.run_id)
+                if run is None or cmd.task_id not in run.tasks:
+                    continue
+                task = state.dag_spec(run).task(cmd.task_id)
+                built.append((cmd.node, Assignment(cmd.run_id, cmd.task_id, cmd.attempt, run.dag_id, task.kind,
+                                                   task.command, dict(task.env), run.logical_date)))
+        now = self._monotonic()
+        for node, a in built:
+            self._sent[a.key] = now
+            self._pool.submit(self._send, node, a)
+
     def _send(self, node: str, a: Assignment) -> None:
         try:
             ok, reason = self._send_local(a) if node == self._node_id else self._send_remote(node, a)
@@ -285,11 +308,12 @@ class LeaderLoop(threading.Thread):
         if self.on_plan is not None:
             self.on_plan(self._monotonic() - started, self._plan_memo.waiting)
         if commands:
-            result = self._replica.propose(c.Batch(tuple(commands)), timeout=5.0)
+            assignments = [cmd for cmd in commands if isinstance(cmd, c.AssignTask)]
+            # Assignments go out as soon as the batch is queued to the log, not once it
+            # committed: a chain step waits for one commit less (Dispatcher.dispatch_planned).
+            result = self._replica.propose(c.Batch(tuple(commands)), timeout=5.0,
+                                           queued=lambda: self._dispatcher.dispatch_planned(assignments))
             results = result.value if result.ok else []
-            for command, sub in zip(commands, results):
-                if isinstance(command, c.AssignTask) and sub.ok:
-                    self._dispatcher.dispatch(command.run_id, command.task_id)
             rejected = [(cmd.TYPE, sub.reason) for cmd, sub in zip(commands, results) if not sub.ok]
             if rejected:
                 log.debug("plan items rejected at commit: %s", rejected[:5])

@@ -454,7 +454,7 @@ class ReplicatedState(EagerTicks):
 
     # ------------------------------------------------------------ proposing
     def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None,
-                request_id: str = "") -> Result:
+                request_id: str = "", queued: Callable[[], None] | None = None) -> Result:
         """Commit `command` and return its Result on this replica. `proposer` (default:
         this node's id) is who asked, as task stories record it; `request_id` the
         client's request it answers (apply de-duplicates it, replica.Replica.propose).
@@ -477,6 +477,11 @@ class ReplicatedState(EagerTicks):
             done.set()
 
         self._machine.apply_envelope(encode_envelope(command, proposer or self.node_id, request_id), callback=callback)
+        if queued is not None:
+            # pysyncobj queues every command, local or forwarded by a follower, in one FIFO
+            # that its Raft thread appends to the log in order: what is proposed from now
+            # on lands after this one.
+            queued()
         if not done.wait(timeout):
             raise OutcomeUnknown(f"outcome unknown: not committed within {timeout:.1f}s, and it may still commit "
                               "if the cluster regains a quorum; check (e.g. `raftflow runs list`) before retrying")

@@ -122,7 +122,7 @@ class MemoryReplica:
 
     # ------------------------------------------------------------ the Replica protocol
     def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None,
-                request_id: str = "") -> Result:
+                request_id: str = "", queued: Callable[[], None] | None = None) -> Result:
         if self._faults:
             error, commit = self._faults.pop(0)
             if commit:
@@ -130,7 +130,12 @@ class MemoryReplica:
             raise error
         if not self.quorum:
             raise NoQuorum(f"no quorum: node {self.node_id} reaches too few nodes; nothing was changed")
-        index = self._cluster.append(command, proposer or self.node_id, request_id)
+        with self._cluster._lock:
+            # Called before the append commits it (this twin commits on append), and nothing
+            # else is appended in between: as pysyncobj's FIFO queue orders what follows.
+            if queued is not None:
+                queued()
+            index = self._cluster.append(command, proposer or self.node_id, request_id)
         self.catch_up()
         return self.results[index]
 

@@ -80,12 +80,14 @@ class Replica(Protocol):
     def state(self) -> State: ...
 
     def propose(self, command: c.Command, timeout: float = 5.0, proposer: str | None = None,
-                request_id: str = "") -> Result:
+                request_id: str = "", queued: Callable[[], None] | None = None) -> Result:
         """Commit `command`; `proposer` (default: this node's id) is who asked, as task
         stories record it (core.model.CLIENT for the client API). `request_id` is the
         client's id of the request ("" for none): a command proposed again with the same
         id (a retry after OutcomeUnknown) gets the first one's Result and changes
-        nothing (core/requests.py)."""
+        nothing (core/requests.py). `queued` is called once the command has its place
+        in this node's queue to the log, before it commits: anything proposed after
+        that, from any node through this leader, is ordered after it."""
         ...
 
     def is_leader(self) -> bool: ...

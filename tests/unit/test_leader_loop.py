@@ -100,11 +100,12 @@ def test_a_heartbeat_keeps_the_attempt_and_an_expired_node_gets_no_new_work() ->
 
 
 # ---------------------------------------------------------------- a deposed leader
-def test_a_deposed_leaders_stale_plan_is_rejected_at_apply_and_never_dispatched() -> None:
+def test_a_deposed_leaders_stale_plan_is_rejected_at_apply_and_never_runs() -> None:
     """n1 leads but nothing is healthy, so the task waits queued. n1 lags (it has not
     noticed the election); n3 is elected and assigns attempt 1 to n2. n1, still
     believing it leads, plans attempt 1 on n4 from its stale state: its AssignTask
-    commits after n3's and apply rejects it."""
+    commits after n3's and apply rejects it. It was sent to n4 before it committed
+    (Dispatcher.dispatch_planned), but n4's start claim is rejected: nothing runs."""
     cluster, clock = MemoryCluster(), Clock(mono=100.0)
     n1 = LeaderSide(cluster, "n1", clock)
     n3 = LeaderSide(cluster, "n3", clock)
@@ -132,7 +133,11 @@ def test_a_deposed_leaders_stale_plan_is_rejected_at_apply_and_never_dispatched(
     assert (ti.state, ti.node, ti.attempt, ti.attempt_nodes) == (TaskState.ASSIGNED, "n2", 1, ["n2"])
     assert n1.replica.state.digest() == n3.replica.state.digest()
     n3.wait_sent(lambda node, a: node == "n2" and a.attempt == 1)
-    assert all(node != "n4" for node, _a in n1.sent + n3.sent)   # the rejected plan went nowhere
+    n1.wait_sent(lambda node, a: node == "n4" and a.attempt == 1)   # sent while it was being committed
+    claim = n1.replica.propose(c.TaskStarted("r1", "t", 1, "n4", clock.wall()))
+    assert claim.code is Code.CONFLICT, "n4 may not start what the log gave n2"
+    ti = _ti(n1)
+    assert (ti.state, ti.node, ti.attempt) == (TaskState.ASSIGNED, "n2", 1)
 
     n1.steps()                                    # caught up: it hears of the election and steps down
     assert not n1.replica.is_leader() and n1.loop.leading_term is None
@@ -289,3 +294,29 @@ def test_a_leader_with_no_run_active_sleeps_until_the_next_tick_and_with_one_pla
         n1.replica.propose(c.CancelRun(run_id, "test", clock.wall()))
     n1.step_until(lambda: not n1.replica.state.active)
     assert n1.loop.step().seconds == QUIET_WAIT, "nothing due at all: the longest sleep"
+
+
+# ---------------------------------------------------------------- pipelined dispatch
+def test_an_assignment_is_sent_while_it_commits_not_after() -> None:
+    """The plan's AssignTask leaves for its node once the batch is queued to the log
+    (the node's start claim, which must commit after it, travels meanwhile): the
+    dispatcher is called before the leader's state has the task ASSIGNED."""
+    cluster, clock = MemoryCluster(), Clock(mono=100.0)
+    n1 = LeaderSide(cluster, "n1", clock)
+    cluster.elect("n1")
+    n1.steps()
+    submit_and_trigger(n1.replica)
+    n1.beat("n2")
+    seen: list[tuple[TaskState, list[tuple[str, int]]]] = []
+    dispatch_planned = n1.dispatcher.dispatch_planned
+
+    def watching(assignments: list[c.AssignTask]) -> None:
+        seen.append((_ti(n1).state, [(a.node, a.attempt) for a in assignments]))
+        dispatch_planned(assignments)
+
+    n1.dispatcher.dispatch_planned = watching      # type: ignore[method-assign]
+    n1.step_until(lambda: _ti(n1).state is TaskState.ASSIGNED)
+    [(state_then, planned)] = [s for s in seen if s[1]]
+    assert planned == [("n2", 1)] and state_then is not TaskState.ASSIGNED, seen   # (queued in the same batch)
+    sent = n1.wait_sent(lambda node, a: node == "n2")
+    assert (sent.run_id, sent.task_id, sent.attempt, sent.kind, sent.command) == ("r1", "t", 1, "bash", "true")
