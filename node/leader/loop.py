@@ -40,6 +40,7 @@ IDLE_WAIT = 0.1            # longest sleep between plans while runs are active (
 QUIET_WAIT = 1.0           # longest sleep with no run active (woken by a change, or at the next DAG tick)
 TICK_SLACK = 0.002         # a quiet loop wakes this long after the next tick (it must have come)
 REDISPATCH_AFTER = 2.0     # an assignment not started after this long is dispatched again
+DISPATCH_RETRY = 0.25      # ... and one whose dispatch failed, this long after the failure
 
 
 class Liveness:
@@ -174,6 +175,9 @@ class Dispatcher:
             ok, reason = self._send_local(a) if node == self._node_id else self._send_remote(node, a)
         except Exception as e:  # noqa: BLE001 - a failed send is retried by redispatch_stale
             ok, reason = False, _one_line(e)
+            # Not delivered (the node restarting, a connection not yet back): redispatch_stale
+            # sends it again DISPATCH_RETRY from now; a node's refusal waits REDISPATCH_AFTER.
+            self._sent[a.key] = self._monotonic() - REDISPATCH_AFTER + DISPATCH_RETRY
         if not ok:
             log.warning("dispatch of %s/%s attempt %d to %s failed: %s (will retry)",
                         a.run_id, a.task_id, a.attempt, node, reason,

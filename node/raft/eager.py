@@ -36,11 +36,12 @@ three idle nodes used about a third of a core.
   timeout is long enough to ride out a busy machine (0.7-1.4 s), which is how a silent
   leader (paused, partitioned) is noticed. A leader whose process died is noticed at
   once: its connection closes. A follower that loses its connection to the leader it
-  follows moves its election deadline to a random `LEADER_LOST_WAIT` from now (never
-  later than it was). This changes when an election starts, never who may win it
-  (votes and terms are Raft's), so safety is untouched; the randomness keeps the two
-  followers of a 3-node cluster from standing at the same instant and splitting the
-  vote. A connection that closes while the leader lives (a network fault) costs at
+  follows moves its election deadline to `LEADER_LOST_FIRST` + its rank among the
+  surviving members × `LEADER_LOST_STEP` from now (never later than it was). This
+  changes when an election starts, never who may win it (votes and terms are Raft's),
+  so safety is untouched; the ranks keep the followers from standing at the same
+  instant and splitting the vote, and let the next one stand soon when the first
+  one's log is too short to win. A connection that closes while the leader lives (a network fault) costs at
   most one early election, as a timeout would.
 
 The overridden names are SyncObj's `_onTick`, `_applyCommand` and (mangled)
@@ -68,9 +69,16 @@ from .follower import FollowerRule
 
 log = logging.getLogger("raftflow.raft")
 
-# A follower whose connection to its leader closed starts an election after a random
-# time in this range (seconds), unless its election deadline comes sooner.
-LEADER_LOST_WAIT = (0.03, 0.25)
+# A follower whose connection to its leader closed starts an election after
+# LEADER_LOST_FIRST + its rank * LEADER_LOST_STEP + a random jitter up to
+# LEADER_LOST_JITTER (seconds), unless its election deadline comes sooner. Its rank is
+# its place in id order among the members but the lost leader: the followers stand one
+# after another, not at the same instant (a split vote costs a full election timeout),
+# and when the first has too short a log to win (the others refuse it), the next one
+# stands a step later.
+LEADER_LOST_FIRST = 0.03
+LEADER_LOST_STEP = 0.1
+LEADER_LOST_JITTER = 0.02
 
 
 class _TickPoller:
@@ -110,6 +118,9 @@ class EagerTicks(FollowerRule):
         # so that waiters (the heartbeat timer) need not poll for it.
         self.leader_seen = threading.Condition()
         self._leader_node: Any = None
+        self._role: tuple[int, int] = (-1, -1)     # (Raft state, term) last seen: elections are logged
+        self._leader_lost: Any = None      # the leader whose lost connection moved the deadline
+        self._last_leader: Any = None      # the last leader this node followed (never reset to None)
         super().__init__(*args, **kwargs)
 
     # ------------------------------------------------------------ waking
@@ -156,6 +167,16 @@ class EagerTicks(FollowerRule):
             with self.leader_seen:
                 self._leader_node = leader
                 self.leader_seen.notify_all()
+            if leader is not None:
+                self._last_leader = leader
+        role = (self._SyncObj__raftState, self._SyncObj__raftCurrentTerm)
+        if role != self._role:
+            self._role = role
+            self._leader_lost = None
+            if role[0] == _RAFT_STATE.CANDIDATE:
+                log.info("standing for election in term %d", role[1])
+            elif role[0] == _RAFT_STATE.LEADER:
+                log.info("elected leader of term %d", role[1])
         self._poller.poll(self._wait(timeToWait))
 
     def _must_send(self) -> bool:
@@ -201,9 +222,16 @@ class EagerTicks(FollowerRule):
     # ------------------------------------------------------------ a leader that is gone
     def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # noqa: N802
         super()._SyncObj__onNodeDisconnected(node)
-        if node != self._SyncObj__raftLeader or self._SyncObj__raftState != _RAFT_STATE.FOLLOWER:
-            return
-        soon = monotonic_time() + random.uniform(*LEADER_LOST_WAIT)
+        # (the leader it followed last: another's vote request may have cleared the leader
+        # already when the connection's end is read)
+        if node != self._last_leader or self._SyncObj__raftState != _RAFT_STATE.FOLLOWER \
+                or node == self._leader_lost:
+            return      # (not our leader, or its other connection: one loss, one deadline)
+        self._leader_lost = node
+        others = sorted(str(n.id) for n in self._SyncObj__otherNodes if n != node)
+        me = str(self._SyncObj__selfNode.id)
+        rank = sorted([*others, me]).index(me)
+        soon = monotonic_time() + LEADER_LOST_FIRST + rank * LEADER_LOST_STEP + random.uniform(0, LEADER_LOST_JITTER)
         deadline: float = getattr(self, "_SyncObj__raftElectionDeadline")    # (pysyncobj is untyped)
         if soon < deadline:
             setattr(self, "_SyncObj__raftElectionDeadline", soon)

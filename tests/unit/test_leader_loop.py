@@ -15,7 +15,7 @@ from raftflow.core.effects import ReleasedAttempts
 from raftflow.core.model import TaskInstance
 from raftflow.core.result import Code
 from raftflow.core.states import RunState, TaskState
-from raftflow.leader.loop import IDLE_WAIT, QUIET_WAIT, TICK_SLACK
+from raftflow.leader.loop import DISPATCH_RETRY, IDLE_WAIT, QUIET_WAIT, REDISPATCH_AFTER, TICK_SLACK
 from raftflow.raft.memory import MemoryCluster
 from raftflow.store.local import LocalStore
 from raftflow.worker.worker import Assignment, Worker
@@ -320,3 +320,35 @@ def test_an_assignment_is_sent_while_it_commits_not_after() -> None:
     assert planned == [("n2", 1)] and state_then is not TaskState.ASSIGNED, seen   # (queued in the same batch)
     sent = n1.wait_sent(lambda node, a: node == "n2")
     assert (sent.run_id, sent.task_id, sent.attempt, sent.kind, sent.command) == ("r1", "t", 1, "bash", "true")
+
+
+def test_a_dispatch_that_did_not_reach_its_node_is_sent_again_soon_a_refused_one_later() -> None:
+    """Not delivered (the node restarting, its connection not back yet): sent again
+    DISPATCH_RETRY later; refused by the node: REDISPATCH_AFTER later."""
+    tries: list[str] = []
+
+    def deliver(node: str, a: Assignment) -> tuple[bool, str]:
+        tries.append(node)
+        if len(tries) == 1:
+            raise ConnectionError("failed to connect to all addresses")
+        return False, "node n2 is starting"
+
+    cluster, clock = MemoryCluster(), Clock(mono=100.0)
+    n1 = LeaderSide(cluster, "n1", clock, deliver=deliver)
+    cluster.elect("n1")
+    n1.steps()
+    submit_and_trigger(n1.replica)
+    n1.beat("n2")
+    n1.step_until(lambda: _ti(n1).state is TaskState.ASSIGNED)
+    wait_for(lambda: len(tries) == 1, 5, "the first dispatch")
+    wait_for(lambda: all(at < clock.mono() - 1.0 for at in n1.dispatcher._sent.values()), 5,
+             "the failed send to be noted (as sent long ago: due again DISPATCH_RETRY from now)")
+    clock.advance(DISPATCH_RETRY + 0.01)
+    n1.steps()
+    wait_for(lambda: len(tries) == 2, 5, "the dispatch sent again DISPATCH_RETRY after it failed to arrive")
+    clock.advance(DISPATCH_RETRY + 0.01)
+    n1.steps()
+    assert len(tries) == 2, "a refusal is not retried that soon"
+    clock.advance(REDISPATCH_AFTER)
+    n1.steps()
+    wait_for(lambda: len(tries) == 3, 5, "the refused dispatch sent again REDISPATCH_AFTER later")

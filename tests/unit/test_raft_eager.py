@@ -59,7 +59,7 @@ def test_an_idle_raft_thread_ticks_only_when_something_is_due(tmp_path: Path) ->
 def test_a_leader_whose_connections_close_is_replaced_without_waiting_for_the_election_timeout(
         tmp_path: Path, caplog) -> None:
     """A leader whose process died is noticed when its connections close: a follower
-    stands after a short random wait (LEADER_LOST_WAIT), not after the election timeout
+    stands after a short wait (LEADER_LOST_FIRST + its rank), not after the election timeout
     that waits out a silent one (here 4-5 s)."""
     slow_to_doubt = {"append_entries_period": 0.5, "tick_period": 1.0, "election_timeout_min": 4.0,
                      "election_timeout_max": 5.0, "connection_timeout": 6.0}
