@@ -54,6 +54,14 @@ def wait_idle(worker: Worker) -> None:
     wait_for(lambda: not worker.running(), 10, "the worker to have no attempt running", interval=0.01)
 
 
+def environ_of(pid: int) -> bytes:
+    """The environment `pid` exec'd with. Popen returns once the exec has begun, and the
+    new image's environment is readable only when the kernel has finished setting it up,
+    so an empty read right after the spawn means "not yet", not "empty"."""
+    return wait_for(lambda: Path(f"/proc/{pid}/environ").read_bytes(), timeout=10,
+                    what=f"process {pid} to finish its exec")
+
+
 def lines_with(prefix: str, text: str) -> list[str]:
     return [line[len(prefix):] for line in text.splitlines() if line.startswith(prefix)]
 
@@ -163,7 +171,7 @@ def test_a_python_task_sees_the_clean_environment_and_its_scratch_folder(tmp_pat
 def test_the_renderer_gets_the_clean_environment_outside_the_data_dir(tmp_path, node_secrets):
     worker, reports, store = make_worker(tmp_path, current=True)
     renderer = worker.renderers._idle[0].process.pid
-    environ = Path(f"/proc/{renderer}/environ").read_bytes().split(b"\0")
+    environ = environ_of(renderer).split(b"\0")
     names = {item.split(b"=", 1)[0].decode() for item in environ if item}
     assert names == {"PATH", "HOME", "LANG"} | ({"LC_ALL"} if os.environ.get("LC_ALL") else set())
     assert SECRET.encode() not in b"".join(environ)
@@ -258,7 +266,7 @@ def test_with_run_as_user_python_tasks_and_the_renderer_run_as_that_user(node_ho
     renderer = worker.renderers._idle[0].process.pid
     status = Path(f"/proc/{renderer}/status").read_text()
     assert f"Uid:\t{user.uid}\t{user.uid}" in status and f"Gid:\t{user.gid}\t{user.gid}" in status
-    assert Path(f"/proc/{renderer}/environ").read_bytes().count(f"HOME={user.home}\0".encode()) == 1
+    assert environ_of(renderer).count(f"HOME={user.home}\0".encode()) == 1
     assert worker.accept(Assignment("r1", "t1", 1, "d", "python", "",
                                     {"SECRET_PATH": str(node_home / "secret"), "DAY": "{{ ds }}"}, ""))[0]
     done = reports.wait_for(c.TaskFinished, timeout=20)
