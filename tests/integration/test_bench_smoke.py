@@ -17,7 +17,7 @@ def test_every_bench_scenario_runs_and_reports_figures():
     proc = run_dev_tool("bench", "all", "--smoke", "--json", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["scenario"]: r for r in map(json.loads, proc.stdout.strip().splitlines())}
-    assert set(results) == {"raft", "election", "demo", "failover", "steady", "chain", "fanout", "empty",
+    assert set(results) == {"raft", "commit_path", "election", "demo", "failover", "steady", "chain", "fanout", "empty",
                             "cron_scale", "idle", "history", "ui"}
     figures = [results["raft"]["via_leader"], results["raft"]["via_follower"],
                results["election"]["kill_to_new_leader"], results["demo"]["trigger_to_end"],
@@ -26,6 +26,11 @@ def test_every_bench_scenario_runs_and_reports_figures():
     for figure in figures:
         assert figure["n"] >= 1 and 0 < figure["median_ms"] <= figure["max_ms"], figure
     assert results["raft"]["concurrent_writes_per_s"] > 0
+    commit_path = results["commit_path"]
+    for role in ("via_leader", "via_follower"):
+        split = commit_path[role]
+        assert 0 < split["call_floor_ms"] and 0 < split["propose_to_applied_ms"] < split["write_ms"], split
+    assert commit_path["append_round_messages"]["send_us"] > 0 and commit_path["apply_set_variable"]["apply_us"] > 0
     chain = results["chain"]
     assert chain["length"] == 20 and chain["task_to_task"]["n"] == 19 and chain["trigger_to_first_start"]["n"] == 1
     assert 0 < chain["task_to_task"]["median_ms"] <= chain["task_to_task"]["max_ms"]

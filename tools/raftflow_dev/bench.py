@@ -8,6 +8,9 @@ test_bench_smoke.py) and its figures are not worth quoting.
 Scenarios:
   raft      a write's commit latency as a client sees it (one SetPaused = one Raft
             entry, gRPC included), asked of the leader and of a follower.
+  commit_path  where one write's time goes: the floor of any call (a read), the node's
+            propose-to-applied time from its /metrics, the rest; and, in-process, what
+            an append round's messages and one command's apply cost (see bench_commit).
   election  SIGKILL the leader; time until a survivor reports a new leader.
   demo      trigger mlexpert_local_dag and time it end to end.
   failover  SIGKILL the leader during a chain of `true` tasks: kill to the next task
@@ -52,6 +55,7 @@ from raftflow_cli.client import ClusterClient, ClusterUnreachable
 from raftflow_cli.loader import load_paths
 from raftflow_cli.main import TERMINAL
 
+from .bench_commit import scenario_commit_path
 from .bench_history import rss_mib, scenario_history
 from .bench_idle import scenario_idle
 from .bench_metrics import scenario_metrics
@@ -314,7 +318,8 @@ def scenario_steady(bench: Bench) -> dict[str, Any]:
             "rss_growth_mib_per_min": round(slope, 2), "samples": len(samples)}
 
 SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
-    "raft": scenario_raft, "election": scenario_election, "demo": scenario_demo, "failover": scenario_failover,
+    "raft": scenario_raft, "commit_path": scenario_commit_path, "election": scenario_election, "demo": scenario_demo,
+    "failover": scenario_failover,
     "steady": scenario_steady, "chain": scenario_chain, "fanout": scenario_fanout, "empty": scenario_empty,
     "cron_scale": scenario_cron_scale, "idle": scenario_idle,
 }
