@@ -35,9 +35,10 @@ def test_the_mean_covers_only_the_observations_between_two_scrapes():
         mean_between((0.0125, 4.0), (0.0125, 4.0))
 
 
-def test_a_write_splits_into_the_call_floor_the_commit_and_the_rest():
-    assert split(5.0, 1.2, 2.3) == {"write_ms": 5.0, "call_floor_ms": 1.2, "propose_to_applied_ms": 2.3,
-                                    "rest_ms": 1.5}
+def test_a_write_splits_into_the_call_floor_the_commit_and_the_rest_by_means():
+    assert split([4.0, 5.0, 9.0], [1.0, 1.2, 1.4], 2.3) == {
+        "write_mean_ms": 6.0, "call_floor_mean_ms": 1.2, "propose_to_applied_mean_ms": 2.3, "rest_mean_ms": 2.5,
+        "write_median_ms": 5.0, "call_floor_median_ms": 1.2}
 
 
 def test_the_in_process_probes_measure_something():
