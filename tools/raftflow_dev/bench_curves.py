@@ -18,10 +18,14 @@ SIZES; smoke figures only prove the scenario runs):
           changed.
   memory  tracemalloc of building that State: the bytes its N active task
           instances and their runs hold (the replicated state's share of a
-          node's memory), per 1,000 task instances.
+          node's memory), per 1,000 task instances; and this process's RSS growth
+          while it built one untraced (allocator overhead included, coarse).
 
 The cluster curves poll a follower (never the leader being measured) with ListRuns,
-and read each run's tasks once when it has ended. By name only (`tools/bench curves`):
+and read each run's tasks once when it has ended. Beside each of their figures is
+the leader's planning meanwhile, from its /metrics (plans, mean plan time including
+the wait for the replica lock, and planning's share of the wall time): where the
+time goes as the size grows. By name only (`tools/bench curves`):
 the full sizes take minutes.
 """
 
@@ -30,9 +34,13 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
+import re
+import ssl
 import statistics
 import time
 import tracemalloc
+import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -44,6 +52,8 @@ from raftflow.core.state import State
 from raftflow.core.states import RunState
 from raftflow_cli.client import ClusterClient
 from raftflow_cli.main import TERMINAL
+
+from .bench_history import rss_mib
 
 if TYPE_CHECKING:
     from .bench import Bench
@@ -231,16 +241,36 @@ def plan_times(active: ActiveState, repeats: int = PLAN_REPEATS) -> dict[str, An
             "memo_kept_runs": len(memo.runs)}
 
 
+def rss_growth(sizes: tuple[int, ...]) -> dict[int, float]:
+    """size -> MiB this process's RSS grew while it built a State of that size, untraced.
+    Every State is kept until the last is measured, so none is built in memory another
+    freed: each figure is fresh heap, with the allocator's overhead that tracemalloc does
+    not see. Coarse (pages, arenas): meaningful from a few thousand task instances."""
+    kept, grown = [], {}
+    for size in sizes:
+        gc.collect()
+        before = rss_mib(os.getpid())
+        kept.append(active_state(size))
+        gc.collect()
+        grown[size] = rss_mib(os.getpid()) - before
+    del kept
+    gc.collect()
+    return grown
+
+
 def state_curves(sizes: tuple[int, ...], repeats: int = PLAN_REPEATS) -> tuple[list[dict[str, Any]],
                                                                              list[dict[str, Any]]]:
     """(plan rows, memory rows), one of each per size of active task instances."""
     plans, memory = [], []
+    rss = rss_growth(sizes)
     for size in sizes:
         active = active_state(size, trace=True)
         shape = {"active_task_instances": active.task_instances, "runs": len(active.run_ids),
                  "fanout_width_per_run": active.width}
         memory.append({**shape, "traced_mib": round(active.nbytes / 2**20, 3),
-                       "mib_per_1000_task_instances": mib_per_thousand(active.nbytes, active.task_instances)})
+                       "mib_per_1000_task_instances": mib_per_thousand(active.nbytes, active.task_instances),
+                       "rss_growth_mib": round(rss[size], 2),
+                       "rss_mib_per_1000_task_instances": round(rss[size] / active.task_instances * 1000, 3)})
         plans.append({**shape, "running": active.running, "queued": active.queued,
                       **plan_times(active, repeats)})
         del active
@@ -274,6 +304,35 @@ def _wait_runs(reader: ClusterClient, dag_id: str, run_ids: list[str], timeout: 
     raise RuntimeError(f"runs of {dag_id} did not end within {timeout:.0f}s")
 
 
+PLAN_METRIC = "raftflow_scheduler_plan_duration_seconds"
+
+
+def plan_counters(metrics_text: str) -> tuple[int, float]:
+    """(plans, seconds) from a /metrics scrape: the leader's count and sum of plan durations
+    (each is the wait for the replica lock plus plan())."""
+    found = {}
+    for suffix in ("count", "sum"):
+        match = re.search(rf"^{PLAN_METRIC}_{suffix} (\S+)$", metrics_text, re.MULTILINE)
+        found[suffix] = float(match.group(1)) if match else 0.0
+    return int(found["count"]), found["sum"]
+
+
+def plans_between(before: tuple[int, float], after: tuple[int, float], wall: float) -> dict[str, float]:
+    """What the leader's planning cost between two scrapes over `wall` seconds."""
+    plans, seconds = after[0] - before[0], after[1] - before[1]
+    return {"plans": plans, "mean_plan_ms": round(seconds / plans * 1000, 3) if plans else 0.0,
+            "planning_share_of_wall": round(seconds / wall, 3) if wall > 0 else 0.0}
+
+
+def _leader_plans(bench: Bench, leader: str) -> tuple[int, float]:
+    cluster = bench.cluster
+    context = None if cluster.insecure else ssl.create_default_context(cafile=str(cluster.ca_path))
+    request = urllib.request.Request(f"{cluster.web_url(leader)}/metrics",
+                                     headers={"authorization": f"Bearer {cluster.admin_token()}"})
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:
+        return plan_counters(response.read().decode())
+
+
 def _follower_reader(bench: Bench) -> ClusterClient:
     leader = bench.leader()
     follower = next((n.node_id for n in bench.cluster.nodes if n.node_id != leader), leader)
@@ -288,6 +347,8 @@ def fanout_curve(bench: Bench, reader: ClusterClient, widths: tuple[int, ...]) -
         _submit(bench, fanout_spec(dag_id, per_run, runs))
         tasks = runs * (per_run + 2)
         walls = []
+        leader = bench.leader()
+        before = _leader_plans(bench, leader)
         for _ in range(repeats_for(width, 1_000, bench.smoke)):
             triggered = time.time()
             run_ids = [bench.client.trigger(dag_id)["run_id"] for _ in range(runs)]
@@ -295,7 +356,8 @@ def fanout_curve(bench: Bench, reader: ClusterClient, widths: tuple[int, ...]) -
             walls.append(max(ended.values()) - triggered)
         wall = statistics.median(walls)
         row: dict[str, Any] = {"width": width, "runs": runs, "width_per_run": per_run, "tasks": tasks,
-                               "samples": len(walls), "wall_s": round(wall, 3), "tasks_per_s": round(tasks / wall, 1)}
+                               "samples": len(walls), "wall_s": round(wall, 3), "tasks_per_s": round(tasks / wall, 1),
+                               "leader": plans_between(before, _leader_plans(bench, leader), sum(walls))}
         if runs > 1:
             row["note"] = (f"{runs} runs of 1 -> {per_run} -> 1 at once: a DAG has at most "
                            f"{MAX_TASKS_PER_DAG} tasks")
@@ -310,12 +372,15 @@ def chain_curve(bench: Bench, reader: ClusterClient, lengths: tuple[int, ...]) -
         _submit(bench, chain_spec(dag_id, length))
         gaps: list[float] = []
         runs = repeats_for(length, 100, bench.smoke)
+        leader = bench.leader()
+        before, started = _leader_plans(bench, leader), time.monotonic()
         for _ in range(runs):
             run_id = bench.client.trigger(dag_id)["run_id"]
             _wait_runs(reader, dag_id, [run_id], 120 + length * 0.5)
             tasks = reader.get_run(run_id)["tasks"]
             gaps += steps([(_epoch(t["started_at"]), _epoch(t["ended_at"])) for t in tasks])
-        rows.append({"length": length, "runs": runs, "step": ms(gaps)})
+        leader_plans = plans_between(before, _leader_plans(bench, leader), time.monotonic() - started)
+        rows.append({"length": length, "runs": runs, "step": ms(gaps), "leader": leader_plans})
     return rows
 
 
