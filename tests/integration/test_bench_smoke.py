@@ -82,3 +82,4 @@ def test_bench_curves_smoke_reports_every_size():
     assert all(row["mib_per_1000_task_instances"] > 0 for row in curves["memory"])
     assert set(curves["fanout_tasks_per_s_vs_smallest"]) == {str(w) for w in smoke.fanout}
     assert set(curves["chain_step_vs_shortest"]) == {str(n) for n in smoke.chain}
+    assert curves["bash_true_spawns_per_s"] > 0

@@ -54,6 +54,7 @@ from raftflow_cli.client import ClusterClient
 from raftflow_cli.main import TERMINAL
 
 from .bench_history import rss_mib
+from .bench_scale import bash_spawn_rate
 
 if TYPE_CHECKING:
     from .bench import Bench
@@ -387,6 +388,7 @@ def chain_curve(bench: Bench, reader: ClusterClient, lengths: tuple[int, ...]) -
 def scenario_curves(bench: Bench) -> dict[str, Any]:
     sizes = sizes_for(bench.quick, bench.smoke)
     plans, memory = state_curves(sizes.state, 5 if bench.smoke else PLAN_REPEATS)
+    spawn_rate = bash_spawn_rate(0.5 if bench.smoke else 3.0)
     reader = _follower_reader(bench)
     try:
         fanout = fanout_curve(bench, reader, sizes.fanout)
@@ -399,6 +401,8 @@ def scenario_curves(bench: Bench) -> dict[str, Any]:
                   "active_task_instances": list(sizes.state)},
         "fanout": fanout,
         "fanout_tasks_per_s_vs_smallest": growth({r["width"]: r["tasks_per_s"] for r in fanout}),
+        # what this machine allows now (shared machines vary): the fan-out's ceiling
+        "bash_true_spawns_per_s": round(spawn_rate, 1),
         "chain": chain,
         "chain_step_vs_shortest": growth({r["length"]: r["step"]["median_ms"] for r in chain}),
         "plan": plans,
