@@ -64,3 +64,29 @@ def test_every_bench_scenario_runs_and_reports_figures():
         assert size["tick_cost_ms"] > 0 and size["rss_mib_after_start"] > 0
         assert 0 < size["cluster_start_to_ready_s"]["median"] <= size["cluster_start_to_ready_s"]["max"]
         assert 0 < size["node_restart_to_ready_s"] <= size["node_restart_to_equal_digest_s"]
+
+
+def test_bench_curves_smoke_reports_every_size():
+    """`curves` is run by name (its full sizes take minutes); its smoke sizes prove it runs."""
+    from raftflow_dev.bench_curves import SIZES
+
+    smoke = SIZES["smoke"]
+    proc = run_dev_tool("bench", "curves", "--smoke", "--json", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    curves = json.loads(proc.stdout)
+    assert curves["scenario"] == "curves"
+    assert [r["width"] for r in curves["fanout"]] == list(smoke.fanout)
+    assert [r["length"] for r in curves["chain"]] == list(smoke.chain)
+    assert [r["active_task_instances"] for r in curves["plan"]] == list(smoke.state)
+    assert [r["active_task_instances"] for r in curves["memory"]] == list(smoke.state)
+    for row in curves["fanout"]:
+        assert row["tasks"] == row["runs"] * (row["width_per_run"] + 2) and row["tasks_per_s"] > 0, row
+    for row in curves["chain"]:
+        assert row["step"]["n"] == row["runs"] * (row["length"] - 1), row
+    for row in curves["plan"]:
+        assert 0 < row["no_memo"]["median_ms"] <= row["no_memo"]["max_ms"], row
+        assert row["memo_nothing_changed"]["n"] >= 1 and row["memo_one_run_changed"]["n"] >= 1, row
+    assert all(row["mib_per_1000_task_instances"] > 0 for row in curves["memory"])
+    assert set(curves["fanout_tasks_per_s_vs_smallest"]) == {str(w) for w in smoke.fanout}
+    assert set(curves["chain_step_vs_shortest"]) == {str(n) for n in smoke.chain}
+    assert curves["bash_true_spawns_per_s"] > 0

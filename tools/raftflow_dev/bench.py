@@ -33,6 +33,11 @@ Scenarios:
   status_load  300 queued runs of a 1,000-task DAG: a probe's write latency while
             `cluster status` is called back to back, by 1 and by 64 callers (see
             bench_status; minutes long, so not part of `all`).
+  curves    how cost grows with size (see bench_curves): fan-out 1 -> N -> 1 for N = 100,
+            1,000, 10,000 (wall, tasks/s; over the 2,000-task cap of a DAG as several runs
+            at once), chains of 10, 100, 1,000 (median step), the leader's plan() over 100,
+            1,000, 10,000 active task instances and the state's memory per 1,000 (both
+            in process); --quick: fan-out to 1,000, chains to 100. Minutes long: not in `all`.
 
 Figures are medians (and p90/max) of several runs: machines are shared and noisy.
 """
@@ -56,6 +61,7 @@ from raftflow_cli.loader import load_paths
 from raftflow_cli.main import TERMINAL
 
 from .bench_commit import scenario_commit_path
+from .bench_curves import scenario_curves
 from .bench_history import rss_mib, scenario_history
 from .bench_idle import scenario_idle
 from .bench_metrics import scenario_metrics
@@ -324,7 +330,8 @@ SCENARIOS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "cron_scale": scenario_cron_scale, "idle": scenario_idle,
 }
 # Scenarios `all` leaves out (long, heavy): run by name.
-BY_NAME_ONLY: dict[str, Callable[[Bench], dict[str, Any]]] = {"status_load": scenario_status_load}
+BY_NAME_ONLY: dict[str, Callable[[Bench], dict[str, Any]]] = {"status_load": scenario_status_load,
+                                                               "curves": scenario_curves}
 # Scenarios that set up their own clusters.
 STANDALONE: dict[str, Callable[[bool, int], dict[str, Any]]] = {"history": scenario_history, "ui": scenario_ui}
 # Standalone scenarios `all` leaves out (the suite's smoke test runs `all`): run by name.
