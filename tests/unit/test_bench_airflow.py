@@ -69,6 +69,8 @@ def test_summary_pools_the_gaps_and_takes_medians_of_runs() -> None:
     assert out["trigger_to_last_end_s"] == 0.6
     assert out["fanout_wall_s"] == 3.0 and out["fanout_tasks_per_s"] == round(202 / 3.0, 1)
     assert out["runs"] == {"chain": 3, "fanout": 2}
+    assert "fanout_task_run" not in out
+    assert ba.summarise(chains, [2.0], [1.0, 2.0, 3.0])["fanout_task_run"]["median_ms"] == 2000.0
 
 
 def test_ratios_read_as_times_faster_in_every_row() -> None:

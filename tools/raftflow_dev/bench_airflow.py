@@ -137,11 +137,15 @@ def fanout_wall(spans: list[Span], triggered: float, tasks: int = FANOUT_TASKS) 
     return max(s.end for s in spans) - triggered
 
 
-def summarise(chains: list[ChainRun], walls: list[float], tasks: int = FANOUT_TASKS) -> dict[str, Any]:
-    """One system's figures: pooled chain gaps, medians over runs."""
+def summarise(chains: list[ChainRun], walls: list[float], task_seconds: list[float] | None = None,
+              tasks: int = FANOUT_TASKS) -> dict[str, Any]:
+    """One system's figures: pooled chain gaps, medians over runs; `task_seconds` (each
+    fan-out task's end - start, its own recorded run time) says how much of the wall
+    went into running the tasks rather than scheduling them."""
     gaps = [g for c in chains for g in c.gaps]
     wall = statistics.median(walls)
-    return {
+    extra = {"fanout_task_run": _ms(task_seconds)} if task_seconds else {}
+    return {**extra,
         "chain_step": _ms(gaps),
         "trigger_to_first_start": _ms([c.to_first for c in chains]),
         "trigger_to_last_end_s": round(statistics.median(c.to_last for c in chains), 2),
@@ -184,6 +188,8 @@ def render(result: dict[str, Any]) -> str:
          f"{x['fanout_wall']}x"),
         ("fan-out: tasks/s", f"{a['fanout_tasks_per_s']}", f"{r['fanout_tasks_per_s']}", f"{x['fanout_tasks_per_s']}x"),
     ]
+    if "fanout_task_run" in a and "fanout_task_run" in r:
+        rows.append(("fan-out: one task's run (end - start)", q(a["fanout_task_run"]), q(r["fanout_task_run"]), ""))
     head = ("", f"Airflow {result['airflow_version']}", "raftflow", "ratio")
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(4)]
     lines = [f"== airflow: the same DAG files on Airflow and on raftflow ({result['date']})"]
@@ -194,6 +200,9 @@ def render(result: dict[str, Any]) -> str:
     lines.append(f"  Airflow venv: {s['venv']} ({'reused' if s['venv_reused'] else 'installed'} in "
                  f"{s['venv_install_s']} s; constraints: {s['constraints']})")
     lines.append(f"  Airflow start to DAGs parsed: {s['airflow_start_s']} s; whole invocation: {s['total_s']} s")
+    if "load_average_1min" in s:
+        lines.append("  load average (1 min) at Airflow's start, raftflow's start, the end: "
+                     + ", ".join(str(v) for v in s["load_average_1min"].values()))
     return "\n".join(lines)
 
 
@@ -440,8 +449,8 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
 
 
 def measure_airflow(instance: AirflowInstance, chain_runs: int, fanout_runs: int,
-                    log: Callable[[str], None]) -> tuple[list[ChainRun], list[float]]:
-    chains, walls = [], []
+                    log: Callable[[str], None]) -> tuple[list[ChainRun], list[float], list[float]]:
+    chains, walls, task_seconds = [], [], []
     for i in range(chain_runs):
         triggered, records = instance.run_once(CHAIN_DAG, timeout=300)
         chains.append(chain_run(spans_from_airflow(records), triggered))
@@ -449,16 +458,18 @@ def measure_airflow(instance: AirflowInstance, chain_runs: int, fanout_runs: int
             f"{statistics.median(chains[-1].gaps) * 1000:.0f} ms, last end {chains[-1].to_last:.1f} s")
     for i in range(fanout_runs):
         triggered, records = instance.run_once(FANOUT_DAG, timeout=900)
-        walls.append(fanout_wall(spans_from_airflow(records), triggered))
+        spans = spans_from_airflow(records)
+        walls.append(fanout_wall(spans, triggered))
+        task_seconds += [sp.end - sp.start for sp in spans]
         log(f"airflow fan-out {i + 1}/{fanout_runs}: {walls[-1]:.1f} s")
-    return chains, walls
+    return chains, walls, task_seconds
 
 
 # ---------------------------------------------------------------- raftflow, running
 
 
 def measure_raftflow(nodes: int, slots: int, chain_runs: int, fanout_runs: int,
-                     log: Callable[[str], None]) -> tuple[list[ChainRun], list[float]]:
+                     log: Callable[[str], None]) -> tuple[list[ChainRun], list[float], list[float]]:
     from raftflow_cli.loader import load_paths
 
     from .bench import Bench
@@ -469,7 +480,7 @@ def measure_raftflow(nodes: int, slots: int, chain_runs: int, fanout_runs: int,
         bench.client.submit(load_paths([str(DAGS)]))     # the Airflow-compat loader, as `dags submit`
         for dag_id in (CHAIN_DAG, FANOUT_DAG):
             bench.client.set_paused(dag_id, False)
-        chains, walls = [], []
+        chains, walls, task_seconds = [], [], []
         for i in range(chain_runs):
             triggered = time.time()
             run = _wait_run(bench, bench.client.trigger(CHAIN_DAG)["run_id"], 300)
@@ -478,9 +489,11 @@ def measure_raftflow(nodes: int, slots: int, chain_runs: int, fanout_runs: int,
         for i in range(fanout_runs):
             triggered = time.time()
             run = _wait_run(bench, bench.client.trigger(FANOUT_DAG)["run_id"], 600)
-            walls.append(fanout_wall(spans_from_raftflow(run["tasks"]), triggered))
+            spans = spans_from_raftflow(run["tasks"])
+            walls.append(fanout_wall(spans, triggered))
+            task_seconds += [sp.end - sp.start for sp in spans]
             log(f"raftflow fan-out {i + 1}/{fanout_runs}: {walls[-1]:.2f} s")
-        return chains, walls
+        return chains, walls, task_seconds
     finally:
         bench.close()
 
@@ -527,25 +540,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     log: Callable[[str], None] = lambda text: print(f"[bench airflow] {text}", file=sys.stderr, flush=True)  # noqa: E731
     venv = ensure_venv(args.cache_dir, args.airflow_version, args.python, args.constraints, args.reinstall, log)
     instance = AirflowInstance(Path(venv["venv"]), DAGS, log)
+    load = {"airflow_start": _load_average()}
     try:
         log(f"starting Airflow (AIRFLOW_HOME {instance.home})")
         t0 = time.monotonic()
         instance.start()
         airflow_start_s = round(time.monotonic() - t0, 1)
         version = instance.version()
-        a_chains, a_walls = measure_airflow(instance, args.chain_runs, args.fanout_runs, log)
+        a_chains, a_walls, a_tasks = measure_airflow(instance, args.chain_runs, args.fanout_runs, log)
     finally:
         instance.close()
     log(f"Airflow stopped; starting a {args.nodes}-node raftflow cluster")
-    r_chains, r_walls = measure_raftflow(args.nodes, args.slots, args.chain_runs, args.fanout_runs, log)
-    airflow, raftflow = summarise(a_chains, a_walls), summarise(r_chains, r_walls)
+    load["raftflow_start"] = _load_average()
+    r_chains, r_walls, r_tasks = measure_raftflow(args.nodes, args.slots, args.chain_runs, args.fanout_runs, log)
+    load["end"] = _load_average()
+    airflow, raftflow = summarise(a_chains, a_walls, a_tasks), summarise(r_chains, r_walls, r_tasks)
     return {"scenario": "airflow", "date": datetime.now().date().isoformat(), "airflow_version": version,
             "sizes": {"chain": CHAIN_LENGTH, "fanout": f"1 -> {FANOUT_WIDTH} -> 1"},
             "airflow": airflow, "raftflow": raftflow, "ratios": ratios(airflow, raftflow),
             "setup": {"venv": venv["venv"], "venv_reused": venv["reused"], "venv_install_s": venv["install_s"],
                       "constraints": venv["constraints"], "airflow_parallelism": PARALLELISM,
                       "airflow_start_s": airflow_start_s, "raftflow_nodes": args.nodes,
-                      "raftflow_slots": args.slots, "total_s": round(time.monotonic() - started, 1)}}
+                      "raftflow_slots": args.slots, "total_s": round(time.monotonic() - started, 1),
+                      "load_average_1min": load}}
+
+
+def _load_average() -> float:
+    """The machine's 1-minute load average: on a shared machine, what else was running."""
+    return round(os.getloadavg()[0], 2)
 
 
 def main(argv: list[str]) -> int:
