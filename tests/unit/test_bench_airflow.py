@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 from typing import Any
@@ -226,3 +229,21 @@ def test_bad_arguments_are_refused_before_anything_runs(argv: list[str], message
 def test_tools_bench_all_leaves_airflow_out() -> None:
     assert "airflow" not in {**bench.SCENARIOS, **bench.STANDALONE}
     assert "\n  airflow   the same Airflow DAG files" in (bench.__doc__ or "")
+
+
+def test_descendants_are_found_across_sessions() -> None:
+    # A child that starts a grandchild in a session of its own, as Airflow's task supervisor does.
+    child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                              "subprocess.Popen(['sleep', '30'], start_new_session=True); "
+                              "sys.stdout.write('ok\\n'); sys.stdout.flush(); time.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "ok\n"
+        found = ba._descendants({child.pid})
+        assert len(found) == 1
+        assert open(f"/proc/{found[0]}/cmdline").read().startswith("sleep")
+    finally:
+        for pid in ba._descendants({child.pid}):
+            os.kill(pid, signal.SIGKILL)
+        child.kill()
+        child.wait()

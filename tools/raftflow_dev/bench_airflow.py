@@ -423,7 +423,10 @@ class AirflowInstance:
         return triggered, records
 
     def stop(self, grace: float = 20.0) -> None:
-        """SIGTERM each component's process group, SIGKILL what is left after `grace` s."""
+        """SIGTERM each component's process group, SIGKILL what is left after `grace` s.
+        A task's supervisor runs in a session of its own, outside its component's group:
+        the components' descendants are listed first and killed by pid at the end."""
+        descendants = _descendants({proc.pid for proc in self.procs.values()})
         for proc in self.procs.values():
             _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + grace
@@ -434,11 +437,32 @@ class AirflowInstance:
                 pass
             _signal_group(proc, signal.SIGKILL)    # the group: LocalExecutor workers, log server
             proc.wait()
+        for pid in descendants:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.procs.clear()
 
     def close(self) -> None:
         self.stop()
         self._tmp.cleanup()
+
+
+def _descendants(roots: set[int]) -> list[int]:
+    """Every live process below `roots` (from /proc's parent pids), whatever its session."""
+    parent: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = [], set(roots)
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier}
+        found += sorted(frontier)
+    return found
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
@@ -572,7 +596,10 @@ def _load_average() -> float:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)   # stop Airflow on `kill` too
+    # Stop Airflow on `kill` too, and on Ctrl-C even where SIGINT came in ignored (a
+    # background job of a script): Python then installs no KeyboardInterrupt of its own.
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         result = run(args)
     except BenchError as e:
@@ -583,5 +610,6 @@ def main(argv: list[str]) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     print(json.dumps(result, sort_keys=True) if args.json else render(result), flush=True)
     return 0
