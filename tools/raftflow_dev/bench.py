@@ -38,6 +38,12 @@ Scenarios:
             at once), chains of 10, 100, 1,000 (median step), the leader's plan() over 100,
             1,000, 10,000 active task instances and the state's memory per 1,000 (both
             in process); --quick: fan-out to 1,000, chains to 100. Minutes long: not in `all`.
+  airflow   the same Airflow DAG files (bench/airflow_dags/: a chain of 20 BashOperator
+            `true`, and 1 -> 200 -> 1) on Airflow 3 (installed on demand into its own venv
+            under ~/.cache/raftflow) and on raftflow, one after the other: chain step,
+            trigger to first start and to last end, fan-out wall and tasks/s, and the
+            ratios Airflow / raftflow (see bench_airflow; `tools/bench airflow --help`;
+            needs the network once, takes minutes: not part of `all`).
 
 Figures are medians (and p90/max) of several runs: machines are shared and noisy.
 """
@@ -60,6 +66,7 @@ from raftflow_cli.client import ClusterClient, ClusterUnreachable
 from raftflow_cli.loader import load_paths
 from raftflow_cli.main import TERMINAL
 
+from . import bench_airflow
 from .bench_commit import scenario_commit_path
 from .bench_curves import scenario_curves
 from .bench_history import rss_mib, scenario_history
@@ -355,8 +362,13 @@ def _print_table(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "airflow" in argv:               # its own options: tools/bench airflow --help
+        argv.remove("airflow")
+        return bench_airflow.main(argv)
     parser = argparse.ArgumentParser(prog="tools/bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=[*SCENARIOS, *STANDALONE, *BY_NAME_ONLY, *STANDALONE_BY_NAME, "all"])
+    parser.add_argument("scenario", choices=[*SCENARIOS, *STANDALONE, *BY_NAME_ONLY, *STANDALONE_BY_NAME,
+                                             "airflow", "all"])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--smoke", action="store_true",
                         help="the smallest sizes, to prove each scenario runs (the test suite's); no figures to quote")
