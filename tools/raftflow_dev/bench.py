@@ -53,10 +53,12 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import ssl
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
@@ -67,7 +69,7 @@ from raftflow_cli.loader import load_paths
 from raftflow_cli.main import TERMINAL
 
 from . import bench_airflow
-from .bench_commit import scenario_commit_path
+from .bench_commit import concurrent_calls, scenario_commit_path
 from .bench_curves import scenario_curves
 from .bench_history import rss_mib, scenario_history
 from .bench_idle import scenario_idle
@@ -117,6 +119,15 @@ class Bench:
     def leader(self) -> str:
         return self.cluster.wait_ready(30, expect_nodes=1)["leader"]
 
+    def metrics_text(self, node_id: str) -> str:
+        """The node's GET /metrics (Prometheus text), asked with the admin token."""
+        cluster = self.cluster
+        context = None if cluster.insecure else ssl.create_default_context(cafile=str(cluster.ca_path))
+        request = urllib.request.Request(f"{cluster.web_url(node_id)}/metrics",
+                                         headers={"authorization": f"Bearer {cluster.admin_token()}"})
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:
+            return str(response.read().decode())
+
     def submit_examples(self) -> None:
         self.client.submit(load_paths([str(ROOT / "dags")]))
 
@@ -136,29 +147,11 @@ def scenario_raft(bench: Bench) -> dict[str, Any]:
             samples.append(time.perf_counter() - started)
         client.close()
         out[role] = _quantiles(samples)
-    out["concurrent_writes_per_s"] = _concurrent_writes(bench, leader, threads=32, seconds=2.0 if bench.quick else 5.0)
+    # (pysyncobj puts every entry that arrived during an append round into one message,
+    # so concurrent commands batch)
+    out["concurrent_writes_per_s"] = concurrent_calls(
+        bench, leader, lambda client, n: client.set_paused("etl_chain", n % 2 == 0), 2.0 if bench.quick else 5.0)
     return out
-
-
-def _concurrent_writes(bench: Bench, node_id: str, threads: int, seconds: float) -> float:
-    """Writes per second with `threads` clients at once: pysyncobj puts every entry that
-    arrived during an append round into one message, so concurrent commands batch."""
-    from concurrent.futures import ThreadPoolExecutor
-    deadline = time.perf_counter() + seconds
-
-    def writer(i: int) -> int:
-        client, done = bench.node_client(node_id), 0
-        try:
-            while time.perf_counter() < deadline:
-                client.set_paused("etl_chain", (done + i) % 2 == 0)
-                done += 1
-        finally:
-            client.close()
-        return done
-    started = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        total = sum(pool.map(writer, range(threads)))
-    return round(total / (time.perf_counter() - started), 1)
 
 
 def scenario_election(bench: Bench) -> dict[str, Any]:

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import pickle
 import re
-import ssl
 import statistics
 import time
-import urllib.request
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -111,7 +109,7 @@ def apply_cost(count: int = 1000) -> dict[str, float]:
     return {"decode_us": round(decode_us, 1), "apply_us": round(apply_us, 1)}
 
 
-def _concurrent_calls(bench: "Bench", node_id: str, call: Callable[[Any, int], Any], seconds: float,
+def concurrent_calls(bench: "Bench", node_id: str, call: Callable[[Any, int], Any], seconds: float,
                       threads: int = 32) -> float:
     """Calls a second that `threads` client threads, each with its own channel, get from
     `node_id` calling `call(client, n)` back to back for `seconds`."""
@@ -134,15 +132,6 @@ def _concurrent_calls(bench: "Bench", node_id: str, call: Callable[[Any, int], A
     return round(total / (time.perf_counter() - started), 1)
 
 
-def _scrape(bench: "Bench", node_id: str) -> str:
-    cluster = bench.cluster
-    context = None if cluster.insecure else ssl.create_default_context(cafile=str(cluster.ca_path))
-    request = urllib.request.Request(f"{cluster.web_url(node_id)}/metrics",
-                                     headers={"authorization": f"Bearer {cluster.admin_token()}"})
-    with urllib.request.urlopen(request, timeout=10, context=context) as response:
-        return str(response.read().decode())
-
-
 def scenario_commit_path(bench: "Bench") -> dict[str, Any]:
     bench.submit_examples()
     count = 20 if bench.smoke else 100 if bench.quick else 300
@@ -154,16 +143,16 @@ def scenario_commit_path(bench: "Bench") -> dict[str, Any]:
         try:
             client.list_dags()      # (the channel is up before anything is timed)
             reads = _times_ms(client.list_dags, count)
-            before = histogram_totals(_scrape(bench, node_id))
+            before = histogram_totals(bench.metrics_text(node_id))
             flips = iter(range(count))
             writes = _times_ms(lambda: client.set_paused("etl_chain", next(flips) % 2 == 0), count)
-            commit_ms = 1000 * mean_between(before, histogram_totals(_scrape(bench, node_id)))
+            commit_ms = 1000 * mean_between(before, histogram_totals(bench.metrics_text(node_id)))
         finally:
             client.close()
         out[role] = split(writes, reads, commit_ms)
     seconds = 0.5 if bench.smoke else 2.0 if bench.quick else 5.0
-    out["concurrent_reads_per_s"] = _concurrent_calls(bench, leader, lambda client, i: client.list_dags(), seconds)
-    out["concurrent_writes_per_s"] = _concurrent_calls(
+    out["concurrent_reads_per_s"] = concurrent_calls(bench, leader, lambda client, i: client.list_dags(), seconds)
+    out["concurrent_writes_per_s"] = concurrent_calls(
         bench, leader, lambda client, i: client.set_paused("etl_chain", i % 2 == 0), seconds)
     out["append_round_messages"] = message_costs(200 if bench.smoke else 2000)
     out["apply_set_variable"] = apply_cost(100 if bench.smoke else 1000)

@@ -36,11 +36,9 @@ import json
 import math
 import os
 import re
-import ssl
 import statistics
 import time
 import tracemalloc
-import urllib.request
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -326,12 +324,7 @@ def plans_between(before: tuple[int, float], after: tuple[int, float], wall: flo
 
 
 def _leader_plans(bench: Bench, leader: str) -> tuple[int, float]:
-    cluster = bench.cluster
-    context = None if cluster.insecure else ssl.create_default_context(cafile=str(cluster.ca_path))
-    request = urllib.request.Request(f"{cluster.web_url(leader)}/metrics",
-                                     headers={"authorization": f"Bearer {cluster.admin_token()}"})
-    with urllib.request.urlopen(request, timeout=10, context=context) as response:
-        return plan_counters(response.read().decode())
+    return plan_counters(bench.metrics_text(leader))
 
 
 def _follower_reader(bench: Bench) -> ClusterClient:
