@@ -170,22 +170,26 @@ def scenario_election(bench: Bench) -> dict[str, Any]:
 def _new_leader_after(bench: Bench, sig: signal.Signals) -> float:
     """Send `sig` to the leader; seconds until the survivors name a new leader in a later
     term. The old leader is then restarted (SIGKILL) or resumed (SIGSTOP)."""
-    status = bench.cluster.wait_ready(30)
-    old_leader, old_term = status["leader"], max(n["raft_term"] for n in status["nodes"])
+    bench.cluster.wait_ready(30)
+    # (every node's own word: the node resumed after the last SIGSTOP round may still
+    # claim the lead of its old term, and killing a follower would elect nobody new)
+    old_leader, old_term = bench.cluster.settled_leader(30)
     survivors = [n for n in bench.cluster.nodes if n.node_id != old_leader]
     watcher = bench.cluster.client([n.grpc_address for n in survivors], timeout=1.0)
     signalled_at = time.perf_counter()
     bench.cluster.signal_node(old_leader, sig)
+    last: object = None
     try:
         while True:
             try:
-                s = watcher.cluster_status()
+                s = last = watcher.cluster_status()
                 if s["leader"] and s["leader"] != old_leader and any(n["raft_term"] > old_term for n in s["nodes"]):
                     return time.perf_counter() - signalled_at
-            except ClusterUnreachable:
-                pass
+            except ClusterUnreachable as e:
+                last = str(e)
             if time.perf_counter() - signalled_at > 30:
-                raise RuntimeError(f"no new leader within 30 s of {sig.name} to the old one")
+                raise RuntimeError(f"no new leader within 30 s of {sig.name} to the old one ({old_leader}, term "
+                                   f"{old_term}); the survivors' last answer: {last}")
             time.sleep(0.01)
     finally:
         watcher.close()

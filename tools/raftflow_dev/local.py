@@ -433,6 +433,37 @@ class LocalCluster:
             client.close()
         raise TimeoutError(f"cluster not ready after {timeout:.0f}s; last status: {last}")
 
+    def settled_leader(self, timeout: float = 30.0) -> tuple[str, int]:
+        """(leader id, its term) once every running node, asked itself, names the same
+        leader in the same term. One node's answer is not enough after a leader was
+        paused and resumed: until a message of the later term reaches it, the resumed
+        node still answers that it leads, in its old term."""
+        from raftflow_cli.client import ClusterUnreachable
+
+        running = [node for node in self.nodes if self.live_pid(node.node_id) is not None]
+        clients = {node.node_id: self.client([node.grpc_address], timeout=2.0) for node in running}
+        deadline = time.monotonic() + timeout
+        views: dict[str, tuple[str, int] | str] = {}
+        try:
+            while time.monotonic() < deadline:
+                for node_id, client in clients.items():
+                    try:
+                        status = client.cluster_status()
+                        own = next(n for n in status["nodes"] if n["id"] == node_id)
+                        views[node_id] = (str(status["leader"] or ""), int(own["raft_term"]))
+                    except ClusterUnreachable as e:
+                        views[node_id] = str(e)
+                agreed = set(views.values())
+                if len(agreed) == 1:
+                    view = agreed.pop()
+                    if isinstance(view, tuple) and view[0]:
+                        return view
+                time.sleep(0.05)
+        finally:
+            for client in clients.values():
+                client.close()
+        raise TimeoutError(f"the nodes did not agree on a leader within {timeout:.0f}s; last views: {views}")
+
     def _raise_if_all_exited(self) -> None:
         """Every node this object started has exited (a config it refuses, say): waiting
         longer cannot help, and their logs say why."""
