@@ -157,8 +157,9 @@ def scenario_raft(bench: Bench) -> dict[str, Any]:
 def scenario_election(bench: Bench) -> dict[str, Any]:
     """The time from the leader's end to a new leader, for the two ways a leader goes:
     killed (SIGKILL: its connections close at once) and paused (SIGSTOP: it falls
-    silent, as it does behind a partition, and is noticed by the election timeout)."""
-    rounds = 3 if bench.quick else 7
+    silent, as it does behind a partition, and is noticed by the election timeout).
+    --smoke: two rounds, so that one kill follows a pause and its resumed leader."""
+    rounds = 2 if bench.smoke else 3 if bench.quick else 7
     killed, paused = [], []
     for _ in range(rounds):
         killed.append(_new_leader_after(bench, signal.SIGKILL))

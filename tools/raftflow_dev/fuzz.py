@@ -551,12 +551,16 @@ class FuzzMachine(RuleBasedStateMachine):
                        f"DeleteVariable {key[:40]!r}")
 
     @rule(entries=st.dictionaries(st.one_of(st.sampled_from(["fuzz_var", "imported"]), odd_ids(huge=False)),
-                                  texts_up_to_max(), max_size=4),
+                                  st.one_of(st.just(""), st.text(max_size=100)), max_size=4),
+          huge=st.one_of(st.none(), st.builds(utf8_fill, FILL_CHARS, SIZES)),
           many=st.one_of(st.just(0), st.integers(1001, 3000)), node=st.integers(0, 2))
-    def import_variables(self, entries: dict[str, str], many: int, node: int) -> None:
-        """A few hostile entries, or more than a node keeps (1,000): all or none."""
+    def import_variables(self, entries: dict[str, str], huge: str | None, many: int, node: int) -> None:
+        """A few hostile entries (at most one of them huge: four huge values would not fit
+        one gRPC message, seed 337758), or more than a node keeps (1,000): all or none."""
         if not self._time_up():
             variables = dict(entries) if not many else {f"bulk_{i}": "x" for i in range(many)}
+            if huge is not None and not many:
+                variables["huge_value"] = huge
             self._call(node, "ImportVariables", client_pb2.ImportVariablesRequest(variables=variables),
                        f"ImportVariables of {len(variables)}")
 
