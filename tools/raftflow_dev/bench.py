@@ -70,7 +70,7 @@ from raftflow_cli.main import TERMINAL
 
 from . import bench_airflow
 from .bench_commit import concurrent_calls, scenario_commit_path
-from .bench_curves import scenario_curves
+from .bench_curves import chain_spec, scenario_curves
 from .bench_history import rss_mib, scenario_history
 from .bench_idle import scenario_idle
 from .bench_metrics import scenario_metrics
@@ -216,12 +216,6 @@ def scenario_demo(bench: Bench) -> dict[str, Any]:
             "note": "the three tasks sleep 3 s each: the critical path is 6 s of task time"}
 
 
-def _chain_spec(dag_id: str, length: int, command: str) -> dict[str, Any]:
-    return {"dag_id": dag_id, "tasks": [
-        {"task_id": f"t{i:03d}", "command": command, "upstream": [f"t{i - 1:03d}"] if i else []}
-        for i in range(length)]}
-
-
 def _submit_spec(bench: Bench, spec: dict[str, Any]) -> None:
     bench.client.submit([{"spec_json": json.dumps(spec), "source": "# tools/bench", "filename": "tools/bench"}])
 
@@ -249,7 +243,7 @@ def _first_start_after(bench: Bench, run_id: str, after: float, not_on: str, tim
 
 def scenario_failover(bench: Bench) -> dict[str, Any]:
     rounds = 2 if bench.smoke else 3 if bench.quick else 7
-    _submit_spec(bench, _chain_spec("bench_chain", 400, "true"))
+    _submit_spec(bench, chain_spec("bench_chain", 400))
     leader_gaps: list[float] = []
     for _ in range(rounds):
         status = bench.cluster.wait_ready(30)

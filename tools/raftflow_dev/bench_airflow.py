@@ -57,7 +57,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Callable
 
-from .bench_scale import _ms
+from .bench_scale import _epoch, _ms
 from .local import LOOPBACK, free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,10 +85,6 @@ class Span:
     task_id: str
     start: float        # epoch seconds
     end: float
-
-
-def _epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
 
 
 def spans_from_airflow(records: list[dict[str, Any]]) -> list[Span]:
