@@ -273,6 +273,28 @@ class NodeStarted(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class JoinWorker(Command):
+    """A worker node (no Raft vote: core/members.py) joined or came back; voters reach
+    it at these addresses. The worker proposes it itself, before its NodeStarted."""
+    TYPE: ClassVar[str] = "join_worker"
+    node: str
+    grpc_address: str
+    peer_address: str
+    http_address: str          # "" without a web server
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveWorker(Command):
+    """A worker left on purpose (drained at SIGTERM, or removed by an admin): no longer
+    a member; attempts the log still gives it are released as lost."""
+    TYPE: ClassVar[str] = "leave_worker"
+    node: str
+    reason: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class PruneRuns(Command):
     """Remove finished runs (history retention) from every replica; each node also
     deletes their task logs from its own store."""
@@ -358,7 +380,7 @@ COMMAND_TYPES: dict[str, type[Command]] = {
                 FinishRun, QueueTask,
                 FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, CancelRun, ClearTasks,
                 MarkTask, DeleteDag, LoseAttempt,
-                NodeStarted, PruneRuns, CreateToken, RevokeToken, TokensUsed,
+                NodeStarted, JoinWorker, LeaveWorker, PruneRuns, CreateToken, RevokeToken, TokensUsed,
                 SetVariable, DeleteVariable, ImportVariables,
                 Batch)
 }

@@ -13,7 +13,7 @@ terms that apply keeps up to date:
   version (changed only when its source is dropped); ("pool", name); ("run", run_id) an active
   run's own fields; ("task", run_id, task_id) an active run's task instance;
   ("token", name) a client API token (its hash, role, times); ("variable", key) a
-  Variable's value. A task
+  Variable's value; ("worker", node) a worker node's addresses. A task
   instance still as created (`TaskInstance(task_id)`) has term 0 and no key, so
   creating a run costs one term, whatever its size.
 
@@ -69,6 +69,7 @@ def to_dict(state: State) -> dict[str, Any]:
         "pools": state.pools,
         "tokens": {name: record.to_dict() for name, record in state.tokens.items()},
         "variables": dict(sorted(state.variables.items())),
+        "workers": {node: member.to_dict() for node, member in sorted(state.workers.items())},
         "requests": state.requests.to_json(),
     }
 
@@ -131,6 +132,10 @@ def variable_key(key: str) -> Key:
     return ("variable", key)
 
 
+def worker_key(node: str) -> Key:
+    return ("worker", node)
+
+
 def _hash(data: Any) -> int:
     return record_term(canonical_json(data))
 
@@ -171,6 +176,9 @@ def term_of(state: State, key: Key) -> int:
     if kind == "variable":
         value = state.variables.get(name)
         return 0 if value is None else _hash(["variable", name, value])
+    if kind == "worker":
+        member = state.workers.get(name)
+        return 0 if member is None else _hash(["worker", member.to_dict()])
     raise ValueError(f"unknown digest key {key!r}")
 
 
@@ -220,6 +228,7 @@ def all_terms(state: State) -> dict[Key, int]:
     keys: list[Key] = [pool_key(name) for name in state.pools]
     keys.extend(token_key(name) for name in state.tokens)
     keys.extend(variable_key(key) for key in state.variables)
+    keys.extend(worker_key(node) for node in state.workers)
     for dag_id, record in state.dags.items():
         keys.append(dag_key(dag_id))
         keys.extend(version_key(dag_id, v.version) for v in record.versions)

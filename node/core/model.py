@@ -83,6 +83,21 @@ class TokenRecord:
                 "expires_at": self.expires_at, "created_by": self.created_by, "last_used_at": self.last_used_at}
 
 
+@by_name
+@dataclass(frozen=True, slots=True)
+class WorkerMember:
+    """A worker node (core/members.py): where voters and clients reach it."""
+    node: str
+    grpc_address: str
+    peer_address: str
+    http_address: str = ""
+    joined_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "grpc_address": self.grpc_address, "peer_address": self.peer_address,
+                "http_address": self.http_address, "joined_at": self.joined_at}
+
+
 @dataclass(frozen=True, slots=True)
 class Stimulus:
     """What caused the moves of one apply: the Raft entry (index, proposer) and the

@@ -31,6 +31,7 @@ from . import (
     handlers_dags as dags,
     handlers_tasks as tasks,
     handlers_tokens as tokens,
+    members,
     requests,
     variables,
 )
@@ -39,7 +40,7 @@ from .codec import run_from_dict
 
 # Snapshots pickled before the split name these classes as raftflow.core.state.X:
 # keep them importable from here.
-from .model import DagRecord, DagVersion, Run, Stimulus, TaskInstance, TokenRecord
+from .model import DagRecord, DagVersion, Run, Stimulus, TaskInstance, TokenRecord, WorkerMember
 from .result import Code, Rejected, Result, reject
 from .spec import DEFAULT_POOL, DEFAULT_POOL_SLOTS, DagSpec
 from .states import InvalidTransition
@@ -72,6 +73,8 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.MarkTask: tasks.mark_task,
     c.LoseAttempt: tasks.lose_attempt,
     c.NodeStarted: tasks.node_started,
+    c.JoinWorker: members.join_worker,
+    c.LeaveWorker: members.leave_worker,
     c.CreateToken: tokens.create_token,
     c.RevokeToken: tokens.revoke_token,
     c.TokensUsed: tokens.tokens_used,
@@ -118,6 +121,8 @@ class State:
         # Variables (variables.py): key -> value, and the values' total UTF-8 bytes (a bound).
         self.variables: dict[str, str] = {}
         self.variable_bytes: int = 0
+        # Worker nodes (members.py): node id -> where voters reach it. Voters are config.
+        self.workers: dict[str, WorkerMember] = {}
         # Recent client request ids and what their commands answered (requests.py).
         self.requests = requests.RequestMemory()
         # Commands applied (rejected ones too): a change counter for waiters, not
@@ -160,6 +165,7 @@ class State:
         self.__dict__.setdefault("applied_index", 0)
         self.__dict__.setdefault("variables", {})          # (snapshots from before variables existed)
         self.__dict__.setdefault("variable_bytes", 0)
+        self.__dict__.setdefault("workers", {})            # (snapshots from before workers existed)
         if "object_terms" not in data or "object_digest" not in data:
             self.object_terms = _digest.all_terms(self)
             self.object_digest = _digest.object_digest_of(self.object_terms)

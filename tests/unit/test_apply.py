@@ -596,6 +596,8 @@ ALL_COMMANDS = [
     c.TaskFinished("m1", "a", 1, "n1", 137, T0, T0 + 1e-3, "tail\u00e9\n", "killed", T0 + 1),
     c.LoseAttempt("m1", "a", 1, "n1", "node n1 stopped heartbeating", T0 + 2),
     c.NodeStarted("n1", T0 + 3),
+    c.JoinWorker("w1", "127.0.0.1:7001", "127.0.0.1:7002", "", T0 + 3),
+    c.LeaveWorker("w1", "drained", T0 + 3),
     c.PruneRuns(("m1", "m2"), T0 + 4),
     c.CreateToken("ci", "operator", "ab" * 32, T0 + 86400, "admin", T0),
     c.RevokeToken("ci", T0 + 5),
