@@ -20,6 +20,7 @@ overridden by command-line flags (flag > environment > file > default).
     run_as_user = "raftflow-task"        # local task processes run as this user (default: the node's)
     admin_token_file = "/etc/raftflow/admin.token"   # optional: the bootstrap admin token
     log_format = "text"                  # or "json": one JSON object per log line (--log-format)
+    role = "voter"                       # or "worker": runs tasks, no Raft vote (--role; below)
 
     [[peers]]
     id = "n2"
@@ -38,6 +39,13 @@ overridden by command-line flags (flag > environment > file > default).
     user = "spark"
     key_file = "/etc/raftflow/keys/spark_master"   # and/or password_env = "SPARK_SSH_PASSWORD"
     known_hosts = "/etc/raftflow/known_hosts"      # default: ~/.ssh/known_hosts
+
+A worker node (`role = "worker"`) has no Raft vote and no raft_address and names no
+peers: it gives `join = ["HOST:PEER_PORT", ...]`, the peer API of one or more voters
+(`--join`, `RAFTFLOW_JOIN="h1:p1,h2:p2"`), asks the first that answers for the voters,
+and follows the log as a read-only Raft node (node/README.md, "Worker nodes"). It needs
+the cluster's secret file and, unless insecure, a certificate from the cluster CA with
+its node id, as every node does; no other node's config names it.
 
 In the environment, peers are `RAFTFLOW_PEERS="n2=HOST:GRPC_PORT/HOST:RAFT_PORT/HOST:PEER_PORT,n3=..."`.
 Without the three tls_* files a node refuses to start (NodeConfig.read_tls) unless
@@ -190,7 +198,7 @@ def _default_scratch_dir() -> Path:
 class NodeConfig:
     node_id: str
     grpc_address: str
-    raft_address: str
+    raft_address: str          # "" on a worker (it has no Raft port: a read-only Raft node)
     data_dir: Path
     secret_file: Path
     slots: int = 4
@@ -241,6 +249,14 @@ class NodeConfig:
     # GET /metrics on http_address needs a token of any role (true), or is open to whoever
     # reaches the port (false): docs/metrics.md weighs it.
     metrics_require_token: bool = True
+    # "voter" (a Raft member named in every voter's peers) or "worker" (core/members.py).
+    role: str = "voter"
+    # A worker's way in: voters' peer addresses (HOST:PORT), asked in turn for the members.
+    join: tuple[str, ...] = ()
+
+    @property
+    def is_worker(self) -> bool:
+        return self.role == "worker"
 
     @property
     def web_url(self) -> str:
@@ -357,6 +373,19 @@ def _bool(value: Any) -> bool:
 
 _bool.__name__ = "true or false"
 
+ROLES = ("voter", "worker")
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    """A TOML list of HOST:PORT, or "a:1,b:2" text (environment, flags)."""
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(v, str) and v for v in items):
+        raise ValueError(value)
+    return tuple(dict.fromkeys(items))
+
+
+_addresses.__name__ = "a non-empty list of HOST:PORT addresses"
+
 _SCALARS: dict[str, tuple[Callable[[Any], Any], str]] = {  # key -> (type, environment variable)
     "node_id": (str, "RAFTFLOW_NODE_ID"),
     "grpc_address": (str, "RAFTFLOW_GRPC_ADDRESS"),
@@ -382,6 +411,8 @@ _SCALARS: dict[str, tuple[Callable[[Any], Any], str]] = {  # key -> (type, envir
     "admin_token_file": (Path, "RAFTFLOW_ADMIN_TOKEN_FILE"),
     "http_address": (str, "RAFTFLOW_HTTP_ADDRESS"),
     "metrics_require_token": (_bool, "RAFTFLOW_METRICS_REQUIRE_TOKEN"),
+    "role": (str, "RAFTFLOW_ROLE"),
+    "join": (_addresses, "RAFTFLOW_JOIN"),
 }
 _TLS_FILES = ("tls_cert_file", "tls_key_file", "tls_ca_file")
 
@@ -423,6 +454,24 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
             values[key] = typ(raw[key])
         except (TypeError, ValueError):
             raise ConfigError(f"{key} from {where[key]} must be {typ.__name__}, got {raw[key]!r}") from None
+    role = values.get("role", "voter")
+    if role not in ROLES:
+        raise ConfigError(f"role from {where['role']} is {role!r}: use {' or '.join(repr(r) for r in ROLES)}")
+    worker = role == "worker"
+    if worker:
+        for key in ("raft_address", "peers"):
+            if key in raw:
+                raise ConfigError(f"{key} from {where.get(key, 'config')} is set, but a worker has no Raft vote: it "
+                                  "names no peers and no raft_address; give it `join` (voters' peer addresses)")
+        if "join" not in values:
+            raise ConfigError("a worker needs `join`: the peer address (HOST:PORT) of one or more voters "
+                              "(--join, or RAFTFLOW_JOIN)")
+        for address in values["join"]:
+            _check_address(address, f"join from {where['join']}")
+        values["raft_address"] = ""
+    elif "join" in values:
+        raise ConfigError(f"join from {where['join']} is set, but this node is a voter (role = \"voter\"): voters "
+                          "name each other in [[peers]]; set role = \"worker\" to join as a worker")
     missing = [k for k in ("node_id", "grpc_address", "raft_address", "peer_address", "data_dir", "secret_file")
                if k not in values]
     if missing:
@@ -440,9 +489,10 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
                           "(its certificate, its key, the cluster CA)")
     if not ID_PATTERN.fullmatch(values["node_id"]):
         raise ConfigError(f"node_id {values['node_id']!r} is invalid: use {ID_RULE}")
-    for key in ("grpc_address", "raft_address", "peer_address"):
+    own = ("grpc_address", "peer_address") if worker else ("grpc_address", "raft_address", "peer_address")
+    for key in own:
         _check_address(values[key], f"{key} from {where[key]}")
-    _check_distinct(values["node_id"], values["grpc_address"], values["raft_address"], values["peer_address"])
+    _check_distinct(values["node_id"], *(values[key] for key in own))
     if values.get("http_address"):
         _check_address(values["http_address"], f"http_address from {where['http_address']}")
         if values["http_address"] in (values["grpc_address"], values["raft_address"], values["peer_address"]):
@@ -595,8 +645,8 @@ def _check_address(value: str, what: str) -> None:
 
 def _check_distinct(node_id: str, *addresses: str) -> None:
     if len(set(addresses)) < len(addresses):
-        raise ConfigError(f"node {node_id}: grpc_address, raft_address and peer_address must be three different "
-                          f"addresses, got {', '.join(addresses)}")
+        raise ConfigError(f"node {node_id}: grpc_address, raft_address and peer_address (a worker: grpc_address and "
+                          f"peer_address) must be different addresses, got {', '.join(addresses)}")
 
 
 _PEER_KEYS = ("id", "grpc_address", "raft_address", "peer_address")
@@ -649,6 +699,9 @@ def to_toml(cfg: NodeConfig) -> str:
         f"scratch_dir = {_toml_str(str(cfg.scratch_dir))}",
         f"insecure = {'true' if cfg.insecure else 'false'}",
     ]
+    if cfg.is_worker:
+        lines.remove(f'raft_address = "{cfg.raft_address}"')
+        lines += ['role = "worker"', "join = [" + ", ".join(_toml_str(a) for a in cfg.join) + "]"]
     if cfg.peer_address:
         lines.insert(2, f'peer_address = "{cfg.peer_address}"')
     if cfg.run_as_user is not None:

@@ -240,7 +240,12 @@ class ReplicatedState(EagerTicks):
         # Told the seconds from propose to applied here of each command this node proposed
         # that committed (node/metrics.py sets it); runs on the proposing thread.
         self.on_committed: Callable[[float], None] | None = None
-        self._id_by_raft_address = {p.raft_address: p.id for p in cfg.all_nodes}
+        # A worker (config role "worker") follows the log as pysyncobj's read-only node: no
+        # Raft port, no vote, not counted for commits; it dials every voter, the leader
+        # sends it the log, and what it proposes is forwarded to the leader.
+        self.read_only = cfg.is_worker
+        voters = cfg.peers if self.read_only else cfg.all_nodes
+        self._id_by_raft_address = {p.raft_address: p.id for p in voters}
         t = cfg.raft
         raft_dir = self._raft_dir = cfg.data_dir / "raft"
         raft_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +267,7 @@ class ReplicatedState(EagerTicks):
         self._machine = _StateMachine(self, State(archive))
         conf = SyncObjConf(
             password=secret,
-            bindAddress=cfg.raft_address,  # pysyncobj's default: 0.0.0.0, whatever raft_address says
+            bindAddress=None if self.read_only else cfg.raft_address,  # (pysyncobj's default: 0.0.0.0)
             autoTick=True,
             autoTickPeriod=t.tick_period,
             appendEntriesPeriod=t.append_entries_period,
@@ -287,7 +292,8 @@ class ReplicatedState(EagerTicks):
                  "no fsync per entry: survives kill -9, not a power loss (fsync = false)")
         try:
             with journal_factory(cfg.fsync):
-                super().__init__(cfg.raft_address, [p.raft_address for p in cfg.peers], conf,
+                super().__init__(None if self.read_only else cfg.raft_address,
+                                 [p.raft_address for p in cfg.peers], conf,
                                  consumers=[self._machine], transportClass=GuardedTCPTransport)
         except Exception as e:  # noqa: BLE001 - pysyncobj fails this way on a journal it cannot parse
             raise StorageDamaged(f"the Raft journal in {raft_dir} cannot be read "
@@ -465,9 +471,11 @@ class ReplicatedState(EagerTicks):
         status = self.status()
         if not status.has_quorum:
             members = len(self._id_by_raft_address)
+            reached = f"{len(status.connected)} of the {members} voters" if self.read_only else \
+                f"{len(status.connected) + 1} of {members} nodes"
             raise NoQuorum(
-                f"no quorum: node {self.node_id} reaches {len(status.connected) + 1} of {members} nodes and needs "
-                f"{members // 2 + 1}; nothing was changed. Bring stopped nodes back (writes resume by themselves)")
+                f"no quorum: node {self.node_id} reaches {reached} and needs {members // 2 + 1}; nothing was "
+                "changed. Bring stopped nodes back (writes resume by themselves)")
         done = threading.Event()
         box: list = [None, None]
         proposed_at = time.monotonic()

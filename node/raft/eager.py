@@ -222,6 +222,8 @@ class EagerTicks(FollowerRule):
     # ------------------------------------------------------------ a leader that is gone
     def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # noqa: N802
         super()._SyncObj__onNodeDisconnected(node)
+        if self._SyncObj__selfNode is None:
+            return      # a read-only node (a worker) never stands for election
         # (the leader it followed last: another's vote request may have cleared the leader
         # already when the connection's end is read)
         if node != self._last_leader or self._SyncObj__raftState != _RAFT_STATE.FOLLOWER \

@@ -43,15 +43,16 @@ def solo_replica(data_dir: Path, **options: Any) -> Iterator[ReplicatedState]:
 
 
 @contextlib.contextmanager
-def replica_trio(base: Path, **options: Any) -> Iterator[list[ReplicatedState]]:
+def replica_trio(base: Path, workers: int = 0, **options: Any) -> Iterator[Replicas]:
     """Three started replicas of one cluster in this process (n1, n2, n3), once one of them
-    leads; those still in the list are destroyed on exit (a test that stops one itself
-    takes it out of the list first: `stop`). `options`: RaftTuning fields."""
+    leads, then `workers` read-only replicas (w1, w2, ...: worker nodes, no vote); those
+    still in the list are destroyed on exit (a test that stops one itself takes it out of
+    the list first: `stop`). `options`: RaftTuning fields."""
     ids = ("n1", "n2", "n3")
     raft = {node_id: f"127.0.0.1:{free_port()}" for node_id in ids}
     peers = {node_id: Peer(node_id, f"127.0.0.1:{free_port()}", raft[node_id], f"127.0.0.1:{free_port()}")
              for node_id in ids}
-    replicas = []
+    replicas = Replicas()
     try:
         for node_id in ids:
             (base / node_id).mkdir(parents=True)
@@ -60,10 +61,30 @@ def replica_trio(base: Path, **options: Any) -> Iterator[list[ReplicatedState]]:
                              raft=replace(RaftTuning(), **options))
             replicas.append(ReplicatedState(cfg, SECRET))
         wait_for(lambda: any(r.is_leader() for r in replicas), 20, "one of three replicas to lead")
+        replicas.voters = tuple(peers.values())
+        for n in range(1, workers + 1):
+            add_worker(base, replicas, f"w{n}", **options)
         yield replicas
     finally:
         for replica in list(replicas):
             stop(replicas, replica)
+
+
+class Replicas(list[ReplicatedState]):
+    """replica_trio's list, which also knows its voters' addresses (for `add_worker`)."""
+    voters: tuple[Peer, ...] = ()
+
+
+def add_worker(base: Path, replicas: Replicas, node_id: str, **options: Any) -> ReplicatedState:
+    """Start a read-only replica (a worker node's) following `replicas`' voters; it joins
+    the list (destroyed with the others)."""
+    (base / node_id).mkdir(parents=True)
+    cfg = NodeConfig(node_id, f"127.0.0.1:{free_port()}", "", base / node_id, base / "secret",
+                     peers=replicas.voters, raft=replace(RaftTuning(), **options), role="worker",
+                     join=tuple(p.peer_address for p in replicas.voters))
+    worker = ReplicatedState(cfg, SECRET)
+    replicas.append(worker)
+    return worker
 
 
 def stop(replicas: list[ReplicatedState], replica: ReplicatedState) -> None:

@@ -71,7 +71,7 @@ def test_environment_alone_is_enough(tmp_path: Path):
     (BASE.replace('peer_address = "127.0.0.1:7201"\n', ''), {}, "missing setting(s): peer_address"),
     (BASE.replace('peer_address = "127.0.0.1:7202"\n', ''), {},
      "needs id, grpc_address, raft_address and peer_address"),
-    (BASE.replace('"127.0.0.1:7201"', '"127.0.0.1:7101"'), {}, "must be three different addresses"),
+    (BASE.replace('"127.0.0.1:7201"', '"127.0.0.1:7101"'), {}, "must be different addresses"),
     (BASE.replace('"127.0.0.1:7202"', '"nowhere"'), {}, "peer n2 peer_address must be HOST:PORT"),
     ('tls_cert_file = "n1.pem"\n' + BASE, {}, "tls_cert_file set but tls_key_file, tls_ca_file not"),
     (BASE, {"RAFTFLOW_INSECURE": "maybe"}, "insecure from $RAFTFLOW_INSECURE must be true or false"),
@@ -314,3 +314,42 @@ def test_admin_token_file_is_optional_set_by_file_or_environment_and_read_with_a
         cfg.read_admin_token()
     (tmp_path / "admin.token").write_text("a-long-enough-admin-token\n")
     assert cfg.read_admin_token() == "a-long-enough-admin-token"
+
+
+WORKER = """
+node_id = "w1"
+role = "worker"
+join = ["127.0.0.1:7201", "127.0.0.1:7202"]
+grpc_address = "127.0.0.1:7005"
+peer_address = "127.0.0.1:7205"
+data_dir = "data"
+secret_file = "secret"
+"""
+
+
+def test_a_worker_joins_by_voters_peer_addresses_and_has_no_raft_port(tmp_path: Path):
+    cfg = load(_write(tmp_path, WORKER), environ={})
+    assert cfg.is_worker and cfg.raft_address == "" and cfg.peers == ()
+    assert cfg.join == ("127.0.0.1:7201", "127.0.0.1:7202")
+    assert load(_write(tmp_path, to_toml(cfg)), environ={}) == cfg
+    env = load(None, environ={"RAFTFLOW_NODE_ID": "w2", "RAFTFLOW_ROLE": "worker", "RAFTFLOW_JOIN": "h:1, h:2",
+                              "RAFTFLOW_GRPC_ADDRESS": "h:3", "RAFTFLOW_PEER_ADDRESS": "h:4",
+                              "RAFTFLOW_DATA_DIR": str(tmp_path), "RAFTFLOW_SECRET_FILE": str(tmp_path / "s")})
+    assert env.join == ("h:1", "h:2") and env.is_worker
+    assert not load(_write(tmp_path, BASE), environ={}).is_worker
+
+
+@pytest.mark.parametrize("text, message", [
+    (WORKER.replace('role = "worker"', 'role = "boss"'), "role from"),
+    (WORKER.replace('join = ["127.0.0.1:7201", "127.0.0.1:7202"]', ''), "a worker needs `join`"),
+    (WORKER.replace('"127.0.0.1:7202"]', '"nohost"]'), "join from"),
+    (WORKER + 'raft_address = "127.0.0.1:7105"\n', "a worker has no Raft vote"),
+    (WORKER + '[[peers]]\nid = "n2"\ngrpc_address = "h:1"\nraft_address = "h:2"\npeer_address = "h:3"\n',
+     "a worker has no Raft vote"),
+    (WORKER.replace('"127.0.0.1:7205"', '"127.0.0.1:7005"'), "must be different addresses"),
+    ('join = ["127.0.0.1:7201"]\n' + BASE, "but this node is a voter"),
+])
+def test_bad_worker_settings_say_what_is_wrong(tmp_path: Path, text: str, message: str):
+    with pytest.raises(ConfigError) as caught:
+        load(_write(tmp_path, text), environ={})
+    assert message in str(caught.value)

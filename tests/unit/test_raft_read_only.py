@@ -1,0 +1,66 @@
+"""A worker's replica (issue 16): pysyncobj's read-only node behind raftflow's adapter.
+It follows the log (snapshot and entries) without a vote, its proposals are forwarded to
+the leader, commits never wait for it, and losing it or its leader costs the voters
+nothing. Real replicas on loopback, in this process."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from waiting import wait_for
+
+from raft_node_support import add_worker, replica_trio, stop
+from raftflow.core import commands as c
+from raftflow.raft.replica import NoQuorum
+
+
+def test_a_worker_follows_the_log_proposes_through_the_leader_and_has_no_vote(tmp_path: Path) -> None:
+    with replica_trio(tmp_path, workers=1) as replicas:
+        voters, worker = replicas[:3], replicas[3]
+        leader = next(r for r in voters if r.is_leader())
+        wait_for(lambda: worker.status().leader_id == leader.node_id, 10, "the worker to know the leader")
+        assert worker.read_only and not worker.is_leader() and worker.status().has_quorum
+        # A voter's write reaches the worker; the worker's write is forwarded and applies everywhere.
+        voters[0].propose(c.SetPool("p1", 3, time.time()))
+        wait_for(lambda: worker.state.pools.get("p1") == 3, 10, "the worker to apply a voter's write")
+        result = worker.propose(c.JoinWorker("w1", "127.0.0.1:7001", "127.0.0.1:7002", "", time.time()))
+        assert result.ok, result
+        wait_for(lambda: all("w1" in r.state.workers for r in voters), 10, "every voter to apply the worker's write")
+        assert worker.state.digest() == leader.state.digest()
+        # The worker is not a member of the Raft configuration: losing it costs nothing.
+        stop(replicas, worker)
+        leader.propose(c.SetPool("p2", 1, time.time()), timeout=5.0)
+
+
+def test_commits_do_not_wait_for_a_worker_and_a_worker_alone_cannot_write(tmp_path: Path) -> None:
+    with replica_trio(tmp_path, workers=1) as replicas:
+        voters, worker = replicas[:3], replicas[3]
+        wait_for(lambda: worker.status().leader_id is not None, 10, "the worker to know the leader")
+        # Two voters down: no majority. The voters' own writes are refused, and so are the worker's.
+        leader = next(r for r in voters if r.is_leader())
+        for r in [r for r in voters if r is not leader]:
+            stop(replicas, r)
+        wait_for(lambda: not worker.status().has_quorum, 10, "the worker to see no majority of voters")
+        with pytest.raises(NoQuorum, match="reaches 1 of the 3 voters and needs 2"):
+            worker.propose(c.SetPool("p", 1, time.time()))
+
+
+def test_a_worker_that_joins_late_catches_up_and_survives_a_change_of_leader(tmp_path: Path) -> None:
+    with replica_trio(tmp_path, log_compaction_min_entries=20) as replicas:
+        voters = list(replicas)
+        old = next(r for r in voters if r.is_leader())
+        for i in range(60):     # past a log compaction: the worker starts from a snapshot
+            old.propose(c.SetPool(f"p{i}", 1 + i, time.time()))
+        wait_for(lambda: "total_seconds" in old.last_snapshot, 10, "the leader to compact its log")
+        worker = add_worker(tmp_path, replicas, "w1", log_compaction_min_entries=20)
+        wait_for(lambda: worker.state.pools.get("p59") == 60, 20, "the worker to catch up")
+        assert worker.state.digest() == old.state.digest()
+        stop(replicas, old)
+        survivors = [r for r in voters if r is not old]
+        wait_for(lambda: any(r.is_leader() for r in survivors), 10, "a new leader")
+        new = next(r for r in survivors if r.is_leader())
+        wait_for(lambda: worker.status().leader_id == new.node_id, 10, "the worker to follow the new leader")
+        worker.propose(c.SetPool("after", 2, time.time()))
+        wait_for(lambda: all(r.state.pools.get("after") == 2 for r in survivors), 10, "the write to apply")
