@@ -253,6 +253,10 @@ class NodeConfig:
     role: str = "voter"
     # A worker's way in: voters' peer addresses (HOST:PORT), asked in turn for the members.
     join: tuple[str, ...] = ()
+    # A worker stopped (SIGTERM) takes no new work and lets its running attempts finish
+    # for up to this many seconds; those still running then are handed back (queued
+    # elsewhere, no retry used). Voters hand theirs back at once.
+    drain_timeout: float = 60.0
 
     @property
     def is_worker(self) -> bool:
@@ -413,6 +417,7 @@ _SCALARS: dict[str, tuple[Callable[[Any], Any], str]] = {  # key -> (type, envir
     "metrics_require_token": (_bool, "RAFTFLOW_METRICS_REQUIRE_TOKEN"),
     "role": (str, "RAFTFLOW_ROLE"),
     "join": (_addresses, "RAFTFLOW_JOIN"),
+    "drain_timeout": (float, "RAFTFLOW_DRAIN_TIMEOUT"),
 }
 _TLS_FILES = ("tls_cert_file", "tls_key_file", "tls_ca_file")
 
@@ -499,6 +504,8 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
             raise ConfigError(f"http_address from {where['http_address']} is {values['http_address']!r}, which "
                               "grpc_address, raft_address or peer_address already uses: give the web server a "
                               "port of its own")
+    if not 0 <= values.get("drain_timeout", 0) <= 86_400:
+        raise ConfigError(f"drain_timeout from {where['drain_timeout']} must be 0 to 86400 (seconds)")
     if values.get("slots", 1) < 1:
         raise ConfigError(f"slots from {where['slots']} must be at least 1")
     if values.get("log_format", "text") not in LOG_FORMATS:
@@ -701,7 +708,8 @@ def to_toml(cfg: NodeConfig) -> str:
     ]
     if cfg.is_worker:
         lines.remove(f'raft_address = "{cfg.raft_address}"')
-        lines += ['role = "worker"', "join = [" + ", ".join(_toml_str(a) for a in cfg.join) + "]"]
+        lines += ['role = "worker"', "join = [" + ", ".join(_toml_str(a) for a in cfg.join) + "]",
+                  f"drain_timeout = {cfg.drain_timeout}"]
     if cfg.peer_address:
         lines.insert(2, f'peer_address = "{cfg.peer_address}"')
     if cfg.run_as_user is not None:

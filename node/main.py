@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from concurrent import futures
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,22 +31,24 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from . import nodelog
+from .api import cluster
 from .api.auth import Authenticator, ClientAuthInterceptor, hash_secret
 from .api.peers import (
     SERVER_OPTIONS,
     PeerAuthInterceptor,
     PeerClients,
+    ask_members,
     client_port_credentials,
     peer_port_credentials,
     peer_token,
 )
 from .api.services import ClientService, PeerService
-from .config import ConfigError, NodeConfig, TLSMaterial, load
+from .config import ConfigError, NodeConfig, Peer, TLSMaterial, load
 from .core import commands as c
 from .core.archive import decode_record
 from .core.effects import DropRunLogs, Effect, ReleasedAttempts, StopAttempt
 from .core.result import Result
-from .core.states import TASK_ACTIVE
+from .core.states import TASK_ACTIVE, TaskState
 from .leader.loop import Dispatcher, LeaderLoop, Liveness
 from .metrics import HealthWatch, NodeMetrics, health_inputs, wire as wire_metrics
 from .proto import client_pb2, client_pb2_grpc, peer_pb2, peer_pb2_grpc
@@ -97,7 +100,8 @@ class Node:
         self.metrics: NodeMetrics | None = None   # (the Raft thread applies before it exists)
         self.replica = ReplicatedState(cfg, secret, on_applied=self._after_apply,
                                        on_installed=self._after_install)
-        self.peers = PeerClients(cfg.peers, peer_token(secret), self.tls)
+        self.peers = PeerClients(cfg.peers, peer_token(secret), self.tls,
+                                 worker=lambda node: self.replica.state.workers.get(node))
         # Task logs outlive their node: this node's go to a copy on the next node
         # (worker/shipping.py); it keeps copies of others' (store/copies.py).
         self.copies = CopyStore(cfg.data_dir / "copies", keep=cfg.log_keep_bytes)
@@ -110,8 +114,8 @@ class Node:
                              setup=self._attempt_setup,
                              connections=cfg.connections, run_as=cfg.task_user, run_state=self._run_state,
                              shipper=self.shipper)
-        self.liveness = Liveness([n.id for n in cfg.all_nodes], cfg.lease_timeout, cfg.healthy_window,
-                                 cfg.slots, cfg.node_id)
+        self.liveness = Liveness([n.id for n in cluster.voters(cfg)], cfg.lease_timeout, cfg.healthy_window,
+                                 cfg.slots, cfg.node_id, workers=self._worker_ids)
         self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,
                                      lambda node, a: self.peers.run_task(node, a))
         self.leader_loop = LeaderLoop(cfg.node_id, self.replica, self.liveness, self.dispatcher,
@@ -120,6 +124,11 @@ class Node:
         self.metrics = wire_metrics(cfg.node_id, self.replica, self.liveness, self.leader_loop,
                                     lambda: self.worker.spawn_failures, cfg.slots)
         self._stop = threading.Event()
+        # Set once this node is a member: at once for a voter, once its JoinWorker
+        # committed for a worker (a heartbeat before that is refused).
+        self._member = threading.Event()
+        if not cfg.is_worker:
+            self._member.set()
         self._heartbeat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         self.auth = Authenticator(self.replica, hash_secret(admin_token) if admin_token else None)
         self._token_use = threading.Thread(target=self._token_use_loop, name="token-use", daemon=True)
@@ -137,7 +146,8 @@ class Node:
         self.peer_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc-peer"), options=SERVER_OPTIONS,
             interceptors=[PeerAuthInterceptor(peer_token(secret), frozenset(n.id for n in cfg.all_nodes),
-                                              tls=self.tls is not None)])
+                                              tls=self.tls is not None,
+                                              is_worker=lambda node: node in self.replica.state.workers)])
         peer_pb2_grpc.add_PeerServicer_to_server(self.peer_service, self.peer_server)
         _listen(self.server, "grpc_address", cfg.grpc_address, self.tls, client_port_credentials)
         _listen(self.peer_server, "peer_address", cfg.peer_address, self.tls, peer_port_credentials)
@@ -168,10 +178,15 @@ class Node:
         threading.Thread(target=self._announce_start, name="announce-start", daemon=True).start()
         log.info("node %s up: API on %s, peer API on %s, Raft on %s (%s), web on %s, %d slots, peers: %s; "
                  "SSH connections: %s",
-                 self.cfg.node_id, self.cfg.grpc_address, self.cfg.peer_address, self.cfg.raft_address,
+                 self.cfg.node_id, self.cfg.grpc_address, self.cfg.peer_address,
+                 "no port (a worker: read-only, no vote)" if self.cfg.is_worker else self.cfg.raft_address,
                  "plaintext, insecure" if self.tls is None else "TLS", self.cfg.web_url or "none", self.cfg.slots,
                  ", ".join(f"{p.id}@{p.peer_address}" for p in self.cfg.peers) or "none",
                  ", ".join(f"{conn.name} ({conn.address})" for conn in self.cfg.connections) or "none")
+
+    def _worker_ids(self) -> list[str]:
+        with self.replica.lock:
+            return list(self.replica.state.workers)
 
     def _after_apply(self, command: c.Command, result: Result) -> None:
         """Execute the effects of a committed command on this node (runs in the Raft
@@ -276,7 +291,10 @@ class Node:
 
     def _announce_start(self) -> None:
         """Commit NodeStarted before accepting work: it releases (as lost) whatever the
-        log still assigns to this node's previous, dead process."""
+        log still assigns to this node's previous, dead process. A worker first commits
+        its JoinWorker (its addresses), which makes it a member."""
+        if self.cfg.is_worker and not self._join_as_worker():
+            return
         decision = propose_until_decided(
             self.replica.propose, lambda: c.NodeStarted(self.cfg.node_id, time.time()), self._stop,
             first_delay=0.1, max_delay=1.0, give_up=lambda: "stopped" if self._stop.is_set() else "",
@@ -291,8 +309,28 @@ class Node:
         self.worker.ready.set()
         log.info("node %s ready for work", self.cfg.node_id)
 
+    def _join_as_worker(self) -> bool:
+        cfg = self.cfg
+        decision = propose_until_decided(
+            self.replica.propose,
+            lambda: c.JoinWorker(cfg.node_id, cfg.grpc_address, cfg.peer_address, cfg.http_address, time.time()),
+            self._stop, first_delay=0.1, max_delay=1.0, give_up=lambda: "stopped" if self._stop.is_set() else "",
+            on_retry=lambda e: log.info("waiting to join the cluster as a worker: %s", e))
+        result = decision.result
+        if result is None:
+            return False
+        if not result.ok:
+            log.error("the cluster refused this worker: %s", result.reason)
+            return False
+        log.info("joined the cluster as worker %s (%s)", cfg.node_id,
+                 "again, with these addresses" if result.value.get("rejoined") else "new")
+        self._member.set()
+        return True
+
     def stop(self) -> None:
         log.info("node %s stopping", self.cfg.node_id)
+        if self.cfg.is_worker:
+            self._drain()
         self.worker.stop_accepting()
         self._stop.set()
         self.health_watch.stop()
@@ -305,6 +343,8 @@ class Node:
             self._heartbeat.join(timeout=self.cfg.heartbeat_interval * 2 + 1.0)
         self._announce_leaving()
         self.worker.shutdown()
+        if self.cfg.is_worker:
+            self._leave()
         self.shipper.stop()
         if self.web is not None:
             self.web.stop()
@@ -315,6 +355,49 @@ class Node:
         self.peers.close()
         self.store.close()
         self.copies.close()
+
+    def _drain(self) -> None:
+        """A worker's SIGTERM: no new work (heartbeats go on, saying not ready, so the lease
+        holds), the attempts assigned here that never started are released at once, and
+        the running ones may finish for drain_timeout."""
+        running = self.worker.drain(0.0)
+        self._announce_leaving()
+        started = {(r, t, a) for r, t, a in running}
+        now = time.time()
+        with self.replica.lock:
+            unstarted = [c.LoseAttempt(run.run_id, ti.task_id, ti.attempt, self.cfg.node_id,
+                                       f"worker {self.cfg.node_id} is stopping; attempt {ti.attempt} had not started",
+                                       now)
+                         for run in self.replica.state.active.values() for ti in run.tasks.values()
+                         if ti.node == self.cfg.node_id and ti.state is TaskState.ASSIGNED
+                         and (run.run_id, ti.task_id, ti.attempt) not in started]
+        if unstarted:
+            try:
+                self.replica.propose(c.Batch(tuple(unstarted)), timeout=5.0)
+            except Exception as e:  # noqa: BLE001 - LeaveWorker releases them at the end anyway
+                log.info("could not hand back %d unstarted attempt(s) now (%s); they go when this worker leaves",
+                         len(unstarted), e)
+        if running:
+            log.info("draining: %d attempt(s) running; waiting up to %gs for them to finish", len(running),
+                     self.cfg.drain_timeout)
+            left = self.worker.drain(self.cfg.drain_timeout)
+            if left:
+                log.warning("drain timeout (%gs): handing back %d attempt(s) still running: %s",
+                            self.cfg.drain_timeout, len(left), ", ".join(f"{r}/{t}" for r, t, _a in left[:10]))
+
+    def _leave(self) -> None:
+        """A worker's last word: LeaveWorker (no longer a member; whatever the log still
+        gives it is released, no retry used). Best effort: if it does not commit, the
+        leader releases those attempts after the lease and the worker stays listed as down."""
+        try:
+            result = self.replica.propose(c.LeaveWorker(self.cfg.node_id, "stopped (SIGTERM)", time.time()),
+                                          timeout=5.0)
+            if result.ok:
+                log.info("left the cluster (%d attempt(s) released)", result.value.get("released", 0))
+            else:
+                log.warning("the cluster did not take this worker's leave: %s", result.reason)
+        except Exception as e:  # noqa: BLE001 - see docstring
+            log.warning("could not tell the cluster this worker leaves (%s): it stays listed as down", e)
 
     def _announce_leaving(self) -> None:
         """One last heartbeat, saying not ready, acknowledged before this returns (best
@@ -357,6 +440,9 @@ class Node:
         acknowledgement from a leader with quorum renews this node's lease."""
         last_sent, last_leader = 0.0, None
         last_refusal = ""   # logged once per distinct refusal, not every heartbeat
+        while not self._member.is_set():
+            if self._stop.wait(0.05):
+                return
         while not self._stop.is_set():
             leader = self.replica.status().leader_id
             sent_at = time.monotonic()
@@ -396,6 +482,41 @@ class Node:
                 self.worker.renew_lease(sent_at)
             else:   # no leader yet, or it has not taken office: try again shortly
                 last_sent = sent_at - self.cfg.heartbeat_interval + 0.05
+
+
+JOIN_RETRY = 1.0     # seconds between two rounds of asking the `join` addresses
+
+
+def join_cluster(cfg: NodeConfig, stop: threading.Event) -> NodeConfig | None:
+    """A worker asks the voters at `join`, in turn until one answers, who the voters are,
+    and returns its config with them as its peers (None if stopped first). A refusal
+    that waiting cannot mend (this node's certificate, secret or id) is a ConfigError;
+    a voter that is down or not yet up is waited for."""
+    tls, token = cfg.read_tls(), peer_token(cfg.read_secret())
+    said: set[str] = set()
+    for n, address in enumerate(itertools.cycle(cfg.join)):
+        if stop.is_set():
+            return None
+        try:
+            reply = ask_members(address, cfg.node_id, token, tls)
+        except grpc.RpcError as e:
+            refused = _refused(e, tls=tls is not None)
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT or refused:
+                raise ConfigError(f"the voter at {address} (join) refused this worker: {refused or e.details()}") \
+                    from None
+            why = f"{address}: {e.details() or e.code()}"
+            if why not in said:
+                said.add(why)
+                log.info("waiting for a voter to answer at %s (join)", why)
+            if (n + 1) % len(cfg.join) == 0:
+                stop.wait(JOIN_RETRY)
+            continue
+        voters = tuple(Peer(m.id, m.grpc_address, m.raft_address, m.peer_address) for m in reply.voters)
+        if not voters or any(not p.raft_address for p in voters):
+            raise ConfigError(f"the node at {address} (join) answered no voters with Raft addresses")
+        log.info("joining through %s: voters %s", address, ", ".join(f"{p.id}@{p.raft_address}" for p in voters))
+        return replace(cfg, peers=voters)
+    return None
 
 
 def _refused(e: grpc.RpcError, tls: bool) -> str:
@@ -451,7 +572,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"raftflow node: {e}", file=sys.stderr)
         return 2
     log_context = nodelog.setup(cfg.node_id, cfg.log_level, cfg.log_format)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     try:
+        if cfg.is_worker:
+            joined = join_cluster(cfg, stop)
+            if joined is None:
+                return 0        # stopped while waiting for a voter
+            cfg = joined
         node = Node(cfg)
     except ConfigError as e:
         print(f"raftflow node: {e}", file=sys.stderr)
@@ -461,9 +590,6 @@ def run(args: argparse.Namespace) -> int:
               f"{recovery_advice(cfg.data_dir / 'raft')}", file=sys.stderr)
         return 70
     log_context.term_of = node.replica.term   # (a plain read of pysyncobj's term: no lock)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     node.start()
     stop.wait()
     node.stop()

@@ -105,6 +105,34 @@ class Host(Protocol):
         """time.monotonic() when the node started."""
 
 
+def voters(cfg: NodeConfig) -> tuple[Peer, ...]:
+    """The configured Raft members (a worker learned them when it joined: its peers)."""
+    return cfg.peers if cfg.is_worker else cfg.all_nodes
+
+
+def is_member(host: Host, node_id: str) -> bool:
+    """A voter, or a worker in this node's replica (a dict lookup: no lock needed)."""
+    return any(p.id == node_id for p in voters(host.cfg)) or node_id in host.replica.state.workers
+
+
+def members(host: Host, node_id: str) -> peer_pb2.MembersReply:
+    """A joining worker asks who the members are (the interceptor checked that `node_id`
+    is its certificate's). A worker may not take a voter's id."""
+    if not isinstance(node_id, str) or not ID_PATTERN.fullmatch(node_id):
+        raise errors.Invalid(f"node id {node_id[:60]!r} is invalid: use {ID_RULE}")
+    known = voters(host.cfg)
+    if any(p.id == node_id for p in known):
+        raise errors.Invalid(f"node id {node_id!r} is a voter's: a worker needs an id of its own (its certificate's "
+                             "common name: `raftflow certs issue`)")
+    with host.replica.lock:
+        workers = sorted(host.replica.state.workers.values(), key=lambda w: w.node)
+    return peer_pb2.MembersReply(
+        voters=[peer_pb2.Member(id=p.id, grpc_address=p.grpc_address, raft_address=p.raft_address,
+                                peer_address=p.peer_address) for p in known],
+        workers=[peer_pb2.Member(id=w.node, grpc_address=w.grpc_address, peer_address=w.peer_address,
+                                 http_address=w.http_address) for w in workers])
+
+
 def node_status(host: Host) -> client_pb2.NodeStatus:
     """This node as `cluster status` shows it (heartbeat ages only on the leader)."""
     cfg, replica = host.cfg, host.replica
@@ -112,7 +140,8 @@ def node_status(host: Host) -> client_pb2.NodeStatus:
     with replica.lock:
         digest = replica.state.digest()
     out = client_pb2.NodeStatus(
-        id=cfg.node_id, role=status.role, healthy=True, pid=os.getpid(), raft_term=status.term,
+        id=cfg.node_id, role="worker" if cfg.is_worker else status.role, worker=cfg.is_worker, healthy=True,
+        pid=os.getpid(), raft_term=status.term,
         commit_index=status.commit_index, last_applied=status.last_applied,
         running_tasks=len(host.worker.running()), slots=cfg.slots, grpc_address=cfg.grpc_address,
         raft_address=cfg.raft_address, leader=status.leader_id or "", has_quorum=status.has_quorum,
@@ -130,23 +159,31 @@ def node_status(host: Host) -> client_pb2.NodeStatus:
     return out
 
 
-def unreachable(peer: Peer, error: str) -> client_pb2.NodeStatus:
+def unreachable(peer: Peer, error: str, worker: bool = False) -> client_pb2.NodeStatus:
     return client_pb2.NodeStatus(id=peer.id, role="unreachable", healthy=False, grpc_address=peer.grpc_address,
                                  raft_address=peer.raft_address, peer_address=peer.peer_address, error=error,
-                                 last_heartbeat_age=-1)
+                                 last_heartbeat_age=-1, worker=worker)
+
+
+STATUS_TIMEOUT = 1.0       # seconds each node may take to answer `cluster status`
 
 
 def cluster_status(host: Host, ops: Operations, fanout: ThreadPoolExecutor) -> client_pb2.ClusterStatusResponse:
-    """Every node's status (asked in parallel on `fanout`), each node's heartbeat age
-    as the leader sees it, and healthy = reachable and heard from within the lease."""
+    """Every node's status, voters and workers (asked in parallel on `fanout`), each
+    node's heartbeat age as the leader sees it, and healthy = reachable and heard from
+    within the lease."""
     own = node_status(host)
-    futures = {p.id: fanout.submit(host.peers.node_info, p.id) for p in host.cfg.peers}
+    with host.replica.lock:
+        workers = [Peer(w.node, w.grpc_address, "", w.peer_address) for w in host.replica.state.workers.values()]
+    others = [p for p in (*voters(host.cfg), *workers) if p.id != own.id]
+    worker_ids = {w.id for w in workers}
+    futures = {p.id: fanout.submit(host.peers.node_info, p.id, STATUS_TIMEOUT) for p in others}
     nodes = {own.id: own}
-    for peer in host.cfg.peers:
+    for peer in others:
         try:
             nodes[peer.id] = futures[peer.id].result()
         except errors.Unavailable as e:
-            nodes[peer.id] = unreachable(peer, e.message)
+            nodes[peer.id] = unreachable(peer, e.message, worker=peer.id in worker_ids)
     leader_id = own.leader
     leader_status = nodes.get(leader_id)
     if not own.has_quorum:
@@ -350,6 +387,9 @@ def heartbeat(host: Host, node_id: str, slots: int, ready: bool, queues: list[st
     """A node's heartbeat, received now: (leader id or "", lease granted, term). It
     counts (renews the node's lease) only while this node leads with quorum."""
     received = time.monotonic()
+    if not is_member(host, node_id):
+        raise errors.Invalid(f"node {node_id[:60]!r} is not a member of this cluster: a worker's heartbeats count "
+                             "once its JoinWorker has committed")
     granted = host.leader_loop.grants_leases()
     if granted:
         host.liveness.beat(node_id, slots, received, ready=ready, queues=queues, connections=connections)
@@ -369,8 +409,7 @@ def node_gone(host: Host, report: peer_pb2.NodeGoneReport) -> peer_pb2.NodeGoneA
     nothing; its next incarnation releases them anyway). Its other running attempts
     (a process the reaper did not see gone) wait for the lease. Elsewhere: not
     accepted, naming the leader."""
-    members = {p.id for p in host.cfg.all_nodes}
-    if report.node not in members or report.node == host.cfg.node_id:
+    if not is_member(host, report.node) or report.node == host.cfg.node_id:
         raise errors.Invalid(f"node {report.node[:60]!r} is not another node of this cluster")
     if len(report.killed) > MAX_GONE_ATTEMPTS:
         raise errors.Invalid(f"a report names at most {MAX_GONE_ATTEMPTS} attempts, not {len(report.killed)}")

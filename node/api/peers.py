@@ -6,10 +6,13 @@ Who calls: main.py (server credentials, the interceptor, PeerClients).
 
 The peer API listens on its own port (`peer_address`), apart from the client API,
 with mutual TLS: a caller must present a certificate from the cluster CA whose
-common name is a configured member (`PeerAuthInterceptor`), and a Heartbeat, an
-AppendLogCopy or a NodeGone must be sent by the node it speaks for. A node dials a peer
-expecting the certificate of that peer (its node id, a DNS name in the certificate's
-SANs), whatever address it dialed.
+common name is a member (a configured voter, or a worker in the replicated state:
+`PeerAuthInterceptor`), and a Heartbeat, an AppendLogCopy, a NodeGone or a Members
+must be sent by the node it speaks for. Members is the one call a node that is not a
+member yet may make (a worker asking whom to join). A node dials a peer expecting the
+certificate of that peer (its node id, a DNS name in the certificate's SANs), whatever
+address it dialed; a worker asking a `join` address for the members expects that
+address's host in the certificate instead (it does not know the voter's id yet).
 As defense in depth every peer call also carries `x-raftflow-peer-token`, an HMAC of
 the cluster secret. With `insecure = true` (development) both ports are plaintext and
 only the token is checked.
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 from typing import Any, Callable, Iterator
 
 import grpc
 
 from ..config import Peer, TLSMaterial
+from ..core.model import WorkerMember
 from ..proto import client_pb2, peer_pb2, peer_pb2_grpc
 from ..store.copies import LogCopy
 from ..worker.worker import Assignment
@@ -34,6 +39,7 @@ PEER_SERVICE_PREFIX = "/raftflow.v1.Peer/"
 HEARTBEAT_METHOD = PEER_SERVICE_PREFIX + "Heartbeat"
 APPEND_LOG_COPY_METHOD = PEER_SERVICE_PREFIX + "AppendLogCopy"
 NODE_GONE_METHOD = PEER_SERVICE_PREFIX + "NodeGone"
+MEMBERS_METHOD = PEER_SERVICE_PREFIX + "Members"
 # Every port binds its address alone: without this gRPC sets SO_REUSEPORT, and a second
 # process could bind the same port and take part of its connections.
 SERVER_OPTIONS = (("grpc.so_reuseport", 0),)
@@ -63,22 +69,31 @@ def caller_identity(context: grpc.ServicerContext) -> str:
 
 class PeerAuthInterceptor(grpc.ServerInterceptor):
     """Rejects peer-API calls without the cluster token (UNAUTHENTICATED) and, with TLS,
-    calls whose certificate names no member of the cluster, or a Heartbeat, AppendLogCopy
-    or NodeGone on behalf of another node (PERMISSION_DENIED)."""
+    calls whose certificate names no member of the cluster (but Members), or a Heartbeat,
+    AppendLogCopy, NodeGone or Members on behalf of another node (PERMISSION_DENIED).
+    `voters` are the configured members; `is_worker` says whether an id is a worker in
+    the replicated state (read at each call: workers come and go)."""
 
-    def __init__(self, token: str, members: frozenset[str], tls: bool) -> None:
+    def __init__(self, token: str, voters: frozenset[str], tls: bool,
+                 is_worker: Callable[[str], bool] = lambda _node: False) -> None:
         self._token = token
-        self._members = members
+        self._voters = voters
+        self._is_worker = is_worker
         self._tls = tls
 
     def _refusal(self, method: str, request: Any, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
         if not self._tls:
             return None
         caller = caller_identity(context)
-        if caller not in self._members:
+        if method == MEMBERS_METHOD:
+            if request.node != caller:
+                return (grpc.StatusCode.PERMISSION_DENIED,
+                        f"a members request for node {request.node[:60]!r} sent with the certificate of {caller!r}")
+            return None
+        if caller not in self._voters and not self._is_worker(caller):
             return (grpc.StatusCode.PERMISSION_DENIED,
                     f"peer call from a certificate naming {caller!r}, which is not a node of this cluster "
-                    f"({', '.join(sorted(self._members))})")
+                    f"(voters {', '.join(sorted(self._voters))}, or a worker that joined)")
         if method == HEARTBEAT_METHOD and request.node_id != caller:
             return (grpc.StatusCode.PERMISSION_DENIED,
                     f"a heartbeat for node {request.node_id!r} sent with the certificate of {caller!r}")
@@ -151,16 +166,45 @@ def peer_channel(peer: Peer, tls: TLSMaterial | None) -> grpc.Channel:
 
 
 class PeerClients:
-    def __init__(self, peers: tuple[Peer, ...], token: str, tls: TLSMaterial | None) -> None:
+    """Clients to the other nodes' peer API: the configured ones (`peers`), and workers,
+    looked up by id in the replicated state (`worker`: its member record, or None) when
+    first called and again whenever the worker's peer address changed (it re-joined)."""
+
+    def __init__(self, peers: tuple[Peer, ...], token: str, tls: TLSMaterial | None,
+                 worker: Callable[[str], WorkerMember | None] = lambda _node: None) -> None:
         self._metadata = ((TOKEN_HEADER, token),)
+        self._tls = tls
         self._channels = {p.id: peer_channel(p, tls) for p in peers}
         self._stubs = {pid: peer_pb2_grpc.PeerStub(ch) for pid, ch in self._channels.items()}
+        self._worker = worker
+        self._lock = threading.Lock()
+        self._workers: dict[str, tuple[str, grpc.Channel, peer_pb2_grpc.PeerStub]] = {}   # id -> (address, ...)
 
     def knows(self, node_id: str) -> bool:
-        return node_id in self._stubs
+        return node_id in self._stubs or self._worker(node_id) is not None
+
+    def _stub(self, node_id: str) -> peer_pb2_grpc.PeerStub:
+        """errors.Unavailable for an id that is neither a configured peer nor a worker."""
+        stub = self._stubs.get(node_id)
+        if stub is not None:
+            return stub
+        member = self._worker(node_id)
+        with self._lock:
+            known = self._workers.get(node_id)
+            if known is not None and (member is None or known[0] != member.peer_address):
+                known[1].close()
+                del self._workers[node_id]
+                known = None
+            if member is None:
+                raise errors.Unavailable(f"node {node_id[:60]!r} is not a member of this cluster (a worker that "
+                                         "left, or never joined)")
+            if known is None:
+                channel = peer_channel(Peer(node_id, member.grpc_address, "", member.peer_address), self._tls)
+                known = self._workers[node_id] = (member.peer_address, channel, peer_pb2_grpc.PeerStub(channel))
+            return known[2]
 
     def run_task(self, node_id: str, a: Assignment, timeout: float = 2.0) -> tuple[bool, str]:
-        ack = self._stubs[node_id].RunTask(peer_pb2.TaskAssignment(
+        ack = self._stub(node_id).RunTask(peer_pb2.TaskAssignment(
             run_id=a.run_id, task_id=a.task_id, attempt=a.attempt, dag_id=a.dag_id, kind=a.kind,
             command=a.command, env=a.env, logical_date=a.logical_date, node=node_id,
         ), timeout=timeout, metadata=self._metadata)
@@ -168,12 +212,12 @@ class PeerClients:
 
     def heartbeat(self, node_id: str, request: peer_pb2.HeartbeatRequest,
                   timeout: float = 1.0) -> peer_pb2.HeartbeatResponse:
-        return self._stubs[node_id].Heartbeat(request, timeout=timeout, metadata=self._metadata)
+        return self._stub(node_id).Heartbeat(request, timeout=timeout, metadata=self._metadata)
 
     def node_info(self, node_id: str, timeout: float = 1.0) -> client_pb2.NodeStatus:
         """The peer's status; errors.Unavailable (gRPC's details, else its code) if it does not answer."""
         try:
-            return self._stubs[node_id].NodeInfo(peer_pb2.NodeInfoRequest(), timeout=timeout,
+            return self._stub(node_id).NodeInfo(peer_pb2.NodeInfoRequest(), timeout=timeout,
                                                  metadata=self._metadata)
         except grpc.RpcError as e:
             raise errors.Unavailable(e.details() or str(e.code())) from None
@@ -182,7 +226,7 @@ class PeerClients:
                  timeout: float = 30.0) -> Iterator[client_pb2.LogChunk]:
         """A log stored on the peer; errors.Unavailable (gRPC's details) if it stops answering."""
         try:
-            yield from self._stubs[node_id].ReadTaskLog(request, timeout=timeout, metadata=self._metadata)
+            yield from self._stub(node_id).ReadTaskLog(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise errors.Unavailable(f"{e.details()}") from None
 
@@ -192,7 +236,7 @@ class PeerClients:
         copy; the offset its copy now reaches. errors.Unavailable (gRPC's details) if it
         does not take it."""
         try:
-            ack = self._stubs[node_id].AppendLogCopy(peer_pb2.LogCopyPart(
+            ack = self._stub(node_id).AppendLogCopy(peer_pb2.LogCopyPart(
                 run_id=run_id, task_id=task_id, attempt=attempt, node=node, offset=offset, data=data, final=final),
                 timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as e:
@@ -206,7 +250,7 @@ class PeerClients:
         kept = bytearray()
         first: peer_pb2.LogCopyPart | None = None
         try:
-            for part in self._stubs[node_id].ReadLogCopy(
+            for part in self._stub(node_id).ReadLogCopy(
                     peer_pb2.AttemptKey(run_id=run_id, task_id=task_id, attempt=attempt), timeout=timeout,
                     metadata=self._metadata):
                 if not part.found:
@@ -222,3 +266,25 @@ class PeerClients:
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
+        with self._lock:
+            for _address, channel, _stub in self._workers.values():
+                channel.close()
+            self._workers.clear()
+
+
+def ask_members(address: str, node_id: str, token: str, tls: TLSMaterial | None,
+                timeout: float = 3.0) -> peer_pb2.MembersReply:
+    """Ask the peer API at `address` (a worker's `join` setting) who the members are.
+    With TLS the answering node's certificate must come from the cluster CA and name the
+    dialed host (the worker does not know that node's id yet). Raises grpc.RpcError."""
+    if tls is None:
+        channel = grpc.insecure_channel(address)
+    else:
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(
+            root_certificates=tls.ca_pem, private_key=tls.key_pem, certificate_chain=tls.cert_pem))
+    try:
+        stub = peer_pb2_grpc.PeerStub(channel)
+        return stub.Members(peer_pb2.MembersRequest(node=node_id), timeout=timeout,
+                            metadata=((TOKEN_HEADER, token),))
+    finally:
+        channel.close()

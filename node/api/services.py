@@ -258,9 +258,18 @@ class PeerService(peer_pb2_grpc.PeerServicer):
         return peer_pb2.RunTaskAck(accepted=ok, reason=reason)
 
     def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
-        leader, granted, term = cluster.heartbeat(self.host, request.node_id, request.slots, request.ready,
-                                                  list(request.queues), list(request.connections))
+        try:
+            leader, granted, term = cluster.heartbeat(self.host, request.node_id, request.slots, request.ready,
+                                                      list(request.queues), list(request.connections))
+        except errors.ServiceError as e:
+            abort(context, self.host.cfg.node_id, e)
         return peer_pb2.HeartbeatResponse(leader=leader, lease_granted=granted, term=term)
+
+    def Members(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            return cluster.members(self.host, request.node)
+        except errors.ServiceError as e:
+            abort(context, self.host.cfg.node_id, e)
 
     def NodeInfo(self, request, context):  # type: ignore[no-untyped-def]
         return cluster.node_status(self.host)

@@ -23,7 +23,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from ..core import commands as c
 from ..core.planner import NodeInfo, PlanMemo, plan
@@ -53,13 +53,20 @@ class Liveness:
     when the previous one last heard from a node."""
 
     def __init__(self, node_ids: list[str], lease_timeout: float, healthy_window: float,
-                 default_slots: int, self_id: str) -> None:
+                 default_slots: int, self_id: str, workers: Callable[[], Iterable[str]] = tuple) -> None:
+        """`node_ids`: the voters; `workers`: the worker ids the replicated state holds now
+        (core/members.py), asked at every `view`: a worker is watched from its join (a
+        worker never heard from by this leader expires like any node it has not heard
+        from) until it leaves."""
         self.lease_timeout = lease_timeout
         self.healthy_window = healthy_window
         self._self_id = self_id
+        self._workers = workers
+        self._default_slots = default_slots
         self._lock = threading.Lock()
         self._last_seen: dict[str, float] = {}
         self._took_office = float("-inf")
+        self._voters = frozenset(node_ids)
         self._slots = dict.fromkeys(node_ids, default_slots)
         self._not_ready: set[str] = set()   # heartbeating, but its NodeStarted has not committed
         self._queues: dict[str, frozenset[str]] = {}
@@ -96,7 +103,13 @@ class Liveness:
             self._not_ready.add(node_id)
 
     def view(self, now: float) -> list[NodeInfo]:
+        workers = set(self._workers())
         with self._lock:
+            for gone in [n for n in self._slots if n not in self._voters and n not in workers]:
+                del self._slots[gone]       # a worker that left: its attempts were released then
+                self._last_seen.pop(gone, None)
+            for worker in workers:
+                self._slots.setdefault(worker, self._default_slots)
             out = []
             for node, slots in sorted(self._slots.items()):
                 seen = self._last_seen.get(node, float("-inf"))

@@ -70,6 +70,11 @@ class PeerStub:
                 request_serializer=raftflow_dot_proto_dot_peer__pb2.NodeGoneReport.SerializeToString,
                 response_deserializer=raftflow_dot_proto_dot_peer__pb2.NodeGoneAck.FromString,
                 _registered_method=True)
+        self.Members = channel.unary_unary(
+                '/raftflow.v1.Peer/Members',
+                request_serializer=raftflow_dot_proto_dot_peer__pb2.MembersRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_peer__pb2.MembersReply.FromString,
+                _registered_method=True)
 
 
 class PeerServicer:
@@ -132,6 +137,15 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Members(self, request, context):
+        """A worker node's way in (node/README.md, "Worker nodes"): who the voters and workers
+        are. The one call a certificate of the cluster CA may make before it names a member
+        (node must be the caller certificate's node, and not a voter's id).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +183,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.NodeGone,
                     request_deserializer=raftflow_dot_proto_dot_peer__pb2.NodeGoneReport.FromString,
                     response_serializer=raftflow_dot_proto_dot_peer__pb2.NodeGoneAck.SerializeToString,
+            ),
+            'Members': grpc.unary_unary_rpc_method_handler(
+                    servicer.Members,
+                    request_deserializer=raftflow_dot_proto_dot_peer__pb2.MembersRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_peer__pb2.MembersReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -360,6 +379,33 @@ class Peer:
             '/raftflow.v1.Peer/NodeGone',
             raftflow_dot_proto_dot_peer__pb2.NodeGoneReport.SerializeToString,
             raftflow_dot_proto_dot_peer__pb2.NodeGoneAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Members(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Peer/Members',
+            raftflow_dot_proto_dot_peer__pb2.MembersRequest.SerializeToString,
+            raftflow_dot_proto_dot_peer__pb2.MembersReply.FromString,
             options,
             channel_credentials,
             insecure,

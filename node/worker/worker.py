@@ -255,6 +255,7 @@ class Worker:
         self._attempts: dict[tuple[str, str, int], _Attempt] = {}
         self.spawn_failures = 0   # attempts whose process the OS refused to start (metrics read it)
         self._stopping = threading.Event()
+        self._draining = threading.Event()   # no new attempts; those running go on (drain)
         # Wakes the lease watchdog: an attempt arrived, or the node is stopping.
         self._watch_wake = threading.Event()
         # Set once this incarnation's NodeStarted committed (main.py); until then the
@@ -277,7 +278,7 @@ class Worker:
         if a.kind not in KINDS or not KINDS[a.kind].runs_on_a_node:
             return False, f"this node cannot run task kind {a.kind!r}"
         with self._lock:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or self._draining.is_set():
                 return False, f"node {self.node_id} is shutting down"
             if a.key in self._attempts:
                 return True, "already running"
@@ -368,6 +369,22 @@ class Worker:
         log.warning("stopping %s/%s attempt %d: %s", a.run_id, a.task_id, a.attempt, why, extra=_about(a))
         _kill_group(process, signal.SIGTERM)
         timer.start()
+
+    def drain(self, timeout: float) -> list[tuple[str, str, int]]:
+        """Refuse dispatches from now on and say not ready (heartbeats), but let running
+        attempts go on and report: wait until none is left or `timeout` seconds passed.
+        Returns the attempts still running then (`shutdown` hands them back)."""
+        with self._lock:
+            self._draining.set()
+            self.ready.clear()
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                left = [a for a in self._attempts.values() if not a.finished.is_set()]
+            remaining = deadline - time.monotonic()
+            if not left or remaining <= 0:
+                return [a.assignment.key for a in left]
+            left[0].finished.wait(min(remaining, 1.0))
 
     def stop_accepting(self) -> None:
         """The node is leaving: refuse dispatches from now on, and heartbeat as not ready so

@@ -20,6 +20,7 @@ PID still runs `raftflow node` with that config.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -66,6 +67,7 @@ class LocalNode:
     dir: Path
     peer_address: str
     http_address: str = ""    # its web server (UI and REST API); "" for none
+    worker: bool = False      # a worker node: no Raft vote, no raft_address; joins through the voters
 
     @property
     def cert_path(self) -> Path:
@@ -115,14 +117,16 @@ class LocalCluster:
                  queues: dict[str, list[str]] | None = None,
                  connections: dict[str, tuple[SSHConnection, ...]] | None = None,
                  run_as_user: str | None = None, scratch_dir: Path | None = None,
-                 insecure: bool = False) -> None:
+                 insecure: bool = False, workers: int = 0) -> None:
         """`hosts`: one address per node (default loopback); `launcher`: a command prefix
         per node id (e.g. `ip netns exec NS`) for nodes in network namespaces; `queues`:
         the task queues of some nodes (the others serve "default"); `connections`: the
         SSH connections of some nodes (the others have none); `run_as_user`, `scratch_dir`:
         every node's settings of those names (default: unset, the system temp dir);
-        `insecure`: plaintext nodes (`insecure = true`) and clients, no certificates. An
-        existing cluster.json decides the nodes, their addresses and `insecure`."""
+        `insecure`: plaintext nodes (`insecure = true`) and clients, no certificates;
+        `workers`: worker nodes w1..wN (no vote) besides the `nodes` voters (`add_worker`
+        adds one later). An existing cluster.json decides the nodes, their addresses and
+        `insecure` (`workers` adds to the workers it has, up to that many)."""
         self.run_as_user = run_as_user
         self.scratch_dir = scratch_dir
         self.data_dir = data_dir.resolve()
@@ -144,8 +148,11 @@ class LocalCluster:
             # (a cluster.json from before the web server gets a free port per node for it)
             http_ports = free_ports(len(saved["nodes"]))
             self.nodes = [LocalNode(n["id"], n["grpc"], n["raft"], self.data_dir / n["id"], n["peer"],
-                                    n.get("http") or f"{n['grpc'].rsplit(':', 1)[0]}:{http_ports[i]}")
+                                    n.get("http") or f"{n['grpc'].rsplit(':', 1)[0]}:{http_ports[i]}",
+                                    worker=bool(n.get("worker")))
                           for i, n in enumerate(saved["nodes"])]
+            while len(self.workers) < workers:
+                self._new_worker()
             return
         self.slots = slots
         self.insecure = insecure
@@ -163,6 +170,35 @@ class LocalCluster:
                       self.data_dir / f"n{i + 1}", f"{hosts[i]}:{peer_ports[i]}", f"{hosts[i]}:{http_ports[i]}")
             for i in range(nodes)
         ]
+        for _ in range(workers):
+            self._new_worker()
+
+    @property
+    def voters(self) -> list[LocalNode]:
+        return [n for n in self.nodes if not n.worker]
+
+    @property
+    def workers(self) -> list[LocalNode]:
+        return [n for n in self.nodes if n.worker]
+
+    def _new_worker(self) -> LocalNode:
+        """A worker node's place (id w<N>, loopback ports), appended to `nodes`."""
+        taken = {n.node_id for n in self.nodes}
+        node_id = next(f"w{i}" for i in itertools.count(1) if f"w{i}" not in taken)
+        grpc_port, peer_port, http_port = free_ports(3)
+        node = LocalNode(node_id, f"{LOOPBACK}:{grpc_port}", "", self.data_dir / node_id, f"{LOOPBACK}:{peer_port}",
+                         f"{LOOPBACK}:{http_port}", worker=True)
+        self.nodes.append(node)
+        return node
+
+    def add_worker(self, start: bool = True) -> str:
+        """Add a worker node to this cluster (configured, and started unless `start` is
+        false): no other node's config changes. Returns its id."""
+        node = self._new_worker()
+        self.configure()
+        if start:
+            self.start_node(node.node_id)
+        return node.node_id
 
     # ------------------------------------------------------------ set-up
     @property
@@ -264,9 +300,11 @@ class LocalCluster:
             if not self.insecure and not node.cert_path.exists():
                 self.issue_cert(node.node_id, self.read_ca())
             peers = tuple(Peer(o.node_id, o.grpc_address, o.raft_address, o.peer_address)
-                          for o in self.nodes if o is not node)
+                          for o in self.voters if o is not node) if not node.worker else ()
+            join = tuple(o.peer_address for o in self.voters) if node.worker else ()
             cfg = NodeConfig(node_id=node.node_id, grpc_address=node.grpc_address, raft_address=node.raft_address,
                              peer_address=node.peer_address, data_dir=node.dir / "data",
+                             role="worker" if node.worker else "voter", join=join,
                              secret_file=self.secret_file, slots=self.slots, peers=peers, raft=self.raft,
                              queues=tuple(self.queues.get(node.node_id, ("default",))),
                              connections=self.connections.get(node.node_id, ()), run_as_user=self.run_as_user,
@@ -281,7 +319,7 @@ class LocalCluster:
             "slots": self.slots,
             "insecure": self.insecure,
             "nodes": [{"id": n.node_id, "grpc": n.grpc_address, "raft": n.raft_address, "peer": n.peer_address,
-                       "http": n.http_address} for n in self.nodes],
+                       "http": n.http_address, **({"worker": True} if n.worker else {})} for n in self.nodes],
         }, indent=2) + "\n")
 
     def read_ca(self) -> certs.KeyPair:
@@ -362,8 +400,15 @@ class LocalCluster:
         node.pid_path.unlink(missing_ok=True)
 
     def stop(self) -> None:
-        """Stop every node, then any process this helper started that still runs (by
-        its own PID, whatever the pid files say)."""
+        """Stop every node, workers first (so they can still leave through the voters),
+        then any process this helper started that still runs (by its own PID, whatever
+        the pid files say)."""
+        for node in self.workers:
+            pid = self.live_pid(node.node_id)
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+        for node in self.workers:
+            self.stop_node(node.node_id)
         for node in self.nodes:
             pid = self.live_pid(node.node_id)
             if pid is not None:
