@@ -139,6 +139,7 @@ def node_status(host: Host) -> client_pb2.NodeStatus:
     status = replica.status()
     with replica.lock:
         digest = replica.state.digest()
+        member = replica.state.workers.get(cfg.node_id)
     out = client_pb2.NodeStatus(
         id=cfg.node_id, role="worker" if cfg.is_worker else status.role, worker=cfg.is_worker, healthy=True,
         pid=os.getpid(), raft_term=status.term,
@@ -151,6 +152,8 @@ def node_status(host: Host) -> client_pb2.NodeStatus:
             name=conn.name, host=conn.host, port=conn.port, user=conn.user, auth=conn.auth,
             trust_on_first_use=conn.trust_on_first_use) for conn in cfg.connections],
     )
+    if member is not None:
+        out.joined_at = member.joined_at
     snapshot = replica.snapshot_status()
     out.snapshot_at, out.snapshot_index = snapshot.at, snapshot.index
     out.snapshot_error, out.snapshot_failures = snapshot.error, snapshot.failures

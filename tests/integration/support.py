@@ -58,6 +58,45 @@ def running_cluster(data_dir: Path, nodes: int = 3, **options: Any):
 
 
 
+def write_dag(path: Path, dag_id: str, record: Path, tasks: dict[str, tuple[float, list[str]]],
+              first: dict[str, str] | None = None, queue: str | None = None) -> Path:
+    """A DAG of recording tasks (raftflow_dev.attempts): {task_id: (seconds, upstream ids)};
+    `first`: a command a task runs before it records itself; `queue`: every task's queue."""
+    from raftflow_dev import attempts
+
+    lines = ["from raftflow import DAG, BashTask", f"with DAG({dag_id!r}) as dag:"]
+    extra = f", queue={queue!r}" if queue else ""
+    for task_id, (seconds, _upstream) in tasks.items():
+        command = attempts.recording_command(record, seconds)
+        if first and task_id in first:
+            command = f"{first[task_id]}; {command}"
+        lines.append(f"    t_{task_id} = BashTask({task_id!r}, command={command!r}{extra})")
+    for task_id, (_seconds, upstream) in tasks.items():
+        for up in upstream:
+            lines.append(f"    t_{up} >> t_{task_id}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_view(cli: Cli, run_id: str, cluster: str | None = None) -> dict:
+    return cli.json("runs", "show", run_id, cluster=cluster)
+
+
+def task_view(run: dict, task_id: str) -> dict:
+    return next(t for t in run["tasks"] if t["task_id"] == task_id)
+
+
+def wait_run_end(cli: Cli, run_id: str, timeout: float = 90, cluster: str | None = None) -> dict:
+    return wait_for(lambda: (r := run_view(cli, run_id, cluster))["state"] in ("success", "failed") and r,
+                    timeout, f"run {run_id} to end")
+
+
+def trigger(cli: Cli, dag_id: str) -> str:
+    proc = cli("dags", "trigger", dag_id, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["run_id"]
+
+
 def dump_node_logs(cluster: Any) -> None:
     """On a failure: the end of every node's log, onto stderr (pytest shows it)."""
     for node in cluster.nodes:

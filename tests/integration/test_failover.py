@@ -7,7 +7,6 @@ Each test starts its own 3-node cluster; tasks record their own lifetimes
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from raftflow.worker.shipping import holders
 from raftflow_dev import attempts
 from raftflow_dev.local import LocalCluster
-from support import Cli, wait_for
+from support import Cli, run_view, task_view, trigger, wait_for, wait_run_end, write_dag
 
 pytestmark = pytest.mark.integration
 
@@ -36,42 +35,6 @@ def cluster(tmp_path: Path):
 @pytest.fixture
 def cli(cluster) -> Cli:
     return Cli(cluster)
-
-
-def write_dag(path: Path, dag_id: str, record: Path, tasks: dict[str, tuple[float, list[str]]],
-              first: dict[str, str] | None = None) -> Path:
-    """A DAG of recording tasks: {task_id: (seconds, upstream ids)}; `first`: a command a
-    task runs before it records itself."""
-    lines = ["from raftflow import DAG, BashTask", f"with DAG({dag_id!r}) as dag:"]
-    for task_id, (seconds, upstream) in tasks.items():
-        command = attempts.recording_command(record, seconds)
-        if first and task_id in first:
-            command = f"{first[task_id]}; {command}"
-        lines.append(f"    t_{task_id} = BashTask({task_id!r}, command={command!r})")
-    for task_id, (_seconds, upstream) in tasks.items():
-        for up in upstream:
-            lines.append(f"    t_{up} >> t_{task_id}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def run_view(cli: Cli, run_id: str, cluster: str | None = None) -> dict:
-    return cli.json("runs", "show", run_id, cluster=cluster)
-
-
-def task_view(run: dict, task_id: str) -> dict:
-    return next(t for t in run["tasks"] if t["task_id"] == task_id)
-
-
-def wait_run_end(cli: Cli, run_id: str, timeout: float = 90, cluster: str | None = None) -> dict:
-    return wait_for(lambda: (r := run_view(cli, run_id, cluster))["state"] in ("success", "failed") and r,
-                    timeout, f"run {run_id} to end")
-
-
-def trigger(cli: Cli, dag_id: str) -> str:
-    proc = cli("dags", "trigger", dag_id, "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)["run_id"]
 
 
 def test_leader_killed_mid_dag_every_task_succeeds_exactly_once(cluster, cli, tmp_path):

@@ -779,7 +779,8 @@ def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
     leader = status["leader"] or f"NONE ({status['served_by']} has no quorum: it reaches no majority of the voters)"
     since = next((c["at"] for c in reversed(status["leader_changes"]) if c["node"] == status["leader"]), None)
     print(f"leader: {leader}" + (f" since {since}" if since else "") + f"   (answered by {status['served_by']})")
-    print(table([[n["id"], n["role"], "yes" if n["healthy"] else "NO", n["pid"] or "-", n["raft_term"],
+    print(table([[n["id"], "worker, unreachable" if n.get("worker") and n["role"] == "unreachable" else n["role"],
+                  "yes" if n["healthy"] else "NO", n["pid"] or "-", n["raft_term"],
                   n["commit_index"], f"{n['running_tasks']}/{n['slots']}",
                   "-" if n["last_heartbeat_age"] < 0 else f"{n['last_heartbeat_age']:.1f}s ago",
                   ",".join(n.get("queues") or []) or "-", snapshot_cell(n, now), n["grpc_address"],
