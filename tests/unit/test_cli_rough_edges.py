@@ -289,8 +289,10 @@ def test_a_pipe_without_columns_gets_whole_lines(monkeypatch: pytest.MonkeyPatch
 
 # ---------------------------------------------------------------- tools/up
 @pytest.mark.parametrize("argv, message", [
-    (["--port-base", "-5"], "--port-base is 1024 to 65232 (node i uses P+i-1 up to P+300+i-1), not -5"),
+    (["--port-base", "-5"], "--port-base is 1024 to 64835 (node i uses P+i-1 up to P+300+i-1, worker i up to "
+                            "P+600+i-1), not -5"),
     (["--nodes", "0"], "--nodes is 1 to 99, not 0"),
+    (["--workers", "-1"], "--workers is 0 to 99, not -1"),
 ])
 def test_tools_up_checks_its_numbers(capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
     from raftflow_dev import up
@@ -321,8 +323,24 @@ def test_tools_up_restarts_a_cluster_with_the_layout_it_has(tmp_path: Path) -> N
     from raftflow_dev.local import LocalCluster
     from raftflow_dev.up import _layout_defaults
 
-    assert _layout_defaults(tmp_path / "none", None, None) == (3, 50051)
-    LocalCluster(tmp_path / "up", nodes=5, port_base=47000, insecure=True).configure()
-    assert _layout_defaults(tmp_path / "up", None, None) == (5, 47000)
-    assert _layout_defaults(tmp_path / "up", 3, None) == (3, 47000), "what is given wins"
-    assert _layout_defaults(tmp_path / "up", None, 48000) == (5, 48000)
+    assert _layout_defaults(tmp_path / "none", None, None, None) == (3, 50051, 0)
+    LocalCluster(tmp_path / "up", nodes=5, port_base=47000, insecure=True, workers=2).configure()
+    assert _layout_defaults(tmp_path / "up", None, None, None) == (5, 47000, 2)
+    assert _layout_defaults(tmp_path / "up", 3, None, 0) == (3, 47000, 0), "what is given wins"
+    assert _layout_defaults(tmp_path / "up", None, 48000, None) == (5, 48000, 2)
+
+
+def test_local_workers_take_ports_after_the_voters_and_join_through_them(tmp_path: Path) -> None:
+    from raftflow.config import load
+    from raftflow_dev.local import LocalCluster
+
+    cluster = LocalCluster(tmp_path / "up", nodes=3, port_base=47000, insecure=True, workers=2)
+    cluster.configure()
+    w2 = cluster.node("w2")
+    assert (w2.grpc_address, w2.peer_address, w2.http_address, w2.raft_address) == \
+        ("127.0.0.1:47401", "127.0.0.1:47501", "127.0.0.1:47601", "")
+    cfg = load(w2.config_path, environ={})
+    assert cfg.is_worker and cfg.join == ("127.0.0.1:47200", "127.0.0.1:47201", "127.0.0.1:47202")
+    assert "w1" not in cluster.node("n1").config_path.read_text()
+    again = LocalCluster(tmp_path / "up")
+    assert [n.node_id for n in again.workers] == ["w1", "w2"] and again.port_base == 47000

@@ -136,6 +136,7 @@ class LocalCluster:
         self.connections = connections or {}
         self.python = python
         self.extra_env = extra_env or {}
+        self.port_base = port_base
         self._procs: dict[str, subprocess.Popen] = {}   # the latest process of each node
         self._started: list[subprocess.Popen] = []      # every process this helper started
         manifest = self.data_dir / "cluster.json"
@@ -143,6 +144,7 @@ class LocalCluster:
         # A cluster.json from before the peer port (and TLS) is laid out afresh.
         self.outdated = saved is not None and not all("peer" in n for n in saved["nodes"])
         if saved is not None and not self.outdated:
+            self.port_base = saved.get("port_base")
             self.slots = saved["slots"]
             self.insecure = bool(saved.get("insecure", False))
             # (a cluster.json from before the web server gets a free port per node for it)
@@ -185,11 +187,24 @@ class LocalCluster:
         """A worker node's place (id w<N>, loopback ports), appended to `nodes`."""
         taken = {n.node_id for n in self.nodes}
         node_id = next(f"w{i}" for i in itertools.count(1) if f"w{i}" not in taken)
-        grpc_port, peer_port, http_port = free_ports(3)
+        if self.port_base is not None:   # (tools/up --port-base P: worker i at P+400+i-1, P+500+i-1, P+600+i-1)
+            i = int(node_id[1:]) - 1
+            grpc_port, peer_port, http_port = (self.port_base + k + i for k in (400, 500, 600))
+        else:
+            grpc_port, peer_port, http_port = free_ports(3)
         node = LocalNode(node_id, f"{LOOPBACK}:{grpc_port}", "", self.data_dir / node_id, f"{LOOPBACK}:{peer_port}",
                          f"{LOOPBACK}:{http_port}", worker=True)
         self.nodes.append(node)
         return node
+
+    def remove_worker(self, node_id: str, timeout: float = 70.0) -> None:
+        """Stop a worker (SIGTERM: it drains and leaves the cluster) and forget it here."""
+        node = self.node(node_id)
+        if not node.worker:
+            raise ValueError(f"{node_id} is a voter, not a worker")
+        self.stop_node(node_id, timeout=timeout)
+        self.nodes.remove(node)
+        self.configure()
 
     def add_worker(self, start: bool = True) -> str:
         """Add a worker node to this cluster (configured, and started unless `start` is
@@ -317,6 +332,7 @@ class LocalCluster:
             node.config_path.write_text(to_toml(cfg))
         (self.data_dir / "cluster.json").write_text(json.dumps({
             "slots": self.slots,
+            **({"port_base": self.port_base} if self.port_base is not None else {}),
             "insecure": self.insecure,
             "nodes": [{"id": n.node_id, "grpc": n.grpc_address, "raft": n.raft_address, "peer": n.peer_address,
                        "http": n.http_address, **({"worker": True} if n.worker else {})} for n in self.nodes],

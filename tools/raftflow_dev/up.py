@@ -73,20 +73,24 @@ def _ssh_demo_connection(data_dir: Path) -> SSHConnection | None:
 DEFAULT_NODES, DEFAULT_PORT_BASE = 3, 50051
 
 
-def _layout_defaults(data_dir: Path, nodes: int | None, port_base: int | None) -> tuple[int, int]:
-    """--nodes and --port-base where given, else what the cluster in `data_dir` already
-    has (its cluster.json), else the defaults: `tools/up --data-dir X` restarts X as it was."""
+def _layout_defaults(data_dir: Path, nodes: int | None, port_base: int | None,
+                     workers: int | None) -> tuple[int, int, int]:
+    """--nodes (voters), --port-base and --workers where given, else what the cluster in
+    `data_dir` already has (its cluster.json), else the defaults: `tools/up --data-dir X`
+    restarts X as it was."""
     try:
         known = json.loads((data_dir / "cluster.json").read_text())["nodes"]
-        had = (len(known), int(known[0]["grpc"].rsplit(":", 1)[1]))
+        voters = [n for n in known if not n.get("worker")]
+        had = (len(voters), int(voters[0]["grpc"].rsplit(":", 1)[1]), len(known) - len(voters))
     except (OSError, ValueError, KeyError, IndexError, TypeError):
-        had = (DEFAULT_NODES, DEFAULT_PORT_BASE)
-    return (had[0] if nodes is None else nodes), (had[1] if port_base is None else port_base)
+        had = (DEFAULT_NODES, DEFAULT_PORT_BASE, 0)
+    return ((had[0] if nodes is None else nodes), (had[1] if port_base is None else port_base),
+            (had[2] if workers is None else workers))
 
 
 def up(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir)
-    args.nodes, args.port_base = _layout_defaults(data_dir, args.nodes, args.port_base)
+    args.nodes, args.port_base, args.workers = _layout_defaults(data_dir, args.nodes, args.port_base, args.workers)
     connections: dict[str, tuple[SSHConnection, ...]] = {}
     conn: SSHConnection | None = None   # the demo sshd's connection, with --ssh-demo
     if args.ssh_demo:
@@ -105,14 +109,23 @@ def up(args: argparse.Namespace) -> int:
               "again", file=sys.stderr)
         return 2
     wanted = (args.nodes, f"{LOOPBACK}:{args.port_base}")
-    current = (len(cluster.nodes), cluster.nodes[0].grpc_address)
+    current = (len(cluster.voters), cluster.voters[0].grpc_address)
     if current != wanted:
         if running:
-            print(f"a cluster of {len(cluster.nodes)} nodes from {data_dir} is running at {cluster.addresses}; "
+            print(f"a cluster of {len(cluster.voters)} voters from {data_dir} is running at {cluster.addresses}; "
                   f"stop it with `tools/down --data-dir {data_dir}` to start a different one", file=sys.stderr)
             return 2
         (data_dir / "cluster.json").unlink()
         cluster = LocalCluster(data_dir, nodes=args.nodes, port_base=args.port_base, connections=connections)
+    # Workers come and go with the cluster running: no other node's config changes.
+    while len(cluster.workers) < args.workers:
+        cluster._new_worker()
+    for extra in cluster.workers[args.workers:]:
+        if extra.node_id in running:
+            print(f"stopping worker {extra.node_id} (it drains: running attempts finish first, up to its "
+                  "drain_timeout)")
+        cluster.remove_worker(extra.node_id)
+        running = [n for n in running if n != extra.node_id]
     if running and conn is not None and not _has_connection(cluster, conn):
         print(f"the running cluster at {cluster.addresses} has no {SSH_DEMO_CONNECTION} connection to "
               f"{conn.host}:{conn.port} (it was started without --ssh-demo, or with another sshd): "
@@ -125,7 +138,7 @@ def up(args: argparse.Namespace) -> int:
     else:
         stopped = [n for n in cluster.nodes if n.node_id not in running]
         busy = [n.grpc_address for n in stopped if _port_busy(n.grpc_address)]
-        busy += [n.raft_address for n in stopped if _port_busy(n.raft_address)]
+        busy += [n.raft_address for n in stopped if n.raft_address and _port_busy(n.raft_address)]
         busy += [n.peer_address for n in stopped if _port_busy(n.peer_address)]
         busy += [n.http_address for n in stopped if n.http_address and _port_busy(n.http_address)]
         if busy:
@@ -135,8 +148,9 @@ def up(args: argparse.Namespace) -> int:
         cluster.configure()
         for node in stopped:
             pid = cluster.start_node(node.node_id)
+            raft = "worker: no vote, joins through the voters" if node.worker else f"Raft {node.raft_address}"
             print(f"started {node.node_id} (pid {pid}): API {node.grpc_address}, peer API {node.peer_address}, "
-                  f"Raft {node.raft_address}, web {cluster.web_url(node.node_id)}, log {node.log_path}")
+                  f"{raft}, web {cluster.web_url(node.node_id)}, log {node.log_path}")
         if not cluster.insecure:
             print(f"TLS on every gRPC and web port; the CLI trusts the cluster's CA certificate {cluster.ca_path}")
     started = time.monotonic()
@@ -264,7 +278,12 @@ def down(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/up", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nodes", type=int, help="how many nodes (default: as the cluster in --data-dir has, else 3)")
+    parser.add_argument("--nodes", type=int,
+                        help="how many voters (default: as the cluster in --data-dir has, else 3)")
+    parser.add_argument("--workers", type=int,
+                        help="how many worker nodes besides (no Raft vote; added to or taken from a running "
+                             "cluster without restarting it; worker i uses P+400+i-1, P+500+i-1, P+600+i-1; "
+                             "default: as the cluster in --data-dir has, else 0)")
     parser.add_argument("--port-base", type=int,
                         help="node i serves its client API on P+i-1, Raft on P+100+i-1, its peer API on "
                              "P+200+i-1 and its web UI and REST API on P+300+i-1 (default: as the cluster in "
@@ -279,10 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nodes is not None and not 1 <= args.nodes <= 99:
         parser.error(f"--nodes is 1 to 99, not {args.nodes}")
-    nodes = args.nodes or DEFAULT_NODES
-    if args.port_base is not None and not 1024 <= args.port_base <= 65535 - 300 - nodes:
-        parser.error(f"--port-base is 1024 to {65535 - 300 - nodes} (node i uses P+i-1 up to P+300+i-1), "
-                     f"not {args.port_base}")
+    if args.workers is not None and not 0 <= args.workers <= 99:
+        parser.error(f"--workers is 0 to 99, not {args.workers}")
+    if args.port_base is not None and not 1024 <= args.port_base <= 65535 - 700:
+        parser.error(f"--port-base is 1024 to {65535 - 700} (node i uses P+i-1 up to P+300+i-1, worker i up to "
+                     f"P+600+i-1), not {args.port_base}")
     return down(args) if args.down else up(args)
 
 
