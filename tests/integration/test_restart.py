@@ -7,8 +7,7 @@ import signal
 import pytest
 
 from raftflow_dev import attempts
-from support import Cli, running_cluster, wait_for
-from test_failover import run_view, task_view, trigger, wait_run_end, write_dag
+from support import Cli, run_view, running_cluster, task_view, trigger, wait_for, wait_run_end, write_dag
 
 pytestmark = pytest.mark.integration
 

@@ -183,8 +183,8 @@ class LocalCluster:
     def workers(self) -> list[LocalNode]:
         return [n for n in self.nodes if n.worker]
 
-    def _new_worker(self) -> LocalNode:
-        """A worker node's place (id w<N>, loopback ports), appended to `nodes`."""
+    def _new_worker(self, host: str = LOOPBACK) -> LocalNode:
+        """A worker node's place (id w<N>, ports on `host`), appended to `nodes`."""
         taken = {n.node_id for n in self.nodes}
         node_id = next(f"w{i}" for i in itertools.count(1) if f"w{i}" not in taken)
         if self.port_base is not None:   # (tools/up --port-base P: worker i at P+400+i-1, P+500+i-1, P+600+i-1)
@@ -192,8 +192,8 @@ class LocalCluster:
             grpc_port, peer_port, http_port = (self.port_base + k + i for k in (400, 500, 600))
         else:
             grpc_port, peer_port, http_port = free_ports(3)
-        node = LocalNode(node_id, f"{LOOPBACK}:{grpc_port}", "", self.data_dir / node_id, f"{LOOPBACK}:{peer_port}",
-                         f"{LOOPBACK}:{http_port}", worker=True)
+        node = LocalNode(node_id, f"{host}:{grpc_port}", "", self.data_dir / node_id, f"{host}:{peer_port}",
+                         f"{host}:{http_port}", worker=True)
         self.nodes.append(node)
         return node
 
@@ -206,10 +206,11 @@ class LocalCluster:
         self.nodes.remove(node)
         self.configure()
 
-    def add_worker(self, start: bool = True) -> str:
+    def add_worker(self, start: bool = True, host: str = LOOPBACK) -> str:
         """Add a worker node to this cluster (configured, and started unless `start` is
-        false): no other node's config changes. Returns its id."""
-        node = self._new_worker()
+        false) at `host` (a network namespace's address: give `launcher` its id's prefix):
+        no other node's config changes. Returns its id."""
+        node = self._new_worker(host)
         self.configure()
         if start:
             self.start_node(node.node_id)
