@@ -134,3 +134,42 @@ def test_sigterm_drains_a_worker_its_attempt_finishes_there_and_it_leaves(cluste
     successor = cluster.add_worker()
     run = wait_run_end(cli, later, timeout=60)
     assert run["state"] == "success" and task_view(run, "long")["node"] == successor
+
+
+def test_a_leader_kill_with_ten_workers_attached_loses_and_doubles_nothing(tmp_path):
+    """Ten workers run a wide stage while the leader is killed: every worker follows the
+    new leader and renews its lease through it, so every task runs exactly once."""
+    workers = [f"w{i}" for i in range(1, 11)]
+    local = LocalCluster(tmp_path / "cluster", nodes=3, slots=2, workers=10, queues={w: [QUEUE] for w in workers})
+    local.start()
+    try:
+        local.wait_ready(60)
+        cli = Cli(local)
+        record = tmp_path / "attempts.log"
+        tasks = {f"part_{i:02d}": (3.0, []) for i in range(20)}
+        tasks["join"] = (0.2, list(tasks))
+        write_dag(tmp_path / "d.py", "wide_on_workers", record, tasks, queue=QUEUE)
+        assert cli("dags", "submit", str(tmp_path / "d.py")).returncode == 0
+        run_id = trigger(cli, "wide_on_workers")
+        wait_for(lambda: sum(t["state"] == "running" for t in run_view(cli, run_id)["tasks"]) >= 15, 60,
+                 "the wide stage to run on the workers")
+        leader = cli.json("cluster", "status")["leader"]
+        assert local.signal_node(leader, signal.SIGKILL)
+
+        survivors = Cli(local, ",".join(n.grpc_address for n in local.nodes if n.node_id != leader))
+        run = wait_run_end(survivors, run_id, timeout=90)
+        assert run["state"] == "success", run
+        recorded = attempts.read(record)
+        assert set(attempts.successes(recorded).values()) == {1}, attempts.successes(recorded)
+        assert len(recorded) == len(tasks) and all(len(a) == 1 for a in recorded.values()), \
+            {k: len(v) for k, v in recorded.items() if len(v) != 1}
+        assert attempts.overlaps(recorded) == []
+        assert {t["node"] for t in run["tasks"]} <= set(workers)
+        status = survivors.json("cluster", "status")
+        assert status["leader"] not in ("", leader)
+        assert all(n["healthy"] for n in status["nodes"] if n["worker"]), status["nodes"]
+    except BaseException:
+        dump_node_logs(local)
+        raise
+    finally:
+        local.stop()
