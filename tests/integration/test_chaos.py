@@ -1,4 +1,5 @@
-"""A 60-second tools/chaos run: kills, pauses and restarts under load, zero violations."""
+"""A 60-second tools/chaos run: kills, pauses and restarts under load, of the three voters
+and of worker nodes, which also join and leave (issue 16): zero violations."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_sixty_seconds_of_chaos_lose_nothing_and_never_overlap(tmp_path):
-    proc = run_dev_tool("chaos", "--duration", "60", "--seed", "7", "--json", "--keep", str(tmp_path / "chaos"),
-                        timeout=400)
+    proc = run_dev_tool("chaos", "--duration", "60", "--workers", "2", "--seed", "7", "--json",
+                        "--keep", str(tmp_path / "chaos"), timeout=400)
     assert proc.stdout.strip(), proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     summary = json.dumps({k: v for k, v in result.items() if k != "digests"}, indent=1)
     assert result["faults"].get("not_done", 0) == 0, summary   # every fault landed
     assert sum(result["faults"].values()) >= 10, summary       # the run really was chaotic
+    assert result["faults"].get("join", 0) and result["faults"].get("leave", 0), summary   # workers came and went
     assert result["runs_submitted"] >= 30, summary
     assert result["runs_lost"] == 0, summary
     assert result["runs_failed"] == 0, summary

@@ -1,10 +1,13 @@
 """tools/chaos: run a local cluster under steady DAG load while killing, pausing and
 restarting random nodes, then check that nothing was lost and nothing ran twice at once.
 
-    tools/chaos [--duration SECONDS] [--nodes N] [--seed S] [--json] [--keep DIR]
+    tools/chaos [--duration SECONDS] [--nodes N] [--workers W] [--seed S] [--json] [--keep DIR]
 
-Faults (never more than a minority of nodes impaired at once): SIGKILL then restart,
-SIGSTOP then SIGCONT (sometimes past the lease timeout), SIGTERM then restart.
+Faults (never more than a minority of voters impaired at once): SIGKILL then restart,
+SIGSTOP then SIGCONT (sometimes past the lease timeout), SIGTERM then restart. With
+--workers W, W worker nodes (no vote) start beside the N voters, and the faults also
+hit them (any number at once: they decide nothing), and workers join (a new one
+starts, up to 2W) and leave (SIGTERM: it drains and leaves the member list).
 Load: a run every --interval seconds of a DAG with serial and parallel tasks that
 record their own lifetimes (raftflow_dev.attempts).
 
@@ -75,29 +78,53 @@ class Chaos:
 
     # ------------------------------------------------------------ faults
     def faults_loop(self) -> None:
-        minority = (len(self.cluster.nodes) - 1) // 2
+        voters = [n.node_id for n in self.cluster.voters]
+        minority = (len(voters) - 1) // 2
+        workers = len(self.cluster.workers)
         while not self.stop.wait(self.rng.uniform(1.0, 3.0)):
             self._heal_due()
-            if len(self.impaired) >= minority:
+            if workers and self.rng.random() < 0.5:
+                self._worker_fault(2 * workers)
                 continue
-            node = self.rng.choice([n.node_id for n in self.cluster.nodes if n.node_id not in self.impaired])
-            action = self.rng.choice(["kill", "kill", "pause", "pause", "restart"])
-            if action == "kill":
-                done = self.cluster.signal_node(node, signal.SIGKILL)
-                self._impair(node, "down", self.rng.uniform(1.0, 4.0))
-            elif action == "pause":
-                done = self.cluster.signal_node(node, signal.SIGSTOP)
-                self._impair(node, "paused", self.rng.uniform(0.5, 6.0))
-            else:
-                done = self.cluster.live_pid(node) is not None
-                self.cluster.stop_node(node)
-                self._impair(node, "down", self.rng.uniform(0.2, 1.0))
-            if not done:
-                self.log(f"{time.strftime('%H:%M:%S')} {action} {node}: NOT DONE (no live process found)")
-                self.faults["not_done"] += 1
+            if sum(node in self.impaired for node in voters) >= minority:
                 continue
-            self.faults[action] += 1
-            self.log(f"{time.strftime('%H:%M:%S')} {action} {node}")
+            self._fault(self.rng.choice([n for n in voters if n not in self.impaired]))
+
+    def _worker_fault(self, most: int) -> None:
+        """A worker joins, leaves, or is killed, paused or restarted like a voter."""
+        present = [n.node_id for n in self.cluster.workers if n.node_id not in self.impaired]
+        action = self.rng.choice(["join", "leave", "fault", "fault"])
+        if action == "join" and len(self.cluster.workers) < most:
+            node = self.cluster.add_worker()
+            self.faults["join"] += 1
+            self.log(f"{time.strftime('%H:%M:%S')} join {node}")
+        elif action == "leave" and len(present) > 1:
+            node = self.rng.choice(present)
+            self.cluster.remove_worker(node)
+            self.faults["leave"] += 1
+            self.log(f"{time.strftime('%H:%M:%S')} leave {node} (drained)")
+        elif present:
+            self._fault(self.rng.choice(present))
+
+    def _fault(self, node: str) -> None:
+        """Kill, pause or restart (SIGTERM) one node; it is brought back later (_heal_due)."""
+        action = self.rng.choice(["kill", "kill", "pause", "pause", "restart"])
+        if action == "kill":
+            done = self.cluster.signal_node(node, signal.SIGKILL)
+            self._impair(node, "down", self.rng.uniform(1.0, 4.0))
+        elif action == "pause":
+            done = self.cluster.signal_node(node, signal.SIGSTOP)
+            self._impair(node, "paused", self.rng.uniform(0.5, 6.0))
+        else:
+            done = self.cluster.live_pid(node) is not None
+            self.cluster.stop_node(node)
+            self._impair(node, "down", self.rng.uniform(0.2, 1.0))
+        if not done:
+            self.log(f"{time.strftime('%H:%M:%S')} {action} {node}: NOT DONE (no live process found)")
+            self.faults["not_done"] += 1
+            return
+        self.faults[action] += 1
+        self.log(f"{time.strftime('%H:%M:%S')} {action} {node}")
 
     def _impair(self, node: str, how: str, seconds: float) -> None:
         self.impaired[node] = how
@@ -121,8 +148,8 @@ class Chaos:
 
 
 def run(duration: float, nodes: int, seed: int, interval: float, data_dir: Path,
-        log: Any, settle_timeout: float = 90.0) -> dict[str, Any]:
-    cluster = LocalCluster(data_dir, nodes=nodes)
+        log: Any, settle_timeout: float = 90.0, workers: int = 0) -> dict[str, Any]:
+    cluster = LocalCluster(data_dir, nodes=nodes, workers=workers)
     record = data_dir / "attempts.log"
     cluster.start()
     chaos = None
@@ -170,7 +197,8 @@ def run(duration: float, nodes: int, seed: int, interval: float, data_dir: Path,
         lost = [r["run_id"] for r in runs if r["state"] not in TERMINAL]
         lost += [run_id for run_id in chaos.triggered if run_id not in {r["run_id"] for r in runs}]
         result: dict[str, Any] = {
-            "duration_s": duration, "nodes": nodes, "seed": seed,
+            "duration_s": duration, "nodes": nodes, "workers": workers, "seed": seed,
+            "workers_at_end": [n.node_id for n in cluster.workers],
             "faults": dict(chaos.faults), "triggers_refused": chaos.trigger_errors,
             "triggers_retried": chaos.client.retried_writes,
             "runs_submitted": len(runs), "runs_succeeded": states.get(RunState.SUCCESS.value, 0),
@@ -220,7 +248,9 @@ def diagnose(cluster: LocalCluster, run_ids: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/chaos", description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of faults (default 60)")
-    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=3, help="voters (default 3)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="worker nodes besides, which also join, leave and fail (default 0)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between triggered runs")
     parser.add_argument("--json", action="store_true")
@@ -229,14 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if args.json else \
         (lambda line: print(line, flush=True))
-    log(f"chaos: {args.nodes} nodes, {args.duration:.0f}s, seed {seed}")
+    log(f"chaos: {args.nodes} voters, {args.workers} workers, {args.duration:.0f}s, seed {seed}")
     if args.keep:
         data_dir = Path(args.keep)
         data_dir.mkdir(parents=True, exist_ok=True)
-        result = run(args.duration, args.nodes, seed, args.interval, data_dir, log)
+        result = run(args.duration, args.nodes, seed, args.interval, data_dir, log, workers=args.workers)
     else:
         with tempfile.TemporaryDirectory(prefix="raftflow-chaos-") as tmp:
-            result = run(args.duration, args.nodes, seed, args.interval, Path(tmp), log)
+            result = run(args.duration, args.nodes, seed, args.interval, Path(tmp), log, workers=args.workers)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
