@@ -44,6 +44,11 @@ Scenarios:
             trigger to first start and to last end, fan-out wall and tasks/s, and the
             ratios Airflow / raftflow (see bench_airflow; `tools/bench airflow --help`;
             needs the network once, takes minutes: not part of `all`).
+  scale-out  3 voters with 0, 4 and 16 worker nodes (--smoke: 0, 2): a commit through the
+            leader, the idle leader's CPU, fan-out tasks/s and the leader's CPU per 1,000
+            tasks; and 10,000 DAGs due at one minute tick on the most workers (--quick:
+            2,000 on a 10 s tick): tick to every run created (see bench_scaleout; minutes
+            long: not part of `all`).
 
 Figures are medians (and p90/max) of several runs: machines are shared and noisy.
 """
@@ -75,6 +80,7 @@ from .bench_history import rss_mib, scenario_history
 from .bench_idle import scenario_idle
 from .bench_metrics import scenario_metrics
 from .bench_scale import scenario_chain, scenario_cron_scale, scenario_empty, scenario_fanout
+from .bench_scaleout import scenario_scale_out
 from .bench_status import scenario_status_load
 from .bench_ui import scenario_ui
 from .local import LocalCluster
@@ -92,15 +98,15 @@ def _quantiles(samples: list[float]) -> dict[str, float]:
 
 class Bench:
     def __init__(self, nodes: int, quick: bool, fsync: bool = False, duration: float | None = None,
-                 slots: int = 4, smoke: bool = False) -> None:
+                 slots: int = 4, smoke: bool = False, workers: int = 0) -> None:
         self.quick = quick or smoke
         self.smoke = smoke      # the smallest sizes: proves a scenario runs (the test suite's)
         self.duration = duration
         self._tmp = tempfile.TemporaryDirectory(prefix="raftflow-bench-")
-        self.cluster = LocalCluster(Path(self._tmp.name), nodes=nodes, slots=slots,
+        self.cluster = LocalCluster(Path(self._tmp.name), nodes=nodes, slots=slots, workers=workers,
                                     extra_env={"RAFTFLOW_FSYNC": "true"} if fsync else None)
         self.cluster.start()
-        self.cluster.wait_ready(60)
+        self.cluster.wait_ready(60 + 5 * workers)
         self.client = self.cluster.client()
 
     def close(self) -> None:
@@ -334,7 +340,8 @@ BY_NAME_ONLY: dict[str, Callable[[Bench], dict[str, Any]]] = {"status_load": sce
 # Scenarios that set up their own clusters.
 STANDALONE: dict[str, Callable[[bool, int], dict[str, Any]]] = {"history": scenario_history, "ui": scenario_ui}
 # Standalone scenarios `all` leaves out (the suite's smoke test runs `all`): run by name.
-STANDALONE_BY_NAME: dict[str, Callable[[bool, int], dict[str, Any]]] = {"metrics": scenario_metrics}
+STANDALONE_BY_NAME: dict[str, Callable[[bool, int], dict[str, Any]]] = {"metrics": scenario_metrics,
+                                                                        "scale-out": scenario_scale_out}
 
 
 def _print_table(result: dict[str, Any]) -> None:
@@ -375,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         if name in STANDALONE or name in STANDALONE_BY_NAME:
             standalone = {**STANDALONE, **STANDALONE_BY_NAME}[name]
             result = (scenario_history(True, args.nodes, smoke=True) if args.smoke and name == "history"
+                      else scenario_scale_out(True, args.nodes, smoke=True) if args.smoke and name == "scale-out"
                       else standalone(args.quick or args.smoke, args.nodes))
         else:
             # a fresh cluster per scenario: no cross-talk

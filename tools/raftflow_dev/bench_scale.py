@@ -136,6 +136,12 @@ def scenario_cron_scale(bench: "Bench") -> dict[str, Any]:
     """--quick: 500 DAGs on a 10-second schedule (6-field cron, seconds last); else 5000 on `* * * * *`."""
     count, cron, period = ((100 if bench.smoke else 500), "* * * * * */10", 10) if bench.quick else \
         (5000, "* * * * *", 60)
+    return cron_tick(bench, count, cron, period)
+
+
+def cron_tick(bench: "Bench", count: int, cron: str, period: int) -> dict[str, Any]:
+    """`count` DAGs of one `true` task on schedule `cron` (every `period` seconds), all due
+    at one tick: tick to every run created, to every run succeeded, the leader's CPU and RSS."""
     specs = [{"dag_id": f"cron{i:04d}", "schedule": cron, "catchup": "none", "keep_runs": 3,
               "tasks": [{"task_id": "a", "command": "true"}]} for i in range(count)]
     _submit(bench, specs)

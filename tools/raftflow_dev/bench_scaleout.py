@@ -1,0 +1,128 @@
+"""tools/bench scale-out (issue 16 part 6): what worker nodes cost the voters.
+
+For 3 voters and 0, 4 and 16 worker nodes (--quick: the same; --smoke: 0 and 2), each on a
+fresh local cluster on this machine:
+
+- commit: one write through the leader (SetPaused), median and p90 of N; the target is
+  within 1.2x of the figure with no workers (a commit waits for a majority of voters only;
+  workers cost the leader an extra append per round, not a round trip);
+- idle: the leader's CPU while nothing runs (heartbeats of every node, log rounds to every
+  worker), as a fraction of one core;
+- fan-out: 1 -> N -> 1 `true` tasks: tasks/s, the share that ran on workers, and the leader's
+  CPU per 1,000 tasks (how its work grows with nodes);
+- cron: D DAGs with a schedule all due at one tick (every minute; --quick and --smoke every
+  10 s), with the most workers: tick to every run created (target: within 2 s) and succeeded.
+
+Every node of a run shares this machine's 2 cores: a cluster of 19 processes measures the
+leader's cost per node, not what 19 machines would do. Figures name their sizes.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from raftflow.core.states import RunState
+
+from .bench_idle import cpu_seconds, measure_windows
+from .bench_scale import _epoch, _submit, _wait_run, cron_tick
+
+
+@dataclass(frozen=True)
+class Sizes:
+    workers: tuple[int, ...]
+    writes: int
+    width: int
+    dags: int
+    cron: str
+    period: int
+    idle_windows: int
+    idle_seconds: float
+
+
+SIZES = {
+    "full": Sizes((0, 4, 16), 300, 500, 10_000, "* * * * *", 60, 3, 5.0),
+    "quick": Sizes((0, 4, 16), 100, 200, 2_000, "* * * * * */10", 10, 2, 2.0),
+    "smoke": Sizes((0, 2), 20, 20, 50, "* * * * * */10", 10, 1, 1.0),
+}
+
+
+def sizes_for(quick: bool, smoke: bool) -> Sizes:
+    return SIZES["smoke" if smoke else "quick" if quick else "full"]
+
+
+def _ms(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"n": len(ordered), "median_ms": round(statistics.median(ordered) * 1000, 2),
+            "p90_ms": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * 1000, 2)}
+
+
+def measure(workers: int, sizes: Sizes) -> dict[str, Any]:
+    """One cluster of 3 voters and `workers` workers: commit, idle leader, fan-out."""
+    from .bench import Bench
+
+    bench = Bench(3, quick=True, workers=workers)
+    try:
+        leader = bench.leader()
+        pid = bench.cluster.pid_of(leader)
+        _submit(bench, [{"dag_id": "probe", "tasks": [{"task_id": "a", "command": "true"}]}])
+        client = bench.node_client(leader)
+        try:
+            client.list_dags()
+            samples = []
+            for i in range(sizes.writes):
+                started = time.perf_counter()
+                client.set_paused("probe", i % 2 == 0)
+                samples.append(time.perf_counter() - started)
+        finally:
+            client.close()
+        idle = measure_windows({leader: pid}, sizes.idle_windows, sizes.idle_seconds)["per_node_core"][leader]
+
+        tasks: list[dict[str, Any]] = [{"task_id": "start", "command": "true"}]
+        tasks += [{"task_id": f"p{i:04d}", "command": "true", "upstream": ["start"]} for i in range(sizes.width)]
+        tasks.append({"task_id": "end", "command": "true", "upstream": [f"p{i:04d}" for i in range(sizes.width)]})
+        _submit(bench, [{"dag_id": "fanout", "max_active_tasks": 10_000, "tasks": tasks}])
+        cpu_before, triggered = cpu_seconds(pid), time.time()
+        run = _wait_run(bench, bench.client.trigger("fanout")["run_id"], 900)
+        wall = _epoch(run["ended_at"]) - triggered
+        cpu = cpu_seconds(pid) - cpu_before
+        on_workers = sum(1 for t in run["tasks"] if t["node"].startswith("w"))
+        return {"workers": workers, "nodes": 3 + workers, "commit_via_leader": _ms(samples),
+                "leader_idle_core": idle,
+                "fanout": {"width": sizes.width, "wall_s": round(wall, 2),
+                           "tasks_per_s": round(len(tasks) / wall, 1),
+                           "share_on_workers": round(on_workers / len(tasks), 2),
+                           "leader_cpu_ms_per_1000_tasks": round(1000 * cpu / len(tasks) * 1000, 1)}}
+    finally:
+        bench.close()
+
+
+def cron_spread(workers: int, sizes: Sizes) -> dict[str, Any]:
+    """`sizes.dags` scheduled DAGs due at one tick on 3 voters and `workers` workers."""
+    from .bench import Bench
+
+    bench = Bench(3, quick=True, workers=workers)
+    try:
+        out = cron_tick(bench, sizes.dags, sizes.cron, sizes.period)
+        out.pop("scenario", None)
+        runs = bench.client.list_runs(limit=sizes.dags * 3)["runs"]
+        finished = [r for r in runs if r["state"] == RunState.SUCCESS.value]
+        out["workers"] = workers
+        out["runs_seen"] = len(finished)
+        return out
+    finally:
+        bench.close()
+
+
+def scenario_scale_out(quick: bool, nodes: int, smoke: bool = False) -> dict[str, Any]:
+    """`nodes` is the bench's --nodes: scale-out always has 3 voters (the figure it compares)."""
+    sizes = sizes_for(quick, smoke)
+    rows = [measure(w, sizes) for w in sizes.workers]
+    base = rows[0]["commit_via_leader"]["median_ms"]
+    for row in rows:
+        row["commit_vs_no_workers"] = round(row["commit_via_leader"]["median_ms"] / base, 2)
+    cron = cron_spread(max(sizes.workers), sizes)
+    return {"scenario": "scale-out", "voters": 3, "by_workers": rows, "cron": cron,
+            "note": "targets: commit within 1.2x of no workers; every scheduled run created within 2 s of its tick"}
