@@ -10,7 +10,8 @@ import pytest
 
 from support import run_dev_tool
 
-pytestmark = pytest.mark.integration
+# solo: run alone, not beside another integration test (tools/test): measures the machine.
+pytestmark = [pytest.mark.integration, pytest.mark.solo]
 
 
 def test_every_bench_scenario_runs_and_reports_figures():

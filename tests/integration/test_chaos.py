@@ -9,7 +9,8 @@ import pytest
 
 from support import run_dev_tool
 
-pytestmark = pytest.mark.integration
+# solo: run alone, not beside another integration test (tools/test): a 60 s load of its own.
+pytestmark = [pytest.mark.integration, pytest.mark.solo]
 
 
 def test_sixty_seconds_of_chaos_lose_nothing_and_never_overlap(tmp_path):

@@ -18,7 +18,8 @@ from raftflow_dev import attempts
 from raftflow_dev.local import LocalCluster
 from support import Cli, run_view, task_view, trigger, wait_for, wait_run_end, write_dag
 
-pytestmark = pytest.mark.integration
+# solo: run alone, not beside another integration test (tools/test): asserts how soon a killed node's attempt stops.
+pytestmark = [pytest.mark.integration, pytest.mark.solo]
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import pytest
 
 from support import run_dev_tool
 
-pytestmark = pytest.mark.integration
+# solo: run alone, not beside another integration test (tools/test): its probe's latency is one of its checks.
+pytestmark = [pytest.mark.integration, pytest.mark.solo]
 
 CHECKS = {"fuzzer_completed", "every_rpc_called", "no_server_errors", "nodes_healthy", "runs_finish",
           "digests_equal", "normal_dag_runs", "compaction", "probe_latency", "nodes_alive"}

@@ -10,7 +10,8 @@ import pytest
 
 from raftflow_dev import jepsen, netns
 
-pytestmark = pytest.mark.integration
+# solo: run alone, not beside another integration test (tools/test): a 60 s load of its own, in network namespaces.
+pytestmark = [pytest.mark.integration, pytest.mark.solo]
 
 
 def test_sixty_seconds_of_every_nemesis_leave_no_violation(tmp_path):

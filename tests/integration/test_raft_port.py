@@ -16,7 +16,8 @@ from raftflow.config import RaftTuning
 from raftflow_dev.local import LocalCluster
 from support import Cli, dump_node_logs, wait_for
 
-pytestmark = pytest.mark.integration
+# solo: run alone, not beside another integration test (tools/test): asserts how soon strangers are dropped.
+pytestmark = [pytest.mark.integration, pytest.mark.solo]
 
 
 
