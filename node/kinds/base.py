@@ -128,6 +128,13 @@ class TaskKind:
         instead of failed (Airflow's skip_on_exit_code). Pure: apply asks it."""
         return False
 
+    @property
+    def runs_on_any_node(self) -> bool:
+        """Whether every node that serves the task's queue can run it (the kind keeps the
+        base `can_run_on`): the planner then takes the least loaded node from one heap per
+        queue instead of asking every node (core/planner.py `_assign`)."""
+        return type(self).can_run_on is TaskKind.can_run_on
+
     def can_run_on(self, task: TaskSpec, node: NodeOffer) -> bool:
         """Whether `node` (which serves the task's queue) is able to run this task."""
         return True

@@ -18,7 +18,8 @@ from raftflow_dev import attempts
 from raftflow_dev.local import LocalCluster
 from support import Cli, dump_node_logs, run_view, task_view, trigger, wait_for, wait_run_end, write_dag
 
-# solo: run alone, not beside another integration test (tools/test): asserts how soon a worker gets work; thirteen node processes.
+# solo: run alone, not beside another integration test (tools/test): asserts how soon a worker
+# gets work; thirteen node processes.
 pytestmark = [pytest.mark.integration, pytest.mark.solo]
 
 QUEUE = "wq"
