@@ -299,8 +299,10 @@ def scenario_failover(bench: Bench) -> dict[str, Any]:
 def scenario_steady(bench: Bench) -> dict[str, Any]:
     """Memory under steady scheduling: a DAG that runs every second with keep_runs=20,
     for 40 s (--quick) or 5 minutes; every node's RSS sampled every 5 s after a 10 s
-    warm-up. With retention, memory should stay flat however long this runs."""
-    duration, warmup = (10.0, 5.0) if bench.smoke else (20.0, 10.0) if bench.quick else (bench.duration or 300.0, 10.0)
+    warm-up (--smoke: 4 s, sampled every 2 s after 2 s). With retention, memory should
+    stay flat however long this runs."""
+    duration, warmup = (4.0, 2.0) if bench.smoke else (20.0, 10.0) if bench.quick else (bench.duration or 300.0, 10.0)
+    every = 2.0 if bench.smoke else 5.0
     spec = {"dag_id": "steady", "schedule": "* * * * * *", "catchup": "none", "keep_runs": 20,
             "max_active_runs": 4, "tasks": [{"task_id": "a", "kind": "bash", "command": "true"}]}
     _submit_spec(bench, spec)
@@ -310,7 +312,7 @@ def scenario_steady(bench: Bench) -> dict[str, Any]:
     # most 5 runs start between two samples, so this is every run the schedule created.
     seen: set[str] = set()
     while time.monotonic() - started < duration:
-        time.sleep(5.0)
+        time.sleep(every)
         elapsed = time.monotonic() - started
         seen.update(r["run_id"] for r in bench.client.list_runs("steady", limit=100)["runs"])
         if elapsed >= warmup:
