@@ -280,7 +280,7 @@ class ReplicatedState(EagerTicks):
             logCompactionMinTime=t.log_compaction_min_time,
             commandsWaitLeader=False,      # fail fast with MISSING_LEADER -> UNAVAILABLE
             useFork=False,
-            dynamicMembershipChange=False,
+            dynamicMembershipChange=True,     # voters added and removed live (raft/follower.py)
             journalFile=str(raft_dir / "journal"),
             fullDumpFile=str(self._snapshot_path),
             serializer=self._begin_snapshot,
@@ -535,6 +535,14 @@ class ReplicatedState(EagerTicks):
     def _leader_id_seen(self) -> str | None:
         node = self._leader_node
         return None if node is None else self._id_by_raft_address.get(node.id, "?")
+
+    def voter_addresses(self) -> frozenset[str]:
+        """The Raft addresses of the voters as this node's Raft configuration has them now
+        (this node's own included unless it is a worker). A read of a set pysyncobj
+        replaces or grows only on its own thread: a copy, not a lock."""
+        others = frozenset(str(n.id) for n in list(self._SyncObj__otherNodes))
+        me = self._SyncObj__selfNode
+        return others if me is None else others | {str(me.id)}
 
     def is_leader(self) -> bool:
         return self._isLeader()

@@ -152,6 +152,9 @@ class EagerTicks(FollowerRule):
             self._poller = _TickPoller(poller)
             self._poller.subscribe(self._wake_read, self._on_wake, POLL_EVENT_TYPE.READ)
             self._wake_subscribed = True
+            if self.replay_membership():
+                log.info("membership after the changes in this node's journal: %s", ", ".join(
+                    sorted(str(n.id) for n in self._SyncObj__otherNodes)) or "no other voter")
         # pysyncobj's tick, without its poll: every message is taken by the poll below, so
         # the next tick always acts on it (an acknowledgement taken inside pysyncobj's
         # tick would wait for the next wake-up to be counted towards a commit).

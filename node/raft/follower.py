@@ -1,6 +1,8 @@
 """Raft rules that pysyncobj 0.3.17 breaks, kept here (issue 21): the AppendEntries
 receiver's, the leader's "a response from an older term is ignored", and "one membership
-change at a time" (`_SyncObj__changeCluster`; raftflow keeps membership changes off so far).
+change at a time" (`_SyncObj__changeCluster`); and two of its membership changes' gaps:
+a kept tail's changes are not rolled back, and a restarted node re-applies the changes of
+the entries it reloads (`replay_membership`).
 
 Raft (the paper's Figure 2, AppendEntries receiver, steps 3 and 4): "If an existing entry
 conflicts with a new one (same index but different terms), delete the existing entry and
@@ -24,9 +26,9 @@ message's last entry.
 Only the shape of pysyncobj 0.3.17 is relied on (raft/transport.py's `check_pysyncobj`
 pins it): an append is a dict with `type` "append_entries", `prevLogIdx`, `prevLogTerm`
 and `entries` as (command, index, term) tuples; large entries come in pieces
-(`transmission`), which are left to pysyncobj as they are. dynamicMembershipChange must
-stay off: pysyncobj rolls back membership changes of the entries after `prevLogIdx`
-before it deletes them, which a kept tail would undo (adapter.py sets it off).
+(`transmission`), which are left to pysyncobj as they are. pysyncobj rolls back the
+membership changes of the entries after `prevLogIdx` before it deletes them; a kept tail
+is not deleted, so its rollback is skipped too (`_SyncObj__doChangeCluster`).
 
 Stale answers. A follower answers an append with `next_node_idx` (success, and the
 index after the entries it now holds), and pysyncobj's leader raises its `matchIndex`
@@ -152,6 +154,28 @@ class FollowerRule(SyncObj):
         if getattr(self._keeping, "tail", False):
             return
         super()._SyncObj__deleteEntriesFrom(from_index)
+
+    def _SyncObj__doChangeCluster(self, request: Any, reverse: bool = False) -> bool:
+        """pysyncobj rolls back (reverse) the membership changes of the entries it is about
+        to delete; a kept tail is not deleted, so its changes stay."""
+        if reverse and getattr(self._keeping, "tail", False):
+            return False
+        return bool(super()._SyncObj__doChangeCluster(request, reverse))
+
+    def replay_membership(self) -> int:
+        """Re-apply the membership changes of the log entries this node holds (Raft thread,
+        first tick). pysyncobj takes the membership of its snapshot when it loads it, and
+        applies a change when it appends its entry, but not the changes of the entries it
+        reloads from its journal at start: a node restarted after a change would go back to
+        the snapshot's (or its config's) membership. Each change is idempotent (an add of a
+        member, a removal of a non-member, changes nothing). Returns how many changed it."""
+        changed = 0
+        first = self._SyncObj__raftLog[0][1] if len(self._SyncObj__raftLog) else 1
+        for command, _index, _term in self._SyncObj__getEntries(first + 1):
+            request = self._SyncObj__parseChangeClusterRequest(command)
+            if request is not None and self._SyncObj__doChangeCluster(request):
+                changed += 1
+        return changed
 
     def _term_at(self, index: int) -> int | None:
         """The term of this log's entry at `index`; None if the log does not hold it

@@ -76,6 +76,7 @@ _LOG_EVERY = 10.0                      # seconds between two warnings about drop
 _OVERRIDDEN = {
     SyncObj: ("_SyncObj__onMessageReceived", "_SyncObj__deleteEntriesFrom", "_SyncObj__getEntries",  # follower.py
               "_SyncObj__sendNextNodeIdx", "_SyncObj__getCurrentLogIndex", "_SyncObj__changeCluster",
+              "_SyncObj__doChangeCluster", "_SyncObj__parseChangeClusterRequest",
               "_onTick", "_applyCommand", "_doDestroy", "_SyncObj__sendAppendEntries",          # eager.py
               "_SyncObj__onNodeDisconnected"),
     TcpConnection: ("_TcpConnection__tryReadBuffer", "_TcpConnection__processRead",

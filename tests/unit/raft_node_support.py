@@ -92,3 +92,16 @@ def stop(replicas: list[ReplicatedState], replica: ReplicatedState) -> None:
     replicas.remove(replica)
     replica.destroy_synchronous()
     replica.state.archive.close()
+
+
+def add_voter_replica(base: Path, replicas: Replicas, node_id: str, **options: Any) -> ReplicatedState:
+    """Start a replica for a voter about to be added live (its config names the voters it
+    joins); it joins the list. The caller makes the membership change."""
+    (base / node_id).mkdir(parents=True)
+    me = Peer(node_id, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+    cfg = NodeConfig(node_id, me.grpc_address, me.raft_address, base / node_id, base / "secret",
+                     peers=replicas.voters, raft=replace(RaftTuning(), **options))
+    replica = ReplicatedState(cfg, SECRET)
+    replicas.append(replica)
+    replicas.voters = (*replicas.voters, me)
+    return replica
