@@ -295,6 +295,30 @@ class LeaveWorker(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class AddVoter(Command):
+    """A voter is being added live: who is behind the Raft address of the membership
+    change that follows it in the log (`raftflow cluster add-voter`)."""
+    TYPE: ClassVar[str] = "add_voter"
+    node: str
+    grpc_address: str
+    raft_address: str
+    peer_address: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveVoter(Command):
+    """A voter is being removed live (`raftflow cluster remove-voter`): recorded before
+    the membership change, so that the voter itself applies it and stops."""
+    TYPE: ClassVar[str] = "remove_voter"
+    node: str
+    grpc_address: str
+    raft_address: str
+    peer_address: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class PruneRuns(Command):
     """Remove finished runs (history retention) from every replica; each node also
     deletes their task logs from its own store."""
@@ -380,7 +404,8 @@ COMMAND_TYPES: dict[str, type[Command]] = {
                 FinishRun, QueueTask,
                 FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, CancelRun, ClearTasks,
                 MarkTask, DeleteDag, LoseAttempt,
-                NodeStarted, JoinWorker, LeaveWorker, PruneRuns, CreateToken, RevokeToken, TokensUsed,
+                NodeStarted, JoinWorker, LeaveWorker, AddVoter, RemoveVoter, PruneRuns, CreateToken, RevokeToken,
+                TokensUsed,
                 SetVariable, DeleteVariable, ImportVariables,
                 Batch)
 }

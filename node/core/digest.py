@@ -13,7 +13,8 @@ terms that apply keeps up to date:
   version (changed only when its source is dropped); ("pool", name); ("run", run_id) an active
   run's own fields; ("task", run_id, task_id) an active run's task instance;
   ("token", name) a client API token (its hash, role, times); ("variable", key) a
-  Variable's value; ("worker", node) a worker node's addresses. A task
+  Variable's value; ("worker", node) a worker node's addresses; ("voter", node) a voter
+  added or removed live. A task
   instance still as created (`TaskInstance(task_id)`) has term 0 and no key, so
   creating a run costs one term, whatever its size.
 
@@ -70,6 +71,7 @@ def to_dict(state: State) -> dict[str, Any]:
         "tokens": {name: record.to_dict() for name, record in state.tokens.items()},
         "variables": dict(sorted(state.variables.items())),
         "workers": {node: member.to_dict() for node, member in sorted(state.workers.items())},
+        "voters": {node: voter.to_dict() for node, voter in sorted(state.voters.items())},
         "requests": state.requests.to_json(),
     }
 
@@ -136,6 +138,10 @@ def worker_key(node: str) -> Key:
     return ("worker", node)
 
 
+def voter_key(node: str) -> Key:
+    return ("voter", node)
+
+
 def _hash(data: Any) -> int:
     return record_term(canonical_json(data))
 
@@ -179,6 +185,9 @@ def term_of(state: State, key: Key) -> int:
     if kind == "worker":
         member = state.workers.get(name)
         return 0 if member is None else _hash(["worker", member.to_dict()])
+    if kind == "voter":
+        voter = state.voters.get(name)
+        return 0 if voter is None else _hash(["voter", voter.to_dict()])
     raise ValueError(f"unknown digest key {key!r}")
 
 
@@ -229,6 +238,7 @@ def all_terms(state: State) -> dict[Key, int]:
     keys.extend(token_key(name) for name in state.tokens)
     keys.extend(variable_key(key) for key in state.variables)
     keys.extend(worker_key(node) for node in state.workers)
+    keys.extend(voter_key(node) for node in state.voters)
     for dag_id, record in state.dags.items():
         keys.append(dag_key(dag_id))
         keys.extend(version_key(dag_id, v.version) for v in record.versions)

@@ -1,4 +1,5 @@
-"""Worker nodes in the replicated state: who they are and where voters reach them.
+"""Worker nodes, and voters added or removed live, in the replicated state: who they are
+and where the other nodes reach them.
 
 Voters are the Raft members named in every voter's config; they decide (vote, commit)
 and run tasks. Workers only run tasks: they follow the log as pysyncobj read-only
@@ -8,11 +9,18 @@ must agree on about a worker is here, replicated: its id and the addresses of it
 status` lists it). Whether it is alive is not: that is the leader's liveness, from
 heartbeats (leader/loop.py), as for voters.
 
-Owns the handlers of JoinWorker and LeaveWorker (called only by `State.apply`; each
-checks the whole command first, so a refused one changes nothing) and their bounds:
-at most MAX_WORKERS workers, ids by the id rule, addresses HOST:PORT of at most
-MAX_ADDRESS characters. A worker id equal to a voter's cannot be seen here (voters are
-configuration, not state): the node that receives a join refuses it (api/cluster.py).
+Voters added or removed live (AddVoter, RemoveVoter) are recorded here by identity: the
+Raft membership itself is pysyncobj's, a set of Raft addresses changed by its own log
+entries (raft/adapter.py), and each AddVoter / RemoveVoter comes just before the change
+it names, so every node can tell who is behind an address and a removed voter learns it
+was removed. The voters of the bootstrap configs appear here only once removed.
+
+Owns the handlers of JoinWorker, LeaveWorker, AddVoter and RemoveVoter (called only by
+`State.apply`; each checks the whole command first, so a refused one changes nothing)
+and their bounds: at most MAX_WORKERS workers and MAX_VOTER_RECORDS voter records, ids
+by the id rule, addresses HOST:PORT of at most MAX_ADDRESS characters. A worker id equal
+to a bootstrap voter's cannot be seen here (those are configuration, not state): the node
+that answers a joining worker refuses it (api/cluster.py).
 """
 
 from __future__ import annotations
@@ -21,11 +29,11 @@ import re
 from typing import TYPE_CHECKING
 
 from . import commands as c
-from .digest import worker_key
+from .digest import voter_key, worker_key
 from .effects import ReleasedAttempts
 from .handlers_tasks import moved, plan_loss
 from .limits import clip
-from .model import WorkerMember
+from .model import VoterMember, WorkerMember
 from .names import ID_PATTERN, ID_RULE
 from .result import Code, Result, reject
 from .states import TASK_ACTIVE
@@ -34,6 +42,7 @@ if TYPE_CHECKING:
     from .state import State
 
 MAX_WORKERS = 1000
+MAX_VOTER_RECORDS = 100
 MAX_ADDRESS = 255
 ADDRESS_PATTERN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}")
 ADDRESS_RULE = "HOST:PORT (a name, an IPv4 address or [IPv6]; port 1-65535)"
@@ -94,3 +103,53 @@ def leave_worker(state: State, cmd: c.LeaveWorker) -> Result:
     state.touched.add(worker_key(cmd.node))
     released = ReleasedAttempts(cmd.node, tuple(f"{m.run.run_id}/{m.ti.task_id}" for m in moves))
     return Result(value={"node": cmd.node, "released": len(moves)}, effects=(*result.effects, released))
+
+
+def _voter_error(state: State, cmd: c.AddVoter | c.RemoveVoter) -> str | None:
+    if not isinstance(cmd.node, str) or not ID_PATTERN.fullmatch(cmd.node):
+        return f"voter id {clip(cmd.node)} is invalid: use {ID_RULE}"
+    error = (address_error("grpc_address", cmd.grpc_address) or address_error("raft_address", cmd.raft_address)
+             or address_error("peer_address", cmd.peer_address))
+    if error:
+        return f"voter {cmd.node}: {error}"
+    if len({cmd.grpc_address, cmd.raft_address, cmd.peer_address}) < 3:
+        return f"voter {cmd.node}: grpc_address, raft_address and peer_address must differ"
+    if cmd.node in state.workers:
+        return f"{cmd.node} is a worker: a voter needs an id of its own"
+    if cmd.node not in state.voters and len(state.voters) >= MAX_VOTER_RECORDS:
+        return f"the cluster keeps {MAX_VOTER_RECORDS} voter records at most"
+    return None
+
+
+def add_voter(state: State, cmd: c.AddVoter) -> Result:
+    """Record who a voter being added is. Value: {"node", "again"} (again: the same
+    record was there, not removed: a retried add)."""
+    error = _voter_error(state, cmd)
+    if error:
+        return reject(Code.INVALID, error)
+    known = state.voters.get(cmd.node)
+    if known is not None and not known.removed:
+        if (known.grpc_address, known.raft_address, known.peer_address) != \
+                (cmd.grpc_address, cmd.raft_address, cmd.peer_address):
+            return reject(Code.CONFLICT, f"voter {cmd.node} is a voter at other addresses (raft "
+                                         f"{known.raft_address}); remove it first")
+        return Result(value={"node": cmd.node, "again": True})
+    state.voters[cmd.node] = VoterMember(cmd.node, cmd.grpc_address, cmd.raft_address, cmd.peer_address, cmd.at)
+    state.touched.add(voter_key(cmd.node))
+    return Result(value={"node": cmd.node, "again": False})
+
+
+def remove_voter(state: State, cmd: c.RemoveVoter) -> Result:
+    """Record that a voter is removed (kept: the removed node applies it and stops, and a
+    restarted one learns it). Value: {"node", "again"}."""
+    error = _voter_error(state, cmd)
+    if error:
+        return reject(Code.INVALID, error)
+    known = state.voters.get(cmd.node)
+    if known is not None and known.removed:
+        return Result(value={"node": cmd.node, "again": True})
+    added_at = known.added_at if known is not None else 0.0
+    state.voters[cmd.node] = VoterMember(cmd.node, cmd.grpc_address, cmd.raft_address, cmd.peer_address, added_at,
+                                         removed=True, removed_at=cmd.at)
+    state.touched.add(voter_key(cmd.node))
+    return Result(value={"node": cmd.node, "again": False})

@@ -98,6 +98,27 @@ class WorkerMember:
                 "http_address": self.http_address, "joined_at": self.joined_at}
 
 
+@by_name
+@dataclass(frozen=True, slots=True)
+class VoterMember:
+    """A voter added or removed live (core/members.py): its addresses, and whether (and
+    when) it was removed. The voters of the bootstrap configs appear only once
+    removed. Raft's membership itself is pysyncobj's (by Raft address); this says who
+    is behind an address."""
+    node: str
+    grpc_address: str
+    raft_address: str
+    peer_address: str
+    added_at: float = 0.0
+    removed: bool = False
+    removed_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "grpc_address": self.grpc_address, "raft_address": self.raft_address,
+                "peer_address": self.peer_address, "added_at": self.added_at, "removed": self.removed,
+                "removed_at": self.removed_at}
+
+
 @dataclass(frozen=True, slots=True)
 class Stimulus:
     """What caused the moves of one apply: the Raft entry (index, proposer) and the

@@ -40,7 +40,7 @@ from .codec import run_from_dict
 
 # Snapshots pickled before the split name these classes as raftflow.core.state.X:
 # keep them importable from here.
-from .model import DagRecord, DagVersion, Run, Stimulus, TaskInstance, TokenRecord, WorkerMember
+from .model import DagRecord, DagVersion, Run, Stimulus, TaskInstance, TokenRecord, VoterMember, WorkerMember
 from .result import Code, Rejected, Result, reject
 from .spec import DEFAULT_POOL, DEFAULT_POOL_SLOTS, DagSpec
 from .states import InvalidTransition
@@ -75,6 +75,8 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.NodeStarted: tasks.node_started,
     c.JoinWorker: members.join_worker,
     c.LeaveWorker: members.leave_worker,
+    c.AddVoter: members.add_voter,
+    c.RemoveVoter: members.remove_voter,
     c.CreateToken: tokens.create_token,
     c.RevokeToken: tokens.revoke_token,
     c.TokensUsed: tokens.tokens_used,
@@ -123,6 +125,8 @@ class State:
         self.variable_bytes: int = 0
         # Worker nodes (members.py): node id -> where voters reach it. Voters are config.
         self.workers: dict[str, WorkerMember] = {}
+        # Voters added or removed live (members.py): node id -> its record.
+        self.voters: dict[str, VoterMember] = {}
         # Recent client request ids and what their commands answered (requests.py).
         self.requests = requests.RequestMemory()
         # Commands applied (rejected ones too): a change counter for waiters, not
@@ -166,6 +170,7 @@ class State:
         self.__dict__.setdefault("variables", {})          # (snapshots from before variables existed)
         self.__dict__.setdefault("variable_bytes", 0)
         self.__dict__.setdefault("workers", {})            # (snapshots from before workers existed)
+        self.__dict__.setdefault("voters", {})
         if "object_terms" not in data or "object_digest" not in data:
             self.object_terms = _digest.all_terms(self)
             self.object_digest = _digest.object_digest_of(self.object_terms)

@@ -598,6 +598,8 @@ ALL_COMMANDS = [
     c.NodeStarted("n1", T0 + 3),
     c.JoinWorker("w1", "127.0.0.1:7001", "127.0.0.1:7002", "", T0 + 3),
     c.LeaveWorker("w1", "drained", T0 + 3),
+    c.AddVoter("n4", "127.0.0.1:7004", "127.0.0.1:7104", "127.0.0.1:7204", T0 + 3),
+    c.RemoveVoter("n4", "127.0.0.1:7004", "127.0.0.1:7104", "127.0.0.1:7204", T0 + 3),
     c.PruneRuns(("m1", "m2"), T0 + 4),
     c.CreateToken("ci", "operator", "ab" * 32, T0 + 86400, "admin", T0),
     c.RevokeToken("ci", T0 + 5),

@@ -99,3 +99,62 @@ def test_a_join_round_trips_through_the_command_codec() -> None:
     assert c.decode(cmd.TYPE, cmd.VERSION, c.encode_payload(cmd)) == cmd
     bad = c.decode("join_worker", 1, b'{"node": "w1", "grpc_address": 5}')
     assert isinstance(bad, c.Undecodable)
+
+
+# ---------------------------------------------------------------- voters added and removed live
+def add(node: str = "n4", raft: str = "127.0.0.1:7104", at: float = T0) -> c.AddVoter:
+    return c.AddVoter(node, "127.0.0.1:7004", raft, "127.0.0.1:7204", at)
+
+
+def remove(node: str = "n4", raft: str = "127.0.0.1:7104", at: float = T0) -> c.RemoveVoter:
+    return c.RemoveVoter(node, "127.0.0.1:7004", raft, "127.0.0.1:7204", at)
+
+
+def test_a_voter_added_then_removed_is_recorded_and_a_retry_is_harmless() -> None:
+    w = World()
+    empty = w.state.digest()
+    assert w.apply(add()).value == {"node": "n4", "again": False}
+    assert w.apply(add()).value == {"node": "n4", "again": True}
+    assert w.state.voters["n4"].raft_address == "127.0.0.1:7104" and not w.state.voters["n4"].removed
+    assert w.state.digest() != empty
+    assert "a voter at other addresses" in w.apply(add(raft="127.0.0.1:7999"), expect=Code.CONFLICT).reason
+    assert w.apply(remove(at=T0 + 5)).value == {"node": "n4", "again": False}
+    assert w.apply(remove(at=T0 + 6)).value["again"] is True
+    record = w.state.voters["n4"]
+    assert record.removed and record.removed_at == T0 + 5 and record.added_at == T0
+    assert w.apply(add(at=T0 + 9)).value["again"] is False, "a removed voter may be added again"
+    assert not w.state.voters["n4"].removed
+
+
+def test_removing_a_bootstrap_voter_records_it() -> None:
+    w = World()
+    w.apply(remove("n1", raft="127.0.0.1:7101"))
+    assert w.state.voters["n1"].removed and w.state.voters["n1"].added_at == 0.0
+
+
+@pytest.mark.parametrize("cmd, message", [
+    (add("bad id"), "voter id 'bad id' is invalid"),
+    (add(raft="nowhere"), "raft_address 'nowhere' is not an address"),
+    (c.AddVoter("n4", "h:1", "h:1", "h:2", T0), "must differ"),
+    (remove("x y"), "voter id 'x y' is invalid"),
+])
+def test_bad_voter_records_are_refused(cmd: c.Command, message: str) -> None:
+    assert message in World().apply(cmd, expect=Code.INVALID).reason
+
+
+def test_a_worker_id_is_not_a_voter_id() -> None:
+    w = World()
+    w.apply(join("w1"))
+    assert "w1 is a worker" in w.apply(add("w1"), expect=Code.INVALID).reason
+
+
+def test_voter_records_survive_a_snapshot_and_an_older_one_loads_without_them() -> None:
+    state = State()
+    state.apply(add())
+    copy = pickle.loads(pickle.dumps(state))
+    assert copy.voters == state.voters and copy.digest() == state.digest()
+    fields = state.__getstate__()
+    del fields["voters"]
+    old = State.__new__(State)
+    old.__setstate__(fields)
+    assert old.voters == {}
