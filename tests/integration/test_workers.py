@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from raftflow.config import load
 from raftflow_dev import attempts
 from raftflow_dev.local import LocalCluster
 from support import Cli, dump_node_logs, run_view, task_view, trigger, wait_for, wait_run_end, write_dag
@@ -72,7 +73,7 @@ def test_a_worker_joins_a_running_cluster_and_gets_its_queue_s_task_within_2_s(c
     assert 0 < started - joined < 2.0, (joined, work)
     # No voter's config names the worker; the voters know it from the replicated state.
     for voter in cluster.voters:
-        assert worker not in voter.config_path.read_text()
+        assert worker not in {p.id for p in load(voter.config_path, environ={}).peers}
     # Its API serves reads from its own replica and forwards writes.
     on_worker = Cli(cluster, cluster.node(worker).grpc_address)
     assert on_worker.json("runs", "show", run_id)["state"] == "success"
