@@ -40,10 +40,12 @@ overridden by command-line flags (flag > environment > file > default).
     key_file = "/etc/raftflow/keys/spark_master"   # and/or password_env = "SPARK_SSH_PASSWORD"
     known_hosts = "/etc/raftflow/known_hosts"      # default: ~/.ssh/known_hosts
 
-A worker node (`role = "worker"`) has no Raft vote and no raft_address and names no
-peers: it gives `join = ["HOST:PEER_PORT", ...]`, the peer API of one or more voters
-(`--join`, `RAFTFLOW_JOIN="h1:p1,h2:p2"`), asks the first that answers for the voters,
-and follows the log as a read-only Raft node (node/README.md, "Worker nodes"). It needs
+A voter added to a running cluster (`raftflow cluster add-voter`) gives `join` instead
+of peers: it waits until it is a voter, then takes the others from the answer. A worker
+node (`role = "worker"`) has no Raft vote and no raft_address and names no peers: it
+gives `join = ["HOST:PEER_PORT", ...]`, the peer API of one or more voters (`--join`,
+`RAFTFLOW_JOIN="h1:p1,h2:p2"`), asks the first that answers for the voters, and follows
+the log as a read-only Raft node (node/README.md, "Worker nodes"). It needs
 the cluster's secret file and, unless insecure, a certificate from the cluster CA with
 its node id, as every node does; no other node's config names it.
 
@@ -251,7 +253,8 @@ class NodeConfig:
     metrics_require_token: bool = True
     # "voter" (a Raft member named in every voter's peers) or "worker" (core/members.py).
     role: str = "voter"
-    # A worker's way in: voters' peer addresses (HOST:PORT), asked in turn for the members.
+    # A worker's way in, or a voter's added live: voters' peer addresses (HOST:PORT), asked
+    # in turn for the members.
     join: tuple[str, ...] = ()
     # A worker stopped (SIGTERM) takes no new work and lets its running attempts finish
     # for up to this many seconds; those still running then are handed back (queued
@@ -474,9 +477,13 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
         for address in values["join"]:
             _check_address(address, f"join from {where['join']}")
         values["raft_address"] = ""
+    elif "join" in values and raw.get("peers"):
+        raise ConfigError(f"join from {where['join']} and peers from {where.get('peers', 'config')} are both set: a "
+                          "voter either names the others in [[peers]] (a bootstrap voter) or joins a running "
+                          "cluster through `join` (a voter added live with `raftflow cluster add-voter`)")
     elif "join" in values:
-        raise ConfigError(f"join from {where['join']} is set, but this node is a voter (role = \"voter\"): voters "
-                          "name each other in [[peers]]; set role = \"worker\" to join as a worker")
+        for address in values["join"]:
+            _check_address(address, f"join from {where['join']}")
     missing = [k for k in ("node_id", "grpc_address", "raft_address", "peer_address", "data_dir", "secret_file")
                if k not in values]
     if missing:
@@ -708,8 +715,9 @@ def to_toml(cfg: NodeConfig) -> str:
     ]
     if cfg.is_worker:
         lines.remove(f'raft_address = "{cfg.raft_address}"')
-        lines += ['role = "worker"', "join = [" + ", ".join(_toml_str(a) for a in cfg.join) + "]",
-                  f"drain_timeout = {cfg.drain_timeout}"]
+        lines += ['role = "worker"', f"drain_timeout = {cfg.drain_timeout}"]
+    if cfg.join:
+        lines.append("join = [" + ", ".join(_toml_str(a) for a in cfg.join) + "]")
     if cfg.peer_address:
         lines.insert(2, f'peer_address = "{cfg.peer_address}"')
     if cfg.run_as_user is not None:

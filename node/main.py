@@ -87,8 +87,13 @@ class Node:
     """One node's parts, wired. It is the API's `api.cluster.Host` (the servicers reach
     the node only through that protocol, so api/ never imports this module)."""
 
-    def __init__(self, cfg: NodeConfig) -> None:
+    def __init__(self, cfg: NodeConfig, on_removed: Callable[[], None] = lambda: None) -> None:
+        """`on_removed`: called once this node learns it is no longer a voter (it stops)."""
         self.cfg = cfg
+        self._on_removed = on_removed
+        # Set by apply when a RemoveVoter names this node (also while the journal is
+        # replayed, before the node is built): `_watch_removal` looks once it may.
+        self._removal_applied = threading.Event()
         secret = cfg.read_secret()
         admin_token = cfg.read_admin_token()
         self.tls = cfg.read_tls()
@@ -100,12 +105,11 @@ class Node:
         self.metrics: NodeMetrics | None = None   # (the Raft thread applies before it exists)
         self.replica = ReplicatedState(cfg, secret, on_applied=self._after_apply,
                                        on_installed=self._after_install)
-        self.peers = PeerClients(cfg.peers, peer_token(secret), self.tls,
-                                 worker=lambda node: self.replica.state.workers.get(node))
+        self.peers = PeerClients(cfg.peers, peer_token(secret), self.tls, member=self._member_peer)
         # Task logs outlive their node: this node's go to a copy on the next node
         # (worker/shipping.py); it keeps copies of others' (store/copies.py).
         self.copies = CopyStore(cfg.data_dir / "copies", keep=cfg.log_keep_bytes)
-        self.shipper = LogShipper(cfg.node_id, [n.id for n in cfg.all_nodes], self.store.read_log_from,
+        self.shipper = LogShipper(cfg.node_id, lambda: [p.id for p in cluster.voters(self)], self.store.read_log_from,
                                   self._ship_log, keep=cfg.log_keep_bytes)
         self.worker = Worker(cfg.node_id, cfg.slots, self.store, cfg.scratch,
                              propose=lambda cmd, timeout: self.replica.propose(cmd, timeout),
@@ -114,8 +118,8 @@ class Node:
                              setup=self._attempt_setup,
                              connections=cfg.connections, run_as=cfg.task_user, run_state=self._run_state,
                              shipper=self.shipper)
-        self.liveness = Liveness([n.id for n in cluster.voters(cfg)], cfg.lease_timeout, cfg.healthy_window,
-                                 cfg.slots, cfg.node_id, workers=self._worker_ids)
+        self.liveness = Liveness([n.id for n in cluster.configured_voters(cfg)], cfg.lease_timeout,
+                                 cfg.healthy_window, cfg.slots, cfg.node_id, members=self._member_ids)
         self.dispatcher = Dispatcher(cfg.node_id, self.replica, self.worker.accept,
                                      lambda node, a: self.peers.run_task(node, a))
         self.leader_loop = LeaderLoop(cfg.node_id, self.replica, self.liveness, self.dispatcher,
@@ -145,9 +149,8 @@ class Node:
         self.health_watch = HealthWatch(lambda: health_inputs(self.replica), self._set_health, self.metrics)
         self.peer_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="grpc-peer"), options=SERVER_OPTIONS,
-            interceptors=[PeerAuthInterceptor(peer_token(secret), frozenset(n.id for n in cfg.all_nodes),
-                                              tls=self.tls is not None,
-                                              is_worker=lambda node: node in self.replica.state.workers)])
+            interceptors=[PeerAuthInterceptor(peer_token(secret), lambda node: cluster.is_member(self, node),
+                                              tls=self.tls is not None)])
         peer_pb2_grpc.add_PeerServicer_to_server(self.peer_service, self.peer_server)
         _listen(self.server, "grpc_address", cfg.grpc_address, self.tls, client_port_credentials)
         _listen(self.peer_server, "peer_address", cfg.peer_address, self.tls, peer_port_credentials)
@@ -175,6 +178,7 @@ class Node:
         self._heartbeat.start()
         self._token_use.start()
         self.shipper.start()
+        threading.Thread(target=self._watch_removal, name="removal", daemon=True).start()
         threading.Thread(target=self._announce_start, name="announce-start", daemon=True).start()
         log.info("node %s up: API on %s, peer API on %s, Raft on %s (%s), web on %s, %d slots, peers: %s; "
                  "SSH connections: %s",
@@ -184,9 +188,25 @@ class Node:
                  ", ".join(f"{p.id}@{p.peer_address}" for p in self.cfg.peers) or "none",
                  ", ".join(f"{conn.name} ({conn.address})" for conn in self.cfg.connections) or "none")
 
-    def _worker_ids(self) -> list[str]:
+    def _member_peer(self, node_id: str) -> Peer | None:
+        """Where a member that is not in this node's config is reached: a voter added live
+        or a worker (their records in the replica); None for a non-member."""
+        for voter in self.replica.voters():
+            if voter.id == node_id:
+                return voter
+        worker = self.replica.state.workers.get(node_id)
+        return None if worker is None else Peer(node_id, worker.grpc_address, "", worker.peer_address)
+
+    def _member_ids(self) -> list[str]:
+        """The nodes the leader watches: every member now (the voters of this node's Raft
+        configuration, the workers) and any other node the log still gives attempts (a
+        voter removed while it ran one: its lease expires like any silent node's, and its
+        attempts run again elsewhere; never before it fenced them)."""
+        voters = [p.id for p in cluster.voters(self)]
         with self.replica.lock:
-            return list(self.replica.state.workers)
+            state = self.replica.state
+            holding = [node for node, load in state.node_load.items() if load > 0]
+            return list(dict.fromkeys([*voters, *state.workers, *holding]))
 
     def _after_apply(self, command: c.Command, result: Result) -> None:
         """Execute the effects of a committed command on this node (runs in the Raft
@@ -194,8 +214,35 @@ class Node:
         Batch's result carries its accepted members' effects; a rejected command has none."""
         for effect in result.effects:
             self._execute(effect)
+        if isinstance(command, c.RemoveVoter) and command.node == self.cfg.node_id and result.ok:
+            self._removal_applied.set()
         if self.metrics is not None:
             self.metrics.observe_applied(command, result)
+
+    def _watch_removal(self) -> None:
+        """Each time a RemoveVoter naming this node applied (live, or again from the journal
+        at a restart): once this replica has applied what it knows is committed, if it is
+        still removed (not added back later in the log), the node stops."""
+        while not self._stop.is_set():
+            self._removal_applied.wait()
+            self._removal_applied.clear()
+            if self._stop.is_set() or self._leave_if_removed():
+                return
+
+    def _leave_if_removed(self) -> bool:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            status = self.replica.status()
+            if status.last_applied >= status.commit_index:
+                break
+            self._stop.wait(0.05)
+        record = self.replica.state.voters.get(self.cfg.node_id)
+        if record is not None and record.removed:
+            log.warning("node %s was removed from the cluster's voters (raftflow cluster remove-voter): stopping; "
+                        "to bring it back, add it again and start it with `join`", self.cfg.node_id)
+            self._on_removed()
+            return True
+        return False
 
     def _set_health(self, serving: bool) -> None:
         """The gRPC health status of the whole server (service ""), as HealthWatch decides it."""
@@ -333,6 +380,7 @@ class Node:
             self._drain()
         self.worker.stop_accepting()
         self._stop.set()
+        self._removal_applied.set()     # (its watcher ends)
         self.health_watch.stop()
         self.health.enter_graceful_shutdown()
         self.leader_loop.stop()
@@ -488,15 +536,19 @@ JOIN_RETRY = 1.0     # seconds between two rounds of asking the `join` addresses
 
 
 def join_cluster(cfg: NodeConfig, stop: threading.Event) -> NodeConfig | None:
-    """A worker asks the voters at `join`, in turn until one answers, who the voters are,
-    and returns its config with them as its peers (None if stopped first). A refusal
-    that waiting cannot mend (this node's certificate, secret or id) is a ConfigError;
-    a voter that is down or not yet up is waited for."""
+    """A worker, or a voter added live, asks the voters at `join`, in turn until one
+    answers, who the voters are, and returns its config with the others as its peers
+    (None if stopped first). A voter waits until it is one of them (`raftflow cluster
+    add-voter`); a worker may not have a voter's id. A refusal that waiting cannot mend
+    (this node's certificate, secret or id) is a ConfigError; a voter that is down or not
+    yet up is waited for."""
     tls, token = cfg.read_tls(), peer_token(cfg.read_secret())
     said: set[str] = set()
     for n, address in enumerate(itertools.cycle(cfg.join)):
         if stop.is_set():
             return None
+        if n and n % len(cfg.join) == 0:
+            stop.wait(JOIN_RETRY)
         try:
             reply = ask_members(address, cfg.node_id, token, tls)
         except grpc.RpcError as e:
@@ -508,14 +560,27 @@ def join_cluster(cfg: NodeConfig, stop: threading.Event) -> NodeConfig | None:
             if why not in said:
                 said.add(why)
                 log.info("waiting for a voter to answer at %s (join)", why)
-            if (n + 1) % len(cfg.join) == 0:
-                stop.wait(JOIN_RETRY)
             continue
         voters = tuple(Peer(m.id, m.grpc_address, m.raft_address, m.peer_address) for m in reply.voters)
         if not voters or any(not p.raft_address for p in voters):
             raise ConfigError(f"the node at {address} (join) answered no voters with Raft addresses")
+        me = next((p for p in voters if p.id == cfg.node_id), None)
+        if cfg.is_worker and me is not None:
+            raise ConfigError(f"node id {cfg.node_id!r} is a voter's: a worker needs an id of its own (its "
+                              "certificate's common name: `raftflow certs issue`)")
+        if not cfg.is_worker and me is None:
+            why = "not a voter yet"
+            if why not in said:
+                said.add(why)
+                log.info("waiting to be added as a voter; on the cluster run: raftflow cluster add-voter %s %s %s %s",
+                         cfg.node_id, cfg.grpc_address, cfg.raft_address, cfg.peer_address)
+            continue
+        if me is not None and me.raft_address != cfg.raft_address:
+            raise ConfigError(f"the cluster has voter {cfg.node_id} at Raft address {me.raft_address}, not this "
+                              f"node's {cfg.raft_address}: remove it first, or give this node that address")
+        others = tuple(p for p in voters if p.id != cfg.node_id)
         log.info("joining through %s: voters %s", address, ", ".join(f"{p.id}@{p.raft_address}" for p in voters))
-        return replace(cfg, peers=voters)
+        return replace(cfg, peers=others)
     return None
 
 
@@ -557,6 +622,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--data-dir", dest="data_dir")
     parser.add_argument("--secret-file", dest="secret_file")
     parser.add_argument("--slots", type=int)
+    parser.add_argument("--role", choices=("voter", "worker"),
+                        help="voter (default: a Raft member named in the others' peers) or worker (runs tasks, "
+                             "no vote; joins through --join)")
+    parser.add_argument("--join", help="HOST:PEER_PORT[,...] of voters to join through (a worker, or a voter "
+                                       "added live with `raftflow cluster add-voter`)")
     parser.add_argument("--log-level", dest="log_level")
     parser.add_argument("--log-format", dest="log_format", choices=nodelog.LOG_FORMATS,
                         help="the node's log on stderr: text (default) or json (one object per line)")
@@ -565,7 +635,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in ("node_id", "grpc_address", "raft_address", "peer_address", "http_address",
-                                           "data_dir", "secret_file", "slots", "log_level", "log_format")}
+                                           "data_dir", "secret_file", "slots", "log_level", "log_format", "role",
+                                           "join")}
     try:
         cfg = load(args.config, flags)
     except ConfigError as e:
@@ -576,12 +647,12 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        if cfg.is_worker:
+        if cfg.join:
             joined = join_cluster(cfg, stop)
             if joined is None:
                 return 0        # stopped while waiting for a voter
             cfg = joined
-        node = Node(cfg)
+        node = Node(cfg, on_removed=stop.set)
     except ConfigError as e:
         print(f"raftflow node: {e}", file=sys.stderr)
         return 2

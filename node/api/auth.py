@@ -53,9 +53,10 @@ REQUIRED_ROLE: dict[str, Role] = {
     # variables: read by viewers (secret keys' values masked but for admins), written by operators
     "GetVariable": Role.VIEWER, "ListVariables": Role.VIEWER,
     "SetVariable": Role.OPERATOR, "DeleteVariable": Role.OPERATOR, "ImportVariables": Role.OPERATOR,
-    # admin: + submit/delete DAGs, pools, tokens
+    # admin: + submit/delete DAGs, pools, tokens, voters
     "SubmitDags": Role.ADMIN, "DeleteDag": Role.ADMIN, "SetPool": Role.ADMIN,
     "CreateToken": Role.ADMIN, "ListTokens": Role.ADMIN, "RevokeToken": Role.ADMIN,
+    "AddVoter": Role.ADMIN, "RemoveVoter": Role.ADMIN,
 }
 
 

@@ -16,11 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Protocol
 
 from ..config import NodeConfig, Peer
-from ..core.commands import Batch, LoseAttempt, NodeStarted
+from ..core.commands import AddVoter, Batch, LoseAttempt, NodeStarted, RemoveVoter
+from ..core.members import voter_error
 from ..core.names import ID_PATTERN, ID_RULE
 from ..core.states import TASK_ACTIVE, TaskState
 from ..proto import client_pb2, peer_pb2
-from ..raft.replica import Replica, Unavailable as RaftUnavailable
+from ..raft.replica import OutcomeUnknown as RaftOutcomeUnknown, Replica, Unavailable as RaftUnavailable
 from ..store.copies import LogCopy
 from ..worker.shipping import holders
 from ..worker.worker import Assignment
@@ -105,14 +106,20 @@ class Host(Protocol):
         """time.monotonic() when the node started."""
 
 
-def voters(cfg: NodeConfig) -> tuple[Peer, ...]:
-    """The configured Raft members (a worker learned them when it joined: its peers)."""
-    return cfg.peers if cfg.is_worker else cfg.all_nodes
+def configured_voters(cfg: NodeConfig) -> tuple[Peer, ...]:
+    """The voters of the config (a worker or a joining voter learned them when it joined)."""
+    return cfg.peers if cfg.is_worker or cfg.join else cfg.all_nodes
+
+
+def voters(host: Host) -> tuple[Peer, ...]:
+    """The voters now: this node's Raft configuration (voters are added and removed live),
+    with their addresses; the config's where the replica has no membership (the twin)."""
+    return host.replica.voters() or configured_voters(host.cfg)
 
 
 def is_member(host: Host, node_id: str) -> bool:
     """A voter, or a worker in this node's replica (a dict lookup: no lock needed)."""
-    return any(p.id == node_id for p in voters(host.cfg)) or node_id in host.replica.state.workers
+    return any(p.id == node_id for p in voters(host)) or node_id in host.replica.state.workers
 
 
 def members(host: Host, node_id: str) -> peer_pb2.MembersReply:
@@ -120,10 +127,7 @@ def members(host: Host, node_id: str) -> peer_pb2.MembersReply:
     is its certificate's). A worker may not take a voter's id."""
     if not isinstance(node_id, str) or not ID_PATTERN.fullmatch(node_id):
         raise errors.Invalid(f"node id {node_id[:60]!r} is invalid: use {ID_RULE}")
-    known = voters(host.cfg)
-    if any(p.id == node_id for p in known):
-        raise errors.Invalid(f"node id {node_id!r} is a voter's: a worker needs an id of its own (its certificate's "
-                             "common name: `raftflow certs issue`)")
+    known = voters(host)
     with host.replica.lock:
         workers = sorted(host.replica.state.workers.values(), key=lambda w: w.node)
     return peer_pb2.MembersReply(
@@ -178,7 +182,7 @@ def cluster_status(host: Host, ops: Operations, fanout: ThreadPoolExecutor) -> c
     own = node_status(host)
     with host.replica.lock:
         workers = [Peer(w.node, w.grpc_address, "", w.peer_address) for w in host.replica.state.workers.values()]
-    others = [p for p in (*voters(host.cfg), *workers) if p.id != own.id]
+    others = [p for p in (*voters(host), *workers) if p.id != own.id]
     worker_ids = {w.id for w in workers}
     futures = {p.id: fanout.submit(host.peers.node_info, p.id, STATUS_TIMEOUT) for p in others}
     nodes = {own.id: own}
@@ -319,7 +323,7 @@ def find_copy(host: Host, run_id: str, task_id: str, attempt: int, ran_on: str) 
     shipping.py holders); a node that does not answer is passed over."""
     best: LogCopy | None = None
     best_holder = ""
-    for node in holders(ran_on, (p.id for p in host.cfg.all_nodes)):
+    for node in holders(ran_on, (p.id for p in voters(host))):   # (copies are held by voters)
         if node == host.cfg.node_id:
             copy = host.copies.read(run_id, task_id, attempt)
         else:
@@ -352,8 +356,7 @@ def append_log_copy(host: Host, part: peer_pb2.LogCopyPart) -> int:
     """A peer's next part of its log of an attempt (the interceptor checked that `node`
     is the caller's own, with TLS). Returns the offset the copy now reaches."""
     check_attempt_key(part.run_id, part.task_id, part.attempt)
-    members = {p.id for p in host.cfg.all_nodes}
-    if part.node not in members or part.node == host.cfg.node_id:
+    if not is_member(host, part.node) or part.node == host.cfg.node_id:
         raise errors.Invalid(f"node {part.node[:60]!r} is not another node of this cluster")
     if len(part.data) > MAX_COPY_PART:
         raise errors.Invalid(f"a log part is at most {MAX_COPY_PART} bytes, not {len(part.data)}")
@@ -446,3 +449,102 @@ def node_gone(host: Host, report: peer_pb2.NodeGoneReport) -> peer_pb2.NodeGoneA
             raise errors.Unavailable(f"the releases did not commit: {result.reason}")
         released = sum(1 for sub in result.value if sub.ok)
     return peer_pb2.NodeGoneAck(accepted=True, leader=host.cfg.node_id, released=released)
+
+
+# ------------------------------------------------------------ voters changed live
+MEMBERSHIP_TIMEOUT = 10.0    # seconds a membership change may take to commit
+
+
+def _membership_leader(host: Host, ops: Operations) -> None:
+    """Membership changes are decided on the leader (its view of who is reachable judges
+    whether a majority stays): elsewhere Unavailable naming it, which a client takes as
+    "ask the next node"."""
+    status = host.replica.status()
+    if status.role != "leader":
+        raise errors.Unavailable(f"membership changes are made on the leader; this node ({host.cfg.node_id}) "
+                                 f"does not lead (the leader: {status.leader_id or 'none known'})")
+
+
+def add_voter(host: Host, ops: Operations, node: str, grpc_address: str, raft_address: str,
+              peer_address: str) -> client_pb2.MembershipChange:
+    """Make a node a voter, live: its record (AddVoter), then the Raft membership change
+    (pysyncobj's single-server change, one at a time). A retry after either step
+    finishes the other; adding a voter that already is one answers so and changes nothing."""
+    _membership_leader(host, ops)
+    command = AddVoter(node, grpc_address, raft_address, peer_address, ops.clock())
+    with host.replica.lock:
+        error = voter_error(host.replica.state, command)
+    if error:
+        raise errors.Invalid(error)
+    current = voters(host)
+    same = next((p for p in current if p.id == node), None)
+    if same is not None and same.raft_address != raft_address:
+        raise errors.Conflict(f"{node} is a voter at Raft address {same.raft_address}; remove it first")
+    if same is None and any(p.raft_address == raft_address for p in current):
+        raise errors.Conflict(f"Raft address {raft_address} is another voter's")
+    ops.commit(command)
+    if raft_address not in host.replica.voter_addresses():
+        _change(host, add=raft_address)
+    return _membership(host, f"{node} is a voter" if same is None else f"{node} was a voter already")
+
+
+def remove_voter(host: Host, ops: Operations, node: str) -> client_pb2.MembershipChange:
+    """Remove a voter, live: refused when the voters left could not form a majority of
+    the reachable ones; the leader itself hands leadership over first (the client retries
+    on the new leader). The record (RemoveVoter) goes first, so the removed node applies
+    it and stops; then the Raft membership change."""
+    _membership_leader(host, ops)
+    current = voters(host)
+    target = next((p for p in current if p.id == node), None)
+    if target is None:
+        raise errors.NotFound(f"{node[:60]!r} is not a voter (voters: {', '.join(p.id for p in current)})")
+    if len(current) == 1:
+        raise errors.Conflict(f"{node} is the only voter: a cluster needs at least one")
+    status = host.replica.status()
+    reachable = {host.cfg.node_id, *status.connected} & {p.id for p in current}
+    left = reachable - {node}
+    if 2 * len(left) <= len(current):
+        raise errors.Conflict(
+            f"removing {node} would leave no majority: {len(left)} of the {len(current)} voters would be reachable "
+            f"({', '.join(sorted(left)) or 'none'}) while the change commits; bring the others back first")
+    if node == host.cfg.node_id:
+        host.replica.transfer_leadership()
+        raise errors.Unavailable(f"{node} leads: it hands leadership to a caught-up voter first; ask again "
+                                 "(the client does)")
+    ops.commit(RemoveVoter(node, target.grpc_address, target.raft_address, target.peer_address, ops.clock()))
+    if target.raft_address in host.replica.voter_addresses():
+        _await_applied(host, node, host.replica.status().last_applied)
+        _change(host, remove=target.raft_address)
+    return _membership(host, f"{node} is no longer a voter")
+
+
+REMOVAL_NOTICE = 5.0       # seconds a voter being removed is given to apply its RemoveVoter
+
+
+def _await_applied(host: Host, node: str, index: int) -> None:
+    """Wait (up to REMOVAL_NOTICE) until `node` has applied the log up to `index`: once
+    the membership change is appended the leader stops sending it entries, so a removed
+    voter learns of its RemoveVoter only if it applied it before. A node that does not
+    answer is not waited for (it is down: it learns it at its restart, from its journal
+    or, if it never got the entry, it stays out: no voter accepts it)."""
+    deadline = time.monotonic() + REMOVAL_NOTICE
+    while time.monotonic() < deadline:
+        try:
+            if host.peers.node_info(node, timeout=1.0).last_applied >= index:
+                return
+        except errors.Unavailable:
+            return
+        time.sleep(0.05)
+
+
+def _change(host: Host, add: str = "", remove: str = "") -> None:
+    try:
+        host.replica.change_voters(add=add, remove=remove, timeout=MEMBERSHIP_TIMEOUT)
+    except RaftOutcomeUnknown as e:
+        raise errors.OutcomeUnknown(f"{e}; `raftflow cluster status` shows the voters") from None
+    except RaftUnavailable as e:
+        raise errors.Unavailable(str(e)) from None
+
+
+def _membership(host: Host, what: str) -> client_pb2.MembershipChange:
+    return client_pb2.MembershipChange(message=what, voters=[p.id for p in voters(host)])

@@ -28,7 +28,6 @@ from typing import Any, Callable, Iterator
 import grpc
 
 from ..config import Peer, TLSMaterial
-from ..core.model import WorkerMember
 from ..proto import client_pb2, peer_pb2, peer_pb2_grpc
 from ..store.copies import LogCopy
 from ..worker.worker import Assignment
@@ -71,14 +70,12 @@ class PeerAuthInterceptor(grpc.ServerInterceptor):
     """Rejects peer-API calls without the cluster token (UNAUTHENTICATED) and, with TLS,
     calls whose certificate names no member of the cluster (but Members), or a Heartbeat,
     AppendLogCopy, NodeGone or Members on behalf of another node (PERMISSION_DENIED).
-    `voters` are the configured members; `is_worker` says whether an id is a worker in
-    the replicated state (read at each call: workers come and go)."""
+    `is_member` says whether an id is a member now (asked at each call: voters and
+    workers change live); a frozenset of ids also does."""
 
-    def __init__(self, token: str, voters: frozenset[str], tls: bool,
-                 is_worker: Callable[[str], bool] = lambda _node: False) -> None:
+    def __init__(self, token: str, is_member: Callable[[str], bool] | frozenset[str], tls: bool) -> None:
         self._token = token
-        self._voters = voters
-        self._is_worker = is_worker
+        self._is_member = is_member.__contains__ if isinstance(is_member, frozenset) else is_member
         self._tls = tls
 
     def _refusal(self, method: str, request: Any, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str] | None:
@@ -90,10 +87,10 @@ class PeerAuthInterceptor(grpc.ServerInterceptor):
                 return (grpc.StatusCode.PERMISSION_DENIED,
                         f"a members request for node {request.node[:60]!r} sent with the certificate of {caller!r}")
             return None
-        if caller not in self._voters and not self._is_worker(caller):
+        if not self._is_member(caller):
             return (grpc.StatusCode.PERMISSION_DENIED,
                     f"peer call from a certificate naming {caller!r}, which is not a node of this cluster "
-                    f"(voters {', '.join(sorted(self._voters))}, or a worker that joined)")
+                    "(a voter, or a worker that joined)")
         if method == HEARTBEAT_METHOD and request.node_id != caller:
             return (grpc.StatusCode.PERMISSION_DENIED,
                     f"a heartbeat for node {request.node_id!r} sent with the certificate of {caller!r}")
@@ -166,41 +163,41 @@ def peer_channel(peer: Peer, tls: TLSMaterial | None) -> grpc.Channel:
 
 
 class PeerClients:
-    """Clients to the other nodes' peer API: the configured ones (`peers`), and workers,
-    looked up by id in the replicated state (`worker`: its member record, or None) when
-    first called and again whenever the worker's peer address changed (it re-joined)."""
+    """Clients to the other nodes' peer API: the configured ones (`peers`), and the members
+    added since (voters added live, workers), looked up by id (`member`: where it is
+    reached, or None) when first called and again whenever its peer address changed."""
 
     def __init__(self, peers: tuple[Peer, ...], token: str, tls: TLSMaterial | None,
-                 worker: Callable[[str], WorkerMember | None] = lambda _node: None) -> None:
+                 member: Callable[[str], Peer | None] = lambda _node: None) -> None:
         self._metadata = ((TOKEN_HEADER, token),)
         self._tls = tls
         self._channels = {p.id: peer_channel(p, tls) for p in peers}
         self._stubs = {pid: peer_pb2_grpc.PeerStub(ch) for pid, ch in self._channels.items()}
-        self._worker = worker
+        self._member = member
         self._lock = threading.Lock()
-        self._workers: dict[str, tuple[str, grpc.Channel, peer_pb2_grpc.PeerStub]] = {}   # id -> (address, ...)
+        self._added: dict[str, tuple[str, grpc.Channel, peer_pb2_grpc.PeerStub]] = {}   # id -> (address, ...)
 
     def knows(self, node_id: str) -> bool:
-        return node_id in self._stubs or self._worker(node_id) is not None
+        return node_id in self._stubs or self._member(node_id) is not None
 
     def _stub(self, node_id: str) -> peer_pb2_grpc.PeerStub:
         """errors.Unavailable for an id that is neither a configured peer nor a worker."""
         stub = self._stubs.get(node_id)
         if stub is not None:
             return stub
-        member = self._worker(node_id)
+        member = self._member(node_id)
         with self._lock:
-            known = self._workers.get(node_id)
+            known = self._added.get(node_id)
             if known is not None and (member is None or known[0] != member.peer_address):
                 known[1].close()
-                del self._workers[node_id]
+                del self._added[node_id]
                 known = None
             if member is None:
-                raise errors.Unavailable(f"node {node_id[:60]!r} is not a member of this cluster (a worker that "
-                                         "left, or never joined)")
+                raise errors.Unavailable(f"node {node_id[:60]!r} is not a member of this cluster (a node that "
+                                         "left or was removed, or never joined)")
             if known is None:
-                channel = peer_channel(Peer(node_id, member.grpc_address, "", member.peer_address), self._tls)
-                known = self._workers[node_id] = (member.peer_address, channel, peer_pb2_grpc.PeerStub(channel))
+                channel = peer_channel(member, self._tls)
+                known = self._added[node_id] = (member.peer_address, channel, peer_pb2_grpc.PeerStub(channel))
             return known[2]
 
     def run_task(self, node_id: str, a: Assignment, timeout: float = 2.0) -> tuple[bool, str]:
@@ -267,9 +264,9 @@ class PeerClients:
         for channel in self._channels.values():
             channel.close()
         with self._lock:
-            for _address, channel, _stub in self._workers.values():
+            for _address, channel, _stub in self._added.values():
                 channel.close()
-            self._workers.clear()
+            self._added.clear()
 
 
 def ask_members(address: str, node_id: str, token: str, tls: TLSMaterial | None,

@@ -211,6 +211,15 @@ class ClientService(client_pb2_grpc.ClientServicer):
         return cluster.visible_to(cluster.cluster_status(self.host, self.ops, self._fanout),
                                   admin=caller is None or caller.role is Role.ADMIN)
 
+    @_handled
+    def AddVoter(self, request, context):  # type: ignore[no-untyped-def]
+        return cluster.add_voter(self.host, self.ops, request.node, request.grpc_address, request.raft_address,
+                                 request.peer_address)
+
+    @_handled
+    def RemoveVoter(self, request, context):  # type: ignore[no-untyped-def]
+        return cluster.remove_voter(self.host, self.ops, request.node)
+
     # ------------------------------------------------------------ tokens
     @_handled
     def CreateToken(self, request, context):  # type: ignore[no-untyped-def]

@@ -105,7 +105,7 @@ def leave_worker(state: State, cmd: c.LeaveWorker) -> Result:
     return Result(value={"node": cmd.node, "released": len(moves)}, effects=(*result.effects, released))
 
 
-def _voter_error(state: State, cmd: c.AddVoter | c.RemoveVoter) -> str | None:
+def voter_error(state: State, cmd: c.AddVoter | c.RemoveVoter) -> str | None:
     if not isinstance(cmd.node, str) or not ID_PATTERN.fullmatch(cmd.node):
         return f"voter id {clip(cmd.node)} is invalid: use {ID_RULE}"
     error = (address_error("grpc_address", cmd.grpc_address) or address_error("raft_address", cmd.raft_address)
@@ -124,7 +124,7 @@ def _voter_error(state: State, cmd: c.AddVoter | c.RemoveVoter) -> str | None:
 def add_voter(state: State, cmd: c.AddVoter) -> Result:
     """Record who a voter being added is. Value: {"node", "again"} (again: the same
     record was there, not removed: a retried add)."""
-    error = _voter_error(state, cmd)
+    error = voter_error(state, cmd)
     if error:
         return reject(Code.INVALID, error)
     known = state.voters.get(cmd.node)
@@ -142,7 +142,7 @@ def add_voter(state: State, cmd: c.AddVoter) -> Result:
 def remove_voter(state: State, cmd: c.RemoveVoter) -> Result:
     """Record that a voter is removed (kept: the removed node applies it and stops, and a
     restarted one learns it). Value: {"node", "again"}."""
-    error = _voter_error(state, cmd)
+    error = voter_error(state, cmd)
     if error:
         return reject(Code.INVALID, error)
     known = state.voters.get(cmd.node)

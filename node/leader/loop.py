@@ -53,20 +53,19 @@ class Liveness:
     when the previous one last heard from a node."""
 
     def __init__(self, node_ids: list[str], lease_timeout: float, healthy_window: float,
-                 default_slots: int, self_id: str, workers: Callable[[], Iterable[str]] = tuple) -> None:
-        """`node_ids`: the voters; `workers`: the worker ids the replicated state holds now
-        (core/members.py), asked at every `view`: a worker is watched from its join (a
-        worker never heard from by this leader expires like any node it has not heard
-        from) until it leaves."""
+                 default_slots: int, self_id: str, members: Callable[[], Iterable[str]] | None = None) -> None:
+        """`node_ids`: the voters at start; `members`: every member's id now, voters and
+        workers (both change live: core/members.py), asked at every `view`: a node is
+        watched from when it becomes a member (one this leader never heard from expires
+        like any node it has not heard from) until it leaves."""
         self.lease_timeout = lease_timeout
         self.healthy_window = healthy_window
         self._self_id = self_id
-        self._workers = workers
+        self._members = members if members is not None else (lambda: node_ids)
         self._default_slots = default_slots
         self._lock = threading.Lock()
         self._last_seen: dict[str, float] = {}
         self._took_office = float("-inf")
-        self._voters = frozenset(node_ids)
         self._slots = dict.fromkeys(node_ids, default_slots)
         self._not_ready: set[str] = set()   # heartbeating, but its NodeStarted has not committed
         self._queues: dict[str, frozenset[str]] = {}
@@ -103,13 +102,13 @@ class Liveness:
             self._not_ready.add(node_id)
 
     def view(self, now: float) -> list[NodeInfo]:
-        workers = set(self._workers())
+        members = set(self._members())
         with self._lock:
-            for gone in [n for n in self._slots if n not in self._voters and n not in workers]:
-                del self._slots[gone]       # a worker that left: its attempts were released then
+            for gone in [n for n in self._slots if n not in members]:
+                del self._slots[gone]       # a worker that left, a voter removed: they released their work
                 self._last_seen.pop(gone, None)
-            for worker in workers:
-                self._slots.setdefault(worker, self._default_slots)
+            for member in members:
+                self._slots.setdefault(member, self._default_slots)
             out = []
             for node, slots in sorted(self._slots.items()):
                 seen = self._last_seen.get(node, float("-inf"))

@@ -119,6 +119,16 @@ class ClientStub:
                 request_serializer=raftflow_dot_proto_dot_client__pb2.ClusterStatusRequest.SerializeToString,
                 response_deserializer=raftflow_dot_proto_dot_client__pb2.ClusterStatusResponse.FromString,
                 _registered_method=True)
+        self.AddVoter = channel.unary_unary(
+                '/raftflow.v1.Client/AddVoter',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.AddVoterRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.MembershipChange.FromString,
+                _registered_method=True)
+        self.RemoveVoter = channel.unary_unary(
+                '/raftflow.v1.Client/RemoveVoter',
+                request_serializer=raftflow_dot_proto_dot_client__pb2.RemoveVoterRequest.SerializeToString,
+                response_deserializer=raftflow_dot_proto_dot_client__pb2.MembershipChange.FromString,
+                _registered_method=True)
         self.GetTaskStory = channel.unary_unary(
                 '/raftflow.v1.Client/GetTaskStory',
                 request_serializer=raftflow_dot_proto_dot_client__pb2.GetTaskStoryRequest.SerializeToString,
@@ -282,6 +292,23 @@ class ClientServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddVoter(self, request, context):
+        """Voters changed live, one at a time (admin; made on the leader: another node answers
+        UNAVAILABLE naming it). Adding records who is behind the Raft address, then changes
+        the Raft membership; the node itself starts with `join` and waits to be a voter.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveVoter(self, request, context):
+        """Refused (FAILED_PRECONDITION) when the voters left could not form a majority of the
+        reachable ones; the removed node stops by itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTaskStory(self, request, context):
         """Every recorded move of one task instance, oldest first (its last 32): which Raft
         entry made it, when, by which command, who asked, from which state to which, why.
@@ -432,6 +459,16 @@ def add_ClientServicer_to_server(servicer, server):
                     servicer.ClusterStatus,
                     request_deserializer=raftflow_dot_proto_dot_client__pb2.ClusterStatusRequest.FromString,
                     response_serializer=raftflow_dot_proto_dot_client__pb2.ClusterStatusResponse.SerializeToString,
+            ),
+            'AddVoter': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddVoter,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.AddVoterRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.MembershipChange.SerializeToString,
+            ),
+            'RemoveVoter': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveVoter,
+                    request_deserializer=raftflow_dot_proto_dot_client__pb2.RemoveVoterRequest.FromString,
+                    response_serializer=raftflow_dot_proto_dot_client__pb2.MembershipChange.SerializeToString,
             ),
             'GetTaskStory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTaskStory,
@@ -938,6 +975,60 @@ class Client:
             '/raftflow.v1.Client/ClusterStatus',
             raftflow_dot_proto_dot_client__pb2.ClusterStatusRequest.SerializeToString,
             raftflow_dot_proto_dot_client__pb2.ClusterStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddVoter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/AddVoter',
+            raftflow_dot_proto_dot_client__pb2.AddVoterRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.MembershipChange.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveVoter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftflow.v1.Client/RemoveVoter',
+            raftflow_dot_proto_dot_client__pb2.RemoveVoterRequest.SerializeToString,
+            raftflow_dot_proto_dot_client__pb2.MembershipChange.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,12 +67,12 @@ import threading
 import time
 import zlib
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Any, Callable, NoReturn
 
 from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, pickle as pysyncobj_pickle, replicated
 from pysyncobj.config import SERIALIZER_STATE
 
-from ..config import NodeConfig
+from ..config import NodeConfig, Peer
 from ..core import commands as c
 from ..core.result import Code, Result, internal_rejections
 from ..core.state import State
@@ -244,8 +244,10 @@ class ReplicatedState(EagerTicks):
         # Raft port, no vote, not counted for commits; it dials every voter, the leader
         # sends it the log, and what it proposes is forwarded to the leader.
         self.read_only = cfg.is_worker
-        voters = cfg.peers if self.read_only else cfg.all_nodes
-        self._id_by_raft_address = {p.raft_address: p.id for p in voters}
+        # The voters of the config (a joining node's: learned when it joined): who is behind
+        # each Raft address of the bootstrap membership; voters added live are in the state.
+        self._configured = cfg.peers if self.read_only else cfg.all_nodes
+        self._id_by_raft_address = {p.raft_address: p.id for p in self._configured}
         t = cfg.raft
         raft_dir = self._raft_dir = cfg.data_dir / "raft"
         raft_dir.mkdir(parents=True, exist_ok=True)
@@ -470,7 +472,7 @@ class ReplicatedState(EagerTicks):
         the caller was told it failed. A timeout means the outcome is unknown."""
         status = self.status()
         if not status.has_quorum:
-            members = len(self._id_by_raft_address)
+            members = len(self.voter_addresses())
             reached = f"{len(status.connected)} of the {members} voters" if self.read_only else \
                 f"{len(status.connected) + 1} of {members} nodes"
             raise NoQuorum(
@@ -507,13 +509,13 @@ class ReplicatedState(EagerTicks):
         s = self.getStatus()
         leader = s.get("leader")
         connected = frozenset(
-            self._id_by_raft_address.get(key[len("partner_node_status_server_"):], "?")
+            self._id_of(key[len("partner_node_status_server_"):])
             for key, value in s.items()
             if key.startswith("partner_node_status_server_") and value == 2
         )
         return RaftStatus(
             role=_ROLE_NAMES.get(s["state"], str(s["state"])),
-            leader_id=self._id_by_raft_address.get(leader.id) if leader is not None else None,
+            leader_id=self._id_of(leader.id) if leader is not None else None,
             term=s["raft_term"],
             commit_index=s["commit_idx"],
             last_applied=s["last_applied"],
@@ -534,7 +536,58 @@ class ReplicatedState(EagerTicks):
 
     def _leader_id_seen(self) -> str | None:
         node = self._leader_node
-        return None if node is None else self._id_by_raft_address.get(node.id, "?")
+        return None if node is None else self._id_of(node.id)
+
+    def _id_of(self, raft_address: str) -> str:
+        """The node id behind a voter's Raft address: the config's, else a voter added live
+        (the state's records, at most core.members.MAX_VOTER_RECORDS); "?" if unknown."""
+        known = self._id_by_raft_address.get(raft_address)
+        if known is not None:
+            return known
+        for record in list(self.state.voters.values()):
+            if record.raft_address == raft_address:
+                return record.node
+        return "?"
+
+    def voters(self) -> tuple[Peer, ...]:
+        """The voters of this node's Raft configuration now, in id order, with their
+        addresses (from the config, or the record of a voter added live)."""
+        by_address = {p.raft_address: p for p in self._configured}
+        for record in list(self.state.voters.values()):
+            by_address.setdefault(record.raft_address, Peer(record.node, record.grpc_address, record.raft_address,
+                                                            record.peer_address))
+        out = [by_address.get(address) or Peer("?", "", address, "") for address in self.voter_addresses()]
+        return tuple(sorted(out, key=lambda p: p.id))
+
+    def change_voters(self, add: str = "", remove: str = "", timeout: float = 10.0) -> None:
+        """One single-server membership change (a Raft address added or removed), committed
+        when this returns. Raises Unavailable when it is refused (another change is in flight,
+        or the leader has not yet committed an entry of its term: pysyncobj's REQUEST_DENIED)
+        or fails, OutcomeUnknown when it did not finish in time."""
+        assert bool(add) != bool(remove), "add or remove one address"
+        done, box = threading.Event(), [FAIL_REASON.SUCCESS]
+
+        def callback(_result: Any, error: int) -> None:
+            box[0] = error
+            done.set()
+
+        if add:
+            self.addNodeToCluster(add, callback=callback)
+        else:
+            self.removeNodeFromCluster(remove, callback=callback)
+        if not done.wait(timeout):
+            raise OutcomeUnknown(f"outcome unknown: the membership change was not committed within {timeout:.0f}s")
+        if box[0] == FAIL_REASON.REQUEST_DENIED:
+            raise Unavailable("the leader refused the membership change: another change is not committed yet, or "
+                              "it has just been elected; retry shortly")
+        if box[0] != FAIL_REASON.SUCCESS:
+            raise Unavailable(_FAIL_TEXT.get(box[0], f"raft error {box[0]}"))
+
+    def transfer_leadership(self) -> None:
+        """Ask the most caught-up follower to take over at once (Raft's TimeoutNow), on the
+        Raft thread; returns without waiting (pysyncobj refuses it quietly when this node
+        does not lead or no follower has every entry)."""
+        self.call_on_raft_thread(self.transferLeadership)
 
     def voter_addresses(self) -> frozenset[str]:
         """The Raft addresses of the voters as this node's Raft configuration has them now

@@ -54,12 +54,13 @@ verifies that the methods exist.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
 import random
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.poller import POLL_EVENT_TYPE
@@ -120,6 +121,7 @@ class EagerTicks(FollowerRule):
         self._leader_node: Any = None
         self._role: tuple[int, int] = (-1, -1)     # (Raft state, term) last seen: elections are logged
         self._leader_lost: Any = None      # the leader whose lost connection moved the deadline
+        self._raft_calls: collections.deque[Callable[[], None]] = collections.deque()   # (call_on_raft_thread)
         self._last_leader: Any = None      # the last leader this node followed (never reset to None)
         super().__init__(*args, **kwargs)
 
@@ -129,13 +131,22 @@ class EagerTicks(FollowerRule):
         if threading.get_ident() != self._raft_thread:
             # (in the Raft thread the command came in a peer's message: the tick after
             # this poll takes it, no wake-up needed)
-            try:
-                os.write(self._wake_write, b"w")
-            except BlockingIOError:
-                pass            # the pipe is full of wake-ups already: the thread will wake
-            except OSError as e:
-                if e.errno != errno.EBADF:  # closed by destroy: nothing left to wake
-                    raise
+            self._wake()
+
+    def call_on_raft_thread(self, call: Callable[[], None]) -> None:
+        """Run `call` on the Raft thread at its next tick (pysyncobj's state is that thread's
+        alone: e.g. a leadership transfer, which reads it and sends messages)."""
+        self._raft_calls.append(call)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"w")
+        except BlockingIOError:
+            pass            # the pipe is full of wake-ups already: the thread will wake
+        except OSError as e:
+            if e.errno != errno.EBADF:  # closed by destroy: nothing left to wake
+                raise
 
     def _on_wake(self, _descr: int, _event: int) -> None:
         try:
@@ -163,6 +174,12 @@ class EagerTicks(FollowerRule):
             super()._onTick(0.0)
         finally:
             self._poller.skip_next = False     # (a tick that ended early did not poll)
+        while self._raft_calls:
+            call = self._raft_calls.popleft()
+            try:
+                call()
+            except Exception:  # noqa: BLE001 - the Raft thread must go on
+                log.exception("a call on the Raft thread failed")
         if self._SyncObj__raftState == _RAFT_STATE.LEADER and self._must_send():
             self._SyncObj__sendAppendEntries()
         leader = self._SyncObj__raftLeader

@@ -31,6 +31,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+from ..config import Peer
 from ..core import commands as c
 from ..core.result import Code, Result
 from ..core.state import State
@@ -161,6 +162,19 @@ class MemoryReplica:
     def snapshot_status(self) -> SnapshotStatus:
         """The twin keeps its log in memory and never takes a snapshot."""
         return SnapshotStatus()
+
+    def voters(self) -> tuple[Peer, ...]:
+        """The twin has no Raft membership: its users' configs name the voters."""
+        return ()
+
+    def voter_addresses(self) -> frozenset[str]:
+        return frozenset()
+
+    def change_voters(self, add: str = "", remove: str = "", timeout: float = 10.0) -> None:
+        raise Unavailable("the in-process twin has no Raft membership to change")
+
+    def transfer_leadership(self) -> None:
+        """Nothing to transfer in the twin."""
 
     # ------------------------------------------------------------ test controls
     def lag(self) -> None:

@@ -27,6 +27,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from ..config import Peer
 from ..core import commands as c
 from ..core.result import Result
 from ..core.state import State
@@ -103,6 +104,25 @@ class Replica(Protocol):
 
     def snapshot_status(self) -> SnapshotStatus:
         """The last snapshot and, if the latest attempt failed, why."""
+        ...
+
+    def voter_addresses(self) -> frozenset[str]:
+        """The Raft addresses of the voters of this node's Raft configuration now."""
+        ...
+
+    def change_voters(self, add: str = "", remove: str = "", timeout: float = 10.0) -> None:
+        """Add or remove one voter's Raft address (committed on return); Unavailable when
+        refused (another change in flight) or failed, OutcomeUnknown after `timeout`."""
+        ...
+
+    def transfer_leadership(self) -> None:
+        """Ask a caught-up follower to take over now (this node leads); no wait."""
+        ...
+
+    def voters(self) -> tuple[Peer, ...]:
+        """The voters of this node's Raft configuration now (it changes live: `raftflow
+        cluster add-voter`), with their addresses; () from a replica that has no Raft
+        membership of its own (the in-process twin): the config's voters are then the voters."""
         ...
 
 

@@ -63,10 +63,14 @@ class _Shipment:
 
 
 class LogShipper:
-    def __init__(self, node_id: str, members: Iterable[str], read_from: ReadFrom, send: Send,
-                 keep: int, period: float = SHIP_PERIOD, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, node_id: str, members: Iterable[str] | Callable[[], Iterable[str]], read_from: ReadFrom,
+                 send: Send, keep: int, period: float = SHIP_PERIOD,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`members`: the nodes that may hold copies, or a function giving them now (voters
+        change live); the holders are derived again at each round."""
         self.node_id = node_id
-        self.holders = holders(node_id, members)
+        self._members = members if callable(members) else (lambda fixed=tuple(members): fixed)
+        self.holders = holders(node_id, self._members())
         self._read_from = read_from
         self._send = send
         self._keep = keep
@@ -125,6 +129,7 @@ class LogShipper:
         short by `stop`, unless it is the `last`)."""
         with self._lock:
             shipments = list(self._shipments.values())
+        self._follow_members(shipments)
         for shipment in shipments:
             if self._stop.is_set() and not last:
                 return
@@ -133,6 +138,21 @@ class LogShipper:
             if self._ship(shipment):
                 with self._lock:
                     del self._shipments[shipment.key]
+
+    def _follow_members(self, shipments: list[_Shipment]) -> None:
+        """The holders as the members are now: a shipment whose holder is still one keeps
+        it; one whose holder left starts over with the first (from the log's start)."""
+        now = holders(self.node_id, self._members())
+        if now == self.holders or not now:
+            return
+        before, self.holders = self.holders, now
+        for s in shipments:
+            kept = before[s.holder] if s.holder < len(before) else None
+            if kept in now:
+                s.holder = now.index(kept)
+            else:
+                s.holder = 0
+                s.next_chunk, s.read, s.pending = 0, 0, bytearray()
 
     def _ship(self, s: _Shipment) -> bool:
         """Send what `s`'s log gained; True once its end was acknowledged (or given up)."""

@@ -347,9 +347,16 @@ def test_a_worker_joins_by_voters_peer_addresses_and_has_no_raft_port(tmp_path: 
     (WORKER + '[[peers]]\nid = "n2"\ngrpc_address = "h:1"\nraft_address = "h:2"\npeer_address = "h:3"\n',
      "a worker has no Raft vote"),
     (WORKER.replace('"127.0.0.1:7205"', '"127.0.0.1:7005"'), "must be different addresses"),
-    ('join = ["127.0.0.1:7201"]\n' + BASE, "but this node is a voter"),
+    ('join = ["127.0.0.1:7201"]\n' + BASE, "a voter either names the others in [[peers]]"),
 ])
 def test_bad_worker_settings_say_what_is_wrong(tmp_path: Path, text: str, message: str):
     with pytest.raises(ConfigError) as caught:
         load(_write(tmp_path, text), environ={})
     assert message in str(caught.value)
+
+
+def test_a_voter_added_live_joins_instead_of_naming_peers(tmp_path: Path):
+    text = BASE[:BASE.index("[[peers]]")] + 'join = ["127.0.0.1:7202"]\n'
+    cfg = load(_write(tmp_path, text), environ={})
+    assert not cfg.is_worker and cfg.join == ("127.0.0.1:7202",) and cfg.peers == () and cfg.raft_address
+    assert load(_write(tmp_path, to_toml(cfg)), environ={}) == cfg

@@ -63,7 +63,7 @@ from raftflow.proto import client_pb2, client_pb2_grpc
 # checks it against the proto, so a new RPC cannot be forgotten).
 WRITES = frozenset({"SubmitDags", "TriggerDag", "BackfillDag", "SetPaused", "DeleteDag", "SetPool",
                     "CancelRun", "ClearTasks", "MarkTask", "CreateToken", "RevokeToken",
-                    "SetVariable", "DeleteVariable", "ImportVariables"})
+                    "SetVariable", "DeleteVariable", "ImportVariables", "AddVoter", "RemoveVoter"})
 READS = frozenset({"ListDags", "GetDag", "ListRuns", "GetRun", "ListPools", "WatchRun", "GetTaskLog",
                    "ClusterStatus", "GetTaskStory", "ListTokens", "GetVariable", "ListVariables"})
 DEFAULT_RETRY_FOR = 10.0
@@ -406,6 +406,13 @@ class ClusterClient:
     def import_variables(self, variables: dict[str, str]) -> dict[str, Any]:
         """{imported, created}"""
         return _dict(self.call("ImportVariables", client_pb2.ImportVariablesRequest(variables=variables)))
+
+    def add_voter(self, node: str, grpc_address: str, raft_address: str, peer_address: str) -> dict[str, Any]:
+        return _dict(self.call("AddVoter", client_pb2.AddVoterRequest(
+            node=node, grpc_address=grpc_address, raft_address=raft_address, peer_address=peer_address), timeout=15.0))
+
+    def remove_voter(self, node: str) -> dict[str, Any]:
+        return _dict(self.call("RemoveVoter", client_pb2.RemoveVoterRequest(node=node), timeout=15.0))
 
     def cluster_status(self) -> dict[str, Any]:
         return _dict(self.call("ClusterStatus", client_pb2.ClusterStatusRequest(), timeout=5.0))

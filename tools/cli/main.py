@@ -807,6 +807,24 @@ def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_cluster_add_voter(client: ClusterClient, args: argparse.Namespace) -> int:
+    changed = client.add_voter(args.node, args.grpc_address, args.raft_address, args.peer_address)
+    if args.json:
+        emit_json(changed)
+    else:
+        print(f"{changed['message']}; voters: {', '.join(changed['voters'])}")
+    return EXIT_OK
+
+
+def cmd_cluster_remove_voter(client: ClusterClient, args: argparse.Namespace) -> int:
+    changed = client.remove_voter(args.node)
+    if args.json:
+        emit_json(changed)
+    else:
+        print(f"{changed['message']}; voters: {', '.join(changed['voters'])}")
+    return EXIT_OK
+
+
 def cmd_tokens_create(client: ClusterClient, args: argparse.Namespace) -> int:
     created = client.create_token(args.name, args.role, args.expires)
     if args.json:
@@ -1136,8 +1154,18 @@ def build_parser(with_node: bool = True) -> argparse.ArgumentParser:
     p = verb(variables, "import", cmd_variables_import, "set every variable of a JSON object file, all or none")
     p.add_argument("file", metavar="FILE.json")
 
-    cluster = sub.add_parser("cluster", help="cluster status").add_subparsers(dest="verb", required=True)
+    cluster = sub.add_parser("cluster", help="cluster status, voters added and removed live").add_subparsers(
+        dest="verb", required=True)
     verb(cluster, "status", cmd_cluster_status, "who leads, and each node's health and load")
+    p = verb(cluster, "add-voter", cmd_cluster_add_voter,
+             "make a node a voter, live (start it with `join` first, or after: it waits to be added)")
+    p.add_argument("node", metavar="ID")
+    p.add_argument("grpc_address", metavar="GRPC", help="its client API, HOST:PORT")
+    p.add_argument("raft_address", metavar="RAFT", help="its Raft port, HOST:PORT")
+    p.add_argument("peer_address", metavar="PEER", help="its peer API, HOST:PORT")
+    p = verb(cluster, "remove-voter", cmd_cluster_remove_voter,
+             "take a voter out, live (refused if no majority would be left); the node stops")
+    p.add_argument("node", metavar="ID")
 
     certs = sub.add_parser("certs", help="make a cluster CA and node certificates (deploy/README.md)"
                            ).add_subparsers(dest="verb", required=True)

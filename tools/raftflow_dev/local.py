@@ -68,6 +68,7 @@ class LocalNode:
     peer_address: str
     http_address: str = ""    # its web server (UI and REST API); "" for none
     worker: bool = False      # a worker node: no Raft vote, no raft_address; joins through the voters
+    joins: bool = False       # a voter added live: its config joins through the voters instead of naming them
 
     @property
     def cert_path(self) -> Path:
@@ -151,7 +152,7 @@ class LocalCluster:
             http_ports = free_ports(len(saved["nodes"]))
             self.nodes = [LocalNode(n["id"], n["grpc"], n["raft"], self.data_dir / n["id"], n["peer"],
                                     n.get("http") or f"{n['grpc'].rsplit(':', 1)[0]}:{http_ports[i]}",
-                                    worker=bool(n.get("worker")))
+                                    worker=bool(n.get("worker")), joins=bool(n.get("joins")))
                           for i, n in enumerate(saved["nodes"])]
             while len(self.workers) < workers:
                 self._new_worker()
@@ -196,6 +197,26 @@ class LocalCluster:
                          f"{host}:{http_port}", worker=True)
         self.nodes.append(node)
         return node
+
+    def new_voter(self, start: bool = True) -> str:
+        """A node to be added as a voter live (`raftflow cluster add-voter`): configured to
+        `join` through the voters there are, and started unless `start` is false; it waits
+        to be added. No other node's config changes. Returns its id."""
+        taken = {n.node_id for n in self.nodes}
+        node_id = next(f"n{i}" for i in itertools.count(1) if f"n{i}" not in taken)
+        grpc_port, raft_port, peer_port, http_port = free_ports(4)
+        node = LocalNode(node_id, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{raft_port}", self.data_dir / node_id,
+                         f"{LOOPBACK}:{peer_port}", f"{LOOPBACK}:{http_port}", joins=True)
+        self.nodes.append(node)
+        self.configure()
+        if start:
+            self.start_node(node_id)
+        return node_id
+
+    def forget(self, node_id: str) -> None:
+        """Drop a node that left the cluster (a voter removed live) from this helper's list."""
+        self.nodes.remove(self.node(node_id))
+        self.configure()
 
     def remove_worker(self, node_id: str, timeout: float = 70.0) -> None:
         """Stop a worker (SIGTERM: it drains and leaves the cluster) and forget it here."""
@@ -315,9 +336,10 @@ class LocalCluster:
             node.dir.mkdir(parents=True, exist_ok=True)
             if not self.insecure and not node.cert_path.exists():
                 self.issue_cert(node.node_id, self.read_ca())
+            joining = node.worker or node.joins
             peers = tuple(Peer(o.node_id, o.grpc_address, o.raft_address, o.peer_address)
-                          for o in self.voters if o is not node) if not node.worker else ()
-            join = tuple(o.peer_address for o in self.voters) if node.worker else ()
+                          for o in self.voters if o is not node and not o.joins) if not joining else ()
+            join = tuple(o.peer_address for o in self.voters if o is not node) if joining else ()
             cfg = NodeConfig(node_id=node.node_id, grpc_address=node.grpc_address, raft_address=node.raft_address,
                              peer_address=node.peer_address, data_dir=node.dir / "data",
                              role="worker" if node.worker else "voter", join=join,
@@ -336,7 +358,8 @@ class LocalCluster:
             **({"port_base": self.port_base} if self.port_base is not None else {}),
             "insecure": self.insecure,
             "nodes": [{"id": n.node_id, "grpc": n.grpc_address, "raft": n.raft_address, "peer": n.peer_address,
-                       "http": n.http_address, **({"worker": True} if n.worker else {})} for n in self.nodes],
+                       "http": n.http_address, **({"worker": True} if n.worker else {}),
+                       **({"joins": True} if n.joins else {})} for n in self.nodes],
         }, indent=2) + "\n")
 
     def read_ca(self) -> certs.KeyPair:
