@@ -63,12 +63,14 @@ def _token_everywhere(cluster: Any, name: str, role: str, expires: int = 0) -> s
     return secret
 
 
-def _answering(cluster: Any, node: Any) -> bool:
-    """The node answers an admin's read (so a refusal measured next is about the token)."""
+def _answering(cluster: Any, node: Any, token: str | None = None) -> bool:
+    """The node answers an admin's read (so a refusal measured next is about the token),
+    and, with `token`, its replica holds that token (a restarted node replays its log
+    first: until then it knows no such token)."""
     with closing(cluster.client([node.grpc_address], timeout=2.0)) as admin:
         try:
             admin.list_runs(limit=1)
-            return True
+            return token is None or any(t["name"] == token for t in admin.list_tokens()["tokens"])
         except ClusterUnreachable:
             return False
 
@@ -308,7 +310,8 @@ def test_an_expired_token_is_refused_on_every_node_within_a_second(tmp_path: Pat
             cluster.start_node(node.node_id)
         cluster.wait_ready(30)
         for node in cluster.nodes:
-            wait_for(lambda: _answering(cluster, node), timeout=15, what=f"{node.node_id} to answer")
+            wait_for(lambda: _answering(cluster, node, "day-pass"), timeout=15,
+                     what=f"{node.node_id} to answer, with the token in its replica")
             with closing(cluster.client([node.grpc_address], token=secret)) as client:
                 wait_for(lambda: not _lets_in(client), timeout=1.0, what=f"{node.node_id} to refuse the token")
                 with pytest.raises(ApiError, match=r"not authenticated: token 'day-pass' expired on \d{4}-"):
