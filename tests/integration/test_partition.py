@@ -15,14 +15,20 @@ from support import Cli, run_view, task_view, trigger, wait_for, wait_run_end, w
 pytestmark = [pytest.mark.integration, pytest.mark.solo]
 
 
-@pytest.fixture
-def topology():
+def _network(hosts: int):
     reason = netns.available()
     if reason:
         pytest.skip(f"the partition test needs network namespaces: {reason}")
-    topo = netns.Topology(3)
-    yield topo
-    topo.destroy()
+    topo = netns.Topology(hosts)
+    try:
+        yield topo
+    finally:
+        topo.destroy()
+
+
+@pytest.fixture
+def topology():
+    yield from _network(3)
 
 
 def test_minority_partition_stops_its_work_and_the_majority_finishes(topology, tmp_path):
@@ -75,12 +81,7 @@ def test_minority_partition_stops_its_work_and_the_majority_finishes(topology, t
 
 @pytest.fixture
 def four_hosts():
-    reason = netns.available()
-    if reason:
-        pytest.skip(f"the partition test needs network namespaces: {reason}")
-    topo = netns.Topology(4)
-    yield topo
-    topo.destroy()
+    yield from _network(4)
 
 
 def test_a_worker_cut_off_from_the_voters_kills_its_attempt_and_runs_again_once_back(four_hosts, tmp_path):

@@ -808,16 +808,15 @@ def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_add_voter(client: ClusterClient, args: argparse.Namespace) -> int:
-    changed = client.add_voter(args.node, args.grpc_address, args.raft_address, args.peer_address)
-    if args.json:
-        emit_json(changed)
-    else:
-        print(f"{changed['message']}; voters: {', '.join(changed['voters'])}")
-    return EXIT_OK
+    return _print_membership(client.add_voter(args.node, args.grpc_address, args.raft_address, args.peer_address),
+                             args)
 
 
 def cmd_cluster_remove_voter(client: ClusterClient, args: argparse.Namespace) -> int:
-    changed = client.remove_voter(args.node)
+    return _print_membership(client.remove_voter(args.node), args)
+
+
+def _print_membership(changed: dict[str, Any], args: argparse.Namespace) -> int:
     if args.json:
         emit_json(changed)
     else:
