@@ -107,7 +107,7 @@ def test_bad_or_conflicting_voters_are_refused_and_change_nothing(tmp_path: Path
 
 def test_only_the_leader_changes_voters(tmp_path: Path) -> None:
     host, replica, ops = world(tmp_path, {"n2", "n3"}, leads=False)
-    with pytest.raises(errors.Unavailable, match=r"made on the leader; this node \(n1\) does not lead \(the leader: n2"):
+    with pytest.raises(errors.Unavailable, match=r"on the leader; this node \(n1\) does not lead \(the leader: n2"):
         add_voter(host, ops, "n4", N4.grpc_address, N4.raft_address, N4.peer_address)
     with pytest.raises(errors.Unavailable, match="made on the leader"):
         remove_voter(host, ops, "n2")
