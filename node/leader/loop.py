@@ -18,6 +18,7 @@ the loop by hand (`LeaderLoop.step`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -40,6 +41,10 @@ IDLE_WAIT = 0.1            # longest sleep between plans while runs are active (
 QUIET_WAIT = 1.0           # longest sleep with no run active (woken by a change, or at the next DAG tick)
 TICK_SLACK = 0.002         # a quiet loop wakes this long after the next tick (it must have come)
 REDISPATCH_AFTER = 2.0     # an assignment not started after this long is dispatched again
+# The most commands of a plan in one Raft entry: every node applies an entry on its Raft
+# thread in one go, so one plan's 10,000 CreateRuns (10,000 DAGs due at one tick) in one
+# entry held every node's Raft thread for seconds, and their silence set off elections.
+MAX_BATCH = 500
 DISPATCH_RETRY = 0.25      # ... and one whose dispatch failed, this long after the failure
 
 
@@ -324,13 +329,17 @@ class LeaderLoop(threading.Thread):
         if self.on_plan is not None:
             self.on_plan(self._monotonic() - started, self._plan_memo.waiting)
         if commands:
-            assignments = [cmd for cmd in commands if isinstance(cmd, c.AssignTask)]
-            # Assignments go out as soon as the batch is queued to the log, not once it
-            # committed: a chain step waits for one commit less (Dispatcher.dispatch_planned).
-            result = self._replica.propose(c.Batch(tuple(commands)), timeout=5.0,
-                                           queued=lambda: self._dispatcher.dispatch_planned(assignments))
-            results = result.value if result.ok else []
-            rejected = [(cmd.TYPE, sub.reason) for cmd, sub in zip(commands, results) if not sub.ok]
+            rejected = []
+            for start in range(0, len(commands), MAX_BATCH):
+                chunk = commands[start:start + MAX_BATCH]
+                assignments = [cmd for cmd in chunk if isinstance(cmd, c.AssignTask)]
+                # Assignments go out as soon as the batch is queued to the log, not once it
+                # committed: a chain step waits for one commit less (Dispatcher.dispatch_planned).
+                result = self._replica.propose(c.Batch(tuple(chunk)), timeout=5.0,
+                                               queued=functools.partial(self._dispatcher.dispatch_planned,
+                                                                        assignments))
+                results = result.value if result.ok else []
+                rejected += [(cmd.TYPE, sub.reason) for cmd, sub in zip(chunk, results) if not sub.ok]
             if rejected:
                 log.debug("plan items rejected at commit: %s", rejected[:5])
             self._dispatcher.redispatch_stale(self._monotonic())   # also under steady load

@@ -15,7 +15,7 @@ from raftflow.core.effects import ReleasedAttempts
 from raftflow.core.model import TaskInstance
 from raftflow.core.result import Code
 from raftflow.core.states import RunState, TaskState
-from raftflow.leader.loop import DISPATCH_RETRY, IDLE_WAIT, QUIET_WAIT, REDISPATCH_AFTER, TICK_SLACK
+from raftflow.leader.loop import DISPATCH_RETRY, IDLE_WAIT, MAX_BATCH, QUIET_WAIT, REDISPATCH_AFTER, TICK_SLACK
 from raftflow.raft.memory import MemoryCluster
 from raftflow.store.local import LocalStore
 from raftflow.worker.worker import Assignment, Worker
@@ -352,3 +352,25 @@ def test_a_dispatch_that_did_not_reach_its_node_is_sent_again_soon_a_refused_one
     clock.advance(REDISPATCH_AFTER)
     n1.steps()
     wait_for(lambda: len(tries) == 3, 5, "the refused dispatch sent again REDISPATCH_AFTER later")
+
+
+def test_a_plan_of_many_commands_goes_to_the_log_in_bounded_batches() -> None:
+    """1,200 DAGs due at one tick: their CreateRuns commit in entries of at most MAX_BATCH
+    commands (one entry of 1,200 would hold every node's Raft thread while it applies)."""
+    cluster, clock = MemoryCluster(), Clock(wall=T0 + 60 - 0.25)
+    n1 = LeaderSide(cluster, "n1", clock)
+    cluster.elect("n1")
+    n1.steps()
+    for i in range(0, 1200, 200):
+        n1.replica.propose(c.Batch(tuple(
+            c.SubmitDag(dag_dict(f"d{j:04d}", [task("t")], schedule="* * * * *",
+                                 start_date="2024-01-10T12:01:00+00:00"), "# src", "m.py", clock.wall())
+            for j in range(i, i + 200))))
+    before = len(cluster.log)
+    clock.advance(0.25 + TICK_SLACK)
+    n1.loop.step()
+    entries = [entry.command for entry in cluster.log[before:]]
+    sizes = [len(cmd.commands) for cmd in entries if isinstance(cmd, c.Batch)]
+    created = sum(isinstance(sub, c.CreateRun) for cmd in entries if isinstance(cmd, c.Batch) for sub in cmd.commands)
+    assert created == 1200 and max(sizes) <= MAX_BATCH and len(sizes) >= 1200 // MAX_BATCH, sizes
+    assert len(n1.replica.state.active) == 1200
