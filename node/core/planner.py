@@ -30,6 +30,11 @@ from .states import TASK_ACTIVE, RunState, TaskState
 from .transitions import run_outcome
 
 MAX_CATCHUP_RUNS_PER_PLAN = 32
+# DAGs whose due ticks one plan turns into runs; the rest wait for the next plan, which
+# comes as soon as these commit. A plan holds the replica lock (apply waits for it on the
+# Raft thread), and each due DAG costs a few cron steps: 10,000 DAGs due at one tick
+# held it for seconds.
+MAX_DUE_DAGS_PER_PLAN = 1000
 # catchup "none": a tick whose run was not created within this long (capped at half
 # the schedule's interval) was missed - the cluster was down or had no quorum - and
 # is skipped, not run late. An election (about a second) stays well inside it.
@@ -112,9 +117,13 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
         counts[run.dag_id] = counts.get(run.dag_id, 0) + 1
 
     quiet_until: float | None = None if state.active else math.inf
+    due = 0
     for record in state.dags.values():
-        room = record.latest.spec.max_queued_runs - queued_per_dag.get(record.dag_id, 0)
-        out.extend(_due_runs(record, now, room))
+        if due < MAX_DUE_DAGS_PER_PLAN:
+            room = record.latest.spec.max_queued_runs - queued_per_dag.get(record.dag_id, 0)
+            runs = _due_runs(record, now, room)
+            due += bool(runs)
+            out.extend(runs)
         if quiet_until is not None and not record.paused and record.next_tick_at is not None:
             quiet_until = min(quiet_until, record.next_tick_at)
     if memo is not None:

@@ -637,3 +637,42 @@ def test_with_no_run_active_a_plan_says_when_it_next_has_something_to_do(world):
     world.trigger("m1", "manual_only", at=T0 + 3)
     plan(world.state, T0 + 3, [], memo)
     assert memo.quiet_until is None, "an active run: its retries, timeouts and leases fall due with time"
+
+
+def test_a_plan_turns_at_most_max_due_dags_into_runs_and_the_next_plan_the_rest(world, monkeypatch):
+    """Issue 16: 10,000 DAGs due at one tick made one plan hold the replica lock for seconds."""
+    from raftflow.core import planner
+
+    monkeypatch.setattr(planner, "MAX_DUE_DAGS_PER_PLAN", 4)
+    for i in range(10):
+        world.submit(dag_dict(f"d{i}", [task("t")], schedule="*/5 * * * *", start_date=iso(T0)))
+    first = world.tick(T0 + 1)
+    assert len(created(first)) == 4
+    second = world.tick(T0 + 2)
+    assert len(created(second)) == 4 and set(created(second)) == set(created(first))   # (one tick, as logical date)
+    assert len(created(world.tick(T0 + 3))) == 2
+    assert not created(world.tick(T0 + 4))
+    assert len(world.state.active) == 10
+
+
+def test_cron_steps_from_the_cache_are_croniters() -> None:
+    """The cron steps are memoised (DAGs sharing a schedule share them): the second
+    answer, from the cache, is croniter's as the first."""
+    from datetime import datetime, timezone
+
+    from croniter import croniter
+
+    from raftflow.core import schedule
+    from raftflow.core.spec import DagSpec
+
+    spec = DagSpec.from_dict(dag_dict("s", [task("t")], schedule="*/5 * * * *", start_date=iso(T0)))
+    schedule._next_after.cache_clear()
+    schedule._prev_before.cache_clear()
+    for t in (T0 + 1, T0 + 299.5, T0 + 7 * 86400 + 1):
+        start = datetime.fromtimestamp(t, timezone.utc)
+        direct_next, direct_prev = (croniter("*/5 * * * *", start).get_next(float),
+                                    croniter("*/5 * * * *", start).get_prev(float))
+        for _ in range(2):
+            assert schedule.next_tick_after(spec, t) == direct_next
+            assert schedule.previous_tick(spec, t) == direct_prev
+    assert schedule._next_after.cache_info().hits == 3 and schedule._prev_before.cache_info().hits == 3
