@@ -26,13 +26,18 @@ def free_port() -> int:
 
 
 
+_SOLO_ADDRESSES: dict[Path, tuple[str, str]] = {}
+
+
 @contextlib.contextmanager
 def solo_replica(data_dir: Path, **options: Any) -> Iterator[ReplicatedState]:
     """A started one-node replica that leads; destroyed on exit. `options`: RaftTuning
-    fields, and `snapshot_retry_delays`. The data directory can be opened again after it."""
+    fields, and `snapshot_retry_delays`. The data directory can be opened again after it,
+    at the same addresses (its Raft address is in its snapshot's membership, as a real
+    node's is)."""
     extra = {key: options.pop(key) for key in ("snapshot_retry_delays",) if key in options}
-    cfg = NodeConfig("n1", f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}", data_dir,
-                     data_dir / "secret", raft=replace(RaftTuning(), **options))
+    grpc, raft = _SOLO_ADDRESSES.setdefault(data_dir, (f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"))
+    cfg = NodeConfig("n1", grpc, raft, data_dir, data_dir / "secret", raft=replace(RaftTuning(), **options))
     replica = ReplicatedState(cfg, SECRET, **extra)
     try:
         wait_for(replica.is_leader, 10, "the one node to lead")
