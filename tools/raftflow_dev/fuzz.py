@@ -68,6 +68,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, multiple, rule, run_state_machine_as_test
 
 from raftflow.config import RaftTuning
+from raftflow.core.members import address_error
 from raftflow.core.spec import DEFAULT_POOL, DEFAULT_POOL_SLOTS
 from raftflow.proto import client_pb2, client_pb2_grpc
 from raftflow_cli.client import ApiError, ClusterClient, ClusterUnreachable
@@ -536,6 +537,24 @@ class FuzzMachine(RuleBasedStateMachine):
     def revoke_token(self, name: str, node: int) -> None:
         if not self._time_up():
             self._call(node, "RevokeToken", client_pb2.RevokeTokenRequest(name=name), f"RevokeToken {name[:40]!r}")
+
+    # Voters changed live: only requests the cluster must refuse (an invalid address, a
+    # voter's id at other addresses, an id that is no voter): a voter really added at an
+    # address nobody serves would cost the cluster its majority, which is no fuzz finding.
+    @rule(voter=st.one_of(st.sampled_from(["n1", "n2", "n3"]), odd_ids(huge=False)),
+          grpc=st.one_of(st.just("127.0.0.1:1"), st.text(max_size=300)),
+          raft=st.text(max_size=300).filter(lambda a: address_error("raft_address", a) is not None),
+          peer=st.one_of(st.just("127.0.0.1:2"), st.text(max_size=300)), node=st.integers(0, 2))
+    def add_voter(self, voter: str, grpc: str, raft: str, peer: str, node: int) -> None:
+        if not self._time_up():
+            self._call(node, "AddVoter", client_pb2.AddVoterRequest(node=voter, grpc_address=grpc, raft_address=raft,
+                                                                    peer_address=peer),
+                       f"AddVoter {voter[:40]!r} raft {raft[:40]!r}")
+
+    @rule(voter=odd_ids().filter(lambda v: v not in ("n1", "n2", "n3")), node=st.integers(0, 2))
+    def remove_voter(self, voter: str, node: int) -> None:
+        if not self._time_up():
+            self._call(node, "RemoveVoter", client_pb2.RemoveVoterRequest(node=voter), f"RemoveVoter {voter[:40]!r}")
 
     @rule(key=st.one_of(st.sampled_from(["fuzz_var", "db_password", "a.b-c"]), odd_ids(huge=False)),
           value=st.one_of(texts_up_to_max(), st.builds(json_fill, FILL_CHARS, SIZES)), node=st.integers(0, 2))

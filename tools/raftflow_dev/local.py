@@ -192,11 +192,22 @@ class LocalCluster:
             i = int(node_id[1:]) - 1
             grpc_port, peer_port, http_port = (self.port_base + k + i for k in (400, 500, 600))
         else:
-            grpc_port, peer_port, http_port = free_ports(3)
+            grpc_port, peer_port, http_port = self._unused_ports(3)
         node = LocalNode(node_id, f"{host}:{grpc_port}", "", self.data_dir / node_id, f"{host}:{peer_port}",
                          f"{host}:{http_port}", worker=True)
         self.nodes.append(node)
         return node
+
+    def _unused_ports(self, count: int) -> list[int]:
+        """Free ports that no node of this cluster was given (a port picked for a node that
+        has not bound it yet is free to the kernel, and was handed out twice)."""
+        taken = {int(address.rsplit(":", 1)[1]) for n in self.nodes
+                 for address in (n.grpc_address, n.raft_address, n.peer_address, n.http_address) if address}
+        for _ in range(100):
+            ports = free_ports(count)
+            if taken.isdisjoint(ports):
+                return ports
+        raise RuntimeError("no free ports that this cluster's nodes do not already use")
 
     def new_voter(self, start: bool = True) -> str:
         """A node to be added as a voter live (`raftflow cluster add-voter`): configured to
@@ -204,7 +215,7 @@ class LocalCluster:
         to be added. No other node's config changes. Returns its id."""
         taken = {n.node_id for n in self.nodes}
         node_id = next(f"n{i}" for i in itertools.count(1) if f"n{i}" not in taken)
-        grpc_port, raft_port, peer_port, http_port = free_ports(4)
+        grpc_port, raft_port, peer_port, http_port = self._unused_ports(4)
         node = LocalNode(node_id, f"{LOOPBACK}:{grpc_port}", f"{LOOPBACK}:{raft_port}", self.data_dir / node_id,
                          f"{LOOPBACK}:{peer_port}", f"{LOOPBACK}:{http_port}", joins=True)
         self.nodes.append(node)
