@@ -26,6 +26,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+# gRPC's fork handlers (pthread_atfork) run in every child forked from a process that uses
+# gRPC, between fork and exec; under load one aborted a task's process (SIGABRT, "epoll_wait
+# error: Bad file descriptor") before it ran. This process only ever forks to exec (tasks,
+# the renderer, the reaper, the DAG loader), so it needs none: off before gRPC starts.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection

@@ -59,3 +59,16 @@ def test_no_installed_module_imports_the_dev_harnesses():
                 offenders += [f"{path.relative_to(ROOT)}: {name}" for name in names
                               if name.split(".")[0] == "raftflow_dev"]
     assert offenders == []
+
+
+def test_the_node_and_the_cli_turn_grpc_fork_handlers_off_before_grpc_starts() -> None:
+    """A task process forked from the node aborted in gRPC's fork handler under load
+    (SIGABRT, epoll EBADF): both entry points set GRPC_ENABLE_FORK_SUPPORT=false first."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
+    for module in ("raftflow.main", "raftflow_cli.main"):
+        code = f"import os, {module}; print(os.environ['GRPC_ENABLE_FORK_SUPPORT'])"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+        assert out.stdout.strip() == "false", (module, out.stderr[-500:])

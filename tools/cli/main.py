@@ -42,6 +42,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+# (before gRPC starts: `raftflow node` runs here, and the DAG loader forks to exec; why:
+# node/main.py)
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 import grpc
 
 from raftflow.core.limits import parse_json
