@@ -43,7 +43,8 @@ class Cli:
 
 @contextlib.contextmanager
 def running_cluster(data_dir: Path, nodes: int = 3, **options: Any):
-    """A started, ready LocalCluster that is stopped (every process it started) on exit."""
+    """A started, ready LocalCluster that is stopped (every process it started) on exit;
+    the end of every node's log goes to stderr when the test fails."""
     from raftflow_dev.local import LocalCluster
 
     cluster = LocalCluster(data_dir, nodes=nodes, **options)
@@ -51,6 +52,9 @@ def running_cluster(data_dir: Path, nodes: int = 3, **options: Any):
     try:
         cluster.wait_ready(30)
         yield cluster
+    except BaseException:
+        dump_node_logs(cluster)
+        raise
     finally:
         cluster.stop()
 

@@ -17,7 +17,17 @@ import pytest
 from raftflow.config import load
 from raftflow_dev import attempts
 from raftflow_dev.local import LocalCluster
-from support import Cli, dump_node_logs, run_view, task_view, trigger, wait_for, wait_run_end, write_dag
+from support import (
+    Cli,
+    dump_node_logs,
+    run_view,
+    running_cluster,
+    task_view,
+    trigger,
+    wait_for,
+    wait_run_end,
+    write_dag,
+)
 
 # solo: run alone, not beside another integration test (tools/test): asserts how soon a worker
 # gets work; thirteen node processes.
@@ -28,16 +38,8 @@ QUEUE = "wq"
 
 @pytest.fixture
 def cluster(tmp_path: Path):
-    local = LocalCluster(tmp_path / "cluster", nodes=3, slots=4, queues={"w1": [QUEUE], "w2": [QUEUE]})
-    local.start()
-    try:
-        local.wait_ready(30)
+    with running_cluster(tmp_path / "cluster", nodes=3, slots=4, queues={"w1": [QUEUE], "w2": [QUEUE]}) as local:
         yield local
-    except BaseException:
-        dump_node_logs(local)
-        raise
-    finally:
-        local.stop()
 
 
 def members(cli: Cli) -> dict[str, dict]:
