@@ -414,7 +414,7 @@ class Node:
         """A worker's SIGTERM: no new work (heartbeats go on, saying not ready, so the lease
         holds), the attempts assigned here that never started are released at once, and
         the running ones may finish for drain_timeout."""
-        running = self.worker.drain(0.0)
+        running = self.worker.drain(0.0)    # refuse dispatches from now on; the attempts running now
         self._announce_leaving()
         started = {(r, t, a) for r, t, a in running}
         now = time.time()
