@@ -11,6 +11,7 @@ Who calls: services.py (gRPC) and, later, HTTP handlers. main.py's `Node` is the
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Protocol
@@ -33,6 +34,9 @@ class WorkerPort(Protocol):
     def accept(self, a: Assignment) -> tuple[bool, str]: ...
 
     def running(self) -> list[tuple[str, str, int]]: ...
+
+    @property
+    def ready(self) -> threading.Event: ...   # set once this node takes work
 
 
 class LivenessPort(Protocol):
@@ -146,7 +150,7 @@ def node_status(host: Host) -> client_pb2.NodeStatus:
         member = replica.state.workers.get(cfg.node_id)
     out = client_pb2.NodeStatus(
         id=cfg.node_id, role="worker" if cfg.is_worker else status.role, worker=cfg.is_worker, healthy=True,
-        pid=os.getpid(), raft_term=status.term,
+        pid=os.getpid(), raft_term=status.term, ready=host.worker.ready.is_set(),
         commit_index=status.commit_index, last_applied=status.last_applied,
         running_tasks=len(host.worker.running()), slots=cfg.slots, grpc_address=cfg.grpc_address,
         raft_address=cfg.raft_address, leader=status.leader_id or "", has_quorum=status.has_quorum,

@@ -1,4 +1,5 @@
-"""`raftflow cluster status` shows each node's last snapshot, and a failing one loudly."""
+"""`raftflow cluster status` shows each node's last snapshot, and a failing one loudly;
+and whether each node takes work."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from raftflow_cli.main import cmd_cluster_status, snapshot_cell
+from raftflow_cli.main import cmd_cluster_status, health_cell, snapshot_cell
 
 
 def _node(node_id: str, **fields: Any) -> dict[str, Any]:
     return {"id": node_id, "role": "follower", "healthy": True, "pid": 1, "raft_term": "3", "commit_index": "40",
             "running_tasks": 0, "slots": 4, "last_heartbeat_age": 0.2, "queues": ["default"],
             "grpc_address": "h:1", "error": "", "digest": "d", "snapshot_at": 0.0, "snapshot_index": "0",
-            "snapshot_error": "", "snapshot_failures": 0, **fields}
+            "snapshot_error": "", "snapshot_failures": 0, "ready": True, **fields}
 
 
 class _Client:
@@ -42,3 +43,10 @@ def test_cluster_status_prints_the_snapshot_column_and_the_failure(capsys: pytes
     out = capsys.readouterr().out
     assert "SNAPSHOT" in out and "37 (5s ago)" in out and "FAILING, last none" in out
     assert "snapshot FAILING on n2 (3 attempt(s) in a row" in out and "RecursionError: too deep" in out
+
+
+def test_health_cell_tells_a_starting_or_draining_node_from_a_working_one() -> None:
+    assert health_cell(_node("n1")) == "yes"
+    assert health_cell(_node("n1", ready=False)) == "yes, no work"
+    assert health_cell(_node("n1", healthy=False, ready=True)) == "NO"
+    assert health_cell(_node("n1", role="unreachable", healthy=False, ready=False)) == "NO"

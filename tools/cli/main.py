@@ -774,6 +774,14 @@ def snapshot_cell(node: dict[str, Any], now: float) -> str:
     return f"FAILING, last {last}" if node.get("snapshot_error") else last
 
 
+def health_cell(node: dict[str, Any]) -> str:
+    """HEALTHY in `cluster status`: "NO" (unreachable, or no heartbeat within the lease);
+    "yes, no work" while it starts (NodeStarted not yet committed) or drains; else "yes"."""
+    if not node["healthy"]:
+        return "NO"
+    return "yes" if node.get("ready") else "yes, no work"
+
+
 def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
     status = client.cluster_status()
     if args.json:
@@ -784,7 +792,7 @@ def cmd_cluster_status(client: ClusterClient, args: argparse.Namespace) -> int:
     since = next((c["at"] for c in reversed(status["leader_changes"]) if c["node"] == status["leader"]), None)
     print(f"leader: {leader}" + (f" since {since}" if since else "") + f"   (answered by {status['served_by']})")
     print(table([[n["id"], "worker, unreachable" if n.get("worker") and n["role"] == "unreachable" else n["role"],
-                  "yes" if n["healthy"] else "NO", n["pid"] or "-", n["raft_term"],
+                  health_cell(n), n["pid"] or "-", n["raft_term"],
                   n["commit_index"], f"{n['running_tasks']}/{n['slots']}",
                   "-" if n["last_heartbeat_age"] < 0 else f"{n['last_heartbeat_age']:.1f}s ago",
                   ",".join(n.get("queues") or []) or "-", snapshot_cell(n, now), n["grpc_address"],

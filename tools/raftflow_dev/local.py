@@ -505,7 +505,8 @@ class LocalCluster:
         return [n.node_id for n in self.nodes if self.live_pid(n.node_id) is not None]
 
     def wait_ready(self, timeout: float = 30.0, expect_nodes: int | None = None) -> dict:
-        """Wait until one leader is known and `expect_nodes` (default all) nodes are healthy.
+        """Wait until one leader is known and `expect_nodes` (default all) nodes are healthy
+        and ready (their NodeStarted committed: nothing more is written on their own start).
         Returns the cluster status as JSON; raises TimeoutError with the last status seen."""
         from raftflow_cli.client import ClusterUnreachable
 
@@ -518,7 +519,7 @@ class LocalCluster:
                 try:
                     status = client.cluster_status()
                     last = status
-                    healthy = [n for n in status["nodes"] if n["healthy"]]
+                    healthy = [n for n in status["nodes"] if n["healthy"] and n.get("ready")]
                     if status["leader"] and len(healthy) >= expect:
                         return status
                 except ClusterUnreachable as e:
