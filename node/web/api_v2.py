@@ -504,7 +504,7 @@ def nodes(request: Request) -> Json:
     """GET /api/v2/raftflow/nodes: each node's id, role, health and web URL."""
     status = _ctx(request).cluster_status()
     return {"leader": status.leader, "served_by": status.served_by, "nodes": [
-        {"id": n.id, "role": n.role, "healthy": n.healthy, "web_url": n.web_url, "error": n.error,
+        {"id": n.id, "role": n.role, "healthy": n.healthy, "ready": n.ready, "web_url": n.web_url, "error": n.error,
          "raft_term": n.raft_term, "commit_index": n.commit_index, "running_tasks": n.running_tasks,
          "slots": n.slots, "last_heartbeat_age": n.last_heartbeat_age} for n in status.nodes]}
 

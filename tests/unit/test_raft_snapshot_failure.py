@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ class _Unpicklable(int):
 
 @dataclass
 class _Worker:
+    ready: threading.Event = field(default_factory=threading.Event)
+
     def running(self) -> list[tuple[str, str, int]]:
         return []
 

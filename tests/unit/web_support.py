@@ -6,6 +6,7 @@ test_web_*.py modules (web-ui's page tests may use it too)."""
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -61,9 +62,15 @@ class FakePeers:
         return self.copies[node_id].get((run_id, task_id, attempt))
 
 
+def _set(event: threading.Event) -> threading.Event:
+    event.set()
+    return event
+
+
 @dataclass
 class FakeWorker:
     attempts: list[tuple[str, str, int]] = field(default_factory=list)   # (run, task, attempt) it runs
+    ready: threading.Event = field(default_factory=lambda: _set(threading.Event()))   # takes work
 
     def accept(self, a: Any) -> tuple[bool, str]:
         return True, ""
