@@ -64,3 +64,39 @@ def test_a_worker_that_joins_late_catches_up_and_survives_a_change_of_leader(tmp
         wait_for(lambda: worker.status().leader_id == new.node_id, 10, "the worker to follow the new leader")
         worker.propose(c.SetPool("after", 2, time.time()))
         wait_for(lambda: all(r.state.pools.get("after") == 2 for r in survivors), 10, "the write to apply")
+
+
+def test_a_round_reaches_the_voters_before_the_workers(tmp_path: Path) -> None:
+    with replica_trio(tmp_path, workers=2) as replicas:
+        voters, workers = replicas[:3], replicas[3:]
+        leader = next(r for r in voters if r.is_leader())
+        wait_for(lambda: all(w.status().leader_id == leader.node_id for w in workers), 10,
+                 "the workers to know the leader")
+        worker_nodes = set(getattr(leader, "_SyncObj__readonlyNodes"))
+        assert len(worker_nodes) == 2
+        transport = getattr(leader, "_SyncObj__transport")
+        sent: list[list[bool]] = []     # per round: for each append_entries sent, was it to a worker
+        real_send = transport.send
+
+        def recording_send(node, message):   # (on the Raft thread)
+            if message.get("type") == "append_entries":
+                sent[-1].append(node in worker_nodes)
+            return real_send(node, message)
+
+        real_round = leader._SyncObj__sendAppendEntries
+
+        def recording_round() -> None:
+            sent.append([])
+            real_round()
+
+        transport.send = recording_send
+        leader._SyncObj__sendAppendEntries = recording_round
+        try:
+            for i in range(5):
+                leader.propose(c.SetPool(f"p{i}", 1, time.time()))
+        finally:
+            transport.send = real_send
+            del leader._SyncObj__sendAppendEntries
+        rounds = [r for r in sent if r]
+        assert rounds and all(r == sorted(r) for r in rounds), rounds        # False (voters) before True
+        assert any(True in r and False in r for r in rounds), rounds
