@@ -12,6 +12,9 @@ saves its RDB files the same way.
 Contracts:
 - The caller must make sure no other thread is half-way through changing `obj`
   when it calls (the adapter holds the State's lock, which every mutator takes).
+- The child runs at the lowest CPU priority (nice 19): on a busy machine the Raft
+  threads of this node and of its neighbours go first; a snapshot may take longer,
+  a heartbeat may not.
 - The child runs Python code of `pickle` and `obj`'s own reducers only: it closes
   every inherited file descriptor but its end of the pipe (a node killed while its
   child pickles must be restartable on the same ports at once), restores the
@@ -74,6 +77,7 @@ def pickle_in_child(obj: Any) -> PickleChild:
     if pid == 0:   # the child: never returns
         code = 1
         try:
+            os.nice(19)    # the parent's Raft thread, and every other node's, go first
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.closerange(0, write_fd)

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from raftflow.raft.adapter import staggered_compaction
 from raftflow.raft.forked import PickleFailed, pickle_in_child
 
 
@@ -86,3 +87,18 @@ def test_a_child_that_dies_is_reported() -> None:
     child = pickle_in_child(_Probe(lambda: os.kill(os.getpid(), signal.SIGKILL) or ""))
     with pytest.raises(PickleFailed, match="exit status -9"):
         child.result()
+
+
+def test_the_child_yields_the_cpu_to_every_raft_thread() -> None:
+    before = os.nice(0)
+    child = pickle_in_child(_Probe(lambda: str(os.nice(0))))
+    assert pickle.loads(child.result()) == str(min(19, before + 19))
+    assert os.nice(0) == before      # (the parent's priority is untouched)
+
+
+def test_replicas_compact_their_logs_at_different_indexes() -> None:
+    thresholds = {node: staggered_compaction(5000, node) for node in ("n1", "n2", "n3", "w1", "w2", "w3", "w4")}
+    assert all(5000 <= t <= 6250 for t in thresholds.values()), thresholds
+    assert len(set(thresholds.values())) == len(thresholds), thresholds
+    assert staggered_compaction(5000, "n1") == thresholds["n1"]          # fixed per node: restarts agree
+    assert staggered_compaction(3, "n1") == 3                            # (tiny test thresholds stay as set)
