@@ -89,8 +89,8 @@ class PlanMemo:
     no retry of its fell due: everything else its tasks' decisions depend on. Owned by
     one caller (the leader loop); a plan with it equals a plan without it
     (tests/unit/test_planner_memo.py), except while more DAGs are due than a plan
-    takes: then it makes plans ask only for their runs, for at most CREATION_FIRST_FOR. A new State object (a snapshot installed) starts
-    it afresh."""
+    takes: then it makes plans ask only for their runs, for at most CREATION_FIRST_FOR.
+    A new State object (a snapshot installed) starts it afresh."""
 
     def __init__(self) -> None:
         self.state: State | None = None

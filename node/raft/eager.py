@@ -24,7 +24,9 @@ three idle nodes used about a third of a core.
   round trip (a round per command would spend the thread on messages: 32 writers got
   half the commits/s). An idle leader sends nothing but heartbeats.
 - Voters first. A round goes to the voters before the read-only nodes (workers), so
-  a commit does not wait while the leader prepares the workers' copies.
+  a commit does not wait while the leader prepares the workers' copies; and an eager
+  round goes to the workers only once the commit index moved (they apply nothing
+  before it): one message per commit to each worker instead of two.
 - Watching the leader. `leader_seen` is notified when the leader this node knows of
   changes (checked every tick), so a thread can sleep until then instead of polling.
 - Sleeping. A tick's poll waits until the next thing that is due and no longer: a
@@ -117,6 +119,8 @@ class EagerTicks(FollowerRule):
         self._wake_subscribed = False
         self._raft_thread: int | None = None
         self._commit_sent = 0       # the commit index the last append round carried
+        self._commit_sent_to_workers = 0    # ... and the last round that went to the workers
+        self._eager_round = False   # the round under way is this module's eager one, not a heartbeat
         # The leader this node knows of (a pysyncobj Node, None: none), notified on change
         # so that waiters (the heartbeat timer) need not poll for it.
         self.leader_seen = threading.Condition()
@@ -183,7 +187,11 @@ class EagerTicks(FollowerRule):
             except Exception:  # noqa: BLE001 - the Raft thread must go on
                 log.exception("a call on the Raft thread failed")
         if self._SyncObj__raftState == _RAFT_STATE.LEADER and self._must_send():
-            self._SyncObj__sendAppendEntries()
+            self._eager_round = True
+            try:
+                self._SyncObj__sendAppendEntries()
+            finally:
+                self._eager_round = False
         leader = self._SyncObj__raftLeader
         if leader is not self._leader_node:
             with self.leader_seen:
@@ -241,9 +249,14 @@ class EagerTicks(FollowerRule):
         """A round to the voters first, then to the read-only nodes (workers): a commit
         waits for a majority of voters only, so their entries go out before the leader
         spends time pickling and encrypting the workers' copies (pysyncobj walks one set
-        of both, in hash order). Each half is pysyncobj's own round, run with the other
-        half's set swapped for an empty one for its duration."""
-        self._commit_sent = self._SyncObj__raftCommitIndex
+        of both, in hash order). An eager round goes to the workers only once the commit
+        index moved: a worker can apply nothing before it, so the round that carries a new
+        entry to the voters would cost every worker a message and an answer for nothing,
+        and the one after the commit brings it the entry and the commit index together.
+        Heartbeat rounds go to everyone. Each half is pysyncobj's own round, run with the
+        other half's set swapped for an empty one for its duration."""
+        commit = self._SyncObj__raftCommitIndex
+        self._commit_sent = commit
         readonly = self._SyncObj__readonlyNodes
         if not readonly:
             super()._SyncObj__sendAppendEntries()
@@ -253,6 +266,9 @@ class EagerTicks(FollowerRule):
             super()._SyncObj__sendAppendEntries()
         finally:
             setattr(self, "_SyncObj__readonlyNodes", readonly)
+        if self._eager_round and commit <= self._commit_sent_to_workers:
+            return
+        self._commit_sent_to_workers = commit
         voters = self._SyncObj__otherNodes
         setattr(self, "_SyncObj__otherNodes", set())
         try:

@@ -100,3 +100,32 @@ def test_a_round_reaches_the_voters_before_the_workers(tmp_path: Path) -> None:
         rounds = [r for r in sent if r]
         assert rounds and all(r == sorted(r) for r in rounds), rounds        # False (voters) before True
         assert any(True in r and False in r for r in rounds), rounds
+
+
+def test_a_worker_gets_one_round_per_commit_the_voters_two(tmp_path: Path) -> None:
+    """A new entry goes to the voters at once; the workers get it with the commit index
+    in the round after the commit (they could apply nothing before): per commit, a voter
+    is sent the entry and then the commit index, a worker one message."""
+    with replica_trio(tmp_path, workers=1) as replicas:
+        voters, worker = replicas[:3], replicas[3]
+        leader = next(r for r in voters if r.is_leader())
+        wait_for(lambda: worker.status().leader_id == leader.node_id, 10, "the worker to know the leader")
+        worker_nodes = set(getattr(leader, "_SyncObj__readonlyNodes"))
+        transport = getattr(leader, "_SyncObj__transport")
+        sent = {"worker": 0, "voter": 0}
+        real_send = transport.send
+
+        def counting_send(node, message):   # (on the Raft thread)
+            if message.get("type") == "append_entries":
+                sent["worker" if node in worker_nodes else "voter"] += 1
+            return real_send(node, message)
+
+        transport.send = counting_send
+        try:
+            for i in range(40):
+                leader.propose(c.SetPool(f"p{i}", 1, time.time()))
+        finally:
+            transport.send = real_send
+        wait_for(lambda: worker.state.pools.get("p39") == 1, 10, "the worker to apply every commit")
+        per_voter = sent["voter"] / 2
+        assert sent["worker"] <= 0.75 * per_voter, sent      # (about half, with the heartbeat rounds)
