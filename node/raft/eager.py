@@ -52,7 +52,8 @@ The overridden names are SyncObj's `_onTick`, `_applyCommand` and (mangled)
 `__sendAppendEntries` and `__onNodeDisconnected`; the attributes read are `_poller` (wrapped), `__raftState`,
 `__raftLeader`, `__raftCommitIndex`, `__raftLastApplied`, `__raftElectionDeadline`,
 `__newAppendEntriesTime`, `__raftNextIndex`, `__raftMatchIndex`, `__connectedNodes`,
-`__otherNodes`, `__readonlyNodes` and `__getCurrentLogIndex`. `check_pysyncobj`
+`__otherNodes`, `__readonlyNodes` (replaced once, at the first tick, by a `_VotersFirst`
+holding the same nodes) and `__getCurrentLogIndex`. `check_pysyncobj`
 verifies that the methods exist.
 """
 
@@ -107,6 +108,25 @@ class _TickPoller:
         self._poller.poll(timeout)
 
 
+class _VotersFirst(set):
+    """pysyncobj's set of read-only nodes (workers), which its append round walks as
+    `voters | workers`: that union (this class's `__ror__`, which Python asks before the
+    voters' set's `__or__`) lists the voters first, then the workers; or the voters alone
+    while `voters_only()` says so. Still a set for everything else pysyncobj does with
+    it (add, discard, membership, copies)."""
+
+    def __init__(self, nodes: Any, voters_only: Callable[[], bool]) -> None:
+        super().__init__(nodes)
+        self._voters_only = voters_only
+
+    def __ror__(self, voters: Any) -> Any:
+        if not isinstance(voters, (set, frozenset)):
+            return NotImplemented
+        if self._voters_only():
+            return list(voters)
+        return [*voters, *(node for node in self if node not in voters)]
+
+
 class EagerTicks(FollowerRule):
     """FollowerRule (raft/follower.py) with the Raft thread's pace of this module's doc."""
 
@@ -121,6 +141,7 @@ class EagerTicks(FollowerRule):
         self._commit_sent = 0       # the commit index the last append round carried
         self._commit_sent_to_workers = 0    # ... and the last round that went to the workers
         self._eager_round = False   # the round under way is this module's eager one, not a heartbeat
+        self._voters_only = False   # ... and it goes to the voters alone (_SyncObj__sendAppendEntries)
         # The leader this node knows of (a pysyncobj Node, None: none), notified on change
         # so that waiters (the heartbeat timer) need not poll for it.
         self.leader_seen = threading.Condition()
@@ -169,6 +190,9 @@ class EagerTicks(FollowerRule):
             self._poller = _TickPoller(poller)
             self._poller.subscribe(self._wake_read, self._on_wake, POLL_EVENT_TYPE.READ)
             self._wake_subscribed = True
+            # (here, on the Raft thread that alone adds to it: no worker added meanwhile is lost)
+            setattr(self, "_SyncObj__readonlyNodes",
+                    _VotersFirst(getattr(self, "_SyncObj__readonlyNodes"), lambda: self._voters_only))
             if self.replay_membership():
                 log.info("membership after the changes in this node's journal: %s", ", ".join(
                     sorted(str(n.id) for n in self._SyncObj__otherNodes)) or "no other voter")
@@ -246,35 +270,24 @@ class EagerTicks(FollowerRule):
         return min(longest, remaining) if remaining > 0 else longest
 
     def _SyncObj__sendAppendEntries(self) -> None:  # noqa: N802
-        """A round to the voters first, then to the read-only nodes (workers): a commit
-        waits for a majority of voters only, so their entries go out before the leader
-        spends time pickling and encrypting the workers' copies (pysyncobj walks one set
-        of both, in hash order). An eager round goes to the workers only once the commit
-        index moved: a worker can apply nothing before it, so the round that carries a new
-        entry to the voters would cost every worker a message and an answer for nothing,
-        and the one after the commit brings it the entry and the commit index together.
-        Heartbeat rounds go to everyone. Each half is pysyncobj's own round, run with the
-        other half's set swapped for an empty one for its duration."""
+        """pysyncobj's round, to the voters first, then to the read-only nodes (workers):
+        a commit waits for a majority of voters only, so their entries go out before the
+        leader spends time pickling and encrypting the workers' copies (pysyncobj walks
+        the union of both sets, in hash order; `_VotersFirst` orders it). An eager round
+        goes to the workers only once the commit index moved: a worker can apply nothing
+        before it, so the round that carries a new entry to the voters would cost every
+        worker a message and an answer for nothing, and the one after the commit brings
+        it the entry and the commit index together. Heartbeat rounds go to everyone.
+        (The node sets are never rebound: other threads read them, e.g. `getStatus`.)"""
         commit = self._SyncObj__raftCommitIndex
         self._commit_sent = commit
-        readonly = self._SyncObj__readonlyNodes
-        if not readonly:
-            super()._SyncObj__sendAppendEntries()
-            return
-        setattr(self, "_SyncObj__readonlyNodes", set())
+        self._voters_only = self._eager_round and commit <= self._commit_sent_to_workers
+        if not self._voters_only:
+            self._commit_sent_to_workers = commit
         try:
             super()._SyncObj__sendAppendEntries()
         finally:
-            setattr(self, "_SyncObj__readonlyNodes", readonly)
-        if self._eager_round and commit <= self._commit_sent_to_workers:
-            return
-        self._commit_sent_to_workers = commit
-        voters = self._SyncObj__otherNodes
-        setattr(self, "_SyncObj__otherNodes", set())
-        try:
-            super()._SyncObj__sendAppendEntries()
-        finally:
-            setattr(self, "_SyncObj__otherNodes", voters)
+            self._voters_only = False
 
     # ------------------------------------------------------------ a leader that is gone
     def _SyncObj__onNodeDisconnected(self, node: Any) -> None:  # noqa: N802

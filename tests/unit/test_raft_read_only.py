@@ -129,3 +129,33 @@ def test_a_worker_gets_one_round_per_commit_the_voters_two(tmp_path: Path) -> No
         wait_for(lambda: worker.state.pools.get("p39") == 1, 10, "the worker to apply every commit")
         per_voter = sent["voter"] / 2
         assert sent["worker"] <= 0.75 * per_voter, sent      # (about half, with the heartbeat rounds)
+
+
+def test_the_voters_stay_visible_to_other_threads_while_rounds_go_out(tmp_path: Path) -> None:
+    """The rounds' ordering never rebinds pysyncobj's node sets: another thread reading the
+    voters (the peer port's membership check, `cluster status`) always sees all three.
+    (A swap of the sets for a round made a leader refuse a voter's heartbeat as "not a
+    node of this cluster" under load.)"""
+    import threading
+
+    with replica_trio(tmp_path, workers=2) as replicas:
+        voters, workers = replicas[:3], replicas[3:]
+        leader = next(r for r in voters if r.is_leader())
+        wait_for(lambda: all(w.status().leader_id == leader.node_id for w in workers), 10,
+                 "the workers to know the leader")
+        seen: set[int] = set()
+        done = threading.Event()
+
+        def read() -> None:
+            while not done.is_set():
+                seen.add(len(leader.voter_addresses()))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        try:
+            for i in range(60):
+                leader.propose(c.SetPool(f"p{i}", 1, time.time()))
+        finally:
+            done.set()
+            reader.join()
+        assert seen == {3}, seen
