@@ -5,8 +5,11 @@ nothing. Real replicas on loopback, in this process."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from waiting import wait_for
@@ -66,6 +69,29 @@ def test_a_worker_that_joins_late_catches_up_and_survives_a_change_of_leader(tmp
         wait_for(lambda: all(r.state.pools.get("after") == 2 for r in survivors), 10, "the write to apply")
 
 
+@contextlib.contextmanager
+def _watching_rounds(leader: Any, on_append: Callable[[Any], None]) -> Iterator[None]:
+    """Calls `on_append(node)` (on the Raft thread) for each append_entries the leader sends."""
+    transport = getattr(leader, "_SyncObj__transport")
+    real_send = transport.send
+
+    def send(node: Any, message: dict) -> Any:
+        if message.get("type") == "append_entries":
+            on_append(node)
+        return real_send(node, message)
+
+    transport.send = send
+    try:
+        yield
+    finally:
+        transport.send = real_send
+
+
+def _commit(leader: Any, count: int) -> None:
+    for i in range(count):
+        leader.propose(c.SetPool(f"p{i}", 1, time.time()))
+
+
 def test_a_round_reaches_the_voters_before_the_workers(tmp_path: Path) -> None:
     with replica_trio(tmp_path, workers=2) as replicas:
         voters, workers = replicas[:3], replicas[3:]
@@ -74,28 +100,18 @@ def test_a_round_reaches_the_voters_before_the_workers(tmp_path: Path) -> None:
                  "the workers to know the leader")
         worker_nodes = set(getattr(leader, "_SyncObj__readonlyNodes"))
         assert len(worker_nodes) == 2
-        transport = getattr(leader, "_SyncObj__transport")
         sent: list[list[bool]] = []     # per round: for each append_entries sent, was it to a worker
-        real_send = transport.send
-
-        def recording_send(node, message):   # (on the Raft thread)
-            if message.get("type") == "append_entries":
-                sent[-1].append(node in worker_nodes)
-            return real_send(node, message)
-
         real_round = leader._SyncObj__sendAppendEntries
 
         def recording_round() -> None:
             sent.append([])
             real_round()
 
-        transport.send = recording_send
         leader._SyncObj__sendAppendEntries = recording_round
         try:
-            for i in range(5):
-                leader.propose(c.SetPool(f"p{i}", 1, time.time()))
+            with _watching_rounds(leader, lambda node: sent[-1].append(node in worker_nodes)):
+                _commit(leader, 5)
         finally:
-            transport.send = real_send
             del leader._SyncObj__sendAppendEntries
         rounds = [r for r in sent if r]
         assert rounds and all(r == sorted(r) for r in rounds), rounds        # False (voters) before True
@@ -111,21 +127,13 @@ def test_a_worker_gets_one_round_per_commit_the_voters_two(tmp_path: Path) -> No
         leader = next(r for r in voters if r.is_leader())
         wait_for(lambda: worker.status().leader_id == leader.node_id, 10, "the worker to know the leader")
         worker_nodes = set(getattr(leader, "_SyncObj__readonlyNodes"))
-        transport = getattr(leader, "_SyncObj__transport")
         sent = {"worker": 0, "voter": 0}
-        real_send = transport.send
 
-        def counting_send(node, message):   # (on the Raft thread)
-            if message.get("type") == "append_entries":
-                sent["worker" if node in worker_nodes else "voter"] += 1
-            return real_send(node, message)
+        def count(node: Any) -> None:
+            sent["worker" if node in worker_nodes else "voter"] += 1
 
-        transport.send = counting_send
-        try:
-            for i in range(40):
-                leader.propose(c.SetPool(f"p{i}", 1, time.time()))
-        finally:
-            transport.send = real_send
+        with _watching_rounds(leader, count):
+            _commit(leader, 40)
         wait_for(lambda: worker.state.pools.get("p39") == 1, 10, "the worker to apply every commit")
         per_voter = sent["voter"] / 2
         assert sent["worker"] <= 0.75 * per_voter, sent      # (about half, with the heartbeat rounds)
@@ -153,8 +161,7 @@ def test_the_voters_stay_visible_to_other_threads_while_rounds_go_out(tmp_path: 
         reader = threading.Thread(target=read)
         reader.start()
         try:
-            for i in range(60):
-                leader.propose(c.SetPool(f"p{i}", 1, time.time()))
+            _commit(leader, 60)
         finally:
             done.set()
             reader.join()
