@@ -420,17 +420,19 @@ class ReplicatedState(EagerTicks):
 
     def _snapshot_failed(self, index: int, cause: str) -> None:
         """Record and log a failed snapshot attempt; the checker holds pysyncobj's retry
-        back until the backoff passed (module doc). Called in an `except` block."""
+        back until the backoff passed (module doc). Called in an `except` block, on the
+        Raft thread or the writer thread: the ERROR is logged before `snapshot_status()`
+        shows the failure, so whoever sees it there finds it in the log."""
         failures = self._snapshot_info.failures + 1
         first, longest = self._snapshot_retry_delays
         delay = min(first * 2 ** min(failures - 1, 30), longest)
-        self._snapshot_retry_at = time.monotonic() + delay
         repeated = cause == self._snapshot_info.error
-        self._snapshot_info = SnapshotStatus(at=self._snapshot_info.at, index=self._snapshot_info.index,
-                                             error=cause, failures=failures)
         log.error("Raft snapshot at index %d FAILED (%d in a row): %s. Log compaction is held back until a "
                   "snapshot succeeds: the journal keeps growing and a restart replays all of it. Retrying in "
                   "%.1fs", index, failures, cause, delay, exc_info=not repeated)
+        self._snapshot_retry_at = time.monotonic() + delay
+        self._snapshot_info = SnapshotStatus(at=self._snapshot_info.at, index=self._snapshot_info.index,
+                                             error=cause, failures=failures)
         self._snapshot_outcome = SERIALIZER_STATE.FAILED
 
     def snapshot_status(self) -> SnapshotStatus:
