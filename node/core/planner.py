@@ -35,12 +35,6 @@ MAX_CATCHUP_RUNS_PER_PLAN = 32
 # Raft thread), and each due DAG costs a few cron steps: 10,000 DAGs due at one tick
 # held it for seconds.
 MAX_DUE_DAGS_PER_PLAN = 1000
-# A plan that reached MAX_DUE_DAGS_PER_PLAN (more DAGs may be due) asks only for their
-# runs, so a large tick's runs are all created within a few plans instead of each plan
-# also starting, queueing and assigning the tasks of the runs before it: those wait for
-# the creations, but never more than this long in a row (PlanMemo.creating_since), so
-# more due DAGs than the cluster can create never starve the runs already created.
-CREATION_FIRST_FOR = 1.0
 # catchup "none": a tick whose run was not created within this long (capped at half
 # the schedule's interval) was missed - the cluster was down or had no quorum - and
 # is skipped, not run late. An election (about a second) stays well inside it.
@@ -88,9 +82,8 @@ class PlanMemo:
     has not changed (`State.run_changes`), none of its attempts' nodes has expired and
     no retry of its fell due: everything else its tasks' decisions depend on. Owned by
     one caller (the leader loop); a plan with it equals a plan without it
-    (tests/unit/test_planner_memo.py), except while more DAGs are due than a plan
-    takes: then it makes plans ask only for their runs, for at most CREATION_FIRST_FOR.
-    A new State object (a snapshot installed) starts it afresh."""
+    (tests/unit/test_planner_memo.py). A new State object (a snapshot installed) starts
+    it afresh."""
 
     def __init__(self) -> None:
         self.state: State | None = None
@@ -103,9 +96,6 @@ class PlanMemo:
         # run is active (retries, timeouts and nodes' leases fall due with time). Replaced
         # by every plan; the leader loop sleeps on it (leader/loop.py).
         self.quiet_until: float | None = None
-        # When the plans began to ask only for due DAGs' runs (CREATION_FIRST_FOR); None
-        # while they ask for everything.
-        self.creating_since: float | None = None
 
 
 # The reasons a ready (queued) task is not assigned by a plan, as PlanMemo.waiting counts them.
@@ -138,14 +128,6 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
             quiet_until = min(quiet_until, record.next_tick_at)
     if memo is not None:
         memo.quiet_until = quiet_until
-        if due < MAX_DUE_DAGS_PER_PLAN:
-            memo.creating_since = None
-        else:
-            if memo.creating_since is None:
-                memo.creating_since = now
-            if now - memo.creating_since < CREATION_FIRST_FOR:
-                return out     # (only the runs: the rest of the plan waits, see CREATION_FIRST_FOR)
-            memo.creating_since = now
 
     expired = {n.node_id for n in nodes if n.lease_expired}
     previous = _PreviousRuns(state)

@@ -655,43 +655,6 @@ def test_a_plan_turns_at_most_max_due_dags_into_runs_and_the_next_plan_the_rest(
     assert len(world.state.active) == 10
 
 
-def _apply_plan(world: World, now: float, memo: PlanMemo) -> list[c.Command]:
-    cmds = plan(world.state, now, nodes("n1"), memo)
-    if cmds:
-        world.apply(c.Batch(tuple(cmds)))
-    return cmds
-
-
-def test_while_more_dags_are_due_than_a_plan_takes_plans_only_create_runs_for_at_most_a_second(world, monkeypatch):
-    """Issue 16: a plan that reached MAX_DUE_DAGS_PER_PLAN asks only for the due DAGs'
-    runs (a large tick's runs are created in a few plans, not each plan also starting the
-    runs before it), for at most CREATION_FIRST_FOR in a row: then one whole plan."""
-    from raftflow.core import planner
-
-    monkeypatch.setattr(planner, "MAX_DUE_DAGS_PER_PLAN", 2)
-    world.submit(dag_dict("manual", [task("t")]))
-    world.trigger("m1", "manual", at=T0)
-    for i in range(8):
-        world.submit(dag_dict(f"d{i}", [task("t")], schedule="*/5 * * * *", start_date=iso(T0)))
-    memo = PlanMemo()
-    first = _apply_plan(world, T0 + 1, memo)
-    assert len(created(first)) == 2 and all(isinstance(cmd, c.CreateRun) for cmd in first), first
-    assert memo.creating_since == T0 + 1
-    second = _apply_plan(world, T0 + 1.5, memo)
-    assert len(created(second)) == 2 and all(isinstance(cmd, c.CreateRun) for cmd in second), second
-    # a second of plans that only created runs: the next one is whole (m1 starts), then creation resumes
-    whole = _apply_plan(world, T0 + 1 + planner.CREATION_FIRST_FOR, memo)
-    assert len(created(whole)) == 2 and c.StartRun("m1", T0 + 1 + planner.CREATION_FIRST_FOR) in whole, whole
-    assert world.run("m1").state is RunState.RUNNING
-    fourth = _apply_plan(world, T0 + 2.1, memo)
-    assert all(isinstance(cmd, c.CreateRun) for cmd in fourth) and len(created(fourth)) == 2
-    # fewer due than a plan takes: whole plans again, and the memo says so
-    last = _apply_plan(world, T0 + 2.2, memo)
-    assert created(last) == [] and any(isinstance(cmd, c.StartRun) for cmd in last), last
-    assert memo.creating_since is None
-    assert len([r for r in world.state.active if r != "m1"]) == 8
-
-
 def test_cron_steps_from_the_cache_are_croniters() -> None:
     """The cron steps are memoised (DAGs sharing a schedule share them): the second
     answer, from the cache, is croniter's as the first."""
