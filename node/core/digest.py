@@ -18,11 +18,17 @@ terms that apply keeps up to date:
   instance still as created (`TaskInstance(task_id)`) has term 0 and no key, so
   creating a run costs one term, whatever its size.
 
-Apply re-hashes only the objects a command touched (`touch`, `touch_run`,
-`touch_dag`; State.apply calls them from the command's own ids, the transitions
-for every task they move), so a per-task command costs O(1) terms. A change to an
-object that no touch covers is a bug that `validate` (tests only) finds: it
-recomputes every term from scratch and compares.
+Apply marks the objects a command touched (`touch`, `touch_run`, `touch_dag`;
+State.apply calls them from the command's own ids, the transitions for every task
+they move) as stale, and their terms are re-hashed later, once however often they
+were touched in between: by `refresh`, which a digest read, `validate` and pickling
+call, or by apply itself for the oldest stale objects once more than STALE_LIMIT
+are waiting. So a per-task command costs O(1) terms, amortised, and a read re-hashes
+at most STALE_LIMIT objects whatever the size of the state. (Hashing on every touch
+was 60% of a replica's apply: a one-task run's life touches its run and task 17
+times, from created to archived.) A change to an object that no touch covers is a
+bug that `validate` (tests only) finds: it recomputes every term from scratch and
+compares.
 
 `to_dict` is every replicated field as plain JSON-able data, for tests and tools
 (O(state): never under the lock in a node). Read-only except for the term upkeep.
@@ -84,7 +90,9 @@ def past_dict(record: DagRecord) -> dict[str, Any]:
 
 
 def digest(state: State) -> str:
-    """O(nodes + leader history): the running sums stand for everything else."""
+    """O(nodes + leader history + the objects touched since the last read, at most
+    STALE_LIMIT): the running sums stand for everything else."""
+    refresh(state)
     blob = canonical_json({
         "objects": f"{state.object_digest:064x}",
         "archive_digest": f"{state.archive_digest:064x}",
@@ -191,12 +199,36 @@ def term_of(state: State, key: Key) -> int:
     raise ValueError(f"unknown digest key {key!r}")
 
 
+# The most objects whose terms may wait to be re-hashed: what a digest read may have to
+# hash under the replica lock (~20 us each), and how far apart two touches of one object
+# may be and still cost one hash. A one-task run's life (created, started, queued,
+# assigned, started, finished, archived) spans a few thousand other objects' touches
+# when 10,000 runs are created at one tick.
+STALE_LIMIT = 20_000
+
+
 def touch(state: State, key: Key) -> None:
-    """Re-hash one object after a change (idempotent: an unchanged object keeps its term).
-    Every change to a run or task instance passes here (`validate` proves it), so this
-    also stamps the run's `State.run_changes` entry, which the planner's memo checks."""
+    """Mark one object changed: its term is re-hashed by the next `refresh` (or here, for
+    the oldest stale object, once more than STALE_LIMIT wait). Every change to a run or
+    task instance passes here (`validate` proves it), so this also stamps the run's
+    `State.run_changes` entry, which the planner's memo checks."""
     if key[0] == "run" or key[0] == "task":
         state.run_changes[key[1]] = state.applied
+    stale = state.stale_terms
+    stale[key] = None
+    if len(stale) > STALE_LIMIT:
+        _rehash(state, stale.popitem(last=False)[0])
+
+
+def refresh(state: State) -> None:
+    """Re-hash every stale object: `object_terms` and `object_digest` are then exact."""
+    stale = state.stale_terms
+    while stale:
+        _rehash(state, stale.popitem(last=False)[0])
+
+
+def _rehash(state: State, key: Key) -> None:
+    """Re-hash one object (idempotent: an unchanged object keeps its term)."""
     new = term_of(state, key)
     old = state.object_terms.pop(key, 0)
     if new:
@@ -221,14 +253,19 @@ def touch_dag(state: State, dag_id: str) -> None:
     record = state.dags.get(dag_id)
     if record is None:
         n = 1
-        while version_key(dag_id, n) in state.object_terms:
+        while _known(state, version_key(dag_id, n)):
             touch(state, version_key(dag_id, n))
             n += 1
         return
     n = len(record.versions)
-    while n >= 1 and version_key(dag_id, n) not in state.object_terms:
+    while n >= 1 and not _known(state, version_key(dag_id, n)):
         touch(state, version_key(dag_id, n))
         n -= 1
+
+
+def _known(state: State, key: Key) -> bool:
+    """The object has a term, or is marked to get one."""
+    return key in state.object_terms or key in state.stale_terms
 
 
 def all_terms(state: State) -> dict[Key, int]:
@@ -260,7 +297,9 @@ def _enum_value(obj: Any) -> Any:
 
 
 def validate(state: State) -> None:
-    """Assert the internal indexes agree with the data, the archive included (for tests)."""
+    """Assert the internal indexes agree with the data, the archive included (for tests).
+    Stale terms are re-hashed first (a change no touch marked stays wrong)."""
+    refresh(state)
     assert all(not r.state.terminal for r in state.active.values()), "a finished run is still active"
     load: dict[str, int] = {}
     for run in state.active.values():

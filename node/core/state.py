@@ -22,6 +22,7 @@ read; nothing outside the core assigns to these objects.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from itertools import chain
 from typing import Any, Callable, Iterator
 
@@ -111,6 +112,9 @@ class State:
         # their sum, kept up to date by apply.
         self.object_terms: dict[_digest.Key, int] = {}
         self.object_digest: int = 0
+        # The objects touched since their terms were last hashed, oldest first (a dict
+        # used as an ordered set, popped from the front; digest.refresh empties it). Never pickled non-empty.
+        self.stale_terms: OrderedDict[_digest.Key, None] = OrderedDict()
         # node -> number of task instances ASSIGNED or RUNNING on it.
         self.node_load: dict[str, int] = {}
         self.leader_history: list[tuple[float, str, int]] = []
@@ -148,7 +152,9 @@ class State:
         self.run_changes: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickle the in-memory part (Raft snapshots carry the archive beside it)."""
+        """Pickle the in-memory part (Raft snapshots carry the archive beside it), its
+        digest terms refreshed (in a snapshot's forked child: not on the Raft thread)."""
+        _digest.refresh(self)
         data = dict(self.__dict__)
         del data["_archive"], data["stimulus"], data["touched"], data["run_changes"]
         return data
@@ -162,6 +168,7 @@ class State:
         self.stimulus = Stimulus()
         self.touched = set()
         self.run_changes = {}
+        self.__dict__.setdefault("stale_terms", OrderedDict())
         self.__dict__.setdefault("archive_terms", {})
         self.__dict__.setdefault("tokens", {})          # (snapshots from before tokens existed)
         self.__dict__.setdefault("token_hashes", {})

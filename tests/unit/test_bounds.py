@@ -53,7 +53,8 @@ def _finish_run(world: World, run_id: str, dag_id: str) -> None:
 # ---------------------------------------------------------------- 1.1 the running digest
 def test_reading_the_digest_hashes_nothing_of_the_state(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """`cluster status` reads it under the lock on every node: it must not dump the
-    state (it took 4-5 s with 300 queued runs of 1,000 tasks, and caused elections)."""
+    state (it took 4-5 s with 300 queued runs of 1,000 tasks, and caused elections).
+    Here every object touched was re-hashed already (World.apply validates)."""
     world.submit(_wide(n=500))
     for i in range(20):
         world.trigger(f"r{i}", dag_id="wide")
@@ -69,19 +70,64 @@ def test_reading_the_digest_hashes_nothing_of_the_state(world: World, monkeypatc
     assert world.state.digest() == before and len(before) == 64
 
 
-def test_a_command_on_one_task_hashes_a_bounded_number_of_objects(world: World,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    """Per-object terms: a per-task command re-hashes its task and run, whatever the
-    run's size; creating a run hashes only the run (a task as created has term 0)."""
+def test_a_run_touched_many_times_between_reads_is_hashed_once(world: World,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-object terms, re-hashed at the read: creating a run of 2,000 tasks, starting it
+    and moving one task through queued and assigned hashes its DAG, the run and that
+    task, once each, whatever the run's size and however often each was touched; apply
+    itself hashes nothing (below STALE_LIMIT). A second read hashes nothing."""
     world.submit(_wide(n=2000))
     hashed = _counting(monkeypatch, digest, "term_of")
     apply = world.state.apply    # (World.apply validates: it recomputes every term)
     assert apply(c.CreateRun("r1", "wide", "2024-01-10T12:00:00+00:00", "2024-01-10T12:00:00+00:00",
                              "2024-01-10T12:00:00+00:00", "manual", {}, T0)).ok
-    created = hashed[0]
-    for cmd in (c.StartRun("r1", T0), c.QueueTask("r1", "t7", T0 + 1), c.AssignTask("r1", "t7", "n1", 1, T0 + 2)):
+    for cmd in (c.StartRun("r1", T0), c.QueueTask("r1", "t7", T0 + 1), c.AssignTask("r1", "t7", "n1", 1, T0 + 2),
+                c.NoteWaiting("r1", "t9", "waits", T0 + 3), c.NoteWaiting("r1", "t9", "waits longer", T0 + 4)):
         assert apply(cmd).ok
-    assert created <= 3 and hashed[0] - created <= 8, (created, hashed[0])
+    assert hashed[0] == 0
+    first = world.state.digest()
+    assert hashed[0] <= 4, hashed[0]     # the DAG's cursor, r1, t7, t9
+    assert world.state.digest() == first and hashed[0] <= 4
+    world.state.validate()
+
+
+def test_apply_re_hashes_the_oldest_stale_objects_beyond_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a read may have to hash is bounded (STALE_LIMIT): past it, apply re-hashes
+    the objects touched longest ago, one per touch, and the digest is the same as with
+    no limit."""
+    monkeypatch.setattr(digest, "STALE_LIMIT", 5)
+    bounded, unbounded = World(), World()
+    for w in (bounded, unbounded):
+        w.state.apply(c.SubmitDag(dag_dict("d", [task("a"), task("b")]), "# src", "d.py", T0))
+    hashed = _counting(monkeypatch, digest, "term_of")
+    for i in range(8):
+        bounded.state.apply(c.CreateRun(f"r{i}", "d", "2024-01-10T12:00:00+00:00", "2024-01-10T12:00:00+00:00",
+                                        "2024-01-10T12:00:00+00:00", "manual", {}, T0))
+        assert len(bounded.state.stale_terms) <= 5
+    # 10 objects touched (the DAG's cursor, its version, 8 runs): the oldest went to make room
+    stale = set(bounded.state.stale_terms)
+    assert len(stale) == 5 and hashed[0] >= 5 and ("run", "r7") in stale and ("run", "r0") not in stale
+    monkeypatch.setattr(digest, "STALE_LIMIT", 10**9)
+    for i in range(8):
+        unbounded.state.apply(c.CreateRun(f"r{i}", "d", "2024-01-10T12:00:00+00:00", "2024-01-10T12:00:00+00:00",
+                                          "2024-01-10T12:00:00+00:00", "manual", {}, T0))
+    assert bounded.state.digest() == unbounded.state.digest()
+    bounded.state.validate()
+
+
+def test_a_snapshot_of_a_state_with_stale_terms_carries_them_re_hashed(world: World) -> None:
+    """Pickling (a snapshot's forked child) refreshes first: the loaded state's digest
+    is exact without recomputing anything."""
+    world.submit(_wide(n=20))
+    world.state.apply(c.CreateRun("r1", "wide", "2024-01-10T12:00:00+00:00", "2024-01-10T12:00:00+00:00",
+                                  "2024-01-10T12:00:00+00:00", "manual", {}, T0))
+    world.state.apply(c.StartRun("r1", T0))
+    assert world.state.stale_terms
+    loaded = pickle.loads(pickle.dumps(world.state))
+    assert not loaded.stale_terms
+    loaded.attach_archive(world.state.archive)
+    assert loaded.digest() == world.state.digest()
+    loaded.validate()
 
 
 def test_the_digest_tells_diverged_replicas_apart_and_validate_finds_an_untracked_change() -> None:

@@ -34,6 +34,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
+def children_cpu_seconds(pid: int) -> float:
+    """cutime + cstime of process `pid`: the CPU of its children it has waited for (a
+    node's task attempts), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / _TICKS_PER_S
+
+
 def measure_windows(pids: dict[str, int], windows: int, seconds: float) -> dict[str, Any]:
     """Medians over `windows` windows of `seconds` each: every node's CPU and the total,
     as fractions of one core."""

@@ -34,7 +34,7 @@ from typing import Any
 
 from raftflow.core.states import RunState
 
-from .bench_idle import cpu_seconds, measure_windows
+from .bench_idle import children_cpu_seconds, cpu_seconds, measure_windows
 from .bench_scale import _epoch, _submit, _wait_run
 
 
@@ -177,11 +177,16 @@ def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> di
     voters = [n.node_id for n in bench.cluster.voters]
     reader = bench.node_client(next(v for v in voters if v != bench.leader()))   # polling off the leader
     terms_before = _raft_term(reader.cluster_status())
+    pids = {n.node_id: bench.cluster.pid_of(n.node_id) for n in bench.cluster.nodes}
     created: list[float] = []
+    cpu_by_tick: list[dict[str, float]] = []
     try:
         for k in range(ticks):
             tick = first + k * period
             deadline = tick + period - 2
+            time.sleep(max(0.0, tick - 0.2 - time.time()))
+            leader = bench.leader()
+            cpu_before = _cpu_by_process(pids)
             time.sleep(max(0.0, tick + 0.5 - time.time()))
             last_created = None
             while time.time() < deadline:
@@ -194,6 +199,7 @@ def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> di
             if last_created is None:
                 raise RuntimeError(f"tick {k + 1}: not all {count} runs were created within {period - 2} s")
             created.append(round(last_created - tick, 2))
+            cpu_by_tick.append(_cpu_by_kind(cpu_before, _cpu_by_process(pids), leader, bench))
             print(f"scale-out cron: tick {k + 1} of {ticks}: {count} runs created {created[-1]} s after it",
                   file=sys.stderr, flush=True)
         time.sleep(max(0.0, first + ticks * period - time.time()))
@@ -207,7 +213,26 @@ def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> di
             "runs_succeeded_in_window": len(succeeded), "window_s": window,
             "runs_per_s": round(len(succeeded) / window, 1), "runs_due_per_s": round(count / period, 1),
             "elections_in_window": _raft_term(status) - terms_before,
+            "cpu_s_tick_to_seen_created": cpu_by_tick,
             "note": "target: every run created within 2 s of its tick"}
+
+
+def _cpu_by_process(pids: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """Each node's own CPU seconds and its waited-for children's (its task attempts)."""
+    return {node: (cpu_seconds(pid), children_cpu_seconds(pid)) for node, pid in pids.items()}
+
+
+def _cpu_by_kind(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]],
+                 leader: str, bench: Any) -> dict[str, float]:
+    """CPU seconds spent between two samples: the leader, the other voters, the workers
+    (node processes), and every node's task attempts."""
+    voters = {n.node_id for n in bench.cluster.voters}
+    out = {"leader": 0.0, "other_voters": 0.0, "workers": 0.0, "task_attempts": 0.0}
+    for node, (own, children) in after.items():
+        kind = "leader" if node == leader else "other_voters" if node in voters else "workers"
+        out[kind] += own - before[node][0]
+        out["task_attempts"] += children - before[node][1]
+    return {k: round(v, 2) for k, v in out.items()}
 
 
 def _raft_term(status: dict[str, Any]) -> int:
