@@ -411,18 +411,41 @@ COMMAND_TYPES: dict[str, type[Command]] = {
 }
 
 
-_Schema = tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    str: (str,), int: (int,), float: (int, float), bool: (bool,), dict[str, Any]: (dict,),
+}
+_STRINGS = "strings"    # a tuple[str, ...] field: a JSON list of strings, made a tuple
+_ANY = "any"            # a field of any JSON value (checked by apply)
+
+
+@dataclass(frozen=True, slots=True)
+class _Schema:
+    """What decoding needs of a command class, computed once per class (profiling
+    showed get_type_hints on every decode costing ~10% of a busy node's CPU, and
+    comparing type hints per field ~half of decoding a command)."""
+    names: tuple[str, ...]
+    name_set: frozenset[str]
+    defaults: dict[str, Any]
+    # (name, JSON types accepted, or _STRINGS / _ANY), in field order
+    checks: tuple[tuple[str, tuple[type, ...] | str], ...]
+    strings: frozenset[str]   # the tuple[str, ...] fields
+
+
 _SCHEMAS: dict[type[Command], _Schema] = {}
 
 
 def _schema(cls: type[Command]) -> _Schema:
-    """(field names, type hints, defaults) of a command class: computed once (profiling
-    showed get_type_hints on every decode costing ~10% of a busy node's CPU)."""
     schema = _SCHEMAS.get(cls)
     if schema is None:
         declared = fields(cls)
-        schema = _SCHEMAS[cls] = (tuple(f.name for f in declared), get_type_hints(cls),
-                                  {f.name: f.default for f in declared})
+        hints = get_type_hints(cls)
+        checks: list[tuple[str, tuple[type, ...] | str]] = []
+        for f in declared:
+            hint = hints[f.name]
+            checks.append((f.name, _STRINGS if hint == tuple[str, ...] else _JSON_TYPES.get(hint, _ANY)))
+        names = tuple(f.name for f in declared)
+        schema = _SCHEMAS[cls] = _Schema(names, frozenset(names), {f.name: f.default for f in declared},
+                                         tuple(checks), frozenset(n for n, check in checks if check is _STRINGS))
     return schema
 
 
@@ -430,7 +453,7 @@ def to_dict(command: Command) -> dict[str, Any]:
     if isinstance(command, Batch):
         return {"commands": [{"type": c.TYPE, "version": c.VERSION, "payload": to_dict(c)}
                              for c in command.commands]}
-    return {name: getattr(command, name) for name in _schema(type(command))[0]}
+    return {name: getattr(command, name) for name in _schema(type(command)).names}
 
 
 def encode_payload(command: Command) -> bytes:
@@ -438,33 +461,29 @@ def encode_payload(command: Command) -> bytes:
     return json.dumps(to_dict(command), sort_keys=True, separators=(",", ":")).encode()
 
 
-_JSON_TYPES: dict[Any, tuple[type, ...]] = {
-    str: (str,), int: (int,), float: (int, float), bool: (bool,), dict[str, Any]: (dict,),
-}
-
-
 def _field_error(cls: type[Command], payload: dict[str, Any]) -> str | None:
     """Why `payload` does not fit `cls`'s fields (names and JSON types), or None.
 
     Decoding checks types so that `State.apply` only ever sees well-typed commands."""
-    names, hints, _defaults = _schema(cls)
-    if set(payload) != set(names):
-        missing, extra = sorted(set(names) - set(payload)), sorted(set(payload) - set(names))
+    schema = _schema(cls)
+    if payload.keys() != schema.name_set:
+        names = set(schema.names)
+        missing, extra = sorted(names - set(payload)), sorted(set(payload) - names)
         return f"fields differ (missing {missing}, unexpected {extra})"
-    for name in names:
+    for name, expected in schema.checks:
         value = payload[name]
-        if hints[name] == tuple[str, ...]:
+        if expected is _ANY:
+            continue
+        if expected is _STRINGS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 return f"{name} must be a list of strings"
             continue
-        expected = _JSON_TYPES.get(hints[name])
-        if expected is None:
-            continue
-        if isinstance(value, bool) and bool not in expected:
-            return f"{name} must be {expected[-1].__name__}, got bool"
+        assert isinstance(expected, tuple)
         if not isinstance(value, expected):
             return f"{name} must be {expected[-1].__name__}, got {type(value).__name__}"
-        if isinstance(value, float) and not math.isfinite(value):
+        if value.__class__ is bool and bool not in expected:
+            return f"{name} must be {expected[-1].__name__}, got bool"
+        if value.__class__ is float and not math.isfinite(value):
             return f"{name} must be finite, got {value}"
     return None
 
@@ -486,14 +505,16 @@ def from_dict(type_tag: str, version: int, payload: Any, nested: bool = False) -
             return Undecodable(type_tag, version, "malformed batch payload: commands must be a list of "
                                                   "{type, version, payload} objects")
         return Batch(tuple(from_dict(i.get("type"), i.get("version"), i.get("payload"), nested=True) for i in items))
-    defaults = _schema(cls)[2]
-    payload = {**{name: defaults[name] for name, since in cls.ADDED_FIELDS.items()
-                  if version < since and name not in payload}, **payload}
+    schema = _schema(cls)
+    if cls.ADDED_FIELDS:
+        payload = {**{name: schema.defaults[name] for name, since in cls.ADDED_FIELDS.items()
+                      if version < since and name not in payload}, **payload}
     error = _field_error(cls, payload)
     if error is not None:
         return Undecodable(type_tag, version, f"malformed {type_tag} payload: {error}")
-    hints = _schema(cls)[1]
-    return cls(**{k: tuple(v) if hints[k] == tuple[str, ...] else v for k, v in payload.items()})
+    if schema.strings:
+        payload = {k: tuple(v) if k in schema.strings else v for k, v in payload.items()}
+    return cls(**payload)
 
 
 def decode(type_tag: str, version: int, payload: bytes) -> Command:
