@@ -210,10 +210,13 @@ STALE_LIMIT = 20_000
 def touch(state: State, key: Key) -> None:
     """Mark one object changed: its term is re-hashed by the next `refresh` (or here, for
     the oldest stale object, once more than STALE_LIMIT wait). Every change to a run or
-    task instance passes here (`validate` proves it), so this also stamps the run's
-    `State.run_changes` entry, which the planner's memo checks."""
+    task instance or DAG record passes here (`validate` proves it), so this also stamps
+    the run's `State.run_changes` entry, or counts the DAG's in `State.dag_changes`:
+    the planner's memo checks both."""
     if key[0] == "run" or key[0] == "task":
         state.run_changes[key[1]] = state.applied
+    elif key[0] == "dag":
+        state.dag_changes += 1
     stale = state.stale_terms
     stale[key] = None
     if len(stale) > STALE_LIMIT:

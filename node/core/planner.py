@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from ..kinds import kind
 from . import commands as c, past
 from .model import DagRecord, PastRun, Run
-from .pools import pool_usage
+from .pools import slots_used
 from .run_ids import scheduled_run_id
 from .schedule import iso, latest_tick_at_or_before, next_tick_after, previous_tick
 from .spec import DEFAULT_QUEUE, DagSpec, TaskSpec
@@ -34,7 +34,13 @@ MAX_CATCHUP_RUNS_PER_PLAN = 32
 # comes as soon as these commit. A plan holds the replica lock (apply waits for it on the
 # Raft thread), and each due DAG costs a few cron steps: 10,000 DAGs due at one tick
 # held it for seconds.
-MAX_DUE_DAGS_PER_PLAN = 1000
+MAX_DUE_DAGS_PER_PLAN = 2500
+# A plan that reached MAX_DUE_DAGS_PER_PLAN (more DAGs may be due) asks only for their
+# runs, so a large tick's runs are all created within a few plans instead of each plan
+# also starting, queueing and assigning the tasks of the runs before it: those wait for
+# the creations, but never more than this long in a row (PlanMemo.creating_since), so
+# more due DAGs than the cluster can create never starve the runs already created.
+CREATION_FIRST_FOR = 2.0
 # catchup "none": a tick whose run was not created within this long (capped at half
 # the schedule's interval) was missed - the cluster was down or had no quorum - and
 # is skipped, not run late. An election (about a second) stays well inside it.
@@ -80,10 +86,12 @@ class _RunTasks:
 class PlanMemo:
     """The running runs a plan asked nothing of. The next plan reuses one while the run
     has not changed (`State.run_changes`), none of its attempts' nodes has expired and
-    no retry of its fell due: everything else its tasks' decisions depend on. Owned by
+    no retry of its fell due: everything else its tasks' decisions depend on. Likewise
+    the earliest next tick of the DAGs, while none changed (`State.dag_changes`). Owned by
     one caller (the leader loop); a plan with it equals a plan without it
-    (tests/unit/test_planner_memo.py). A new State object (a snapshot installed) starts
-    it afresh."""
+    (tests/unit/test_planner_memo.py), except while more DAGs are due than a plan
+    takes: then it makes plans ask only for their runs, for at most CREATION_FIRST_FOR.
+    A new State object (a snapshot installed) starts it afresh."""
 
     def __init__(self) -> None:
         self.state: State | None = None
@@ -96,6 +104,13 @@ class PlanMemo:
         # run is active (retries, timeouts and nodes' leases fall due with time). Replaced
         # by every plan; the leader loop sleeps on it (leader/loop.py).
         self.quiet_until: float | None = None
+        # The earliest next tick of an unpaused DAG, as of State.dag_changes: until it comes
+        # and while no DAG changes, a plan need not look at every DAG for due ticks.
+        self.next_tick_at: float = -math.inf
+        self.dag_changes: int = -1
+        # When the plans began to ask only for due DAGs' runs (CREATION_FIRST_FOR); None
+        # while they ask for everything.
+        self.creating_since: float | None = None
 
 
 # The reasons a ready (queued) task is not assigned by a plan, as PlanMemo.waiting counts them.
@@ -108,7 +123,7 @@ WAIT_REASONS = (WAIT_DAG_LIMIT, WAIT_POOL_FULL, WAIT_NO_NODE, WAIT_NO_SLOT)
 
 def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None = None) -> list[c.Command]:
     if memo is not None and memo.state is not state:
-        memo.state, memo.runs = state, {}
+        memo.state, memo.runs, memo.dag_changes = state, {}, -1
     out: list[c.Command] = []
     running_per_dag: dict[str, int] = {}
     queued_per_dag: dict[str, int] = {}
@@ -116,24 +131,39 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
         counts = running_per_dag if run.state is RunState.RUNNING else queued_per_dag
         counts[run.dag_id] = counts.get(run.dag_id, 0) + 1
 
-    quiet_until: float | None = None if state.active else math.inf
     due = 0
-    for record in state.dags.values():
-        if due < MAX_DUE_DAGS_PER_PLAN:
-            room = record.latest.spec.max_queued_runs - queued_per_dag.get(record.dag_id, 0)
-            runs = _due_runs(record, now, room)
-            due += bool(runs)
-            out.extend(runs)
-        if quiet_until is not None and not record.paused and record.next_tick_at is not None:
-            quiet_until = min(quiet_until, record.next_tick_at)
+    if memo is not None and memo.dag_changes == state.dag_changes and now < memo.next_tick_at:
+        next_tick_at = memo.next_tick_at   # (no DAG changed since a plan that found none due before it)
+    else:
+        next_tick_at = math.inf
+        for record in state.dags.values():
+            if due < MAX_DUE_DAGS_PER_PLAN:
+                room = record.latest.spec.max_queued_runs - queued_per_dag.get(record.dag_id, 0)
+                runs = _due_runs(record, now, room)
+                due += bool(runs)
+                out.extend(runs)
+            if not record.paused and record.next_tick_at is not None and record.next_tick_at < next_tick_at:
+                next_tick_at = record.next_tick_at
+    quiet_until = None if state.active else next_tick_at
     if memo is not None:
         memo.quiet_until = quiet_until
+        memo.dag_changes, memo.next_tick_at = state.dag_changes, next_tick_at
+        if due < MAX_DUE_DAGS_PER_PLAN:
+            memo.creating_since = None
+        else:
+            if memo.creating_since is None:
+                memo.creating_since = now
+            if now - memo.creating_since < CREATION_FIRST_FOR:
+                return out     # (only the runs: the rest of the plan waits, see CREATION_FIRST_FOR)
+            memo.creating_since = now
 
     expired = {n.node_id for n in nodes if n.lease_expired}
     previous = _PreviousRuns(state)
     ready: list[tuple[int, str, int, Run, str]] = []  # sort key + (run, task_id)
     dag_active: dict[str, int] = {}    # dag_id -> its task instances assigned or running
-    timed_out: set[str] = set()
+    # The runs with task instances assigned or running, but not those cancelled for their
+    # dagrun_timeout in this plan: their slots are free for this plan's assignments.
+    holding_slots: list[Run] = []
     for run in state.active.values():
         record = state.dags[run.dag_id]
         spec = state.dag_spec(run)
@@ -146,7 +176,6 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
         if run.state is RunState.RUNNING and spec.dagrun_timeout is not None and run.started_at is not None \
                 and now - run.started_at > spec.dagrun_timeout:
             out.append(c.CancelRun(run.run_id, f"dagrun_timeout of {spec.dagrun_timeout:g}s exceeded", now))
-            timed_out.add(run.run_id)
             continue
         known = memo.runs.get(run.run_id) if memo is not None and run.state is RunState.RUNNING else None
         if known is None or known.change != state.run_changes.get(run.run_id) \
@@ -162,11 +191,12 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
         ready.extend((weight, date, order, run, task_id) for weight, date, order, task_id in known.queued)
         if known.active:
             dag_active[run.dag_id] = dag_active.get(run.dag_id, 0) + known.active
+            holding_slots.append(run)
     if memo is not None and len(memo.runs) > 2 * len(state.active) + 64:
         memo.runs = {run_id: known for run_id, known in memo.runs.items() if run_id in state.active}
 
     # pool -> slots taken by assigned or running task instances
-    pool_used = pool_usage(state, excluding=timed_out).used
+    pool_used = slots_used(state, holding_slots)
     waiting = dict.fromkeys(WAIT_REASONS, 0)
     out.extend(_assign(state, ready, nodes, dag_active, pool_used, now, waiting))
     if memo is not None:

@@ -3,13 +3,14 @@ holds tasks back from full pools) and for the pool listing (api/views.py). Pure.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .states import TASK_ACTIVE, RunState, TaskState
 
 if TYPE_CHECKING:
+    from .model import Run
     from .state import State
 
 
@@ -39,3 +40,17 @@ def pool_usage(state: State, excluding: Collection[str] = ()) -> PoolUsage:
                 task = spec.task(ti.task_id)
                 usage.queued[task.pool] = usage.queued.get(task.pool, 0) + 1
     return usage
+
+
+def slots_used(state: State, runs: Iterable[Run]) -> dict[str, int]:
+    """pool -> slots taken by the assigned or running task instances of `runs`: the
+    planner passes the runs it found with such tasks, so its cost is theirs (at most the
+    cluster's slots), not every active run's (`pool_usage(...).used` over all of them)."""
+    used: dict[str, int] = {}
+    for run in runs:
+        spec = state.dag_spec(run)
+        for ti in run.tasks.values():
+            if ti.state in TASK_ACTIVE:
+                task = spec.task(ti.task_id)
+                used[task.pool] = used.get(task.pool, 0) + task.pool_slots
+    return used

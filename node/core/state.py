@@ -150,13 +150,16 @@ class State:
         # (digest.touch stamps it). Not replicated: the leader's planner memo
         # (planner.PlanMemo) skips the runs that did not change since its last plan.
         self.run_changes: dict[str, int] = {}
+        # Counts the changes to DAG records (digest.touch of a "dag" key). Not replicated:
+        # the planner's memo skips its look at every DAG while none changed and none is due.
+        self.dag_changes: int = 0
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the in-memory part (Raft snapshots carry the archive beside it), its
         digest terms refreshed (in a snapshot's forked child: not on the Raft thread)."""
         _digest.refresh(self)
         data = dict(self.__dict__)
-        del data["_archive"], data["stimulus"], data["touched"], data["run_changes"]
+        del data["_archive"], data["stimulus"], data["touched"], data["run_changes"], data["dag_changes"]
         return data
 
     def __setstate__(self, data: dict[str, Any]) -> None:
@@ -168,6 +171,7 @@ class State:
         self.stimulus = Stimulus()
         self.touched = set()
         self.run_changes = {}
+        self.dag_changes = 0
         self.__dict__.setdefault("stale_terms", OrderedDict())
         self.__dict__.setdefault("archive_terms", {})
         self.__dict__.setdefault("tokens", {})          # (snapshots from before tokens existed)

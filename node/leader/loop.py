@@ -18,7 +18,6 @@ the loop by hand (`LeaderLoop.step`).
 
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 import time
@@ -330,14 +329,15 @@ class LeaderLoop(threading.Thread):
             self.on_plan(self._monotonic() - started, self._plan_memo.waiting)
         if commands:
             rejected = []
-            for start in range(0, len(commands), MAX_BATCH):
-                chunk = commands[start:start + MAX_BATCH]
-                assignments = [cmd for cmd in chunk if isinstance(cmd, c.AssignTask)]
-                # Assignments go out as soon as the batch is queued to the log, not once it
-                # committed: a chain step waits for one commit less (Dispatcher.dispatch_planned).
-                result = self._replica.propose(c.Batch(tuple(chunk)), timeout=5.0,
-                                               queued=functools.partial(self._dispatcher.dispatch_planned,
-                                                                        assignments))
+            chunks = [commands[start:start + MAX_BATCH] for start in range(0, len(commands), MAX_BATCH)]
+            assignments = [[cmd for cmd in chunk if isinstance(cmd, c.AssignTask)] for chunk in chunks]
+            # The batches are proposed together (each commits while the next travels), and
+            # assignments go out as soon as their batch is queued to the log, not once it
+            # committed: a chain step waits for one commit less (Dispatcher.dispatch_planned).
+            outcomes = self._replica.propose_all(
+                [c.Batch(tuple(chunk)) for chunk in chunks], timeout=5.0 * len(chunks),
+                queued=lambda i: self._dispatcher.dispatch_planned(assignments[i]))
+            for chunk, result in zip(chunks, outcomes):
                 results = result.value if result.ok else []
                 rejected += [(cmd.TYPE, sub.reason) for cmd, sub in zip(chunk, results) if not sub.ok]
             if rejected:

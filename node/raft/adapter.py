@@ -71,8 +71,9 @@ import sys
 import threading
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, NoReturn, Sequence
 
 from pysyncobj import FAIL_REASON, SyncObjConf, SyncObjConsumer, pickle as pysyncobj_pickle, replicated
 from pysyncobj.config import SERIALIZER_STATE
@@ -232,6 +233,14 @@ class _StateMachine(SyncObjConsumer):
         # up only after each has applied (SyncObj.__applyLogEntries), so the entry
         # being applied is raftLastApplied + 1: its log index, equal on every replica.
         return self._owner._apply(data, self._owner.raftLastApplied + 1)
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A command queued to the log: set `done` once `box` holds (Result, pysyncobj error)."""
+    done: threading.Event
+    box: list[Any]
+    proposed_at: float
 
 
 class ReplicatedState(EagerTicks):
@@ -495,6 +504,30 @@ class ReplicatedState(EagerTicks):
         Refused up front (nothing enters the log) when this node cannot reach a
         majority: otherwise a deposed leader could append it and commit it later, after
         the caller was told it failed. A timeout means the outcome is unknown."""
+        self._refuse_without_quorum()
+        pending = self._submit(command, proposer or self.node_id, request_id)
+        if queued is not None:
+            # pysyncobj queues every command, local or forwarded by a follower, in one FIFO
+            # that its Raft thread appends to the log in order: what is proposed from now
+            # on lands after this one.
+            queued()
+        return self._outcome(pending, time.monotonic() + timeout, timeout)
+
+    def propose_all(self, commands: Sequence[c.Command], timeout: float = 5.0,
+                    queued: Callable[[int], None] | None = None) -> list[Result]:
+        """See replica.Replica.propose_all. pysyncobj sends what its queue holds in as few
+        append rounds as fit, so the followers append (and apply) one command while the
+        leader applies the one before, instead of a round trip each."""
+        self._refuse_without_quorum()
+        deadline = time.monotonic() + timeout
+        submitted = []
+        for i, command in enumerate(commands):
+            submitted.append(self._submit(command, self.node_id, ""))
+            if queued is not None:
+                queued(i)
+        return [self._outcome(pending, deadline, timeout) for pending in submitted]
+
+    def _refuse_without_quorum(self) -> None:
         status = self.status()
         if not status.has_quorum:
             members = len(self.voter_addresses())
@@ -503,30 +536,30 @@ class ReplicatedState(EagerTicks):
             raise NoQuorum(
                 f"no quorum: node {self.node_id} reaches {reached} and needs {members // 2 + 1}; nothing was "
                 "changed. Bring stopped nodes back (writes resume by themselves)")
-        done = threading.Event()
-        box: list = [None, None]
-        proposed_at = time.monotonic()
+
+    def _submit(self, command: c.Command, proposer: str, request_id: str) -> _Pending:
+        """Queue `command` to the log; its outcome arrives in the returned _Pending."""
+        pending = _Pending(threading.Event(), [None, None], time.monotonic())
 
         def callback(result: Result | None, error: int) -> None:
-            box[0], box[1] = result, error
-            done.set()
+            pending.box[0], pending.box[1] = result, error
+            pending.done.set()
 
-        self._machine.apply_envelope(encode_envelope(command, proposer or self.node_id, request_id), callback=callback)
-        if queued is not None:
-            # pysyncobj queues every command, local or forwarded by a follower, in one FIFO
-            # that its Raft thread appends to the log in order: what is proposed from now
-            # on lands after this one.
-            queued()
-        if not done.wait(timeout):
+        self._machine.apply_envelope(encode_envelope(command, proposer, request_id), callback=callback)
+        return pending
+
+    def _outcome(self, pending: _Pending, deadline: float, timeout: float) -> Result:
+        """The Result of a submitted command, waiting until `deadline` (monotonic)."""
+        if not pending.done.wait(max(0.0, deadline - time.monotonic())):
             raise OutcomeUnknown(f"outcome unknown: not committed within {timeout:.1f}s, and it may still commit "
-                              "if the cluster regains a quorum; check (e.g. `raftflow runs list`) before retrying")
-        result, error = box
+                                 "if the cluster regains a quorum; check (e.g. `raftflow runs list`) before retrying")
+        result, error = pending.box
         if error in (FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME):
             raise OutcomeUnknown(f"outcome unknown: {_FAIL_TEXT[error]}; check before retrying")
         if error != FAIL_REASON.SUCCESS:
             raise Unavailable(_FAIL_TEXT.get(error, f"raft error {error}"))
         if self.on_committed is not None:
-            self.on_committed(time.monotonic() - proposed_at)
+            self.on_committed(time.monotonic() - pending.proposed_at)
         return result
 
     # ------------------------------------------------------------ status

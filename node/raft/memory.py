@@ -27,9 +27,10 @@ The model, and what it keeps of the real thing:
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from ..config import Peer
 from ..core import commands as c
@@ -139,6 +140,12 @@ class MemoryReplica:
             index = self._cluster.append(command, proposer or self.node_id, request_id)
         self.catch_up()
         return self.results[index]
+
+    def propose_all(self, commands: Sequence[c.Command], timeout: float = 5.0,
+                    queued: Callable[[int], None] | None = None) -> list[Result]:
+        """As ReplicatedState.propose_all; this twin commits each on append, in order."""
+        return [self.propose(command, timeout, queued=None if queued is None else functools.partial(queued, i))
+                for i, command in enumerate(commands)]
 
     def is_leader(self) -> bool:
         return self._leader_id == self.node_id

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 from ..config import Peer
 from ..core import commands as c
@@ -89,6 +89,16 @@ class Replica(Protocol):
         nothing (core/requests.py). `queued` is called once the command has its place
         in this node's queue to the log, before it commits: anything proposed after
         that, from any node through this leader, is ordered after it."""
+        ...
+
+    def propose_all(self, commands: Sequence[c.Command], timeout: float = 5.0,
+                    queued: Callable[[int], None] | None = None) -> list[Result]:
+        """Commit `commands` in order, as this node, without waiting for one to commit
+        before proposing the next (they travel to the followers together), and return
+        their Results. `queued(i)` is called once commands[i] has its place in the queue
+        to the log. Raises as `propose` does for the first command that did not commit
+        within `timeout` seconds of the call (the ones before it did; the ones after it
+        may have)."""
         ...
 
     def is_leader(self) -> bool: ...

@@ -515,3 +515,24 @@ def test_a_retried_backfill_in_parts_commits_each_part_once() -> None:
     again = ops.backfill("h", "2024-01-02T00:00:00+00:00", "2024-01-06T23:00:00+00:00", request_id="bf-1")
     assert len(first.created) == 120 and list(again.created) == [] and len(again.existing) == 120
     assert ops.replica.status().commit_index == before and set(ops.replica.state.run_index) == runs
+
+
+def test_a_plan_counts_pool_slots_over_the_runs_that_hold_some(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 16: with thousands of running runs whose tasks wait for a slot, summing the
+    pools over every active run was a tenth of each plan; the plan passes only the runs
+    with a task assigned or running, and its decisions stay the same."""
+    from raftflow.core import planner
+
+    world.submit(dag_dict("d", [task("t", pool="p")], max_active_runs=400))
+    world.apply(c.SetPool("p", 1, T0))
+    for i in range(300):
+        world.trigger(f"r{i:03d}", "d", at=T0 + i / 1000)
+    world.tick(T0 + 1, nodes("n1", slots=1))          # every run starts; r000's task takes the one slot
+    assert world.ti("r000", "t").state is TaskState.ASSIGNED
+    passed: list[list[str]] = []
+    real = planner.slots_used
+    monkeypatch.setattr(planner, "slots_used",
+                        lambda state, runs: passed.append([r.run_id for r in runs]) or real(state, runs))
+    again = plan(world.state, T0 + 2, nodes("n1", slots=5))   # room on the node, none in the pool
+    assert passed == [["r000"]]
+    assert not [cmd for cmd in again if isinstance(cmd, c.AssignTask)]

@@ -655,6 +655,70 @@ def test_a_plan_turns_at_most_max_due_dags_into_runs_and_the_next_plan_the_rest(
     assert len(world.state.active) == 10
 
 
+def _apply_plan(world: World, now: float, memo: PlanMemo) -> list[c.Command]:
+    cmds = plan(world.state, now, nodes("n1"), memo)
+    if cmds:
+        world.apply(c.Batch(tuple(cmds)))
+    return cmds
+
+
+def test_while_more_dags_are_due_than_a_plan_takes_plans_only_create_runs_for_a_bounded_time(world, monkeypatch):
+    """Issue 16: a plan that reached MAX_DUE_DAGS_PER_PLAN asks only for the due DAGs'
+    runs (a large tick's runs are created in a few plans, not each plan also starting the
+    runs before it), for at most CREATION_FIRST_FOR in a row: then one whole plan."""
+    from raftflow.core import planner
+
+    monkeypatch.setattr(planner, "MAX_DUE_DAGS_PER_PLAN", 2)
+    world.submit(dag_dict("manual", [task("t")]))
+    world.trigger("m1", "manual", at=T0)
+    for i in range(8):
+        world.submit(dag_dict(f"d{i}", [task("t")], schedule="*/5 * * * *", start_date=iso(T0)))
+    memo = PlanMemo()
+    first = _apply_plan(world, T0 + 1, memo)
+    assert len(created(first)) == 2 and all(isinstance(cmd, c.CreateRun) for cmd in first), first
+    assert memo.creating_since == T0 + 1
+    second = _apply_plan(world, T0 + 1.5, memo)
+    assert len(created(second)) == 2 and all(isinstance(cmd, c.CreateRun) for cmd in second), second
+    # CREATION_FIRST_FOR of plans that only created runs: the next one is whole (m1 starts), then creation resumes
+    whole = _apply_plan(world, T0 + 1 + planner.CREATION_FIRST_FOR, memo)
+    assert len(created(whole)) == 2 and c.StartRun("m1", T0 + 1 + planner.CREATION_FIRST_FOR) in whole, whole
+    assert world.run("m1").state is RunState.RUNNING
+    fourth = _apply_plan(world, T0 + 1.1 + planner.CREATION_FIRST_FOR, memo)
+    assert all(isinstance(cmd, c.CreateRun) for cmd in fourth) and len(created(fourth)) == 2
+    # fewer due than a plan takes: whole plans again, and the memo says so
+    last = _apply_plan(world, T0 + 1.2 + planner.CREATION_FIRST_FOR, memo)
+    assert created(last) == [] and any(isinstance(cmd, c.StartRun) for cmd in last), last
+    assert memo.creating_since is None
+    assert len([r for r in world.state.active if r != "m1"]) == 8
+
+
+def test_the_memo_spares_a_plan_the_look_at_every_dag_until_one_changes_or_is_due(world, monkeypatch):
+    """With 10,000 DAGs that look was a fifth of every plan under a backlog; the memo
+    keeps their earliest next tick while no DAG record changes (State.dag_changes)."""
+    from raftflow.core import planner
+
+    for i in range(5):
+        world.submit(dag_dict(f"d{i}", [task("t")], schedule="*/5 * * * *", start_date=iso(T0)))
+    looked = []
+    real = planner._due_runs
+    monkeypatch.setattr(planner, "_due_runs", lambda record, *a: looked.append(record.dag_id) or real(record, *a))
+    memo = PlanMemo()
+    assert len(created(_apply_plan(world, T0 + 1, memo))) == 5       # the tick at T0
+    looked.clear()
+    _apply_plan(world, T0 + 2, memo)   # (the runs created changed the DAGs' cursors: one more look)
+    assert len(looked) == 5
+    looked.clear()
+    for at in (T0 + 3, T0 + 60, T0 + 299):
+        _apply_plan(world, at, memo)
+    assert looked == [] and memo.quiet_until is None
+    world.set_paused("d3", True, at=T0 + 299)     # a change: looked at again
+    _apply_plan(world, T0 + 299.5, memo)
+    assert len(looked) == 5
+    looked.clear()
+    assert len(created(_apply_plan(world, T0 + 300, memo))) == 4     # the next tick comes: looked at, d3 paused
+    assert len(looked) == 5
+
+
 def test_cron_steps_from_the_cache_are_croniters() -> None:
     """The cron steps are memoised (DAGs sharing a schedule share them): the second
     answer, from the cache, is croniter's as the first."""

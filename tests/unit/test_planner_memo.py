@@ -2,8 +2,8 @@
 
 Hypothesis drives one replica through random histories (plans applied whole or in
 part, attempts started, finished, failed and retried, nodes expiring and coming back,
-clears, marks, cancels, new runs, time passing) and compares, at every step, the plan
-made with the memo to the plan made without it.
+clears, marks, cancels, new runs, pauses, time passing over a scheduled DAG's ticks)
+and compares, at every step, the plan made with the memo to the plan made without it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from raftflow.core.states import TaskState
 NODES = ("n1", "n2", "n3")
 
 ACTIONS = st.lists(st.tuples(
-    st.sampled_from(["plan", "plan_part", "start", "finish", "fail", "wait", "expire", "revive", "trigger",
-                     "clear", "mark", "cancel", "pause"]),
+    st.sampled_from(["plan", "plan_part", "start", "finish", "fail", "wait", "wait_long", "expire", "revive",
+                     "trigger", "clear", "mark", "cancel", "pause"]),
     st.integers(min_value=0, max_value=10_000)), min_size=10, max_size=80)
 
 
@@ -31,6 +31,9 @@ def _world() -> World:
                                     task("c", upstream=["b"], trigger_rule="all_done")], max_active_runs=3))
     world.submit(dag_dict("wide", [task(f"w{i}", retries=1, retry_delay=2.0) for i in range(6)]
                           + [task("z", upstream=[f"w{i}" for i in range(6)], trigger_rule="one_failed")]))
+    # (its ticks fall due as time passes: the memo keeps the DAGs' earliest next tick)
+    world.submit(dag_dict("ticking", [task("t")], schedule="* * * * *", catchup="none",
+                          start_date="2024-01-10T12:00:00+00:00"))
     for i in range(3):
         world.trigger(f"c{i}", "chain", at=T0 + i)
         world.trigger(f"w{i}", "wide", at=T0 + i)
@@ -67,6 +70,8 @@ def test_a_plan_with_the_memo_equals_a_plan_without_it(actions: list[tuple[str, 
                     world.finish(run_id, task_id, exit_code=0 if action == "finish" else 1, at=now)
         elif action == "wait":
             now += pick % 7
+        elif action == "wait_long":
+            now += 30 + pick % 60
         elif action == "expire":
             expired.add(NODES[pick % 3])
         elif action == "revive":
@@ -87,7 +92,7 @@ def test_a_plan_with_the_memo_equals_a_plan_without_it(actions: list[tuple[str, 
             }[action]
             world.apply(command, expect=None)
         elif action == "pause":
-            dag_id = ("chain", "wide")[pick % 2]
+            dag_id = ("chain", "wide", "ticking")[pick % 3]
             world.set_paused(dag_id, not world.state.dags[dag_id].paused, at=now)
 
 

@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-
-from raftflow.core.states import RunState
 
 from .bench_idle import children_cpu_seconds, cpu_seconds, measure_windows
 from .bench_scale import _epoch, _submit, _wait_run
@@ -164,9 +163,10 @@ def cron_spread(workers: int, sizes: Sizes) -> dict[str, Any]:
 def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> dict[str, Any]:
     """`count` one-task DAGs on schedule `cron` (every `period` s), all due at every tick:
     for each of `ticks` ticks, the time from the tick to its last run created (the runs'
-    own created_at stamps), and the runs of all those ticks that succeeded by the end of
-    the window (a tick after the last): the sustained rate the cluster runs them at. The
-    leader's election count over the window shows whether it stayed in office."""
+    own created_at stamps), and the runs a voter saw finish from the first tick to one
+    period after the last (its raftflow_runs_finished_total): the sustained rate the
+    cluster runs them at. The leader's election count over the window shows whether it
+    stayed in office."""
     specs = [{"dag_id": f"cron{i:05d}", "schedule": cron, "catchup": "none", "keep_runs": 3,
               "max_active_runs": ticks + 1, "tasks": [{"task_id": "a", "command": "true"}]} for i in range(count)]
     _submit(bench, specs)
@@ -175,8 +175,11 @@ def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> di
     if first - now < min(5, period / 2):   # (the submit committed, the leader's plan to wake by then)
         first += period
     voters = [n.node_id for n in bench.cluster.voters]
-    reader = bench.node_client(next(v for v in voters if v != bench.leader()))   # polling off the leader
+    reader_node = next(v for v in voters if v != bench.leader())
+    reader = bench.node_client(reader_node)   # polling off the leader
     terms_before = _raft_term(reader.cluster_status())
+    time.sleep(max(0.0, first - 1 - time.time()))
+    finished_before = _runs_finished(bench, reader_node)
     pids = {n.node_id: bench.cluster.pid_of(n.node_id) for n in bench.cluster.nodes}
     created: list[float] = []
     cpu_by_tick: list[dict[str, float]] = []
@@ -203,18 +206,28 @@ def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> di
             print(f"scale-out cron: tick {k + 1} of {ticks}: {count} runs created {created[-1]} s after it",
                   file=sys.stderr, flush=True)
         time.sleep(max(0.0, first + ticks * period - time.time()))
-        succeeded = reader.list_runs(limit=count * (ticks + 1), states=[RunState.SUCCESS.value],
-                                     since=_iso(first - 1))["runs"]
+        finished_after = _runs_finished(bench, reader_node)
         status = reader.cluster_status()
     finally:
         reader.close()
     window = ticks * period
     return {"dags": count, "schedule": cron, "ticks": ticks, "tick_to_all_runs_created_s": created,
-            "runs_succeeded_in_window": len(succeeded), "window_s": window,
-            "runs_per_s": round(len(succeeded) / window, 1), "runs_due_per_s": round(count / period, 1),
+            "runs_finished_in_window": {state: n - finished_before.get(state, 0)
+                                        for state, n in finished_after.items()},
+            "window_s": window,
+            "runs_per_s": round((sum(finished_after.values()) - sum(finished_before.values())) / window, 1),
+            "runs_due_per_s": round(count / period, 1),
             "elections_in_window": _raft_term(status) - terms_before,
             "cpu_s_tick_to_seen_created": cpu_by_tick,
             "note": "target: every run created within 2 s of its tick"}
+
+
+def _runs_finished(bench: Any, node_id: str) -> dict[str, int]:
+    """The runs a node has seen finish (applied FinishRuns) since it started, by final
+    state: raftflow_runs_finished_total from its GET /metrics."""
+    text = bench.metrics_text(node_id)
+    found = re.findall(r'^raftflow_runs_finished_total\{state="(\w+)"\} (\S+)$', text, re.MULTILINE)
+    return {state: int(float(value)) for state, value in found}
 
 
 def _cpu_by_process(pids: dict[str, int]) -> dict[str, tuple[float, float]]:
