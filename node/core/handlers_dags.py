@@ -159,6 +159,7 @@ def create_run(state: State, cmd: c.CreateRun) -> Result:
         state.active[run.run_id] = run
         state.run_index[run.run_id] = run.dag_id
         state.runs_by_dag.setdefault(run.dag_id, {})[run.run_id] = None
+        state.history_changes += 1
     if cmd.trigger == "schedule":   # (a tick a backfill already ran only moves the cursor)
         tick = _epoch(logical)
         if record.last_scheduled_tick is None or tick > record.last_scheduled_tick:
@@ -241,6 +242,7 @@ def backfill(state: State, cmd: c.Backfill) -> Result:
         state.active[run_id] = run
         state.run_index[run_id] = cmd.dag_id
         state.runs_by_dag.setdefault(cmd.dag_id, {})[run_id] = None
+        state.history_changes += 1
         created.append(run_id)
     return Result(value={"created": created, "existing": plan.existing})
 

@@ -87,7 +87,8 @@ class PlanMemo:
     """The running runs a plan asked nothing of. The next plan reuses one while the run
     has not changed (`State.run_changes`), none of its attempts' nodes has expired and
     no retry of its fell due: everything else its tasks' decisions depend on. Likewise
-    the earliest next tick of the DAGs, while none changed (`State.dag_changes`). Owned by
+    the earliest next tick of the DAGs, while none changed (`State.dag_changes`), and a
+    look for runs past their retention that found none (`_expired_runs`). Owned by
     one caller (the leader loop); a plan with it equals a plan without it
     (tests/unit/test_planner_memo.py), except while more DAGs are due than a plan
     takes: then it makes plans ask only for their runs, for at most CREATION_FIRST_FOR.
@@ -108,6 +109,10 @@ class PlanMemo:
         # and while no DAG changes, a plan need not look at every DAG for due ticks.
         self.next_tick_at: float = -math.inf
         self.dag_changes: int = -1
+        # A look for runs past their retention found none, as of these (State.history_changes,
+        # State.dag_changes), and none can age past it before prune_quiet_until.
+        self.prune_changes: tuple[int, int] | None = None
+        self.prune_quiet_until: float = -math.inf
         # When the plans began to ask only for due DAGs' runs (CREATION_FIRST_FOR); None
         # while they ask for everything.
         self.creating_since: float | None = None
@@ -123,7 +128,7 @@ WAIT_REASONS = (WAIT_DAG_LIMIT, WAIT_POOL_FULL, WAIT_NO_NODE, WAIT_NO_SLOT)
 
 def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None = None) -> list[c.Command]:
     if memo is not None and memo.state is not state:
-        memo.state, memo.runs, memo.dag_changes = state, {}, -1
+        memo.state, memo.runs, memo.dag_changes, memo.prune_changes = state, {}, -1, None
     out: list[c.Command] = []
     running_per_dag: dict[str, int] = {}
     queued_per_dag: dict[str, int] = {}
@@ -201,7 +206,7 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
     out.extend(_assign(state, ready, nodes, dag_active, pool_used, now, waiting))
     if memo is not None:
         memo.waiting = waiting
-    prune = _expired_runs(state, now)
+    prune = _expired_runs(state, now, memo)
     if prune:
         out.append(c.PruneRuns(tuple(prune), now))
     return out
@@ -288,12 +293,19 @@ def _plan_run(run: Run, spec: DagSpec, now: float, expired: set[str], out: list[
     return _RunTasks(change, tuple(ready), active, frozenset(active_nodes), next_retry_at, waits_on_past)
 
 
-def _expired_runs(state: State, now: float) -> list[str]:
+def _expired_runs(state: State, now: float, memo: PlanMemo | None) -> list[str]:
     """Finished runs past their DAG's retention, oldest first. Only each DAG's oldest
     runs are looked at (runs_by_dag is in creation order), stopping at the first that
     must stay, so the cost is proportional to what is pruned, not to the history (the
-    archive is never read)."""
+    archive is never read) - but a look at every DAG. With the memo, a look that found
+    nothing is not repeated while no run was created, finished or forgotten and no DAG
+    changed (`State.history_changes`, `State.dag_changes`), until the first run kept
+    only for its age outlives its DAG's keep_days."""
+    changes = (state.history_changes, state.dag_changes)
+    if memo is not None and memo.prune_changes == changes and now <= memo.prune_quiet_until:
+        return []
     out: list[str] = []
+    quiet_until = math.inf
     for dag_id, runs in state.runs_by_dag.items():
         spec = state.dags[dag_id].latest.spec
         if spec.keep_runs is None and spec.keep_days is None:
@@ -301,14 +313,20 @@ def _expired_runs(state: State, now: float) -> list[str]:
         excess = len(runs) - spec.keep_runs if spec.keep_runs is not None else 0
         for i, (run_id, ended_at) in enumerate(runs.items()):
             if len(out) >= MAX_PRUNED_PER_PLAN:
-                return out
+                break
             if ended_at is None:   # not finished
                 break
             too_many = i < excess
             too_old = spec.keep_days is not None and now - ended_at > spec.keep_days * DAY
             if not (too_many or too_old):
+                if spec.keep_days is not None:
+                    quiet_until = min(quiet_until, ended_at + spec.keep_days * DAY)
                 break
             out.append(run_id)
+        if len(out) >= MAX_PRUNED_PER_PLAN:
+            break
+    if memo is not None:
+        memo.prune_changes, memo.prune_quiet_until = (changes, quiet_until) if not out else (None, -math.inf)
     return out
 
 

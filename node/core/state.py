@@ -153,6 +153,10 @@ class State:
         # Counts the changes to DAG records (digest.touch of a "dag" key). Not replicated:
         # the planner's memo skips its look at every DAG while none changed and none is due.
         self.dag_changes: int = 0
+        # Counts the changes to `runs_by_dag` (a run created, finished, reopened or
+        # forgotten). Not replicated: the planner's memo skips its look for runs past their
+        # retention while it stays the same (planner._expired_runs).
+        self.history_changes: int = 0
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle the in-memory part (Raft snapshots carry the archive beside it), its
@@ -160,6 +164,7 @@ class State:
         _digest.refresh(self)
         data = dict(self.__dict__)
         del data["_archive"], data["stimulus"], data["touched"], data["run_changes"], data["dag_changes"]
+        del data["history_changes"]
         return data
 
     def __setstate__(self, data: dict[str, Any]) -> None:
@@ -172,6 +177,7 @@ class State:
         self.touched = set()
         self.run_changes = {}
         self.dag_changes = 0
+        self.history_changes = 0
         self.__dict__.setdefault("stale_terms", OrderedDict())
         self.__dict__.setdefault("archive_terms", {})
         self.__dict__.setdefault("tokens", {})          # (snapshots from before tokens existed)

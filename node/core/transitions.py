@@ -283,6 +283,7 @@ def archive_run(state: State, run: Run) -> None:
     state.archive_terms[run.run_id] = term
     del state.active[run.run_id]
     state.runs_by_dag[run.dag_id][run.run_id] = run.ended_at
+    state.history_changes += 1
     digest.touch_run(state, run.run_id, run.tasks)
 
 
@@ -304,6 +305,7 @@ def reopen(state: State, run: Run) -> None:
     run.state, run.started_at, run.ended_at = RunState.QUEUED, None, None
     state.active[run.run_id] = run
     state.runs_by_dag[run.dag_id][run.run_id] = None
+    state.history_changes += 1
     digest.touch_run(state, run.run_id, run.tasks)
 
 
@@ -329,5 +331,6 @@ def forget(state: State, run_id: str) -> None:
         digest.touch(state, digest.dag_key(dag_id))
     runs = state.runs_by_dag[dag_id]
     del runs[run_id]
+    state.history_changes += 1
     if not runs:
         del state.runs_by_dag[dag_id]

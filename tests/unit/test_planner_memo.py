@@ -28,12 +28,14 @@ ACTIONS = st.lists(st.tuples(
 def _world() -> World:
     world = World()
     world.submit(dag_dict("chain", [task("a", retries=2, retry_delay=5.0), task("b", upstream=["a"]),
-                                    task("c", upstream=["b"], trigger_rule="all_done")], max_active_runs=3))
+                                    task("c", upstream=["b"], trigger_rule="all_done")], max_active_runs=3,
+                          keep_runs=2))
     world.submit(dag_dict("wide", [task(f"w{i}", retries=1, retry_delay=2.0) for i in range(6)]
                           + [task("z", upstream=[f"w{i}" for i in range(6)], trigger_rule="one_failed")]))
     # (its ticks fall due as time passes: the memo keeps the DAGs' earliest next tick)
+    # (and retention by count and by age: the memo keeps a look for expired runs that found none)
     world.submit(dag_dict("ticking", [task("t")], schedule="* * * * *", catchup="none",
-                          start_date="2024-01-10T12:00:00+00:00"))
+                          start_date="2024-01-10T12:00:00+00:00", keep_days=0.002))
     for i in range(3):
         world.trigger(f"c{i}", "chain", at=T0 + i)
         world.trigger(f"w{i}", "wide", at=T0 + i)
