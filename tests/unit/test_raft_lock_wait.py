@@ -1,0 +1,36 @@
+"""The Raft thread never waits for the replica lock: while another thread holds it (the
+leader's plan, under a backlog of thousands of runs, held it for up to 2.5 s on a
+loaded machine), committed entries wait to be applied and the leader's heartbeats and
+append rounds go on, so the followers do not stand for election. Real replicas on
+loopback, in this process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from waiting import wait_for
+
+from raft_node_support import replica_trio
+from raftflow.config import RaftTuning
+from raftflow.core import commands as c
+
+
+def test_a_lock_held_past_the_election_timeout_costs_no_election(tmp_path: Path) -> None:
+    with replica_trio(tmp_path) as replicas:
+        leader = next(r for r in replicas if r.is_leader())
+        term = leader.term()
+        hold = RaftTuning().election_timeout_max * 2
+        outcome: list[object] = []
+        with leader.lock:
+            proposer = threading.Thread(target=lambda: outcome.append(leader.propose(c.SetPool("p", 2, time.time()))))
+            proposer.start()
+            # committed (a majority appended it) while the lock is held, not yet applied here
+            wait_for(lambda: leader.status().commit_index > leader.state.applied_index, 10, "the entry to commit")
+            time.sleep(hold)   # (the condition under test: the lock stays taken this long)
+            assert "p" not in leader.state.pools
+        proposer.join(10)
+        assert outcome and getattr(outcome[0], "ok", False), outcome
+        assert leader.is_leader() and leader.term() == term and all(r.term() == term for r in replicas)
+        wait_for(lambda: all(r.state.pools.get("p") == 2 for r in replicas), 10, "every replica to apply it")
