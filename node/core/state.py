@@ -112,8 +112,9 @@ class State:
         # their sum, kept up to date by apply.
         self.object_terms: dict[_digest.Key, int] = {}
         self.object_digest: int = 0
-        # The objects touched since their terms were last hashed, oldest first (a dict
-        # used as an ordered set, popped from the front; digest.refresh empties it). Never pickled non-empty.
+        # The objects touched since their terms were last hashed, oldest first (used as an
+        # ordered set, popped from the front; digest.refresh empties it). Never pickled
+        # non-empty.
         self.stale_terms: OrderedDict[_digest.Key, None] = OrderedDict()
         # node -> number of task instances ASSIGNED or RUNNING on it.
         self.node_load: dict[str, int] = {}
@@ -163,8 +164,8 @@ class State:
         digest terms refreshed (in a snapshot's forked child: not on the Raft thread)."""
         _digest.refresh(self)
         data = dict(self.__dict__)
-        del data["_archive"], data["stimulus"], data["touched"], data["run_changes"], data["dag_changes"]
-        del data["history_changes"]
+        for local in ("_archive", "stimulus", "touched", "run_changes", "dag_changes", "history_changes"):
+            del data[local]
         return data
 
     def __setstate__(self, data: dict[str, Any]) -> None:

@@ -71,7 +71,7 @@ import sys
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
@@ -245,10 +245,11 @@ class _StateMachine(SyncObjConsumer):
 
 @dataclass(slots=True)
 class _Pending:
-    """A command queued to the log: set `done` once `box` holds (Result, pysyncobj error)."""
-    done: threading.Event
-    box: list[Any]
+    """A command queued to the log; `done` is set once `result` and pysyncobj's `error` are."""
     proposed_at: float
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Result | None = None
+    error: int | None = None
 
 
 class ReplicatedState(EagerTicks):
@@ -582,10 +583,10 @@ class ReplicatedState(EagerTicks):
 
     def _submit(self, command: c.Command, proposer: str, request_id: str) -> _Pending:
         """Queue `command` to the log; its outcome arrives in the returned _Pending."""
-        pending = _Pending(threading.Event(), [None, None], time.monotonic())
+        pending = _Pending(time.monotonic())
 
         def callback(result: Result | None, error: int) -> None:
-            pending.box[0], pending.box[1] = result, error
+            pending.result, pending.error = result, error
             pending.done.set()
 
         self._machine.apply_envelope(encode_envelope(command, proposer, request_id), callback=callback)
@@ -596,10 +597,10 @@ class ReplicatedState(EagerTicks):
         if not pending.done.wait(max(0.0, deadline - time.monotonic())):
             raise OutcomeUnknown(f"outcome unknown: not committed within {timeout:.1f}s, and it may still commit "
                                  "if the cluster regains a quorum; check (e.g. `raftflow runs list`) before retrying")
-        result, error = pending.box
+        result, error = pending.result, pending.error
         if error in (FAIL_REASON.NOT_LEADER, FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME):
             raise OutcomeUnknown(f"outcome unknown: {_FAIL_TEXT[error]}; check before retrying")
-        if error != FAIL_REASON.SUCCESS:
+        if error != FAIL_REASON.SUCCESS or result is None:   # (_apply always returns a Result)
             raise Unavailable(_FAIL_TEXT.get(error, f"raft error {error}"))
         if self.on_committed is not None:
             self.on_committed(time.monotonic() - pending.proposed_at)

@@ -27,17 +27,21 @@ if TYPE_CHECKING:
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat after the ")" closing the command name: state is field 3 there."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of process `pid` (all its threads), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    # after the ")" closing the command name: state is field 3, utime 14 and stime 15
+    """utime + stime (fields 14, 15) of process `pid` (all its threads), in seconds."""
+    fields = _stat(pid)
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
 def children_cpu_seconds(pid: int) -> float:
-    """cutime + cstime of process `pid`: the CPU of its children it has waited for (a
-    node's task attempts), in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """cutime + cstime (fields 16, 17) of process `pid`: the CPU of its children it has
+    waited for (a node's task attempts), in seconds."""
+    fields = _stat(pid)
     return (int(fields[13]) + int(fields[14])) / _TICKS_PER_S
 
 
