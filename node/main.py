@@ -36,7 +36,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from . import nodelog
+from . import gcpolicy, nodelog
 from .api import cluster
 from .api.auth import Authenticator, ClientAuthInterceptor, hash_secret
 from .api.peers import (
@@ -667,6 +667,8 @@ def run(args: argparse.Namespace) -> int:
               f"{recovery_advice(cfg.data_dir / 'raft')}", file=sys.stderr)
         return 70
     log_context.term_of = node.replica.term   # (a plain read of pysyncobj's term: no lock)
+    if os.environ.get("RAFTFLOW_GC_FREEZE", "on") != "off":   # ("off": for benchmarks' comparisons only)
+        gcpolicy.POLICY.start()    # (after the replica restored its state: the first freeze takes it)
     node.start()
     stop.wait()
     node.stop()

@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import gcpolicy
 from .core import commands as c
 from .core.planner import WAIT_REASONS, NodeInfo
 from .core.result import Result
@@ -131,6 +132,7 @@ class NodeMetrics:
         self._waiting: dict[str, int] | None = None    # the latest plan's; None: not leading
         self._lock = threading.Lock()
         r.register(_Snapshot(self))
+        r.register(gcpolicy.PAUSES)
 
     # ------------------------------------------------------------ events
     def observe_plan(self, seconds: float, waiting: dict[str, int]) -> None:

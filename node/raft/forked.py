@@ -31,6 +31,7 @@ Contracts:
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -77,6 +78,7 @@ def pickle_in_child(obj: Any) -> PickleChild:
     if pid == 0:   # the child: never returns
         code = 1
         try:
+            gc.disable()   # (a collection would walk, and so copy, every page of the parent's objects)
             os.nice(19)    # the parent's Raft thread, and every other node's, go first
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -180,6 +180,8 @@ def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> di
     terms_before = _raft_term(reader.cluster_status())
     time.sleep(max(0.0, first - 1 - time.time()))
     finished_before = _runs_finished(bench, reader_node)
+    leader_at_start = bench.leader()
+    gc_before = {node: _gc_pauses(bench, node) for node in (leader_at_start, reader_node)}
     pids = {n.node_id: bench.cluster.pid_of(n.node_id) for n in bench.cluster.nodes}
     created: list[float] = []
     cpu_by_tick: list[dict[str, float]] = []
@@ -207,6 +209,7 @@ def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> di
                   file=sys.stderr, flush=True)
         time.sleep(max(0.0, first + ticks * period - time.time()))
         finished_after = _runs_finished(bench, reader_node)
+        gc_after = {node: _gc_pauses(bench, node) for node in gc_before}
         status = reader.cluster_status()
     finally:
         reader.close()
@@ -219,6 +222,11 @@ def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> di
             "runs_due_per_s": round(count / period, 1),
             "elections_in_window": _raft_term(status) - terms_before,
             "cpu_s_tick_to_seen_created": cpu_by_tick,
+            "gc_pauses_in_window": {
+                role: {gen: {"count": gc_after[node][gen][0] - gc_before[node][gen][0],
+                             "seconds": round(gc_after[node][gen][1] - gc_before[node][gen][1], 3)}
+                       for gen in gc_after[node]}
+                for role, node in (("leader", leader_at_start), ("other_voter", reader_node))},
             "note": "target: every run created within 2 s of its tick"}
 
 
@@ -228,6 +236,14 @@ def _runs_finished(bench: Any, node_id: str) -> dict[str, int]:
     text = bench.metrics_text(node_id)
     found = re.findall(r'^raftflow_runs_finished_total\{state="(\w+)"\} (\S+)$', text, re.MULTILINE)
     return {state: int(float(value)) for state, value in found}
+
+
+def _gc_pauses(bench: Any, node_id: str) -> dict[str, tuple[int, float]]:
+    """A node's garbage-collection pauses so far, by generation: (count, seconds)."""
+    text = bench.metrics_text(node_id)
+    counts = dict(re.findall(r'^raftflow_gc_pause_seconds_count\{generation="(\d)"\} (\S+)$', text, re.MULTILINE))
+    sums = dict(re.findall(r'^raftflow_gc_pause_seconds_sum\{generation="(\d)"\} (\S+)$', text, re.MULTILINE))
+    return {gen: (int(float(counts[gen])), float(sums[gen])) for gen in counts}
 
 
 def _cpu_by_process(pids: dict[str, int]) -> dict[str, tuple[float, float]]:
