@@ -29,6 +29,11 @@ from .state import State
 from .states import TASK_ACTIVE, RunState, TaskState
 from .transitions import run_outcome
 
+# A ready task as _assign takes it: its sort key - priority (highest first), the run's
+# logical date, the task's place in its DAG, then the run's creation and id (unique with
+# the task id, so the objects after are never compared) - and its run, DAG and task.
+_Ready = tuple[int, str, int, float, str, str, Run, DagSpec, TaskSpec]
+
 MAX_CATCHUP_RUNS_PER_PLAN = 32
 # DAGs whose due ticks one plan turns into runs; the rest wait for the next plan, which
 # comes as soon as these commit. A plan holds the replica lock (apply waits for it on the
@@ -74,7 +79,7 @@ class NodeInfo:
 class _RunTasks:
     """What a plan learned of one run's tasks (the memo keeps it for a running run it asked nothing of)."""
     change: int | None                              # State.run_changes[run_id] then
-    queued: tuple[tuple[int, str, int, str], ...]   # its ready tasks' ready-list keys and ids
+    queued: tuple["_Ready", ...]                    # its ready tasks, as _assign takes them
     active: int                                     # its task instances assigned or running
     active_nodes: frozenset[str]                    # the nodes those run on
     next_retry_at: float | None                     # its earliest retry, if any is waiting
@@ -164,7 +169,7 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
 
     expired = {n.node_id for n in nodes if n.lease_expired}
     previous = _PreviousRuns(state)
-    ready: list[tuple[int, str, int, Run, str]] = []  # sort key + (run, task_id)
+    ready: list[_Ready] = []
     dag_active: dict[str, int] = {}    # dag_id -> its task instances assigned or running
     # The runs with task instances assigned or running, but not those cancelled for their
     # dagrun_timeout in this plan: their slots are free for this plan's assignments.
@@ -193,7 +198,7 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
                     memo.runs[run.run_id] = known
                 else:
                     memo.runs.pop(run.run_id, None)
-        ready.extend((weight, date, order, run, task_id) for weight, date, order, task_id in known.queued)
+        ready.extend(known.queued)
         if known.active:
             dag_active[run.dag_id] = dag_active.get(run.dag_id, 0) + known.active
             holding_slots.append(run)
@@ -236,7 +241,7 @@ def _plan_run(run: Run, spec: DagSpec, now: float, expired: set[str], out: list[
     complete empty tasks, lose attempts on expired nodes, retry, finish the run), and
     return what the assignment step and the memo need of it: its tasks ready to run
     (those queued now among them), its active attempts and their nodes, its next retry."""
-    ready: list[tuple[int, str, int, str]] = []
+    ready: list[_Ready] = []
     active, active_nodes, next_retry_at = 0, set(), None
     all_terminal = True
     waits_on_past = False
@@ -251,7 +256,7 @@ def _plan_run(run: Run, spec: DagSpec, now: float, expired: set[str], out: list[
 
     for order, task in enumerate(spec.tasks):
         ti = run.tasks[task.task_id]
-        key = (-task.priority_weight, run.logical_date, order, task.task_id)
+        key = ready_entry(run, spec, order, task)
         if ti.state is TaskState.QUEUED:
             ready.append(key)
         elif ti.state is TaskState.PENDING:
@@ -291,6 +296,11 @@ def _plan_run(run: Run, spec: DagSpec, now: float, expired: set[str], out: list[
     if all_terminal and run.state is RunState.RUNNING:
         out.append(c.FinishRun(run.run_id, run_outcome(run, spec).value, now))
     return _RunTasks(change, tuple(ready), active, frozenset(active_nodes), next_retry_at, waits_on_past)
+
+
+def ready_entry(run: Run, spec: DagSpec, order: int, task: TaskSpec) -> _Ready:
+    """The `_Ready` entry of the task at `order` in `spec.tasks`, of `run`."""
+    return (-task.priority_weight, run.logical_date, order, run.created_at, run.run_id, task.task_id, run, spec, task)
 
 
 def _expired_runs(state: State, now: float, memo: PlanMemo | None) -> list[str]:
@@ -490,7 +500,7 @@ class _Placement:
         self.free -= 1
 
 
-def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: list[NodeInfo],
+def _assign(state: State, ready: list[_Ready], nodes: list[NodeInfo],
             dag_active: dict[str, int], pool_used: dict[str, int], now: float,
             waiting: dict[str, int]) -> list[c.Command]:
     """Give ready tasks to healthy nodes with free slots: highest priority first, each
@@ -507,16 +517,17 @@ def _assign(state: State, ready: list[tuple[int, str, int, Run, str]], nodes: li
     Cost: the ready tasks are taken in order from a heap while a node has a free slot,
     the rest in any order (nothing more can be assigned): O(ready + assigned x log ready)
     instead of sorting the whole backlog, a few lookups per task that waits, and
-    O(log nodes) per placement (`_Placement`) instead of a look at every node."""
+    O(log nodes) per placement (`_Placement`) instead of a look at every node. With no
+    free slot at all there is no heap. The entries are the runs' own (`_RunTasks.queued`,
+    kept by the memo): a plan allocates nothing per waiting task, which would otherwise
+    set off the collector's walks of them (node/gcpolicy.py)."""
     placement = _Placement(state, nodes)
     out: list[c.Command] = []
-    order = [(item[0], item[1], item[2], seq, item) for seq, item in enumerate(ready)]
-    heapq.heapify(order)
-    while order:
+    if placement.free > 0:
+        heapq.heapify(ready)   # (`ready` is the caller's own list; with no free slot it needs no order)
+    while ready:
         # (no node has a free slot: nothing more is assigned, so the rest need no order)
-        run, task_id = (heapq.heappop(order) if placement.free > 0 else order.pop())[4][3:]
-        spec = state.dag_spec(run)
-        task = spec.task(task_id)
+        _, _, _, _, _, task_id, run, spec, task = heapq.heappop(ready) if placement.free > 0 else ready.pop()
         task_kind = kind(task.kind)
         pool_slots = state.pool_slots(task.pool)
         serving = placement.serving(task.queue)

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from core_support import T0, World, dag_dict, task
 from raftflow.core import commands as c
-from raftflow.core.planner import WAIT_NO_SLOT, WAIT_REASONS, NodeInfo, _assign
+from raftflow.core.planner import WAIT_NO_SLOT, WAIT_REASONS, NodeInfo, _assign, ready_entry
 from raftflow.kinds import kind
 
 QUEUES = ("default", "gpu", "io")
@@ -25,7 +25,8 @@ def reference(state, ready, nodes, dag_active, pool_used, now, waiting) -> list[
     load = {n.node_id: state.node_load.get(n.node_id, 0) for n in healthy}
     leader = {n.node_id for n in nodes if n.leader}
     out: list[c.Command] = []
-    for _p, _d, _o, run, task_id in sorted(ready, key=lambda item: item[:3]):
+    for item in sorted(ready, key=lambda item: item[:3]):
+        run, task_id = item[6], item[5]
         spec = state.dag_spec(run)
         t = spec.task(task_id)
         k = kind(t.kind)
@@ -64,8 +65,9 @@ def backlog(tasks_spec: list[dict[str, Any]], runs: int) -> tuple[World, list]:
     for r in range(runs):
         w.trigger(f"r{r}", "d", at=T0 + r)
         run = w.state.active[f"r{r}"]
-        for order, t in enumerate(w.state.dag_spec(run).tasks):
-            ready.append((-t.priority_weight, run.logical_date, order, run, t.task_id))
+        spec = w.state.dag_spec(run)
+        for order, t in enumerate(spec.tasks):
+            ready.append(ready_entry(run, spec, order, t))
     return w, ready
 
 
