@@ -163,7 +163,9 @@ def cron_spread(workers: int, sizes: Sizes) -> dict[str, Any]:
 def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> dict[str, Any]:
     """`count` one-task DAGs on schedule `cron` (every `period` s), all due at every tick:
     for each of `ticks` ticks, the time from the tick to its last run created (the runs'
-    own created_at stamps), and the runs a voter saw finish from the first tick to one
+    own created_at stamps: when the leader's plan decided them), an upper bound of when
+    they were all committed and applied (the first listing of a voter, polled about once
+    a second, that held them all), and the runs a voter saw finish from the first tick to one
     period after the last (its raftflow_runs_finished_total): the sustained rate the
     cluster runs them at. The leader's election count over the window shows whether it
     stayed in office."""
@@ -184,6 +186,7 @@ def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> di
     gc_before = {node: _gc_pauses(bench, node) for node in (leader_at_start, reader_node)}
     pids = {n.node_id: bench.cluster.pid_of(n.node_id) for n in bench.cluster.nodes}
     created: list[float] = []
+    listed: list[float] = []   # when a voter's listing first held them all (polled about once a second)
     cpu_by_tick: list[dict[str, float]] = []
     try:
         for k in range(ticks):
@@ -199,13 +202,15 @@ def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> di
                 of_tick = [r for r in runs if abs(_epoch(r["logical_date"]) - tick) < 0.5]
                 if len(of_tick) >= count:
                     last_created = max(_epoch(r["created_at"]) for r in of_tick)
+                    listed.append(round(time.time() - tick, 2))
                     break
                 time.sleep(1.0)
             if last_created is None:
                 raise RuntimeError(f"tick {k + 1}: not all {count} runs were created within {period - 2} s")
             created.append(round(last_created - tick, 2))
             cpu_by_tick.append(_cpu_by_kind(cpu_before, _cpu_by_process(pids), leader, bench))
-            print(f"scale-out cron: tick {k + 1} of {ticks}: {count} runs created {created[-1]} s after it",
+            print(f"scale-out cron: tick {k + 1} of {ticks}: {count} runs created {created[-1]} s after it "
+                  f"(listed by a voter {listed[-1]} s after it)",
                   file=sys.stderr, flush=True)
         time.sleep(max(0.0, first + ticks * period - time.time()))
         finished_after = _runs_finished(bench, reader_node)
@@ -215,6 +220,7 @@ def cron_ticks(bench: Any, count: int, cron: str, period: int, ticks: int) -> di
         reader.close()
     window = ticks * period
     return {"dags": count, "schedule": cron, "ticks": ticks, "tick_to_all_runs_created_s": created,
+            "tick_to_all_runs_listed_s": listed,
             "runs_finished_in_window": {state: n - finished_before.get(state, 0)
                                         for state, n in finished_after.items()},
             "window_s": window,
