@@ -31,6 +31,17 @@ def created_dags() -> list["DAG"]:
 __all__ = ["DAG", "BashTask", "EmptyTask", "PythonTask", "SSHTask", "TriggerDagRunTask"]
 
 
+class SkipTask(Exception):
+    """Raised by a python task's callable: the task ends skipped (no retry is used;
+    downstream trigger rules see a skipped upstream). Airflow's AirflowSkipException
+    does the same."""
+
+
+class FailTask(Exception):
+    """Raised by a python task's callable: the task fails at once, whatever retries it
+    has left. Airflow's AirflowFailException does the same."""
+
+
 class DAG:
     def __init__(
         self,
@@ -215,14 +226,22 @@ class PythonTask(BaseTask):
 
     kind = "python"
 
-    def __init__(self, task_id: str, python_callable: str, op_kwargs: dict[str, Any] | None = None,
+    def __init__(self, task_id: str, python_callable: str, op_kwargs: dict[str, Any] | None = None, *,
+                 branch: bool = False, short_circuit: bool = False, ignore_downstream_trigger_rules: bool = True,
                  **options: Any) -> None:
+        """`branch=True`: the callable returns the id(s) of the direct downstream tasks to
+        run; the others are skipped. `short_circuit=True`: a falsy return value skips the
+        tasks after it (all of them, or with ignore_downstream_trigger_rules=False the
+        direct ones only). Raising SkipTask / FailTask ends the task skipped / failed."""
         if not isinstance(python_callable, str):
             raise TypeError(f"task {task_id!r}: python_callable must be a 'package.module:function' string "
                             f"(nodes import it; code is never pickled), got {type(python_callable).__name__}")
         super().__init__(task_id, **options)
         self.python_callable = python_callable
         self.op_kwargs = dict(op_kwargs or {})
+        self.branch = branch
+        self.short_circuit = short_circuit
+        self.ignore_downstream_trigger_rules = ignore_downstream_trigger_rules
 
 
 class SSHTask(BaseTask):

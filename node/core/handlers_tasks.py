@@ -8,10 +8,11 @@ Each handler checks the whole command first (raising `Rejected` or, through
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..kinds import kind
-from . import checks, commands as c
+from . import branching, checks, commands as c
 from .archive import encode_record
 from .codec import run_to_dict
 from .effects import ReleasedAttempts
@@ -214,19 +215,35 @@ def task_finished(state: State, cmd: c.TaskFinished) -> Result:
     result_error = checks.result_error(cmd.result)
     if result_error:
         raise Rejected(Code.INVALID, result_error)
-    outcome = Finished(cmd)
-    how = f"attempt {cmd.attempt} exit {cmd.exit_code}"
-    if cmd.exit_code == 0:
+    task_kind = kind(spec.kind)
+    report, how = cmd, f"attempt {cmd.attempt} exit {cmd.exit_code}"
+    decision = branching.Decision()
+    if cmd.exit_code == 0 and task_kind.decides_downstream(spec):
+        decision = branching.decide(state.dag_spec(run), spec, task_kind.decides_downstream(spec), cmd.result)
+        if decision.error:   # (the attempt fails as Airflow's does; its retries apply)
+            report, how = replace(cmd, reason=decision.error), f"{how}: {decision.error}"
+    outcome = Finished(report)
+    if cmd.exit_code == 0 and not decision.error:
         target = TaskState.SUCCESS
-    elif kind(spec.kind).skipped_by(spec, cmd.exit_code):
-        target, how = TaskState.SKIPPED, f"{how}: skipped (exit code in skip_on_exit_code)"
+    elif task_kind.skipped_by(spec, cmd.exit_code):
+        target, how = TaskState.SKIPPED, f"{how}: skipped ({task_kind.skip_meaning})"
+    elif task_kind.fails_without_retry(spec, cmd.exit_code):
+        target, how = TaskState.FAILED, f"{how}: failed without retry ({task_kind.fail_meaning})"
     elif ti.tries_failed < spec.retries:
         target = TaskState.UP_FOR_RETRY
-        outcome = Finished(cmd, cmd.at + spec.retry_delay_after(ti.tries_failed + 1, run.run_id))
+        outcome = Finished(report, cmd.at + spec.retry_delay_after(ti.tries_failed + 1, run.run_id))
     else:
         target = TaskState.FAILED
-    return moved(state, plan_move(AUTOMATIC, run, ti, target, outcome, cmd.at, how,
-                                  hint=f"no start claim committed for attempt {cmd.attempt}: "))
+    moves = [plan_move(AUTOMATIC, run, ti, target, outcome, cmd.at, how,
+                       hint=f"no start claim committed for attempt {cmd.attempt}: ")]
+    if target is TaskState.SUCCESS:
+        for task_id in decision.skip:
+            skipped = run.tasks[task_id]
+            if skipped.state is TaskState.PENDING:
+                moves.append(plan_move(AUTOMATIC, run, skipped, TaskState.SKIPPED,
+                                       c.SkipTask(run.run_id, task_id, decision.reason, cmd.at), cmd.at,
+                                       decision.reason))
+    return moved(state, *moves)
 
 
 # ------------------------------------------------------------ losses

@@ -104,6 +104,10 @@ class TaskKind:
     command_refusal: ClassVar[str] = ""
     # Its own spec fields (beyond the ones every task has) and their defaults.
     fields: ClassVar[Mapping[str, Any]] = {}
+    # What makes an attempt end skipped / failed at once (`skipped_by`, `fails_without_retry`),
+    # as the task's story says it.
+    skip_meaning: ClassVar[str] = ""
+    fail_meaning: ClassVar[str] = ""
     # False: it runs nothing; the planner completes it once its trigger rule holds.
     runs_on_a_node: ClassVar[bool] = True
     # Its fields whose string values are Jinja2 templates, rendered for each attempt
@@ -127,6 +131,16 @@ class TaskKind:
         """Whether an attempt that exited with `exit_code` (not 0) ends the task skipped
         instead of failed (Airflow's skip_on_exit_code). Pure: apply asks it."""
         return False
+
+    def fails_without_retry(self, task: TaskSpec, exit_code: int) -> bool:
+        """Whether an attempt that exited with `exit_code` (not 0, not skipped) fails the
+        task at once, whatever retries are left (Airflow's AirflowFailException). Pure."""
+        return False
+
+    def decides_downstream(self, task: TaskSpec) -> str:
+        """"branch" or "short_circuit" when the task's result, once it succeeds, decides
+        which downstream tasks are skipped (core/branching.py); "" for a plain task."""
+        return ""
 
     @property
     def runs_on_any_node(self) -> bool:

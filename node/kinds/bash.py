@@ -33,6 +33,7 @@ class Bash(TaskKind):
     name: ClassVar[str] = "bash"
     fields: ClassVar[Mapping[str, Any]] = {"skip_on_exit_code": [], "cwd": "", "append_env": True}
     templated_fields: ClassVar[tuple[str, ...]] = ("cwd",)
+    skip_meaning: ClassVar[str] = "exit code in skip_on_exit_code"
 
     def parse(self, raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         codes = raw.get("skip_on_exit_code", [])

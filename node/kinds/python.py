@@ -1,6 +1,23 @@
 """The python kind: calls `python_callable` ("package.module:function", importable on
 the nodes; code is never pickled) with `op_kwargs`, in its own process
-(worker/pyrunner.py, which reads the RAFTFLOW_PY_* variables and the files set here)."""
+(worker/pyrunner.py, which reads the RAFTFLOW_PY_* variables and the files set here).
+
+How the callable ends the task (Airflow's meanings):
+- returns: success; a value other than None is the task's result (JSON, 64 KiB);
+- raises SkipTask / AirflowSkipException (by class name, so a module written for Airflow
+  works unchanged): skipped, no retry used (the runner exits EXIT_SKIPPED);
+- raises FailTask / AirflowFailException (or a subclass, e.g. AirflowSensorTimeout):
+  failed at once, whatever retries are left (EXIT_FAILED_NO_RETRY);
+- raises anything else: a failed attempt, retried while retries last.
+
+Its own fields beside the callable (Airflow's operators of the same behaviour):
+- `branch` (BranchPythonOperator): the callable returns the task id, or list of ids, of
+  the direct downstream tasks to follow (a task group's id follows its tasks among them;
+  None follows none); the others are skipped once it succeeds (core/branching.py).
+- `short_circuit` (ShortCircuitOperator): a falsy return value skips everything
+  downstream, or with `ignore_downstream_trigger_rules` false only the direct downstream
+  tasks, the rest following their trigger rules.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +27,13 @@ import re
 import sys
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..worker.pyrunner import EXIT_FAILED_NO_RETRY, EXIT_SKIPPED  # (the runner's own exit codes)
 from .base import AttemptInput, InvalidArgs, Launch, TaskKind
+
+if TYPE_CHECKING:
+    from ..core.spec import TaskSpec
 
 CONTEXT_FILE = "python-context.json"
 KWARGS_FILE = "python-op-kwargs.json"
@@ -23,9 +44,19 @@ class Python(TaskKind):
     name: ClassVar[str] = "python"
     takes_command: ClassVar[bool] = False
     command_refusal: ClassVar[str] = "a python task calls python_callable; it takes no command"
-    fields: ClassVar[Mapping[str, Any]] = {"python_callable": "", "op_kwargs": {}}
+    skip_meaning: ClassVar[str] = "the callable raised SkipTask or AirflowSkipException"
+    fail_meaning: ClassVar[str] = "the callable raised FailTask or AirflowFailException"
+    fields: ClassVar[Mapping[str, Any]] = {"python_callable": "", "op_kwargs": {}, "branch": False,
+                                           "short_circuit": False, "ignore_downstream_trigger_rules": True}
 
     def parse(self, raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+        flags = {name: raw.get(name, self.fields[name])
+                 for name in ("branch", "short_circuit", "ignore_downstream_trigger_rules")}
+        for name, value in flags.items():
+            if not isinstance(value, bool):
+                raise InvalidArgs(f"{name} must be true or false, got {value!r:.80}")
+        if flags["branch"] and flags["short_circuit"]:
+            raise InvalidArgs("a python task is a branch or a short circuit, not both")
         python_callable = raw.get("python_callable", "")
         op_kwargs = raw.get("op_kwargs") or {}
         if not isinstance(python_callable, str) or not CALLABLE_PATTERN.fullmatch(python_callable):
@@ -37,7 +68,16 @@ class Python(TaskKind):
             json.dumps(op_kwargs, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise InvalidArgs(f"op_kwargs must be plain JSON values ({e})") from None
-        return {"python_callable": python_callable, "op_kwargs": op_kwargs}
+        return {"python_callable": python_callable, "op_kwargs": op_kwargs, **flags}
+
+    def skipped_by(self, task: TaskSpec, exit_code: int) -> bool:
+        return exit_code == EXIT_SKIPPED
+
+    def fails_without_retry(self, task: TaskSpec, exit_code: int) -> bool:
+        return exit_code == EXIT_FAILED_NO_RETRY
+
+    def decides_downstream(self, task: TaskSpec) -> str:
+        return "branch" if task.arg("branch") else "short_circuit" if task.arg("short_circuit") else ""
 
     def launch(self, attempt: AttemptInput) -> Launch:
         """The context and op_kwargs go in files of the attempt's directory, whatever

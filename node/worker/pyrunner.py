@@ -13,7 +13,9 @@ variables: a variable over 128 KiB makes the process fail to start. As Airflow's
 the function gets op_kwargs plus every context value whose name it accepts (all of
 them if it takes **kwargs). A return value other than None is the task's result:
 written as JSON to $RAFTFLOW_RESULT_FILE (the worker checks the 64 KiB limit). An
-exception prints its traceback and exits 1.
+exception prints its traceback and exits 1, but SkipTask / AirflowSkipException exits
+EXIT_SKIPPED and FailTask / AirflowFailException EXIT_FAILED_NO_RETRY (kinds/python.py:
+skipped, failed at once); a sys.exit() of the callable exits 0 or 1, never one of those.
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ from datetime import datetime
 from typing import Any
 
 DATE_KEYS = ("logical_date", "data_interval_start", "data_interval_end")
+# Exceptions that end the task skipped / failed without retry, known by class name (an
+# exception's class or any base), so modules written for Airflow work without Airflow.
+SKIP_EXCEPTIONS = frozenset({"SkipTask", "AirflowSkipException"})
+FAIL_EXCEPTIONS = frozenset({"FailTask", "AirflowFailException"})
+EXIT_SKIPPED = 99           # kinds/python.py reads these two
+EXIT_FAILED_NO_RETRY = 98
 
 
 def load_context(text: str) -> dict[str, Any]:
@@ -70,8 +78,20 @@ def main() -> int:
     op_kwargs = json.loads(_read(os.environ.get("RAFTFLOW_PY_KWARGS_FILE")))
     try:
         value = function(**arguments(function, context, op_kwargs))
-    except Exception:  # noqa: BLE001 - the task failed: its traceback is its log
+    except SystemExit as e:   # (its code must not pass for one of the runner's own)
+        code = e.code if e.code is not None else 0
+        print(f"raftflow: {target} called sys.exit({code!r})", file=sys.stderr)
+        return 0 if code == 0 else 1
+    except Exception as e:  # noqa: BLE001 - the task failed: its traceback is its log
+        names = {cls.__name__ for cls in type(e).__mro__}
+        if names & SKIP_EXCEPTIONS:
+            print(f"raftflow: {target} raised {type(e).__name__}: the task is skipped"
+                  + (f" ({e})" if str(e) else ""), file=sys.stderr)
+            return EXIT_SKIPPED
         traceback.print_exc()
+        if names & FAIL_EXCEPTIONS:
+            print(f"raftflow: {target} raised {type(e).__name__}: the task fails without retry", file=sys.stderr)
+            return EXIT_FAILED_NO_RETRY
         return 1
     if value is not None:
         try:

@@ -405,3 +405,34 @@ make()
     tasks = tasks_of(spec)
     assert tasks["load.copy"]["group"] == "load"
     assert (tasks["plain"]["group"], tasks["plain"]["retries"]) == ("flat", 4)
+
+
+def test_branch_and_short_circuit_operators_map_to_python_tasks_that_decide_downstream(
+        load, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a callable the nodes can import; Airflow's `AirflowSkipException` inside one is
+    known by name at run time (worker/pyrunner.py)."""
+    (tmp_path / "choosers.py").write_text("def pick(**context):\n    return 'fast'\n\n"
+                                          "def has_rows():\n    return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "branchy.py"
+    path.write_text("""
+from datetime import datetime
+from airflow import DAG
+from airflow.operators.python import BranchPythonOperator, ShortCircuitOperator, PythonOperator
+from airflow.operators.empty import EmptyOperator
+from choosers import pick, has_rows
+with DAG("branchy", start_date=datetime(2026, 1, 1), schedule=None):
+    choose = BranchPythonOperator(task_id="choose", python_callable=pick)
+    gate = ShortCircuitOperator(task_id="gate", python_callable=has_rows, ignore_downstream_trigger_rules=False)
+    plain = PythonOperator(task_id="plain", python_callable=has_rows)
+    choose >> [EmptyOperator(task_id="fast"), EmptyOperator(task_id="slow")]
+    gate >> plain
+""")
+    dags, refusals = load(path)
+    assert refusals == []
+    tasks = tasks_of(dags["branchy"].to_spec())
+    assert tasks["choose"] == {"task_id": "choose", "kind": "python", "upstream": [],
+                               "python_callable": "choosers:pick", "op_kwargs": {}, "branch": True}
+    assert {k: tasks["gate"][k] for k in ("python_callable", "short_circuit", "ignore_downstream_trigger_rules")} \
+        == {"python_callable": "choosers:has_rows", "short_circuit": True, "ignore_downstream_trigger_rules": False}
+    assert "branch" not in tasks["plain"] and "short_circuit" not in tasks["plain"]

@@ -251,6 +251,65 @@ def test_a_python_task_calls_its_function_with_the_context_it_asks_for(tmp_path,
     worker.shutdown()
 
 
+PY_ENDINGS = '''
+import sys
+from raftflow import FailTask, SkipTask
+
+class AirflowFailException(Exception):      # (as a module written for Airflow has it)
+    pass
+
+class AirflowSensorTimeout(AirflowFailException):
+    pass
+
+def skip():
+    raise SkipTask("no new files today")
+
+def fail_now():
+    raise FailTask("the credentials are wrong")
+
+def sensor_timeout():
+    raise AirflowSensorTimeout("waited an hour")
+
+def exits_99():
+    sys.exit(99)
+
+def exits_0():
+    sys.exit(0)
+'''
+
+
+def test_a_python_callable_ends_its_task_skipped_or_failed_by_raising(tmp_path, monkeypatch):
+    """SkipTask / FailTask (or Airflow's exceptions, by class name, subclasses too) give the
+    runner's own exit codes; a callable's sys.exit() never does."""
+    from raftflow.worker.pyrunner import EXIT_FAILED_NO_RETRY, EXIT_SKIPPED
+
+    (tmp_path / "endings.py").write_text(PY_ENDINGS)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    names = ["skip", "fail_now", "sensor_timeout", "exits_99", "exits_0"]
+    setups = {i + 1: AttemptSetup({}, None, python_task(f"endings:{name}")) for i, name in enumerate(names)}
+    reports = Reports(True)
+    store = LocalStore(tmp_path / "store")
+    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=30.0,
+                    setup=lambda a: setups[a.attempt])
+    worker.ready.set()
+    outcomes = {}
+    for attempt in setups:
+        reports.commands.clear()
+        assert worker.accept(python_assignment(attempt))[0]
+        outcomes[names[attempt - 1]] = (reports.wait_for(c.TaskFinished).exit_code,
+                                        b"".join(store.read_log("r1", "t1", attempt)).decode())
+        wait_idle(worker)
+    worker.shutdown()
+    assert outcomes["skip"] == (EXIT_SKIPPED, "raftflow: endings:skip raised SkipTask: the task is skipped "
+                                              "(no new files today)\n")
+    code, log = outcomes["fail_now"]
+    assert code == EXIT_FAILED_NO_RETRY and "FailTask: the credentials are wrong" in log
+    code, log = outcomes["sensor_timeout"]
+    assert code == EXIT_FAILED_NO_RETRY and "raised AirflowSensorTimeout: the task fails without retry" in log
+    assert outcomes["exits_99"] == (1, "raftflow: endings:exits_99 called sys.exit(99)\n")
+    assert outcomes["exits_0"][0] == 0
+
+
 # ---------------------------------------------------------------- bounds (issue 13)
 def test_a_log_is_cut_at_the_limit_and_says_so_while_the_task_runs_on(tmp_path):
     worker, reports, store = make_worker(tmp_path, current=True, log_limit=1000)

@@ -208,10 +208,28 @@ def _refused_python(name: str, why: str) -> type[PythonOperator]:
     return type(name, (PythonOperator,), {"__module__": __name__, "_refusal": (name, why)})
 
 
+class BranchPythonOperator(PythonOperator):
+    """The callable returns the task id(s) to follow among the direct downstream tasks;
+    the others are skipped (the python kind's `branch`)."""
+
+    def kind_fields(self) -> dict[str, Any]:
+        return {**super().kind_fields(), "branch": True}
+
+
+class ShortCircuitOperator(PythonOperator):
+    """A falsy return value skips the tasks after it (the python kind's `short_circuit`)."""
+
+    operator_args: ClassVar[dict[str, Any]] = {**PythonOperator.operator_args,
+                                               "ignore_downstream_trigger_rules": True}
+
+    def kind_fields(self) -> dict[str, Any]:
+        ignore = self.arg("ignore_downstream_trigger_rules")
+        return {**super().kind_fields(), "short_circuit": True,
+                "ignore_downstream_trigger_rules": True if ignore is None else bool(ignore)}
+
+
 _BRANCHING = ("chooses the tasks to run in Python at run time; raftflow runs it once \"" + NEXT_ISSUE +
               "\" lands (branching included)")
-BranchPythonOperator = _refused_python("BranchPythonOperator", _BRANCHING)
-ShortCircuitOperator = _refused_python("ShortCircuitOperator", _BRANCHING)
 PythonVirtualenvOperator = _refused_python("PythonVirtualenvOperator", "a per-task virtualenv built from the DAG "
                                            "file's function: waits for \"" + NEXT_ISSUE + "\"")
 ExternalPythonOperator = _refused_python("ExternalPythonOperator", "a function of the DAG file run by another "

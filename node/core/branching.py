@@ -1,0 +1,97 @@
+"""What a branch or short-circuit task decides with its result, once it succeeds: which
+of its downstream tasks are skipped (Airflow's BranchPythonOperator and
+ShortCircuitOperator, kinds/python.py). Pure; the TaskFinished handler asks it, so every
+replica decides the same from the same committed result. Cost: O(the DAG's tasks and
+edges), bounded by MAX_TASKS_PER_DAG, never by the history.
+
+- branch: the result is a task id, a list of task ids, or null. Each must name a task or
+  a task group of the DAG (else the branch task fails, as Airflow's does, and nothing is
+  skipped); a group follows its tasks. Every direct downstream task not followed is
+  skipped; the tasks after those then follow their trigger rules (a join after a branch
+  wants `none_failed_min_one_success`, as in Airflow).
+- short circuit: a truthy result changes nothing. A falsy one (no result, null, false,
+  0, "", [], {}) skips every task downstream (`ignore_downstream_trigger_rules`, the
+  default), or only the direct downstream tasks, the rest following their trigger rules.
+
+Only tasks still pending are skipped: one that already ran or is running (a trigger rule
+such as `always` started it) keeps its course.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from .spec import DagSpec, TaskSpec
+
+BRANCH = "branch"
+SHORT_CIRCUIT = "short_circuit"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The tasks to skip (in DAG order) and why; or, with `error`, why the result cannot decide."""
+    skip: tuple[str, ...] = ()
+    reason: str = ""
+    error: str = ""
+
+
+def decide(spec: DagSpec, task: TaskSpec, how: str, result: str) -> Decision:
+    """`how` is the task kind's decides_downstream(task); `result` the attempt's JSON text
+    ("" when the callable returned None)."""
+    value = json.loads(result) if result else None
+    direct = [t for t in spec.tasks if task.task_id in t.upstream]
+    if how == BRANCH:
+        return _branch(spec, task, value, direct)
+    if how == SHORT_CIRCUIT:
+        if value:
+            return Decision()
+        if task.arg("ignore_downstream_trigger_rules"):
+            skip = _all_downstream(spec, task.task_id)
+        else:
+            skip = [t.task_id for t in direct]
+        return Decision(tuple(skip), f"short circuit {task.task_id!r} returned {_shown(result)}: "
+                                     f"the tasks after it are skipped")
+    raise ValueError(f"unknown downstream decision {how!r}")
+
+
+def _branch(spec: DagSpec, task: TaskSpec, value: object, direct: list[TaskSpec]) -> Decision:
+    if value is None:
+        chosen: list[str] = []
+    elif isinstance(value, str):
+        chosen = [value]
+    elif isinstance(value, list) and all(isinstance(x, str) for x in value):
+        chosen = list(value)
+    else:
+        return Decision(error=f"branch {task.task_id!r} must return a task id, a list of task ids or None; "
+                              f"it returned {_shown(json.dumps(value))}")
+    groups = {t.group for t in spec.tasks if t.group}
+    groups |= {g.rsplit(".", i)[0] for g in list(groups) for i in range(1, g.count(".") + 1)}
+    unknown = [x for x in chosen if x not in spec.task_index and x not in groups]
+    if unknown:
+        return Decision(error=f"branch {task.task_id!r} chose {', '.join(map(repr, unknown[:5]))}: no such task or "
+                              f"task group in DAG {spec.dag_id!r}")
+
+    def followed(t: TaskSpec) -> bool:
+        return any(t.task_id == x or t.group == x or t.group.startswith(x + ".") for x in chosen)
+
+    skip = tuple(t.task_id for t in direct if not followed(t))
+    shown = ", ".join(map(repr, chosen)) if chosen else "nothing"
+    return Decision(skip, f"branch {task.task_id!r} followed {shown}")
+
+
+def _all_downstream(spec: DagSpec, task_id: str) -> list[str]:
+    """Every task after `task_id`, in DAG order."""
+    after = spec.downstream_map()
+    seen: set[str] = set()
+    stack = list(after[task_id])
+    while stack:
+        t = stack.pop()
+        if t not in seen:
+            seen.add(t)
+            stack.extend(after[t])
+    return [t.task_id for t in spec.tasks if t.task_id in seen]
+
+
+def _shown(text: str) -> str:
+    return "None" if not text else text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,117 @@
+"""Tasks that decide what runs after them, on a real 3-node cluster: a branch chosen by
+the run's conf (raftflow's own DAG file and Airflow's BranchPythonOperator), a short
+circuit, and a callable that skips its task or fails it without retry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from support import Cli, running_cluster
+
+pytestmark = pytest.mark.integration
+
+STEPS = '''
+from raftflow import FailTask, SkipTask
+
+def pick(params):
+    print("taking the", params["path"], "path")
+    return params["path"]
+
+def nothing_new():
+    return []
+
+def skip_me():
+    raise SkipTask("no new files today")
+
+def give_up():
+    raise FailTask("the credentials are wrong")
+'''
+
+NATIVE = r'''
+from raftflow import DAG, BashTask, EmptyTask, PythonTask
+
+with DAG("branchy", params={"path": "fast"}):
+    choose = PythonTask("choose", python_callable="steps:pick", branch=True)
+    fast, slow = BashTask("fast", command="echo fast"), BashTask("slow", command="echo slow")
+    join = BashTask("join", command="echo joined", trigger_rule="none_failed_min_one_success")
+    choose >> [fast, slow]
+    [fast, slow] >> join
+
+with DAG("gated"):
+    gate = PythonTask("gate", python_callable="steps:nothing_new", short_circuit=True)
+    gate >> BashTask("load", command="echo load") >> BashTask("report", command="echo report")
+
+with DAG("ending"):
+    PythonTask("skipper", python_callable="steps:skip_me", retries=2) >> BashTask("after", command="true")
+    PythonTask("quitter", python_callable="steps:give_up", retries=2)
+'''
+
+AIRFLOW = r'''
+from datetime import datetime
+from airflow import DAG
+from airflow.operators.bash import BashOperator
+from airflow.operators.python import BranchPythonOperator
+from steps import pick
+
+with DAG("airflow_branch", start_date=datetime(2026, 1, 1), schedule=None, params={"path": "slow"}):
+    choose = BranchPythonOperator(task_id="choose", python_callable=pick)
+    choose >> [BashOperator(task_id="fast", bash_command="echo fast"),
+               BashOperator(task_id="slow", bash_command="echo slow")]
+'''
+
+
+def _run(cli: Cli, dag_id: str, *extra: str) -> tuple[dict, dict[str, dict]]:
+    proc = cli("dags", "trigger", dag_id, "--wait", "--json", *extra)
+    assert proc.returncode in (0, 1), proc.stderr
+    run = json.loads(proc.stdout)
+    tasks = {t["task_id"]: t for t in cli.json("runs", "show", run["run_id"])["tasks"]}
+    return run, tasks
+
+
+def _states(tasks: dict[str, dict]) -> dict[str, str]:
+    return {task_id: t["state"] for task_id, t in tasks.items()}
+
+
+def test_branches_short_circuits_and_tasks_that_end_themselves(tmp_path: Path) -> None:
+    modules = tmp_path / "modules"
+    modules.mkdir()
+    (modules / "steps.py").write_text(STEPS)
+    with running_cluster(tmp_path / "cluster", extra_env={"PYTHONPATH": str(modules)}) as cluster:
+        cli = Cli(cluster)
+        cli.env["PYTHONPATH"] = str(modules)   # (the Airflow file imports its callable as it loads)
+        (tmp_path / "native.py").write_text(NATIVE)
+        (tmp_path / "airflow_branch.py").write_text(AIRFLOW)
+        assert cli("dags", "submit", str(tmp_path / "native.py")).returncode == 0
+        submitted = cli("dags", "submit", str(tmp_path / "airflow_branch.py"))
+        assert submitted.returncode == 0, submitted.stderr
+
+        run, tasks = _run(cli, "branchy")
+        assert run["state"] == "success"
+        assert _states(tasks) == {"choose": "success", "fast": "success", "slow": "skipped", "join": "success"}
+        assert tasks["choose"]["result"] == "fast"
+        assert tasks["slow"]["reason"] == "branch 'choose' followed 'fast'"
+        assert cli("tasks", "logs", run["run_id"], "choose").stdout == "taking the fast path\n"
+
+        run, tasks = _run(cli, "branchy", "--conf", json.dumps({"path": "nowhere"}))
+        assert run["state"] == "failed"
+        assert tasks["choose"]["state"] == "failed"
+        assert "no such task or task group in DAG 'branchy'" in tasks["choose"]["reason"]
+        assert {tasks[t]["state"] for t in ("fast", "slow", "join")} == {"upstream_failed"}
+
+        assert cli("dags", "unpause", "airflow_branch").returncode == 0   # (created paused, as Airflow does)
+        run, tasks = _run(cli, "airflow_branch")
+        assert run["state"] == "success" and _states(tasks) == {"choose": "success", "fast": "skipped",
+                                                               "slow": "success"}
+
+        run, tasks = _run(cli, "gated")
+        assert run["state"] == "success"
+        assert _states(tasks) == {"gate": "success", "load": "skipped", "report": "skipped"}
+
+        run, tasks = _run(cli, "ending")
+        assert run["state"] == "failed"
+        assert _states(tasks) == {"skipper": "skipped", "after": "skipped", "quitter": "failed"}
+        assert tasks["skipper"]["attempt"] == 1 and tasks["quitter"]["attempt"] == 1, "no retry was used"
+        assert "the task is skipped (no new files today)" in cli("tasks", "logs", run["run_id"], "skipper").stdout
