@@ -219,10 +219,12 @@ class EmptyTask(BaseTask):
 
 
 class PythonTask(BaseTask):
-    """Calls `python_callable`, named as "package.module:function" and importable on the
-    nodes (never pickled code), with `op_kwargs` plus the context values its signature
-    asks for (`ds`, `params`, `results`, ... or all of them with **kwargs). A return
-    value other than None becomes the task's result (JSON, at most 64 KiB)."""
+    """Calls `python_callable` - a function at the top level of the DAG file (the task's
+    process loads the file to find it), or one importable on the nodes, given as the
+    function or as "package.module:function"; never pickled code - with `op_kwargs`
+    plus the context values its signature asks for (`ds`, `params`, `results`, ... or
+    all of them with **kwargs). A return value other than None becomes the task's
+    result (JSON, at most 64 KiB)."""
 
     kind = "python"
 
@@ -233,15 +235,38 @@ class PythonTask(BaseTask):
         run; the others are skipped. `short_circuit=True`: a falsy return value skips the
         tasks after it (all of them, or with ignore_downstream_trigger_rules=False the
         direct ones only). Raising SkipTask / FailTask ends the task skipped / failed."""
+        if callable(python_callable):
+            python_callable = _callable_name(task_id, python_callable)
         if not isinstance(python_callable, str):
-            raise TypeError(f"task {task_id!r}: python_callable must be a 'package.module:function' string "
-                            f"(nodes import it; code is never pickled), got {type(python_callable).__name__}")
+            raise TypeError(f"task {task_id!r}: python_callable must be a function of the DAG file or a "
+                            f"'package.module:function' string, got {type(python_callable).__name__}")
         super().__init__(task_id, **options)
         self.python_callable = python_callable
         self.op_kwargs = dict(op_kwargs or {})
         self.branch = branch
         self.short_circuit = short_circuit
         self.ignore_downstream_trigger_rules = ignore_downstream_trigger_rules
+
+
+def _callable_name(task_id: str, func: Any) -> str:
+    """A function as a python task names it: "__dag_file__:f" for a top-level function of
+    the DAG file (the task's process loads the file to find it), "module:f" for one of an
+    importable module. Code is never pickled, so it must be reachable by that name."""
+    module, qualname, name = getattr(func, "__module__", None), getattr(func, "__qualname__", ""), \
+        getattr(func, "__name__", "")
+    if "<" in qualname or "." in qualname:
+        raise TypeError(f"task {task_id!r}: python_callable {qualname!r} is a nested function, lambda or method; "
+                        "the task's process finds its callable by name: define it at the top level of the DAG "
+                        "file or of a module")
+    if module == "__raftflow_dag_file__":
+        if getattr(func, "__globals__", {}).get(name) is not func:
+            raise TypeError(f"task {task_id!r}: python_callable {name!r} is not bound to that name at the top "
+                            "level of the DAG file")
+        return f"__dag_file__:{name}"
+    if module in (None, "__main__"):
+        raise TypeError(f"task {task_id!r}: python_callable {name!r}: its module cannot be imported by the "
+                        "task's process")
+    return f"{module}:{name}"
 
 
 class SSHTask(BaseTask):

@@ -2,8 +2,10 @@
 
 This module owns what a DAG *is* once it has left the user's Python file: plain
 frozen values built from a JSON-able dict (what the CLI's loader produces and what
-travels through Raft), validated with errors that name the culprit. Nodes never
-import DAG files (ARCHITECTURE invariant 6); they only ever see these specs.
+travels through Raft), validated with errors that name the culprit. Node processes
+never import DAG files (ARCHITECTURE invariant 6); they only ever see these specs. (A
+python task whose callable is defined in the DAG file runs the file in the task's own
+process, from the run's DAG version: kinds/python.py.)
 
 Pure: no I/O, no clock. `from_dict` raises `SpecError`; nothing else here raises.
 """

@@ -59,6 +59,9 @@ class AttemptInput:
     attempt_dir: str = ""              # the attempt's scratch folder: its cwd, where `Launch.files` are written
     # The kind's `templated_fields` (string values), rendered with the attempt's context.
     rendered: Mapping[str, str] = field(default_factory=dict)
+    # The run's DAG file, when the kind asked for it (`needs_dag_file`): source and file name.
+    dag_source: str = ""
+    dag_filename: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +133,11 @@ class TaskKind:
     def skipped_by(self, task: TaskSpec, exit_code: int) -> bool:
         """Whether an attempt that exited with `exit_code` (not 0) ends the task skipped
         instead of failed (Airflow's skip_on_exit_code). Pure: apply asks it."""
+        return False
+
+    def needs_dag_file(self, task: TaskSpec) -> bool:
+        """Whether an attempt of the task needs its DAG file's source (AttemptInput.dag_source):
+        a python task whose callable is defined in the DAG file. Read from the replica."""
         return False
 
     def fails_without_retry(self, task: TaskSpec, exit_code: int) -> bool:

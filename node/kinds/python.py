@@ -1,6 +1,10 @@
-"""The python kind: calls `python_callable` ("package.module:function", importable on
-the nodes; code is never pickled) with `op_kwargs`, in its own process
+"""The python kind: calls `python_callable` with `op_kwargs`, in its own process
 (worker/pyrunner.py, which reads the RAFTFLOW_PY_* variables and the files set here).
+Code is never pickled: the callable is named, either "package.module:function",
+importable on the nodes, or "__dag_file__:function", a top-level function of the DAG
+file itself, which the attempt's process loads from the run's DAG version (the node
+process never runs it: ARCHITECTURE invariant 6 holds for nodes, not for the processes
+of python tasks).
 
 How the callable ends the task (Airflow's meanings):
 - returns: success; a value other than None is the task's result (JSON, 64 KiB);
@@ -29,7 +33,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..worker.pyrunner import EXIT_FAILED_NO_RETRY, EXIT_SKIPPED  # (the runner's own exit codes)
+from ..worker.pyrunner import DAG_FILE_MODULE, EXIT_FAILED_NO_RETRY, EXIT_SKIPPED  # (the runner's own)
 from .base import AttemptInput, InvalidArgs, Launch, TaskKind
 
 if TYPE_CHECKING:
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
 
 CONTEXT_FILE = "python-context.json"
 KWARGS_FILE = "python-op-kwargs.json"
+DAG_FILE = "python-dag-file.py"
 CALLABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -70,6 +75,9 @@ class Python(TaskKind):
             raise InvalidArgs(f"op_kwargs must be plain JSON values ({e})") from None
         return {"python_callable": python_callable, "op_kwargs": op_kwargs, **flags}
 
+    def needs_dag_file(self, task: TaskSpec) -> bool:
+        return task.python_callable.startswith(DAG_FILE_MODULE + ":")
+
     def skipped_by(self, task: TaskSpec, exit_code: int) -> bool:
         return exit_code == EXIT_SKIPPED
 
@@ -88,10 +96,13 @@ class Python(TaskKind):
             "RAFTFLOW_PY_CALLABLE": attempt.task.python_callable,
             "RAFTFLOW_PY_CONTEXT_FILE": posixpath.join(attempt.attempt_dir, CONTEXT_FILE),
             "RAFTFLOW_PY_KWARGS_FILE": posixpath.join(attempt.attempt_dir, KWARGS_FILE),
+            **({"RAFTFLOW_PY_DAG_FILE": posixpath.join(attempt.attempt_dir, DAG_FILE),
+                "RAFTFLOW_PY_DAG_FILENAME": attempt.dag_filename} if self.needs_dag_file(attempt.task) else {}),
             "PYTHONUNBUFFERED": "1",
         }, files={
             CONTEXT_FILE: json.dumps(attempt.context, default=_iso_default),
             KWARGS_FILE: json.dumps(attempt.task.op_kwargs),
+            **({DAG_FILE: attempt.dag_source} if self.needs_dag_file(attempt.task) else {}),
         })
 
 

@@ -2,8 +2,11 @@
 
 The worker starts this module like a bash command (`python -m
 raftflow.worker.pyrunner`: its own process group, output into the task log, killed
-by execution_timeout and cancel). Nothing is pickled: the callable is named
-("package.module:function") and must be importable on the node.
+by execution_timeout and cancel). Nothing is pickled: the callable is named,
+"package.module:function" (importable on the node) or "__dag_file__:function": then
+RAFTFLOW_PY_DAG_FILE holds the run's DAG file, which this process runs first (its
+top-level code runs again, as Airflow's task processes parse the file) to take the
+function from it.
 
 Inputs (environment, set by kinds/python.py): RAFTFLOW_PY_CALLABLE;
 RAFTFLOW_PY_CONTEXT_FILE, a file in the attempt's directory holding the template
@@ -24,9 +27,12 @@ import importlib
 import inspect
 import json
 import os
+import re
 import sys
 import traceback
+import types
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 DATE_KEYS = ("logical_date", "data_interval_start", "data_interval_end")
@@ -36,6 +42,9 @@ SKIP_EXCEPTIONS = frozenset({"SkipTask", "AirflowSkipException"})
 FAIL_EXCEPTIONS = frozenset({"FailTask", "AirflowFailException"})
 EXIT_SKIPPED = 99           # kinds/python.py reads these two
 EXIT_FAILED_NO_RETRY = 98
+DAG_FILE_MODULE = "__dag_file__"          # python_callable "__dag_file__:f": f of the run's DAG file
+LOADED_AS = "__raftflow_dag_file__"       # the module the DAG file runs as (the CLI's loader's name)
+AIRFLOW_IMPORT = re.compile(r"^\s*(from|import)\s+airflow\b", re.MULTILINE)
 
 
 def load_context(text: str) -> dict[str, Any]:
@@ -66,13 +75,50 @@ def _read(path: str | None) -> str:
         return f.read()
 
 
+class CannotLoad(Exception):
+    """The callable cannot be found: the message says why (it is the attempt's reason)."""
+
+
+def from_dag_file(name: str) -> Any:
+    """The top-level function `name` of the run's DAG file, which this process runs first
+    as a module of its own (LOADED_AS, as the CLI's loader runs it), with `import airflow`
+    resolved by raftflow's Airflow layer when the file uses it. A @task's wrapper gives
+    the function it wraps (its `function`)."""
+    path = os.environ["RAFTFLOW_PY_DAG_FILE"]
+    filename = os.environ.get("RAFTFLOW_PY_DAG_FILENAME") or path
+    with open(path) as f:
+        source = f.read()
+    if AIRFLOW_IMPORT.search(source):
+        from raftflow_cli import airflow_compat
+
+        airflow_compat.install(Path(filename))
+    module = types.ModuleType(LOADED_AS)
+    module.__file__ = filename
+    sys.modules[LOADED_AS] = module
+    try:
+        exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - the DAG file, by design
+    except Exception as e:  # noqa: BLE001 - the attempt fails saying why
+        traceback.print_exc()
+        raise CannotLoad(f"loading the DAG file {filename} failed: {type(e).__name__}: {e}") from None
+    found = module.__dict__.get(name)
+    if found is None:
+        raise CannotLoad(f"the DAG file {filename} defines no {name!r} at its top level")
+    return getattr(found, "function", found)
+
+
 def main() -> int:
     target = os.environ["RAFTFLOW_PY_CALLABLE"]
     module_name, _, function_name = target.partition(":")
     try:
-        function = getattr(importlib.import_module(module_name), function_name)
+        if module_name == DAG_FILE_MODULE:
+            function = from_dag_file(function_name)
+        else:
+            function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as e:
         print(f"raftflow: cannot import {target} on this node: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    except CannotLoad as e:
+        print(f"raftflow: {e}", file=sys.stderr)
         return 1
     context = load_context(_read(os.environ.get("RAFTFLOW_PY_CONTEXT_FILE")))
     op_kwargs = json.loads(_read(os.environ.get("RAFTFLOW_PY_KWARGS_FILE")))

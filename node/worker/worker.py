@@ -138,6 +138,10 @@ class AttemptSetup:
     # stored as *** (`Masker`).
     secrets: tuple[str, ...] = ()
     tries_failed: int = 0     # the task's attempts that failed so far (a trigger_dagrun's try)
+    # The run's DAG file (its version's source and file name), for a python task whose
+    # callable is defined in it; "" for every other task.
+    dag_source: str = ""
+    dag_filename: str = ""
 
 
 def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt: int, node_id: str,
@@ -153,8 +157,12 @@ def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt
         connections={conn.name: {"conn_type": "ssh", "host": conn.host, "port": conn.port, "login": conn.user,
                                  "schema": ""} for conn in connections},
         prev_success=past.previous_success(state, run))
+    source = filename = ""
+    if kind(task.kind).needs_dag_file(task):
+        version = state.dags[run.dag_id].versions[run.dag_version - 1]
+        source, filename = version.source, version.filename
     return AttemptSetup(context, task.execution_timeout, task, secrets_of(state.variables),
-                        run.tasks[task.task_id].tries_failed)
+                        run.tasks[task.task_id].tries_failed, source, filename)
 
 
 # The files an attempt's scratch folder holds for the worker: its published result
@@ -559,7 +567,8 @@ class Worker:
                     command=prepared.command, env=prepared.env, context=setup.context,
                     variables=self._attempt_variables(a), node_id=self.node_id,
                     reason_file=str(attempt_dir / REASON_FILE), connections=self._connections,
-                    attempt_dir=str(attempt_dir), rendered=prepared.rendered))
+                    attempt_dir=str(attempt_dir), rendered=prepared.rendered,
+                    dag_source=setup.dag_source, dag_filename=setup.dag_filename))
                 user = None if launch.as_node_user else self._task_user
                 self._fill_scratch(attempt_dir, launch, user)
                 cwd = attempt_dir / launch.cwd   # (an absolute cwd replaces the folder)

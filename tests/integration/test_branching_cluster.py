@@ -5,6 +5,7 @@ circuit, and a callable that skips its task or fails it without retry."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,39 @@ with DAG("airflow_branch", start_date=datetime(2026, 1, 1), schedule=None, param
                BashOperator(task_id="slow", bash_command="echo slow")]
 '''
 
+# Code in the DAG file itself: each task's process loads the file (its print shows in the log).
+AIRFLOW_INFILE = r'''
+from datetime import datetime
+from airflow import DAG
+from airflow.exceptions import AirflowSkipException
+from airflow.operators.bash import BashOperator
+from airflow.operators.python import BranchPythonOperator, PythonOperator
+
+print("loading the DAG file")
+
+
+def weekday_or_weekend(logical_date):
+    return "weekend" if logical_date.weekday() >= 5 else "weekday"
+
+
+def count(ds, table):
+    print("counting", table, "on", ds)
+    return {"table": table, "rows": 7}
+
+
+def nothing_to_do():
+    raise AirflowSkipException("nothing to do")
+
+
+with DAG("in_file", start_date=datetime(2026, 1, 1), schedule=None, is_paused_upon_creation=False):
+    which = BranchPythonOperator(task_id="which", python_callable=weekday_or_weekend)
+    which >> [BashOperator(task_id="weekday", bash_command="echo weekday"),
+              BashOperator(task_id="weekend", bash_command="echo weekend")]
+    PythonOperator(task_id="count", python_callable=count, op_kwargs={"table": "orders"}) >> \
+        BashOperator(task_id="report", bash_command="echo reported")
+    PythonOperator(task_id="idle", python_callable=nothing_to_do)
+'''
+
 
 def _run(cli: Cli, dag_id: str, *extra: str) -> tuple[dict, dict[str, dict]]:
     proc = cli("dags", "trigger", dag_id, "--wait", "--json", *extra)
@@ -105,6 +139,19 @@ def test_branches_short_circuits_and_tasks_that_end_themselves(tmp_path: Path) -
         run, tasks = _run(cli, "airflow_branch")
         assert run["state"] == "success" and _states(tasks) == {"choose": "success", "fast": "skipped",
                                                                "slow": "success"}
+
+        (tmp_path / "in_file.py").write_text(AIRFLOW_INFILE)
+        submitted = cli("dags", "submit", str(tmp_path / "in_file.py"))
+        assert submitted.returncode == 0, submitted.stderr
+        run, tasks = _run(cli, "in_file")
+        logical = datetime.fromisoformat(run["logical_date"])
+        taken, other = ("weekend", "weekday") if logical.weekday() >= 5 else ("weekday", "weekend")
+        assert run["state"] == "success", tasks
+        assert _states(tasks) == {"which": "success", taken: "success", other: "skipped",
+                                  "count": "success", "report": "success", "idle": "skipped"}
+        assert tasks["count"]["result"] == {"table": "orders", "rows": 7}
+        assert cli("tasks", "logs", run["run_id"], "count").stdout == \
+            f"loading the DAG file\ncounting orders on {logical.date().isoformat()}\n"
 
         run, tasks = _run(cli, "gated")
         assert run["state"] == "success"

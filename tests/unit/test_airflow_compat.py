@@ -436,3 +436,47 @@ with DAG("branchy", start_date=datetime(2026, 1, 1), schedule=None):
     assert {k: tasks["gate"][k] for k in ("python_callable", "short_circuit", "ignore_downstream_trigger_rules")} \
         == {"python_callable": "choosers:has_rows", "short_circuit": True, "ignore_downstream_trigger_rules": False}
     assert "branch" not in tasks["plain"] and "short_circuit" not in tasks["plain"]
+
+
+def test_a_callable_defined_in_the_dag_file_is_named_for_the_tasks_process(tmp_path: Path) -> None:
+    """Airflow's PythonOperator / BranchPythonOperator and raftflow's PythonTask with a
+    top-level function of the file: "__dag_file__:name" (the task's process loads the
+    DAG file, worker/pyrunner.py); a nested one is refused with the reason."""
+    path = tmp_path / "infile.py"
+    path.write_text("""
+from datetime import datetime
+from airflow import DAG
+from airflow.operators.python import BranchPythonOperator, PythonOperator
+from airflow.operators.empty import EmptyOperator
+
+def extract(ds):
+    return {"day": ds}
+
+def choose():
+    return "a"
+
+with DAG("infile", start_date=datetime(2026, 1, 1), schedule=None):
+    BranchPythonOperator(task_id="choose", python_callable=choose) >> [EmptyOperator(task_id="a"),
+                                                                       EmptyOperator(task_id="b")]
+    PythonOperator(task_id="extract", python_callable=extract, op_kwargs={"n": 1})
+""")
+    result = inspect_file(path)
+    assert result["ok"], result
+    tasks = tasks_of(json.loads(result["dags"][0]["spec_json"]))
+    assert (tasks["extract"]["python_callable"], tasks["extract"]["op_kwargs"]) == ("__dag_file__:extract", {"n": 1})
+    assert (tasks["choose"]["python_callable"], tasks["choose"]["branch"]) == ("__dag_file__:choose", True)
+
+    native = tmp_path / "native.py"
+    native.write_text("from raftflow import DAG, PythonTask\n"
+                      "def load(ds):\n    return 1\n"
+                      "with DAG('native'):\n    PythonTask('load', python_callable=load)\n")
+    result = inspect_file(native)
+    assert result["ok"], result
+    assert tasks_of(json.loads(result["dags"][0]["spec_json"]))["load"]["python_callable"] == "__dag_file__:load"
+
+    nested = tmp_path / "nested.py"
+    nested.write_text("from raftflow import DAG, PythonTask\n"
+                      "def outer():\n    def inner():\n        return 1\n    return inner\n"
+                      "with DAG('nested'):\n    PythonTask('t', python_callable=outer())\n")
+    result = inspect_file(nested)
+    assert not result["ok"] and "python_callable 'outer.<locals>.inner' is a nested function" in result["error"]

@@ -310,6 +310,50 @@ def test_a_python_callable_ends_its_task_skipped_or_failed_by_raising(tmp_path, 
     assert outcomes["exits_0"][0] == 0
 
 
+DAG_FILE_SOURCE = '''
+from raftflow import DAG, PythonTask
+print("the DAG file ran")
+
+def rows(ds, limit):
+    print("counting", limit, "rows for", ds)
+    return {"rows": limit}
+
+with DAG("infile"):
+    PythonTask("count", python_callable=rows, op_kwargs={"limit": 3})
+'''
+
+
+def test_a_python_callable_of_the_dag_file_is_loaded_from_the_runs_dag_version(tmp_path):
+    """The task's process runs the DAG file (its top-level code too, as Airflow's do) and
+    calls the function; one the file lacks, or a file that fails, fails the attempt saying so."""
+    cases = {1: ("__dag_file__:rows", DAG_FILE_SOURCE),
+             2: ("__dag_file__:missing", DAG_FILE_SOURCE),
+             3: ("__dag_file__:rows", "raise RuntimeError('no network here')\n")}
+    setups = {n: AttemptSetup({"ds": "2026-01-01"}, None, python_task(name, {"limit": 3}), dag_source=source,
+                              dag_filename="dags/infile.py") for n, (name, source) in cases.items()}
+    reports = Reports(True)
+    store = LocalStore(tmp_path / "store")
+    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=30.0,
+                    setup=lambda a: setups[a.attempt])
+    worker.ready.set()
+    outcomes = {}
+    for attempt in setups:
+        reports.commands.clear()
+        assert worker.accept(python_assignment(attempt))[0]
+        outcomes[attempt] = (reports.wait_for(c.TaskFinished), b"".join(store.read_log("r1", "t1", attempt)).decode())
+        wait_idle(worker)
+    worker.shutdown()
+    done, log = outcomes[1]
+    assert done.exit_code == 0 and json.loads(done.result) == {"rows": 3}
+    assert log == "the DAG file ran\ncounting 3 rows for 2026-01-01\n"
+    done, log = outcomes[2]
+    assert done.exit_code == 1 and log.endswith("raftflow: the DAG file dags/infile.py defines no 'missing' at its "
+                                                "top level\n")
+    done, log = outcomes[3]
+    assert done.exit_code == 1 and 'File "dags/infile.py", line 1' in log
+    assert log.endswith("raftflow: loading the DAG file dags/infile.py failed: RuntimeError: no network here\n")
+
+
 # ---------------------------------------------------------------- bounds (issue 13)
 def test_a_log_is_cut_at_the_limit_and_says_so_while_the_task_runs_on(tmp_path):
     worker, reports, store = make_worker(tmp_path, current=True, log_limit=1000)

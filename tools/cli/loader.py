@@ -1,6 +1,7 @@
 """Load DAG files into specs, each in a child process with a time limit.
 
-Nodes never import DAG files (ARCHITECTURE invariant 6): the CLI runs each file in
+Node processes never import DAG files (ARCHITECTURE invariant 6; a python task whose
+callable is in the DAG file runs the file in its own task process: kinds/python.py): the CLI runs each file in
 `python -m raftflow_cli.loader FILE`, which prints one JSON object:
     {"ok": true, "dags": [{"spec_json": ..., "source": ..., "filename": ...}, ...]}
     {"ok": false, "error": "dags/x.py: line 3: NameError: name 'y' is not defined"}

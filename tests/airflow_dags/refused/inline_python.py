@@ -1,4 +1,6 @@
-"""A PythonOperator and a @task whose code is in this file: both wait for the next issue."""
+"""A PythonOperator whose callable is a top-level function of this file runs (the task's
+process loads the file); a lambda cannot be found by name there, and a @task waits for
+TaskFlow (the next issue)."""
 import pendulum
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG, task
@@ -9,7 +11,8 @@ def hello():
 
 
 with DAG("inline_python", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
-    t1 = PythonOperator(task_id="hello", python_callable=hello)  # REFUSED: PythonOperator with a callable
+    t1 = PythonOperator(task_id="hello", python_callable=hello)
+    anon = PythonOperator(task_id="anon", python_callable=lambda: 1)  # REFUSED: PythonOperator with python_callable <lambda>
 
     @task
     def world():

@@ -5,10 +5,12 @@ Owns what an Airflow DAG file may import (`airflow`, `airflow.models`, `airflow.
 it declares becomes a raftflow DAG spec (core/spec.py's JSON form), with a report of
 the arguments accepted but not acted on and of what cannot be honoured.
 
-Only the CLI's loader child (raftflow_cli.loader, one process per DAG file) calls
-`install(dag_file)`: it puts a meta-path finder first on sys.meta_path, so `airflow`
-and its submodules resolve here in that process alone. This package is never
-installed as a top-level `airflow`, and node processes never import it.
+Only the CLI's loader child (raftflow_cli.loader, one process per DAG file) and the
+process of a python task whose callable is defined in the DAG file
+(raftflow.worker.pyrunner) call `install(dag_file)`: it puts a meta-path finder first
+on sys.meta_path, so `airflow` and its submodules resolve here in that process alone.
+This package is never installed as a top-level `airflow`, and node processes never
+import it.
 """
 
 from __future__ import annotations

@@ -166,8 +166,9 @@ class TriggerDagRunOperator(BaseOperator):
 
 # ------------------------------------------------------------------ python tasks
 class PythonOperator(BaseOperator):
-    """Runs as raftflow's python kind when python_callable is importable on the nodes
-    (a function of a module other than the DAG file); refused otherwise."""
+    """Runs as raftflow's python kind: python_callable is a top-level function of the DAG
+    file (the task's process loads it from the file) or of a module importable on the
+    nodes; a lambda or nested function is refused."""
 
     kind = "python"
     operator_args: ClassVar[dict[str, Any]] = {
@@ -182,18 +183,16 @@ class PythonOperator(BaseOperator):
         super().__init__(task_id, **kwargs)
         self.callable_name = ""
         func = self.arg("python_callable")
-        module = getattr(func, "__module__", None)
         qualname = getattr(func, "__qualname__", "")
         if type(self)._refusal is not None:
             pass   # refused by name already (BaseOperator)
         elif not callable(func):
             self._refuse("python_callable", f"{type(self).__name__} needs a python_callable")
-        elif module in (None, "__raftflow_dag_file__", "__main__") or "<" in qualname:
-            self._refuse(f"{type(self).__name__} with a callable defined in the DAG file",
-                         f"nodes never import DAG files; this waits for \"{NEXT_ISSUE}\" (next issue). Until then "
-                         "put the function in a module the nodes can import")
         else:
-            self.callable_name = f"{module}:{qualname}"
+            name, why = callable_name(func)
+            if why:
+                self._refuse(f"{type(self).__name__} with python_callable {qualname or repr(func)}", why)
+            self.callable_name = name
         if self.arg("op_args"):
             self._refuse("op_args", "raftflow passes op_kwargs only: name the arguments")
         if self.arg("templates_dict"):
@@ -202,6 +201,24 @@ class PythonOperator(BaseOperator):
     def kind_fields(self) -> dict[str, Any]:
         return {"python_callable": self.callable_name,
                 "op_kwargs": json_value(dict(self.arg("op_kwargs") or {}), "op_kwargs", self)}
+
+
+def callable_name(func: Any) -> tuple[str, str]:
+    """How a task names its callable ("module:function", or "__dag_file__:function" for a
+    function at the DAG file's top level, which the task's process loads from the DAG
+    file), or ("", why it cannot be named)."""
+    module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", "")
+    name = getattr(func, "__name__", "")
+    if "<" in qualname or "." in qualname:
+        return "", ("a nested function, lambda or method cannot be found by name in the task's process: "
+                    "define the function at the top level of the DAG file or of a module")
+    if module == "__raftflow_dag_file__":
+        if getattr(func, "__globals__", {}).get(name) is not func:
+            return "", f"{name!r} is not bound to that name at the top level of the DAG file"
+        return f"__dag_file__:{name}", ""
+    if module in (None, "__main__"):
+        return "", "its module cannot be imported by the task's process"
+    return f"{module}:{qualname}", ""
 
 
 def _refused_python(name: str, why: str) -> type[PythonOperator]:
