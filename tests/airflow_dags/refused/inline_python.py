@@ -12,7 +12,7 @@ def hello():
 
 with DAG("inline_python", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
     t1 = PythonOperator(task_id="hello", python_callable=hello)
-    anon = PythonOperator(task_id="anon", python_callable=lambda: 1)  # REFUSED: PythonOperator with python_callable <lambda>
+    anon = PythonOperator(task_id="anon", python_callable=lambda: 1)  # REFUSED: python_callable <lambda>
 
     @task
     def world():
