@@ -219,9 +219,9 @@ class EmptyTask(BaseTask):
 
 
 class PythonTask(BaseTask):
-    """Calls `python_callable` - a function at the top level of the DAG file (the task's
-    process loads the file to find it), or one importable on the nodes, given as the
-    function or as "package.module:function"; never pickled code - with `op_kwargs`
+    """Calls `python_callable` - a function of the DAG file (the task's process runs the
+    file again and takes this task's function), or one importable on the nodes, given as
+    the function or as "package.module:function"; never pickled code - with `op_kwargs`
     plus the context values its signature asks for (`ds`, `params`, `results`, ... or
     all of them with **kwargs). A return value other than None becomes the task's
     result (JSON, at most 64 KiB)."""
@@ -235,6 +235,7 @@ class PythonTask(BaseTask):
         run; the others are skipped. `short_circuit=True`: a falsy return value skips the
         tasks after it (all of them, or with ignore_downstream_trigger_rules=False the
         direct ones only). Raising SkipTask / FailTask ends the task skipped / failed."""
+        self.python_function = python_callable if callable(python_callable) else None   # (pyrunner reads it)
         if callable(python_callable):
             python_callable = _callable_name(task_id, python_callable)
         if not isinstance(python_callable, str):
@@ -249,24 +250,17 @@ class PythonTask(BaseTask):
 
 
 def _callable_name(task_id: str, func: Any) -> str:
-    """A function as a python task names it: "__dag_file__:f" for a top-level function of
-    the DAG file (the task's process loads the file to find it), "module:f" for one of an
-    importable module. Code is never pickled, so it must be reachable by that name."""
-    module, qualname, name = getattr(func, "__module__", None), getattr(func, "__qualname__", ""), \
-        getattr(func, "__name__", "")
-    if "<" in qualname or "." in qualname:
-        raise TypeError(f"task {task_id!r}: python_callable {qualname!r} is a nested function, lambda or method; "
-                        "the task's process finds its callable by name: define it at the top level of the DAG "
-                        "file or of a module")
+    """A function as a python task names it: "__dag_file__:NAME" for one defined in the
+    DAG file (nested or not: the task's process loads the file and takes the task's
+    `python_function`), "module:function" for a top-level one of an importable module."""
+    module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", "")
+    name = getattr(func, "__name__", "")
     if module == "__raftflow_dag_file__":
-        if getattr(func, "__globals__", {}).get(name) is not func:
-            raise TypeError(f"task {task_id!r}: python_callable {name!r} is not bound to that name at the top "
-                            "level of the DAG file")
-        return f"__dag_file__:{name}"
-    if module in (None, "__main__"):
-        raise TypeError(f"task {task_id!r}: python_callable {name!r}: its module cannot be imported by the "
-                        "task's process")
-    return f"{module}:{name}"
+        return f"__dag_file__:{name if name.isidentifier() else 'function'}"
+    if module in (None, "__main__") or not qualname.isidentifier():
+        raise TypeError(f"task {task_id!r}: python_callable {qualname or func!r} cannot be found by the task's "
+                        "process: define it in the DAG file or at the top level of an importable module")
+    return f"{module}:{qualname}"
 
 
 class SSHTask(BaseTask):

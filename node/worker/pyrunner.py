@@ -3,10 +3,10 @@
 The worker starts this module like a bash command (`python -m
 raftflow.worker.pyrunner`: its own process group, output into the task log, killed
 by execution_timeout and cancel). Nothing is pickled: the callable is named,
-"package.module:function" (importable on the node) or "__dag_file__:function": then
-RAFTFLOW_PY_DAG_FILE holds the run's DAG file, which this process runs first (its
-top-level code runs again, as Airflow's task processes parse the file) to take the
-function from it.
+"package.module:function" (importable on the node), or "__dag_file__:NAME" (a function
+of the DAG file): then RAFTFLOW_PY_DAG_FILE holds the run's DAG file, which this process
+runs first (its top-level code runs again, as Airflow's task processes parse the file)
+and takes the task's function from the DAG it declares.
 
 Inputs (environment, set by kinds/python.py): RAFTFLOW_PY_CALLABLE;
 RAFTFLOW_PY_CONTEXT_FILE, a file in the attempt's directory holding the template
@@ -79,19 +79,24 @@ class CannotLoad(Exception):
     """The callable cannot be found: the message says why (it is the attempt's reason)."""
 
 
-def from_dag_file(name: str) -> Any:
-    """The top-level function `name` of the run's DAG file, which this process runs first
-    as a module of its own (LOADED_AS, as the CLI's loader runs it), with `import airflow`
-    resolved by raftflow's Airflow layer when the file uses it. A @task's wrapper gives
-    the function it wraps (its `function`)."""
+def from_dag_file(dag_id: str, task_id: str) -> Any:
+    """The callable of task `task_id` of DAG `dag_id`, as the run's DAG file declares it:
+    this process runs the file first as a module of its own (LOADED_AS, as the CLI's
+    loader runs it; `import airflow` resolved by raftflow's Airflow layer when the file
+    uses it), then takes the task's function from the DAG it built (`python_function`),
+    so nested functions, lambdas and @task functions are found as Airflow finds them."""
     path = os.environ["RAFTFLOW_PY_DAG_FILE"]
     filename = os.environ.get("RAFTFLOW_PY_DAG_FILENAME") or path
     with open(path) as f:
         source = f.read()
+    from raftflow import authoring
+
+    dag_lists = [authoring.created_dags]
     if AIRFLOW_IMPORT.search(source):
         from raftflow_cli import airflow_compat
 
         airflow_compat.install(Path(filename))
+        dag_lists.append(airflow_compat.created_dags)
     module = types.ModuleType(LOADED_AS)
     module.__file__ = filename
     sys.modules[LOADED_AS] = module
@@ -100,10 +105,14 @@ def from_dag_file(name: str) -> Any:
     except Exception as e:  # noqa: BLE001 - the attempt fails saying why
         traceback.print_exc()
         raise CannotLoad(f"loading the DAG file {filename} failed: {type(e).__name__}: {e}") from None
-    found = module.__dict__.get(name)
-    if found is None:
-        raise CannotLoad(f"the DAG file {filename} defines no {name!r} at its top level")
-    return getattr(found, "function", found)
+    dag = next((d for created in dag_lists for d in created() if d.dag_id == dag_id), None)
+    if dag is None:
+        raise CannotLoad(f"the DAG file {filename} no longer declares DAG {dag_id!r}")
+    task = next((t for t in dag.tasks if t.task_id == task_id), None)
+    function = getattr(task, "python_function", None)
+    if not callable(function):
+        raise CannotLoad(f"the DAG file {filename} no longer declares python task {task_id!r} in DAG {dag_id!r}")
+    return function
 
 
 def main() -> int:
@@ -111,7 +120,7 @@ def main() -> int:
     module_name, _, function_name = target.partition(":")
     try:
         if module_name == DAG_FILE_MODULE:
-            function = from_dag_file(function_name)
+            function = from_dag_file(os.environ["RAFTFLOW_DAG_ID"], os.environ["RAFTFLOW_TASK_ID"])
         else:
             function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as e:

@@ -440,8 +440,8 @@ with DAG("branchy", start_date=datetime(2026, 1, 1), schedule=None):
 
 def test_a_callable_defined_in_the_dag_file_is_named_for_the_tasks_process(tmp_path: Path) -> None:
     """Airflow's PythonOperator / BranchPythonOperator and raftflow's PythonTask with a
-    top-level function of the file: "__dag_file__:name" (the task's process loads the
-    DAG file, worker/pyrunner.py); a nested one is refused with the reason."""
+    function of the DAG file, nested or a lambda too: "__dag_file__:NAME" (the task's
+    process runs the DAG file and takes the task's function, worker/pyrunner.py)."""
     path = tmp_path / "infile.py"
     path.write_text("""
 from datetime import datetime
@@ -477,6 +477,10 @@ with DAG("infile", start_date=datetime(2026, 1, 1), schedule=None):
     nested = tmp_path / "nested.py"
     nested.write_text("from raftflow import DAG, PythonTask\n"
                       "def outer():\n    def inner():\n        return 1\n    return inner\n"
-                      "with DAG('nested'):\n    PythonTask('t', python_callable=outer())\n")
+                      "with DAG('nested'):\n    PythonTask('t', python_callable=outer())\n"
+                      "    PythonTask('l', python_callable=lambda: 1)\n")
     result = inspect_file(nested)
-    assert not result["ok"] and "python_callable 'outer.<locals>.inner' is a nested function" in result["error"]
+    assert result["ok"], result
+    tasks = tasks_of(json.loads(result["dags"][0]["spec_json"]))
+    assert (tasks["t"]["python_callable"], tasks["l"]["python_callable"]) == ("__dag_file__:inner",
+                                                                               "__dag_file__:function")

@@ -318,16 +318,18 @@ def rows(ds, limit):
     print("counting", limit, "rows for", ds)
     return {"rows": limit}
 
-with DAG("infile"):
-    PythonTask("count", python_callable=rows, op_kwargs={"limit": 3})
+with DAG("d"):
+    PythonTask("t1", python_callable=rows, op_kwargs={"limit": 3})
+    PythonTask("lambda", python_callable=lambda: 1)
 '''
 
 
 def test_a_python_callable_of_the_dag_file_is_loaded_from_the_runs_dag_version(tmp_path):
     """The task's process runs the DAG file (its top-level code too, as Airflow's do) and
-    calls the function; one the file lacks, or a file that fails, fails the attempt saying so."""
+    calls the function the file gives the task; a file that no longer declares the task,
+    or fails, fails the attempt saying so."""
     cases = {1: ("__dag_file__:rows", DAG_FILE_SOURCE),
-             2: ("__dag_file__:missing", DAG_FILE_SOURCE),
+             2: ("__dag_file__:rows", DAG_FILE_SOURCE.replace('"t1"', '"t2"')),
              3: ("__dag_file__:rows", "raise RuntimeError('no network here')\n")}
     setups = {n: AttemptSetup({"ds": "2026-01-01"}, None, python_task(name, {"limit": 3}), dag_source=source,
                               dag_filename="dags/infile.py") for n, (name, source) in cases.items()}
@@ -347,8 +349,8 @@ def test_a_python_callable_of_the_dag_file_is_loaded_from_the_runs_dag_version(t
     assert done.exit_code == 0 and json.loads(done.result) == {"rows": 3}
     assert log == "the DAG file ran\ncounting 3 rows for 2026-01-01\n"
     done, log = outcomes[2]
-    assert done.exit_code == 1 and log.endswith("raftflow: the DAG file dags/infile.py defines no 'missing' at its "
-                                                "top level\n")
+    assert done.exit_code == 1 and log.endswith("raftflow: the DAG file dags/infile.py no longer declares python "
+                                                "task 't1' in DAG 'd'\n")
     done, log = outcomes[3]
     assert done.exit_code == 1 and 'File "dags/infile.py", line 1' in log
     assert log.endswith("raftflow: loading the DAG file dags/infile.py failed: RuntimeError: no network here\n")

@@ -1,6 +1,6 @@
-"""A PythonOperator whose callable is a top-level function of this file runs (the task's
-process loads the file); a lambda cannot be found by name there, and a @task waits for
-TaskFlow (the next issue)."""
+"""A PythonOperator whose callable is defined in this file runs (the task's process runs
+the file and takes the task's function, lambdas included); a @task waits for TaskFlow
+(the next issue)."""
 import pendulum
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG, task
@@ -12,7 +12,7 @@ def hello():
 
 with DAG("inline_python", schedule=None, start_date=pendulum.datetime(2026, 1, 1)) as dag:
     t1 = PythonOperator(task_id="hello", python_callable=hello)
-    anon = PythonOperator(task_id="anon", python_callable=lambda: 1)  # REFUSED: python_callable <lambda>
+    anon = PythonOperator(task_id="anon", python_callable=lambda: 1)
 
     @task
     def world():

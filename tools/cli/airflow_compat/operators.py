@@ -183,6 +183,7 @@ class PythonOperator(BaseOperator):
         super().__init__(task_id, **kwargs)
         self.callable_name = ""
         func = self.arg("python_callable")
+        self.python_function = func   # (the task's process reads it: worker/pyrunner.py)
         qualname = getattr(func, "__qualname__", "")
         if type(self)._refusal is not None:
             pass   # refused by name already (BaseOperator)
@@ -204,20 +205,17 @@ class PythonOperator(BaseOperator):
 
 
 def callable_name(func: Any) -> tuple[str, str]:
-    """How a task names its callable ("module:function", or "__dag_file__:function" for a
-    function at the DAG file's top level, which the task's process loads from the DAG
-    file), or ("", why it cannot be named)."""
+    """How a task names its callable: "__dag_file__:NAME" for a function defined in the
+    DAG file, nested or not (the task's process runs the file and takes the task's
+    `python_function`, as Airflow's task processes do), "module:function" for a top-level
+    function of an importable module; or ("", why it cannot be named)."""
     module, qualname = getattr(func, "__module__", None), getattr(func, "__qualname__", "")
     name = getattr(func, "__name__", "")
-    if "<" in qualname or "." in qualname:
-        return "", ("a nested function, lambda or method cannot be found by name in the task's process: "
-                    "define the function at the top level of the DAG file or of a module")
     if module == "__raftflow_dag_file__":
-        if getattr(func, "__globals__", {}).get(name) is not func:
-            return "", f"{name!r} is not bound to that name at the top level of the DAG file"
-        return f"__dag_file__:{name}", ""
-    if module in (None, "__main__"):
-        return "", "its module cannot be imported by the task's process"
+        return f"__dag_file__:{name if name.isidentifier() else 'function'}", ""
+    if module in (None, "__main__") or not qualname.isidentifier():
+        return "", ("the task's process cannot find it by name: define it in the DAG file or at the top level "
+                    "of a module the nodes can import")
     return f"{module}:{qualname}", ""
 
 
