@@ -33,7 +33,7 @@ import traceback
 import types
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 DATE_KEYS = ("logical_date", "data_interval_start", "data_interval_end")
 # Exceptions that end the task skipped / failed without retry, known by class name (an
@@ -91,7 +91,7 @@ def from_dag_file(dag_id: str, task_id: str) -> Any:
         source = f.read()
     from raftflow import authoring
 
-    dag_lists = [authoring.created_dags]
+    dag_lists: list[Callable[[], list[Any]]] = [authoring.created_dags]
     if AIRFLOW_IMPORT.search(source):
         from raftflow_cli import airflow_compat
 
