@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 CONTEXT_FILE = "python-context.json"
 KWARGS_FILE = "python-op-kwargs.json"
+ARGS_FILE = "python-op-args.json"
 DAG_FILE = "python-dag-file.py"
 CALLABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 
@@ -51,7 +52,7 @@ class Python(TaskKind):
     command_refusal: ClassVar[str] = "a python task calls python_callable; it takes no command"
     skip_meaning: ClassVar[str] = "the callable raised SkipTask or AirflowSkipException"
     fail_meaning: ClassVar[str] = "the callable raised FailTask or AirflowFailException"
-    fields: ClassVar[Mapping[str, Any]] = {"python_callable": "", "op_kwargs": {}, "branch": False,
+    fields: ClassVar[Mapping[str, Any]] = {"python_callable": "", "op_kwargs": {}, "op_args": [], "branch": False,
                                            "short_circuit": False, "ignore_downstream_trigger_rules": True}
 
     def parse(self, raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -73,7 +74,14 @@ class Python(TaskKind):
             json.dumps(op_kwargs, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise InvalidArgs(f"op_kwargs must be plain JSON values ({e})") from None
-        return {"python_callable": python_callable, "op_kwargs": op_kwargs, **flags}
+        op_args = raw.get("op_args") or []
+        if not isinstance(op_args, list):
+            raise InvalidArgs("op_args must be a JSON list")
+        try:
+            json.dumps(op_args, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise InvalidArgs(f"op_args must be plain JSON values ({e})") from None
+        return {"python_callable": python_callable, "op_kwargs": op_kwargs, "op_args": op_args, **flags}
 
     def needs_dag_file(self, task: TaskSpec) -> bool:
         return task.python_callable.startswith(DAG_FILE_MODULE + ":")
@@ -96,12 +104,14 @@ class Python(TaskKind):
             "RAFTFLOW_PY_CALLABLE": attempt.task.python_callable,
             "RAFTFLOW_PY_CONTEXT_FILE": posixpath.join(attempt.attempt_dir, CONTEXT_FILE),
             "RAFTFLOW_PY_KWARGS_FILE": posixpath.join(attempt.attempt_dir, KWARGS_FILE),
+            "RAFTFLOW_PY_ARGS_FILE": posixpath.join(attempt.attempt_dir, ARGS_FILE),
             **({"RAFTFLOW_PY_DAG_FILE": posixpath.join(attempt.attempt_dir, DAG_FILE),
                 "RAFTFLOW_PY_DAG_FILENAME": attempt.dag_filename} if self.needs_dag_file(attempt.task) else {}),
             "PYTHONUNBUFFERED": "1",
         }, files={
             CONTEXT_FILE: json.dumps(attempt.context, default=_iso_default),
             KWARGS_FILE: json.dumps(attempt.task.op_kwargs),
+            ARGS_FILE: json.dumps(attempt.task.arg("op_args")),
             **({DAG_FILE: attempt.dag_source} if self.needs_dag_file(attempt.task) else {}),
         })
 

@@ -44,6 +44,9 @@ EXIT_SKIPPED = 99           # kinds/python.py reads these two
 EXIT_FAILED_NO_RETRY = 98
 DAG_FILE_MODULE = "__dag_file__"          # python_callable "__dag_file__:f": f of the run's DAG file
 LOADED_AS = "__raftflow_dag_file__"       # the module the DAG file runs as (the CLI's loader's name)
+# In op_args / op_kwargs, {RESULT_REF: [task_id, key, ...]} stands for that task's result in
+# this run (indexed by the keys; None if it published none): a TaskFlow call's XComArg.
+RESULT_REF = "__raftflow_result_of__"
 AIRFLOW_IMPORT = re.compile(r"^\s*(from|import)\s+airflow\b", re.MULTILINE)
 
 
@@ -58,19 +61,52 @@ def load_context(text: str) -> dict[str, Any]:
     return context
 
 
-def arguments(function: Any, context: dict[str, Any], op_kwargs: dict[str, Any]) -> dict[str, Any]:
-    params = inspect.signature(function).parameters.values()
+def arguments(function: Any, context: dict[str, Any], op_kwargs: dict[str, Any],
+              positional: int = 0) -> dict[str, Any]:
+    """The keyword arguments of a call with `positional` arguments before them: op_kwargs,
+    plus every context value whose name the function takes as a keyword (all of them if
+    it takes **kwargs), but none that a positional argument already gives."""
+    params = list(inspect.signature(function).parameters.values())
+    taken = {p.name for p in params[:positional]
+             if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)}
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return {**context, **op_kwargs}
+        return {**{k: v for k, v in context.items() if k not in taken}, **op_kwargs}
     names = {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                                                   inspect.Parameter.KEYWORD_ONLY)}
+                                                   inspect.Parameter.KEYWORD_ONLY)} - taken
     return {**{k: v for k, v in context.items() if k in names}, **op_kwargs}
 
 
-def _read(path: str | None) -> str:
-    """An input file the worker wrote ("{}" when none is named)."""
+def resolve_results(value: Any, results: dict[str, Any]) -> Any:
+    """`value` with each RESULT_REF replaced by the result it names (None where a task
+    published none, or a key or index is not in it)."""
+    if isinstance(value, dict):
+        if set(value) == {RESULT_REF} and isinstance(value[RESULT_REF], list) and value[RESULT_REF]:
+            task_id, *path = value[RESULT_REF]
+            found: Any = results.get(task_id)
+            for step in path:
+                try:
+                    found = found[step]
+                except (KeyError, IndexError, TypeError):
+                    return None
+            return found
+        return {k: resolve_results(v, results) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_results(v, results) for v in value]
+    return value
+
+
+def _share_context(context: dict[str, Any]) -> None:
+    """Make the context what Airflow's get_current_context() returns, when the DAG file's
+    Airflow layer is loaded in this process."""
+    compat = sys.modules.get("raftflow_cli.airflow_compat.operators")
+    if compat is not None:
+        compat.RUNTIME_CONTEXT.update(context)
+
+
+def _read(path: str | None, empty: str = "{}") -> str:
+    """An input file the worker wrote (`empty` when none is named)."""
     if not path:
-        return "{}"
+        return empty
     with open(path) as f:
         return f.read()
 
@@ -130,9 +166,12 @@ def main() -> int:
         print(f"raftflow: {e}", file=sys.stderr)
         return 1
     context = load_context(_read(os.environ.get("RAFTFLOW_PY_CONTEXT_FILE")))
-    op_kwargs = json.loads(_read(os.environ.get("RAFTFLOW_PY_KWARGS_FILE")))
+    results = context.get("results") or {}
+    op_kwargs = resolve_results(json.loads(_read(os.environ.get("RAFTFLOW_PY_KWARGS_FILE"))), results)
+    op_args = resolve_results(json.loads(_read(os.environ.get("RAFTFLOW_PY_ARGS_FILE"), "[]")), results)
+    _share_context(context)
     try:
-        value = function(**arguments(function, context, op_kwargs))
+        value = function(*op_args, **arguments(function, context, op_kwargs, len(op_args)))
     except SystemExit as e:   # (its code must not pass for one of the runner's own)
         code = e.code if e.code is not None else 0
         print(f"raftflow: {target} called sys.exit({code!r})", file=sys.stderr)

@@ -484,3 +484,54 @@ with DAG("infile", start_date=datetime(2026, 1, 1), schedule=None):
     tasks = tasks_of(json.loads(result["dags"][0]["spec_json"]))
     assert (tasks["t"]["python_callable"], tasks["l"]["python_callable"]) == ("__dag_file__:inner",
                                                                                "__dag_file__:function")
+
+
+def test_taskflow_functions_become_python_tasks_passing_results(tmp_path: Path) -> None:
+    """@dag with @task functions inside it (nested: found through the DAG by the task's
+    process), return values passed on (the producer becomes upstream; a key of it too),
+    a function called twice (f, f__1), .override, @task.branch, op_args of PythonOperator."""
+    from raftflow.worker.pyrunner import RESULT_REF
+
+    path = tmp_path / "flow.py"
+    path.write_text("""
+import pendulum
+from airflow.sdk import dag, task
+from airflow.operators.python import PythonOperator
+
+@dag(schedule=None, start_date=pendulum.datetime(2026, 1, 1))
+def flow():
+    @task(multiple_outputs=True)
+    def extract():
+        return {"orders": 3, "day": "mon"}
+
+    @task
+    def double(n, factor=2):
+        return n * factor
+
+    @task.branch
+    def route(total):
+        return "big" if total > 5 else "small"
+
+    data = extract()
+    first = double(data["orders"])
+    second = double.override(task_id="again")(first, factor=3)
+    double(7)
+    route(second) >> [PythonOperator(task_id="big", python_callable=print, op_args=[first]),
+                      PythonOperator(task_id="small", python_callable=lambda: None)]
+
+flow()
+""")
+    result = inspect_file(path)
+    assert result["ok"], result
+    tasks = tasks_of(json.loads(result["dags"][0]["spec_json"]))
+    assert set(tasks) == {"extract", "double", "again", "double__1", "route", "big", "small"}
+    assert {t["kind"] for t in tasks.values()} == {"python"}
+    assert tasks["extract"]["python_callable"] == "__dag_file__:extract"
+    assert tasks["double"]["op_args"] == [{RESULT_REF: ["extract", "orders"]}] and tasks["double"]["upstream"] == \
+        ["extract"]
+    assert (tasks["again"]["op_args"], tasks["again"]["op_kwargs"]) == ([{RESULT_REF: ["double"]}], {"factor": 3})
+    assert tasks["again"]["upstream"] == ["double"]
+    assert (tasks["double__1"]["op_args"], tasks["double__1"]["upstream"]) == ([7], [])
+    assert tasks["route"]["branch"] is True and tasks["route"]["upstream"] == ["again"]
+    assert tasks["big"]["upstream"] == ["double", "route"] and tasks["big"]["op_args"] == [{RESULT_REF: ["double"]}]
+    assert tasks["big"]["python_callable"] == "builtins:print"

@@ -156,11 +156,20 @@ class Variable:
 
 
 class XComArg:
-    """The output of a task (`task.output`, a @task call): only usable by python tasks."""
+    """The output of a task (`task.output`, a @task call), or a part of it (`out["k"]`):
+    an argument of a python task, which gets the value the task returned when it runs
+    (the task becomes upstream of it). Only the return value ("return_value") exists."""
 
-    def __init__(self, operator: "BaseOperator", key: str = "return_value") -> None:
+    def __init__(self, operator: "BaseOperator", key: str = "return_value", path: tuple[Any, ...] = ()) -> None:
         self.operator = operator
         self.key = key
+        self.path = path
+
+    def __getitem__(self, item: Any) -> "XComArg":
+        return XComArg(self.operator, self.key, (*self.path, item))
+
+    def resolve(self, context: Any = None) -> Any:
+        raise UnsupportedFeature("XComArg.resolve() while the DAG file loads: its value exists only when the task runs")
 
     def __rshift__(self, other: Any) -> Any:
         return self.operator.__rshift__(other)
@@ -803,6 +812,33 @@ def json_value(value: Any, what: str, owner: BaseOperator) -> Any:
     except (TypeError, ValueError) as e:
         owner._refuse(what, f"must be JSON (strings, numbers, lists, dicts): it holds a {e}")
         return None
+
+
+# How an XComArg travels in a python task's op_args / op_kwargs: {RESULT_REF: [task_id, *path]};
+# the task's process replaces it with that task's result, indexed by path (worker/pyrunner.py).
+from raftflow.worker.pyrunner import RESULT_REF  # noqa: E402
+
+
+def arguments_json(value: Any, what: str, owner: "BaseOperator") -> Any:
+    """`value` (a call's arguments) as JSON for the python kind, each XComArg in it a
+    reference to its task's result, that task made upstream of `owner`; a value with no
+    JSON form refuses the task."""
+    if isinstance(value, XComArg):
+        if value.key != "return_value":
+            owner._refuse(f"{what}: XComArg with key {value.key!r}", "raftflow passes return values only")
+            return None
+        _connect(value.operator, owner)
+        return {RESULT_REF: [value.operator.task_id, *value.path]}
+    if isinstance(value, BaseOperator):    # (an operator passed as a value: its output, as Airflow takes it)
+        return arguments_json(value.output, what, owner)
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            owner._refuse(what, "must be JSON: a dict's keys must be strings")
+            return None
+        return {k: arguments_json(v, what, owner) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [arguments_json(v, what, owner) for v in value]
+    return json_value(value, what, owner)
 
 
 def read_template_searchpath(path: str) -> Path:

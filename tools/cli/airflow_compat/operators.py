@@ -1,10 +1,11 @@
 """The operators raftflow runs, each mapped to a task kind, and those it refuses by name.
 
 BashOperator -> bash, EmptyOperator/DummyOperator -> empty, SSHOperator -> ssh,
-TriggerDagRunOperator -> trigger_dagrun. PythonOperator and its relatives run as
-python tasks only when their callable is importable on the nodes (not defined in the
-DAG file); in-file callables and @task wait for "Python tasks as Airflow users write
-them". Sensors and other providers' operators are not importable (_finder.py says so).
+TriggerDagRunOperator -> trigger_dagrun. PythonOperator, BranchPythonOperator,
+ShortCircuitOperator and @task / @task.branch / @task.short_circuit functions -> python,
+with a callable of the DAG file (the task's process runs the file to find it) or of a
+module the nodes import; their arguments may hold other tasks' outputs (XComArg).
+Sensors and other providers' operators are not importable (_finder.py says so).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import functools
 from datetime import datetime
 from typing import Any, Callable, ClassVar
 
-from .models import NEXT_ISSUE, BaseOperator, json_value, seconds
+from .models import NEXT_ISSUE, BaseOperator, XComArg, arguments_json, current_dag, json_value, seconds
 
 # Airflow's BashOperator ends the task skipped on this exit code unless told otherwise.
 AIRFLOW_SKIP_EXIT_CODE = 99
@@ -194,14 +195,16 @@ class PythonOperator(BaseOperator):
             if why:
                 self._refuse(f"{type(self).__name__} with python_callable {qualname or repr(func)}", why)
             self.callable_name = name
-        if self.arg("op_args"):
-            self._refuse("op_args", "raftflow passes op_kwargs only: name the arguments")
+        self.op_args = arguments_json(list(self.arg("op_args") or []), "op_args", self)
+        self.op_kwargs = arguments_json(dict(self.arg("op_kwargs") or {}), "op_kwargs", self)
         if self.arg("templates_dict"):
             self._refuse("templates_dict", "not rendered by raftflow's python tasks yet")
 
     def kind_fields(self) -> dict[str, Any]:
-        return {"python_callable": self.callable_name,
-                "op_kwargs": json_value(dict(self.arg("op_kwargs") or {}), "op_kwargs", self)}
+        fields: dict[str, Any] = {"python_callable": self.callable_name, "op_kwargs": self.op_kwargs or {}}
+        if self.op_args:
+            fields["op_args"] = self.op_args
+        return fields
 
 
 def callable_name(func: Any) -> tuple[str, str]:
@@ -253,34 +256,78 @@ BranchExternalPythonOperator = _refused_python("BranchExternalPythonOperator", _
 BranchPythonVirtualenvOperator = _refused_python("BranchPythonVirtualenvOperator", _BRANCHING)
 
 
-class _DecoratedTask(BaseOperator):
-    """What calling a @task function gives: refused (its code is in the DAG file); it
-    still chains (>>) and has .output, so the rest of the file can be checked."""
+# The decorators whose function runs as a python task, and what the task decides downstream.
+_PYTHON_DECORATORS = {"@task": "", "@task.python": "", "@task.branch": "branch",
+                      "@task.short_circuit": "short_circuit"}
 
-    def __init__(self, task_id: str, decorator: str, **kwargs: Any) -> None:
-        super().__init__(task_id, **{k: v for k, v in kwargs.items() if k in _DECORATOR_TASK_ARGS})
+
+class _DecoratedTask(BaseOperator):
+    """What calling a @task function gives: a python task running the function (found in
+    the DAG file by the task's process), its arguments JSON with each XComArg a reference
+    to its task's result (that task upstream of this one). `.output` / indexing give its
+    own result to later calls. Other decorators (@task.bash, .virtualenv, ...) are refused."""
+
+    kind = "python"
+
+    def __init__(self, task_id: str, decorator: str, function: Callable[..., Any], call_args: tuple[Any, ...],
+                 call_kwargs: dict[str, Any], **options: Any) -> None:
+        dag = options.get("dag") or current_dag()
+        taken = {t.task_id for t in dag.tasks} if dag is not None else set()
+        base, n = task_id, 0
+        while (self._group_prefixed(base if not n else f"{base}__{n}")) in taken:   # Airflow's f, f__1, f__2
+            n += 1
+        super().__init__(base if not n else f"{base}__{n}",
+                         **{k: v for k, v in options.items() if k in _DECORATOR_TASK_ARGS})
         self.decorator = decorator
-        self._refuse(f"{decorator} function {task_id!r}",
-                     f"TaskFlow functions run code of the DAG file; this waits for \"{NEXT_ISSUE}\" (next issue)")
+        self.python_function = function
+        self.decides = _PYTHON_DECORATORS.get(decorator)
+        self.ignore_downstream_trigger_rules = bool(options.get("ignore_downstream_trigger_rules", True))
+        self.callable_name = ""
+        if self.decides is None:
+            self._refuse(f"{decorator} function {task_id!r}",
+                         f"this decorator waits for \"{NEXT_ISSUE}\" (next issue); @task, @task.branch and "
+                         "@task.short_circuit run")
+            return
+        name, why = callable_name(function)
+        if why:
+            self._refuse(f"{decorator} function {task_id!r}", why)
+        self.callable_name = name
+        self.op_args = arguments_json(list(call_args), f"arguments of {decorator} function {task_id!r}", self)
+        self.op_kwargs = arguments_json(call_kwargs, f"arguments of {decorator} function {task_id!r}", self)
+
+    @staticmethod
+    def _group_prefixed(task_id: str) -> str:
+        from .models import _groups
+        return _groups[-1].child_id(task_id) if _groups else task_id
+
+    def kind_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"python_callable": self.callable_name, "op_kwargs": self.op_kwargs or {}}
+        if self.op_args:
+            fields["op_args"] = self.op_args
+        if self.decides:
+            fields[self.decides] = True
+        if self.decides == "short_circuit" and not self.ignore_downstream_trigger_rules:
+            fields["ignore_downstream_trigger_rules"] = False
+        return fields
 
     def report(self) -> dict[str, Any]:
         out = super().report()
         out["operator"] = self.decorator
         return out
 
-    def __iter__(self) -> Any:
-        return iter(())
-
-    def __getitem__(self, key: Any) -> "_DecoratedTask":
-        return self
+    def __getitem__(self, key: Any) -> XComArg:
+        return self.output[key]
 
 
 _DECORATOR_TASK_ARGS = frozenset({"retries", "retry_delay", "trigger_rule", "pool", "queue", "priority_weight",
-                                  "execution_timeout", "doc_md", "task_group", "dag"})
+                                  "execution_timeout", "doc_md", "task_group", "dag", "pool_slots",
+                                  "retry_exponential_backoff", "max_retry_delay", "depends_on_past",
+                                  "wait_for_downstream", "owner", "email", "default_args"})
 
 
 class _TaskDecorator:
-    """`@task`, `@task(...)`, `@task.NAME` (bash, virtualenv, branch, ...): all refused."""
+    """`@task`, `@task(...)`, `@task.NAME` (branch, short_circuit, python run; bash,
+    virtualenv, ... are refused when called)."""
 
     def __init__(self, name: str = "@task") -> None:
         self.name = name
@@ -299,16 +346,19 @@ class _TaskDecorator:
 
 
 class _TaskFunction:
+    """A decorated function: calling it (in a DAG) declares a task; `function` is the
+    function itself (what the task's process calls)."""
+
     def __init__(self, func: Callable[..., Any], decorator: str, task_kwargs: dict[str, Any]) -> None:
         functools.update_wrapper(self, func)
-        self.func = func
+        self.func = self.function = func
         self.decorator = decorator
         self.task_kwargs = task_kwargs
 
     def __call__(self, *args: Any, **kwargs: Any) -> _DecoratedTask:
         options = dict(self.task_kwargs)
         task_id = options.pop("task_id", None) or self.func.__name__
-        return _DecoratedTask(task_id, self.decorator, **options)
+        return _DecoratedTask(task_id, self.decorator, self.func, args, kwargs, **options)
 
     def override(self, **task_kwargs: Any) -> "_TaskFunction":
         return _TaskFunction(self.func, self.decorator, {**self.task_kwargs, **task_kwargs})
@@ -317,10 +367,16 @@ class _TaskFunction:
         return _DecoratedCall(self)
 
     def expand(self, **_: Any) -> _DecoratedTask:
-        return self()
+        return self._mapped()
 
     def expand_kwargs(self, *_: Any, **__: Any) -> _DecoratedTask:
-        return self()
+        return self._mapped()
+
+    def _mapped(self) -> _DecoratedTask:
+        made = self()
+        made._refuse(f"dynamic task mapping of {self.decorator} function {made.task_id!r} (.expand)",
+                     "a task per element of a list known only at run time has no raftflow form yet")
+        return made
 
 
 class _DecoratedCall:
@@ -328,10 +384,10 @@ class _DecoratedCall:
         self.function = function
 
     def expand(self, **_: Any) -> _DecoratedTask:
-        return self.function()
+        return self.function._mapped()
 
     def expand_kwargs(self, *_: Any, **__: Any) -> _DecoratedTask:
-        return self.function()
+        return self.function._mapped()
 
 
 task = _TaskDecorator()
@@ -339,11 +395,18 @@ setup = _TaskDecorator("@setup")
 teardown = _TaskDecorator("@teardown")
 
 
+# The running task's context, filled by the task's process before it calls the function
+# (worker/pyrunner.py); empty while a DAG file loads.
+RUNTIME_CONTEXT: dict[str, Any] = {}
+
+
 def get_current_context() -> Any:
     """Airflow's run-time context: only a running python task has one."""
     from ._registry import UnsupportedFeature
-    raise UnsupportedFeature("get_current_context() while the DAG file loads: there is a context only while a "
-                             "task runs (python tasks: \"" + NEXT_ISSUE + "\")")
+    if not RUNTIME_CONTEXT:
+        raise UnsupportedFeature("get_current_context() while the DAG file loads: there is a context only while "
+                                 "a task runs")
+    return RUNTIME_CONTEXT
 
 
 class Asset:

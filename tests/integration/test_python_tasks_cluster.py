@@ -1,6 +1,7 @@
-"""Tasks that decide what runs after them, on a real 3-node cluster: a branch chosen by
-the run's conf (raftflow's own DAG file and Airflow's BranchPythonOperator), a short
-circuit, and a callable that skips its task or fails it without retry."""
+"""Python tasks on a real 3-node cluster: callables installed on the nodes and defined in
+the DAG file, TaskFlow functions passing values, branches chosen by the run's conf
+(raftflow's own DAG file and Airflow's), a short circuit, and callables that skip their
+task or fail it without retry."""
 
 from __future__ import annotations
 
@@ -96,6 +97,43 @@ with DAG("in_file", start_date=datetime(2026, 1, 1), schedule=None, is_paused_up
     PythonOperator(task_id="idle", python_callable=nothing_to_do)
 '''
 
+TASKFLOW = r'''
+import pendulum
+from airflow.sdk import dag, task, get_current_context
+
+
+@dag(schedule=None, start_date=pendulum.datetime(2026, 1, 1), is_paused_upon_creation=False)
+def taskflow():
+    @task(multiple_outputs=True)
+    def extract():
+        return {"orders": [3, 4, 5], "region": "eu"}
+
+    @task
+    def total(orders, region):
+        run_id = get_current_context()["run_id"]
+        print("summing", region, "for", run_id.split("__")[0])
+        return sum(orders)
+
+    @task.branch
+    def size(amount):
+        return "big" if amount > 10 else "small"
+
+    @task
+    def big(amount):
+        return f"big: {amount}"
+
+    @task
+    def small():
+        return "small"
+
+    data = extract()
+    amount = total(data["orders"], region=data["region"])
+    size(amount) >> [big(amount), small()]
+
+
+taskflow()
+'''
+
 
 def _run(cli: Cli, dag_id: str, *extra: str) -> tuple[dict, dict[str, dict]]:
     proc = cli("dags", "trigger", dag_id, "--wait", "--json", *extra)
@@ -109,7 +147,7 @@ def _states(tasks: dict[str, dict]) -> dict[str, str]:
     return {task_id: t["state"] for task_id, t in tasks.items()}
 
 
-def test_branches_short_circuits_and_tasks_that_end_themselves(tmp_path: Path) -> None:
+def test_python_tasks_installed_in_file_taskflow_branches_and_skips(tmp_path: Path) -> None:
     modules = tmp_path / "modules"
     modules.mkdir()
     (modules / "steps.py").write_text(STEPS)
@@ -152,6 +190,16 @@ def test_branches_short_circuits_and_tasks_that_end_themselves(tmp_path: Path) -
         assert tasks["count"]["result"] == {"table": "orders", "rows": 7}
         assert cli("tasks", "logs", run["run_id"], "count").stdout == \
             f"loading the DAG file\ncounting orders on {logical.date().isoformat()}\n"
+
+        (tmp_path / "taskflow.py").write_text(TASKFLOW)
+        submitted = cli("dags", "submit", str(tmp_path / "taskflow.py"))
+        assert submitted.returncode == 0, submitted.stderr
+        run, tasks = _run(cli, "taskflow")
+        assert run["state"] == "success", tasks
+        assert _states(tasks) == {"extract": "success", "total": "success", "size": "success", "big": "success",
+                                  "small": "skipped"}
+        assert (tasks["total"]["result"], tasks["big"]["result"]) == (12, "big: 12")
+        assert cli("tasks", "logs", run["run_id"], "total").stdout == "summing eu for manual\n"
 
         run, tasks = _run(cli, "gated")
         assert run["state"] == "success"
