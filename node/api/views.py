@@ -99,6 +99,7 @@ def run_detail(state: State, run: Run) -> client_pb2.RunDetail:
             queued_at=iso(ti.queued_at), started_at=iso(ti.started_at), ended_at=iso(ti.ended_at),
             log_tail=ti.log_tail, reason=ti.reason, upstream=list(task.upstream),
             result_json=ti.result or "", kind=task.kind,
+            xcoms_json=json.dumps({k: json.loads(v) for k, v in ti.xcoms.items()}) if ti.xcoms else "",
         )
         if ti.exit_code is not None:
             info.exit_code = ti.exit_code

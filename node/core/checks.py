@@ -10,6 +10,7 @@ through `limits.clip`.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .limits import (
@@ -23,7 +24,17 @@ from .limits import (
     clip,
     parse_json,
 )
-from .model import FILE_ADMIN, MAX_RUN_ID_BYTES, MAX_TOKEN_DAYS, REASON_LIMIT, RESULT_LIMIT, TOKEN_PROPOSER, Role
+from .model import (
+    FILE_ADMIN,
+    MAX_RUN_ID_BYTES,
+    MAX_TOKEN_DAYS,
+    MAX_XCOMS,
+    REASON_LIMIT,
+    RESULT_LIMIT,
+    TOKEN_PROPOSER,
+    XCOM_TOTAL_LIMIT,
+    Role,
+)
 from .names import ID_PATTERN, ID_RULE
 
 MAX_POOL_SLOTS = 1_000_000
@@ -78,6 +89,38 @@ def source_error(source: Any, filename: Any) -> str | None:
         check_text(filename, "the DAG file's name", MAX_FILENAME_BYTES)
     except JsonShapeError as e:
         return f"{e}; split the file, or move code into modules the tasks import"
+    return None
+
+
+MAX_XCOM_KEY_CHARS = 200
+
+
+def xcoms_error(xcoms: Any) -> str | None:
+    """Why the XComs an attempt pushed cannot be stored: a JSON object of at most
+    MAX_XCOMS keys (non-empty strings of at most MAX_XCOM_KEY_CHARS, not "return_value",
+    which is the result), each value JSON of at most RESULT_LIMIT bytes, all together at
+    most XCOM_TOTAL_LIMIT."""
+    if not isinstance(xcoms, str):
+        return "the pushed XComs must be JSON text"
+    if not xcoms:
+        return None
+    if len(xcoms.encode("utf-8", "replace")) > XCOM_TOTAL_LIMIT + 64 * MAX_XCOMS:
+        return f"the pushed XComs hold more than {XCOM_TOTAL_LIMIT} bytes of JSON"
+    try:
+        pushed = parse_json(xcoms, "the pushed XComs")
+    except ValueError as e:
+        return str(e)
+    if not isinstance(pushed, dict) or not pushed:
+        return "the pushed XComs must be a non-empty JSON object"
+    if len(pushed) > MAX_XCOMS:
+        return f"a task may push at most {MAX_XCOMS} XComs; it pushed {len(pushed)}"
+    for key, value in pushed.items():
+        if not key or len(key) > MAX_XCOM_KEY_CHARS or key == "return_value":
+            return (f"an XCom key must be 1 to {MAX_XCOM_KEY_CHARS} characters and not 'return_value' (the task's "
+                    f"result), got {key[:40]!r}")
+        problem = result_error(json.dumps(value))
+        if problem:
+            return f"XCom {key!r}: {problem.replace('a task result', 'a value')}"
     return None
 
 

@@ -32,12 +32,17 @@ def run_header_dict(run: Run) -> dict[str, Any]:
 
 
 def task_to_dict(t: TaskInstance) -> dict[str, Any]:
-    return {
+    """`xcoms` is present only when the task pushed some, so records and digest terms of
+    tasks from before XComs existed stay as they were."""
+    out: dict[str, Any] = {
         "state": t.state.value, "attempt": t.attempt, "tries_failed": t.tries_failed, "lost_attempts": t.lost_attempts,
         "node": t.node, "attempt_nodes": t.attempt_nodes, "queued_at": t.queued_at, "started_at": t.started_at,
         "ended_at": t.ended_at, "retry_at": t.retry_at, "exit_code": t.exit_code,
         "log_tail": t.log_tail, "reason": t.reason, "story": [e.to_dict() for e in t.story], "result": t.result,
     }
+    if t.xcoms is not None:
+        out["xcoms"] = dict(t.xcoms)
+    return out
 
 
 def run_header_from_dict(data: dict[str, Any]) -> Run:
@@ -57,5 +62,5 @@ def run_from_dict(data: dict[str, Any]) -> Run:
             task_id, TaskState(t["state"]), t["attempt"], t["tries_failed"], t["lost_attempts"], t["node"],
             list(t["attempt_nodes"]), t["queued_at"], t["started_at"], t["ended_at"], t["retry_at"],
             t["exit_code"], t["log_tail"], t["reason"], [StoryEvent.from_data(e) for e in t["story"]],
-            t.get("result"))
+            t.get("result"), t.get("xcoms"))
     return run

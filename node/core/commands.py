@@ -179,10 +179,11 @@ class TaskStarted(Command):
 @dataclass(frozen=True, slots=True)
 class TaskFinished(Command):
     """A worker's result for one attempt; ignored unless (attempt, node) is current.
-    `result` is the small JSON value the task published ('' for none)."""
+    `result` is the small JSON value the task published ('' for none); `xcoms` the JSON
+    object of the values it pushed by key ('' for none)."""
     TYPE: ClassVar[str] = "task_finished"
-    VERSION: ClassVar[int] = 2
-    ADDED_FIELDS: ClassVar[dict[str, int]] = {"result": 2}
+    VERSION: ClassVar[int] = 3
+    ADDED_FIELDS: ClassVar[dict[str, int]] = {"result": 2, "xcoms": 3}
     run_id: str
     task_id: str
     attempt: int
@@ -194,6 +195,7 @@ class TaskFinished(Command):
     reason: str
     at: float
     result: str = ""
+    xcoms: str = ""     # JSON object {key: value} the attempt pushed ("" for none)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ worker renders a task's command (and env values) with it in Jinja2's sandbox
     dag, task     Airflow's objects as far as templates read them: dag.dag_id, dag.params,
                   dag.tags, dag.description; task.task_id, task.retries, task.pool, task.queue
     results       {task_id: value} of the tasks of this run that published one
+    xcoms         {task_id: {key: value}} the tasks of this run pushed (ti.xcom_push); a
+                  python task's `ti.xcom_pull` and templates' read these and `results`
     var           var.value.KEY (text) and var.json.KEY (parsed) of the replicated
                   Variables as of the attempt's start (when the caller passes them)
     conn          conn.NAME.host/port/login/conn_type/schema of this node's SSH
@@ -97,6 +99,8 @@ def template_context(run: Run, spec: DagSpec, task_id: str, attempt: int, node: 
         "task": {"task_id": task_id, "dag_id": run.dag_id,
                  **({"retries": own.retries, "pool": own.pool, "queue": own.queue} if own is not None else {})},
         "results": {tid: json.loads(ti.result) for tid, ti in run.tasks.items() if ti.result is not None},
+        "xcoms": {tid: {key: json.loads(value) for key, value in ti.xcoms.items()}
+                  for tid, ti in run.tasks.items() if ti.xcoms},
         "conn": {name: dict(fields) for name, fields in (connections or {}).items()},
     }
     if variables is not None:

@@ -212,7 +212,7 @@ def task_finished(state: State, cmd: c.TaskFinished) -> Result:
            if isinstance(value, bool) or not isinstance(value, typ)]
     if bad:
         raise Rejected(Code.INVALID, f"task_finished has wrongly typed field(s): {', '.join(bad)}")
-    result_error = checks.result_error(cmd.result)
+    result_error = checks.result_error(cmd.result) or checks.xcoms_error(cmd.xcoms)
     if result_error:
         raise Rejected(Code.INVALID, result_error)
     task_kind = kind(spec.kind)

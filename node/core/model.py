@@ -26,7 +26,9 @@ LEADER_HISTORY_LIMIT = 20
 LOG_TAIL_LIMIT = 4096
 MAX_BACKFILL_RUNS = 10_000
 MAX_RUN_ID_BYTES = 1024      # (snapshots store run ids with a 16-bit length)
-RESULT_LIMIT = 64 * 1024   # bytes of JSON a task may publish as its result
+RESULT_LIMIT = 64 * 1024   # bytes of JSON a task may publish as its result (and as each XCom)
+MAX_XCOMS = 32             # XComs (other than its result) one attempt may push
+XCOM_TOTAL_LIMIT = 4 * RESULT_LIMIT   # bytes of JSON of all of them together
 # Characters of a reason given by hand (cancel, clear, mark). It is copied into each
 # task it moves (its reason and story), so a command's cost is tasks x this.
 REASON_LIMIT = 1000
@@ -234,6 +236,9 @@ class TaskInstance:
     reason: str = ""
     story: list[StoryEvent] = field(default_factory=list)   # the last STORY_LIMIT moves
     result: str | None = None        # the JSON text the current attempt published, if any
+    # key -> JSON text the current attempt pushed (ti.xcom_push); its result is Airflow's
+    # "return_value" XCom. None when it pushed none.
+    xcoms: dict[str, str] | None = None
 
 
 # A task instance's fields but its id, and their values as created: `pack_tasks`

@@ -22,6 +22,7 @@ fail. Only `execute` assigns a task instance's state and writes its story.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -122,7 +123,7 @@ def _transition_pending_success(state: State, run: Run, ti: TaskInstance, cmd: c
 def _transition_queued_assigned(state: State, run: Run, ti: TaskInstance, cmd: c.AssignTask) -> tuple[Effect, ...]:
     ti.attempt, ti.node = cmd.attempt, cmd.node
     ti.attempt_nodes.append(cmd.node)
-    ti.started_at = ti.ended_at = ti.exit_code = ti.result = None
+    ti.started_at = ti.ended_at = ti.exit_code = ti.result = ti.xcoms = None
     ti.log_tail, ti.reason = "", ""
     state.node_load[cmd.node] = state.node_load.get(cmd.node, 0) + 1
     return NONE
@@ -140,6 +141,7 @@ def _record_result(ti: TaskInstance, result: Finished) -> None:
     ti.log_tail, ti.reason = cmd.log_tail[-LOG_TAIL_LIMIT:], cmd.reason
     ti.retry_at = result.retry_at
     ti.result = cmd.result or None
+    ti.xcoms = {key: json.dumps(value) for key, value in json.loads(cmd.xcoms).items()} if cmd.xcoms else None
 
 
 def _transition_running_success(state: State, run: Run, ti: TaskInstance, result: Finished) -> tuple[Effect, ...]:
@@ -244,6 +246,7 @@ def transition_clear(state: State, run: Run, ti: TaskInstance, cmd: c.ClearTasks
     state.touched.add(digest.task_key(run.run_id, ti.task_id))
     ti.tries_failed = ti.lost_attempts = 0
     ti.node = ti.queued_at = ti.started_at = ti.ended_at = ti.retry_at = ti.exit_code = ti.result = None
+    ti.xcoms = None
     ti.log_tail, ti.reason = "", cmd.reason
     return stop
 

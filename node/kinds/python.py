@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..worker.pyrunner import DAG_FILE_MODULE, EXIT_FAILED_NO_RETRY, EXIT_SKIPPED  # (the runner's own)
+from ..worker.xcom import XCOM_FILE
 from .base import AttemptInput, InvalidArgs, Launch, TaskKind
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class Python(TaskKind):
             "RAFTFLOW_PY_CONTEXT_FILE": posixpath.join(attempt.attempt_dir, CONTEXT_FILE),
             "RAFTFLOW_PY_KWARGS_FILE": posixpath.join(attempt.attempt_dir, KWARGS_FILE),
             "RAFTFLOW_PY_ARGS_FILE": posixpath.join(attempt.attempt_dir, ARGS_FILE),
+            "RAFTFLOW_PY_XCOM_FILE": posixpath.join(attempt.attempt_dir, XCOM_FILE),
             **({"RAFTFLOW_PY_DAG_FILE": posixpath.join(attempt.attempt_dir, DAG_FILE),
                 "RAFTFLOW_PY_DAG_FILENAME": attempt.dag_filename} if self.needs_dag_file(attempt.task) else {}),
             "PYTHONUNBUFFERED": "1",

@@ -35,6 +35,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from .xcom import with_task_instance
+
 DATE_KEYS = ("logical_date", "data_interval_start", "data_interval_end")
 # Exceptions that end the task skipped / failed without retry, known by class name (an
 # exception's class or any base), so modules written for Airflow work without Airflow.
@@ -169,6 +171,7 @@ def main() -> int:
     results = context.get("results") or {}
     op_kwargs = resolve_results(json.loads(_read(os.environ.get("RAFTFLOW_PY_KWARGS_FILE"))), results)
     op_args = resolve_results(json.loads(_read(os.environ.get("RAFTFLOW_PY_ARGS_FILE"), "[]")), results)
+    ti = with_task_instance(context, can_push=True)
     _share_context(context)
     try:
         value = function(*op_args, **arguments(function, context, op_kwargs, len(op_args)))
@@ -187,6 +190,9 @@ def main() -> int:
             print(f"raftflow: {target} raised {type(e).__name__}: the task fails without retry", file=sys.stderr)
             return EXIT_FAILED_NO_RETRY
         return 1
+    if ti.pushed:
+        with open(os.environ["RAFTFLOW_PY_XCOM_FILE"], "w") as f:
+            json.dump(ti.pushed, f)
     if value is not None:
         try:
             text = json.dumps(value)

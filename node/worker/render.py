@@ -24,6 +24,8 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from .xcom import with_task_instance
+
 
 def shell_quote(value: Any) -> str:
     """The value as one shell word (POSIX sh quoting; numbers and None as their text)."""
@@ -66,6 +68,8 @@ class RenderError(Exception):
 def render(template: str, context: dict[str, Any], what: str) -> str:
     if not any(marker in template for marker in _MARKERS):
         return template
+    context = {**context}
+    with_task_instance(context)   # (`ti.xcom_pull(...)`; the fields as before)
     try:
         return _ENV.from_string(template).render(context)
     except TemplateError as e:

@@ -70,8 +70,9 @@ from typing import Any, Callable
 
 from ..config import ConfigError, SSHConnection, TaskUser
 from ..core import commands as c, past
+from ..core.checks import xcoms_error
 from ..core.context import template_context, uses_variables
-from ..core.model import RESULT_LIMIT, Run
+from ..core.model import MAX_XCOMS, RESULT_LIMIT, XCOM_TOTAL_LIMIT, Run
 from ..core.result import Code, Result
 from ..core.spec import DagSpec, TaskSpec
 from ..core.state import State
@@ -85,6 +86,7 @@ from .render import RenderError
 from .renderer import RenderInterrupted, RenderPool, process_identity
 from .shipping import LogShipper
 from .trigger import Parent, trigger_and_wait
+from .xcom import XCOM_FILE  # (the XComs a python task pushed by key: worker/pyrunner.py writes it)
 
 log = logging.getLogger("raftflow.worker")
 
@@ -231,6 +233,7 @@ class _Attempt:
     stopped: str = ""             # why a timeout or cancel stopped it (said in the log and the result)
     kill_timer: threading.Timer | None = None
     finished: threading.Event = field(default_factory=threading.Event)
+    xcoms: str = ""               # the JSON object of the XComs it pushed by key, once it ended
 
 
 class Worker:
@@ -649,6 +652,8 @@ class Worker:
         if told and not attempt.stopped:
             reason = told
         published, problem = _read_result(attempt_dir / RESULT_FILE)
+        attempt.xcoms, xcom_problem = _read_xcoms(attempt_dir / XCOM_FILE)
+        problem = problem or xcom_problem
         if problem and exit_code == 0:
             exit_code, reason = 1, problem
             self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {problem}\n".encode())
@@ -681,6 +686,7 @@ class Worker:
                 run_id=a.run_id, task_id=a.task_id, attempt=a.attempt, node=self.node_id, exit_code=exit_code,
                 started_at=attempt.started_at, ended_at=ended_at,
                 log_tail=tail.decode("utf-8", errors="replace"), reason=reason, at=ended_at, result=published,
+                xcoms=attempt.xcoms if exit_code == 0 else "",
             ))
 
     def _may_stop_reading(self, attempt: _Attempt, pid: int) -> bool:
@@ -922,6 +928,24 @@ def _read_result(path: Path) -> tuple[str, str]:
     except (UnicodeDecodeError, ValueError) as e:
         return "", f"the result in $RAFTFLOW_RESULT_FILE is not JSON ({e})"
     return text.strip(), ""
+
+
+def _read_xcoms(path: Path) -> tuple[str, str]:
+    """(the JSON object of the pushed XComs or '', a problem to fail the attempt with or '')."""
+    limit = XCOM_TOTAL_LIMIT + 64 * MAX_XCOMS
+    data, size, problem = _read_bounded(path, limit)
+    if problem:
+        return "", f"the pushed XComs {problem}"
+    if data is None or not data.strip():
+        return "", ""
+    if len(data) > limit:
+        return "", f"the pushed XComs are {size} bytes of JSON; the limit is {XCOM_TOTAL_LIMIT}"
+    try:
+        text = data.decode().strip()
+    except UnicodeDecodeError as e:
+        return "", f"the pushed XComs are not UTF-8 ({e})"
+    error = xcoms_error(text)
+    return ("", error) if error else (text, "")
 
 
 def _exited(pid: int) -> bool:

@@ -134,6 +134,30 @@ def taskflow():
 taskflow()
 '''
 
+# XComs pushed by key and pulled by callables and by a template (as Airflow's tutorial does).
+XCOMS = r'''
+import json
+import pendulum
+from airflow.sdk import DAG
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.providers.standard.operators.bash import BashOperator
+
+
+def extract(**kwargs):
+    kwargs["ti"].xcom_push("order_data", json.dumps({"a1": 10.5, "a2": 4.5}))
+
+
+def transform(ti):
+    orders = json.loads(ti.xcom_pull(task_ids="extract", key="order_data"))
+    ti.xcom_push("total", sum(orders.values()))
+
+
+with DAG("xcoms", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), is_paused_upon_creation=False):
+    PythonOperator(task_id="extract", python_callable=extract) >> \
+        PythonOperator(task_id="transform", python_callable=transform) >> \
+        BashOperator(task_id="load", bash_command="echo total={{ ti.xcom_pull(task_ids='transform', key='total') }}")
+'''
+
 
 def _run(cli: Cli, dag_id: str, *extra: str) -> tuple[dict, dict[str, dict]]:
     proc = cli("dags", "trigger", dag_id, "--wait", "--json", *extra)
@@ -200,6 +224,15 @@ def test_python_tasks_installed_in_file_taskflow_branches_and_skips(tmp_path: Pa
                                   "small": "skipped"}
         assert (tasks["total"]["result"], tasks["big"]["result"]) == (12, "big: 12")
         assert cli("tasks", "logs", run["run_id"], "total").stdout == "summing eu for manual\n"
+
+        (tmp_path / "xcoms.py").write_text(XCOMS)
+        submitted = cli("dags", "submit", str(tmp_path / "xcoms.py"))
+        assert submitted.returncode == 0, submitted.stderr
+        run, tasks = _run(cli, "xcoms")
+        assert run["state"] == "success", tasks
+        assert tasks["extract"]["xcoms"] == {"order_data": json.dumps({"a1": 10.5, "a2": 4.5})}
+        assert tasks["transform"]["xcoms"] == {"total": 15.0} and tasks["load"]["xcoms"] == {}
+        assert cli("tasks", "logs", run["run_id"], "load").stdout == "total=15.0\n"
 
         run, tasks = _run(cli, "gated")
         assert run["state"] == "success"

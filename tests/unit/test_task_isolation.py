@@ -159,7 +159,8 @@ def test_a_python_task_sees_the_clean_environment_and_its_scratch_folder(tmp_pat
     assert done.exit_code == 0 and log_of(store) == "no-secret\n", log_of(store)
     seen = json.loads(done.result)
     expected = ({"PATH", "HOME", "LANG", "MINE", "PYTHONPATH", "PYTHONUNBUFFERED", "RAFTFLOW_PY_CALLABLE",
-                 "RAFTFLOW_PY_CONTEXT_FILE", "RAFTFLOW_PY_KWARGS_FILE", "RAFTFLOW_PY_ARGS_FILE"} | ATTEMPT_VARIABLES
+                 "RAFTFLOW_PY_CONTEXT_FILE", "RAFTFLOW_PY_KWARGS_FILE", "RAFTFLOW_PY_ARGS_FILE",
+                 "RAFTFLOW_PY_XCOM_FILE"} | ATTEMPT_VARIABLES
                 | ({"LC_ALL"} if os.environ.get("LC_ALL") else set()))
     assert set(seen["names"]) == expected, set(seen["names"]) ^ expected
     assert Path(seen["cwd"]).parent == (tmp_path / "work").resolve()

@@ -356,6 +356,30 @@ def test_a_python_callable_of_the_dag_file_is_loaded_from_the_runs_dag_version(t
     assert log.endswith("raftflow: loading the DAG file dags/infile.py failed: RuntimeError: no network here\n")
 
 
+def test_a_python_callable_pushes_xcoms_that_the_result_carries(tmp_path, monkeypatch):
+    (tmp_path / "pushers.py").write_text(
+        "def push(ti):\n    ti.xcom_push('order_data', {'1001': 3})\n    ti.xcom_push('rows', 2)\n    return 'ok'\n"
+        "def fails(ti):\n    ti.xcom_push('half', 1)\n    raise ValueError('boom')\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    context = {"ti": {"try_number": 1, "task_id": "t1", "dag_id": "d", "run_id": "r1", "map_index": -1}}
+    setups = {1: AttemptSetup(context, None, python_task("pushers:push")),
+              2: AttemptSetup(context, None, python_task("pushers:fails"))}
+    reports = Reports(True)
+    worker = Worker("n1", 2, LocalStore(tmp_path / "store"), tmp_path / "work", propose=reports.propose,
+                    lease_duration=30.0, setup=lambda a: setups[a.attempt])
+    worker.ready.set()
+    done = {}
+    for attempt in setups:
+        reports.commands.clear()
+        assert worker.accept(python_assignment(attempt))[0]
+        done[attempt] = reports.wait_for(c.TaskFinished)
+        wait_idle(worker)
+    worker.shutdown()
+    assert (done[1].exit_code, done[1].result) == (0, '"ok"')
+    assert json.loads(done[1].xcoms) == {"order_data": {"1001": 3}, "rows": 2}
+    assert done[2].exit_code == 1 and done[2].xcoms == "", "a failed attempt commits no XCom"
+
+
 # ---------------------------------------------------------------- bounds (issue 13)
 def test_a_log_is_cut_at_the_limit_and_says_so_while_the_task_runs_on(tmp_path):
     worker, reports, store = make_worker(tmp_path, current=True, log_limit=1000)

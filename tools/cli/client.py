@@ -495,6 +495,8 @@ def run_dict(detail: client_pb2.RunDetail) -> dict[str, Any]:
         t.setdefault("exit_code", None)
         published = t.pop("result_json", None)
         t["result"] = json.loads(published) if published else None
+        pushed = t.pop("xcoms_json", None)
+        t["xcoms"] = json.loads(pushed) if pushed else {}
         tasks.append(t)
     out["tasks"] = tasks
     return out
