@@ -78,6 +78,35 @@ def arguments(function: Any, context: dict[str, Any], op_kwargs: dict[str, Any],
     return {**{k: v for k, v in context.items() if k in names}, **op_kwargs}
 
 
+class Fields(dict[str, Any]):
+    """A context dict that is also read by attribute (`dag_run.conf`, `task.task_id`), as
+    a callable written for Airflow reads its context objects."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+OBJECTS = ("dag_run", "dag", "task")
+
+
+def render_strings(value: Any, context: dict[str, Any]) -> Any:
+    """`value` with every string in it rendered as a template with the context (Jinja
+    is imported only for a string that is a template)."""
+    if isinstance(value, str):
+        if not any(marker in value for marker in ("{{", "{%", "{#")):
+            return value
+        from .render import render
+        return render(value, context, "argument")
+    if isinstance(value, dict):
+        return {k: render_strings(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render_strings(v, context) for v in value]
+    return value
+
+
 def resolve_results(value: Any, results: dict[str, Any]) -> Any:
     """`value` with each RESULT_REF replaced by the result it names (None where a task
     published none, or a key or index is not in it)."""
@@ -169,9 +198,18 @@ def main() -> int:
         return 1
     context = load_context(_read(os.environ.get("RAFTFLOW_PY_CONTEXT_FILE")))
     results = context.get("results") or {}
-    op_kwargs = resolve_results(json.loads(_read(os.environ.get("RAFTFLOW_PY_KWARGS_FILE"))), results)
-    op_args = resolve_results(json.loads(_read(os.environ.get("RAFTFLOW_PY_ARGS_FILE"), "[]")), results)
     ti = with_task_instance(context, can_push=True)
+    try:   # (op_args and op_kwargs are templated, as Airflow's PythonOperator's are)
+        op_kwargs = resolve_results(render_strings(json.loads(_read(os.environ.get("RAFTFLOW_PY_KWARGS_FILE"))),
+                                                   context), results)
+        op_args = resolve_results(render_strings(json.loads(_read(os.environ.get("RAFTFLOW_PY_ARGS_FILE"), "[]")),
+                                                 context), results)
+    except Exception as e:  # noqa: BLE001 - render.RenderError: the template's fault, said in the log
+        print(f"raftflow: {target}: {e}", file=sys.stderr)
+        return 1
+    for name in OBJECTS:   # (a callable reads dag_run.conf, task.task_id, ... as attributes)
+        if isinstance(context.get(name), dict):
+            context[name] = Fields(context[name])
     _share_context(context)
     try:
         value = function(*op_args, **arguments(function, context, op_kwargs, len(op_args)))

@@ -126,9 +126,14 @@ def taskflow():
     def small():
         return "small"
 
+    @task
+    def stamp(text, dag_run=None):
+        return f"{text} by {dag_run.run_id.split('__')[0]}"
+
     data = extract()
     amount = total(data["orders"], region=data["region"])
     size(amount) >> [big(amount), small()]
+    stamp("day {{ ds }}")
 
 
 taskflow()
@@ -221,7 +226,8 @@ def test_python_tasks_installed_in_file_taskflow_branches_and_skips(tmp_path: Pa
         run, tasks = _run(cli, "taskflow")
         assert run["state"] == "success", tasks
         assert _states(tasks) == {"extract": "success", "total": "success", "size": "success", "big": "success",
-                                  "small": "skipped"}
+                                  "small": "skipped", "stamp": "success"}
+        assert tasks["stamp"]["result"] == f"day {run['logical_date'][:10]} by manual", "arguments are templates"
         assert (tasks["total"]["result"], tasks["big"]["result"]) == (12, "big: 12")
         assert cli("tasks", "logs", run["run_id"], "total").stdout == "summing eu for manual\n"
 

@@ -37,3 +37,13 @@ def test_context_values_fill_only_what_positional_arguments_did_not() -> None:
     assert arguments(f, CONTEXT, {}, positional=0) == {"ds": "2026-01-01", "run_id": "r1"}
     assert arguments(f, CONTEXT, {"n": 2}, positional=1) == {"n": 2, "run_id": "r1"}, "ds came positionally"
     assert arguments(g, {**CONTEXT, "a": "context's"}, {}, positional=1) == CONTEXT
+
+
+def test_string_arguments_are_templates_and_the_context_objects_read_by_attribute() -> None:
+    from raftflow.worker.pyrunner import Fields, render_strings
+
+    context = {"run_id": "manual__x", "params": {"who": "ops"}}
+    assert render_strings({"a": "{{ run_id }}", "b": ["{{ params.who }}", 3, "plain"]}, context) == \
+        {"a": "manual__x", "b": ["ops", 3, "plain"]}
+    dag_run = Fields({"conf": {"message": "hi"}, "run_id": "r1"})
+    assert dag_run.conf.get("message") == "hi" and dag_run["run_id"] == "r1"
