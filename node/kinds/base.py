@@ -135,6 +135,11 @@ class TaskKind:
         instead of failed (Airflow's skip_on_exit_code). Pure: apply asks it."""
         return False
 
+    def pushes_last_line(self, task: TaskSpec) -> bool:
+        """Whether the last line of a successful attempt's output is its result when it
+        published none (Airflow's BashOperator with do_xcom_push)."""
+        return False
+
     def needs_dag_file(self, task: TaskSpec) -> bool:
         """Whether an attempt of the task needs its DAG file's source (AttemptInput.dag_source):
         a python task whose callable is defined in the DAG file. Read from the replica."""

@@ -7,6 +7,9 @@ Its own fields (Airflow's BashOperator arguments of the same names):
 - `cwd`: the working directory: "" is the attempt's own scratch folder, a relative
   path is taken inside it, an absolute one as it is (rendered as a template). A cwd
   that does not exist fails the attempt with that reason.
+- `push_last_line`: a successful attempt that published no result ($RAFTFLOW_RESULT_FILE)
+  gets the last line of its output as its result, a JSON string (Airflow's BashOperator
+  with do_xcom_push, its default: an Airflow file's BashOperator has it).
 - `append_env`: how the task's `env` meets the environment. A task never sees the
   node's own environment (its secrets and settings); the base every task gets is
   PATH, HOME, LANG and LC_ALL. True (raftflow's default): base + env. False with a
@@ -31,7 +34,8 @@ MAX_CWD_CHARS = 4096
 
 class Bash(TaskKind):
     name: ClassVar[str] = "bash"
-    fields: ClassVar[Mapping[str, Any]] = {"skip_on_exit_code": [], "cwd": "", "append_env": True}
+    fields: ClassVar[Mapping[str, Any]] = {"skip_on_exit_code": [], "cwd": "", "append_env": True,
+                                           "push_last_line": False}
     templated_fields: ClassVar[tuple[str, ...]] = ("cwd",)
     skip_meaning: ClassVar[str] = "exit code in skip_on_exit_code"
 
@@ -53,7 +57,14 @@ class Bash(TaskKind):
         append_env = raw.get("append_env", True)
         if not isinstance(append_env, bool):
             raise InvalidArgs(f"append_env must be true or false, got {append_env!r:.80}")
-        return {"skip_on_exit_code": sorted(set(codes)), "cwd": cwd, "append_env": append_env}
+        push_last_line = raw.get("push_last_line", False)
+        if not isinstance(push_last_line, bool):
+            raise InvalidArgs(f"push_last_line must be true or false, got {push_last_line!r:.80}")
+        return {"skip_on_exit_code": sorted(set(codes)), "cwd": cwd, "append_env": append_env,
+                "push_last_line": push_last_line}
+
+    def pushes_last_line(self, task: TaskSpec) -> bool:
+        return bool(task.arg("push_last_line"))
 
     def skipped_by(self, task: TaskSpec, exit_code: int) -> bool:
         return exit_code in task.arg("skip_on_exit_code")

@@ -652,6 +652,10 @@ class Worker:
         if told and not attempt.stopped:
             reason = told
         published, problem = _read_result(attempt_dir / RESULT_FILE)
+        task = prepared.setup.task
+        if not published and not problem and exit_code == 0 and task is not None \
+                and kind(task.kind).pushes_last_line(task):
+            published = _last_line(tail)
         attempt.xcoms, xcom_problem = _read_xcoms(attempt_dir / XCOM_FILE)
         problem = problem or xcom_problem
         if problem and exit_code == 0:
@@ -928,6 +932,13 @@ def _read_result(path: Path) -> tuple[str, str]:
     except (UnicodeDecodeError, ValueError) as e:
         return "", f"the result in $RAFTFLOW_RESULT_FILE is not JSON ({e})"
     return text.strip(), ""
+
+
+def _last_line(tail: bytearray) -> str:
+    """The last line of the output as a JSON string ('' for no output): Airflow's
+    BashOperator pushes it as the task's return value."""
+    text = tail.decode("utf-8", errors="replace").rstrip("\n")
+    return json.dumps(text.rsplit("\n", 1)[-1]) if text else ""
 
 
 def _read_xcoms(path: Path) -> tuple[str, str]:

@@ -112,7 +112,8 @@ def test_an_airflow_1_10_file_maps_its_defaults_and_lists_what_it_ignores(load) 
     assert tasks["start"] == {"task_id": "start", "kind": "empty", "upstream": []}
     assert tasks["extract"] == {"task_id": "extract", "kind": "bash", "upstream": ["start"], "retries": 1,
                                 "retry_delay": 1.0, "execution_timeout": 300.0,
-                                "command": "echo extracting {{ ds }}", "skip_on_exit_code": [99]}
+                                "command": "echo extracting {{ ds }}", "skip_on_exit_code": [99],
+                                "push_last_line": True}   # (do_xcom_push: the last line is its return value)
     assert tasks["flaky"]["retries"] == 0 and tasks["flaky"]["upstream"] == ["start"]
     assert tasks["cleanup"]["trigger_rule"] == "all_done"
     assert tasks["cleanup"]["upstream"] == ["extract", "flaky"]
@@ -164,7 +165,8 @@ def test_an_airflow_3_file_maps_sdk_nested_groups_labels_and_doc_md(load) -> Non
     tasks = tasks_of(spec)
     assert tasks["outer.inner.deep"] == {"task_id": "outer.inner.deep", "kind": "bash", "upstream": ["outer.first"],
                                          "group": "outer.inner", "command": 'echo "stage=$STAGE"',
-                                         "skip_on_exit_code": [99], "env": {"STAGE": "inner"}, "append_env": True}
+                                         "skip_on_exit_code": [99], "env": {"STAGE": "inner"}, "append_env": True,
+                                         "push_last_line": True}
     assert tasks["outer.first"]["doc_md"] == "Prints the row count." and tasks["outer.first"]["group"] == "outer"
     assert tasks["outer.first"]["upstream"] == ["start"]
     assert tasks["report"]["upstream"] == ["outer.inner.deep"]   # through the Label: the group's leaf
@@ -535,3 +537,25 @@ flow()
     assert tasks["route"]["branch"] is True and tasks["route"]["upstream"] == ["again"]
     assert tasks["big"]["upstream"] == ["double", "route"] and tasks["big"]["op_args"] == [{RESULT_REF: ["double"]}]
     assert tasks["big"]["python_callable"] == "builtins:print"
+
+
+def test_bash_output_is_the_return_value_unless_do_xcom_push_is_false_and_an_xcomarg_renders_as_its_pull(
+        load, tmp_path: Path) -> None:
+    path = tmp_path / "bashxcom.py"
+    path.write_text("""
+from datetime import datetime
+from airflow import DAG
+from airflow.models.xcom_arg import XComArg
+from airflow.operators.bash import BashOperator
+with DAG("bashxcom", start_date=datetime(2026, 1, 1), schedule=None):
+    push = BashOperator(task_id="push", bash_command="echo value")
+    BashOperator(task_id="quiet", bash_command="echo x", do_xcom_push=False)
+    BashOperator(task_id="pull", bash_command="echo $V", env={"V": str(XComArg(push))}) << push
+""")
+    dags, refusals = load(path)
+    assert refusals == []
+    tasks = tasks_of(dags["bashxcom"].to_spec())
+    assert tasks["push"]["push_last_line"] is True and "push_last_line" not in tasks["quiet"]
+    assert tasks["pull"]["env"] == {
+        "V": "{{ task_instance.xcom_pull(task_ids='push', dag_id='bashxcom', key='return_value') }}"}
+    assert [t["ignored"] for t in dags["bashxcom"].report()["tasks"]] == [[], [], []], "do_xcom_push is acted on"

@@ -380,6 +380,26 @@ def test_a_python_callable_pushes_xcoms_that_the_result_carries(tmp_path, monkey
     assert done[2].exit_code == 1 and done[2].xcoms == "", "a failed attempt commits no XCom"
 
 
+def test_a_bash_task_with_push_last_line_publishes_its_last_line_unless_it_wrote_a_result(tmp_path):
+    spec = TaskSpec("t1", "bash", "", args={"push_last_line": True})
+    commands = {1: "echo first; echo 'the last line'", 2: "echo x; echo '[1]' > $RAFTFLOW_RESULT_FILE", 3: "true",
+                4: "echo nope; exit 3"}
+    setups = {n: AttemptSetup({}, None, spec) for n in commands}
+    reports = Reports(True)
+    worker = Worker("n1", 2, LocalStore(tmp_path / "store"), tmp_path / "work", propose=reports.propose,
+                    lease_duration=30.0, setup=lambda a: setups[a.attempt])
+    worker.ready.set()
+    done = {}
+    for attempt, command in commands.items():
+        reports.commands.clear()
+        assert worker.accept(Assignment("r1", "t1", attempt, "d", "bash", command, {}, ""))[0]
+        done[attempt] = reports.wait_for(c.TaskFinished)
+        wait_idle(worker)
+    worker.shutdown()
+    assert [(d.exit_code, d.result) for d in done.values()] == [(0, '"the last line"'), (0, "[1]"), (0, ""),
+                                                                 (3, "")]
+
+
 # ---------------------------------------------------------------- bounds (issue 13)
 def test_a_log_is_cut_at_the_limit_and_says_so_while_the_task_runs_on(tmp_path):
     worker, reports, store = make_worker(tmp_path, current=True, log_limit=1000)

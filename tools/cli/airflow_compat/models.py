@@ -168,6 +168,12 @@ class XComArg:
     def __getitem__(self, item: Any) -> "XComArg":
         return XComArg(self.operator, self.key, (*self.path, item))
 
+    def __str__(self) -> str:
+        """As Airflow renders an XComArg in a templated string: the template that pulls it."""
+        dag_id = self.operator.dag.dag_id if self.operator.dag is not None else ""
+        pull = f"task_instance.xcom_pull(task_ids={self.operator.task_id!r}, dag_id={dag_id!r}, key={self.key!r})"
+        return "{{ " + pull + "".join(f"[{step!r}]" for step in self.path) + " }}"
+
     def resolve(self, context: Any = None) -> Any:
         raise UnsupportedFeature("XComArg.resolve() while the DAG file loads: its value exists only when the task runs")
 

@@ -50,6 +50,8 @@ class BashOperator(BaseOperator):
             self._refuse("output_processor", "a callable defined in the DAG file, run on the output: nodes never "
                          "import DAG files")
         self.bash_command = self.template_file(self.bash_command, "bash_command")
+        if "do_xcom_push" in self.ignored:   # (acted on here: the last line of output is the return value)
+            self.ignored.remove("do_xcom_push")
 
     def kind_fields(self) -> dict[str, Any]:
         codes = self.args.get("skip_on_exit_code", self.args.get("skip_exit_code", AIRFLOW_SKIP_EXIT_CODE))
@@ -66,6 +68,8 @@ class BashOperator(BaseOperator):
             fields["append_env"] = bool(self.arg("append_env"))
         if self.arg("cwd"):
             fields["cwd"] = str(self.arg("cwd"))
+        if self.args.get("do_xcom_push", True) is not False:
+            fields["push_last_line"] = True
         return fields
 
 
