@@ -69,7 +69,7 @@ def render(template: str, context: dict[str, Any], what: str) -> str:
     if not any(marker in template for marker in _MARKERS):
         return template
     context = {**context}
-    with_task_instance(context)   # (`ti.xcom_pull(...)`; the fields as before)
+    with_task_instance(context)   # (`ti.xcom_pull(...)`; the fields as before; a view given stays)
     try:
         return _ENV.from_string(template).render(context)
     except TemplateError as e:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from .render import RenderError, is_template, render
+from .xcom import with_task_instance
 
 if TYPE_CHECKING:   # the renderer process itself imports no more than it needs
     from ..config import TaskUser
@@ -73,6 +74,8 @@ def _read_exact(stream: IO[bytes], n: int) -> bytes | None:
 
 
 def _render_all(templates: Sequence[tuple[str, str]], context: dict[str, Any]) -> list[str]:
+    """Render each template; `context["ti"]` becomes one view they all share (what they
+    push is its `pushed`)."""
     out = []
     for what, template in templates:
         text = render(template, context, what)
@@ -103,7 +106,8 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> int:
         if cpu_hard == resource.RLIM_INFINITY or limit < cpu_hard:
             resource.setrlimit(resource.RLIMIT_CPU, (limit, cpu_hard))   # SIGXCPU past it: the worker sees EOF
         try:
-            reply: dict[str, Any] = {"rendered": _render_all(templates, context)}
+            ti = with_task_instance(context, can_push=True)
+            reply: dict[str, Any] = {"rendered": _render_all(templates, context), "pushed": ti.pushed}
         except RenderError as e:
             reply = {"error": str(e)}
         data = json.dumps(reply).encode()
@@ -179,10 +183,11 @@ class RenderPool:
                 self._idle.append(_Renderer(self._cwd, self._env, self._run_as))
 
     def render(self, templates: Sequence[tuple[str, str]], context: dict[str, Any], deadline: float | None,
-               stopped: Callable[[], bool], timeout_note: str = "") -> list[str]:
-        """The rendered text of each (what, template), in order. Raises RenderError (the
-        message names what failed and why; `timeout_note` is said when `deadline`, a
-        time.monotonic() value, passes first) or RenderInterrupted once `stopped()`."""
+               stopped: Callable[[], bool], timeout_note: str = "", pushed: dict[str, Any] | None = None) -> list[str]:
+        """The rendered text of each (what, template), in order; what the templates pushed
+        (`ti.xcom_push`) goes into `pushed`. Raises RenderError (the message names what
+        failed and why; `timeout_note` is said when `deadline`, a time.monotonic() value,
+        passes first) or RenderInterrupted once `stopped()`."""
         texts = [template for _what, template in templates]
         todo = [i for i, (_what, template) in enumerate(templates) if is_template(template)]
         if not todo:
@@ -201,6 +206,8 @@ class RenderPool:
         self._give_back(renderer)
         for i, text in zip(todo, reply["rendered"]):
             texts[i] = text
+        if pushed is not None and isinstance(reply.get("pushed"), dict):
+            pushed.update(reply["pushed"])
         return texts
 
     def close(self) -> None:

@@ -184,6 +184,7 @@ class _Prepared:
     deadline: float | None = None
     reason: str = ""
     rendered: dict[str, str] = field(default_factory=dict)   # the kind's templated_fields, rendered
+    pushed: dict[str, Any] = field(default_factory=dict)     # what its templates pushed (ti.xcom_push)
 
 
 class Masker:
@@ -537,7 +538,7 @@ class Worker:
                 [("command", a.command), *((f"env value {k}", v) for k, v in a.env.items()),
                  *((name, value) for name, value in fields.items())], setup.context,
                 prepared.deadline, lambda: bool(attempt.stopped) or attempt.fenced or self._stopping.is_set(),
-                timeout_note)
+                timeout_note, prepared.pushed)
             prepared.command, prepared.env = rendered[0], dict(zip(a.env, rendered[1:1 + len(a.env)]))
             prepared.rendered = dict(zip(fields, rendered[1 + len(a.env):]))
         except RenderError as e:
@@ -656,7 +657,7 @@ class Worker:
         if not published and not problem and exit_code == 0 and task is not None \
                 and kind(task.kind).pushes_last_line(task):
             published = _last_line(tail)
-        attempt.xcoms, xcom_problem = _read_xcoms(attempt_dir / XCOM_FILE)
+        attempt.xcoms, xcom_problem = _read_xcoms(attempt_dir / XCOM_FILE, prepared.pushed)
         problem = problem or xcom_problem
         if problem and exit_code == 0:
             exit_code, reason = 1, problem
@@ -941,20 +942,27 @@ def _last_line(tail: bytearray) -> str:
     return json.dumps(text.rsplit("\n", 1)[-1]) if text else ""
 
 
-def _read_xcoms(path: Path) -> tuple[str, str]:
-    """(the JSON object of the pushed XComs or '', a problem to fail the attempt with or '')."""
+def _read_xcoms(path: Path, pushed_by_templates: dict[str, Any]) -> tuple[str, str]:
+    """(the JSON object of the pushed XComs - the templates', then the process's over
+    them - or '', a problem to fail the attempt with or '')."""
     limit = XCOM_TOTAL_LIMIT + 64 * MAX_XCOMS
     data, size, problem = _read_bounded(path, limit)
     if problem:
         return "", f"the pushed XComs {problem}"
     if data is None or not data.strip():
-        return "", ""
+        data = b"{}"
     if len(data) > limit:
         return "", f"the pushed XComs are {size} bytes of JSON; the limit is {XCOM_TOTAL_LIMIT}"
     try:
-        text = data.decode().strip()
-    except UnicodeDecodeError as e:
-        return "", f"the pushed XComs are not UTF-8 ({e})"
+        by_process = json.loads(data.decode())
+    except (UnicodeDecodeError, ValueError) as e:
+        return "", f"the pushed XComs are not JSON ({e})"
+    if not isinstance(by_process, dict):
+        return "", "the pushed XComs must be a JSON object"
+    pushed = {**pushed_by_templates, **by_process}
+    if not pushed:
+        return "", ""
+    text = json.dumps(pushed)
     error = xcoms_error(text)
     return ("", error) if error else (text, "")
 

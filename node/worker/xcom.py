@@ -4,7 +4,9 @@ the run's tasks published, and (python callables only) `xcom_push`.
 XComs in raftflow: a task's result (its return value, or $RAFTFLOW_RESULT_FILE) is the
 XCom "return_value"; a python callable may push more by key (`ti.xcom_push`), which the
 runner writes to XCOM_FILE and the worker commits with the result (TaskFinished.xcoms,
-core/checks.py bounds them). Both live with the task instance, are shown by `runs show`,
+core/checks.py bounds them); a template of a task's command or env may push too
+(`{{ ti.xcom_push(key=..., value=...) }}`, as Airflow's templates can), which the renderer
+returns beside the rendered text. Both live with the task instance, are shown by `runs show`,
 and go when the task is cleared or runs again. Templates (worker/render.py) and the
 python runner (worker/pyrunner.py) build this view over the attempt's context
 (`results`, `xcoms`: core/context.py). Pure: no I/O.
@@ -51,7 +53,7 @@ class TaskInstanceView:
         """Push `value` (JSON, at most 64 KiB) under `key` (not "return_value": that is the
         result). It is committed with the task's result when the task succeeds."""
         if not self._can_push:
-            raise TypeError("xcom_push is for python tasks' callables; a template cannot push")
+            raise TypeError("xcom_push cannot be called here")
         if not isinstance(key, str) or not key or key == RETURN_VALUE:
             raise ValueError(f"an XCom key is a non-empty string other than {RETURN_VALUE!r} (the task's result; "
                              f"return the value instead), got {key!r}")
@@ -85,8 +87,11 @@ class TaskInstanceView:
 
 
 def with_task_instance(context: dict[str, Any], can_push: bool = False) -> TaskInstanceView:
-    """Replace the context's `ti` / `task_instance` fields by one view over them; return it."""
+    """Replace the context's `ti` / `task_instance` fields by one view over them; return it
+    (the view already there, if it is one)."""
     given = context.get("ti")
+    if isinstance(given, TaskInstanceView):
+        return given
     fields: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
     view = TaskInstanceView(fields, context.get("results") or {}, context.get("xcoms") or {}, can_push)
     context["ti"] = context["task_instance"] = view

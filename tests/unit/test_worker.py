@@ -400,6 +400,21 @@ def test_a_bash_task_with_push_last_line_publishes_its_last_line_unless_it_wrote
                                                                  (3, "")]
 
 
+def test_what_a_command_template_pushes_is_committed_with_the_result(tmp_path):
+    context = {"ti": {"try_number": 1, "task_id": "t1", "dag_id": "d", "run_id": "r1", "map_index": -1}}
+    setups = {1: AttemptSetup(context, None, TaskSpec("t1", "bash", ""))}
+    reports = Reports(True)
+    worker = Worker("n1", 2, LocalStore(tmp_path / "store"), tmp_path / "work", propose=reports.propose,
+                    lease_duration=30.0, setup=lambda a: setups[a.attempt])
+    worker.ready.set()
+    command = "echo 'pushed {{ ti.xcom_push(key=\"manual\", value=\"v\") }}'"
+    assert worker.accept(Assignment("r1", "t1", 1, "d", "bash", command, {}, ""))[0]
+    done = reports.wait_for(c.TaskFinished)
+    wait_idle(worker)
+    worker.shutdown()
+    assert done.exit_code == 0 and json.loads(done.xcoms) == {"manual": "v"}
+
+
 # ---------------------------------------------------------------- bounds (issue 13)
 def test_a_log_is_cut_at_the_limit_and_says_so_while_the_task_runs_on(tmp_path):
     worker, reports, store = make_worker(tmp_path, current=True, log_limit=1000)

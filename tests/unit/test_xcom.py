@@ -107,10 +107,17 @@ def test_xcom_pull_reads_results_and_pushed_values_of_this_run() -> None:
         ti.xcom_push("return_value", 1)
 
 
-def test_templates_pull_but_cannot_push() -> None:
+def test_templates_pull_and_the_renderer_collects_what_they_push() -> None:
+    from raftflow.worker.renderer import _render_all
+
     context = {**CONTEXT}
     assert render("{{ ti.xcom_pull(task_ids='a')['rows'] }} {{ ti.try_number }} "
                   "{{ task_instance.xcom_pull(task_ids='a', key='order_data') }}", context, "command") == "3 2 x"
     view = with_task_instance({**CONTEXT})
-    with pytest.raises(TypeError, match="a template cannot push"):
+    with pytest.raises(TypeError, match="xcom_push cannot be called here"):
         view.xcom_push("k", 1)
+    context = {**CONTEXT}
+    shared = with_task_instance(context, can_push=True)
+    assert _render_all([("command", "echo {{ ti.xcom_push(key='k', value=[1]) }}"),
+                        ("env value V", "{{ ti.xcom_pull(key='k') }}")], context) == ["echo None", "[1]"]
+    assert shared.pushed == {"k": [1]}
