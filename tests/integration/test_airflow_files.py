@@ -77,6 +77,6 @@ def test_a_refused_file_submits_nothing(cluster, cli) -> None:
     before = {d["dag_id"] for d in cli.json("dags", "list")["dags"]}
     out = cli("dags", "submit", str(DAGS / "airflow1_style.py"), str(DAGS / "refused" / "custom_operator.py"))
     assert out.returncode == 2
-    assert "custom_operator.py: line 15: custom operator HelloOperator" in out.stderr
+    assert "custom_operator.py: line 16: custom operator HelloOperator" in out.stderr
     assert "nothing was submitted" in out.stderr
     assert {d["dag_id"] for d in cli.json("dags", "list")["dags"]} == before

@@ -163,6 +163,36 @@ with DAG("xcoms", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UT
         BashOperator(task_id="load", bash_command="echo total={{ ti.xcom_pull(task_ids='transform', key='total') }}")
 '''
 
+# Operators of the file's own: execute(context) runs as a python task, template_fields rendered.
+CUSTOM = r'''
+import pendulum
+from airflow.exceptions import AirflowSkipException
+from airflow.models.baseoperator import BaseOperator
+from airflow.sdk import DAG
+
+
+class GreetOperator(BaseOperator):
+    template_fields = ("greeting",)
+
+    def __init__(self, greeting, **kwargs):
+        super().__init__(**kwargs)
+        self.greeting = greeting
+
+    def execute(self, context):
+        print(self.greeting, "from", context["task"].task_id)
+        return self.greeting
+
+
+class SkipOperator(BaseOperator):
+    def execute(self, context):
+        raise AirflowSkipException
+
+
+with DAG("custom", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), is_paused_upon_creation=False):
+    GreetOperator(task_id="greet", greeting="hello {{ dag_run.conf.get('who', 'nobody') }}") >> \
+        SkipOperator(task_id="skip")
+'''
+
 
 def _run(cli: Cli, dag_id: str, *extra: str) -> tuple[dict, dict[str, dict]]:
     proc = cli("dags", "trigger", dag_id, "--wait", "--json", *extra)
@@ -239,6 +269,15 @@ def test_python_tasks_installed_in_file_taskflow_branches_and_skips(tmp_path: Pa
         assert tasks["extract"]["xcoms"] == {"order_data": json.dumps({"a1": 10.5, "a2": 4.5})}
         assert tasks["transform"]["xcoms"] == {"total": 15.0} and tasks["load"]["xcoms"] == {}
         assert cli("tasks", "logs", run["run_id"], "load").stdout == "total=15.0\n"
+
+        (tmp_path / "custom.py").write_text(CUSTOM)
+        submitted = cli("dags", "submit", str(tmp_path / "custom.py"))
+        assert submitted.returncode == 0, submitted.stderr
+        run, tasks = _run(cli, "custom", "--conf", json.dumps({"who": "ops"}))
+        assert run["state"] == "success", tasks
+        assert _states(tasks) == {"greet": "success", "skip": "skipped"}
+        assert tasks["greet"]["result"] == "hello ops"
+        assert cli("tasks", "logs", run["run_id"], "greet").stdout == "hello ops from greet\n"
 
         run, tasks = _run(cli, "gated")
         assert run["state"] == "success"

@@ -366,7 +366,7 @@ def test_dags_check_prints_tasks_kinds_ignored_and_refused_and_exits_2_on_refusa
     report = json.loads(as_json.stdout)
     assert (report["loaded"], report["failed"]) == (0, 1)
     tasks = {t["task_id"]: t for t in report["files"][0]["dags"][0]["tasks"]}
-    assert tasks["hello"] == {"task_id": "hello", "operator": "HelloOperator", "kind": "-", "line": 15,
+    assert tasks["hello"] == {"task_id": "hello", "operator": "HelloOperator", "kind": "-", "line": 16,
                               "ignored": [], "refused": ["custom operator HelloOperator"]}
     assert tasks["pod"]["kind"] == "bash" and tasks["pod"]["refused"] == ["executor_config"]
 

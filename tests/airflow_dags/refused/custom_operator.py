@@ -1,4 +1,5 @@
-"""A BaseOperator subclass of the file's own, and an executor_config."""
+"""A BaseOperator subclass of the file's own with no execute() (one with it runs as a
+python task), and an executor_config."""
 from datetime import datetime
 
 from airflow import DAG
@@ -7,7 +8,7 @@ from airflow.operators.bash import BashOperator
 
 
 class HelloOperator(BaseOperator):
-    def execute(self, context):
+    def run_it(self, context):
         print("hello")
 
 

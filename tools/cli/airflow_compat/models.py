@@ -620,17 +620,34 @@ class BaseOperator:
             if name in self.given and args[name] is not None and \
                     as_datetime(args[name], name) != as_datetime(getattr(self.dag, name), name):
                 self.ignored.append(f"{name} (the task's own; runs follow the DAG's)")
-        if not type(self).__module__.startswith(__package__ or "raftflow_cli.airflow_compat"):
-            self._refuse(f"custom operator {type(self).__name__}",
-                         "a BaseOperator subclass runs its own execute(); raftflow will run those as python tasks "
-                         f"once \"{NEXT_ISSUE}\" lands; until then use BashOperator, EmptyOperator, SSHOperator "
-                         "or TriggerDagRunOperator")
+        self.custom = not type(self).__module__.startswith(__package__ or "raftflow_cli.airflow_compat")
+        if self.custom:
+            if type(self).execute is BaseOperator.execute:
+                self._refuse(f"custom operator {type(self).__name__}", "it defines no execute(context) to run")
+            else:
+                self.kind = "python"   # type: ignore[misc]  # (its execute runs as a python task)
+                self.python_function = self._execute_with_context
         elif type(self)._refusal is not None:
             feature, why = type(self)._refusal  # type: ignore[misc]
             self._refuse(feature, why)
         if self.task_group is not None:
             self.task_group.children.append(self)
         self.dag.add_task(self)
+
+    def execute(self, context: Any) -> Any:
+        """A subclass's work (custom operators: the task's process calls it)."""
+        raise NotImplementedError
+
+    def _execute_with_context(self, **context: Any) -> Any:
+        """What the task's process calls for a custom operator: its template_fields rendered
+        with the context (as Airflow does before execute), then execute(context)."""
+        from raftflow.worker.render import render
+
+        for name in type(self).template_fields:
+            value = getattr(self, name, None)
+            if isinstance(value, str):
+                setattr(self, name, render(value, context, name))
+        return self.execute(context)
 
     def _refuse(self, feature: str, why: str) -> None:
         self.refused.append(feature)
@@ -743,6 +760,9 @@ class BaseOperator:
         return spec
 
     def kind_fields(self) -> dict[str, Any]:
+        if getattr(self, "custom", False):
+            name = type(self).__name__
+            return {"python_callable": f"__dag_file__:{name if name.isidentifier() else 'execute'}", "op_kwargs": {}}
         return {}
 
     def report(self) -> dict[str, Any]:
