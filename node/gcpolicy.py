@@ -16,10 +16,10 @@ this policy, in-process at 20,000 ready tasks).
   reference cycles (tests/unit/test_gc_policy.py runs run lives, retries, prunes and a
   snapshot through it and finds no cyclic garbage), so reference counting still frees
   what the state drops.
-- Every `thaw_period` it returns the frozen objects to the collector (`gc.unfreeze`): a
-  cycle that became garbage after it was frozen (a closed connection's objects, say) is
-  freed by the next full collection, so such garbage lives at most that long. That one
-  full walk per `thaw_period` is the policy's price.
+- Every `thaw_period` it returns the frozen objects to the collector (`gc.unfreeze`) and
+  runs a full collection: a cycle that became garbage after it was frozen (a closed
+  connection's objects, say) is freed then, so such garbage lives at most that long.
+  That one full walk per `thaw_period` is the policy's price.
 And from its import on, every collection is timed (`gc.callbacks`) into `PAUSES`,
 which every node's metrics serve as raftflow_gc_pause_seconds{generation}
 (node/metrics.py).
@@ -120,7 +120,10 @@ class GcPolicy:
         self.freezes += 1
 
     def thaw(self) -> None:
+        """Return the frozen objects and collect everything once (the one full walk per
+        thaw_period): without it the next freeze would take a dead cycle back in."""
         gc.unfreeze()
+        gc.collect()
         self.thaws += 1
 
     def _run(self) -> None:

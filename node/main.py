@@ -52,6 +52,7 @@ from .api.services import ClientService, PeerService
 from .config import ConfigError, NodeConfig, Peer, TLSMaterial, load
 from .core import commands as c
 from .core.archive import decode_record
+from .core.context import parse_published
 from .core.effects import DropRunLogs, Effect, ReleasedAttempts, StopAttempt
 from .core.result import Result
 from .core.states import TASK_ACTIVE, TaskState
@@ -290,7 +291,10 @@ class Node:
                 raise RuntimeError(f"run {a.run_id} is not active on this node's replica")
             spec = state.dag_spec(run)
             task = spec.task(a.task_id)
-            return attempt_setup(state, run, spec, task, a.attempt, self.cfg.node_id, self.cfg.connections)
+            setup = attempt_setup(state, run, spec, task, a.attempt, self.cfg.node_id, self.cfg.connections,
+                                  raw_published=True)
+        parse_published(setup.context)   # (the run's results and XComs, parsed outside the lock)
+        return setup
 
     def _run_state(self, run_id: str) -> tuple[str, str] | None:
         """(dag_id, state) of a run in this node's replica, or None: one dict lookup, or

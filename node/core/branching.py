@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from .model import REASON_LIMIT
 from .spec import DagSpec, TaskSpec
 
 BRANCH = "branch"
@@ -65,19 +66,21 @@ def _branch(spec: DagSpec, task: TaskSpec, value: object, direct: list[TaskSpec]
     else:
         return Decision(error=f"branch {task.task_id!r} must return a task id, a list of task ids or None; "
                               f"it returned {_shown(json.dumps(value))}")
+    chosen = list(dict.fromkeys(chosen))   # (in order, once each: the reason names a few)
     groups = {t.group for t in spec.tasks if t.group}
     groups |= {g.rsplit(".", i)[0] for g in list(groups) for i in range(1, g.count(".") + 1)}
     unknown = [x for x in chosen if x not in spec.task_index and x not in groups]
     if unknown:
-        return Decision(error=f"branch {task.task_id!r} chose {', '.join(map(repr, unknown[:5]))}: no such task or "
-                              f"task group in DAG {spec.dag_id!r}")
+        return Decision(error=_clipped(f"branch {task.task_id!r} chose {_names(unknown)}: no such task or task "
+                                       f"group in DAG {spec.dag_id!r}"))
+    wanted = set(chosen)
 
-    def followed(t: TaskSpec) -> bool:
-        return any(t.task_id == x or t.group == x or t.group.startswith(x + ".") for x in chosen)
+    def followed(t: TaskSpec) -> bool:   # (its id, its group or a group around it: O(group depth))
+        parts = t.group.split(".") if t.group else []
+        return t.task_id in wanted or any(".".join(parts[:i]) in wanted for i in range(1, len(parts) + 1))
 
     skip = tuple(t.task_id for t in direct if not followed(t))
-    shown = ", ".join(map(repr, chosen)) if chosen else "nothing"
-    return Decision(skip, f"branch {task.task_id!r} followed {shown}")
+    return Decision(skip, _clipped(f"branch {task.task_id!r} followed {_names(chosen) if chosen else 'nothing'}"))
 
 
 def _all_downstream(spec: DagSpec, task_id: str) -> list[str]:
@@ -91,6 +94,16 @@ def _all_downstream(spec: DagSpec, task_id: str) -> list[str]:
             seen.add(t)
             stack.extend(after[t])
     return [t.task_id for t in spec.tasks if t.task_id in seen]
+
+
+def _names(ids: list[str]) -> str:
+    """At most 5 ids, quoted, and how many more."""
+    shown = ", ".join(repr(x[:100]) for x in ids[:5])
+    return shown + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= REASON_LIMIT else text[:REASON_LIMIT - 3] + "..."
 
 
 def _shown(text: str) -> str:

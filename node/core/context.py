@@ -56,10 +56,12 @@ def _day(epoch: float | None, fmt: str = _UTC_DAY) -> str | None:
 def template_context(run: Run, spec: DagSpec, task_id: str, attempt: int, node: str, *,
                      variables: Mapping[str, str] | None = None,
                      connections: Mapping[str, Mapping[str, Any]] | None = None,
-                     prev_success: tuple[str, str] | None = None) -> dict[str, Any]:
+                     prev_success: tuple[str, str] | None = None, raw_published: bool = False) -> dict[str, Any]:
     """`variables`: the Variables to expose as `var` (None: no `var`); `connections`: this
     node's connections' public fields by name; `prev_success`: (data_interval_start,
-    data_interval_end) of the previous successful run, if known."""
+    data_interval_end) of the previous successful run, if known. `raw_published`: `results`
+    and `xcoms` hold the stored JSON texts, for `parse_published` to parse later (a caller
+    holding the replica lock parses them after releasing it: up to 320 KiB per task)."""
     logical = datetime.fromisoformat(run.logical_date)
     epoch = logical.timestamp()
     prev_tick = previous_tick(spec, epoch) if spec.cron is not None else None
@@ -98,13 +100,20 @@ def template_context(run: Run, spec: DagSpec, task_id: str, attempt: int, node: 
                 "description": spec.description},
         "task": {"task_id": task_id, "dag_id": run.dag_id,
                  **({"retries": own.retries, "pool": own.pool, "queue": own.queue} if own is not None else {})},
-        "results": {tid: json.loads(ti.result) for tid, ti in run.tasks.items() if ti.result is not None},
-        "xcoms": {tid: {key: json.loads(value) for key, value in ti.xcoms.items()}
-                  for tid, ti in run.tasks.items() if ti.xcoms},
+        "results": {tid: ti.result for tid, ti in run.tasks.items() if ti.result is not None},
+        "xcoms": {tid: dict(ti.xcoms) for tid, ti in run.tasks.items() if ti.xcoms},
         "conn": {name: dict(fields) for name, fields in (connections or {}).items()},
     }
     if variables is not None:
         context["var"] = {"value": dict(variables), "json": _parsed(variables)}
+    return context if raw_published else parse_published(context)
+
+
+def parse_published(context: dict[str, Any]) -> dict[str, Any]:
+    """Parse the `results` and `xcoms` texts of a context built with raw_published (in place)."""
+    context["results"] = {tid: json.loads(text) for tid, text in context["results"].items()}
+    context["xcoms"] = {tid: {key: json.loads(text) for key, text in pushed.items()}
+                        for tid, pushed in context["xcoms"].items()}
     return context
 
 

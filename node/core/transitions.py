@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import commands as c, digest, past
 from .archive import add_term, decode_record, encode_record, remove_term
+from .checks import xcom_text
 from .codec import run_to_dict
 from .effects import Effect, StopAttempt
 from .model import LOG_TAIL_LIMIT, STORY_LIMIT, Run, Stimulus, StoryEvent, TaskInstance
@@ -141,7 +142,7 @@ def _record_result(ti: TaskInstance, result: Finished) -> None:
     ti.log_tail, ti.reason = cmd.log_tail[-LOG_TAIL_LIMIT:], cmd.reason
     ti.retry_at = result.retry_at
     ti.result = cmd.result or None
-    ti.xcoms = {key: json.dumps(value) for key, value in json.loads(cmd.xcoms).items()} if cmd.xcoms else None
+    ti.xcoms = {key: xcom_text(value) for key, value in json.loads(cmd.xcoms).items()} if cmd.xcoms else None
 
 
 def _transition_running_success(state: State, run: Run, ti: TaskInstance, result: Finished) -> tuple[Effect, ...]:

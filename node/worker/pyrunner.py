@@ -27,7 +27,6 @@ import importlib
 import inspect
 import json
 import os
-import re
 import sys
 import traceback
 import types
@@ -49,7 +48,6 @@ LOADED_AS = "__raftflow_dag_file__"       # the module the DAG file runs as (the
 # In op_args / op_kwargs, {RESULT_REF: [task_id, key, ...]} stands for that task's result in
 # this run (indexed by the keys; None if it published none): a TaskFlow call's XComArg.
 RESULT_REF = "__raftflow_result_of__"
-AIRFLOW_IMPORT = re.compile(r"^\s*(from|import)\s+airflow\b", re.MULTILINE)
 
 
 def load_context(text: str) -> dict[str, Any]:
@@ -159,7 +157,7 @@ def from_dag_file(dag_id: str, task_id: str) -> Any:
     from raftflow import authoring
 
     dag_lists: list[Callable[[], list[Any]]] = [authoring.created_dags]
-    if AIRFLOW_IMPORT.search(source):
+    if "airflow" in source:   # (as the loader does, whatever the form of the import)
         from raftflow_cli import airflow_compat
 
         airflow_compat.install(Path(filename))
@@ -169,7 +167,7 @@ def from_dag_file(dag_id: str, task_id: str) -> Any:
     sys.modules[LOADED_AS] = module
     try:
         exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - the DAG file, by design
-    except Exception as e:  # noqa: BLE001 - the attempt fails saying why
+    except BaseException as e:  # noqa: BLE001 - even SystemExit: its code must not pass for the runner's own
         traceback.print_exc()
         raise CannotLoad(f"loading the DAG file {filename} failed: {type(e).__name__}: {e}") from None
     dag = next((d for created in dag_lists for d in created() if d.dag_id == dag_id), None)
@@ -190,11 +188,11 @@ def main() -> int:
             function = from_dag_file(os.environ["RAFTFLOW_DAG_ID"], os.environ["RAFTFLOW_TASK_ID"])
         else:
             function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as e:
-        print(f"raftflow: cannot import {target} on this node: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
     except CannotLoad as e:
         print(f"raftflow: {e}", file=sys.stderr)
+        return 1
+    except BaseException as e:  # noqa: BLE001 - ImportError, AttributeError, a module's SystemExit: never 98/99
+        print(f"raftflow: cannot import {target} on this node: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     context = load_context(_read(os.environ.get("RAFTFLOW_PY_CONTEXT_FILE")))
     results = context.get("results") or {}

@@ -72,6 +72,7 @@ from ..config import ConfigError, SSHConnection, TaskUser
 from ..core import commands as c, past
 from ..core.checks import xcoms_error
 from ..core.context import template_context, uses_variables
+from ..core.limits import parse_json
 from ..core.model import MAX_XCOMS, RESULT_LIMIT, XCOM_TOTAL_LIMIT, Run
 from ..core.result import Code, Result
 from ..core.spec import DagSpec, TaskSpec
@@ -147,7 +148,7 @@ class AttemptSetup:
 
 
 def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt: int, node_id: str,
-                  connections: tuple[SSHConnection, ...] = ()) -> AttemptSetup:
+                  connections: tuple[SSHConnection, ...] = (), raw_published: bool = False) -> AttemptSetup:
     """An attempt's setup from the replica (the caller holds its lock): the context, with
     the Variables as of now only if a template of the task may read them (O(variables),
     bounded by variables.MAX_TOTAL_BYTES), this node's connections' public fields, and
@@ -158,7 +159,7 @@ def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt
         variables=state.variables if uses_variables(*templates) else None,
         connections={conn.name: {"conn_type": "ssh", "host": conn.host, "port": conn.port, "login": conn.user,
                                  "schema": ""} for conn in connections},
-        prev_success=past.previous_success(state, run))
+        prev_success=past.previous_success(state, run), raw_published=raw_published)
     source = filename = ""
     if kind(task.kind).needs_dag_file(task):
         version = state.dags[run.dag_id].versions[run.dag_version - 1]
@@ -929,7 +930,7 @@ def _read_result(path: Path) -> tuple[str, str]:
         return "", ""
     try:
         text = data.decode()
-        json.loads(text)
+        parse_json(text, "the result")   # (depth-checked: a task's file must not crash this thread)
     except (UnicodeDecodeError, ValueError) as e:
         return "", f"the result in $RAFTFLOW_RESULT_FILE is not JSON ({e})"
     return text.strip(), ""
@@ -954,7 +955,7 @@ def _read_xcoms(path: Path, pushed_by_templates: dict[str, Any]) -> tuple[str, s
     if len(data) > limit:
         return "", f"the pushed XComs are {size} bytes of JSON; the limit is {XCOM_TOTAL_LIMIT}"
     try:
-        by_process = json.loads(data.decode())
+        by_process = parse_json(data.decode(), "the pushed XComs")
     except (UnicodeDecodeError, ValueError) as e:
         return "", f"the pushed XComs are not JSON ({e})"
     if not isinstance(by_process, dict):

@@ -559,3 +559,31 @@ with DAG("bashxcom", start_date=datetime(2026, 1, 1), schedule=None):
     assert tasks["pull"]["env"] == {
         "V": "{{ task_instance.xcom_pull(task_ids='push', dag_id='bashxcom', key='return_value') }}"}
     assert [t["ignored"] for t in dags["bashxcom"].report()["tasks"]] == [[], [], []], "do_xcom_push is acted on"
+
+
+def test_a_task_function_from_a_helper_module_is_found_through_the_dag_and_operator_subclasses_are_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "helpers.py").write_text("from airflow.sdk import task\n@task\ndef shared():\n    return 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "uses_helper.py"
+    path.write_text("""
+import pendulum
+from airflow.sdk import DAG
+from airflow.operators.bash import BashOperator
+from helpers import shared
+
+class LoudBash(BashOperator):
+    def execute(self, context):
+        print("loud")
+
+with DAG("uses_helper", schedule=None, start_date=pendulum.datetime(2026, 1, 1)):
+    shared()
+    LoudBash(task_id="loud", bash_command="echo")
+""")
+    result = inspect_file(path)
+    assert not result["ok"]
+    assert "custom operator LoudBash" in result["error"] and "a subclass of BashOperator" in result["error"]
+    path.write_text(path.read_text().replace('    LoudBash(task_id="loud", bash_command="echo")\n', ""))
+    result = inspect_file(path)
+    assert result["ok"], result
+    assert tasks_of(json.loads(result["dags"][0]["spec_json"]))["shared"]["python_callable"] == "__dag_file__:shared"

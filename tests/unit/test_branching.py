@@ -116,6 +116,18 @@ def test_a_branch_that_chooses_what_does_not_exist_fails_and_skips_nothing(chose
     assert w.task_states("r1")["a"] is S.UPSTREAM_FAILED and w.run("r1").state is RunState.FAILED
 
 
+def test_a_branch_reason_names_a_few_ids_whatever_the_result_holds() -> None:
+    """A 64 KiB result of ids must not become a 64 KiB reason on every skipped task."""
+    w = started(branch_dag())
+    finish(w, "br", result=["a"] * 6000)
+    assert w.ti("r1", "b").reason == "branch 'br' followed 'a'"
+    w = started(branch_dag())
+    finish(w, "br", result=[f"missing{i}" for i in range(3000)])
+    reason = w.ti("r1", "br").reason
+    assert reason.startswith("branch 'br' chose 'missing0', 'missing1', 'missing2', 'missing3', 'missing4' and "
+                             "2995 more: no such task") and len(reason) < 300
+
+
 def test_a_bad_branch_choice_uses_the_tasks_retries() -> None:
     w = started(branch_dag(retries=1))
     finish(w, "br", result="zzz")

@@ -115,6 +115,26 @@ def test_freeze_takes_the_objects_alive_out_of_full_collections() -> None:
         gc.unfreeze()
 
 
+def test_a_thaw_frees_a_cycle_that_died_while_frozen() -> None:
+    import weakref
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    alive = weakref.ref(a)
+    policy = gcpolicy.GcPolicy()
+    try:
+        policy.freeze()
+        del a, b
+        assert alive() is not None, "frozen: no collection walks it"
+        policy.thaw()
+        assert alive() is None
+    finally:
+        gc.unfreeze()
+
+
 def test_every_collection_is_timed_by_generation() -> None:
     before = gcpolicy.PAUSES.counts[2][:], gcpolicy.PAUSES.seconds[2]
     gc.collect(2)

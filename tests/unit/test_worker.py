@@ -330,7 +330,8 @@ def test_a_python_callable_of_the_dag_file_is_loaded_from_the_runs_dag_version(t
     or fails, fails the attempt saying so."""
     cases = {1: ("__dag_file__:rows", DAG_FILE_SOURCE),
              2: ("__dag_file__:rows", DAG_FILE_SOURCE.replace('"t1"', '"t2"')),
-             3: ("__dag_file__:rows", "raise RuntimeError('no network here')\n")}
+             3: ("__dag_file__:rows", "raise RuntimeError('no network here')\n"),
+             4: ("__dag_file__:rows", "import sys\nsys.exit(99)\n")}
     setups = {n: AttemptSetup({"ds": "2026-01-01"}, None, python_task(name, {"limit": 3}), dag_source=source,
                               dag_filename="dags/infile.py") for n, (name, source) in cases.items()}
     reports = Reports(True)
@@ -354,6 +355,8 @@ def test_a_python_callable_of_the_dag_file_is_loaded_from_the_runs_dag_version(t
     done, log = outcomes[3]
     assert done.exit_code == 1 and 'File "dags/infile.py", line 1' in log
     assert log.endswith("raftflow: loading the DAG file dags/infile.py failed: RuntimeError: no network here\n")
+    done, log = outcomes[4]
+    assert done.exit_code == 1, "a DAG file's sys.exit(99) is a failure, not the runner's 'skipped'"
 
 
 def test_a_python_callable_pushes_xcoms_that_the_result_carries(tmp_path, monkeypatch):
@@ -383,7 +386,8 @@ def test_a_python_callable_pushes_xcoms_that_the_result_carries(tmp_path, monkey
 def test_a_bash_task_with_push_last_line_publishes_its_last_line_unless_it_wrote_a_result(tmp_path):
     spec = TaskSpec("t1", "bash", "", args={"push_last_line": True})
     commands = {1: "echo first; echo 'the last line'", 2: "echo x; echo '[1]' > $RAFTFLOW_RESULT_FILE", 3: "true",
-                4: "echo nope; exit 3"}
+                4: "echo nope; exit 3",
+                5: "python3 -c \"print('{\\\"a\\\":' + '[' * 100000)\" > xcoms.json"}   # (deep: fails, never crashes)
     setups = {n: AttemptSetup({}, None, spec) for n in commands}
     reports = Reports(True)
     worker = Worker("n1", 2, LocalStore(tmp_path / "store"), tmp_path / "work", propose=reports.propose,
@@ -397,7 +401,8 @@ def test_a_bash_task_with_push_last_line_publishes_its_last_line_unless_it_wrote
         wait_idle(worker)
     worker.shutdown()
     assert [(d.exit_code, d.result) for d in done.values()] == [(0, '"the last line"'), (0, "[1]"), (0, ""),
-                                                                 (3, "")]
+                                                                 (3, ""), (1, "")]
+    assert "the pushed XComs are not JSON" in done[5].reason and "nested more than" in done[5].reason
 
 
 def test_what_a_command_template_pushes_is_committed_with_the_result(tmp_path):

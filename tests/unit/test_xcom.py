@@ -42,7 +42,7 @@ def finish_a(w: World, xcoms: Any, result: str = "", expect: Code = Code.OK, exi
 def test_pushed_xcoms_are_kept_with_the_task_and_seen_by_later_tasks() -> None:
     w = started()
     finish_a(w, {"order_data": {"1001": 301.27}, "rows": 3}, result='"done"')
-    assert w.ti("r1", "a").xcoms == {"order_data": '{"1001": 301.27}', "rows": "3"}
+    assert w.ti("r1", "a").xcoms == {"order_data": '{"1001":301.27}', "rows": "3"}
     run = w.run("r1")
     context = template_context(run, w.state.dag_spec(run), "b", 1, "n1")
     assert context["xcoms"] == {"a": {"order_data": {"1001": 301.27}, "rows": 3}}
@@ -53,8 +53,8 @@ def test_the_archive_record_keeps_them_and_a_task_without_any_has_no_xcoms_key()
     w = started()
     finish_a(w, {"k": [1, 2]})
     record = run_to_dict(w.run("r1"))
-    assert record["tasks"]["a"]["xcoms"] == {"k": "[1, 2]"} and "xcoms" not in record["tasks"]["b"]
-    assert run_from_dict(json.loads(json.dumps(record))).tasks["a"].xcoms == {"k": "[1, 2]"}
+    assert record["tasks"]["a"]["xcoms"] == {"k": "[1,2]"} and "xcoms" not in record["tasks"]["b"]
+    assert run_from_dict(json.loads(json.dumps(record))).tasks["a"].xcoms == {"k": "[1,2]"}
     assert "xcoms" not in task_to_dict(w.ti("r1", "b")), "digest terms of tasks without XComs stay as before"
 
 
@@ -64,6 +64,7 @@ def test_the_archive_record_keeps_them_and_a_task_without_any_has_no_xcoms_key()
     ({f"k{i}": i for i in range(MAX_XCOMS + 1)}, f"at most {MAX_XCOMS} XComs"),
     ({"big": "x" * RESULT_LIMIT}, "XCom 'big': a value must be JSON of at most 65536 bytes"),
     ("[1, 2]", "must be a non-empty JSON object"),
+    ('{"\\ud800": 1}', "characters of UTF-8"),   # (a lone surrogate: the digest could not encode it)
     ("{not json", "the pushed XComs"),
 ])
 def test_bad_xcoms_are_refused_at_commit_and_change_nothing(xcoms: Any, error: str) -> None:
@@ -90,6 +91,23 @@ CONTEXT = {"ti": {"try_number": 2, "task_id": "b", "dag_id": "d", "run_id": "r1"
            "results": {"a": {"rows": 3}}, "xcoms": {"a": {"order_data": "x"}}}
 
 
+def test_values_are_measured_as_stored_compact_and_unescaped() -> None:
+    w = started()
+    finish_a(w, {"text": "é" * 30_000})   # (60 KB of UTF-8; 180 KB as ASCII escapes)
+    assert w.ti("r1", "a").xcoms == {"text": '"' + "é" * 30_000 + '"'}
+
+
+def test_a_context_built_under_the_lock_parses_published_values_after_it() -> None:
+    from raftflow.core.context import parse_published
+
+    w = started()
+    finish_a(w, {"k": [1]}, result='{"rows": 2}')
+    run = w.run("r1")
+    raw = template_context(run, w.state.dag_spec(run), "b", 1, "n1", raw_published=True)
+    assert raw["results"] == {"a": '{"rows": 2}'} and raw["xcoms"] == {"a": {"k": "[1]"}}
+    assert parse_published(raw) == template_context(run, w.state.dag_spec(run), "b", 1, "n1")
+
+
 def test_xcom_pull_reads_results_and_pushed_values_of_this_run() -> None:
     ti = TaskInstanceView(CONTEXT["ti"], CONTEXT["results"], CONTEXT["xcoms"], can_push=True)
     assert ti.xcom_pull(task_ids="a") == {"rows": 3}
@@ -105,6 +123,8 @@ def test_xcom_pull_reads_results_and_pushed_values_of_this_run() -> None:
         ti.xcom_push("bad", object())
     with pytest.raises(ValueError, match="return the value instead"):
         ti.xcom_push("return_value", 1)
+    with pytest.raises(ValueError, match="non-empty string"):
+        ti.xcom_push("\ud800", 1)
 
 
 def test_templates_pull_and_the_renderer_collects_what_they_push() -> None:

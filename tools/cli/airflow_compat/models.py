@@ -620,8 +620,15 @@ class BaseOperator:
             if name in self.given and args[name] is not None and \
                     as_datetime(args[name], name) != as_datetime(getattr(self.dag, name), name):
                 self.ignored.append(f"{name} (the task's own; runs follow the DAG's)")
-        self.custom = not type(self).__module__.startswith(__package__ or "raftflow_cli.airflow_compat")
-        if self.custom:
+        ours = __package__ or "raftflow_cli.airflow_compat"
+        self.custom = not type(self).__module__.startswith(ours)
+        # (the operator of this layer it builds on: BaseOperator for a custom operator)
+        base = next(c for c in type(self).__mro__ if c.__module__.startswith(ours))
+        if self.custom and base is not BaseOperator:
+            self._refuse(f"custom operator {type(self).__name__}",
+                         f"a subclass of {base.__name__} runs code of its own that raftflow's {base.__name__} does "
+                         "not: subclass BaseOperator and write execute(context), or use the operator itself")
+        elif self.custom:
             if type(self).execute is BaseOperator.execute:
                 self._refuse(f"custom operator {type(self).__name__}", "it defines no execute(context) to run")
             else:
@@ -760,7 +767,7 @@ class BaseOperator:
         return spec
 
     def kind_fields(self) -> dict[str, Any]:
-        if getattr(self, "custom", False):
+        if getattr(self, "custom", False) and self.kind == "python":
             name = type(self).__name__
             return {"python_callable": f"__dag_file__:{name if name.isidentifier() else 'execute'}", "op_kwargs": {}}
         return {}

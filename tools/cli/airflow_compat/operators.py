@@ -292,10 +292,10 @@ class _DecoratedTask(BaseOperator):
                          f"this decorator waits for \"{NEXT_ISSUE}\" (next issue); @task, @task.branch and "
                          "@task.short_circuit run")
             return
-        name, why = callable_name(function)
-        if why:
-            self._refuse(f"{decorator} function {task_id!r}", why)
-        self.callable_name = name
+        # (always from the DAG file: the task's process finds the function through the DAG it
+        # declares, whichever module defined it - a @task imported from a helper module too)
+        name = getattr(function, "__name__", "")
+        self.callable_name = f"__dag_file__:{name if name.isidentifier() else 'function'}"
         self.op_args = arguments_json(list(call_args), f"arguments of {decorator} function {task_id!r}", self)
         self.op_kwargs = arguments_json(call_kwargs, f"arguments of {decorator} function {task_id!r}", self)
 
