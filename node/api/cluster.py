@@ -19,6 +19,7 @@ from typing import Iterator, Protocol
 from ..config import NodeConfig, Peer
 from ..core.commands import AddVoter, Batch, LoseAttempt, NodeStarted, RemoveVoter
 from ..core.members import voter_error
+from ..core.model import TaskInstance
 from ..core.names import ID_PATTERN, ID_RULE
 from ..core.states import TASK_ACTIVE, TaskState
 from ..proto import client_pb2, peer_pb2
@@ -410,13 +411,19 @@ def heartbeat(host: Host, node_id: str, slots: int, ready: bool, queues: list[st
 MAX_GONE_ATTEMPTS = 4096    # attempts in one NodeGone report (a node runs at most its slots)
 
 
+def _assigned_at(ti: TaskInstance) -> float:
+    """When the task's current attempt was assigned (its story's latest move to assigned; 0 if none)."""
+    return next((e.at for e in reversed(ti.story) if e.after is TaskState.ASSIGNED), 0.0)
+
+
 def node_gone(host: Host, report: peer_pb2.NodeGoneReport) -> peer_pb2.NodeGoneAck:
     """A node's reaper reports that the node's process died (the interceptor checked that
     `node` is the caller's own, with TLS) and which attempts it killed and saw gone.
     On the leader: the node gets no new work until a heartbeat says it is ready, and
     its attempts are released now: those in `killed` that are still its current
     attempts, and those assigned to it that never started (a dead process starts
-    nothing; its next incarnation releases them anyway). Its other running attempts
+    nothing; its next incarnation releases them anyway) - but not one assigned after the
+    process died (`died_at`): a restarted node's new process may already have it. Its other running attempts
     (a process the reaper did not see gone) wait for the lease. Elsewhere: not
     accepted, naming the leader."""
     if not is_member(host, report.node) or report.node == host.cfg.node_id:
@@ -437,6 +444,8 @@ def node_gone(host: Host, report: peer_pb2.NodeGoneReport) -> peer_pb2.NodeGoneA
                 if ti.node != node or ti.state not in TASK_ACTIVE:
                     continue
                 if ti.state is TaskState.ASSIGNED:
+                    if report.died_at and _assigned_at(ti) > report.died_at:
+                        continue    # (given to the node's next process, which this report is not about)
                     why = f"node {node}'s process died before attempt {ti.attempt} started"
                 elif (run.run_id, ti.task_id, ti.attempt) in killed:
                     why = f"node {node}'s process died; its reaper killed attempt {ti.attempt}'s processes"

@@ -46,7 +46,7 @@ def report_gone(node_id: str, report: dict[str, Any], clock: Any = time.monotoni
     once the leader accepted; False if none did within `give_up_after`."""
     members = [(str(m), str(address)) for m, address in report["members"]]
     stubs = {m: _stub(m, address, report) for m, address in members}
-    message = peer_pb2.NodeGoneReport(node=node_id, killed=[
+    message = peer_pb2.NodeGoneReport(node=node_id, died_at=float(report.get("died_at") or 0.0), killed=[
         peer_pb2.AttemptKey(run_id=run_id, task_id=task_id, attempt=attempt)
         for run_id, task_id, attempt in report["killed"]])
     metadata = ((TOKEN_HEADER, report["token"]),)

@@ -201,7 +201,8 @@ def _seen_gone(groups: dict[int, AttemptKey | None], within: float) -> list[Atte
     return gone
 
 
-def _report_gone(node_id: str, log_format: str, report: dict[str, object], killed: list[AttemptKey]) -> None:
+def _report_gone(node_id: str, log_format: str, report: dict[str, object], killed: list[AttemptKey],
+                 died_at: float = 0.0) -> None:
     """Start raftflow.worker.gone with what it needs on its stdin; do not wait for it."""
     reaper_log.warning("reaper: node %s's process died; reporting %d killed attempt(s) to the leader",
                        node_id, len(killed))
@@ -209,7 +210,7 @@ def _report_gone(node_id: str, log_format: str, report: dict[str, object], kille
         notifier = subprocess.Popen([sys.executable, "-m", "raftflow.worker.gone", node_id, log_format],
                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True)
         assert notifier.stdin is not None
-        notifier.stdin.write(json.dumps({**report, "killed": killed}).encode())
+        notifier.stdin.write(json.dumps({**report, "killed": killed, "died_at": died_at}).encode())
         notifier.stdin.close()
     except OSError as e:
         reaper_log.error("reaper: could not start the report of node %s's death (%s); the lease will release "
@@ -239,8 +240,9 @@ def reaper_main(argv: list[str]) -> None:
                 if goodbye or report is None:
                     _kill_groups(groups, "the node stopped" if goodbye else "the node process is gone")
                     return
+                died_at = time.time()
                 _kill_groups(groups, "the node process is gone")
-                _report_gone(node_id, log_format, report, _seen_gone(groups, within=2.0))
+                _report_gone(node_id, log_format, report, _seen_gone(groups, within=2.0), died_at)
                 return
             buffer += data
             *lines, buffer = buffer.split(b"\n")

@@ -59,6 +59,9 @@ def test_three_to_five_to_three_voters_live_with_runs_going(tmp_path: Path) -> N
             assert cluster.wait_exit(node_id, 30) == 0, f"{node_id} did not stop by itself"
             cluster.forget(node_id)
             cli = Cli(cluster)
+        # (a busy machine may finish the changes before 5 runs were triggered: the load goes
+        # on until it has, so the count below checks the runs, not the machine's speed)
+        wait_for(lambda: len(runs) >= 5, 30, "five runs triggered")
         stop.set()
         loader.join()
         left = sorted(n.node_id for n in cluster.voters)

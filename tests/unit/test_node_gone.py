@@ -106,6 +106,21 @@ def test_the_leader_releases_what_the_reaper_killed_and_what_never_started_and_n
     assert (again.accepted, again.released) == (True, 0), "a repeated report releases nothing more"
 
 
+def test_a_late_report_leaves_what_the_nodes_next_process_was_assigned(tmp_path: Path):
+    """A restarted node's new process may be given work before its old process's reaper
+    reports: an attempt assigned after `died_at` is not the dead process's to release
+    (fresh-clone CI run: the attempt was released, lost a number, and ran as attempt 3)."""
+    host = _host(tmp_path)
+    _running_world(host)   # (b assigned to n2 at T0)
+    late = _report("n2")
+    late.died_at = T0 - 1.0   # (the old process died before b was assigned)
+    assert node_gone(host, late).released == 0
+    assert _state_of(host, "b") == (TaskState.ASSIGNED, 1, "n2"), "assigned to n2's next process: left to it"
+    timely = _report("n2")
+    timely.died_at = T0 + 1.0
+    assert node_gone(host, timely).released == 1 and _state_of(host, "b")[0] is TaskState.QUEUED
+
+
 def test_a_node_that_does_not_lead_names_the_leader_and_changes_nothing(tmp_path: Path):
     host = _host(tmp_path)
     _running_world(host)
