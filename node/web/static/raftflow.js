@@ -193,8 +193,18 @@
       var flag = document.getElementById("task-following");
       return flag ? flag.getAttribute("data-following") === "true" : false;
     };
+    // The newest attempt the page lists (its live refresh adds one after a clear or retry):
+    // a quiet log wakes up for it even if the attempt ran and ended between two refreshes
+    // of the "following" flag.
+    var newestListed = function () {
+      var newest = 0;
+      document.querySelectorAll(".attempts [data-attempt]").forEach(function (link) {
+        newest = Math.max(newest, parseInt(link.getAttribute("data-attempt"), 10) || 0);
+      });
+      return newest;
+    };
     var poll = function () {
-      if (busy || (idle && !following())) return;
+      if (busy || (idle && !following() && newestListed() <= attempt)) return;
       busy = true;
       var atBottom = logBox.scrollHeight - logBox.scrollTop - logBox.clientHeight < 40;
       fetch(logBox.getAttribute("data-url") + "&from=" + next, {credentials: "same-origin"})
