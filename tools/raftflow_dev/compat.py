@@ -54,6 +54,10 @@ EXPECTED: dict[str, dict[str, dict[str, str] | Callable[[dict[str, Any]], dict[s
     "example_nested_branch_dag.py": {"example_nested_branch_dag": {
         t: "skipped" for t in ("false_1", "branch_2", "true_2", "false_2", "join_2", "false_3")}},
     "example_branch_python_dop_operator_3.py": {"example_branch_dop_operator_v3": _minute_parity_branch},
+    # EmptySkipOperator raises AirflowSkipException; an all_success join after it is skipped
+    # (and what follows it), a one_success join runs.
+    "example_skip_dag.py": {"example_skip_dag": {"skip_operator_1": "skipped", "all_success": "skipped",
+                                                 "final_1": "skipped", "skip_operator_2": "skipped"}},
 }
 
 
