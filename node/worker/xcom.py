@@ -54,7 +54,9 @@ class TaskInstanceView:
         result). It is committed with the task's result when the task succeeds."""
         if not self._can_push:
             raise TypeError("xcom_push cannot be called here")
-        if not isinstance(key, str) or not key or key == RETURN_VALUE or not _encodable(key):
+        from ..core.checks import encodable  # (here: core imports the kinds, which import this module)
+
+        if not isinstance(key, str) or not key or key == RETURN_VALUE or not encodable(key):
             raise ValueError(f"an XCom key is a non-empty string other than {RETURN_VALUE!r} (the task's result; "
                              f"return the value instead), got {key!r}")
         try:
@@ -84,14 +86,6 @@ class TaskInstanceView:
         if key == RETURN_VALUE:
             return self._results.get(task_id, default)
         return self._xcoms.get(task_id, {}).get(key, default)
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def with_task_instance(context: dict[str, Any], can_push: bool = False) -> TaskInstanceView:

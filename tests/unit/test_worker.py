@@ -7,6 +7,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from waiting import wait_for
 
@@ -212,6 +213,29 @@ def python_task(python_callable: str, op_kwargs: dict | None = None) -> TaskSpec
     return TaskSpec("t1", "python", "", python_callable=python_callable, op_kwargs=op_kwargs or {})
 
 
+def run_attempts(tmp_path: Path, setups: dict[int, AttemptSetup],
+                 assignment: Callable[[int], Assignment] = lambda n: python_assignment(n),
+                 ) -> dict[int, tuple[c.TaskFinished, str]]:
+    """Run attempt n of r1/t1 with setups[n], one after another, on one worker: each one's
+    TaskFinished and log."""
+    reports = Reports(True)
+    store = LocalStore(tmp_path / "store")
+    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=30.0,
+                    setup=lambda a: setups[a.attempt])
+    worker.ready.set()
+    outcomes = {}
+    try:
+        for attempt in setups:
+            reports.commands.clear()
+            assert worker.accept(assignment(attempt))[0]
+            outcomes[attempt] = (reports.wait_for(c.TaskFinished),
+                                 b"".join(store.read_log("r1", "t1", attempt)).decode())
+            wait_idle(worker)
+    finally:
+        worker.shutdown()
+    return outcomes
+
+
 def test_a_python_task_calls_its_function_with_the_context_it_asks_for(tmp_path, monkeypatch):
     from datetime import datetime, timezone
 
@@ -224,18 +248,7 @@ def test_a_python_task_calls_its_function_with_the_context_it_asks_for(tmp_path,
               3: AttemptSetup(context, None, python_task("mytasks:broken")),
               4: AttemptSetup(context, None, python_task("mytasks:opaque")),
               5: AttemptSetup(context, None, python_task("nosuchmodule:f"))}
-    reports = Reports(True)
-    store = LocalStore(tmp_path / "store")
-    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=30.0,
-                    setup=lambda a: setups[a.attempt])
-    worker.ready.set()
-    outcomes = {}
-    for attempt in setups:
-        reports.commands.clear()
-        assert worker.accept(python_assignment(attempt))[0]
-        outcomes[attempt] = (reports.wait_for(c.TaskFinished),
-                             b"".join(store.read_log("r1", "t1", attempt)).decode())
-        wait_idle(worker)
+    outcomes = run_attempts(tmp_path, setups)
     done, log = outcomes[1]
     assert done.exit_code == 0 and json.loads(done.result) == {"rows": 42, "ds": "2026-01-01"}
     assert log == "counting for 2026-01-01 orders\n"
@@ -248,7 +261,6 @@ def test_a_python_task_calls_its_function_with_the_context_it_asks_for(tmp_path,
     assert done.exit_code == 1 and "returned a value that is not JSON" in log
     done, log = outcomes[5]
     assert done.exit_code == 1 and "cannot import nosuchmodule:f on this node" in log
-    worker.shutdown()
 
 
 PY_ENDINGS = '''
@@ -287,19 +299,7 @@ def test_a_python_callable_ends_its_task_skipped_or_failed_by_raising(tmp_path, 
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     names = ["skip", "fail_now", "sensor_timeout", "exits_99", "exits_0"]
     setups = {i + 1: AttemptSetup({}, None, python_task(f"endings:{name}")) for i, name in enumerate(names)}
-    reports = Reports(True)
-    store = LocalStore(tmp_path / "store")
-    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=30.0,
-                    setup=lambda a: setups[a.attempt])
-    worker.ready.set()
-    outcomes = {}
-    for attempt in setups:
-        reports.commands.clear()
-        assert worker.accept(python_assignment(attempt))[0]
-        outcomes[names[attempt - 1]] = (reports.wait_for(c.TaskFinished).exit_code,
-                                        b"".join(store.read_log("r1", "t1", attempt)).decode())
-        wait_idle(worker)
-    worker.shutdown()
+    outcomes = {names[n - 1]: (done.exit_code, log) for n, (done, log) in run_attempts(tmp_path, setups).items()}
     assert outcomes["skip"] == (EXIT_SKIPPED, "raftflow: endings:skip raised SkipTask: the task is skipped "
                                               "(no new files today)\n")
     code, log = outcomes["fail_now"]
@@ -334,18 +334,7 @@ def test_a_python_callable_of_the_dag_file_is_loaded_from_the_runs_dag_version(t
              4: ("__dag_file__:rows", "import sys\nsys.exit(99)\n")}
     setups = {n: AttemptSetup({"ds": "2026-01-01"}, None, python_task(name, {"limit": 3}), dag_source=source,
                               dag_filename="dags/infile.py") for n, (name, source) in cases.items()}
-    reports = Reports(True)
-    store = LocalStore(tmp_path / "store")
-    worker = Worker("n1", 2, store, tmp_path / "work", propose=reports.propose, lease_duration=30.0,
-                    setup=lambda a: setups[a.attempt])
-    worker.ready.set()
-    outcomes = {}
-    for attempt in setups:
-        reports.commands.clear()
-        assert worker.accept(python_assignment(attempt))[0]
-        outcomes[attempt] = (reports.wait_for(c.TaskFinished), b"".join(store.read_log("r1", "t1", attempt)).decode())
-        wait_idle(worker)
-    worker.shutdown()
+    outcomes = run_attempts(tmp_path, setups)
     done, log = outcomes[1]
     assert done.exit_code == 0 and json.loads(done.result) == {"rows": 3}
     assert log == "the DAG file ran\ncounting 3 rows for 2026-01-01\n"
@@ -367,17 +356,7 @@ def test_a_python_callable_pushes_xcoms_that_the_result_carries(tmp_path, monkey
     context = {"ti": {"try_number": 1, "task_id": "t1", "dag_id": "d", "run_id": "r1", "map_index": -1}}
     setups = {1: AttemptSetup(context, None, python_task("pushers:push")),
               2: AttemptSetup(context, None, python_task("pushers:fails"))}
-    reports = Reports(True)
-    worker = Worker("n1", 2, LocalStore(tmp_path / "store"), tmp_path / "work", propose=reports.propose,
-                    lease_duration=30.0, setup=lambda a: setups[a.attempt])
-    worker.ready.set()
-    done = {}
-    for attempt in setups:
-        reports.commands.clear()
-        assert worker.accept(python_assignment(attempt))[0]
-        done[attempt] = reports.wait_for(c.TaskFinished)
-        wait_idle(worker)
-    worker.shutdown()
+    done = {n: finished for n, (finished, _log) in run_attempts(tmp_path, setups).items()}
     assert (done[1].exit_code, done[1].result) == (0, '"ok"')
     assert json.loads(done[1].xcoms) == {"order_data": {"1001": 3}, "rows": 2}
     assert done[2].exit_code == 1 and done[2].xcoms == "", "a failed attempt commits no XCom"
@@ -389,17 +368,8 @@ def test_a_bash_task_with_push_last_line_publishes_its_last_line_unless_it_wrote
                 4: "echo nope; exit 3",
                 5: "python3 -c \"print('{\\\"a\\\":' + '[' * 100000)\" > xcoms.json"}   # (deep: fails, never crashes)
     setups = {n: AttemptSetup({}, None, spec) for n in commands}
-    reports = Reports(True)
-    worker = Worker("n1", 2, LocalStore(tmp_path / "store"), tmp_path / "work", propose=reports.propose,
-                    lease_duration=30.0, setup=lambda a: setups[a.attempt])
-    worker.ready.set()
-    done = {}
-    for attempt, command in commands.items():
-        reports.commands.clear()
-        assert worker.accept(Assignment("r1", "t1", attempt, "d", "bash", command, {}, ""))[0]
-        done[attempt] = reports.wait_for(c.TaskFinished)
-        wait_idle(worker)
-    worker.shutdown()
+    done = {n: finished for n, (finished, _log) in run_attempts(
+        tmp_path, setups, lambda n: Assignment("r1", "t1", n, "d", "bash", commands[n], {}, "")).items()}
     assert [(d.exit_code, d.result) for d in done.values()] == [(0, '"the last line"'), (0, "[1]"), (0, ""),
                                                                  (3, ""), (1, "")]
     assert "the pushed XComs are not JSON" in done[5].reason and "nested more than" in done[5].reason
@@ -408,15 +378,8 @@ def test_a_bash_task_with_push_last_line_publishes_its_last_line_unless_it_wrote
 def test_what_a_command_template_pushes_is_committed_with_the_result(tmp_path):
     context = {"ti": {"try_number": 1, "task_id": "t1", "dag_id": "d", "run_id": "r1", "map_index": -1}}
     setups = {1: AttemptSetup(context, None, TaskSpec("t1", "bash", ""))}
-    reports = Reports(True)
-    worker = Worker("n1", 2, LocalStore(tmp_path / "store"), tmp_path / "work", propose=reports.propose,
-                    lease_duration=30.0, setup=lambda a: setups[a.attempt])
-    worker.ready.set()
     command = "echo 'pushed {{ ti.xcom_push(key=\"manual\", value=\"v\") }}'"
-    assert worker.accept(Assignment("r1", "t1", 1, "d", "bash", command, {}, ""))[0]
-    done = reports.wait_for(c.TaskFinished)
-    wait_idle(worker)
-    worker.shutdown()
+    done, _log = run_attempts(tmp_path, setups, lambda n: Assignment("r1", "t1", n, "d", "bash", command, {}, ""))[1]
     assert done.exit_code == 0 and json.loads(done.xcoms) == {"manual": "v"}
 
 
