@@ -41,14 +41,15 @@ def decide(spec: DagSpec, task: TaskSpec, how: str, result: str) -> Decision:
     """`how` is the task kind's decides_downstream(task); `result` the attempt's JSON text
     ("" when the callable returned None)."""
     value = json.loads(result) if result else None
-    direct = [t for t in spec.tasks if task.task_id in t.upstream]
+    direct = [spec.task(t) for t in spec.downstream(task.task_id)]
     if how == BRANCH:
         return _branch(spec, task, value, direct)
     if how == SHORT_CIRCUIT:
         if value:
             return Decision()
         if task.arg("ignore_downstream_trigger_rules"):
-            skip = _all_downstream(spec, task.task_id)
+            after = set(spec.with_downstream([task.task_id])[1:])
+            skip = [t.task_id for t in spec.tasks if t.task_id in after]
         else:
             skip = [t.task_id for t in direct]
         return Decision(tuple(skip), f"short circuit {task.task_id!r} returned {_shown(result)}: "
@@ -81,19 +82,6 @@ def _branch(spec: DagSpec, task: TaskSpec, value: object, direct: list[TaskSpec]
 
     skip = tuple(t.task_id for t in direct if not followed(t))
     return Decision(skip, _clipped(f"branch {task.task_id!r} followed {_names(chosen) if chosen else 'nothing'}"))
-
-
-def _all_downstream(spec: DagSpec, task_id: str) -> list[str]:
-    """Every task after `task_id`, in DAG order."""
-    after = spec.downstream_map()
-    seen: set[str] = set()
-    stack = list(after[task_id])
-    while stack:
-        t = stack.pop()
-        if t not in seen:
-            seen.add(t)
-            stack.extend(after[t])
-    return [t.task_id for t in spec.tasks if t.task_id in seen]
 
 
 def _names(ids: list[str]) -> str:

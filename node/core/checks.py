@@ -100,15 +100,6 @@ def xcom_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def encodable(text: str) -> bool:
-    """Whether `text` is valid UTF-8 text (no lone surrogate, which JSON can carry)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def xcoms_error(xcoms: Any) -> str | None:
     """Why the XComs an attempt pushed cannot be stored: a JSON object of at most
     MAX_XCOMS keys (non-empty strings of at most MAX_XCOM_KEY_CHARS, not "return_value",
@@ -122,6 +113,7 @@ def xcoms_error(xcoms: Any) -> str | None:
         return f"the pushed XComs hold more than {XCOM_TOTAL_LIMIT} bytes of JSON"
     try:
         pushed = parse_json(xcoms, "the pushed XComs")
+        check_json(pushed, "the pushed XComs")   # (keys too: text the digest can encode)
     except ValueError as e:
         return str(e)
     if not isinstance(pushed, dict) or not pushed:
@@ -129,9 +121,9 @@ def xcoms_error(xcoms: Any) -> str | None:
     if len(pushed) > MAX_XCOMS:
         return f"a task may push at most {MAX_XCOMS} XComs; it pushed {len(pushed)}"
     for key, value in pushed.items():
-        if not key or len(key) > MAX_XCOM_KEY_CHARS or key == "return_value" or not encodable(key):
-            return (f"an XCom key must be 1 to {MAX_XCOM_KEY_CHARS} characters of UTF-8 and not 'return_value' "
-                    f"(the task's result), got {key[:40]!r}")
+        if not key or len(key) > MAX_XCOM_KEY_CHARS or key == "return_value":
+            return (f"an XCom key must be 1 to {MAX_XCOM_KEY_CHARS} characters and not 'return_value' (the task's "
+                    f"result), got {key[:40]!r}")
         problem = result_error(xcom_text(value))
         if problem:
             return f"XCom {key!r}: {problem.replace('a task result', 'a value')}"

@@ -217,9 +217,9 @@ def task_finished(state: State, cmd: c.TaskFinished) -> Result:
         raise Rejected(Code.INVALID, result_error)
     task_kind = kind(spec.kind)
     report, how = cmd, f"attempt {cmd.attempt} exit {cmd.exit_code}"
-    decision = branching.Decision()
-    if cmd.exit_code == 0 and task_kind.decides_downstream(spec):
-        decision = branching.decide(state.dag_spec(run), spec, task_kind.decides_downstream(spec), cmd.result)
+    decision, decides = branching.Decision(), task_kind.decides_downstream(spec)
+    if cmd.exit_code == 0 and decides:
+        decision = branching.decide(state.dag_spec(run), spec, decides, cmd.result)
         if decision.error:   # (the attempt fails as Airflow's does; its retries apply)
             report, how = replace(cmd, reason=decision.error), f"{how}: {decision.error}"
     outcome = Finished(report)
@@ -286,16 +286,7 @@ def clear_tasks(state: State, cmd: c.ClearTasks) -> Result:
         raise Rejected(Code.NOT_FOUND if unknown else Code.INVALID,
                        f"run {run.run_id!r} has no task {unknown[0]!r}" if unknown else "name at least one task")
     check_reason(cmd.reason)
-    chosen = list(dict.fromkeys(cmd.task_ids))
-    if cmd.downstream:   # breadth first, O(tasks + edges) (an adjacency, a set for membership)
-        adjacency, seen = spec.downstream_map(), set(chosen)
-        i = 0
-        while i < len(chosen):
-            for d in adjacency[chosen[i]]:
-                if d not in seen:
-                    seen.add(d)
-                    chosen.append(d)
-            i += 1
+    chosen = spec.with_downstream(list(cmd.task_ids)) if cmd.downstream else list(dict.fromkeys(cmd.task_ids))
     check_reopen(run, run.run_id in state.active)
     moves, resets = [], []
     for task_id in chosen:

@@ -199,6 +199,19 @@ class DagSpec:
     def downstream(self, task_id: str) -> list[str]:
         return [t.task_id for t in self.tasks if task_id in t.upstream]
 
+    def with_downstream(self, task_ids: list[str]) -> list[str]:
+        """`task_ids` (once each, in order), then every task after them, breadth first:
+        O(tasks + edges)."""
+        adjacency, chosen = self.downstream_map(), list(dict.fromkeys(task_ids))
+        seen, i = set(chosen), 0
+        while i < len(chosen):
+            for d in adjacency[chosen[i]]:
+                if d not in seen:
+                    seen.add(d)
+                    chosen.append(d)
+            i += 1
+        return chosen
+
     def downstream_map(self) -> dict[str, list[str]]:
         """task_id -> its direct downstream task ids, in task order: O(tasks + edges).
         Build it once per walk (not per task: `downstream` scans every task)."""

@@ -14,7 +14,6 @@ python runner (worker/pyrunner.py) build this view over the attempt's context
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -54,15 +53,15 @@ class TaskInstanceView:
         result). It is committed with the task's result when the task succeeds."""
         if not self._can_push:
             raise TypeError("xcom_push cannot be called here")
-        from ..core.checks import encodable  # (here: core imports the kinds, which import this module)
+        from ..core.limits import check_json  # (here: core imports the kinds, which import this module)
 
-        if not isinstance(key, str) or not key or key == RETURN_VALUE or not encodable(key):
+        if not isinstance(key, str) or not key or key == RETURN_VALUE:
             raise ValueError(f"an XCom key is a non-empty string other than {RETURN_VALUE!r} (the task's result; "
                              f"return the value instead), got {key!r}")
         try:
-            json.dumps(value, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"XCom {key!r}: the value must be JSON (strings, numbers, lists, dicts): {e}") from None
+            check_json({key: value}, f"XCom {key!r}")   # (the key's text too: what commit checks)
+        except ValueError as e:
+            raise TypeError(f"{e} (strings, numbers, lists, dicts)") from None
         self.pushed[key] = value
 
     def xcom_pull(self, task_ids: str | list[str] | tuple[str, ...] | None = None, key: str = RETURN_VALUE,

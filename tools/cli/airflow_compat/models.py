@@ -19,6 +19,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable
 
+from raftflow.worker.pyrunner import RESULT_REF
+
 from . import _registry
 from ._registry import UnsupportedFeature, caller_line, refuse
 from ._schedule import ScheduleRefused, as_datetime, map_schedule, seconds, zone_name
@@ -847,15 +849,13 @@ def json_value(value: Any, what: str, owner: BaseOperator) -> Any:
         return None
 
 
-# How an XComArg travels in a python task's op_args / op_kwargs: {RESULT_REF: [task_id, *path]};
-# the task's process replaces it with that task's result, indexed by path (worker/pyrunner.py).
-from raftflow.worker.pyrunner import RESULT_REF  # noqa: E402
 
 
 def arguments_json(value: Any, what: str, owner: "BaseOperator") -> Any:
     """`value` (a call's arguments) as JSON for the python kind, each XComArg in it a
-    reference to its task's result, that task made upstream of `owner`; a value with no
-    JSON form refuses the task."""
+    reference to its task's result ({RESULT_REF: [task_id, *path]}, which the task's
+    process replaces with that result, indexed by path: worker/pyrunner.py), that task
+    made upstream of `owner`; a value with no JSON form refuses the task."""
     if isinstance(value, XComArg):
         if value.key != "return_value":
             owner._refuse(f"{what}: XComArg with key {value.key!r}", "raftflow passes return values only")
