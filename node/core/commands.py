@@ -180,10 +180,12 @@ class TaskStarted(Command):
 class TaskFinished(Command):
     """A worker's result for one attempt; ignored unless (attempt, node) is current.
     `result` is the small JSON value the task published ('' for none); `xcoms` the JSON
-    object of the values it pushed by key ('' for none)."""
+    object of the values it pushed by key ('' for none); `variables` the JSON object of
+    the Variables its callable set (key -> value text, null for deleted: '' for none),
+    applied with the outcome (core/variables.py `task_changes`)."""
     TYPE: ClassVar[str] = "task_finished"
-    VERSION: ClassVar[int] = 3
-    ADDED_FIELDS: ClassVar[dict[str, int]] = {"result": 2, "xcoms": 3}
+    VERSION: ClassVar[int] = 4
+    ADDED_FIELDS: ClassVar[dict[str, int]] = {"result": 2, "xcoms": 3, "variables": 4}
     run_id: str
     task_id: str
     attempt: int
@@ -196,6 +198,7 @@ class TaskFinished(Command):
     at: float
     result: str = ""
     xcoms: str = ""     # JSON object {key: value} the attempt pushed ("" for none)
+    variables: str = ""   # JSON object {key: value text | null} its callable set ("" for none)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..kinds import kind
-from . import branching, checks, commands as c
+from . import branching, checks, commands as c, variables
 from .archive import encode_record
 from .codec import run_to_dict
 from .effects import ReleasedAttempts
@@ -212,22 +212,29 @@ def task_finished(state: State, cmd: c.TaskFinished) -> Result:
            if isinstance(value, bool) or not isinstance(value, typ)]
     if bad:
         raise Rejected(Code.INVALID, f"task_finished has wrongly typed field(s): {', '.join(bad)}")
-    result_error = checks.result_error(cmd.result) or checks.xcoms_error(cmd.xcoms)
+    changes, changes_malformed = variables.task_changes(cmd.variables)
+    result_error = checks.result_error(cmd.result) or checks.xcoms_error(cmd.xcoms) or changes_malformed
     if result_error:
         raise Rejected(Code.INVALID, result_error)
     task_kind = kind(spec.kind)
     report, how = cmd, f"attempt {cmd.attempt} exit {cmd.exit_code}"
+    # Variables the callable set that the cluster cannot hold fail the attempt (its retries
+    # apply) and are not set: the callable was told nothing at the time it set them.
+    error = variables.changes_error(state, changes) if changes else None
+    if error:
+        failing = 1 if cmd.exit_code == 0 or task_kind.skipped_by(spec, cmd.exit_code) else cmd.exit_code
+        changes, report, how = {}, replace(cmd, exit_code=failing, reason=error), f"{how}: {error}"
     decision, decides = branching.Decision(), task_kind.decides_downstream(spec)
-    if cmd.exit_code == 0 and decides:
+    if report.exit_code == 0 and decides:
         decision = branching.decide(state.dag_spec(run), spec, decides, cmd.result)
         if decision.error:   # (the attempt fails as Airflow's does; its retries apply)
             report, how = replace(cmd, reason=decision.error), f"{how}: {decision.error}"
     outcome = Finished(report)
-    if cmd.exit_code == 0 and not decision.error:
+    if report.exit_code == 0 and not decision.error:
         target = TaskState.SUCCESS
-    elif task_kind.skipped_by(spec, cmd.exit_code):
+    elif task_kind.skipped_by(spec, report.exit_code):
         target, how = TaskState.SKIPPED, f"{how}: skipped ({task_kind.skip_meaning})"
-    elif task_kind.fails_without_retry(spec, cmd.exit_code):
+    elif task_kind.fails_without_retry(spec, report.exit_code):
         target, how = TaskState.FAILED, f"{how}: failed without retry ({task_kind.fail_meaning})"
     elif ti.tries_failed < spec.retries:
         target = TaskState.UP_FOR_RETRY
@@ -243,6 +250,8 @@ def task_finished(state: State, cmd: c.TaskFinished) -> Result:
                 moves.append(plan_move(AUTOMATIC, run, skipped, TaskState.SKIPPED,
                                        c.SkipTask(run.run_id, task_id, decision.reason, cmd.at), cmd.at,
                                        decision.reason))
+    if changes:   # (whatever the outcome: a callable that set a variable and then failed has set it)
+        variables.apply_changes(state, changes)
     return moved(state, *moves)
 
 

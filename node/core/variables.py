@@ -2,6 +2,11 @@
 `raftflow variables set|delete|import`, read by templates as `var.value.KEY` and
 `var.json.KEY`.
 
+A python task's callable reads them with Variable.get and changes them with
+Variable.set / Variable.delete (worker/taskvars.py); its changes are committed with its
+attempt's outcome (TaskFinished.variables): a lost attempt changes nothing, one that ran
+again changes them again.
+
 Owns: the rules for keys and values and their bounds, Airflow's list of sensitive
 names (a variable whose key holds one of them is masked in listings for everyone but
 admins, and its value is replaced by *** in the task logs of attempts that could read
@@ -22,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import commands as c
 from .digest import variable_key
-from .limits import clip
+from .limits import clip, parse_json
 from .result import Code, Result, reject
 
 if TYPE_CHECKING:
@@ -33,6 +38,10 @@ KEY_RULE = "1 to 250 characters from A-Z a-z 0-9 _ . - (Airflow's rule for varia
 MAX_VALUE_BYTES = 64 * 1024
 MAX_VARIABLES = 1000
 MAX_TOTAL_BYTES = 4 * 1024 * 1024
+# What one attempt may set (Variable.set / delete in a python callable): committed with its
+# outcome (TaskFinished.variables), so bounded like its XComs.
+MAX_TASK_CHANGES = 64
+MAX_TASK_CHANGE_BYTES = 256 * 1024
 MASK = "***"
 # Airflow's secrets masker (DEFAULT_SENSITIVE_FIELDS): a key containing one of these,
 # in any case, is sensitive.
@@ -80,6 +89,54 @@ def check_all(state: State, changes: dict[str, str]) -> str | None:
     if total > MAX_TOTAL_BYTES:
         return f"the variables' values would take {total} bytes in all; the limit is {MAX_TOTAL_BYTES}"
     return None
+
+
+def task_changes(text: str) -> tuple[dict[str, str | None], str]:
+    """(the changes in a TaskFinished's `variables` - key -> value, None to delete - or {},
+    why they are malformed or ''). The form only: whether they fit is `changes_error`'s."""
+    if not text:
+        return {}, ""
+    too_long = MAX_TASK_CHANGE_BYTES + 64 * MAX_TASK_CHANGES   # (the values, their keys and the JSON around them)
+    if not isinstance(text, str) or len(text.encode("utf-8", "replace")) > too_long:
+        return {}, f"a task sets at most {MAX_TASK_CHANGE_BYTES} bytes of variables"
+    try:
+        changes = parse_json(text, "the variables a task set")
+    except ValueError as e:
+        return {}, f"the variables a task set are not JSON ({e})"
+    if not isinstance(changes, dict) or not all(v is None or isinstance(v, str) for v in changes.values()):
+        return {}, "the variables a task set must be a JSON object of key: text (null to delete)"
+    if len(changes) > MAX_TASK_CHANGES:
+        return {}, f"a task sets at most {MAX_TASK_CHANGES} variables, not {len(changes)}"
+    for key, value in changes.items():
+        error = key_error(key) or (value_error(key, value) if value is not None else None)
+        if error:
+            return {}, error
+    if sum(_size(v) for v in changes.values() if v is not None) > MAX_TASK_CHANGE_BYTES:
+        return {}, f"a task sets at most {MAX_TASK_CHANGE_BYTES} bytes of variables"
+    return changes, ""
+
+
+def changes_error(state: State, changes: dict[str, str | None]) -> str | None:
+    """Why the cluster cannot take these changes now (its bounds), or None."""
+    sets = {k: v for k, v in changes.items() if v is not None}
+    deleted = [k for k, v in changes.items() if v is None and k in state.variables]
+    count = len(state.variables) - len(deleted) + sum(1 for k in sets if k not in state.variables)
+    if count > MAX_VARIABLES:
+        return (f"Variable.set would make the cluster hold {count} variables; the limit is {MAX_VARIABLES} "
+                "(`raftflow variables delete KEY` removes unused ones)")
+    total = (state.variable_bytes - sum(_size(state.variables[k]) for k in deleted)
+             + sum(_size(v) - _size(state.variables.get(k, "")) for k, v in sets.items()))
+    if total > MAX_TOTAL_BYTES:
+        return f"Variable.set would make the variables' values {total} bytes in all; the limit is {MAX_TOTAL_BYTES}"
+    return None
+
+
+def apply_changes(state: State, changes: dict[str, str | None]) -> None:
+    """Set and delete (checked by task_changes and changes_error first)."""
+    _set(state, {k: v for k, v in changes.items() if v is not None})
+    for key in (k for k, v in changes.items() if v is None and k in state.variables):
+        state.variable_bytes -= _size(state.variables.pop(key))
+        state.touched.add(variable_key(key))
 
 
 def _set(state: State, changes: dict[str, str]) -> None:

@@ -116,6 +116,9 @@ class TaskKind:
     # Its fields whose string values are Jinja2 templates, rendered for each attempt
     # beside the command (AttemptInput.rendered; `templates` may name more).
     templated_fields: ClassVar[tuple[str, ...]] = ()
+    # True: its process may read the Variables (a python callable's Variable.get): every
+    # attempt's context carries them, as it does for a template that reads `var`.
+    reads_variables: ClassVar[bool] = False
     # True: the worker runs it inside the node, without a process (raftflow's own code
     # that runs no user code: worker/trigger.py); `launch` is never called.
     in_node: ClassVar[bool] = False

@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..worker.pyrunner import DAG_FILE_MODULE, EXIT_FAILED_NO_RETRY, EXIT_SKIPPED  # (the runner's own)
+from ..worker.taskvars import VARIABLES_FILE
 from ..worker.xcom import XCOM_FILE
 from .base import AttemptInput, InvalidArgs, Launch, TaskKind
 
@@ -53,6 +54,7 @@ class Python(TaskKind):
     command_refusal: ClassVar[str] = "a python task calls python_callable; it takes no command"
     skip_meaning: ClassVar[str] = "the callable raised SkipTask or AirflowSkipException"
     fail_meaning: ClassVar[str] = "the callable raised FailTask or AirflowFailException"
+    reads_variables: ClassVar[bool] = True
     fields: ClassVar[Mapping[str, Any]] = {"python_callable": "", "op_kwargs": {}, "op_args": [], "branch": False,
                                            "short_circuit": False, "ignore_downstream_trigger_rules": True}
 
@@ -107,6 +109,7 @@ class Python(TaskKind):
             "RAFTFLOW_PY_KWARGS_FILE": posixpath.join(attempt.attempt_dir, KWARGS_FILE),
             "RAFTFLOW_PY_ARGS_FILE": posixpath.join(attempt.attempt_dir, ARGS_FILE),
             "RAFTFLOW_PY_XCOM_FILE": posixpath.join(attempt.attempt_dir, XCOM_FILE),
+            "RAFTFLOW_PY_VARIABLES_FILE": posixpath.join(attempt.attempt_dir, VARIABLES_FILE),
             **({"RAFTFLOW_PY_DAG_FILE": posixpath.join(attempt.attempt_dir, DAG_FILE),
                 "RAFTFLOW_PY_DAG_FILENAME": attempt.dag_filename} if self.needs_dag_file(attempt.task) else {}),
             "PYTHONUNBUFFERED": "1",

@@ -15,7 +15,9 @@ RAFTFLOW_PY_KWARGS_FILE, one holding the task's op_kwargs as JSON. Files, not
 variables: a variable over 128 KiB makes the process fail to start. As Airflow's PythonOperator does,
 the function gets op_kwargs plus every context value whose name it accepts (all of
 them if it takes **kwargs). A return value other than None is the task's result:
-written as JSON to $RAFTFLOW_RESULT_FILE (the worker checks the 64 KiB limit). An
+written as JSON to $RAFTFLOW_RESULT_FILE (the worker checks the 64 KiB limit); the
+Variables it set or deleted (worker/taskvars.py), whatever its end, to
+RAFTFLOW_PY_VARIABLES_FILE. An
 exception prints its traceback and exits 1, but SkipTask / AirflowSkipException exits
 EXIT_SKIPPED and FailTask / AirflowFailException EXIT_FAILED_NO_RETRY (kinds/python.py:
 skipped, failed at once); a sys.exit() of the callable exits 0 or 1, never one of those.
@@ -34,6 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
+from . import taskvars
 from .xcom import with_task_instance
 
 DATE_KEYS = ("logical_date", "data_interval_start", "data_interval_end")
@@ -183,6 +186,8 @@ def from_dag_file(dag_id: str, task_id: str) -> Any:
 def main() -> int:
     target = os.environ["RAFTFLOW_PY_CALLABLE"]
     module_name, _, function_name = target.partition(":")
+    context = load_context(_read(os.environ.get("RAFTFLOW_PY_CONTEXT_FILE")))
+    taskvars.begin((context.get("var") or {}).get("value") or {})   # (before the DAG file runs: it may read them)
     try:
         if module_name == DAG_FILE_MODULE:
             function = from_dag_file(os.environ["RAFTFLOW_DAG_ID"], os.environ["RAFTFLOW_TASK_ID"])
@@ -194,7 +199,6 @@ def main() -> int:
     except BaseException as e:  # noqa: BLE001 - ImportError, AttributeError, a module's SystemExit: never 98/99
         print(f"raftflow: cannot import {target} on this node: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    context = load_context(_read(os.environ.get("RAFTFLOW_PY_CONTEXT_FILE")))
     results = context.get("results") or {}
     ti = with_task_instance(context, can_push=True)
     try:   # (op_args and op_kwargs are templated, as Airflow's PythonOperator's are)
@@ -210,7 +214,18 @@ def main() -> int:
             context[name] = Fields(context[name])
     _share_context(context)
     try:
-        value = function(*op_args, **arguments(function, context, op_kwargs, len(op_args)))
+        return _call(target, function, op_args, arguments(function, context, op_kwargs, len(op_args)), ti.pushed)
+    finally:   # (what it set before it raised is set too, as Airflow's Variable.set is at once)
+        changed = taskvars.changes()
+        if changed:
+            with open(os.environ["RAFTFLOW_PY_VARIABLES_FILE"], "w") as f:
+                json.dump(changed, f)
+
+
+def _call(target: str, function: Any, op_args: list[Any], kwargs: dict[str, Any], pushed: dict[str, Any]) -> int:
+    """Call the callable; leave what it pushed and returned for the worker; the exit code."""
+    try:
+        value = function(*op_args, **kwargs)
     except SystemExit as e:   # (its code must not pass for one of the runner's own)
         code = e.code if e.code is not None else 0
         print(f"raftflow: {target} called sys.exit({code!r})", file=sys.stderr)
@@ -226,9 +241,9 @@ def main() -> int:
             print(f"raftflow: {target} raised {type(e).__name__}: the task fails without retry", file=sys.stderr)
             return EXIT_FAILED_NO_RETRY
         return 1
-    if ti.pushed:
+    if pushed:
         with open(os.environ["RAFTFLOW_PY_XCOM_FILE"], "w") as f:
-            json.dump(ti.pushed, f)
+            json.dump(pushed, f)
     if value is not None:
         try:
             text = json.dumps(value)

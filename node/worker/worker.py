@@ -77,7 +77,7 @@ from ..core.model import MAX_XCOMS, RESULT_LIMIT, XCOM_TOTAL_LIMIT, Run
 from ..core.result import Code, Result
 from ..core.spec import DagSpec, TaskSpec
 from ..core.state import State
-from ..core.variables import MASK, secrets_of
+from ..core.variables import MASK, MAX_TASK_CHANGE_BYTES, MAX_TASK_CHANGES, secrets_of, task_changes
 from ..kinds import KINDS, AttemptInput, CannotStart, Launch, kind
 from ..nodelog import attempt_context
 from ..raft.replica import Unavailable, propose_until_decided
@@ -86,6 +86,7 @@ from .lease import Lease, Reaper
 from .render import RenderError
 from .renderer import RenderInterrupted, RenderPool, process_identity
 from .shipping import LogShipper
+from .taskvars import VARIABLES_FILE  # (the Variables a python callable changed: worker/pyrunner.py writes it)
 from .trigger import Parent, trigger_and_wait
 from .xcom import XCOM_FILE  # (the XComs a python task pushed by key: worker/pyrunner.py writes it)
 
@@ -150,13 +151,13 @@ class AttemptSetup:
 def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt: int, node_id: str,
                   connections: tuple[SSHConnection, ...] = (), raw_published: bool = False) -> AttemptSetup:
     """An attempt's setup from the replica (the caller holds its lock): the context, with
-    the Variables as of now only if a template of the task may read them (O(variables),
+    the Variables as of now only if a template of the task, or its callable, may read them (O(variables),
     bounded by variables.MAX_TOTAL_BYTES), this node's connections' public fields, and
     the secrets to mask in its log."""
     templates = [task.command, *(v for _k, v in task.env), *_templated_fields(task).values()]
     context = template_context(
         run, spec, task.task_id, attempt, node_id,
-        variables=state.variables if uses_variables(*templates) else None,
+        variables=state.variables if kind(task.kind).reads_variables or uses_variables(*templates) else None,
         connections={conn.name: {"conn_type": "ssh", "host": conn.host, "port": conn.port, "login": conn.user,
                                  "schema": ""} for conn in connections},
         prev_success=past.previous_success(state, run), raw_published=raw_published)
@@ -236,6 +237,7 @@ class _Attempt:
     kill_timer: threading.Timer | None = None
     finished: threading.Event = field(default_factory=threading.Event)
     xcoms: str = ""               # the JSON object of the XComs it pushed by key, once it ended
+    variables: str = ""           # the JSON object of the Variables its callable changed, once it ended
 
 
 class Worker:
@@ -659,7 +661,8 @@ class Worker:
                 and kind(task.kind).pushes_last_line(task):
             published = _last_line(tail)
         attempt.xcoms, xcom_problem = _read_xcoms(attempt_dir / XCOM_FILE, prepared.pushed)
-        problem = problem or xcom_problem
+        attempt.variables, variables_problem = _read_variable_changes(attempt_dir / VARIABLES_FILE)
+        problem = problem or xcom_problem or variables_problem
         if problem and exit_code == 0:
             exit_code, reason = 1, problem
             self._store.append_note(a.run_id, a.task_id, a.attempt, f"raftflow: {problem}\n".encode())
@@ -692,7 +695,7 @@ class Worker:
                 run_id=a.run_id, task_id=a.task_id, attempt=a.attempt, node=self.node_id, exit_code=exit_code,
                 started_at=attempt.started_at, ended_at=ended_at,
                 log_tail=tail.decode("utf-8", errors="replace"), reason=reason, at=ended_at, result=published,
-                xcoms=attempt.xcoms if exit_code == 0 else "",
+                xcoms=attempt.xcoms if exit_code == 0 else "", variables=attempt.variables,
             ))
 
     def _may_stop_reading(self, attempt: _Attempt, pid: int) -> bool:
@@ -966,6 +969,19 @@ def _read_xcoms(path: Path, pushed_by_templates: dict[str, Any]) -> tuple[str, s
     text = json.dumps(pushed)
     error = xcoms_error(text)
     return ("", error) if error else (text, "")
+
+
+def _read_variable_changes(path: Path) -> tuple[str, str]:
+    """(the JSON object of the Variables a python callable set and deleted, or '', a
+    problem to fail the attempt with or ''): checked here as the cluster will check it."""
+    data, size, problem = _read_bounded(path, MAX_TASK_CHANGE_BYTES + 64 * MAX_TASK_CHANGES)
+    if problem:
+        return "", f"the variables the task set {problem}"
+    if data is None or not data.strip():
+        return "", ""
+    text = data.decode("utf-8", errors="replace")
+    _changes, malformed = task_changes(text)
+    return ("", malformed) if malformed else (text, "")
 
 
 def _exited(pid: int) -> bool:

@@ -163,6 +163,28 @@ with DAG("xcoms", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UT
         BashOperator(task_id="load", bash_command="echo total={{ ti.xcom_pull(task_ids='transform', key='total') }}")
 '''
 
+# Variables read and changed by callables; the next task sees the change, in its callable and its template.
+VARIABLES = r'''
+import pendulum
+from airflow.sdk import DAG, Variable, task
+from airflow.providers.standard.operators.bash import BashOperator
+
+with DAG("variables", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+         is_paused_upon_creation=False):
+    @task
+    def count():
+        runs = int(Variable.get("runs_seen", default_var=0)) + 1
+        Variable.set("runs_seen", runs)
+        Variable.delete("scratch")
+        return runs
+
+    @task
+    def read():
+        return Variable.get("runs_seen")
+
+    count() >> read() >> BashOperator(task_id="show", bash_command="echo seen={{ var.value.runs_seen }}")
+'''
+
 # Operators of the file's own: execute(context) runs as a python task, template_fields rendered.
 CUSTOM = r'''
 import pendulum
@@ -269,6 +291,18 @@ def test_python_tasks_installed_in_file_taskflow_branches_and_skips(tmp_path: Pa
         assert tasks["extract"]["xcoms"] == {"order_data": json.dumps({"a1": 10.5, "a2": 4.5})}
         assert tasks["transform"]["xcoms"] == {"total": 15.0} and tasks["load"]["xcoms"] == {}
         assert cli("tasks", "logs", run["run_id"], "load").stdout == "total=15.0\n"
+
+        (tmp_path / "variables.py").write_text(VARIABLES)
+        assert cli("variables", "set", "scratch", "temporary").returncode == 0
+        submitted = cli("dags", "submit", str(tmp_path / "variables.py"))
+        assert submitted.returncode == 0, submitted.stderr
+        for expected in (1, 2):
+            run, tasks = _run(cli, "variables")
+            assert run["state"] == "success", tasks
+            assert (tasks["count"]["result"], tasks["read"]["result"]) == (expected, str(expected))
+            assert cli("tasks", "logs", run["run_id"], "show").stdout == f"seen={expected}\n"
+        listed = {v["key"]: v["value"] for v in cli.json("variables", "list")["variables"]}
+        assert listed == {"runs_seen": "2"}, "set by the callable, and `scratch` deleted by it"
 
         (tmp_path / "custom.py").write_text(CUSTOM)
         submitted = cli("dags", "submit", str(tmp_path / "custom.py"))

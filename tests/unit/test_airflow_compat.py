@@ -340,7 +340,7 @@ def test_variable_get_at_load_time_is_refused_with_the_template_to_use(tmp_path:
     assert result["ok"] is False
     assert result["error"] == (f"{path}: line 2: not supported: Variable.get('bucket') while the DAG file loads: "
                                "raftflow loads DAG files away from the cluster; read it in a templated field "
-                               "instead: {{ var.value.bucket }}")
+                               "instead: {{ var.value.bucket }}, or in the task's callable")
 
 
 def test_unknown_arguments_are_refused_not_dropped(load, tmp_path: Path) -> None:

@@ -160,7 +160,7 @@ def test_a_python_task_sees_the_clean_environment_and_its_scratch_folder(tmp_pat
     seen = json.loads(done.result)
     expected = ({"PATH", "HOME", "LANG", "MINE", "PYTHONPATH", "PYTHONUNBUFFERED", "RAFTFLOW_PY_CALLABLE",
                  "RAFTFLOW_PY_CONTEXT_FILE", "RAFTFLOW_PY_KWARGS_FILE", "RAFTFLOW_PY_ARGS_FILE",
-                 "RAFTFLOW_PY_XCOM_FILE"} | ATTEMPT_VARIABLES
+                 "RAFTFLOW_PY_XCOM_FILE", "RAFTFLOW_PY_VARIABLES_FILE"} | ATTEMPT_VARIABLES
                 | ({"LC_ALL"} if os.environ.get("LC_ALL") else set()))
     assert set(seen["names"]) == expected, set(seen["names"]) ^ expected
     assert Path(seen["cwd"]).parent == (tmp_path / "work").resolve()

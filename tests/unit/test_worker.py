@@ -362,6 +362,53 @@ def test_a_python_callable_pushes_xcoms_that_the_result_carries(tmp_path, monkey
     assert done[2].exit_code == 1 and done[2].xcoms == "", "a failed attempt commits no XCom"
 
 
+AIRFLOW_VARIABLES_DAG = '''
+from airflow.sdk import DAG, Variable, task
+
+LIMIT = Variable.get("limit", default_var="1")   # (top-level code runs again in the task's process)
+
+with DAG("d", schedule=None):
+    @task
+    def t1():
+        seen = int(Variable.get("seen", default_var=0)) + 1
+        Variable.set("seen", seen)
+        Variable.set("state", {"limit": LIMIT, "seen": seen}, serialize_json=True)
+        return Variable.get("state", deserialize_json=True)
+
+    t1()
+'''
+
+FAILING_AFTER_SET_DAG = '''
+from airflow.sdk import DAG, Variable, task
+
+with DAG("d", schedule=None):
+    @task
+    def t1():
+        Variable.set("half_done", "yes")
+        raise ValueError("fails after setting a variable")
+
+    t1()
+'''
+
+
+def test_a_python_callable_reads_and_sets_variables_committed_with_its_outcome(tmp_path):
+    """Airflow's Variable in the DAG file's callables (and at its top level, in the task's
+    process): reads see the attempt's Variables, sets and their values go to the report,
+    even from a callable that then failed."""
+    context = {"var": {"value": {"limit": "5", "seen": "41"}, "json": {}}}
+    setups = {1: AttemptSetup(context, None, python_task("__dag_file__:t1"), dag_source=AIRFLOW_VARIABLES_DAG,
+                              dag_filename="dags/vars.py")}
+    done, log = run_attempts(tmp_path, setups)[1]
+    assert done.exit_code == 0, log
+    assert json.loads(done.result) == {"limit": "5", "seen": 42}
+    assert json.loads(done.variables) == {"seen": "42", "state": '{\n  "limit": "5",\n  "seen": 42\n}'}
+    setups = {1: AttemptSetup(context, None, python_task("__dag_file__:t1"), dag_source=FAILING_AFTER_SET_DAG,
+                              dag_filename="dags/vars.py")}
+    done, log = run_attempts(tmp_path / "again", setups)[1]
+    assert done.exit_code == 1 and "fails after setting a variable" in log
+    assert json.loads(done.variables) == {"half_done": "yes"}
+
+
 def test_a_bash_task_with_push_last_line_publishes_its_last_line_unless_it_wrote_a_result(tmp_path):
     spec = TaskSpec("t1", "bash", "", args={"push_last_line": True})
     commands = {1: "echo first; echo 'the last line'", 2: "echo x; echo '[1]' > $RAFTFLOW_RESULT_FILE", 3: "true",

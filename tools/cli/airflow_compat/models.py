@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable
 
+from raftflow.worker import taskvars
 from raftflow.worker.pyrunner import RESULT_REF
 
 from . import _registry
@@ -141,20 +142,40 @@ class ParamsDict(dict[str, Any]):
 
 
 class Variable:
-    """Variables live in the cluster (`raftflow variables ...`) and are read when a task's
-    templates render (`{{ var.value.NAME }}`, `{{ var.json.NAME }}`); the loader has no
-    cluster, so reading one while the file loads is refused."""
+    """Airflow's Variable: in a task's callable, raftflow's (worker/taskvars.py: the
+    cluster's Variables as the attempt started; what it sets is committed with its
+    outcome). While the DAG file loads there is no cluster: reading one is refused with
+    the templated field that reads it when the task runs."""
 
     @staticmethod
     def get(key: str, default_var: Any = _UNSET, deserialize_json: bool = False, **_: Any) -> Any:
+        if _in_task():
+            if default_var is _UNSET:
+                return taskvars.get(key, deserialize_json=deserialize_json)
+            return taskvars.get(key, default_var, deserialize_json)
         raise UnsupportedFeature(
             f"Variable.get({key!r}) while the DAG file loads: raftflow loads DAG files away from the cluster; "
-            f"read it in a templated field instead: {{{{ var.{'json' if deserialize_json else 'value'}.{key} }}}}")
+            f"read it in a templated field instead: {{{{ var.{'json' if deserialize_json else 'value'}.{key} }}}}, "
+            "or in the task's callable")
 
     @staticmethod
-    def set(key: str, value: Any, **_: Any) -> None:
+    def set(key: str, value: Any, serialize_json: bool = False, **_: Any) -> None:
+        if _in_task():
+            return taskvars.set(key, value, serialize_json)
         raise UnsupportedFeature(f"Variable.set({key!r}) while the DAG file loads: set it with "
-                                 f"`raftflow variables set {key} VALUE`")
+                                 f"`raftflow variables set {key} VALUE`, or in a task's callable")
+
+    @staticmethod
+    def delete(key: str, **_: Any) -> int:
+        if _in_task():
+            return taskvars.delete(key)
+        raise UnsupportedFeature(f"Variable.delete({key!r}) while the DAG file loads: delete it with "
+                                 f"`raftflow variables delete {key}`, or in a task's callable")
+
+
+def _in_task() -> bool:
+    """Whether this is a python task's process with its Variables (worker/pyrunner.py)."""
+    return taskvars.in_task()
 
 
 class XComArg:
