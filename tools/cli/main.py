@@ -910,22 +910,28 @@ def cmd_variables_delete(client: ClusterClient, args: argparse.Namespace) -> int
     return EXIT_OK
 
 
-def cmd_variables_import(client: ClusterClient, args: argparse.Namespace) -> int:
-    """FILE.json is a JSON object {key: value} (Airflow's `variables import` format); a
-    value that is not a string is stored as its JSON text (var.json reads it back)."""
+def read_variables_file(path: str) -> dict[str, str]:
+    """A JSON object {key: value} (Airflow's `variables import` format) as variables: a
+    value that is not a string becomes its JSON text (var.json reads it back). Raises
+    UsageError saying what is wrong with the file."""
     try:
-        text = Path(args.file).read_text()
+        text = Path(path).read_text()
     except OSError as e:
-        raise UsageError(f"cannot read {args.file}: {e.strerror}") from None
+        raise UsageError(f"cannot read {path}: {e.strerror}") from None
     try:
-        given = parse_json(text, args.file)
+        given = parse_json(text, path)
     except ValueError as e:
         raise UsageError(f"{e}; the file must be a JSON object such as {{\"key\": \"value\"}}") from None
     if not isinstance(given, dict) or not given:
-        raise UsageError(f"{args.file} must hold a non-empty JSON object of key: value, got "
+        raise UsageError(f"{path} must hold a non-empty JSON object of key: value, got "
                          f"{type(given).__name__ if not isinstance(given, dict) else 'an empty object'}")
-    values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in given.items()}
-    result = client.import_variables(values)
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in given.items()}
+
+
+def cmd_variables_import(client: ClusterClient, args: argparse.Namespace) -> int:
+    """FILE.json is a JSON object {key: value} (Airflow's `variables import` format); a
+    value that is not a string is stored as its JSON text (var.json reads it back)."""
+    result = client.import_variables(read_variables_file(args.file))
     if args.json:
         emit_json(result)
         return EXIT_OK
@@ -1061,6 +1067,10 @@ def build_parser(with_node: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--load-timeout", type=seconds_option("--load-timeout", MAX_LOAD_TIMEOUT), default=DEFAULT_TIMEOUT,
                    help="seconds allowed to load each file")
     p.set_defaults(local_func=cmd_dags_check)
+    p = verb(dags, "test", cmd_dags_test, "run one DAG run on this machine, without a cluster: every task in "
+             "order in local processes, each task's log and final state printed (Airflow's `dags test`)")
+    local_test_options(p)
+    p.set_defaults(local_func=cmd_dags_test)
     verb(dags, "list", cmd_dags_list, "list DAGs")
     p = verb(dags, "show", cmd_dags_show, "show a DAG's tasks (and code)")
     p.add_argument("dag_id")
@@ -1120,6 +1130,10 @@ def build_parser(with_node: bool = True) -> argparse.ArgumentParser:
                    help="default: the latest attempt")
     p.add_argument("--follow", "-f", action="store_true",
                    help="keep printing the log as it grows until the attempt ends (waits for it to start)")
+    p = verb(tasks, "test", cmd_tasks_test, "run one task of a DAG on this machine, without a cluster, whatever "
+             "its upstream tasks (they are marked success, not run); its log and final state (Airflow's `tasks test`)")
+    local_test_options(p, with_task=True)
+    p.set_defaults(local_func=cmd_tasks_test)
     p = verb(tasks, "story", cmd_tasks_story, "every recorded move of a task instance: Raft index, time, "
              "command, node, attempt, who asked, state before -> after, reason")
     p.add_argument("run_id")
@@ -1214,6 +1228,29 @@ def choose_output(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if chosen != "table" and not getattr(args, "structured_output", True):
         parser.error(f"`{args.group} {args.verb}` has no {chosen} output; leave out --json/-o {chosen}")
     output_format, args.json = chosen, chosen != "table"
+
+
+def local_test_options(p: argparse.ArgumentParser, with_task: bool = False) -> None:
+    p.add_argument("dag_file", metavar="DAG_FILE")
+    if with_task:
+        p.add_argument("task_id", metavar="TASK_ID")
+    p.add_argument("--dag", help="the DAG to run, when the file declares several")
+    p.add_argument("--conf", help="JSON object passed to the run (dag_run.conf, params)")
+    p.add_argument("--logical-date", help="ISO-8601 date or datetime of the run (default: now)")
+    p.add_argument("--variables", metavar="FILE.json",
+                   help="Variables the run sees, a JSON object of key: value (as `variables import` takes)")
+    p.add_argument("--load-timeout", type=seconds_option("--load-timeout", MAX_LOAD_TIMEOUT), default=DEFAULT_TIMEOUT,
+                   help="seconds allowed to load the file")
+
+
+def cmd_dags_test(args: argparse.Namespace) -> int:
+    from .localtest import dags_test  # (imports the worker: only for this verb)
+    return dags_test(args)
+
+
+def cmd_tasks_test(args: argparse.Namespace) -> int:
+    from .localtest import tasks_test
+    return tasks_test(args)
 
 
 def main(argv: list[str] | None = None) -> int:

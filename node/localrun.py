@@ -1,0 +1,254 @@
+"""One DAG run on this machine, without a cluster: `raftflow dags test` and `tasks test`
+(Airflow's commands of those names).
+
+The same core and worker a node runs, in one process: a State of its own (no Raft:
+each command applies at once, in order, under one lock), the planner with this machine
+as its one node (serving every queue the DAG names), and a Worker that runs every
+attempt as a node does: its own process, its kind, its rendered templates, its log,
+result, XComs, retries, timeouts, branches and skips. Nothing is replicated or kept:
+the state lives in memory, logs and attempt folders in a temporary directory removed
+at the end. The DAG's schedule creates no run here; a run a trigger_dagrun task makes
+(of a DAG of the same file) runs too, and the loop ends with the tested run.
+
+`tasks test` runs one task of the run: every other task is marked success first (the
+reason says so), so the task runs whatever its trigger rule and upstream tasks, and
+nothing downstream of it runs; pulls of other tasks' results find none, as in Airflow's
+`tasks test` without earlier runs.
+
+The caller (the CLI) loads the DAG file in a child process first (the loader), as
+`dags submit` does: this module gets specs, never imports the file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .core import commands as c
+from .core.context import parse_published
+from .core.effects import StopAttempt
+from .core.model import Run
+from .core.planner import NodeInfo, plan
+from .core.result import Result
+from .core.run_ids import manual_run_id
+from .core.spec import DagSpec
+from .core.state import State
+from .core.states import RunState, TaskState
+from .store.local import LocalStore
+from .worker.worker import Assignment, AttemptSetup, Worker, attempt_setup
+
+NODE_ID = "local"
+LEASE = 24 * 3600.0     # renewed by the loop: the worker's lease fences nothing here
+IDLE_WAIT = 0.1          # the loop's longest sleep between plans (a change wakes it at once)
+
+
+class LocalRunError(Exception):
+    """The run cannot start: the message says why (a bad conf, an unknown task, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutcome:
+    """A task instance as the run left it; `log` is its last attempt's ('' if it never ran)."""
+    task_id: str
+    state: str
+    attempt: int
+    reason: str
+    exit_code: int | None
+    result: Any
+    xcoms: dict[str, Any]
+    log: str
+    started_at: float | None
+    ended_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRunOutcome:
+    run_id: str
+    dag_id: str
+    logical_date: str
+    state: str
+    tasks: list[TaskOutcome] = field(default_factory=list)
+
+
+class _Local:
+    """The state, and the proposals of the loop and the worker applied to it in order."""
+
+    def __init__(self, worker_of: Callable[[], Worker | None]) -> None:
+        self.state = State()
+        self.changed = threading.Condition()
+        self._worker_of = worker_of
+
+    def propose(self, command: c.Command, timeout: float = 0.0) -> Result:
+        with self.changed:
+            result = self.state.apply(command)
+            self.changed.notify_all()
+        worker = self._worker_of()
+        for effect in result.effects:   # (a cancel or timeout that takes an attempt away: kill it)
+            if isinstance(effect, StopAttempt) and worker is not None:
+                worker.cancel(effect.run_id, effect.why, {(effect.task_id, effect.attempt)})
+        return result
+
+
+def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, Any] | None = None,
+                logical_date: str = "", only_task: str = "", variables: Mapping[str, str] | None = None,
+                slots: int = 4, on_started: Callable[[str], None] | None = None,
+                on_task_done: Callable[[TaskOutcome], None] | None = None,
+                now: Callable[[], float] = time.time) -> LocalRunOutcome:
+    """Run DAG `dag_id` (one of `dags`, as the loader gives them: spec_json, source,
+    filename) once, to its end; `on_started` is told its run id once it is made,
+    `on_task_done` of each task as it ends. Raises
+    LocalRunError before anything runs if the run cannot be made."""
+    worker: Worker | None = None
+    local = _Local(lambda: worker)
+    at = now()
+    for dag in dags:
+        result = local.propose(c.SubmitDag(json.loads(dag["spec_json"]), dag["source"], dag["filename"], at))
+        if not result.ok:
+            raise LocalRunError(result.reason)
+    for record in list(local.state.dags.values()):   # (created paused, as Airflow's files ask: runs would wait)
+        if record.paused:
+            local.propose(c.SetPaused(record.dag_id, False, at))
+    if dag_id not in local.state.dags:
+        known = ", ".join(sorted(local.state.dags)) or "none"
+        raise LocalRunError(f"the file declares no DAG {dag_id!r} (it declares: {known})")
+    spec = local.state.dags[dag_id].latest.spec
+    if only_task and only_task not in spec.task_index:
+        more = ", ..." if len(spec.tasks) > 20 else ""
+        raise LocalRunError(f"DAG {dag_id!r} has no task {only_task!r} (its tasks: "
+                            f"{', '.join(t.task_id for t in spec.tasks[:20])}{more})")
+    if variables:
+        result = local.propose(c.ImportVariables(dict(variables), at))
+        if not result.ok:
+            raise LocalRunError(f"the variables: {result.reason}")
+    run_id = _create_run(local, spec, dict(conf or {}), logical_date, at)
+    if only_task:
+        for task in spec.tasks:
+            if task.task_id != only_task:
+                local.propose(c.MarkTask(run_id, task.task_id, TaskState.SUCCESS.value,
+                                         f"not run: `tasks test` runs only {only_task}", at))
+    if on_started is not None:
+        on_started(run_id)
+    scratch = Path(tempfile.mkdtemp(prefix="raftflow-test-"))
+    store = LocalStore(scratch / "logs")
+    node = NodeInfo(NODE_ID, True, slots, leader=True,
+                    queues=frozenset(t.queue for d in local.state.dags.values() for t in d.latest.spec.tasks))
+    try:
+        worker = Worker(NODE_ID, slots, store, scratch / "attempts", propose=local.propose, lease_duration=LEASE,
+                        setup=lambda a: _setup(local, a), run_state=lambda rid: _run_state(local, rid))
+        worker.ready.set()
+        _drive(local, worker, node, run_id, store, on_task_done, now)
+        run = local.state.run(run_id)
+        assert run is not None
+        return LocalRunOutcome(run.run_id, run.dag_id, run.logical_date, run.state.value,
+                               [_outcome(run, task.task_id, store) for task in spec.tasks])
+    finally:
+        if worker is not None:
+            worker.shutdown()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _create_run(local: _Local, spec: DagSpec, conf: dict[str, Any], logical_date: str, at: float) -> str:
+    from .core.checks import conf_error
+    from .core.params import conf_error as param_conf_error
+    from .core.schedule import iso
+    from .core.spec import SpecError, normalise_instant
+
+    error = conf_error(conf) or param_conf_error(spec.param_schemas, spec.params, conf)
+    if error:
+        raise LocalRunError(f"DAG {spec.dag_id!r}: {error}")
+    try:
+        logical = normalise_instant(logical_date, "logical_date") if logical_date else iso(at)
+    except SpecError as e:
+        raise LocalRunError(str(e)) from None
+    run_id = manual_run_id(spec.dag_id, logical)
+    result = local.propose(c.CreateRun(run_id, spec.dag_id, logical, logical, logical, "manual", conf, at))
+    if not result.ok:
+        raise LocalRunError(result.reason)
+    return run_id
+
+
+def _setup(local: _Local, a: Assignment) -> AttemptSetup:
+    with local.changed:
+        state = local.state
+        run = state.active[a.run_id]
+        spec = state.dag_spec(run)
+        setup = attempt_setup(state, run, spec, spec.task(a.task_id), a.attempt, NODE_ID, raw_published=True)
+    parse_published(setup.context)
+    return setup
+
+
+def _run_state(local: _Local, run_id: str) -> tuple[str, str] | None:
+    """(dag_id, state) of a run (a trigger_dagrun task waiting for the run it made)."""
+    with local.changed:
+        run = local.state.run(run_id)
+        return None if run is None else (run.dag_id, run.state.value)
+
+
+def _drive(local: _Local, worker: Worker, node: NodeInfo, run_id: str, store: LocalStore,
+           on_task_done: Callable[[TaskOutcome], None] | None, now: Callable[[], float]) -> None:
+    """Plan and run until the run ends (only its own run: the DAG's schedule creates
+    nothing here), telling `on_task_done` of each task as it ends."""
+    told: set[str] = set()
+    while True:
+        worker.renew_lease(time.monotonic())
+        assignments: list[Assignment] = []
+        with local.changed:
+            state = local.state
+            run = state.active.get(run_id)
+            applied = state.applied
+            if run is not None:
+                commands = [cmd for cmd in plan(state, now(), [node])   # (a run a trigger_dagrun task
+                            if not isinstance(cmd, (c.CreateRun, c.Backfill))]   # made is run too)
+                if commands:
+                    results = state.apply(c.Batch(tuple(commands))).value or []
+                    local.changed.notify_all()
+                    for cmd, result in zip(commands, results):
+                        if isinstance(cmd, c.AssignTask) and result.ok:
+                            owner = state.active[cmd.run_id]
+                            task = state.dag_spec(owner).task(cmd.task_id)
+                            assignments.append(Assignment(cmd.run_id, cmd.task_id, cmd.attempt, owner.dag_id,
+                                                          task.kind, task.command, dict(task.env),
+                                                          owner.logical_date))
+        for a in assignments:
+            accepted, why = worker.accept(a)
+            if not accepted:
+                local.propose(c.LoseAttempt(a.run_id, a.task_id, a.attempt, NODE_ID, why, now()))
+        with local.changed:   # (the tasks that ended since the last look, read under the lock)
+            current = local.state.active.get(run_id) or local.state.run(run_id)
+            ended = [] if current is None else [
+                _outcome(current, task_id, store) for task_id, ti in current.tasks.items()
+                if ti.state.terminal and task_id not in told]
+            done = run_id not in local.state.active
+        for outcome in ended:
+            told.add(outcome.task_id)
+            if on_task_done is not None:
+                on_task_done(outcome)
+        if done:
+            return
+        with local.changed:
+            if local.state.applied == applied and not assignments:
+                local.changed.wait(IDLE_WAIT)
+
+
+def _outcome(run: Run, task_id: str, store: LocalStore) -> TaskOutcome:
+    ti = run.tasks[task_id]
+    log = b"".join(store.read_log(run.run_id, task_id, ti.attempt)).decode(errors="replace") if ti.attempt else ""
+    return TaskOutcome(task_id, ti.state.value, ti.attempt, ti.reason, ti.exit_code,
+                       json.loads(ti.result) if ti.result else None,
+                       {key: json.loads(text) for key, text in (ti.xcoms or {}).items()},
+                       log, ti.started_at, ti.ended_at)
+
+
+def succeeded(outcome: LocalRunOutcome, only_task: str = "") -> bool:
+    """Whether the run (or, for `tasks test`, the one task) ended well: success, or skipped."""
+    if only_task:
+        return any(t.task_id == only_task and t.state in (TaskState.SUCCESS.value, TaskState.SKIPPED.value)
+                   for t in outcome.tasks)
+    return outcome.state == RunState.SUCCESS.value

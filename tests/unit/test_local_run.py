@@ -1,0 +1,117 @@
+"""`raftflow dags test` / `tasks test` (localrun.py, raftflow_cli/localtest.py): one run
+on this machine with the node's core and worker in one process, no cluster; its tasks
+run as real processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import raftflow_cli.main as cli
+from raftflow.localrun import LocalRunError, TaskOutcome, run_locally, succeeded
+from raftflow_cli.loader import load_file
+
+NATIVE = '''
+from raftflow import DAG, BashTask, PythonTask, Variable
+
+def pick(params):
+    print("taking", params["path"])
+    return params["path"]
+
+def flaky(ti):
+    if ti.try_number < 2:
+        raise ValueError("first try fails")
+    Variable.set("done", "yes")
+    return ti.try_number
+
+with DAG("local", params={"path": "fast"}, schedule="* * * * *", catchup=True, start_date="2026-01-01"):
+    choose = PythonTask("choose", python_callable=pick, branch=True)
+    fast = PythonTask("fast", python_callable=flaky, retries=1, retry_delay=0)
+    slow = BashTask("slow", command="echo slow")
+    report = BashTask("report", command="echo {{ ti.xcom_pull(task_ids='fast') }} {{ var.value.get('done', 'no') }}",
+                      trigger_rule="none_failed_min_one_success")
+    choose >> [fast, slow] >> report
+
+with DAG("other"):
+    BashTask("fails", command="echo about to fail; exit 3") >> BashTask("after", command="true")
+'''
+
+
+@pytest.fixture(scope="module")
+def dags(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, str]]:
+    path = tmp_path_factory.mktemp("dags") / "local.py"
+    path.write_text(NATIVE)
+    return load_file(path)
+
+
+def test_a_run_goes_to_its_end_with_retries_branches_xcoms_and_variables(dags) -> None:
+    told: list[TaskOutcome] = []
+    outcome = run_locally(dags, "local", logical_date="2026-03-01", on_task_done=told.append)
+    states = {t.task_id: t.state for t in outcome.tasks}
+    assert (outcome.state, outcome.logical_date) == ("success", "2026-03-01T00:00:00+00:00")
+    assert states == {"choose": "success", "fast": "success", "slow": "skipped", "report": "success"}
+    by_id = {t.task_id: t for t in outcome.tasks}
+    assert (by_id["fast"].attempt, by_id["fast"].result) == (2, 2), "its retry ran (retry_delay 0)"
+    assert by_id["report"].log == "2 yes\n", "the XCom and the Variable the callable set reach the next task"
+    assert by_id["choose"].log == "taking fast\n"
+    assert sorted(t.task_id for t in told) == sorted(states), "each task told once, as it ended"
+    assert succeeded(outcome)
+
+
+def test_the_conf_picks_the_branch_and_a_failure_fails_the_run(dags) -> None:
+    outcome = run_locally(dags, "local", conf={"path": "slow"})
+    assert {t.task_id: t.state for t in outcome.tasks}["fast"] == "skipped"
+    failed = run_locally(dags, "other")
+    assert failed.state == "failed" and not succeeded(failed)
+    assert [(t.task_id, t.state, t.exit_code) for t in failed.tasks] == [("fails", "failed", 3),
+                                                                        ("after", "upstream_failed", None)]
+
+
+def test_tasks_test_runs_only_the_task_whatever_its_upstream(dags) -> None:
+    outcome = run_locally(dags, "local", only_task="report")
+    by_id = {t.task_id: t for t in outcome.tasks}
+    assert by_id["report"].state == "success" and by_id["report"].log == "None no\n"
+    assert all(by_id[t].attempt == 0 for t in ("choose", "fast", "slow")), "nothing else ran"
+    assert by_id["fast"].reason == "not run: `tasks test` runs only report"
+    assert succeeded(outcome, "report")
+    failing = run_locally(dags, "other", only_task="fails")
+    assert not succeeded(failing, "fails") and {t.task_id: t.attempt for t in failing.tasks} == {"fails": 1,
+                                                                                              "after": 0}
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"dag_id": "nope"}, "the file declares no DAG 'nope' (it declares: local, other)"),
+    ({"dag_id": "local", "only_task": "nope"}, "DAG 'local' has no task 'nope' (its tasks: choose, fast, slow"),
+    ({"dag_id": "local", "conf": {"k": float("nan")}}, "conf must be plain JSON values (a number is nan)"),
+    ({"dag_id": "local", "logical_date": "yesterday"}, "logical_date 'yesterday' is not an ISO-8601"),
+    ({"dag_id": "local", "variables": {"bad key": "1"}}, "variable key 'bad key' is invalid"),
+])
+def test_bad_input_is_refused_before_anything_runs(dags, kwargs: dict[str, Any], error: str) -> None:
+    told: list[TaskOutcome] = []
+    with pytest.raises(LocalRunError) as raised:
+        run_locally(dags, on_task_done=told.append, **kwargs)
+    assert error in str(raised.value) and told == []
+
+
+def test_the_cli_prints_each_task_then_a_table_and_exits_by_the_outcome(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "local.py"
+    path.write_text(NATIVE)
+    assert cli.main(["dags", "test", str(path)]) == 2
+    assert "declares 2 DAGs (local, other): choose one with --dag" in capsys.readouterr().err
+    assert cli.main(["dags", "test", str(path), "--dag", "other"]) == 1
+    out = capsys.readouterr().out
+    assert "--- fails: attempt 1 log\nabout to fail\n--- fails: failed after" in out and ": exit 3" in out
+    assert "--- after: upstream_failed" in out and out.rstrip().endswith(": failed")
+    assert cli.main(["tasks", "test", str(path), "choose", "--dag", "local", "--conf", '{"path": "slow"}',
+                     "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [(t["task_id"], t["state"], t["result"], t["log"]) for t in shown["tasks"]] == \
+        [("choose", "success", "slow", "taking slow\n")]
+    (tmp_path / "vars.json").write_text("[1]")
+    assert cli.main(["dags", "test", str(path), "--dag", "local", "--variables", str(tmp_path / "vars.json")]) == 2
+    assert "must hold a non-empty JSON object" in capsys.readouterr().err
+    assert cli.main(["dags", "test", str(tmp_path / "missing.py")]) == 2
+    assert "no such file" in capsys.readouterr().err
