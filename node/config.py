@@ -584,6 +584,19 @@ _CONNECTION_KEYS = frozenset({"host", "port", "user", "key_file", "password_env"
                               "trust_on_first_use", "connect_timeout"})
 
 
+def load_connections(path: str | Path, environ: Mapping[str, str] | None = None) -> tuple[SSHConnection, ...]:
+    """The SSH connections of a node's config file, and nothing else of it (`raftflow dags
+    test --config`): checked as a node checks them. Raises ConfigError."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    return _connections(raw.get("connections", {}), path.parent.resolve(), os.environ if environ is None else environ)
+
+
 def _connections(raw: Any, base: Path, environ: Mapping[str, str]) -> tuple[SSHConnection, ...]:
     """The [connections.NAME] tables, checked now so that a typo fails the node's start,
     not every attempt: the key file must be readable, the named environment variables

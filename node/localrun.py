@@ -10,6 +10,10 @@ the state lives in memory, logs and attempt folders in a temporary directory rem
 at the end. The DAG's schedule creates no run here; a run a trigger_dagrun task makes
 (of a DAG of the same file) runs too, and the loop ends with the tested run.
 
+The pools the DAG names are made here with as many slots as this machine runs at
+once: a pool of the cluster's holds nothing back. A task this machine cannot run (an
+ssh task whose connection it lacks: `connections`) is refused before anything runs.
+
 `tasks test` runs one task of the run: every other task is marked success first (the
 reason says so), so the task runs whatever its trigger rule and upstream tasks, and
 nothing downstream of it runs; pulls of other tasks' results find none, as in Airflow's
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import SSHConnection
 from .core import commands as c
 from .core.context import parse_published
 from .core.effects import StopAttempt
@@ -41,6 +46,7 @@ from .core.run_ids import manual_run_id
 from .core.spec import DagSpec
 from .core.state import State
 from .core.states import RunState, TaskState
+from .kinds import kind
 from .store.local import LocalStore
 from .worker.worker import Assignment, AttemptSetup, Worker, attempt_setup
 
@@ -98,11 +104,13 @@ class _Local:
 
 def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, Any] | None = None,
                 logical_date: str = "", only_task: str = "", variables: Mapping[str, str] | None = None,
-                slots: int = 4, on_started: Callable[[str], None] | None = None,
+                connections: tuple[SSHConnection, ...] = (), slots: int = 4,
+                on_started: Callable[[str], None] | None = None,
                 on_task_done: Callable[[TaskOutcome], None] | None = None,
                 now: Callable[[], float] = time.time) -> LocalRunOutcome:
     """Run DAG `dag_id` (one of `dags`, as the loader gives them: spec_json, source,
-    filename) once, to its end; `on_started` is told its run id once it is made,
+    filename) once, to its end, with `connections` for its ssh tasks (a node's, from its
+    config); `on_started` is told its run id once it is made,
     `on_task_done` of each task as it ends. Raises
     LocalRunError before anything runs if the run cannot be made."""
     worker: Worker | None = None
@@ -123,6 +131,21 @@ def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, A
         more = ", ..." if len(spec.tasks) > 20 else ""
         raise LocalRunError(f"DAG {dag_id!r} has no task {only_task!r} (its tasks: "
                             f"{', '.join(t.task_id for t in spec.tasks[:20])}{more})")
+    node = NodeInfo(NODE_ID, True, slots, leader=True,
+                    queues=frozenset(t.queue for d in local.state.dags.values() for t in d.latest.spec.tasks),
+                    connections=frozenset(conn.name for conn in connections))
+    unplaceable: dict[str, list[str]] = {}   # why -> the tasks it holds back
+    for t in spec.tasks:
+        if (not only_task or t.task_id == only_task) and kind(t.kind).runs_on_a_node \
+                and not kind(t.kind).can_run_on(t, node):
+            unplaceable.setdefault(kind(t.kind).unplaceable(t).removeprefix("waiting: "), []).append(t.task_id)
+    if unplaceable:
+        raise LocalRunError("this machine cannot run task(s) " + "; ".join(
+            f"{', '.join(tasks)}: {why}" for why, tasks in unplaceable.items())
+            + " - give --config NODE.toml, a node's config with the [connections] they use")
+    for pool in sorted({t.pool for d in local.state.dags.values() for t in d.latest.spec.tasks}):
+        if local.state.pool_slots(pool) is None:   # (a pool of the cluster's: here it holds no task back)
+            local.propose(c.SetPool(pool, slots, at))
     if variables:
         result = local.propose(c.ImportVariables(dict(variables), at))
         if not result.ok:
@@ -137,11 +160,10 @@ def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, A
         on_started(run_id)
     scratch = Path(tempfile.mkdtemp(prefix="raftflow-test-"))
     store = LocalStore(scratch / "logs")
-    node = NodeInfo(NODE_ID, True, slots, leader=True,
-                    queues=frozenset(t.queue for d in local.state.dags.values() for t in d.latest.spec.tasks))
     try:
         worker = Worker(NODE_ID, slots, store, scratch / "attempts", propose=local.propose, lease_duration=LEASE,
-                        setup=lambda a: _setup(local, a), run_state=lambda rid: _run_state(local, rid))
+                        setup=lambda a: _setup(local, a, connections), connections=connections,
+                        run_state=lambda rid: _run_state(local, rid))
         worker.ready.set()
         _drive(local, worker, node, run_id, store, on_task_done, now)
         run = local.state.run(run_id)
@@ -174,12 +196,13 @@ def _create_run(local: _Local, spec: DagSpec, conf: dict[str, Any], logical_date
     return run_id
 
 
-def _setup(local: _Local, a: Assignment) -> AttemptSetup:
+def _setup(local: _Local, a: Assignment, connections: tuple[SSHConnection, ...]) -> AttemptSetup:
     with local.changed:
         state = local.state
         run = state.active[a.run_id]
         spec = state.dag_spec(run)
-        setup = attempt_setup(state, run, spec, spec.task(a.task_id), a.attempt, NODE_ID, raw_published=True)
+        setup = attempt_setup(state, run, spec, spec.task(a.task_id), a.attempt, NODE_ID, connections,
+                              raw_published=True)
     parse_published(setup.context)
     return setup
 

@@ -15,7 +15,7 @@ from raftflow.localrun import LocalRunError, TaskOutcome, run_locally, succeeded
 from raftflow_cli.loader import load_file
 
 NATIVE = '''
-from raftflow import DAG, BashTask, PythonTask, Variable
+from raftflow import DAG, BashTask, PythonTask, SSHTask, Variable
 
 def pick(params):
     print("taking", params["path"])
@@ -37,6 +37,9 @@ with DAG("local", params={"path": "fast"}, schedule="* * * * *", catchup=True, s
 
 with DAG("other"):
     BashTask("fails", command="echo about to fail; exit 3") >> BashTask("after", command="true")
+
+with DAG("remote"):
+    BashTask("local_step", command="echo here", pool="etl") >> SSHTask("remote_step", ssh_conn_id="spark", command="ls")
 '''
 
 
@@ -83,7 +86,9 @@ def test_tasks_test_runs_only_the_task_whatever_its_upstream(dags) -> None:
 
 
 @pytest.mark.parametrize("kwargs, error", [
-    ({"dag_id": "nope"}, "the file declares no DAG 'nope' (it declares: local, other)"),
+    ({"dag_id": "nope"}, "the file declares no DAG 'nope' (it declares: local, other, remote)"),
+    ({"dag_id": "remote"}, "this machine cannot run task(s) remote_step: no live node serving queue 'default' has "
+                           "SSH connection 'spark'"),
     ({"dag_id": "local", "only_task": "nope"}, "DAG 'local' has no task 'nope' (its tasks: choose, fast, slow"),
     ({"dag_id": "local", "conf": {"k": float("nan")}}, "conf must be plain JSON values (a number is nan)"),
     ({"dag_id": "local", "logical_date": "yesterday"}, "logical_date 'yesterday' is not an ISO-8601"),
@@ -96,11 +101,16 @@ def test_bad_input_is_refused_before_anything_runs(dags, kwargs: dict[str, Any],
     assert error in str(raised.value) and told == []
 
 
+def test_a_pool_of_the_cluster_holds_nothing_back_here(dags) -> None:
+    outcome = run_locally(dags, "remote", only_task="local_step")
+    assert [(t.task_id, t.state, t.log) for t in outcome.tasks if t.attempt] == [("local_step", "success", "here\n")]
+
+
 def test_the_cli_prints_each_task_then_a_table_and_exits_by_the_outcome(tmp_path: Path, capsys) -> None:
     path = tmp_path / "local.py"
     path.write_text(NATIVE)
     assert cli.main(["dags", "test", str(path)]) == 2
-    assert "declares 2 DAGs (local, other): choose one with --dag" in capsys.readouterr().err
+    assert "declares 3 DAGs (local, other, remote): choose one with --dag" in capsys.readouterr().err
     assert cli.main(["dags", "test", str(path), "--dag", "other"]) == 1
     out = capsys.readouterr().out
     assert "--- fails: attempt 1 log\nabout to fail\n--- fails: failed after" in out and ": exit 3" in out

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from raftflow.config import ConfigError, load_connections
 from raftflow.core.limits import parse_json
 from raftflow.localrun import LocalRunError, LocalRunOutcome, TaskOutcome, run_locally, succeeded
 
@@ -36,7 +37,8 @@ def _test(args: argparse.Namespace, only_task: str) -> int:
         dags, dag_id = _load(Path(args.dag_file), args.dag, args.load_timeout)
         conf = _conf(args.conf)
         variables = read_variables_file(args.variables) if args.variables else None
-    except (LoadError, UsageError) as e:
+        connections = load_connections(args.config) if args.config else ()
+    except (LoadError, UsageError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     printing = not args.json
@@ -52,7 +54,8 @@ def _test(args: argparse.Namespace, only_task: str) -> int:
 
     try:
         outcome = run_locally(dags, dag_id, conf=conf, logical_date=args.logical_date or "", only_task=only_task,
-                              variables=variables, on_started=started, on_task_done=task_done)
+                              variables=variables, connections=connections, on_started=started,
+                              on_task_done=task_done)
     except LocalRunError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE

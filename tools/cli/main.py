@@ -1239,6 +1239,7 @@ def local_test_options(p: argparse.ArgumentParser, with_task: bool = False) -> N
     p.add_argument("--logical-date", help="ISO-8601 date or datetime of the run (default: now)")
     p.add_argument("--variables", metavar="FILE.json",
                    help="Variables the run sees, a JSON object of key: value (as `variables import` takes)")
+    p.add_argument("--config", metavar="NODE.toml", help="a node's config file: its [connections] for ssh tasks")
     p.add_argument("--load-timeout", type=seconds_option("--load-timeout", MAX_LOAD_TIMEOUT), default=DEFAULT_TIMEOUT,
                    help="seconds allowed to load the file")
 
