@@ -110,8 +110,8 @@ def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, A
                 now: Callable[[], float] = time.time) -> LocalRunOutcome:
     """Run DAG `dag_id` (one of `dags`, as the loader gives them: spec_json, source,
     filename) once, to its end, with `connections` for its ssh tasks (a node's, from its
-    config); `on_started` is told its run id once it is made,
-    `on_task_done` of each task as it ends. Raises
+    config); `on_started` is told its run id once it is made, `on_task_done` of each
+    task as it ends, and of each attempt that failed with a retry left (up_for_retry). Raises
     LocalRunError before anything runs if the run cannot be made."""
     worker: Worker | None = None
     local = _Local(lambda: worker)
@@ -218,12 +218,19 @@ def _drive(local: _Local, worker: Worker, node: NodeInfo, run_id: str, store: Lo
            on_task_done: Callable[[TaskOutcome], None] | None, now: Callable[[], float]) -> None:
     """Plan and run until the run ends (only its own run: the DAG's schedule creates
     nothing here), telling `on_task_done` of each task as it ends."""
-    told: set[str] = set()
+    told: set[tuple[str, int, str]] = set()   # (task, attempt, state) already told
     while True:
         worker.renew_lease(time.monotonic())
         assignments: list[Assignment] = []
         with local.changed:
             state = local.state
+            # What ended since the last look, read before the plan under the same lock: a plan
+            # queues a retry again, and the attempt that failed must be told first.
+            current = state.active.get(run_id) or state.run(run_id)
+            ended = [] if current is None else [
+                _outcome(current, task_id, store) for task_id, ti in current.tasks.items()
+                if (ti.state.terminal or ti.state is TaskState.UP_FOR_RETRY)
+                and (task_id, ti.attempt, ti.state.value) not in told]
             run = state.active.get(run_id)
             applied = state.applied
             if run is not None:
@@ -239,22 +246,18 @@ def _drive(local: _Local, worker: Worker, node: NodeInfo, run_id: str, store: Lo
                             assignments.append(Assignment(cmd.run_id, cmd.task_id, cmd.attempt, owner.dag_id,
                                                           task.kind, task.command, dict(task.env),
                                                           owner.logical_date))
+        # (in the order things happened: what ran, by its end; then what never ran, which a
+        # branch, a short circuit or a failure upstream decided)
+        for outcome in sorted(ended, key=lambda o: (o.attempt == 0, o.ended_at or 0.0)):
+            told.add((outcome.task_id, outcome.attempt, outcome.state))
+            if on_task_done is not None:
+                on_task_done(outcome)
+        if run is None:
+            return
         for a in assignments:
             accepted, why = worker.accept(a)
             if not accepted:
                 local.propose(c.LoseAttempt(a.run_id, a.task_id, a.attempt, NODE_ID, why, now()))
-        with local.changed:   # (the tasks that ended since the last look, read under the lock)
-            current = local.state.active.get(run_id) or local.state.run(run_id)
-            ended = [] if current is None else [
-                _outcome(current, task_id, store) for task_id, ti in current.tasks.items()
-                if ti.state.terminal and task_id not in told]
-            done = run_id not in local.state.active
-        for outcome in ended:
-            told.add(outcome.task_id)
-            if on_task_done is not None:
-                on_task_done(outcome)
-        if done:
-            return
         with local.changed:
             if local.state.applied == applied and not assignments:
                 local.changed.wait(IDLE_WAIT)

@@ -97,7 +97,7 @@ def template_context(run: Run, spec: DagSpec, task_id: str, attempt: int, node: 
         # Airflow's `dag` and `task` objects, as far as a template reads them (their ids,
         # the DAG's params and tags, the task's owner-free fields).
         "dag": {"dag_id": run.dag_id, "params": spec.params, "tags": list(spec.tags),
-                "description": spec.description},
+                "description": spec.description, "schedule": spec.cron, "timezone": spec.timezone},
         "task": {"task_id": task_id, "dag_id": run.dag_id,
                  **({"retries": own.retries, "pool": own.pool, "queue": own.queue} if own is not None else {})},
         "results": {tid: ti.result for tid, ti in run.tasks.items() if ti.result is not None},

@@ -45,6 +45,11 @@ def _next_after(cron: str, timezone_name: str, tick: float) -> float:
     return nxt
 
 
+def tick_after(cron: str, timezone_name: str, tick: float) -> float:
+    """The schedule's first tick after `tick` (its end_date aside)."""
+    return _next_after(cron, timezone_name, tick)
+
+
 @functools.lru_cache(maxsize=_CACHE)
 def _prev_before(cron: str, timezone_name: str, instant: float) -> float:
     prev: float = _croniter(cron, timezone_name, instant).get_prev(float)

@@ -18,6 +18,9 @@ Its own fields beside the callable (Airflow's operators of the same behaviour):
 - `branch` (BranchPythonOperator): the callable returns the task id, or list of ids, of
   the direct downstream tasks to follow (a task group's id follows its tasks among them;
   None follows none); the others are skipped once it succeeds (core/branching.py).
+- `templates_dict` (PythonOperator's): a JSON object whose strings are templates,
+  rendered with the attempt's context and passed as the context's `templates_dict`
+  (None without one), as Airflow passes it.
 - `short_circuit` (ShortCircuitOperator): a falsy return value skips everything
   downstream, or with `ignore_downstream_trigger_rules` false only the direct downstream
   tasks, the rest following their trigger rules.
@@ -56,7 +59,8 @@ class Python(TaskKind):
     fail_meaning: ClassVar[str] = "the callable raised FailTask or AirflowFailException"
     reads_variables: ClassVar[bool] = True
     fields: ClassVar[Mapping[str, Any]] = {"python_callable": "", "op_kwargs": {}, "op_args": [], "branch": False,
-                                           "short_circuit": False, "ignore_downstream_trigger_rules": True}
+                                           "short_circuit": False, "ignore_downstream_trigger_rules": True,
+                                           "templates_dict": None}
 
     def parse(self, raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         flags = {name: raw.get(name, self.fields[name])
@@ -84,7 +88,16 @@ class Python(TaskKind):
             json.dumps(op_args, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise InvalidArgs(f"op_args must be plain JSON values ({e})") from None
-        return {"python_callable": python_callable, "op_kwargs": op_kwargs, "op_args": op_args, **flags}
+        templates_dict = raw.get("templates_dict")
+        if templates_dict is not None:
+            if not isinstance(templates_dict, dict) or not all(isinstance(k, str) for k in templates_dict):
+                raise InvalidArgs("templates_dict must be a JSON object (its strings are templates)")
+            try:
+                json.dumps(templates_dict, allow_nan=False)
+            except (TypeError, ValueError) as e:
+                raise InvalidArgs(f"templates_dict must be plain JSON values ({e})") from None
+        return {"python_callable": python_callable, "op_kwargs": op_kwargs, "op_args": op_args, **flags,
+                "templates_dict": templates_dict}
 
     def needs_dag_file(self, task: TaskSpec) -> bool:
         return task.python_callable.startswith(DAG_FILE_MODULE + ":")
@@ -114,7 +127,8 @@ class Python(TaskKind):
                 "RAFTFLOW_PY_DAG_FILENAME": attempt.dag_filename} if self.needs_dag_file(attempt.task) else {}),
             "PYTHONUNBUFFERED": "1",
         }, files={
-            CONTEXT_FILE: json.dumps(attempt.context, default=_iso_default),
+            CONTEXT_FILE: json.dumps({**attempt.context, "templates_dict": attempt.task.arg("templates_dict")},
+                                     default=_iso_default),
             KWARGS_FILE: json.dumps(attempt.task.op_kwargs),
             ARGS_FILE: json.dumps(attempt.task.arg("op_args")),
             **({DAG_FILE: attempt.dag_source} if self.needs_dag_file(attempt.task) else {}),

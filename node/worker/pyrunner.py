@@ -206,6 +206,8 @@ def main() -> int:
                                                    context), results)
         op_args = resolve_results(render_strings(json.loads(_read(os.environ.get("RAFTFLOW_PY_ARGS_FILE"), "[]")),
                                                  context), results)
+        if context.get("templates_dict") is not None:
+            context["templates_dict"] = render_strings(context["templates_dict"], context)
     except Exception as e:  # noqa: BLE001 - render.RenderError: the template's fault, said in the log
         print(f"raftflow: {target}: {e}", file=sys.stderr)
         return 1
@@ -213,6 +215,8 @@ def main() -> int:
         if isinstance(context.get(name), dict):
             context[name] = Fields(context[name])
     _share_context(context)
+    if module_name == DAG_FILE_MODULE:   # (its log names the file the author knows, not raftflow's marker)
+        target = f"{os.environ.get('RAFTFLOW_PY_DAG_FILENAME') or 'the DAG file'}:{function_name}"
     try:
         return _call(target, function, op_args, arguments(function, context, op_kwargs, len(op_args)), ti.pushed)
     finally:   # (what it set before it raised is set too, as Airflow's Variable.set is at once)

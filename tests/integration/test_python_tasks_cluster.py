@@ -185,6 +185,28 @@ with DAG("variables", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz
     count() >> read() >> BashOperator(task_id="show", bash_command="echo seen={{ var.value.runs_seen }}")
 '''
 
+# Only the latest scheduled run publishes (a backfilled one skips it); a branch operator of the file's own.
+LATEST = r'''
+import pendulum
+from airflow.sdk import DAG
+from airflow.operators.branch import BaseBranchOperator
+from airflow.operators.latest_only import LatestOnlyOperator
+from airflow.providers.standard.operators.bash import BashOperator
+
+
+class ByConf(BaseBranchOperator):
+    def choose_branch(self, context):
+        return context["dag_run"].conf.get("go", "left")
+
+
+with DAG("latest", schedule="@daily", start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), catchup=False,
+         is_paused_upon_creation=False):
+    LatestOnlyOperator(task_id="latest_only") >> BashOperator(task_id="publish", bash_command="echo published") \
+        >> BashOperator(task_id="notify", bash_command="echo notified", trigger_rule="all_done")
+    ByConf(task_id="route") >> [BashOperator(task_id="left", bash_command="echo left"),
+                                BashOperator(task_id="right", bash_command="echo right")]
+'''
+
 # Operators of the file's own: execute(context) runs as a python task, template_fields rendered.
 CUSTOM = r'''
 import pendulum
@@ -303,6 +325,23 @@ def test_python_tasks_installed_in_file_taskflow_branches_and_skips(tmp_path: Pa
             assert cli("tasks", "logs", run["run_id"], "show").stdout == f"seen={expected}\n"
         listed = {v["key"]: v["value"] for v in cli.json("variables", "list")["variables"]}
         assert listed == {"runs_seen": "2"}, "set by the callable, and `scratch` deleted by it"
+
+        (tmp_path / "latest.py").write_text(LATEST)
+        submitted = cli("dags", "submit", str(tmp_path / "latest.py"))
+        assert submitted.returncode == 0, submitted.stderr
+        run, tasks = _run(cli, "latest", "--conf", json.dumps({"go": "right"}))
+        assert run["state"] == "success", tasks
+        assert _states(tasks) == {"latest_only": "success", "publish": "success", "notify": "success",
+                                  "route": "success", "left": "skipped", "right": "success"}
+        created = cli.json("dags", "backfill", "latest", "--start", "2026-02-01", "--end", "2026-02-01")["created"]
+        assert len(created) == 1
+        backfilled = cli("runs", "watch", created[0])
+        assert backfilled.returncode == 0, backfilled.stdout + backfilled.stderr
+        tasks = {t["task_id"]: t for t in cli.json("runs", "show", created[0])["tasks"]}
+        assert _states(tasks) == {"latest_only": "success", "publish": "skipped", "notify": "success",
+                                  "route": "success", "left": "success", "right": "skipped"}, \
+            "a backfilled run is not the latest: publish is skipped, notify (all_done) runs"
+        assert "not the latest run" in cli("tasks", "logs", created[0], "latest_only").stdout
 
         (tmp_path / "custom.py").write_text(CUSTOM)
         submitted = cli("dags", "submit", str(tmp_path / "custom.py"))

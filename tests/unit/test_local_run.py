@@ -60,7 +60,10 @@ def test_a_run_goes_to_its_end_with_retries_branches_xcoms_and_variables(dags) -
     assert (by_id["fast"].attempt, by_id["fast"].result) == (2, 2), "its retry ran (retry_delay 0)"
     assert by_id["report"].log == "2 yes\n", "the XCom and the Variable the callable set reach the next task"
     assert by_id["choose"].log == "taking fast\n"
-    assert sorted(t.task_id for t in told) == sorted(states), "each task told once, as it ended"
+    assert sorted((t.task_id, t.attempt, t.state) for t in told) == [
+        ("choose", 1, "success"), ("fast", 1, "up_for_retry"), ("fast", 2, "success"), ("report", 1, "success"),
+        ("slow", 0, "skipped")], "each attempt told once, as it ended"
+    assert "ValueError: first try fails" in next(t.log for t in told if t.state == "up_for_retry")
     assert succeeded(outcome)
 
 
@@ -125,3 +128,42 @@ def test_the_cli_prints_each_task_then_a_table_and_exits_by_the_outcome(tmp_path
     assert "must hold a non-empty JSON object" in capsys.readouterr().err
     assert cli.main(["dags", "test", str(tmp_path / "missing.py")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_sigterm_stops_the_running_tasks_and_removes_the_folder(tmp_path: Path) -> None:
+    """What `timeout` and supervisors send: the run stops as on Ctrl-C, its task processes
+    killed, its temporary folder gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from waiting import wait_for
+
+    marker = tmp_path / "pid"
+    path = tmp_path / "slow.py"
+    path.write_text("from raftflow import DAG, BashTask\nwith DAG('slow'):\n"
+                    f"    BashTask('sleeps', command='echo $$ > {marker}; exec sleep 60')\n")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "raftflow_cli.main", "dags", "test", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "TMPDIR": str(scratch)})
+    try:
+        wait_for(lambda: marker.exists() and marker.read_text().strip(), timeout=30, what="the task to start")
+        task_pid = int(marker.read_text())
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and "terminated: the running tasks were stopped" in err
+
+    def gone() -> bool:
+        try:
+            os.kill(task_pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    wait_for(gone, timeout=10, what="the task's process to be gone")
+    assert not [p for p in scratch.iterdir() if p.name.startswith("raftflow-test-")]

@@ -64,8 +64,9 @@ def test_the_lease_watchdog_sleeps_while_idle_and_fences_at_the_deadline(tmp_pat
     time.sleep(0.3)        # idle: the watchdog is asleep with no timeout
     assert worker.accept(assignment("sleep 30"))[0]
     deadline = worker.lease.valid_until()
-    delay = worker._lease_watch_delay(time.monotonic())
-    assert delay is not None and 0 < delay <= deadline - time.monotonic() + 2 * worker_module.LEASE_WATCH_SLACK
+    now = time.monotonic()   # (one reading for both sides: a busy machine may pause between two)
+    delay = worker._lease_watch_delay(now)
+    assert delay is not None and 0 < delay <= deadline - now + 2 * worker_module.LEASE_WATCH_SLACK
     reports.wait_for(c.LoseAttempt)
     assert worker.lease.lapses == 1
     assert time.monotonic() - deadline < 1.0, "fenced soon after the deadline, not at some later poll"

@@ -11,6 +11,7 @@ skipped), 1 when it failed, 2 for bad input (the file, the DAG, the task, --conf
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ from raftflow.core.limits import parse_json
 from raftflow.localrun import LocalRunError, LocalRunOutcome, TaskOutcome, run_locally, succeeded
 
 from .loader import LoadError, inspect_file
-from .main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, emit_json, read_variables_file, table
+from .main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, emit_json, read_variables_file, table, terminal_width
 
 
 def dags_test(args: argparse.Namespace) -> int:
@@ -52,6 +53,7 @@ def _test(args: argparse.Namespace, only_task: str) -> int:
             what = f"task {only_task} of DAG {dag_id}" if only_task else f"DAG {dag_id}"
             print(f"running {what} on this machine, run {run_id} (no cluster; nothing is kept)", flush=True)
 
+    signal.signal(signal.SIGTERM, _terminated)   # (as Ctrl-C: the attempts are stopped, the folder removed)
     try:
         outcome = run_locally(dags, dag_id, conf=conf, logical_date=args.logical_date or "", only_task=only_task,
                               variables=variables, connections=connections, on_started=started,
@@ -59,8 +61,10 @@ def _test(args: argparse.Namespace, only_task: str) -> int:
     except LocalRunError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"{'terminated' if isinstance(e, Terminated) else 'interrupted'}: the running tasks were stopped",
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     ok = succeeded(outcome, only_task)
     if args.json:
         emit_json(_as_json(outcome, only_task))
@@ -69,7 +73,17 @@ def _test(args: argparse.Namespace, only_task: str) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a supervisor, `timeout`): ends the run as Ctrl-C does."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
 def _load(path: Path, dag_id: str | None, timeout: float) -> tuple[list[dict[str, str]], str]:
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder: give one DAG file")
     if not path.is_file():
         raise UsageError(f"{path}: no such file (give the DAG file, as to `raftflow dags submit`)")
     result = inspect_file(path, timeout)
@@ -110,6 +124,8 @@ def _seconds(task: TaskOutcome) -> str:
 def _why(task: TaskOutcome) -> str:
     if task.reason:
         return task.reason
+    if task.state == "skipped" and task.exit_code:
+        return "the task skipped itself"
     return f"exit {task.exit_code}" if task.exit_code else "-"
 
 
@@ -139,7 +155,7 @@ def _print_summary(outcome: LocalRunOutcome, only_task: str) -> None:
     tasks = [t for t in outcome.tasks if not only_task or t.task_id == only_task]
     rows = [[t.task_id, t.state, t.attempt or "-", _seconds(t), _why(t)] for t in tasks]
     print()
-    print(table(rows, ["TASK", "STATE", "ATTEMPT", "TOOK", "REASON"], wrap_last=60))
+    print(table(rows, ["TASK", "STATE", "ATTEMPT", "TOOK", "REASON"], wrap_last=terminal_width()))
     if only_task:
         print(f"task {only_task}: {tasks[0].state} (run {outcome.run_id})")
     else:

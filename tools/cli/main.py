@@ -1269,8 +1269,12 @@ def main(argv: list[str] | None = None) -> int:
         return run(args)
     if args.group == "certs":
         return run_certs(args)
-    if getattr(args, "local_func", None) is not None:   # verbs that need no cluster (dags check)
-        return int(args.local_func(args))
+    if getattr(args, "local_func", None) is not None:   # verbs that need no cluster (dags check, dags test)
+        try:
+            return int(args.local_func(args))
+        except BrokenPipeError:  # e.g. `raftflow dags test FILE | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
     try:
         ca_pem, insecure, ca_name = cluster_tls(args.ca_file, args.insecure)
     except UsageError as e:

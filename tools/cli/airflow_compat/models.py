@@ -589,6 +589,11 @@ def cross_downstream(from_tasks: Any, to_tasks: Any) -> None:
     _connect(list(_flatten(from_tasks)), list(_flatten(to_tasks)))
 
 
+# Airflow's [core] default_task_retry_delay: a task with retries and no retry_delay waits
+# this long before its next try (raftflow's own default is none).
+AIRFLOW_RETRY_DELAY = 300.0
+
+
 # ------------------------------------------------------------------ operators
 class BaseOperator:
     """Airflow's BaseOperator. The operators raftflow runs are this module's subclasses
@@ -602,6 +607,9 @@ class BaseOperator:
     template_fields: ClassVar[tuple[str, ...]] = ()
     _refusal: ClassVar[tuple[str, str] | None] = None   # (feature, why) for operators refused by name
     ui_color: ClassVar[str] = "#fff"
+    # A DAG file's own subclass of this class (and of no other of this layer's) runs its
+    # `execute` as a python task. Read from the class's own __dict__: never inherited.
+    extensible: ClassVar[bool] = True
 
     def __init__(self, task_id: str | None = None, **kwargs: Any) -> None:
         self.line = caller_line()
@@ -647,7 +655,7 @@ class BaseOperator:
         self.custom = not type(self).__module__.startswith(ours)
         # (the operator of this layer it builds on: BaseOperator for a custom operator)
         base = next(c for c in type(self).__mro__ if c.__module__.startswith(ours))
-        if self.custom and base is not BaseOperator:
+        if self.custom and not base.__dict__.get("extensible", False):
             self._refuse(f"custom operator {type(self).__name__}",
                          f"a subclass of {base.__name__} runs code of its own that raftflow's {base.__name__} does "
                          "not: subclass BaseOperator and write execute(context), or use the operator itself")
@@ -771,6 +779,8 @@ class BaseOperator:
                 value = seconds(self.args.get(name), name)
                 if value is not None:
                     spec[name] = value
+            if "retry_delay" not in spec and int(self.args.get("retries") or 0) > 0:
+                spec["retry_delay"] = AIRFLOW_RETRY_DELAY
             if self.args.get("retry_exponential_backoff"):
                 spec["retry_exponential_backoff"] = True
             for name in ("pool", "queue"):

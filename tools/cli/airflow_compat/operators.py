@@ -201,13 +201,15 @@ class PythonOperator(BaseOperator):
             self.callable_name = name
         self.op_args = arguments_json(list(self.arg("op_args") or []), "op_args", self)
         self.op_kwargs = arguments_json(dict(self.arg("op_kwargs") or {}), "op_kwargs", self)
-        if self.arg("templates_dict"):
-            self._refuse("templates_dict", "not rendered by raftflow's python tasks yet")
+        templates_dict = self.arg("templates_dict")
+        self.templates_dict = arguments_json(dict(templates_dict), "templates_dict", self) if templates_dict else None
 
     def kind_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"python_callable": self.callable_name, "op_kwargs": self.op_kwargs or {}}
         if self.op_args:
             fields["op_args"] = self.op_args
+        if self.templates_dict:
+            fields["templates_dict"] = self.templates_dict
         return fields
 
 
@@ -248,6 +250,40 @@ class ShortCircuitOperator(PythonOperator):
         ignore = self.arg("ignore_downstream_trigger_rules")
         return {**super().kind_fields(), "short_circuit": True,
                 "ignore_downstream_trigger_rules": True if ignore is None else bool(ignore)}
+
+
+class BaseBranchOperator(BaseOperator):
+    """Airflow's base of branching operators: a DAG file's subclass writes
+    choose_branch(context), which returns the task id(s) to follow among the direct
+    downstream tasks; it runs as a python branch task, the others are skipped."""
+
+    extensible: ClassVar[bool] = True
+
+    def __init__(self, task_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(task_id, **kwargs)
+        if self.custom and type(self).choose_branch is BaseBranchOperator.choose_branch:
+            self._refuse(f"branch operator {type(self).__name__}", "it defines no choose_branch(context) to run")
+
+    def execute(self, context: Any) -> Any:
+        return self.choose_branch(context)
+
+    def choose_branch(self, context: Any) -> Any:
+        raise NotImplementedError
+
+    def kind_fields(self) -> dict[str, Any]:
+        return {**super().kind_fields(), "branch": True}
+
+
+class LatestOnlyOperator(BaseOperator):
+    """Skips its direct downstream tasks unless the run is the DAG's latest scheduled one
+    (no later tick has come) or was triggered by hand (worker/latest_only.py); tasks
+    further down follow their trigger rules, as Airflow's does."""
+
+    kind = "python"
+
+    def kind_fields(self) -> dict[str, Any]:
+        return {"python_callable": "raftflow.worker.latest_only:is_latest", "op_kwargs": {},
+                "short_circuit": True, "ignore_downstream_trigger_rules": False}
 
 
 _BRANCHING = ("chooses the tasks to run in Python at run time; raftflow runs it once \"" + NEXT_ISSUE +
