@@ -230,13 +230,17 @@ class PythonTask(BaseTask):
 
     def __init__(self, task_id: str, python_callable: str, op_kwargs: dict[str, Any] | None = None, *,
                  branch: bool = False, short_circuit: bool = False, ignore_downstream_trigger_rules: bool = True,
-                 templates_dict: dict[str, Any] | None = None, **options: Any) -> None:
+                 templates_dict: dict[str, Any] | None = None, virtualenv: dict[str, Any] | None = None,
+                 python_executable: str = "", **options: Any) -> None:
         """`templates_dict`: values whose strings are templates, rendered for each attempt
         and passed as the context's `templates_dict`. `branch=True`: the callable returns
         the id(s) of the direct downstream tasks to run; the others are skipped.
         `short_circuit=True`: a falsy return value skips the tasks after it (all of them,
         or with ignore_downstream_trigger_rules=False the direct ones only). Raising
-        SkipTask / FailTask ends the task skipped / failed."""
+        SkipTask / FailTask ends the task skipped / failed. `virtualenv={"requirements":
+        [...], "system_site_packages": True, "python_version": "3.11"}` runs the callable
+        (a `def` of the DAG file, sent as its source) in a virtual environment the node
+        builds once and reuses; `python_executable="/path/python"` with that Python."""
         self.python_function = python_callable if callable(python_callable) else None   # (pyrunner reads it)
         if callable(python_callable):
             python_callable = _callable_name(task_id, python_callable)
@@ -250,6 +254,8 @@ class PythonTask(BaseTask):
         self.short_circuit = short_circuit
         self.ignore_downstream_trigger_rules = ignore_downstream_trigger_rules
         self.templates_dict = templates_dict
+        self.virtualenv = virtualenv
+        self.python_executable = python_executable
 
 
 def _callable_name(task_id: str, func: Any) -> str:

@@ -162,6 +162,7 @@ def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, A
     store = LocalStore(scratch / "logs")
     try:
         worker = Worker(NODE_ID, slots, store, scratch / "attempts", propose=local.propose, lease_duration=LEASE,
+                        venv_cache=venv_cache(),
                         setup=lambda a: _setup(local, a, connections), connections=connections,
                         run_state=lambda rid: _run_state(local, rid))
         worker.ready.set()
@@ -174,6 +175,14 @@ def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, A
         if worker is not None:
             worker.shutdown()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def venv_cache() -> Path:
+    """Where `dags test` keeps python tasks' virtual environments, across runs: the user's
+    cache folder ($XDG_CACHE_HOME, else ~/.cache), raftflow/venvs."""
+    import os
+
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raftflow" / "venvs"
 
 
 def _create_run(local: _Local, spec: DagSpec, conf: dict[str, Any], logical_date: str, at: float) -> str:

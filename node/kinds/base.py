@@ -62,6 +62,8 @@ class AttemptInput:
     # The run's DAG file, when the kind asked for it (`needs_dag_file`): source and file name.
     dag_source: str = ""
     dag_filename: str = ""
+    # This node's folder of python tasks' virtual environments (worker/isolated.py).
+    venv_cache: str = ""
 
 
 @dataclass(frozen=True, slots=True)

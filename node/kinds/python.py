@@ -21,6 +21,14 @@ Its own fields beside the callable (Airflow's operators of the same behaviour):
 - `templates_dict` (PythonOperator's): a JSON object whose strings are templates,
   rendered with the attempt's context and passed as the context's `templates_dict`
   (None without one), as Airflow passes it.
+- `virtualenv` (PythonVirtualenvOperator, @task.virtualenv): {requirements,
+  system_site_packages, python_version}: the callable runs in a virtual environment the
+  node builds once per set and reuses (worker/isolated.py); `python_executable`
+  (ExternalPythonOperator): it runs with that Python. Either way it is sent as its
+  source (a `def` of the DAG file) with its JSON arguments, and returns JSON.
+- `bash` (@task.bash): the callable returns a bash command; it is rendered as a
+  template and run by bash in the same process's place, its last output line the
+  result, exit 99 skipped (Airflow's @task.bash).
 - `short_circuit` (ShortCircuitOperator): a falsy return value skips everything
   downstream, or with `ignore_downstream_trigger_rules` false only the direct downstream
   tasks, the rest following their trigger rules.
@@ -60,7 +68,8 @@ class Python(TaskKind):
     reads_variables: ClassVar[bool] = True
     fields: ClassVar[Mapping[str, Any]] = {"python_callable": "", "op_kwargs": {}, "op_args": [], "branch": False,
                                            "short_circuit": False, "ignore_downstream_trigger_rules": True,
-                                           "templates_dict": None}
+                                           "templates_dict": None, "virtualenv": None, "python_executable": "",
+                                           "bash": False}
 
     def parse(self, raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         flags = {name: raw.get(name, self.fields[name])
@@ -96,8 +105,23 @@ class Python(TaskKind):
                 json.dumps(templates_dict, allow_nan=False)
             except (TypeError, ValueError) as e:
                 raise InvalidArgs(f"templates_dict must be plain JSON values ({e})") from None
+        virtualenv, python_executable = _virtualenv(raw.get("virtualenv")), raw.get("python_executable") or ""
+        if not isinstance(python_executable, str) or (python_executable and (
+                not posixpath.isabs(python_executable) or len(python_executable) > 4096)):
+            raise InvalidArgs(f"python_executable must be the absolute path of a Python, got {python_executable!r:.80}")
+        if virtualenv is not None and python_executable:
+            raise InvalidArgs("a python task runs in a virtualenv or with python_executable, not both")
+        if (virtualenv is not None or python_executable) and not python_callable.startswith(DAG_FILE_MODULE + ":"):
+            raise InvalidArgs("a callable run in a virtualenv or by python_executable is sent as its source: "
+                              "define it in the DAG file")
+        bash = raw.get("bash", False)
+        if not isinstance(bash, bool):
+            raise InvalidArgs(f"bash must be true or false, got {bash!r:.80}")
+        if bash and (virtualenv is not None or python_executable or flags["branch"] or flags["short_circuit"]):
+            raise InvalidArgs("a bash python task (@task.bash) is not also a branch, a short circuit or isolated")
         return {"python_callable": python_callable, "op_kwargs": op_kwargs, "op_args": op_args, **flags,
-                "templates_dict": templates_dict}
+                "templates_dict": templates_dict, "virtualenv": virtualenv, "python_executable": python_executable,
+                "bash": bash}
 
     def needs_dag_file(self, task: TaskSpec) -> bool:
         return task.python_callable.startswith(DAG_FILE_MODULE + ":")
@@ -123,6 +147,13 @@ class Python(TaskKind):
             "RAFTFLOW_PY_ARGS_FILE": posixpath.join(attempt.attempt_dir, ARGS_FILE),
             "RAFTFLOW_PY_XCOM_FILE": posixpath.join(attempt.attempt_dir, XCOM_FILE),
             "RAFTFLOW_PY_VARIABLES_FILE": posixpath.join(attempt.attempt_dir, VARIABLES_FILE),
+            **({"RAFTFLOW_PY_VIRTUALENV": json.dumps(attempt.task.arg("virtualenv")),
+                "RAFTFLOW_PY_VENV_CACHE": attempt.venv_cache} if attempt.task.arg("virtualenv") is not None else {}),
+            **({"RAFTFLOW_PY_EXECUTABLE": attempt.task.arg("python_executable")}
+               if attempt.task.arg("python_executable") else {}),
+            **({"RAFTFLOW_PY_BASH": "1"} if attempt.task.arg("bash") else {}),
+            **({"RAFTFLOW_REASON_FILE": attempt.reason_file}   # (a failed build's reason: pip's words)
+               if attempt.task.arg("virtualenv") is not None or attempt.task.arg("python_executable") else {}),
             **({"RAFTFLOW_PY_DAG_FILE": posixpath.join(attempt.attempt_dir, DAG_FILE),
                 "RAFTFLOW_PY_DAG_FILENAME": attempt.dag_filename} if self.needs_dag_file(attempt.task) else {}),
             "PYTHONUNBUFFERED": "1",
@@ -133,6 +164,34 @@ class Python(TaskKind):
             ARGS_FILE: json.dumps(attempt.task.arg("op_args")),
             **({DAG_FILE: attempt.dag_source} if self.needs_dag_file(attempt.task) else {}),
         })
+
+
+MAX_REQUIREMENTS = 100
+REQUIREMENT_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-\[\],<>=!~*; '\"()@:/+]{0,199}")
+PYTHON_VERSION_PATTERN = re.compile(r"3(\.[0-9]{1,2})?")
+
+
+def _virtualenv(raw: Any) -> dict[str, Any] | None:
+    """The `virtualenv` field: None, or {requirements, system_site_packages, python_version}
+    checked (requirement specifiers, not pip options: each starts with a letter or digit)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) - {"requirements", "system_site_packages", "python_version"}:
+        raise InvalidArgs("virtualenv must be an object of requirements, system_site_packages and python_version")
+    requirements = raw.get("requirements") or []
+    if not isinstance(requirements, list) or len(requirements) > MAX_REQUIREMENTS or not all(
+            isinstance(r, str) and REQUIREMENT_PATTERN.fullmatch(r) for r in requirements):
+        raise InvalidArgs(f"virtualenv requirements must be at most {MAX_REQUIREMENTS} requirement specifiers "
+                          f"such as 'pandas==2.2.3' (not pip options), got {requirements!r:.120}")
+    system_site_packages = raw.get("system_site_packages", True)
+    if not isinstance(system_site_packages, bool):
+        raise InvalidArgs("virtualenv system_site_packages must be true or false")
+    python_version = raw.get("python_version")
+    if python_version is not None and (not isinstance(python_version, str)
+                                       or not PYTHON_VERSION_PATTERN.fullmatch(python_version)):
+        raise InvalidArgs(f"virtualenv python_version must be such as '3.11', got {python_version!r:.40}")
+    return {"requirements": list(requirements), "system_site_packages": system_site_packages,
+            "python_version": python_version}
 
 
 def _iso_default(value: Any) -> str:

@@ -28,7 +28,9 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import linecache
 import os
+import subprocess
 import sys
 import traceback
 import types
@@ -168,6 +170,8 @@ def from_dag_file(dag_id: str, task_id: str) -> Any:
     module = types.ModuleType(LOADED_AS)
     module.__file__ = filename
     sys.modules[LOADED_AS] = module
+    # (the file may not exist here under its name: tracebacks and inspect.getsource read the source from this)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     try:
         exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - the DAG file, by design
     except BaseException as e:  # noqa: BLE001 - even SystemExit: its code must not pass for the runner's own
@@ -218,7 +222,12 @@ def main() -> int:
     if module_name == DAG_FILE_MODULE:   # (its log names the file the author knows, not raftflow's marker)
         target = f"{os.environ.get('RAFTFLOW_PY_DAG_FILENAME') or 'the DAG file'}:{function_name}"
     try:
-        return _call(target, function, op_args, arguments(function, context, op_kwargs, len(op_args)), ti.pushed)
+        kwargs = arguments(function, context, op_kwargs, len(op_args))
+        if os.environ.get("RAFTFLOW_PY_VIRTUALENV") or os.environ.get("RAFTFLOW_PY_EXECUTABLE"):
+            return _call_isolated(target, function, op_args, kwargs)
+        if os.environ.get("RAFTFLOW_PY_BASH"):
+            return _call_bash(target, function, op_args, kwargs, context, ti.pushed)
+        return _call(target, function, op_args, kwargs, ti.pushed)
     finally:   # (what it set before it raised is set too, as Airflow's Variable.set is at once)
         changed = taskvars.changes()
         if changed:
@@ -226,8 +235,86 @@ def main() -> int:
                 json.dump(changed, f)
 
 
-def _call(target: str, function: Any, op_args: list[Any], kwargs: dict[str, Any], pushed: dict[str, Any]) -> int:
-    """Call the callable; leave what it pushed and returned for the worker; the exit code."""
+def _call_isolated(target: str, function: Any, op_args: list[Any], kwargs: dict[str, Any]) -> int:
+    """The callable in its virtual environment or external Python (worker/isolated.py)."""
+    from . import isolated
+
+    try:
+        if os.environ.get("RAFTFLOW_PY_EXECUTABLE"):
+            python = os.environ["RAFTFLOW_PY_EXECUTABLE"]
+            if not os.access(python, os.X_OK):
+                raise isolated.IsolationError(f"python_executable {python} is not an executable on this node")
+        else:
+            venv = json.loads(os.environ["RAFTFLOW_PY_VIRTUALENV"])
+            python = str(isolated.ensure_venv(Path(os.environ["RAFTFLOW_PY_VENV_CACHE"]), venv["requirements"],
+                                              venv["system_site_packages"], venv["python_version"]))
+        code, value = isolated.run_isolated(python, function, op_args, kwargs, Path.cwd())
+    except isolated.IsolationError as e:
+        print(f"raftflow: {target}: {e}", file=sys.stderr)
+        _leave_reason(str(e))
+        return 1
+    if code == 0 and value is not None:
+        with open(os.environ["RAFTFLOW_RESULT_FILE"], "w") as f:
+            json.dump(value, f)
+    return code
+
+
+def _call_bash(target: str, function: Any, op_args: list[Any], kwargs: dict[str, Any],
+               context: dict[str, Any], pushed: dict[str, Any]) -> int:
+    """@task.bash: the callable returns the command, rendered as a template, run by bash;
+    its output is the log, its last line the result; exit 99 skips (as BashOperator)."""
+    command_file = os.path.join(os.getcwd(), "bash-command.sh")
+    with open(command_file, "w") as f:   # (the runner's own result file takes the command)
+        code = _call(target, function, op_args, kwargs, pushed, result_to=f)
+    if code != 0:
+        return code
+    with open(command_file) as f:
+        text = f.read()
+    command = json.loads(text) if text else None
+    if not isinstance(command, str) or not command.strip():
+        print(f"raftflow: {target} must return the bash command to run (a non-empty string), got {command!r:.80}",
+              file=sys.stderr)
+        return 1
+    try:
+        command = render_strings(command, context)
+    except Exception as e:  # noqa: BLE001 - render.RenderError: the template's fault, said in the log
+        print(f"raftflow: {target}: {e}", file=sys.stderr)
+        return 1
+    sys.stdout.flush()
+    process = subprocess.Popen(["bash", "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)
+    assert process.stdout is not None
+    last = b""
+    for line in process.stdout:
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+        if line.strip():
+            last = line
+    code = process.wait()
+    if code == 99:
+        print(f"raftflow: the command of {target} exited 99: the task is skipped", file=sys.stderr)
+        return EXIT_SKIPPED
+    if code != 0:
+        print(f"raftflow: the command of {target} exited {code}", file=sys.stderr)
+        return 1
+    if last:
+        with open(os.environ["RAFTFLOW_RESULT_FILE"], "w") as f:
+            json.dump(last.decode("utf-8", "replace").rstrip("\n"), f)
+    return 0
+
+
+def _leave_reason(reason: str) -> None:
+    """The attempt's one-line reason, for the worker (its reason file)."""
+    path = os.environ.get("RAFTFLOW_REASON_FILE")
+    if path:
+        with open(path, "w") as f:
+            f.write(reason[:500])
+
+
+def _call(target: str, function: Any, op_args: list[Any], kwargs: dict[str, Any], pushed: dict[str, Any],
+          result_to: Any = None) -> int:
+    """Call the callable; leave what it pushed and returned for the worker (the return
+    value into `result_to` when given, a file open for writing); the exit code."""
     try:
         value = function(*op_args, **kwargs)
     except SystemExit as e:   # (its code must not pass for one of the runner's own)
@@ -254,8 +341,11 @@ def _call(target: str, function: Any, op_args: list[Any], kwargs: dict[str, Any]
         except (TypeError, ValueError) as e:
             print(f"raftflow: {target} returned a value that is not JSON ({e}); return plain data", file=sys.stderr)
             return 1
-        with open(os.environ["RAFTFLOW_RESULT_FILE"], "w") as f:
-            f.write(text)
+        if result_to is not None:
+            result_to.write(text)
+        else:
+            with open(os.environ["RAFTFLOW_RESULT_FILE"], "w") as f:
+                f.write(text)
     return 0
 
 

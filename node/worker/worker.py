@@ -247,7 +247,7 @@ class Worker:
                  setup: Callable[[Assignment], AttemptSetup] | None = None,
                  connections: tuple[SSHConnection, ...] = (), run_as: TaskUser | None = None,
                  run_state: Callable[[str], tuple[str, str] | None] | None = None,
-                 shipper: LogShipper | None = None) -> None:
+                 shipper: LogShipper | None = None, venv_cache: Path | None = None) -> None:
         """`scratch`: a folder that is this worker's alone, outside the node's data (config
         `scratch`); whatever is in it at start is a previous process's and is removed.
         `setup` reads an attempt's template context and timeout from this node's replica;
@@ -255,6 +255,8 @@ class Worker:
         processes run as (config run_as_user; None or this process's user: no switch).
         Raises ConfigError if the scratch folder cannot be used."""
         self._connections = {conn.name: conn for conn in connections}
+        # python tasks' virtual environments (worker/isolated.py): default beside the scratch folder
+        self._venvs = venv_cache
         # run id -> (dag_id, state) from this node's replica, or None (in-node kinds read it)
         self._run_state = run_state or (lambda run_id: None)
         self._task_user = run_as if run_as is not None and run_as.uid != os.geteuid() else None
@@ -430,6 +432,17 @@ class Worker:
         except OSError:
             pass
 
+    def _venv_cache(self) -> Path:
+        """Where python tasks' virtual environments are kept (worker/isolated.py): beside
+        the scratch folder, kept across restarts (each is built once), the task user's
+        when tasks run as another user. Made on first use."""
+        cache = self._venvs or self._scratch.with_name(self._scratch.name + "-venvs")
+        if not cache.is_dir():
+            cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self._task_user is not None:
+                os.chown(cache, self._task_user.uid, self._task_user.gid)
+        return cache
+
     # ------------------------------------------------------------ one attempt
     def _run(self, attempt: _Attempt) -> None:
         """One attempt, start to report. Whatever fails in here, the attempt is reported
@@ -575,7 +588,8 @@ class Worker:
                     variables=self._attempt_variables(a), node_id=self.node_id,
                     reason_file=str(attempt_dir / REASON_FILE), connections=self._connections,
                     attempt_dir=str(attempt_dir), rendered=prepared.rendered,
-                    dag_source=setup.dag_source, dag_filename=setup.dag_filename))
+                    dag_source=setup.dag_source, dag_filename=setup.dag_filename,
+                    venv_cache=str(self._venv_cache())))
                 user = None if launch.as_node_user else self._task_user
                 self._fill_scratch(attempt_dir, launch, user)
                 cwd = attempt_dir / launch.cwd   # (an absolute cwd replaces the folder)

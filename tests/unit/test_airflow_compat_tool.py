@@ -20,7 +20,7 @@ def test_check_says_which_files_load_and_why_the_rest_are_refused(capsys: pytest
     by_name = {r.path.name: r for r in results}
     assert by_name["airflow1_style.py"].loads and len(by_name["airflow1_style.py"].dags) == 1
     assert by_name["inline_python.py"].reason == \
-        "@task.virtualenv function 'isolated': Python in the DAG file (next issue)"
+        "@task.docker function 'isolated': raftflow has no form for it"
     assert by_name["unknown_operator.py"].reason.startswith(
         "line 5: ModuleNotFoundError: No module named 'airflow.providers.http'")
     assert by_name["odd_interval.py"].reason.startswith("line 7: schedule (DAG 'odd_interval')")

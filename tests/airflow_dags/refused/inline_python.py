@@ -1,6 +1,6 @@
 """Python in the DAG file: a PythonOperator with a function or a lambda of this file and
 a @task run (the task's process runs the file and takes the task's function); a
-@task.virtualenv waits for its virtual environments (issue 20)."""
+@task.docker has no raftflow form."""
 import pendulum
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import DAG, task
@@ -18,8 +18,8 @@ with DAG("inline_python", schedule=None, start_date=pendulum.datetime(2026, 1, 1
     def world():
         return 1
 
-    @task.virtualenv(requirements=["pandas"])
+    @task.docker(image="python:3.11")
     def isolated():
         return 2
 
-    t1 >> world() >> isolated()  # REFUSED: @task.virtualenv function 'isolated'
+    t1 >> world() >> isolated()  # REFUSED: @task.docker function 'isolated'

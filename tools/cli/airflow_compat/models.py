@@ -32,8 +32,6 @@ _INCLUDE = re.compile(r"""\{%-?\s*include\s+(['"])([^'"]+)\1\s*-?%\}""")
 _context: list["DAG"] = []          # the `with DAG(...)` stack
 _groups: list["TaskGroup"] = []     # the `with TaskGroup(...)` stack
 
-NEXT_ISSUE = "Python tasks as Airflow users write them"
-
 # ------------------------------------------------------------------ DAG arguments
 # Accepted, not acted on: listed, never silently dropped.
 DAG_IGNORED = frozenset({

@@ -14,7 +14,7 @@ import functools
 from datetime import datetime
 from typing import Any, Callable, ClassVar
 
-from .models import NEXT_ISSUE, BaseOperator, XComArg, arguments_json, current_dag, json_value, seconds
+from .models import BaseOperator, XComArg, arguments_json, current_dag, json_value, seconds
 
 # Airflow's BashOperator ends the task skipped on this exit code unless told otherwise.
 AIRFLOW_SKIP_EXIT_CODE = 99
@@ -228,10 +228,6 @@ def callable_name(func: Any) -> tuple[str, str]:
     return f"{module}:{qualname}", ""
 
 
-def _refused_python(name: str, why: str) -> type[PythonOperator]:
-    return type(name, (PythonOperator,), {"__module__": __name__, "_refusal": (name, why)})
-
-
 class BranchPythonOperator(PythonOperator):
     """The callable returns the task id(s) to follow among the direct downstream tasks;
     the others are skipped (the python kind's `branch`)."""
@@ -286,19 +282,81 @@ class LatestOnlyOperator(BaseOperator):
                 "short_circuit": True, "ignore_downstream_trigger_rules": False}
 
 
-_BRANCHING = ("chooses the tasks to run in Python at run time; raftflow runs it once \"" + NEXT_ISSUE +
-              "\" lands (branching included)")
-PythonVirtualenvOperator = _refused_python("PythonVirtualenvOperator", "a per-task virtualenv built from the DAG "
-                                           "file's function: waits for \"" + NEXT_ISSUE + "\"")
-ExternalPythonOperator = _refused_python("ExternalPythonOperator", "a function of the DAG file run by another "
-                                         "Python: waits for \"" + NEXT_ISSUE + "\"")
-BranchExternalPythonOperator = _refused_python("BranchExternalPythonOperator", _BRANCHING)
-BranchPythonVirtualenvOperator = _refused_python("BranchPythonVirtualenvOperator", _BRANCHING)
+class PythonVirtualenvOperator(PythonOperator):
+    """The callable (a `def` of the DAG file, sent as its source) runs in a virtual
+    environment the node builds for `requirements` once and reuses (the python kind's
+    `virtualenv`); its arguments and return value are JSON."""
+
+    operator_args: ClassVar[dict[str, Any]] = {
+        **PythonOperator.operator_args, "requirements": None, "python_version": None, "system_site_packages": True,
+        "pip_install_options": None, "index_urls": None, "venv_cache_path": None, "use_dill": False,
+        "serializer": None, "expect_airflow": True, "string_args": None, "skip_on_exit_code": None,
+        "env_vars": None, "inherit_env": True}
+    ignored_args = PythonOperator.ignored_args | {"venv_cache_path", "use_dill", "serializer", "expect_airflow"}
+
+    def __init__(self, task_id: str | None = None, python_callable: Any = None, **kwargs: Any) -> None:
+        super().__init__(task_id, python_callable, **kwargs)
+        for name, why in (("pip_install_options", "the node's pip configuration decides how pip installs"),
+                          ("index_urls", "the node's pip configuration (pip.conf, PIP_INDEX_URL) names the index"),
+                          ("string_args", "not passed to raftflow's isolated callables"),
+                          ("skip_on_exit_code", "raise AirflowSkipException to skip instead"),
+                          ("env_vars", "give the task's env instead")):
+            if self.arg(name):
+                self._refuse(f"{type(self).__name__} {name}", why)
+        requirements = self.arg("requirements")
+        if isinstance(requirements, str):
+            self._refuse(f"{type(self).__name__} requirements as text", "give a list of requirement specifiers")
+            requirements = []
+        version = self.arg("python_version")
+        self.virtualenv = {"requirements": [str(r) for r in requirements or []],
+                           "system_site_packages": bool(self.arg("system_site_packages")),
+                           "python_version": str(version) if version is not None else None}
+
+    def kind_fields(self) -> dict[str, Any]:
+        return {**super().kind_fields(), "virtualenv": self.virtualenv}
+
+
+class ExternalPythonOperator(PythonOperator):
+    """The callable (a `def` of the DAG file, sent as its source) runs with the Python at
+    `python` on the node (the python kind's `python_executable`)."""
+
+    operator_args: ClassVar[dict[str, Any]] = {**PythonOperator.operator_args, "python": None, "use_dill": False,
+                                               "serializer": None, "expect_airflow": True, "string_args": None,
+                                               "skip_on_exit_code": None, "env_vars": None, "inherit_env": True}
+    ignored_args = PythonOperator.ignored_args | {"use_dill", "serializer", "expect_airflow"}
+
+    def __init__(self, task_id: str | None = None, python_callable: Any = None, **kwargs: Any) -> None:
+        super().__init__(task_id, python_callable, **kwargs)
+        python = self.arg("python")
+        if not isinstance(python, str) or not python:
+            self._refuse(f"{type(self).__name__} python", "give the path of a Python on the nodes")
+        self.python_executable = python if isinstance(python, str) else ""
+
+    def kind_fields(self) -> dict[str, Any]:
+        return {**super().kind_fields(), "python_executable": self.python_executable}
+
+
+class BranchPythonVirtualenvOperator(PythonVirtualenvOperator):
+    """PythonVirtualenvOperator whose callable chooses the downstream tasks to follow."""
+
+    def kind_fields(self) -> dict[str, Any]:
+        return {**super().kind_fields(), "branch": True}
+
+
+class BranchExternalPythonOperator(ExternalPythonOperator):
+    """ExternalPythonOperator whose callable chooses the downstream tasks to follow."""
+
+    def kind_fields(self) -> dict[str, Any]:
+        return {**super().kind_fields(), "branch": True}
+
+
 
 
 # The decorators whose function runs as a python task, and what the task decides downstream.
 _PYTHON_DECORATORS = {"@task": "", "@task.python": "", "@task.branch": "branch",
-                      "@task.short_circuit": "short_circuit"}
+                      "@task.short_circuit": "short_circuit", "@task.virtualenv": "", "@task.external_python": "",
+                      "@task.branch_virtualenv": "branch", "@task.branch_external_python": "branch",
+                      "@task.bash": ""}
 
 
 class _DecoratedTask(BaseOperator):
@@ -323,15 +381,34 @@ class _DecoratedTask(BaseOperator):
         self.decides = _PYTHON_DECORATORS.get(decorator)
         self.ignore_downstream_trigger_rules = bool(options.get("ignore_downstream_trigger_rules", True))
         self.callable_name = ""
+        self.isolation: dict[str, Any] = {}   # (virtualenv / python_executable, for the kind)
         if self.decides is None:
             self._refuse(f"{decorator} function {task_id!r}",
-                         f"this decorator waits for \"{NEXT_ISSUE}\" (next issue); @task, @task.branch and "
-                         "@task.short_circuit run")
+                         "raftflow has no form for it; " + ", ".join(sorted(_PYTHON_DECORATORS)) + " run")
             return
         # (always from the DAG file: the task's process finds the function through the DAG it
         # declares, whichever module defined it - a @task imported from a helper module too)
         name = getattr(function, "__name__", "")
         self.callable_name = f"__dag_file__:{name if name.isidentifier() else 'function'}"
+        if decorator.endswith("virtualenv"):
+            requirements = options.get("requirements") or []
+            if isinstance(requirements, str):
+                self._refuse(f"{decorator} requirements as text", "give a list of requirement specifiers")
+                requirements = []
+            version = options.get("python_version")
+            self.isolation["virtualenv"] = {"requirements": [str(r) for r in requirements],
+                                            "system_site_packages": bool(options.get("system_site_packages", True)),
+                                            "python_version": str(version) if version is not None else None}
+        elif decorator == "@task.bash":
+            self.isolation["bash"] = True
+            for name in ("env", "append_env", "cwd", "skip_on_exit_code", "output_encoding", "output_processor"):
+                if name in options:
+                    self._refuse(f"@task.bash {name}", "not taken by raftflow's @task.bash: use a BashOperator")
+        elif decorator.endswith("external_python"):
+            python = options.get("python")
+            if not isinstance(python, str) or not python:
+                self._refuse(f"{decorator} python", "give the path of a Python on the nodes")
+            self.isolation["python_executable"] = python if isinstance(python, str) else ""
         self.op_args = arguments_json(list(call_args), f"arguments of {decorator} function {task_id!r}", self)
         self.op_kwargs = arguments_json(call_kwargs, f"arguments of {decorator} function {task_id!r}", self)
 
@@ -348,6 +425,7 @@ class _DecoratedTask(BaseOperator):
             fields[self.decides] = True
         if self.decides == "short_circuit" and not self.ignore_downstream_trigger_rules:
             fields["ignore_downstream_trigger_rules"] = False
+        fields.update(self.isolation)
         return fields
 
     def report(self) -> dict[str, Any]:
@@ -477,8 +555,8 @@ def asset(*args: Any, **kwargs: Any) -> Any:
     """`@asset`: a DAG whose one task is a function of the file: refused when applied."""
     def decorate(func: Any) -> Any:
         from ._registry import refuse
-        refuse(f"@asset {getattr(func, '__name__', '')!r}", "an asset-producing function of the DAG file: waits for "
-               f"\"{NEXT_ISSUE}\", and data-aware scheduling has no raftflow form")
+        refuse(f"@asset {getattr(func, '__name__', '')!r}", "an asset-producing function of the DAG file: "
+               "data-aware scheduling (assets) has no raftflow form")
         return func
     if args and callable(args[0]):
         return decorate(args[0])
