@@ -93,6 +93,9 @@ class Launch:
     # path is taken inside that folder, an absolute one as it is. It must exist (the
     # attempt fails with the reason if not).
     cwd: str = ""
+    # True: the process builds or uses virtual environments in AttemptInput.venv_cache,
+    # which the worker then makes first (a python task's virtualenv).
+    uses_venv_cache: bool = False
     # True: the node's base variables (PATH, HOME, LANG, LC_ALL) are left out, the
     # process gets only its task_env and raftflow's variables (Airflow's BashOperator
     # with `env` and append_env=False).

@@ -140,7 +140,8 @@ class Python(TaskKind):
         their size (one environment variable holds at most 128 KiB). The callable is
         imported as the node would import it: the node's PYTHONPATH is passed on."""
         return Launch((sys.executable, "-m", "raftflow.worker.pyrunner"), task_env=attempt.env,
-                      node_variables=("PYTHONPATH",), extra_env={
+                      node_variables=("PYTHONPATH",), uses_venv_cache=attempt.task.arg("virtualenv") is not None,
+                      extra_env={
             "RAFTFLOW_PY_CALLABLE": attempt.task.python_callable,
             "RAFTFLOW_PY_CONTEXT_FILE": posixpath.join(attempt.attempt_dir, CONTEXT_FILE),
             "RAFTFLOW_PY_KWARGS_FILE": posixpath.join(attempt.attempt_dir, KWARGS_FILE),

@@ -256,7 +256,7 @@ class Worker:
         Raises ConfigError if the scratch folder cannot be used."""
         self._connections = {conn.name: conn for conn in connections}
         # python tasks' virtual environments (worker/isolated.py): default beside the scratch folder
-        self._venvs = venv_cache
+        self._venvs = venv_cache or scratch.with_name(scratch.name + "-venvs")
         # run id -> (dag_id, state) from this node's replica, or None (in-node kinds read it)
         self._run_state = run_state or (lambda run_id: None)
         self._task_user = run_as if run_as is not None and run_as.uid != os.geteuid() else None
@@ -432,16 +432,14 @@ class Worker:
         except OSError:
             pass
 
-    def _venv_cache(self) -> Path:
-        """Where python tasks' virtual environments are kept (worker/isolated.py): beside
-        the scratch folder, kept across restarts (each is built once), the task user's
-        when tasks run as another user. Made on first use."""
-        cache = self._venvs or self._scratch.with_name(self._scratch.name + "-venvs")
-        if not cache.is_dir():
-            cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    def _make_venv_cache(self) -> None:
+        """Make the folder of python tasks' virtual environments (worker/isolated.py) on
+        first use: beside the scratch folder, kept across restarts (each is built once),
+        the task user's when tasks run as another user."""
+        if not self._venvs.is_dir():
+            self._venvs.mkdir(mode=0o700, parents=True, exist_ok=True)
             if self._task_user is not None:
-                os.chown(cache, self._task_user.uid, self._task_user.gid)
-        return cache
+                os.chown(self._venvs, self._task_user.uid, self._task_user.gid)
 
     # ------------------------------------------------------------ one attempt
     def _run(self, attempt: _Attempt) -> None:
@@ -589,7 +587,9 @@ class Worker:
                     reason_file=str(attempt_dir / REASON_FILE), connections=self._connections,
                     attempt_dir=str(attempt_dir), rendered=prepared.rendered,
                     dag_source=setup.dag_source, dag_filename=setup.dag_filename,
-                    venv_cache=str(self._venv_cache())))
+                    venv_cache=str(self._venvs)))
+                if launch.uses_venv_cache:
+                    self._make_venv_cache()
                 user = None if launch.as_node_user else self._task_user
                 self._fill_scratch(attempt_dir, launch, user)
                 cwd = attempt_dir / launch.cwd   # (an absolute cwd replaces the folder)

@@ -207,6 +207,25 @@ with DAG("latest", schedule="@daily", start_date=pendulum.datetime(2026, 1, 1, t
                                 BashOperator(task_id="right", bash_command="echo right")]
 '''
 
+# Isolated Python and @task.bash on the nodes: the virtualenv is built by pip on whichever node runs it.
+ISOLATED = r'''
+import pendulum
+from airflow.sdk import DAG, task
+
+with DAG("isolated", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), is_paused_upon_creation=False):
+    @task.virtualenv(requirements=["six==1.16.0"], system_site_packages=False)
+    def in_venv(n):
+        import sys
+        import six
+        return {"n": n + 1, "six": six.__version__, "isolated": sys.prefix != sys.base_prefix}
+
+    @task.bash
+    def report(result):
+        return f"echo got {result['n']} with six {result['six']}"
+
+    report(in_venv(41))
+'''
+
 # Operators of the file's own: execute(context) runs as a python task, template_fields rendered.
 CUSTOM = r'''
 import pendulum
@@ -254,7 +273,8 @@ def test_python_tasks_installed_in_file_taskflow_branches_and_skips(tmp_path: Pa
     modules = tmp_path / "modules"
     modules.mkdir()
     (modules / "steps.py").write_text(STEPS)
-    with running_cluster(tmp_path / "cluster", extra_env={"PYTHONPATH": str(modules)}) as cluster:
+    with running_cluster(tmp_path / "cluster", extra_env={"PYTHONPATH": str(modules)},
+                         scratch_dir=tmp_path / "scratch") as cluster:   # (its virtualenvs go there too)
         cli = Cli(cluster)
         cli.env["PYTHONPATH"] = str(modules)   # (the Airflow file imports its callable as it loads)
         (tmp_path / "native.py").write_text(NATIVE)
@@ -342,6 +362,14 @@ def test_python_tasks_installed_in_file_taskflow_branches_and_skips(tmp_path: Pa
                                   "route": "success", "left": "success", "right": "skipped"}, \
             "a backfilled run is not the latest: publish is skipped, notify (all_done) runs"
         assert "not the latest run" in cli("tasks", "logs", created[0], "latest_only").stdout
+
+        (tmp_path / "isolated.py").write_text(ISOLATED)
+        submitted = cli("dags", "submit", str(tmp_path / "isolated.py"))
+        assert submitted.returncode == 0, submitted.stderr
+        run, tasks = _run(cli, "isolated")
+        assert run["state"] == "success", tasks
+        assert tasks["in_venv"]["result"] == {"n": 42, "six": "1.16.0", "isolated": True}
+        assert tasks["report"]["result"] == "got 42 with six 1.16.0"
 
         (tmp_path / "custom.py").write_text(CUSTOM)
         submitted = cli("dags", "submit", str(tmp_path / "custom.py"))
