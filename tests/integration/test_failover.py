@@ -59,6 +59,53 @@ def test_leader_killed_mid_dag_every_task_succeeds_exactly_once(cluster, cli, tm
     assert status["leader"] and status["leader"] != leader
 
 
+BRANCH_DAG = '''
+import subprocess
+from raftflow import DAG, BashTask, PythonTask
+
+WORK = {work!r}
+
+
+def choose():
+    subprocess.run(["bash", "-c", WORK], check=True)   # (records itself while it decides: killed with it)
+    return "fast"
+
+
+with DAG("branch_failover"):
+    decide = PythonTask("choose", python_callable=choose, branch=True)
+    decide >> [BashTask("fast", command={fast!r}), BashTask("slow", command={slow!r})]
+'''
+
+
+def test_leader_killed_while_a_branch_decides_the_choice_applies_once(cluster, cli, tmp_path):
+    """Issue 20: the branch's decision commits with its result through whichever leader
+    there is then: the chosen task runs once, the other is skipped once, and no two
+    attempts of the branch overlap (if it ran on the killed node, it ran again)."""
+    record = tmp_path / "attempts.log"
+    path = tmp_path / "branch_failover.py"
+    path.write_text(BRANCH_DAG.format(work=attempts.recording_command(record, 4.0),
+                                      fast=attempts.recording_command(record, 0.5),
+                                      slow=attempts.recording_command(record, 0.5)))
+    assert cli("dags", "submit", str(path)).returncode == 0
+    run_id = trigger(cli, "branch_failover")
+    wait_for(lambda: any(r.task_id == "choose" for recs in attempts.read(record).values() for r in recs),
+             30, "the branch to start deciding")
+    leader = cli.json("cluster", "status")["leader"]
+    assert cluster.signal_node(leader, signal.SIGKILL)
+
+    survivors = ",".join(n.grpc_address for n in cluster.nodes if n.node_id != leader)
+    run = wait_run_end(cli, run_id, timeout=120, cluster=survivors)
+    assert run["state"] == "success", run
+    states = {t["task_id"]: t["state"] for t in run["tasks"]}
+    assert states == {"choose": "success", "fast": "success", "slow": "skipped"}, run
+    recorded = attempts.read(record)
+    assert attempts.successes(recorded) == {(run_id, "choose"): 1, (run_id, "fast"): 1}, recorded
+    assert attempts.overlaps(recorded) == []
+    events = cli.json("tasks", "story", run_id, "slow", cluster=survivors)["events"]
+    skips = [e for e in events if e["after"] == "skipped"]
+    assert len(skips) == 1 and "branch 'choose' followed 'fast'" in skips[0]["reason"], events
+
+
 def test_node_killed_mid_task_the_task_runs_again_elsewhere(cluster, cli, tmp_path):
     """... without waiting for the lease: the dead node's reaper killed the attempt and
     reported it (worker/gone.py); and the log of the attempt that died with its node is
