@@ -203,6 +203,7 @@ class PythonOperator(BaseOperator):
         self.op_kwargs = arguments_json(dict(self.arg("op_kwargs") or {}), "op_kwargs", self)
         templates_dict = self.arg("templates_dict")
         self.templates_dict = arguments_json(dict(templates_dict), "templates_dict", self) if templates_dict else None
+        _check_template_files(self, self.arg("templates_exts"), (self.op_args, self.op_kwargs, self.templates_dict))
 
     def kind_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"python_callable": self.callable_name, "op_kwargs": self.op_kwargs or {}}
@@ -211,6 +212,27 @@ class PythonOperator(BaseOperator):
         if self.templates_dict:
             fields["templates_dict"] = self.templates_dict
         return fields
+
+
+def _check_template_files(task: BaseOperator, exts: Any, values: tuple[Any, ...]) -> None:
+    """Airflow reads an argument string ending in one of `templates_exts` as a template
+    file: raftflow would pass the name itself, so such a task is refused (the extensions
+    alone, matching no argument, change nothing)."""
+    if not exts:
+        return
+    suffixes = tuple(str(e) for e in exts)
+    stack: list[Any] = list(values)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str) and value.endswith(suffixes):
+            task._refuse(f"templates_exts {list(suffixes)} (argument {value!r})",
+                         "a template file as an argument of a python callable is not read by raftflow: read "
+                         "the file in the callable, or pass its text")
+            return
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def callable_name(func: Any) -> tuple[str, str]:
@@ -411,6 +433,12 @@ class _DecoratedTask(BaseOperator):
             self.isolation["python_executable"] = python if isinstance(python, str) else ""
         self.op_args = arguments_json(list(call_args), f"arguments of {decorator} function {task_id!r}", self)
         self.op_kwargs = arguments_json(call_kwargs, f"arguments of {decorator} function {task_id!r}", self)
+        for name in sorted(set(options) - _DECORATOR_TASK_ARGS - _DECORATOR_OWN_ARGS):
+            if name in _DECORATOR_IGNORED_ARGS:
+                self.ignored.append(name)
+            else:
+                self._refuse(f"{decorator} argument {name!r}", "raftflow does not know it; remove it")
+        _check_template_files(self, options.get("templates_exts"), (self.op_args, self.op_kwargs))
 
     @staticmethod
     def _group_prefixed(task_id: str) -> str:
@@ -441,6 +469,15 @@ _DECORATOR_TASK_ARGS = frozenset({"retries", "retry_delay", "trigger_rule", "poo
                                   "execution_timeout", "doc_md", "task_group", "dag", "pool_slots",
                                   "retry_exponential_backoff", "max_retry_delay", "depends_on_past",
                                   "wait_for_downstream", "owner", "email", "default_args"})
+
+
+# What the decorators take beside the task arguments (read above), and what they may be
+# given that raftflow accepts without acting on it (listed by `dags check`).
+_DECORATOR_OWN_ARGS = frozenset({"multiple_outputs", "ignore_downstream_trigger_rules", "requirements",
+                                 "system_site_packages", "python_version", "python", "env", "append_env", "cwd",
+                                 "skip_on_exit_code", "output_encoding", "output_processor", "templates_exts"})
+_DECORATOR_IGNORED_ARGS = frozenset({"show_return_value_in_logs", "use_dill", "serializer", "expect_airflow",
+                                     "venv_cache_path", "do_xcom_push"})
 
 
 class _TaskDecorator:
