@@ -105,7 +105,7 @@ class _Local:
 def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, Any] | None = None,
                 logical_date: str = "", only_task: str = "", variables: Mapping[str, str] | None = None,
                 connections: tuple[SSHConnection, ...] = (), slots: int = 4,
-                on_started: Callable[[str], None] | None = None,
+                on_started: Callable[[str], None] | None = None, on_note: Callable[[str], None] = print,
                 on_task_done: Callable[[TaskOutcome], None] | None = None,
                 now: Callable[[], float] = time.time) -> LocalRunOutcome:
     """Run DAG `dag_id` (one of `dags`, as the loader gives them: spec_json, source,
@@ -158,6 +158,11 @@ def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, A
                                          f"not run: `tasks test` runs only {only_task}", at))
     if on_started is not None:
         on_started(run_id)
+        for task in spec.tasks:   # (a DAG of another file cannot be triggered here: say so before it fails)
+            target = task.arg("trigger_dag_id") if task.kind == "trigger_dagrun" else None
+            if target and "{" not in target and target not in local.state.dags:
+                on_note(f"task {task.task_id} triggers DAG {target!r}, which this file does not declare: "
+                        "only the file's own DAGs can be triggered by `dags test`, so it will fail here")
     scratch = Path(tempfile.mkdtemp(prefix="raftflow-test-"))
     store = LocalStore(scratch / "logs")
     try:

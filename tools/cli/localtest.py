@@ -57,6 +57,7 @@ def _test(args: argparse.Namespace, only_task: str) -> int:
     try:
         outcome = run_locally(dags, dag_id, conf=conf, logical_date=args.logical_date or "", only_task=only_task,
                               variables=variables, connections=connections, on_started=started,
+                              on_note=lambda text: print(f"note: {text}", file=sys.stderr),
                               on_task_done=task_done)
     except LocalRunError as e:
         print(f"error: {e}", file=sys.stderr)
