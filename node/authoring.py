@@ -64,11 +64,16 @@ class DAG:
         max_active_tasks: int = 16,
         max_queued_runs: int = 1000,
         doc_md: str = "",
+        on_success_callback: Any = None,
+        on_failure_callback: Any = None,
     ) -> None:
         """`params`: template parameters (`{{ params.x }}`) that a trigger's conf overrides;
         a value may be a `Param` with a JSON schema the conf must satisfy.
         `dagrun_timeout`: seconds (or a timedelta) a run may take before it is failed;
-        `max_queued_runs`: runs that may wait at once (a trigger or backfill beyond is refused)."""
+        `max_queued_runs`: runs that may wait at once (a trigger or backfill beyond is refused).
+        `on_success_callback` / `on_failure_callback`: called with the context once a run's
+        tasks ended that way, before the run finishes (a function of the DAG file, one of
+        an importable module, or "package.module:function"; see callbacks_spec)."""
         self.dag_id = dag_id
         self.schedule = schedule
         self.start_date = start_date
@@ -87,6 +92,9 @@ class DAG:
         self.max_active_tasks = max_active_tasks
         self.max_queued_runs = max_queued_runs
         self.doc_md = doc_md
+        self.on_success_callback = on_success_callback
+        self.on_failure_callback = on_failure_callback
+        self.callbacks = callbacks_spec(dag_id, {"success": on_success_callback, "failure": on_failure_callback})
         self.tasks: list[BaseTask] = []
         _created.append(self)
 
@@ -133,6 +141,27 @@ class Param:
         return f"Param({self.default!r}, {self.schema!r})"
 
 
+def callbacks_spec(owner: str, given: dict[str, Any]) -> dict[str, str]:
+    """{event: callable name} of the callbacks given (None: none): a function (or a list of
+    them: all are called; the spec names the first), or "package.module:function". The
+    task's process takes the functions themselves from the DAG file (`on_EVENT_callback`
+    attributes), so functions of the file, nested ones and lambdas work."""
+    out = {}
+    for event, value in given.items():
+        if value is None or value == []:
+            continue
+        first = value[0] if isinstance(value, (list, tuple)) and value else value
+        if isinstance(first, str):
+            out[event] = first
+        elif callable(first):   # (the task's process reads it from the DAG file, wherever it was defined)
+            name = getattr(first, "__name__", "")
+            out[event] = f"__dag_file__:{name if name.isidentifier() else 'callback'}"
+        else:
+            raise TypeError(f"{owner!r}: on_{event}_callback must be a function, a list of functions or "
+                            f"'package.module:function', got {type(value).__name__}")
+    return out
+
+
 _TASK_DEFAULTS = ("retries", "retry_delay", "priority_weight", "trigger_rule", "env", "execution_timeout",
                   "max_lost_attempts", "retry_exponential_backoff", "max_retry_delay", "pool", "pool_slots", "queue")
 
@@ -140,8 +169,17 @@ _TASK_DEFAULTS = ("retries", "retry_delay", "priority_weight", "trigger_rule", "
 class BaseTask:
     kind = ""
 
-    def __init__(self, task_id: str, *, dag: DAG | None = None, **options: Any) -> None:
+    def __init__(self, task_id: str, *, dag: DAG | None = None, on_execute_callback: Any = None,
+                 on_success_callback: Any = None, on_failure_callback: Any = None, on_retry_callback: Any = None,
+                 **options: Any) -> None:
+        """The callbacks are called with the context, each in a process of its own, once
+        per event: an attempt starts (execute), the task succeeds, fails for good, or an
+        attempt fails with a retry left."""
         self.task_id = task_id
+        self.on_execute_callback, self.on_success_callback = on_execute_callback, on_success_callback
+        self.on_failure_callback, self.on_retry_callback = on_failure_callback, on_retry_callback
+        self.callbacks = callbacks_spec(task_id, {"execute": on_execute_callback, "success": on_success_callback,
+                                                  "failure": on_failure_callback, "retry": on_retry_callback})
         self.dag = dag or (_context[-1] if _context else None)
         if self.dag is None:
             raise RuntimeError(f"task {task_id!r} is not in a DAG: create it inside `with DAG(...):` or pass dag=")
@@ -160,6 +198,8 @@ class BaseTask:
         from .kinds import kind
 
         spec: dict[str, Any] = {"task_id": self.task_id, "kind": self.kind, "upstream": list(self.upstream)}
+        if self.callbacks:
+            spec["callbacks"] = self.callbacks
         for key, value in self.options.items():
             spec[key] = value.total_seconds() if isinstance(value, timedelta) else value
         task_kind = kind(self.kind)

@@ -37,6 +37,7 @@ from typing import Any
 
 from .config import SSHConnection
 from .core import commands as c
+from .core.callbacks import callback_instances
 from .core.context import parse_published
 from .core.effects import StopAttempt
 from .core.model import Run
@@ -175,7 +176,9 @@ def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, A
         run = local.state.run(run_id)
         assert run is not None
         return LocalRunOutcome(run.run_id, run.dag_id, run.logical_date, run.state.value,
-                               [_outcome(run, task.task_id, store) for task in spec.tasks])
+                               [_outcome(run, task_id, store) for task_id in
+                                [*(t.task_id for t in spec.tasks),
+                                 *(ti.task_id for ti in callback_instances(run, spec))]])
     finally:
         if worker is not None:
             worker.shutdown()

@@ -10,6 +10,7 @@ import json
 from datetime import datetime, timezone
 from typing import TypeAlias, Union
 
+from ..core import callbacks
 from ..core.archive import decode_record
 from ..core.codec import run_header_from_dict
 from ..core.model import DagRecord, Run, StoryEvent
@@ -92,13 +93,19 @@ def run_summary(run: Run) -> client_pb2.RunSummary:
 def run_detail(state: State, run: Run) -> client_pb2.RunDetail:
     spec = state.dag_spec(run)
     tasks = []
-    for task in spec.tasks:
-        ti = run.tasks[task.task_id]
+    # The tasks, then the run's callback instances (core/callbacks.py): kind "callback",
+    # their owner task as their one upstream.
+    shown = [(task.task_id, list(task.upstream), task.kind) for task in spec.tasks]
+    for callback in callbacks.callback_instances(run, spec):
+        parsed = callbacks.parse_id(callback.task_id)
+        shown.append((callback.task_id, [parsed[0]] if parsed and parsed[0] else [], "callback"))
+    for task_id, upstream, task_kind in shown:
+        ti = run.tasks[task_id]
         info = client_pb2.TaskInstanceInfo(
             task_id=ti.task_id, state=ti.state.value, attempt=ti.attempt, node=ti.node or "",
             queued_at=iso(ti.queued_at), started_at=iso(ti.started_at), ended_at=iso(ti.ended_at),
-            log_tail=ti.log_tail, reason=ti.reason, upstream=list(task.upstream),
-            result_json=ti.result or "", kind=task.kind,
+            log_tail=ti.log_tail, reason=ti.reason, upstream=upstream,
+            result_json=ti.result or "", kind=task_kind,
             xcoms_json=json.dumps({k: json.loads(v) for k, v in ti.xcoms.items()}) if ti.xcoms else "",
         )
         if ti.exit_code is not None:

@@ -202,6 +202,16 @@ class TaskFinished(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class QueueDagCallback(Command):
+    """Every task of a running run ended: queue its DAG's callback for the outcome
+    ("success" or "failure"), which runs before the run finishes (core/callbacks.py)."""
+    TYPE: ClassVar[str] = "queue_dag_callback"
+    run_id: str
+    event: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class CompleteEmpty(Command):
     """An empty task whose upstream tasks succeeded: it succeeds without running."""
     TYPE: ClassVar[str] = "complete_empty"
@@ -407,7 +417,8 @@ COMMAND_TYPES: dict[str, type[Command]] = {
     cls.TYPE: cls
     for cls in (Barrier, SubmitDag, SetPaused, SetPool, NoteWaiting, SkipTicks, CreateRun, Backfill, StartRun,
                 FinishRun, QueueTask,
-                FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, CancelRun, ClearTasks,
+                FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, QueueDagCallback,
+                CancelRun, ClearTasks,
                 MarkTask, DeleteDag, LoseAttempt,
                 NodeStarted, JoinWorker, LeaveWorker, AddVoter, RemoveVoter, PruneRuns, CreateToken, RevokeToken,
                 TokensUsed,

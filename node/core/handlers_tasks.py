@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from ..kinds import kind
-from . import branching, checks, commands as c, variables
+from . import branching, callbacks, checks, commands as c, variables
 from .archive import encode_record
 from .codec import run_to_dict
 from .effects import ReleasedAttempts
@@ -84,7 +84,37 @@ def check_current(run: Run, ti: TaskInstance, attempt: int, node: str) -> None:
 
 
 def moved(state: State, *moves: Move) -> Result:
-    return Result(effects=execute(state, moves, state.stimulus))
+    effects = execute(state, moves, state.stimulus)
+    for m in moves:   # (an attempt's start, its end and its last loss are callback events: core/callbacks.py)
+        event = (_CALLBACK_EVENTS.get(m.finish) if isinstance(m.cause, (c.TaskStarted, Finished, Loss, c.CompleteEmpty))
+                 else None)
+        if event is not None and callbacks.MARK not in m.ti.task_id:
+            callbacks.after_task_move(state, m.run, state.dag_spec(m.run).task(m.ti.task_id), event, m.ti.attempt,
+                                      m.at)
+    return Result(effects=effects)
+
+
+_CALLBACK_EVENTS = {TaskState.RUNNING: "execute", TaskState.SUCCESS: "success", TaskState.FAILED: "failure",
+                    TaskState.UP_FOR_RETRY: "retry"}
+
+
+def queue_dag_callback(state: State, cmd: c.QueueDagCallback) -> Result:
+    """The planner's: every task of the run ended; its DAG's callback for the outcome runs
+    before the run finishes (core/callbacks.py)."""
+    run = active_run(state, cmd.run_id)
+    if run.state is not RunState.RUNNING:
+        raise Rejected(Code.CONFLICT, f"run {run.run_id!r} is {run.state.value}, not running")
+    spec = state.dag_spec(run)
+    if any(not run.tasks[t.task_id].state.terminal for t in spec.tasks):
+        raise Rejected(Code.CONFLICT, f"run {run.run_id!r} still has unfinished tasks")
+    outcome = run_outcome(run, spec).value
+    if cmd.event != ("success" if outcome == "success" else "failure"):
+        raise Rejected(Code.CONFLICT, f"run {run.run_id!r} ended {outcome}: no on_{cmd.event}_callback now")
+    if callbacks.dag_callback_due(run, spec, outcome) is None:
+        raise Rejected(Code.CONFLICT, f"run {run.run_id!r}: the DAG has no on_{cmd.event}_callback, or it is "
+                                      "queued already")
+    callbacks.queue_dag_callback(state, cmd)
+    return OK
 
 
 # ------------------------------------------------------------ runs

@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 
 from ..kinds import kind
-from . import commands as c, past
+from . import callbacks, commands as c, past
 from .model import DagRecord, PastRun, Run
 from .pools import slots_used
 from .run_ids import scheduled_run_id
@@ -293,8 +293,28 @@ def _plan_run(run: Run, spec: DagSpec, now: float, expired: set[str], out: list[
                 next_retry_at = ti.retry_at
         if not ti.state.terminal:
             all_terminal = False
-    if all_terminal and run.state is RunState.RUNNING:
-        out.append(c.FinishRun(run.run_id, run_outcome(run, spec).value, now))
+    tasks_ended = all_terminal
+    # Callback instances (core/callbacks.py): queued, assigned and lost like tasks, never
+    # retried; the run finishes once they ended too.
+    for order, ti in enumerate(callbacks.callback_instances(run, spec), len(spec.tasks)):
+        if ti.state is TaskState.QUEUED:
+            ready.append(ready_entry(run, spec, order, spec.task(ti.task_id)))
+        elif ti.state in TASK_ACTIVE:
+            active += 1
+            if ti.node is not None:
+                active_nodes.add(ti.node)
+                if ti.node in expired:
+                    out.append(c.LoseAttempt(run.run_id, ti.task_id, ti.attempt, ti.node,
+                                             f"node {ti.node} stopped heartbeating", now))
+        if not ti.state.terminal:
+            all_terminal = False
+    if tasks_ended and run.state is RunState.RUNNING:
+        outcome = run_outcome(run, spec).value
+        due = callbacks.dag_callback_due(run, spec, outcome)
+        if due is not None:
+            out.append(c.QueueDagCallback(run.run_id, due.removeprefix(callbacks.MARK + "on_"), now))
+        elif all_terminal:
+            out.append(c.FinishRun(run.run_id, outcome, now))
     return _RunTasks(change, tuple(ready), active, frozenset(active_nodes), next_retry_at, waits_on_past)
 
 

@@ -112,6 +112,9 @@ class TaskSpec:
     # `dags show`, no effect on scheduling.
     group: str = ""
     doc_md: str = ""     # its documentation (Markdown), shown by `dags show`
+    # Airflow's on_execute/success/failure/retry_callback: event -> callable (as
+    # python_callable names one), run as a callback instance of its own (core/callbacks.py).
+    callbacks: dict[str, str] = field(default_factory=dict)
 
     def arg(self, name: str) -> Any:
         """The value of one of its kind's fields (raftflow/kinds/), wherever it is stored."""
@@ -157,7 +160,8 @@ class TaskSpec:
 
 _TASK_SPEC_FIELDS = tuple(f.name for f in fields(TaskSpec))
 # Task fields added after specs were first stored (#19), with their defaults.
-_LATER_TASK_FIELDS = {"depends_on_past": False, "wait_for_downstream": False, "group": "", "doc_md": ""}
+_LATER_TASK_FIELDS = {"depends_on_past": False, "wait_for_downstream": False, "group": "", "doc_md": "",
+                      "callbacks": {}}
 MAX_DOC_BYTES = 64 * 1024      # a doc_md (DAG or task)
 GROUP_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,199}(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,199}){0,15}")
 
@@ -191,10 +195,22 @@ class DagSpec:
     # Runs of this DAG that may wait (queued) at once; a trigger or backfill beyond is refused.
     max_queued_runs: int = DEFAULT_MAX_QUEUED_RUNS
     doc_md: str = ""     # the DAG's documentation (Markdown), shown by `dags show`
+    # Airflow's DAG on_success_callback / on_failure_callback: event -> callable, run once
+    # the run's tasks ended, before the run finishes (core/callbacks.py).
+    callbacks: dict[str, str] = field(default_factory=dict)
     task_index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def task(self, task_id: str) -> TaskSpec:
-        return self.tasks[self.task_index[task_id]]
+        """A task's spec; a callback instance's (core/callbacks.py) is derived from its owner's."""
+        index = self.task_index.get(task_id)
+        if index is not None:
+            return self.tasks[index]
+        from .callbacks import callback_spec  # (callbacks imports this module)
+
+        found = callback_spec(self, task_id)
+        if found is None:
+            raise KeyError(task_id)
+        return found
 
     def downstream(self, task_id: str) -> list[str]:
         return [t.task_id for t in self.tasks if task_id in t.upstream]
@@ -233,6 +249,8 @@ class DagSpec:
         d = {name: getattr(self, name) for name in DAG_FIELDS}
         d["tags"] = list(self.tags)
         d["tasks"] = [t.to_dict() for t in self.tasks]
+        if not d["callbacks"]:   # (left out when none: specs made before read and digest the same)
+            del d["callbacks"]
         return d
 
     @staticmethod
@@ -346,6 +364,7 @@ class DagSpec:
             param_schemas=param_schemas,
             max_queued_runs=max_queued_runs,
             doc_md=_doc(raw, where),
+            callbacks=_callbacks(raw, DAG_EVENTS, where),
             task_index=index,
         )
 
@@ -455,11 +474,31 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
         wait_for_downstream=_bool_field(raw, "wait_for_downstream", here),
         group=_group(raw, here),
         doc_md=_doc(raw, here),
+        callbacks=_callbacks(raw, TASK_EVENTS, here),
         # (a field at its kind's default is left out: `arg` supplies it, and specs made
         # before the field existed read and digest the same)
         args={k: v for k, v in kind_values.items() if k not in _OWN_FIELDS and not _is_default(kind, k, v)},
         **{k: v for k, v in kind_values.items() if k in _OWN_FIELDS},
     )
+
+
+TASK_EVENTS = ("execute", "success", "failure", "retry")   # Airflow's on_<event>_callback of a task
+DAG_EVENTS = ("success", "failure")                        # ... and of a DAG
+CALLBACK_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _callbacks(raw: dict[str, Any], events: tuple[str, ...], where: str) -> dict[str, str]:
+    """{event: callable} - "package.module:function" or "__dag_file__:NAME", as a python
+    task's python_callable."""
+    value = raw.get("callbacks") or {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: callbacks must be an object of event: callable")
+    for event, target in value.items():
+        if event not in events:
+            raise SpecError(f"{where}: unknown callback event {clip(event)}; known: {', '.join(events)}")
+        if not isinstance(target, str) or not CALLBACK_PATTERN.fullmatch(target):
+            raise SpecError(f"{where}: the {event} callback must be 'package.module:function', got {clip(target)}")
+    return dict(value)
 
 
 def _doc(raw: dict[str, Any], where: str) -> str:

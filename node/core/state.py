@@ -69,6 +69,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.TaskStarted: tasks.task_started,
     c.TaskFinished: tasks.task_finished,
     c.CompleteEmpty: tasks.complete_empty,
+    c.QueueDagCallback: tasks.queue_dag_callback,
     c.CancelRun: tasks.cancel_run,
     c.ClearTasks: tasks.clear_tasks,
     c.MarkTask: tasks.mark_task,

@@ -29,6 +29,9 @@ Its own fields beside the callable (Airflow's operators of the same behaviour):
 - `bash` (@task.bash): the callable returns a bash command; it is rendered as a
   template and run by bash in the same process's place, its last output line the
   result, exit 99 skipped (Airflow's @task.bash).
+- `callback_event`, `callback_of`: set only on a callback instance's derived spec
+  (core/callbacks.py): the callable is the owner task's (or the DAG's) callback for
+  the event, called with the context as its one argument.
 - `short_circuit` (ShortCircuitOperator): a falsy return value skips everything
   downstream, or with `ignore_downstream_trigger_rules` false only the direct downstream
   tasks, the rest following their trigger rules.
@@ -69,7 +72,7 @@ class Python(TaskKind):
     fields: ClassVar[Mapping[str, Any]] = {"python_callable": "", "op_kwargs": {}, "op_args": [], "branch": False,
                                            "short_circuit": False, "ignore_downstream_trigger_rules": True,
                                            "templates_dict": None, "virtualenv": None, "python_executable": "",
-                                           "bash": False}
+                                           "bash": False, "callback_event": "", "callback_of": ""}
 
     def parse(self, raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         flags = {name: raw.get(name, self.fields[name])
@@ -114,6 +117,9 @@ class Python(TaskKind):
         if (virtualenv is not None or python_executable) and not python_callable.startswith(DAG_FILE_MODULE + ":"):
             raise InvalidArgs("a callable run in a virtualenv or by python_executable is sent as its source: "
                               "define it in the DAG file")
+        if raw.get("callback_event") or raw.get("callback_of"):
+            raise InvalidArgs("callback_event and callback_of are raftflow's own (a callback instance's); "
+                              "give a task on_failure_callback=... instead")
         bash = raw.get("bash", False)
         if not isinstance(bash, bool):
             raise InvalidArgs(f"bash must be true or false, got {bash!r:.80}")
@@ -153,6 +159,9 @@ class Python(TaskKind):
             **({"RAFTFLOW_PY_EXECUTABLE": attempt.task.arg("python_executable")}
                if attempt.task.arg("python_executable") else {}),
             **({"RAFTFLOW_PY_BASH": "1"} if attempt.task.arg("bash") else {}),
+            **({"RAFTFLOW_PY_CALLBACK": attempt.task.arg("callback_event"),
+                "RAFTFLOW_PY_CALLBACK_OF": attempt.task.arg("callback_of")} if attempt.task.arg("callback_event")
+               else {}),
             **({"RAFTFLOW_REASON_FILE": attempt.reason_file}   # (a failed build's reason: pip's words)
                if attempt.task.arg("virtualenv") is not None or attempt.task.arg("python_executable") else {}),
             **({"RAFTFLOW_PY_DAG_FILE": posixpath.join(attempt.attempt_dir, DAG_FILE),

@@ -149,6 +149,17 @@ class CannotLoad(Exception):
     """The callable cannot be found: the message says why (it is the attempt's reason)."""
 
 
+def callback_of(dag: Any, owner: str, event: str) -> Any:
+    """The callback(s) the DAG file gives a task (`owner`) or the DAG (owner "") for the
+    event: a callable, or a list of them (Airflow takes both)."""
+    holder = dag if not owner else next((t for t in dag.tasks if t.task_id == owner), None)
+    found = getattr(holder, f"on_{event}_callback", None) if holder is not None else None
+    if not found:
+        what = f"task {owner!r}" if owner else "the DAG"
+        raise CannotLoad(f"the DAG file no longer gives {what} of DAG {dag.dag_id!r} an on_{event}_callback")
+    return found
+
+
 def from_dag_file(dag_id: str, task_id: str) -> Any:
     """The callable of task `task_id` of DAG `dag_id`, as the run's DAG file declares it:
     this process runs the file first as a module of its own (LOADED_AS, as the CLI's
@@ -180,6 +191,8 @@ def from_dag_file(dag_id: str, task_id: str) -> Any:
     dag = next((d for created in dag_lists for d in created() if d.dag_id == dag_id), None)
     if dag is None:
         raise CannotLoad(f"the DAG file {filename} no longer declares DAG {dag_id!r}")
+    if os.environ.get("RAFTFLOW_PY_CALLBACK"):
+        return callback_of(dag, os.environ.get("RAFTFLOW_PY_CALLBACK_OF", ""), os.environ["RAFTFLOW_PY_CALLBACK"])
     task = next((t for t in dag.tasks if t.task_id == task_id), None)
     function = getattr(task, "python_function", None)
     if not callable(function):
@@ -222,6 +235,8 @@ def main() -> int:
     if module_name == DAG_FILE_MODULE:   # (its log names the file the author knows, not raftflow's marker)
         target = f"{os.environ.get('RAFTFLOW_PY_DAG_FILENAME') or 'the DAG file'}:{function_name}"
     try:
+        if os.environ.get("RAFTFLOW_PY_CALLBACK"):
+            return _call_callbacks(target, function, context)
         kwargs = arguments(function, context, op_kwargs, len(op_args))
         if os.environ.get("RAFTFLOW_PY_VIRTUALENV") or os.environ.get("RAFTFLOW_PY_EXECUTABLE"):
             return _call_isolated(target, function, op_args, kwargs)
@@ -233,6 +248,27 @@ def main() -> int:
         if changed:
             with open(os.environ["RAFTFLOW_PY_VARIABLES_FILE"], "w") as f:
                 json.dump(changed, f)
+
+
+def _call_callbacks(target: str, function: Any, context: dict[str, Any]) -> int:
+    """A callback instance: each callback called with the context as its one argument,
+    as Airflow calls them; what they return is dropped. Any that raises fails the
+    instance (its traceback is the log); the others still run."""
+    event = os.environ["RAFTFLOW_PY_CALLBACK"]
+    owner = os.environ.get("RAFTFLOW_PY_CALLBACK_OF") or "the DAG"
+    functions = list(function) if isinstance(function, (list, tuple)) else [function]
+    failed = 0
+    for one in functions:
+        name = getattr(one, "__name__", repr(one))
+        print(f"raftflow: calling on_{event}_callback {name} of {owner}", file=sys.stderr, flush=True)
+        try:
+            one(context)
+        except BaseException:  # noqa: BLE001 - SystemExit too: a callback cannot end the runner's way
+            traceback.print_exc()
+            failed += 1
+    if failed:
+        print(f"raftflow: {failed} of {len(functions)} callback(s) of {owner} failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _call_isolated(target: str, function: Any, op_args: list[Any], kwargs: dict[str, Any]) -> int:

@@ -69,7 +69,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import ConfigError, SSHConnection, TaskUser
-from ..core import commands as c, past
+from ..core import callbacks, commands as c, past
 from ..core.checks import xcoms_error
 from ..core.context import template_context, uses_variables
 from ..core.limits import parse_json
@@ -155,12 +155,21 @@ def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt
     bounded by variables.MAX_TOTAL_BYTES), this node's connections' public fields, and
     the secrets to mask in its log."""
     templates = [task.command, *(v for _k, v in task.env), *_templated_fields(task).values()]
+    # A callback instance (core/callbacks.py) gets its owner's context, as Airflow's do:
+    # the owner task's ids and try (the DAG's: the run's), and why it failed (`exception`).
+    parsed = callbacks.parse_id(task.task_id)
+    owner = run.tasks.get(parsed[0]) if parsed is not None and parsed[0] else None
     context = template_context(
-        run, spec, task.task_id, attempt, node_id,
+        run, spec, owner.task_id if owner is not None else task.task_id,
+        parsed[2] if owner is not None and parsed is not None else attempt, node_id,
         variables=state.variables if kind(task.kind).reads_variables or uses_variables(*templates) else None,
         connections={conn.name: {"conn_type": "ssh", "host": conn.host, "port": conn.port, "login": conn.user,
                                  "schema": ""} for conn in connections},
         prev_success=past.previous_success(state, run), raw_published=raw_published)
+    if parsed is not None:
+        why = "" if owner is None else owner.reason or (f"exit {owner.exit_code}" if owner.exit_code else "")
+        context["exception"] = why
+        context["reason"] = why if owner is not None else f"run {run.run_id}: its tasks ended"
     source = filename = ""
     if kind(task.kind).needs_dag_file(task):
         version = state.dags[run.dag_id].versions[run.dag_version - 1]

@@ -225,9 +225,10 @@ with DAG("defaults", start_date=datetime(2026, 1, 1), schedule=None, default_arg
     assert {k: tasks["a"][k] for k in common} == common
     assert (tasks["b"]["retries"], tasks["b"]["pool"]) == (0, "other")
     assert tasks["e"] == {"task_id": "e", "kind": "empty", "upstream": [], "trigger_rule": "all_done",
-                          "depends_on_past": True}
+                          "depends_on_past": True, "callbacks": {"failure": "__dag_file__:print"}}
+    assert tasks["a"]["callbacks"] == {"failure": "__dag_file__:print"}, "default_args' callbacks reach each task"
     report = dags["defaults"].report()
-    assert {i["argument"] for i in report["ignored"]} == {"owner", "on_failure_callback"}
+    assert {i["argument"] for i in report["ignored"]} == {"owner"}
     assert next(t for t in report["tasks"] if t["task_id"] == "b")["ignored"] == ["owner", "sla"]
 
 

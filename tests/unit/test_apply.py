@@ -581,6 +581,7 @@ ALL_COMMANDS = [
     c.SetPool("warehouse", 4, T0),
     c.NoteWaiting("m1", "a", "waiting: pool full", T0),
     c.CompleteEmpty("m1", "a", T0),
+    c.QueueDagCallback("m1", "success", T0),
     c.SkipTask("m1", "a", "an upstream task was skipped", T0),
     c.CancelRun("m1", "cancelled by alice", T0),
     c.ClearTasks("m1", ("a", "b"), True, "rerun after the fix", T0),

@@ -35,7 +35,7 @@ _groups: list["TaskGroup"] = []     # the `with TaskGroup(...)` stack
 # ------------------------------------------------------------------ DAG arguments
 # Accepted, not acted on: listed, never silently dropped.
 DAG_IGNORED = frozenset({
-    "owner_links", "access_control", "sla_miss_callback", "on_success_callback", "on_failure_callback",
+    "owner_links", "access_control", "sla_miss_callback",
     "default_view", "orientation", "jinja_environment_kwargs", "render_template_as_native_obj",
     "dag_display_name", "template_undefined", "auto_register", "fail_stop", "fail_fast", "deadline",
     "disable_bundle_versioning", "full_filepath",
@@ -55,10 +55,11 @@ TASK_MAPPED = frozenset({
     "task_id", "dag", "task_group", "default_args", "retries", "retry_delay", "retry_exponential_backoff",
     "max_retry_delay", "execution_timeout", "trigger_rule", "pool", "pool_slots", "priority_weight", "queue",
     "depends_on_past", "wait_for_downstream", "doc_md", "params", "start_date", "end_date",
+    "on_execute_callback", "on_success_callback", "on_failure_callback", "on_retry_callback",
 })
 TASK_IGNORED = frozenset({
-    "owner", "email", "email_on_retry", "email_on_failure", "sla", "on_failure_callback", "on_success_callback",
-    "on_retry_callback", "on_execute_callback", "on_skipped_callback", "pre_execute", "post_execute",
+    "owner", "email", "email_on_retry", "email_on_failure", "sla", "on_skipped_callback", "pre_execute",
+    "post_execute",
     "weight_rule", "resources", "run_as_user", "max_active_tis_per_dag", "max_active_tis_per_dagrun",
     "do_xcom_push", "multiple_outputs", "inlets", "outlets", "doc", "doc_rst", "doc_json", "doc_yaml",
     "task_display_name", "ignore_first_depends_on_past", "wait_for_past_depends_before_skipping",
@@ -229,7 +230,8 @@ class DAG:
                  max_active_runs: int | None = None, max_active_tasks: int | None = None,
                  concurrency: int | None = None, dagrun_timeout: Any = None,
                  is_paused_upon_creation: bool | None = None, template_searchpath: str | list[str] | None = None,
-                 max_consecutive_failed_dag_runs: int | None = None, **kwargs: Any) -> None:
+                 max_consecutive_failed_dag_runs: int | None = None, on_success_callback: Any = None,
+                 on_failure_callback: Any = None, **kwargs: Any) -> None:
         self.line = caller_line()
         if not isinstance(dag_id, str):
             raise TypeError(f"DAG needs a dag_id string, got {dag_id!r}")
@@ -248,6 +250,8 @@ class DAG:
                                     else list(template_searchpath or []))
         self.start_date = start_date if start_date is not None else self.default_args.get("start_date")
         self.end_date = end_date if end_date is not None else self.default_args.get("end_date")
+        # (the task's process reads them here: raftflow.worker.pyrunner.callback_of)
+        self.on_success_callback, self.on_failure_callback = on_success_callback, on_failure_callback
         self.ignored: dict[str, str] = {}     # argument -> where it was given
         self.notes: list[str] = []
         self.tasks: list[BaseOperator] = []
@@ -361,6 +365,10 @@ class DAG:
                 spec["params"][name] = value
         if self.doc_md:
             spec["doc_md"] = str(self.doc_md)
+        dag_callbacks = callbacks_spec({"success": self.on_success_callback, "failure": self.on_failure_callback},
+                                       f"DAG {self.dag_id!r}")
+        if dag_callbacks:
+            spec["callbacks"] = dag_callbacks
         return spec
 
     def report(self) -> dict[str, Any]:
@@ -794,8 +802,24 @@ class BaseOperator:
             spec["group"] = self.task_group.path
         if self.doc_md:
             spec["doc_md"] = str(self.doc_md)
+        task_callbacks = callbacks_spec({event: self.args.get(f"on_{event}_callback")
+                                         for event in ("execute", "success", "failure", "retry")},
+                                        f"task {self.task_id!r}")
+        if task_callbacks:
+            spec["callbacks"] = task_callbacks
         spec.update(self.kind_fields())
         return spec
+
+    # A task's callbacks, read and set as Airflow's attributes (`t.on_failure_callback = f`
+    # after the task is made counts too); the task's process reads them (pyrunner.callback_of).
+    on_execute_callback = property(lambda self: self.args.get("on_execute_callback"),
+                                   lambda self, value: self.args.__setitem__("on_execute_callback", value))
+    on_success_callback = property(lambda self: self.args.get("on_success_callback"),
+                                   lambda self, value: self.args.__setitem__("on_success_callback", value))
+    on_failure_callback = property(lambda self: self.args.get("on_failure_callback"),
+                                   lambda self, value: self.args.__setitem__("on_failure_callback", value))
+    on_retry_callback = property(lambda self: self.args.get("on_retry_callback"),
+                                 lambda self, value: self.args.__setitem__("on_retry_callback", value))
 
     def kind_fields(self) -> dict[str, Any]:
         if getattr(self, "custom", False) and self.kind == "python":
@@ -878,6 +902,22 @@ def json_value(value: Any, what: str, owner: BaseOperator) -> Any:
         return None
 
 
+
+
+def callbacks_spec(given: dict[str, Any], where: str) -> dict[str, str]:
+    """{event: callable name} of the callbacks given (a function or a list of them; the
+    task's process takes the functions from the DAG file, so any function works)."""
+    out = {}
+    for event, value in given.items():
+        if value is None or value == []:
+            continue
+        first = value[0] if isinstance(value, (list, tuple)) and value else value
+        if not callable(first):
+            raise TypeError(f"{where}: on_{event}_callback must be a function or a list of functions, "
+                            f"got {type(first).__name__}")
+        name = getattr(first, "__name__", "")
+        out[event] = f"__dag_file__:{name if name.isidentifier() else 'callback'}"
+    return out
 
 
 def arguments_json(value: Any, what: str, owner: "BaseOperator") -> Any:
