@@ -14,7 +14,7 @@ The pools the DAG names are made here with as many slots as this machine runs at
 once: a pool of the cluster's holds nothing back. A task this machine cannot run (an
 ssh task whose connection it lacks: `connections`) is refused before anything runs.
 
-`tasks test` runs one task of the run: every other task is marked success first (the
+`tasks test` runs one try of one task of the run (a retry is not run): every other task is marked success first (the
 reason says so), so the task runs whatever its trigger rule and upstream tasks, and
 nothing downstream of it runs; pulls of other tasks' results find none, as in Airflow's
 `tasks test` without earlier runs.
@@ -172,7 +172,7 @@ def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, A
                         setup=lambda a: _setup(local, a, connections), connections=connections,
                         run_state=lambda rid: _run_state(local, rid))
         worker.ready.set()
-        _drive(local, worker, node, run_id, store, on_task_done, now)
+        _drive(local, worker, node, run_id, store, on_task_done, now, only_task)
         run = local.state.run(run_id)
         assert run is not None
         return LocalRunOutcome(run.run_id, run.dag_id, run.logical_date, run.state.value,
@@ -231,14 +231,23 @@ def _run_state(local: _Local, run_id: str) -> tuple[str, str] | None:
         return None if run is None else (run.dag_id, run.state.value)
 
 
+def _one_try_over(local: _Local, run_id: str, task_id: str) -> bool:
+    """`tasks test`: the task's one try ended (a retry is not run, as in Airflow's)."""
+    with local.changed:
+        run = local.state.active.get(run_id)
+        return run is None or run.tasks[task_id].state is TaskState.UP_FOR_RETRY
+
+
 def _drive(local: _Local, worker: Worker, node: NodeInfo, run_id: str, store: LocalStore,
-           on_task_done: Callable[[TaskOutcome], None] | None, now: Callable[[], float]) -> None:
+           on_task_done: Callable[[TaskOutcome], None] | None, now: Callable[[], float],
+           only_task: str = "") -> None:
     """Plan and run until the run ends (only its own run: the DAG's schedule creates
     nothing here), telling `on_task_done` of each task as it ends."""
     told: set[tuple[str, int, str]] = set()   # (task, attempt, state) already told
     while True:
         worker.renew_lease(time.monotonic())
         assignments: list[Assignment] = []
+        stops: list[StopAttempt] = []   # (a plan's cancel - a dagrun_timeout - takes attempts away: kill them)
         with local.changed:
             state = local.state
             # What ended since the last look, read before the plan under the same lock: a plan
@@ -254,7 +263,9 @@ def _drive(local: _Local, worker: Worker, node: NodeInfo, run_id: str, store: Lo
                 commands = [cmd for cmd in plan(state, now(), [node])   # (a run a trigger_dagrun task
                             if not isinstance(cmd, (c.CreateRun, c.Backfill))]   # made is run too)
                 if commands:
-                    results = state.apply(c.Batch(tuple(commands))).value or []
+                    applied_batch = state.apply(c.Batch(tuple(commands)))
+                    results = applied_batch.value or []
+                    stops = [e for e in applied_batch.effects if isinstance(e, StopAttempt)]
                     local.changed.notify_all()
                     for cmd, result in zip(commands, results):
                         if isinstance(cmd, c.AssignTask) and result.ok:
@@ -269,7 +280,9 @@ def _drive(local: _Local, worker: Worker, node: NodeInfo, run_id: str, store: Lo
             told.add((outcome.task_id, outcome.attempt, outcome.state))
             if on_task_done is not None:
                 on_task_done(outcome)
-        if run is None:
+        for stop in stops:
+            worker.cancel(stop.run_id, stop.why, {(stop.task_id, stop.attempt)})
+        if run is None or (only_task and _one_try_over(local, run_id, only_task)):
             return
         for a in assignments:
             accepted, why = worker.accept(a)

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from .limits import parse_json
 from .model import Run
 from .schedule import next_tick_after, previous_tick
 from .spec import DagSpec
@@ -104,13 +105,16 @@ def template_context(run: Run, spec: DagSpec, task_id: str, attempt: int, node: 
         "xcoms": {tid: dict(ti.xcoms) for tid, ti in run.tasks.items() if ti.xcoms},
         "conn": {name: dict(fields) for name, fields in (connections or {}).items()},
     }
-    if variables is not None:
-        context["var"] = {"value": dict(variables), "json": _parsed(variables)}
+    if variables is not None:   # (var.json is parsed by parse_published: outside the lock, for the caller)
+        context["var"] = {"value": dict(variables), "json": None}
     return context if raw_published else parse_published(context)
 
 
 def parse_published(context: dict[str, Any]) -> dict[str, Any]:
-    """Parse the `results` and `xcoms` texts of a context built with raw_published (in place)."""
+    """Parse the `results` and `xcoms` texts of a context built with raw_published, and
+    the Variables' `var.json` (in place)."""
+    if isinstance(context.get("var"), dict) and context["var"].get("json") is None:
+        context["var"]["json"] = _parsed(context["var"]["value"])
     context["results"] = {tid: json.loads(text) for tid, text in context["results"].items()}
     context["xcoms"] = {tid: {key: json.loads(text) for key, text in pushed.items()}
                         for tid, pushed in context["xcoms"].items()}
@@ -123,7 +127,7 @@ def _parsed(variables: Mapping[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in variables.items():
         try:
-            out[key] = json.loads(value)
+            out[key] = parse_json(value, f"variable {key}")   # (depth-checked: one deep value must fail nothing)
         except ValueError:
             continue
     return out

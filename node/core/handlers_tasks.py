@@ -253,7 +253,8 @@ def task_finished(state: State, cmd: c.TaskFinished) -> Result:
     error = variables.changes_error(state, changes) if changes else None
     if error:
         failing = 1 if cmd.exit_code == 0 or task_kind.skipped_by(spec, cmd.exit_code) else cmd.exit_code
-        changes, report, how = {}, replace(cmd, exit_code=failing, reason=error), f"{how}: {error}"
+        changes, how = {}, f"{how}: {error}"
+        report = replace(cmd, exit_code=failing, reason=error, result="", xcoms="")   # (failed: publishes none)
     decision, decides = branching.Decision(), task_kind.decides_downstream(spec)
     if report.exit_code == 0 and decides:
         decision = branching.decide(state.dag_spec(run), spec, decides, cmd.result)

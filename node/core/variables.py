@@ -42,6 +42,9 @@ MAX_TOTAL_BYTES = 4 * 1024 * 1024
 # outcome (TaskFinished.variables), so bounded like its XComs.
 MAX_TASK_CHANGES = 64
 MAX_TASK_CHANGE_BYTES = 256 * 1024
+# The longest JSON text of an attempt's changes: its values escaped at worst (\u00XX for
+# a control character: 6 bytes), and 64 keys with their quotes and separators.
+CHANGES_TEXT_LIMIT = 6 * MAX_TASK_CHANGE_BYTES + MAX_TASK_CHANGES * 300
 MASK = "***"
 # Airflow's secrets masker (DEFAULT_SENSITIVE_FIELDS): a key containing one of these,
 # in any case, is sensitive.
@@ -65,7 +68,10 @@ def key_error(key: Any) -> str | None:
 def value_error(key: str, value: Any) -> str | None:
     if not isinstance(value, str):
         return f"variable {key!r}: the value must be a string (JSON text for var.json), got {type(value).__name__}"
-    size = len(value.encode("utf-8", errors="surrogatepass"))
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:   # (a lone surrogate: the digest, snapshots and the API could not encode it)
+        return f"variable {key!r}: the value is not valid Unicode (a lone surrogate); give text"
     if size > MAX_VALUE_BYTES:
         return f"variable {key!r}: the value is {size} bytes; the limit is {MAX_VALUE_BYTES}"
     return None
@@ -96,7 +102,7 @@ def task_changes(text: str) -> tuple[dict[str, str | None], str]:
     why they are malformed or ''). The form only: whether they fit is `changes_error`'s."""
     if not text:
         return {}, ""
-    too_long = MAX_TASK_CHANGE_BYTES + 64 * MAX_TASK_CHANGES   # (the values, their keys and the JSON around them)
+    too_long = CHANGES_TEXT_LIMIT
     if not isinstance(text, str) or len(text.encode("utf-8", "replace")) > too_long:
         return {}, f"a task sets at most {MAX_TASK_CHANGE_BYTES} bytes of variables"
     try:

@@ -96,6 +96,10 @@ class Launch:
     # True: the process builds or uses virtual environments in AttemptInput.venv_cache,
     # which the worker then makes first (a python task's virtualenv).
     uses_venv_cache: bool = False
+    # True: the process may leave the Variables it changed in the attempt's folder
+    # (worker/taskvars.py), which the worker commits with the outcome; any other kind's
+    # file of that name is not read.
+    reports_variables: bool = False
     # True: the node's base variables (PATH, HOME, LANG, LC_ALL) are left out, the
     # process gets only its task_env and raftflow's variables (Airflow's BashOperator
     # with `env` and append_env=False).

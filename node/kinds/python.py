@@ -147,6 +147,7 @@ class Python(TaskKind):
         imported as the node would import it: the node's PYTHONPATH is passed on."""
         return Launch((sys.executable, "-m", "raftflow.worker.pyrunner"), task_env=attempt.env,
                       node_variables=("PYTHONPATH",), uses_venv_cache=attempt.task.arg("virtualenv") is not None,
+                      reports_variables=True,
                       extra_env={
             "RAFTFLOW_PY_CALLABLE": attempt.task.python_callable,
             "RAFTFLOW_PY_CONTEXT_FILE": posixpath.join(attempt.attempt_dir, CONTEXT_FILE),

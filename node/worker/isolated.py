@@ -62,8 +62,16 @@ def function_source(function: Any) -> str:
     return ast.unparse(node)
 
 
-def venv_key(requirements: list[str], system_site_packages: bool, python_version: str | None) -> str:
-    text = json.dumps([sorted(requirements), system_site_packages, python_version or ""])
+def venv_key(requirements: list[str], system_site_packages: bool, python_version: str | None,
+             base: str = "") -> str:
+    """The environment's name: its requirements, site packages, version and the interpreter
+    it is made from (its real path and version: an upgraded Python gets new ones)."""
+    real = os.path.realpath(base) if base else ""
+    try:
+        stamp = os.stat(real).st_mtime_ns if real else 0
+    except OSError:
+        stamp = 0
+    text = json.dumps([sorted(requirements), system_site_packages, python_version or "", real, stamp])
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
@@ -87,7 +95,7 @@ def ensure_venv(cache: Path, requirements: list[str], system_site_packages: bool
     """The environment's interpreter, built first if it is not there (under its lock)."""
     base = base_interpreter(python_version)
     cache.mkdir(parents=True, exist_ok=True)
-    key = venv_key(requirements, system_site_packages, python_version)
+    key = venv_key(requirements, system_site_packages, python_version, base)
     root = cache / key
     python = root / "bin" / "python"
     with open(cache / f"{key}.lock", "w") as lock:
@@ -121,8 +129,9 @@ def _build(root: Path, base: str, requirements: list[str], system_site_packages:
 
 
 def _step(argv: list[str], what: str, root: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}   # (the node's paths:
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace")
+                          text=True, errors="replace", env=env)   # pip would take their packages as installed)
     sys.stdout.write(proc.stdout)
     sys.stdout.flush()
     if proc.returncode != 0:

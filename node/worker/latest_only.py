@@ -16,7 +16,8 @@ from datetime import datetime
 from typing import Any
 
 
-def is_latest(dag: Any, dag_run: Any, logical_date: datetime) -> bool:
+def is_latest(dag: Any, dag_run: Any, logical_date: datetime, now: float | None = None) -> bool:
+    """`now`: the time to judge at (default: the clock's)."""
     run_type = dag_run["run_type"]
     if run_type == "manual":
         print("raftflow: triggered by hand: the tasks after it run")
@@ -28,7 +29,7 @@ def is_latest(dag: Any, dag_run: Any, logical_date: datetime) -> bool:
     from raftflow.core.schedule import iso, tick_after
 
     following = tick_after(cron, timezone_name, logical_date.timestamp())
-    now = time.time()
+    now = time.time() if now is None else now
     if following <= now:
         print(f"raftflow: not the latest run: the tick of {iso(following)} has come since this {run_type} run "
               f"of {logical_date.isoformat()}; skipping the tasks after it")

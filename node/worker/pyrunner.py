@@ -247,7 +247,7 @@ def main() -> int:
         changed = taskvars.changes()
         if changed:
             with open(os.environ["RAFTFLOW_PY_VARIABLES_FILE"], "w") as f:
-                json.dump(changed, f)
+                json.dump(changed, f, ensure_ascii=False)
 
 
 def _call_callbacks(target: str, function: Any, context: dict[str, Any]) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-VARIABLES_FILE = "variables.json"
+VARIABLES_FILE = ".raftflow-variables.json"   # (in the attempt's folder; read only for a python task)
 _UNSET: Any = object()
 
 

@@ -77,7 +77,7 @@ from ..core.model import MAX_XCOMS, RESULT_LIMIT, XCOM_TOTAL_LIMIT, Run
 from ..core.result import Code, Result
 from ..core.spec import DagSpec, TaskSpec
 from ..core.state import State
-from ..core.variables import MASK, MAX_TASK_CHANGE_BYTES, MAX_TASK_CHANGES, secrets_of, task_changes
+from ..core.variables import CHANGES_TEXT_LIMIT, MASK, secrets_of, task_changes
 from ..kinds import KINDS, AttemptInput, CannotStart, Launch, kind
 from ..nodelog import attempt_context
 from ..raft.replica import Unavailable, propose_until_decided
@@ -196,6 +196,7 @@ class _Prepared:
     reason: str = ""
     rendered: dict[str, str] = field(default_factory=dict)   # the kind's templated_fields, rendered
     pushed: dict[str, Any] = field(default_factory=dict)     # what its templates pushed (ti.xcom_push)
+    reports_variables: bool = False   # its process may leave Variable changes (Launch.reports_variables)
 
 
 class Masker:
@@ -599,6 +600,7 @@ class Worker:
                     venv_cache=str(self._venvs)))
                 if launch.uses_venv_cache:
                     self._make_venv_cache()
+                prepared.reports_variables = launch.reports_variables
                 user = None if launch.as_node_user else self._task_user
                 self._fill_scratch(attempt_dir, launch, user)
                 cwd = attempt_dir / launch.cwd   # (an absolute cwd replaces the folder)
@@ -684,7 +686,8 @@ class Worker:
                 and kind(task.kind).pushes_last_line(task):
             published = _last_line(tail)
         attempt.xcoms, xcom_problem = _read_xcoms(attempt_dir / XCOM_FILE, prepared.pushed)
-        attempt.variables, variables_problem = _read_variable_changes(attempt_dir / VARIABLES_FILE)
+        attempt.variables, variables_problem = (_read_variable_changes(attempt_dir / VARIABLES_FILE)
+                                                if prepared.reports_variables else ("", ""))
         problem = problem or xcom_problem or variables_problem
         if problem and exit_code == 0:
             exit_code, reason = 1, problem
@@ -997,7 +1000,7 @@ def _read_xcoms(path: Path, pushed_by_templates: dict[str, Any]) -> tuple[str, s
 def _read_variable_changes(path: Path) -> tuple[str, str]:
     """(the JSON object of the Variables a python callable set and deleted, or '', a
     problem to fail the attempt with or ''): checked here as the cluster will check it."""
-    data, size, problem = _read_bounded(path, MAX_TASK_CHANGE_BYTES + 64 * MAX_TASK_CHANGES)
+    data, size, problem = _read_bounded(path, CHANGES_TEXT_LIMIT)
     if problem:
         return "", f"the variables the task set {problem}"
     if data is None or not data.strip():

@@ -106,6 +106,46 @@ def test_leader_killed_while_a_branch_decides_the_choice_applies_once(cluster, c
     assert len(skips) == 1 and "branch 'choose' followed 'fast'" in skips[0]["reason"], events
 
 
+CALLBACK_DAG = '''
+import subprocess
+from raftflow import DAG, BashTask
+
+WORK = {work!r}
+
+
+def page_someone(context):
+    print("paging about", context["task_id"], "try", context["try_number"])
+    subprocess.run(["bash", "-c", WORK], check=True)   # (records itself while it runs: killed with it)
+
+
+with DAG("callback_failover"):
+    BashTask("fails", command="exit 3", on_failure_callback=page_someone)
+'''
+
+
+def test_leader_killed_while_a_callback_runs_it_finishes_once(cluster, cli, tmp_path):
+    """Issue 20: a callback is fenced like an attempt: through a leader's death it ends
+    once, never two copies at once, and the run finishes after it, failed by its task."""
+    record = tmp_path / "attempts.log"
+    path = tmp_path / "callback_failover.py"
+    path.write_text(CALLBACK_DAG.format(work=attempts.recording_command(record, 4.0)))
+    assert cli("dags", "submit", str(path)).returncode == 0
+    run_id = trigger(cli, "callback_failover")
+    wait_for(lambda: any(recs for recs in attempts.read(record).values()), 30, "the callback to start")
+    leader = cli.json("cluster", "status")["leader"]
+    assert cluster.signal_node(leader, signal.SIGKILL)
+
+    survivors = ",".join(n.grpc_address for n in cluster.nodes if n.node_id != leader)
+    run = wait_run_end(cli, run_id, timeout=120, cluster=survivors)
+    states = {t["task_id"]: t["state"] for t in run["tasks"]}
+    assert run["state"] == "failed" and states == {"fails": "failed", "fails@on_failure.1": "success"}, run
+    recorded = attempts.read(record)
+    assert attempts.successes(recorded) == {(run_id, "fails@on_failure.1"): 1}, recorded
+    assert attempts.overlaps(recorded) == []
+    log = cli("tasks", "logs", run_id, "fails@on_failure.1", cluster=survivors).stdout
+    assert "paging about fails try 1" in log
+
+
 def test_node_killed_mid_task_the_task_runs_again_elsewhere(cluster, cli, tmp_path):
     """... without waiting for the lease: the dead node's reaper killed the attempt and
     reported it (worker/gone.py); and the log of the attempt that died with its node is

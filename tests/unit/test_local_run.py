@@ -167,3 +167,13 @@ def test_sigterm_stops_the_running_tasks_and_removes_the_folder(tmp_path: Path) 
         return False
     wait_for(gone, timeout=10, what="the task's process to be gone")
     assert not [p for p in scratch.iterdir() if p.name.startswith("raftflow-test-")]
+
+
+def test_tasks_test_runs_one_try_whatever_the_retries(tmp_path: Path) -> None:
+    path = tmp_path / "retrying.py"
+    path.write_text("from raftflow import DAG, BashTask\nwith DAG('retrying'):\n"
+                    "    BashTask('flaky', command='echo try $RAFTFLOW_ATTEMPT; exit 1', retries=3, retry_delay=300)\n")
+    outcome = run_locally(load_file(path), "retrying", only_task="flaky")
+    flaky = next(t for t in outcome.tasks if t.task_id == "flaky")
+    assert (flaky.state, flaky.attempt, flaky.log) == ("up_for_retry", 1, "try 1\n")
+    assert not succeeded(outcome, "flaky")

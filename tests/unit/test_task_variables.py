@@ -54,6 +54,7 @@ def test_changes_are_set_and_deleted_with_the_outcome_whatever_it_is() -> None:
     ({"k": "x" * (64 * 1024 + 1)}, "the limit is 65536"),
     ("[1]", "a JSON object of key: text"),
     ("{nope", "not JSON"),
+    ('{"k": "\\udcff.csv"}', "not valid Unicode (a lone surrogate)"),   # (a file name that is not UTF-8)
 ])
 def test_malformed_changes_are_refused_at_commit_and_change_nothing(changes: Any, error: str) -> None:
     w = started()
@@ -130,3 +131,21 @@ def test_a_bad_change_raises_in_the_callable_and_is_not_kept(in_task) -> None:
 def test_outside_a_task_every_call_says_where_to_read_them() -> None:
     with pytest.raises(taskvars.NoVariables, match="not while a DAG file loads"):
         taskvars.get("table")
+
+
+def test_a_lone_surrogate_is_refused_where_the_callable_sets_it(in_task) -> None:
+    with pytest.raises(ValueError, match="not valid Unicode"):
+        taskvars.set("name", "\udcff.csv")
+    assert taskvars.changes() == {}
+
+
+def test_a_deeply_nested_variable_fails_nothing_but_its_own_var_json() -> None:
+    from raftflow.core.context import parse_published, template_context
+
+    w = started()
+    w.apply(c.ImportVariables({"deep": "[" * 30_000 + "]" * 30_000, "flat": '{"a": 1}'}, T0))
+    run = w.run("r1")
+    context = parse_published(template_context(run, w.state.dag_spec(run), "a", 1, "n1",
+                                                variables=w.state.variables, raw_published=True))
+    assert context["var"]["json"] == {"flat": {"a": 1}}
+    assert context["var"]["value"]["deep"].startswith("[[[")

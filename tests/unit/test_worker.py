@@ -613,3 +613,17 @@ def test_the_render_pool_reuses_a_renderer_retires_a_failed_one_and_refuses_once
     assert pool.render([("command", "true")], CONTEXT, None, lambda: False) == ["true"], "no template, no renderer"
     with pytest.raises(RenderInterrupted):
         pool.render([("command", "{{ ds }}")], CONTEXT, None, lambda: False)
+
+
+def test_only_a_python_task_reports_variable_changes(tmp_path):
+    """A bash task's file of the same name is its own business: the cluster's Variables are
+    changed only through a python callable's Variable.set."""
+    from raftflow.worker.taskvars import VARIABLES_FILE
+
+    worker, reports, _store = make_worker(tmp_path, current=True)
+    try:
+        assert worker.accept(assignment(f"""echo '{{"api_key": "planted"}}' > {VARIABLES_FILE}"""))[0]
+        done = reports.wait_for(c.TaskFinished)
+    finally:
+        worker.shutdown()
+    assert (done.exit_code, done.variables) == (0, "")

@@ -147,7 +147,10 @@ class Variable:
     the templated field that reads it when the task runs."""
 
     @staticmethod
-    def get(key: str, default_var: Any = _UNSET, deserialize_json: bool = False, **_: Any) -> Any:
+    def get(key: str, default_var: Any = _UNSET, deserialize_json: bool = False, default: Any = _UNSET,
+            **_: Any) -> Any:
+        if default_var is _UNSET:   # (Airflow 3's SDK calls it `default`)
+            default_var = default
         if _in_task():
             if default_var is _UNSET:
                 return taskvars.get(key, deserialize_json=deserialize_json)
