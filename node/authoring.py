@@ -95,6 +95,7 @@ class DAG:
         self.on_success_callback = on_success_callback
         self.on_failure_callback = on_failure_callback
         self.callbacks = callbacks_spec(dag_id, {"success": on_success_callback, "failure": on_failure_callback})
+        self.modules: dict[str, str] = {}   # (the loader adds the DAG folder's modules the file imports)
         self.tasks: list[BaseTask] = []
         _created.append(self)
 

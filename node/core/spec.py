@@ -23,7 +23,7 @@ from typing import Any
 from croniter import croniter
 
 from ..kinds import KINDS, InvalidArgs, TaskKind
-from .limits import CLIP_CHARS, JsonShapeError, check_json, clip
+from .limits import CLIP_CHARS, JsonShapeError, check_json, check_text, clip
 from .names import (
     ID_PATTERN as ID_PATTERN,  # re-exported: the rule for names lives in names.py
     ID_RULE as ID_RULE,
@@ -198,6 +198,10 @@ class DagSpec:
     # Airflow's DAG on_success_callback / on_failure_callback: event -> callable, run once
     # the run's tasks ended, before the run finishes (core/callbacks.py).
     callbacks: dict[str, str] = field(default_factory=dict)
+    # Python modules of the DAG file's folder that it imports (path relative to the folder
+    # -> source), found by the loader: a python task's process puts them on its path before
+    # it runs the DAG file (worker/pyrunner.py), as the folder is on Airflow's.
+    modules: dict[str, str] = field(default_factory=dict)
     task_index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def task(self, task_id: str) -> TaskSpec:
@@ -249,8 +253,9 @@ class DagSpec:
         d = {name: getattr(self, name) for name in DAG_FIELDS}
         d["tags"] = list(self.tags)
         d["tasks"] = [t.to_dict() for t in self.tasks]
-        if not d["callbacks"]:   # (left out when none: specs made before read and digest the same)
-            del d["callbacks"]
+        for name in ("callbacks", "modules"):   # (left out when none: specs made before read and digest the same)
+            if not d[name]:
+                del d[name]
         return d
 
     @staticmethod
@@ -365,6 +370,7 @@ class DagSpec:
             max_queued_runs=max_queued_runs,
             doc_md=_doc(raw, where),
             callbacks=_callbacks(raw, DAG_EVENTS, where),
+            modules=_modules(raw, where),
             task_index=index,
         )
 
@@ -498,6 +504,34 @@ def _callbacks(raw: dict[str, Any], events: tuple[str, ...], where: str) -> dict
             raise SpecError(f"{where}: unknown callback event {clip(event)}; known: {', '.join(events)}")
         if not isinstance(target, str) or not CALLBACK_PATTERN.fullmatch(target):
             raise SpecError(f"{where}: the {event} callback must be 'package.module:function', got {clip(target)}")
+    return dict(value)
+
+
+MAX_MODULES = 64
+MAX_MODULES_BYTES = 1024 * 1024
+MODULE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}(/[A-Za-z_][A-Za-z0-9_]{0,99}){0,7}\.py")
+
+
+def _modules(raw: dict[str, Any], where: str) -> dict[str, str]:
+    """The DAG folder's modules the file imports: relative paths of .py files (no `..`,
+    no absolute path) to their source, at most MAX_MODULES and MAX_MODULES_BYTES."""
+    value = raw.get("modules") or {}
+    if not isinstance(value, dict):
+        raise SpecError(f"{where}: modules must be an object of relative path: source")
+    if len(value) > MAX_MODULES:
+        raise SpecError(f"{where}: {len(value)} modules of the DAG's folder; the limit is {MAX_MODULES}")
+    total = 0
+    for path, source in value.items():
+        if not isinstance(path, str) or not MODULE_PATH.fullmatch(path):
+            raise SpecError(f"{where}: module path {clip(path)} must be a relative path of a .py file "
+                            "(letters, digits, _ and /)")
+        try:
+            total += len(check_text(source, f"{where}: module {path}", MAX_MODULES_BYTES).encode())
+        except JsonShapeError as e:
+            raise SpecError(str(e)) from None
+    if total > MAX_MODULES_BYTES:
+        raise SpecError(f"{where}: the DAG folder's modules it imports are {total} bytes; the limit is "
+                        f"{MAX_MODULES_BYTES}")
     return dict(value)
 
 

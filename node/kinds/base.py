@@ -62,6 +62,7 @@ class AttemptInput:
     # The run's DAG file, when the kind asked for it (`needs_dag_file`): source and file name.
     dag_source: str = ""
     dag_filename: str = ""
+    dag_modules: Mapping[str, str] = field(default_factory=dict)   # the modules of its folder it imports
     # This node's folder of python tasks' virtual environments (worker/isolated.py).
     venv_cache: str = ""
 

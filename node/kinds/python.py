@@ -59,6 +59,7 @@ CONTEXT_FILE = "python-context.json"
 KWARGS_FILE = "python-op-kwargs.json"
 ARGS_FILE = "python-op-args.json"
 DAG_FILE = "python-dag-file.py"
+MODULES_FILE = "python-dag-modules.json"   # the modules of the DAG's folder it imports (DagSpec.modules)
 CALLABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -167,6 +168,8 @@ class Python(TaskKind):
                if attempt.task.arg("virtualenv") is not None or attempt.task.arg("python_executable") else {}),
             **({"RAFTFLOW_PY_DAG_FILE": posixpath.join(attempt.attempt_dir, DAG_FILE),
                 "RAFTFLOW_PY_DAG_FILENAME": attempt.dag_filename} if self.needs_dag_file(attempt.task) else {}),
+            **({"RAFTFLOW_PY_DAG_MODULES": posixpath.join(attempt.attempt_dir, MODULES_FILE)}
+               if self.needs_dag_file(attempt.task) and attempt.dag_modules else {}),
             "PYTHONUNBUFFERED": "1",
         }, files={
             CONTEXT_FILE: json.dumps({**attempt.context, "templates_dict": attempt.task.arg("templates_dict")},
@@ -174,6 +177,8 @@ class Python(TaskKind):
             KWARGS_FILE: json.dumps(attempt.task.op_kwargs),
             ARGS_FILE: json.dumps(attempt.task.arg("op_args")),
             **({DAG_FILE: attempt.dag_source} if self.needs_dag_file(attempt.task) else {}),
+            **({MODULES_FILE: json.dumps(dict(attempt.dag_modules))}
+               if self.needs_dag_file(attempt.task) and attempt.dag_modules else {}),
         })
 
 

@@ -168,6 +168,14 @@ def from_dag_file(dag_id: str, task_id: str) -> Any:
     so nested functions, lambdas and @task functions are found as Airflow finds them."""
     path = os.environ["RAFTFLOW_PY_DAG_FILE"]
     filename = os.environ.get("RAFTFLOW_PY_DAG_FILENAME") or path
+    if os.environ.get("RAFTFLOW_PY_DAG_MODULES"):   # (the DAG folder's modules it imports: on the path first)
+        folder = Path.cwd() / "dag-folder"
+        with open(os.environ["RAFTFLOW_PY_DAG_MODULES"]) as f:
+            for relative, text in json.load(f).items():   # (paths checked by the spec: relative, .py)
+                target = folder / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+        sys.path.insert(0, str(folder))
     with open(path) as f:
         source = f.read()
     from raftflow import authoring

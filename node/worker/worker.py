@@ -146,6 +146,7 @@ class AttemptSetup:
     # callable is defined in it; "" for every other task.
     dag_source: str = ""
     dag_filename: str = ""
+    dag_modules: dict[str, str] = field(default_factory=dict)   # its folder's modules it imports
 
 
 def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt: int, node_id: str,
@@ -175,7 +176,7 @@ def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt
         version = state.dags[run.dag_id].versions[run.dag_version - 1]
         source, filename = version.source, version.filename
     return AttemptSetup(context, task.execution_timeout, task, secrets_of(state.variables),
-                        run.tasks[task.task_id].tries_failed, source, filename)
+                        run.tasks[task.task_id].tries_failed, source, filename, spec.modules if source else {})
 
 
 # The files an attempt's scratch folder holds for the worker: its published result
@@ -596,7 +597,7 @@ class Worker:
                     variables=self._attempt_variables(a), node_id=self.node_id,
                     reason_file=str(attempt_dir / REASON_FILE), connections=self._connections,
                     attempt_dir=str(attempt_dir), rendered=prepared.rendered,
-                    dag_source=setup.dag_source, dag_filename=setup.dag_filename,
+                    dag_source=setup.dag_source, dag_filename=setup.dag_filename, dag_modules=setup.dag_modules,
                     venv_cache=str(self._venvs)))
                 if launch.uses_venv_cache:
                     self._make_venv_cache()

@@ -177,3 +177,25 @@ def test_tasks_test_runs_one_try_whatever_the_retries(tmp_path: Path) -> None:
     flaky = next(t for t in outcome.tasks if t.task_id == "flaky")
     assert (flaky.state, flaky.attempt, flaky.log) == ("up_for_retry", 1, "try 1\n")
     assert not succeeded(outcome, "flaky")
+
+
+def test_modules_of_the_dag_folder_travel_with_the_spec(tmp_path: Path) -> None:
+    """A callable of a module next to the DAG file (Airflow puts the folder on the path):
+    the loader sends the modules the file imported with the spec, and the task's process
+    imports them from there - the folder is gone by the time the task runs."""
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "__init__.py").write_text("")
+    (tmp_path / "lib" / "shapes.py").write_text("def area(w, h):\n    return w * h\n")
+    (tmp_path / "helpers.py").write_text("from lib.shapes import area\n\ndef describe(w, h):\n"
+                                         "    return f'{w}x{h} is {area(w, h)}'\n")
+    (tmp_path / "uses_helpers.py").write_text(
+        "import pendulum\nfrom airflow.sdk import DAG, task\nfrom helpers import describe\n\n"
+        "with DAG('helped', schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz='UTC')):\n"
+        "    @task\n    def size():\n        return describe(3, 4)\n\n    size()\n")
+    dags = load_file(tmp_path / "uses_helpers.py")
+    assert sorted(json.loads(dags[0]["spec_json"])["modules"]) == ["helpers.py", "lib/__init__.py", "lib/shapes.py"]
+    for name in ("helpers.py", "lib/shapes.py", "lib/__init__.py"):
+        (tmp_path / name).unlink()
+    outcome = run_locally(dags, "helped")
+    size = next(t for t in outcome.tasks if t.task_id == "size")
+    assert (size.state, size.result) == ("success", "3x4 is 12"), size.log

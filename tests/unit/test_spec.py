@@ -450,3 +450,18 @@ def test_created_dags_records_every_dag():
     dag = DAG("auth_registry")
     assert dag in authoring.created_dags()
     assert authoring.created_dags() is not authoring._created  # a copy
+
+
+@pytest.mark.parametrize("modules, error", [
+    ({"../evil.py": "x = 1"}, "must be a relative path of a .py file"),
+    ({"/etc/evil.py": "x = 1"}, "must be a relative path of a .py file"),
+    ({"notes.txt": "x"}, "must be a relative path of a .py file"),
+    ({"big.py": "x" * (1024 * 1024 + 1)}, "more than the limit of 1048576"),
+    ({f"m{i}.py": "" for i in range(65)}, "65 modules of the DAG's folder; the limit is 64"),
+    ({"bad.py": "\udcff"}, "not valid Unicode"),
+    (["helpers.py"], "modules must be an object of relative path: source"),
+])
+def test_the_dag_folders_modules_are_bounded_and_stay_inside_it(modules, error) -> None:
+    with pytest.raises(SpecError) as raised:
+        DagSpec.from_dict({"dag_id": "d", "tasks": [{"task_id": "a", "command": "true"}], "modules": modules})
+    assert error in str(raised.value)

@@ -161,6 +161,7 @@ def _load_in_this_process(path: Path) -> dict[str, Any]:
         report["dags"].append(adag.report())
         specs.append(adag)
     blocked = bool(errors or airflow_compat.file_refusals())
+    modules = folder_modules(resolved)
     for dag in specs:
         try:
             raw = dag.to_spec()
@@ -178,6 +179,13 @@ def _load_in_this_process(path: Path) -> dict[str, Any]:
         except SpecError as e:
             errors.append(f"{path}: {e}")
             continue
+        if modules:
+            raw = {**spec.to_dict(), "modules": modules}
+            try:
+                spec = DagSpec.from_dict(raw)
+            except SpecError as e:
+                errors.append(f"{path}: {e}")
+                continue
         dags.append({"spec_json": json.dumps(spec.to_dict(), sort_keys=True), "source": source,
                      "filename": str(path)})
     refusals = airflow_compat.file_refusals()
@@ -187,6 +195,31 @@ def _load_in_this_process(path: Path) -> dict[str, Any]:
     if errors:
         return {"ok": False, "error": "\n".join(errors), "dags": [], "report": report}
     return {"ok": True, "dags": dags, "report": report}
+
+
+def folder_modules(dag_file: Path) -> dict[str, str]:
+    """The modules this process imported from the DAG file's folder (the file aside):
+    relative path -> source. They travel in the spec (core/spec.py `modules`), so a
+    python task's process, which runs the DAG file again on a node, imports them too."""
+    folder = dag_file.parent
+    found: dict[str, str] = {}
+    for module_name, module in list(sys.modules.items()):
+        name = getattr(module, "__file__", None)
+        if not name or not name.endswith(".py") or module_name.split(".")[0] in ("raftflow", "raftflow_cli"):
+            continue   # (raftflow's own, when a DAG sits above its checkout, is on every node already)
+        try:
+            file = Path(name).resolve()
+            relative = file.relative_to(folder)
+        except (OSError, ValueError):
+            continue
+        if file == dag_file or any(part.startswith(".") or part in ("site-packages", "dist-packages")
+                                   for part in relative.parts):
+            continue
+        try:
+            found[relative.as_posix()] = file.read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+    return dict(sorted(found.items()))
 
 
 def _native_report(dag: Any) -> dict[str, Any]:

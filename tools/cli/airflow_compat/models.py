@@ -647,8 +647,8 @@ class BaseOperator:
         self.trigger_rule = args.get("trigger_rule", "all_success")
         for name, value in kwargs.items():
             if name not in known:
-                self._refuse(f"{type(self).__name__} argument {name!r}",
-                             f"raftflow does not know it (as an argument of {type(self).__name__}); remove it")
+                self._refuse(f"{self._operator_name()} argument {name!r}",
+                             f"raftflow does not know it (as an argument of {self._operator_name()}); remove it")
         for name in sorted(args):
             if name in TASK_REFUSED and args[name] is not None:
                 self._refuse(name, TASK_REFUSED[name])
@@ -680,6 +680,10 @@ class BaseOperator:
         if self.task_group is not None:
             self.task_group.children.append(self)
         self.dag.add_task(self)
+
+    def _operator_name(self) -> str:
+        """How messages name the operator (a decorated function: its decorator)."""
+        return type(self).__name__
 
     def execute(self, context: Any) -> Any:
         """A subclass's work (custom operators: the task's process calls it)."""

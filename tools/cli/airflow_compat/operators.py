@@ -382,6 +382,9 @@ _PYTHON_DECORATORS = {"@task": "", "@task.python": "", "@task.branch": "branch",
 
 
 class _DecoratedTask(BaseOperator):
+    # (what a decorator may be given that raftflow accepts without acting on it: listed)
+    ignored_args: ClassVar[frozenset[str]] = frozenset({"show_return_value_in_logs", "use_dill", "serializer",
+                                                        "expect_airflow", "venv_cache_path"})
     """What calling a @task function gives: a python task running the function (found in
     the DAG file by the task's process), its arguments JSON with each XComArg a reference
     to its task's result (that task upstream of this one). `.output` / indexing give its
@@ -393,11 +396,14 @@ class _DecoratedTask(BaseOperator):
                  call_kwargs: dict[str, Any], **options: Any) -> None:
         dag = options.get("dag") or current_dag()
         taken = {t.task_id for t in dag.tasks} if dag is not None else set()
+        self.decorator = decorator   # (set first: BaseOperator's messages name it)
         base, n = task_id, 0
         while (self._group_prefixed(base if not n else f"{base}__{n}")) in taken:   # Airflow's f, f__1, f__2
             n += 1
-        super().__init__(base if not n else f"{base}__{n}",
-                         **{k: v for k, v in options.items() if k in _DECORATOR_TASK_ARGS})
+        known = decorator in _PYTHON_DECORATORS   # (a decorator raftflow lacks is refused as such, below)
+        super().__init__(base if not n else f"{base}__{n}",   # (the task's own arguments: BaseOperator's to judge)
+                         **{k: v for k, v in options.items()
+                            if (k not in _DECORATOR_OWN_ARGS if known else k in _DECORATOR_TASK_ARGS)})
         self.decorator = decorator
         self.python_function = function
         self.decides = _PYTHON_DECORATORS.get(decorator)
@@ -433,12 +439,10 @@ class _DecoratedTask(BaseOperator):
             self.isolation["python_executable"] = python if isinstance(python, str) else ""
         self.op_args = arguments_json(list(call_args), f"arguments of {decorator} function {task_id!r}", self)
         self.op_kwargs = arguments_json(call_kwargs, f"arguments of {decorator} function {task_id!r}", self)
-        for name in sorted(set(options) - _DECORATOR_TASK_ARGS - _DECORATOR_OWN_ARGS):
-            if name in _DECORATOR_IGNORED_ARGS:
-                self.ignored.append(name)
-            else:
-                self._refuse(f"{decorator} argument {name!r}", "raftflow does not know it; remove it")
         _check_template_files(self, options.get("templates_exts"), (self.op_args, self.op_kwargs))
+
+    def _operator_name(self) -> str:
+        return self.decorator
 
     @staticmethod
     def _group_prefixed(task_id: str) -> str:
@@ -471,13 +475,11 @@ _DECORATOR_TASK_ARGS = frozenset({"retries", "retry_delay", "trigger_rule", "poo
                                   "wait_for_downstream", "owner", "email", "default_args"})
 
 
-# What the decorators take beside the task arguments (read above), and what they may be
-# given that raftflow accepts without acting on it (listed by `dags check`).
+# What the decorators take beside the task arguments (read above; the rest is BaseOperator's
+# to accept, list as ignored, or refuse).
 _DECORATOR_OWN_ARGS = frozenset({"multiple_outputs", "ignore_downstream_trigger_rules", "requirements",
                                  "system_site_packages", "python_version", "python", "env", "append_env", "cwd",
                                  "skip_on_exit_code", "output_encoding", "output_processor", "templates_exts"})
-_DECORATOR_IGNORED_ARGS = frozenset({"show_return_value_in_logs", "use_dill", "serializer", "expect_airflow",
-                                     "venv_cache_path", "do_xcom_push"})
 
 
 class _TaskDecorator:
