@@ -325,6 +325,10 @@ def clear_tasks(state: State, cmd: c.ClearTasks) -> Result:
     if not cmd.task_ids or unknown or not isinstance(cmd.reason, str):
         raise Rejected(Code.NOT_FOUND if unknown else Code.INVALID,
                        f"run {run.run_id!r} has no task {unknown[0]!r}" if unknown else "name at least one task")
+    callback = next((t for t in cmd.task_ids if callbacks.MARK in t), None)
+    if callback is not None:
+        raise Rejected(Code.INVALID, f"{callback} is a callback: it runs once per event; clear its task instead "
+                                     "(its callbacks run again with it)")
     check_reason(cmd.reason)
     chosen = spec.with_downstream(list(cmd.task_ids)) if cmd.downstream else list(dict.fromkeys(cmd.task_ids))
     check_reopen(run, run.run_id in state.active)

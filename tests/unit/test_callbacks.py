@@ -163,3 +163,15 @@ def test_callbacks_run_in_their_own_processes_with_the_owners_context(tmp_path) 
     dag_log = by_id["@on_failure"].log
     assert "run nightly failed\n" in dag_log and "RuntimeError: the pager is down" in dag_log
     assert "1 of 2 callback(s) of the DAG failed" in dag_log
+
+
+def test_a_callback_is_not_cleared_by_hand_its_task_is() -> None:
+    w = world(callbacks={"success": "cb:ok"})
+    w.run_task("r1", "a", at=T0 + 2)
+    refused = w.apply(c.ClearTasks("r1", ("a@on_success.1",), False, "again", T0 + 3), Code.INVALID)
+    assert "is a callback: it runs once per event; clear its task instead" in refused.reason
+    w.apply(c.ClearTasks("r1", ("a",), False, "again", T0 + 3))
+    w.tick(T0 + 4, N1)
+    w.run_task("r1", "a", at=T0 + 5)
+    assert [t for t in ids(w) if t.startswith("a@")] == ["a@on_success.1", "a@on_success.2"], \
+        "the task's next attempt has its own callback"
