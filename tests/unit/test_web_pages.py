@@ -377,3 +377,22 @@ def test_the_vendored_layout_library_is_the_published_file_with_its_licence() ->
     assert hashlib.sha256(library.read_bytes()).hexdigest() in table
     assert "Permission is hereby granted, free of charge" in (vendor / "dagre-3.1.3" / "LICENSE").read_text()
     assert '<script src="/static/vendor/dagre-3.1.3/dagre.min.js">' in (pages.TEMPLATES / "dag_graph.html").read_text()
+
+
+def test_callback_instances_have_their_rows_and_pages(tmp_path: Path) -> None:
+    """A callback instance (core/callbacks.py) shows on the run page, the grid and the
+    graph's run, with a page of its own, and breaks none of them."""
+    world = WebWorld(tmp_path, dag_file(callbacks={"failure": "alerts:page"}))
+    run_id = _run(world)
+    for move in [c.StartRun(run_id, T0), c.QueueTask(run_id, "a", T0), c.AssignTask(run_id, "a", "n2", 1, T0),
+                 c.TaskStarted(run_id, "a", 1, "n2", T0 + 1),
+                 c.TaskFinished(run_id, "a", 1, "n2", 1, T0 + 1, T0 + 5, "", "exit 1", T0 + 5),
+                 c.FailUpstream(run_id, "b", "a failed", T0 + 5), c.QueueDagCallback(run_id, "failure", T0 + 6)]:
+        result = world.replica.propose(move)
+        assert result.ok, (move, result.reason)
+    viewer = world.client("viewer")
+    run = viewer.get(_url("dags", "d", "runs", run_id))
+    assert run.status_code == 200 and 'data-task-id="@on_failure" data-state="queued"' in run.text
+    assert viewer.get(_url("dags", "d", "runs", run_id, "tasks", "@on_failure")).status_code == 200
+    for page in ("/dags/d/grid", "/dags/d/graph"):
+        assert viewer.get(page).status_code == 200, page
