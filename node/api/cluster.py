@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Protocol
 
 from ..config import NodeConfig, Peer
+from ..core import callbacks
 from ..core.commands import AddVoter, Batch, LoseAttempt, NodeStarted, RemoveVoter
 from ..core.members import voter_error
 from ..core.model import TaskInstance
@@ -351,8 +352,9 @@ def check_attempt_key(run_id: str, task_id: str, attempt: int) -> None:
     """Invalid unless the ids can name an attempt (and a key of the copy store)."""
     if not run_id or len(run_id) > MAX_RUN_ID or not run_id.isprintable():
         raise errors.Invalid(f"run_id must be 1 to {MAX_RUN_ID} printable characters")
-    if not ID_PATTERN.fullmatch(task_id):
-        raise errors.Invalid(f"task_id {task_id[:60]!r} is not a task id: {ID_RULE}")
+    if not ID_PATTERN.fullmatch(task_id) and not callbacks.is_callback_id(task_id):
+        raise errors.Invalid(f"task_id {task_id[:60]!r} is not a task id: {ID_RULE} (or a callback's: "
+                             "TASK@on_EVENT.N, @on_EVENT)")
     if attempt < 1:
         raise errors.Invalid("attempt must be at least 1")
 

@@ -29,9 +29,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import commands as c
-from .digest import task_key
+from .digest import run_key, task_key
 from .model import StoryEvent, TaskInstance
-from .spec import DEFAULT_QUEUE, DagSpec, TaskSpec
+from .names import ID_PATTERN
+from .spec import DAG_EVENTS, TASK_EVENTS, DagSpec, TaskSpec
 from .states import TaskState
 
 if TYPE_CHECKING:
@@ -61,6 +62,15 @@ def parse_id(callback_id: str) -> tuple[str, str, int] | None:
     return owner, event, int(attempt) if owner else 0
 
 
+def is_callback_id(text: str) -> bool:
+    """Whether `text` has a callback instance's form (its owner a task id, its event known)."""
+    parsed = parse_id(text)
+    if parsed is None:
+        return False
+    owner, event, _attempt = parsed
+    return (event in TASK_EVENTS and ID_PATTERN.fullmatch(owner) is not None) if owner else event in DAG_EVENTS
+
+
 def callback_spec(spec: DagSpec, callback_id: str) -> TaskSpec | None:
     """The derived spec of a callback instance of this DAG, or None if there is none."""
     parsed = parse_id(callback_id)
@@ -73,8 +83,8 @@ def callback_spec(spec: DagSpec, callback_id: str) -> TaskSpec | None:
             return None
         owner = spec.tasks[index]
         target, queue = owner.callbacks.get(event), owner.queue
-    else:
-        target, queue = spec.callbacks.get(event), DEFAULT_QUEUE
+    else:   # (on the first task's queue: nodes serve the DAG's queues, maybe not `default`)
+        target, queue = spec.callbacks.get(event), spec.tasks[0].queue
     if target is None:
         return None
     return TaskSpec(callback_id, "python", "", python_callable=target, queue=queue, retries=0,
@@ -98,6 +108,7 @@ def add(state: State, run: Run, callback_id: str, reason: str, at: float) -> boo
                                stimulus.proposer, None, 0))
     run.tasks[callback_id] = ti
     state.touched.add(task_key(run.run_id, callback_id))
+    state.touched.add(run_key(run.run_id))   # (the run's term counts its instances; a command may name no run)
     return True
 
 

@@ -508,7 +508,7 @@ def _callbacks(raw: dict[str, Any], events: tuple[str, ...], where: str) -> dict
 
 
 MAX_MODULES = 64
-MAX_MODULES_BYTES = 1024 * 1024
+MAX_MODULES_BYTES = 256 * 1024   # (kept with every version of the DAG: bounded like its source)
 MODULE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}(/[A-Za-z_][A-Za-z0-9_]{0,99}){0,7}\.py")
 
 

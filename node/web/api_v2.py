@@ -447,6 +447,8 @@ def clear_task_instances(request: Request, body: Json) -> Json:
     spec = found.version.spec
     for task_id in task_ids:
         _task_instance_of(found, task_id)
+        if task_id not in spec.task_index:
+            raise BadRequest(f"{task_id} is a callback: it runs once per event; clear its task instead")
     chosen = _closure(spec, task_ids or [t.task_id for t in spec.tasks], downstream, upstream)
     if only_failed:
         chosen = [t for t in chosen if found.run.tasks[t].state in (TaskState.FAILED, TaskState.UPSTREAM_FAILED)]

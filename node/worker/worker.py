@@ -73,10 +73,11 @@ from ..core import callbacks, commands as c, past
 from ..core.checks import xcoms_error
 from ..core.context import template_context, uses_variables
 from ..core.limits import parse_json
-from ..core.model import MAX_XCOMS, RESULT_LIMIT, XCOM_TOTAL_LIMIT, Run
+from ..core.model import MAX_XCOMS, RESULT_LIMIT, XCOM_TOTAL_LIMIT, Run, TaskInstance
 from ..core.result import Code, Result
 from ..core.spec import DagSpec, TaskSpec
 from ..core.state import State
+from ..core.states import TaskState
 from ..core.variables import CHANGES_TEXT_LIMIT, MASK, secrets_of, task_changes
 from ..kinds import KINDS, AttemptInput, CannotStart, Launch, kind
 from ..nodelog import attempt_context
@@ -168,7 +169,7 @@ def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt
                                  "schema": ""} for conn in connections},
         prev_success=past.previous_success(state, run), raw_published=raw_published)
     if parsed is not None:
-        why = "" if owner is None else owner.reason or (f"exit {owner.exit_code}" if owner.exit_code else "")
+        why = "" if owner is None else _why_attempt_ended(owner, parsed[2])
         context["exception"] = why
         context["reason"] = why if owner is not None else f"run {run.run_id}: its tasks ended"
     source = filename = ""
@@ -177,6 +178,15 @@ def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt
         source, filename = version.source, version.filename
     return AttemptSetup(context, task.execution_timeout, task, secrets_of(state.variables),
                         run.tasks[task.task_id].tries_failed, source, filename, spec.modules if source else {})
+
+
+def _why_attempt_ended(owner: TaskInstance, attempt: int) -> str:
+    """Why the owner's attempt ended, as its story recorded it (the task may have moved on
+    since: a retry resets its reason), else its reason now."""
+    for event in reversed(owner.story):
+        if event.attempt == attempt and event.after in (TaskState.FAILED, TaskState.UP_FOR_RETRY, TaskState.SUCCESS):
+            return event.reason
+    return owner.reason
 
 
 # The files an attempt's scratch folder holds for the worker: its published result

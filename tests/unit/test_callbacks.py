@@ -137,7 +137,8 @@ def report(context):
 with DAG("cbs", schedule=None, start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
          on_failure_callback=[report, broken], on_success_callback=report):
     BashOperator(task_id="flaky", bash_command="exit 3", retries=1, retry_delay=0, on_failure_callback=alert,
-                 on_retry_callback=lambda context: print("retrying", context["ti"]["try_number"]))
+                 on_retry_callback=lambda context: print("retrying", context["ti"]["try_number"],
+                                                         context["exception"]))
     ok = PythonOperator(task_id="ok", python_callable=lambda: "fine")
     ok.on_success_callback = lambda context: print("ok done")     # (set after, as Airflow files do)
 '''
@@ -157,8 +158,9 @@ def test_callbacks_run_in_their_own_processes_with_the_owners_context(tmp_path) 
         "flaky": "failed", "ok": "success", "flaky@on_retry.1": "success", "ok@on_success.1": "success",
         "flaky@on_failure.2": "success", "@on_failure": "failed"}
     assert outcome.state == "failed", "by its tasks; the DAG callback that failed changed nothing"
-    assert "alert: flaky try 2 - exit 3\n" in by_id["flaky@on_failure.2"].log
-    assert "retrying 1\n" in by_id["flaky@on_retry.1"].log
+    assert "alert: flaky try 2 - attempt 2 exit 3\n" in by_id["flaky@on_failure.2"].log
+    assert "retrying 1 attempt 1 exit 3\n" in by_id["flaky@on_retry.1"].log, \
+        "why its attempt ended, though the task was queued again at once (retry_delay 0)"
     assert "ok done\n" in by_id["ok@on_success.1"].log
     dag_log = by_id["@on_failure"].log
     assert "run nightly failed\n" in dag_log and "RuntimeError: the pager is down" in dag_log
@@ -175,3 +177,37 @@ def test_a_callback_is_not_cleared_by_hand_its_task_is() -> None:
     w.run_task("r1", "a", at=T0 + 5)
     assert [t for t in ids(w) if t.startswith("a@")] == ["a@on_success.1", "a@on_success.2"], \
         "the task's next attempt has its own callback"
+
+
+def test_a_last_loss_by_a_restart_queues_the_failure_callback_and_the_digest_follows() -> None:
+    """NodeStarted names no run: the callback it makes must still refresh the run's digest
+    term (World.apply validates the digest after every command)."""
+    w = world(max_lost_attempts=1, callbacks={"failure": "cb:alert"})
+    w.start("r1", "a", T0 + 2)
+    w.apply(c.NodeStarted("n1", T0 + 3))
+    assert w.ti("r1", "a").state is TaskState.FAILED and "a@on_failure.1" in w.run("r1").tasks
+
+
+def test_the_dags_callback_runs_on_a_queue_the_dag_uses() -> None:
+    w = World()
+    spec = dag_dict("d", [task("a", queue="gpu")])
+    spec["callbacks"] = {"success": "cb:done"}
+    w.submit(spec)
+    w.trigger("r1", "d")
+    gpu_only = [NodeInfo("g1", True, 4, queues=frozenset({"gpu"}))]
+    w.tick(T0 + 1, gpu_only)
+    w.run_task("r1", "a", at=T0 + 2)
+    w.tick(T0 + 3, gpu_only)
+    w.tick(T0 + 4, gpu_only)
+    assert (w.ti("r1", "@on_success").state, w.ti("r1", "@on_success").node) == (TaskState.ASSIGNED, "g1")
+
+
+def test_peers_take_log_copies_and_reports_of_callback_attempts() -> None:
+    from raftflow.api import errors
+    from raftflow.api.cluster import check_attempt_key
+
+    for task_id in ("a@on_failure.2", "group.t@on_retry.1", "@on_success"):
+        check_attempt_key("r1", task_id, 1)
+    for task_id in ("a@on_nothing.1", "a@on_failure", "../x", "@on_retry"):
+        with pytest.raises(errors.Invalid):
+            check_attempt_key("r1", task_id, 1)

@@ -199,3 +199,19 @@ def test_modules_of_the_dag_folder_travel_with_the_spec(tmp_path: Path) -> None:
     outcome = run_locally(dags, "helped")
     size = next(t for t in outcome.tasks if t.task_id == "size")
     assert (size.state, size.result) == ("success", "3x4 is 12"), size.log
+
+
+def test_modules_travel_under_the_names_they_were_imported_as(tmp_path: Path) -> None:
+    """A folder put on the path by the DAG file (sys.path.insert) holds `helper`, imported
+    as a top-level module: it travels as helper.py, wherever it sat."""
+    (tmp_path / "common-lib").mkdir()
+    (tmp_path / "common-lib" / "helper.py").write_text("GREETING = 'hi'\n")
+    (tmp_path / "dag.py").write_text(
+        "import os, sys\nsys.path.insert(0, os.path.join(os.path.dirname(__file__), 'common-lib'))\n"
+        "import helper\nfrom raftflow import DAG, PythonTask\n\ndef greet():\n    return helper.GREETING\n\n"
+        "with DAG('greeting'):\n    PythonTask('greet', python_callable=greet)\n")
+    dags = load_file(tmp_path / "dag.py")
+    assert json.loads(dags[0]["spec_json"])["modules"] == {"helper.py": "GREETING = 'hi'\n"}
+    (tmp_path / "common-lib" / "helper.py").unlink()
+    outcome = run_locally(dags, "greeting")
+    assert [(t.task_id, t.state, t.result) for t in outcome.tasks] == [("greet", "success", "hi")]

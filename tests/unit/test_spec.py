@@ -456,7 +456,7 @@ def test_created_dags_records_every_dag():
     ({"../evil.py": "x = 1"}, "must be a relative path of a .py file"),
     ({"/etc/evil.py": "x = 1"}, "must be a relative path of a .py file"),
     ({"notes.txt": "x"}, "must be a relative path of a .py file"),
-    ({"big.py": "x" * (1024 * 1024 + 1)}, "more than the limit of 1048576"),
+    ({"big.py": "x" * (256 * 1024 + 1)}, "more than the limit of 262144"),
     ({f"m{i}.py": "" for i in range(65)}, "65 modules of the DAG's folder; the limit is 64"),
     ({"bad.py": "\udcff"}, "not valid Unicode"),
     (["helpers.py"], "modules must be an object of relative path: source"),

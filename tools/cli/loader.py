@@ -198,9 +198,12 @@ def _load_in_this_process(path: Path) -> dict[str, Any]:
 
 
 def folder_modules(dag_file: Path) -> dict[str, str]:
-    """The modules this process imported from the DAG file's folder (the file aside):
-    relative path -> source. They travel in the spec (core/spec.py `modules`), so a
-    python task's process, which runs the DAG file again on a node, imports them too."""
+    """The modules this process imported from files under the DAG file's folder (the file
+    aside), by the name they were imported as: "pkg/mod.py" or "pkg/__init__.py" -> source.
+    They travel in the spec (core/spec.py `modules`), and a python task's process, which
+    runs the DAG file again on a node, finds them on its path under the same names."""
+    from raftflow.core.spec import MODULE_PATH
+
     folder = dag_file.parent
     found: dict[str, str] = {}
     for module_name, module in list(sys.modules.items()):
@@ -215,8 +218,11 @@ def folder_modules(dag_file: Path) -> dict[str, str]:
         if file == dag_file or any(part.startswith(".") or part in ("site-packages", "dist-packages")
                                    for part in relative.parts):
             continue
+        path = module_name.replace(".", "/") + ("/__init__.py" if file.name == "__init__.py" else ".py")
+        if not MODULE_PATH.fullmatch(path):
+            continue   # (a name no import statement can give: loaded by path, not by import)
         try:
-            found[relative.as_posix()] = file.read_text()
+            found[path] = file.read_text()
         except (OSError, UnicodeDecodeError):
             continue
     return dict(sorted(found.items()))
