@@ -10,7 +10,8 @@ task can have (`@` is not allowed in task ids):
 
     TASK@on_failure.N    TASK's failure callback, for its attempt N (likewise
                          on_success, on_retry - once per failed attempt -, on_execute)
-    @on_success          the DAG's callback for the run's outcome (once per run)
+    @on_success.N        the DAG's callback for the run's outcome, for its N-th ending (a
+                         reopened run that ends again has its callback again)
 
 The instance is created QUEUED, in apply, by the move that is its event (TaskStarted:
 execute; TaskFinished: success, retry or failure; a last lost attempt: failure); the
@@ -47,19 +48,20 @@ def task_callback_id(task_id: str, event: str, attempt: int) -> str:
     return f"{task_id}{MARK}on_{event}.{attempt}"
 
 
-def dag_callback_id(event: str) -> str:
-    return f"{MARK}on_{event}"
+def dag_callback_id(event: str, ending: int) -> str:
+    return f"{MARK}on_{event}.{ending}"
 
 
 def parse_id(callback_id: str) -> tuple[str, str, int] | None:
-    """(owner task id - "" for the DAG -, event, attempt - 0 for the DAG's -), or None."""
+    """(owner task id - "" for the DAG -, event, the owner's attempt - for the DAG's, the
+    run's ending it is for: 1, or more once the run was reopened and ended again), or None."""
     owner, mark, rest = callback_id.partition(MARK)
     if not mark or not rest.startswith("on_"):
         return None
-    event, _, attempt = rest[3:].partition(".")
-    if owner and not attempt.isdigit():
+    event, _, number = rest[3:].partition(".")
+    if not number.isdigit() or len(number) > 9:
         return None
-    return owner, event, int(attempt) if owner else 0
+    return owner, event, int(number)
 
 
 def is_callback_id(text: str) -> bool:
@@ -121,15 +123,16 @@ def after_task_move(state: State, run: Run, task: TaskSpec, event: str, attempt:
 
 def dag_callback_due(run: Run, spec: DagSpec, outcome: str) -> str | None:
     """The DAG callback id to queue now that every task ended with `outcome` ("success"
-    or "failed"), or None (none defined, or queued already)."""
+    or "failed"), or None (none defined, or this ending has it already). A run reopened
+    and ending again has its callback again: the id names the ending (Run.endings + 1)."""
     event = "success" if outcome == "success" else "failure"
     if event not in spec.callbacks:
         return None
-    callback_id = dag_callback_id(event)
+    callback_id = dag_callback_id(event, run.endings + 1)
     return None if callback_id in run.tasks else callback_id
 
 
-def queue_dag_callback(state: State, cmd: c.QueueDagCallback) -> None:
-    """Apply QueueDagCallback (handlers_tasks checks it first)."""
+def queue_dag_callback(state: State, cmd: c.QueueDagCallback, callback_id: str) -> None:
+    """Apply QueueDagCallback (handlers_tasks checks it first and names the instance)."""
     run = state.active[cmd.run_id]
-    add(state, run, dag_callback_id(cmd.event), f"the DAG's on_{cmd.event}_callback", cmd.at)
+    add(state, run, callback_id, f"the DAG's on_{cmd.event}_callback", cmd.at)

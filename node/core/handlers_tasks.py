@@ -110,10 +110,11 @@ def queue_dag_callback(state: State, cmd: c.QueueDagCallback) -> Result:
     outcome = run_outcome(run, spec).value
     if cmd.event != ("success" if outcome == "success" else "failure"):
         raise Rejected(Code.CONFLICT, f"run {run.run_id!r} ended {outcome}: no on_{cmd.event}_callback now")
-    if callbacks.dag_callback_due(run, spec, outcome) is None:
+    due = callbacks.dag_callback_due(run, spec, outcome)
+    if due is None:
         raise Rejected(Code.CONFLICT, f"run {run.run_id!r}: the DAG has no on_{cmd.event}_callback, or it is "
                                       "queued already")
-    callbacks.queue_dag_callback(state, cmd)
+    callbacks.queue_dag_callback(state, cmd, due)
     return OK
 
 
@@ -138,6 +139,7 @@ def finish_run(state: State, cmd: c.FinishRun) -> Result:
     if target is not outcome:
         raise Rejected(Code.CONFLICT, f"run {run.run_id!r} {outcome.value} by its tasks, not {target.value}")
     run.state, run.ended_at = target, cmd.at
+    run.endings += 1
     archive_run(state, run)
     return OK
 
@@ -155,6 +157,7 @@ def cancel_run(state: State, cmd: c.CancelRun) -> Result:
              for ti in run.tasks.values() if not ti.state.terminal]
     result = moved(state, *moves)
     run.state, run.ended_at = RunState.FAILED, cmd.at
+    run.endings += 1
     archive_run(state, run)
     return result
 

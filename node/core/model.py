@@ -281,3 +281,6 @@ class Run:
     # Who created it: a token's name (manual triggers, backfills), SCHEDULER, or the
     # proposer (a node id, CLIENT); "" for runs created before this was recorded.
     triggered_by: str = ""
+    # How many times it finished (FinishRun, CancelRun): a reopened run that ends again
+    # has its DAG callback again (core/callbacks.py names it by the ending).
+    endings: int = 0

@@ -312,7 +312,7 @@ def _plan_run(run: Run, spec: DagSpec, now: float, expired: set[str], out: list[
         outcome = run_outcome(run, spec).value
         due = callbacks.dag_callback_due(run, spec, outcome)
         if due is not None:
-            out.append(c.QueueDagCallback(run.run_id, due.removeprefix(callbacks.MARK + "on_"), now))
+            out.append(c.QueueDagCallback(run.run_id, "success" if outcome == "success" else "failure", now))
         elif all_terminal:
             out.append(c.FinishRun(run.run_id, outcome, now))
     return _RunTasks(change, tuple(ready), active, frozenset(active_nodes), next_retry_at, waits_on_past)

@@ -68,10 +68,10 @@ def test_the_dags_callback_for_the_outcome_runs_before_the_run_finishes() -> Non
     wrong = w.apply(c.QueueDagCallback("r1", "failure", T0 + 7), Code.CONFLICT)
     assert "ended success: no on_failure_callback now" in wrong.reason
     w.tick(T0 + 8, N1)
-    assert w.ti("r1", "@on_success").state is TaskState.ASSIGNED
+    assert w.ti("r1", "@on_success.1").state is TaskState.ASSIGNED
     assert "a@on_success.1" in w.run("r1").tasks
     w.run_task("r1", "a@on_success.1", exit_code=1, at=T0 + 9)
-    w.run_task("r1", "@on_success", exit_code=1, at=T0 + 10)
+    w.run_task("r1", "@on_success.1", exit_code=1, at=T0 + 10)
     finished = of_type(w.tick(T0 + 12, N1), c.FinishRun)
     assert [f.state for f in finished] == ["success"], "failing callbacks do not fail the run"
 
@@ -156,13 +156,13 @@ def test_callbacks_run_in_their_own_processes_with_the_owners_context(tmp_path) 
     by_id = {t.task_id: t for t in outcome.tasks}
     assert {t: o.state for t, o in by_id.items()} == {
         "flaky": "failed", "ok": "success", "flaky@on_retry.1": "success", "ok@on_success.1": "success",
-        "flaky@on_failure.2": "success", "@on_failure": "failed"}
+        "flaky@on_failure.2": "success", "@on_failure.1": "failed"}
     assert outcome.state == "failed", "by its tasks; the DAG callback that failed changed nothing"
     assert "alert: flaky try 2 - attempt 2 exit 3\n" in by_id["flaky@on_failure.2"].log
     assert "retrying 1 attempt 1 exit 3\n" in by_id["flaky@on_retry.1"].log, \
         "why its attempt ended, though the task was queued again at once (retry_delay 0)"
     assert "ok done\n" in by_id["ok@on_success.1"].log
-    dag_log = by_id["@on_failure"].log
+    dag_log = by_id["@on_failure.1"].log
     assert "run nightly failed\n" in dag_log and "RuntimeError: the pager is down" in dag_log
     assert "1 of 2 callback(s) of the DAG failed" in dag_log
 
@@ -199,15 +199,36 @@ def test_the_dags_callback_runs_on_a_queue_the_dag_uses() -> None:
     w.run_task("r1", "a", at=T0 + 2)
     w.tick(T0 + 3, gpu_only)
     w.tick(T0 + 4, gpu_only)
-    assert (w.ti("r1", "@on_success").state, w.ti("r1", "@on_success").node) == (TaskState.ASSIGNED, "g1")
+    assert (w.ti("r1", "@on_success.1").state, w.ti("r1", "@on_success.1").node) == (TaskState.ASSIGNED, "g1")
 
 
 def test_peers_take_log_copies_and_reports_of_callback_attempts() -> None:
     from raftflow.api import errors
     from raftflow.api.cluster import check_attempt_key
 
-    for task_id in ("a@on_failure.2", "group.t@on_retry.1", "@on_success"):
+    for task_id in ("a@on_failure.2", "group.t@on_retry.1", "@on_success.1"):
         check_attempt_key("r1", task_id, 1)
     for task_id in ("a@on_nothing.1", "a@on_failure", "../x", "@on_retry"):
         with pytest.raises(errors.Invalid):
             check_attempt_key("r1", task_id, 1)
+
+
+def test_a_reopened_run_that_ends_again_has_its_dag_callback_again() -> None:
+    w = world({"success": "cb:done"})
+
+    def run_to_its_end(at: float) -> None:
+        for step in range(8):   # (each plan: queue, assign; each assigned instance runs)
+            w.tick(at + step, N1)
+            for task_id, ti in list(w.run("r1").tasks.items()):
+                if ti.state is TaskState.ASSIGNED:
+                    w.run_task("r1", task_id, at=at + step + 0.5)
+            if w.run("r1").state is RunState.SUCCESS:
+                return
+        raise AssertionError(w.task_states("r1"))
+
+    run_to_its_end(T0 + 2)
+    assert w.run("r1").endings == 1
+    w.apply(c.ClearTasks("r1", ("b",), False, "again", T0 + 20))
+    run_to_its_end(T0 + 21)
+    assert [t for t in ids(w) if t.startswith("@")] == ["@on_success.1", "@on_success.2"]
+    assert w.run("r1").endings == 2

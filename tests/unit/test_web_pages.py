@@ -392,7 +392,7 @@ def test_callback_instances_have_their_rows_and_pages(tmp_path: Path) -> None:
         assert result.ok, (move, result.reason)
     viewer = world.client("viewer")
     run = viewer.get(_url("dags", "d", "runs", run_id))
-    assert run.status_code == 200 and 'data-task-id="@on_failure" data-state="queued"' in run.text
-    assert viewer.get(_url("dags", "d", "runs", run_id, "tasks", "@on_failure")).status_code == 200
+    assert run.status_code == 200 and 'data-task-id="@on_failure.1" data-state="queued"' in run.text
+    assert viewer.get(_url("dags", "d", "runs", run_id, "tasks", "@on_failure.1")).status_code == 200
     for page in ("/dags/d/grid", "/dags/d/graph"):
         assert viewer.get(page).status_code == 200, page
