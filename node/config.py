@@ -434,12 +434,7 @@ def load(path: str | Path | None, flags: Mapping[str, Any] | None = None,
     base = Path.cwd()
     if path is not None:
         path = Path(path)
-        try:
-            raw = tomllib.loads(path.read_text())
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        raw = _read_toml(path)
         where = {k: f"{path}" for k in raw}
         base = path.parent.resolve()
         unknown = set(raw) - set(_SCALARS) - {"peers", "raft", "connections"}
@@ -588,13 +583,18 @@ def load_connections(path: str | Path, environ: Mapping[str, str] | None = None)
     """The SSH connections of a node's config file, and nothing else of it (`raftflow dags
     test --config`): checked as a node checks them. Raises ConfigError."""
     path = Path(path)
+    raw = _read_toml(path)
+    return _connections(raw.get("connections", {}), path.parent.resolve(), os.environ if environ is None else environ)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """A config file's tables; ConfigError saying why it cannot be read."""
     try:
-        raw = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    return _connections(raw.get("connections", {}), path.parent.resolve(), os.environ if environ is None else environ)
 
 
 def _connections(raw: Any, base: Path, environ: Mapping[str, str]) -> tuple[SSHConnection, ...]:

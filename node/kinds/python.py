@@ -90,25 +90,16 @@ class Python(TaskKind):
                               f"got {python_callable!r}")
         if not isinstance(op_kwargs, dict) or not all(isinstance(k, str) for k in op_kwargs):
             raise InvalidArgs("op_kwargs must be a JSON object")
-        try:
-            json.dumps(op_kwargs, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise InvalidArgs(f"op_kwargs must be plain JSON values ({e})") from None
+        _plain_json(op_kwargs, "op_kwargs")
         op_args = raw.get("op_args") or []
         if not isinstance(op_args, list):
             raise InvalidArgs("op_args must be a JSON list")
-        try:
-            json.dumps(op_args, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise InvalidArgs(f"op_args must be plain JSON values ({e})") from None
+        _plain_json(op_args, "op_args")
         templates_dict = raw.get("templates_dict")
         if templates_dict is not None:
             if not isinstance(templates_dict, dict) or not all(isinstance(k, str) for k in templates_dict):
                 raise InvalidArgs("templates_dict must be a JSON object (its strings are templates)")
-            try:
-                json.dumps(templates_dict, allow_nan=False)
-            except (TypeError, ValueError) as e:
-                raise InvalidArgs(f"templates_dict must be plain JSON values ({e})") from None
+            _plain_json(templates_dict, "templates_dict")
         virtualenv, python_executable = _virtualenv(raw.get("virtualenv")), raw.get("python_executable") or ""
         if not isinstance(python_executable, str) or (python_executable and (
                 not posixpath.isabs(python_executable) or len(python_executable) > 4096)):
@@ -208,6 +199,13 @@ def _virtualenv(raw: Any) -> dict[str, Any] | None:
         raise InvalidArgs(f"virtualenv python_version must be such as '3.11', got {python_version!r:.40}")
     return {"requirements": list(requirements), "system_site_packages": system_site_packages,
             "python_version": python_version}
+
+
+def _plain_json(value: Any, name: str) -> None:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgs(f"{name} must be plain JSON values ({e})") from None
 
 
 def _iso_default(value: Any) -> str:
