@@ -244,6 +244,7 @@ What to try next:
   {env}raftflow runs list
   {env}raftflow runs show RUN_ID
   {env}raftflow tasks logs RUN_ID TASK_ID      # served through any node
+  {env}raftflow dags test dags/etl_chain.py   # one run on this machine, no cluster: check a DAG first
   {env}raftflow dags submit dags/              # after editing a DAG: a new version
   {env}raftflow connections list               # SSH connections and the nodes that have them
   {env}raftflow tokens create ci --role operator   # a token for a script (the CLI uses the admin token)
