@@ -30,6 +30,8 @@ def run_header_dict(run: Run) -> dict[str, Any]:
         header["triggered_by"] = run.triggered_by
     if run.endings:   # (likewise: present once it finished)
         header["endings"] = run.endings
+    if run.cancelled:
+        header["cancelled"] = run.cancelled
     return header
 
 
@@ -53,7 +55,8 @@ def run_header_from_dict(data: dict[str, Any]) -> Run:
     return Run(data["run_id"], data["dag_id"], data["dag_version"], data["logical_date"],
                data["data_interval"][0], data["data_interval"][1], data["trigger"], data["conf"],
                RunState(data["state"]), data["created_at"], data["started_at"], data["ended_at"],
-               triggered_by=data.get("triggered_by", ""), endings=data.get("endings", 0))
+               triggered_by=data.get("triggered_by", ""), endings=data.get("endings", 0),
+               cancelled=data.get("cancelled", ""))
 
 
 def run_from_dict(data: dict[str, Any]) -> Run:

@@ -15,6 +15,7 @@ from ..kinds import kind
 from . import branching, callbacks, checks, commands as c, variables
 from .archive import encode_record
 from .codec import run_to_dict
+from .digest import run_key
 from .effects import ReleasedAttempts
 from .model import Run, TaskInstance
 from .result import OK, Code, Rejected, Result
@@ -150,16 +151,32 @@ def cancel_run(state: State, cmd: c.CancelRun) -> Result:
     if not isinstance(cmd.reason, str) or not cmd.reason:
         raise Rejected(Code.INVALID, "a cancel needs a reason")
     check_reason(cmd.reason)
+    if run.cancelled:
+        raise Rejected(Code.CONFLICT, f"run {run.run_id!r} is cancelled already ({run.cancelled}): it ends failed "
+                                      "once its DAG's on_failure_callback ran")
     check_run_move(run.run_id, run.state, RunState.FAILED)
     check_archivable(run, cmd.reason)
     moves = [plan_move(CANCEL, run, ti, TaskState.FAILED if ti.state in TASK_ACTIVE else TaskState.SKIPPED,
                        cmd, cmd.at, cmd.reason)
              for ti in run.tasks.values() if not ti.state.terminal]
     result = moved(state, *moves)
+    if run.state is RunState.RUNNING and "failure" in state.dag_spec(run).callbacks:
+        # (its DAG's on_failure_callback runs first, as Airflow's does on a timeout: the
+        # planner queues it now that every task ended, then finishes the run failed)
+        run.cancelled = cmd.reason
+        state.touched.add(run_key(run.run_id))
+        return result
     run.state, run.ended_at = RunState.FAILED, cmd.at
     run.endings += 1
     archive_run(state, run)
     return result
+
+
+def lift_cancel(state: State, run: Run) -> None:
+    """A task cleared or marked by hand: the run ends by its tasks again, not as cancelled."""
+    if run.cancelled:
+        run.cancelled = ""
+        state.touched.add(run_key(run.run_id))
 
 
 def check_archivable(run: Run, *added: str) -> None:
@@ -343,6 +360,7 @@ def clear_tasks(state: State, cmd: c.ClearTasks) -> Result:
         else:
             moves.append(plan_move(CLEAR, run, ti, TaskState.PENDING, cmd, cmd.at, cmd.reason or "cleared"))
     reopen(state, run)
+    lift_cancel(state, run)
     result = moved(state, *moves)
     for ti in resets:
         transition_clear(state, run, ti, cmd)
@@ -364,6 +382,7 @@ def mark_task(state: State, cmd: c.MarkTask) -> Result:
     check_reopen(run, run.run_id in state.active)
     move = plan_move(MARK, run, ti, target, cmd, cmd.at, cmd.reason or f"marked {target.value}")
     reopen(state, run)
+    lift_cancel(state, run)
     return moved(state, move)
 
 

@@ -284,3 +284,6 @@ class Run:
     # How many times it finished (FinishRun, CancelRun): a reopened run that ends again
     # has its DAG callback again (core/callbacks.py names it by the ending).
     endings: int = 0
+    # Why it was cancelled, while it waits for its DAG's on_failure_callback before it ends
+    # failed (CancelRun of a running run whose DAG has one); "" otherwise.
+    cancelled: str = ""

@@ -184,7 +184,7 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
             out.append(c.StartRun(run.run_id, now))
             # The run is RUNNING once the StartRun above applies: decide its roots now.
         if run.state is RunState.RUNNING and spec.dagrun_timeout is not None and run.started_at is not None \
-                and now - run.started_at > spec.dagrun_timeout:
+                and now - run.started_at > spec.dagrun_timeout and not run.cancelled:
             out.append(c.CancelRun(run.run_id, f"dagrun_timeout of {spec.dagrun_timeout:g}s exceeded", now))
             continue
         known = memo.runs.get(run.run_id) if memo is not None and run.state is RunState.RUNNING else None

@@ -272,6 +272,8 @@ def run_outcome(run: Run, spec: DagSpec) -> RunState:
     downstream task) failed or is upstream_failed, else success (leaves that succeeded
     or were skipped). So a cleanup task with trigger_rule all_done that succeeds after
     a failure makes the run succeed, and a run whose leaves were all skipped succeeds."""
+    if run.cancelled:   # (cancelled, waiting for its DAG's on_failure_callback: failed whatever its leaves)
+        return RunState.FAILED
     leaves = {t.task_id for t in spec.tasks} - {u for t in spec.tasks for u in t.upstream}
     bad = (TaskState.FAILED, TaskState.UPSTREAM_FAILED)
     return RunState.FAILED if any(run.tasks[t].state in bad for t in leaves) else RunState.SUCCESS
@@ -306,7 +308,7 @@ def reopen(state: State, run: Run) -> None:
     state.archive.delete(run.run_id)
     if past.drop(state, run.dag_id, run.run_id):
         digest.touch(state, digest.dag_key(run.dag_id))
-    run.state, run.started_at, run.ended_at = RunState.QUEUED, None, None
+    run.state, run.started_at, run.ended_at, run.cancelled = RunState.QUEUED, None, None, ""
     state.active[run.run_id] = run
     state.runs_by_dag[run.dag_id][run.run_id] = None
     state.history_changes += 1

@@ -232,3 +232,34 @@ def test_a_reopened_run_that_ends_again_has_its_dag_callback_again() -> None:
     run_to_its_end(T0 + 21)
     assert [t for t in ids(w) if t.startswith("@")] == ["@on_success.1", "@on_success.2"]
     assert w.run("r1").endings == 2
+
+
+def test_a_cancelled_or_timed_out_run_has_its_dags_failure_callback_then_ends_failed() -> None:
+    """As Airflow runs a DAG's on_failure_callback on a dagrun_timeout: the run waits for
+    it, cancelled (a second cancel is refused), and ends failed whatever its leaves."""
+    w = World()
+    spec = dag_dict("d", [task("a"), task("b", upstream=["a"])], dagrun_timeout=60)
+    spec["callbacks"] = {"failure": "cb:alert", "success": "cb:done"}
+    w.submit(spec)
+    w.trigger("r1", "d")
+    w.tick(T0 + 1, N1)
+    w.start("r1", "a", T0 + 2)
+    cmds = w.tick(T0 + 100, N1)   # past the dagrun_timeout
+    assert [x.reason for x in of_type(cmds, c.CancelRun)] == ["dagrun_timeout of 60s exceeded"]
+    assert (w.run("r1").state, w.run("r1").cancelled) == (RunState.RUNNING, "dagrun_timeout of 60s exceeded")
+    assert w.task_states("r1") == {"a": TaskState.FAILED, "b": TaskState.SKIPPED}
+    assert "already" in w.apply(c.CancelRun("r1", "by hand", T0 + 101), Code.CONFLICT).reason
+    for at in (T0 + 102, T0 + 103):
+        assert not of_type(w.tick(at, N1), c.CancelRun), "the timeout cancels once"
+    assert w.ti("r1", "@on_failure.1").state is TaskState.ASSIGNED
+    w.run_task("r1", "@on_failure.1", at=T0 + 104)
+    finished = of_type(w.tick(T0 + 106, N1), c.FinishRun)
+    assert [f.state for f in finished] == ["failed"] and w.run("r1").state is RunState.FAILED
+    assert "@on_success.1" not in w.run("r1").tasks
+
+
+def test_a_run_without_a_dag_failure_callback_is_cancelled_at_once() -> None:
+    w = world(callbacks={"failure": "cb:alert"})   # (the task's callback, not the DAG's)
+    w.start("r1", "a", T0 + 2)
+    w.apply(c.CancelRun("r1", "by hand", T0 + 3))
+    assert w.run("r1").state is RunState.FAILED and w.run("r1").cancelled == ""
