@@ -26,11 +26,12 @@ The caller (the CLI) loads the DAG file in a child process first (the loader), a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,11 +40,11 @@ from .config import SSHConnection
 from .core import commands as c
 from .core.callbacks import callback_instances
 from .core.context import parse_published
-from .core.effects import StopAttempt
+from .core.effects import Effect, StopAttempt
 from .core.model import Run
 from .core.planner import NodeInfo, plan
 from .core.result import Result
-from .core.run_ids import manual_run_id
+from .core.run_ids import manual_run
 from .core.spec import DagSpec
 from .core.state import State
 from .core.states import RunState, TaskState
@@ -96,11 +97,15 @@ class _Local:
         with self.changed:
             result = self.state.apply(command)
             self.changed.notify_all()
-        worker = self._worker_of()
-        for effect in result.effects:   # (a cancel or timeout that takes an attempt away: kill it)
-            if isinstance(effect, StopAttempt) and worker is not None:
-                worker.cancel(effect.run_id, effect.why, {(effect.task_id, effect.attempt)})
+        _stop_taken(self._worker_of(), result.effects)
         return result
+
+
+def _stop_taken(worker: Worker | None, effects: Iterable[Effect]) -> None:
+    """Kill the attempts a committed command took away (a cancel, a dagrun_timeout)."""
+    for effect in effects:
+        if isinstance(effect, StopAttempt) and worker is not None:
+            worker.cancel(effect.run_id, effect.why, {(effect.task_id, effect.attempt)})
 
 
 def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, Any] | None = None,
@@ -159,11 +164,11 @@ def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, A
                                          f"not run: `tasks test` runs only {only_task}", at))
     if on_started is not None:
         on_started(run_id)
-        for task in spec.tasks:   # (a DAG of another file cannot be triggered here: say so before it fails)
-            target = task.arg("trigger_dag_id") if task.kind == "trigger_dagrun" else None
-            if target and "{" not in target and target not in local.state.dags:
-                on_note(f"task {task.task_id} triggers DAG {target!r}, which this file does not declare: "
-                        "only the file's own DAGs can be triggered by `dags test`, so it will fail here")
+    for task in spec.tasks:   # (a DAG of another file cannot be triggered here: say so before it fails)
+        target = task.arg("trigger_dag_id") if task.kind == "trigger_dagrun" else None
+        if target and "{" not in target and target not in local.state.dags:
+            on_note(f"task {task.task_id} triggers DAG {target!r}, which this file does not declare: "
+                    "only the file's own DAGs can be triggered by `dags test`, so it will fail here")
     scratch = Path(tempfile.mkdtemp(prefix="raftflow-test-"))
     store = LocalStore(scratch / "logs")
     try:
@@ -188,29 +193,23 @@ def run_locally(dags: list[dict[str, str]], dag_id: str, *, conf: Mapping[str, A
 def venv_cache() -> Path:
     """Where `dags test` keeps python tasks' virtual environments, across runs: the user's
     cache folder ($XDG_CACHE_HOME, else ~/.cache), raftflow/venvs."""
-    import os
-
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "raftflow" / "venvs"
 
 
 def _create_run(local: _Local, spec: DagSpec, conf: dict[str, Any], logical_date: str, at: float) -> str:
     from .core.checks import conf_error
-    from .core.params import conf_error as param_conf_error
-    from .core.schedule import iso
-    from .core.spec import SpecError, normalise_instant
 
-    error = conf_error(conf) or param_conf_error(spec.param_schemas, spec.params, conf)
-    if error:
-        raise LocalRunError(f"DAG {spec.dag_id!r}: {error}")
+    error = conf_error(conf)
     try:
-        logical = normalise_instant(logical_date, "logical_date") if logical_date else iso(at)
-    except SpecError as e:
+        if error:
+            raise ValueError(error)
+        command = manual_run(spec, conf, logical_date, at)
+    except ValueError as e:
         raise LocalRunError(str(e)) from None
-    run_id = manual_run_id(spec.dag_id, logical)
-    result = local.propose(c.CreateRun(run_id, spec.dag_id, logical, logical, logical, "manual", conf, at))
+    result = local.propose(command)
     if not result.ok:
         raise LocalRunError(result.reason)
-    return run_id
+    return command.run_id
 
 
 def _setup(local: _Local, a: Assignment, connections: tuple[SSHConnection, ...]) -> AttemptSetup:
@@ -247,7 +246,7 @@ def _drive(local: _Local, worker: Worker, node: NodeInfo, run_id: str, store: Lo
     while True:
         worker.renew_lease(time.monotonic())
         assignments: list[Assignment] = []
-        stops: list[StopAttempt] = []   # (a plan's cancel - a dagrun_timeout - takes attempts away: kill them)
+        stops: list[Effect] = []   # (a plan's cancel - a dagrun_timeout - takes attempts away: kill them)
         with local.changed:
             state = local.state
             # What ended since the last look, read before the plan under the same lock: a plan
@@ -265,23 +264,20 @@ def _drive(local: _Local, worker: Worker, node: NodeInfo, run_id: str, store: Lo
                 if commands:
                     applied_batch = state.apply(c.Batch(tuple(commands)))
                     results = applied_batch.value or []
-                    stops = [e for e in applied_batch.effects if isinstance(e, StopAttempt)]
+                    stops = list(applied_batch.effects)
                     local.changed.notify_all()
                     for cmd, result in zip(commands, results):
                         if isinstance(cmd, c.AssignTask) and result.ok:
                             owner = state.active[cmd.run_id]
                             task = state.dag_spec(owner).task(cmd.task_id)
-                            assignments.append(Assignment(cmd.run_id, cmd.task_id, cmd.attempt, owner.dag_id,
-                                                          task.kind, task.command, dict(task.env),
-                                                          owner.logical_date))
+                            assignments.append(Assignment.of(owner, task, cmd.attempt))
         # (in the order things happened: what ran, by its end; then what never ran, which a
         # branch, a short circuit or a failure upstream decided)
         for outcome in sorted(ended, key=lambda o: (o.attempt == 0, o.ended_at or 0.0)):
             told.add((outcome.task_id, outcome.attempt, outcome.state))
             if on_task_done is not None:
                 on_task_done(outcome)
-        for stop in stops:
-            worker.cancel(stop.run_id, stop.why, {(stop.task_id, stop.attempt)})
+        _stop_taken(worker, stops)
         if run is None or (only_task and _one_try_over(local, run_id, only_task)):
             return
         for a in assignments:

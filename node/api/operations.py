@@ -34,10 +34,9 @@ from typing import Callable, Iterator, Sequence, TypeVar
 from ..core import checks, commands as c, handlers_dags, variables
 from ..core.limits import clip, parse_json
 from ..core.model import CLIENT, FILE_ADMIN, MAX_TOKENS, DagRecord, Role, Run, TaskInstance
-from ..core.params import conf_error as param_conf_error
 from ..core.requests import part_request_id
 from ..core.result import Code, Rejected, Result
-from ..core.run_ids import manual_run_id
+from ..core.run_ids import manual_run
 from ..core.schedule import iso
 from ..core.spec import DagSpec, SpecError, normalise_instant
 from ..core.states import RunState, TaskState
@@ -326,18 +325,10 @@ class Operations:
                 raise errors.Invalid(error)
             with self.replica.lock:
                 spec = self.record(dag_id).latest.spec
-            error = param_conf_error(spec.param_schemas, spec.params, conf)
-            if error:
-                raise errors.Invalid(f"DAG {dag_id!r}: {error}")
-            now = self.clock()
             try:
-                logical = normalise_instant(logical_date, "logical_date") if logical_date else views.iso(now)
-            except SpecError as e:
+                return manual_run(spec, conf, logical_date, self.clock(), run_id)
+            except ValueError as e:
                 raise errors.Invalid(str(e)) from None
-            return c.CreateRun(
-                run_id=run_id or manual_run_id(dag_id, logical), dag_id=dag_id, logical_date=logical,
-                data_interval_start=logical, data_interval_end=logical, trigger="manual", conf=conf, at=now,
-            )
         result = self._write(request_id, c.CreateRun, build)
         run_id = result.value["run_id"]
         with self.replica.lock:     # (the run and the DAG as this replica has them, just after the commit)

@@ -270,7 +270,7 @@ def task_finished(state: State, cmd: c.TaskFinished) -> Result:
     report, how = cmd, f"attempt {cmd.attempt} exit {cmd.exit_code}"
     # Variables the callable set that the cluster cannot hold fail the attempt (its retries
     # apply) and are not set: the callable was told nothing at the time it set them.
-    error = variables.changes_error(state, changes) if changes else None
+    error = variables.check_all(state, changes) if changes else None
     if error:
         failing = 1 if cmd.exit_code == 0 or task_kind.skipped_by(spec, cmd.exit_code) else cmd.exit_code
         changes, how = {}, f"{how}: {error}"

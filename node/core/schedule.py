@@ -35,7 +35,8 @@ _CACHE = 65_536
 
 
 @functools.lru_cache(maxsize=_CACHE)
-def _next_after(cron: str, timezone_name: str, tick: float) -> float:
+def tick_after(cron: str, timezone_name: str, tick: float) -> float:
+    """The schedule's first tick after `tick` (its end_date aside)."""
     tz = zoneinfo.ZoneInfo(timezone_name)
     wall = datetime.fromtimestamp(tick, tz).replace(tzinfo=None)
     it = _croniter(cron, timezone_name, tick)
@@ -43,11 +44,6 @@ def _next_after(cron: str, timezone_name: str, tick: float) -> float:
     while datetime.fromtimestamp(nxt, tz).replace(tzinfo=None) == wall:
         nxt = it.get_next(float)
     return nxt
-
-
-def tick_after(cron: str, timezone_name: str, tick: float) -> float:
-    """The schedule's first tick after `tick` (its end_date aside)."""
-    return _next_after(cron, timezone_name, tick)
 
 
 @functools.lru_cache(maxsize=_CACHE)
@@ -75,7 +71,7 @@ def next_tick_after(spec: DagSpec, tick: float) -> float | None:
     `tick`'s (a repeated local time fires once)."""
     if spec.cron is None:
         return None
-    return _bounded(spec, _next_after(spec.cron, spec.timezone, tick))
+    return _bounded(spec, tick_after(spec.cron, spec.timezone, tick))
 
 
 def latest_tick_at_or_before(spec: DagSpec, now: float) -> float | None:

@@ -25,6 +25,7 @@ from croniter import croniter
 from ..kinds import KINDS, InvalidArgs, TaskKind
 from .limits import CLIP_CHARS, JsonShapeError, check_json, check_text, clip
 from .names import (
+    CALLABLE_PATTERN,
     ID_PATTERN as ID_PATTERN,  # re-exported: the rule for names lives in names.py
     ID_RULE as ID_RULE,
 )
@@ -490,7 +491,6 @@ def _task_from_dict(raw: Any, where: str) -> TaskSpec:
 
 TASK_EVENTS = ("execute", "success", "failure", "retry")   # Airflow's on_<event>_callback of a task
 DAG_EVENTS = ("success", "failure")                        # ... and of a DAG
-CALLBACK_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _callbacks(raw: dict[str, Any], events: tuple[str, ...], where: str) -> dict[str, str]:
@@ -502,7 +502,7 @@ def _callbacks(raw: dict[str, Any], events: tuple[str, ...], where: str) -> dict
     for event, target in value.items():
         if event not in events:
             raise SpecError(f"{where}: unknown callback event {clip(event)}; known: {', '.join(events)}")
-        if not isinstance(target, str) or not CALLBACK_PATTERN.fullmatch(target):
+        if not isinstance(target, str) or not CALLABLE_PATTERN.fullmatch(target):
             raise SpecError(f"{where}: the {event} callback must be 'package.module:function', got {clip(target)}")
     return dict(value)
 

@@ -23,6 +23,7 @@ MAX_VARIABLES of them and MAX_TOTAL_BYTES of values in all (every attempt that u
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import commands as c
@@ -81,17 +82,21 @@ def _size(value: str) -> int:
     return len(value.encode("utf-8", errors="surrogatepass"))
 
 
-def check_all(state: State, changes: dict[str, str]) -> str | None:
-    """Why setting `changes` (key -> value) would break a rule or a bound, or None."""
+def check_all(state: State, changes: Mapping[str, str | None]) -> str | None:
+    """Why setting `changes` (key -> value; None deletes the key) would break a rule or a
+    bound, or None."""
     for key, value in changes.items():
-        error = key_error(key) or value_error(key, value)
+        error = key_error(key) or (value_error(key, value) if value is not None else None)
         if error:
             return error
-    count = len(state.variables) + sum(1 for k in changes if k not in state.variables)
+    deleted = [k for k, v in changes.items() if v is None and k in state.variables]
+    count = (len(state.variables) - len(deleted)
+             + sum(1 for k, v in changes.items() if v is not None and k not in state.variables))
     if count > MAX_VARIABLES:
         return (f"the cluster would hold {count} variables; the limit is {MAX_VARIABLES} "
                 "(`raftflow variables delete KEY` removes unused ones)")
-    total = state.variable_bytes + sum(_size(v) - _size(state.variables.get(k, "")) for k, v in changes.items())
+    total = (state.variable_bytes - sum(_size(state.variables[k]) for k in deleted)
+             + sum(_size(v) - _size(state.variables.get(k, "")) for k, v in changes.items() if v is not None))
     if total > MAX_TOTAL_BYTES:
         return f"the variables' values would take {total} bytes in all; the limit is {MAX_TOTAL_BYTES}"
     return None
@@ -102,8 +107,7 @@ def task_changes(text: str) -> tuple[dict[str, str | None], str]:
     why they are malformed or ''). The form only: whether they fit is `changes_error`'s."""
     if not text:
         return {}, ""
-    too_long = CHANGES_TEXT_LIMIT
-    if not isinstance(text, str) or len(text.encode("utf-8", "replace")) > too_long:
+    if not isinstance(text, str) or len(text.encode("utf-8", "replace")) > CHANGES_TEXT_LIMIT:
         return {}, f"a task sets at most {MAX_TASK_CHANGE_BYTES} bytes of variables"
     try:
         changes = parse_json(text, "the variables a task set")
@@ -122,27 +126,16 @@ def task_changes(text: str) -> tuple[dict[str, str | None], str]:
     return changes, ""
 
 
-def changes_error(state: State, changes: dict[str, str | None]) -> str | None:
-    """Why the cluster cannot take these changes now (its bounds), or None."""
-    sets = {k: v for k, v in changes.items() if v is not None}
-    deleted = [k for k, v in changes.items() if v is None and k in state.variables]
-    count = len(state.variables) - len(deleted) + sum(1 for k in sets if k not in state.variables)
-    if count > MAX_VARIABLES:
-        return (f"Variable.set would make the cluster hold {count} variables; the limit is {MAX_VARIABLES} "
-                "(`raftflow variables delete KEY` removes unused ones)")
-    total = (state.variable_bytes - sum(_size(state.variables[k]) for k in deleted)
-             + sum(_size(v) - _size(state.variables.get(k, "")) for k, v in sets.items()))
-    if total > MAX_TOTAL_BYTES:
-        return f"Variable.set would make the variables' values {total} bytes in all; the limit is {MAX_TOTAL_BYTES}"
-    return None
-
-
 def apply_changes(state: State, changes: dict[str, str | None]) -> None:
-    """Set and delete (checked by task_changes and changes_error first)."""
+    """Set and delete (checked by task_changes and check_all first)."""
     _set(state, {k: v for k, v in changes.items() if v is not None})
     for key in (k for k, v in changes.items() if v is None and k in state.variables):
-        state.variable_bytes -= _size(state.variables.pop(key))
-        state.touched.add(variable_key(key))
+        _delete(state, key)
+
+
+def _delete(state: State, key: str) -> None:
+    state.variable_bytes -= _size(state.variables.pop(key))
+    state.touched.add(variable_key(key))
 
 
 def _set(state: State, changes: dict[str, str]) -> None:
@@ -164,8 +157,7 @@ def set_variable(state: State, cmd: c.SetVariable) -> Result:
 def delete_variable(state: State, cmd: c.DeleteVariable) -> Result:
     if cmd.key not in state.variables:
         return reject(Code.NOT_FOUND, f"no variable {clip(cmd.key)}; `raftflow variables list` shows them")
-    state.variable_bytes -= _size(state.variables.pop(cmd.key))
-    state.touched.add(variable_key(cmd.key))
+    _delete(state, cmd.key)
     return Result(value={"key": cmd.key})
 
 

@@ -47,6 +47,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..core.names import CALLABLE_PATTERN
 from ..worker.pyrunner import DAG_FILE_MODULE, EXIT_FAILED_NO_RETRY, EXIT_SKIPPED  # (the runner's own)
 from ..worker.taskvars import VARIABLES_FILE
 from ..worker.xcom import XCOM_FILE
@@ -60,7 +61,6 @@ KWARGS_FILE = "python-op-kwargs.json"
 ARGS_FILE = "python-op-args.json"
 DAG_FILE = "python-dag-file.py"
 MODULES_FILE = "python-dag-modules.json"   # the modules of the DAG's folder it imports (DagSpec.modules)
-CALLABLE_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*")
 
 
 class Python(TaskKind):

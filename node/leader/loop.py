@@ -152,8 +152,7 @@ class Dispatcher:
             if run is None or ti is None or ti.state is not TaskState.ASSIGNED or ti.node is None:
                 return None
             task = self._replica.state.dag_spec(run).task(task_id)
-            return ti.node, Assignment(run_id, task_id, ti.attempt, run.dag_id, task.kind, task.command,
-                                       dict(task.env), run.logical_date)
+            return ti.node, Assignment.of(run, task, ti.attempt)
 
     def dispatch(self, run_id: str, task_id: str) -> None:
         found = self.assignment(run_id, task_id)
@@ -179,8 +178,7 @@ class Dispatcher:
                 if run is None or cmd.task_id not in run.tasks:
                     continue
                 task = state.dag_spec(run).task(cmd.task_id)
-                built.append((cmd.node, Assignment(cmd.run_id, cmd.task_id, cmd.attempt, run.dag_id, task.kind,
-                                                   task.command, dict(task.env), run.logical_date)))
+                built.append((cmd.node, Assignment.of(run, task, cmd.attempt)))
         now = self._monotonic()
         for node, a in built:
             self._sent[a.key] = now

@@ -65,7 +65,7 @@ def function_source(function: Any) -> str:
 def venv_key(requirements: list[str], system_site_packages: bool, python_version: str | None,
              base: str = "") -> str:
     """The environment's name: its requirements, site packages, version and the interpreter
-    it is made from (its real path and version: an upgraded Python gets new ones)."""
+    it is made from (its real path and its file's time: an upgraded Python gets a new one)."""
     real = os.path.realpath(base) if base else ""
     try:
         stamp = os.stat(real).st_mtime_ns if real else 0
@@ -78,9 +78,7 @@ def venv_key(requirements: list[str], system_site_packages: bool, python_version
 def base_interpreter(python_version: str | None) -> str:
     """The interpreter a venv is made from: python_version's (`python3.11` on PATH), or
     the one running raftflow."""
-    if not python_version:
-        return sys.executable
-    if python_version == f"{sys.version_info.major}.{sys.version_info.minor}":
+    if not python_version or python_version == f"{sys.version_info.major}.{sys.version_info.minor}":
         return sys.executable
     found = shutil.which(f"python{python_version}")
     if found is None:
@@ -129,9 +127,10 @@ def _build(root: Path, base: str, requirements: list[str], system_site_packages:
 
 
 def _step(argv: list[str], what: str, root: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}   # (the node's paths:
+    # (without the node's paths: pip would take their packages as installed, and leave them out)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, errors="replace", env=env)   # pip would take their packages as installed)
+                          text=True, errors="replace", env=env)
     sys.stdout.write(proc.stdout)
     sys.stdout.flush()
     if proc.returncode != 0:

@@ -130,6 +130,12 @@ class Assignment:
     def key(self) -> tuple[str, str, int]:
         return (self.run_id, self.task_id, self.attempt)
 
+    @staticmethod
+    def of(run: Run, task: TaskSpec, attempt: int) -> "Assignment":
+        """Attempt `attempt` of `task` (its spec in the run's DAG version) of `run`."""
+        return Assignment(run.run_id, task.task_id, attempt, run.dag_id, task.kind, task.command, dict(task.env),
+                          run.logical_date)
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptSetup:
@@ -163,7 +169,7 @@ def attempt_setup(state: State, run: Run, spec: DagSpec, task: TaskSpec, attempt
     owner = run.tasks.get(parsed[0]) if parsed is not None and parsed[0] else None
     context = template_context(
         run, spec, owner.task_id if owner is not None else task.task_id,
-        parsed[2] if owner is not None and parsed is not None else attempt, node_id,
+        parsed[2] if parsed is not None and owner is not None else attempt, node_id,
         variables=state.variables if kind(task.kind).reads_variables or uses_variables(*templates) else None,
         connections={conn.name: {"conn_type": "ssh", "host": conn.host, "port": conn.port, "login": conn.user,
                                  "schema": ""} for conn in connections},
@@ -1011,7 +1017,7 @@ def _read_xcoms(path: Path, pushed_by_templates: dict[str, Any]) -> tuple[str, s
 def _read_variable_changes(path: Path) -> tuple[str, str]:
     """(the JSON object of the Variables a python callable set and deleted, or '', a
     problem to fail the attempt with or ''): checked here as the cluster will check it."""
-    data, size, problem = _read_bounded(path, CHANGES_TEXT_LIMIT)
+    data, _size, problem = _read_bounded(path, CHANGES_TEXT_LIMIT)   # (past the limit: task_changes says so)
     if problem:
         return "", f"the variables the task set {problem}"
     if data is None or not data.strip():

@@ -752,7 +752,7 @@ def test_cron_steps_from_the_cache_are_croniters() -> None:
     from raftflow.core.spec import DagSpec
 
     spec = DagSpec.from_dict(dag_dict("s", [task("t")], schedule="*/5 * * * *", start_date=iso(T0)))
-    schedule._next_after.cache_clear()
+    schedule.tick_after.cache_clear()
     schedule._prev_before.cache_clear()
     for t in (T0 + 1, T0 + 299.5, T0 + 7 * 86400 + 1):
         start = datetime.fromtimestamp(t, timezone.utc)
@@ -761,4 +761,4 @@ def test_cron_steps_from_the_cache_are_croniters() -> None:
         for _ in range(2):
             assert schedule.next_tick_after(spec, t) == direct_next
             assert schedule.previous_tick(spec, t) == direct_prev
-    assert schedule._next_after.cache_info().hits == 3 and schedule._prev_before.cache_info().hits == 3
+    assert schedule.tick_after.cache_info().hits == 3 and schedule._prev_before.cache_info().hits == 3
