@@ -94,7 +94,8 @@ class DAG:
         self.doc_md = doc_md
         self.on_success_callback = on_success_callback
         self.on_failure_callback = on_failure_callback
-        self.callbacks = callbacks_spec(dag_id, {"success": on_success_callback, "failure": on_failure_callback})
+        self.callbacks = callbacks_spec(f"DAG {dag_id!r}", {"success": on_success_callback,
+                                                            "failure": on_failure_callback})
         self.modules: dict[str, str] = {}   # (the loader adds the DAG folder's modules the file imports)
         self.tasks: list[BaseTask] = []
         _created.append(self)
@@ -158,7 +159,7 @@ def callbacks_spec(owner: str, given: dict[str, Any]) -> dict[str, str]:
             name = getattr(first, "__name__", "")
             out[event] = f"__dag_file__:{name if name.isidentifier() else 'callback'}"
         else:
-            raise TypeError(f"{owner!r}: on_{event}_callback must be a function, a list of functions or "
+            raise TypeError(f"{owner}: on_{event}_callback must be a function, a list of functions or "
                             f"'package.module:function', got {type(value).__name__}")
     return out
 
@@ -179,8 +180,9 @@ class BaseTask:
         self.task_id = task_id
         self.on_execute_callback, self.on_success_callback = on_execute_callback, on_success_callback
         self.on_failure_callback, self.on_retry_callback = on_failure_callback, on_retry_callback
-        self.callbacks = callbacks_spec(task_id, {"execute": on_execute_callback, "success": on_success_callback,
-                                                  "failure": on_failure_callback, "retry": on_retry_callback})
+        self.callbacks = callbacks_spec(f"task {task_id!r}", {
+            "execute": on_execute_callback, "success": on_success_callback, "failure": on_failure_callback,
+            "retry": on_retry_callback})
         self.dag = dag or (_context[-1] if _context else None)
         if self.dag is None:
             raise RuntimeError(f"task {task_id!r} is not in a DAG: create it inside `with DAG(...):` or pass dag=")

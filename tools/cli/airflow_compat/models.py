@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable
 
+from raftflow.authoring import callbacks_spec
 from raftflow.worker import taskvars
 from raftflow.worker.pyrunner import RESULT_REF
 
@@ -151,7 +152,7 @@ class Variable:
             **_: Any) -> Any:
         if default_var is _UNSET:   # (Airflow 3's SDK calls it `default`)
             default_var = default
-        if _in_task():
+        if taskvars.in_task():
             if default_var is _UNSET:
                 return taskvars.get(key, deserialize_json=deserialize_json)
             return taskvars.get(key, default_var, deserialize_json)
@@ -162,22 +163,17 @@ class Variable:
 
     @staticmethod
     def set(key: str, value: Any, serialize_json: bool = False, **_: Any) -> None:
-        if _in_task():
+        if taskvars.in_task():
             return taskvars.set(key, value, serialize_json)
         raise UnsupportedFeature(f"Variable.set({key!r}) while the DAG file loads: set it with "
                                  f"`raftflow variables set {key} VALUE`, or in a task's callable")
 
     @staticmethod
     def delete(key: str, **_: Any) -> int:
-        if _in_task():
+        if taskvars.in_task():
             return taskvars.delete(key)
         raise UnsupportedFeature(f"Variable.delete({key!r}) while the DAG file loads: delete it with "
                                  f"`raftflow variables delete {key}`, or in a task's callable")
-
-
-def _in_task() -> bool:
-    """Whether this is a python task's process with its Variables (worker/pyrunner.py)."""
-    return taskvars.in_task()
 
 
 class XComArg:
@@ -368,8 +364,8 @@ class DAG:
                 spec["params"][name] = value
         if self.doc_md:
             spec["doc_md"] = str(self.doc_md)
-        dag_callbacks = callbacks_spec({"success": self.on_success_callback, "failure": self.on_failure_callback},
-                                       f"DAG {self.dag_id!r}")
+        dag_callbacks = callbacks_spec(f"DAG {self.dag_id!r}", {"success": self.on_success_callback,
+                                                                "failure": self.on_failure_callback})
         if dag_callbacks:
             spec["callbacks"] = dag_callbacks
         return spec
@@ -809,9 +805,9 @@ class BaseOperator:
             spec["group"] = self.task_group.path
         if self.doc_md:
             spec["doc_md"] = str(self.doc_md)
-        task_callbacks = callbacks_spec({event: self.args.get(f"on_{event}_callback")
-                                         for event in ("execute", "success", "failure", "retry")},
-                                        f"task {self.task_id!r}")
+        task_callbacks = callbacks_spec(f"task {self.task_id!r}", {event: self.args.get(f"on_{event}_callback")
+                                                                   for event in ("execute", "success", "failure",
+                                                                                 "retry")})
         if task_callbacks:
             spec["callbacks"] = task_callbacks
         spec.update(self.kind_fields())
@@ -909,22 +905,6 @@ def json_value(value: Any, what: str, owner: BaseOperator) -> Any:
         return None
 
 
-
-
-def callbacks_spec(given: dict[str, Any], where: str) -> dict[str, str]:
-    """{event: callable name} of the callbacks given (a function or a list of them; the
-    task's process takes the functions from the DAG file, so any function works)."""
-    out = {}
-    for event, value in given.items():
-        if value is None or value == []:
-            continue
-        first = value[0] if isinstance(value, (list, tuple)) and value else value
-        if not callable(first):
-            raise TypeError(f"{where}: on_{event}_callback must be a function or a list of functions, "
-                            f"got {type(first).__name__}")
-        name = getattr(first, "__name__", "")
-        out[event] = f"__dag_file__:{name if name.isidentifier() else 'callback'}"
-    return out
 
 
 def arguments_json(value: Any, what: str, owner: "BaseOperator") -> Any:
