@@ -259,8 +259,9 @@ def _drive(local: _Local, worker: Worker, node: NodeInfo, run_id: str, store: Lo
             run = state.active.get(run_id)
             applied = state.applied
             if run is not None:
-                commands = [cmd for cmd in plan(state, now(), [node])   # (a run a trigger_dagrun task
-                            if not isinstance(cmd, (c.CreateRun, c.Backfill))]   # made is run too)
+                # (the schedule creates no run here: see the module doc)
+                commands = [cmd for cmd in plan(state, now(), [node])
+                            if not isinstance(cmd, (c.CreateRun, c.CreateScheduledRuns, c.Backfill))]
                 if commands:
                     applied_batch = state.apply(c.Batch(tuple(commands)))
                     results = applied_batch.value or []

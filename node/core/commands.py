@@ -102,6 +102,22 @@ class CreateRun(Command):
 
 
 @dataclass(frozen=True, slots=True)
+class CreateScheduledRuns(Command):
+    """Create the runs of one schedule tick for many DAGs: each DAG's run at
+    `logical_date` with the data interval [start, end], id scheduled_run_id(dag_id,
+    logical_date), no conf; each DAG's cursor moves past the tick. What the leader's plan
+    proposes for the DAGs a tick makes due (one CreateRun each cost ~300 bytes of log and a
+    full check per run; 10,000 DAGs at one tick were seconds of every replica's CPU).
+    Applied DAG by DAG: one that cannot get its run is refused alone."""
+    TYPE: ClassVar[str] = "create_scheduled_runs"
+    logical_date: str          # ISO-8601 UTC
+    data_interval_start: str
+    data_interval_end: str
+    dag_ids: tuple[str, ...]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
 class Backfill(Command):
     """Create the runs of every schedule tick in [start, end] (ISO-8601) that has no run
     yet; they start like any run, within max_active_runs."""
@@ -415,8 +431,8 @@ class Undecodable(Command):
 
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.TYPE: cls
-    for cls in (Barrier, SubmitDag, SetPaused, SetPool, NoteWaiting, SkipTicks, CreateRun, Backfill, StartRun,
-                FinishRun, QueueTask,
+    for cls in (Barrier, SubmitDag, SetPaused, SetPool, NoteWaiting, SkipTicks, CreateRun, CreateScheduledRuns,
+                Backfill, StartRun, FinishRun, QueueTask,
                 FailUpstream, SkipTask, AssignTask, TaskStarted, TaskFinished, CompleteEmpty, QueueDagCallback,
                 CancelRun, ClearTasks,
                 MarkTask, DeleteDag, LoseAttempt,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import checks, commands as c
 from .digest import version_key
@@ -143,30 +143,87 @@ def create_run(state: State, cmd: c.CreateRun) -> Result:
         end = normalise_instant(cmd.data_interval_end, "data_interval_end")
     except SpecError as e:
         return reject(Code.INVALID, str(e))
-    version = record.latest
-    backfilled = backfill_run_id(cmd.dag_id, logical)
-    ran_already = cmd.trigger == "schedule" and backfilled in state.run_index
-    if not ran_already and cmd.trigger != "schedule":
-        queued = queued_runs(state, cmd.dag_id)
-        if queued >= version.spec.max_queued_runs:
-            return reject(Code.CONFLICT, f"DAG {cmd.dag_id!r} already has {queued} queued runs, its "
-                                         f"max_queued_runs; wait for them to start, or cancel some")
-    if not ran_already:
-        run = Run(cmd.run_id, cmd.dag_id, version.version, logical, start, end, cmd.trigger,
-                  cmd.conf, RunState.QUEUED, cmd.at)
-        run.tasks = {t.task_id: TaskInstance(t.task_id) for t in version.spec.tasks}
-        run.triggered_by = SCHEDULER if cmd.trigger == "schedule" else asked_by(state.stimulus.proposer)
-        state.active[run.run_id] = run
-        state.run_index[run.run_id] = run.dag_id
-        state.runs_by_dag.setdefault(run.dag_id, {})[run.run_id] = None
-        state.history_changes += 1
-    if cmd.trigger == "schedule":   # (a tick a backfill already ran only moves the cursor)
-        tick = _epoch(logical)
-        if record.last_scheduled_tick is None or tick > record.last_scheduled_tick:
-            record.last_scheduled_tick = tick
-        if record.next_tick_at is not None and tick >= record.next_tick_at:
-            record.next_tick_at = next_tick_after(version.spec, tick)
-    return Result(value={"run_id": backfilled if ran_already else cmd.run_id})
+    if cmd.trigger == "schedule":
+        return Result(value={"run_id": _create_scheduled(state, record, cmd.run_id, logical, start, end, cmd.at)})
+    queued = queued_runs(state, cmd.dag_id)
+    if queued >= record.latest.spec.max_queued_runs:
+        return reject(Code.CONFLICT, f"DAG {cmd.dag_id!r} already has {queued} queued runs, its "
+                                     f"max_queued_runs; wait for them to start, or cancel some")
+    _add_run(state, cmd.run_id, record.latest, logical, start, end, cmd.trigger, cmd.conf, cmd.at,
+             asked_by(state.stimulus.proposer))
+    return Result(value={"run_id": cmd.run_id})
+
+
+# The most DAGs one CreateScheduledRuns may name (the leader's plan takes at most
+# planner.MAX_DUE_DAGS_PER_PLAN due DAGs): its apply is O(this), whatever the state.
+MAX_SCHEDULED_RUNS_PER_COMMAND = 10_000
+
+
+def create_scheduled_runs(state: State, cmd: c.CreateScheduledRuns) -> Result:
+    """Value: {"created": [run_id...] (for a tick a backfill already ran, the backfill's
+    run), "refused": [[dag_id, reason]...]}. Rejected (changing nothing) when no DAG got
+    its run: a re-proposed tick is a conflict, as a CreateRun's is."""
+    if len(cmd.dag_ids) > MAX_SCHEDULED_RUNS_PER_COMMAND:
+        return reject(Code.INVALID, f"{len(cmd.dag_ids)} DAGs in one create_scheduled_runs; "
+                                    f"at most {MAX_SCHEDULED_RUNS_PER_COMMAND}")
+    try:   # (checked once for every DAG)
+        logical = normalise_instant(cmd.logical_date, "logical_date")
+        start = normalise_instant(cmd.data_interval_start, "data_interval_start")
+        end = normalise_instant(cmd.data_interval_end, "data_interval_end")
+    except SpecError as e:
+        return reject(Code.INVALID, str(e))
+    created: list[str] = []
+    refused: list[tuple[str, Code, str]] = []
+    for dag_id in cmd.dag_ids:
+        record = state.dags.get(dag_id)
+        if record is None:
+            refused.append((dag_id, Code.NOT_FOUND, f"no DAG {dag_id!r}"))
+            continue
+        run_id = scheduled_run_id(dag_id, logical)
+        error = checks.run_id_error(run_id)
+        if error is None and record.latest.spec.param_schemas:
+            error = param_conf_error(record.latest.spec.param_schemas, record.latest.spec.params, {})
+        if error is not None:
+            refused.append((dag_id, Code.INVALID, f"DAG {dag_id!r}: {error}"))
+        elif run_id in state.run_index:
+            refused.append((dag_id, Code.CONFLICT, f"run {run_id!r} already exists"))
+        else:
+            created.append(_create_scheduled(state, record, run_id, logical, start, end, cmd.at))
+    if refused and not created:
+        more = f" (and {len(refused) - 1} more DAGs)" if len(refused) > 1 else ""
+        return reject(refused[0][1], f"{refused[0][2]}{more}")
+    return Result(value={"created": created, "refused": [[dag_id, reason] for dag_id, _, reason in refused]})
+
+
+def _create_scheduled(state: State, record: DagRecord, run_id: str, logical: str, start: str, end: str,
+                      at: float) -> str:
+    """Create the DAG's scheduled run `run_id` (checked free) of the tick `logical`
+    (normalised) unless a backfill already ran that tick, and move the DAG's cursor past
+    the tick either way. Returns the id of the tick's run."""
+    backfilled = backfill_run_id(record.dag_id, logical)
+    if backfilled in state.run_index:
+        run_id = backfilled
+    else:
+        _add_run(state, run_id, record.latest, logical, start, end, "schedule", {}, at, SCHEDULER)
+    tick = _epoch(logical)
+    if record.last_scheduled_tick is None or tick > record.last_scheduled_tick:
+        record.last_scheduled_tick = tick
+    if record.next_tick_at is not None and tick >= record.next_tick_at:
+        record.next_tick_at = next_tick_after(record.latest.spec, tick)
+    return run_id
+
+
+def _add_run(state: State, run_id: str, version: DagVersion, logical: str, start: str, end: str, trigger: str,
+             conf: dict[str, Any], at: float, triggered_by: str) -> None:
+    """A new queued run of `version`, every task instance as created; indexed."""
+    dag_id = version.spec.dag_id
+    run = Run(run_id, dag_id, version.version, logical, start, end, trigger, conf, RunState.QUEUED, at)
+    run.tasks = {t.task_id: TaskInstance(t.task_id) for t in version.spec.tasks}
+    run.triggered_by = triggered_by
+    state.active[run_id] = run
+    state.run_index[run_id] = dag_id
+    state.runs_by_dag.setdefault(dag_id, {})[run_id] = None
+    state.history_changes += 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,18 +288,12 @@ def backfill(state: State, cmd: c.Backfill) -> Result:
     record = state.dags.get(cmd.dag_id)
     if record is None:
         return reject(Code.NOT_FOUND, f"no DAG {cmd.dag_id!r}")
-    spec, version = record.latest.spec, record.latest.version
+    spec = record.latest.spec
     plan = plan_backfill(state, spec, backfill_ticks(spec, cmd.start, cmd.end, cmd.at))
     created = []
     for tick, when, run_id in plan.missing:
-        run = Run(run_id, cmd.dag_id, version, when, _iso(previous_tick(spec, tick)), when,
-                  "backfill", {}, RunState.QUEUED, cmd.at)
-        run.tasks = {t.task_id: TaskInstance(t.task_id) for t in spec.tasks}
-        run.triggered_by = asked_by(state.stimulus.proposer)
-        state.active[run_id] = run
-        state.run_index[run_id] = cmd.dag_id
-        state.runs_by_dag.setdefault(cmd.dag_id, {})[run_id] = None
-        state.history_changes += 1
+        _add_run(state, run_id, record.latest, when, _iso(previous_tick(spec, tick)), when, "backfill", {}, cmd.at,
+                 asked_by(state.stimulus.proposer))
         created.append(run_id)
     return Result(value={"created": created, "existing": plan.existing})
 

@@ -56,6 +56,7 @@ HANDLERS: dict[type[c.Command], Handler] = {
     c.SetPool: dags.set_pool,
     c.SkipTicks: dags.skip_ticks,
     c.CreateRun: dags.create_run,
+    c.CreateScheduledRuns: dags.create_scheduled_runs,
     c.Backfill: dags.backfill,
     c.DeleteDag: dags.delete_dag,
     c.PruneRuns: dags.prune_runs,
@@ -282,8 +283,13 @@ class State:
             touched.add(_digest.pool_key(command.name))
         if isinstance(command, (c.CreateToken, c.RevokeToken)) and isinstance(command.name, str):
             touched.add(_digest.token_key(command.name))
-        if isinstance(command, c.Backfill) and result is not None and isinstance(result.value, dict):
+        if isinstance(command, (c.Backfill, c.CreateScheduledRuns)) and result is not None \
+                and isinstance(result.value, dict):
             touched.update(_digest.run_key(r) for r in result.value.get("created", ()))
+        if isinstance(command, c.CreateScheduledRuns):
+            for dag_id in command.dag_ids:
+                if dag_id in self.dags:
+                    _digest.touch_dag(self, dag_id)
         for key in touched:
             _digest.touch(self, key)
 

@@ -96,6 +96,10 @@ def ensure_venv(cache: Path, requirements: list[str], system_site_packages: bool
     key = venv_key(requirements, system_site_packages, python_version, base)
     root = cache / key
     python = root / "bin" / "python"
+    label = ', '.join(requirements) or 'no requirements'
+    if (root / READY).exists():   # (built: no lock, so attempts starting together never queue on it)
+        print(f"raftflow: reusing virtual environment {key} ({label})", flush=True)
+        return python
     with open(cache / f"{key}.lock", "w") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -104,8 +108,7 @@ def ensure_venv(cache: Path, requirements: list[str], system_site_packages: bool
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if (root / READY).exists():
-                print(f"raftflow: reusing virtual environment {key} ({', '.join(requirements) or 'no requirements'})",
-                      flush=True)
+                print(f"raftflow: reusing virtual environment {key} ({label})", flush=True)
             else:
                 _build(root, base, requirements, system_site_packages)
             return python

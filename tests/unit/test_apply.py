@@ -577,6 +577,7 @@ ALL_COMMANDS = [
     c.SubmitDag(diamond(), "src", "diamond.py", T0),
     c.SetPaused("d", True, T0),
     c.SkipTicks("d", T0 + 300.0, T0),
+    c.CreateScheduledRuns(iso(T0), iso(T0 - 300), iso(T0), ("d", "e"), T0),
     c.Backfill("d", iso(T0 - 86400), iso(T0), T0),
     c.SetPool("warehouse", 4, T0),
     c.NoteWaiting("m1", "a", "waiting: pool full", T0),

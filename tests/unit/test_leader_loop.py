@@ -15,7 +15,7 @@ from raftflow.core.effects import ReleasedAttempts
 from raftflow.core.model import TaskInstance
 from raftflow.core.result import Code
 from raftflow.core.states import RunState, TaskState
-from raftflow.leader.loop import DISPATCH_RETRY, IDLE_WAIT, MAX_BATCH, QUIET_WAIT, REDISPATCH_AFTER, TICK_SLACK
+from raftflow.leader.loop import DISPATCH_RETRY, IDLE_WAIT, QUIET_WAIT, REDISPATCH_AFTER, TICK_SLACK
 from raftflow.raft.memory import MemoryCluster
 from raftflow.store.local import LocalStore
 from raftflow.worker.worker import Assignment, Worker
@@ -354,9 +354,10 @@ def test_a_dispatch_that_did_not_reach_its_node_is_sent_again_soon_a_refused_one
     wait_for(lambda: len(tries) == 3, 5, "the refused dispatch sent again REDISPATCH_AFTER later")
 
 
-def test_a_plan_of_many_commands_goes_to_the_log_in_bounded_batches() -> None:
-    """1,200 DAGs due at one tick: their CreateRuns commit in entries of at most MAX_BATCH
-    commands (one entry of 1,200 would hold every node's Raft thread while it applies)."""
+def test_a_ticks_runs_of_many_dags_go_to_the_log_as_one_small_command() -> None:
+    """Issue 16: 1,200 DAGs due at one tick: one plan asks only for their runs (the
+    plan's creation-first), one CreateScheduledRuns of ~16 bytes a run (a CreateRun each
+    was ~300 bytes a run and a full check each on every replica)."""
     cluster, clock = MemoryCluster(), Clock(wall=T0 + 60 - 0.25)
     n1 = LeaderSide(cluster, "n1", clock)
     cluster.elect("n1")
@@ -369,9 +370,8 @@ def test_a_plan_of_many_commands_goes_to_the_log_in_bounded_batches() -> None:
     before = len(cluster.log)
     clock.advance(0.25 + TICK_SLACK)
     n1.loop.step()
-    n1.loop.step()       # (a plan takes at most MAX_DUE_DAGS_PER_PLAN due DAGs: the next one the rest)
     entries = [entry.command for entry in cluster.log[before:]]
-    sizes = [len(cmd.commands) for cmd in entries if isinstance(cmd, c.Batch)]
-    created = sum(isinstance(sub, c.CreateRun) for cmd in entries if isinstance(cmd, c.Batch) for sub in cmd.commands)
-    assert created == 1200 and max(sizes) <= MAX_BATCH and len(sizes) >= 1200 // MAX_BATCH, sizes
+    assert [type(sub) for cmd in entries for sub in cmd.commands] == [c.CreateScheduledRuns], entries
+    create = entries[0].commands[0]
+    assert len(create.dag_ids) == 1200 and len(c.encode_payload(create)) < 1200 * 16
     assert len(n1.replica.state.active) == 1200

@@ -7,8 +7,9 @@ import math
 from core_support import HOUR, MINUTE, T0, World, dag_dict, diamond, epoch, fingerprint, iso, nodes, of_type, task
 from raftflow.core import commands as c
 from raftflow.core.effects import DropRunLogs
-from raftflow.core.planner import MAX_CATCHUP_RUNS_PER_PLAN, NodeInfo, PlanMemo, plan, scheduled_run_id
+from raftflow.core.planner import MAX_CATCHUP_RUNS_PER_PLAN, NodeInfo, PlanMemo, plan
 from raftflow.core.result import Code
+from raftflow.core.run_ids import scheduled_run_id
 from raftflow.core.states import RunState, TaskState
 
 S = TaskState
@@ -25,8 +26,14 @@ def queued(cmds: list[c.Command]) -> list[str]:
     return [q.task_id for q in of_type(cmds, c.QueueTask)]
 
 
+def creations(cmds: list[c.Command]) -> list[tuple[str, str, str]]:
+    """(dag_id, logical date, data interval start) of every scheduled run a plan asks for."""
+    return [(dag_id, x.logical_date, x.data_interval_start)
+            for x in of_type(cmds, c.CreateScheduledRuns) for dag_id in x.dag_ids]
+
+
 def created(cmds: list[c.Command]) -> list[str]:
-    return [r.logical_date for r in of_type(cmds, c.CreateRun)]
+    return [logical for _dag_id, logical, _start in creations(cmds)]
 
 
 def finish_assigned(world: World, run_id: str, cmds: list[c.Command], exit_code: int = 0, at: float = T0) -> None:
@@ -266,19 +273,20 @@ def test_catchup_all_creates_every_missed_tick_in_bounded_batches(world):
     world.submit(every_5("all", T0 - 3 * HOUR), at=T0)
     expected = [iso(T0 - 3 * HOUR + i * 5 * MINUTE) for i in range(37)]  # 3 h of ticks, both ends included
 
-    first = of_type(plan(world.state, T0, []), c.CreateRun)
-    assert len(first) == MAX_CATCHUP_RUNS_PER_PLAN
+    first = plan(world.state, T0, [])
+    assert len(creations(first)) == MAX_CATCHUP_RUNS_PER_PLAN
+    assert all(isinstance(cmd, c.CreateScheduledRuns) and cmd.dag_ids == ("s5",) for cmd in first)
     world.apply(c.Batch(tuple(first)))
-    second = of_type(plan(world.state, T0, []), c.CreateRun)
+    second = plan(world.state, T0, [])
     world.apply(c.Batch(tuple(second)))
-    assert of_type(plan(world.state, T0, []), c.CreateRun) == []
+    assert created(plan(world.state, T0, [])) == []
 
-    runs = first + second
-    assert [r.logical_date for r in runs] == expected
-    for run in runs:
-        assert run.run_id == scheduled_run_id("s5", run.logical_date) == f"scheduled__s5__{run.logical_date}"
+    assert created(first + second) == expected
+    for logical in expected:
+        run = world.run(scheduled_run_id("s5", logical))
+        assert run.run_id == f"scheduled__s5__{logical}"
         assert run.trigger == "schedule" and run.dag_id == "s5" and run.conf == {}
-        assert run.data_interval_end == run.logical_date
+        assert run.data_interval_end == run.logical_date == logical
         assert epoch(run.data_interval_end) - epoch(run.data_interval_start) == 5 * MINUTE
     stored = world.run(f"scheduled__s5__{iso(T0)}")
     assert (stored.logical_date, stored.data_interval_start) == (iso(T0), iso(T0 - 5 * MINUTE))
@@ -291,18 +299,18 @@ def test_scheduled_runs_wait_while_the_dag_has_max_queued_runs_queued(world):
     once a queued run has left the queue."""
     world.submit(dag_dict("s5", [task("a")], schedule="*/5 * * * *", start_date=iso(T0 - 3 * HOUR),
                           catchup="all", max_active_runs=1, max_queued_runs=5), at=T0)
-    first = of_type(plan(world.state, T0, []), c.CreateRun)
-    assert [r.logical_date for r in first] == [iso(T0 - 3 * HOUR + i * 5 * MINUTE) for i in range(5)]
+    first = plan(world.state, T0, [])
+    assert created(first) == [iso(T0 - 3 * HOUR + i * 5 * MINUTE) for i in range(5)]
     world.apply(c.Batch(tuple(first)))
-    assert of_type(plan(world.state, T0, []), c.CreateRun) == []        # 5 queued: none more
-    world.apply(c.StartRun(first[0].run_id, T0))                          # one leaves the queue
-    again = of_type(plan(world.state, T0, []), c.CreateRun)
-    assert [r.logical_date for r in again] == [iso(T0 - 3 * HOUR + 5 * 5 * MINUTE)]
+    assert created(plan(world.state, T0, [])) == []        # 5 queued: none more
+    world.apply(c.StartRun(scheduled_run_id("s5", created(first)[0]), T0))   # one leaves the queue
+    again = plan(world.state, T0, [])
+    assert created(again) == [iso(T0 - 3 * HOUR + 5 * 5 * MINUTE)]
 
 
 def test_a_re_proposed_tick_creates_nothing_twice(world):
     world.submit(every_5("all", T0 - HOUR), at=T0)
-    creates = of_type(plan(world.state, T0, []), c.CreateRun)
+    creates = plan(world.state, T0, [])
     world.apply(c.Batch(tuple(creates)))
     runs_before = len(world.state.run_index)
     # A new leader with a stale view proposes the same ticks again: every one is a conflict.
@@ -310,6 +318,45 @@ def test_a_re_proposed_tick_creates_nothing_twice(world):
     assert {r.code for r in result.value} == {Code.CONFLICT}
     assert len(world.state.run_index) == runs_before == 13
     world.apply(creates[0], expect=Code.CONFLICT)
+
+
+def test_one_command_creates_a_ticks_runs_of_many_dags_each_refused_alone(world):
+    """Issue 16: the DAGs due at one tick share one CreateScheduledRuns; a DAG that cannot
+    get its run (deleted meanwhile, or its run exists) is refused without the others."""
+    for name in ("a", "b", "c"):
+        world.submit(dict(every_5("latest", T0 - HOUR), dag_id=name), at=T0 - HOUR)
+    cmds = plan(world.state, T0 + 1, [])
+    assert [(type(x), x.dag_ids, x.logical_date, x.data_interval_start) for x in cmds] == \
+        [(c.CreateScheduledRuns, ("a", "b", "c"), iso(T0), iso(T0 - 5 * MINUTE))]
+    world.apply(c.CreateRun(scheduled_run_id("b", iso(T0)), "b", iso(T0), iso(T0 - 5 * MINUTE), iso(T0),
+                            "schedule", {}, T0))
+    with_missing = c.CreateScheduledRuns(cmds[0].logical_date, cmds[0].data_interval_start,
+                                         cmds[0].data_interval_end, ("a", "b", "gone", "c"), T0 + 1)
+    result = world.apply(with_missing)
+    assert result.value == {"created": [scheduled_run_id("a", iso(T0)), scheduled_run_id("c", iso(T0))],
+                            "refused": [["b", f"run {scheduled_run_id('b', iso(T0))!r} already exists"],
+                                        ["gone", "no DAG 'gone'"]]}
+    for name in ("a", "b", "c"):
+        run = world.run(scheduled_run_id(name, iso(T0)))
+        assert (run.trigger, run.triggered_by, run.data_interval_start) == ("schedule", "scheduler",
+                                                                           iso(T0 - 5 * MINUTE))
+        assert world.state.dags[name].next_tick_at == T0 + 5 * MINUTE
+    world.state.validate()
+    again = world.apply(with_missing, expect=Code.CONFLICT)
+    assert "already exists (and 3 more DAGs)" in again.reason
+
+
+def test_a_create_scheduled_runs_is_bounded_and_its_instants_checked(world):
+    from raftflow.core.handlers_dags import MAX_SCHEDULED_RUNS_PER_COMMAND
+
+    world.submit(every_5("latest", T0 - HOUR), at=T0 - HOUR)
+    cursor = world.state.dags["s5"].next_tick_at
+    too_many = c.CreateScheduledRuns(iso(T0), iso(T0 - 5 * MINUTE), iso(T0),
+                                     ("s5",) * (MAX_SCHEDULED_RUNS_PER_COMMAND + 1), T0)
+    assert "at most" in world.apply(too_many, expect=Code.INVALID).reason
+    bad = c.CreateScheduledRuns("yesterday", iso(T0 - 5 * MINUTE), iso(T0), ("s5",), T0)
+    assert "logical_date" in world.apply(bad, expect=Code.INVALID).reason
+    assert not world.state.active and world.state.dags["s5"].next_tick_at == cursor
 
 
 def test_catchup_latest_creates_only_the_newest_missed_tick(world):
@@ -339,7 +386,7 @@ def test_downtime_latest_runs_the_newest_missed_tick_and_none_runs_none(world):
     assert sorted(created(world.tick(T0 + 1))) == [iso(T0), iso(T0)]
     back = T0 + 17 * MINUTE
     decisions = world.tick(back)
-    assert [(x.dag_id, x.logical_date) for x in of_type(decisions, c.CreateRun)] == [("s5", iso(T0 + 15 * MINUTE))]
+    assert [(dag_id, logical) for dag_id, logical, _ in creations(decisions)] == [("s5", iso(T0 + 15 * MINUTE))]
     assert [(x.dag_id, x.through) for x in of_type(decisions, c.SkipTicks)] == [("n5", T0 + 15 * MINUTE)]
     assert world.state.dags["n5"].next_tick_at == T0 + 20 * MINUTE
     again = world.tick(back + 1)
@@ -487,15 +534,15 @@ def test_a_tick_missed_during_an_election_runs_exactly_once_afterwards(world):
     deposed leader's identical, late proposal is a harmless conflict (invariant 5)."""
     world.submit(dag_dict(schedule="*/5 * * * *", catchup="latest", start_date=iso(T0)), at=T0)
     first = world.tick(T0 + 1, nodes("n1"))
-    assert [c_.run_id for c_ in of_type(first, c.CreateRun)] == [scheduled_run_id("d", iso(T0))]
+    assert creations(first) == [("d", iso(T0), iso(T0 - 5 * MINUTE))]
     tick = T0 + 5 * MINUTE
     # ... election from tick - 1 s to tick + 2 s: nobody plans ...
     after = plan(world.state, tick + 2, nodes("n2"))
-    created = of_type(after, c.CreateRun)
-    assert [x.run_id for x in created] == [scheduled_run_id("d", iso(tick))]
+    assert creations(after) == [("d", iso(tick), iso(T0))]
     world.apply(c.Batch(tuple(after)))
-    assert not of_type(plan(world.state, tick + 2.1, nodes("n2")), c.CreateRun)
-    late = world.state.apply(created[0])          # the old leader's copy of the same decision
+    assert not creations(plan(world.state, tick + 2.1, nodes("n2")))
+    create = next(x for x in after if isinstance(x, c.CreateScheduledRuns))
+    late = world.state.apply(create)          # the old leader's copy of the same decision
     assert late.code is Code.CONFLICT
     assert sum(r.trigger == "schedule" for r in world.state.iter_runs()) == 2
 
@@ -589,7 +636,7 @@ def test_two_dags_with_the_same_schedule_both_run(world):
     world.submit(dag_dict("etl_b", schedule="@hourly", start_date=iso(T0)), at=T0)
     world.tick(T0 + 3 * HOUR + 1, nodes("n1"))
     assert sorted(r.dag_id for r in world.state.iter_runs()) == ["etl_a", "etl_b"]
-    assert not of_type(plan(world.state, T0 + 3 * HOUR + 2, nodes("n1")), c.CreateRun)
+    assert not creations(plan(world.state, T0 + 3 * HOUR + 2, nodes("n1")))
 
 
 def test_catchup_none_skips_a_missed_last_tick_before_end_date(world):
@@ -684,29 +731,30 @@ def _apply_plan(world: World, now: float, memo: PlanMemo) -> list[c.Command]:
     return cmds
 
 
-def test_while_more_dags_are_due_than_a_plan_takes_plans_only_create_runs_for_a_bounded_time(world, monkeypatch):
-    """Issue 16: a plan that reached MAX_DUE_DAGS_PER_PLAN asks only for the due DAGs'
-    runs (a large tick's runs are created in a few plans, not each plan also starting the
-    runs before it), for at most CREATION_FIRST_FOR in a row: then one whole plan."""
+def test_while_many_dags_are_due_plans_only_create_runs_for_a_bounded_time(world, monkeypatch):
+    """Issue 16: a plan that found CREATION_ALONE_FROM DAGs due asks only for their runs
+    (a large tick's runs commit before the plan of everything else is made), for at most
+    CREATION_FIRST_FOR in a row: then one whole plan."""
     from raftflow.core import planner
 
     monkeypatch.setattr(planner, "MAX_DUE_DAGS_PER_PLAN", 2)
+    monkeypatch.setattr(planner, "CREATION_ALONE_FROM", 2)
     world.submit(dag_dict("manual", [task("t")]))
     world.trigger("m1", "manual", at=T0)
     for i in range(8):
         world.submit(dag_dict(f"d{i}", [task("t")], schedule="*/5 * * * *", start_date=iso(T0)))
     memo = PlanMemo()
     first = _apply_plan(world, T0 + 1, memo)
-    assert len(created(first)) == 2 and all(isinstance(cmd, c.CreateRun) for cmd in first), first
+    assert len(created(first)) == 2 and all(isinstance(cmd, c.CreateScheduledRuns) for cmd in first), first
     assert memo.creating_since == T0 + 1
     second = _apply_plan(world, T0 + 1.5, memo)
-    assert len(created(second)) == 2 and all(isinstance(cmd, c.CreateRun) for cmd in second), second
+    assert len(created(second)) == 2 and all(isinstance(cmd, c.CreateScheduledRuns) for cmd in second), second
     # CREATION_FIRST_FOR of plans that only created runs: the next one is whole (m1 starts), then creation resumes
     whole = _apply_plan(world, T0 + 1 + planner.CREATION_FIRST_FOR, memo)
     assert len(created(whole)) == 2 and c.StartRun("m1", T0 + 1 + planner.CREATION_FIRST_FOR) in whole, whole
     assert world.run("m1").state is RunState.RUNNING
     fourth = _apply_plan(world, T0 + 1.1 + planner.CREATION_FIRST_FOR, memo)
-    assert all(isinstance(cmd, c.CreateRun) for cmd in fourth) and len(created(fourth)) == 2
+    assert all(isinstance(cmd, c.CreateScheduledRuns) for cmd in fourth) and len(created(fourth)) == 2
     # fewer due than a plan takes: whole plans again, and the memo says so
     last = _apply_plan(world, T0 + 1.2 + planner.CREATION_FIRST_FOR, memo)
     assert created(last) == [] and any(isinstance(cmd, c.StartRun) for cmd in last), last
@@ -722,8 +770,8 @@ def test_the_memo_spares_a_plan_the_look_at_every_dag_until_one_changes_or_is_du
     for i in range(5):
         world.submit(dag_dict(f"d{i}", [task("t")], schedule="*/5 * * * *", start_date=iso(T0)))
     looked = []
-    real = planner._due_runs
-    monkeypatch.setattr(planner, "_due_runs", lambda record, *a: looked.append(record.dag_id) or real(record, *a))
+    real = planner._due_ticks
+    monkeypatch.setattr(planner, "_due_ticks", lambda record, *a: looked.append(record.dag_id) or real(record, *a))
     memo = PlanMemo()
     assert len(created(_apply_plan(world, T0 + 1, memo))) == 5       # the tick at T0
     looked.clear()
