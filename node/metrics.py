@@ -119,6 +119,8 @@ class NodeMetrics:
             f"Run time of finished task attempts, by DAG (at most {MAX_DAG_LABELS} dag_id values; "
             f"later DAGs are counted as {OTHER_DAG!r})",
             ["dag_id"], buckets=_DURATION, registry=r)
+        self.runs_created = Counter(
+            "raftflow_runs_created_total", "DAG runs created (queued), by trigger", ["trigger"], registry=r)
         self.runs_started = Counter(
             "raftflow_runs_started_total", "DAG runs started (queued -> running), by trigger", ["trigger"],
             registry=r)
@@ -155,16 +157,22 @@ class NodeMetrics:
                     results = result.value if result.ok and isinstance(result.value, list) else []
                     for member, sub in zip(command.commands, results):
                         if sub.ok:
-                            self._observe_one(member)
+                            self._observe_one(member, sub)
                 elif result.ok:
-                    self._observe_one(command)
+                    self._observe_one(command, result)
         except Exception:  # noqa: BLE001 - a metric is never worth a wedged apply thread
             log.exception("counting the metrics of an applied %s failed", command.TYPE)
 
-    def _observe_one(self, command: c.Command) -> None:
+    def _observe_one(self, command: c.Command, result: Result) -> None:
         """One accepted command, the replica lock held: one dict lookup at most."""
         state = self.replica.state
-        if isinstance(command, c.StartRun):
+        if isinstance(command, c.CreateRun):
+            self.runs_created.labels(trigger=command.trigger).inc()
+        elif isinstance(command, (c.CreateScheduledRuns, c.Backfill)):
+            created = len(result.value.get("created", ())) if isinstance(result.value, dict) else 0
+            self.runs_created.labels(trigger="schedule" if isinstance(command, c.CreateScheduledRuns)
+                                     else "backfill").inc(created)
+        elif isinstance(command, c.StartRun):
             run = state.active.get(command.run_id)
             self.runs_started.labels(trigger=run.trigger if run is not None else "unknown").inc()
         elif isinstance(command, c.FinishRun):

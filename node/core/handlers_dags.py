@@ -144,7 +144,8 @@ def create_run(state: State, cmd: c.CreateRun) -> Result:
     except SpecError as e:
         return reject(Code.INVALID, str(e))
     if cmd.trigger == "schedule":
-        return Result(value={"run_id": _create_scheduled(state, record, cmd.run_id, logical, start, end, cmd.at)})
+        backfilled = _create_scheduled(state, record, cmd.run_id, logical, start, end, cmd.at)
+        return Result(value={"run_id": backfilled or cmd.run_id})
     queued = queued_runs(state, cmd.dag_id)
     if queued >= record.latest.spec.max_queued_runs:
         return reject(Code.CONFLICT, f"DAG {cmd.dag_id!r} already has {queued} queued runs, its "
@@ -160,9 +161,10 @@ MAX_SCHEDULED_RUNS_PER_COMMAND = 10_000
 
 
 def create_scheduled_runs(state: State, cmd: c.CreateScheduledRuns) -> Result:
-    """Value: {"created": [run_id...] (for a tick a backfill already ran, the backfill's
-    run), "refused": [[dag_id, reason]...]}. Rejected (changing nothing) when no DAG got
-    its run: a re-proposed tick is a conflict, as a CreateRun's is."""
+    """Value: {"created": [run_id...], "backfilled": [the run id of each DAG a backfill
+    already ran the tick for: its cursor moved, no run created], "refused": [[dag_id,
+    reason]...]}. Rejected (changing nothing) when every DAG was refused: a re-proposed
+    tick is a conflict, as a CreateRun's is."""
     if len(cmd.dag_ids) > MAX_SCHEDULED_RUNS_PER_COMMAND:
         return reject(Code.INVALID, f"{len(cmd.dag_ids)} DAGs in one create_scheduled_runs; "
                                     f"at most {MAX_SCHEDULED_RUNS_PER_COMMAND}")
@@ -173,6 +175,7 @@ def create_scheduled_runs(state: State, cmd: c.CreateScheduledRuns) -> Result:
     except SpecError as e:
         return reject(Code.INVALID, str(e))
     created: list[str] = []
+    backfilled: list[str] = []
     refused: list[tuple[str, Code, str]] = []
     for dag_id in cmd.dag_ids:
         record = state.dags.get(dag_id)
@@ -188,29 +191,30 @@ def create_scheduled_runs(state: State, cmd: c.CreateScheduledRuns) -> Result:
         elif run_id in state.run_index:
             refused.append((dag_id, Code.CONFLICT, f"run {run_id!r} already exists"))
         else:
-            created.append(_create_scheduled(state, record, run_id, logical, start, end, cmd.at))
-    if refused and not created:
+            ran = _create_scheduled(state, record, run_id, logical, start, end, cmd.at)
+            (backfilled if ran else created).append(ran or run_id)
+    if refused and not created and not backfilled:
         more = f" (and {len(refused) - 1} more DAGs)" if len(refused) > 1 else ""
         return reject(refused[0][1], f"{refused[0][2]}{more}")
-    return Result(value={"created": created, "refused": [[dag_id, reason] for dag_id, _, reason in refused]})
+    return Result(value={"created": created, "backfilled": backfilled,
+                         "refused": [[dag_id, reason] for dag_id, _, reason in refused]})
 
 
 def _create_scheduled(state: State, record: DagRecord, run_id: str, logical: str, start: str, end: str,
-                      at: float) -> str:
+                      at: float) -> str | None:
     """Create the DAG's scheduled run `run_id` (checked free) of the tick `logical`
     (normalised) unless a backfill already ran that tick, and move the DAG's cursor past
-    the tick either way. Returns the id of the tick's run."""
-    backfilled = backfill_run_id(record.dag_id, logical)
-    if backfilled in state.run_index:
-        run_id = backfilled
-    else:
+    the tick either way. Returns the backfill's run id if there was one, else None."""
+    backfilled: str | None = backfill_run_id(record.dag_id, logical)
+    if backfilled not in state.run_index:
+        backfilled = None
         _add_run(state, run_id, record.latest, logical, start, end, "schedule", {}, at, SCHEDULER)
     tick = _epoch(logical)
     if record.last_scheduled_tick is None or tick > record.last_scheduled_tick:
         record.last_scheduled_tick = tick
     if record.next_tick_at is not None and tick >= record.next_tick_at:
         record.next_tick_at = next_tick_after(record.latest.spec, tick)
-    return run_id
+    return backfilled
 
 
 def _add_run(state: State, run_id: str, version: DagVersion, logical: str, start: str, end: str, trigger: str,

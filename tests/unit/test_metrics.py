@@ -108,6 +108,7 @@ def test_an_operator_may_serve_metrics_without_a_token(tmp_path: Path) -> None:
 
 def test_values_move_as_a_run_goes(world: MetricsWorld) -> None:
     run_id = world.ops.trigger("d", run_id="r1").run_id
+    assert world.value("raftflow_runs_created_total", trigger="manual") == 1
     assert world.value("raftflow_runs_active", state="queued") == 1
     assert world.value("raftflow_tasks", state="pending") == 2
     world.propose(c.StartRun(run_id, T0))
@@ -133,6 +134,14 @@ def test_values_move_as_a_run_goes(world: MetricsWorld) -> None:
     cancelled = world.ops.trigger("d", run_id="r2").run_id
     world.propose(c.CancelRun(cancelled, "no longer needed", T0 + 9))
     assert world.value("raftflow_runs_finished_total", state="failed") == 1
+
+
+def test_runs_created_count_each_run_of_a_ticks_command(world: MetricsWorld) -> None:
+    """A tick's one CreateScheduledRuns counts the runs it created, not its DAGs."""
+    tick = "2024-01-10T12:00:00+00:00"
+    world.propose(c.Batch((c.CreateScheduledRuns(tick, tick, tick, ("d", "no-such-dag"), T0),)))
+    assert world.value("raftflow_runs_created_total", trigger="schedule") == 1
+    assert world.value("raftflow_runs_created_total", trigger="manual") is None
 
 
 def test_raft_leader_and_node_gauges_come_from_the_sources(world: MetricsWorld) -> None:

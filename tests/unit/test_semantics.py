@@ -13,7 +13,7 @@ from raftflow.core import commands as c
 from raftflow.core.context import template_context
 from raftflow.core.effects import StopAttempt
 from raftflow.core.model import Run, TaskInstance
-from raftflow.core.planner import NodeInfo, trigger_verdict
+from raftflow.core.planner import NodeInfo, plan, trigger_verdict
 from raftflow.core.result import Code
 from raftflow.core.spec import DagSpec
 from raftflow.core.states import RunState, TaskState as S
@@ -345,6 +345,8 @@ def test_a_scheduled_tick_that_a_backfill_ran_moves_the_cursor_without_a_second_
     w = World()
     w.submit(dict(hourly(), catchup="all"), at=T0 - 10)
     w.apply(c.Backfill("h", iso(T0), iso(T0), T0 + 5))
+    create = [cmd for cmd in plan(w.state, T0 + 10, nodes("n1", slots=8)) if isinstance(cmd, c.CreateScheduledRuns)]
+    assert w.apply(create[0]).value == {"created": [], "backfilled": [f"backfill__h__{iso(T0)}"], "refused": []}
     w.tick(T0 + 10, nodes("n1", slots=8))
     runs = sorted(r.run_id for r in w.state.iter_runs())
     assert runs == [f"backfill__h__{iso(T0)}"]
