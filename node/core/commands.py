@@ -429,6 +429,16 @@ class Undecodable(Command):
     error: str
 
 
+def apply_weight(command: Command) -> int:
+    """The work `command` asks of every replica's apply, counted in commands about one
+    object each: what bounds how many commands share one Raft entry (leader/loop.py)."""
+    if isinstance(command, CreateScheduledRuns):
+        return max(1, len(command.dag_ids))
+    if isinstance(command, Batch):
+        return sum(apply_weight(member) for member in command.commands)
+    return 1
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {
     cls.TYPE: cls
     for cls in (Barrier, SubmitDag, SetPaused, SetPool, NoteWaiting, SkipTicks, CreateRun, CreateScheduledRuns,

@@ -38,10 +38,17 @@ MAX_CATCHUP_RUNS_PER_PLAN = 32
 # DAGs whose due ticks one plan turns into runs; the rest wait for the next plan, which
 # comes as soon as these commit. A plan holds the replica lock (apply waits for it), and
 # each due DAG costs a few cron steps (~12 us): 10,000 due DAGs, ~0.12 s. Their runs go
-# to the log as one CreateScheduledRuns per tick (~12 bytes and ~25 us of each replica's
-# apply per run, where a CreateRun each took ~300 bytes and ~70 us).
+# to the log as CreateScheduledRuns of up to MAX_DAGS_PER_CREATION DAGs due at one tick
+# (~12 bytes and ~25 us of each replica's apply per run, where a CreateRun each took
+# ~300 bytes and ~70 us).
 MAX_DUE_DAGS_PER_PLAN = 10_000
-assert MAX_DUE_DAGS_PER_PLAN <= MAX_SCHEDULED_RUNS_PER_COMMAND   # (a DAG is in a tick's command once)
+# The most DAGs one CreateScheduledRuns names: a tick's runs are created by commands of
+# this many, each its own Raft entry (leader/loop.py MAX_BATCH), because an entry is
+# applied in one go on every node's Raft thread, which sends no heartbeat meanwhile: one
+# entry of 10,000 runs took 0.65-0.9 s to apply on a loaded leader, and the followers
+# stood for election at every tick. 500: ~12 ms in-process, ~50 ms on that machine.
+MAX_DAGS_PER_CREATION = 500
+assert MAX_DAGS_PER_CREATION <= MAX_SCHEDULED_RUNS_PER_COMMAND
 # A plan that finds at least this many DAGs due asks only for their runs: they commit
 # before the plan of everything else (the starts, queueing and assignments of the runs
 # already there) is even made, so a large tick's runs are created at once instead of
@@ -163,8 +170,10 @@ def plan(state: State, now: float, nodes: list[NodeInfo], memo: PlanMemo | None 
                 due += bool(due_ticks)
             if not record.paused and record.next_tick_at is not None and record.next_tick_at < next_tick_at:
                 next_tick_at = record.next_tick_at
-    out.extend(c.CreateScheduledRuns(iso(tick), iso(previous), iso(tick), tuple(dag_ids), now)
-               for (tick, previous), dag_ids in sorted(ticks.items()))
+    out.extend(c.CreateScheduledRuns(iso(tick), iso(previous), iso(tick),
+                                     tuple(dag_ids[start:start + MAX_DAGS_PER_CREATION]), now)
+               for (tick, previous), dag_ids in sorted(ticks.items())
+               for start in range(0, len(dag_ids), MAX_DAGS_PER_CREATION))
     quiet_until = None if state.active else next_tick_at
     if memo is not None:
         memo.quiet_until = quiet_until

@@ -40,9 +40,11 @@ IDLE_WAIT = 0.1            # longest sleep between plans while runs are active (
 QUIET_WAIT = 1.0           # longest sleep with no run active (woken by a change, or at the next DAG tick)
 TICK_SLACK = 0.002         # a quiet loop wakes this long after the next tick (it must have come)
 REDISPATCH_AFTER = 2.0     # an assignment not started after this long is dispatched again
-# The most commands of a plan in one Raft entry: every node applies an entry on its Raft
-# thread in one go, so one plan's 10,000 CreateRuns (10,000 DAGs due at one tick) in one
-# entry held every node's Raft thread for seconds, and their silence set off elections.
+# The most work of a plan in one Raft entry, in commands about one object each
+# (commands.apply_weight: a CreateScheduledRuns weighs its DAGs): every node applies an
+# entry on its Raft thread in one go, sending and reading nothing meanwhile, so one
+# plan's 10,000 CreateRuns (10,000 DAGs due at one tick) in one entry held every node's
+# Raft thread for seconds, and their silence set off elections.
 MAX_BATCH = 500
 DISPATCH_RETRY = 0.25      # ... and one whose dispatch failed, this long after the failure
 
@@ -327,7 +329,7 @@ class LeaderLoop(threading.Thread):
             self.on_plan(self._monotonic() - started, self._plan_memo.waiting)
         if commands:
             rejected = []
-            chunks = [commands[start:start + MAX_BATCH] for start in range(0, len(commands), MAX_BATCH)]
+            chunks = entries_of(commands)
             assignments = [[cmd for cmd in chunk if isinstance(cmd, c.AssignTask)] for chunk in chunks]
             # The batches are proposed together (each commits while the next travels), and
             # assignments go out as soon as their batch is queued to the log, not once it
@@ -354,6 +356,21 @@ class LeaderLoop(threading.Thread):
         if quiet_until is None:
             return IDLE_WAIT
         return min(QUIET_WAIT, max(TICK_SLACK, quiet_until - now + TICK_SLACK))
+
+
+def entries_of(commands: list[c.Command]) -> list[list[c.Command]]:
+    """A plan's commands, in order, grouped into Raft entries of at most MAX_BATCH weight
+    each (a heavier command alone)."""
+    entries: list[list[c.Command]] = []
+    weight = 0
+    for command in commands:
+        this = c.apply_weight(command)
+        if not entries or weight + this > MAX_BATCH:
+            entries.append([])
+            weight = 0
+        entries[-1].append(command)
+        weight += this
+    return entries
 
 
 def _one_line(error: Exception) -> str:

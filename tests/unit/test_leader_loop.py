@@ -15,7 +15,15 @@ from raftflow.core.effects import ReleasedAttempts
 from raftflow.core.model import TaskInstance
 from raftflow.core.result import Code
 from raftflow.core.states import RunState, TaskState
-from raftflow.leader.loop import DISPATCH_RETRY, IDLE_WAIT, QUIET_WAIT, REDISPATCH_AFTER, TICK_SLACK
+from raftflow.leader.loop import (
+    DISPATCH_RETRY,
+    IDLE_WAIT,
+    MAX_BATCH,
+    QUIET_WAIT,
+    REDISPATCH_AFTER,
+    TICK_SLACK,
+    entries_of,
+)
 from raftflow.raft.memory import MemoryCluster
 from raftflow.store.local import LocalStore
 from raftflow.worker.worker import Assignment, Worker
@@ -354,10 +362,12 @@ def test_a_dispatch_that_did_not_reach_its_node_is_sent_again_soon_a_refused_one
     wait_for(lambda: len(tries) == 3, 5, "the refused dispatch sent again REDISPATCH_AFTER later")
 
 
-def test_a_ticks_runs_of_many_dags_go_to_the_log_as_one_small_command() -> None:
+def test_a_ticks_runs_of_many_dags_go_to_the_log_in_small_bounded_entries() -> None:
     """Issue 16: 1,200 DAGs due at one tick: one plan asks only for their runs (the
-    plan's creation-first), one CreateScheduledRuns of ~16 bytes a run (a CreateRun each
-    was ~300 bytes a run and a full check each on every replica)."""
+    plan's creation-first), as CreateScheduledRuns of ~16 bytes a run (a CreateRun each
+    was ~300 bytes and a full check on every replica), each of at most MAX_BATCH DAGs and
+    alone in its entry (one entry of 10,000 runs held every Raft thread for most of a
+    second: elections at every tick)."""
     cluster, clock = MemoryCluster(), Clock(wall=T0 + 60 - 0.25)
     n1 = LeaderSide(cluster, "n1", clock)
     cluster.elect("n1")
@@ -371,7 +381,17 @@ def test_a_ticks_runs_of_many_dags_go_to_the_log_as_one_small_command() -> None:
     clock.advance(0.25 + TICK_SLACK)
     n1.loop.step()
     entries = [entry.command for entry in cluster.log[before:]]
-    assert [type(sub) for cmd in entries for sub in cmd.commands] == [c.CreateScheduledRuns], entries
-    create = entries[0].commands[0]
-    assert len(create.dag_ids) == 1200 and len(c.encode_payload(create)) < 1200 * 16
+    assert [[type(sub) for sub in cmd.commands] for cmd in entries] == [[c.CreateScheduledRuns]] * 3, entries
+    creations = [cmd.commands[0] for cmd in entries]
+    assert [len(create.dag_ids) for create in creations] == [MAX_BATCH, MAX_BATCH, 1200 - 2 * MAX_BATCH]
+    assert all(len(c.encode_payload(create)) < len(create.dag_ids) * 16 for create in creations)
     assert len(n1.replica.state.active) == 1200
+
+
+def test_a_plan_goes_to_the_log_in_entries_of_bounded_weight() -> None:
+    one = c.StartRun("r", T0)
+    heavy = c.CreateScheduledRuns("x", "x", "x", tuple(f"d{i}" for i in range(MAX_BATCH)), T0)
+    light = c.CreateScheduledRuns("x", "x", "x", ("a", "b"), T0)
+    assert entries_of([one] * (MAX_BATCH + 1)) == [[one] * MAX_BATCH, [one]]
+    assert entries_of([one, heavy, one, light, one]) == [[one], [heavy], [one, light, one]]
+    assert entries_of([]) == []

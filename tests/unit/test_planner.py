@@ -346,6 +346,17 @@ def test_one_command_creates_a_ticks_runs_of_many_dags_each_refused_alone(world)
     assert "already exists (and 3 more DAGs)" in again.reason
 
 
+def test_a_ticks_dags_are_split_into_commands_of_bounded_size(world, monkeypatch):
+    from raftflow.core import planner
+
+    monkeypatch.setattr(planner, "MAX_DAGS_PER_CREATION", 2)
+    for name in ("a", "b", "c", "d", "e"):
+        world.submit(dict(every_5("latest", T0 - HOUR), dag_id=name), at=T0 - HOUR)
+    cmds = plan(world.state, T0 + 1, [])
+    assert [x.dag_ids for x in cmds] == [("a", "b"), ("c", "d"), ("e",)]
+    assert {(x.logical_date, x.data_interval_start) for x in cmds} == {(iso(T0), iso(T0 - 5 * MINUTE))}
+
+
 def test_a_create_scheduled_runs_is_bounded_and_its_instants_checked(world):
     from raftflow.core.handlers_dags import MAX_SCHEDULED_RUNS_PER_COMMAND
 
