@@ -155,9 +155,10 @@ def create_run(state: State, cmd: c.CreateRun) -> Result:
     return Result(value={"run_id": cmd.run_id})
 
 
-# The most DAGs one CreateScheduledRuns may name (the leader's plan takes at most
-# planner.MAX_DUE_DAGS_PER_PLAN due DAGs): its apply is O(this), whatever the state.
-MAX_SCHEDULED_RUNS_PER_COMMAND = 10_000
+# The most DAGs one CreateScheduledRuns may name (the leader's plans name at most
+# planner.MAX_DAGS_PER_CREATION): its apply, one Raft entry on every node's Raft thread,
+# is O(this), whatever the state.
+MAX_SCHEDULED_RUNS_PER_COMMAND = 1_000
 
 
 def create_scheduled_runs(state: State, cmd: c.CreateScheduledRuns) -> Result:
