@@ -17,6 +17,7 @@ from raftflow.core.result import Code
 from raftflow.core.states import RunState, TaskState
 from raftflow.leader.loop import (
     DISPATCH_RETRY,
+    HOLD_BEFORE_TICK,
     IDLE_WAIT,
     MAX_BATCH,
     QUIET_WAIT,
@@ -302,6 +303,27 @@ def test_a_leader_with_no_run_active_sleeps_until_the_next_tick_and_with_one_pla
         n1.replica.propose(c.CancelRun(run_id, "test", clock.wall()))
     n1.step_until(lambda: not n1.replica.state.active)
     assert n1.loop.step().seconds == QUIET_WAIT, "nothing due at all: the longest sleep"
+
+
+def test_no_plan_is_begun_just_before_a_tick_so_the_ticks_runs_wait_behind_none() -> None:
+    cluster, clock = MemoryCluster(), Clock(wall=T0 + 60 - 1.0)
+    n1 = LeaderSide(cluster, "n1", clock)
+    cluster.elect("n1")
+    n1.steps()
+    for dag in (dag_dict("every_minute", [task("t")], schedule="* * * * *", start_date="2024-01-10T12:01:00+00:00"),
+                dag_dict("by_hand", [task("t")])):
+        assert n1.replica.propose(c.SubmitDag(dag, "# src", "m.py", clock.wall())).ok
+    assert n1.replica.propose(c.CreateRun("m1", "by_hand", "2024-01-10T12:00:00+00:00", "2024-01-10T12:00:00+00:00",
+                                          "2024-01-10T12:00:00+00:00", "manual", {}, clock.wall())).ok
+    n1.loop.step()                               # a second before the tick: plans as usual
+    assert n1.replica.state.active["m1"].state is RunState.RUNNING
+    clock.advance(1.0 - HOLD_BEFORE_TICK / 2)
+    entries = len(cluster.log)
+    pause = n1.loop.step()
+    assert pause.seconds == pytest.approx(HOLD_BEFORE_TICK / 2 + TICK_SLACK) and len(cluster.log) == entries
+    clock.advance(pause.seconds)
+    n1.loop.step()
+    assert "scheduled__every_minute__2024-01-10T12:01:00+00:00" in n1.replica.state.active
 
 
 # ---------------------------------------------------------------- pipelined dispatch
