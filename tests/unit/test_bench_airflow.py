@@ -233,15 +233,17 @@ def test_tools_bench_all_leaves_airflow_out() -> None:
 
 def test_descendants_are_found_across_sessions() -> None:
     # A child that starts a grandchild in a session of its own, as Airflow's task supervisor does.
+    # The child names the grandchild's pid: its /proc cmdline can still be empty when the
+    # child's Popen returns (the kernel fills it in after the exec that lets Popen return).
     child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
-                              "subprocess.Popen(['sleep', '30'], start_new_session=True); "
-                              "sys.stdout.write('ok\\n'); sys.stdout.flush(); time.sleep(30)"],
+                              "grandchild = subprocess.Popen(['sleep', '30'], start_new_session=True); "
+                              "sys.stdout.write(f'{grandchild.pid}\\n'); sys.stdout.flush(); time.sleep(30)"],
                              stdout=subprocess.PIPE, text=True)
     try:
-        assert child.stdout is not None and child.stdout.readline() == "ok\n"
-        found = ba._descendants({child.pid})
-        assert len(found) == 1
-        assert open(f"/proc/{found[0]}/cmdline").read().startswith("sleep")
+        assert child.stdout is not None
+        grandchild = int(child.stdout.readline())
+        assert os.getsid(grandchild) != os.getsid(child.pid), "the grandchild is in a session of its own"
+        assert ba._descendants({child.pid}) == [grandchild]
     finally:
         for pid in ba._descendants({child.pid}):
             os.kill(pid, signal.SIGKILL)
