@@ -193,6 +193,8 @@ def test_a_node_with_another_secret_cannot_join_nor_call_peers(tmp_path: Path):
         logs = [node.log_path for node in cluster.nodes]
         wait_for(lambda: any("does not decrypt with the cluster secret" in log.read_text() for log in logs), 30,
                  "a Raft connection between n3 and the others to be refused")
+        # (n3 may open Raft connections before its API listens: ask it once it says it is up)
+        wait_for(lambda: "node n3 up:" in n3.log_path.read_text(), 30, "n3's API to listen")
         # n3 has no leader and committed nothing: it did not join.
         own = cluster.client([n3.grpc_address], timeout=5).cluster_status()
         me = next(n for n in own["nodes"] if n["id"] == "n3")
