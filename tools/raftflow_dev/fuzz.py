@@ -323,6 +323,9 @@ class Record:
     steps: int = 0          # requests answered (or failed) so far
     dags: dict[str, FuzzDag] = field(default_factory=dict)     # accepted, by id (latest shape)
     runs: dict[str, FuzzRun] = field(default_factory=dict)     # created, by id
+    # (sent, answered, request bytes, what) of every request, time.monotonic(): what was in
+    # flight while a probe write was slow
+    spans: list[tuple[float, float, int, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def answer(self, method: str, code: grpc.StatusCode, what: str, details: str) -> None:
@@ -335,6 +338,17 @@ class Record:
 
     def called(self) -> set[str]:
         return {method for method, _ in self.codes}
+
+    def span(self, sent: float, size: int, what: str) -> None:
+        with self.lock:
+            self.spans.append((sent, time.monotonic(), size, what[:120]))
+
+    def in_flight(self, start: float, end: float, most: int = 6) -> list[str]:
+        """The requests (largest first) that were in flight at some point of [start, end]."""
+        with self.lock:
+            during = [s for s in self.spans if s[0] <= end and s[1] >= start]
+        during.sort(key=lambda s: (-s[2], s[0]))
+        return [f"{size} B, {(answered - sent) * 1000:.0f} ms: {what}" for sent, answered, size, what in during[:most]]
 
 
 @dataclass
@@ -364,11 +378,14 @@ class FuzzMachine(RuleBasedStateMachine):
         if request.ByteSize() > MAX_REQUEST_BYTES:
             record.oversize_skipped.append(f"{what[:150]}: {request.ByteSize()} bytes")  # a strategy's bug
             return None
+        sent = time.monotonic()
         try:
             response = getattr(self.ctx.stub(node), method)(request, timeout=CALL_TIMEOUT)
         except grpc.RpcError as e:
             record.answer(method, e.code(), what, e.details() or "")
             return None
+        finally:
+            record.span(sent, request.ByteSize(), what)
         record.answer(method, grpc.StatusCode.OK, what, "")
         return response
 
@@ -376,6 +393,7 @@ class FuzzMachine(RuleBasedStateMachine):
         """Read at most `most` messages of a server stream for at most `seconds`; returns how many."""
         record = self.ctx.record
         received = 0
+        sent = time.monotonic()
         call = getattr(self.ctx.stub(node), method)(request, timeout=seconds)
         try:
             for _ in call:
@@ -388,6 +406,8 @@ class FuzzMachine(RuleBasedStateMachine):
             if not (code is grpc.StatusCode.CANCELLED and received >= most):
                 record.answer(method, code, what, e.details() or "")
                 return received
+        finally:
+            record.span(sent, request.ByteSize(), what)
         record.answer(method, grpc.StatusCode.OK, what, "")
         return received
 
@@ -702,6 +722,7 @@ class Probe:
     client: ClusterClient
     latencies: list[float] = field(default_factory=list)
     started_at: list[float] = field(default_factory=list)   # wall clock, to find the moment in node logs
+    sent: list[float] = field(default_factory=list)         # time.monotonic(), to find the fuzz's requests
     failures: list[str] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -716,6 +737,7 @@ class Probe:
                 self.failures.append(f"{time.strftime('%H:%M:%S')} {e}"[:300])
             self.latencies.append(time.monotonic() - started)
             self.started_at.append(time.time() - (time.monotonic() - started))
+            self.sent.append(started)
             i += 1
             next_at = max(next_at + PROBE_INTERVAL, time.monotonic())
             self.stop.wait(next_at - time.monotonic())
@@ -733,6 +755,13 @@ class Probe:
                 "slowest": [f"{time.strftime('%H:%M:%S', time.localtime(at))}.{int(at % 1 * 1000):03d} "
                             f"{latency * 1000:.0f} ms"
                             for latency, at in sorted(zip(self.latencies, self.started_at), reverse=True)[:5]]}
+
+    def slowest_with(self, record: Record, most: int = 3) -> list[dict[str, Any]]:
+        """The `most` slowest writes with the fuzz's requests in flight meanwhile (evidence
+        for the reader of a failed probe_latency check)."""
+        slowest = sorted(zip(self.latencies, self.sent), reverse=True)[:most]
+        return [{"ms": round(latency * 1000), "in_flight": record.in_flight(sent, sent + latency)}
+                for latency, sent in slowest]
 
 
 # ------------------------------------------------------------ checks
@@ -919,6 +948,7 @@ def run(duration: float, seed: int, data_dir: Path, compaction_seconds: float, l
         result["requests"] = record.steps
         result["answers"] = {f"{m} {c}": n for (m, c), n in sorted(record.codes.items())}
         result["probe"] = probe.summary()
+        result["probe"]["slowest_with"] = probe.slowest_with(record)
         log(f"{time.strftime('%H:%M:%S')} fuzz ended: {record.steps} requests; checking")
 
         check("fuzzer_completed", fuzz_error is None and not record.oversize_skipped,
