@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from core_support import T0, World, dag_dict, iso, nodes, task
 from raftflow import DAG, BashTask, Param
@@ -89,6 +90,33 @@ def test_parse_json_refuses_deep_text_before_json_loads_recurses() -> None:
         parse_json("[" * 100_000 + "]" * 100_000, "conf")
     with pytest.raises(ValueError, match="conf is not valid JSON"):
         parse_json("{", "conf")
+
+
+def _depth(value: Any) -> int:
+    """Levels of nesting as check_json counts them (a scalar is 0, `{"a": 1}` is 1)."""
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+# Strings made of what could fool a scan of the text: quotes, backslashes, brackets.
+_TRICKY_TEXT = st.text(alphabet='"\\[]{}\\"a\u00e9\n', max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.recursive(st.none() | st.integers() | _TRICKY_TEXT,
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_TRICKY_TEXT, inner, max_size=3),
+                          max_leaves=60),
+       ascii_only=st.booleans())
+def test_parse_json_measures_the_depth_of_any_json_text(value: Any, ascii_only: bool) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    if _depth(value) <= 4:
+        assert parse_json(text, "v", max_depth=4) == value
+    else:
+        with pytest.raises(JsonShapeError, match="v is nested more than 4 levels deep"):
+            parse_json(text, "v", max_depth=4)
 
 
 def test_clip_never_echoes_unbounded_input() -> None:
